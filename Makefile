@@ -1,0 +1,60 @@
+# SwiftMoE build, test and demo entry points. `make help` lists them.
+SHELL := /bin/bash
+GO ?= go
+PYTHON ?= python3
+BIN := bin
+STRATEGIES := $(notdir $(wildcard plugins/cmd/swiftmoe-strategy-*))
+GO_TEST_TIMEOUT ?= 900s
+PYTEST_ARGS ?=
+export PYTHONPATH := $(CURDIR)/pyshim$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+.PHONY: help deps build proto proto-check lint fmt test test-go test-py demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+deps: ## install the pinned Go modules and Python packages the build and tests need
+	@$(GO) version >/dev/null 2>&1 || { echo "Go is required (1.26 or newer): install it from your distribution or go.dev" >&2; exit 1; }
+	$(GO) mod download
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+build: ## build bin/swiftmoe-sidecar and bin/swiftmoe-strategy-NAME for every built-in strategy
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/swiftmoe-sidecar ./sidecar/cmd/swiftmoe-sidecar
+	@for s in $(STRATEGIES); do echo "$(GO) build -o $(BIN)/$$s ./plugins/cmd/$$s"; $(GO) build -o $(BIN)/$$s ./plugins/cmd/$$s || exit 1; done
+
+proto: ## regenerate bridge/gen (Go) and pyshim/swiftmoe/_proto (Python) from bridge/proto
+	scripts/genproto.sh
+
+proto-check: ## fail when the committed generated code is stale
+	scripts/checkproto.sh
+
+lint: ## gofmt, go vet, go mod tidy check and ruff
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt would change: $$out" >&2; exit 1; fi
+	$(GO) vet ./...
+	@cp go.mod /tmp/swiftmoe-go.mod.bak; cp go.sum /tmp/swiftmoe-go.sum.bak; $(GO) mod tidy; \
+	if ! git diff --quiet -- go.mod go.sum; then git diff -- go.mod go.sum; cp /tmp/swiftmoe-go.mod.bak go.mod; cp /tmp/swiftmoe-go.sum.bak go.sum; echo "go mod tidy changes go.mod/go.sum: run it and commit" >&2; exit 1; fi
+	$(PYTHON) -m ruff check pyshim test examples
+	$(PYTHON) -m ruff format --check pyshim test examples
+
+fmt: ## format Go and Python sources
+	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
+	$(PYTHON) -m ruff format pyshim test examples
+
+test: deps proto-check lint build test-go test-py ## install what is needed and run every test
+	@echo "make test: all tests passed"
+
+test-go: ## Go tests with the race detector
+	$(GO) test -race -timeout $(GO_TEST_TIMEOUT) ./...
+
+test-py: build ## Python and cross-language tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) pyshim/tests test
+
+demo: deps build ## the main job: see README
+	scripts/demo.sh
+
+bench: deps build ## benchmarks (not tests): planner, round trip, split, training step
+	scripts/bench.sh
+
+clean: ## remove build outputs
+	rm -rf $(BIN) build dist *.egg-info

@@ -1,0 +1,141 @@
+package sdk
+
+import (
+	"time"
+
+	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+)
+
+const infoTimeout = 5 * time.Second
+
+// TopologyFromProto converts the wire form of a topology.
+func TopologyFromProto(t *pb.Topology) Topology {
+	if t == nil {
+		return Topology{}
+	}
+	return Topology{
+		WorldSize:          int(t.GetWorldSize()),
+		RanksPerNode:       int(t.GetRanksPerNode()),
+		SlotsPerRank:       int(t.GetSlotsPerRank()),
+		IntraNodeBandwidth: t.GetIntraNodeBandwidth(),
+		InterNodeBandwidth: t.GetInterNodeBandwidth(),
+	}
+}
+
+// TopologyToProto converts a topology to its wire form.
+func TopologyToProto(t Topology) *pb.Topology {
+	return &pb.Topology{
+		WorldSize:          uint32(t.WorldSize),
+		RanksPerNode:       uint32(t.RanksPerNode),
+		SlotsPerRank:       uint32(t.SlotsPerRank),
+		IntraNodeBandwidth: t.IntraNodeBandwidth,
+		InterNodeBandwidth: t.InterNodeBandwidth,
+	}
+}
+
+// IntsFromProto widens wire ids to ints.
+func IntsFromProto(v []uint32) []int {
+	out := make([]int, len(v))
+	for i, x := range v {
+		out[i] = int(x)
+	}
+	return out
+}
+
+// IntsToProto narrows ids to their wire form. Callers validate ranges first.
+func IntsToProto(v []int) []uint32 {
+	out := make([]uint32, len(v))
+	for i, x := range v {
+		out[i] = uint32(x)
+	}
+	return out
+}
+
+// RequestToProto converts a planning request to its wire form.
+func RequestToProto(r *Request) *pb.StrategyPlanRequest {
+	out := &pb.StrategyPlanRequest{
+		Topology:             TopologyToProto(r.Topology),
+		Iteration:            r.Iteration,
+		Options:              r.Options,
+		ExpertWeightBytes:    r.ExpertWeightBytes,
+		ExpertOptimizerBytes: r.ExpertOptimizerBytes,
+		Layers:               make([]*pb.StrategyLayerInput, len(r.Layers)),
+	}
+	for i, l := range r.Layers {
+		out.Layers[i] = &pb.StrategyLayerInput{
+			Layer:         uint32(l.Layer),
+			NumExperts:    uint32(l.NumExperts),
+			PredictedLoad: l.Predicted,
+			LastLoad:      l.LastLoad,
+			CurrentSlots:  IntsToProto(l.Current),
+		}
+	}
+	return out
+}
+
+// RequestFromProto converts a wire request into the SDK's form.
+func RequestFromProto(r *pb.StrategyPlanRequest) *Request {
+	out := &Request{
+		Topology:             TopologyFromProto(r.GetTopology()),
+		Iteration:            r.GetIteration(),
+		Options:              r.GetOptions(),
+		ExpertWeightBytes:    r.GetExpertWeightBytes(),
+		ExpertOptimizerBytes: r.GetExpertOptimizerBytes(),
+		Layers:               make([]LayerInput, len(r.GetLayers())),
+	}
+	for i, l := range r.GetLayers() {
+		out.Layers[i] = LayerInput{
+			Layer:      int(l.GetLayer()),
+			NumExperts: int(l.GetNumExperts()),
+			Predicted:  l.GetPredictedLoad(),
+			LastLoad:   l.GetLastLoad(),
+			Current:    IntsFromProto(l.GetCurrentSlots()),
+		}
+	}
+	return out
+}
+
+// ResponseToProto converts a strategy's response to its wire form. Negative
+// ids cannot be carried and become out-of-range ids that validation rejects.
+func ResponseToProto(r *Response) *pb.StrategyPlanResponse {
+	out := &pb.StrategyPlanResponse{
+		MigratedBytes: r.MigratedBytes,
+		Note:          r.Note,
+		Layers:        make([]*pb.StrategyLayerOutput, len(r.Layers)),
+	}
+	for i, slots := range r.Layers {
+		out.Layers[i] = &pb.StrategyLayerOutput{Slots: IntsToProto(slots)}
+	}
+	return out
+}
+
+// ResponseFromProto converts a wire response into the SDK's form.
+func ResponseFromProto(r *pb.StrategyPlanResponse) *Response {
+	out := &Response{
+		MigratedBytes: r.GetMigratedBytes(),
+		Note:          r.GetNote(),
+		Layers:        make([][]int, len(r.GetLayers())),
+	}
+	for i, l := range r.GetLayers() {
+		out.Layers[i] = IntsFromProto(l.GetSlots())
+	}
+	return out
+}
+
+// InfoToProto converts strategy info to its wire form.
+func InfoToProto(i Info) *pb.StrategyInfo {
+	out := &pb.StrategyInfo{Name: i.Name, Description: i.Description, Version: i.Version}
+	for _, o := range i.Options {
+		out.Options = append(out.Options, &pb.OptionSpec{Name: o.Name, Description: o.Description, DefaultValue: o.Default})
+	}
+	return out
+}
+
+// InfoFromProto converts wire strategy info into the SDK's form.
+func InfoFromProto(i *pb.StrategyInfo) Info {
+	out := Info{Name: i.GetName(), Description: i.GetDescription(), Version: i.GetVersion()}
+	for _, o := range i.GetOptions() {
+		out.Options = append(out.Options, Option{Name: o.GetName(), Description: o.GetDescription(), Default: o.GetDefaultValue()})
+	}
+	return out
+}

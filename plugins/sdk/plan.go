@@ -1,0 +1,121 @@
+package sdk
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrInvalidPlan is wrapped by every error ValidateSlots returns.
+var ErrInvalidPlan = errors.New("invalid plan")
+
+// ValidateSlots checks one layer's placement against the plan rules of
+// DESIGN.md: exactly TotalSlots entries, every id in [0, numExperts), every
+// expert in at least one slot, and no rank holding more replicas of an
+// expert than the slot count forces: with r_e replicas of expert e, a rank
+// may hold at most ceil(r_e/WorldSize) of them.
+func ValidateSlots(slots []int, numExperts int, t Topology) error {
+	if t.WorldSize < 1 || t.SlotsPerRank < 1 {
+		return fmt.Errorf("%w: topology needs world_size >= 1 and slots_per_rank >= 1, got %d and %d", ErrInvalidPlan, t.WorldSize, t.SlotsPerRank)
+	}
+	if numExperts < 1 {
+		return fmt.Errorf("%w: num_experts must be >= 1, got %d", ErrInvalidPlan, numExperts)
+	}
+	total := t.TotalSlots()
+	if len(slots) != total {
+		return fmt.Errorf("%w: %d slots, want world_size*slots_per_rank = %d", ErrInvalidPlan, len(slots), total)
+	}
+	if total < numExperts {
+		return fmt.Errorf("%w: %d slots cannot hold %d experts; raise slots_per_rank to at least %d", ErrInvalidPlan, total, numExperts, (numExperts+t.WorldSize-1)/t.WorldSize)
+	}
+	replicas := make([]int, numExperts)
+	for i, e := range slots {
+		if e < 0 || e >= numExperts {
+			return fmt.Errorf("%w: slot %d (rank %d) holds expert %d, want 0..%d", ErrInvalidPlan, i, i/t.SlotsPerRank, e, numExperts-1)
+		}
+		replicas[e]++
+	}
+	for e, n := range replicas {
+		if n == 0 {
+			return fmt.Errorf("%w: expert %d has no slot; every expert needs at least one replica", ErrInvalidPlan, e)
+		}
+	}
+	perRank := make(map[int]int, t.SlotsPerRank)
+	for r := 0; r < t.WorldSize; r++ {
+		clear(perRank)
+		for _, e := range slots[r*t.SlotsPerRank : (r+1)*t.SlotsPerRank] {
+			perRank[e]++
+			if limit := (replicas[e] + t.WorldSize - 1) / t.WorldSize; perRank[e] > limit {
+				return fmt.Errorf("%w: rank %d holds %d replicas of expert %d, at most %d allowed with %d replicas over %d ranks", ErrInvalidPlan, r, perRank[e], e, limit, replicas[e], t.WorldSize)
+			}
+		}
+	}
+	return nil
+}
+
+// Replicas counts the slots of each expert (len numExperts). Ids out of
+// range are ignored.
+func Replicas(slots []int, numExperts int) []int {
+	out := make([]int, numExperts)
+	for _, e := range slots {
+		if e >= 0 && e < numExperts {
+			out[e]++
+		}
+	}
+	return out
+}
+
+// RankLoads returns the tokens each rank would process when every expert's
+// load is split evenly across its replicas (len WorldSize). loads has one
+// entry per expert; slots must be valid.
+func RankLoads(slots []int, loads []float64, t Topology) []float64 {
+	replicas := Replicas(slots, len(loads))
+	out := make([]float64, t.WorldSize)
+	for i, e := range slots {
+		if e < 0 || e >= len(loads) || replicas[e] == 0 {
+			continue
+		}
+		out[i/t.SlotsPerRank] += loads[e] / float64(replicas[e])
+	}
+	return out
+}
+
+// MaxOverMean is max(v)/mean(v); 1.0 is perfect balance, and an all-zero
+// (or empty) v counts as balanced.
+func MaxOverMean(v []float64) float64 {
+	if len(v) == 0 {
+		return 1
+	}
+	var sum, hi float64
+	for _, x := range v {
+		sum += x
+		if x > hi {
+			hi = x
+		}
+	}
+	if sum <= 0 {
+		return 1
+	}
+	return hi / (sum / float64(len(v)))
+}
+
+// StaticSlots is expert parallelism as DeepSpeed-MoE lays it out: slot k
+// (rank-major, k = r*S+s) holds expert k mod numExperts, so experts are
+// spread evenly over ranks and replicated uniformly where slots exceed
+// experts. It is the plan every job starts from and the fallback when no
+// strategy has produced a valid plan.
+func StaticSlots(numExperts int, t Topology) []int {
+	out := make([]int, t.TotalSlots())
+	for k := range out {
+		out[k] = k % numExperts
+	}
+	return out
+}
+
+// Floats converts token counts to float64 loads.
+func Floats(v []uint64) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
+}

@@ -1,0 +1,123 @@
+// Package sdk is what a SwiftMoE strategy plugin is written against: the
+// Strategy interface, the go-plugin handshake, and the gRPC adapter pair that
+// carries a Strategy between the sidecar and a plugin process.
+//
+// A strategy is one small Go package implementing Strategy, plus a main:
+//
+//	func main() { sdk.Serve(mystrategy.New()) }
+package sdk
+
+import "context"
+
+// Topology is the shape of the job a plan is for.
+type Topology struct {
+	// WorldSize is the number of ranks, >= 1.
+	WorldSize int
+	// RanksPerNode groups ranks into nodes: ranks r and q share a node when
+	// r/RanksPerNode == q/RanksPerNode. 0 means one node holds every rank.
+	RanksPerNode int
+	// SlotsPerRank is the number of expert slots per rank per layer, >= 1.
+	SlotsPerRank int
+	// IntraNodeBandwidth and InterNodeBandwidth are in bytes per second, 0
+	// when unknown.
+	IntraNodeBandwidth float64
+	InterNodeBandwidth float64
+}
+
+// TotalSlots is WorldSize*SlotsPerRank, the length of every layer's plan.
+func (t Topology) TotalSlots() int { return t.WorldSize * t.SlotsPerRank }
+
+// NodeOf returns the node index of rank r.
+func (t Topology) NodeOf(r int) int {
+	if t.RanksPerNode <= 0 {
+		return 0
+	}
+	return r / t.RanksPerNode
+}
+
+// LayerInput is what a strategy knows about one MoE layer.
+type LayerInput struct {
+	// Layer is the MoE layer's index in the job.
+	Layer int
+	// NumExperts is the number of experts in the layer, >= 1.
+	NumExperts int
+	// Predicted is the predicted token count per expert for the iteration
+	// being planned (len NumExperts, each >= 0). The sidecar derives it from
+	// its load history (last iteration or EWMA).
+	Predicted []float64
+	// LastLoad is the latest reported token count per expert; nil before the
+	// first report.
+	LastLoad []uint64
+	// Current is the placement in force (len TotalSlots): Current[r*S+s] is
+	// the expert in slot s of rank r.
+	Current []int
+}
+
+// Request is one planning call.
+type Request struct {
+	Topology Topology
+	// Iteration is the training iteration the plan is for.
+	Iteration uint64
+	Layers    []LayerInput
+	// Options are the job's strategy options, as given at registration.
+	Options map[string]string
+	// ExpertWeightBytes and ExpertOptimizerBytes are the bytes of one
+	// expert's weights and optimizer state, per layer (or one value for
+	// every layer; see ExpertBytes).
+	ExpertWeightBytes    []uint64
+	ExpertOptimizerBytes []uint64
+}
+
+// Response is a strategy's answer.
+type Response struct {
+	// Layers holds one placement per request layer, in request order, each
+	// of len Topology.TotalSlots() with ids in [0, NumExperts).
+	Layers [][]int
+	// MigratedBytes is the optimizer-state volume this plan would move in a
+	// system whose optimizer state follows its expert (0 for SwiftMoE).
+	MigratedBytes uint64
+	// Note is an optional remark shown in logs.
+	Note string
+}
+
+// Option describes one option a strategy accepts.
+type Option struct {
+	Name        string
+	Description string
+	Default     string
+}
+
+// Info describes a strategy.
+type Info struct {
+	Name        string
+	Description string
+	Version     string
+	Options     []Option
+}
+
+// Strategy plans the placement of expert replicas into slots.
+//
+// The sidecar calls a Strategy from one goroutine per job at a time, but a
+// plugin may serve several jobs, so implementations must be safe for
+// concurrent use.
+type Strategy interface {
+	// Info describes the strategy. It is called once when the plugin is
+	// loaded and must not fail or block.
+	Info() Info
+
+	// Plan returns the placement of every layer for req.Iteration.
+	//
+	// It is called once per reported iteration with a context whose deadline
+	// is a few milliseconds away; it must return by then. It must not mutate
+	// req. It must be deterministic (the same request gives the same
+	// response) so that a restarted plugin plans as the old one did.
+	//
+	// A returned placement must be valid (see ValidateSlots): every expert
+	// in at least one slot, every id in range, exactly TotalSlots entries,
+	// and two replicas of one expert on a rank only when the slot count
+	// forces it. The sidecar validates every response and serves the last
+	// valid plan instead of an invalid one. A non-nil error means "no plan";
+	// it is logged and the last valid plan stays in force. Errors for bad
+	// options should name the option and the fix.
+	Plan(ctx context.Context, req *Request) (*Response, error)
+}
