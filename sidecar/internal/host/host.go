@@ -1,0 +1,256 @@
+// Package host runs strategy plugins (hashicorp/go-plugin over gRPC) for the
+// sidecar: it finds swiftmoe-strategy-NAME binaries in one plugins directory,
+// verifies their SHA-256, calls them under a deadline, validates every plan
+// they return, and kills and restarts a plugin that crashes, hangs, errors or
+// returns an invalid plan. It is safe for concurrent use.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/metrics"
+)
+
+// Defaults of Options.
+const (
+	DefaultCallTimeout  = 200 * time.Millisecond
+	DefaultStartTimeout = 10 * time.Second
+)
+
+// Options configure a Host.
+type Options struct {
+	// Dir is the plugins directory; it must be absolute.
+	Dir string
+	// CallTimeout is the deadline of one Plan call (DefaultCallTimeout if 0).
+	CallTimeout time.Duration
+	// StartTimeout bounds starting a plugin process (DefaultStartTimeout if 0).
+	StartTimeout time.Duration
+	// Logger receives the host's and the plugins' log lines (hclog.NewNullLogger if nil).
+	Logger hclog.Logger
+	// Metrics records restarts and rejected plans; nil records nothing.
+	Metrics *metrics.Metrics
+}
+
+// Host owns the plugin processes of one sidecar.
+type Host struct {
+	dir          string
+	timeout      time.Duration
+	startTimeout time.Duration
+	log          hclog.Logger
+	metrics      *metrics.Metrics
+	sums         *checksums
+	wg           sync.WaitGroup // background starts and kills
+
+	mu     sync.Mutex
+	slots  map[string]*slot
+	closed bool
+}
+
+// Info describes a strategy plugin.
+type Info struct {
+	sdk.Info
+	// Path is the plugin binary; SHA256 its verified hash, in hex.
+	Path   string
+	SHA256 string
+}
+
+// New checks the plugins directory and reads its SHA256SUMS file, if any.
+// No plugin starts until it is first used.
+func New(o Options) (*Host, error) {
+	if !filepath.IsAbs(o.Dir) {
+		return nil, fmt.Errorf("plugins directory %q must be an absolute path", o.Dir)
+	}
+	if _, err := listNames(o.Dir); err != nil {
+		return nil, err
+	}
+	sums, err := loadChecksums(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{
+		dir: o.Dir, timeout: o.CallTimeout, startTimeout: o.StartTimeout,
+		log: o.Logger, metrics: o.Metrics, sums: sums, slots: map[string]*slot{},
+	}
+	if h.timeout <= 0 {
+		h.timeout = DefaultCallTimeout
+	}
+	if h.startTimeout <= 0 {
+		h.startTimeout = DefaultStartTimeout
+	}
+	if h.log == nil {
+		h.log = hclog.NewNullLogger()
+	}
+	return h, nil
+}
+
+// Dir returns the plugins directory.
+func (h *Host) Dir() string { return h.dir }
+
+// Names lists the strategies whose binaries are in the plugins directory.
+func (h *Host) Names() ([]string, error) { return listNames(h.dir) }
+
+// Has reports whether strategy name has a usable binary, and why not.
+func (h *Host) Has(name string) error {
+	_, err := binaryPath(h.dir, name)
+	return err
+}
+
+func (h *Host) slot(name string) (*slot, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, ErrClosed
+	}
+	if s, ok := h.slots[name]; ok {
+		return s, nil
+	}
+	path, err := binaryPath(h.dir, name)
+	if err != nil {
+		return nil, err
+	}
+	s := &slot{h: h, name: name, path: path}
+	h.slots[name] = s
+	return s, nil
+}
+
+// Info starts the plugin if needed and returns its description.
+func (h *Host) Info(ctx context.Context, name string) (Info, error) {
+	s, err := h.slot(name)
+	if err != nil {
+		return Info{}, err
+	}
+	in, err := s.acquire(ctx)
+	if err != nil {
+		return Info{Path: s.path}, err
+	}
+	info := in.info
+	if info.Name != name {
+		h.log.Warn("plugin describes itself under another name; using its binary name", "strategy", name, "described", info.Name)
+		info.Name = name
+	}
+	return Info{Info: info, Path: s.path, SHA256: in.sha256}, nil
+}
+
+// List describes every strategy in the plugins directory. A plugin that
+// cannot start is listed with the error as its description.
+func (h *Host) List(ctx context.Context) ([]Info, error) {
+	names, err := h.Names()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Info, 0, len(names))
+	for _, name := range names {
+		info, err := h.Info(ctx, name)
+		if err != nil {
+			info.Name = name
+			info.Description = "unavailable: " + err.Error()
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// Plan calls strategy name with the call deadline and validates the answer.
+// Every failure is a *Failure; on any failure but ReasonCanceled and
+// ReasonUnavailable the plugin process is killed and a fresh one started.
+func (h *Host) Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Response, error) {
+	s, err := h.slot(name)
+	if err != nil {
+		return nil, &Failure{Strategy: name, Reason: ReasonUnavailable, Err: err}
+	}
+	in, err := s.acquire(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, &Failure{Strategy: name, Reason: ReasonCanceled, Err: err}
+		}
+		return nil, &Failure{Strategy: name, Reason: ReasonUnavailable, Err: err}
+	}
+	cctx, cancel := context.WithTimeout(ctx, h.timeout)
+	resp, err := in.strategy.Plan(cctx, req)
+	cancel()
+	if err != nil {
+		reason := classify(ctx, cctx, in, err)
+		if reason == ReasonTimeout {
+			err = fmt.Errorf("no answer within the plugin timeout of %v: %w", h.timeout, err)
+		}
+		if reason != ReasonCanceled {
+			s.discard(in, reason, err)
+		}
+		return nil, &Failure{Strategy: name, Reason: reason, Err: err}
+	}
+	if reason, err := validateResponse(req, resp); err != nil {
+		h.metrics.InvalidPlanRejected(name, string(reason))
+		s.discard(in, reason, err)
+		return nil, &Failure{Strategy: name, Reason: reason, Err: err}
+	}
+	return resp, nil
+}
+
+func classify(parent, call context.Context, in *instance, err error) Reason {
+	switch {
+	case parent.Err() != nil:
+		return ReasonCanceled
+	case errors.Is(call.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded:
+		return ReasonTimeout
+	case in.exited() || status.Code(err) == codes.Unavailable:
+		return ReasonCrash
+	default:
+		return ReasonError
+	}
+}
+
+// PID returns the process id of strategy name's running plugin, 0 if none.
+func (h *Host) PID(name string) int {
+	h.mu.Lock()
+	s := h.slots[name]
+	h.mu.Unlock()
+	if s == nil {
+		return 0
+	}
+	return s.pid()
+}
+
+// Restarts returns how many times strategy name's plugin was restarted.
+func (h *Host) Restarts(name string) int {
+	h.mu.Lock()
+	s := h.slots[name]
+	h.mu.Unlock()
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.restarts
+}
+
+// Close kills every plugin process and waits for background starts and
+// kills to finish. Later calls fail with ErrClosed.
+func (h *Host) Close() {
+	h.mu.Lock()
+	h.closed = true
+	slots := make([]*slot, 0, len(h.slots))
+	for _, s := range h.slots {
+		slots = append(slots, s)
+	}
+	h.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range slots {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.close()
+		}()
+	}
+	wg.Wait()
+	h.wg.Wait()
+}

@@ -1,0 +1,116 @@
+package host
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	plugin "github.com/hashicorp/go-plugin"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// describeTimeout bounds the Describe call made when a plugin starts.
+const describeTimeout = 5 * time.Second
+
+// killGrace is how long a graceful plugin shutdown may take before the
+// process is sent SIGKILL.
+const killGrace = 2 * time.Second
+
+// instance is one running plugin process.
+type instance struct {
+	client   *plugin.Client
+	strategy *sdk.GRPCClient
+	pid      int
+	info     sdk.Info
+	sha256   string
+}
+
+// startInstance starts the plugin binary at path, verifies its checksum
+// (go-plugin SecureConfig), negotiates gRPC over AutoMTLS and describes it.
+func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout time.Duration) (*instance, error) {
+	sum, err := sums.expected(path)
+	if err != nil {
+		return nil, err
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		Plugins:          sdk.PluginMap(),
+		Cmd:              exec.Command(path),
+		SecureConfig:     &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()},
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		Logger:           log,
+		StartTimeout:     startTimeout,
+	})
+	rpc, err := client.Client()
+	if err != nil {
+		client.Kill()
+		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
+			return nil, fmt.Errorf("%w: %s does not have the SHA-256 %s expected (%s); reinstall the plugin or update %s and restart the sidecar",
+				ErrChecksum, path, hex.EncodeToString(sum), pinSource(sums), SumsFile)
+		}
+		return nil, fmt.Errorf("starting plugin %s: %w", path, err)
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		client.Kill()
+		return nil, fmt.Errorf("dispensing %q from plugin %s: %w", sdk.PluginName, path, err)
+	}
+	strategy, ok := raw.(*sdk.GRPCClient)
+	if !ok {
+		client.Kill()
+		return nil, fmt.Errorf("plugin %s dispensed %T, want *sdk.GRPCClient", path, raw)
+	}
+	in := &instance{client: client, strategy: strategy, sha256: hex.EncodeToString(sum)}
+	if rc := client.ReattachConfig(); rc != nil {
+		in.pid = rc.Pid
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), describeTimeout)
+	defer cancel()
+	in.info, err = strategy.Describe(ctx)
+	if err != nil {
+		in.kill()
+		return nil, fmt.Errorf("describing plugin %s: %w", path, err)
+	}
+	return in, nil
+}
+
+func pinSource(s *checksums) string {
+	if s.listed != nil {
+		return "listed in " + SumsFile
+	}
+	return "pinned when the sidecar first loaded it"
+}
+
+// kill ends the process: a graceful go-plugin shutdown, then SIGKILL if the
+// process is still there after killGrace. It returns once the process is
+// gone (or after a bounded wait).
+func (in *instance) kill() {
+	done := make(chan struct{})
+	go func() {
+		in.client.Kill()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return
+	case <-time.After(killGrace):
+	}
+	if in.pid > 0 {
+		_ = syscall.Kill(in.pid, syscall.SIGKILL)
+	}
+	select {
+	case <-done:
+	case <-time.After(killGrace):
+	}
+}
+
+// exited reports whether the plugin process has ended.
+func (in *instance) exited() bool { return in.client.Exited() }

@@ -1,0 +1,135 @@
+// Package metrics holds the sidecar's Prometheus metrics on a registry of its
+// own. Every method is safe on a nil *Metrics, which records nothing, so the
+// offline CLI can run the same code without a registry.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is the sidecar's metric set.
+type Metrics struct {
+	reg            *prometheus.Registry
+	maxOverMean    *prometheus.GaugeVec
+	planMaxOver    *prometheus.GaugeVec
+	replicas       *prometheus.GaugeVec
+	planLatency    *prometheus.HistogramVec
+	pluginRestarts *prometheus.CounterVec
+	invalidPlans   *prometheus.CounterVec
+	fallbacks      *prometheus.CounterVec
+}
+
+// New registers the sidecar's metrics, plus the Go runtime and process
+// collectors, on a fresh registry.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		maxOverMean: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "swiftmoe_layer_max_over_mean",
+			Help: "Predicted busiest-rank load over mean rank load of the plan in force, per MoE layer (1.0 is perfect balance).",
+		}, []string{"job", "layer"}),
+		planMaxOver: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "swiftmoe_plan_max_over_mean",
+			Help: "Maximum over layers of the layer max_over_mean of the plan in force.",
+		}, []string{"job"}),
+		replicas: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "swiftmoe_expert_replicas",
+			Help: "Slots holding each expert in the plan in force.",
+		}, []string{"job", "layer", "expert"}),
+		planLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "swiftmoe_plan_latency_seconds",
+			Help:    "Time to produce the plan answered to ReportLoads, including the strategy call.",
+			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1},
+		}, []string{"strategy"}),
+		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swiftmoe_plugin_restarts_total",
+			Help: "Strategy plugin processes killed and restarted, by reason.",
+		}, []string{"strategy", "reason"}),
+		invalidPlans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swiftmoe_invalid_plans_rejected_total",
+			Help: "Plans returned by a strategy plugin that failed validation, by reason.",
+		}, []string{"strategy", "reason"}),
+		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swiftmoe_fallbacks_served_total",
+			Help: "Plans served from the last valid or the static plan because the strategy failed, by reason.",
+		}, []string{"strategy", "reason"}),
+	}
+	m.reg.MustRegister(m.maxOverMean, m.planMaxOver, m.replicas, m.planLatency,
+		m.pluginRestarts, m.invalidPlans, m.fallbacks,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry returns the registry the metrics live on.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// ObservePlan records the per-layer balance and replica counts of the plan
+// now in force for job. replicas[l][e] is the slot count of expert e.
+func (m *Metrics) ObservePlan(job string, layerMaxOverMean []float64, planMaxOverMean float64, replicas [][]uint32) {
+	if m == nil {
+		return
+	}
+	for l, v := range layerMaxOverMean {
+		m.maxOverMean.WithLabelValues(job, strconv.Itoa(l)).Set(v)
+	}
+	m.planMaxOver.WithLabelValues(job).Set(planMaxOverMean)
+	for l, layer := range replicas {
+		ls := strconv.Itoa(l)
+		for e, n := range layer {
+			m.replicas.WithLabelValues(job, ls, strconv.Itoa(e)).Set(float64(n))
+		}
+	}
+}
+
+// ForgetJob deletes every series labelled with job (on re-registration).
+func (m *Metrics) ForgetJob(job string) {
+	if m == nil {
+		return
+	}
+	l := prometheus.Labels{"job": job}
+	m.maxOverMean.DeletePartialMatch(l)
+	m.planMaxOver.DeletePartialMatch(l)
+	m.replicas.DeletePartialMatch(l)
+}
+
+// ObservePlanLatency records the time one ReportLoads took to plan.
+func (m *Metrics) ObservePlanLatency(strategy string, seconds float64) {
+	if m == nil {
+		return
+	}
+	m.planLatency.WithLabelValues(strategy).Observe(seconds)
+}
+
+// PluginRestarted counts a plugin process killed for reason.
+func (m *Metrics) PluginRestarted(strategy, reason string) {
+	if m == nil {
+		return
+	}
+	m.pluginRestarts.WithLabelValues(strategy, reason).Inc()
+}
+
+// InvalidPlanRejected counts a strategy plan that failed validation.
+func (m *Metrics) InvalidPlanRejected(strategy, reason string) {
+	if m == nil {
+		return
+	}
+	m.invalidPlans.WithLabelValues(strategy, reason).Inc()
+}
+
+// FallbackServed counts a plan served instead of a failed strategy's.
+func (m *Metrics) FallbackServed(strategy, reason string) {
+	if m == nil {
+		return
+	}
+	m.fallbacks.WithLabelValues(strategy, reason).Inc()
+}

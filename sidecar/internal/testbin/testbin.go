@@ -1,0 +1,40 @@
+// Package testbin builds the sidecar and plugin binaries that real-process
+// tests run.
+package testbin
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// Module is the import path of the repository's Go module.
+const Module = "github.com/swiftmoe/swiftmoe"
+
+// FaultyPlugin is the test strategy plugin that misbehaves on command.
+const FaultyPlugin = Module + "/sidecar/internal/host/testdata/faultyplugin"
+
+// Sidecar is the sidecar's main package.
+const Sidecar = Module + "/sidecar/cmd/swiftmoe-sidecar"
+
+// Strategy returns the main package of built-in strategy name.
+func Strategy(name string) string {
+	return Module + "/plugins/cmd/swiftmoe-strategy-" + name
+}
+
+// buildTimeout bounds one go build.
+const buildTimeout = 5 * time.Minute
+
+// Build compiles pkg into dir/name and returns the binary's path.
+func Build(dir, pkg, name string) (string, error) {
+	out := filepath.Join(dir, name)
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
+	}
+	return out, nil
+}
