@@ -1,0 +1,146 @@
+"""Pieces shared by the HuggingFace block adapters.
+
+Pure SwiGLU expert functions, the training-time input jitter some blocks apply, the record a
+block keeps of its removed expert parameters, and the validation of weights handed back.
+
+Shape legend: T tokens, D model dim, I expert intermediate dim, E experts, K top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ExpertSpec
+
+__all__ = [
+    "REMOVED_ATTR",
+    "RemovedExperts",
+    "block_label",
+    "check_expert_params",
+    "jitter_input",
+    "removed_record",
+    "swiglu_fused",
+    "swiglu_split",
+]
+
+#: Attribute under which a block records the expert parameters taken from it.
+REMOVED_ATTR = "_swiftmoe_removed_experts"
+
+
+def block_label(block: nn.Module) -> str:
+    return type(block).__name__
+
+
+def swiglu_split(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Expert forward for separate gate/up/down weights (per-expert ``nn.Linear`` layout).
+
+    ``forward(x_TD, w_gate_ID, w_up_ID, w_down_DI) -> y_TD`` computes
+    ``down(act(gate(x)) * up(x))`` with the same ops, in the same order, as the block's MLP.
+    """
+
+    def forward(
+        x_TD: torch.Tensor, w_gate_ID: torch.Tensor, w_up_ID: torch.Tensor, w_down_DI: torch.Tensor
+    ) -> torch.Tensor:
+        h_TI = act_fn(F.linear(x_TD, w_gate_ID)) * F.linear(x_TD, w_up_ID)
+        return F.linear(h_TI, w_down_DI)
+
+    return forward
+
+
+def swiglu_fused(
+    act_fn: Callable[[torch.Tensor], torch.Tensor], transposed: bool
+) -> Callable[..., torch.Tensor]:
+    """Expert forward for a concatenated ``[gate; up]`` weight (fused-experts layout).
+
+    Untransposed: ``forward(x_TD, gate_up_2ID, down_DI)``; transposed storage:
+    ``forward(x_TD, gate_up_D2I, down_ID)``. The first half of the projection is the gate.
+    """
+    if transposed:
+
+        def forward_t(x_TD: torch.Tensor, gate_up_D2I: torch.Tensor, down_ID: torch.Tensor):
+            gate_TI, up_TI = torch.matmul(x_TD, gate_up_D2I).chunk(2, dim=-1)
+            return torch.matmul(act_fn(gate_TI) * up_TI, down_ID)
+
+        return forward_t
+
+    def forward(x_TD: torch.Tensor, gate_up_2ID: torch.Tensor, down_DI: torch.Tensor):
+        gate_TI, up_TI = F.linear(x_TD, gate_up_2ID).chunk(2, dim=-1)
+        return F.linear(act_fn(gate_TI) * up_TI, down_DI)
+
+    return forward
+
+
+def jitter_input(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply the multiplicative input jitter of Mixtral-style blocks (``jitter_noise``).
+
+    The block multiplies its input by ``U(1 - j, 1 + j)`` noise in training mode, before both the
+    router and the experts see it. The same draw from the same generator is made here, out of
+    place, so routing and expert inputs are identical to the unpatched block's.
+    """
+    j = getattr(block, "jitter_noise", 0.0)
+    if not block.training or not j or j <= 0:
+        return x
+    return x * torch.empty_like(x).uniform_(1.0 - j, 1.0 + j)
+
+
+@dataclass(frozen=True)
+class RemovedExperts:
+    """What a block held before ``remove_expert_params``: enough to describe and restore it.
+
+    Attributes:
+        shapes: per-expert parameter shapes, in ``ExpertSpec.names`` order.
+        dtype, device, requires_grad: of the removed parameters; restored weights get them back.
+    """
+
+    shapes: tuple[torch.Size, ...]
+    dtype: torch.dtype
+    device: torch.device
+    requires_grad: bool
+
+
+def removed_record(block: nn.Module) -> RemovedExperts | None:
+    rec = getattr(block, REMOVED_ATTR, None)
+    return rec if isinstance(rec, RemovedExperts) else None
+
+
+def check_expert_params(
+    adapter: str,
+    block: nn.Module,
+    spec: ExpertSpec,
+    num_experts: int,
+    params: Sequence[tuple[torch.Tensor, ...]],
+) -> None:
+    """Raise ValueError, naming the bad entry and the fix, unless ``params`` fits ``spec``."""
+    where = f"{adapter}.set_expert_params({block_label(block)})"
+    if isinstance(params, torch.Tensor) or not isinstance(params, Sequence):
+        raise ValueError(
+            f"{where}: params must be a sequence of {num_experts} per-expert tuples, "
+            f"got {type(params).__name__}; pass [(" + ", ".join(spec.names) + "), ...]"
+        )
+    if len(params) != num_experts:
+        raise ValueError(
+            f"{where}: got weights for {len(params)} experts, the block has {num_experts}; "
+            "pass one tuple per expert, in expert-id order"
+        )
+    for e, p in enumerate(params):
+        if not isinstance(p, (tuple, list)) or len(p) != len(spec.names):
+            raise ValueError(
+                f"{where}: params[{e}] must be a tuple of {len(spec.names)} tensors "
+                f"({', '.join(spec.names)}), got {type(p).__name__}"
+                + (f" of length {len(p)}" if isinstance(p, (tuple, list)) else "")
+            )
+        for name, want, t in zip(spec.names, spec.shapes, p, strict=True):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(
+                    f"{where}: params[{e}].{name} is {type(t).__name__}, want a tensor"
+                )
+            if t.shape != want:
+                raise ValueError(
+                    f"{where}: params[{e}].{name} has shape {tuple(t.shape)}, want {tuple(want)}; "
+                    "export the weights from a block of the same configuration"
+                )

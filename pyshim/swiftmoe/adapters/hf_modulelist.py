@@ -1,0 +1,257 @@
+"""Adapter for per-expert ModuleList MoE blocks (the transformers 4.x form).
+
+The block has exactly two children:
+
+* ``gate``: an ``nn.Linear(D, E, bias=False)`` giving router logits;
+* ``experts``: an ``nn.ModuleList`` of E gated MLPs, each with three bias-free ``nn.Linear``
+  layers named ``w1``/``w3``/``w2`` (Mixtral) or ``gate_proj``/``up_proj``/``down_proj``
+  (Qwen3-MoE, OLMoE, ...) and an ``act_fn``, computing ``down(act(gate(x)) * up(x))``;
+
+plus an int ``top_k`` and optionally ``num_experts``, ``norm_topk_prob`` (absent means the
+top-k weights are renormalised, as Mixtral does) and ``jitter_noise``. Detection is by this
+structure, never by class name, so other blocks of the same shape work.
+
+Routing reproduces the 4.x forward exactly: ``softmax(logits, dim=1, dtype=float32)``, top-k,
+renormalisation when ``norm_topk_prob`` (or always, without the attribute), then a cast to the
+hidden states' dtype. The block returns ``(hidden_states, router_logits)``; the model collects the
+logits from that tuple for the auxiliary loss, and :meth:`make_output` keeps the tuple.
+
+Shape legend: T tokens, D model dim, I expert intermediate dim, E experts, K top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._hf_common import (
+    REMOVED_ATTR,
+    RemovedExperts,
+    block_label,
+    check_expert_params,
+    jitter_input,
+    removed_record,
+    swiglu_split,
+)
+from .base import ExpertSpec, MoEAdapter, RouteResult
+
+__all__ = ["HFModuleListAdapter", "modulelist_mismatch"]
+
+#: Known per-expert layer names, in (gate, up, down) order.
+LAYER_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("w1", "w3", "w2"),
+    ("gate_proj", "up_proj", "down_proj"),
+)
+
+
+def _layer_names(expert: nn.Module) -> tuple[str, str, str] | None:
+    linears = {n for n, m in expert.named_children() if isinstance(m, nn.Linear)}
+    for names in LAYER_NAMES:
+        if linears == set(names):
+            return names
+    return None
+
+
+def _expert_mismatch(e: int, expert: nn.Module, dim: int) -> str | None:
+    names = _layer_names(expert)
+    if names is None:
+        kids = sorted(n for n, _ in expert.named_children())
+        return f"experts[{e}] has children {kids}, want three nn.Linear named " + " or ".join(
+            "/".join(n) for n in LAYER_NAMES
+        )
+    if not callable(getattr(expert, "act_fn", None)):
+        return f"experts[{e}] has no callable act_fn"
+    g, u, d = (getattr(expert, n) for n in names)
+    if any(lin.bias is not None for lin in (g, u, d)):
+        return f"experts[{e}] has biased projections; only bias-free experts are supported"
+    allowed = {f"{n}.weight" for n in names}
+    extra = sorted(n for n, _ in expert.named_parameters() if n not in allowed)
+    if extra:
+        return f"experts[{e}] holds parameters {extra} besides its three projections"
+    inter = g.out_features
+    if (g.in_features, u.in_features, u.out_features) != (dim, dim, inter):
+        return f"experts[{e}] gate/up projections are not ({dim} -> {inter})"
+    if (d.in_features, d.out_features) != (inter, dim):
+        return f"experts[{e}] down projection is not ({inter} -> {dim})"
+    return None
+
+
+def modulelist_mismatch(block: nn.Module) -> str | None:
+    """Why ``block`` is not a per-expert ModuleList MoE block, or None when it is."""
+    children = dict(block.named_children())
+    if set(children) != {"gate", "experts"}:
+        return f"children are {sorted(children)}, want exactly ['experts', 'gate']"
+    if any(p is not None for p in block._parameters.values()):
+        return "the block holds parameters of its own besides gate and experts"
+    gate, ex = children["gate"], children["experts"]
+    if not isinstance(gate, nn.Linear) or gate.bias is not None:
+        return "gate is not a bias-free nn.Linear"
+    if not isinstance(ex, nn.ModuleList) or len(ex) != gate.out_features:
+        return f"experts is not an nn.ModuleList of {gate.out_features} experts (one per logit)"
+    num_e, dim = gate.out_features, gate.in_features
+    k = getattr(block, "top_k", None)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_e:
+        return f"top_k is {k!r}, want an int in [1, {num_e}]"
+    n = getattr(block, "num_experts", num_e)
+    if n != num_e:
+        return f"num_experts is {n!r} but the gate scores {num_e} experts"
+    norm = getattr(block, "norm_topk_prob", True)
+    if not isinstance(norm, bool):
+        return f"norm_topk_prob is {norm!r}, want a bool"
+    j = getattr(block, "jitter_noise", 0.0)
+    if not isinstance(j, (int, float)) or isinstance(j, bool):
+        return f"jitter_noise is {j!r}, want a number"
+    for e, expert in enumerate(ex):
+        reason = _expert_mismatch(e, expert, dim)
+        if reason is not None:
+            return reason
+    first = _layer_names(ex[0])
+    inter = getattr(ex[0], first[0]).out_features
+    act_type = type(ex[0].act_fn)
+    for e, expert in enumerate(ex):
+        if _layer_names(expert) != first or getattr(expert, first[0]).out_features != inter:
+            return f"experts[{e}] differs in layout or size from experts[0]"
+        if type(expert.act_fn) is not act_type:
+            return f"experts[{e}] uses a different activation from experts[0]"
+    return None
+
+
+class HFModuleListAdapter(MoEAdapter):
+    """Per-expert blocks: a Linear ``gate`` and a ``ModuleList`` of gated MLP experts."""
+
+    name = "hf-modulelist-experts"
+
+    def matches(self, module: nn.Module) -> bool:
+        return modulelist_mismatch(module) is None
+
+    def why_not(self, module: nn.Module) -> str | None:
+        """Why this adapter does not handle ``module`` (None when it does); for error messages."""
+        return modulelist_mismatch(module)
+
+    def _check(self, block: nn.Module, what: str) -> None:
+        reason = modulelist_mismatch(block)
+        if reason is not None:
+            raise ValueError(
+                f"{self.name}.{what}: {block_label(block)} is not a per-expert MoE block: "
+                f"{reason}; use swiftmoe.adapters.find_adapter(block) to pick its adapter"
+            )
+
+    @staticmethod
+    def _layers(block: nn.Module, e: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        expert = block.experts[e]
+        return tuple(getattr(expert, n) for n in _layer_names(expert))
+
+    def num_experts(self, block: nn.Module) -> int:
+        self._check(block, "num_experts")
+        return len(block.experts)
+
+    def top_k(self, block: nn.Module) -> int:
+        self._check(block, "top_k")
+        return int(block.top_k)
+
+    def expert_spec(self, block: nn.Module) -> ExpertSpec:
+        self._check(block, "expert_spec")
+        g, u, d = self._layers(block, 0)
+        return ExpertSpec(
+            names=_layer_names(block.experts[0]),
+            shapes=(
+                torch.Size((g.out_features, g.in_features)),
+                torch.Size((u.out_features, u.in_features)),
+                torch.Size((d.out_features, d.in_features)),
+            ),
+            forward=swiglu_split(block.experts[0].act_fn),
+        )
+
+    def flatten_input(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """``x_TD`` of a block call, with the block's training-time input jitter applied.
+
+        Call once per forward: with jitter on, each call draws fresh noise.
+        """
+        x = args[0] if args else kwargs.get("hidden_states")
+        dim = block.gate.in_features
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != dim:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"{self.name}.flatten_input({block_label(block)}): hidden_states is {got}, "
+                f"want a tensor of shape (batch, seq, {dim})"
+            )
+        return jitter_input(block, x).reshape(-1, dim)
+
+    def route(self, block: nn.Module, x_TD: torch.Tensor) -> RouteResult:
+        """Softmax top-k routing as the 4.x block computes it; extra is ``router_logits_TE``."""
+        dim = block.gate.in_features
+        if x_TD.dim() != 2 or x_TD.shape[1] != dim:
+            raise ValueError(
+                f"{self.name}.route({block_label(block)}): x_TD has shape {tuple(x_TD.shape)}, "
+                f"want (tokens, {dim}); flatten with flatten_input first"
+            )
+        logits_TE = block.gate(x_TD)
+        probs_TE = F.softmax(logits_TE, dim=1, dtype=torch.float)
+        weights_TK, ids_TK = torch.topk(probs_TE, block.top_k, dim=-1)
+        if getattr(block, "norm_topk_prob", True):
+            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+        weights_TK = weights_TK.to(x_TD.dtype)
+        return RouteResult(topk_ids_TK=ids_TK, topk_weights_TK=weights_TK, extra=logits_TE)
+
+    def get_expert_params(self, block: nn.Module) -> list[tuple[torch.Tensor, ...]]:
+        self._check(block, "get_expert_params")
+        out = []
+        for e in range(len(block.experts)):
+            ws = tuple(lin.weight for lin in self._layers(block, e))
+            if any(w is None for w in ws):
+                raise ValueError(
+                    f"{self.name}.get_expert_params({block_label(block)}): the expert weights "
+                    "were removed by remove_expert_params; take them from the engine, or call "
+                    "set_expert_params first"
+                )
+            out.append(ws)
+        return out
+
+    def remove_expert_params(self, block: nn.Module) -> None:
+        """Unregister every expert projection weight; dtype and device stay on the block."""
+        spec = self.expert_spec(block)
+        w0 = self._layers(block, 0)[0].weight
+        if w0 is None:
+            raise ValueError(
+                f"{self.name}.remove_expert_params({block_label(block)}): already removed"
+            )
+        rec = RemovedExperts(spec.shapes, w0.dtype, w0.device, w0.requires_grad)
+        for e in range(len(block.experts)):
+            for lin in self._layers(block, e):
+                lin.register_parameter("weight", None)
+        setattr(block, REMOVED_ATTR, rec)
+
+    def set_expert_params(
+        self, block: nn.Module, params: Sequence[tuple[torch.Tensor, ...]]
+    ) -> None:
+        """Put per-expert weights back into each expert's projections.
+
+        Live weights are overwritten in place; removed ones are registered again with their
+        original dtype, device and requires_grad.
+        """
+        spec = self.expert_spec(block)
+        check_expert_params(self.name, block, spec, len(block.experts), params)
+        rec = removed_record(block)
+        with torch.no_grad():
+            for e, p in enumerate(params):
+                for lin, t in zip(self._layers(block, e), p, strict=True):
+                    if lin.weight is not None:
+                        lin.weight.copy_(t)
+                        continue
+                    w = t.detach().clone()
+                    grad = True
+                    if rec is not None:
+                        w = w.to(device=rec.device, dtype=rec.dtype)
+                        grad = rec.requires_grad
+                    lin.register_parameter("weight", nn.Parameter(w, requires_grad=grad))
+        if rec is not None:
+            delattr(block, REMOVED_ATTR)
+
+    def make_output(
+        self, block: nn.Module, y_TD: torch.Tensor, route: RouteResult, x_shape: torch.Size
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 4.x block returns ``(hidden_states, router_logits)``."""
+        return y_TD.reshape(x_shape), route.extra
