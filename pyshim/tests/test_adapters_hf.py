@@ -614,3 +614,69 @@ def test_route_result_is_the_contract_type():
     assert isinstance(r, RouteResult)
     # without renormalisation the top-2 weights are raw softmax probabilities (sum < 1)
     assert torch.all(r.topk_weights_TK.sum(-1) < 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped execution and side-effect-free routing, as the engine uses them.
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_grouped_forward_matches_per_expert_forward(name):
+    """grouped_forward over slots (a replica, an empty group) equals spec.forward per slot."""
+    block, _ = make_block(name)
+    adapter = find_adapter(block)
+    spec = adapter.expert_spec(block)
+    params = adapter.get_expert_params(block)
+    slots_S, rows_S = [2, 0, 2, 3], [3, 0, 5, 2]
+    x_MD = torch.randn(sum(rows_S), D, generator=torch.Generator().manual_seed(12))
+    stacked = tuple(
+        torch.stack([params[e][i].detach() for e in slots_S]) for i in range(len(spec.names))
+    )
+    offs_S = torch.cumsum(torch.tensor(rows_S), 0).to(torch.int32)
+    with torch.no_grad():
+        got = adapter.grouped_forward(block, x_MD, offs_S, stacked)
+        want, start = [], 0
+        for e, n in zip(slots_S, rows_S, strict=True):
+            want.append(spec.forward(x_MD[start : start + n], *params[e]))
+            start += n
+    torch.testing.assert_close(got, torch.cat(want), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny_mixtral, tiny_qwen3], ids=["mixtral", "qwen3"])
+def test_route_without_hooks_leaves_no_trace(make):
+    """A look at the routing from a pre-hook (observe mode) must not add recorded logits."""
+    ref, model = make(), make()
+    seen = []
+
+    def peek(block, args, kwargs):
+        adapter = find_adapter(block)
+        with torch.no_grad():
+            r = adapter.route(block, adapter.flatten_input(block, args, kwargs), hooks=False)
+        seen.append(r.topk_ids_TK)
+
+    for m in model.modules():
+        if find_adapter(m) is not None:
+            m.register_forward_pre_hook(peek, with_kwargs=True)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(13))
+    want = ref(input_ids=ids, output_router_logits=True)
+    got = model(input_ids=ids, output_router_logits=True)
+    assert len(seen) == 2
+    assert len(got.router_logits) == len(want.router_logits) == 2
+    for g, w in zip(got.router_logits, want.router_logits, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+    torch.testing.assert_close(got.logits, want.logits, **TOL)
+    x_TD = torch.randn(4, D)
+    block = next(m for m in model.modules() if find_adapter(m) is not None)
+    a = find_adapter(block)
+    torch.testing.assert_close(a.route(block, x_TD, hooks=False).extra, a.route(block, x_TD).extra)
+
+    # The hazard hooks=False avoids: a hooked look records every layer's logits twice.
+    loud = make()
+
+    def hooked_peek(block, args, kwargs):
+        find_adapter(block).route(block, args[0].reshape(-1, D))
+
+    for m in loud.modules():
+        if find_adapter(m) is not None:
+            m.register_forward_pre_hook(hooked_peek, with_kwargs=True)
+    assert len(loud(input_ids=ids, output_router_logits=True).router_logits) == 4

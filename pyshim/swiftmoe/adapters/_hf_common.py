@@ -3,7 +3,8 @@
 Pure SwiGLU expert functions, the training-time input jitter some blocks apply, the record a
 block keeps of its removed expert parameters, and the validation of weights handed back.
 
-Shape legend: T tokens, D model dim, I expert intermediate dim, E experts, K top-k.
+Shape legend: T tokens, D model dim, I expert intermediate dim, E experts, K top-k, M rows of
+all groups, S slots (groups).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = [
     "RemovedExperts",
     "block_label",
     "check_expert_params",
+    "grouped_swiglu_fused",
+    "grouped_swiglu_split",
     "jitter_input",
     "removed_record",
     "swiglu_fused",
@@ -73,6 +76,42 @@ def swiglu_fused(
         return F.linear(act_fn(gate_TI) * up_TI, down_DI)
 
     return forward
+
+
+def grouped_swiglu_split(
+    act_fn: Callable[[torch.Tensor], torch.Tensor],
+    x_MD: torch.Tensor,
+    offs_S: torch.Tensor,
+    w_gate_SID: torch.Tensor,
+    w_up_SID: torch.Tensor,
+    w_down_SDI: torch.Tensor,
+) -> torch.Tensor:
+    """S experts of :func:`swiglu_split` over contiguous row groups, with ``torch._grouped_mm``.
+
+    ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
+    """
+    gate_MI = torch._grouped_mm(x_MD, w_gate_SID.transpose(-2, -1), offs=offs_S)
+    up_MI = torch._grouped_mm(x_MD, w_up_SID.transpose(-2, -1), offs=offs_S)
+    return torch._grouped_mm(act_fn(gate_MI) * up_MI, w_down_SDI.transpose(-2, -1), offs=offs_S)
+
+
+def grouped_swiglu_fused(
+    act_fn: Callable[[torch.Tensor], torch.Tensor],
+    transposed: bool,
+    x_MD: torch.Tensor,
+    offs_S: torch.Tensor,
+    gate_up_S: torch.Tensor,
+    down_S: torch.Tensor,
+) -> torch.Tensor:
+    """S experts of :func:`swiglu_fused` over contiguous row groups, with ``torch._grouped_mm``.
+
+    ``gate_up_S`` is (S, 2I, D) and ``down_S`` (S, D, I), or (S, D, 2I) and (S, I, D) when
+    ``transposed``.
+    """
+    if not transposed:
+        gate_up_S, down_S = gate_up_S.transpose(-2, -1), down_S.transpose(-2, -1)
+    gate_MI, up_MI = torch._grouped_mm(x_MD, gate_up_S, offs=offs_S).chunk(2, dim=-1)
+    return torch._grouped_mm(act_fn(gate_MI) * up_MI, down_S, offs=offs_S)
 
 
 def jitter_input(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from ._hf_common import (
     RemovedExperts,
     block_label,
     check_expert_params,
+    grouped_swiglu_fused,
     jitter_input,
     removed_record,
     swiglu_fused,
@@ -178,11 +179,31 @@ class HFFusedExpertsAdapter(MoEAdapter):
             )
         return jitter_input(block, x).reshape(-1, dim)
 
-    def route(self, block: nn.Module, x_TD: torch.Tensor) -> RouteResult:
-        """Run ``block.gate`` on ``x_TD`` (hooks included); extra is ``router_logits_TE``.
+    def grouped_forward(
+        self,
+        block: nn.Module,
+        x_MD: torch.Tensor,
+        offs_S: torch.Tensor,
+        stacked: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """S experts over contiguous row groups in one ``torch._grouped_mm`` per weight.
 
-        Call once per block forward: transformers records the router logits for the aux loss
-        with a forward hook on the router, one entry per call.
+        ``stacked`` holds the S slots' weights in ``expert_spec`` order, each (S, *shape);
+        ``offs_S`` (int32) the cumulative end of each group. Same math as ``spec.forward``.
+        """
+        gate_up_S, down_S = stacked
+        transposed = bool(getattr(block.experts, "is_transposed", False))
+        return grouped_swiglu_fused(
+            block.experts.act_fn, transposed, x_MD, offs_S, gate_up_S, down_S
+        )
+
+    def route(self, block: nn.Module, x_TD: torch.Tensor, *, hooks: bool = True) -> RouteResult:
+        """Run ``block.gate`` on ``x_TD``; extra is ``router_logits_TE``.
+
+        With ``hooks`` (the default) the router is called as a module, so its forward hooks
+        run: transformers records the router logits for the aux loss that way, one entry per
+        call, so call it once per block forward. ``hooks=False`` runs the router's forward
+        alone, for a look at the routing that must leave no trace (observe mode).
         """
         dim = int(block.gate.weight.shape[1])
         if x_TD.dim() != 2 or x_TD.shape[1] != dim:
@@ -190,7 +211,7 @@ class HFFusedExpertsAdapter(MoEAdapter):
                 f"{self.name}.route({block_label(block)}): x_TD has shape {tuple(x_TD.shape)}, "
                 f"want (tokens, {dim}); flatten with flatten_input first"
             )
-        out = block.gate(x_TD)
+        out = block.gate(x_TD) if hooks else block.gate.forward(x_TD)
         if not isinstance(out, tuple) or len(out) != 3:
             raise ValueError(
                 f"{self.name}.route({block_label(block)}): block.gate returned "

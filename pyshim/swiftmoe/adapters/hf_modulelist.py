@@ -32,6 +32,7 @@ from ._hf_common import (
     RemovedExperts,
     block_label,
     check_expert_params,
+    grouped_swiglu_split,
     jitter_input,
     removed_record,
     swiglu_split,
@@ -180,15 +181,34 @@ class HFModuleListAdapter(MoEAdapter):
             )
         return jitter_input(block, x).reshape(-1, dim)
 
-    def route(self, block: nn.Module, x_TD: torch.Tensor) -> RouteResult:
-        """Softmax top-k routing as the 4.x block computes it; extra is ``router_logits_TE``."""
+    def grouped_forward(
+        self,
+        block: nn.Module,
+        x_MD: torch.Tensor,
+        offs_S: torch.Tensor,
+        stacked: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """S experts over contiguous row groups in one ``torch._grouped_mm`` per weight.
+
+        ``stacked`` holds the S slots' weights in ``expert_spec`` order, each (S, *shape);
+        ``offs_S`` (int32) the cumulative end of each group. Same math as ``spec.forward``.
+        """
+        w_gate_SID, w_up_SID, w_down_SDI = stacked
+        act_fn = block.experts[0].act_fn
+        return grouped_swiglu_split(act_fn, x_MD, offs_S, w_gate_SID, w_up_SID, w_down_SDI)
+
+    def route(self, block: nn.Module, x_TD: torch.Tensor, *, hooks: bool = True) -> RouteResult:
+        """Softmax top-k routing as the 4.x block computes it; extra is ``router_logits_TE``.
+
+        ``hooks=False`` computes the logits without running forward hooks on ``block.gate``.
+        """
         dim = block.gate.in_features
         if x_TD.dim() != 2 or x_TD.shape[1] != dim:
             raise ValueError(
                 f"{self.name}.route({block_label(block)}): x_TD has shape {tuple(x_TD.shape)}, "
                 f"want (tokens, {dim}); flatten with flatten_input first"
             )
-        logits_TE = block.gate(x_TD)
+        logits_TE = block.gate(x_TD) if hooks else block.gate.forward(x_TD)
         probs_TE = F.softmax(logits_TE, dim=1, dtype=torch.float)
         weights_TK, ids_TK = torch.topk(probs_TE, block.top_k, dim=-1)
         if getattr(block, "norm_topk_prob", True):
