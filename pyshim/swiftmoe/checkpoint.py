@@ -1,0 +1,141 @@
+"""Checkpoints of the engine: sharded state (exact resume) and consolidated export.
+
+``sharded_state(handle)`` is this rank's part: its fp32 master shards, its optimizer state, the
+placement in force and the iteration. Each rank saves its own (``torch.save``); loading it at
+the same world size and slots per rank gives bit-identical training from there on.
+
+``consolidated(handle)`` gathers every expert's full weights (fp32) on every rank; ``export_to``
+installs them into an unpatched model through each block's adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["FORMAT", "sharded_state", "load_sharded_state", "consolidated", "export_to"]
+
+FORMAT = "swiftmoe-sharded-v1"
+
+
+def sharded_state(handle: Any) -> dict[str, Any]:
+    opt = handle._optimizer
+    return {
+        "format": FORMAT,
+        "world_size": handle.comm.world_size,
+        "rank": handle.comm.rank,
+        "slots_per_rank": handle.config.slots_per_rank,
+        "iteration": handle.iteration,
+        "layers": [
+            {
+                "fqn": layer.fqn,
+                "num_experts": layer.E,
+                "numel": layer.P,
+                "slots": list(layer.slots),
+                "master": m.detach().clone(),
+            }
+            for layer, m in zip(handle.layers, opt.masters, strict=True)
+        ],
+        "optimizer": opt.optimizer.state_dict(),
+    }
+
+
+def _check(state: dict[str, Any], handle: Any) -> None:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"load_state_dict: not a SwiftMoE sharded checkpoint (format "
+            f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
+            f"want {FORMAT!r}); pass what handle.state_dict() returned"
+        )
+    want = {
+        "world_size": handle.comm.world_size,
+        "rank": handle.comm.rank,
+        "slots_per_rank": handle.config.slots_per_rank,
+    }
+    for key, v in want.items():
+        if state.get(key) != v:
+            raise ValueError(
+                f"load_state_dict: checkpoint {key}={state.get(key)!r}, this run has {v}; "
+                "restore at the same world size and slots_per_rank, each rank its own file "
+                "(or load a consolidated export with handle.load_expert_weights)"
+            )
+    layers = state.get("layers")
+    if not isinstance(layers, list) or len(layers) != len(handle.layers):
+        raise ValueError(
+            f"load_state_dict: checkpoint has {len(layers) if isinstance(layers, list) else 0} "
+            f"MoE layers, the model has {len(handle.layers)}; restore into the same model"
+        )
+    for saved, layer, m in zip(layers, handle.layers, handle._optimizer.masters, strict=True):
+        if saved.get("fqn") != layer.fqn or saved.get("numel") != layer.P:
+            raise ValueError(
+                f"load_state_dict: checkpoint layer {saved.get('fqn')!r} (numel "
+                f"{saved.get('numel')}) does not match model layer {layer.fqn!r} (numel "
+                f"{layer.P}); restore into the same model"
+            )
+        t = saved.get("master")
+        if not isinstance(t, torch.Tensor) or t.shape != m.shape:
+            raise ValueError(
+                f"load_state_dict: layer {layer.fqn!r} master has shape "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else None}, want {tuple(m.shape)}"
+            )
+
+
+def load_sharded_state(handle: Any, state: dict[str, Any]) -> None:
+    """Restore what ``sharded_state`` saved (a collective: every rank calls it)."""
+    _check(state, handle)
+    from swiftmoe.plan import validate_slots
+
+    N, S = handle.comm.world_size, handle.config.slots_per_rank
+    slots_L = []
+    for saved, layer in zip(state["layers"], handle.layers, strict=True):
+        validate_slots(saved["slots"], layer.E, N, S)
+        slots_L.append(list(saved["slots"]))
+    opt = handle._optimizer
+    with torch.no_grad():
+        for saved, m in zip(state["layers"], opt.masters, strict=True):
+            m.copy_(saved["master"])
+    opt.optimizer.load_state_dict(state["optimizer"])
+    handle.iteration = int(state["iteration"])
+    handle._install_placement(slots_L)
+
+
+def consolidated(handle: Any) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+    """{block fqn: per expert, its tensors in expert_spec order} with full fp32 weights."""
+    full_L = handle._optimizer.gather_full()
+    out: dict[str, list[tuple[torch.Tensor, ...]]] = {}
+    for layer, full_EP in zip(handle.layers, full_L, strict=True):
+        experts = []
+        for e in range(layer.E):
+            experts.append(
+                tuple(
+                    full_EP[e, o : o + n].view(shape).clone()
+                    for o, n, shape in zip(
+                        layer.offsets, layer.numels, layer.spec.shapes, strict=True
+                    )
+                )
+            )
+        out[layer.fqn] = experts
+    return out
+
+
+def export_to(
+    weights: dict[str, list[tuple[torch.Tensor, ...]]], handle: Any, model: nn.Module
+) -> None:
+    """Install consolidated ``weights`` into the blocks of an unpatched ``model`` (same fqns)."""
+    for layer in handle.layers:
+        try:
+            block = model.get_submodule(layer.fqn)
+        except AttributeError as e:
+            raise ValueError(
+                f"export_to: the model has no module {layer.fqn!r}; export into a model built "
+                "with the same architecture as the replicated one"
+            ) from e
+        if not layer.adapter.matches(block):
+            raise ValueError(
+                f"export_to: module {layer.fqn!r} is a {type(block).__name__}, which adapter "
+                f"{layer.adapter.name} does not handle; export into an unpatched model of the "
+                "same architecture"
+            )
+        layer.adapter.set_expert_params(block, weights[layer.fqn])

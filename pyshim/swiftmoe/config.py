@@ -1,0 +1,181 @@
+"""The configuration of ``swiftmoe.replicate_``: a dataclass that validates itself."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from swiftmoe.plan_source import PlanSource
+
+__all__ = ["SwiftMoEConfig", "resolve_optimizer", "MODES", "SPLIT_METHODS"]
+
+MODES = ("observe", "replicate")
+SPLIT_METHODS = ("auto", "exact", "fast", "even")
+# Optimizers whose update of one element depends on other elements: a sharded step would differ.
+_NOT_ELEMENTWISE = {"LBFGS", "SparseAdam", "Muon"}
+
+
+def resolve_optimizer(optimizer: Any) -> type[torch.optim.Optimizer]:
+    """The optimizer class named by ``optimizer`` (a class or a ``torch.optim`` name)."""
+    if isinstance(optimizer, str):
+        cls = getattr(torch.optim, optimizer, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            known = sorted(
+                n
+                for n in dir(torch.optim)
+                if isinstance(getattr(torch.optim, n), type)
+                and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+                and n != "Optimizer"
+                and n not in _NOT_ELEMENTWISE
+            )
+            raise ValueError(
+                f"optimizer: unknown optimizer {optimizer!r}; name one of {', '.join(known)} "
+                "or pass a torch.optim.Optimizer subclass"
+            )
+    elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        cls = optimizer
+    else:
+        raise ValueError(
+            f"optimizer: expected a torch.optim name such as 'AdamW' or an Optimizer subclass, "
+            f"got {optimizer!r}"
+        )
+    if cls.__name__ in _NOT_ELEMENTWISE:
+        raise ValueError(
+            f"optimizer: {cls.__name__} is not elementwise, so a sharded expert optimizer "
+            "cannot reproduce it; use AdamW, Adam, SGD or another elementwise optimizer"
+        )
+    return cls
+
+
+@dataclass
+class SwiftMoEConfig:
+    """What ``replicate_`` does.
+
+    Attributes:
+        slots_per_rank: expert slots per rank per MoE layer (S). slots_per_rank * world_size
+            must be at least the experts of every layer.
+        mode: "replicate" (full SwiftMoE) or "observe" (the model's math is untouched; loads
+            are recorded and the plans the source would make are logged).
+        optimizer: the expert optimizer, a ``torch.optim`` name or class (elementwise ones).
+        optimizer_kwargs: its keyword arguments (lr, betas, weight_decay, momentum...).
+        plan_source: where the next placement comes from (rank 0 asks it); None keeps the
+            initial placement for good (static expert parallelism).
+        plan_deadline_s: the longest ``step()`` waits for the plan source.
+        split_method: how an expert's tokens are split over its replicas, passed to
+            ``swiftmoe.split.split_tokens`` ("auto", "exact", "fast"), or "even" (the paper's
+            even split, ``even_split_tokens``).
+        ranks_per_node: ranks per node, so the split prefers same-node replicas; 0 = unknown.
+        capacity_factor: None (dropless, the default) or > 0: each rank keeps at most
+            ceil(capacity_factor * T*K / E) of its token assignments per expert and drops the
+            rest DeepSpeed-style; dropped assignments are counted in the step stats.
+        expert_grad_scale: factor on the summed expert gradients; None means 1/world_size,
+            which matches a per-rank mean loss with DDP's gradient averaging.
+        initial_slots: per-layer placement to start from; None = static (slot k holds k % E).
+        process_group: the group the engine's collectives run on; None = the default group.
+            Its timeout bounds every collective.
+    """
+
+    slots_per_rank: int
+    mode: str = "replicate"
+    optimizer: Any = "AdamW"
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    plan_source: PlanSource | None = None
+    plan_deadline_s: float = 0.005
+    split_method: str = "auto"
+    ranks_per_node: int = 0
+    capacity_factor: float | None = None
+    expert_grad_scale: float | None = None
+    initial_slots: list[list[int]] | None = None
+    process_group: Any = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and the fix."""
+        S = self.slots_per_rank
+        if isinstance(S, bool) or not isinstance(S, int) or S < 1:
+            raise ValueError(f"slots_per_rank: must be an integer >= 1, got {S!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
+        cls = resolve_optimizer(self.optimizer)
+        if not isinstance(self.optimizer_kwargs, dict):
+            raise ValueError(
+                f"optimizer_kwargs: must be a dict such as {{'lr': 1e-3}}, got "
+                f"{type(self.optimizer_kwargs).__name__}"
+            )
+        try:
+            cls([torch.zeros(1, requires_grad=True)], **self.optimizer_kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"optimizer_kwargs: {cls.__name__} rejects {self.optimizer_kwargs!r}: {e}"
+            ) from e
+        src = self.plan_source
+        if src is not None and not (
+            callable(getattr(src, "submit", None)) and callable(getattr(src, "poll", None))
+        ):
+            raise ValueError(
+                "plan_source: needs submit(iteration, loads_LE) and poll(deadline_s) methods; "
+                "wrap a function in swiftmoe.plan_source.CallablePlanSource(fn)"
+            )
+        d = self.plan_deadline_s
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (d >= 0) or math.isinf(d):
+            raise ValueError(f"plan_deadline_s: must be a finite number >= 0, got {d!r}")
+        if self.split_method not in SPLIT_METHODS:
+            raise ValueError(
+                f"split_method: must be one of {', '.join(SPLIT_METHODS)}, got "
+                f"{self.split_method!r}"
+            )
+        rpn = self.ranks_per_node
+        if isinstance(rpn, bool) or not isinstance(rpn, int) or rpn < 0:
+            raise ValueError(f"ranks_per_node: must be an integer >= 0 (0 = unknown), got {rpn!r}")
+        cf = self.capacity_factor
+        if cf is not None and (
+            isinstance(cf, bool) or not isinstance(cf, (int, float)) or not (cf > 0)
+        ):
+            raise ValueError(
+                f"capacity_factor: must be None (dropless) or a number > 0, got {cf!r}"
+            )
+        g = self.expert_grad_scale
+        if g is not None and (
+            isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g)
+        ):
+            raise ValueError(
+                f"expert_grad_scale: must be None (1/world_size) or a finite number, got {g!r}"
+            )
+        if self.initial_slots is not None and not isinstance(self.initial_slots, (list, tuple)):
+            raise ValueError(
+                "initial_slots: must be None or a list with one slot list per MoE layer, got "
+                f"{type(self.initial_slots).__name__}"
+            )
+
+    @property
+    def optimizer_class(self) -> type[torch.optim.Optimizer]:
+        return resolve_optimizer(self.optimizer)
+
+    def world(self) -> tuple[int, int]:
+        """(rank, world_size) of the engine's group; ValueError when a needed group is missing."""
+        if dist.is_available() and dist.is_initialized():
+            pg = self.process_group
+            return dist.get_rank(pg), dist.get_world_size(pg)
+        if self.process_group is not None:
+            raise ValueError(
+                "process_group: given, but torch.distributed is not initialized; call "
+                "torch.distributed.init_process_group(...) first"
+            )
+        env_world = os.environ.get("WORLD_SIZE", "1")
+        try:
+            n = int(env_world)
+        except ValueError:
+            n = 1
+        if n > 1:
+            raise ValueError(
+                f"process_group: WORLD_SIZE={n} but torch.distributed is not initialized; "
+                "call torch.distributed.init_process_group(...) before swiftmoe.replicate_"
+            )
+        return 0, 1
