@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import swiftmoe.nn  # noqa: F401  (registers the adapter of swiftmoe.nn.MoE)
 from swiftmoe import checkpoint as ckpt
 from swiftmoe import plan as planlib
 from swiftmoe import runtime as rt

@@ -18,6 +18,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import inspect
 import math
 import types
 from typing import Any
@@ -242,14 +243,23 @@ class ObservedLayer:
         self.index, self.fqn, self.block, self.adapter = index, fqn, block, adapter
         self.E, self.engine = num_experts, engine
         self.slots: list[int] = []
+        try:
+            params = inspect.signature(adapter.route).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self._route_has_hooks = "hooks" in params
         _add_stat_buffers(block, num_experts, device)
         self._hook = block.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
     def _pre_hook(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
-        x_TD = self.adapter.flatten_input(block, args, kwargs)
-        devices = [x_TD.device] if x_TD.device.type == "cuda" else []
+        x = args[0] if args else kwargs["hidden_states"]
+        devices = [x.device] if x.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            route = self.adapter.route(block, x_TD.detach())
+            x_TD = self.adapter.flatten_input(block, args, kwargs)
+            if self._route_has_hooks:  # run the router without its hooks: leave no trace
+                route = self.adapter.route(block, x_TD.detach(), hooks=False)
+            else:
+                route = self.adapter.route(block, x_TD.detach())
         ids = route.topk_ids_TK.reshape(-1).long()
         getattr(block, LOADS_BUFFER).add_(torch.bincount(ids, minlength=self.E))
         return None
