@@ -1,0 +1,64 @@
+package planner
+
+// DefaultHistory is how many reports a job keeps per layer.
+const DefaultHistory = 16
+
+// history is one layer's recent loads: a ring of the last reports and their
+// exponentially weighted moving average.
+type history struct {
+	ring  [][]uint64 // ring[(next-1) mod len] is the latest report
+	next  int
+	count int
+	ewma  []float64
+}
+
+func newHistory(experts, size int) *history {
+	return &history{ring: make([][]uint64, size), ewma: make([]float64, experts)}
+}
+
+// add records one iteration's loads; alpha weighs it in the EWMA.
+func (h *history) add(tokens []uint64, alpha float64) {
+	cp := append([]uint64(nil), tokens...)
+	h.ring[h.next] = cp
+	h.next = (h.next + 1) % len(h.ring)
+	if h.count == 0 {
+		for e, x := range cp {
+			h.ewma[e] = float64(x)
+		}
+	} else {
+		for e, x := range cp {
+			h.ewma[e] = alpha*float64(x) + (1-alpha)*h.ewma[e]
+		}
+	}
+	if h.count < len(h.ring) {
+		h.count++
+	}
+}
+
+// last returns the latest report, nil before any.
+func (h *history) last() []uint64 {
+	if h.count == 0 {
+		return nil
+	}
+	return h.ring[(h.next-1+len(h.ring))%len(h.ring)]
+}
+
+// len returns how many reports are kept.
+func (h *history) len() int { return h.count }
+
+// predict returns the predicted loads of the next iteration (zeros before any
+// report).
+func (h *history) predict(cfg predictorConfig) []float64 {
+	out := make([]float64, len(h.ewma))
+	if h.count == 0 {
+		return out
+	}
+	if cfg.kind == PredictEWMA {
+		copy(out, h.ewma)
+		return out
+	}
+	for e, x := range h.last() {
+		out[e] = float64(x)
+	}
+	return out
+}

@@ -1,0 +1,117 @@
+package planner
+
+import (
+	"sync"
+	"sync/atomic"
+
+	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// job is one registered training job: its shape, its load history and the
+// plan in force. mu serializes the job's reports; plans once published are
+// never mutated, so they can be returned without copying.
+type job struct {
+	mu sync.Mutex
+
+	id         string
+	strategy   string
+	topo       sdk.Topology
+	experts    []int
+	numel      []uint64 // per layer
+	bytesParam uint64
+	optBytes   uint64
+	options    map[string]string // passed to the strategy
+	predictor  predictorConfig
+	info       *pb.StrategyInfo
+
+	hist     []*history
+	slots    [][]int                 // placement in force
+	plan     atomic.Pointer[pb.Plan] // plan in force, read without mu
+	hadValid bool                    // a strategy plan has passed validation
+	retired  bool                    // replaced by a new registration of the same id
+}
+
+func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
+	t := sdk.TopologyFromProto(req.GetTopology())
+	experts := sdk.IntsFromProto(req.GetExpertsPerLayer())
+	numel := make([]uint64, len(experts))
+	for l := range numel {
+		if len(req.GetExpertParamNumel()) == 1 {
+			numel[l] = req.GetExpertParamNumel()[0]
+		} else {
+			numel[l] = req.GetExpertParamNumel()[l]
+		}
+	}
+	j := &job{
+		id: id, strategy: req.GetStrategy(), topo: t, experts: experts, numel: numel,
+		bytesParam: uint64(req.GetBytesPerParam()), optBytes: uint64(req.GetOptimizerBytesPerParam()),
+		options: strategyOptions(req.GetStrategyOptions()), predictor: pred,
+		hist: make([]*history, len(experts)), slots: make([][]int, len(experts)),
+	}
+	for l, e := range experts {
+		j.hist[l] = newHistory(e, DefaultHistory)
+		j.slots[l] = sdk.StaticSlots(e, t)
+	}
+	return j
+}
+
+// predictions returns every layer's predicted loads.
+func (j *job) predictions() [][]float64 {
+	out := make([][]float64, len(j.hist))
+	for l, h := range j.hist {
+		out[l] = h.predict(j.predictor)
+	}
+	return out
+}
+
+// strategyRequest is the planning call for iteration it.
+func (j *job) strategyRequest(it uint64, predicted [][]float64) *sdk.Request {
+	req := &sdk.Request{
+		Topology: j.topo, Iteration: it, Options: j.options,
+		Layers:               make([]sdk.LayerInput, len(j.experts)),
+		ExpertWeightBytes:    make([]uint64, len(j.experts)),
+		ExpertOptimizerBytes: make([]uint64, len(j.experts)),
+	}
+	for l, e := range j.experts {
+		req.Layers[l] = sdk.LayerInput{
+			Layer: l, NumExperts: e, Predicted: predicted[l],
+			LastLoad: j.hist[l].last(), Current: j.slots[l],
+		}
+		req.ExpertWeightBytes[l] = j.numel[l] * j.bytesParam
+		req.ExpertOptimizerBytes[l] = j.numel[l] * j.optBytes
+	}
+	return req
+}
+
+// buildPlan describes slots as the plan for iteration it, with the remap
+// from the plan in force.
+func (j *job) buildPlan(it uint64, slots [][]int, predicted [][]float64, source pb.PlanSource, note string, migrated uint64) *pb.Plan {
+	layers := describePlan(slots, predicted, j.topo)
+	remap := remapSummary(j.slots, slots, j.numel, j.bytesParam, j.topo.WorldSize, j.topo.SlotsPerRank)
+	remap.MigratedBytes = migrated
+	return &pb.Plan{
+		JobId: j.id, Iteration: it, Strategy: j.strategy,
+		WorldSize: uint32(j.topo.WorldSize), SlotsPerRank: uint32(j.topo.SlotsPerRank),
+		Layers: layers, MaxOverMean: planMaxOverMean(layers), Remap: remap,
+		Source: source, Note: note,
+	}
+}
+
+// replicas returns the replica counts of the plan in force, per layer.
+func (j *job) replicas() [][]uint32 {
+	out := make([][]uint32, len(j.plan.Load().GetLayers()))
+	for l, lp := range j.plan.Load().GetLayers() {
+		out[l] = lp.GetReplicas()
+	}
+	return out
+}
+
+// layerBalance returns the max_over_mean of each layer of the plan in force.
+func (j *job) layerBalance() []float64 {
+	out := make([]float64, len(j.plan.Load().GetLayers()))
+	for l, lp := range j.plan.Load().GetLayers() {
+		out[l] = lp.GetMaxOverMean()
+	}
+	return out
+}

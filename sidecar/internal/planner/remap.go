@@ -1,0 +1,38 @@
+package planner
+
+import pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+
+// remapSummary is the weight transfer from the plan in force (prev, nil when
+// there is none) to next: every slot of next receives every shard of its
+// expert except the one its own rank owns. Rank r thus receives, per slot it
+// holds, numel minus its own shard, and sends its shard to every slot on
+// another rank. numel[l] and bytesPerParam size the shards.
+func remapSummary(prev, next [][]int, numel []uint64, bytesPerParam uint64, worldSize, slotsPerRank int) *pb.RemapSummary {
+	send := make([]uint64, worldSize)
+	recv := make([]uint64, worldSize)
+	var changed uint64
+	for l, slots := range next {
+		n := numel[l]
+		own := make([]uint64, worldSize)
+		for r := range own {
+			_, own[r] = ShardBounds(n, r, worldSize)
+		}
+		for i := range slots {
+			r := i / slotsPerRank
+			recv[r] += (n - own[r]) * bytesPerParam
+			if prev == nil || prev[l][i] != slots[i] {
+				changed++
+			}
+		}
+		// Every rank sends its shard to each slot held by another rank.
+		others := uint64((worldSize - 1) * slotsPerRank)
+		for r := range send {
+			send[r] += others * own[r] * bytesPerParam
+		}
+	}
+	var total uint64
+	for _, b := range send {
+		total += b
+	}
+	return &pb.RemapSummary{SendBytes: send, RecvBytes: recv, TotalBytes: total, ChangedSlots: changed}
+}

@@ -1,0 +1,242 @@
+// Package planner is the sidecar's Planner service without its transport:
+// it validates requests, keeps each job's load history and plan in force,
+// asks the job's strategy for the next plan, and serves the last valid (or
+// the static) plan when the strategy fails.
+package planner
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/host"
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/metrics"
+)
+
+// Strategies is what the service needs from the plugin host.
+type Strategies interface {
+	// Has reports why strategy name cannot be loaded, nil when it can.
+	Has(name string) error
+	// Names lists the available strategies.
+	Names() ([]string, error)
+	// Info describes strategy name, starting it if needed.
+	Info(ctx context.Context, name string) (host.Info, error)
+	// List describes every available strategy.
+	List(ctx context.Context) ([]host.Info, error)
+	// Plan asks strategy name for a plan and validates it; every failure is
+	// a *host.Failure.
+	Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Response, error)
+}
+
+// Service holds the registered jobs. It is safe for concurrent use; reports
+// of one job are serialized.
+type Service struct {
+	strategies Strategies
+	metrics    *metrics.Metrics
+	log        hclog.Logger
+
+	mu   sync.RWMutex
+	jobs map[string]*job
+}
+
+// New returns a Service planning through strategies. m and log may be nil.
+func New(strategies Strategies, m *metrics.Metrics, log hclog.Logger) *Service {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Service{strategies: strategies, metrics: m, log: log, jobs: map[string]*job{}}
+}
+
+func (s *Service) knownStrategy(name string) error {
+	err := s.strategies.Has(name)
+	if err == nil {
+		return nil
+	}
+	names, lerr := s.strategies.Names()
+	if lerr != nil || len(names) == 0 {
+		return fmt.Errorf("%v; no strategy plugins are available", err)
+	}
+	return fmt.Errorf("%v; available strategies: %s", err, strings.Join(names, ", "))
+}
+
+// RegisterJob validates and registers a job, replacing any job of the same
+// id, and returns its shard layout and initial (static) plan.
+func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (*pb.RegisterJobResponse, error) {
+	pred, err := s.validateRegister(req)
+	if err != nil {
+		return nil, err
+	}
+	id := req.GetJobId()
+	if id == "" {
+		id = newJobID()
+	}
+	j := newJob(id, req, pred)
+	source, note := pb.PlanSource_PLAN_SOURCE_STRATEGY, "initial static expert-parallel placement; no loads reported yet"
+	info, err := s.strategies.Info(ctx, j.strategy)
+	if err != nil {
+		source = pb.PlanSource_PLAN_SOURCE_STATIC_FALLBACK
+		note = fmt.Sprintf("strategy %q is unavailable (%v); serving the static plan until it loads", j.strategy, err)
+		s.log.Warn("registering job with an unavailable strategy", "job", id, "strategy", j.strategy, "error", err)
+		info.Name = j.strategy
+		info.Description = "unavailable: " + err.Error()
+	} else {
+		var p problems
+		declared := make([]string, len(info.Options))
+		for i, o := range info.Options {
+			declared[i] = o.Name
+		}
+		checkOptionNames(req.GetStrategyOptions(), j.strategy, declared, &p)
+		if err := p.err("RegisterJobRequest"); err != nil {
+			return nil, err
+		}
+	}
+	j.info = strategyInfoProto(info)
+	j.plan.Store(j.buildPlan(0, j.slots, j.predictions(), source, note, 0))
+
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s.mu.Lock()
+	old := s.jobs[id]
+	if old == nil && len(s.jobs) >= MaxJobs {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%w: %d jobs are registered, the limit; re-register an existing job_id or restart the sidecar", ErrTooManyJobs, MaxJobs)
+	}
+	s.jobs[id] = j
+	s.mu.Unlock()
+	if old != nil {
+		old.mu.Lock()
+		old.retired = true
+		old.mu.Unlock()
+		s.metrics.ForgetJob(id)
+	}
+	s.metrics.ObservePlan(id, j.layerBalance(), j.plan.Load().GetMaxOverMean(), j.replicas())
+	s.log.Info("job registered", "job", id, "strategy", j.strategy, "world_size", j.topo.WorldSize,
+		"slots_per_rank", j.topo.SlotsPerRank, "layers", len(j.experts), "predictor", j.predictor.String(), "replaced", old != nil)
+	return &pb.RegisterJobResponse{
+		JobId: id, ShardLayout: shardLayout(j.numel, j.topo.WorldSize),
+		InitialPlan: j.plan.Load(), Strategy: j.info,
+	}, nil
+}
+
+func (s *Service) validateRegister(req *pb.RegisterJobRequest) (predictorConfig, error) {
+	if req == nil {
+		return predictorConfig{}, &ValidationError{Request: "RegisterJobRequest", Problems: []string{"request: missing"}}
+	}
+	return validateRegister(req, s.knownStrategy)
+}
+
+// lookup returns a registered job.
+func (s *Service) lookup(id string) (*job, error) {
+	var p problems
+	validateJobID(id, false, &p)
+	if err := p.err("request"); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	j := s.jobs[id]
+	s.mu.RUnlock()
+	if j == nil {
+		return nil, fmt.Errorf("%w %q: call RegisterJob first (the sidecar may have restarted)", ErrUnknownJob, id)
+	}
+	return j, nil
+}
+
+// ReportLoads records one iteration's loads and returns the plan for the
+// next iteration: the strategy's, or the last valid plan when it fails.
+func (s *Service) ReportLoads(ctx context.Context, req *pb.ReportLoadsRequest) (*pb.ReportLoadsResponse, error) {
+	start := time.Now()
+	j, err := s.lookup(req.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := validateReport(req, j.experts); err != nil {
+		return nil, err
+	}
+	for l, ll := range req.GetLayers() {
+		j.hist[l].add(ll.GetTokens(), j.predictor.alpha)
+	}
+	it := req.GetIteration() + 1
+	predicted := j.predictions()
+	resp, err := s.strategies.Plan(ctx, j.strategy, j.strategyRequest(it, predicted))
+	var plan *pb.Plan
+	if err == nil {
+		plan = j.buildPlan(it, resp.Layers, predicted, pb.PlanSource_PLAN_SOURCE_STRATEGY, resp.Note, resp.MigratedBytes)
+		j.slots = resp.Layers
+		j.hadValid = true
+	} else {
+		var f *host.Failure
+		if errors.As(err, &f) && f.Reason == host.ReasonCanceled && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		plan = s.fallback(j, it, predicted, err)
+	}
+	j.plan.Store(plan)
+	if !j.retired {
+		s.metrics.ObservePlan(j.id, j.layerBalance(), plan.GetMaxOverMean(), j.replicas())
+	}
+	s.metrics.ObservePlanLatency(j.strategy, time.Since(start).Seconds())
+	return &pb.ReportLoadsResponse{Plan: plan}, nil
+}
+
+// fallback is the plan served when the strategy failed: the placement in
+// force, described under the new predictions.
+func (s *Service) fallback(j *job, it uint64, predicted [][]float64, cause error) *pb.Plan {
+	reason := string(host.ReasonError)
+	var f *host.Failure
+	if errors.As(cause, &f) {
+		reason = string(f.Reason)
+	}
+	source, what := pb.PlanSource_PLAN_SOURCE_LAST_VALID, "the last valid plan"
+	if !j.hadValid {
+		source, what = pb.PlanSource_PLAN_SOURCE_STATIC_FALLBACK, "the static plan"
+	}
+	note := fmt.Sprintf("%v; serving %s", cause, what)
+	s.metrics.FallbackServed(j.strategy, reason)
+	s.log.Warn("strategy failed; serving a fallback plan", "job", j.id, "iteration", it, "strategy", j.strategy, "reason", reason, "source", source.String(), "error", cause)
+	return j.buildPlan(it, j.slots, predicted, source, note, 0)
+}
+
+// GetPlan returns the plan in force for a job.
+func (s *Service) GetPlan(_ context.Context, req *pb.GetPlanRequest) (*pb.Plan, error) {
+	j, err := s.lookup(req.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	return j.plan.Load(), nil
+}
+
+// ListStrategies describes the available strategies.
+func (s *Service) ListStrategies(ctx context.Context, _ *pb.ListStrategiesRequest) (*pb.ListStrategiesResponse, error) {
+	infos, err := s.strategies.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing strategies: %w", err)
+	}
+	out := &pb.ListStrategiesResponse{}
+	for _, i := range infos {
+		out.Strategies = append(out.Strategies, strategyInfoProto(i))
+	}
+	return out, nil
+}
+
+func strategyInfoProto(i host.Info) *pb.StrategyInfo {
+	p := sdk.InfoToProto(i.Info)
+	p.Path, p.Sha256 = i.Path, i.SHA256
+	return p
+}
+
+func newJobID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "job-" + hex.EncodeToString(b)
+}
