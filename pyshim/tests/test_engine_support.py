@@ -131,16 +131,10 @@ def allreduce_dense_grads(model: nn.Module, world_size: int) -> None:
             p.grad.div_(world_size)
 
 
-def train_ranks(
-    rank: int,
-    world_size: int,
-    opt_name: str,
-    steps: int,
-    plan_source=None,
-    source_kind: str = "adversarial",
-    **cfg_kw,
-) -> dict:
-    """One rank of distributed training of TinyNet; returns params, export and stats."""
+def make_handle(
+    world_size: int, opt_name: str, plan_source=None, source_kind="adversarial", **cfg_kw
+):
+    """TinyNet replicated on this rank, with its dense optimizer."""
     S = cfg_kw.pop("slots_per_rank", SLOTS_FOR[world_size])
     model = TinyNet()
     if plan_source is None and source_kind == "adversarial":
@@ -155,9 +149,13 @@ def train_ranks(
     )
     handle = replicate_(model, cfg)
     dense_opt = getattr(torch.optim, opt_name)(handle.dense_parameters(), **OPTIMIZERS[opt_name])
+    return model, handle, dense_opt
+
+
+def train_steps(rank, world_size, model, handle, dense_opt, steps) -> dict:
+    """Train over ``steps`` (an iterable of step numbers); placements, stats and losses."""
     placements, stats, losses = [], [], []
-    t0 = time.perf_counter()
-    for step in range(steps):
+    for step in steps:
         placements.append(handle.placement)
         x, y = global_batch(step, world_size)
         x, y = x[rank * B : (rank + 1) * B], y[rank * B : (rank + 1) * B]
@@ -169,17 +167,32 @@ def train_ranks(
         dense_opt.zero_grad()
         handle.zero_grad()
         losses.append(float(loss.detach()))
-    elapsed = time.perf_counter() - t0
+    return {"placements": placements, "stats": stats, "losses": losses}
+
+
+def full_state(model, handle) -> dict[str, torch.Tensor]:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state.update(expert_state(handle.export_expert_weights()))
-    close = getattr(plan_source, "close", None)
-    if close is not None:
-        close()
-    return {
-        "state": state,
-        "placements": placements,
-        "stats": stats,
-        "losses": losses,
-        "elapsed": elapsed,
-        "events": dict(handle.plan_events),
-    }
+    return state
+
+
+def train_ranks(
+    rank: int,
+    world_size: int,
+    opt_name: str,
+    steps: int,
+    plan_source=None,
+    source_kind: str = "adversarial",
+    **cfg_kw,
+) -> dict:
+    """One rank of distributed training of TinyNet; returns params, export and stats."""
+    model, handle, dense_opt = make_handle(world_size, opt_name, plan_source, source_kind, **cfg_kw)
+    t0 = time.perf_counter()
+    out = train_steps(rank, world_size, model, handle, dense_opt, range(steps))
+    out["elapsed"] = time.perf_counter() - t0
+    out["state"] = full_state(model, handle)
+    out["events"] = dict(handle.plan_events)
+    src = handle.config.plan_source
+    if hasattr(src, "close"):
+        src.close()
+    return out
