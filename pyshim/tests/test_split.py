@@ -1,0 +1,382 @@
+"""The token split: constraints, optimality against brute force, fast vs exact, locality, trace.
+
+Shape legend: Q = N source ranks, E experts, N ranks, S slots per rank, K = N*S slots, R = N.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from swiftmoe import plan
+from swiftmoe.split import even_split_tokens, rank_load_from_flow, split_tokens
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACE = ROOT / "testdata" / "traces" / "cheaders-e8-top2-aux0.jsonl"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def zipf_counts_QE(gen: torch.Generator, N: int, E: int, tokens: int, a: float) -> torch.Tensor:
+    """Per-source counts with a Zipf(a) expert popularity in a random expert order."""
+    p_E = 1.0 / torch.arange(1, E + 1, dtype=torch.float64) ** a
+    p_E = p_E[torch.randperm(E, generator=gen)]
+    if tokens == 0:
+        return torch.zeros(N, E, dtype=torch.int64)
+    idx = torch.multinomial(p_E.expand(N, E), tokens, replacement=True, generator=gen)
+    return torch.zeros(N, E, dtype=torch.int64).scatter_add_(1, idx, torch.ones_like(idx))
+
+
+def strategy_slots(loads_E: list[float], E: int, N: int, S: int) -> list[int]:
+    """Reference of the swiftmoe strategy rule: replicas proportional to load, then LPT packing.
+
+    Replicas: one each, then the rest one at a time to the expert with the largest load per
+    replica. Packing: replicas by load per replica, heaviest first, onto the least loaded rank with
+    a free slot among those holding the fewest replicas of that expert.
+    """
+    reps_E = [1] * E
+    for _ in range(N * S - E):
+        e = max(range(E), key=lambda i: (loads_E[i] / reps_E[i], -i))
+        reps_E[e] += 1
+    units = sorted(
+        ((loads_E[e] / reps_E[e], e) for e in range(E) for _ in range(reps_E[e])),
+        key=lambda u: (-u[0], u[1]),
+    )
+    load_R, free_R = [0.0] * N, [S] * N
+    held_R: list[list[int]] = [[] for _ in range(N)]
+    for w, e in units:
+        open_R = [r for r in range(N) if free_R[r] > 0]
+        r = min(open_R, key=lambda i: (held_R[i].count(e), load_R[i], i))
+        load_R[r] += w
+        free_R[r] -= 1
+        held_R[r].append(e)
+    return [e for r in range(N) for e in held_R[r]]
+
+
+def random_slots(rng: random.Random, E: int, N: int, S: int) -> list[int]:
+    slots_K = plan.static_slots(E, N, S)
+    rng.shuffle(slots_K)
+    return slots_K
+
+
+def check_flow(flow_QK: torch.Tensor, counts_QE: torch.Tensor, slots_K, S: int) -> None:
+    """Conservation and support: slots of e get exactly counts[q, e] of q's tokens, others none."""
+    N, E = counts_QE.shape
+    assert flow_QK.dtype == torch.int64, f"got dtype {flow_QK.dtype}, want int64"
+    assert tuple(flow_QK.shape) == (N, N * S), f"got shape {tuple(flow_QK.shape)}"
+    assert int(flow_QK.min()) >= 0 if flow_QK.numel() else True
+    slots = torch.as_tensor(slots_K)
+    onehot_KE = torch.nn.functional.one_hot(slots, E).to(torch.int64)
+    got_QE = flow_QK @ onehot_KE
+    assert torch.equal(got_QE, counts_QE), f"got per-expert flow {got_QE}, want {counts_QE}"
+
+
+def subset_bound(counts_QE: torch.Tensor, slots_K, S: int) -> int:
+    """Integer min-max optimum by duality: max over rank sets T of ceil(tokens confined / |T|)."""
+    N, E = counts_QE.shape
+    L_E = counts_QE.sum(0).tolist()
+    ranks_E = [{k // S for k, e in enumerate(slots_K) if e == x} for x in range(E)]
+    best = 0
+    for size in range(1, N + 1):
+        for T in itertools.combinations(range(N), size):
+            Ts = set(T)
+            inside = sum(L_E[e] for e in range(E) if ranks_E[e] and ranks_E[e] <= Ts)
+            best = max(best, -(-inside // size))
+    return best
+
+
+def max_load(flow_QK: torch.Tensor, S: int) -> int:
+    return int(rank_load_from_flow(flow_QK, S).max())
+
+
+# ---------------------------------------------------------------- constraints
+
+
+def test_conservation_and_support_random():
+    rng = random.Random(11)
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(120):
+        N, S = rng.choice([1, 2, 3, 4, 8]), rng.choice([1, 2, 3, 4])
+        E = rng.randint(1, N * S)
+        counts_QE = zipf_counts_QE(gen, N, E, rng.choice([0, 1, 7, 50, 400]), rng.random() * 2)
+        slots_K = random_slots(rng, E, N, S)
+        rpn = rng.choice([0, 1, 2, 3])
+        for method in ("fast", "exact"):
+            check_flow(split_tokens(counts_QE, slots_K, S, rpn, method), counts_QE, slots_K, S)
+        check_flow(even_split_tokens(counts_QE, slots_K, S), counts_QE, slots_K, S)
+
+
+def test_even_split_divides_each_expert_evenly():
+    rng = random.Random(5)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(50):
+        N, S = rng.choice([2, 4]), rng.choice([1, 2, 4])
+        E = rng.randint(1, N * S)
+        counts_QE = zipf_counts_QE(gen, N, E, 97, 1.0)
+        slots_K = random_slots(rng, E, N, S)
+        per_slot_K = even_split_tokens(counts_QE, slots_K, S).sum(0)
+        for e in range(E):
+            got = per_slot_K[torch.tensor(slots_K) == e]
+            assert int(got.max() - got.min()) <= 1, f"expert {e}: slot loads {got.tolist()}"
+
+
+# ---------------------------------------------------------------- optimality
+
+
+def test_exact_hot_expert_three_replicas():
+    # Rank 0 holds experts 0 and 1; ranks 1 and 2 hold expert 0 beside idle experts 2 and 3.
+    slots_K = [0, 1, 0, 2, 0, 3]
+    counts_QE = torch.tensor([[30, 30, 0, 0], [30, 0, 0, 0], [30, 0, 0, 0]])
+    flow_QK = split_tokens(counts_QE, slots_K, 2, method="exact")
+    check_flow(flow_QK, counts_QE, slots_K, 2)
+    assert rank_load_from_flow(flow_QK, 2).tolist() == [40, 40, 40]
+    assert max_load(even_split_tokens(counts_QE, slots_K, 2), 2) == 60
+    assert max_load(split_tokens(counts_QE, slots_K, 2, method="fast"), 2) <= 41
+
+
+def test_exact_forced_single_replica():
+    # Expert 0 lives only on rank 0; the optimum is its load whatever the others do.
+    slots_K = [0, 1, 1, 2]
+    counts_QE = torch.tensor([[50, 10, 5], [50, 10, 5]])
+    got = max_load(split_tokens(counts_QE, slots_K, 2, method="exact"), 2)
+    assert got == 100 + 0, f"got max rank load {got}, want 100 (expert 0 is forced on rank 0)"
+    assert subset_bound(counts_QE, slots_K, 2) == 100
+
+
+def test_exact_equals_subset_bound_small():
+    rng = random.Random(2)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(80):
+        N, S = rng.choice([1, 2, 3, 4, 5]), rng.choice([1, 2, 3])
+        E = rng.randint(1, N * S)
+        counts_QE = zipf_counts_QE(gen, N, E, rng.choice([1, 5, 30, 200]), 0.5 + rng.random())
+        slots_K = random_slots(rng, E, N, S)
+        got = max_load(split_tokens(counts_QE, slots_K, S, method="exact"), S)
+        want = subset_bound(counts_QE, slots_K, S)
+        assert got == want, f"N={N} S={S} slots={slots_K}: got max {got}, want optimum {want}"
+
+
+@pytest.mark.parametrize("E", [8, 16, 64])
+def test_fast_within_two_percent_of_exact(E):
+    rng = random.Random(E)
+    gen = torch.Generator().manual_seed(E)
+    worst = 0.0
+    cases = 0
+    shapes = list(itertools.product([2, 4, 8, 16], [1, 2, 4]))
+    shapes += [(16, 8), (32, 4)] if E == 64 else []  # replication needs more than 64 slots
+    for N, S in shapes:
+        if N * S < E:
+            continue
+        for trial in range(4):
+            tokens = rng.choice([3, 40, 512, 4096])
+            a = rng.choice([0.8, 1.2, 1.6])
+            counts_QE = zipf_counts_QE(gen, N, E, tokens, a)
+            if trial % 2:
+                slots_K = random_slots(rng, E, N, S)
+            else:  # planned from a noisy earlier iteration, as in training
+                prev_E = counts_QE.sum(0).double() * (0.7 + 0.6 * torch.rand(E, generator=gen))
+                slots_K = strategy_slots(prev_E.tolist(), E, N, S)
+            fast = max_load(split_tokens(counts_QE, slots_K, S, method="fast"), S)
+            exact = max_load(split_tokens(counts_QE, slots_K, S, method="exact"), S)
+            assert exact <= fast, f"exact {exact} above fast {fast}: exact is not optimal"
+            assert fast <= 1.02 * exact + 1, (
+                f"E={E} N={N} S={S} tokens={tokens}: fast max {fast}, exact {exact}"
+            )
+            worst = max(worst, fast / max(exact, 1))
+            cases += 1
+    assert cases >= 12
+    print(f"\nE={E}: {cases} cases, worst fast/exact max rank load {worst:.4f}")
+
+
+# ---------------------------------------------------------------- locality
+
+
+def test_local_first_when_balance_allows():
+    # Both ranks hold both experts; each rank's tokens can stay home at the optimum.
+    slots_K = [0, 1, 0, 1]
+    counts_QE = torch.tensor([[10, 0], [0, 10]])
+    for method in ("fast", "exact"):
+        flow_QK = split_tokens(counts_QE, slots_K, 2, method=method)
+        assert flow_QK.tolist() == [[10, 0, 0, 0], [0, 0, 0, 10]], f"{method}: {flow_QK.tolist()}"
+
+
+def test_local_tokens_never_leave_while_the_slot_has_room():
+    """For every source q and expert e held on q: q keeps min(counts[q,e], what q's slots take)."""
+    rng = random.Random(9)
+    gen = torch.Generator().manual_seed(9)
+    for _ in range(60):
+        N, S = rng.choice([2, 4, 8]), rng.choice([1, 2, 4])
+        E = rng.randint(1, N * S)
+        counts_QE = zipf_counts_QE(gen, N, E, 60, 1.0)
+        slots_K = random_slots(rng, E, N, S)
+        for method in ("fast", "exact"):
+            flow_QK = split_tokens(counts_QE, slots_K, S, method=method)
+            recv_K = flow_QK.sum(0)
+            for q in range(N):
+                for e in set(slots_K[q * S : (q + 1) * S]):
+                    ks = [k for k in range(q * S, (q + 1) * S) if slots_K[k] == e]
+                    kept = int(flow_QK[q, ks].sum())
+                    want = min(int(counts_QE[q, e]), int(recv_K[ks].sum()))
+                    assert kept == want, f"rank {q} expert {e}: kept {kept}, want {want}"
+
+
+def cross_node(flow_QK: torch.Tensor, S: int, rpn: int) -> int:
+    N = flow_QK.shape[0]
+    node_Q = torch.arange(N) // rpn
+    node_K = torch.arange(N * S) // S // rpn
+    return int(flow_QK[node_Q[:, None] != node_K[None, :]].sum())
+
+
+def test_same_node_preference_is_minimal():
+    """Given what each slot receives, no split sends fewer tokens across nodes."""
+    rng = random.Random(4)
+    gen = torch.Generator().manual_seed(4)
+    beaten = 0
+    for _ in range(60):
+        N, S, rpn = rng.choice([4, 8]), rng.choice([1, 2]), 2
+        E = rng.randint(2, N * S)
+        counts_QE = zipf_counts_QE(gen, N, E, 50, 1.0)
+        slots_K = random_slots(rng, E, N, S)
+        flow_QK = split_tokens(counts_QE, slots_K, S, ranks_per_node=rpn)
+        recv_K = flow_QK.sum(0)
+        # Fewest crossings: per expert and node, min(supply there, demand there) stays inside.
+        inside = 0
+        for e in range(E):
+            for node in range(N // rpn):
+                qs = range(node * rpn, (node + 1) * rpn)
+                ks = [k for k in range(N * S) if slots_K[k] == e and k // S // rpn == node]
+                inside += min(int(counts_QE[list(qs), e].sum()), int(recv_K[ks].sum()))
+        want = int(counts_QE.sum()) - inside
+        assert cross_node(flow_QK, S, rpn) == want
+        plain = split_tokens(counts_QE, slots_K, S, ranks_per_node=0)
+        beaten += cross_node(plain, S, rpn) > want
+    assert beaten > 0, "the node tier never mattered: the test would not catch its absence"
+
+
+# ---------------------------------------------------------------- determinism and edges
+
+
+def test_deterministic_and_input_forms_agree():
+    gen = torch.Generator().manual_seed(1)
+    counts_QE = zipf_counts_QE(gen, 8, 16, 300, 1.3)
+    slots_K = strategy_slots(counts_QE.sum(0).tolist(), 16, 8, 4)
+    for method in ("fast", "exact"):
+        a = split_tokens(counts_QE, slots_K, 4, 2, method)
+        b = split_tokens(counts_QE.clone(), torch.tensor(slots_K), 4, 2, method)
+        c = split_tokens(counts_QE.tolist(), slots_K, 4, 2, method)
+        assert torch.equal(a, b) and torch.equal(a, c)
+    torch.set_num_threads(1)
+    try:
+        one = split_tokens(counts_QE, slots_K, 4)
+    finally:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    assert torch.equal(one, split_tokens(counts_QE, slots_K, 4, method="auto"))
+
+
+@pytest.mark.parametrize("method", ["fast", "exact"])
+def test_edge_cases(method):
+    zeros_QE = torch.zeros(3, 4, dtype=torch.int64)
+    flow_QK = split_tokens(zeros_QE, plan.static_slots(4, 3, 2), 2, method=method)
+    assert flow_QK.tolist() == [[0] * 6] * 3
+    # Single rank: everything stays on it.
+    one_QE = torch.tensor([[5, 7]])
+    flow_QK = split_tokens(one_QE, [0, 1, 0, 1], 4, method=method)
+    check_flow(flow_QK, one_QE, [0, 1, 0, 1], 4)
+    assert flow_QK.tolist() == [[3, 4, 2, 3]]
+    # S > E over two ranks, and one expert in every slot.
+    counts_QE = torch.tensor([[9, 1], [0, 4]])
+    check_flow(
+        split_tokens(counts_QE, [0, 1, 0, 0, 1, 0], 3, method=method),
+        counts_QE,
+        [0, 1, 0, 0, 1, 0],
+        3,
+    )
+    solo_QE = torch.tensor([[11], [3], [0]])
+    flow_QK = split_tokens(solo_QE, [0] * 6, 2, method=method)
+    check_flow(flow_QK, solo_QE, [0] * 6, 2)
+    assert sorted(rank_load_from_flow(flow_QK, 2).tolist()) == [4, 5, 5]
+    # An idle expert without a slot is fine; only experts with tokens need one.
+    idle_QE = torch.tensor([[4, 0], [2, 0]])
+    check_flow(split_tokens(idle_QE, [0, 0], 1, method=method), idle_QE, [0, 0], 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(counts_QE=[[1.5, 2.0]], slots=[0, 1], slots_per_rank=2), "integer token counts"),
+        (dict(counts_QE=torch.ones(2, 2), slots=[0, 1, 0, 1], slots_per_rank=2), "int64"),
+        (dict(counts_QE=[[-1, 2]], slots=[0, 1], slots_per_rank=2), r"counts_QE\[0, 0\]"),
+        (dict(counts_QE=[1, 2], slots=[0, 1], slots_per_rank=2), "2-D"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 1, 0], slots_per_rank=2), "want counts_QE.shape"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 2], slots_per_rank=2), r"slots\[1\] holds expert 2"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 0], slots_per_rank=2), "expert 1 has 2 tokens"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 1], slots_per_rank=0), "slots_per_rank"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 1], slots_per_rank=2, method="lp"), "method"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 1], slots_per_rank=2, ranks_per_node=-1), "node"),
+    ],
+)
+def test_bad_input_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        split_tokens(**kwargs)
+
+
+def test_rank_load_from_flow():
+    flow_QK = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert rank_load_from_flow(flow_QK, 2).tolist() == [14, 22]
+    assert rank_load_from_flow(flow_QK, 1).tolist() == [6, 8, 10, 12]
+    with pytest.raises(ValueError, match="multiple of slots_per_rank"):
+        rank_load_from_flow(flow_QK, 3)
+
+
+# ---------------------------------------------------------------- the real trace
+
+
+def test_real_trace_min_max_beats_even_split():
+    """E=8 N=4 S=4: plan from the previous iteration's loads, split this iteration's tokens."""
+    N, S = 4, 4
+    records = [json.loads(line) for line in TRACE.read_text().splitlines() if line.strip()]
+    gen = torch.Generator().manual_seed(0)
+    sums = {"even": 0.0, "fast": 0.0, "exact": 0.0, "own": 0.0}
+    n = 0
+    for prev, cur in zip(records, records[1:], strict=False):
+        for prev_E, cur_E in zip(prev["loads"], cur["loads"], strict=True):
+            E = len(cur_E)
+            slots_K = strategy_slots([float(x) for x in prev_E], E, N, S)
+            plan.validate_slots(slots_K, E, N, S)
+            # Each expert's global count spread over the source ranks at random.
+            p_QE = torch.rand(N, E, generator=gen) + 0.5
+            counts_QE = torch.zeros(N, E, dtype=torch.int64)
+            for e, total in enumerate(cur_E):
+                if total == 0:
+                    continue
+                idx = torch.multinomial(p_QE[:, e], total, replacement=True, generator=gen)
+                counts_QE[:, e] = torch.bincount(idx, minlength=N)
+            flows = {
+                "even": even_split_tokens(counts_QE, slots_K, S),
+                "fast": split_tokens(counts_QE, slots_K, S, method="fast"),
+                "exact": split_tokens(counts_QE, slots_K, S, method="exact"),
+            }
+            for name, flow_QK in flows.items():
+                check_flow(flow_QK, counts_QE, slots_K, S)
+                sums[name] += plan.max_over_mean(rank_load_from_flow(flow_QK, S).tolist())
+            own_K = strategy_slots([float(x) for x in cur_E], E, N, S)
+            sums["own"] += plan.max_over_mean(
+                rank_load_from_flow(even_split_tokens(counts_QE, own_K, S), S).tolist()
+            )
+            n += 1
+    mean = {k: v / n for k, v in sums.items()}
+    print(
+        f"\ntrace E=8 N=4 S=4 top-2, {n} layer-iterations, mean max_over_mean: "
+        f"even split {mean['even']:.3f}, min-max fast {mean['fast']:.4f}, "
+        f"min-max exact {mean['exact']:.4f}, even split on a plan from the iteration's own loads "
+        f"{mean['own']:.3f}"
+    )
+    assert mean["exact"] <= mean["fast"] <= mean["exact"] * 1.02
+    assert mean["fast"] <= 1.03, f"got min-max {mean['fast']:.4f}, want about 1.01"
+    assert mean["even"] >= mean["fast"] + 0.05, f"got even {mean['even']:.3f}, want well above"

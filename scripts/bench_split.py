@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Time swiftmoe.split.split_tokens per layer on one CPU thread (a benchmark, not a test).
+
+For each (E, N, S) it builds Zipf-skewed per-rank counts (8192 routed tokens per rank, as top-2
+over 4096 tokens), a plan from a noisy copy of the loads (replicas proportional to load, LPT
+packing), and prints the median microseconds of the fast and exact splits, of the min-max stage
+alone (per-rank amounts, before routing sources to slots) and of the even split, plus fast/exact
+max rank load and both against the even split's.
+
+    PYTHONPATH=pyshim python3 scripts/bench_split.py [--reps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pyshim"))
+from swiftmoe import split  # noqa: E402
+from swiftmoe.plan import max_over_mean  # noqa: E402
+
+SHAPES = [(256, 256, 4), (64, 16, 8), (16, 16, 4)]
+
+
+def plan_from(loads_E: np.ndarray, N: int, S: int) -> list[int]:
+    E = loads_E.size
+    reps_E = np.ones(E, dtype=np.int64)
+    for _ in range(N * S - E):
+        reps_E[int(np.argmax(loads_E / reps_E))] += 1
+    units = sorted(
+        ((loads_E[e] / reps_E[e], e) for e in range(E) for _ in range(reps_E[e])),
+        key=lambda u: (-u[0], u[1]),
+    )
+    load_R = np.zeros(N)
+    held: list[list[int]] = [[] for _ in range(N)]
+    for w, e in units:
+        r = min(
+            (r for r in range(N) if len(held[r]) < S),
+            key=lambda r: (held[r].count(e), load_R[r], r),
+        )
+        load_R[r] += w
+        held[r].append(e)
+    return [e for r in range(N) for e in held[r]]
+
+
+def timed(fn, reps: int):
+    times = []
+    out = None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6, out
+
+
+def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
+    p_E = 1.0 / np.arange(1, E + 1) ** 1.0
+    p_E = p_E[rng.permutation(E)]
+    p_E /= p_E.sum()
+    counts_QE = torch.from_numpy(rng.multinomial(8192, p_E, size=N).astype(np.int64))
+    prev_E = counts_QE.sum(0).numpy() * rng.uniform(0.8, 1.2, size=E)
+    slots_K = plan_from(prev_E, N, S)
+    t_fast, f_fast = timed(lambda: split.split_tokens(counts_QE, slots_K, S, method="fast"), reps)
+    c_QE, pl, L_E = split._prepare(counts_QE, slots_K, S)
+    t_amt, _ = timed(lambda: split._amounts_fast(c_QE, pl, L_E), reps)
+    t_exact, f_exact = timed(
+        lambda: split.split_tokens(counts_QE, slots_K, S, method="exact"),
+        max(1, reps // 5),
+    )
+    t_even, f_even = timed(lambda: split.even_split_tokens(counts_QE, slots_K, S), reps)
+    loads = {
+        k: split.rank_load_from_flow(f, S)
+        for k, f in (("even", f_even), ("fast", f_fast), ("exact", f_exact))
+    }
+    ratio = float(loads["fast"].max()) / float(loads["exact"].max())
+    mom = {k: max_over_mean(v.tolist()) for k, v in loads.items()}
+    print(
+        f"{f'{E},{N},{S}':>12} {t_fast:9.0f} {t_amt:10.0f} {t_exact:10.0f} {t_even:9.0f} "
+        f"{ratio:10.4f} {mom['even']:8.3f} {mom['fast']:8.4f} {mom['exact']:9.4f}"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=20, help="timed repetitions per method")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    print(
+        f"{'E,N,S':>12} {'fast us':>9} {'amounts us':>10} {'exact us':>10} {'even us':>9} "
+        f"{'fast/exact':>10} {'mom even':>8} {'mom fast':>8} {'mom exact':>9}"
+    )
+    for E, N, S in SHAPES:
+        bench_shape(E, N, S, args.reps, rng)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
