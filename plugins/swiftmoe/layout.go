@@ -1,0 +1,104 @@
+package swiftmoe
+
+import "slices"
+
+// orderSlots orders each rank's replicas so that an expert the rank held in
+// the current plan stays in its slot; without a current plan, ascending ids.
+func (p *planner) orderSlots() {
+	s := p.nSlots
+	for r := range p.nRanks {
+		row := p.dst[r*s : (r+1)*s]
+		if p.cur == nil {
+			insertionSort(row)
+			continue
+		}
+		copy(p.tmp, row)
+		insertionSort(p.tmp)
+		clear(p.used)
+		for i := range row {
+			row[i] = -1
+		}
+		for i, c := range p.cur[r*s : (r+1)*s] {
+			for j, x := range p.tmp {
+				if !p.used[j] && x == c {
+					row[i], p.used[j] = c, true
+					break
+				}
+			}
+		}
+		j := 0
+		for i := range row {
+			if row[i] >= 0 {
+				continue
+			}
+			for p.used[j] {
+				j++
+			}
+			row[i], p.used[j] = p.tmp[j], true
+		}
+	}
+}
+
+func insertionSort(v []int) {
+	for i := 1; i < len(v); i++ {
+		for j := i; j > 0 && v[j] < v[j-1]; j-- {
+			v[j], v[j-1] = v[j-1], v[j]
+		}
+	}
+}
+
+// keepCurrentIfAsGood replaces the new plan by the current one when the
+// current plan is valid and its busiest rank is no busier under the
+// predicted loads (each plan splitting an expert's load evenly over its own
+// replicas). With zero total load the current plan must also have the new
+// (uniform) counts. So an unchanged load keeps an unchanged plan, and no
+// slot moves for no gain: among equally good plans, the current one wins.
+func (p *planner) keepCurrentIfAsGood() {
+	if p.cur == nil {
+		return
+	}
+	var total float64
+	for e := range p.nExperts {
+		r := p.curReps[e]
+		if r == 0 {
+			return
+		}
+		p.curW[e] = p.loadOf(e) / float64(r)
+		total += p.loadOf(e)
+	}
+	if total <= 0 && !slices.Equal(p.curReps, p.reps) {
+		return
+	}
+	s, n := p.nSlots, int32(p.nRanks)
+	for r := range p.nRanks {
+		row := p.cur[r*s : (r+1)*s]
+		for i, x := range row {
+			c := int32(1)
+			for _, y := range row[i+1:] {
+				if y == x {
+					c++
+				}
+			}
+			if c > (p.curReps[x]+n-1)/n {
+				return
+			}
+		}
+	}
+	if maxRankLoad(p.cur, p.curW, p.nRanks, s) <= maxRankLoad(p.dst, p.w, p.nRanks, s) {
+		copy(p.dst, p.cur)
+	}
+}
+
+// maxRankLoad is the busiest rank's load under weights w, summed in slot
+// order.
+func maxRankLoad(slots []int, w []float64, ranks, s int) float64 {
+	var hi float64
+	for r := range ranks {
+		var l float64
+		for _, e := range slots[r*s : (r+1)*s] {
+			l += w[e]
+		}
+		hi = max(hi, l)
+	}
+	return hi
+}

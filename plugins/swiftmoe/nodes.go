@@ -1,0 +1,145 @@
+package swiftmoe
+
+import "slices"
+
+// packNodes is the node-aware packing used when ranks_per_node splits the
+// job into equal nodes of r ranks: experts (all their replicas as one
+// chunk) are first packed onto nodes, heaviest total load first, each onto
+// the least-loaded node with room for the whole chunk; a chunk that fits in
+// no node is split over the nodes with the most room. Each node's replicas
+// are then packed onto its ranks as in the flat case, and refined there.
+// A node may hold at most r*capR[e] replicas of e, so that its ranks can
+// hold them within the per-rank limit.
+func (p *planner) packNodes(r int) error {
+	nodes := p.nRanks / r
+	e := p.nExperts
+	p.nodeCnt = grow(p.nodeCnt, e*nodes)
+	clear(p.nodeCnt)
+	p.nodeLoad = grow(p.nodeLoad, nodes)
+	p.nodeFree = grow(p.nodeFree, nodes)
+	for n := range nodes {
+		p.nodeLoad[n] = 0
+		p.nodeFree[n] = int32(r * p.nSlots)
+	}
+	p.nodeOrder = grow(p.nodeOrder, e)
+	for i := range e {
+		p.nodeOrder[i] = int32(i)
+	}
+	slices.SortFunc(p.nodeOrder, func(a, b int32) int {
+		la, lb := p.loadOf(int(a)), p.loadOf(int(b))
+		switch {
+		case p.reps[a] != p.reps[b]:
+			return int(p.reps[b] - p.reps[a])
+		case la > lb:
+			return -1
+		case la < lb:
+			return 1
+		default:
+			return int(a - b)
+		}
+	})
+
+	for _, x := range p.nodeOrder {
+		if err := p.placeChunk(x, r, nodes); err != nil {
+			return err
+		}
+	}
+
+	for n := range nodes {
+		for i := range e {
+			p.need[i] = p.nodeCnt[i*nodes+n]
+		}
+		lo, hi := n*r, (n+1)*r
+		if err := p.packRanks(lo, hi); err != nil {
+			return err
+		}
+		p.refine(lo, hi)
+	}
+	return nil
+}
+
+// placeChunk puts all reps[x] replicas of x onto nodes.
+func (p *planner) placeChunk(x int32, r, nodes int) error {
+	limit := int32(r) * p.capR[x]
+	row := p.nodeCnt[int(x)*nodes : int(x+1)*nodes]
+	k := p.reps[x]
+	for k > 0 {
+		// The least-loaded node that takes the whole chunk.
+		best := -1
+		for n := range nodes {
+			if min(p.nodeFree[n], limit-row[n]) < k {
+				continue
+			}
+			if best < 0 || p.nodeLoad[n] < p.nodeLoad[best] {
+				best = n
+			}
+		}
+		take := k
+		if best < 0 {
+			// Split: the node with the most room takes what it can.
+			var most int32
+			for n := range nodes {
+				room := min(p.nodeFree[n], limit-row[n])
+				if room > most || (room == most && room > 0 && p.nodeLoad[n] < p.nodeLoad[best]) {
+					best, most = n, room
+				}
+			}
+			take = most
+		}
+		if best < 0 {
+			if err := p.repairNode(x, r, nodes); err != nil {
+				return err
+			}
+			k--
+			continue
+		}
+		row[best] += take
+		p.nodeFree[best] -= take
+		p.nodeLoad[best] += float64(take) * p.w[x]
+		k -= take
+	}
+	return nil
+}
+
+// repairNode places one replica of x when every node with room already
+// holds its limit of x: a full node that may take x hands one replica of
+// another expert to a node with room (the same counting argument as
+// repairRank guarantees one exists).
+func (p *planner) repairNode(x int32, r, nodes int) error {
+	q := -1
+	for n := range nodes {
+		if p.nodeFree[n] > 0 && (q < 0 || p.nodeLoad[n] < p.nodeLoad[q]) {
+			q = n
+		}
+	}
+	if q < 0 {
+		return errNoRepair
+	}
+	limitX := int32(r) * p.capR[x]
+	bestN, bestF := -1, int32(-1)
+	var bestM float64
+	for n := range nodes {
+		if p.nodeFree[n] > 0 || p.nodeCnt[int(x)*nodes+n] >= limitX {
+			continue
+		}
+		for f := range int32(p.nExperts) {
+			if f == x || p.nodeCnt[int(f)*nodes+n] == 0 || p.nodeCnt[int(f)*nodes+q] >= int32(r)*p.capR[f] {
+				continue
+			}
+			m := max(p.nodeLoad[q]+p.w[f], p.nodeLoad[n]-p.w[f]+p.w[x])
+			if bestN < 0 || m < bestM {
+				bestN, bestF, bestM = n, f, m
+			}
+		}
+	}
+	if bestN < 0 {
+		return errNoRepair
+	}
+	p.nodeCnt[int(bestF)*nodes+bestN]--
+	p.nodeCnt[int(bestF)*nodes+q]++
+	p.nodeCnt[int(x)*nodes+bestN]++
+	p.nodeLoad[bestN] += p.w[x] - p.w[bestF]
+	p.nodeLoad[q] += p.w[bestF]
+	p.nodeFree[q]--
+	return nil
+}

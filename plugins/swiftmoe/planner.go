@@ -1,0 +1,166 @@
+package swiftmoe
+
+import (
+	"errors"
+	"slices"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// errNoRepair means packing found no legal swap to finish a placement. The
+// counting argument in repairRank rules it out for valid counts; it is an
+// error rather than a panic so that a bug costs one plan, not the plugin.
+var errNoRepair = errors.New("no legal swap completes the placement")
+
+// planner holds one layer's working state. A planner is reused across layers
+// and calls (through a sync.Pool), so its slices grow once and planning a
+// layer allocates nothing.
+type planner struct {
+	// The layer being planned.
+	nRanks, nSlots, nExperts int
+	loads                    []float64 // per expert; nil means all zero
+	cur                      []int     // placement in force; nil when none
+	dst                      []int     // the plan being built
+
+	// Per expert.
+	reps    []int32   // replica count
+	curReps []int32   // replica count in cur
+	curW    []float64 // load per replica in cur
+	w       []float64 // load per replica
+	capR    []int32   // most replicas one rank may hold: ceil(reps/nRanks)
+	order   []int32   // experts by w descending (rank packing order)
+	eheap   []int32   // max-heap of experts while handing out replicas
+
+	// Per rank.
+	load   []float64
+	fill   []int32 // slots used
+	heap   []hent  // min-heap of ranks with a free slot, by (load, rank)
+	pos    []int32 // index of a rank in heap, -1 when absent
+	stampE []int32 // expert whose replica count on the rank stampC holds
+	stampC []int32
+	popped []int32
+	aside  []int32
+
+	// Node-aware packing (see nodes.go).
+	nodeOrder []int32
+	nodeCnt   []int32 // [expert*nodes + node]
+	nodeLoad  []float64
+	nodeFree  []int32
+	need      []int32
+
+	// Replica-count search scratch (see search.go).
+	bestDst   []int
+	bestReps  []int32
+	climbDst  []int
+	climbReps []int32
+
+	// Slot ordering scratch.
+	tmp  []int
+	used []bool
+}
+
+// grow returns s resized to n, reusing its array when it is large enough.
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// planLayer writes one layer's plan into dst (len WorldSize*SlotsPerRank).
+// loads is empty or one value >= 0 per expert; cur is empty or a placement
+// with ids in range. Inputs are validated by the caller.
+func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts int, t sdk.Topology) error {
+	p.nRanks, p.nSlots, p.nExperts = t.WorldSize, t.SlotsPerRank, numExperts
+	p.loads, p.cur, p.dst = loads, nil, dst
+	if len(cur) == len(dst) {
+		p.cur = cur
+	}
+	p.reset()
+	p.indexCurrent()
+	p.replicaCounts()
+	if err := p.pack(t); err != nil {
+		return err
+	}
+	if p.searchable() {
+		p.searchCounts(t)
+	}
+	p.orderSlots()
+	p.keepCurrentIfAsGood()
+	return nil
+}
+
+func (p *planner) reset() {
+	e, n := p.nExperts, p.nRanks
+	p.reps = grow(p.reps, e)
+	p.curReps = grow(p.curReps, e)
+	p.w = grow(p.w, e)
+	p.curW = grow(p.curW, e)
+	p.capR = grow(p.capR, e)
+	p.order = grow(p.order, e)
+	p.eheap = grow(p.eheap, e)[:0]
+	p.need = grow(p.need, e)
+
+	p.load = grow(p.load, n)
+	p.fill = grow(p.fill, n)
+	p.pos = grow(p.pos, n)
+	p.stampE = grow(p.stampE, n)
+	p.stampC = grow(p.stampC, n)
+	p.heap = grow(p.heap, n)[:0]
+	p.popped = grow(p.popped, n)[:0]
+	p.aside = grow(p.aside, n)[:0]
+	p.bestDst = grow(p.bestDst, len(p.dst))
+	p.bestReps = grow(p.bestReps, e)
+	p.tmp = grow(p.tmp, p.nSlots)
+	p.used = grow(p.used, p.nSlots)
+}
+
+// resetRanks empties every rank before a packing.
+func (p *planner) resetRanks() {
+	for r := range p.nRanks {
+		p.load[r] = 0
+		p.fill[r] = 0
+		p.pos[r] = -1
+		p.stampE[r] = -1
+		p.stampC[r] = 0
+	}
+}
+
+// load of expert e, with no prediction meaning zero.
+func (p *planner) loadOf(e int) float64 {
+	if len(p.loads) == 0 {
+		return 0
+	}
+	return p.loads[e]
+}
+
+// indexCurrent counts the replicas of each expert in cur.
+func (p *planner) indexCurrent() {
+	clear(p.curReps)
+	for _, e := range p.cur {
+		p.curReps[e]++
+	}
+}
+
+// sortByWeight sets w, capR and order: experts by load per replica
+// descending, then more replicas first, then lower id.
+func (p *planner) sortByWeight() {
+	for e := range p.nExperts {
+		r := p.reps[e]
+		p.w[e] = p.loadOf(e) / float64(r)
+		p.capR[e] = (r + int32(p.nRanks) - 1) / int32(p.nRanks)
+		p.order[e] = int32(e)
+	}
+	slices.SortFunc(p.order, func(a, b int32) int {
+		switch {
+		case p.w[a] > p.w[b]:
+			return -1
+		case p.w[a] < p.w[b]:
+			return 1
+		case p.reps[a] != p.reps[b]:
+			return int(p.reps[b] - p.reps[a])
+		default:
+			return int(a - b)
+		}
+	})
+}

@@ -1,0 +1,116 @@
+// Package swiftmoe is SwiftMoE's own placement strategy: replica counts
+// proportional to each expert's predicted load, then replicas packed onto
+// ranks so that every rank does about the same work.
+package swiftmoe
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// Name is the strategy's name; its plugin binary is swiftmoe-strategy-swiftmoe.
+const Name = "swiftmoe"
+
+// Version is the strategy's version, reported by Info.
+const Version = "1.0.0"
+
+// Strategy plans replica counts and placement per layer. It holds no state
+// between calls, so it is safe for concurrent use.
+type Strategy struct {
+	pool sync.Pool
+}
+
+var _ sdk.Strategy = (*Strategy)(nil)
+
+// New returns the swiftmoe strategy.
+func New() *Strategy {
+	return &Strategy{pool: sync.Pool{New: func() any { return new(planner) }}}
+}
+
+// Info describes the strategy. It accepts no options.
+func (s *Strategy) Info() sdk.Info {
+	return sdk.Info{
+		Name:        Name,
+		Description: "replicas proportional to predicted load (at least one each), packed onto ranks heaviest first to balance per-rank load; replicas of an expert kept within a node when ranks_per_node is set",
+		Version:     Version,
+	}
+}
+
+// Plan returns the placement of every layer. Layers are planned in parallel;
+// each layer's plan depends only on that layer's input, so the response is
+// deterministic.
+func (s *Strategy) Plan(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+	if err := sdk.ValidateRequest(req); err != nil {
+		return nil, err
+	}
+	if err := sdk.CheckOptions(req.Options); err != nil {
+		return nil, err
+	}
+	t := req.Topology
+	ns := t.TotalSlots()
+	n := len(req.Layers)
+	flat := make([]int, n*ns)
+	out := make([][]int, n)
+	for i := range out {
+		out[i] = flat[i*ns : (i+1)*ns : (i+1)*ns]
+	}
+	resp := &sdk.Response{Layers: out}
+	if hierarchical(t) == 0 && t.RanksPerNode > 0 && t.RanksPerNode < t.WorldSize {
+		resp.Note = fmt.Sprintf("ranks_per_node %d does not divide world_size %d; planned without node locality", t.RanksPerNode, t.WorldSize)
+	}
+
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		if err := s.planRange(ctx, req, out, new(atomic.Int64)); err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
+	var next atomic.Int64
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() { errs[w] = s.planRange(ctx, req, out, &next) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
+// planRange plans layers taken from next until none is left.
+func (s *Strategy) planRange(ctx context.Context, req *sdk.Request, out [][]int, next *atomic.Int64) error {
+	p := s.pool.Get().(*planner)
+	defer s.pool.Put(p)
+	for {
+		i := int(next.Add(1) - 1)
+		if i >= len(out) {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("planning layer %d: %w", req.Layers[i].Layer, err)
+		}
+		l := &req.Layers[i]
+		if err := p.planLayer(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology); err != nil {
+			return fmt.Errorf("planning layer %d: %w", l.Layer, err)
+		}
+	}
+}
+
+// hierarchical returns the ranks per node when node-aware packing applies
+// (1 < nodes, equal-sized nodes), else 0.
+func hierarchical(t sdk.Topology) int {
+	r := t.RanksPerNode
+	if r <= 0 || r >= t.WorldSize || t.WorldSize%r != 0 {
+		return 0
+	}
+	return r
+}
