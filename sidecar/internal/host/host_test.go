@@ -169,8 +169,8 @@ func TestPlanOK(t *testing.T) {
 	if got, want := info.Path, filepath.Join(dir, sdk.BinaryPrefix+"faulty"); got != want {
 		t.Errorf("path: got %s, want %s", got, want)
 	}
-	if info.Name != "faulty" || len(info.Options) != 3 {
-		t.Errorf("info: got name %q with %d options, want faulty with 3", info.Name, len(info.Options))
+	if info.Name != "faulty" || len(info.Options) != 4 {
+		t.Errorf("info: got name %q with %d options, want faulty with 4", info.Name, len(info.Options))
 	}
 	if got := h.Restarts("faulty"); got != 0 {
 		t.Errorf("restarts: got %d, want 0", got)

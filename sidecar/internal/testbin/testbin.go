@@ -5,6 +5,7 @@ package testbin
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"time"
@@ -37,4 +38,13 @@ func Build(dir, pkg, name string) (string, error) {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
 	}
 	return out, nil
+}
+
+// Install copies the plugin binary bin into dir as swiftmoe-strategy-name.
+func Install(dir, bin, name string) error {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "swiftmoe-strategy-"+name), data, 0o755)
 }

@@ -9,6 +9,9 @@
 //	garbage  answer a plan holding an out-of-range expert id
 //	short    answer one layer fewer than asked
 //
+// When the "mode_file" option names a readable file, its content overrides
+// "mode", so a test can change the behaviour of a registered job.
+//
 // When the "marker" option names a file, the plugin writes it (holding its
 // pid) as soon as a call arrives, so a test knows the call is in flight.
 package main
@@ -19,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -35,6 +39,7 @@ func (faulty) Info() sdk.Info {
 			{Name: "mode", Description: "ok, slow, hang, crash, error, garbage or short", Default: "ok"},
 			{Name: "delay", Description: "sleep of mode slow (Go duration)", Default: "0s"},
 			{Name: "marker", Description: "file written when a call arrives", Default: ""},
+			{Name: "mode_file", Description: "file whose content overrides mode", Default: ""},
 		},
 	}
 }
@@ -52,7 +57,13 @@ func (faulty) Plan(ctx context.Context, req *sdk.Request) (*sdk.Response, error)
 		}
 		return resp
 	}
-	switch mode := req.Options["mode"]; mode {
+	mode := req.Options["mode"]
+	if f := req.Options["mode_file"]; f != "" {
+		if data, err := os.ReadFile(f); err == nil {
+			mode = strings.TrimSpace(string(data))
+		}
+	}
+	switch mode {
 	case "", "ok":
 		return static(), nil
 	case "slow":
