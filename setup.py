@@ -18,7 +18,11 @@ import sysconfig
 from pathlib import Path
 
 from setuptools import Distribution, find_packages, setup
-from setuptools.command.bdist_wheel import bdist_wheel as _bdist_wheel
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel as _bdist_wheel
+except ImportError:  # setuptools < 70.1 with the wheel package
+    from wheel.bdist_wheel import bdist_wheel as _bdist_wheel
 from setuptools.command.build_py import build_py as _build_py
 
 ROOT = Path(__file__).resolve().parent
