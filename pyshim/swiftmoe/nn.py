@@ -127,7 +127,7 @@ class MoE(nn.Module):
             start += n
         y_sorted_AD = torch.cat(ys) if ys else xs_AD
         y_AD = torch.zeros_like(y_sorted_AD).index_copy(0, order_A, y_sorted_AD)
-        y_TD = (y_AD.view(T, K, -1) * weights_TK.unsqueeze(-1)).sum(dim=1)
+        y_TD = (y_AD.view(T, K, y_AD.shape[-1]) * weights_TK.unsqueeze(-1)).sum(dim=1)
         return y_TD.reshape(x.shape)
 
     def extra_repr(self) -> str:

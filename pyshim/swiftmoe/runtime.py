@@ -197,7 +197,9 @@ class ExpertLayer:
         back = all_to_all_rows(y_recv, anchor, comm, in_splits, out_splits)
 
         y_AD = back.new_zeros(T * top_k, back.shape[-1]).index_copy(0, send_A, back)
-        y_TD = (y_AD.view(T, top_k, -1) * weights_TK.unsqueeze(-1).to(y_AD.dtype)).sum(dim=1)
+        y_TD = (y_AD.view(T, top_k, y_AD.shape[-1]) * weights_TK.unsqueeze(-1).to(y_AD.dtype)).sum(
+            dim=1
+        )
 
         with torch.no_grad():
             loads_E = counts_NE.sum(0)
