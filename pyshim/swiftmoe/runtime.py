@@ -7,8 +7,9 @@ all_to_all_single -> S slot GEMMs over contiguous groups -> reverse all_to_all_s
 weighted combine. The slot weights are leaf tensors that require grad and are not registered
 on the model, so the user's optimizer and DDP never see them.
 
-Load statistics live on the block as non-persistent buffers (``swiftmoe_loads_E``: global
-assignments per expert; ``swiftmoe_dropped``: dropped assignments), read and reset at step.
+Load statistics of training-mode forwards live on the block as non-persistent buffers
+(``swiftmoe_loads_E``: global assignments per expert; ``swiftmoe_dropped``: dropped
+assignments), read and reset at step.
 
 Shape legend:
     T  tokens of this rank   D  model dim    A  assignments, T*top_k   M  rows of a group
@@ -45,6 +46,24 @@ def rank_loads(flow_QK: torch.Tensor, slots_per_rank: int) -> torch.Tensor:
 def max_over_mean(loads_N: torch.Tensor) -> float:
     mean = float(loads_N.float().mean())
     return float(loads_N.max()) / mean if mean > 0 else 1.0
+
+
+def use_grouped_mm(
+    adapter: MoEAdapter, spec: ExpertSpec, device: torch.device, dtype: torch.dtype
+) -> bool:
+    """Run a rank's slots with ``torch._grouped_mm`` (one grouped GEMM per weight)?
+
+    Only where it is fast and supported (shared/calibration/README.md): the adapter provides
+    ``grouped_forward``, CUDA on Hopper or newer, bf16/fp16 weights, and every weight dim a
+    multiple of 8 (16-byte aligned rows). Elsewhere the slots run as per-slot matmuls.
+    """
+    if getattr(adapter, "grouped_forward", None) is None or not hasattr(torch, "_grouped_mm"):
+        return False
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if any(int(d) % 8 for shape in spec.shapes for d in shape):
+        return False
+    return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def _add_stat_buffers(block: nn.Module, num_experts: int, device: torch.device) -> None:
@@ -89,10 +108,7 @@ class ExpertLayer:
         self.numels = [math.prod(s) for s in spec.shapes]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
         self.P = sum(self.numels)
-        grouped = getattr(adapter, "grouped_forward", None)
-        self.grouped = (
-            grouped is not None and device.type == "cuda" and hasattr(torch, "_grouped_mm")
-        )
+        self.grouped = use_grouped_mm(adapter, spec, device, dtype)
         self.slots: list[int] = []
         self.slot_params: list[tuple[torch.Tensor, ...]] = []
         self.stacked: tuple[torch.Tensor, ...] = ()
@@ -201,12 +217,13 @@ class ExpertLayer:
             dim=1
         )
 
-        with torch.no_grad():
-            loads_E = counts_NE.sum(0)
-            getattr(self.block, LOADS_BUFFER).add_(loads_E.to(x_TD.device))
-            getattr(self.block, DROPPED_BUFFER).add_(dropped)
-            self.last_max_over_mean = max_over_mean(rank_loads(flow_NK, S))
-        self.engine.on_layer_loads(self.index)
+        if self.block.training:  # statistics of training iterations only
+            with torch.no_grad():
+                loads_E = counts_NE.sum(0)
+                getattr(self.block, LOADS_BUFFER).add_(loads_E.to(x_TD.device))
+                getattr(self.block, DROPPED_BUFFER).add_(dropped)
+                self.last_max_over_mean = max_over_mean(rank_loads(flow_NK, S))
+            self.engine.on_layer_loads(self.index)
         return y_TD
 
     def run_slots(self, xs_MD: torch.Tensor, rows_S: torch.Tensor) -> torch.Tensor:
@@ -254,6 +271,8 @@ class ObservedLayer:
         self._hook = block.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
     def _pre_hook(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not block.training:
+            return None
         x = args[0] if args else kwargs["hidden_states"]
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
