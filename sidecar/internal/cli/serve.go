@@ -1,0 +1,173 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/host"
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/metrics"
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/planner"
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/server"
+)
+
+const (
+	// maxPluginTimeout bounds --plugin-timeout.
+	maxPluginTimeout = time.Minute
+	// stopGrace is how long a graceful stop waits for RPCs in flight.
+	stopGrace = 5 * time.Second
+	// parentPoll is the period of the --exit-with-parent check.
+	parentPoll = 200 * time.Millisecond
+)
+
+type serveFlags struct {
+	listen, pluginsDir, metricsListen, logLevel string
+	pluginTimeout                               time.Duration
+	exitWithParent, allowRemote                 bool
+}
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", "[flags]",
+		"Serves the Planner gRPC API to the SwiftMoE Python shim, hosting strategy plugins\n"+
+			"(swiftmoe-strategy-NAME binaries in the plugins directory). Prints one line,\n"+
+			"'listening on ADDRESS', to stdout once the socket accepts; logs go to stderr.\n"+
+			"SIGTERM or SIGINT stops it gracefully: plugins are killed and the socket removed.",
+		"swiftmoe-sidecar serve --plugins-dir ./bin --metrics-listen 127.0.0.1:9464 --exit-with-parent", stdout, stderr)
+	var f serveFlags
+	fs.StringVar(&f.listen, "listen", "", "gRPC `ADDR`: unix:///abs/path.sock, or tcp://HOST:PORT (loopback unless --allow-remote);\ndefault: sidecar.sock (mode 0600) in a fresh private directory (mode 0700) under $TMPDIR")
+	fs.StringVar(&f.pluginsDir, "plugins-dir", "", "`DIR` of the swiftmoe-strategy-NAME plugin binaries (default: the sidecar executable's directory)")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "`HOST:PORT` to serve Prometheus /metrics on, loopback unless --allow-remote (default: off)")
+	fs.DurationVar(&f.pluginTimeout, "plugin-timeout", host.DefaultCallTimeout, "deadline of one strategy call; a plugin that misses it is restarted and the last valid plan served")
+	fs.BoolVar(&f.exitWithParent, "exit-with-parent", false, "stop when the parent process dies, so a crashed trainer leaves no sidecar behind")
+	fs.BoolVar(&f.allowRemote, "allow-remote", false, "allow --listen and --metrics-listen on non-loopback addresses")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
+	if err := fs.parse(args); err != nil {
+		return done(err)
+	}
+	if f.pluginTimeout <= 0 || f.pluginTimeout > maxPluginTimeout {
+		return fs.fail("--plugin-timeout %v is out of range; use a duration in (0, %v], e.g. 200ms", f.pluginTimeout, maxPluginTimeout)
+	}
+	level := hclog.LevelFromString(f.logLevel)
+	if level == hclog.NoLevel {
+		return fs.fail("--log-level %q is not a level; use trace, debug, info, warn or error", f.logLevel)
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "swiftmoe-sidecar", Output: stderr, Level: level})
+	return serve(f, stdout, log)
+}
+
+func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
+	// Catch signals from the start, so that a stop request during startup
+	// still removes the socket and kills the plugins.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	dir, err := pluginsDir(f.pluginsDir)
+	if err != nil {
+		return err
+	}
+	m := metrics.New()
+	h, err := host.New(host.Options{Dir: dir, CallTimeout: f.pluginTimeout, Logger: log, Metrics: m})
+	if err != nil {
+		return fmt.Errorf("--plugins-dir: %w", err)
+	}
+	defer h.Close()
+	gs, hs := server.New(planner.New(h, m, log), log)
+
+	var ms *server.MetricsServer
+	if f.metricsListen != "" {
+		if ms, err = server.ServeMetrics(f.metricsListen, f.allowRemote, m.Handler()); err != nil {
+			return err
+		}
+		log.Info("serving metrics", "url", "http://"+ms.Addr()+"/metrics")
+	}
+	ln, err := server.Listen(f.listen, f.allowRemote)
+	if err != nil {
+		shutdownMetrics(ms, log)
+		return err
+	}
+	defer func() {
+		if err := ln.Close(); err != nil {
+			log.Warn("removing the socket", "error", err)
+		}
+	}()
+
+	if f.exitWithParent {
+		go watchParent(ctx, stop, log)
+	}
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(ln) }()
+	if _, err := fmt.Fprintf(stdout, "listening on %s\n", ln.URL); err != nil {
+		log.Warn("writing the listening line", "error", err)
+	}
+	log.Info("serving", "address", ln.URL, "plugins_dir", dir, "plugin_timeout", f.pluginTimeout)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case serveErr = <-served:
+		log.Error("gRPC server stopped", "error", serveErr)
+	}
+	hs.Shutdown()
+	gracefulStop(gs.GracefulStop, gs.Stop)
+	shutdownMetrics(ms, log)
+	if serveErr != nil {
+		return fmt.Errorf("serving %s: %w", ln.URL, serveErr)
+	}
+	return nil
+}
+
+// gracefulStop runs graceful, and hard if graceful takes over stopGrace.
+func gracefulStop(graceful, hard func()) {
+	done := make(chan struct{})
+	go func() {
+		graceful()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopGrace):
+		hard()
+		<-done
+	}
+}
+
+func shutdownMetrics(ms *server.MetricsServer, log hclog.Logger) {
+	if ms == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+	defer cancel()
+	if err := ms.Shutdown(ctx); err != nil {
+		log.Warn("stopping the metrics server", "error", err)
+	}
+}
+
+// watchParent calls stop once the parent process has died (the sidecar is
+// then reparented, so getppid changes).
+func watchParent(ctx context.Context, stop func(), log hclog.Logger) {
+	ppid := os.Getppid()
+	if ppid == 1 {
+		log.Warn("--exit-with-parent: the parent is already init (pid 1); its death cannot be seen")
+		return
+	}
+	t := time.NewTicker(parentPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if now := os.Getppid(); now != ppid {
+				log.Warn("parent process died; stopping", "parent", ppid)
+				stop()
+				return
+			}
+		}
+	}
+}
