@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +195,7 @@ class SwiftMoEHandle:
         self._submitted = False
         self._pending_plan: list[list[int]] | None = None
         N, S = comm.world_size, config.slots_per_rank
+        self.ranks_per_node = config.ranks_per_node or _local_world_size(N)
         fqns = [f for f, _, _ in blocks]
         E_L = [a.num_experts(b) for _, b, a in blocks]
         slots_L = _initial_slots(config, E_L, fqns, N)
@@ -292,7 +294,7 @@ class SwiftMoEHandle:
             flow = splitlib.even_split_tokens(counts_NE, slots, S)
         else:
             flow = splitlib.split_tokens(
-                counts_NE, slots, S, ranks_per_node=cfg.ranks_per_node, method=cfg.split_method
+                counts_NE, slots, S, ranks_per_node=self.ranks_per_node, method=cfg.split_method
             )
         N, E = counts_NE.shape
         slots_t = (
@@ -535,6 +537,15 @@ class SwiftMoEHandle:
     def export_to(self, model: nn.Module) -> None:
         """Write the full expert weights into an unpatched model of the same architecture."""
         ckpt.export_to(self.export_expert_weights(), self, model)
+
+
+def _local_world_size(world_size: int) -> int:
+    """Ranks per node from torchrun's LOCAL_WORLD_SIZE when it divides the world, else 0."""
+    try:
+        n = int(os.environ.get("LOCAL_WORLD_SIZE", "0"))
+    except ValueError:
+        return 0
+    return n if 0 < n < world_size and world_size % n == 0 else 0
 
 
 def _check_params(fqn: str, spec, params, E: int) -> None:

@@ -69,7 +69,8 @@ class SwiftMoEConfig:
         split_method: how an expert's tokens are split over its replicas, passed to
             ``swiftmoe.split.split_tokens`` ("auto", "exact", "fast"), or "even" (the paper's
             even split, ``even_split_tokens``).
-        ranks_per_node: ranks per node, so the split prefers same-node replicas; 0 = unknown.
+        ranks_per_node: ranks per node, so the split prefers same-node replicas; 0 = take
+            torchrun's LOCAL_WORLD_SIZE when set, else no node preference.
         capacity_factor: None (dropless, the default) or > 0: each rank keeps at most
             ceil(capacity_factor * T*K / E) of its token assignments per expert and drops the
             rest DeepSpeed-style; dropped assignments are counted in the step stats.

@@ -1,0 +1,107 @@
+"""The public surface with the tools users combine it with: DDP over the dense parameters, and
+observe mode on a HuggingFace model with router jitter (RNG use must leave no trace)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from distributed import run_ranks
+from test_engine_support import (
+    OPTIMIZERS,
+    SLOTS_FOR,
+    B,
+    TinyNet,
+    adversarial_source,
+    expert_state,
+    global_batch,
+    reference_run,
+)
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from swiftmoe.api import replicate_
+from swiftmoe.config import SwiftMoEConfig
+
+STEPS = 4
+
+
+def _ddp_train(rank: int, world_size: int) -> dict:
+    model = TinyNet()
+    S = SLOTS_FOR[world_size]
+    src = adversarial_source(world_size, S)
+    handle = replicate_(
+        model,
+        SwiftMoEConfig(
+            slots_per_rank=S,
+            optimizer="AdamW",
+            optimizer_kwargs=OPTIMIZERS["AdamW"],
+            plan_source=src,
+            plan_deadline_s=20.0,
+        ),
+    )
+    ignored = handle.ddp_ignore(model)
+    ddp = DDP(model)  # broadcast_buffers=True: the ignored load buffers must stay per rank
+    opt = torch.optim.AdamW(handle.dense_parameters(), **OPTIMIZERS["AdamW"])
+    for step in range(STEPS):
+        x, y = global_batch(step, world_size)
+        x, y = x[rank * B : (rank + 1) * B], y[rank * B : (rank + 1) * B]
+        torch.nn.functional.mse_loss(ddp(x), y).backward()
+        opt.step()
+        handle.step()
+        opt.zero_grad()
+        handle.zero_grad()
+    src.close()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state.update(expert_state(handle.export_expert_weights()))
+    return {"state": state, "ignored": ignored}
+
+
+def test_ddp_on_dense_parameters_matches_single_process() -> None:
+    world_size = 2
+    results = run_ranks(_ddp_train, world_size, timeout_s=90)
+    want = reference_run("AdamW", STEPS, world_size)
+    for rank, res in enumerate(results):
+        assert len(res["ignored"]) == 4
+        for k, v in want.items():
+            torch.testing.assert_close(
+                res["state"][k],
+                v,
+                rtol=0,
+                atol=1e-5,
+                msg=lambda m, k=k, r=rank: f"rank {r} {k}: {m}",
+            )
+
+
+def test_observe_mode_leaves_no_trace_on_jittered_hf_router() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        vocab_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_jitter_noise=0.1,
+        output_router_logits=True,
+    )
+    plain = transformers.MixtralForCausalLM(cfg).train()
+    observed = copy.deepcopy(plain)
+    handle = replicate_(observed, SwiftMoEConfig(slots_per_rank=4, mode="observe"))
+    ids = torch.randint(3, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for model in (plain, observed):
+        torch.manual_seed(42)  # the jitter draws from the global RNG
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        outs.append(out)
+    assert torch.equal(outs[0].logits, outs[1].logits)
+    assert torch.equal(outs[0].aux_loss, outs[1].aux_loss)
+    for (n, p), (_, q) in zip(plain.named_parameters(), observed.named_parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), n
+    stats = handle.step()
+    assert [sum(row) for row in stats.loads_LE] == [2 * 7 * 2] * 2
