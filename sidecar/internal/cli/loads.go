@@ -20,10 +20,11 @@ type traceRecord struct {
 	Line      int
 }
 
-// rawRecord is the JSON shape of a routing-trace object.
+// rawRecord is the JSON shape of a routing-trace object; the values are
+// parsed field by field so that errors can name the element.
 type rawRecord struct {
-	Iteration *json.Number     `json:"iteration"`
-	Loads     [][]*json.Number `json:"loads"`
+	Iteration json.RawMessage `json:"iteration"`
+	Loads     json.RawMessage `json:"loads"`
 }
 
 const traceFormat = `{"iteration": N, "loads": [[tokens of layer 0 expert 0, ...], ...]}`
@@ -90,34 +91,35 @@ func readTrace(path string, want int64) (traceRecord, error) {
 func parseRecord(raw json.RawMessage) (traceRecord, error) {
 	var r rawRecord
 	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
 		return traceRecord{}, fmt.Errorf("not a routing-trace object (%v); want %s", err, traceFormat)
 	}
-	if r.Iteration == nil {
+	if len(r.Iteration) == 0 {
 		return traceRecord{}, fmt.Errorf("field iteration is missing; want %s", traceFormat)
 	}
-	it, err := strconv.ParseUint(r.Iteration.String(), 10, 64)
+	it, err := strconv.ParseUint(string(bytes.TrimSpace(r.Iteration)), 10, 64)
 	if err != nil {
 		return traceRecord{}, fmt.Errorf("iteration: %s is not an iteration number; want an integer >= 0", r.Iteration)
 	}
-	if len(r.Loads) == 0 {
-		return traceRecord{}, fmt.Errorf("field loads is missing or empty; want one list of per-expert token counts per MoE layer")
+	var layers []json.RawMessage
+	if len(r.Loads) == 0 || json.Unmarshal(r.Loads, &layers) != nil || len(layers) == 0 {
+		return traceRecord{}, fmt.Errorf("field loads is missing, empty or not a list; want one list of per-expert token counts per MoE layer")
 	}
-	out := traceRecord{Iteration: it, Loads: make([][]uint64, len(r.Loads))}
-	for l, layer := range r.Loads {
-		if len(layer) == 0 {
+	out := traceRecord{Iteration: it, Loads: make([][]uint64, len(layers))}
+	for l, layer := range layers {
+		var counts []json.RawMessage
+		if json.Unmarshal(layer, &counts) != nil {
+			return traceRecord{}, fmt.Errorf("loads[%d]: %.40s is not a list; want one token count per expert", l, layer)
+		}
+		if len(counts) == 0 {
 			return traceRecord{}, fmt.Errorf("loads[%d]: empty; want one token count per expert", l)
 		}
-		out.Loads[l] = make([]uint64, len(layer))
-		for e, n := range layer {
-			if n == nil {
-				return traceRecord{}, fmt.Errorf("loads[%d][%d]: null; want a token count, an integer >= 0", l, e)
-			}
-			v, err := strconv.ParseUint(n.String(), 10, 64)
+		out.Loads[l] = make([]uint64, len(counts))
+		for e, n := range counts {
+			v, err := strconv.ParseUint(string(bytes.TrimSpace(n)), 10, 64)
 			if err != nil {
-				return traceRecord{}, fmt.Errorf("loads[%d][%d]: %s is not a token count; want an integer >= 0", l, e, n)
+				return traceRecord{}, fmt.Errorf("loads[%d][%d]: %.40s is not a token count; want an integer >= 0", l, e, n)
 			}
 			out.Loads[l][e] = v
 		}
