@@ -13,7 +13,6 @@ func (p *planner) orderSlots() {
 			continue
 		}
 		copy(p.tmp, row)
-		insertionSort(p.tmp)
 		clear(p.used)
 		for i := range row {
 			row[i] = -1
@@ -70,6 +69,9 @@ func (p *planner) keepCurrentIfAsGood() {
 		return
 	}
 	s, n := p.nSlots, int32(p.nRanks)
+	if maxRankLoad(p.cur, p.curW, p.nRanks, s) > maxRankLoad(p.dst, p.w, p.nRanks, s) {
+		return
+	}
 	for r := range p.nRanks {
 		row := p.cur[r*s : (r+1)*s]
 		for i, x := range row {
@@ -84,9 +86,7 @@ func (p *planner) keepCurrentIfAsGood() {
 			}
 		}
 	}
-	if maxRankLoad(p.cur, p.curW, p.nRanks, s) <= maxRankLoad(p.dst, p.w, p.nRanks, s) {
-		copy(p.dst, p.cur)
-	}
+	copy(p.dst, p.cur)
 }
 
 // maxRankLoad is the busiest rank's load under weights w, summed in slot
