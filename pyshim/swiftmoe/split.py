@@ -36,9 +36,9 @@ import torch
 __all__ = ["even_split_tokens", "rank_load_from_flow", "split_tokens"]
 
 _METHODS = ("auto", "fast", "exact")
-_FAST_MAX_ITERS = 40  # scaling rounds at most
+_FAST_MAX_ITERS = 32  # scaling rounds at most
 _FAST_CHECK_EVERY = 8  # rounds between stall checks
-_FAST_STALL = 1e-4  # a stall: the max fell by less than this fraction over the last check
+_FAST_STALL = 5e-4  # a stall: the best max fell by less than this fraction since the last check
 _FAST_TOL = 2e-3  # stop once the max is this close to the lower bound
 
 
@@ -119,6 +119,19 @@ class _Plan:
         self.r_P = key_P % N
         self.deg_E = np.bincount(self.e_P, minlength=E)
         self.start_E = np.concatenate(([0], np.cumsum(self.deg_E)[:-1]))
+        # Demands in (expert, slot) order: their slot, rank, expert and pair (nondecreasing).
+        self.d_k = np.argsort(slots_K, kind="stable")
+        self.d_r = self.d_k // S
+        self.d_e = slots_K[self.d_k]
+        self.d_pair = self.pair_K[self.d_k]
+        self.d_first_P = np.concatenate(([0], np.cumsum(mult_P)[:-1]))
+        # Supplies (expert, source rank) of the experts holding a slot, expert-major: output
+        # offset q*K and the last demand of the expert.
+        held = self.deg_E > 0
+        self.held_E = None if held.all() else np.flatnonzero(held)
+        last_E = np.cumsum(np.bincount(slots_K, minlength=E)) - 1
+        self.qK_M = np.tile(np.arange(N, dtype=np.int64) * self.K, int(held.sum()))
+        self.last_M = np.repeat(last_E[held], N)
 
 
 def _prepare(counts_QE, slots, slots_per_rank: int):
@@ -173,18 +186,23 @@ def _round(plan: _Plan, L_E: np.ndarray, x_P: np.ndarray) -> np.ndarray:
 
 
 def _repair(plan: _Plan, x_P: np.ndarray, target: int, budget: int) -> np.ndarray:
-    """Move tokens off ranks above target to replicas on less loaded ranks (integer rounding)."""
+    """Move tokens off ranks above target to replicas on less loaded ranks (integer rounding).
+
+    Rounding leaves at most a few tokens over target, so this usually returns at once; the pairs
+    of each rank are only indexed when some rank is over.
+    """
     y_R = np.bincount(plan.r_P, x_P, minlength=plan.N).astype(np.int64)
-    pairs_R: list[list[int]] = [[] for _ in range(plan.N)]
-    for p, r in enumerate(plan.r_P.tolist()):
-        pairs_R[r].append(p)
+    if y_R.size == 0 or int(y_R.max()) <= target:
+        return x_P
+    by_rank = np.argsort(plan.r_P, kind="stable")
+    first_R = np.searchsorted(plan.r_P[by_rank], np.arange(plan.N + 1))
     start, deg = plan.start_E, plan.deg_E
     for _ in range(budget):
         r = int(np.argmax(y_R))
         if y_R[r] <= target:
             break
         best = None
-        for p in pairs_R[r]:
+        for p in by_rank[first_R[r] : first_R[r + 1]].tolist():
             if x_P[p] <= 0:
                 continue
             e = int(plan.e_P[p])
@@ -206,16 +224,21 @@ def _repair(plan: _Plan, x_P: np.ndarray, target: int, budget: int) -> np.ndarra
 
 
 def _amounts_fast(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray:
-    """Proportional rank scaling from the local-first assignment, then integer rounding.
+    """Proportional rank scaling with momentum from the local-first assignment, then rounding.
 
     x_P = L_e * prior_P * w_r / sum over e's pairs of prior * w, where prior_P keeps each
-    source's tokens on its own rank and spreads the rest evenly. Each round divides every rank's
-    weight by its load, shifting shared experts toward lighter ranks; a rank loaded only by what
-    it alone can hold sinks to weight ~0 and keeps just that. Stops at the lower bound, when the
-    maximum stalls, or after _FAST_MAX_ITERS rounds. Only IEEE +-*/ is used, so the result is
-    bit-identical on every rank.
+    source's tokens on its own rank and spreads the rest evenly. Each round multiplies every
+    rank's weight by g_r = sqrt(g_r' / y_r) / y_r (g_r' the previous round's factor): plain
+    scaling (divide by the load) with the load's weight 1.5 and half of the previous step as
+    momentum, which reaches 1% of the optimum in about a third of the rounds. Experts shift
+    toward lighter ranks; a rank loaded only by what it alone can hold sinks to weight ~0. The
+    best round is kept. Stops at the lower bound, when the best stalls, or after
+    _FAST_MAX_ITERS rounds. Only IEEE +-*/, sqrt and order-fixed sums (bincount) are used, so
+    the result is bit-identical on every rank.
     """
     e_P, r_P, E, N = plan.e_P, plan.r_P, plan.E, plan.N
+    if e_P.size == 0:
+        return np.zeros(0, dtype=np.int64)
     local_P = _local_P(c_QE, plan).astype(np.float64)
     L_f = L_E.astype(np.float64)
     rest_E = L_f - np.bincount(e_P, local_P, minlength=E)
@@ -225,24 +248,36 @@ def _amounts_fast(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray:
     lb = _lower_bound(plan, L_E)
     stop = lb * (1.0 + _FAST_TOL) + 0.5
     w_R = np.ones(N)
-    prev = np.inf
-    x_P = None
-    for it in range(_FAST_MAX_ITERS + 1):
-        a_P = prior_P * w_R[r_P]
+    g_R = np.ones(N)
+    a_P = np.empty_like(prior_P)
+    best_hi, best_x, checked = np.inf, None, np.inf
+    for it in range(_FAST_MAX_ITERS):
+        np.take(w_R, r_P, out=a_P)
+        a_P *= prior_P
         den_E = np.bincount(e_P, a_P, minlength=E)
-        x_P = L_P * a_P / den_E[e_P]
+        x_P = L_P * a_P
+        x_P /= den_E[e_P]
         y_R = np.bincount(r_P, x_P, minlength=N)
         hi = float(y_R.max())
-        if hi <= stop:
+        if hi < best_hi:
+            best_hi, best_x = hi, x_P
+        if best_hi <= stop:
             break
         if it % _FAST_CHECK_EVERY == 0:
-            if prev - hi <= _FAST_STALL * hi:
+            if checked - best_hi <= _FAST_STALL * best_hi:
                 break
-            prev = hi
-        w_R = w_R / np.maximum(y_R, 1e-12)
-        w_R = np.maximum(w_R / w_R.max(), 1e-250)
-    target = max(lb, int(np.ceil(float(y_R.max()) - 1e-6)))
-    x_int = _round(plan, L_E, x_P)
+            checked = best_hi
+        np.maximum(y_R, 1e-12, out=y_R)
+        g_R /= y_R
+        np.sqrt(g_R, out=g_R)
+        g_R /= y_R
+        w_R *= g_R
+        top = w_R.max()
+        w_R /= top
+        np.maximum(w_R, 1e-250, out=w_R)
+        g_R /= g_R.max()
+    target = max(lb, int(np.ceil(best_hi - 1e-6)))
+    x_int = _round(plan, L_E, best_x)
     return _repair(plan, x_int, target, budget=4 * N + 16)
 
 
@@ -377,95 +412,110 @@ def _slot_demand(plan: _Plan, x_P: np.ndarray) -> np.ndarray:
     return x_P[p_K] // m_K + (idx_K < x_P[p_K] % m_K)
 
 
-def _match(sg, sa, sid, dg, da, did, num_groups):
-    """North-west-corner matching of supplies to demands within each group.
+def _merge(sa_M: np.ndarray, da_D: np.ndarray, last_M: np.ndarray):
+    """North-west-corner pieces between supplies and demands laid end to end.
 
-    sg/dg: group of each supply/demand item, nondecreasing; sa/da: amounts; sid/did: ids carried
-    to the output. Within a group, supplies and demands are laid end to end in item order and
-    matched where they overlap, up to the smaller total. Returns (supply id, demand id, amount)
-    pieces and the leftover sa, da.
+    sa_M and da_D (int64, zeros allowed) have equal totals group by group; last_M is the last
+    demand of supply i's group. Returns (i, j, amt): supply i gives amt to demand j, for every
+    pair whose intervals overlap plus zero-amount pairs inside a group; no pair appears twice,
+    so (source, slot) targets are distinct and a plain scatter is safe. Linear in M + D: supply i
+    starts in demand j0[i] (the demands that end at or before its start, counted from D cut
+    points), and each demand boundary strictly inside a supply adds one piece.
     """
-    s_tot = np.bincount(sg, sa, minlength=num_groups).astype(np.int64)
-    d_tot = np.bincount(dg, da, minlength=num_groups).astype(np.int64)
-    m_G = np.minimum(s_tot, d_tot)
-    off_G = np.cumsum(m_G) - m_G
-
-    def intervals(g, a, tot):
-        # [lo, hi) of each item on one axis where group g owns [off_G[g], off_G[g] + m_G[g]).
-        end_G = np.cumsum(tot)
-        cap = m_G[g]
-        lo = np.cumsum(a) - a - (end_G - tot)[g]
-        hi = np.minimum(lo + a, cap)
-        lo = np.minimum(lo, cap)
-        base = off_G[g]
-        return lo + base, hi + base, a - (hi - lo)
-
-    s_lo, s_hi, s_left = intervals(sg, sa, s_tot)
-    d_lo, d_hi, d_left = intervals(dg, da, d_tot)
-    s_keep = np.nonzero(s_hi > s_lo)[0]
-    if s_keep.size == 0:
+    M, D = sa_M.size, da_D.size
+    if M == 0 or D == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty, sa, da
-    d_keep = np.nonzero(d_hi > d_lo)[0]
-    s_lo, s_hi = s_lo[s_keep], s_hi[s_keep]
-    dl, dh = d_lo[d_keep], d_hi[d_keep]
-    j0 = np.searchsorted(dh, s_lo, side="right")
-    n = np.searchsorted(dl, s_hi, side="left") - j0
-    if int(n.max()) == 1:  # every supply within one demand: the common case
-        i_rep, j = np.arange(s_keep.size), j0
-    else:
-        i_rep = np.repeat(np.arange(s_keep.size), n)
-        j = np.repeat(j0 - np.cumsum(n) + n, n) + np.arange(i_rep.size)
-    amt = np.minimum(s_hi[i_rep], dh[j]) - np.maximum(s_lo[i_rep], dl[j])
-    return sid[s_keep[i_rep]], did[d_keep[j]], amt, s_left, d_left
+        return empty, empty, empty
+    s_end = np.cumsum(sa_M)
+    s_start = s_end - sa_M
+    d_end = np.cumsum(da_D)
+    cut_D = np.searchsorted(s_start, d_end, side="left")
+    j0_M = np.bincount(cut_D, minlength=M + 1)[:M].cumsum()
+    np.minimum(j0_M, last_M, out=j0_M)  # an empty supply at a group's end stays in it
+    amt_M = np.minimum(s_end, d_end[j0_M])
+    amt_M -= s_start
+    # Boundary b = d_end[j] strictly inside supply i: piece (i, j + 1).
+    b = d_end[:-1]
+    i_B = np.searchsorted(s_end, b, side="right")
+    inside = np.nonzero(i_B < M)[0]
+    inside = inside[s_start[i_B[inside]] < b[inside]]
+    if inside.size == 0:
+        return np.arange(M), j0_M, amt_M
+    i_X = i_B[inside]
+    j_X = inside + 1
+    amt_X = np.minimum(s_end[i_X], d_end[j_X]) - b[inside]
+    return (
+        np.concatenate((np.arange(M), i_X)),
+        np.concatenate((j0_M, j_X)),
+        np.concatenate((amt_M, amt_X)),
+    )
+
+
+def _within(groups: np.ndarray, a: np.ndarray, first_G: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sum of a inside each run of equal (sorted) group ids."""
+    cs = np.cumsum(a)
+    cs -= a
+    return cs - cs[first_G][groups]
 
 
 def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int):
     """flow_QK from per-slot demands: local slots first, then same node, then any, in order.
 
-    Supplies are (expert, source rank) items in expert-major order and demands are slots in
-    (expert, slot) order, so every tier's group keys are already sorted and nothing is re-sorted.
+    Demands are slots in (expert, slot) order and supplies (expert, source rank) in expert-major
+    order. Each tier matches the north-west corner within its groups: (expert, rank) pairs for
+    the local tier, (expert, node) for the node tier, experts for the last. A tier takes the
+    matched prefix of every group, so the matched supplies and demands have equal totals group
+    by group and one end-to-end merge over the whole tier gives its pieces.
     """
-    N, E, K, S = plan.N, plan.E, plan.K, plan.S
+    N, E, K = plan.N, plan.E, plan.K
     flat = np.zeros(N * K, dtype=np.int64)
-    d_k = np.lexsort((np.arange(K), plan.slots_K)).astype(np.int64)
-    d_e = plan.slots_K[d_k]
-    d_r = d_k // S
+    d_k, d_r, d_e, d_pair = plan.d_k, plan.d_r, plan.d_e, plan.d_pair
     da = demand_K[d_k].astype(np.int64)
 
-    # Local: the pair (e, r)'s local tokens counts[r, e] to r's own slots of e.
+    # Local: the pair (e, r)'s local tokens counts[r, e] fill r's own slots of e in slot order.
     local_P = c_QE[plan.r_P, plan.e_P]
-    d_pair = plan.pair_K[d_k]  # nondecreasing: pairs are sorted by (e, r) like the demands
-    q, k, amt, left_P, da = _match(
-        np.arange(plan.r_P.size), local_P, plan.r_P, d_pair, da, d_k, plan.r_P.size
-    )
-    flat[q * K + k] += amt
-    c_left = c_QE.copy()
-    c_left[plan.r_P, plan.e_P] = left_P
+    take = np.clip(local_P[d_pair] - _within(d_pair, da, plan.d_first_P), 0, da)
+    flat[d_r * K + d_k] = take
+    da -= take
+    sup_EQ = c_QE.T.copy()  # C order, [E, Q]; never a view of the input
+    if take.size:
+        sup_EQ[plan.e_P, plan.r_P] -= np.add.reduceat(take, plan.d_first_P)
 
-    # Remaining supplies, expert-major, zeros dropped.
-    sa = c_left.T.reshape(-1)
-    keep = np.nonzero(sa)[0]
-    sa = sa[keep]
-    s_e = keep // N
-    s_q = keep % N
-    if ranks_per_node and 0 < ranks_per_node < N and sa.size:
-        nodes = -(-N // ranks_per_node)
-        q, k, amt, sa, da = _match(
-            s_e * nodes + s_q // ranks_per_node,
-            sa,
-            s_q,
-            d_e * nodes + d_r // ranks_per_node,
-            da,
-            d_k,
-            E * nodes,
-        )
-        flat[q * K + k] += amt
-    if sa.size:
-        q, k, amt, sa, da = _match(s_e, sa, s_q, d_e, da, d_k, E)
-        flat[q * K + k] += amt
-    if sa.sum() != 0 or da.sum() != 0:
+    if ranks_per_node and 0 < ranks_per_node < N and d_k.size:
+        # Same node: groups (expert, node) that hold a slot; supplies are the node's ranks.
+        rpn = ranks_per_node
+        g_D = d_e * N + (d_r // rpn) * rpn  # expert and the node's first rank, sorted
+        first_G = np.flatnonzero(np.concatenate(([True], g_D[1:] != g_D[:-1])))
+        gid_D = np.cumsum(np.concatenate(([0], (g_D[1:] != g_D[:-1]).astype(np.int64))))
+        e_G, q0_G = g_D[first_G] // N, g_D[first_G] % N
+        q_GT = q0_G[:, None] + np.arange(rpn)
+        e_GT = np.broadcast_to(e_G[:, None], q_GT.shape)
+        if q0_G.size and int(q_GT[:, -1].max()) >= N:  # a short last node
+            ok_GT = q_GT < N
+            e_GT, q_GT = e_GT[ok_GT], q_GT[ok_GT]
+            g_GT = np.broadcast_to(np.arange(q0_G.size)[:, None], ok_GT.shape)[ok_GT]
+        else:
+            e_GT, q_GT = e_GT.reshape(-1), q_GT.reshape(-1)
+            g_GT = np.repeat(np.arange(q0_G.size), rpn)
+        sa_GT = sup_EQ[e_GT, q_GT]
+        dtot_G = np.add.reduceat(da, first_G)
+        sfirst_G = np.searchsorted(g_GT, np.arange(first_G.size))
+        last_G = np.concatenate((first_G[1:], [d_k.size])) - 1
+        m_G = np.minimum(np.add.reduceat(sa_GT, sfirst_G), dtot_G)
+        use_GT = np.clip(m_G[g_GT] - _within(g_GT, sa_GT, sfirst_G), 0, sa_GT)
+        use_D = np.clip(m_G[gid_D] - _within(gid_D, da, first_G), 0, da)
+        i, j, amt = _merge(use_GT, use_D, last_G[g_GT])
+        flat[q_GT[i] * K + d_k[j]] += amt
+        sup_EQ[e_GT, q_GT] -= use_GT
+        da -= use_D
+
+    # The rest, expert by expert in fixed order; per-expert totals agree, so one merge.
+    # Experts without a slot have no tokens (checked in _prepare) and drop out.
+    sa = (sup_EQ if plan.held_E is None else sup_EQ[plan.held_E]).reshape(-1)
+    if int(sa.sum()) != int(da.sum()):
         raise RuntimeError("token split left tokens unrouted; this is a bug in swiftmoe.split")
+    i, j, amt = _merge(sa, da, plan.last_M)
+    flat[plan.qK_M[i] + d_k[j]] += amt
     return torch.from_numpy(flat.reshape(N, K))
 
 
