@@ -5,7 +5,6 @@ package metrics
 
 import (
 	"net/http"
-	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -15,9 +14,7 @@ import (
 // Metrics is the sidecar's metric set.
 type Metrics struct {
 	reg            *prometheus.Registry
-	maxOverMean    *prometheus.GaugeVec
-	planMaxOver    *prometheus.GaugeVec
-	replicas       *prometheus.GaugeVec
+	plans          *planCollector
 	planLatency    *prometheus.HistogramVec
 	pluginRestarts *prometheus.CounterVec
 	invalidPlans   *prometheus.CounterVec
@@ -28,19 +25,8 @@ type Metrics struct {
 // collectors, on a fresh registry.
 func New() *Metrics {
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
-		maxOverMean: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "swiftmoe_layer_max_over_mean",
-			Help: "Predicted busiest-rank load over mean rank load of the plan in force, per MoE layer (1.0 is perfect balance).",
-		}, []string{"job", "layer"}),
-		planMaxOver: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "swiftmoe_plan_max_over_mean",
-			Help: "Maximum over layers of the layer max_over_mean of the plan in force.",
-		}, []string{"job"}),
-		replicas: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "swiftmoe_expert_replicas",
-			Help: "Slots holding each expert in the plan in force.",
-		}, []string{"job", "layer", "expert"}),
+		reg:   prometheus.NewRegistry(),
+		plans: newPlanCollector(),
 		planLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "swiftmoe_plan_latency_seconds",
 			Help:    "Time to produce the plan answered to ReportLoads, including the strategy call.",
@@ -59,7 +45,7 @@ func New() *Metrics {
 			Help: "Plans served from the last valid or the static plan because the strategy failed, by reason.",
 		}, []string{"strategy", "reason"}),
 	}
-	m.reg.MustRegister(m.maxOverMean, m.planMaxOver, m.replicas, m.planLatency,
+	m.reg.MustRegister(m.plans, m.planLatency,
 		m.pluginRestarts, m.invalidPlans, m.fallbacks,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -74,21 +60,14 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // ObservePlan records the per-layer balance and replica counts of the plan
-// now in force for job. replicas[l][e] is the slot count of expert e.
+// now in force for job. replicas[l][e] is the slot count of expert e. The
+// slices are kept, not copied, until the next ObservePlan for job: callers
+// must not modify them.
 func (m *Metrics) ObservePlan(job string, layerMaxOverMean []float64, planMaxOverMean float64, replicas [][]uint32) {
 	if m == nil {
 		return
 	}
-	for l, v := range layerMaxOverMean {
-		m.maxOverMean.WithLabelValues(job, strconv.Itoa(l)).Set(v)
-	}
-	m.planMaxOver.WithLabelValues(job).Set(planMaxOverMean)
-	for l, layer := range replicas {
-		ls := strconv.Itoa(l)
-		for e, n := range layer {
-			m.replicas.WithLabelValues(job, ls, strconv.Itoa(e)).Set(float64(n))
-		}
-	}
+	m.plans.set(job, planSnapshot{layerMaxOverMean: layerMaxOverMean, maxOverMean: planMaxOverMean, replicas: replicas})
 }
 
 // ForgetJob deletes every series labelled with job (on re-registration).
@@ -96,10 +75,7 @@ func (m *Metrics) ForgetJob(job string) {
 	if m == nil {
 		return
 	}
-	l := prometheus.Labels{"job": job}
-	m.maxOverMean.DeletePartialMatch(l)
-	m.planMaxOver.DeletePartialMatch(l)
-	m.replicas.DeletePartialMatch(l)
+	m.plans.forget(job)
 }
 
 // ObservePlanLatency records the time one ReportLoads took to plan.

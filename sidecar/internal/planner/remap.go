@@ -13,21 +13,23 @@ func remapSummary(prev, next [][]int, numel []uint64, bytesPerParam uint64, worl
 	var changed uint64
 	for l, slots := range next {
 		n := numel[l]
-		own := make([]uint64, worldSize)
-		for r := range own {
-			_, own[r] = ShardBounds(n, r, worldSize)
+		// Every rank holds slotsPerRank slots and receives, for each, the
+		// shards it does not own; it sends its own shard to each slot on
+		// another rank.
+		others := uint64((worldSize - 1) * slotsPerRank)
+		for r := 0; r < worldSize; r++ {
+			_, own := ShardBounds(n, r, worldSize)
+			recv[r] += uint64(slotsPerRank) * (n - own) * bytesPerParam
+			send[r] += others * own * bytesPerParam
 		}
-		for i := range slots {
-			r := i / slotsPerRank
-			recv[r] += (n - own[r]) * bytesPerParam
-			if prev == nil || prev[l][i] != slots[i] {
+		if prev == nil {
+			changed += uint64(len(slots))
+			continue
+		}
+		for i, e := range slots {
+			if prev[l][i] != e {
 				changed++
 			}
-		}
-		// Every rank sends its shard to each slot held by another rank.
-		others := uint64((worldSize - 1) * slotsPerRank)
-		for r := range send {
-			send[r] += others * own[r] * bytesPerParam
 		}
 	}
 	var total uint64
