@@ -3,7 +3,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
@@ -12,9 +11,7 @@ import (
 
 func main() {
 	if err := run(); err != nil {
-		if !errors.Is(err, cli.ErrUsage) || err.Error() != "" {
-			fmt.Fprintln(os.Stderr, "swiftmoe-sidecar:", err)
-		}
+		fmt.Fprintln(os.Stderr, "swiftmoe-sidecar:", err)
 		os.Exit(cli.ExitCode(err))
 	}
 }

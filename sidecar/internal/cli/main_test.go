@@ -9,7 +9,8 @@ import (
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/testbin"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files under sidecar/testdata/golden")
+// update rewrites the golden files (go test ./sidecar/... -update).
+var update = testbin.Update
 
 // binDir holds the built-in strategy plugins and the faulty test plugin.
 var binDir string
