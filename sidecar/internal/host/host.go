@@ -141,22 +141,29 @@ func (h *Host) Info(ctx context.Context, name string) (Info, error) {
 	return Info{Info: info, Path: s.path, SHA256: in.sha256}, nil
 }
 
-// List describes every strategy in the plugins directory. A plugin that
-// cannot start is listed with the error as its description.
+// List describes every strategy in the plugins directory, starting the
+// plugins not yet running in parallel. A plugin that cannot start is listed
+// with the error as its description.
 func (h *Host) List(ctx context.Context) ([]Info, error) {
 	names, err := h.Names()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Info, 0, len(names))
-	for _, name := range names {
-		info, err := h.Info(ctx, name)
-		if err != nil {
-			info.Name = name
-			info.Description = "unavailable: " + err.Error()
-		}
-		out = append(out, info)
+	out := make([]Info, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			info, err := h.Info(ctx, name)
+			if err != nil {
+				info.Name = name
+				info.Description = "unavailable: " + err.Error()
+			}
+			out[i] = info
+		}()
 	}
+	wg.Wait()
 	return out, nil
 }
 
