@@ -48,17 +48,25 @@ func (p *planner) placeExpert(e, k int32, lo, hi int) error {
 	limit := p.capR[e]
 	for k > 0 {
 		placed := int32(0)
-		if int(k) >= len(p.heap) {
+		switch {
+		case int(k) >= len(p.heap):
 			// Every rank with a free slot takes one: no ordering needed.
-			for _, h := range p.heap {
-				if q := h.rank; p.count(q, e) < limit {
+			for _, key := range p.heap {
+				if q := p.hrank(key); p.count(q, e) < limit {
 					p.assign(q, e)
 					placed++
 				}
 			}
 			k -= placed
 			p.compactHeap()
-		} else {
+		case k == 1 && p.count(p.hrank(p.heap[0]), e) < limit:
+			// One replica onto the top rank: re-key it in place rather
+			// than popping and pushing it.
+			p.assign(p.hrank(p.heap[0]), e)
+			p.hfixTop()
+			k--
+			placed++
+		default:
 			p.popped, p.aside = p.popped[:0], p.aside[:0]
 			for k > 0 && len(p.heap) > 0 {
 				q := p.hpop()
@@ -93,11 +101,9 @@ func (p *planner) placeExpert(e, k int32, lo, hi int) error {
 // compactHeap drops full ranks and restores heap order.
 func (p *planner) compactHeap() {
 	h := p.heap[:0]
-	for _, x := range p.heap {
-		if p.fill[x.rank] < int32(p.nSlots) {
-			h = append(h, x)
-		} else {
-			p.pos[x.rank] = -1
+	for _, key := range p.heap {
+		if p.fill[p.hrank(key)] < int32(p.nSlots) {
+			h = append(h, key)
 		}
 	}
 	p.heap = h
@@ -127,7 +133,7 @@ func (p *planner) repairRank(e int32, lo, hi int) error {
 	if len(p.heap) == 0 {
 		return errNoRepair
 	}
-	q := p.heap[0].rank
+	q := p.hrank(p.heap[0])
 	s := p.nSlots
 	bestP, bestJ := -1, -1
 	var bestM float64
@@ -158,6 +164,6 @@ func (p *planner) repairRank(e int32, lo, hi int) error {
 	p.dst[int(q)*s+int(p.fill[q])] = int(f)
 	p.fill[q]++
 	p.load[q] += p.w[f]
-	p.hfix(q)
+	p.hfixTop()
 	return nil
 }

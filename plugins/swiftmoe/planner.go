@@ -32,14 +32,15 @@ type planner struct {
 	eheap   []int32   // max-heap of experts while handing out replicas
 
 	// Per rank.
-	load   []float64
-	fill   []int32 // slots used
-	heap   []hent  // min-heap of ranks with a free slot, by (load, rank)
-	pos    []int32 // index of a rank in heap, -1 when absent
-	stampE []int32 // expert whose replica count on the rank stampC holds
-	stampC []int32
-	popped []int32
-	aside  []int32
+	load     []float64
+	fill     []int32  // slots used
+	heap     []uint64 // min-heap of ranks with a free slot (see rankheap.go)
+	rankMask uint64   // the rank field of a heap key
+	stampE   []int32  // expert whose replica count on the rank stampC holds
+	stampC   []int32
+	sorted   []uint64 // rank keys sorted by load (see refine.go)
+	popped   []int32
+	aside    []int32
 
 	// Node-aware packing (see nodes.go).
 	nodeOrder []int32
@@ -77,6 +78,7 @@ func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts in
 		p.cur = cur
 	}
 	p.reset()
+	p.setRankBits()
 	p.indexCurrent()
 	p.replicaCounts()
 	if err := p.pack(t); err != nil {
@@ -103,10 +105,10 @@ func (p *planner) reset() {
 
 	p.load = grow(p.load, n)
 	p.fill = grow(p.fill, n)
-	p.pos = grow(p.pos, n)
 	p.stampE = grow(p.stampE, n)
 	p.stampC = grow(p.stampC, n)
 	p.heap = grow(p.heap, n)[:0]
+	p.sorted = grow(p.sorted, n)[:0]
 	p.popped = grow(p.popped, n)[:0]
 	p.aside = grow(p.aside, n)[:0]
 	p.bestDst = grow(p.bestDst, len(p.dst))
@@ -120,7 +122,6 @@ func (p *planner) resetRanks() {
 	for r := range p.nRanks {
 		p.load[r] = 0
 		p.fill[r] = 0
-		p.pos[r] = -1
 		p.stampE[r] = -1
 		p.stampC[r] = 0
 	}

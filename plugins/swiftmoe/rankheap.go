@@ -1,33 +1,45 @@
 package swiftmoe
 
+import (
+	"math"
+	"math/bits"
+)
+
 // The rank heap holds the ranks that have a free slot, least loaded first,
-// ties to the lower rank. Entries carry their key, so that sifting touches
-// only the heap array; pos tracks each rank's index so that a rank can be
-// removed or re-keyed in O(log n).
+// ties to the lower rank. Packing pops and pushes a rank for every replica,
+// so the heap is the planner's hot loop: each entry is a single uint64 key,
+// the IEEE bits of the rank's load (ordered like the loads, which are >= 0)
+// with the low rankBits bits replaced by the rank. One integer comparison
+// then orders by (load, rank). Loads that differ only in those low mantissa
+// bits (a relative 2^-(52-rankBits), below 1e-9 for a million ranks) count
+// as equal and go to the lower rank: no plan gets measurably worse, and the
+// order stays a deterministic total order.
 
-type hent struct {
-	load float64
-	rank int32
+// setRankBits sizes the rank field of the keys for nRanks ranks.
+func (p *planner) setRankBits() {
+	p.rankMask = uint64(1)<<bits.Len(uint(p.nRanks-1)) - 1
 }
 
-func hless(a, b hent) bool {
-	return a.load < b.load || (a.load == b.load && a.rank < b.rank)
+// hkey is rank q's heap key under its current load.
+func (p *planner) hkey(q int32) uint64 {
+	return math.Float64bits(p.load[q])&^p.rankMask | uint64(q)
 }
+
+// hrank is the rank a key stands for.
+func (p *planner) hrank(k uint64) int32 { return int32(k & p.rankMask) }
 
 func (p *planner) hup(i int) {
 	h := p.heap
 	x := h[i]
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !hless(x, h[parent]) {
+		if h[parent] <= x {
 			break
 		}
 		h[i] = h[parent]
-		p.pos[h[i].rank] = int32(i)
 		i = parent
 	}
 	h[i] = x
-	p.pos[x.rank] = int32(i)
 }
 
 func (p *planner) hdown(i int) {
@@ -35,76 +47,76 @@ func (p *planner) hdown(i int) {
 	n := len(h)
 	x := h[i]
 	for {
-		l := 2*i + 1
-		if l >= n {
+		c := 2*i + 1
+		if c >= n {
 			break
 		}
-		c := l
-		if r := l + 1; r < n && hless(h[r], h[l]) {
+		if r := c + 1; r < n && h[r] < h[c] {
 			c = r
 		}
-		if !hless(h[c], x) {
+		if x <= h[c] {
 			break
 		}
 		h[i] = h[c]
-		p.pos[h[i].rank] = int32(i)
 		i = c
 	}
 	h[i] = x
-	p.pos[x.rank] = int32(i)
 }
 
 func (p *planner) hpush(q int32) {
-	p.heap = append(p.heap, hent{p.load[q], q})
+	p.heap = append(p.heap, p.hkey(q))
 	p.hup(len(p.heap) - 1)
 }
 
-// hremove takes rank q out of the heap.
-func (p *planner) hremove(q int32) {
-	i := int(p.pos[q])
-	last := len(p.heap) - 1
-	p.pos[q] = -1
-	if i == last {
-		p.heap = p.heap[:last]
-		return
-	}
-	x := p.heap[last]
-	p.heap[i] = x
-	p.heap = p.heap[:last]
-	p.hdown(i)
-	p.hup(int(p.pos[x.rank]))
-}
-
-// hpop removes and returns the least-loaded rank.
+// hpop removes and returns the least-loaded rank. The last key is almost
+// always one of the largest, so the hole at the root first walks down to a
+// leaf along the smaller children (one comparison a level) and the last key
+// then climbs from there: fewer comparisons than sifting it down from the
+// top.
 func (p *planner) hpop() int32 {
-	q := p.heap[0].rank
-	p.hremove(q)
-	return q
+	h := p.heap
+	top := h[0]
+	n := len(h) - 1
+	x := h[n]
+	h = h[:n]
+	p.heap = h
+	if n > 0 {
+		i := 0
+		for {
+			c := 2*i + 1
+			if c >= n {
+				break
+			}
+			if r := c + 1; r < n && h[r] < h[c] {
+				c = r
+			}
+			h[i] = h[c]
+			i = c
+		}
+		h[i] = x
+		p.hup(i)
+	}
+	return p.hrank(top)
 }
 
-// hfix restores heap order after rank q's load changed, or drops q when its
-// slots are full.
-func (p *planner) hfix(q int32) {
-	if p.pos[q] < 0 {
-		return
-	}
+// hfixTop restores heap order after the load of the rank at the top
+// changed, or drops it when its slots are full.
+func (p *planner) hfixTop() {
+	q := p.hrank(p.heap[0])
 	if p.fill[q] >= int32(p.nSlots) {
-		p.hremove(q)
+		p.hpop()
 		return
 	}
-	i := int(p.pos[q])
-	p.heap[i].load = p.load[q]
-	p.hdown(i)
-	p.hup(int(p.pos[q]))
+	p.heap[0] = p.hkey(q)
+	p.hdown(0)
 }
 
 // hbuild makes a heap of the ranks in [lo, hi) that have a free slot.
 func (p *planner) hbuild(lo, hi int) {
 	p.heap = p.heap[:0]
 	for q := lo; q < hi; q++ {
-		p.pos[q] = -1
 		if p.fill[q] < int32(p.nSlots) {
-			p.heap = append(p.heap, hent{p.load[q], int32(q)})
+			p.heap = append(p.heap, uint64(q)) // keyed by heapify
 		}
 	}
 	p.heapify()
@@ -112,10 +124,8 @@ func (p *planner) hbuild(lo, hi int) {
 
 // heapify re-keys every entry from load and restores heap order.
 func (p *planner) heapify() {
-	for i := range p.heap {
-		q := p.heap[i].rank
-		p.heap[i].load = p.load[q]
-		p.pos[q] = int32(i)
+	for i, k := range p.heap {
+		p.heap[i] = p.hkey(p.hrank(k))
 	}
 	for i := len(p.heap)/2 - 1; i >= 0; i-- {
 		p.hdown(i)

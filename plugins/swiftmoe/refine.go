@@ -1,9 +1,12 @@
 package swiftmoe
 
+import "slices"
+
 const (
-	// refineBudget bounds the work of refine per call (swap candidates and
-	// rank scans, summed over iterations), so that large layers stay within the
-	// planning time budget while small ones get a thorough search.
+	// refineBudget bounds the iterations of refine per call: each is
+	// charged its swap candidates plus two per rank, so that large layers
+	// stay within the planning time budget while small ones get a thorough
+	// search.
 	refineBudget = 1 << 13
 	// refinePartners is how many of the lightest ranks the busiest rank
 	// may swap with in one iteration.
@@ -14,37 +17,44 @@ const (
 // swap of two replicas between the busiest rank and one of the lightest
 // ranks lowers the larger of their two loads below the busiest load, apply
 // the best such swap. Swaps keep every rank within its per-expert limit.
+//
+// The ranks are sorted once by load (heap keys, see rankheap.go); a swap
+// changes two loads and moves just those two ranks, so each iteration costs
+// its swap candidates rather than a scan of every rank.
 func (p *planner) refine(lo, hi int) {
 	s := p.nSlots
 	k := min(refinePartners, hi-lo-1)
 	if k < 1 {
 		return
 	}
+	keys := p.sorted[:0]
+	var sum float64
+	for q := lo; q < hi; q++ {
+		keys = append(keys, p.hkey(int32(q)))
+		sum += p.load[q]
+	}
+	slices.Sort(keys)
+	p.sorted = keys
+	even := sum / float64(hi-lo) * (1 + 1e-9)
+
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
-	var partners [refinePartners]int32
 	for range iters {
-		a, sum := lo, 0.0
-		for q := lo; q < hi; q++ {
-			sum += p.load[q]
-			if p.load[q] > p.load[a] {
-				a = q
-			}
-		}
+		a := p.hrank(keys[len(keys)-1])
 		la := p.load[a]
-		if la <= 0 || la <= sum/float64(hi-lo)*(1+1e-9) {
+		if la <= 0 || la <= even {
 			return
 		}
-		part := p.lightest(partners[:0], lo, hi, a, k)
 		tol := la * 1e-12
 		bestM := la - tol
-		bi, bb, bj := -1, int32(-1), -1
+		bi, bb, bj, bk := -1, int32(-1), -1, -1
 		for i := range s {
-			x := int32(p.dst[a*s+i])
+			x := int32(p.dst[int(a)*s+i])
 			wx := p.w[x]
-			for _, b := range part {
+			for ki, key := range keys[:k] {
+				b := p.hrank(key)
 				lb := p.load[b]
 				if lb+tol >= la {
-					continue
+					break // the rest are no lighter
 				}
 				base := int(b) * s
 				for j := range s {
@@ -57,42 +67,37 @@ func (p *planner) refine(lo, hi int) {
 					if m >= bestM {
 						continue
 					}
-					if p.placed(b, x) >= p.capR[x] || p.placed(int32(a), y) >= p.capR[y] {
+					if p.placed(b, x) >= p.capR[x] || p.placed(a, y) >= p.capR[y] {
 						continue
 					}
-					bi, bb, bj, bestM = i, b, j, m
+					bi, bb, bj, bk, bestM = i, b, j, ki, m
 				}
 			}
 		}
 		if bi < 0 {
 			return
 		}
-		x, y := p.dst[a*s+bi], p.dst[int(bb)*s+bj]
-		p.dst[a*s+bi], p.dst[int(bb)*s+bj] = y, x
+		ia, ib := int(a)*s+bi, int(bb)*s+bj
+		x, y := p.dst[ia], p.dst[ib]
+		p.dst[ia], p.dst[ib] = y, x
 		p.load[a] += p.w[y] - p.w[x]
 		p.load[bb] += p.w[x] - p.w[y]
+		p.resort(keys, bb, bk)
+		p.resort(keys, a, len(keys)-1)
 	}
 }
 
-// lightest appends to out the k least-loaded ranks in [lo, hi) other than
-// skip, lightest first (ties to the lower rank).
-func (p *planner) lightest(out []int32, lo, hi, skip, k int) []int32 {
-	for q := lo; q < hi; q++ {
-		if q == skip {
-			continue
-		}
-		lq := p.load[q]
-		if len(out) == k && lq >= p.load[out[k-1]] {
-			continue
-		}
-		if len(out) < k {
-			out = append(out, int32(q))
-		} else {
-			out[k-1] = int32(q)
-		}
-		for i := len(out) - 1; i > 0 && p.load[out[i]] < p.load[out[i-1]]; i-- {
-			out[i], out[i-1] = out[i-1], out[i]
-		}
+// resort moves rank q's key in the sorted keys to its place under q's new
+// load. hint is where the key most likely is.
+func (p *planner) resort(keys []uint64, q int32, hint int) {
+	i := hint
+	if p.hrank(keys[i]) != q {
+		i = slices.IndexFunc(keys, func(k uint64) bool { return p.hrank(k) == q })
 	}
-	return out
+	copy(keys[i:], keys[i+1:])
+	rest := keys[:len(keys)-1]
+	k := p.hkey(q)
+	j, _ := slices.BinarySearch(rest, k)
+	copy(keys[j+1:], keys[j:len(keys)-1])
+	keys[j] = k
 }
