@@ -57,6 +57,7 @@ from swiftmoe.adapters.native import NativeMoEAdapter  # noqa: E402
 from swiftmoe.plan_source import CallablePlanSource  # noqa: E402
 
 WORLD_SIZE = 2
+BUSY_LOAD = 1.0  # 1-minute load average above which the report warns that the figures are noisy
 
 # ---------------------------------------------------------------------------- the bench block
 
@@ -278,6 +279,7 @@ class System:
         self.handle: swiftmoe.SwiftMoEHandle | None = None
         self.times_I: list[float] = []
         self.phases_I: list[tuple[float, float, float]] = []  # forward, backward, step
+        self.cpu_I: list[float] = []  # this rank's thread CPU time of the step
         self.mom_I: list[float] = []
         self.events: dict[str, int] = {}
         self.changed = 0
@@ -317,17 +319,18 @@ def _run_section(
             model, handle = sysm.model, sysm.handle
             model.set_routing(sched[sysm.routing_kind])
             _sync()
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             loss = model(x_TD).square().mean()
             t1 = time.perf_counter()
             loss.backward()
             t2 = time.perf_counter()
             stats = handle.step()
-            t3 = time.perf_counter()
+            t3, c3 = time.perf_counter(), time.thread_time()
             handle.zero_grad()
             model.zero_grad(set_to_none=True)
             if it >= args.warmup:
                 sysm.times_I.append(t3 - t0)
+                sysm.cpu_I.append(c3 - c0)
                 sysm.phases_I.append((t1 - t0, t2 - t1, t3 - t2))
                 sysm.mom_I.append(sum(stats.max_over_mean_L) / len(stats.max_over_mean_L))
                 key = stats.plan_event.split(":", 1)[0]
@@ -388,6 +391,9 @@ def _rank_main(rank: int, args: argparse.Namespace, tmp: str) -> None:
                 t_I = torch.tensor(sysm.times_I, dtype=torch.float64)
                 dist.all_reduce(t_I, op=dist.ReduceOp.MAX)
                 sysm.times_I = t_I.tolist()
+                c_I = torch.tensor(sysm.cpu_I, dtype=torch.float64)
+                dist.all_reduce(c_I, op=dist.ReduceOp.MAX)
+                sysm.cpu_I = c_I.tolist()
                 ph_I3 = torch.tensor(sysm.phases_I, dtype=torch.float64)
                 dist.all_reduce(ph_I3, op=dist.ReduceOp.MAX)
                 sysm.phases_I = ph_I3.tolist()
@@ -411,6 +417,7 @@ def _rank_main(rank: int, args: argparse.Namespace, tmp: str) -> None:
                             "slots_per_rank": s.slots,
                             "times_s": s.times_I,
                             "phases_s": s.phases_I,
+                            "cpu_s": s.cpu_I,
                             "max_over_mean": s.mom_I,
                             "plan_events": s.events,
                             "placement_changes": s.changed,
@@ -491,6 +498,7 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 "median_ms": 1e3 * statistics.median(t),
                 "p10_ms": 1e3 * _pct(t, 0.1),
                 "p90_ms": 1e3 * _pct(t, 0.9),
+                "cpu_median_ms": 1e3 * statistics.median(s["cpu_s"]),
                 "iterations": len(t),
                 "median_phase_ms": {
                     ph: 1e3 * statistics.median(p[i] for p in s["phases_s"])
@@ -503,9 +511,11 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
         def ratio(a: str, b: str, systems=systems, out=out) -> dict[str, float]:
             ta, tb = systems[a]["times_s"], systems[b]["times_s"]
+            sa, sb = out["systems"][a], out["systems"][b]
             return {
-                "of_medians": out["systems"][a]["median_ms"] / out["systems"][b]["median_ms"],
+                "of_medians": sa["median_ms"] / sb["median_ms"],
                 "paired_median": statistics.median(x / y for x, y in zip(ta, tb, strict=True)),
+                "cpu_of_medians": sa["cpu_median_ms"] / sb["cpu_median_ms"],
             }
 
         if sec == "skew":
@@ -550,6 +560,7 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "planner": raw["planner"],
         "planner_why": raw["planner_why"],
         "planner_events": raw["planner_events"],
+        "loadavg_before": raw["loadavg_before"],
         "loadavg_start": raw["loadavg_start"],
         "loadavg_end": raw["loadavg_end"],
         "wall_s": raw["wall_s"],
@@ -575,11 +586,24 @@ def print_report(rep: dict[str, Any]) -> None:
         f"{c['static_slots_per_rank']} for static (more weight memory); optimizer state stays "
         "sharded 1/N in both"
     )
-    la0, la1 = rep["loadavg_start"], rep["loadavg_end"]
+    la, la0, la1 = rep["loadavg_before"], rep["loadavg_start"], rep["loadavg_end"]
     print(
-        f"load average (1/5/15 min) at start {la0[0]:.2f}/{la0[1]:.2f}/{la0[2]:.2f}, "
-        f"at end {la1[0]:.2f}/{la1[1]:.2f}/{la1[2]:.2f}; step = forward + backward + "
-        "handle.step(), slowest rank, median over iterations"
+        f"load average (1/5/15 min): before spawning the ranks {la[0]:.2f}/{la[1]:.2f}/"
+        f"{la[2]:.2f}, at the first timed step {la0[0]:.2f}/{la0[1]:.2f}/{la0[2]:.2f}, at the "
+        f"end {la1[0]:.2f}/{la1[1]:.2f}/{la1[2]:.2f} ({os.cpu_count()} CPUs)"
+    )
+    if la[0] > BUSY_LOAD:
+        print(
+            f"WARNING: the machine was busy (load {la[0]:.2f} > {BUSY_LOAD} before the ranks "
+            "started). Ranks that share cores with other work hide imbalance (the core a "
+            "waiting rank frees goes partly to the busy one), so wall-clock ratios understate "
+            "what balance buys; rerun when the machine is quiet, and read the cpu ms column."
+        )
+    print(
+        "median ms: forward + backward + handle.step() wall time of the slowest rank, median "
+        "over iterations; cpu ms: the busiest rank's thread CPU time for the same step (what it "
+        "costs on dedicated cores, less communication waits); busiest/mean: rank load of the "
+        "token split, mean over layers and iterations"
     )
     for sec, title in (
         ("skew", f"skew: Zipf s={c['zipf_s']}, hot set re-drawn every {c['shift_every']} iters"),
@@ -589,19 +613,21 @@ def print_report(rep: dict[str, Any]) -> None:
         print(f"\n[{title}; {c['iters' if sec == 'skew' else 'uniform_iters']} timed iterations]")
         print(
             f"{'system':<10} {'slots':>5} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} "
-            f"{'fwd/bwd/step ms':>17} {'busiest/mean':>12} {'plan events':<24}"
+            f"{'fwd/bwd/step ms':>17} {'cpu ms':>8} {'busiest/mean':>12} {'plan events':<24}"
         )
         for name, v in s["systems"].items():
             ev = ", ".join(f"{k} {n}" for k, n in sorted(v["plan_events"].items()))
             ph = "/".join(f"{x:.0f}" for x in v["median_phase_ms"].values())
             print(
                 f"{name:<10} {v['slots_per_rank']:>5} {v['median_ms']:>10.1f} {v['p10_ms']:>8.1f} "
-                f"{v['p90_ms']:>8.1f} {ph:>17} {v['mean_max_over_mean']:>12.3f} {ev:<24}"
+                f"{v['p90_ms']:>8.1f} {ph:>17} {v['cpu_median_ms']:>8.1f} "
+                f"{v['mean_max_over_mean']:>12.3f} {ev:<24}"
             )
         for rname, r in s["ratios"].items():
             print(
                 f"  {rname:<22} {r['of_medians']:.3f} (of medians)  "
-                f"{r['paired_median']:.3f} (median of per-iteration ratios)"
+                f"{r['paired_median']:.3f} (median of per-iteration ratios)  "
+                f"{r['cpu_of_medians']:.3f} (cpu ms)"
             )
         for tname, ok in s["targets"].items():
             print(f"  target {tname}: {'met' if ok else 'NOT met'}")
@@ -670,7 +696,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rep = summarize(_spawn(args), args)
+    before = os.getloadavg()
+    raw = _spawn(args)
+    raw["loadavg_before"] = list(before)
+    rep = summarize(raw, args)
     print_report(rep)
     if args.json is not None:
         args.json.write_text(json.dumps(rep, indent=2) + "\n")
