@@ -197,6 +197,12 @@ class SwiftMoEHandle:
         N, S = comm.world_size, config.slots_per_rank
         self.ranks_per_node = config.ranks_per_node or _local_world_size(N)
         fqns = [f for f, _, _ in blocks]
+        for fqn, block, _ in blocks:
+            if rt.LOADS_BUFFER in block._buffers:
+                raise ValueError(
+                    f"replicate_: block {fqn!r} is already handled by swiftmoe.replicate_; "
+                    "apply it once per model (build a fresh model to change the mode)"
+                )
         E_L = [a.num_experts(b) for _, b, a in blocks]
         slots_L = _initial_slots(config, E_L, fqns, N)
         if config.mode == "observe":

@@ -97,13 +97,8 @@ class ExpertLayer:
         dtype: torch.dtype,
     ) -> None:
         self.index, self.fqn, self.block, self.adapter, self.spec = index, fqn, block, adapter, spec
-        self.E, self.top_k, self.comm, self.S, self.engine = (
-            num_experts,
-            top_k,
-            comm,
-            slots_per_rank,
-            engine,
-        )
+        self.E, self.top_k, self.S = num_experts, top_k, slots_per_rank
+        self.comm, self.engine = comm, engine
         self.device, self.dtype = device, dtype
         self.numels = [math.prod(s) for s in spec.shapes]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]

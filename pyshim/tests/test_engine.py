@@ -369,6 +369,10 @@ def test_replicate_moves_expert_params_out_and_twice_is_refused() -> None:
     assert set(handle.ddp_ignore()) <= set(model._ddp_params_and_buffers_to_ignore)
     with pytest.raises(ValueError, match="already"):
         replicate_(model, SwiftMoEConfig(slots_per_rank=4))
+    observed = TinyNet()
+    replicate_(observed, SwiftMoEConfig(slots_per_rank=4, mode="observe"))
+    with pytest.raises(ValueError, match="moes.0' is already handled"):
+        replicate_(observed, SwiftMoEConfig(slots_per_rank=4))
 
 
 def test_stats_report_loads_and_balance() -> None:
