@@ -11,11 +11,13 @@ Two stages:
 1. amounts x_P: tokens each (expert, rank) pair P processes. "exact" binary-searches the integer
    rank cap with a max-flow check (Dinic on source -> expert -> rank -> sink), starting each check
    from a flow that keeps local tokens local. "fast" starts from the all-local assignment and
-   runs proportional rank scaling (every rank's weight divided
-   by its load, experts split over their ranks in proportion to the weights, all experts at
-   once), then integer rounding and a repair that moves tokens off ranks above the target.
+   runs proportional rank scaling with momentum (every rank's weight divided by its load,
+   experts split over their ranks in proportion to the weights, all experts at once) until the
+   max is within 0.75% of a lower bound certified from the loads' level sets, then integer
+   rounding and a repair that moves tokens off ranks above the target.
 2. routing: each rank's amount is spread evenly over its slots of that expert, then sources are
-   matched to slots local first, same node second, then the rest, in a fixed order.
+   matched to slots local first, same node second, then the rest, in a fixed order (north-west
+   corner per tier, one vectorised merge of cumulative sums; no loop over experts or ranks).
 
 Shape legend:
     Q  source ranks (Q = N: every rank sends)
@@ -23,11 +25,14 @@ Shape legend:
     N  ranks;  R = N for per-rank vectors
     S  slots per rank;  K = N*S slots, slot k on rank k // S
     P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
+    H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
+    D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
 """
 
 from __future__ import annotations
 
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,9 +42,8 @@ __all__ = ["even_split_tokens", "rank_load_from_flow", "split_tokens"]
 
 _METHODS = ("auto", "fast", "exact")
 _FAST_MAX_ITERS = 32  # scaling rounds at most
-_FAST_CHECK_EVERY = 8  # rounds between stall checks
-_FAST_STALL = 5e-4  # a stall: the best max fell by less than this fraction since the last check
-_FAST_TOL = 2e-3  # stop once the max is this close to the lower bound
+_FAST_CHECK_EVERY = 4  # rounds between level-set lower bounds
+_FAST_TOL = 7.5e-3  # stop once the best max is this close to a certified lower bound
 
 
 # ---------------------------------------------------------------- inputs
@@ -125,13 +129,41 @@ class _Plan:
         self.d_e = slots_K[self.d_k]
         self.d_pair = self.pair_K[self.d_k]
         self.d_first_P = np.concatenate(([0], np.cumsum(mult_P)[:-1]))
-        # Supplies (expert, source rank) of the experts holding a slot, expert-major: output
-        # offset q*K and the last demand of the expert.
+        # Experts holding a slot (None: all), the last demand of each, and row offsets q*K.
         held = self.deg_E > 0
-        self.held_E = None if held.all() else np.flatnonzero(held)
-        last_E = np.cumsum(np.bincount(slots_K, minlength=E)) - 1
-        self.qK_M = np.tile(np.arange(N, dtype=np.int64) * self.K, int(held.sum()))
-        self.last_M = np.repeat(last_E[held], N)
+        self.held_H = None if held.all() else np.flatnonzero(held)
+        self.h_E = np.cumsum(held) - 1  # expert -> row among held experts
+        self.h_P = self.h_E[self.e_P]
+        self.last_H = (np.cumsum(np.bincount(slots_K, minlength=E)) - 1)[held]
+        self.qK_Q = np.arange(N, dtype=np.int64) * self.K
+
+
+_PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
+_PLANS_MAX = 64  # layers x recent plans; each entry holds a few K-long arrays
+_PLANS_LOCK = threading.Lock()
+
+
+def _plan(slots_K: np.ndarray, N: int, S: int, E: int) -> _Plan:
+    """_Plan of a plan, cached: a plan stays in force for many iterations and every layer.
+
+    The key is the plan's bytes and shape, so a hit is the same pure function of the inputs;
+    cached arrays are read-only.
+    """
+    key = (slots_K.tobytes(), N, S, E)
+    with _PLANS_LOCK:
+        plan = _PLANS.get(key)
+        if plan is not None:
+            _PLANS.move_to_end(key)
+            return plan
+    plan = _Plan(slots_K.copy(), N, S, E)
+    for v in vars(plan).values():
+        if isinstance(v, np.ndarray):
+            v.setflags(write=False)
+    with _PLANS_LOCK:
+        _PLANS[key] = plan
+        while len(_PLANS) > _PLANS_MAX:
+            _PLANS.popitem(last=False)
+    return plan
 
 
 def _prepare(counts_QE, slots, slots_per_rank: int):
@@ -140,7 +172,7 @@ def _prepare(counts_QE, slots, slots_per_rank: int):
     if N < 1 or E < 1:
         raise ValueError(f"counts_QE must have at least one rank and one expert, got {c_QE.shape}")
     slots_K = _slots(slots, slots_per_rank, N, E)
-    plan = _Plan(slots_K, N, slots_per_rank, E)
+    plan = _plan(slots_K, N, slots_per_rank, E)
     L_E = c_QE.sum(axis=0)
     orphan = np.nonzero((plan.deg_E == 0) & (L_E > 0))[0]
     if orphan.size:
@@ -223,18 +255,36 @@ def _repair(plan: _Plan, x_P: np.ndarray, target: int, budget: int) -> np.ndarra
     return x_P
 
 
+def _level_bound(plan: _Plan, L_E: np.ndarray, y_R: np.ndarray) -> int:
+    """A lower bound on the optimum from the current loads: the best level set of y_R.
+
+    For any rank set T, the tokens of experts held only inside T must land in T, so the max is at
+    least ceil(confined / |T|). T runs over the heaviest m ranks of y_R (ties by rank id), m = 1..N;
+    near the optimum the heaviest level set is the one that binds, so the bound is tight there.
+    """
+    order = np.argsort(-y_R, kind="stable")
+    pos_R = np.empty_like(order)
+    pos_R[order] = np.arange(order.size)
+    held = plan.start_E[plan.deg_E > 0]
+    m_H = np.maximum.reduceat(pos_R[plan.r_P], held)  # last position among the expert's ranks
+    conf = np.cumsum(np.bincount(m_H, L_E[plan.deg_E > 0], minlength=plan.N)).astype(np.int64)
+    size = np.arange(1, plan.N + 1)
+    return int(((conf + size - 1) // size).max())
+
+
 def _amounts_fast(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray:
     """Proportional rank scaling with momentum from the local-first assignment, then rounding.
 
     x_P = L_e * prior_P * w_r / sum over e's pairs of prior * w, where prior_P keeps each
     source's tokens on its own rank and spreads the rest evenly. Each round multiplies every
-    rank's weight by g_r = sqrt(g_r' / y_r) / y_r (g_r' the previous round's factor): plain
-    scaling (divide by the load) with the load's weight 1.5 and half of the previous step as
-    momentum, which reaches 1% of the optimum in about a third of the rounds. Experts shift
-    toward lighter ranks; a rank loaded only by what it alone can hold sinks to weight ~0. The
-    best round is kept. Stops at the lower bound, when the best stalls, or after
-    _FAST_MAX_ITERS rounds. Only IEEE +-*/, sqrt and order-fixed sums (bincount) are used, so
-    the result is bit-identical on every rank.
+    rank's weight by g_r = sqrt(g_r' / y_r) / y_r (g_r' the previous round's factor, y_r in units
+    of the lower bound): plain scaling (divide by the load) with the load's weight 1.5 and half of
+    the previous step as momentum, which reaches 1% of the optimum in about a third of the rounds.
+    Experts shift toward lighter ranks; a rank loaded only by what it alone can hold sinks to
+    weight ~0. The best round is kept. Every _FAST_CHECK_EVERY rounds the heaviest level sets of
+    the loads certify a lower bound; the rounds stop once the best max is within _FAST_TOL of it,
+    or after _FAST_MAX_ITERS. Only IEEE +-*/, sqrt and order-fixed sums (bincount, cumsum) are
+    used, so the result is bit-identical on every rank.
     """
     e_P, r_P, E, N = plan.e_P, plan.r_P, plan.E, plan.N
     if e_P.size == 0:
@@ -244,38 +294,37 @@ def _amounts_fast(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray:
     rest_E = L_f - np.bincount(e_P, local_P, minlength=E)
     deg_f = np.maximum(plan.deg_E, 1).astype(np.float64)
     prior_P = local_P + rest_E[e_P] / deg_f[e_P] + 1e-6 * (1.0 + L_f[e_P])
-    L_P = L_f[e_P]
     lb = _lower_bound(plan, L_E)
-    stop = lb * (1.0 + _FAST_TOL) + 0.5
+    unit = 1.0 / max(lb, 1)
     w_R = np.ones(N)
     g_R = np.ones(N)
     a_P = np.empty_like(prior_P)
-    best_hi, best_x, checked = np.inf, None, np.inf
+    best_hi, best_x = np.inf, None
     for it in range(_FAST_MAX_ITERS):
         np.take(w_R, r_P, out=a_P)
         a_P *= prior_P
-        den_E = np.bincount(e_P, a_P, minlength=E)
-        x_P = L_P * a_P
-        x_P /= den_E[e_P]
+        x_P = np.take(L_f / np.maximum(np.bincount(e_P, a_P, minlength=E), 1e-300), e_P)
+        x_P *= a_P
         y_R = np.bincount(r_P, x_P, minlength=N)
         hi = float(y_R.max())
         if hi < best_hi:
             best_hi, best_x = hi, x_P
-        if best_hi <= stop:
-            break
-        if it % _FAST_CHECK_EVERY == 0:
-            if checked - best_hi <= _FAST_STALL * best_hi:
+            if best_hi <= lb * (1.0 + _FAST_TOL) + 0.5:
                 break
-            checked = best_hi
-        np.maximum(y_R, 1e-12, out=y_R)
+            if it % _FAST_CHECK_EVERY == _FAST_CHECK_EVERY - 1:
+                lb = max(lb, _level_bound(plan, L_E, y_R))
+                if best_hi <= lb * (1.0 + _FAST_TOL) + 0.5:
+                    break
+        y_R *= unit
+        y_R += 1e-12
         g_R /= y_R
         np.sqrt(g_R, out=g_R)
         g_R /= y_R
         w_R *= g_R
-        top = w_R.max()
-        w_R /= top
-        np.maximum(w_R, 1e-250, out=w_R)
-        g_R /= g_R.max()
+        if it % 8 == 7:  # keep the weights in range
+            w_R /= w_R.max()
+            np.maximum(w_R, 1e-250, out=w_R)
+            g_R /= g_R.max()
     target = max(lb, int(np.ceil(best_hi - 1e-6)))
     x_int = _round(plan, L_E, best_x)
     return _repair(plan, x_int, target, budget=4 * N + 16)
@@ -458,6 +507,70 @@ def _within(groups: np.ndarray, a: np.ndarray, first_G: np.ndarray) -> np.ndarra
     return cs - cs[first_G][groups]
 
 
+_WORK = threading.local()
+
+
+def _work(name: str, size: int) -> np.ndarray:
+    """A per-thread int64 scratch array of the given size, reused across calls.
+
+    Large temporaries otherwise come fresh from the allocator on every call and cost more in page
+    faults than in arithmetic. Contents are undefined; every user overwrites what it reads.
+    """
+    buf = getattr(_WORK, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1), dtype=np.int64)
+        setattr(_WORK, name, buf)
+    return buf[:size]
+
+
+def _transposed(a_M: np.ndarray, H: int, N: int) -> np.ndarray:
+    """a_M viewed [H, N], transposed to a C-ordered [N, H] and flattened (exact, a copy)."""
+    out = torch.empty((N, H), dtype=torch.int64)
+    out.copy_(torch.from_numpy(a_M.reshape(H, N)).t())
+    return out.numpy().reshape(-1)
+
+
+def _merge_last(sup_HQ: np.ndarray, da_D: np.ndarray, plan: _Plan, flat: np.ndarray) -> None:
+    """_merge for the last tier, written into flat (zeros) in place with scratch buffers.
+
+    Supplies are sup_HQ in expert-major order (M = H*N, the big tier), demands da_D; totals agree
+    expert by expert. Every (source, slot) target is distinct, so plain assignment is safe.
+    """
+    H, N = sup_HQ.shape
+    M = H * N
+    if M == 0 or da_D.size == 0:
+        return
+    sa = sup_HQ.reshape(-1)
+    s_end = np.cumsum(sa, out=_work("end", M))
+    s_start = np.subtract(s_end, sa, out=_work("start", M))
+    d_end = np.cumsum(da_D)
+    # j0: demands that end at or before each supply's start, capped inside the expert.
+    cut_D = np.searchsorted(s_start, d_end, side="left")
+    cnt = _work("cnt", M + 1)
+    cnt.fill(0)
+    np.add.at(cnt, cut_D, 1)
+    j0 = np.cumsum(cnt[:M], out=_work("j0", M))
+    np.minimum(j0.reshape(H, N), plan.last_H[:, None], out=j0.reshape(H, N))
+    # Boundaries strictly inside a supply: extra pieces (i, j + 1), at most D of them.
+    b = d_end[:-1]
+    i_B = np.searchsorted(s_end, b, side="right")
+    inside = np.flatnonzero(i_B < M)
+    inside = inside[s_start[i_B[inside]] < b[inside]]
+    i_X, j_X = i_B[inside], inside + 1
+    amt_X = np.minimum(s_end[i_X], d_end[j_X]) - b[inside]
+    # Main pieces (i, j0[i]); amt overwrites cnt, the target index overwrites s_end.
+    amt = np.take(d_end, j0, out=cnt[:M])
+    np.minimum(amt, s_end, out=amt)
+    amt -= s_start
+    idx = np.take(plan.d_k, j0, out=s_end)
+    idx.reshape(H, N)[:] += plan.qK_Q
+    # Scatter source-major: expert-major targets walk down columns 8*K bytes apart and miss the
+    # cache on every write, row by row they stay within a row (about 4x faster, transposes
+    # included; torch's blocked transpose is the fastest at hand).
+    flat[_transposed(idx, H, N)] = _transposed(amt, H, N)
+    flat[plan.qK_Q[i_X % N] + plan.d_k[j_X]] += amt_X
+
+
 def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int):
     """flow_QK from per-slot demands: local slots first, then same node, then any, in order.
 
@@ -467,19 +580,23 @@ def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
     matched prefix of every group, so the matched supplies and demands have equal totals group
     by group and one end-to-end merge over the whole tier gives its pieces.
     """
-    N, E, K = plan.N, plan.E, plan.K
-    flat = np.zeros(N * K, dtype=np.int64)
+    N, K = plan.N, plan.K
+    pieces = []  # (flat index, amount) of the small tiers, added after the last tier
     d_k, d_r, d_e, d_pair = plan.d_k, plan.d_r, plan.d_e, plan.d_pair
     da = demand_K[d_k].astype(np.int64)
 
     # Local: the pair (e, r)'s local tokens counts[r, e] fill r's own slots of e in slot order.
     local_P = c_QE[plan.r_P, plan.e_P]
     take = np.clip(local_P[d_pair] - _within(d_pair, da, plan.d_first_P), 0, da)
-    flat[d_r * K + d_k] = take
+    pieces.append((d_r * K + d_k, take))
     da -= take
-    sup_EQ = c_QE.T.copy()  # C order, [E, Q]; never a view of the input
+    H = plan.E if plan.held_H is None else plan.held_H.size
+    if plan.held_H is None:  # expert-major copy of the counts
+        sup_HQ = _transposed(c_QE.reshape(-1), N, H).reshape(H, N)
+    else:
+        sup_HQ = c_QE.T[plan.held_H]
     if take.size:
-        sup_EQ[plan.e_P, plan.r_P] -= np.add.reduceat(take, plan.d_first_P)
+        sup_HQ[plan.h_P, plan.r_P] -= np.add.reduceat(take, plan.d_first_P)
 
     if ranks_per_node and 0 < ranks_per_node < N and d_k.size:
         # Same node: groups (expert, node) that hold a slot; supplies are the node's ranks.
@@ -487,7 +604,7 @@ def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
         g_D = d_e * N + (d_r // rpn) * rpn  # expert and the node's first rank, sorted
         first_G = np.flatnonzero(np.concatenate(([True], g_D[1:] != g_D[:-1])))
         gid_D = np.cumsum(np.concatenate(([0], (g_D[1:] != g_D[:-1]).astype(np.int64))))
-        e_G, q0_G = g_D[first_G] // N, g_D[first_G] % N
+        e_G, q0_G = plan.h_E[g_D[first_G] // N], g_D[first_G] % N
         q_GT = q0_G[:, None] + np.arange(rpn)
         e_GT = np.broadcast_to(e_G[:, None], q_GT.shape)
         if q0_G.size and int(q_GT[:, -1].max()) >= N:  # a short last node
@@ -497,7 +614,7 @@ def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
         else:
             e_GT, q_GT = e_GT.reshape(-1), q_GT.reshape(-1)
             g_GT = np.repeat(np.arange(q0_G.size), rpn)
-        sa_GT = sup_EQ[e_GT, q_GT]
+        sa_GT = sup_HQ[e_GT, q_GT]
         dtot_G = np.add.reduceat(da, first_G)
         sfirst_G = np.searchsorted(g_GT, np.arange(first_G.size))
         last_G = np.concatenate((first_G[1:], [d_k.size])) - 1
@@ -505,17 +622,17 @@ def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
         use_GT = np.clip(m_G[g_GT] - _within(g_GT, sa_GT, sfirst_G), 0, sa_GT)
         use_D = np.clip(m_G[gid_D] - _within(gid_D, da, first_G), 0, da)
         i, j, amt = _merge(use_GT, use_D, last_G[g_GT])
-        flat[q_GT[i] * K + d_k[j]] += amt
-        sup_EQ[e_GT, q_GT] -= use_GT
+        pieces.append((q_GT[i] * K + d_k[j], amt))
+        sup_HQ[e_GT, q_GT] -= use_GT
         da -= use_D
 
-    # The rest, expert by expert in fixed order; per-expert totals agree, so one merge.
-    # Experts without a slot have no tokens (checked in _prepare) and drop out.
-    sa = (sup_EQ if plan.held_E is None else sup_EQ[plan.held_E]).reshape(-1)
-    if int(sa.sum()) != int(da.sum()):
+    # The rest, expert by expert in fixed order: per-expert totals agree, so one merge.
+    if int(sup_HQ.sum()) != int(da.sum()):
         raise RuntimeError("token split left tokens unrouted; this is a bug in swiftmoe.split")
-    i, j, amt = _merge(sa, da, plan.last_M)
-    flat[plan.qK_M[i] + d_k[j]] += amt
+    flat = np.zeros(N * K, dtype=np.int64)
+    _merge_last(sup_HQ, da, plan, flat)
+    for idx, amt in pieces:  # (source, slot) targets are distinct within a tier
+        flat[idx] += amt
     return torch.from_numpy(flat.reshape(N, K))
 
 

@@ -10,10 +10,11 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from swiftmoe import plan
+from swiftmoe import plan, split
 from swiftmoe.split import even_split_tokens, rank_load_from_flow, split_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,6 +278,58 @@ def test_deterministic_and_input_forms_agree():
     finally:
         torch.set_num_threads(max(1, torch.get_num_threads()))
     assert torch.equal(one, split_tokens(counts_QE, slots_K, 4, method="auto"))
+
+
+def test_inputs_are_not_modified_and_plan_cache_is_pure():
+    """Routing works on copies (even where a transpose would be a view) and a cached plan object
+    gives the same flow as a freshly built one."""
+    rng = random.Random(3)
+    gen = torch.Generator().manual_seed(3)
+    for N, E, S in [(1, 3, 4), (4, 1, 2), (6, 9, 3), (32, 64, 4)]:
+        counts_QE = zipf_counts_QE(gen, N, E, 500, 1.2)
+        slots_K = random_slots(rng, E, N, S)
+        arr_QE, arr_K = counts_QE.numpy().copy(), np.array(slots_K)
+        for rpn in (0, 2, 4):
+            first = split_tokens(arr_QE, arr_K, S, rpn)
+            assert np.array_equal(arr_QE, counts_QE.numpy()), "counts_QE was modified"
+            assert arr_K.tolist() == slots_K, "slots was modified"
+            split._PLANS.clear()
+            assert torch.equal(first, split_tokens(counts_QE, slots_K, S, rpn))
+            check_flow(first, counts_QE, slots_K, S)
+
+
+def test_level_bound_never_exceeds_the_optimum():
+    """The certified bound that stops the fast rounds is a true lower bound for any loads."""
+    rng = random.Random(6)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(60):
+        N, S = rng.choice([2, 3, 4, 5]), rng.choice([1, 2, 3])
+        E = rng.randint(1, N * S)
+        counts_QE = zipf_counts_QE(gen, N, E, rng.choice([5, 60, 300]), 0.5 + rng.random())
+        slots_K = random_slots(rng, E, N, S)
+        c_QE, pl, L_E = split._prepare(counts_QE, slots_K, S)
+        want = subset_bound(counts_QE, slots_K, S)
+        for y_R in (np.random.default_rng(1).random(N), np.zeros(N), np.arange(N, 0, -1.0)):
+            got = split._level_bound(pl, L_E, y_R)
+            assert got <= want, f"slots={slots_K}: level bound {got} above the optimum {want}"
+        x_P = split._amounts_fast(c_QE, pl, L_E)
+        y_R = np.bincount(pl.r_P, x_P, minlength=N).astype(np.float64)
+        assert split._level_bound(pl, L_E, y_R) <= want
+
+
+def test_node_tier_at_scale():
+    """Many nodes and a short last node: conservation, equal rank loads with and without nodes,
+    and no more cross-node tokens than without the node tier."""
+    gen = torch.Generator().manual_seed(8)
+    for N, E, S, rpn in [(64, 96, 4, 8), (30, 40, 2, 4), (17, 20, 3, 5)]:
+        counts_QE = zipf_counts_QE(gen, N, E, 40 * N * S, 1.1)
+        slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+        plain = split_tokens(counts_QE, slots_K, S, 0)
+        node = split_tokens(counts_QE, slots_K, S, rpn)
+        check_flow(node, counts_QE, slots_K, S)
+        assert torch.equal(rank_load_from_flow(node, S), rank_load_from_flow(plain, S))
+        assert torch.equal(node.sum(0), plain.sum(0)), "the node tier changed slot loads"
+        assert cross_node(node, S, rpn) <= cross_node(plain, S, rpn)
 
 
 @pytest.mark.parametrize("method", ["fast", "exact"])
