@@ -203,17 +203,35 @@ func (h *Host) Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Re
 	return resp, nil
 }
 
+// classify names why a call failed. A deadline that was the caller's (its
+// context expires no later than the plugin timeout) is the caller giving up,
+// not the plugin hanging: gRPC may report it a moment before the caller's
+// context itself is done.
 func classify(parent, call context.Context, in *instance, err error) Reason {
+	deadline := errors.Is(call.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded
 	switch {
 	case parent.Err() != nil:
 		return ReasonCanceled
-	case errors.Is(call.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded:
+	case deadline && callersDeadline(parent, call):
+		return ReasonCanceled
+	case deadline:
 		return ReasonTimeout
 	case in.exited() || status.Code(err) == codes.Unavailable:
 		return ReasonCrash
 	default:
 		return ReasonError
 	}
+}
+
+// callersDeadline reports whether parent's deadline is the one that bounds
+// call.
+func callersDeadline(parent, call context.Context) bool {
+	pd, ok := parent.Deadline()
+	if !ok {
+		return false
+	}
+	cd, _ := call.Deadline()
+	return !pd.After(cd)
 }
 
 // PID returns the process id of strategy name's running plugin, 0 if none.

@@ -176,8 +176,13 @@ func (s *Service) ReportLoads(ctx context.Context, req *pb.ReportLoadsRequest) (
 		j.hadValid = true
 	} else {
 		var f *host.Failure
-		if errors.As(err, &f) && f.Reason == host.ReasonCanceled && ctx.Err() != nil {
-			return nil, ctx.Err()
+		if errors.As(err, &f) && f.Reason == host.ReasonCanceled {
+			// The caller gave up; nobody waits for a plan. The loads stay
+			// recorded.
+			if cerr := ctx.Err(); cerr != nil {
+				return nil, cerr
+			}
+			return nil, context.DeadlineExceeded
 		}
 		plan = s.fallback(j, it, predicted, err)
 	}
