@@ -43,6 +43,9 @@ func (f *fakeStrategies) Plan(ctx context.Context, name string, req *sdk.Request
 		return staticResponse(req), nil
 	}
 	resp, err := f.plan(ctx, name, req)
+	if err != nil && ctx.Err() != nil {
+		return nil, &host.Failure{Strategy: name, Reason: host.ReasonCanceled, Err: err}
+	}
 	if err != nil {
 		return nil, &host.Failure{Strategy: name, Reason: host.ReasonError, Err: err}
 	}

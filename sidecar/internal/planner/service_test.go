@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -295,4 +296,26 @@ func TestConcurrentJobs(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+func TestCallerGivingUpGetsContextError(t *testing.T) {
+	f := &fakeStrategies{plan: func(ctx context.Context, _ string, _ *sdk.Request) (*sdk.Response, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}}
+	s := New(f, nil, nil)
+	if _, err := s.RegisterJob(ctxT(t), goodRegister()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := s.ReportLoads(ctx, &pb.ReportLoadsRequest{JobId: "job-1", Layers: []*pb.LayerLoads{{Tokens: make([]uint64, 6)}, {Tokens: make([]uint64, 8)}}})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want context.DeadlineExceeded", err)
+	}
+	// The plan in force is unchanged: still the initial one.
+	p, err := s.GetPlan(ctxT(t), &pb.GetPlanRequest{JobId: "job-1"})
+	if err != nil || p.GetIteration() != 0 {
+		t.Errorf("plan in force: iteration %d (%v), want the initial plan", p.GetIteration(), err)
+	}
 }
