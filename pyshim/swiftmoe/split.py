@@ -42,6 +42,7 @@ __all__ = ["even_split_tokens", "rank_load_from_flow", "split_tokens"]
 
 _METHODS = ("auto", "fast", "exact")
 _FAST_MAX_ITERS = 32  # scaling rounds at most
+_FAST_FIRST_CHECK = 7  # the first round that certifies a level-set lower bound (when still needed)
 _FAST_CHECK_EVERY = 4  # rounds between level-set lower bounds
 _FAST_TOL = 7.5e-3  # stop once the best max is this close to a certified lower bound
 
@@ -123,6 +124,12 @@ class _Plan:
         self.r_P = key_P % N
         self.deg_E = np.bincount(self.e_P, minlength=E)
         self.start_E = np.concatenate(([0], np.cumsum(self.deg_E)[:-1]))
+        # Slot k is the idx_K-th of the mult_K slots of its pair, in slot order.
+        order = np.lexsort((np.arange(self.K), self.pair_K))
+        first_P = np.concatenate(([0], np.cumsum(mult_P)[:-1]))
+        self.idx_K = np.empty(self.K, dtype=np.int64)
+        self.idx_K[order] = np.arange(self.K) - first_P[self.pair_K[order]]
+        self.mult_K = mult_P[self.pair_K]
         # Demands in (expert, slot) order: their slot, rank, expert and pair (nondecreasing).
         self.d_k = np.argsort(slots_K, kind="stable")
         self.d_r = self.d_k // S
@@ -281,7 +288,7 @@ def _amounts_fast(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray:
     of the lower bound): plain scaling (divide by the load) with the load's weight 1.5 and half of
     the previous step as momentum, which reaches 1% of the optimum in about a third of the rounds.
     Experts shift toward lighter ranks; a rank loaded only by what it alone can hold sinks to
-    weight ~0. The best round is kept. Every _FAST_CHECK_EVERY rounds the heaviest level sets of
+    weight ~0. The best round is kept. Every _FAST_CHECK_EVERY rounds from _FAST_FIRST_CHECK on, the heaviest level sets of
     the loads certify a lower bound; the rounds stop once the best max is within _FAST_TOL of it,
     or after _FAST_MAX_ITERS. Only IEEE +-*/, sqrt and order-fixed sums (bincount, cumsum) are
     used, so the result is bit-identical on every rank.
@@ -300,18 +307,22 @@ def _amounts_fast(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray:
     g_R = np.ones(N)
     a_P = np.empty_like(prior_P)
     best_hi, best_x = np.inf, None
+    all_held = plan.held_H is None
     for it in range(_FAST_MAX_ITERS):
-        np.take(w_R, r_P, out=a_P)
+        w_R.take(r_P, out=a_P)  # methods and ufuncs: no Python wrappers in the hot loop
         a_P *= prior_P
-        x_P = np.take(L_f / np.maximum(np.bincount(e_P, a_P, minlength=E), 1e-300), e_P)
+        if all_held:  # every expert has a pair: no empty denominators
+            x_P = (L_f / np.add.reduceat(a_P, plan.start_E)).take(e_P)
+        else:
+            x_P = (L_f / np.maximum(np.bincount(e_P, a_P, minlength=E), 1e-300)).take(e_P)
         x_P *= a_P
         y_R = np.bincount(r_P, x_P, minlength=N)
-        hi = float(y_R.max())
+        hi = float(np.maximum.reduce(y_R))
         if hi < best_hi:
             best_hi, best_x = hi, x_P
             if best_hi <= lb * (1.0 + _FAST_TOL) + 0.5:
                 break
-            if it % _FAST_CHECK_EVERY == _FAST_CHECK_EVERY - 1:
+            if it >= _FAST_FIRST_CHECK and it % _FAST_CHECK_EVERY == _FAST_CHECK_EVERY - 1:
                 lb = max(lb, _level_bound(plan, L_E, y_R))
                 if best_hi <= lb * (1.0 + _FAST_TOL) + 0.5:
                     break
@@ -322,9 +333,9 @@ def _amounts_fast(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray:
         g_R /= y_R
         w_R *= g_R
         if it % 8 == 7:  # keep the weights in range
-            w_R /= w_R.max()
+            w_R /= np.maximum.reduce(w_R)
             np.maximum(w_R, 1e-250, out=w_R)
-            g_R /= g_R.max()
+            g_R /= np.maximum.reduce(g_R)
     target = max(lb, int(np.ceil(best_hi - 1e-6)))
     x_int = _round(plan, L_E, best_x)
     return _repair(plan, x_int, target, budget=4 * N + 16)
@@ -451,14 +462,9 @@ def _amounts_exact(c_QE: np.ndarray, plan: _Plan, L_E: np.ndarray) -> np.ndarray
 
 def _slot_demand(plan: _Plan, x_P: np.ndarray) -> np.ndarray:
     """A rank's amount of an expert spread evenly over its slots of it, earlier slots first."""
-    k = np.arange(plan.K)
-    p_K = plan.pair_K
-    order = np.lexsort((k, p_K))
-    first_P = np.concatenate(([0], np.cumsum(plan.mult_P)[:-1]))
-    idx_K = np.empty(plan.K, dtype=np.int64)
-    idx_K[order] = np.arange(plan.K) - first_P[p_K[order]]
-    m_K = plan.mult_P[p_K]
-    return x_P[p_K] // m_K + (idx_K < x_P[p_K] % m_K)
+    x_K = x_P[plan.pair_K]
+    m_K = plan.mult_K
+    return x_K // m_K + (plan.idx_K < x_K % m_K)
 
 
 def _merge(sa_M: np.ndarray, da_D: np.ndarray, last_M: np.ndarray):
