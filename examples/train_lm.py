@@ -215,29 +215,14 @@ def setup_dist(args) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def plan_source(args, model: nn.Module, world: int, rank: int):
-    """Rank 0's sidecar-backed plan source (None on other ranks and for --strategy none)."""
-    if args.strategy == "none" or rank != 0:
-        return None
-    from swiftmoe.sidecar import JobSpec, PlanService
-
+def strategy_options(args) -> dict[str, str]:
     options = {}
     for kv in args.strategy_option:
         key, sep, value = kv.partition("=")
         if not sep or not key:
             raise SystemExit(f"--strategy-option: expected KEY=VALUE, got {kv!r}")
         options[key] = value
-    spec = JobSpec(
-        world_size=world,
-        slots_per_rank=args.slots,
-        experts_per_layer=[args.experts] * args.layers,
-        expert_param_numel=[3 * args.d_model * args.d_ff],
-        strategy=args.strategy,
-        strategy_options=options,
-    )
-    svc = PlanService(spec, address=args.sidecar, plugins_dir=args.plugins_dir)
-    svc.start()
-    return svc
+    return options
 
 
 class Progress:
@@ -267,13 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     data = load_corpus(args.corpus, args.corpus_bytes)
     model = ByteLM(args).to(device)
-    source = plan_source(args, model, world, rank)
     cfg = swiftmoe.SwiftMoEConfig(
         slots_per_rank=args.slots,
         mode=args.mode,
         optimizer="AdamW",
         optimizer_kwargs={"lr": args.lr},
-        plan_source=source,
+        strategy=None if args.strategy == "none" else args.strategy,
+        strategy_options=strategy_options(args),
+        sidecar_address=args.sidecar,
+        plugins_dir=args.plugins_dir,
         capacity_factor=args.capacity_factor,
     )
     handle = swiftmoe.replicate_(model, cfg)
@@ -340,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in (trace, timings):
             if f:
                 f.close()
-        if source is not None:
-            source.close()
+        handle.close()
     summary = {
         "strategy": args.strategy,
         "mode": args.mode,

@@ -205,6 +205,10 @@ class SwiftMoEHandle:
                 )
         E_L = [a.num_experts(b) for _, b, a in blocks]
         slots_L = _initial_slots(config, E_L, fqns, N)
+        self._owns_source = config.strategy is not None
+        self.plan_source = self._start_plan_source(blocks, E_L) if self._owns_source else None
+        if not self._owns_source:
+            self.plan_source = config.plan_source
         if config.mode == "observe":
             self._init_observe(blocks, E_L, slots_L)
             return
@@ -280,6 +284,57 @@ class SwiftMoEHandle:
             self.layers.append(layer)
         self._device = device
 
+    def _start_plan_source(self, blocks, E_L: list[int]):
+        """Rank 0 starts (or attaches to) the sidecar and registers the job; all ranks agree
+        on the outcome, so a failure raises everywhere instead of hanging the other ranks."""
+        cfg, comm = self.config, self.comm
+        svc, err = None, ""
+        if comm.rank == 0:
+            try:
+                from swiftmoe.sidecar import JobSpec, PlanService
+
+                numel, elem, rpn = [], 4, self.ranks_per_node
+                for _fqn, block, adapter in blocks:
+                    numel.append(adapter.expert_spec(block).numel)
+                    elem = adapter.get_expert_params(block)[0][0].element_size()
+                spec = JobSpec(
+                    world_size=comm.world_size,
+                    slots_per_rank=cfg.slots_per_rank,
+                    experts_per_layer=list(E_L),
+                    expert_param_numel=numel,
+                    strategy=cfg.strategy,
+                    strategy_options=dict(cfg.strategy_options),
+                    ranks_per_node=rpn
+                    if 0 < rpn < comm.world_size and comm.world_size % rpn == 0
+                    else 0,
+                    bytes_per_param=elem,
+                )
+                svc = PlanService(spec, address=cfg.sidecar_address, plugins_dir=cfg.plugins_dir)
+                svc.start()
+            except Exception as e:
+                err = f"{type(e).__name__}: {e}"
+                if svc is not None:
+                    svc.close()
+                svc = None
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        ok = torch.tensor([0 if err else 1], dtype=torch.long, device=device)
+        comm.broadcast_(ok)
+        if int(ok.item()) != 1:
+            raise RuntimeError(
+                f"strategy: could not start the {cfg.strategy!r} planner through the sidecar: "
+                f"{err or 'rank 0 failed, see its log'}; check `swiftmoe doctor`, or set "
+                "sidecar_address to a running sidecar"
+            )
+        if svc is not None:
+            log.info("swiftmoe: strategy %r planning through the sidecar", cfg.strategy)
+        return svc
+
+    def close(self) -> None:
+        """Stop the sidecar-backed planner this handle started (idempotent)."""
+        if self._owns_source and self.plan_source is not None:
+            self.plan_source.close()
+            self.plan_source = None
+
     # ---- properties -------------------------------------------------------------------------
 
     @property
@@ -331,7 +386,7 @@ class SwiftMoEHandle:
         return [getattr(layer.block, rt.LOADS_BUFFER).tolist() for layer in self.layers]
 
     def _submit(self, loads_LE: list[list[int]]) -> None:
-        src = self.config.plan_source
+        src = self.plan_source
         if self.comm.rank != 0 or src is None:
             return
         try:
@@ -348,7 +403,7 @@ class SwiftMoEHandle:
 
     def _poll_plan(self) -> tuple[str, list[list[int]] | None]:
         """Rank 0: the next placement from the plan source, validated, or None."""
-        src = self.config.plan_source
+        src = self.plan_source
         if src is None:
             return "none", None
         try:

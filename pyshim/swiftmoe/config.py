@@ -79,6 +79,15 @@ class SwiftMoEConfig:
         initial_slots: per-layer placement to start from; None = static (slot k holds k % E).
         process_group: the group the engine's collectives run on; None = the default group.
             Its timeout bounds every collective.
+        strategy: a sidecar strategy name ("swiftmoe", "static", "flexmoe" or a plugin's
+            name). When set and plan_source is None, rank 0 starts the bundled sidecar (or
+            attaches to sidecar_address), registers the job and asks the strategy for every
+            next placement; a dead or hung sidecar is restarted while training goes on.
+        strategy_options: the strategy's options (strings), e.g. {"predictor": "ewma"}.
+        sidecar_address: attach to a running sidecar ("unix:///path.sock" or
+            "tcp://127.0.0.1:PORT") instead of starting one.
+        plugins_dir: where the sidecar finds swiftmoe-strategy-NAME plugins (default: the
+            bundled ones; the SWIFTMOE_PLUGINS_DIR environment variable also sets it).
     """
 
     slots_per_rank: int
@@ -93,12 +102,37 @@ class SwiftMoEConfig:
     expert_grad_scale: float | None = None
     initial_slots: list[list[int]] | None = None
     process_group: Any = None
+    strategy: str | None = None
+    strategy_options: dict[str, str] = field(default_factory=dict)
+    sidecar_address: str | None = None
+    plugins_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and the fix."""
+        st = self.strategy
+        if st is not None and (not isinstance(st, str) or not st):
+            raise ValueError(
+                f"strategy: must be None or a strategy name such as 'swiftmoe', got {st!r}"
+            )
+        if st is not None and self.plan_source is not None:
+            raise ValueError(
+                "strategy: set either strategy (the sidecar plans) or plan_source, not both"
+            )
+        opts = self.strategy_options
+        if not isinstance(opts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in opts.items()
+        ):
+            raise ValueError(
+                "strategy_options: must be a dict of strings such as {'predictor': 'ewma'}, "
+                f"got {opts!r}"
+            )
+        for name in ("sidecar_address", "plugins_dir"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (str, os.PathLike)) or not str(v)):
+                raise ValueError(f"{name}: must be None or a non-empty string, got {v!r}")
         S = self.slots_per_rank
         if isinstance(S, bool) or not isinstance(S, int) or S < 1:
             raise ValueError(f"slots_per_rank: must be an integer >= 1, got {S!r}")
