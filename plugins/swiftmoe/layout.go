@@ -4,6 +4,13 @@ import "slices"
 
 // orderSlots orders each rank's replicas so that an expert the rank held in
 // the current plan stays in its slot; without a current plan, ascending ids.
+//
+// In place, slot by slot: a slot that does not hold its current expert c
+// takes c from another slot that does not hold its own current expert
+// either. That keeps, for every expert, as many of its current slots as
+// the rank holds replicas of it, the first ones in slot order. (The slot
+// given up cannot want what it receives: it would have taken it on its
+// own turn or will take it later.)
 func (p *planner) orderSlots() {
 	s := p.nSlots
 	for r := range p.nRanks {
@@ -12,28 +19,18 @@ func (p *planner) orderSlots() {
 			insertionSort(row)
 			continue
 		}
-		copy(p.tmp, row)
-		clear(p.used)
-		for i := range row {
-			row[i] = -1
-		}
-		for i, c := range p.cur[r*s : (r+1)*s] {
-			for j, x := range p.tmp {
-				if !p.used[j] && x == c {
-					row[i], p.used[j] = c, true
+		cur := p.cur[r*s : (r+1)*s]
+		cur = cur[:len(row)]
+		for i, c := range cur {
+			if row[i] == c {
+				continue
+			}
+			for j := range row {
+				if row[j] == c && row[j] != cur[j] {
+					row[i], row[j] = row[j], row[i]
 					break
 				}
 			}
-		}
-		j := 0
-		for i := range row {
-			if row[i] >= 0 {
-				continue
-			}
-			for p.used[j] {
-				j++
-			}
-			row[i], p.used[j] = p.tmp[j], true
 		}
 	}
 }

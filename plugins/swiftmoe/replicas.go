@@ -6,9 +6,13 @@ package swiftmoe
 // load the slots are spread uniformly.
 //
 // Handing out the extra slots one by one is the greedy pick of the largest
-// values among {load_e/k : k >= 1}. Every value >= total/extra is among the
-// picks (there are at most extra of them), so the counts start at
-// 1 + floor(load_e*extra/total) and a heap hands out the few left (< E).
+// values among {load_e/k : k >= 1}. For a threshold t, expert e has
+// floor(load_e/t) values >= t; when those number at most extra in all,
+// every one of them is among the picks. So the counts start at
+// 1 + floor(load_e/t) for the lowest such t found, and a heap hands out
+// the few left. t = total/extra always qualifies but leaves about E/2
+// slots for the heap (the floors drop half a slot each on average);
+// shrinking t by those halves usually leaves only a handful.
 func (p *planner) replicaCounts() {
 	e, ns := p.nExperts, p.nRanks*p.nSlots
 	var total float64
@@ -19,32 +23,59 @@ func (p *planner) replicaCounts() {
 		p.uniformCounts()
 		return
 	}
-	for i := range e {
-		p.reps[i] = 1
-	}
 	extra := ns - e
-	if extra == 0 {
-		return
-	}
-	step := total / float64(extra)
 	sum := e
-	for i := range e {
-		k := int32(p.loadOf(i) / step)
-		p.reps[i] += k
-		sum += int(k)
-	}
-	if sum > ns { // rounding pushed the floor past the slot count
+	if extra > 0 {
+		sum += p.floorCounts(total, extra)
+	} else {
 		for i := range e {
 			p.reps[i] = 1
 		}
-		sum = e
 	}
-	left := ns - sum
-	if left == 0 {
+	p.handOut(ns - sum)
+}
+
+// floorCounts sets reps to 1 + floor(load/t), with t the lower of the two
+// thresholds above whose floors sum to at most extra, and returns that sum.
+func (p *planner) floorCounts(total float64, extra int) int {
+	t := total / (float64(extra) + float64(p.nExperts)/2)
+	if !p.floorsFit(t, extra) {
+		t = total / float64(extra)
+	}
+	sum := 0
+	for i := range p.nExperts {
+		k := int32(p.loadOf(i) / t)
+		p.reps[i] = 1 + k
+		sum += int(k)
+	}
+	if sum > extra { // rounding pushed the floors past the slots
+		for i := range p.nExperts {
+			p.reps[i] = 1
+		}
+		sum = 0
+	}
+	return sum
+}
+
+// floorsFit reports whether the floors of load/t sum to at most extra.
+func (p *planner) floorsFit(t float64, extra int) bool {
+	sum := 0
+	for i := range p.nExperts {
+		if sum += int(p.loadOf(i) / t); sum > extra {
+			return false
+		}
+	}
+	return true
+}
+
+// handOut gives left more replicas, one at a time, to the expert with the
+// highest load per replica.
+func (p *planner) handOut(left int) {
+	if left <= 0 {
 		return
 	}
 	h := p.eheap[:0]
-	for i := range e {
+	for i := range p.nExperts {
 		h = append(h, int32(i))
 	}
 	for i := len(h)/2 - 1; i >= 0; i-- {
