@@ -307,3 +307,29 @@ func TestServeStartupErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestPluginsDieWithKilledSidecar(t *testing.T) {
+	sc := startSidecar(t, "--plugins-dir", binDir, "--listen", "unix://"+filepath.Join(t.TempDir(), "k.sock"))
+	client := sc.client(t)
+	ctx := ctxT(t, 60*time.Second)
+	for _, s := range []string{"swiftmoe", "static"} {
+		if _, err := client.RegisterJob(ctx, registerReq(s, s, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plugins := sc.plugins(t)
+	if len(plugins) != 2 {
+		t.Fatalf("got plugin pids %v, want 2", plugins)
+	}
+	// SIGKILL leaves the sidecar no chance to stop its plugins; the kernel
+	// must (parent-death signal).
+	if err := sc.stop(t, syscall.SIGKILL); err == nil {
+		t.Fatal("SIGKILL: got exit status 0")
+	}
+	for _, pid := range plugins {
+		if err := testbin.WaitGone(pid, 10*time.Second); err != nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Errorf("plugin outlived its killed sidecar: %v", err)
+		}
+	}
+}

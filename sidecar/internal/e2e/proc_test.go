@@ -104,9 +104,17 @@ func startSidecar(t testing.TB, args ...string) *sidecar {
 		close(s.exited)
 	}()
 	t.Cleanup(func() {
+		// SIGTERM first, so the sidecar stops its plugins and removes its
+		// socket; SIGKILL only if it does not exit.
 		select {
 		case <-s.exited:
+			return
 		default:
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(15 * time.Second):
 			_ = cmd.Process.Kill()
 			<-s.exited
 		}

@@ -39,10 +39,12 @@ func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout 
 	if err != nil {
 		return nil, err
 	}
+	cmd := exec.Command(path)
+	bindToParent(cmd)
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		Plugins:          sdk.PluginMap(),
-		Cmd:              exec.Command(path),
+		Cmd:              cmd,
 		SecureConfig:     &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
