@@ -597,13 +597,14 @@ def print_report(rep: dict[str, Any]) -> None:
             f"WARNING: the machine was busy (load {la[0]:.2f} > {BUSY_LOAD} before the ranks "
             "started). Ranks that share cores with other work hide imbalance (the core a "
             "waiting rank frees goes partly to the busy one), so wall-clock ratios understate "
-            "what balance buys; rerun when the machine is quiet, and read the cpu ms column."
+            "what balance buys; rerun when the machine is quiet."
         )
     print(
         "median ms: forward + backward + handle.step() wall time of the slowest rank, median "
-        "over iterations; cpu ms: the busiest rank's thread CPU time for the same step (what it "
-        "costs on dedicated cores, less communication waits); busiest/mean: rank load of the "
-        "token split, mean over layers and iterations"
+        "over iterations; cpu ms: CPU time of the step on the rank that used most, median (the "
+        "work done, unaffected by other load; not the critical path, since different layers "
+        "can load different ranks); busiest/mean: busiest rank's tokens / mean under the "
+        "split that ran, mean over layers and iterations"
     )
     for sec, title in (
         ("skew", f"skew: Zipf s={c['zipf_s']}, hot set re-drawn every {c['shift_every']} iters"),
