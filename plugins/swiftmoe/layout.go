@@ -66,7 +66,7 @@ func (p *planner) keepCurrentIfAsGood() {
 		return
 	}
 	s, n := p.nSlots, int32(p.nRanks)
-	if maxRankLoad(p.cur, p.curW, p.nRanks, s) > maxRankLoad(p.dst, p.w, p.nRanks, s) {
+	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.dst, p.w, p.nRanks, s)) {
 		return
 	}
 	for r := range p.nRanks {
@@ -84,6 +84,21 @@ func (p *planner) keepCurrentIfAsGood() {
 		}
 	}
 	copy(p.dst, p.cur)
+}
+
+// loadsAtMost reports whether every rank's load under weights w, summed in
+// slot order, is at most hi. It stops at the first rank above.
+func loadsAtMost(slots []int, w []float64, s int, hi float64) bool {
+	for r := 0; r < len(slots); r += s {
+		var l float64
+		for _, e := range slots[r : r+s] {
+			l += w[e]
+		}
+		if l > hi {
+			return false
+		}
+	}
+	return true
 }
 
 // maxRankLoad is the busiest rank's load under weights w, summed in slot

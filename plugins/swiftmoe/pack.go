@@ -6,7 +6,7 @@ package swiftmoe
 // of it, so that one expert's replicas land on distinct ranks unless its
 // count forces doubling. Ties go to the lower rank.
 func (p *planner) packRanks(lo, hi int) error {
-	p.hbuild(lo, hi)
+	p.buildFree(lo, hi)
 	for _, e := range p.order {
 		if k := p.need[e]; k > 0 {
 			if err := p.placeExpert(e, k, lo, hi); err != nil {
@@ -47,47 +47,8 @@ func (p *planner) bump(q, e int32) {
 func (p *planner) placeExpert(e, k int32, lo, hi int) error {
 	limit := p.capR[e]
 	for k > 0 {
-		placed := int32(0)
-		switch {
-		case int(k) >= len(p.heap):
-			// Every rank with a free slot takes one: no ordering needed.
-			for _, key := range p.heap {
-				if q := p.hrank(key); p.count(q, e) < limit {
-					p.assign(q, e)
-					placed++
-				}
-			}
-			k -= placed
-			p.compactHeap()
-		case k == 1 && p.count(p.hrank(p.heap[0]), e) < limit:
-			// One replica onto the top rank: re-key it in place rather
-			// than popping and pushing it.
-			p.assign(p.hrank(p.heap[0]), e)
-			p.hfixTop()
-			k--
-			placed++
-		default:
-			p.popped, p.aside = p.popped[:0], p.aside[:0]
-			for k > 0 && len(p.heap) > 0 {
-				q := p.hpop()
-				if p.count(q, e) >= limit {
-					p.aside = append(p.aside, q)
-					continue
-				}
-				p.assign(q, e)
-				k--
-				placed++
-				p.popped = append(p.popped, q)
-			}
-			for _, q := range p.popped {
-				if p.fill[q] < int32(p.nSlots) {
-					p.hpush(q)
-				}
-			}
-			for _, q := range p.aside {
-				p.hpush(q)
-			}
-		}
+		placed := p.takeFree(e, k, limit)
+		k -= placed
 		if placed == 0 {
 			if err := p.repairRank(e, lo, hi); err != nil {
 				return err
@@ -96,18 +57,6 @@ func (p *planner) placeExpert(e, k int32, lo, hi int) error {
 		}
 	}
 	return nil
-}
-
-// compactHeap drops full ranks and restores heap order.
-func (p *planner) compactHeap() {
-	h := p.heap[:0]
-	for _, key := range p.heap {
-		if p.fill[p.hrank(key)] < int32(p.nSlots) {
-			h = append(h, key)
-		}
-	}
-	p.heap = h
-	p.heapify()
 }
 
 // placed returns the replicas of e among rank q's filled slots.
@@ -130,10 +79,10 @@ func (p *planner) placed(q, e int32) int32 {
 // some full rank p holds fewer than capR[e]; if q held capR[f] of every f
 // on p, q would hold at least S - count(p,e) + capR[e] > S replicas.
 func (p *planner) repairRank(e int32, lo, hi int) error {
-	if len(p.heap) == 0 {
+	if len(p.free) == 0 {
 		return errNoRepair
 	}
-	q := p.hrank(p.heap[0])
+	q := p.hrank(p.free[0])
 	s := p.nSlots
 	bestP, bestJ := -1, -1
 	var bestM float64
@@ -164,6 +113,6 @@ func (p *planner) repairRank(e int32, lo, hi int) error {
 	p.dst[int(q)*s+int(p.fill[q])] = int(f)
 	p.fill[q]++
 	p.load[q] += p.w[f]
-	p.hfixTop()
+	p.refixFront()
 	return nil
 }

@@ -37,13 +37,13 @@ type planner struct {
 	// Per rank.
 	load     []float64
 	fill     []int32  // slots used
-	heap     []uint64 // min-heap of ranks with a free slot (see rankheap.go)
-	rankMask uint64   // the rank field of a heap key
+	fbuf     []uint64 // the free queue's buffer (see rankqueue.go)
+	free     []uint64 // keys of the ranks with a free slot, ascending
+	sel      []uint64 // keys of the ranks an expert just filled
+	rankMask uint64   // the rank field of a rank key
 	stampE   []int32  // expert whose replica count on the rank stampC holds
 	stampC   []int32
 	sorted   []uint64 // rank keys sorted by load (see refine.go)
-	popped   []int32
-	aside    []int32
 
 	// Node-aware packing (see nodes.go).
 	nodeOrder []int32
@@ -111,10 +111,8 @@ func (p *planner) reset() {
 	p.fill = grow(p.fill, n)
 	p.stampE = grow(p.stampE, n)
 	p.stampC = grow(p.stampC, n)
-	p.heap = grow(p.heap, n)[:0]
 	p.sorted = grow(p.sorted, n)[:0]
-	p.popped = grow(p.popped, n)[:0]
-	p.aside = grow(p.aside, n)[:0]
+	p.sel = grow(p.sel, n)[:0]
 	p.bestDst = grow(p.bestDst, len(p.dst))
 	p.bestReps = grow(p.bestReps, e)
 	p.tmp = grow(p.tmp, p.nSlots)

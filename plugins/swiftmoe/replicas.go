@@ -43,8 +43,9 @@ func (p *planner) floorCounts(total float64, extra int) int {
 		t = total / float64(extra)
 	}
 	sum := 0
+	inv := 1 / t
 	for i := range p.nExperts {
-		k := int32(p.loadOf(i) / t)
+		k := int32(p.loadOf(i) * inv)
 		p.reps[i] = 1 + k
 		sum += int(k)
 	}
@@ -58,10 +59,12 @@ func (p *planner) floorCounts(total float64, extra int) int {
 }
 
 // floorsFit reports whether the floors of load/t sum to at most extra.
+// (Both passes multiply by 1/t: the same rounding in both, and the sum is
+// checked, so the counts never overshoot.)
 func (p *planner) floorsFit(t float64, extra int) bool {
-	sum := 0
+	sum, inv := 0, 1/t
 	for i := range p.nExperts {
-		if sum += int(p.loadOf(i) / t); sum > extra {
+		if sum += int(p.loadOf(i) * inv); sum > extra {
 			return false
 		}
 	}
