@@ -9,28 +9,49 @@ One in-place call takes over the MoE blocks of an existing PyTorch model::
     optimizer.zero_grad(); handle.zero_grad()
 
 See README.md for adoption step by step (observe, then replicate).
+
+The public names are imported on first use, so ``import swiftmoe`` stays cheap for the CLI and
+the sidecar client, which do not need torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from swiftmoe import adapters, nn  # noqa: E402  (registers the built-in adapters)
-from swiftmoe.adapters import MoEAdapter, register_adapter  # noqa: E402
-from swiftmoe.api import StepStats, SwiftMoEHandle, find_moe_blocks, replicate_  # noqa: E402
-from swiftmoe.config import SwiftMoEConfig  # noqa: E402
-from swiftmoe.plan_source import CallablePlanSource, PlanSource, StaticPlanSource  # noqa: E402
+# public name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "replicate_": ("swiftmoe.api", "replicate_"),
+    "SwiftMoEHandle": ("swiftmoe.api", "SwiftMoEHandle"),
+    "StepStats": ("swiftmoe.api", "StepStats"),
+    "find_moe_blocks": ("swiftmoe.api", "find_moe_blocks"),
+    "SwiftMoEConfig": ("swiftmoe.config", "SwiftMoEConfig"),
+    "PlanSource": ("swiftmoe.plan_source", "PlanSource"),
+    "CallablePlanSource": ("swiftmoe.plan_source", "CallablePlanSource"),
+    "StaticPlanSource": ("swiftmoe.plan_source", "StaticPlanSource"),
+    "MoEAdapter": ("swiftmoe.adapters", "MoEAdapter"),
+    "register_adapter": ("swiftmoe.adapters", "register_adapter"),
+    "adapters": ("swiftmoe.adapters", None),
+    "nn": ("swiftmoe.nn", None),
+}
 
-__all__ = [
-    "CallablePlanSource",
-    "MoEAdapter",
-    "PlanSource",
-    "StaticPlanSource",
-    "StepStats",
-    "SwiftMoEConfig",
-    "SwiftMoEHandle",
-    "__version__",
-    "adapters",
-    "find_moe_blocks",
-    "nn",
-    "register_adapter",
-    "replicate_",
-]
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'swiftmoe' has no attribute {name!r}") from None
+    # The engine registers the built-in adapters (native and HuggingFace) on import.
+    importlib.import_module("swiftmoe.api")
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -206,7 +206,9 @@ class SwiftMoEHandle:
         E_L = [a.num_experts(b) for _, b, a in blocks]
         slots_L = _initial_slots(config, E_L, fqns, N)
         self._owns_source = config.strategy is not None
-        self.plan_source = self._start_plan_source(blocks, E_L) if self._owns_source else None
+        self.plan_source = (
+            self._start_plan_source(blocks, E_L, slots_L) if self._owns_source else None
+        )
         if not self._owns_source:
             self.plan_source = config.plan_source
         if config.mode == "observe":
@@ -284,7 +286,7 @@ class SwiftMoEHandle:
             self.layers.append(layer)
         self._device = device
 
-    def _start_plan_source(self, blocks, E_L: list[int]):
+    def _start_plan_source(self, blocks, E_L: list[int], slots_L: list[list[int]]):
         """Rank 0 starts (or attaches to) the sidecar and registers the job; all ranks agree
         on the outcome, so a failure raises everywhere instead of hanging the other ranks."""
         cfg, comm = self.config, self.comm
@@ -308,6 +310,7 @@ class SwiftMoEHandle:
                     if 0 < rpn < comm.world_size and comm.world_size % rpn == 0
                     else 0,
                     bytes_per_param=elem,
+                    current_slots=slots_L,
                 )
                 svc = PlanService(spec, address=cfg.sidecar_address, plugins_dir=cfg.plugins_dir)
                 svc.start()

@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,7 @@ class JobSpec:
     optimizer_bytes_per_param: int = 12
     intra_node_bandwidth: float = 0.0
     inter_node_bandwidth: float = 0.0
+    current_slots: Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
         for name in ("world_size", "slots_per_rank"):
@@ -198,6 +199,19 @@ class JobSpec:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
                 raise ValueError(f"JobSpec.{name} is {v!r}: pass bytes/s >= 0 (0 = unknown)")
+        cur = self.current_slots
+        if cur is not None:
+            total = self.world_size * self.slots_per_rank
+            rows = [list(r) for r in cur]
+            if len(rows) != len(experts) or any(
+                len(r) != total or any(isinstance(x, bool) or not isinstance(x, int) for x in r)
+                for r in rows
+            ):
+                raise ValueError(
+                    f"JobSpec.current_slots: pass one list of {total} expert ids per MoE layer "
+                    f"({len(experts)}), or None for the static placement"
+                )
+            object.__setattr__(self, "current_slots", tuple(tuple(r) for r in rows))
         object.__setattr__(self, "experts_per_layer", tuple(experts))
         object.__setattr__(self, "expert_param_numel", tuple(numel))
         object.__setattr__(self, "strategy_options", dict(self.strategy_options))
@@ -218,6 +232,7 @@ class JobSpec:
             optimizer_bytes_per_param=self.optimizer_bytes_per_param,
             strategy=self.strategy,
             strategy_options=dict(self.strategy_options),
+            current_slots=[pb.LayerSlots(slots=list(r)) for r in self.current_slots or ()],
         )
 
 
@@ -320,7 +335,9 @@ class SidecarClient:
     def _planner(self) -> pb_grpc.PlannerStub:
         with self._lock:
             if self._stub is None:
-                self._channel = grpc.insecure_channel(self.address)
+                # The sidecar prints tcp://HOST:PORT; gRPC dials HOST:PORT.
+                target = self.address.removeprefix("tcp://")
+                self._channel = grpc.insecure_channel(target)
                 self._stub = pb_grpc.PlannerStub(self._channel)
             return self._stub
 
@@ -724,6 +741,7 @@ class PlanService:
         self._next_attempt = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._in_force: list[list[int]] | None = None
 
     @property
     def owns_sidecar(self) -> bool:
@@ -784,6 +802,8 @@ class PlanService:
                     break
                 self._cv.wait(left)
             out, self._result = self._result, None
+            if out is not None:
+                self._in_force = out
             return out
 
     def close(self) -> None:
@@ -876,7 +896,12 @@ class PlanService:
                 self._need_restart = False
                 with self._cv:
                     self.events["restarts"] += 1
-            reg = self.client.register_job(self.spec, self.job_id, self.rpc_timeout_s)
+            with self._cv:
+                in_force = self._in_force
+            # The engine adopts the plans poll() hands it, so the newest of them is the
+            # placement in force (the engine keeps its current one only if it rejects a plan).
+            spec = self.spec if in_force is None else replace(self.spec, current_slots=in_force)
+            reg = self.client.register_job(spec, self.job_id, self.rpc_timeout_s)
         except (SidecarError, OSError) as e:
             self._backoff_s = min(self.max_backoff_s, max(0.5, 2 * self._backoff_s))
             self._next_attempt = time.monotonic() + self._backoff_s

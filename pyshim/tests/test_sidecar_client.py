@@ -398,6 +398,35 @@ def test_plan_service_reregisters_lost_job(fake_server):
         svc.close()
 
 
+def test_plan_service_reregisters_with_placement_in_force(fake_server):
+    address, planner = fake_server
+    svc = sc.PlanService(SPEC, address=address, rpc_timeout_s=2)
+    try:
+        job_id = svc.start().job_id
+        assert not planner.jobs[job_id].current_slots, "first registration: static placement"
+        svc.submit(0, LOADS_LE)
+        in_force = svc.poll(5.0)
+        assert in_force == fake_slots_LK(LOADS_LE, 6)
+        planner.jobs.clear()  # the sidecar forgot the job (e.g. it restarted)
+        svc.submit(1, LOADS_LE)
+        assert svc.poll(5.0) is None and svc.events["job_lost"] == 1
+        sent = [list(ls.slots) for ls in planner.jobs[job_id].current_slots]
+        assert sent == in_force, "re-registration must carry the placement the engine adopted"
+    finally:
+        svc.close()
+
+
+def test_jobspec_current_slots_checked():
+    with pytest.raises(ValueError, match="current_slots"):
+        sc.JobSpec(
+            world_size=2,
+            slots_per_rank=2,
+            experts_per_layer=[3],
+            expert_param_numel=[4],
+            current_slots=[[0, 1, 2]],
+        )
+
+
 def test_plan_service_start_failure_is_clear(tmp_path):
     svc = sc.PlanService(SPEC, address=f"unix://{tmp_path}/none.sock", rpc_timeout_s=1)
     with pytest.raises(sc.SidecarError, match="RegisterJob"):

@@ -49,9 +49,14 @@ func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
 		options: strategyOptions(req.GetStrategyOptions()), predictor: pred,
 		hist: make([]*history, len(experts)), slots: make([][]int, len(experts)),
 	}
+	cur := req.GetCurrentSlots()
 	for l, e := range experts {
 		j.hist[l] = newHistory(e, DefaultHistory)
-		j.slots[l] = sdk.StaticSlots(e, t)
+		if len(cur) == len(experts) {
+			j.slots[l] = sdk.IntsFromProto(cur[l].GetSlots())
+		} else {
+			j.slots[l] = sdk.StaticSlots(e, t)
+		}
 	}
 	return j
 }

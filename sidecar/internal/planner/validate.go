@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
 
 var (
@@ -104,8 +105,29 @@ func validateRegister(req *pb.RegisterJobRequest, knownStrategy func(string) err
 			}
 		}
 	}
+	validateCurrentSlots(req, &p)
 	cfg := parsePredictor(opts, &p)
 	return cfg, p.err("RegisterJobRequest")
+}
+
+// validateCurrentSlots checks the optional placement in force: one valid
+// plan per layer. It runs only when the job's shape itself is valid.
+func validateCurrentSlots(req *pb.RegisterJobRequest, p *problems) {
+	cur := req.GetCurrentSlots()
+	if len(cur) == 0 || len(p.list) > 0 {
+		return
+	}
+	experts := req.GetExpertsPerLayer()
+	if len(cur) != len(experts) {
+		p.addf("current_slots: %d entries, want one per MoE layer (%d), or none for the static placement", len(cur), len(experts))
+		return
+	}
+	t := sdk.TopologyFromProto(req.GetTopology())
+	for l, ls := range cur {
+		if err := sdk.ValidateSlots(sdk.IntsFromProto(ls.GetSlots()), int(experts[l]), t); err != nil {
+			p.addf("current_slots[%d]: %v; send the placement in force or leave current_slots empty", l, err)
+		}
+	}
 }
 
 // validateReport checks a ReportLoadsRequest against its job's shape.

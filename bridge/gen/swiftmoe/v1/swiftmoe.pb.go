@@ -729,8 +729,12 @@ type RegisterJobRequest struct {
 	// Strategy name ("swiftmoe", "static", "flexmoe" or a plugin's name).
 	Strategy        string            `protobuf:"bytes,7,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	StrategyOptions map[string]string `protobuf:"bytes,8,rep,name=strategy_options,json=strategyOptions,proto3" json:"strategy_options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The placement in force, one entry per MoE layer (for instance the shim's
+	// placement when it re-registers after a sidecar restart). Empty means the
+	// static expert-parallel placement. Each entry must be a valid plan.
+	CurrentSlots  []*LayerSlots `protobuf:"bytes,9,rep,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterJobRequest) Reset() {
@@ -819,6 +823,58 @@ func (x *RegisterJobRequest) GetStrategyOptions() map[string]string {
 	return nil
 }
 
+func (x *RegisterJobRequest) GetCurrentSlots() []*LayerSlots {
+	if x != nil {
+		return x.CurrentSlots
+	}
+	return nil
+}
+
+// LayerSlots is one layer's placement: world_size*slots_per_rank expert ids.
+type LayerSlots struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Slots         []uint32               `protobuf:"varint,1,rep,packed,name=slots,proto3" json:"slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerSlots) Reset() {
+	*x = LayerSlots{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerSlots) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerSlots) ProtoMessage() {}
+
+func (x *LayerSlots) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerSlots.ProtoReflect.Descriptor instead.
+func (*LayerSlots) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LayerSlots) GetSlots() []uint32 {
+	if x != nil {
+		return x.Slots
+	}
+	return nil
+}
+
 type RegisterJobResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	JobId       string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -832,7 +888,7 @@ type RegisterJobResponse struct {
 
 func (x *RegisterJobResponse) Reset() {
 	*x = RegisterJobResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +900,7 @@ func (x *RegisterJobResponse) String() string {
 func (*RegisterJobResponse) ProtoMessage() {}
 
 func (x *RegisterJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +913,7 @@ func (x *RegisterJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJobResponse.ProtoReflect.Descriptor instead.
 func (*RegisterJobResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{9}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterJobResponse) GetJobId() string {
@@ -898,7 +954,7 @@ type LayerLoads struct {
 
 func (x *LayerLoads) Reset() {
 	*x = LayerLoads{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +966,7 @@ func (x *LayerLoads) String() string {
 func (*LayerLoads) ProtoMessage() {}
 
 func (x *LayerLoads) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +979,7 @@ func (x *LayerLoads) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerLoads.ProtoReflect.Descriptor instead.
 func (*LayerLoads) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{10}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LayerLoads) GetTokens() []uint64 {
@@ -945,7 +1001,7 @@ type ReportLoadsRequest struct {
 
 func (x *ReportLoadsRequest) Reset() {
 	*x = ReportLoadsRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1013,7 @@ func (x *ReportLoadsRequest) String() string {
 func (*ReportLoadsRequest) ProtoMessage() {}
 
 func (x *ReportLoadsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1026,7 @@ func (x *ReportLoadsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadsRequest.ProtoReflect.Descriptor instead.
 func (*ReportLoadsRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{11}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReportLoadsRequest) GetJobId() string {
@@ -1004,7 +1060,7 @@ type ReportLoadsResponse struct {
 
 func (x *ReportLoadsResponse) Reset() {
 	*x = ReportLoadsResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1072,7 @@ func (x *ReportLoadsResponse) String() string {
 func (*ReportLoadsResponse) ProtoMessage() {}
 
 func (x *ReportLoadsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1085,7 @@ func (x *ReportLoadsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadsResponse.ProtoReflect.Descriptor instead.
 func (*ReportLoadsResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{12}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportLoadsResponse) GetPlan() *Plan {
@@ -1048,7 +1104,7 @@ type GetPlanRequest struct {
 
 func (x *GetPlanRequest) Reset() {
 	*x = GetPlanRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1116,7 @@ func (x *GetPlanRequest) String() string {
 func (*GetPlanRequest) ProtoMessage() {}
 
 func (x *GetPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1129,7 @@ func (x *GetPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPlanRequest.ProtoReflect.Descriptor instead.
 func (*GetPlanRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{13}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetPlanRequest) GetJobId() string {
@@ -1091,7 +1147,7 @@ type ListStrategiesRequest struct {
 
 func (x *ListStrategiesRequest) Reset() {
 	*x = ListStrategiesRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1159,7 @@ func (x *ListStrategiesRequest) String() string {
 func (*ListStrategiesRequest) ProtoMessage() {}
 
 func (x *ListStrategiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1172,7 @@ func (x *ListStrategiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStrategiesRequest.ProtoReflect.Descriptor instead.
 func (*ListStrategiesRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{14}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{15}
 }
 
 type ListStrategiesResponse struct {
@@ -1128,7 +1184,7 @@ type ListStrategiesResponse struct {
 
 func (x *ListStrategiesResponse) Reset() {
 	*x = ListStrategiesResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1196,7 @@ func (x *ListStrategiesResponse) String() string {
 func (*ListStrategiesResponse) ProtoMessage() {}
 
 func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1209,7 @@ func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStrategiesResponse.ProtoReflect.Descriptor instead.
 func (*ListStrategiesResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{15}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListStrategiesResponse) GetStrategies() []*StrategyInfo {
@@ -1171,7 +1227,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1239,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1252,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
 }
 
 type StrategyLayerInput struct {
@@ -1215,7 +1271,7 @@ type StrategyLayerInput struct {
 
 func (x *StrategyLayerInput) Reset() {
 	*x = StrategyLayerInput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1283,7 @@ func (x *StrategyLayerInput) String() string {
 func (*StrategyLayerInput) ProtoMessage() {}
 
 func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1296,7 @@ func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerInput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerInput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StrategyLayerInput) GetLayer() uint32 {
@@ -1295,7 +1351,7 @@ type StrategyPlanRequest struct {
 
 func (x *StrategyPlanRequest) Reset() {
 	*x = StrategyPlanRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1363,7 @@ func (x *StrategyPlanRequest) String() string {
 func (*StrategyPlanRequest) ProtoMessage() {}
 
 func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1376,7 @@ func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanRequest.ProtoReflect.Descriptor instead.
 func (*StrategyPlanRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StrategyPlanRequest) GetTopology() *Topology {
@@ -1375,7 +1431,7 @@ type StrategyLayerOutput struct {
 
 func (x *StrategyLayerOutput) Reset() {
 	*x = StrategyLayerOutput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1443,7 @@ func (x *StrategyLayerOutput) String() string {
 func (*StrategyLayerOutput) ProtoMessage() {}
 
 func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1456,7 @@ func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerOutput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerOutput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StrategyLayerOutput) GetSlots() []uint32 {
@@ -1424,7 +1480,7 @@ type StrategyPlanResponse struct {
 
 func (x *StrategyPlanResponse) Reset() {
 	*x = StrategyPlanResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1492,7 @@ func (x *StrategyPlanResponse) String() string {
 func (*StrategyPlanResponse) ProtoMessage() {}
 
 func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1505,7 @@ func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanResponse.ProtoReflect.Descriptor instead.
 func (*StrategyPlanResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StrategyPlanResponse) GetLayers() []*StrategyLayerOutput {
@@ -1532,7 +1588,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x05remap\x18\b \x01(\v2\x19.swiftmoe.v1.RemapSummaryR\x05remap\x12/\n" +
 	"\x06source\x18\t \x01(\x0e2\x17.swiftmoe.v1.PlanSourceR\x06source\x12\x12\n" +
 	"\x04note\x18\n" +
-	" \x01(\tR\x04note\"\xdc\x03\n" +
+	" \x01(\tR\x04note\"\x9a\x04\n" +
 	"\x12RegisterJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x121\n" +
 	"\btopology\x18\x02 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12*\n" +
@@ -1541,10 +1597,14 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x0fbytes_per_param\x18\x05 \x01(\rR\rbytesPerParam\x129\n" +
 	"\x19optimizer_bytes_per_param\x18\x06 \x01(\rR\x16optimizerBytesPerParam\x12\x1a\n" +
 	"\bstrategy\x18\a \x01(\tR\bstrategy\x12_\n" +
-	"\x10strategy_options\x18\b \x03(\v24.swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntryR\x0fstrategyOptions\x1aB\n" +
+	"\x10strategy_options\x18\b \x03(\v24.swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntryR\x0fstrategyOptions\x12<\n" +
+	"\rcurrent_slots\x18\t \x03(\v2\x17.swiftmoe.v1.LayerSlotsR\fcurrentSlots\x1aB\n" +
 	"\x14StrategyOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\"\n" +
+	"\n" +
+	"LayerSlots\x12\x14\n" +
+	"\x05slots\x18\x01 \x03(\rR\x05slots\"\xdb\x01\n" +
 	"\x13RegisterJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12@\n" +
 	"\fshard_layout\x18\x02 \x03(\v2\x1d.swiftmoe.v1.LayerShardLayoutR\vshardLayout\x124\n" +
@@ -1618,7 +1678,7 @@ func file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP() []byte {
 }
 
 var file_swiftmoe_v1_swiftmoe_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_swiftmoe_v1_swiftmoe_proto_goTypes = []any{
 	(PlanSource)(0),                // 0: swiftmoe.v1.PlanSource
 	(*Topology)(nil),               // 1: swiftmoe.v1.Topology
@@ -1630,20 +1690,21 @@ var file_swiftmoe_v1_swiftmoe_proto_goTypes = []any{
 	(*RemapSummary)(nil),           // 7: swiftmoe.v1.RemapSummary
 	(*Plan)(nil),                   // 8: swiftmoe.v1.Plan
 	(*RegisterJobRequest)(nil),     // 9: swiftmoe.v1.RegisterJobRequest
-	(*RegisterJobResponse)(nil),    // 10: swiftmoe.v1.RegisterJobResponse
-	(*LayerLoads)(nil),             // 11: swiftmoe.v1.LayerLoads
-	(*ReportLoadsRequest)(nil),     // 12: swiftmoe.v1.ReportLoadsRequest
-	(*ReportLoadsResponse)(nil),    // 13: swiftmoe.v1.ReportLoadsResponse
-	(*GetPlanRequest)(nil),         // 14: swiftmoe.v1.GetPlanRequest
-	(*ListStrategiesRequest)(nil),  // 15: swiftmoe.v1.ListStrategiesRequest
-	(*ListStrategiesResponse)(nil), // 16: swiftmoe.v1.ListStrategiesResponse
-	(*DescribeRequest)(nil),        // 17: swiftmoe.v1.DescribeRequest
-	(*StrategyLayerInput)(nil),     // 18: swiftmoe.v1.StrategyLayerInput
-	(*StrategyPlanRequest)(nil),    // 19: swiftmoe.v1.StrategyPlanRequest
-	(*StrategyLayerOutput)(nil),    // 20: swiftmoe.v1.StrategyLayerOutput
-	(*StrategyPlanResponse)(nil),   // 21: swiftmoe.v1.StrategyPlanResponse
-	nil,                            // 22: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
-	nil,                            // 23: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	(*LayerSlots)(nil),             // 10: swiftmoe.v1.LayerSlots
+	(*RegisterJobResponse)(nil),    // 11: swiftmoe.v1.RegisterJobResponse
+	(*LayerLoads)(nil),             // 12: swiftmoe.v1.LayerLoads
+	(*ReportLoadsRequest)(nil),     // 13: swiftmoe.v1.ReportLoadsRequest
+	(*ReportLoadsResponse)(nil),    // 14: swiftmoe.v1.ReportLoadsResponse
+	(*GetPlanRequest)(nil),         // 15: swiftmoe.v1.GetPlanRequest
+	(*ListStrategiesRequest)(nil),  // 16: swiftmoe.v1.ListStrategiesRequest
+	(*ListStrategiesResponse)(nil), // 17: swiftmoe.v1.ListStrategiesResponse
+	(*DescribeRequest)(nil),        // 18: swiftmoe.v1.DescribeRequest
+	(*StrategyLayerInput)(nil),     // 19: swiftmoe.v1.StrategyLayerInput
+	(*StrategyPlanRequest)(nil),    // 20: swiftmoe.v1.StrategyPlanRequest
+	(*StrategyLayerOutput)(nil),    // 21: swiftmoe.v1.StrategyLayerOutput
+	(*StrategyPlanResponse)(nil),   // 22: swiftmoe.v1.StrategyPlanResponse
+	nil,                            // 23: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	nil,                            // 24: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
 }
 var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
 	2,  // 0: swiftmoe.v1.StrategyInfo.options:type_name -> swiftmoe.v1.OptionSpec
@@ -1652,34 +1713,35 @@ var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
 	7,  // 3: swiftmoe.v1.Plan.remap:type_name -> swiftmoe.v1.RemapSummary
 	0,  // 4: swiftmoe.v1.Plan.source:type_name -> swiftmoe.v1.PlanSource
 	1,  // 5: swiftmoe.v1.RegisterJobRequest.topology:type_name -> swiftmoe.v1.Topology
-	22, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
-	5,  // 7: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
-	8,  // 8: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
-	3,  // 9: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
-	11, // 10: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
-	8,  // 11: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
-	3,  // 12: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 13: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
-	18, // 14: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
-	23, // 15: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
-	20, // 16: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
-	9,  // 17: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
-	12, // 18: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
-	14, // 19: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
-	15, // 20: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
-	17, // 21: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
-	19, // 22: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
-	10, // 23: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
-	13, // 24: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
-	8,  // 25: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
-	16, // 26: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
-	3,  // 27: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
-	21, // 28: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
-	23, // [23:29] is the sub-list for method output_type
-	17, // [17:23] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	23, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	10, // 7: swiftmoe.v1.RegisterJobRequest.current_slots:type_name -> swiftmoe.v1.LayerSlots
+	5,  // 8: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
+	8,  // 9: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
+	3,  // 10: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
+	12, // 11: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
+	8,  // 12: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
+	3,  // 13: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 14: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
+	19, // 15: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
+	24, // 16: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	21, // 17: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
+	9,  // 18: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
+	13, // 19: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
+	15, // 20: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
+	16, // 21: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
+	18, // 22: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
+	20, // 23: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
+	11, // 24: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
+	14, // 25: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
+	8,  // 26: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
+	17, // 27: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
+	3,  // 28: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
+	22, // 29: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_swiftmoe_v1_swiftmoe_proto_init() }
@@ -1693,7 +1755,7 @@ func file_swiftmoe_v1_swiftmoe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_swiftmoe_v1_swiftmoe_proto_rawDesc), len(file_swiftmoe_v1_swiftmoe_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -129,7 +129,7 @@ class Plan(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., strategy: _Optional[str] = ..., world_size: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., max_over_mean: _Optional[float] = ..., remap: _Optional[_Union[RemapSummary, _Mapping]] = ..., source: _Optional[_Union[PlanSource, str]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class RegisterJobRequest(_message.Message):
-    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options")
+    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options", "current_slots")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class RegisterJobRequest(_message.Message):
     OPTIMIZER_BYTES_PER_PARAM_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SLOTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     topology: Topology
     experts_per_layer: _containers.RepeatedScalarFieldContainer[int]
@@ -153,7 +154,14 @@ class RegisterJobRequest(_message.Message):
     optimizer_bytes_per_param: int
     strategy: str
     strategy_options: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    current_slots: _containers.RepeatedCompositeFieldContainer[LayerSlots]
+    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., current_slots: _Optional[_Iterable[_Union[LayerSlots, _Mapping]]] = ...) -> None: ...
+
+class LayerSlots(_message.Message):
+    __slots__ = ("slots",)
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterJobResponse(_message.Message):
     __slots__ = ("job_id", "shard_layout", "initial_plan", "strategy")
