@@ -34,12 +34,12 @@ lint: ## gofmt, go vet, go mod tidy check and ruff
 	$(GO) vet ./...
 	@cp go.mod /tmp/swiftmoe-go.mod.bak; cp go.sum /tmp/swiftmoe-go.sum.bak; $(GO) mod tidy; \
 	if ! git diff --quiet -- go.mod go.sum; then git diff -- go.mod go.sum; cp /tmp/swiftmoe-go.mod.bak go.mod; cp /tmp/swiftmoe-go.sum.bak go.sum; echo "go mod tidy changes go.mod/go.sum: run it and commit" >&2; exit 1; fi
-	$(PYTHON) -m ruff check pyshim test examples
-	$(PYTHON) -m ruff format --check pyshim test examples
+	$(PYTHON) -m ruff check pyshim test examples scripts
+	$(PYTHON) -m ruff format --check pyshim test examples scripts
 
 fmt: ## format Go and Python sources
 	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
-	$(PYTHON) -m ruff format pyshim test examples
+	$(PYTHON) -m ruff format pyshim test examples scripts
 
 test: deps proto-check lint build test-go test-py ## install what is needed and run every test
 	@echo "make test: all tests passed"
