@@ -58,6 +58,24 @@ func BenchmarkSwiftMoEPlan(b *testing.B) { benchPlan(b, benchRequest(0)) }
 
 func BenchmarkSwiftMoEPlanNodes8(b *testing.B) { benchPlan(b, benchRequest(8)) }
 
+// BenchmarkSwiftMoEPlanSequential plans the 64 layers of the target one
+// after another on one goroutine: its cpu-ns/op is the compute of a whole
+// plan (the target is under 2 ms), free of scheduling.
+func BenchmarkSwiftMoEPlanSequential(b *testing.B) {
+	req := benchRequest(0)
+	p := new(planner)
+	dst := make([]int, req.Topology.TotalSlots())
+	cpu0 := cpuTime()
+	for b.Loop() {
+		for _, l := range req.Layers {
+			if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
 // BenchmarkSwiftMoEPlanLayer is one layer on one goroutine: the compute per
 // layer, free of scheduling.
 func BenchmarkSwiftMoEPlanLayer(b *testing.B) {

@@ -32,7 +32,9 @@ type planner struct {
 	capR     []int32   // most replicas one rank may hold: ceil(reps/nRanks)
 	order    []int32   // experts by w descending (rank packing order)
 	byWeight []uint64  // sort keys for order
-	eheap    []int32   // max-heap of experts while handing out replicas
+	sortTmp  []uint64  // sortKeys scratch
+	sortCnt  []int32
+	eheap    []int32 // max-heap of experts while handing out replicas
 
 	// Per rank.
 	load     []float64
@@ -104,6 +106,8 @@ func (p *planner) reset() {
 	p.capR = grow(p.capR, e)
 	p.order = grow(p.order, e)
 	p.byWeight = grow(p.byWeight, e)
+	p.sortTmp = grow(p.sortTmp, max(e, n))
+	p.sortCnt = grow(p.sortCnt, max(e, n)*sortBuckets+1)
 	p.eheap = grow(p.eheap, e)[:0]
 	p.need = grow(p.need, e)
 
@@ -175,7 +179,7 @@ func (p *planner) sortByWeight() {
 		k = k<<repsBits | (top - uint64(p.reps[e]))
 		keys = append(keys, k<<idBits|uint64(e))
 	}
-	slices.Sort(keys)
+	sortKeys(keys, p.sortTmp, p.sortCnt)
 	idMask := uint64(1)<<idBits - 1
 	for i, k := range keys {
 		p.order[i] = int32(k & idMask)

@@ -33,7 +33,7 @@ func (p *planner) refine(lo, hi int) {
 		keys = append(keys, p.hkey(int32(q)))
 		sum += p.load[q]
 	}
-	slices.Sort(keys)
+	sortKeys(keys, p.sortTmp, p.sortCnt)
 	p.sorted = keys
 	even := sum / float64(hi-lo) * (1 + 1e-9)
 
@@ -47,18 +47,19 @@ func (p *planner) refine(lo, hi int) {
 		tol := la * 1e-12
 		bestM := la - tol
 		bi, bb, bj, bk := -1, int32(-1), -1, -1
-		for i := range s {
-			x := int32(p.dst[int(a)*s+i])
-			wx := p.w[x]
-			for ki, key := range keys[:k] {
-				b := p.hrank(key)
-				lb := p.load[b]
-				if lb+tol >= la {
-					break // the rest are no lighter
-				}
-				base := int(b) * s
-				for j := range s {
-					y := int32(p.dst[base+j])
+		rowA := p.dst[int(a)*s : int(a+1)*s]
+		for ki, key := range keys[:k] {
+			b := p.hrank(key)
+			lb := p.load[b]
+			// No swap leaves the pair below their mean, and the rest
+			// are no lighter.
+			if lb+tol >= la || (la+lb)/2 >= bestM {
+				break
+			}
+			rowB := p.dst[int(b)*s : int(b+1)*s]
+			for i, x := range rowA {
+				wx := p.w[x]
+				for j, y := range rowB {
 					wy := p.w[y]
 					if y == x || wy >= wx {
 						continue
@@ -67,7 +68,7 @@ func (p *planner) refine(lo, hi int) {
 					if m >= bestM {
 						continue
 					}
-					if p.placed(b, x) >= p.capR[x] || p.placed(a, y) >= p.capR[y] {
+					if p.placed(b, int32(x)) >= p.capR[x] || p.placed(a, int32(y)) >= p.capR[y] {
 						continue
 					}
 					bi, bb, bj, bk, bestM = i, b, j, ki, m

@@ -6,13 +6,14 @@ package swiftmoe
 // load the slots are spread uniformly.
 //
 // Handing out the extra slots one by one is the greedy pick of the largest
-// values among {load_e/k : k >= 1}. For a threshold t, expert e has
-// floor(load_e/t) values >= t; when those number at most extra in all,
-// every one of them is among the picks. So the counts start at
-// 1 + floor(load_e/t) for the lowest such t found, and a heap hands out
-// the few left. t = total/extra always qualifies but leaves about E/2
-// slots for the heap (the floors drop half a slot each on average);
-// shrinking t by those halves usually leaves only a handful.
+// values among {load_e/k : k >= 1}. For a rate u, expert e has
+// f_e(u) = floor(load_e*u) values >= 1/u, f(u) in all. When f(u) <= extra,
+// every one of them is among the picks; when f(u) >= extra, every pick is
+// one of them. So a few secant steps on u bracket the count: the counts
+// start at 1 + f_e(lo) for the best lower rate found, and a heap hands the
+// few slots left to the experts that have values between the two rates.
+// u = extra/total and u = (extra+E)/total bracket it to begin with, since
+// the floors lose less than one value per expert.
 func (p *planner) replicaCounts() {
 	e, ns := p.nExperts, p.nRanks*p.nSlots
 	var total float64
@@ -24,62 +25,61 @@ func (p *planner) replicaCounts() {
 		return
 	}
 	extra := ns - e
-	sum := e
-	if extra > 0 {
-		sum += p.floorCounts(total, extra)
-	} else {
-		for i := range e {
-			p.reps[i] = 1
+	lo, hi := float64(extra)/total, float64(extra+e)/total
+	fLo, fHi := p.floorSum(lo), p.floorSum(hi)
+	for range countSteps {
+		if fLo >= extra || fHi <= fLo {
+			break
+		}
+		u := lo + (hi-lo)*float64(extra-fLo)/float64(fHi-fLo)
+		if u <= lo || u >= hi {
+			break
+		}
+		if f := p.floorSum(u); f <= extra {
+			lo, fLo = u, f
+		} else {
+			hi, fHi = u, f
 		}
 	}
-	p.handOut(ns - sum)
+	if fLo > extra { // rounding: no lower rate
+		lo, fLo = 0, 0
+	}
+	for i := range e {
+		p.reps[i] = 1 + int32(p.loadOf(i)*lo)
+	}
+	p.handOut(extra-fLo, lo, hi, fHi >= extra)
 }
 
-// floorCounts sets reps to 1 + floor(load/t), with t the lower of the two
-// thresholds above whose floors sum to at most extra, and returns that sum.
-func (p *planner) floorCounts(total float64, extra int) int {
-	t := total / (float64(extra) + float64(p.nExperts)/2)
-	if !p.floorsFit(t, extra) {
-		t = total / float64(extra)
-	}
+// countSteps bounds replicaCounts' secant steps.
+const countSteps = 4
+
+// floorSum is f(u), the sum of floor(load*u).
+func (p *planner) floorSum(u float64) int {
 	sum := 0
-	inv := 1 / t
 	for i := range p.nExperts {
-		k := int32(p.loadOf(i) * inv)
-		p.reps[i] = 1 + k
-		sum += int(k)
-	}
-	if sum > extra { // rounding pushed the floors past the slots
-		for i := range p.nExperts {
-			p.reps[i] = 1
-		}
-		sum = 0
+		sum += int(p.loadOf(i) * u)
 	}
 	return sum
 }
 
-// floorsFit reports whether the floors of load/t sum to at most extra.
-// (Both passes multiply by 1/t: the same rounding in both, and the sum is
-// checked, so the counts never overshoot.)
-func (p *planner) floorsFit(t float64, extra int) bool {
-	sum, inv := 0, 1/t
-	for i := range p.nExperts {
-		if sum += int(p.loadOf(i) * inv); sum > extra {
-			return false
-		}
-	}
-	return true
-}
-
 // handOut gives left more replicas, one at a time, to the expert with the
-// highest load per replica.
-func (p *planner) handOut(left int) {
+// highest load per replica. When bracketed, only experts with a value
+// between rates lo and hi can take one, and only they enter the heap.
+func (p *planner) handOut(left int, lo, hi float64, bracketed bool) {
 	if left <= 0 {
 		return
 	}
 	h := p.eheap[:0]
 	for i := range p.nExperts {
-		h = append(h, int32(i))
+		l := p.loadOf(i)
+		if !bracketed || int(l*hi) > int(l*lo) {
+			h = append(h, int32(i))
+		}
+	}
+	if len(h) == 0 {
+		for i := range p.nExperts {
+			h = append(h, int32(i))
+		}
 	}
 	for i := len(h)/2 - 1; i >= 0; i-- {
 		p.edown(h, i)

@@ -1,0 +1,152 @@
+package swiftmoe
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// TestOrderSlotsKeepsCurrent checks orderSlots on random rows: the row is a
+// permutation of the packed one, and as many slots keep their current
+// expert as possible (for every expert, the smaller of its counts in the
+// two rows).
+func TestOrderSlotsKeepsCurrent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	for trial := range 20000 {
+		s, e := 1+rng.IntN(6), 1+rng.IntN(5)
+		row, cur := make([]int, s), make([]int, s)
+		for i := range s {
+			row[i], cur[i] = rng.IntN(e), rng.IntN(e)
+		}
+		p := &planner{nRanks: 1, nSlots: s, dst: slices.Clone(row), cur: cur}
+		p.orderSlots()
+		got := p.dst
+		a, b := slices.Clone(got), slices.Clone(row)
+		slices.Sort(a)
+		slices.Sort(b)
+		if !slices.Equal(a, b) {
+			t.Fatalf("trial %d: orderSlots(%v, current %v) = %v, not a permutation", trial, row, cur, got)
+		}
+		want := 0
+		for x := range e {
+			want += min(countOf(row, x), countOf(cur, x))
+		}
+		kept := 0
+		for i := range s {
+			if got[i] == cur[i] {
+				kept++
+			}
+		}
+		if kept != want {
+			t.Fatalf("trial %d: orderSlots(%v, current %v) = %v keeps %d slots, want %d", trial, row, cur, got, kept, want)
+		}
+	}
+}
+
+func countOf(v []int, x int) int {
+	n := 0
+	for _, y := range v {
+		if y == x {
+			n++
+		}
+	}
+	return n
+}
+
+// TestSortByWeightKeys checks that the integer-key sort orders experts as
+// the comparison sort does (weights far enough apart that the keys' cut
+// does not tie them, plus exact ties broken by replicas and id).
+func TestSortByWeightKeys(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 1))
+	for trial := range 200 {
+		e := 1 + rng.IntN(300)
+		p := &planner{nRanks: 1 + rng.IntN(64), nExperts: e}
+		p.nSlots = (e + p.nRanks - 1) / p.nRanks * (1 + rng.IntN(3))
+		p.dst = make([]int, p.nRanks*p.nSlots)
+		p.loads = make([]float64, e)
+		for i := range p.loads {
+			p.loads[i] = float64(rng.IntN(50)) // many exact ties
+		}
+		p.reset()
+		left := len(p.dst) - e
+		for i := range p.reps {
+			p.reps[i] = 1
+		}
+		for ; left > 0; left-- {
+			p.reps[rng.IntN(e)]++
+		}
+		p.sortByWeight()
+		got := slices.Clone(p.order)
+		p.sortByWeightFunc()
+		if !slices.Equal(got, p.order) {
+			t.Fatalf("trial %d (E=%d): key sort %v, comparison sort %v", trial, e, got, p.order)
+		}
+	}
+}
+
+// TestReplicaCountsGreedy checks the bracketed replica counts against
+// handing out the extra slots one at a time to the highest load per
+// replica (ties to the lower id).
+func TestReplicaCountsGreedy(t *testing.T) {
+	rng := rand.New(rand.NewPCG(77, 1))
+	for trial := range 3000 {
+		topo, loads := randomCase(rng)
+		p := &planner{nRanks: topo.WorldSize, nSlots: topo.SlotsPerRank, nExperts: len(loads), loads: loads}
+		p.dst = make([]int, topo.TotalSlots())
+		p.reset()
+		p.replicaCounts()
+		got := slices.Clone(p.reps)
+		var total float64
+		for _, l := range loads {
+			total += l
+		}
+		if total <= 0 {
+			continue
+		}
+		want := make([]int32, len(loads))
+		for i := range want {
+			want[i] = 1
+		}
+		for range len(p.dst) - len(loads) {
+			best := 0
+			for i := range want {
+				if loads[i]*float64(want[best]) > loads[best]*float64(want[i]) {
+					best = i
+				}
+			}
+			want[best]++
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("trial %d: N*S=%d loads %v: counts %v, greedy %v", trial, len(p.dst), loads, got, want)
+		}
+	}
+}
+
+// TestSortKeys checks sortKeys against slices.Sort on spread, bunched and
+// tiny inputs.
+func TestSortKeys(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 4))
+	for trial := range 2000 {
+		n := rng.IntN(600)
+		keys := make([]uint64, n)
+		for i := range keys {
+			switch trial % 3 {
+			case 0:
+				keys[i] = rng.Uint64()
+			case 1: // bunched, with an outlier
+				keys[i] = 1<<40 + rng.Uint64N(1000)
+			default:
+				keys[i] = rng.Uint64N(uint64(n) + 1)
+			}
+		}
+		if trial%3 == 1 && n > 0 {
+			keys[0] = 1 << 62
+		}
+		want := slices.Clone(keys)
+		slices.Sort(want)
+		sortKeys(keys, make([]uint64, n), make([]int32, n*sortBuckets+1))
+		if !slices.Equal(keys, want) {
+			t.Fatalf("trial %d (n=%d): sortKeys result not sorted like slices.Sort", trial, n)
+		}
+	}
+}
