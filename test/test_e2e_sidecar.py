@@ -430,3 +430,50 @@ def test_orphan_check_finds_a_detached_sidecar_named_process(tmp_path) -> None:
             if info is not None and g.is_swiftmoe_name(info.name):
                 os.kill(pid, signal.SIGKILL)
         child.wait(timeout=10)
+
+
+def test_session_guard_fails_a_run_that_leaves_an_orphan(tmp_path) -> None:
+    """A pytest session whose only (passing) test leaves a detached process named like the
+    sidecar ends with exit status 1, names the process, and has killed it."""
+    conftest = (REPO / "test" / "conftest.py").read_text()
+    conftest = conftest.replace(
+        'Path(__file__).resolve().parents[1] / "pyshim" / "tests" / "conftest.py"',
+        repr(str(REPO / "pyshim" / "tests" / "conftest.py")),
+    )
+    assert repr(str(REPO / "pyshim" / "tests" / "conftest.py")) in conftest, (
+        "test/conftest.py no longer locates the guard as this test expects"
+    )
+    (tmp_path / "conftest.py").write_text(conftest)
+    fake = tmp_path / "swiftmoe-sidecar"
+    shutil.copy("/bin/sleep", fake)
+    pidfile = tmp_path / "pid"
+    (tmp_path / "test_leak.py").write_text(
+        "import subprocess\n\n\n"
+        "def test_leaks():\n"
+        f'    cmd = \'"{fake}" 60 </dev/null >/dev/null 2>&1 & echo $! > "{pidfile}"\'\n'
+        "    subprocess.run(['/bin/sh', '-c', cmd], check=True, timeout=10)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SWIFTMOE_TEST_SESSION"}
+    env["SWIFTMOE_ORPHAN_GRACE_S"] = "1"
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    pid = int(pidfile.read_text())
+    g = _guard()
+    try:
+        assert r.returncode == 1, f"exit status {r.returncode}:\n{r.stdout}\n{r.stderr}"
+        assert "1 passed" in r.stdout and "orphaned processes" in r.stdout, r.stdout
+        assert f"pid {pid} " in r.stdout, r.stdout
+        end = time.monotonic() + 10
+        while (info := g.proc_info(pid)) is not None and info.state not in ("Z", "X"):
+            assert time.monotonic() < end, f"the guard did not kill orphan pid {pid}"
+            time.sleep(0.05)
+    finally:
+        info = g.proc_info(pid)
+        if info is not None and info.name == "swiftmoe-sidecar":
+            os.kill(pid, signal.SIGKILL)

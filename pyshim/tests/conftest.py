@@ -3,9 +3,10 @@
 At configure time the session exports ``SWIFTMOE_TEST_SESSION=<uuid>``; every process the tests
 start (ranks, sidecars, the plugins a sidecar starts) inherits it. When the session finishes,
 :func:`find_orphans` scans ``/proc`` for sidecar and plugin processes that carry this session's
-marker in ``/proc/PID/environ`` or descend from the pytest process, waits a short grace period
-for those on their way out, and fails the run (exit status 1) listing the survivors, which it
-then kills by pid so that they do not outlive the run either.
+marker in ``/proc/PID/environ`` or descend from the pytest process, waits a grace period
+(``$SWIFTMOE_ORPHAN_GRACE_S``, default 10 s) for those on their way out, and fails the run
+(exit status 1) listing the survivors, which it then kills by pid so that they do not outlive
+the run either.
 
 test/conftest.py loads this file under another module name and calls the same hooks; the check
 runs once per session whichever conftests pytest loaded.
@@ -26,7 +27,7 @@ import pytest
 SESSION_ENV = "SWIFTMOE_TEST_SESSION"
 SIDECAR_NAME = "swiftmoe-sidecar"
 PLUGIN_PREFIX = "swiftmoe-strategy-"
-GRACE_S = 10.0
+GRACE_ENV = "SWIFTMOE_ORPHAN_GRACE_S"  # seconds to wait for exiting processes (default 10)
 _INTERPRETERS = ("sh", "bash", "dash", "env", "python", "python3")
 _DONE_ATTR = "_swiftmoe_orphan_check_done"
 
@@ -153,7 +154,7 @@ def scan(marker: str | None, root_pid: int | None, env_key: str = SESSION_ENV) -
 def find_orphans(
     marker: str | None,
     root_pid: int | None,
-    grace_s: float = GRACE_S,
+    grace_s: float = 10.0,
     env_key: str = SESSION_ENV,
 ) -> list[ProcInfo]:
     """:func:`scan`, repeated for up to ``grace_s`` while processes are still on their way out."""
@@ -195,7 +196,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if getattr(config, _DONE_ATTR, False) or hasattr(config, "workerinput"):
         return
     setattr(config, _DONE_ATTR, True)
-    found = find_orphans(os.environ.get(SESSION_ENV), os.getpid())
+    try:
+        grace_s = float(os.environ.get(GRACE_ENV, "10"))
+    except ValueError:
+        grace_s = 10.0
+    found = find_orphans(os.environ.get(SESSION_ENV), os.getpid(), grace_s)
     if not found:
         return
     msg = (
