@@ -63,7 +63,7 @@ HANG_MARGIN_S = 1.0  # a step may exceed the deadline by this much (busy 2-core 
 HANG_MAX_S = 25.0  # give up waiting for the replacement sidecar after this long
 ATOL = 1e-5
 
-pytestmark = pytest.mark.skipif(
+needs_sidecar = pytest.mark.skipif(
     not os.access(SIDECAR, os.X_OK), reason=f"{SIDECAR} is missing: run `make build`"
 )
 
@@ -280,6 +280,7 @@ def clean_run():
 # ---------------------------------------------------------------------------- tests
 
 
+@needs_sidecar
 def test_plans_arrive_are_accepted_and_training_matches_reference(clean_run) -> None:
     res, wall = clean_run
     r0 = res[0]
@@ -298,6 +299,7 @@ def test_plans_arrive_are_accepted_and_training_matches_reference(clean_run) -> 
     _assert_matches_reference(res, "clean")
 
 
+@needs_sidecar
 def test_no_orphans_after_close_and_after_exit(clean_run) -> None:
     res, _ = clean_run
     r0 = res[0]
@@ -308,33 +310,39 @@ def test_no_orphans_after_close_and_after_exit(clean_run) -> None:
     assert not sock.exists() and not sock.parent.exists(), f"{sock} or its directory remains"
 
 
-def test_attached_sidecar_plans_and_is_left_running(tmp_path, monkeypatch) -> None:
+@needs_sidecar
+def test_attached_sidecar_plans_and_is_left_running(monkeypatch) -> None:
     from swiftmoe.sidecar import ManagedSidecar
 
     case = uuid.uuid4().hex
     sockdir = tempfile.mkdtemp(prefix="smoe-att-")
     monkeypatch.setenv("TMPDIR", sockdir)
     monkeypatch.setenv(CASE_ENV, case)
-    sc = ManagedSidecar(start_timeout_s=30)
     try:
-        address = sc.address
-        res, wall = _run("attach", address=address, tmpdir=sockdir)
-        print(f"attach: {STEPS} steps in {wall:.1f}s")
-        r0 = res[0]
-        assert r0["pid0"] is None, "attached: the engine must not own a sidecar"
-        assert r0["events"] == ["accepted"] * STEPS, r0["events"]
-        _assert_matches_reference(res, "attach")
-        assert sc.alive() and sc.address == address, "the engine stopped a sidecar it attached to"
-        assert _socket_path(address).exists()
+        sc = ManagedSidecar(start_timeout_s=30)
+        try:
+            address = sc.address
+            res, wall = _run("attach", address=address, tmpdir=sockdir)
+            print(f"attach: {STEPS} steps in {wall:.1f}s")
+            r0 = res[0]
+            assert r0["pid0"] is None, "attached: the engine must not own a sidecar"
+            assert r0["events"] == ["accepted"] * STEPS, r0["events"]
+            _assert_matches_reference(res, "attach")
+            assert sc.alive() and sc.address == address, (
+                "the engine stopped a sidecar it attached to"
+            )
+            assert _socket_path(address).exists()
+        finally:
+            sc.close()
+        assert not sc.alive()
+        assert _procs(case, grace_s=5.0) == []
+        left = [n for n in os.listdir(sockdir) if n.startswith("swiftmoe")]
+        assert left == [], f"left after close: {left}"
     finally:
-        sc.close()
-    assert not sc.alive()
-    assert _procs(case, grace_s=5.0) == []
-    left = [n for n in os.listdir(sockdir) if n.startswith("swiftmoe")]
-    shutil.rmtree(sockdir, ignore_errors=True)
-    assert left == [], f"left after close: {left}"
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
+@needs_sidecar
 def test_sidecar_killed_mid_run_training_continues_and_matches(clean_run) -> None:
     clean, _ = clean_run
     res, wall = _run("kill")
@@ -364,6 +372,7 @@ def test_sidecar_killed_mid_run_training_continues_and_matches(clean_run) -> Non
         )
 
 
+@needs_sidecar
 def test_hung_sidecar_never_stalls_a_step_past_the_deadline() -> None:
     res, wall = _run("hang")
     r0 = res[0]
