@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -481,6 +482,7 @@ class ManagedSidecar:
         self.start_timeout_s = float(start_timeout_s)
         self.stop_timeout_s = float(stop_timeout_s)
         self._lock = threading.RLock()
+        self._final = False
         self._proc: subprocess.Popen[str] | None = None
         self._address: str | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -603,6 +605,9 @@ class ManagedSidecar:
         if proc.poll() is None:
             try:
                 proc.terminate()
+                # A stopped (SIGSTOP, hung in a debugger) sidecar acts on SIGTERM only once resumed.
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGCONT)
                 proc.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning(
@@ -639,11 +644,21 @@ class ManagedSidecar:
             pass
 
     def restart(self) -> None:
-        """Stops the process (if it still runs) and starts a new one; ``address`` changes."""
+        """Stops the process (if it still runs) and starts a new one; ``address`` changes.
+
+        Raises SidecarError after ``shutdown()``, so a late restart cannot outlive its owner."""
         with self._lock:
+            if self._final:
+                raise SidecarError("the sidecar was shut down; it is not restarted")
             self.close()
             self.restarts += 1
             self._start()
+
+    def shutdown(self) -> None:
+        """``close()`` for good: a later ``restart()`` refuses to start a new process."""
+        with self._lock:
+            self._final = True
+            self.close()
 
     def close(self) -> None:
         """Stops the sidecar and its plugins and removes its socket. Safe to call twice."""
@@ -817,7 +832,7 @@ class PlanService:
         if self.client is not None:
             self.client.close()
         if self.sidecar is not None:
-            self.sidecar.close()
+            self.sidecar.shutdown()
 
     def __enter__(self) -> PlanService:
         self.start()

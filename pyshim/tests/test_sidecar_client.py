@@ -676,3 +676,24 @@ def _fake_sidecar_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_fake_sidecar_main(sys.argv[1:]))
+
+
+def test_managed_sidecar_stops_a_stopped_process_fast(fake_binary):
+    s = sc.ManagedSidecar(binary=fake_binary, stop_timeout_s=5.0)
+    pid = s.pid
+    os.kill(pid, signal.SIGSTOP)  # a hung sidecar
+    t0 = time.monotonic()
+    s.close()
+    took = time.monotonic() - t0
+    assert wait_gone(pid)
+    assert took < 3.0, f"close of a stopped sidecar took {took:.2f}s; SIGCONT must follow SIGTERM"
+
+
+def test_managed_sidecar_shutdown_refuses_restart(fake_binary):
+    s = sc.ManagedSidecar(binary=fake_binary)
+    pid = s.pid
+    s.shutdown()
+    assert wait_gone(pid)
+    with pytest.raises(sc.SidecarError, match="shut down"):
+        s.restart()
+    assert s.pid is None or not Path(f"/proc/{s.pid}").exists()
