@@ -678,8 +678,9 @@ if __name__ == "__main__":
     sys.exit(_fake_sidecar_main(sys.argv[1:]))
 
 
-def test_managed_sidecar_stops_a_stopped_process_fast(fake_binary):
-    s = sc.ManagedSidecar(binary=fake_binary, stop_timeout_s=5.0)
+@real
+def test_managed_sidecar_stops_a_stopped_process_fast():
+    s = sc.ManagedSidecar(binary=REAL_BINARY, stop_timeout_s=5.0)
     pid = s.pid
     os.kill(pid, signal.SIGSTOP)  # a hung sidecar
     t0 = time.monotonic()
