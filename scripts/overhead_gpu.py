@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""The shim's per-iteration overhead: one training step of a model of ``swiftmoe.nn.MoE`` layers
+under ``swiftmoe.replicate_`` against the same model unpatched, at world size 1.
+
+On one GPU (NCCL, bf16 by default, so the engine runs its slots with torch._grouped_mm on
+Hopper or newer):
+
+    python3 scripts/overhead_gpu.py [--json FILE]
+
+On CPUs (gloo, fp32, one thread):
+
+    python3 scripts/overhead_gpu.py --device cpu --tokens 1024 --dim 128 --hidden 256
+
+A step is forward, a mean-square loss, backward, the optimizer step (AdamW; under SwiftMoE the
+dense AdamW plus ``handle.step()``: the sharded expert step and the remap) and zero_grad. The
+two models start from the same weights and train on the same inputs; the systems alternate
+step by step (A B A B ...) so drift hits both alike, and each is timed by its median. At world
+size 1 the engine still counts loads, all-reduces them, splits, runs both all_to_all_single
+calls, the gradient and weight exchanges and the plan poll: its whole per-iteration machinery,
+with no network time to hide it. The unpatched model runs its experts one by one (a loop over
+experts); under the engine on a GPU they run as grouped GEMMs, so a negative overhead means the
+engine's expert path is faster than the loop it replaces.
+
+Shape legend: T tokens, D model dim, F expert hidden dim, E experts, L MoE layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "pyshim"))
+
+import swiftmoe  # noqa: E402
+from swiftmoe.nn import MoE  # noqa: E402
+
+
+class Net(nn.Module):
+    """L residual blocks ``x + MoE(LayerNorm(x))``."""
+
+    def __init__(self, layers: int, dim: int, hidden: int, experts: int, top_k: int) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.moes = nn.ModuleList(MoE(dim, hidden, experts, top_k) for _ in range(layers))
+
+    def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
+        for norm, moe in zip(self.norms, self.moes, strict=True):
+            x_TD = x_TD + moe(norm(x_TD))
+        return x_TD
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                   help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--dim", type=int, default=1024)
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--iters", type=int, default=30, help="timed steps per system")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per system")
+    p.add_argument("--strategy", default="none",
+                   help="'none' (static placement, no sidecar) or a sidecar strategy name")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="torch threads on cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=120.0, help="collective timeout, seconds")
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    for name in ("layers", "dim", "hidden", "experts", "top_k", "tokens", "iters", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    if not 1 <= args.top_k <= args.experts:
+        p.error("--top-k must be in 1..--experts")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device visible; run on a GPU or pass --device cpu")
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Initializes a world-size-1 group, times both systems, returns the figures."""
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(args.threads)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = dist.FileStore(os.path.join(tmp, "store"), 1)
+        dist.init_process_group(
+            backend, store=store, rank=0, world_size=1,
+            timeout=datetime.timedelta(seconds=args.timeout),
+        )  # fmt: skip
+        try:
+            return _measure(args, device, dtype, backend)
+        finally:
+            dist.destroy_process_group()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(args, device: torch.device, dtype: torch.dtype, backend: str) -> dict:
+    torch.manual_seed(args.seed)
+    ref = Net(args.layers, args.dim, args.hidden, args.experts, args.top_k).to(device, dtype)
+    model = copy.deepcopy(ref)
+    cfg = swiftmoe.SwiftMoEConfig(
+        slots_per_rank=args.experts,
+        optimizer="AdamW",
+        optimizer_kwargs={"lr": 1e-4},
+        strategy=None if args.strategy == "none" else args.strategy,
+    )
+    handle = swiftmoe.replicate_(model, cfg)
+    try:
+        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
+        dense_opt = torch.optim.AdamW(handle.dense_parameters(model), lr=1e-4)
+        g = torch.Generator().manual_seed(args.seed + 1)
+        inputs = [
+            torch.randn(args.tokens, args.dim, generator=g).to(device, dtype) for _ in range(4)
+        ]
+
+        def step_ref(x_TD: torch.Tensor) -> float:
+            loss = ref(x_TD).float().pow(2).mean()
+            loss.backward()
+            ref_opt.step()
+            ref_opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        def step_swiftmoe(x_TD: torch.Tensor) -> float:
+            loss = model(x_TD).float().pow(2).mean()
+            loss.backward()
+            dense_opt.step()
+            handle.step()
+            dense_opt.zero_grad(set_to_none=True)
+            handle.zero_grad()
+            return loss.detach()
+
+        # Same weights, same input: the first losses agree to rounding (the same computation).
+        first = (float(step_ref(inputs[0])), float(step_swiftmoe(inputs[0])))
+        times: dict[str, list[float]] = {"unpatched": [], "swiftmoe": []}
+        fns = {"unpatched": step_ref, "swiftmoe": step_swiftmoe}
+        for i in range(args.warmup + args.iters):
+            x_TD = inputs[i % len(inputs)]
+            for name, fn in fns.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn(x_TD)
+                _sync(device)
+                if i >= args.warmup:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        handle.close()
+    ref_ms = statistics.median(times["unpatched"])
+    moe_ms = statistics.median(times["swiftmoe"])
+    if device.type == "cuda":
+        name = torch.cuda.get_device_properties(device).name
+    else:
+        name = f"CPU ({torch.get_num_threads()} torch thread(s))"
+    return {
+        "device": name,
+        "backend": backend,
+        "torch": torch.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "world_size": 1,
+        "strategy": args.strategy,
+        "config": {
+            k: getattr(args, k)
+            for k in ("layers", "dim", "hidden", "experts", "top_k", "tokens", "iters", "warmup")
+        },
+        "first_loss": {"unpatched": first[0], "swiftmoe": first[1]},
+        "unpatched_ms": round(ref_ms, 4),
+        "swiftmoe_ms": round(moe_ms, 4),
+        "overhead_ms": round(moe_ms - ref_ms, 4),
+        "overhead_pct": round(100.0 * (moe_ms - ref_ms) / ref_ms, 2),
+        "unpatched_ms_p90": round(_p90(times["unpatched"]), 4),
+        "swiftmoe_ms_p90": round(_p90(times["swiftmoe"]), 4),
+    }
+
+
+def _p90(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(0.9 * len(s)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    r = measure(args)
+    c = r["config"]
+    print(
+        f"{r['device']}, {r['backend']}, {r['dtype']}, world size 1, L={c['layers']} "
+        f"D={c['dim']} F={c['hidden']} E={c['experts']} top-{c['top_k']} T={c['tokens']}, "
+        f"median of {c['iters']} steps"
+    )
+    print(f"  unpatched  {r['unpatched_ms']:.3f} ms/step (p90 {r['unpatched_ms_p90']:.3f})")
+    print(f"  swiftmoe   {r['swiftmoe_ms']:.3f} ms/step (p90 {r['swiftmoe_ms_p90']:.3f})")
+    print(f"  overhead   {r['overhead_ms']:+.3f} ms/step ({r['overhead_pct']:+.2f}%)")
+    print(f"  first loss unpatched {r['first_loss']['unpatched']:.6f} "
+          f"swiftmoe {r['first_loss']['swiftmoe']:.6f}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
