@@ -286,6 +286,7 @@ class SimSystem:
     tokens_dropped: float | None = None
     replicas_ILE: list[list[list[int]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    components_s: dict[str, float] = field(default_factory=dict)  # mean seconds per component
 
 
 def _num(v: Any) -> bool:
@@ -303,6 +304,9 @@ def read_sim(obj_or_path: Any) -> list[SimSystem]:
             raise ValueError(f"--sim {src}: cannot read JSON ({e})") from None
     if not isinstance(obj, dict) or not obj:
         raise ValueError(f"{src}: expected a JSON object of systems; see `swiftmoe report --help`")
+    summary = obj.get("summary")
+    if isinstance(summary, dict) and isinstance(summary.get("systems"), dict):
+        return _read_swiftmoe_sim(obj, src)
     systems = obj.get("systems", obj)
     if isinstance(systems, dict):
         items = [(k, v if isinstance(v, dict) else {"mean_step_s": v}) for k, v in systems.items()]
@@ -347,6 +351,46 @@ def read_sim(obj_or_path: Any) -> list[SimSystem]:
                 tokens_dropped=float(dropped) if _num(dropped) else None,
                 replicas_ILE=reps,
                 extra={k: v for k, v in s.items() if _num(v)},
+            )
+        )
+    return out
+
+
+_COMPONENTS = ("compute", "a2a", "transfer", "migration")
+
+
+def _read_swiftmoe_sim(obj: dict, src: str) -> list[SimSystem]:
+    """``swiftmoe sim --output`` JSON: ``summary.systems[name].mean_step_ms`` and the
+    ``mean_<component>_ms`` split, per-iteration ``iterations[i].systems[name].step_ms`` (and
+    ``replicas`` [L][E] when the simulator records them)."""
+    summ = obj["summary"]["systems"]
+    names = obj.get("systems") if isinstance(obj.get("systems"), list) else list(summ)
+    iters = obj.get("iterations") if isinstance(obj.get("iterations"), list) else []
+    out = []
+    for name in names:
+        d = summ.get(name)
+        if not isinstance(d, dict) or not _num(d.get("mean_step_ms")) or not d["mean_step_ms"] > 0:
+            raise ValueError(
+                f"{src}: summary.systems[{name!r}].mean_step_ms must be a positive number; "
+                "regenerate the file with `swiftmoe sim --output FILE`"
+            )
+        per = [it.get("systems", {}).get(name, {}) for it in iters if isinstance(it, dict)]
+        step = [float(r["step_ms"]) * 1e-3 for r in per if _num(r.get("step_ms"))]
+        reps = [r.get("replicas") for r in per]
+        components = {
+            c: float(d[f"mean_{c}_ms"]) * 1e-3 for c in _COMPONENTS if _num(d.get(f"mean_{c}_ms"))
+        }
+        out.append(
+            SimSystem(
+                name=name,
+                mean_step_s=float(d["mean_step_ms"]) * 1e-3,
+                step_s=step if step and len(step) == len(per) else None,
+                tokens_dropped=float(d["tokens_dropped"])
+                if _num(d.get("tokens_dropped"))
+                else None,
+                replicas_ILE=reps if reps and all(isinstance(r, list) for r in reps) else None,
+                extra={k: v for k, v in d.items() if _num(v)},
+                components_s=components,
             )
         )
     return out
@@ -545,7 +589,19 @@ def plot_step_times(systems: Sequence[SimSystem], path: str | Path, title: str =
     ax = axes[-1]
     order = sorted(systems, key=lambda s: s.mean_step_s)
     ys = range(len(order))
-    ax.barh(list(ys), [s.mean_step_s * 1e3 for s in order], color="tab:blue")
+    comps = [c for c in _COMPONENTS if all(c in s.components_s for s in order)]
+    if comps:
+        left = [0.0] * len(order)
+        for c in comps:
+            w = [s.components_s[c] * 1e3 for s in order]
+            ax.barh(list(ys), w, left=left, label=c)
+            left = [a + b for a, b in zip(left, w, strict=True)]
+        rest = [s.mean_step_s * 1e3 - x for s, x in zip(order, left, strict=True)]
+        if any(r > 1e-9 for r in rest):
+            ax.barh(list(ys), rest, left=left, label="other", color="lightgrey")
+        ax.legend(fontsize="small", loc="upper right")
+    else:
+        ax.barh(list(ys), [s.mean_step_s * 1e3 for s in order], color="tab:blue")
     ax.set_yticks(list(ys), [s.name for s in order], fontsize="small")
     ax.invert_yaxis()
     best = order[0].mean_step_s

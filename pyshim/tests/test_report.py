@@ -379,3 +379,50 @@ def test_convergence_summarize(tmp_path, capsys):
     assert (
         json.loads((loss / "summary.json").read_text())["curves"]["cf2.0"]["steps_to_target"] == 43
     )
+
+
+def swiftmoe_sim_doc(I: int = 5) -> dict:  # noqa: E741
+    """A document in the layout `swiftmoe sim --output` writes (summary + iterations)."""
+    systems = {"bound": 10.0, "swiftmoe": 10.5, "static-cf1.0": 10.0}
+    comp = {"compute_ms": 4.0, "a2a_ms": 1.0, "transfer_ms": 5.0, "migration_ms": 0.0}
+    return {
+        "systems": list(systems),
+        "summary": {
+            "systems": {
+                n: {
+                    "mean_step_ms": ms,
+                    **{f"mean_{k}": v for k, v in comp.items()},
+                    "tokens_dropped": 7 if "cf" in n else 0,
+                }
+                for n, ms in systems.items()
+            }
+        },
+        "iterations": [
+            {
+                "iteration": i,
+                "systems": {n: {"step_ms": ms + i, **comp} for n, ms in systems.items()},
+            }
+            for i in range(I)
+        ],
+    }
+
+
+def test_read_sim_reads_the_simulators_output(tmp_path):
+    p = tmp_path / "sim.json"
+    p.write_text(json.dumps(swiftmoe_sim_doc()))
+    systems = {s.name: s for s in report.read_sim(p)}
+    assert list(systems) == ["bound", "swiftmoe", "static-cf1.0"]
+    sw = systems["swiftmoe"]
+    assert sw.mean_step_s == pytest.approx(10.5e-3)
+    assert sw.step_s == pytest.approx([(10.5 + i) * 1e-3 for i in range(5)])
+    assert sw.components_s == pytest.approx(
+        {"compute": 4e-3, "a2a": 1e-3, "transfer": 5e-3, "migration": 0.0}
+    )
+    assert systems["static-cf1.0"].tokens_dropped == 7
+    assert sw.replicas_ILE is None
+    doc = swiftmoe_sim_doc()
+    doc["summary"]["systems"]["swiftmoe"]["mean_step_ms"] = "fast"
+    with pytest.raises(ValueError, match=r"summary.systems\['swiftmoe'\].mean_step_ms"):
+        report.read_sim(doc)
+    out = report.plot_step_times(report.read_sim(p), tmp_path / "s.png")
+    assert_drawn(out, report.FIG_WIDTH_PX, 480)
