@@ -1,10 +1,11 @@
-"""The ``swiftmoe`` command: ``swiftmoe doctor`` and ``swiftmoe plan ...``.
+"""The ``swiftmoe`` command: ``swiftmoe doctor``, ``swiftmoe plan ...`` and ``swiftmoe sim ...``.
 
 ``doctor`` checks what a training job needs and says, for each problem, what to do:
 torch and its distributed backends, the gRPC stubs, the bundled sidecar and strategy plugins
 (sha256 against their SHA256SUMS), and GPU/NIC discovery through ``swiftmoe-sidecar discover
 --json``. It exits 1 when something is broken. ``plan`` passes its arguments to
-``swiftmoe-sidecar plan`` (the offline planner).
+``swiftmoe-sidecar plan`` (the offline planner). ``sim`` replays a routing trace on a simulated
+cluster (``swiftmoe.sim``).
 """
 
 from __future__ import annotations
@@ -338,6 +339,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--timeout", type=float, default=60.0, help="seconds discovery may take (default 60)"
     )
+    from swiftmoe.sim.cli import add_parser as add_sim_parser
+
+    add_sim_parser(sub)
     sub.add_parser(
         "plan",
         help="offline planning: runs `swiftmoe-sidecar plan ARGS` (see `swiftmoe plan --help`)",
@@ -356,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.timeout > 0:
             p.error(f"--timeout is {args.timeout}: pass seconds > 0")
         return _doctor(args)
+    if args.command == "sim":
+        from swiftmoe.sim.cli import run as run_sim
+
+        return run_sim(args)
     p.print_help()
     return 2
 

@@ -1,0 +1,252 @@
+"""``swiftmoe sim``: the trace-driven cluster simulator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+DESCRIPTION = """\
+Replays a routing trace (JSON Lines of DESIGN.md) on a simulated cluster and compares systems:
+SwiftMoE (the real swiftmoe strategy plugin through a real sidecar, last-iteration prediction),
+FlexMoE at rebalance intervals (the flexmoe plugin, migration cost included), static expert
+parallelism dropless (padded to the largest expert) and with capacity factors (tokens dropped),
+and the perfect-balance bound. Tokens are split across replicas by swiftmoe.split.split_tokens,
+the engine's split, on per-source counts spread evenly from the trace's global counts.
+
+Step time per iteration = expert compute (slowest rank, from a calibration table) + token
+all-to-all (4 exchanges per layer) + gradient and weight transfers (charged to every system
+alike) + migration (FlexMoE) + --other-ms. The model is documented in swiftmoe/sim/model.py.
+"""
+
+EPILOG = """\
+examples:
+  swiftmoe sim --trace testdata/traces/cheaders-e8-top2-aux0.jsonl --gpus 16 --slots 4 \\
+      --tokens-per-iter 65536 --shape gpt-small
+  swiftmoe sim --synthetic-experts 256 --gpus 1024 --slots 4 --iterations 1000 --json
+"""
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    from swiftmoe.sim.systems import DEFAULT_SYSTEMS
+
+    p = sub.add_parser(
+        "sim",
+        help="simulate a cluster from a routing trace: SwiftMoE vs FlexMoE vs static vs bound",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("trace")
+    g.add_argument("--trace", type=Path, help="routing trace, JSON Lines (or use --synthetic-*)")
+    g.add_argument("--iterations", type=int, default=0, help="iterations to replay (0: all)")
+    g.add_argument(
+        "--tokens-per-iter",
+        type=int,
+        default=0,
+        help="tokens per iteration; every layer's counts are scaled to this x top-k (0: as "
+        "recorded; synthetic: 4096 per GPU)",
+    )
+    g.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
+    g.add_argument("--synthetic-experts", type=int, default=0, help="draw a synthetic trace")
+    g.add_argument("--synthetic-layers", type=int, default=1, help="synthetic MoE layers")
+    g.add_argument("--zipf", type=float, default=1.0, help="synthetic Zipf exponent (0: uniform)")
+    g.add_argument("--drift", type=int, default=1, help="synthetic adjacent swaps per iteration")
+    g.add_argument(
+        "--shift-every", type=int, default=0, help="synthetic: new hot set every N iterations"
+    )
+    g.add_argument("--seed", type=int, default=0, help="synthetic trace seed")
+    g.add_argument("--write-trace", type=Path, help="also write the (scaled) trace here")
+    c = p.add_argument_group("cluster")
+    c.add_argument("--gpus", type=int, default=16)
+    c.add_argument("--gpus-per-node", type=int, default=8)
+    c.add_argument("--slots", type=int, default=4, help="SwiftMoE/FlexMoE slots per GPU")
+    c.add_argument(
+        "--static-slots", type=int, default=0, help="static slots per GPU (0: same as --slots)"
+    )
+    c.add_argument("--d-model", type=int, default=768)
+    c.add_argument("--d-ff", type=int, default=3072)
+    c.add_argument("--gated", action="store_true", help="gated (SwiGLU) experts: 3 matrices")
+    c.add_argument("--bytes-per-param", type=int, default=2, help="weights, grads, tokens (2)")
+    c.add_argument("--optimizer-bytes", type=int, default=12, help="optimizer bytes/param (12)")
+    c.add_argument("--intra-bw", type=float, default=300.0, help="intra-node GB/s (300)")
+    c.add_argument("--inter-bw", type=float, default=12.5, help="inter-node GB/s per GPU (12.5)")
+    c.add_argument("--pcie-bw", type=float, default=25.0, help="PCIe GB/s for --offload (25)")
+    c.add_argument("--offload", action="store_true", help="optimizer state offloaded to host")
+    c.add_argument("--other-ms", type=float, default=0.0, help="non-MoE ms per iteration (0)")
+    m = p.add_argument_group("compute")
+    m.add_argument(
+        "--calibration", type=Path, help="table (default calibration/h200-expert-ffn.json)"
+    )
+    m.add_argument("--shape", help="table shape name or prefix (default: closest d_model/d_ff)")
+    m.add_argument(
+        "--compute-model",
+        choices=("auto", "per-slot", "grouped"),
+        default="auto",
+        help="per-slot kernels or one grouped GEMM per rank (auto: grouped on a GPU table)",
+    )
+    s = p.add_argument_group("systems and output")
+    s.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma list ({DEFAULT_SYSTEMS})")
+    s.add_argument("--flexmoe-threshold", type=float, help="flexmoe threshold option")
+    s.add_argument("--flexmoe-max-moves", type=int, help="flexmoe max_moves option")
+    s.add_argument("--json", action="store_true", help="print JSON (per iteration and summary)")
+    s.add_argument("--table", action="store_true", help="print the table (the default)")
+    s.add_argument("--output", type=Path, help="also write the JSON here")
+    s.add_argument("--binary", help="swiftmoe-sidecar to use (default: bundled / bin/)")
+    s.add_argument("--plugins-dir", help="strategy plugins folder (default: beside the binary)")
+    s.add_argument("--plugin-timeout", type=float, default=30.0, help="seconds per plan (30)")
+    return p
+
+
+def _err(msg: str) -> int:
+    print(f"swiftmoe sim: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from swiftmoe.sidecar import SidecarError
+    from swiftmoe.sim import calibration, model, report, systems, trace
+    from swiftmoe.sim.run import SimConfig, simulate
+
+    try:
+        if (args.trace is None) == (args.synthetic_experts == 0):
+            raise ValueError("pass exactly one of --trace FILE and --synthetic-experts E")
+        for name in ("iterations", "tokens_per_iter"):
+            v = getattr(args, name)
+            if v < 0:
+                raise ValueError(f"--{name.replace('_', '-')} is {v}: pass an integer >= 0")
+        if args.top_k < 1:
+            raise ValueError(f"--top-k is {args.top_k}: pass an integer >= 1")
+        if args.trace is not None:
+            loads = trace.read_trace(args.trace, args.iterations)
+            source = f"{args.trace} ({loads.shape[0]} iterations)"
+            if args.tokens_per_iter:
+                loads = trace.scale_loads(loads, args.tokens_per_iter * args.top_k)
+        else:
+            tokens = args.tokens_per_iter or 4096 * args.gpus
+            loads = trace.synthetic_trace(
+                args.synthetic_experts,
+                args.synthetic_layers,
+                args.iterations or 1000,
+                tokens,
+                args.top_k,
+                zipf=args.zipf,
+                drift=args.drift,
+                shift_every=args.shift_every,
+                seed=args.seed,
+            )
+            source = (
+                f"synthetic: {args.synthetic_experts} experts, {args.synthetic_layers} layer(s), "
+                f"Zipf {args.zipf:g}, {args.drift} swap(s)/iteration, new hot set every "
+                f"{args.shift_every or 'never'}, seed {args.seed}"
+            )
+        if args.write_trace:
+            trace.write_trace(args.write_trace, loads)
+        routed = int(loads.sum())
+        tokens_per_iter = routed / loads.shape[0] / loads.shape[1] / args.top_k
+        et = calibration.load_table(
+            args.calibration, args.shape, args.d_model, args.d_ff, args.gated
+        )
+        cm = args.compute_model
+        if cm == "auto":
+            cm = "grouped" if et.is_gpu else "per-slot"
+        cluster = model.Cluster(
+            gpus=args.gpus,
+            gpus_per_node=args.gpus_per_node,
+            d_model=args.d_model,
+            d_ff=args.d_ff,
+            gated=args.gated,
+            bytes_per_param=args.bytes_per_param,
+            optimizer_bytes=args.optimizer_bytes,
+            intra_bw=args.intra_bw * 1e9,
+            inter_bw=args.inter_bw * 1e9,
+            pcie_bw=args.pcie_bw * 1e9,
+            offload=args.offload,
+            compute_model=cm,
+        )
+        flex: dict[str, str] = {}
+        if args.flexmoe_threshold is not None:
+            flex["threshold"] = repr(float(args.flexmoe_threshold))
+        if args.flexmoe_max_moves is not None:
+            flex["max_moves"] = str(args.flexmoe_max_moves)
+        specs = systems.parse_systems(args.systems, flex)
+        cfg = SimConfig(
+            cluster=cluster,
+            slots=args.slots,
+            static_slots=args.static_slots or args.slots,
+            other_ms=args.other_ms,
+            plugin_timeout_s=args.plugin_timeout,
+        )
+        if not args.plugin_timeout > 0:
+            raise ValueError(f"--plugin-timeout is {args.plugin_timeout}: pass seconds > 0")
+        res = simulate(loads, cfg, et, specs, binary=args.binary, plugins_dir=args.plugins_dir)
+    except ValueError as e:
+        return _err(str(e))
+    except SidecarError as e:
+        return _err(f"{e}\n(the simulator drives the real strategy plugins: run `make build`)")
+    summary = report.summarize(res, routed)
+    n_it, L, E = loads.shape
+    meta = {
+        "trace": source,
+        "iterations": n_it,
+        "layers": L,
+        "experts": E,
+        "tokens_per_iter": tokens_per_iter,
+        "top_k": args.top_k,
+        "calibration": {
+            "table": et.table,
+            "device": et.device,
+            "shape": et.shape,
+            "compute_model": cm,
+        },
+        "cluster": {
+            "gpus": args.gpus,
+            "gpus_per_node": args.gpus_per_node,
+            "slots": cfg.slots,
+            "static_slots": cfg.static_slots,
+            "d_model": args.d_model,
+            "d_ff": args.d_ff,
+            "gated": args.gated,
+            "expert_params": cluster.expert_numel,
+            "bytes_per_param": args.bytes_per_param,
+            "optimizer_bytes": args.optimizer_bytes,
+            "intra_bw_GBps": args.intra_bw,
+            "inter_bw_GBps": args.inter_bw,
+            "pcie_bw_GBps": args.pcie_bw,
+            "offload": args.offload,
+            "other_ms": args.other_ms,
+        },
+    }
+    doc = report.to_json(res, summary, meta)
+    if args.output:
+        args.output.write_text(json.dumps(doc) + "\n")
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    print(
+        f"trace: {source}; {n_it} iterations x {L} layer(s) x {E} experts, "
+        f"{tokens_per_iter:,.0f} tokens/iteration, top-{args.top_k}"
+    )
+    print(
+        f"cluster: {args.gpus} GPUs ({args.gpus_per_node}/node), {cfg.slots} slots/GPU "
+        f"(static {cfg.static_slots}), expert d{args.d_model} f{args.d_ff}"
+        f"{' gated' if args.gated else ''}, intra {args.intra_bw:g} GB/s, inter {args.inter_bw:g} "
+        f"GB/s{', offload over PCIe ' + format(args.pcie_bw, 'g') + ' GB/s' if args.offload else ''}"
+    )
+    print(f"compute: {et.table} [{et.device}], shape {et.shape!r}, {cm} model")
+    if (
+        et.shape
+        and (d := calibration._dims(et.shape))
+        and (d[0], d[1]) != (args.d_model, args.d_ff)
+    ):
+        print(f"note: the table's shape is d{d[0]} f{d[1]}, not d{args.d_model} f{args.d_ff}")
+    print(
+        f"simulated in {res.timing_s['total_s']:.1f}s (split {res.timing_s['split_s']:.1f}s, "
+        f"sidecar {res.timing_s['sidecar_s']:.1f}s); ms per iteration, means over iterations\n"
+    )
+    print(report.format_table(res, summary))
+    return 0

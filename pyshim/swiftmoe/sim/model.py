@@ -1,0 +1,259 @@
+"""The simulator's cost model: pure functions from one layer's token placement to milliseconds.
+
+Per iteration and MoE layer, for a cluster of N GPUs (G per node) with S slots each:
+
+* expert compute: the slowest rank. ``per-slot``: the sum over the rank's slots of t(tokens in
+  the slot) (one kernel per slot, the engine's CPU path); ``grouped``: t(tokens on the rank)
+  (one grouped GEMM over the rank's slots, the engine's GPU path: torch._grouped_mm, whose time
+  does not depend on how tokens spread over slots; calibration/h200-grouped-slots.json).
+* token all-to-all: 4 one-way exchanges of the same volume (dispatch and combine, forward and
+  backward). One exchange takes the slowest rank's max(intra-node bytes / intra bandwidth,
+  inter-node bytes / inter bandwidth), where a rank's bytes in a tier are max(sent, received)
+  (full-duplex links, tiers in parallel). A token is d_model * bytes_per_param bytes.
+* gradient and weight transfers: every slot's gradient goes, 1/N per owner, to the N shard
+  owners (reduce-scatter), and every slot receives all N updated shards of the expert it holds
+  next (all-gather to the next placement). 2 * S * P * bytes_per_param * (N-1)/N bytes per rank
+  and layer, P = d_model * d_ff * (3 if gated else 2). Static expert parallelism with the same S
+  slots per GPU moves the same volume in its data-parallel expert reduction (all-reduce = reduce-
+  scatter + all-gather), so it is charged to every system alike, each with its own S.
+* migration (FlexMoE): the plan's ``migrated_bytes`` (weights + optimizer state of moved
+  replicas) over the inter-node bandwidth (intra-node on one node; PCIe with offloaded optimizer
+  state), charged to the iteration that first runs the new placement.
+
+Shape legend: N ranks, S slots per rank, K = N*S slots, Q = N source ranks, R = N ranks,
+E experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from swiftmoe.sim.calibration import ExpertTime
+
+__all__ = [
+    "Cluster",
+    "a2a_cols_ms",
+    "a2a_ms",
+    "capacity_layer",
+    "compute_ms",
+    "flow_layer",
+    "LayerCost",
+    "migration_ms",
+    "padded_layer",
+    "transfer_ms",
+]
+
+COMPUTE_MODELS = ("per-slot", "grouped")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    gpus: int
+    gpus_per_node: int
+    d_model: int
+    d_ff: int
+    gated: bool
+    bytes_per_param: int
+    optimizer_bytes: int
+    intra_bw: float  # bytes/s
+    inter_bw: float  # bytes/s
+    pcie_bw: float  # bytes/s
+    offload: bool
+    compute_model: str
+
+    def __post_init__(self) -> None:
+        for name in ("gpus", "gpus_per_node", "d_model", "d_ff", "bytes_per_param"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
+        if isinstance(self.optimizer_bytes, bool) or self.optimizer_bytes < 0:
+            raise ValueError(f"--optimizer-bytes is {self.optimizer_bytes!r}: pass an integer >= 0")
+        for name in ("intra_bw", "inter_bw", "pcie_bw"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and np.isfinite(v)):
+                raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass GB/s > 0")
+        if self.compute_model not in COMPUTE_MODELS:
+            raise ValueError(
+                f"--compute-model is {self.compute_model!r}: pass one of {', '.join(COMPUTE_MODELS)}"
+            )
+        node_R = np.arange(self.gpus) // self.gpus_per_node
+        object.__setattr__(self, "_node_R", node_R)
+        object.__setattr__(self, "_node_starts", np.arange(0, self.gpus, self.gpus_per_node))
+
+    @property
+    def expert_numel(self) -> int:
+        return self.d_model * self.d_ff * (3 if self.gated else 2)
+
+    @property
+    def token_bytes(self) -> int:
+        return self.d_model * self.bytes_per_param
+
+    @property
+    def ranks_per_node(self) -> int:
+        """For the token split's same-node preference: 0 when everything is on one node."""
+        return self.gpus_per_node if self.gpus_per_node < self.gpus else 0
+
+
+@dataclass
+class LayerCost:
+    compute_ms: float
+    a2a_ms: float
+    transfer_ms: float
+    dropped: int
+    load_R: np.ndarray  # real tokens processed per rank
+
+
+def compute_ms(et: ExpertTime, tokens_RS: np.ndarray, model: str) -> float:
+    """The slowest rank's expert time; tokens_RS [N, S] tokens per slot (padding included)."""
+    t = np.asarray(tokens_RS, dtype=np.float64)
+    if model == "grouped":
+        return float(et(t.sum(axis=1)).max())
+    return float(et(t).sum(axis=1).max())
+
+
+def _a2a_from_tiers(c: Cluster, si, ri, se, re_) -> float:
+    tb = c.token_bytes
+    t_intra = np.maximum(si, ri) * tb / c.intra_bw
+    t_inter = np.maximum(se, re_) * tb / c.inter_bw
+    return 4.0 * 1e3 * float(np.maximum(t_intra, t_inter).max())
+
+
+def a2a_ms(c: Cluster, F_QR: np.ndarray) -> float:
+    """All four exchanges of a layer; F_QR tokens source rank q sends to rank r."""
+    F = np.asarray(F_QR, dtype=np.float64)
+    node_R, starts = c._node_R, c._node_starts  # type: ignore[attr-defined]
+    own = np.diagonal(F)
+    by_node_QM = np.add.reduceat(F, starts, axis=1)
+    by_node_MR = np.add.reduceat(F, starts, axis=0)
+    ar = np.arange(c.gpus)
+    si = by_node_QM[ar, node_R] - own  # a rank's own tokens do not travel
+    ri = by_node_MR[node_R, ar] - own
+    se = F.sum(axis=1) - own - si
+    re_ = F.sum(axis=0) - own - ri
+    return _a2a_from_tiers(c, si, ri, se, re_)
+
+
+def a2a_cols_ms(c: Cluster, w_R: np.ndarray) -> float:
+    """a2a_ms of F_QR = w_R for every source q (every source sends w_r tokens to rank r)."""
+    w = np.asarray(w_R, dtype=np.float64)
+    node_R, starts = c._node_R, c._node_starts  # type: ignore[attr-defined]
+    size_M = np.diff(np.append(starts, c.gpus))
+    node_sum_M = np.add.reduceat(w, starts)
+    si = node_sum_M[node_R] - w
+    se = w.sum() - node_sum_M[node_R]
+    ri = (size_M[node_R] - 1) * w
+    re_ = (c.gpus - size_M[node_R]) * w
+    return _a2a_from_tiers(c, si, ri, se, re_)
+
+
+def transfer_ms(c: Cluster, slots_per_rank: int) -> float:
+    """Gradient reduce-scatter plus weight all-gather of one layer's slots."""
+    N = c.gpus
+    per_peer = slots_per_rank * c.expert_numel * c.bytes_per_param / N
+    local = min(c.gpus_per_node, N)
+    t = max((local - 1) * per_peer / c.intra_bw, (N - local) * per_peer / c.inter_bw)
+    return 2.0 * 1e3 * t
+
+
+def migration_ms(c: Cluster, migrated_bytes: int) -> float:
+    if c.offload:
+        bw = c.pcie_bw
+    else:
+        bw = c.inter_bw if c.gpus > c.gpus_per_node else c.intra_bw
+    return 1e3 * migrated_bytes / bw
+
+
+def flow_layer(c: Cluster, et: ExpertTime, flow_QK: np.ndarray, S: int) -> LayerCost:
+    """A layer run by the engine: flow_QK from swiftmoe.split.split_tokens, no padding."""
+    N = c.gpus
+    f = np.asarray(flow_QK)
+    x_RS = f.sum(axis=0).reshape(N, S)
+    F_QR = f.reshape(N, N, S).sum(axis=2)
+    return LayerCost(
+        compute_ms=compute_ms(et, x_RS, c.compute_model),
+        a2a_ms=a2a_ms(c, F_QR),
+        transfer_ms=transfer_ms(c, S),
+        dropped=0,
+        load_R=x_RS.sum(axis=1),
+    )
+
+
+def _replicas(slots_K: np.ndarray, E: int) -> np.ndarray:
+    return np.bincount(slots_K, minlength=E)
+
+
+def _padded_a2a(c: Cluster, flow_QK: np.ndarray, S: int, buf_R: np.ndarray) -> float:
+    """a2a_ms when rank r receives buf_R[r] tokens (padding included) in the pattern of the
+    engine's flow: every source's share of r's real tokens is scaled to r's buffer (each source
+    pads what it sends to r); a rank that gets no real token gets an equal share from every
+    source."""
+    N = c.gpus
+    F_QR = np.asarray(flow_QK).reshape(N, N, S).sum(axis=2).astype(np.float64)
+    real_R = F_QR.sum(axis=0)
+    has = real_R > 0
+    scale_R = np.where(has, buf_R / np.where(has, real_R, 1.0), 0.0)
+    F_QR *= scale_R[None, :]
+    F_QR[:, ~has] = buf_R[~has] / N
+    return a2a_ms(c, F_QR)
+
+
+def padded_layer(
+    c: Cluster,
+    et: ExpertTime,
+    loads_E: np.ndarray,
+    slots_K: np.ndarray,
+    S: int,
+    flow_QK: np.ndarray,
+) -> LayerCost:
+    """Static dropless, as DeepSpeed with drop_tokens off: tokens split evenly over an expert's
+    replicas, every slot's buffer padded to the largest per-replica count (the all-reduced max).
+    flow_QK (the engine's split on the static placement) gives who sends to whom."""
+    N = c.gpus
+    L_E = np.asarray(loads_E, dtype=np.int64)
+    slots_K = np.asarray(slots_K, dtype=np.int64)
+    reps_E = _replicas(slots_K, L_E.size)
+    held = reps_E > 0
+    pad = int(np.max(-(-L_E[held] // reps_E[held]))) if held.any() else 0
+    real_K = L_E[slots_K] / reps_E[slots_K]
+    x_RS = np.full((N, S), float(pad))
+    return LayerCost(
+        compute_ms=compute_ms(et, x_RS, c.compute_model),
+        a2a_ms=_padded_a2a(c, flow_QK, S, x_RS.sum(axis=1)),
+        transfer_ms=transfer_ms(c, S),
+        dropped=0,
+        load_R=real_K.reshape(N, S).sum(axis=1),
+    )
+
+
+def capacity_layer(
+    c: Cluster,
+    et: ExpertTime,
+    loads_E: np.ndarray,
+    slots_K: np.ndarray,
+    S: int,
+    capacity_factor: float,
+    flow_QK: np.ndarray,
+) -> LayerCost:
+    """Static with a capacity factor: expert e may take cf * (tokens * k) / E tokens in all,
+    ceil(that / replicas) per replica; the rest are dropped. Buffers are padded to capacity
+    (DeepSpeed's fixed-shape dispatch), so compute and all-to-all see the capacity; flow_QK
+    (the engine's split on the static placement) gives who sends to whom."""
+    N = c.gpus
+    L_E = np.asarray(loads_E, dtype=np.int64)
+    E = L_E.size
+    slots_K = np.asarray(slots_K, dtype=np.int64)
+    reps_E = np.maximum(_replicas(slots_K, E), 1)
+    cap_E = np.ceil(capacity_factor * float(L_E.sum()) / (E * reps_E) - 1e-9).astype(np.int64)
+    kept_E = np.minimum(L_E, reps_E * cap_E)
+    cap_K = cap_E[slots_K]
+    x_RS = cap_K.reshape(N, S).astype(np.float64)
+    real_K = kept_E[slots_K] / reps_E[slots_K]
+    return LayerCost(
+        compute_ms=compute_ms(et, x_RS, c.compute_model),
+        a2a_ms=_padded_a2a(c, flow_QK, S, x_RS.sum(axis=1)),
+        transfer_ms=transfer_ms(c, S),
+        dropped=int((L_E - kept_E).sum()),
+        load_R=real_K.reshape(N, S).sum(axis=1),
+    )

@@ -1,0 +1,285 @@
+"""Replays a routing trace through the real strategy plugins and the engine's token split.
+
+One sidecar (``swiftmoe-sidecar serve``, the one a training job uses) serves every system: one
+registered job per placement sequence (``swiftmoe``, each ``flexmoe-N``, and one ``static`` job
+shared by the static systems). Iteration t runs under plan P_t (P_0 = the registration's
+initial static placement); afterwards t's loads are reported and the answer is P_{t+1}
+(last-iteration prediction, the sidecar's default predictor). Systems placed by a plan route
+their tokens with ``swiftmoe.split.split_tokens`` on the per-source counts of
+:func:`swiftmoe.sim.trace.source_counts`; costs come from :mod:`swiftmoe.sim.model`.
+
+Shape legend: I iterations (n_it), L layers, E experts, N ranks, S slots per rank, K = N*S slots,
+Q = N source ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from swiftmoe import split as splitlib
+from swiftmoe._proto.v1 import swiftmoe_pb2 as pb
+from swiftmoe.sidecar import JobSpec, ManagedSidecar, SidecarClient, SidecarPlan
+from swiftmoe.sim import model
+from swiftmoe.sim.calibration import ExpertTime
+from swiftmoe.sim.systems import BOUND, CAPACITY, ENGINE, PADDED, SystemSpec
+from swiftmoe.sim.trace import source_counts, uniform_loads
+
+__all__ = ["FIELDS", "SimConfig", "SimResult", "simulate"]
+
+FIELDS = (
+    "step_ms",
+    "compute_ms",
+    "a2a_ms",
+    "transfer_ms",
+    "migration_ms",
+    "dropped",
+    "max_over_mean",
+)
+STRATEGY_SOURCE = "PLAN_SOURCE_STRATEGY"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    cluster: model.Cluster
+    slots: int  # SwiftMoE's and FlexMoE's slots per GPU
+    static_slots: int  # the static systems' and the bound's slots per GPU
+    other_ms: float = 0.0  # per-iteration time outside the MoE layers, added to every system
+    plugin_timeout_s: float = 30.0
+    rpc_timeout_s: float = 60.0
+    start_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("slots", "static_slots"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
+        if not (self.other_ms >= 0 and np.isfinite(self.other_ms)):
+            raise ValueError(f"--other-ms is {self.other_ms!r}: pass milliseconds >= 0")
+
+
+@dataclass
+class JobState:
+    key: tuple
+    strategy: str
+    options: dict[str, str]
+    S: int
+    job_id: str = ""
+    slots_LK: list[np.ndarray] = field(default_factory=list)
+    pending_migrated: int = 0
+    migrated_bytes: int = 0
+    placement_changes: int = 0
+    fallbacks: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    systems: list[SystemSpec]
+    per_iteration: dict[str, dict[str, np.ndarray]]  # system -> field -> [I]
+    jobs: dict[str, dict[str, Any]]  # system -> its job's counters
+    timing_s: dict[str, float]
+    iterations: int
+    layers: int
+    experts: int
+
+
+def _check_shapes(loads_ILE: np.ndarray, cfg: SimConfig, systems: list[SystemSpec]) -> None:
+    if loads_ILE.ndim != 3 or min(loads_ILE.shape) < 1:
+        raise ValueError("loads_ILE must be [iterations, layers, experts] with every size >= 1")
+    E, N = loads_ILE.shape[2], cfg.cluster.gpus
+    for s in systems:
+        S = cfg.static_slots if s.static else cfg.slots
+        if N * S < E:
+            flag = "--static-slots" if s.static else "--slots"
+            raise ValueError(
+                f"{s.name}: {N} GPUs x {S} slots = {N * S} slots cannot hold {E} experts: raise "
+                f"{flag} to at least {-(-E // N)} or --gpus"
+            )
+
+
+def _job_spec(cfg: SimConfig, job: JobState, L: int, E: int) -> JobSpec:
+    c = cfg.cluster
+    return JobSpec(
+        world_size=c.gpus,
+        slots_per_rank=job.S,
+        experts_per_layer=[E] * L,
+        expert_param_numel=[c.expert_numel],
+        strategy=job.strategy,
+        strategy_options=job.options,
+        ranks_per_node=min(c.gpus_per_node, c.gpus),
+        bytes_per_param=c.bytes_per_param,
+        optimizer_bytes_per_param=c.optimizer_bytes,
+        intra_node_bandwidth=float(c.intra_bw),
+        inter_node_bandwidth=float(c.inter_bw),
+    )
+
+
+def _report(client: SidecarClient, job: JobState, it: int, loads_LE: np.ndarray, timeout_s: float):
+    """ReportLoads; the plan and its remap's migrated_bytes (SidecarPlan does not carry it)."""
+    req = pb.ReportLoadsRequest(
+        job_id=job.job_id,
+        iteration=it,
+        layers=[pb.LayerLoads(tokens=[int(v) for v in row]) for row in loads_LE],
+    )
+    resp = client._call("ReportLoads", req, timeout_s)
+    return SidecarPlan.from_proto(resp.plan), int(resp.plan.remap.migrated_bytes)
+
+
+def simulate(
+    loads_ILE: np.ndarray,
+    cfg: SimConfig,
+    et: ExpertTime,
+    systems: list[SystemSpec],
+    address: str | None = None,
+    binary: str | None = None,
+    plugins_dir: str | None = None,
+    progress: Any = None,
+) -> SimResult:
+    """Runs every system over the trace; starts (and stops) its own sidecar unless ``address``."""
+    loads_ILE = np.asarray(loads_ILE, dtype=np.int64)
+    _check_shapes(loads_ILE, cfg, systems)
+    n_it, L, E = loads_ILE.shape
+    c = cfg.cluster
+    N = c.gpus
+    jobs: dict[tuple, JobState] = {}
+    for s in systems:
+        if s.job_key not in jobs:
+            jobs[s.job_key] = JobState(
+                s.job_key, s.strategy, dict(s.options), cfg.static_slots if s.static else cfg.slots
+            )
+    per = {s.name: {f: np.zeros(n_it) for f in FIELDS} for s in systems}
+    bound_flows: dict[tuple, np.ndarray] = {}
+    timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0}
+    t_start = time.perf_counter()
+    sidecar = None
+    client = None
+    try:
+        if jobs:
+            if address is None:
+                sidecar = ManagedSidecar(
+                    binary=binary,
+                    plugins_dir=plugins_dir,
+                    extra_args=("--plugin-timeout", f"{cfg.plugin_timeout_s:g}s"),
+                    start_timeout_s=cfg.start_timeout_s,
+                )
+                address = sidecar.address
+            client = SidecarClient(address, cfg.rpc_timeout_s)
+            t0 = time.perf_counter()
+            for job in jobs.values():
+                reg = client.register_job(_job_spec(cfg, job, L, E))
+                job.job_id = reg.job_id
+                job.slots_LK = [np.asarray(r, dtype=np.int64) for r in reg.initial_plan.slots_LK]
+            timing["sidecar_s"] += time.perf_counter() - t0
+        for it in range(n_it):
+            for job in jobs.values():
+                job_mig = job.pending_migrated
+                job.pending_migrated = 0
+                for s in systems:
+                    if s.kind != BOUND and s.job_key == job.key:  # the bound never migrates
+                        per[s.name]["migration_ms"][it] = model.migration_ms(c, job_mig)
+            for li in range(L):
+                L_E = loads_ILE[it, li]
+                total = int(L_E.sum())
+                counts_QE = None
+                flows: dict[tuple, np.ndarray] = {}
+                for s in systems:
+                    S = cfg.static_slots if s.static else cfg.slots
+                    tc = time.perf_counter()
+                    slots_K = jobs[s.job_key].slots_LK[li]
+                    if s.kind == BOUND:
+                        key = (total, E, S, slots_K.tobytes())
+                        flow = bound_flows.get(key)
+                        if flow is None:
+                            ts = time.perf_counter()
+                            flow = splitlib.split_tokens(
+                                source_counts(uniform_loads(total, E), N),
+                                slots_K,
+                                S,
+                                ranks_per_node=c.ranks_per_node,
+                            ).numpy()
+                            timing["split_s"] += time.perf_counter() - ts
+                            if len(bound_flows) > 64:
+                                bound_flows.clear()
+                            bound_flows[key] = flow
+                        cost = model.flow_layer(c, et, flow, S)
+                    else:
+                        flow = flows.get(s.job_key)
+                        if flow is None:
+                            if counts_QE is None:
+                                counts_QE = source_counts(L_E, N)
+                            ts = time.perf_counter()
+                            flow = splitlib.split_tokens(
+                                counts_QE, slots_K, S, ranks_per_node=c.ranks_per_node
+                            ).numpy()
+                            timing["split_s"] += time.perf_counter() - ts
+                            tc += time.perf_counter() - ts
+                            flows[s.job_key] = flow
+                        if s.kind == PADDED:
+                            cost = model.padded_layer(c, et, L_E, slots_K, S, flow)
+                        elif s.kind == CAPACITY:
+                            cost = model.capacity_layer(
+                                c, et, L_E, slots_K, S, s.capacity_factor, flow
+                            )
+                        else:
+                            assert s.kind == ENGINE
+                            cost = model.flow_layer(c, et, flow, S)
+                    timing["cost_s"] += time.perf_counter() - tc
+                    row = per[s.name]
+                    row["compute_ms"][it] += cost.compute_ms
+                    row["a2a_ms"][it] += cost.a2a_ms
+                    row["transfer_ms"][it] += cost.transfer_ms
+                    row["dropped"][it] += cost.dropped
+                    mean = float(cost.load_R.mean())
+                    mom = float(cost.load_R.max()) / mean if mean > 0 else 1.0
+                    row["max_over_mean"][it] = max(row["max_over_mean"][it], mom)
+            if it + 1 < n_it and client is not None:
+                t0 = time.perf_counter()
+                for job in jobs.values():
+                    plan, migrated = _report(client, job, it, loads_ILE[it], cfg.rpc_timeout_s)
+                    if plan.source != STRATEGY_SOURCE:
+                        job.fallbacks += 1
+                        if len(job.notes) < 3:
+                            job.notes.append(f"iteration {it + 1}: {plan.source}: {plan.note}")
+                    new = [np.asarray(r, dtype=np.int64) for r in plan.slots_LK]
+                    if any(
+                        not np.array_equal(a, b) for a, b in zip(new, job.slots_LK, strict=True)
+                    ):
+                        job.placement_changes += 1
+                    job.slots_LK = new
+                    job.pending_migrated = migrated
+                    job.migrated_bytes += migrated
+                timing["sidecar_s"] += time.perf_counter() - t0
+            if progress is not None:
+                progress(it + 1, n_it)
+    finally:
+        if client is not None:
+            client.close()
+        if sidecar is not None:
+            sidecar.close()
+    for s in systems:
+        row = per[s.name]
+        row["step_ms"][:] = (
+            row["compute_ms"]
+            + row["a2a_ms"]
+            + row["transfer_ms"]
+            + row["migration_ms"]
+            + cfg.other_ms
+        )
+    timing["total_s"] = time.perf_counter() - t_start
+    job_info = {}
+    for s in systems:
+        j = jobs[s.job_key]
+        job_info[s.name] = {
+            "strategy": j.strategy,
+            "strategy_options": j.options,
+            "slots_per_gpu": j.S,
+            "placement_changes": j.placement_changes,
+            "migrated_bytes": j.migrated_bytes,
+            "fallback_plans": j.fallbacks,
+            "fallback_notes": j.notes,
+        }
+    return SimResult(systems, per, job_info, timing, n_it, L, E)

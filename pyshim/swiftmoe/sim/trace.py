@@ -1,0 +1,211 @@
+"""Routing traces for the simulator: read, scale, synthesise, and spread over source ranks.
+
+A trace is JSON Lines, one object per iteration (DESIGN.md "Data formats"):
+``{"iteration": i, "loads": [[l0e0, l0e1, ...], ...]}``, global token counts per layer per expert.
+In memory it is one int64 array loads_ILE.
+
+* :func:`read_trace` parses and checks a file.
+* :func:`scale_loads` rescales every (iteration, layer) row to a given total, integer counts by
+  largest remainders (deterministic; ties to the lower expert id).
+* :func:`synthetic_trace` draws Zipf-skewed routing whose popularity drifts: expert ``perm[j]``
+  has popularity proportional to ``1/(j+1)^zipf``; each iteration ``drift`` random adjacent
+  swaps of ``perm`` move popularity gradually, and every ``shift_every`` iterations ``perm`` is
+  drawn afresh. Each of ``tokens`` tokens picks ``top_k`` distinct experts (sampling without
+  replacement, as a router's top-k does). For top_k <= 2 the counts are drawn exactly by
+  conditional multinomials (the first choice, then the second among the others); for top_k > 2
+  tokens are sampled one by one (Gumbel top-k, slower).
+* :func:`source_counts` derives the per-source matrix the token split needs. A trace holds only
+  global counts, so each expert's tokens are spread evenly over the N source ranks and the
+  remainder goes one token each to the lowest ranks: counts_QE[q, e] = L_e // N + (q < L_e % N).
+
+Shape legend: I iterations, L MoE layers, E experts per layer, Q = N source ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "read_trace",
+    "scale_loads",
+    "source_counts",
+    "synthetic_trace",
+    "uniform_loads",
+    "write_trace",
+]
+
+
+def read_trace(path: str | Path, max_iterations: int = 0) -> np.ndarray:
+    """loads_ILE (int64) from a JSON Lines trace; ValueError naming the line and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"trace {str(p)!r} is not a file: pass a JSON Lines routing trace")
+    rows: list[list[list[int]]] = []
+    shape: tuple[int, int] | None = None
+    with p.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{p}:{n}: not a JSON object ({e}); one object per line") from None
+            loads = obj.get("loads") if isinstance(obj, dict) else None
+            if (
+                not isinstance(loads, list)
+                or not loads
+                or not all(isinstance(r, list) and r for r in loads)
+            ):
+                raise ValueError(
+                    f'{p}:{n}: "loads" must be a non-empty list of per-layer lists of token '
+                    'counts, e.g. {"iteration": 0, "loads": [[3, 5], [4, 4]]}'
+                )
+            for li, r in enumerate(loads):
+                for e, v in enumerate(r):
+                    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                        raise ValueError(
+                            f"{p}:{n}: loads[{li}][{e}] is {v!r}: token counts are integers >= 0"
+                        )
+            widths = {len(r) for r in loads}
+            if len(widths) != 1:
+                raise ValueError(
+                    f"{p}:{n}: layers have different expert counts {sorted(widths)}: the simulator "
+                    "needs the same number of experts in every layer"
+                )
+            s = (len(loads), len(loads[0]))
+            if shape is None:
+                shape = s
+            elif s != shape:
+                raise ValueError(
+                    f"{p}:{n}: {s[0]} layers x {s[1]} experts, but earlier lines have "
+                    f"{shape[0]} x {shape[1]}: every iteration needs the same shape"
+                )
+            rows.append(loads)
+            if max_iterations and len(rows) >= max_iterations:
+                break
+    if not rows:
+        raise ValueError(f"trace {p} holds no iterations: record one with swiftmoe first")
+    return np.asarray(rows, dtype=np.int64)
+
+
+def write_trace(path: str | Path, loads_ILE: np.ndarray) -> None:
+    """Writes loads_ILE as JSON Lines, iterations numbered from 0."""
+    with Path(path).open("w") as f:
+        for i, lay in enumerate(np.asarray(loads_ILE)):
+            f.write(json.dumps({"iteration": i, "loads": lay.tolist()}) + "\n")
+
+
+def scale_loads(loads_ILE: np.ndarray, total: int) -> np.ndarray:
+    """Every (iteration, layer) row rescaled to sum to ``total``, as integers.
+
+    Floors of the proportional shares plus one token for the largest remainders (ties to the
+    lower expert id). A row of zeros is spread evenly (remainder to the lowest ids).
+    """
+    if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
+        raise ValueError(f"scale total is {total!r}: pass an integer >= 1")
+    a = np.asarray(loads_ILE, dtype=np.int64)
+    E = a.shape[-1]
+    flat = a.reshape(-1, E).astype(np.float64)
+    sums = flat.sum(axis=1, keepdims=True)
+    empty = sums[:, 0] == 0
+    flat[empty] = 1.0
+    sums[empty] = E
+    share = flat * (float(total) / sums)
+    fl = np.floor(share).astype(np.int64)
+    rem = total - fl.sum(axis=1)
+    frac = share - fl
+    order = np.lexsort((np.broadcast_to(np.arange(E), frac.shape), -frac), axis=1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(E)[None, :].repeat(len(order), 0), axis=1)
+    fl += rank < rem[:, None]
+    return fl.reshape(a.shape)
+
+
+def source_counts(loads_E: np.ndarray, num_ranks: int) -> np.ndarray:
+    """counts_QE: each expert's tokens spread evenly over the ranks, remainders to the lowest."""
+    if isinstance(num_ranks, bool) or not isinstance(num_ranks, int) or num_ranks < 1:
+        raise ValueError(f"num_ranks is {num_ranks!r}: pass an integer >= 1")
+    L_E = np.asarray(loads_E, dtype=np.int64)
+    if L_E.ndim != 1 or (L_E.size and L_E.min() < 0):
+        raise ValueError("loads_E must be a 1-D vector of token counts >= 0")
+    q_Q = np.arange(num_ranks, dtype=np.int64)[:, None]
+    return L_E[None, :] // num_ranks + (q_Q < (L_E % num_ranks)[None, :])
+
+
+def uniform_loads(total: int, experts: int) -> np.ndarray:
+    """total tokens spread evenly over the experts, remainders to the lowest ids."""
+    e_E = np.arange(experts, dtype=np.int64)
+    return total // experts + (e_E < total % experts)
+
+
+def _zipf(E: int, s: float, perm_E: np.ndarray) -> np.ndarray:
+    w = 1.0 / np.arange(1, E + 1, dtype=np.float64) ** s
+    p_E = np.empty(E)
+    p_E[perm_E] = w / w.sum()
+    return p_E
+
+
+def _draw(rng: np.random.Generator, p_E: np.ndarray, tokens: int, k: int) -> np.ndarray:
+    E = p_E.size
+    if k == 1:
+        return rng.multinomial(tokens, p_E)
+    if k == 2:
+        first_E = rng.multinomial(tokens, p_E)
+        rest_EE = np.broadcast_to(p_E, (E, E)).copy()
+        np.fill_diagonal(rest_EE, 0.0)
+        rest_EE /= rest_EE.sum(axis=1, keepdims=True)
+        return first_E + rng.multinomial(first_E, rest_EE).sum(axis=0)
+    out = np.zeros(E, dtype=np.int64)
+    logp = np.log(np.maximum(p_E, 1e-300))
+    chunk = max(1, (1 << 22) // E)
+    for start in range(0, tokens, chunk):
+        n = min(chunk, tokens - start)
+        g_TE = logp + rng.gumbel(size=(n, E))
+        top_TK = np.argpartition(-g_TE, k - 1, axis=1)[:, :k]
+        out += np.bincount(top_TK.reshape(-1), minlength=E)
+    return out
+
+
+def synthetic_trace(
+    experts: int,
+    layers: int,
+    iterations: int,
+    tokens: int,
+    top_k: int,
+    zipf: float = 1.0,
+    drift: int = 1,
+    shift_every: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """loads_ILE of Zipf-skewed routing with drifting popularity; deterministic in ``seed``."""
+    for name, v, lo in (
+        ("synthetic experts", experts, 1),
+        ("synthetic layers", layers, 1),
+        ("iterations", iterations, 1),
+        ("tokens per iteration", tokens, 1),
+        ("top-k", top_k, 1),
+        ("drift", drift, 0),
+        ("shift-every", shift_every, 0),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} is {v!r}: pass an integer >= {lo}")
+    if top_k > experts:
+        raise ValueError(f"top-k {top_k} exceeds the {experts} experts: pass top-k <= experts")
+    if not (math.isfinite(zipf) and zipf >= 0):
+        raise ValueError(f"zipf exponent is {zipf!r}: pass a finite number >= 0 (0 = uniform)")
+    out = np.empty((iterations, layers, experts), dtype=np.int64)
+    for li in range(layers):
+        rng = np.random.default_rng([seed, li])
+        perm = rng.permutation(experts)
+        for it in range(iterations):
+            if shift_every and it and it % shift_every == 0:
+                perm = rng.permutation(experts)
+            elif it and drift and experts > 1:
+                for j in rng.integers(0, experts - 1, size=drift):
+                    perm[j], perm[j + 1] = perm[j + 1], perm[j]
+            out[it, li] = _draw(rng, _zipf(experts, zipf, perm), tokens, top_k)
+    return out

@@ -1,0 +1,352 @@
+"""The simulator's accounting on hand-computable cases, driven by the real sidecar and plugins.
+
+Real-sidecar tests are skipped only when bin/swiftmoe-sidecar is absent (`make build`). A linear
+calibration table (1 microsecond per token) makes compute times exact: t(n) = n / 1000 ms.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from swiftmoe import cli
+from swiftmoe.sim import calibration, model, trace
+from swiftmoe.sim.calibration import ExpertTime
+from swiftmoe.sim.run import FIELDS, SimConfig, simulate
+from swiftmoe.sim.systems import DEFAULT_SYSTEMS, parse_systems
+
+REPO = Path(__file__).resolve().parents[2]
+SIDECAR = REPO / "bin" / "swiftmoe-sidecar"
+needs_sidecar = pytest.mark.skipif(
+    not SIDECAR.is_file(), reason="bin/swiftmoe-sidecar is absent: run `make build`"
+)
+
+LINEAR = {
+    "device": "test (linear)",
+    "shapes": {
+        "lin (d64 f128 gelu)": [
+            {"tokens": 1, "fwd_bwd_ms": 0.001},
+            {"tokens": 1_000_000, "fwd_bwd_ms": 1000.0},
+        ]
+    },
+}
+
+
+def linear_time() -> ExpertTime:
+    return ExpertTime("mem", "test", "lin", np.array([1.0, 1e6]), np.array([0.001, 1000.0]))
+
+
+def cluster(gpus=4, per_node=2, compute_model="per-slot", intra=1e9, inter=0.5e9):
+    return model.Cluster(
+        gpus=gpus,
+        gpus_per_node=per_node,
+        d_model=64,
+        d_ff=128,
+        gated=False,
+        bytes_per_param=2,
+        optimizer_bytes=12,
+        intra_bw=intra,
+        inter_bw=inter,
+        pcie_bw=1e9,
+        offload=False,
+        compute_model=compute_model,
+    )
+
+
+@pytest.fixture(scope="module")
+def sidecar_address():
+    if not SIDECAR.is_file():
+        pytest.skip("bin/swiftmoe-sidecar is absent: run `make build`")
+    from swiftmoe.sidecar import ManagedSidecar
+
+    sc = ManagedSidecar(
+        binary=SIDECAR, extra_args=("--plugin-timeout", "30s"), start_timeout_s=30.0
+    )
+    try:
+        yield sc.address
+    finally:
+        sc.close()
+
+
+def run_sim(address, loads_ILE, systems, slots, static_slots, **kw):
+    cfg = SimConfig(cluster=kw.pop("cluster", cluster()), slots=slots, static_slots=static_slots)
+    return simulate(
+        np.asarray(loads_ILE),
+        cfg,
+        linear_time(),
+        parse_systems(systems, kw.pop("flex", None)),
+        address=address,
+    )
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_calibration_interpolation(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(
+        json.dumps(
+            {
+                "device": "cpu",
+                "shapes": {
+                    "a (d256 f512 swiglu)": [
+                        {"tokens": 200, "fwd_bwd_ms": 3.0},
+                        {"tokens": 100, "fwd_bwd_ms": 2.0},
+                    ],
+                    "b (d1024 f4096 gelu)": [{"tokens": 10, "fwd_bwd_ms": 1.0}],
+                },
+            }
+        )
+    )
+    et = calibration.load_table(p, shape="a")
+    got = et(np.array([0, 1, 100, 150, 200, 400]))
+    want = [0.0, 2.0, 2.0, 2.5, 3.0, 6.0]  # zero; floor; point; linear; point; scaled
+    assert np.allclose(got, want), f"got {got}, want {want}"
+    assert not et.is_gpu
+    assert calibration.load_table(p, d_model=300, d_ff=600).shape.startswith("a ")
+    assert calibration.load_table(p, d_model=900, d_ff=3000).shape.startswith("b ")
+    with pytest.raises(ValueError, match="matches no shape"):
+        calibration.load_table(p, shape="zzz")
+    with pytest.raises(ValueError, match="cannot be read"):
+        calibration.load_table(tmp_path / "missing.json", shape="a")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"shapes": {"x": [{"tokens": 0, "fwd_bwd_ms": 1}]}}))
+    with pytest.raises(ValueError, match="distinct token counts >= 1"):
+        calibration.load_table(bad, shape="x")
+
+
+def test_default_table_is_the_h200_one():
+    et = calibration.load_table(None, d_model=768, d_ff=3072)
+    assert et.is_gpu and et.shape.startswith("gpt-small"), et.shape
+    assert Path(et.table).name == "h200-expert-ffn.json"
+
+
+def test_source_counts_spread_evenly_remainders_to_lowest_ranks():
+    got = trace.source_counts(np.array([10, 3, 0, 8]), 4)
+    want = np.array([[3, 1, 0, 2], [3, 1, 0, 2], [2, 1, 0, 2], [2, 0, 0, 2]])
+    assert np.array_equal(got, want), f"got {got.tolist()}, want {want.tolist()}"
+    big = np.random.default_rng(1).integers(0, 10**6, size=37)
+    got = trace.source_counts(big, 13)
+    assert np.array_equal(got.sum(axis=0), big)
+    assert (got.max(axis=0) - got.min(axis=0) <= 1).all()
+    with pytest.raises(ValueError, match="num_ranks"):
+        trace.source_counts(big, 0)
+
+
+def test_scale_loads_hits_the_total_deterministically():
+    a = np.array([[[1, 1, 1]], [[0, 0, 0]], [[5, 0, 2]]])
+    got = trace.scale_loads(a, 10)
+    assert got.sum(axis=-1).tolist() == [[10], [10], [10]]
+    assert got[0, 0].tolist() == [4, 3, 3]  # ties to the lower id
+    assert got[1, 0].tolist() == [4, 3, 3]  # zeros spread evenly
+    assert got[2, 0].tolist() == [7, 0, 3]
+    with pytest.raises(ValueError, match="integer >= 1"):
+        trace.scale_loads(a, 0)
+
+
+def test_read_trace_and_its_errors(tmp_path):
+    real = trace.read_trace(REPO / "testdata/traces/cheaders-e8-top2-aux0.jsonl", 5)
+    assert real.shape == (5, 4, 8)
+    assert (real.sum(axis=2) == 4096).all()
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"iteration": 0, "loads": [[1, 2]]}\n{"iteration": 1, "loads": [[1, -2]]}\n')
+    with pytest.raises(ValueError, match=r":2: loads\[0\]\[1\] is -2"):
+        trace.read_trace(p)
+    p.write_text('{"iteration": 0, "loads": [[1, 2]]}\n{"iteration": 1, "loads": [[1, 2, 3]]}\n')
+    with pytest.raises(ValueError, match="same shape"):
+        trace.read_trace(p)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_synthetic_trace_is_deterministic_and_top_k_distinct(k):
+    a = trace.synthetic_trace(16, 2, 30, 5000, k, zipf=1.2, drift=2, shift_every=10, seed=3)
+    b = trace.synthetic_trace(16, 2, 30, 5000, k, zipf=1.2, drift=2, shift_every=10, seed=3)
+    c = trace.synthetic_trace(16, 2, 30, 5000, k, zipf=1.2, drift=2, shift_every=10, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert (a.sum(axis=2) == 5000 * k).all()
+    assert a.max() <= 5000  # a token picks an expert at most once
+    assert (a.max(axis=2) > 2 * 5000 * k / 16).all()  # skewed
+
+
+def test_synthetic_top2_matches_sampling_without_replacement():
+    # Zipf 1.2 over 8 experts: the hottest expert is in a token's top-2 with probability
+    # p0 + sum_j p_j p0 / (1 - p_j), not 2 p0 (sampling with replacement).
+    w = 1 / np.arange(1, 9) ** 1.2
+    p = w / w.sum()
+    want = p[0] + sum(p[j] * p[0] / (1 - p[j]) for j in range(1, 8))
+    a = trace.synthetic_trace(8, 1, 1, 400_000, 2, zipf=1.2, drift=0, seed=0)
+    got = a.max() / 400_000
+    assert abs(got - want) < 0.005, f"got {got:.4f}, want {want:.4f}"
+
+
+def test_parse_systems():
+    names = [s.name for s in parse_systems(DEFAULT_SYSTEMS)]
+    assert names[:2] == ["bound", "swiftmoe"] and "static-cf2.0" in names
+    flex = parse_systems("flexmoe-7", {"threshold": "1.1"})[0]
+    assert flex.options == {"interval": "7", "threshold": "1.1"}
+    for bad, msg in (("nope", "unknown system"), ("swiftmoe,swiftmoe", "twice"), ("", "at least")):
+        with pytest.raises(ValueError, match=msg):
+            parse_systems(bad)
+
+
+def test_a2a_by_tier_by_hand():
+    c = cluster()  # 4 ranks, 2 per node, 128-byte tokens, intra 1 GB/s, inter 0.5 GB/s
+    F = np.zeros((4, 4))
+    F[0, 1] = 1000  # intra-node: 128 kB at 1 GB/s = 0.128 ms
+    F[0, 2] = 500  # inter-node: 64 kB at 0.5 GB/s = 0.128 ms
+    F[3, 3] = 10**6  # stays on its rank: free
+    assert math.isclose(model.a2a_ms(c, F), 4 * 0.128)
+    F[2, 0] = 1500  # rank 0 now receives 192 kB across nodes: 0.384 ms
+    assert math.isclose(model.a2a_ms(c, F), 4 * 0.384)
+    w = np.array([100.0, 200.0, 300.0, 400.0])
+    assert math.isclose(model.a2a_cols_ms(c, w), model.a2a_ms(c, np.tile(w, (4, 1))))
+
+
+# ---------------------------------------------------------------- real sidecar
+
+
+# Hand values for 4 GPUs (2 per node), 2 slots each, 8 experts of 1000 tokens: 2000 tokens per
+# rank, 1 us per token; 128-byte tokens; expert 64x128x2 = 16384 params of 2 bytes.
+UNIFORM_COMPUTE = 2.0  # two slots x 1000 tokens
+UNIFORM_A2A = 4 * 1000 * 128 / 0.5e9 * 1e3  # 1000 tokens leave each rank across nodes
+UNIFORM_XFER = 2 * max(1 * 16384 / 1e9, 2 * 16384 / 0.5e9) * 1e3  # per peer 2*32768/4 B
+
+
+@needs_sidecar
+def test_uniform_trace_every_system_equals_the_bound(sidecar_address):
+    loads = np.full((6, 1, 8), 1000)
+    res = run_sim(sidecar_address, loads, DEFAULT_SYSTEMS + ",static-nopad", 2, 2)
+    b = res.per_iteration["bound"]
+    assert np.allclose(b["compute_ms"], UNIFORM_COMPUTE)
+    assert np.allclose(b["a2a_ms"], UNIFORM_A2A)
+    assert np.allclose(b["transfer_ms"], UNIFORM_XFER)
+    assert np.allclose(b["step_ms"], UNIFORM_COMPUTE + UNIFORM_A2A + UNIFORM_XFER)
+    for s in res.systems:
+        r = res.per_iteration[s.name]
+        assert (r["dropped"] == 0).all(), f"{s.name} dropped {r['dropped']}"
+        assert np.allclose(r["max_over_mean"], 1.0), f"{s.name}: {r['max_over_mean']}"
+        assert (r["migration_ms"] == 0).all(), s.name
+        if s.name == "static-cf2.0":  # buffers padded to capacity 2000: twice the work
+            assert np.allclose(r["compute_ms"], 2 * UNIFORM_COMPUTE)
+            assert np.allclose(r["a2a_ms"], 2 * UNIFORM_A2A)
+        else:
+            assert np.allclose(r["step_ms"], b["step_ms"]), f"{s.name}: {r['step_ms']}"
+    for name, job in res.jobs.items():
+        assert job["fallback_plans"] == 0, (name, job["fallback_notes"])
+
+
+@needs_sidecar
+def test_one_hot_expert(sidecar_address):
+    # 4 experts on 4 GPUs; expert 0 gets 5000 tokens, the others 1000 each: 2000 per rank.
+    loads = np.tile(np.array([5000, 1000, 1000, 1000]), (5, 1, 1))
+    res = run_sim(
+        sidecar_address,
+        loads,
+        "bound,swiftmoe,static-dropless,static-cf1.0,static-cf2.0",
+        slots=2,
+        static_slots=1,
+    )
+    p = res.per_iteration
+    assert np.allclose(p["bound"]["compute_ms"], 2.0)
+    assert np.allclose(p["static-dropless"]["compute_ms"], 5.0)  # every slot padded to 5000
+    assert (p["static-dropless"]["dropped"] == 0).all()
+    # capacity 1.0: 8000/4 = 2000 per expert, expert 0 drops 3000; buffers of 2000 tokens
+    assert np.allclose(p["static-cf1.0"]["compute_ms"], 2.0)
+    assert (p["static-cf1.0"]["dropped"] == 3000).all()
+    # capacity 2.0: 4000 per expert, expert 0 drops 1000; buffers of 4000 tokens
+    assert np.allclose(p["static-cf2.0"]["compute_ms"], 4.0)
+    assert (p["static-cf2.0"]["dropped"] == 1000).all()
+    # static dropless pays the padding in its all-to-all too: each rank receives a 5000-token
+    # buffer, 3/4 of it (the static layout's flow pattern) from other ranks
+    assert (p["static-dropless"]["a2a_ms"] > 2 * p["bound"]["a2a_ms"]).all()
+    # SwiftMoE runs the static placement in iteration 0, its own from iteration 1
+    sw = p["swiftmoe"]
+    assert sw["compute_ms"][0] > 2.4
+    assert np.all(sw["compute_ms"][1:] <= 2.0 * 1.05), sw["compute_ms"]
+    assert np.all(sw["max_over_mean"][1:] <= 1.05), sw["max_over_mean"]
+    assert (sw["dropped"] == 0).all()
+    assert res.jobs["swiftmoe"]["placement_changes"] >= 1
+
+
+@needs_sidecar
+def test_flexmoe_threshold_triggers_exactly_once(sidecar_address):
+    # 4 experts, 4 GPUs x 2 slots: the static layout gives every expert 2 replicas, ranks 0 and 2
+    # hold experts {0, 1}, ranks 1 and 3 hold {2, 3}. With loads 3000/1000/1000/1000 the even-split
+    # max_over_mean is 2000/1500 = 1.33 > 1.2; one move (a cold replica becomes expert 0) makes it
+    # 1.0, so the check at iteration 10 moves and the one at 20 does not.
+    loads = np.tile(np.array([3000, 1000, 1000, 1000]), (25, 1, 1))
+    res = run_sim(sidecar_address, loads, "flexmoe-10", slots=2, static_slots=2)
+    mig = res.per_iteration["flexmoe-10"]["migration_ms"]
+    hit = np.flatnonzero(mig)
+    assert hit.tolist() == [10], f"migration in iterations {hit.tolist()}, want [10]"
+    job = res.jobs["flexmoe-10"]
+    per_move = 16384 * (2 + 12)  # weights + optimizer state of one expert
+    assert job["migrated_bytes"] % per_move == 0 and job["migrated_bytes"] > 0
+    assert math.isclose(mig[10], job["migrated_bytes"] / 0.5e9 * 1e3)  # over the inter-node link
+    assert job["placement_changes"] == 1
+    step = res.per_iteration["flexmoe-10"]["step_ms"]
+    assert step[10] > step[11]
+    mom = res.per_iteration["flexmoe-10"]["max_over_mean"]
+    assert (mom[11:] < mom[:10].min()).all()
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_sim_help_and_errors():
+    with pytest.raises(SystemExit) as e:
+        _cli(["sim", "--help"])
+    assert e.value.code == 0
+    rc, _, err = _cli(["sim"])
+    assert rc == 2 and "--trace FILE and --synthetic-experts" in err
+    rc, _, err = _cli(["sim", "--synthetic-experts", "8", "--systems", "static-cfx"])
+    assert rc == 2 and "unknown system 'static-cfx'" in err
+    rc, _, err = _cli(
+        ["sim", "--synthetic-experts", "64", "--iterations", "2", "--gpus", "4", "--slots", "2",
+         "--static-slots", "16"]
+    )  # fmt: skip
+    assert rc == 2 and "raise --slots to at least 16" in err
+
+
+@needs_sidecar
+def test_sim_json_output_shape(tmp_path):
+    table = tmp_path / "lin.json"
+    table.write_text(json.dumps(LINEAR))
+    argv = [
+        "sim", "--synthetic-experts", "8", "--iterations", "4", "--tokens-per-iter", "4000",
+        "--gpus", "4", "--gpus-per-node", "2", "--slots", "3", "--calibration", str(table),
+        "--d-model", "64", "--d-ff", "128", "--json", "--output", str(tmp_path / "o.json"),
+    ]  # fmt: skip
+    rc, out, err = _cli(argv)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc == json.loads((tmp_path / "o.json").read_text())
+    names = DEFAULT_SYSTEMS.split(",")
+    assert doc["systems"] == names
+    assert doc["calibration"]["shape"] == "lin (d64 f128 gelu)"
+    assert doc["calibration"]["compute_model"] == "per-slot"
+    assert len(doc["iterations"]) == 4
+    for row in doc["iterations"]:
+        assert set(row["systems"]) == set(names)
+        for v in row["systems"].values():
+            assert set(v) == set(FIELDS)
+    summ = doc["summary"]
+    assert set(summ["systems"]) == set(names)
+    assert summ["systems"]["bound"]["over_bound"] == 1.0
+    assert set(summ["baseline_over_swiftmoe"]) == set(names) - {"bound", "swiftmoe"}
+    rc, out, err = _cli(argv[:-3])  # the table
+    assert rc == 0, err
+    assert "lin (d64 f128 gelu)" in out and "baseline step / swiftmoe step" in out
