@@ -770,20 +770,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"{prefix}replicas per expert, {replicas.name}",
                 )
             )
+        measured = not systems
+        if measured:  # no simulator: the step times measured in the loss files, if any
+            systems = [
+                SimSystem(name=k, mean_step_s=c.mean_step_s, step_s=c.step_s)
+                for k, c in curves.items()
+                if c.mean_step_s
+            ]
         if systems:
-            written.append(
-                plot_step_times(
-                    systems, out / "step-time.png", f"{prefix}time per iteration per system"
-                )
-            )
+            what = "measured time per step per run" if measured else "time per iteration per system"
+            written.append(plot_step_times(systems, out / "step-time.png", f"{prefix}{what}"))
         if curves:
             losses = {k: c.loss for k, c in curves.items()}
-            if systems:
-                spi = {s.name: s.mean_step_s for s in systems}
-                label = "simulated wall time"
-            else:
-                spi = {k: c.mean_step_s for k, c in curves.items() if c.mean_step_s}
-                label = "wall time measured"
+            spi = {s.name: s.mean_step_s for s in systems}
+            label = "measured wall time" if measured else "simulated wall time"
             target = None
             if "dropless" in losses and spi:
                 table = time_to_target_table(losses, spi, args.target_fraction, args.smooth)

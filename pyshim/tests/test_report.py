@@ -292,8 +292,10 @@ def test_main_without_sim_uses_measured_step_times(tmp_path):
     rc = report.main(["--loss", str(loss), "--out", str(tmp_path / "o"), "--smooth", "1"])
     assert rc == 0
     t = json.loads((tmp_path / "o" / "report.json").read_text())["time_to_target"]
-    assert t["time"] == "wall time measured"
+    assert t["time"] == "measured wall time"
     assert {r["system"] for r in t["rows"]} == {"dropless", "cf2.0"}
+    for name in ("step-time.png", "loss-vs-time.png"):
+        assert_drawn(tmp_path / "o" / name, report.FIG_WIDTH_PX, 480)
 
 
 def test_main_reports_bad_input_without_a_traceback(tmp_path, capsys):
