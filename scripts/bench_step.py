@@ -551,16 +551,18 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 "static_over_swiftmoe": ratio("static", "swiftmoe"),
                 "static_over_bound": ratio("static", "bound"),
             }
-            r1 = out["ratios"]["swiftmoe_over_bound"]["of_medians"]
-            r2 = out["ratios"]["static_over_swiftmoe"]["of_medians"]
-            out["targets"] = {
-                "swiftmoe_within_10pct_of_bound": r1 <= 1.10,
-                "swiftmoe_at_least_25pct_faster_than_static": r2 >= 1.25,
-            }
+            for key, tk in (("of_medians", "targets"), ("cpu_path_of_medians", "targets_cpu_path")):
+                r1 = out["ratios"]["swiftmoe_over_bound"][key]
+                r2 = out["ratios"]["static_over_swiftmoe"][key]
+                out[tk] = {
+                    "swiftmoe_within_10pct_of_bound": r1 <= 1.10,
+                    "swiftmoe_at_least_25pct_faster_than_static": r2 >= 1.25,
+                }
         else:
             out["ratios"] = {"swiftmoe_over_static": ratio("swiftmoe", "static")}
-            r = out["ratios"]["swiftmoe_over_static"]["of_medians"]
-            out["targets"] = {"swiftmoe_at_most_3pct_slower_than_static": r <= 1.03}
+            for key, tk in (("of_medians", "targets"), ("cpu_path_of_medians", "targets_cpu_path")):
+                r = out["ratios"]["swiftmoe_over_static"][key]
+                out[tk] = {"swiftmoe_at_most_3pct_slower_than_static": r <= 1.03}
         sections[sec] = out
     return {
         "benchmark": "bench_step",
@@ -658,12 +660,16 @@ def print_report(rep: dict[str, Any]) -> None:
                 f"{r['cpu_path_of_medians']:.3f} (cpu-path ms)"
             )
         for tname, ok in s["targets"].items():
-            print(f"  target {tname}: {'met' if ok else 'NOT met'}")
+            ok_cpu = s["targets_cpu_path"][tname]
+            print(
+                f"  target {tname}: {'met' if ok else 'NOT met'} (median ms), "
+                f"{'met' if ok_cpu else 'NOT met'} (cpu-path ms)"
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--iters", type=int, default=40, help="timed iterations, skew section")
     ap.add_argument("--uniform-iters", type=int, default=30, help="timed iterations, uniform")
@@ -675,7 +681,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--top-k", type=int, default=2, help="experts per token (K)")
     ap.add_argument("--layers", type=int, default=2, help="MoE layers (L)")
     ap.add_argument("--static-slots", type=int, default=0, help="static slots/rank (0: E/N)")
-    ap.add_argument("--swift-slots", type=int, default=6, help="SwiftMoE slots per rank")
+    ap.add_argument(
+        "--swift-slots",
+        type=int,
+        default=5,
+        help="SwiftMoE slots per rank (default 5: one replica slot per rank more than static; "
+        "the gradient and remap exchanges grow with the slots, so 6 costs more here)",
+    )
     ap.add_argument("--zipf", type=float, default=1.2, help="Zipf exponent of the skew")
     ap.add_argument("--shift-every", type=int, default=10, help="iterations per hot set")
     ap.add_argument("--seed", type=int, default=0)
