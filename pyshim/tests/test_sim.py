@@ -341,8 +341,13 @@ def test_sim_json_output_shape(tmp_path):
     assert len(doc["iterations"]) == 4
     for row in doc["iterations"]:
         assert set(row["systems"]) == set(names)
-        for v in row["systems"].values():
-            assert set(v) == set(FIELDS)
+        for n, v in row["systems"].items():
+            if n == "bound":
+                assert set(v) == set(FIELDS)
+                continue
+            assert set(v) == set(FIELDS) | {"replicas"}
+            reps = np.array(v["replicas"])  # [L][E] in force, N*S slots per layer
+            assert reps.shape == (1, 8) and reps.sum() == 4 * 3 and reps.min() >= 1
     summ = doc["summary"]
     assert set(summ["systems"]) == set(names)
     assert summ["systems"]["bound"]["over_bound"] == 1.0

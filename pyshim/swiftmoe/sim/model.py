@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from swiftmoe.sim.calibration import ExpertTime
 
@@ -38,7 +39,9 @@ __all__ = [
     "a2a_ms",
     "capacity_layer",
     "compute_ms",
+    "Flow",
     "flow_layer",
+    "flow_of",
     "LayerCost",
     "migration_ms",
     "padded_layer",
@@ -165,18 +168,32 @@ def migration_ms(c: Cluster, migrated_bytes: int) -> float:
     return 1e3 * migrated_bytes / bw
 
 
-def flow_layer(c: Cluster, et: ExpertTime, flow_QK: np.ndarray, S: int) -> LayerCost:
-    """A layer run by the engine: flow_QK from swiftmoe.split.split_tokens, no padding."""
-    N = c.gpus
-    f = np.asarray(flow_QK)
-    x_RS = f.sum(axis=0).reshape(N, S)
-    F_QR = f.reshape(N, N, S).sum(axis=2)
+@dataclass(frozen=True)
+class Flow:
+    """What the cost model needs of a split: F_QR tokens q sends to rank r, x_RS per slot."""
+
+    F_QR: np.ndarray
+    x_RS: np.ndarray
+
+
+def flow_of(flow_QK, N: int, S: int) -> Flow:
+    """Flow of flow_QK (swiftmoe.split.split_tokens' int64 [N, N*S] tensor or array)."""
+    t = flow_QK if isinstance(flow_QK, torch.Tensor) else torch.as_tensor(np.asarray(flow_QK))
+    t = t.reshape(N, N, S)
+    return Flow(
+        F_QR=t.sum(dim=2).numpy().astype(np.float64),  # torch sums a short last axis fast
+        x_RS=t.sum(dim=0).numpy().astype(np.float64),
+    )
+
+
+def flow_layer(c: Cluster, et: ExpertTime, flow: Flow, S: int) -> LayerCost:
+    """A layer run by the engine: the flow of swiftmoe.split.split_tokens, no padding."""
     return LayerCost(
-        compute_ms=compute_ms(et, x_RS, c.compute_model),
-        a2a_ms=a2a_ms(c, F_QR),
+        compute_ms=compute_ms(et, flow.x_RS, c.compute_model),
+        a2a_ms=a2a_ms(c, flow.F_QR),
         transfer_ms=transfer_ms(c, S),
         dropped=0,
-        load_R=x_RS.sum(axis=1),
+        load_R=flow.x_RS.sum(axis=1),
     )
 
 
@@ -184,18 +201,17 @@ def _replicas(slots_K: np.ndarray, E: int) -> np.ndarray:
     return np.bincount(slots_K, minlength=E)
 
 
-def _padded_a2a(c: Cluster, flow_QK: np.ndarray, S: int, buf_R: np.ndarray) -> float:
+def _padded_a2a(c: Cluster, flow: Flow, buf_R: np.ndarray) -> float:
     """a2a_ms when rank r receives buf_R[r] tokens (padding included) in the pattern of the
     engine's flow: every source's share of r's real tokens is scaled to r's buffer (each source
     pads what it sends to r); a rank that gets no real token gets an equal share from every
     source."""
-    N = c.gpus
-    F_QR = np.asarray(flow_QK).reshape(N, N, S).sum(axis=2).astype(np.float64)
-    real_R = F_QR.sum(axis=0)
+    real_R = flow.F_QR.sum(axis=0)
     has = real_R > 0
     scale_R = np.where(has, buf_R / np.where(has, real_R, 1.0), 0.0)
-    F_QR *= scale_R[None, :]
-    F_QR[:, ~has] = buf_R[~has] / N
+    F_QR = flow.F_QR * scale_R[None, :]
+    if not has.all():
+        F_QR[:, ~has] = buf_R[~has] / c.gpus
     return a2a_ms(c, F_QR)
 
 
@@ -205,11 +221,11 @@ def padded_layer(
     loads_E: np.ndarray,
     slots_K: np.ndarray,
     S: int,
-    flow_QK: np.ndarray,
+    flow: Flow,
 ) -> LayerCost:
     """Static dropless, as DeepSpeed with drop_tokens off: tokens split evenly over an expert's
     replicas, every slot's buffer padded to the largest per-replica count (the all-reduced max).
-    flow_QK (the engine's split on the static placement) gives who sends to whom."""
+    flow (the engine's split on the static placement) gives who sends to whom."""
     N = c.gpus
     L_E = np.asarray(loads_E, dtype=np.int64)
     slots_K = np.asarray(slots_K, dtype=np.int64)
@@ -220,7 +236,7 @@ def padded_layer(
     x_RS = np.full((N, S), float(pad))
     return LayerCost(
         compute_ms=compute_ms(et, x_RS, c.compute_model),
-        a2a_ms=_padded_a2a(c, flow_QK, S, x_RS.sum(axis=1)),
+        a2a_ms=_padded_a2a(c, flow, x_RS.sum(axis=1)),
         transfer_ms=transfer_ms(c, S),
         dropped=0,
         load_R=real_K.reshape(N, S).sum(axis=1),
@@ -234,11 +250,11 @@ def capacity_layer(
     slots_K: np.ndarray,
     S: int,
     capacity_factor: float,
-    flow_QK: np.ndarray,
+    flow: Flow,
 ) -> LayerCost:
     """Static with a capacity factor: expert e may take cf * (tokens * k) / E tokens in all,
     ceil(that / replicas) per replica; the rest are dropped. Buffers are padded to capacity
-    (DeepSpeed's fixed-shape dispatch), so compute and all-to-all see the capacity; flow_QK
+    (DeepSpeed's fixed-shape dispatch), so compute and all-to-all see the capacity; flow
     (the engine's split on the static placement) gives who sends to whom."""
     N = c.gpus
     L_E = np.asarray(loads_E, dtype=np.int64)
@@ -252,7 +268,7 @@ def capacity_layer(
     real_K = kept_E[slots_K] / reps_E[slots_K]
     return LayerCost(
         compute_ms=compute_ms(et, x_RS, c.compute_model),
-        a2a_ms=_padded_a2a(c, flow_QK, S, x_RS.sum(axis=1)),
+        a2a_ms=_padded_a2a(c, flow, x_RS.sum(axis=1)),
         transfer_ms=transfer_ms(c, S),
         dropped=int((L_E - kept_E).sum()),
         load_R=real_K.reshape(N, S).sum(axis=1),

@@ -50,29 +50,32 @@ def summarize(res: SimResult, routed_tokens: int) -> dict[str, Any]:
     return {"systems": out, "baseline_over_swiftmoe": vs}
 
 
+def _row(res: SimResult, name: str, i: int, replicas: bool) -> dict[str, Any]:
+    r = res.per_iteration[name]
+    out: dict[str, Any] = {
+        f: int(r[f][i]) if f == "dropped" else round(float(r[f][i]), 6) for f in FIELDS
+    }
+    if replicas and name in res.replicas:
+        out["replicas"] = res.replicas[name][i].tolist()
+    return out
+
+
 def to_json(
-    res: SimResult, summary: dict[str, Any], meta: dict[str, Any], per_iteration: bool = True
+    res: SimResult,
+    summary: dict[str, Any],
+    meta: dict[str, Any],
+    per_iteration: bool = True,
+    replicas: bool = True,
 ) -> dict[str, Any]:
+    """The whole result; per iteration every system's FIELDS and, for systems placed by a plan,
+    ``replicas`` [L][E] in force (what ``swiftmoe report`` plots)."""
     doc: dict[str, Any] = dict(meta)
     doc["systems"] = [s.name for s in res.systems]
     doc["timing_s"] = {k: round(v, 4) for k, v in res.timing_s.items()}
     doc["summary"] = summary
     if per_iteration:
         doc["iterations"] = [
-            {
-                "iteration": i,
-                "systems": {
-                    n: {
-                        f: (
-                            int(res.per_iteration[n][f][i])
-                            if f == "dropped"
-                            else round(float(res.per_iteration[n][f][i]), 6)
-                        )
-                        for f in FIELDS
-                    }
-                    for n in doc["systems"]
-                },
-            }
+            {"iteration": i, "systems": {n: _row(res, n, i, replicas) for n in doc["systems"]}}
             for i in range(res.iterations)
         ]
     return doc

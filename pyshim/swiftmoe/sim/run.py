@@ -80,6 +80,7 @@ class JobState:
 class SimResult:
     systems: list[SystemSpec]
     per_iteration: dict[str, dict[str, np.ndarray]]  # system -> field -> [I]
+    replicas: dict[str, np.ndarray]  # system -> replicas_ILE in force (systems with a plan)
     jobs: dict[str, dict[str, Any]]  # system -> its job's counters
     timing_s: dict[str, float]
     iterations: int
@@ -152,7 +153,9 @@ def simulate(
                 s.job_key, s.strategy, dict(s.options), cfg.static_slots if s.static else cfg.slots
             )
     per = {s.name: {f: np.zeros(n_it) for f in FIELDS} for s in systems}
-    bound_flows: dict[tuple, np.ndarray] = {}
+    bound_flows: dict[tuple, model.Flow] = {}
+    planned = [s for s in systems if s.kind != BOUND]
+    reps = {s.name: np.zeros((n_it, L, E), dtype=np.int64) for s in planned}
     timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0}
     t_start = time.perf_counter()
     sidecar = None
@@ -181,11 +184,14 @@ def simulate(
                 for s in systems:
                     if s.kind != BOUND and s.job_key == job.key:  # the bound never migrates
                         per[s.name]["migration_ms"][it] = model.migration_ms(c, job_mig)
+            for s in planned:
+                for li, slots_K in enumerate(jobs[s.job_key].slots_LK):
+                    reps[s.name][it, li] = np.bincount(slots_K, minlength=E)
             for li in range(L):
                 L_E = loads_ILE[it, li]
                 total = int(L_E.sum())
                 counts_QE = None
-                flows: dict[tuple, np.ndarray] = {}
+                flows: dict[tuple, model.Flow] = {}  # per placement: systems sharing one share it
                 for s in systems:
                     S = cfg.static_slots if s.static else cfg.slots
                     tc = time.perf_counter()
@@ -195,29 +201,37 @@ def simulate(
                         flow = bound_flows.get(key)
                         if flow is None:
                             ts = time.perf_counter()
-                            flow = splitlib.split_tokens(
-                                source_counts(uniform_loads(total, E), N),
-                                slots_K,
+                            flow = model.flow_of(
+                                splitlib.split_tokens(
+                                    source_counts(uniform_loads(total, E), N),
+                                    slots_K,
+                                    S,
+                                    ranks_per_node=c.ranks_per_node,
+                                ),
+                                N,
                                 S,
-                                ranks_per_node=c.ranks_per_node,
-                            ).numpy()
+                            )
                             timing["split_s"] += time.perf_counter() - ts
                             if len(bound_flows) > 64:
                                 bound_flows.clear()
                             bound_flows[key] = flow
                         cost = model.flow_layer(c, et, flow, S)
                     else:
-                        flow = flows.get(s.job_key)
+                        flow = flows.get((S, slots_K.tobytes()))
                         if flow is None:
                             if counts_QE is None:
                                 counts_QE = source_counts(L_E, N)
                             ts = time.perf_counter()
-                            flow = splitlib.split_tokens(
-                                counts_QE, slots_K, S, ranks_per_node=c.ranks_per_node
-                            ).numpy()
+                            flow = model.flow_of(
+                                splitlib.split_tokens(
+                                    counts_QE, slots_K, S, ranks_per_node=c.ranks_per_node
+                                ),
+                                N,
+                                S,
+                            )
                             timing["split_s"] += time.perf_counter() - ts
                             tc += time.perf_counter() - ts
-                            flows[s.job_key] = flow
+                            flows[(S, slots_K.tobytes())] = flow
                         if s.kind == PADDED:
                             cost = model.padded_layer(c, et, L_E, slots_K, S, flow)
                         elif s.kind == CAPACITY:
@@ -282,4 +296,4 @@ def simulate(
             "fallback_plans": j.fallbacks,
             "fallback_notes": j.notes,
         }
-    return SimResult(systems, per, job_info, timing, n_it, L, E)
+    return SimResult(systems, per, reps, job_info, timing, n_it, L, E)
