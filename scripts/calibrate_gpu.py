@@ -57,7 +57,7 @@ CPU_SHAPES: dict[str, tuple[int, int, str]] = {
     "train-lm (d96 f192 swiglu)": (96, 192, "swiglu"),
     "gpt-small-e16 (d768 f3072 gelu)": (768, 3072, "gelu"),
 }
-CPU_TOKENS = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+CPU_TOKENS = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 CPU_MAX_TOKENS = {"gpt-small-e16 (d768 f3072 gelu)": 2048}
 
 REQUIRED_ROW_KEYS = ("tokens", "fwd_ms", "fwd_bwd_ms", "fwd_bwd_tflops")
@@ -103,11 +103,18 @@ def flops_fwd_bwd(tokens: int, d: int, f: int, act: str) -> float:
 # ---- timing ------------------------------------------------------------------------------------
 
 
+def cpu_clock() -> Callable[[], float]:
+    """The clock of CPU measurements: thread CPU time with one torch thread, else wall time."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
-    """Median wall time of fn in ms: CUDA events on a GPU, perf_counter on a CPU."""
+    """Median time of fn in ms: CUDA events on a GPU; on a CPU the calling thread's CPU time when
+    torch runs one thread (robust to other processes on a shared machine), else wall time."""
     for _ in range(warmup):
         fn()
     times = []
+    clock = cpu_clock()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         for _ in range(reps):
@@ -119,9 +126,9 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: i
             times.append(start.elapsed_time(end))
     else:
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((clock() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -244,10 +251,17 @@ def calibrate(
         table["device"] = f"CPU ({cpu_name()}, {threads} torch thread{'s' * (threads > 1)})"
         table["torch"] = torch.__version__
         table["threads"] = threads
+        table["cpus"] = os.cpu_count()
+        # a shared machine: the 1-minute load average when the measurement started
+        table["load_average_1m"] = round(os.getloadavg()[0], 2)
     table["dtype"] = str(dtype).removeprefix("torch.")
-    table["method"] = f"one expert per call, median of {reps} runs after {warmup} warm-ups " + (
-        "(CUDA events)" if device.type == "cuda" else "(perf_counter)"
-    )
+    if device.type == "cuda":
+        how = "CUDA events"
+    elif cpu_clock() is time.thread_time:
+        how = "thread_time: CPU time of the one compute thread"
+    else:
+        how = "perf_counter: wall time"
+    table["method"] = f"one expert per call, median of {reps} runs after {warmup} warm-ups ({how})"
     table["measured"] = datetime.date.today().isoformat()
     table["shapes"] = {}
     for name, (d, f, act) in shapes.items():
@@ -307,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch threads on cpu")
     p.add_argument("--warmup", type=int, default=None, help="default: 3 (cuda), 2 (cpu)")
-    p.add_argument("--reps", type=int, default=None, help="default: 10 (cuda), 5 (cpu)")
+    p.add_argument("--reps", type=int, default=None, help="default: 10 (cuda), 9 (cpu)")
     p.add_argument("--tokens", default=None, help="comma-separated token counts")
     p.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
     p.add_argument("--no-links", action="store_true", help="skip the GPU link figures")
@@ -347,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens,
         max_tokens=CPU_MAX_TOKENS if cpu and not args.tokens else None,
         warmup=args.warmup if args.warmup is not None else (2 if cpu else 3),
-        reps=args.reps if args.reps is not None else (5 if cpu else 10),
+        reps=args.reps if args.reps is not None else (9 if cpu else 10),
         links=not args.no_links,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
