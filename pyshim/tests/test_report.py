@@ -428,3 +428,26 @@ def test_read_sim_reads_the_simulators_output(tmp_path):
         report.read_sim(doc)
     out = report.plot_step_times(report.read_sim(p), tmp_path / "s.png")
     assert_drawn(out, report.FIG_WIDTH_PX, 480)
+
+
+def test_convergence_run_tiny(tmp_path):
+    """Two 4-step runs under torchrun (2 gloo ranks, the static strategy through the sidecar)."""
+    _sidecar_or_skip()
+    conv = load_convergence()
+    out = tmp_path / "conv"
+    small = ["--train-arg=--d-model=32", "--train-arg=--d-ff=32", "--train-arg=--layers=1",
+             "--train-arg=--seq-len=32", "--train-arg=--batch-size=4",
+             "--train-arg=--corpus-bytes=100000"]  # fmt: skip
+    rc = conv.main(["run", "--steps", "4", "--runs", "dropless,cf1.0", "--timeout", "240",
+                    "--smooth", "2", "--out", str(out), *small])  # fmt: skip
+    assert rc == 0, (out / "log-cf1.0.txt").read_text()[-2000:] if out.exists() else "no output"
+    curves = report.read_loss_dir(out)
+    assert sorted(curves) == ["cf1.0", "dropless"]
+    for c in curves.values():
+        assert len(c.loss) == 4 and len(c.step_s) == 4
+    assert sum(curves["dropless"].dropped) == 0
+    assert sum(curves["cf1.0"].dropped) > 0  # the router is uneven at initialization
+    s = json.loads((out / "summary.json").read_text())
+    # 2 ranks x 4 sequences x 32 tokens x top-2 x 1 layer
+    assert s["meta"]["assignments_per_step"] == 2 * 4 * 32 * 2 * 1
+    assert s["curves"]["dropless"]["steps_to_target"] is not None
