@@ -109,6 +109,9 @@ def test_calibration_interpolation(tmp_path):
     want = [0.0, 2.0, 2.0, 2.5, 3.0, 6.0]  # zero; floor; point; linear; point; scaled
     assert np.allclose(got, want), f"got {got}, want {want}"
     assert not et.is_gpu
+    cpu = ExpertTime("t", "CPU (AMD EPYC, 1 torch thread)", "x", et.tokens_P, et.ms_P)
+    gpu = ExpertTime("t", "NVIDIA H200", "x", et.tokens_P, et.ms_P)
+    assert not cpu.is_gpu and gpu.is_gpu  # auto compute model: per-slot on CPU, grouped on GPU
     assert calibration.load_table(p, d_model=300, d_ff=600).shape.startswith("a ")
     assert calibration.load_table(p, d_model=900, d_ff=3000).shape.startswith("b ")
     with pytest.raises(ValueError, match="matches no shape"):

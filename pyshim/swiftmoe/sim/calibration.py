@@ -45,7 +45,9 @@ class ExpertTime:
     @property
     def is_gpu(self) -> bool:
         d = self.device.lower()
-        return any(w in d for w in ("nvidia", "cuda", "gpu", "h100", "h200", "a100", "amd"))
+        if "cpu" in d:
+            return False
+        return any(w in d for w in ("nvidia", "cuda", "gpu", "h100", "h200", "a100", "rocm"))
 
     def __call__(self, tokens) -> np.ndarray:
         x = np.asarray(tokens, dtype=np.float64)
