@@ -630,12 +630,21 @@ def plot_loss_vs_time(
     title: str = "",
 ) -> Path:
     """Left: smoothed loss against steps per curve; right: smoothed loss against wall time per
-    system (its curve's step x its seconds per iteration), with the target loss dashed."""
+    system (its curve's step x its seconds per iteration; systems that drop tokens dashed), with
+    the target loss as a grey dashed line."""
     plt = _plt()
     fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(FIG_WIDTH_PX / DPI, 4.8), layout="constrained")
     fig.suptitle(title or f"Loss (moving average of {window} steps)")
+    cf_colors = iter(["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"])
+    colors = {n: "black" if n == "dropless" else next(cf_colors, None) for n in sorted(curves)}
     for name, losses in sorted(curves.items()):
-        ax_s.plot(range(1, len(losses) + 1), moving_average(losses, window), label=name, lw=1.2)
+        ax_s.plot(
+            range(1, len(losses) + 1),
+            moving_average(losses, window),
+            label=name,
+            lw=1.2,
+            color=colors[name],
+        )
     ax_s.set_xlabel("step")
     ax_s.set_ylabel("training loss")
     for system, spi in seconds_per_iteration.items():
@@ -643,7 +652,14 @@ def plot_loss_vs_time(
         if losses is None:
             continue
         xs = [(i + 1) * spi for i in range(len(losses))]
-        ax_t.plot(xs, moving_average(losses, window), label=system, lw=1.2)
+        dropping = curve_for_system(system) != "dropless"
+        ax_t.plot(
+            xs,
+            moving_average(losses, window),
+            label=f"{system} ({curve_for_system(system)} curve)" if dropping else system,
+            lw=1.2,
+            ls="--" if dropping else "-",
+        )
     ax_t.set_xlabel(f"{time_label} (s)")
     ax_t.set_ylabel("training loss")
     for ax in (ax_s, ax_t):
@@ -676,6 +692,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plan-strategy",
         help="replicas plot from this strategy plugin, driven through the sidecar per iteration",
+    )
+    p.add_argument(
+        "--replicas-system",
+        default="swiftmoe",
+        help="the --sim system whose replicas are plotted (default swiftmoe, else the first "
+        "system with replicas)",
     )
     p.add_argument("--world-size", type=int, help="ranks for --plan-strategy")
     p.add_argument("--slots", type=int, help="slots per rank for --plan-strategy")
@@ -737,7 +759,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{prefix}expert load ÷ mean load, {args.trace}",
                 )
             )
-        replicas = next((s for s in systems if s.replicas_ILE), None)
+        with_reps = [s for s in systems if s.replicas_ILE]
+        replicas = next(
+            (s for s in with_reps if s.name == args.replicas_system),
+            with_reps[0] if with_reps else None,
+        )
         if args.plan_strategy:
             from swiftmoe.sidecar import SidecarError
 
