@@ -139,14 +139,14 @@ def _measure(args, device: torch.device, dtype: torch.dtype, backend: str) -> di
             torch.randn(args.tokens, args.dim, generator=g).to(device, dtype) for _ in range(4)
         ]
 
-        def step_ref(x_TD: torch.Tensor) -> float:
+        def step_ref(x_TD: torch.Tensor) -> torch.Tensor:
             loss = ref(x_TD).float().pow(2).mean()
             loss.backward()
             ref_opt.step()
             ref_opt.zero_grad(set_to_none=True)
             return loss.detach()
 
-        def step_swiftmoe(x_TD: torch.Tensor) -> float:
+        def step_swiftmoe(x_TD: torch.Tensor) -> torch.Tensor:
             loss = model(x_TD).float().pow(2).mean()
             loss.backward()
             dense_opt.step()
