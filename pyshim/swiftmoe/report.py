@@ -19,7 +19,9 @@ Inputs:
     loss directory   ``loss-NAME.jsonl`` files, one ``{"step", "loss", "dropped", "step_s"}`` per
                      line (``scripts/convergence.py`` writes them; NAME is ``dropless`` or
                      ``cfX`` such as ``cf1.0``).
-    simulator JSON   either ``{system: seconds_per_iteration}`` or
+    simulator JSON   ``swiftmoe sim --output FILE`` (``summary.systems[name].mean_step_ms`` and
+                     its components, ``iterations[i].systems[name].step_ms`` and ``replicas``),
+                     or ``{system: seconds_per_iteration}``, or
                      ``{"systems": [{"name": ..., "step_s": [per iteration] or "mean_step_s": x,
                      "tokens_dropped": n, "replicas": [[[...E] per layer] per iteration]}, ...]}``
                      (``"systems"`` may also map names to those objects). Step times in ms are read
@@ -681,7 +683,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Turn a routing trace, simulator results and loss curves into PNG plots "
         "(load heatmap, replicas per expert, step time per system, loss against wall time) and a "
         "time-to-target-loss table.",
-        epilog='Simulator JSON: {system: seconds_per_iteration} or {"systems": [{"name", '
+        epilog="Simulator JSON: `swiftmoe sim --output FILE`, {system: seconds_per_iteration} "
+        'or {"systems": [{"name", '
         '"step_s" or "mean_step_s", "tokens_dropped", "replicas"}]}. Loss directory: '
         "loss-NAME.jsonl files from scripts/convergence.py (NAME dropless or cfX).",
     )
