@@ -136,6 +136,7 @@ setup(
     # Tested with torch 2.15, grpcio 1.85.1, protobuf 7.36.2. The generated stubs need
     # grpcio >= 1.85.1 and protobuf >= 7.35.1 (their runtime version checks).
     install_requires=["torch>=2.4,<3", "numpy>=1.26,<3", "grpcio>=1.85.1,<2", "protobuf>=7.35.1,<8"],
+    extras_require={"report": ["matplotlib>=3.8,<4"]},
     entry_points={"console_scripts": ["swiftmoe = swiftmoe.cli:main"]},
     cmdclass={"build_py": build_py, "bdist_wheel": bdist_wheel},
     distclass=BinaryDistribution,
