@@ -5,17 +5,25 @@ elements; the sidecar uses the same formula), with fp32 master weights and the o
 of one ``torch.optim`` optimizer over this rank's shards, one tensor [E, n_r] per layer.
 
 * Gradient exchange (a sparse reduce-scatter): one ``all_to_all_single`` sends chunk c of every
-  slot's gradient to rank c; the owner sums the replicas of each expert with ``index_add_``.
+  slot's gradient to rank c; the owner sums the replicas of each expert in slot order.
 * Remap (a sparse all-gather): one ``all_to_all_single`` sends each updated shard, cast to the
   slot dtype, to the slots of the next placement.
 
 Both use one static layout, built once: the slot side of the exchange with peer c is, layer by
 layer and slot by slot, chunk c of the slot's flat weights; the shard side with peer q is, layer
-by layer, q's S slots of this rank's chunk.
+by layer, q's S slots of this rank's chunk. Chunk c of a slot is one contiguous range of its
+flat weights, so both sides are moved with strided copies between views (one per layer where
+the shards of the layer are equal and every peer exchanges as much, else one per layer and
+peer); no per-element index is built.
+
+Replica sums: expert e's gradient is ((0 + g_k1) + g_k2) + ... over its slots k1 < k2 < ... in
+global slot order, on every device (CPU: sequential ``index_add_``; elsewhere one
+``index_add_`` per replica round, whose indices are distinct, so no atomics race).
 
 Shape legend:
     L  MoE layers    E  experts of a layer    N  ranks (Q: peer)    S  slots per rank
-    P  elements of one expert    n  elements of this rank's shard of one expert
+    K  slots of a layer, N*S    P  elements of one expert
+    n  elements of this rank's shard of one expert (n_c: of rank c's shard)
     W  elements exchanged with one peer
 """
 
@@ -25,10 +33,9 @@ from collections.abc import Sequence
 
 import torch
 
-from swiftmoe.dispatch import segment_gather_index
 from swiftmoe.dist import Comm
 
-__all__ = ["shard_bounds", "ExchangeLayout", "ShardedExpertOptimizer"]
+__all__ = ["shard_bounds", "ExchangeLayout", "ShardedExpertOptimizer", "replica_rounds"]
 
 
 def shard_bounds(numel: int, world_size: int) -> list[int]:
@@ -36,8 +43,28 @@ def shard_bounds(numel: int, world_size: int) -> list[int]:
     return [c * numel // world_size for c in range(world_size + 1)]
 
 
+def replica_rounds(slots_K: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """(slot positions k, experts) of round j: the j-th replica of every expert with more than j,
+    slots in ascending order. Within a round no expert repeats."""
+    seen: dict[int, int] = {}
+    rounds: list[tuple[list[int], list[int]]] = []
+    for k, e in enumerate(slots_K):
+        j = seen.get(e, 0)
+        seen[e] = j + 1
+        if j == len(rounds):
+            rounds.append(([], []))
+        rounds[j][0].append(k)
+        rounds[j][1].append(e)
+    return rounds
+
+
 class ExchangeLayout:
-    """The static index maps of the slot <-> shard exchanges for all layers."""
+    """Where every layer's chunks sit in the buffers of the slot <-> shard exchanges.
+
+    Slot side (sent by the gradient exchange, received by the remap): peer-major; the part for
+    peer c is ``peer_W[c]`` elements, layer by layer ``S * n_c`` of them, at ``peer_off[c] +
+    layer_off_NL[c][l]``. Shard side: ``own_W`` elements per peer, layer l at ``own_off_L[l]``.
+    """
 
     def __init__(self, numels_L: Sequence[int], slots_per_rank: int, comm: Comm, device) -> None:
         N, r, S = comm.world_size, comm.rank, slots_per_rank
@@ -49,21 +76,63 @@ class ExchangeLayout:
         self.peer_W = [sum(S * (b[c + 1] - b[c]) for b in self.bounds_L) for c in range(N)]
         self.own_W = sum(S * n for n in self.shard_L)
         self.own_off_L = [sum(S * n for n in self.shard_L[:i]) for i in range(len(self.shard_L))]
-        self.slot_base_L = [
-            sum(S * P for P in self.numels_L[:i]) for i in range(len(self.numels_L))
+        self.peer_off = [sum(self.peer_W[:c]) for c in range(N)]
+        self.layer_off_NL = [
+            [sum(S * (b[c + 1] - b[c]) for b in self.bounds_L[:i]) for i in range(len(numels_L))]
+            for c in range(N)
         ]
-        self.slot_total = sum(S * P for P in self.numels_L)
-        starts, lens = [], []
-        for c in range(N):
-            for base, P, b in zip(self.slot_base_L, self.numels_L, self.bounds_L, strict=True):
-                for s in range(S):
-                    starts.append(base + s * P + b[c])
-                    lens.append(b[c + 1] - b[c])
-        self.slot_index = segment_gather_index(
-            torch.tensor(starts, dtype=torch.long),
-            torch.tensor(lens, dtype=torch.long),
-            self.slot_total,
-        ).to(device)
+        self.slot_total = sum(self.peer_W)
+        # A layer moves with one [N, S, n] copy when its shards are equal and the slot side is
+        # [N, W] (every peer exchanges as much); else with one [S, n_c] copy per peer.
+        same_width = len(set(self.peer_W)) == 1
+        self.even_L = [same_width and P % N == 0 for P in self.numels_L]
+
+    def slot_side_copy(
+        self, peer_M: torch.Tensor, slots_L: Sequence[torch.Tensor], to_peer: bool
+    ) -> None:
+        """Copy between the flat slot-side buffer peer_M and the layers' flat_SP [S, P]:
+        into peer_M when ``to_peer``, out of it otherwise (both ways casting to the target)."""
+        N, S = self.N, self.S
+        for i, (flat_SP, P, b) in enumerate(
+            zip(slots_L, self.numels_L, self.bounds_L, strict=True)
+        ):
+            if self.even_L[i]:
+                n, off = P // N, self.layer_off_NL[0][i]
+                peer_NSn = peer_M.view(N, self.peer_W[0])[:, off : off + S * n].view(N, S, n)
+                slot_NSn = flat_SP.view(S, N, n).transpose(0, 1)
+                dst, src = (peer_NSn, slot_NSn) if to_peer else (slot_NSn, peer_NSn)
+                dst.copy_(src)
+                continue
+            for c in range(N):
+                n_c = b[c + 1] - b[c]
+                if n_c == 0:
+                    continue
+                a = self.peer_off[c] + self.layer_off_NL[c][i]
+                peer_Sn = peer_M[a : a + S * n_c].view(S, n_c)
+                slot_Sn = flat_SP[:, b[c] : b[c + 1]]
+                dst, src = (peer_Sn, slot_Sn) if to_peer else (slot_Sn, peer_Sn)
+                dst.copy_(src)
+
+
+def _sum_replicas(
+    g_En: torch.Tensor, recv_NSn: torch.Tensor, slots_K: torch.Tensor, sequential: bool
+) -> None:
+    """g_En += the rows of recv_NSn [N, S, n] (slot k = c*S + s) into their experts slots_K,
+    every expert's replicas added in ascending slot order."""
+    N, S, n = recv_NSn.shape
+    if sequential:  # CPU index_add_ adds the indexed rows one after the other
+        slots_K = slots_K.to(g_En.device)
+        if N == 1 or recv_NSn.stride(0) == S * n:
+            g_En.index_add_(0, slots_K, recv_NSn.reshape(N * S, n))
+        else:
+            for c in range(N):
+                g_En.index_add_(0, slots_K[c * S : (c + 1) * S], recv_NSn[c])
+        return
+    rows_Kn = recv_NSn.reshape(N * S, n)
+    for ks, es in replica_rounds(slots_K.tolist()):
+        k_t = torch.tensor(ks, dtype=torch.long, device=g_En.device)
+        e_t = torch.tensor(es, dtype=torch.long, device=g_En.device)
+        g_En.index_add_(0, e_t, rows_Kn.index_select(0, k_t))
 
 
 class ShardedExpertOptimizer:
@@ -93,14 +162,15 @@ class ShardedExpertOptimizer:
     ) -> None:
         """Sum every expert's slot gradients (grad_SP per layer) into the owners' master grads."""
         lay, N, S = self.layout, self.comm.world_size, self.S
-        grad_cat = torch.cat([g.reshape(-1) for g in grads_L])
-        send = grad_cat.index_select(0, lay.slot_index)
+        send = torch.empty(lay.slot_total, dtype=grads_L[0].dtype, device=grads_L[0].device)
+        lay.slot_side_copy(send, [g.reshape(S, -1) for g in grads_L], to_peer=True)
         recv_NW = self.comm.all_to_all(send, [lay.own_W] * N, lay.peer_W).view(N, lay.own_W)
         for m, n, off, slots_K in zip(
             self.masters, lay.shard_L, lay.own_off_L, slots_L, strict=True
         ):
-            rows_KN = recv_NW[:, off : off + S * n].reshape(N * S, n)
-            g_En = torch.zeros_like(m).index_add_(0, slots_K.to(m.device), rows_KN)
+            g_En = torch.zeros_like(m)
+            recv_NSn = recv_NW[:, off : off + S * n].view(N, S, n)
+            _sum_replicas(g_En, recv_NSn, slots_K, sequential=m.device.type == "cpu")
             m.grad = g_En.mul_(self.grad_scale)
 
     def step(self) -> None:
@@ -110,18 +180,21 @@ class ShardedExpertOptimizer:
     def remap(self, slots_L: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
         """Send the shards to the slots of placement ``slots_L``; returns flat_SP per layer."""
         lay, N, S = self.layout, self.comm.world_size, self.S
-        parts = [
-            m.detach().index_select(0, slots_K.to(m.device)).to(dtype).reshape(N, S * n)
-            for m, n, slots_K in zip(self.masters, lay.shard_L, slots_L, strict=True)
-        ]
-        send = torch.cat(parts, dim=1).reshape(-1)
-        recv = self.comm.all_to_all(send, lay.peer_W, [lay.own_W] * N)
-        slot_cat = torch.empty(lay.slot_total, dtype=dtype, device=recv.device)
-        slot_cat[lay.slot_index] = recv
-        return [
-            slot_cat[base : base + S * P].view(S, P)
-            for base, P in zip(lay.slot_base_L, lay.numels_L, strict=True)
-        ]
+        device = self.masters[0].device
+        send_NW = torch.empty(N, lay.own_W, dtype=dtype, device=device)
+        for m, n, off, slots_K in zip(
+            self.masters, lay.shard_L, lay.own_off_L, slots_L, strict=True
+        ):
+            idx_K = slots_K.to(device)
+            send_NSn = send_NW[:, off : off + S * n].view(N, S, n)
+            if dtype == m.dtype and (N == 1 or lay.own_W == S * n):  # gather straight in place
+                torch.index_select(m.detach(), 0, idx_K, out=send_NSn.view(N * S, n))
+            else:
+                send_NSn.copy_(m.detach().index_select(0, idx_K).view(N, S, n))
+        recv = self.comm.all_to_all(send_NW.view(-1), lay.peer_W, [lay.own_W] * N)
+        out_L = [torch.empty(S, P, dtype=dtype, device=recv.device) for P in lay.numels_L]
+        lay.slot_side_copy(recv, out_L, to_peer=False)
+        return out_L
 
     def gather_full(self) -> list[torch.Tensor]:
         """Every expert's full fp32 weights, full_EP per layer, on every rank."""
