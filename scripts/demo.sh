@@ -37,7 +37,7 @@ for s in static swiftmoe; do
   python3 -m torch.distributed.run --standalone --nproc-per-node 2 examples/train_lm.py \
     --strategy "$s" --steps "$steps" --slots 6 --no-progress \
     --trace-out "$out/trace-$s.jsonl" --timings-out "$out/timings-$s.jsonl" \
-    --summary-out "$out/summary-$s.json" 2>&1 | grep -E '^step .*(/'"$steps"' |0/'"$steps"' )|^\{' || true
+    --summary-out "$out/summary-$s.json" 2>&1 | grep -E '^step ([0-9]*0|'"$steps"')/'"$steps"' |^\{' || true
   [ -s "$out/summary-$s.json" ] || { echo "demo: the $s run wrote no summary; see the output above" >&2; exit 1; }
 done
 
