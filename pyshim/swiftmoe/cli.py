@@ -347,6 +347,11 @@ def _parser() -> argparse.ArgumentParser:
         help="offline planning: runs `swiftmoe-sidecar plan ARGS` (see `swiftmoe plan --help`)",
         add_help=False,
     )
+    sub.add_parser(
+        "report",
+        help="plots from a routing trace and simulator results (see `swiftmoe report --help`)",
+        add_help=False,
+    )
     return p
 
 
@@ -354,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "plan":
         return _plan(argv[1:])  # every argument, --help included, belongs to the sidecar
+    if argv and argv[0] == "report":
+        from swiftmoe import report
+
+        return report.main(argv[1:])
     p = _parser()
     args = p.parse_args(argv)
     if args.command == "doctor":

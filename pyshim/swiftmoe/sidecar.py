@@ -249,6 +249,8 @@ class SidecarPlan:
     source: str
     note: str
     remap_total_bytes: int
+    remap_changed_slots: int = 0
+    remap_migrated_bytes: int = 0
 
     @classmethod
     def from_proto(cls, p: pb.Plan) -> SidecarPlan:
@@ -261,6 +263,8 @@ class SidecarPlan:
             source=pb.PlanSource.Name(p.source),
             note=p.note,
             remap_total_bytes=int(p.remap.total_bytes),
+            remap_changed_slots=int(p.remap.changed_slots),
+            remap_migrated_bytes=int(p.remap.migrated_bytes),
         )
 
 

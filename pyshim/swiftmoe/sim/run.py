@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from swiftmoe import split as splitlib
-from swiftmoe._proto.v1 import swiftmoe_pb2 as pb
-from swiftmoe.sidecar import JobSpec, ManagedSidecar, SidecarClient, SidecarPlan
+from swiftmoe.sidecar import JobSpec, ManagedSidecar, SidecarClient
 from swiftmoe.sim import model
 from swiftmoe.sim.calibration import ExpertTime
 from swiftmoe.sim.systems import BOUND, CAPACITY, ENGINE, PADDED, SystemSpec
@@ -120,14 +119,9 @@ def _job_spec(cfg: SimConfig, job: JobState, L: int, E: int) -> JobSpec:
 
 
 def _report(client: SidecarClient, job: JobState, it: int, loads_LE: np.ndarray, timeout_s: float):
-    """ReportLoads; the plan and its remap's migrated_bytes (SidecarPlan does not carry it)."""
-    req = pb.ReportLoadsRequest(
-        job_id=job.job_id,
-        iteration=it,
-        layers=[pb.LayerLoads(tokens=[int(v) for v in row]) for row in loads_LE],
-    )
-    resp = client._call("ReportLoads", req, timeout_s)
-    return SidecarPlan.from_proto(resp.plan), int(resp.plan.remap.migrated_bytes)
+    """ReportLoads: the plan for it+1 and its remap's migrated_bytes."""
+    plan = client.report_loads(job.job_id, it, loads_LE.tolist(), timeout_s=timeout_s)
+    return plan, plan.remap_migrated_bytes
 
 
 def simulate(
