@@ -51,7 +51,8 @@ func IntsToProto(v []int) []uint32 {
 	return out
 }
 
-// RequestToProto converts a planning request to its wire form.
+// RequestToProto converts a planning request to its wire form. The layers'
+// messages and current slots share one allocation each.
 func RequestToProto(r *Request) *pb.StrategyPlanRequest {
 	out := &pb.StrategyPlanRequest{
 		Topology:             TopologyToProto(r.Topology),
@@ -61,35 +62,49 @@ func RequestToProto(r *Request) *pb.StrategyPlanRequest {
 		ExpertOptimizerBytes: r.ExpertOptimizerBytes,
 		Layers:               make([]*pb.StrategyLayerInput, len(r.Layers)),
 	}
-	for i, l := range r.Layers {
-		out.Layers[i] = &pb.StrategyLayerInput{
-			Layer:         uint32(l.Layer),
-			NumExperts:    uint32(l.NumExperts),
-			PredictedLoad: l.Predicted,
-			LastLoad:      l.LastLoad,
-			CurrentSlots:  IntsToProto(l.Current),
+	msgs := make([]pb.StrategyLayerInput, len(r.Layers))
+	ids := make([]uint32, 0, totalLen(r.Layers, func(l *LayerInput) int { return len(l.Current) }))
+	for i := range r.Layers {
+		l := &r.Layers[i]
+		start := len(ids)
+		for _, x := range l.Current {
+			ids = append(ids, uint32(x))
 		}
+		m := &msgs[i]
+		m.Layer = uint32(l.Layer)
+		m.NumExperts = uint32(l.NumExperts)
+		m.PredictedLoad = l.Predicted
+		m.LastLoad = l.LastLoad
+		m.CurrentSlots = ids[start:len(ids):len(ids)]
+		out.Layers[i] = m
 	}
 	return out
 }
 
-// RequestFromProto converts a wire request into the SDK's form.
+// RequestFromProto converts a wire request into the SDK's form. The layers'
+// current slots share one allocation.
 func RequestFromProto(r *pb.StrategyPlanRequest) *Request {
+	in := r.GetLayers()
 	out := &Request{
 		Topology:             TopologyFromProto(r.GetTopology()),
 		Iteration:            r.GetIteration(),
 		Options:              r.GetOptions(),
 		ExpertWeightBytes:    r.GetExpertWeightBytes(),
 		ExpertOptimizerBytes: r.GetExpertOptimizerBytes(),
-		Layers:               make([]LayerInput, len(r.GetLayers())),
+		Layers:               make([]LayerInput, len(in)),
 	}
-	for i, l := range r.GetLayers() {
+	ids := make([]int, 0, totalLen(in, func(l **pb.StrategyLayerInput) int { return len((*l).GetCurrentSlots()) }))
+	for i, l := range in {
+		start := len(ids)
+		for _, x := range l.GetCurrentSlots() {
+			ids = append(ids, int(x))
+		}
 		out.Layers[i] = LayerInput{
 			Layer:      int(l.GetLayer()),
 			NumExperts: int(l.GetNumExperts()),
 			Predicted:  l.GetPredictedLoad(),
 			LastLoad:   l.GetLastLoad(),
-			Current:    IntsFromProto(l.GetCurrentSlots()),
+			Current:    ids[start:len(ids):len(ids)],
 		}
 	}
 	return out
@@ -97,29 +112,53 @@ func RequestFromProto(r *pb.StrategyPlanRequest) *Request {
 
 // ResponseToProto converts a strategy's response to its wire form. Negative
 // ids cannot be carried and become out-of-range ids that validation rejects.
+// The layers' messages and slots share one allocation each.
 func ResponseToProto(r *Response) *pb.StrategyPlanResponse {
 	out := &pb.StrategyPlanResponse{
 		MigratedBytes: r.MigratedBytes,
 		Note:          r.Note,
 		Layers:        make([]*pb.StrategyLayerOutput, len(r.Layers)),
 	}
+	msgs := make([]pb.StrategyLayerOutput, len(r.Layers))
+	ids := make([]uint32, 0, totalLen(r.Layers, func(s *[]int) int { return len(*s) }))
 	for i, slots := range r.Layers {
-		out.Layers[i] = &pb.StrategyLayerOutput{Slots: IntsToProto(slots)}
+		start := len(ids)
+		for _, x := range slots {
+			ids = append(ids, uint32(x))
+		}
+		msgs[i].Slots = ids[start:len(ids):len(ids)]
+		out.Layers[i] = &msgs[i]
 	}
 	return out
 }
 
-// ResponseFromProto converts a wire response into the SDK's form.
+// ResponseFromProto converts a wire response into the SDK's form. The
+// layers' slots share one allocation.
 func ResponseFromProto(r *pb.StrategyPlanResponse) *Response {
+	in := r.GetLayers()
 	out := &Response{
 		MigratedBytes: r.GetMigratedBytes(),
 		Note:          r.GetNote(),
-		Layers:        make([][]int, len(r.GetLayers())),
+		Layers:        make([][]int, len(in)),
 	}
-	for i, l := range r.GetLayers() {
-		out.Layers[i] = IntsFromProto(l.GetSlots())
+	ids := make([]int, 0, totalLen(in, func(l **pb.StrategyLayerOutput) int { return len((*l).GetSlots()) }))
+	for i, l := range in {
+		start := len(ids)
+		for _, x := range l.GetSlots() {
+			ids = append(ids, int(x))
+		}
+		out.Layers[i] = ids[start:len(ids):len(ids)]
 	}
 	return out
+}
+
+// totalLen sums size over the elements of v.
+func totalLen[T any](v []T, size func(*T) int) int {
+	n := 0
+	for i := range v {
+		n += size(&v[i])
+	}
+	return n
 }
 
 // InfoToProto converts strategy info to its wire form.

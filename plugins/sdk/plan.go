@@ -27,7 +27,11 @@ func ValidateSlots(slots []int, numExperts int, t Topology) error {
 	if total < numExperts {
 		return fmt.Errorf("%w: %d slots cannot hold %d experts; raise slots_per_rank to at least %d", ErrInvalidPlan, total, numExperts, (numExperts+t.WorldSize-1)/t.WorldSize)
 	}
-	replicas := make([]int, numExperts)
+	// One allocation holds both counters: replicas[e] over the layer and
+	// perRank[e] over the rank being checked. perRank is reset by walking the
+	// rank's own slots, so each rank costs SlotsPerRank, not numExperts.
+	counts := make([]int, 2*numExperts)
+	replicas, perRank := counts[:numExperts:numExperts], counts[numExperts:]
 	for i, e := range slots {
 		if e < 0 || e >= numExperts {
 			return fmt.Errorf("%w: slot %d (rank %d) holds expert %d, want 0..%d", ErrInvalidPlan, i, i/t.SlotsPerRank, e, numExperts-1)
@@ -39,14 +43,16 @@ func ValidateSlots(slots []int, numExperts int, t Topology) error {
 			return fmt.Errorf("%w: expert %d has no slot; every expert needs at least one replica", ErrInvalidPlan, e)
 		}
 	}
-	perRank := make(map[int]int, t.SlotsPerRank)
 	for r := 0; r < t.WorldSize; r++ {
-		clear(perRank)
-		for _, e := range slots[r*t.SlotsPerRank : (r+1)*t.SlotsPerRank] {
+		rank := slots[r*t.SlotsPerRank : (r+1)*t.SlotsPerRank]
+		for _, e := range rank {
 			perRank[e]++
 			if limit := (replicas[e] + t.WorldSize - 1) / t.WorldSize; perRank[e] > limit {
 				return fmt.Errorf("%w: rank %d holds %d replicas of expert %d, at most %d allowed with %d replicas over %d ranks", ErrInvalidPlan, r, perRank[e], e, limit, replicas[e], t.WorldSize)
 			}
+		}
+		for _, e := range rank {
+			perRank[e] = 0
 		}
 	}
 	return nil
@@ -66,15 +72,36 @@ func Replicas(slots []int, numExperts int) []int {
 
 // RankLoads returns the tokens each rank would process when every expert's
 // load is split evenly across its replicas (len WorldSize). loads has one
-// entry per expert; slots must be valid.
+// entry per expert; slots must be valid. A topology without slots per rank
+// yields all-zero loads.
 func RankLoads(slots []int, loads []float64, t Topology) []float64 {
-	replicas := Replicas(slots, len(loads))
 	out := make([]float64, t.WorldSize)
-	for i, e := range slots {
-		if e < 0 || e >= len(loads) || replicas[e] == 0 {
-			continue
+	if t.SlotsPerRank < 1 {
+		return out
+	}
+	// share[e] is the load of one replica of expert e, computed once per
+	// expert rather than once per slot (the same quotient, and the same
+	// summation order, as dividing at every slot).
+	share := make([]float64, len(loads))
+	for _, e := range slots {
+		if e >= 0 && e < len(loads) {
+			share[e]++
 		}
-		out[i/t.SlotsPerRank] += loads[e] / float64(replicas[e])
+	}
+	for e, n := range share {
+		if n > 0 {
+			share[e] = loads[e] / n
+		}
+	}
+	// Slot i is on rank i/SlotsPerRank; count ranks instead of dividing.
+	r, k := 0, 0
+	for _, e := range slots {
+		if e >= 0 && e < len(loads) {
+			out[r] += share[e]
+		}
+		if k++; k == t.SlotsPerRank {
+			r, k = r+1, 0
+		}
 	}
 	return out
 }

@@ -50,6 +50,7 @@ func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout 
 		AutoMTLS:         true,
 		Logger:           log,
 		StartTimeout:     startTimeout,
+		GRPCDialOptions:  dialOptions(),
 	})
 	rpc, err := client.Client()
 	if err != nil {

@@ -16,9 +16,15 @@ func newHistory(experts, size int) *history {
 	return &history{ring: make([][]uint64, size), ewma: make([]float64, experts)}
 }
 
-// add records one iteration's loads; alpha weighs it in the EWMA.
+// add records one iteration's loads; alpha weighs it in the EWMA. The ring
+// entry it overwrites, len(ring) reports old, is reused.
 func (h *history) add(tokens []uint64, alpha float64) {
-	cp := append([]uint64(nil), tokens...)
+	cp := h.ring[h.next]
+	if cap(cp) < len(tokens) {
+		cp = make([]uint64, len(tokens))
+	}
+	cp = cp[:len(tokens)]
+	copy(cp, tokens)
 	h.ring[h.next] = cp
 	h.next = (h.next + 1) % len(h.ring)
 	if h.count == 0 {
@@ -50,15 +56,20 @@ func (h *history) len() int { return h.count }
 // report).
 func (h *history) predict(cfg predictorConfig) []float64 {
 	out := make([]float64, len(h.ewma))
-	if h.count == 0 {
-		return out
-	}
-	if cfg.kind == PredictEWMA {
-		copy(out, h.ewma)
-		return out
-	}
-	for e, x := range h.last() {
-		out[e] = float64(x)
-	}
+	h.predictInto(out, cfg)
 	return out
+}
+
+// predictInto writes predict's answer into out (len(h.ewma) entries).
+func (h *history) predictInto(out []float64, cfg predictorConfig) {
+	switch {
+	case h.count == 0:
+		clear(out)
+	case cfg.kind == PredictEWMA:
+		copy(out, h.ewma)
+	default:
+		for e, x := range h.last() {
+			out[e] = float64(x)
+		}
+	}
 }

@@ -61,11 +61,19 @@ func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
 	return j
 }
 
-// predictions returns every layer's predicted loads.
+// predictions returns every layer's predicted loads, in one allocation.
 func (j *job) predictions() [][]float64 {
+	n := 0
+	for _, e := range j.experts {
+		n += e
+	}
+	buf := make([]float64, n)
 	out := make([][]float64, len(j.hist))
 	for l, h := range j.hist {
-		out[l] = h.predict(j.predictor)
+		e := len(h.ewma)
+		out[l] = buf[:e:e]
+		buf = buf[e:]
+		h.predictInto(out[l], j.predictor)
 	}
 	return out
 }

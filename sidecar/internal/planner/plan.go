@@ -5,25 +5,38 @@ import (
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
 
-// layerPlan describes one layer's placement under predicted loads: replicas
-// per expert, the per-rank load with each expert's load split evenly across
-// its replicas, and max_over_mean.
-func layerPlan(slots []int, predicted []float64, t sdk.Topology) *pb.LayerPlan {
-	replicas := sdk.Replicas(slots, len(predicted))
-	rank := sdk.RankLoads(slots, predicted, t)
-	return &pb.LayerPlan{
-		Slots:       sdk.IntsToProto(slots),
-		Replicas:    sdk.IntsToProto(replicas),
-		RankLoad:    rank,
-		MaxOverMean: sdk.MaxOverMean(rank),
-	}
-}
-
-// describePlan builds a Plan message from per-layer placements.
+// describePlan builds a Plan's layers from per-layer placements under
+// predicted loads: replicas per expert, the per-rank load with each expert's
+// load split evenly across its replicas, and max_over_mean. The layers'
+// messages, slots and replica counts share one allocation each, so a plan of
+// many layers costs a handful of allocations.
 func describePlan(slots [][]int, predicted [][]float64, t sdk.Topology) []*pb.LayerPlan {
-	out := make([]*pb.LayerPlan, len(slots))
+	var nSlots, nExperts int
 	for l := range slots {
-		out[l] = layerPlan(slots[l], predicted[l], t)
+		nSlots += len(slots[l])
+		nExperts += len(predicted[l])
+	}
+	out := make([]*pb.LayerPlan, len(slots))
+	msgs := make([]pb.LayerPlan, len(slots))
+	ids := make([]uint32, nSlots)
+	reps := make([]uint32, nExperts)
+	for l, s := range slots {
+		lid := ids[:len(s):len(s)]
+		ids = ids[len(s):]
+		for i, e := range s {
+			lid[i] = uint32(e)
+		}
+		lrep := reps[:len(predicted[l]):len(predicted[l])]
+		reps = reps[len(predicted[l]):]
+		for _, e := range s {
+			if e >= 0 && e < len(lrep) {
+				lrep[e]++
+			}
+		}
+		rank := sdk.RankLoads(s, predicted[l], t)
+		m := &msgs[l]
+		m.Slots, m.Replicas, m.RankLoad, m.MaxOverMean = lid, lrep, rank, sdk.MaxOverMean(rank)
+		out[l] = m
 	}
 	return out
 }
