@@ -61,19 +61,40 @@ func BenchmarkSwiftMoEPlanNodes8(b *testing.B) { benchPlan(b, benchRequest(8)) }
 // BenchmarkSwiftMoEPlanSequential plans the 64 layers of the target one
 // after another on one goroutine: its cpu-ns/op is the compute of a whole
 // plan (the target is under 2 ms), free of scheduling.
-func BenchmarkSwiftMoEPlanSequential(b *testing.B) {
-	req := benchRequest(0)
+func BenchmarkSwiftMoEPlanSequential(b *testing.B) { benchSequential(b, benchRequest(0), options{}) }
+
+// BenchmarkSwiftMoEPlanSequentialNodes8 is the same with nodes of 8 ranks
+// (node_policy=spread, the default).
+func BenchmarkSwiftMoEPlanSequentialNodes8(b *testing.B) {
+	benchSequential(b, benchRequest(8), options{})
+}
+
+// BenchmarkSwiftMoEPlanSequentialNodes8Pack is the same with
+// node_policy=pack.
+func BenchmarkSwiftMoEPlanSequentialNodes8Pack(b *testing.B) {
+	benchSequential(b, benchRequest(8), options{nodes: nodesPack})
+}
+
+func benchSequential(b *testing.B, req *sdk.Request, o options) {
 	p := new(planner)
 	dst := make([]int, req.Topology.TotalSlots())
+	var worst float64
 	cpu0 := cpuTime()
 	for b.Loop() {
 		for _, l := range req.Layers {
-			if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology); err != nil {
+			if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o); err != nil {
 				b.Fatal(err)
 			}
 		}
 	}
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	for _, l := range req.Layers {
+		if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o); err != nil {
+			b.Fatal(err)
+		}
+		worst = max(worst, balance(dst, l.Predicted, req.Topology))
+	}
+	b.ReportMetric(worst, "max_over_mean")
 }
 
 // BenchmarkSwiftMoEPlanLayer is one layer on one goroutine: the compute per
@@ -85,7 +106,7 @@ func BenchmarkSwiftMoEPlanLayer(b *testing.B) {
 	dst := make([]int, req.Topology.TotalSlots())
 	cpu0 := cpuTime()
 	for b.Loop() {
-		if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology); err != nil {
+		if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, options{}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -31,17 +31,65 @@ func zipfLoads(e int, s, total float64, seed uint64) []float64 {
 	return out
 }
 
-// planOne plans a single layer with a timeout.
+// planOne plans a single layer with default options and a timeout.
 func planOne(t testing.TB, s sdk.Strategy, topo sdk.Topology, loads []float64, cur []int) []int {
+	t.Helper()
+	return planWith(t, s, topo, nil, loads, cur)
+}
+
+// planWith plans a single layer with the given options and a timeout.
+func planWith(t testing.TB, s sdk.Strategy, topo sdk.Topology, opts map[string]string, loads []float64, cur []int) []int {
 	t.Helper()
 	resp, err := planReq(t, s, &sdk.Request{
 		Topology: topo,
+		Options:  opts,
 		Layers:   []sdk.LayerInput{{NumExperts: len(loads), Predicted: loads, Current: cur}},
 	})
 	if err != nil {
-		t.Fatalf("Plan(N=%d S=%d R=%d E=%d): %v", topo.WorldSize, topo.SlotsPerRank, topo.RanksPerNode, len(loads), err)
+		t.Fatalf("Plan(N=%d S=%d R=%d E=%d options %v): %v", topo.WorldSize, topo.SlotsPerRank, topo.RanksPerNode, len(loads), opts, err)
 	}
 	return resp.Layers[0]
+}
+
+// nodeCounts returns, per expert, its replicas on each node.
+func nodeCounts(slots []int, e int, topo sdk.Topology) [][]int {
+	nodes := 1
+	if topo.RanksPerNode > 0 {
+		nodes = (topo.WorldSize + topo.RanksPerNode - 1) / topo.RanksPerNode
+	}
+	out := make([][]int, e)
+	for x := range out {
+		out[x] = make([]int, nodes)
+	}
+	for i, x := range slots {
+		out[x][topo.NodeOf(i/topo.SlotsPerRank)]++
+	}
+	return out
+}
+
+// checkSpread asserts node_policy=spread's layout when ranks_per_node
+// splits the job into equal nodes: every expert with r replicas on
+// min(r, nodes) nodes, its per-node counts differing by at most one.
+func checkSpread(t *testing.T, name string, slots []int, e int, topo sdk.Topology) {
+	t.Helper()
+	r := topo.RanksPerNode
+	if r <= 0 || r >= topo.WorldSize || topo.WorldSize%r != 0 {
+		return
+	}
+	for x, row := range nodeCounts(slots, e, topo) {
+		lo, hi, used, reps := row[0], row[0], 0, 0
+		for _, c := range row {
+			lo, hi = min(lo, c), max(hi, c)
+			reps += c
+			if c > 0 {
+				used++
+			}
+		}
+		if hi-lo > 1 || used != min(reps, len(row)) {
+			t.Fatalf("%s: expert %d has node counts %v; want min(%d, %d) = %d nodes with counts differing by at most one",
+				name, x, row, reps, len(row), min(reps, len(row)))
+		}
+	}
 }
 
 func planReq(t testing.TB, s sdk.Strategy, req *sdk.Request) (*sdk.Response, error) {

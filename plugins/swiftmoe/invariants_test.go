@@ -130,18 +130,23 @@ func TestPlanRandomInvariants(t *testing.T) {
 	s := New()
 	for i := range 700 {
 		topo, loads := randomCase(rng)
-		name := fmt.Sprintf("case %d N=%d S=%d R=%d E=%d", i, topo.WorldSize, topo.SlotsPerRank, topo.RanksPerNode, len(loads))
+		policy := nodePolicyNames[i%len(nodePolicyNames)]
+		opts := map[string]string{optNodePolicy: policy}
+		name := fmt.Sprintf("case %d N=%d S=%d R=%d E=%d %s", i, topo.WorldSize, topo.SlotsPerRank, topo.RanksPerNode, len(loads), policy)
 		var cur []int
 		if rng.IntN(2) == 0 {
 			cur = sdk.StaticSlots(len(loads), topo)
 		}
-		got := planOne(t, s, topo, loads, cur)
+		got := planWith(t, s, topo, opts, loads, cur)
 		checkPlan(t, name, got, loads, topo)
-		if again := planOne(t, s, topo, loads, cur); !slices.Equal(got, again) {
+		if policy == "spread" {
+			checkSpread(t, name, got, len(loads), topo)
+		}
+		if again := planWith(t, s, topo, opts, loads, cur); !slices.Equal(got, again) {
 			t.Fatalf("%s: not deterministic: %v then %v", name, got, again)
 		}
 		// Planning again from the plan with the same loads keeps it.
-		if again := planOne(t, s, topo, loads, got); !slices.Equal(got, again) {
+		if again := planWith(t, s, topo, opts, loads, got); !slices.Equal(got, again) {
 			t.Fatalf("%s: unchanged load changed the plan: %v then %v", name, got, again)
 		}
 		// Current plans that are not valid plans are still usable input.
@@ -149,38 +154,7 @@ func TestPlanRandomInvariants(t *testing.T) {
 		for k := range junk {
 			junk[k] = rng.IntN(len(loads))
 		}
-		checkPlan(t, name+" junk current", planOne(t, s, topo, loads, junk), loads, topo)
-	}
-}
-
-func TestNodeLocality(t *testing.T) {
-	// 4 nodes of 4 ranks, 4 slots: every expert with <= 4 replicas fits in
-	// a node and must stay there.
-	topo := sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 4}
-	rng := rand.New(rand.NewPCG(9, 9))
-	var worst float64
-	for trial := range 50 {
-		loads := zipfLoads(32, 0.6, 1<<16, rng.Uint64())
-		got := planOne(t, New(), topo, loads, nil)
-		checkPlan(t, "locality", got, loads, topo)
-		reps := sdk.Replicas(got, len(loads))
-		nodes := make([]map[int]bool, len(loads))
-		for i, e := range got {
-			if nodes[e] == nil {
-				nodes[e] = map[int]bool{}
-			}
-			nodes[e][topo.NodeOf(i/topo.SlotsPerRank)] = true
-		}
-		for e, r := range reps {
-			if r <= topo.RanksPerNode && len(nodes[e]) != 1 {
-				t.Errorf("trial %d: expert %d has %d replicas (fits a node) spread over %d nodes", trial, e, r, len(nodes[e]))
-			}
-		}
-		worst = max(worst, balance(got, loads, topo))
-	}
-	t.Logf("node-aware packing, 4x4 ranks, 4 slots, 32 experts Zipf(0.6): worst max_over_mean %.4f", worst)
-	if worst > 1.10 {
-		t.Errorf("node-aware worst max_over_mean %.4f, want <= 1.10", worst)
+		checkPlan(t, name+" junk current", planWith(t, s, topo, opts, loads, junk), loads, topo)
 	}
 }
 
@@ -192,6 +166,7 @@ func TestPlanErrors(t *testing.T) {
 		want error
 	}{
 		{"unknown option", &sdk.Request{Topology: topo, Options: map[string]string{"x": "1"}, Layers: []sdk.LayerInput{{NumExperts: 2}}}, sdk.ErrBadOption},
+		{"bad node_policy", &sdk.Request{Topology: topo, Options: map[string]string{"node_policy": "Spread"}, Layers: []sdk.LayerInput{{NumExperts: 2}}}, sdk.ErrBadOption},
 		{"too many experts", &sdk.Request{Topology: topo, Layers: []sdk.LayerInput{{NumExperts: 5}}}, sdk.ErrInvalidRequest},
 		{"negative load", &sdk.Request{Topology: topo, Layers: []sdk.LayerInput{{NumExperts: 2, Predicted: []float64{1, -1}}}}, sdk.ErrInvalidRequest},
 		{"bad current", &sdk.Request{Topology: topo, Layers: []sdk.LayerInput{{NumExperts: 2, Current: []int{0, 1, 2, 0}}}}, sdk.ErrInvalidRequest},

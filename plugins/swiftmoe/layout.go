@@ -1,6 +1,10 @@
 package swiftmoe
 
-import "slices"
+import (
+	"slices"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
 
 // orderSlots orders each rank's replicas so that an expert the rank held in
 // the current plan stays in its slot; without a current plan, ascending ids.
@@ -49,7 +53,8 @@ func insertionSort(v []int) {
 // replicas). With zero total load the current plan must also have the new
 // (uniform) counts. So an unchanged load keeps an unchanged plan, and no
 // slot moves for no gain: among equally good plans, the current one wins.
-func (p *planner) keepCurrentIfAsGood() {
+// Under node_policy=spread the current plan must also be spread.
+func (p *planner) keepCurrentIfAsGood(t sdk.Topology) {
 	if p.cur == nil {
 		return
 	}
@@ -83,7 +88,34 @@ func (p *planner) keepCurrentIfAsGood() {
 			}
 		}
 	}
+	if r := hierarchical(t); r > 0 && p.opts.nodes == nodesSpread && !p.spreadOverNodes(p.cur, r) {
+		return
+	}
 	copy(p.dst, p.cur)
+}
+
+// spreadOverNodes reports whether every expert's replicas in slots are
+// spread over the nodes of r ranks as packSpread spreads them: each node
+// holds floor(reps/nodes) or one more (reps as counted in cur).
+func (p *planner) spreadOverNodes(slots []int, r int) bool {
+	nodes := p.nRanks / r
+	cnt := grow(p.nodeCnt, p.nExperts*nodes)
+	p.nodeCnt = cnt
+	clear(cnt)
+	per := r * p.nSlots
+	for i, e := range slots {
+		cnt[e*nodes+i/per]++
+	}
+	nd := int32(nodes)
+	for e := range p.nExperts {
+		lo := p.curReps[e] / nd
+		for _, c := range cnt[e*nodes : (e+1)*nodes] {
+			if c != lo && c != lo+1 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // loadsAtMost reports whether every rank's load under weights w, summed in

@@ -2,24 +2,21 @@ package swiftmoe
 
 import "slices"
 
-// packNodes is the node-aware packing used when ranks_per_node splits the
-// job into equal nodes of r ranks: experts (all their replicas as one
-// chunk) are first packed onto nodes, heaviest total load first, each onto
-// the least-loaded node with room for the whole chunk; a chunk that fits in
-// no node is split over the nodes with the most room. Each node's replicas
-// are then packed onto its ranks as in the flat case, and refined there.
-// A node may hold at most r*capR[e] replicas of e, so that its ranks can
-// hold them within the per-rank limit.
+// packNodes is the node-aware packing of node_policy=pack, used when
+// ranks_per_node splits the job into equal nodes of r ranks: experts (all
+// their replicas as one chunk) are first packed onto nodes, most replicas
+// first, each onto the least-loaded node with room for the whole chunk; a
+// chunk that fits in no node is split over the nodes with the most room.
+// Each node's replicas are then packed onto its ranks as in the flat case,
+// and refined there. A node may hold at most r*capR[e] replicas of e, so
+// that its ranks can hold them within the per-rank limit.
 func (p *planner) packNodes(r int) error {
 	nodes := p.nRanks / r
 	e := p.nExperts
-	p.nodeCnt = grow(p.nodeCnt, e*nodes)
-	clear(p.nodeCnt)
-	p.nodeLoad = grow(p.nodeLoad, nodes)
-	p.nodeFree = grow(p.nodeFree, nodes)
-	for n := range nodes {
-		p.nodeLoad[n] = 0
-		p.nodeFree[n] = int32(r * p.nSlots)
+	p.resetNodes(r, nodes)
+	for x := range e {
+		p.nodeLo[x] = 0
+		p.nodeHi[x] = int32(r) * p.capR[x]
 	}
 	p.nodeOrder = grow(p.nodeOrder, e)
 	for i := range e {
@@ -40,11 +37,33 @@ func (p *planner) packNodes(r int) error {
 	})
 
 	for _, x := range p.nodeOrder {
-		if err := p.placeChunk(x, r, nodes); err != nil {
+		if err := p.placeChunk(x, nodes); err != nil {
 			return err
 		}
 	}
+	return p.packNodeRanks(r, nodes)
+}
 
+// resetNodes empties the nodes before a node-aware packing: no replicas,
+// no load, r*S free slots each.
+func (p *planner) resetNodes(r, nodes int) {
+	e := p.nExperts
+	p.nodeCnt = grow(p.nodeCnt, e*nodes)
+	clear(p.nodeCnt)
+	p.nodeLo = grow(p.nodeLo, e)
+	p.nodeHi = grow(p.nodeHi, e)
+	p.nodeLoad = grow(p.nodeLoad, nodes)
+	p.nodeFree = grow(p.nodeFree, nodes)
+	for n := range nodes {
+		p.nodeLoad[n] = 0
+		p.nodeFree[n] = int32(r * p.nSlots)
+	}
+}
+
+// packNodeRanks packs each node's replicas (nodeCnt) onto its ranks and
+// refines them there.
+func (p *planner) packNodeRanks(r, nodes int) error {
+	e := p.nExperts
 	for n := range nodes {
 		for i := range e {
 			p.need[i] = p.nodeCnt[i*nodes+n]
@@ -59,8 +78,8 @@ func (p *planner) packNodes(r int) error {
 }
 
 // placeChunk puts all reps[x] replicas of x onto nodes.
-func (p *planner) placeChunk(x int32, r, nodes int) error {
-	limit := int32(r) * p.capR[x]
+func (p *planner) placeChunk(x int32, nodes int) error {
+	limit := p.nodeHi[x]
 	row := p.nodeCnt[int(x)*nodes : int(x+1)*nodes]
 	k := p.reps[x]
 	for k > 0 {
@@ -87,7 +106,7 @@ func (p *planner) placeChunk(x int32, r, nodes int) error {
 			take = most
 		}
 		if best < 0 {
-			if err := p.repairNode(x, r, nodes); err != nil {
+			if err := p.repairNode(x, nodes); err != nil {
 				return err
 			}
 			k--
@@ -103,9 +122,9 @@ func (p *planner) placeChunk(x int32, r, nodes int) error {
 
 // repairNode places one replica of x when every node with room already
 // holds its limit of x: a full node that may take x hands one replica of
-// another expert to a node with room (the same counting argument as
-// repairRank guarantees one exists).
-func (p *planner) repairNode(x int32, r, nodes int) error {
+// another expert to a node with room, keeping every count within nodeLo and
+// nodeHi (the same counting argument as repairRank guarantees one exists).
+func (p *planner) repairNode(x int32, nodes int) error {
 	q := -1
 	for n := range nodes {
 		if p.nodeFree[n] > 0 && (q < 0 || p.nodeLoad[n] < p.nodeLoad[q]) {
@@ -115,7 +134,7 @@ func (p *planner) repairNode(x int32, r, nodes int) error {
 	if q < 0 {
 		return errNoRepair
 	}
-	limitX := int32(r) * p.capR[x]
+	limitX := p.nodeHi[x]
 	bestN, bestF := -1, int32(-1)
 	var bestM float64
 	for n := range nodes {
@@ -123,7 +142,7 @@ func (p *planner) repairNode(x int32, r, nodes int) error {
 			continue
 		}
 		for f := range int32(p.nExperts) {
-			if f == x || p.nodeCnt[int(f)*nodes+n] == 0 || p.nodeCnt[int(f)*nodes+q] >= int32(r)*p.capR[f] {
+			if f == x || p.nodeCnt[int(f)*nodes+n] <= p.nodeLo[f] || p.nodeCnt[int(f)*nodes+q] >= p.nodeHi[f] {
 				continue
 			}
 			m := max(p.nodeLoad[q]+p.w[f], p.nodeLoad[n]-p.w[f]+p.w[x])

@@ -20,6 +20,7 @@ var errNoRepair = errors.New("no legal swap completes the placement")
 type planner struct {
 	// The layer being planned.
 	nRanks, nSlots, nExperts int
+	opts                     options
 	loads                    []float64 // per expert; nil means all zero
 	cur                      []int     // placement in force; nil when none
 	dst                      []int     // the plan being built
@@ -47,11 +48,17 @@ type planner struct {
 	stampC   []int32
 	sorted   []uint64 // rank keys sorted by load (see refine.go)
 
-	// Node-aware packing (see nodes.go).
+	// Node-aware packing (see nodes.go and spread.go).
 	nodeOrder []int32
 	nodeCnt   []int32 // [expert*nodes + node]
+	nodeLo    []int32 // per expert: fewest replicas a node may hold
+	nodeHi    []int32 // per expert: most replicas a node may hold
 	nodeLoad  []float64
 	nodeFree  []int32
+	nodeBuf   []uint64 // the node queue's buffer (see spread.go)
+	nodeQ     []uint64 // keys of the nodes with a free slot, ascending
+	nodeSel   []uint64
+	nodeMask  uint64 // the node field of a node key
 	need      []int32
 
 	// Replica-count search scratch (see search.go).
@@ -59,6 +66,10 @@ type planner struct {
 	bestReps  []int32
 	climbDst  []int
 	climbReps []int32
+
+	// The spread plan while the replicated one is tried (see replicate.go).
+	spreadDst  []int
+	spreadReps []int32
 
 	// Slot ordering scratch.
 	tmp  []int
@@ -76,8 +87,9 @@ func grow[T any](s []T, n int) []T {
 // planLayer writes one layer's plan into dst (len WorldSize*SlotsPerRank).
 // loads is empty or one value >= 0 per expert; cur is empty or a placement
 // with ids in range. Inputs are validated by the caller.
-func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts int, t sdk.Topology) error {
+func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts int, t sdk.Topology, o options) error {
 	p.nRanks, p.nSlots, p.nExperts = t.WorldSize, t.SlotsPerRank, numExperts
+	p.opts = o
 	p.loads, p.cur, p.dst = loads, nil, dst
 	if len(cur) == len(dst) {
 		p.cur = cur
@@ -92,8 +104,13 @@ func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts in
 	if p.searchable() {
 		p.searchCounts(t)
 	}
+	if r := p.replicable(t); r > 0 {
+		if err := p.tryReplicated(t, r); err != nil {
+			return err
+		}
+	}
 	p.orderSlots()
-	p.keepCurrentIfAsGood()
+	p.keepCurrentIfAsGood(t)
 	return nil
 }
 

@@ -86,8 +86,11 @@ func (p *planner) takeFree(e, k, limit int32) int32 {
 }
 
 // mergeFree merges the ascending keys a into the queue, from the back.
-func (p *planner) mergeFree(a []uint64) {
-	b := p.free
+func (p *planner) mergeFree(a []uint64) { p.free = mergeKeys(p.free, a) }
+
+// mergeKeys merges the ascending keys a into the ascending keys b, from the
+// back, in place: b's array must have room for len(a) more keys after b.
+func mergeKeys(b, a []uint64) []uint64 {
 	out := b[:len(b)+len(a)]
 	j := len(b) - 1
 	for i := len(a) - 1; i >= 0; i-- {
@@ -101,7 +104,7 @@ func (p *planner) mergeFree(a []uint64) {
 		}
 		out[j+i+1] = x
 	}
-	p.free = out
+	return out
 }
 
 // refixFront restores the queue after the load of its front rank changed,

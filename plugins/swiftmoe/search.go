@@ -20,13 +20,16 @@ const (
 	searchSeed = 0x5eed
 )
 
-// pack packs the current counts: weights, then node-aware or flat packing
-// with local refinement.
+// pack packs the current counts: weights, then node-aware (by the node
+// policy) or flat packing with local refinement.
 func (p *planner) pack(t sdk.Topology) error {
 	p.sortByWeight()
 	p.resetRanks()
 	if r := hierarchical(t); r > 0 {
-		return p.packNodes(r)
+		if p.opts.nodes == nodesPack {
+			return p.packNodes(r)
+		}
+		return p.packSpread(r)
 	}
 	copy(p.need, p.reps)
 	if err := p.packRanks(0, p.nRanks); err != nil {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -32,12 +33,13 @@ func New() *Strategy {
 	return &Strategy{pool: sync.Pool{New: func() any { return new(planner) }}}
 }
 
-// Info describes the strategy. It accepts no options.
+// Info describes the strategy and its one option, node_policy.
 func (s *Strategy) Info() sdk.Info {
 	return sdk.Info{
 		Name:        Name,
-		Description: "replicas proportional to predicted load (at least one each), packed onto ranks heaviest first to balance per-rank load; replicas of an expert kept within a node when ranks_per_node is set",
+		Description: "replicas proportional to predicted load (at least one each), packed onto ranks heaviest first to balance per-rank load; with ranks_per_node, an expert's replicas spread evenly over nodes (node_policy=spread) or kept within one node (node_policy=pack)",
 		Version:     Version,
+		Options:     slices.Clone(optionSpecs),
 	}
 }
 
@@ -48,7 +50,8 @@ func (s *Strategy) Plan(ctx context.Context, req *sdk.Request) (*sdk.Response, e
 	if err := sdk.ValidateRequest(req); err != nil {
 		return nil, err
 	}
-	if err := sdk.CheckOptions(req.Options); err != nil {
+	o, err := parseOptions(req.Options)
+	if err != nil {
 		return nil, err
 	}
 	t := req.Topology
@@ -66,7 +69,7 @@ func (s *Strategy) Plan(ctx context.Context, req *sdk.Request) (*sdk.Response, e
 
 	workers := min(runtime.GOMAXPROCS(0), n)
 	if workers <= 1 {
-		if err := s.planRange(ctx, req, out, new(atomic.Int64)); err != nil {
+		if err := s.planRange(ctx, req, o, out, new(atomic.Int64)); err != nil {
 			return nil, err
 		}
 		return resp, nil
@@ -75,7 +78,7 @@ func (s *Strategy) Plan(ctx context.Context, req *sdk.Request) (*sdk.Response, e
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
-		wg.Go(func() { errs[w] = s.planRange(ctx, req, out, &next) })
+		wg.Go(func() { errs[w] = s.planRange(ctx, req, o, out, &next) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -87,7 +90,7 @@ func (s *Strategy) Plan(ctx context.Context, req *sdk.Request) (*sdk.Response, e
 }
 
 // planRange plans layers taken from next until none is left.
-func (s *Strategy) planRange(ctx context.Context, req *sdk.Request, out [][]int, next *atomic.Int64) error {
+func (s *Strategy) planRange(ctx context.Context, req *sdk.Request, o options, out [][]int, next *atomic.Int64) error {
 	p := s.pool.Get().(*planner)
 	defer s.pool.Put(p)
 	for {
@@ -99,7 +102,7 @@ func (s *Strategy) planRange(ctx context.Context, req *sdk.Request, out [][]int,
 			return fmt.Errorf("planning layer %d: %w", req.Layers[i].Layer, err)
 		}
 		l := &req.Layers[i]
-		if err := p.planLayer(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology); err != nil {
+		if err := p.planLayer(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology, o); err != nil {
 			return fmt.Errorf("planning layer %d: %w", l.Layer, err)
 		}
 	}
