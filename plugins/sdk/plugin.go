@@ -2,6 +2,8 @@ package sdk
 
 import (
 	"context"
+	"os"
+	"runtime/debug"
 
 	plugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -50,12 +52,40 @@ func PluginMap() map[string]plugin.Plugin {
 	return map[string]plugin.Plugin{PluginName: &StrategyPlugin{}}
 }
 
+// MaxMessageBytes bounds one planning request or response on the plugin's
+// gRPC server. gRPC's default of 4 MiB is below the requests of the largest
+// jobs the sidecar accepts (millions of slots), which would otherwise be
+// refused on every call.
+const MaxMessageBytes = 256 << 20
+
+// gcPercent is the plugin's GOGC. A plugin's live heap is small and its
+// garbage comes in bursts of a few MB per plan; collecting less often saves
+// about a millisecond of CPU per plan of a large job.
+const gcPercent = 400
+
+// grpcServer is go-plugin's server with the message limit raised and flow
+// control sized for plans of a few hundred KB on a local socket.
+func grpcServer(opts []grpc.ServerOption) *grpc.Server {
+	opts = append(opts,
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.MaxSendMsgSize(MaxMessageBytes),
+		grpc.InitialWindowSize(16<<20),
+		grpc.InitialConnWindowSize(16<<20),
+		grpc.ReadBufferSize(512<<10),
+		grpc.WriteBufferSize(512<<10),
+	)
+	return plugin.DefaultGRPCServer(opts)
+}
+
 // Serve runs s as a plugin process; it is the whole body of a plugin's main
 // and returns only when the sidecar ends the plugin.
 func Serve(s Strategy) {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         map[string]plugin.Plugin{PluginName: &StrategyPlugin{Impl: s}},
-		GRPCServer:      plugin.DefaultGRPCServer,
+		GRPCServer:      grpcServer,
 	})
 }

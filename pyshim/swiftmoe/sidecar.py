@@ -342,7 +342,14 @@ class SidecarClient:
             if self._stub is None:
                 # The sidecar prints tcp://HOST:PORT; gRPC dials HOST:PORT.
                 target = self.address.removeprefix("tcp://")
-                self._channel = grpc.insecure_channel(target)
+                # Plans of large jobs exceed gRPC's 4 MiB default; the sidecar bounds its own.
+                self._channel = grpc.insecure_channel(
+                    target,
+                    options=[
+                        ("grpc.max_receive_message_length", -1),
+                        ("grpc.max_send_message_length", -1),
+                    ],
+                )
                 self._stub = pb_grpc.PlannerStub(self._channel)
             return self._stub
 
