@@ -1,6 +1,9 @@
 package swiftmoe
 
-import "slices"
+import (
+	"math/bits"
+	"slices"
+)
 
 // packNodes is the node-aware packing of node_policy=pack, used when
 // ranks_per_node splits the job into equal nodes of r ranks: experts (all
@@ -41,6 +44,7 @@ func (p *planner) packNodes(r int) error {
 			return err
 		}
 	}
+	p.listNodes(nodes, r*p.nSlots)
 	return p.packNodeRanks(r, nodes)
 }
 
@@ -54,27 +58,72 @@ func (p *planner) resetNodes(r, nodes int) {
 	p.nodeHi = grow(p.nodeHi, e)
 	p.nodeLoad = grow(p.nodeLoad, nodes)
 	p.nodeFree = grow(p.nodeFree, nodes)
+	p.nodeMask = uint64(1)<<bits.Len(uint(nodes-1)) - 1
 	for n := range nodes {
 		p.nodeLoad[n] = 0
 		p.nodeFree[n] = int32(r * p.nSlots)
 	}
 }
 
-// packNodeRanks packs each node's replicas (nodeCnt) onto its ranks and
-// refines them there.
+// packNodeRanks packs each node's replicas (nodeCnt, listed in nodeList)
+// onto its ranks and refines them there.
+//
+// The busiest rank of the plan is at least the heaviest replica and at
+// least the mean rank load of the busiest node, and at least the busiest
+// rank of every node refined so far. Refining a node below that bound
+// cannot lower the plan's busiest rank, so each node's refinement stops
+// there (a node that cannot reach it refines exactly as it would alone, so
+// the plan's busiest rank is never higher than with full refinement). The
+// nodes go busiest first, which raises the bound soonest.
 func (p *planner) packNodeRanks(r, nodes int) error {
-	e := p.nExperts
+	per := r * p.nSlots
+	seq := grow(p.nodeSeq, nodes)[:0]
 	for n := range nodes {
-		for i := range e {
-			p.need[i] = p.nodeCnt[i*nodes+n]
-		}
+		seq = append(seq, p.nodeKey(n))
+	}
+	slices.Sort(seq)
+	p.nodeSeq = seq
+	floor := p.w[p.order[0]]
+	floor = max(floor, p.nodeLoad[seq[len(seq)-1]&p.nodeMask]/float64(r))
+	for i := len(seq) - 1; i >= 0; i-- {
+		n := int(seq[i] & p.nodeMask)
 		lo, hi := n*r, (n+1)*r
-		if err := p.packRanks(lo, hi); err != nil {
-			return err
+		p.buildFree(lo, hi)
+		for _, x := range p.nodeList[n*per : n*per+int(p.nodeLen[n])] {
+			if err := p.placeExpert(x, p.nodeCnt[int(x)*nodes+n], lo, hi); err != nil {
+				return err
+			}
 		}
-		p.refine(lo, hi)
+		floor = max(floor, p.refine(lo, hi, floor))
 	}
 	return nil
+}
+
+// resetNodeLists empties the per-node expert lists: node n's experts, in
+// packing order, at nodeList[n*per : n*per+nodeLen[n]] (per = the node's
+// slots, so a node's list never overflows its segment).
+func (p *planner) resetNodeLists(nodes, per int) {
+	p.nodeList = grow(p.nodeList, nodes*per)
+	p.nodeLen = grow(p.nodeLen, nodes)
+	clear(p.nodeLen)
+}
+
+// listExpert appends expert x to node n's list.
+func (p *planner) listExpert(x int32, n, per int) {
+	p.nodeList[n*per+int(p.nodeLen[n])] = x
+	p.nodeLen[n]++
+}
+
+// listNodes fills the per-node lists from nodeCnt.
+func (p *planner) listNodes(nodes, per int) {
+	p.resetNodeLists(nodes, per)
+	for _, x := range p.order {
+		for n, c := range p.nodeCnt[int(x)*nodes : int(x+1)*nodes] {
+			if c > 0 {
+				p.listExpert(x, n, per)
+			}
+		}
+	}
 }
 
 // placeChunk puts all reps[x] replicas of x onto nodes.

@@ -58,7 +58,11 @@ type planner struct {
 	nodeBuf   []uint64 // the node queue's buffer (see spread.go)
 	nodeQ     []uint64 // keys of the nodes with a free slot, ascending
 	nodeSel   []uint64
-	nodeMask  uint64 // the node field of a node key
+	nodeMask  uint64   // the node field of a node key
+	nodeSeq   []uint64 // node keys, the order nodes are packed in
+	nodeList  []int32  // per node: its experts (see resetNodeLists)
+	nodeLen   []int32
+	nodeStale bool // a repair changed counts the lists were built from
 	need      []int32
 
 	// Replica-count search scratch (see search.go).

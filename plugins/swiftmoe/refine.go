@@ -17,15 +17,19 @@ const (
 // swap of two replicas between the busiest rank and one of the lightest
 // ranks lowers the larger of their two loads below the busiest load, apply
 // the best such swap. Swaps keep every rank within its per-expert limit.
+// It stops early once the busiest rank is at most floor: a caller that
+// knows the plan's busiest rank elsewhere will be at least floor gains
+// nothing from going lower (floor 0: no such bound). It returns the busiest
+// load of [lo, hi) it leaves.
 //
 // The ranks are sorted once by load (heap keys, see rankheap.go); a swap
 // changes two loads and moves just those two ranks, so each iteration costs
 // its swap candidates rather than a scan of every rank.
-func (p *planner) refine(lo, hi int) {
+func (p *planner) refine(lo, hi int, floor float64) float64 {
 	s := p.nSlots
 	k := min(refinePartners, hi-lo-1)
 	if k < 1 {
-		return
+		return p.maxLoad(lo, hi)
 	}
 	keys := p.sorted[:0]
 	var sum float64
@@ -35,14 +39,14 @@ func (p *planner) refine(lo, hi int) {
 	}
 	sortKeys(keys, p.sortTmp, p.sortCnt)
 	p.sorted = keys
-	even := sum / float64(hi-lo) * (1 + 1e-9)
+	stop := max(sum/float64(hi-lo)*(1+1e-9), floor)
 
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
 	for range iters {
 		a := p.hrank(keys[len(keys)-1])
 		la := p.load[a]
-		if la <= 0 || la <= even {
-			return
+		if la <= 0 || la <= stop {
+			return la
 		}
 		tol := la * 1e-12
 		bestM := la - tol
@@ -76,7 +80,7 @@ func (p *planner) refine(lo, hi int) {
 			}
 		}
 		if bi < 0 {
-			return
+			return la
 		}
 		ia, ib := int(a)*s+bi, int(bb)*s+bj
 		x, y := p.dst[ia], p.dst[ib]
@@ -86,6 +90,16 @@ func (p *planner) refine(lo, hi int) {
 		p.resort(keys, bb, bk)
 		p.resort(keys, a, len(keys)-1)
 	}
+	return p.load[p.hrank(keys[len(keys)-1])]
+}
+
+// maxLoad is the busiest load among ranks [lo, hi).
+func (p *planner) maxLoad(lo, hi int) float64 {
+	var m float64
+	for _, l := range p.load[lo:hi] {
+		m = max(m, l)
+	}
+	return m
 }
 
 // resort moves rank q's key in the sorted keys to its place under q's new

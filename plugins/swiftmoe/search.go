@@ -35,7 +35,7 @@ func (p *planner) pack(t sdk.Topology) error {
 	if err := p.packRanks(0, p.nRanks); err != nil {
 		return err
 	}
-	p.refine(0, p.nRanks)
+	p.refine(0, p.nRanks, 0)
 	return nil
 }
 

@@ -2,7 +2,6 @@ package swiftmoe
 
 import (
 	"math"
-	"math/bits"
 	"slices"
 )
 
@@ -41,12 +40,24 @@ func (p *planner) packSpread(r int) error {
 		p.nodeFree[n] -= baseSlots
 	}
 	p.buildNodeQueue(nodes, int(nd*p.nodeFree[0]))
+	per := r * p.nSlots
+	p.resetNodeLists(nodes, per)
+	p.nodeStale = false
 	for _, x := range p.order {
 		if k := p.reps[x] % nd; k > 0 {
-			if err := p.spreadExtra(x, k, nodes); err != nil {
+			if err := p.spreadExtra(x, k, nodes, per); err != nil {
 				return err
 			}
 		}
+		if p.nodeLo[x] > 0 {
+			for n := range nodes {
+				p.listExpert(x, n, per)
+			}
+		}
+	}
+	if p.nodeStale {
+		// A repair moved replicas of experts already listed.
+		p.listNodes(nodes, per)
 	}
 	return p.packNodeRanks(r, nodes)
 }
@@ -55,7 +66,6 @@ func (p *planner) packSpread(r int) error {
 // in a buffer with room for extra more keys: the queue's window moves right
 // by at most one key per extra replica placed (see rankqueue.go).
 func (p *planner) buildNodeQueue(nodes, extra int) {
-	p.nodeMask = uint64(1)<<bits.Len(uint(nodes-1)) - 1
 	p.nodeBuf = grow(p.nodeBuf, nodes+extra)
 	q := p.nodeBuf[:0]
 	for n := range nodes {
@@ -75,14 +85,18 @@ func (p *planner) nodeKey(n int) uint64 {
 // spreadExtra places k < nodes extra replicas of x, one each on the k
 // least-loaded nodes with a free slot. Every node in the queue holds the
 // floor count of x, so any k of them may take one. When fewer than k nodes
-// have room, the rest are placed by repairNode.
-func (p *planner) spreadExtra(x, k int32, nodes int) error {
+// have room, the rest are placed by repairNode. A node that gets its first
+// replica of x lists x (see resetNodeLists); a repair marks the lists stale.
+func (p *planner) spreadExtra(x, k int32, nodes, per int) error {
 	q := p.nodeQ
 	take := min(int(k), len(q))
 	row := p.nodeCnt[int(x)*nodes : int(x+1)*nodes]
 	sel := p.nodeSel[:0]
 	for _, key := range q[:take] {
 		n := int(key & p.nodeMask)
+		if row[n] == 0 {
+			p.listExpert(x, n, per)
+		}
 		row[n]++
 		p.nodeFree[n]--
 		p.nodeLoad[n] += p.w[x]
@@ -96,6 +110,7 @@ func (p *planner) spreadExtra(x, k int32, nodes int) error {
 	if take == int(k) {
 		return nil
 	}
+	p.nodeStale = true
 	for range int(k) - take {
 		if err := p.repairNode(x, nodes); err != nil {
 			return err
