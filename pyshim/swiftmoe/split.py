@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["even_split_tokens", "rank_load_from_flow", "split_tokens"]
+__all__ = ["even_split_tokens", "rank_load_from_flow", "split_tokens", "split_tokens_sparse"]
 
 _METHODS = ("auto", "fast", "exact")
 _FAST_MAX_ITERS = 32  # scaling rounds at most
@@ -536,16 +536,20 @@ def _transposed(a_M: np.ndarray, H: int, N: int) -> np.ndarray:
     return out.numpy().reshape(-1)
 
 
-def _merge_last(sup_HQ: np.ndarray, da_D: np.ndarray, plan: _Plan, flat: np.ndarray) -> None:
-    """_merge for the last tier, written into flat (zeros) in place with scratch buffers.
+def _last_tier(sup_HQ: np.ndarray, da_D: np.ndarray, plan: _Plan, flat_index: bool = True):
+    """_merge for the last tier with scratch buffers: the pieces of both output forms.
 
     Supplies are sup_HQ in expert-major order (M = H*N, the big tier), demands da_D; totals agree
-    expert by expert. Every (source, slot) target is distinct, so plain assignment is safe.
+    expert by expert. Returns None when there is nothing to merge, else (amt_M, idx_M, i_X, j_X,
+    amt_X, j0_M): main piece i (supply i = h*N + q) gives amt_M[i] to demand j0_M[i], flat index
+    idx_M[i] = q*K + slot (None unless flat_index; the M-long arrays are scratch buffers, overwritten by the next call),
+    and extra piece x gives amt_X[x] from supply i_X[x] to demand j_X[x]. Every (source, slot)
+    target is distinct.
     """
     H, N = sup_HQ.shape
     M = H * N
     if M == 0 or da_D.size == 0:
-        return
+        return None
     sa = sup_HQ.reshape(-1)
     s_end = np.cumsum(sa, out=_work("end", M))
     s_start = np.subtract(s_end, sa, out=_work("start", M))
@@ -568,8 +572,20 @@ def _merge_last(sup_HQ: np.ndarray, da_D: np.ndarray, plan: _Plan, flat: np.ndar
     amt = np.take(d_end, j0, out=cnt[:M])
     np.minimum(amt, s_end, out=amt)
     amt -= s_start
-    idx = np.take(plan.d_k, j0, out=s_end)
-    idx.reshape(H, N)[:] += plan.qK_Q
+    idx = None
+    if flat_index:
+        idx = np.take(plan.d_k, j0, out=s_end)
+        idx.reshape(H, N)[:] += plan.qK_Q
+    return amt, idx, i_X, j_X, amt_X, j0
+
+
+def _merge_last(sup_HQ: np.ndarray, da_D: np.ndarray, plan: _Plan, flat: np.ndarray) -> None:
+    """The last tier written into flat (zeros) in place; (source, slot) targets are distinct."""
+    tier = _last_tier(sup_HQ, da_D, plan)
+    if tier is None:
+        return
+    amt, idx, i_X, j_X, amt_X, _ = tier
+    H, N = sup_HQ.shape
     # Scatter source-major: expert-major targets walk down columns 8*K bytes apart and miss the
     # cache on every write, row by row they stay within a row (about 4x faster, transposes
     # included; torch's blocked transpose is the fastest at hand).
@@ -577,8 +593,92 @@ def _merge_last(sup_HQ: np.ndarray, da_D: np.ndarray, plan: _Plan, flat: np.ndar
     flat[plan.qK_Q[i_X % N] + plan.d_k[j_X]] += amt_X
 
 
+def _sparse_last(sup_HQ: np.ndarray, da_D: np.ndarray, plan: _Plan):
+    """The last tier's nonzero pieces as fresh (q, k, amount) arrays."""
+    tier = _last_tier(sup_HQ, da_D, plan, flat_index=False)
+    if tier is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    amt, _, i_X, j_X, amt_X, j0 = tier
+    N = plan.N
+    nz = np.flatnonzero(amt)
+    nz_X = np.flatnonzero(amt_X)
+    i_X, j_X = i_X[nz_X], j_X[nz_X]
+    q_M = _source_of_supply(amt.size // N, N)  # i % N by lookup: int64 division is slow
+    return (
+        np.concatenate((q_M[nz], q_M[i_X])),
+        np.concatenate((plan.d_k[j0[nz]], plan.d_k[j_X])),
+        np.concatenate((amt[nz], amt_X[nz_X])),
+    )
+
+
+_SOURCES: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _source_of_supply(H: int, N: int) -> np.ndarray:
+    """q of supply i = h*N + q for the last tier's H*N supplies (cached, read-only)."""
+    key = (H, N)
+    q_M = _SOURCES.get(key)
+    if q_M is None:
+        q_M = np.tile(np.arange(N, dtype=np.int64), H)
+        q_M.setflags(write=False)
+        if len(_SOURCES) >= 8:
+            _SOURCES.clear()
+        _SOURCES[key] = q_M
+    return q_M
+
+
 def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int):
-    """flow_QK from per-slot demands: local slots first, then same node, then any, in order.
+    """flow_QK (dense int64 [N, K] tensor) from per-slot demands; see _tiers."""
+    pieces, sup_HQ, da = _tiers(c_QE, plan, demand_K, ranks_per_node)
+    N, K = plan.N, plan.K
+    flat = np.zeros(N * K, dtype=np.int64)
+    _merge_last(sup_HQ, da, plan, flat)
+    for idx, amt in pieces:  # (source, slot) targets are distinct within a tier
+        flat[idx] += amt
+    return torch.from_numpy(flat.reshape(N, K))
+
+
+def _route_sparse(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int):
+    """_route's nonzero entries: (q_F, k_F, amount_F), each (source, slot) once, tier by tier.
+
+    Tiers never overlap: after the local tier either a source's tokens of an expert or its own
+    slots' demand for it are exhausted, and likewise per (expert, node) after the node tier; so a
+    later tier never sends a source's tokens to its own rank, nor (with the node tier) to its
+    node. That is checked on every call and overlapping pieces are summed regardless, so this is
+    the dense flow's support and values by construction.
+    """
+    N, K, S = plan.N, plan.K, plan.S
+    pieces, sup_HQ, da = _tiers(c_QE, plan, demand_K, ranks_per_node)
+    q_L, k_L, amt_L = _sparse_last(sup_HQ, da, plan)
+    rank_K = np.arange(K, dtype=np.int64) // S
+    overlap = False
+    qs, ks, amts = [], [], []
+    for t, (idx, amt) in enumerate(pieces):
+        nz = np.flatnonzero(amt)
+        q, k = idx[nz] // K, idx[nz] % K
+        overlap |= t > 0 and bool((q == rank_K[k]).any())  # tier 0 is the local one
+        qs.append(q)
+        ks.append(k)
+        amts.append(amt[nz])
+    if ranks_per_node and 0 < ranks_per_node < N:  # the last tier leaves every node
+        node_Q = np.arange(N, dtype=np.int64) // ranks_per_node
+        overlap |= bool((node_Q[q_L] == (rank_K // ranks_per_node)[k_L]).any())
+    else:
+        overlap |= bool((q_L == rank_K[k_L]).any())
+    q_F = np.concatenate(qs + [q_L])
+    k_F = np.concatenate(ks + [k_L])
+    amt_F = np.concatenate(amts + [amt_L])
+    if overlap:
+        uniq, inv = np.unique(q_F * K + k_F, return_inverse=True)
+        if uniq.size != q_F.size:
+            amt_F = np.bincount(inv.reshape(-1), amt_F, minlength=uniq.size).astype(np.int64)
+            q_F, k_F = uniq // K, uniq % K
+    return q_F, k_F, amt_F
+
+
+def _tiers(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int):
+    """Routing from per-slot demands: local slots first, then same node, then any, in order.
 
     Demands are slots in (expert, slot) order and supplies (expert, source rank) in expert-major
     order. Each tier matches the north-west corner within its groups: (expert, rank) pairs for
@@ -635,11 +735,7 @@ def _route(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
     # The rest, expert by expert in fixed order: per-expert totals agree, so one merge.
     if int(sup_HQ.sum()) != int(da.sum()):
         raise RuntimeError("token split left tokens unrouted; this is a bug in swiftmoe.split")
-    flat = np.zeros(N * K, dtype=np.int64)
-    _merge_last(sup_HQ, da, plan, flat)
-    for idx, amt in pieces:  # (source, slot) targets are distinct within a tier
-        flat[idx] += amt
-    return torch.from_numpy(flat.reshape(N, K))
+    return pieces, sup_HQ, da
 
 
 # ---------------------------------------------------------------- public API
@@ -671,6 +767,31 @@ def split_tokens(
         ValueError: a malformed count matrix or plan, an expert with tokens but no slot, or an
         unknown method; the message names the field and the fix.
     """
+    return _route(*_min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method))
+
+
+def split_tokens_sparse(
+    counts_QE,
+    slots: Sequence[int] | torch.Tensor,
+    slots_per_rank: int,
+    ranks_per_node: int = 0,
+    method: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """split_tokens' flow as its nonzero entries, without the dense [N, N*S] matrix.
+
+    Same arguments, checks and stages (amounts and routing) as split_tokens, so for every input
+    flow_QK[q_F, k_F] == amount_F and every other entry of flow_QK is 0.
+
+    Returns:
+        (q_F, k_F, amount_F): int64 arrays of equal length F, source rank, slot and tokens (> 0)
+        of every nonzero entry, each (q, k) once; the order is fixed (local pieces, same-node
+        pieces, then the rest) but not sorted.
+    """
+    return _route_sparse(*_min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method))
+
+
+def _min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):
+    """Checked inputs and stage 1 of the min-max split: (c_QE, plan, demand_K, ranks_per_node)."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
     if (
@@ -686,7 +807,7 @@ def split_tokens(
         x_P = _amounts_exact(c_QE, plan, L_E)
     else:
         x_P = _amounts_fast(c_QE, plan, L_E)
-    return _route(c_QE, plan, _slot_demand(plan, x_P), ranks_per_node)
+    return c_QE, plan, _slot_demand(plan, x_P), ranks_per_node
 
 
 def even_split_tokens(

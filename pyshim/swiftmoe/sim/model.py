@@ -168,29 +168,71 @@ def migration_ms(c: Cluster, migrated_bytes: int) -> float:
     return 1e3 * migrated_bytes / bw
 
 
-@dataclass(frozen=True)
 class Flow:
-    """What the cost model needs of a split: F_QR tokens q sends to rank r, x_RS per slot."""
+    """What the cost model needs of a split, from its nonzero pieces (never the dense matrix).
 
-    F_QR: np.ndarray
-    x_RS: np.ndarray
+    Built from the F nonzero entries (q_F, k_F, amount_F) of flow_QK (tokens source rank q sends
+    to slot k, as swiftmoe.split.split_tokens_sparse returns them). Every field is float64 with
+    exact integer values: x_RS [N, S] tokens per slot; per rank [N], tokens sent to (si_R) and
+    received from (ri_R) other ranks of its node, sent to (se_R) and received from (re_R) other
+    nodes (a rank's own tokens do not travel); per piece [F], its source q_F, destination rank
+    r_F and its amount if it stays on the node between two ranks (intra_F, else 0) or leaves it
+    (inter_F, else 0), for padding that rescales what each rank receives.
+    """
+
+    __slots__ = ("x_RS", "si_R", "ri_R", "se_R", "re_R", "q_F", "r_F", "intra_F", "inter_F")
+
+    def __init__(self, c: Cluster, S: int, q_F, k_F, amount_F):
+        N = c.gpus
+        q_F = np.asarray(q_F, dtype=np.int64)
+        k_F = np.asarray(k_F, dtype=np.int64)
+        amt_F = np.asarray(amount_F, dtype=np.float64)
+        rank_K, node_K = _slot_maps(c, S)
+        r_F = rank_K[k_F]
+        same_F = c._node_R[q_F] == node_K[k_F]  # type: ignore[attr-defined]
+        self.inter_F = np.where(same_F, 0.0, amt_F)
+        same_F &= q_F != r_F
+        self.intra_F = np.where(same_F, amt_F, 0.0)
+        self.x_RS = np.bincount(k_F, amt_F, minlength=N * S).reshape(N, S)
+        self.si_R = np.bincount(q_F, self.intra_F, minlength=N)
+        self.ri_R = np.bincount(r_F, self.intra_F, minlength=N)
+        self.se_R = np.bincount(q_F, self.inter_F, minlength=N)
+        self.re_R = np.bincount(r_F, self.inter_F, minlength=N)
+        self.q_F, self.r_F = q_F, r_F
 
 
-def flow_of(flow_QK, N: int, S: int) -> Flow:
-    """Flow of flow_QK (swiftmoe.split.split_tokens' int64 [N, N*S] tensor or array)."""
-    t = flow_QK if isinstance(flow_QK, torch.Tensor) else torch.as_tensor(np.asarray(flow_QK))
-    t = t.reshape(N, N, S)
-    return Flow(
-        F_QR=t.sum(dim=2).numpy().astype(np.float64),  # torch sums a short last axis fast
-        x_RS=t.sum(dim=0).numpy().astype(np.float64),
-    )
+_SLOT_MAPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _slot_maps(c: Cluster, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """rank_K and node_K of slot k = r*S+s (cached per cluster shape)."""
+    key = (c.gpus, c.gpus_per_node, S)
+    maps = _SLOT_MAPS.get(key)
+    if maps is None:
+        rank_K = np.arange(c.gpus * S, dtype=np.int64) // S
+        maps = (rank_K, rank_K // c.gpus_per_node)
+        if len(_SLOT_MAPS) >= 16:
+            _SLOT_MAPS.clear()
+        _SLOT_MAPS[key] = maps
+    return maps
+
+
+def flow_of(c: Cluster, S: int, flow) -> Flow:
+    """Flow of a split: (q_F, k_F, amount_F) of swiftmoe.split.split_tokens_sparse, or a dense
+    flow_QK int64 [N, N*S] (tensor or array) as swiftmoe.split.split_tokens returns it."""
+    if isinstance(flow, tuple):
+        return Flow(c, S, *flow)
+    t = flow.detach().cpu().numpy() if isinstance(flow, torch.Tensor) else np.asarray(flow)
+    t = t.reshape(c.gpus, c.gpus * S)
+    q_F, k_F = np.nonzero(t)
+    return Flow(c, S, q_F, k_F, t[q_F, k_F])
 
 
 def flow_layer(c: Cluster, et: ExpertTime, flow: Flow, S: int) -> LayerCost:
     """A layer run by the engine: the flow of swiftmoe.split.split_tokens, no padding."""
     return LayerCost(
         compute_ms=compute_ms(et, flow.x_RS, c.compute_model),
-        a2a_ms=a2a_ms(c, flow.F_QR),
+        a2a_ms=_a2a_from_tiers(c, flow.si_R, flow.ri_R, flow.se_R, flow.re_R),
         transfer_ms=transfer_ms(c, S),
         dropped=0,
         load_R=flow.x_RS.sum(axis=1),
@@ -206,13 +248,24 @@ def _padded_a2a(c: Cluster, flow: Flow, buf_R: np.ndarray) -> float:
     engine's flow: every source's share of r's real tokens is scaled to r's buffer (each source
     pads what it sends to r); a rank that gets no real token gets an equal share from every
     source."""
-    real_R = flow.F_QR.sum(axis=0)
+    real_R = flow.x_RS.sum(axis=1)
     has = real_R > 0
     scale_R = np.where(has, buf_R / np.where(has, real_R, 1.0), 0.0)
-    F_QR = flow.F_QR * scale_R[None, :]
-    if not has.all():
-        F_QR[:, ~has] = buf_R[~has] / c.gpus
-    return a2a_ms(c, F_QR)
+    s_F = scale_R[flow.r_F]
+    si = np.bincount(flow.q_F, flow.intra_F * s_F, minlength=c.gpus)
+    se = np.bincount(flow.q_F, flow.inter_F * s_F, minlength=c.gpus)
+    ri = flow.ri_R * scale_R
+    re_ = flow.re_R * scale_R
+    if not has.all():  # every source sends w_r = buf_r / N to such a rank (see a2a_cols_ms)
+        w = np.where(has, 0.0, buf_R / c.gpus)
+        node_R, starts = c._node_R, c._node_starts  # type: ignore[attr-defined]
+        size_M = np.diff(np.append(starts, c.gpus))
+        node_sum_M = np.add.reduceat(w, starts)
+        si += node_sum_M[node_R] - w
+        se += w.sum() - node_sum_M[node_R]
+        ri += (size_M[node_R] - 1) * w
+        re_ += (c.gpus - size_M[node_R]) * w
+    return _a2a_from_tiers(c, si, ri, se, re_)
 
 
 def padded_layer(

@@ -24,6 +24,7 @@ from swiftmoe import split as splitlib
 from swiftmoe.sidecar import JobSpec, ManagedSidecar, SidecarClient
 from swiftmoe.sim import model
 from swiftmoe.sim.calibration import ExpertTime
+from swiftmoe.sim.plans import FetchedPlan, PlanFeed
 from swiftmoe.sim.systems import BOUND, CAPACITY, ENGINE, PADDED, SystemSpec
 from swiftmoe.sim.trace import source_counts, uniform_loads
 
@@ -118,10 +119,19 @@ def _job_spec(cfg: SimConfig, job: JobState, L: int, E: int) -> JobSpec:
     )
 
 
-def _report(client: SidecarClient, job: JobState, it: int, loads_LE: np.ndarray, timeout_s: float):
-    """ReportLoads: the plan for it+1 and its remap's migrated_bytes."""
-    plan = client.report_loads(job.job_id, it, loads_LE.tolist(), timeout_s=timeout_s)
-    return plan, plan.remap_migrated_bytes
+def _apply(job: JobState, fp: FetchedPlan, it: int) -> None:
+    """Puts the job's plan for iteration it in force and counts what it changed."""
+    if fp.iteration != it:
+        raise RuntimeError(f"plan for iteration {fp.iteration} arrived at {it}; a simulator bug")
+    if fp.source != STRATEGY_SOURCE:
+        job.fallbacks += 1
+        if len(job.notes) < 3:
+            job.notes.append(f"iteration {it}: {fp.source}: {fp.note}")
+    if any(not np.array_equal(a, b) for a, b in zip(fp.slots_LK, job.slots_LK, strict=True)):
+        job.placement_changes += 1
+    job.slots_LK = fp.slots_LK
+    job.pending_migrated = fp.migrated_bytes
+    job.migrated_bytes += fp.migrated_bytes
 
 
 def simulate(
@@ -147,13 +157,14 @@ def simulate(
                 s.job_key, s.strategy, dict(s.options), cfg.static_slots if s.static else cfg.slots
             )
     per = {s.name: {f: np.zeros(n_it) for f in FIELDS} for s in systems}
-    bound_flows: dict[tuple, model.Flow] = {}
+    bound_costs: dict[tuple, model.LayerCost] = {}
     planned = [s for s in systems if s.kind != BOUND]
     reps = {s.name: np.zeros((n_it, L, E), dtype=np.int64) for s in planned}
     timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0}
     t_start = time.perf_counter()
     sidecar = None
     client = None
+    feed = None
     try:
         if jobs:
             if address is None:
@@ -171,7 +182,16 @@ def simulate(
                 job.job_id = reg.job_id
                 job.slots_LK = [np.asarray(r, dtype=np.int64) for r in reg.initial_plan.slots_LK]
             timing["sidecar_s"] += time.perf_counter() - t0
+            if n_it > 1:
+                feed = PlanFeed(
+                    client, [j.job_id for j in jobs.values()], loads_ILE, cfg.rpc_timeout_s
+                )
         for it in range(n_it):
+            if it > 0 and feed is not None:
+                t0 = time.perf_counter()
+                for j, job in enumerate(jobs.values()):
+                    _apply(job, feed.next(j), it)
+                timing["sidecar_s"] += time.perf_counter() - t0
             for job in jobs.values():
                 job_mig = job.pending_migrated
                 job.pending_migrated = 0
@@ -186,45 +206,42 @@ def simulate(
                 total = int(L_E.sum())
                 counts_QE = None
                 flows: dict[tuple, model.Flow] = {}  # per placement: systems sharing one share it
+                engine_costs: dict[tuple, model.LayerCost] = {}
                 for s in systems:
                     S = cfg.static_slots if s.static else cfg.slots
                     tc = time.perf_counter()
                     slots_K = jobs[s.job_key].slots_LK[li]
                     if s.kind == BOUND:
+                        # Uniform routing of the same total: the cost depends on the placement
+                        # and the total alone.
                         key = (total, E, S, slots_K.tobytes())
-                        flow = bound_flows.get(key)
-                        if flow is None:
+                        cost = bound_costs.get(key)
+                        if cost is None:
                             ts = time.perf_counter()
-                            flow = model.flow_of(
-                                splitlib.split_tokens(
-                                    source_counts(uniform_loads(total, E), N),
-                                    slots_K,
-                                    S,
-                                    ranks_per_node=c.ranks_per_node,
-                                ),
-                                N,
+                            split = splitlib.split_tokens_sparse(
+                                source_counts(uniform_loads(total, E), N),
+                                slots_K,
                                 S,
+                                ranks_per_node=c.ranks_per_node,
                             )
                             timing["split_s"] += time.perf_counter() - ts
-                            if len(bound_flows) > 64:
-                                bound_flows.clear()
-                            bound_flows[key] = flow
-                        cost = model.flow_layer(c, et, flow, S)
+                            tc += time.perf_counter() - ts
+                            cost = model.flow_layer(c, et, model.flow_of(c, S, split), S)
+                            if len(bound_costs) > 64:
+                                bound_costs.clear()
+                            bound_costs[key] = cost
                     else:
                         flow = flows.get((S, slots_K.tobytes()))
                         if flow is None:
                             if counts_QE is None:
                                 counts_QE = source_counts(L_E, N)
                             ts = time.perf_counter()
-                            flow = model.flow_of(
-                                splitlib.split_tokens(
-                                    counts_QE, slots_K, S, ranks_per_node=c.ranks_per_node
-                                ),
-                                N,
-                                S,
+                            split = splitlib.split_tokens_sparse(
+                                counts_QE, slots_K, S, ranks_per_node=c.ranks_per_node
                             )
                             timing["split_s"] += time.perf_counter() - ts
                             tc += time.perf_counter() - ts
+                            flow = model.flow_of(c, S, split)
                             flows[(S, slots_K.tobytes())] = flow
                         if s.kind == PADDED:
                             cost = model.padded_layer(c, et, L_E, slots_K, S, flow)
@@ -234,7 +251,10 @@ def simulate(
                             )
                         else:
                             assert s.kind == ENGINE
-                            cost = model.flow_layer(c, et, flow, S)
+                            cost = engine_costs.get((S, slots_K.tobytes()))
+                            if cost is None:  # systems on one placement share the cost too
+                                cost = model.flow_layer(c, et, flow, S)
+                                engine_costs[(S, slots_K.tobytes())] = cost
                     timing["cost_s"] += time.perf_counter() - tc
                     row = per[s.name]
                     row["compute_ms"][it] += cost.compute_ms
@@ -244,26 +264,12 @@ def simulate(
                     mean = float(cost.load_R.mean())
                     mom = float(cost.load_R.max()) / mean if mean > 0 else 1.0
                     row["max_over_mean"][it] = max(row["max_over_mean"][it], mom)
-            if it + 1 < n_it and client is not None:
-                t0 = time.perf_counter()
-                for job in jobs.values():
-                    plan, migrated = _report(client, job, it, loads_ILE[it], cfg.rpc_timeout_s)
-                    if plan.source != STRATEGY_SOURCE:
-                        job.fallbacks += 1
-                        if len(job.notes) < 3:
-                            job.notes.append(f"iteration {it + 1}: {plan.source}: {plan.note}")
-                    new = [np.asarray(r, dtype=np.int64) for r in plan.slots_LK]
-                    if any(
-                        not np.array_equal(a, b) for a, b in zip(new, job.slots_LK, strict=True)
-                    ):
-                        job.placement_changes += 1
-                    job.slots_LK = new
-                    job.pending_migrated = migrated
-                    job.migrated_bytes += migrated
-                timing["sidecar_s"] += time.perf_counter() - t0
             if progress is not None:
                 progress(it + 1, n_it)
     finally:
+        if feed is not None:
+            feed.close()
+            timing["sidecar_rpc_s"] = feed.rpc_s
         if client is not None:
             client.close()
         if sidecar is not None:
