@@ -88,10 +88,13 @@ func (p *planner) packNodeRanks(r, nodes int) error {
 	for i := len(seq) - 1; i >= 0; i-- {
 		n := int(seq[i] & p.nodeMask)
 		lo, hi := n*r, (n+1)*r
-		p.buildFree(lo, hi)
-		for _, x := range p.nodeList[n*per : n*per+int(p.nodeLen[n])] {
-			if err := p.placeExpert(x, p.nodeCnt[int(x)*nodes+n], lo, hi); err != nil {
-				return err
+		list := p.nodeList[n*per : n*per+int(p.nodeLen[n])]
+		if p.opts.nodes != nodesSpread || !p.packDifferencing(list, n, nodes, lo, hi) {
+			p.buildFree(lo, hi)
+			for _, x := range list {
+				if err := p.placeExpert(x, p.nodeCnt[int(x)*nodes+n], lo, hi); err != nil {
+					return err
+				}
 			}
 		}
 		floor = max(floor, p.refine(lo, hi, floor))

@@ -63,7 +63,16 @@ type planner struct {
 	nodeList  []int32  // per node: its experts (see resetNodeLists)
 	nodeLen   []int32
 	nodeStale bool // a repair changed counts the lists were built from
-	need      []int32
+
+	// Balanced differencing scratch (see differencing.go).
+	dItems []int32
+	dSum   []float64
+	dNext  []int32
+	dTail  []int32
+	dPart  []int32
+	dLive  []int32
+	dMulti []int32 // experts the node holds more of than one rank may
+	need   []int32
 
 	// Replica-count search scratch (see search.go).
 	bestDst   []int

@@ -31,15 +31,21 @@ func (p *planner) refine(lo, hi int, floor float64) float64 {
 	if k < 1 {
 		return p.maxLoad(lo, hi)
 	}
+	var sum, top float64
+	for _, l := range p.load[lo:hi] {
+		sum += l
+		top = max(top, l)
+	}
+	stop := max(sum/float64(hi-lo)*(1+1e-9), floor)
+	if top <= 0 || top <= stop {
+		return top
+	}
 	keys := p.sorted[:0]
-	var sum float64
 	for q := lo; q < hi; q++ {
 		keys = append(keys, p.hkey(int32(q)))
-		sum += p.load[q]
 	}
 	sortKeys(keys, p.sortTmp, p.sortCnt)
 	p.sorted = keys
-	stop := max(sum/float64(hi-lo)*(1+1e-9), floor)
 
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
 	for range iters {
