@@ -211,6 +211,55 @@ def test_a2a_by_tier_by_hand():
     assert math.isclose(model.a2a_cols_ms(c, w), model.a2a_ms(c, np.tile(w, (4, 1))))
 
 
+def dense_padded_a2a(c, F_QR: np.ndarray, buf_R: np.ndarray) -> float:
+    """The padded all-to-all on the dense matrix: each column scaled to the rank's buffer, a rank
+    without real tokens fed buf / N by every source."""
+    real_R = F_QR.sum(axis=0)
+    has = real_R > 0
+    scale_R = np.where(has, buf_R / np.where(has, real_R, 1.0), 0.0)
+    F = F_QR * scale_R[None, :]
+    F[:, ~has] = buf_R[~has] / c.gpus
+    return model.a2a_ms(c, F)
+
+
+def test_sparse_flow_matches_the_dense_model():
+    """Flow (sums over the split's nonzero pieces) gives what the dense [N, N*S] flow gives:
+    slot loads, the all-to-all of the rank matrix, and the padded all-to-all."""
+    from swiftmoe import split as splitlib
+
+    rng = np.random.default_rng(3)
+    et = linear_time()
+    for trial in range(40):
+        N = int(rng.choice([1, 2, 3, 4, 6, 8, 16]))
+        G = int(rng.choice([1, 2, 3, 4, 8]))
+        S = int(rng.integers(1, 4))
+        E = int(rng.integers(1, N * S + 1))
+        c = cluster(gpus=N, per_node=G, compute_model=["per-slot", "grouped"][trial % 2])
+        L_E = rng.integers(0, 5000, E) * (rng.random(E) < 0.8)
+        slots_K = np.concatenate([np.arange(E), rng.integers(0, E, N * S - E)])
+        rng.shuffle(slots_K)
+        counts_QE = trace.source_counts(L_E, N)
+        dense_QK = splitlib.split_tokens(counts_QE, slots_K, S, c.ranks_per_node).numpy()
+        sparse = splitlib.split_tokens_sparse(counts_QE, slots_K, S, c.ranks_per_node)
+        F_QR = dense_QK.reshape(N, N, S).sum(axis=2).astype(np.float64)
+        x_RS = dense_QK.reshape(N, N, S).sum(axis=0).astype(np.float64)
+        for flow in (model.flow_of(c, S, sparse), model.flow_of(c, S, dense_QK)):
+            assert np.array_equal(flow.x_RS, x_RS)
+            cost = model.flow_layer(c, et, flow, S)
+            assert cost.a2a_ms == model.a2a_ms(c, F_QR), "integer tier sums must be exact"
+            assert cost.compute_ms == model.compute_ms(et, x_RS, c.compute_model)
+            assert np.array_equal(cost.load_R, x_RS.sum(axis=1))
+            buf_R = x_RS.sum(axis=1) + rng.integers(0, 300, N) * (rng.random(N) < 0.5)
+            got = model._padded_a2a(c, flow, buf_R)
+            assert math.isclose(got, dense_padded_a2a(c, F_QR, buf_R), rel_tol=1e-12)
+    # A hand case: rank 1 of 2 (one node) gets no real token; its buffer of 600 comes 300 from
+    # each source, and rank 0's 100 real tokens from rank 1 become 400.
+    c = cluster(gpus=2, per_node=2)
+    flow = model.flow_of(c, 1, (np.array([1, 0]), np.array([0, 0]), np.array([100, 50])))
+    t_ms = 1e3 * 128 / c.intra_bw  # one token across the node
+    assert math.isclose(model._padded_a2a(c, flow, np.array([600.0, 600.0])), 4 * 400 * t_ms)
+
+
 # ---------------------------------------------------------------- real sidecar
 
 
@@ -358,3 +407,40 @@ def test_sim_json_output_shape(tmp_path):
     rc, out, err = _cli(argv[:-3])  # the table
     assert rc == 0, err
     assert "lin (d64 f128 gelu)" in out and "baseline step / swiftmoe step" in out
+
+
+def test_plan_feed_order_and_errors():
+    """PlanFeed hands each job's plans over in iteration order and re-raises a job's error."""
+    from types import SimpleNamespace
+
+    from swiftmoe.sidecar import SidecarError
+    from swiftmoe.sim.plans import PlanFeed
+
+    class FakeClient:
+        def __init__(self):
+            self.calls = []
+
+        def report_loads(self, job_id, it, loads_LE, timeout_s=None):
+            self.calls.append((job_id, it))
+            if job_id == "bad" and it == 2:
+                raise SidecarError("plugin crashed")
+            slots = [int(v) + it for v in loads_LE[0]]
+            return SimpleNamespace(
+                slots_LK=[slots], source="S", note="", remap_migrated_bytes=it * 10
+            )
+
+    loads_ILE = np.arange(6 * 1 * 3).reshape(6, 1, 3)
+    client = FakeClient()
+    feed = PlanFeed(client, ["a", "bad"], loads_ILE, timeout_s=5.0, ahead=2)
+    try:
+        for it in range(1, 6):
+            fp = feed.next(0)
+            assert fp.iteration == it
+            assert fp.slots_LK[0].tolist() == (loads_ILE[it - 1, 0] + it - 1).tolist()
+            assert fp.migrated_bytes == (it - 1) * 10
+        assert [feed.next(1).iteration for _ in range(2)] == [1, 2]
+        with pytest.raises(SidecarError, match="plugin crashed"):
+            feed.next(1)
+    finally:
+        feed.close(timeout_s=5.0)
+    assert [c for c in client.calls if c[0] == "a"] == [("a", i) for i in range(5)]

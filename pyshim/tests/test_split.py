@@ -433,3 +433,95 @@ def test_real_trace_min_max_beats_even_split():
     assert mean["exact"] <= mean["fast"] <= mean["exact"] * 1.02
     assert mean["fast"] <= 1.03, f"got min-max {mean['fast']:.4f}, want about 1.01"
     assert mean["even"] >= mean["fast"] + 0.05, f"got even {mean['even']:.3f}, want well above"
+
+
+# ---------------------------------------------------------------- sparse form
+
+
+def assert_sparse_equals_dense(sparse, flow_QK: torch.Tensor) -> None:
+    """(q_F, k_F, amount_F) are exactly the nonzero entries of flow_QK, each once."""
+    q_F, k_F, amt_F = sparse
+    for name, a in (("q_F", q_F), ("k_F", k_F), ("amount_F", amt_F)):
+        assert isinstance(a, np.ndarray) and a.dtype == np.int64, f"{name}: got {a.dtype}"
+    assert q_F.shape == k_F.shape == amt_F.shape
+    dense_QK = flow_QK.numpy()
+    want_q, want_k = np.nonzero(dense_QK)
+    order = np.lexsort((k_F, q_F))  # row-major, as np.nonzero lists them
+    assert q_F[order].tolist() == want_q.tolist(), "sparse support differs from the dense one"
+    assert k_F[order].tolist() == want_k.tolist(), "sparse support differs from the dense one"
+    assert amt_F[order].tolist() == dense_QK[want_q, want_k].tolist()
+
+
+def test_sparse_equals_dense_random():
+    rng = random.Random(23)
+    gen = torch.Generator().manual_seed(23)
+    seen_node_tier = 0
+    for trial in range(300):
+        N, S = rng.choice([1, 2, 3, 4, 5, 8, 12, 17]), rng.choice([1, 2, 3, 4])
+        E = rng.randint(1, N * S)
+        tokens = rng.choice([0, 1, 7, 50, 400, 3000])
+        counts_QE = zipf_counts_QE(gen, N, E, tokens, rng.random() * 2)
+        if trial % 3 == 0:
+            slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+        else:
+            slots_K = random_slots(rng, E, N, S)
+        rpn = rng.choice([0, 1, 2, 3, 4, 5, 8, N, N + 1])  # short last nodes included
+        seen_node_tier += 0 < rpn < N
+        method = "exact" if trial % 5 == 0 else rng.choice(["auto", "fast"])
+        dense = split_tokens(counts_QE, slots_K, S, rpn, method)
+        # Every input form of the counts and plan gives the same answer.
+        counts = counts_QE.numpy() if trial % 2 else counts_QE
+        slots = torch.tensor(slots_K) if trial % 2 else slots_K
+        assert_sparse_equals_dense(split.split_tokens_sparse(counts, slots, S, rpn, method), dense)
+    assert seen_node_tier > 100
+
+
+def test_sparse_equals_dense_at_scale_and_on_even_source_counts():
+    """Larger clusters, node tier on, and the simulator's per-source counts (L_e // N each,
+    remainders to the lowest ranks), where every source holds tokens of every expert."""
+    gen = torch.Generator().manual_seed(4)
+    for N, E, S, rpn in [(64, 96, 4, 8), (30, 40, 2, 4), (128, 64, 2, 8)]:
+        counts_QE = zipf_counts_QE(gen, N, E, 60 * N * S, 1.0)
+        L_E = counts_QE.sum(0)
+        even_QE = (L_E[None, :] // N + (torch.arange(N)[:, None] < (L_E % N)[None, :])).long()
+        for c_QE in (counts_QE, even_QE):
+            slots_K = strategy_slots(c_QE.sum(0).double().tolist(), E, N, S)
+            for r in (0, rpn):
+                dense = split_tokens(c_QE, slots_K, S, r)
+                assert_sparse_equals_dense(split.split_tokens_sparse(c_QE, slots_K, S, r), dense)
+
+
+def test_sparse_sums_overlapping_tiers(monkeypatch):
+    """Were a later tier to hit a (source, slot) pair an earlier one used, the sparse form still
+    sums it as the dense one does."""
+    gen = torch.Generator().manual_seed(9)
+    counts_QE = zipf_counts_QE(gen, 8, 6, 400, 1.2)
+    slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
+    real = split._tiers
+
+    def overlapping(c_QE, plan_, demand_K, rpn):
+        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn)
+        idx, amt = pieces[0]
+        hit = int(np.flatnonzero(amt)[0])
+        return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
+
+    monkeypatch.setattr(split, "_tiers", overlapping)
+    for rpn in (0, 4):
+        dense = split_tokens(counts_QE, slots_K, 2, rpn)
+        assert int(dense.sum()) == int(counts_QE.sum()) + 5
+        assert_sparse_equals_dense(split.split_tokens_sparse(counts_QE, slots_K, 2, rpn), dense)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(counts_QE=[[1.5, 2.0]], slots=[0, 1], slots_per_rank=2), "integer token counts"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 1, 0], slots_per_rank=2), "want counts_QE.shape"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 0], slots_per_rank=2), "expert 1 has 2 tokens"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 1], slots_per_rank=2, method="lp"), "method"),
+        (dict(counts_QE=[[1, 2]], slots=[0, 1], slots_per_rank=2, ranks_per_node=-1), "node"),
+    ],
+)
+def test_sparse_bad_input_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        split.split_tokens_sparse(**kwargs)

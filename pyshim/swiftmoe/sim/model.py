@@ -193,12 +193,17 @@ class Flow:
         self.inter_F = np.where(same_F, 0.0, amt_F)
         same_F &= q_F != r_F
         self.intra_F = np.where(same_F, amt_F, 0.0)
-        self.x_RS = np.bincount(k_F, amt_F, minlength=N * S).reshape(N, S)
-        self.si_R = np.bincount(q_F, self.intra_F, minlength=N)
-        self.ri_R = np.bincount(r_F, self.intra_F, minlength=N)
-        self.se_R = np.bincount(q_F, self.inter_F, minlength=N)
-        self.re_R = np.bincount(r_F, self.inter_F, minlength=N)
+        self.x_RS = _sum_by(k_F, amt_F, N * S).reshape(N, S)
+        self.si_R = _sum_by(q_F, self.intra_F, N)
+        self.ri_R = _sum_by(r_F, self.intra_F, N)
+        self.se_R = _sum_by(q_F, self.inter_F, N)
+        self.re_R = _sum_by(r_F, self.inter_F, N)
         self.q_F, self.r_F = q_F, r_F
+
+
+def _sum_by(idx_F: np.ndarray, w_F: np.ndarray, n: int) -> np.ndarray:
+    """float64 [n]: w_F summed by index (bincount, float64 even with no pieces)."""
+    return np.bincount(idx_F, w_F, minlength=n).astype(np.float64, copy=False)
 
 
 _SLOT_MAPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -252,8 +257,8 @@ def _padded_a2a(c: Cluster, flow: Flow, buf_R: np.ndarray) -> float:
     has = real_R > 0
     scale_R = np.where(has, buf_R / np.where(has, real_R, 1.0), 0.0)
     s_F = scale_R[flow.r_F]
-    si = np.bincount(flow.q_F, flow.intra_F * s_F, minlength=c.gpus)
-    se = np.bincount(flow.q_F, flow.inter_F * s_F, minlength=c.gpus)
+    si = _sum_by(flow.q_F, flow.intra_F * s_F, c.gpus)
+    se = _sum_by(flow.q_F, flow.inter_F * s_F, c.gpus)
     ri = flow.ri_R * scale_R
     re_ = flow.re_R * scale_R
     if not has.all():  # every source sends w_r = buf_r / N to such a rank (see a2a_cols_ms)

@@ -4,9 +4,12 @@ One sidecar (``swiftmoe-sidecar serve``, the one a training job uses) serves eve
 registered job per placement sequence (``swiftmoe``, each ``flexmoe-N``, and one ``static`` job
 shared by the static systems). Iteration t runs under plan P_t (P_0 = the registration's
 initial static placement); afterwards t's loads are reported and the answer is P_{t+1}
-(last-iteration prediction, the sidecar's default predictor). Systems placed by a plan route
-their tokens with ``swiftmoe.split.split_tokens`` on the per-source counts of
-:func:`swiftmoe.sim.trace.source_counts`; costs come from :mod:`swiftmoe.sim.model`.
+(last-iteration prediction, the sidecar's default predictor). Each job's ReportLoads chain runs
+ahead in its own thread (:mod:`swiftmoe.sim.plans`), overlapping the token splits. Systems placed
+by a plan route their tokens with ``swiftmoe.split.split_tokens_sparse`` (split_tokens' nonzero
+entries) on the per-source counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
+:mod:`swiftmoe.sim.model`. timing_s: split_s and cost_s on the main thread, sidecar_s the time it
+waited for plans, sidecar_rpc_s the ReportLoads time in the background threads.
 
 Shape legend: I iterations (n_it), L layers, E experts, N ranks, S slots per rank, K = N*S slots,
 Q = N source ranks.
