@@ -26,10 +26,11 @@ func BenchmarkRoundTrip(b *testing.B) {
 	for _, c := range []struct {
 		name                   string
 		layers, experts, ranks int
-		slots                  uint32
+		slots, ranksPerNode    uint32
 	}{
-		{"small-4L-8E-4N-4S", 4, 8, 4, 4},
-		{"large-64L-256E-256N-4S", 64, 256, 256, 4},
+		{"small-4L-8E-4N-4S", 4, 8, 4, 4, 4},
+		{"large-64L-256E-256N-4S", 64, 256, 256, 4, 8},
+		{"large-64L-256E-256N-4S-onenode", 64, 256, 256, 4, 0},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			sc := startSidecar(b, "--plugins-dir", binDir, "--plugin-timeout", "5s", "--log-level", "info", "--metrics-listen", "127.0.0.1:0")
@@ -41,7 +42,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 			_, err := client.RegisterJob(ctx, &pb.RegisterJobRequest{
 				JobId:            "bench",
-				Topology:         &pb.Topology{WorldSize: uint32(c.ranks), SlotsPerRank: c.slots, RanksPerNode: uint32(min(8, c.ranks))},
+				Topology:         &pb.Topology{WorldSize: uint32(c.ranks), SlotsPerRank: c.slots, RanksPerNode: c.ranksPerNode},
 				ExpertsPerLayer:  experts,
 				ExpertParamNumel: []uint64{3 * 4096 * 1024},
 				BytesPerParam:    2,
