@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ExpertSpec
+from .base import ExpertSpec, MoEAdapter
 
 __all__ = [
     "REMOVED_ATTR",
     "RemovedExperts",
+    "StructuralAdapter",
     "block_label",
     "check_expert_params",
     "grouped_swiglu_fused",
@@ -37,6 +38,33 @@ REMOVED_ATTR = "_swiftmoe_removed_experts"
 
 def block_label(block: nn.Module) -> str:
     return type(block).__name__
+
+
+class StructuralAdapter(MoEAdapter):
+    """An adapter that recognises its blocks by structure: ``mismatch(module)`` says why a
+    module is not one of them (None when it is)."""
+
+    #: What the adapter's blocks are, for error messages.
+    kind = "MoE block"
+
+    @staticmethod
+    def mismatch(module: nn.Module) -> str | None:
+        raise NotImplementedError
+
+    def matches(self, module: nn.Module) -> bool:
+        return self.mismatch(module) is None
+
+    def why_not(self, module: nn.Module) -> str | None:
+        """Why this adapter does not handle ``module`` (None when it does); for error messages."""
+        return self.mismatch(module)
+
+    def _check(self, block: nn.Module, what: str) -> None:
+        reason = self.mismatch(block)
+        if reason is not None:
+            raise ValueError(
+                f"{self.name}.{what}: {block_label(block)} is not a {self.kind}: "
+                f"{reason}; use swiftmoe.adapters.find_adapter(block) to pick its adapter"
+            )
 
 
 def swiglu_split(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:

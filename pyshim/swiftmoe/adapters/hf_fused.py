@@ -30,6 +30,7 @@ from torch import nn
 from ._hf_common import (
     REMOVED_ATTR,
     RemovedExperts,
+    StructuralAdapter,
     block_label,
     check_expert_params,
     grouped_swiglu_fused,
@@ -37,7 +38,7 @@ from ._hf_common import (
     removed_record,
     swiglu_fused,
 )
-from .base import ExpertSpec, MoEAdapter, RouteResult
+from .base import ExpertSpec, RouteResult
 
 __all__ = ["HFFusedExpertsAdapter", "fused_mismatch"]
 
@@ -126,25 +127,13 @@ def fused_mismatch(block: nn.Module) -> str | None:
     return None
 
 
-class HFFusedExpertsAdapter(MoEAdapter):
+class HFFusedExpertsAdapter(StructuralAdapter):
     """Fused-experts blocks: a router module ``gate`` and stacked ``experts`` weights."""
 
     name = "hf-fused-experts"
 
-    def matches(self, module: nn.Module) -> bool:
-        return fused_mismatch(module) is None
-
-    def why_not(self, module: nn.Module) -> str | None:
-        """Why this adapter does not handle ``module`` (None when it does); for error messages."""
-        return fused_mismatch(module)
-
-    def _check(self, block: nn.Module, what: str) -> None:
-        reason = fused_mismatch(block)
-        if reason is not None:
-            raise ValueError(
-                f"{self.name}.{what}: {block_label(block)} is not a fused-experts MoE block: "
-                f"{reason}; use swiftmoe.adapters.find_adapter(block) to pick its adapter"
-            )
+    kind = "fused-experts MoE block"
+    mismatch = staticmethod(fused_mismatch)
 
     def num_experts(self, block: nn.Module) -> int:
         self._check(block, "num_experts")

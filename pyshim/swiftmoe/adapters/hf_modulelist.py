@@ -30,6 +30,7 @@ from torch import nn
 from ._hf_common import (
     REMOVED_ATTR,
     RemovedExperts,
+    StructuralAdapter,
     block_label,
     check_expert_params,
     grouped_swiglu_split,
@@ -37,7 +38,7 @@ from ._hf_common import (
     removed_record,
     swiglu_split,
 )
-from .base import ExpertSpec, MoEAdapter, RouteResult
+from .base import ExpertSpec, RouteResult
 
 __all__ = ["HFModuleListAdapter", "modulelist_mismatch"]
 
@@ -120,25 +121,13 @@ def modulelist_mismatch(block: nn.Module) -> str | None:
     return None
 
 
-class HFModuleListAdapter(MoEAdapter):
+class HFModuleListAdapter(StructuralAdapter):
     """Per-expert blocks: a Linear ``gate`` and a ``ModuleList`` of gated MLP experts."""
 
     name = "hf-modulelist-experts"
 
-    def matches(self, module: nn.Module) -> bool:
-        return modulelist_mismatch(module) is None
-
-    def why_not(self, module: nn.Module) -> str | None:
-        """Why this adapter does not handle ``module`` (None when it does); for error messages."""
-        return modulelist_mismatch(module)
-
-    def _check(self, block: nn.Module, what: str) -> None:
-        reason = modulelist_mismatch(block)
-        if reason is not None:
-            raise ValueError(
-                f"{self.name}.{what}: {block_label(block)} is not a per-expert MoE block: "
-                f"{reason}; use swiftmoe.adapters.find_adapter(block) to pick its adapter"
-            )
+    kind = "per-expert MoE block"
+    mismatch = staticmethod(modulelist_mismatch)
 
     @staticmethod
     def _layers(block: nn.Module, e: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
