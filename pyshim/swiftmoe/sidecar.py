@@ -44,6 +44,7 @@ import grpc
 
 from swiftmoe._proto.v1 import swiftmoe_pb2 as pb
 from swiftmoe._proto.v1 import swiftmoe_pb2_grpc as pb_grpc
+from swiftmoe.plan_source import WorkerPlanSource
 
 __all__ = [
     "JobSpec",
@@ -709,7 +710,7 @@ _RESTART_CODES = {
 }
 
 
-class PlanService:
+class PlanService(WorkerPlanSource):
     """Rank 0's plan source backed by the sidecar (``submit``/``poll`` of ``PlanSource``).
 
     ``start()`` starts the bundled sidecar (unless ``address`` attaches to a running one) and
@@ -720,6 +721,8 @@ class PlanService:
     sidecar it owns (an attached one is only re-registered) and registers the same job_id again,
     with a growing back-off between failed attempts. ``events`` counts what happened.
     """
+
+    _log_prefix = "plan service"
 
     def __init__(
         self,
@@ -750,24 +753,15 @@ class PlanService:
             extra_args=tuple(extra_args),
             start_timeout_s=start_timeout_s,
         )
+        super().__init__()
         self.sidecar: ManagedSidecar | None = None
         self.client: SidecarClient | None = None
         self.registration: Registration | None = None
         self.latest: SidecarPlan | None = None
-        self.last_error = ""
-        self.events: dict[str, int] = collections.Counter()
-        self._cv = threading.Condition()
-        self._pending: tuple[int, list[list[int]]] | None = None
-        self._result: list[list[int]] | None = None
-        self._submitted = 0
-        self._answered = 0
         self._healthy = False
         self._need_restart = False
         self._backoff_s = 0.0
         self._next_attempt = 0.0
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._in_force: list[list[int]] | None = None
 
     @property
     def owns_sidecar(self) -> bool:
@@ -793,53 +787,12 @@ class PlanService:
         log.info(
             "registered job %s with strategy %s at %s", reg.job_id, self.spec.strategy, address
         )
-        self._thread = threading.Thread(target=self._run, name="swiftmoe-plan-service", daemon=True)
-        self._thread.start()
+        self._start_worker("swiftmoe-plan-service")
         return reg
-
-    def submit(self, iteration: int, loads_LE: Any) -> None:
-        """Queues iteration's loads for the sidecar; never blocks, never raises."""
-        try:
-            loads = [
-                [int(v) for v in (row.tolist() if hasattr(row, "tolist") else row)]
-                for row in loads_LE
-            ]
-        except (TypeError, ValueError) as e:
-            self._note("bad_input", f"submit: loads_LE is not a list of integer lists: {e}")
-            return
-        with self._cv:
-            if self._closed:
-                return
-            self._pending = (int(iteration), loads)
-            self._submitted += 1
-            self.events["submitted"] += 1
-            self._cv.notify_all()
-
-    def poll(self, deadline_s: float) -> list[list[int]] | None:
-        """The newest plan not yet returned, waiting at most ``deadline_s``; else ``None``."""
-        try:
-            end = time.monotonic() + max(0.0, float(deadline_s))
-        except (TypeError, ValueError):
-            end = time.monotonic()
-        with self._cv:
-            while self._answered < self._submitted and not self._closed:
-                left = end - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(left)
-            out, self._result = self._result, None
-            if out is not None:
-                self._in_force = out
-            return out
 
     def close(self) -> None:
         """Stops the worker, the client and the owned sidecar."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=self.rpc_timeout_s + 1.0)
+        self._stop_worker(timeout_s=self.rpc_timeout_s + 1.0)
         if self.client is not None:
             self.client.close()
         if self.sidecar is not None:
@@ -854,32 +807,15 @@ class PlanService:
 
     # -- worker
 
-    def _note(self, kind: str, msg: str) -> None:
+    def _plan(self, iteration: int, loads_LE: list[list[int]]) -> list[list[int]] | None:
+        if not (self._healthy or self._recover()):
+            return None
+        plan = self._report(iteration, loads_LE)
+        if plan is None:
+            return None
         with self._cv:
-            self.events[kind] += 1
-            self.last_error = msg
-        log.warning("plan service: %s", msg)
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while self._pending is None and not self._closed:
-                    self._cv.wait()
-                if self._closed:
-                    return
-                iteration, loads = self._pending
-                self._pending = None
-                ticket = self._submitted
-            plan = None
-            if self._healthy or self._recover():
-                plan = self._report(iteration, loads)
-            with self._cv:
-                if plan is not None:
-                    self._result = plan.slots_LK
-                    self.latest = plan
-                    self.events["planned"] += 1
-                self._answered = max(self._answered, ticket)
-                self._cv.notify_all()
+            self.latest = plan
+        return plan.slots_LK
 
     def _report(self, iteration: int, loads: list[list[int]]) -> SidecarPlan | None:
         assert self.client is not None
