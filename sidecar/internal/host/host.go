@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -49,6 +50,7 @@ type Host struct {
 	log          hclog.Logger
 	metrics      *metrics.Metrics
 	sums         *checksums
+	sockDir      string         // private directory of the plugins' unix sockets
 	wg           sync.WaitGroup // background starts and kills
 
 	mu     sync.Mutex
@@ -77,9 +79,15 @@ func New(o Options) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Plugins listen on unix sockets in this private directory, removed on
+	// Close, so a killed plugin leaves no socket file behind in $TMPDIR.
+	sockDir, err := os.MkdirTemp("", "swiftmoe-plugin-sockets-")
+	if err != nil {
+		return nil, fmt.Errorf("creating the plugins' socket directory: %w", err)
+	}
 	h := &Host{
 		dir: o.Dir, timeout: o.CallTimeout, startTimeout: o.StartTimeout,
-		log: o.Logger, metrics: o.Metrics, sums: sums, slots: map[string]*slot{},
+		log: o.Logger, metrics: o.Metrics, sums: sums, sockDir: sockDir, slots: map[string]*slot{},
 	}
 	if h.timeout <= 0 {
 		h.timeout = DefaultCallTimeout
@@ -278,4 +286,7 @@ func (h *Host) Close() {
 	}
 	wg.Wait()
 	h.wg.Wait()
+	if err := os.RemoveAll(h.sockDir); err != nil {
+		h.log.Warn("removing the plugins' socket directory", "dir", h.sockDir, "error", err)
+	}
 }

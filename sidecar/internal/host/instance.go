@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"syscall"
 	"time"
@@ -28,18 +29,22 @@ type instance struct {
 	client   *plugin.Client
 	strategy *sdk.GRPCClient
 	pid      int
+	socket   string // the plugin's unix socket, removed once it is killed
 	info     sdk.Info
 	sha256   string
 }
 
 // startInstance starts the plugin binary at path, verifies its checksum
 // (go-plugin SecureConfig), negotiates gRPC over AutoMTLS and describes it.
-func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout time.Duration) (*instance, error) {
+func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout time.Duration, sockDir string) (*instance, error) {
 	sum, err := sums.expected(path)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(path)
+	// go-plugin appends the host environment after this; the plugin creates
+	// its listening socket in sockDir.
+	cmd.Env = []string{plugin.EnvUnixSocketDir + "=" + sockDir}
 	bindToParent(cmd)
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
@@ -74,6 +79,9 @@ func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout 
 	in := &instance{client: client, strategy: strategy, sha256: hex.EncodeToString(sum)}
 	if rc := client.ReattachConfig(); rc != nil {
 		in.pid = rc.Pid
+		if rc.Addr != nil && rc.Addr.Network() == "unix" {
+			in.socket = rc.Addr.String()
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), describeTimeout)
 	defer cancel()
@@ -103,6 +111,7 @@ func (in *instance) kill() {
 	}()
 	select {
 	case <-done:
+		in.removeSocket()
 		return
 	case <-time.After(killGrace):
 	}
@@ -112,6 +121,15 @@ func (in *instance) kill() {
 	select {
 	case <-done:
 	case <-time.After(killGrace):
+	}
+	in.removeSocket()
+}
+
+// removeSocket deletes the plugin's socket file, which a killed plugin
+// cannot remove itself.
+func (in *instance) removeSocket() {
+	if in.socket != "" {
+		_ = os.Remove(in.socket)
 	}
 }
 

@@ -69,7 +69,7 @@ func (s *slot) startLocked() chan struct{} {
 	s.h.wg.Add(1)
 	go func() {
 		defer s.h.wg.Done()
-		in, err := startInstance(s.h.log.Named(s.name), s.h.sums, s.path, s.h.startTimeout)
+		in, err := startInstance(s.h.log.Named(s.name), s.h.sums, s.path, s.h.startTimeout, s.h.sockDir)
 		s.mu.Lock()
 		if err == nil && s.closed {
 			s.mu.Unlock()
