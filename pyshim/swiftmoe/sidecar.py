@@ -651,6 +651,13 @@ class ManagedSidecar:
                 log.info("removed stale sidecar socket %s", path)
             d = path.parent
             if d.stat().st_uid == os.getuid() and stat.S_IMODE(d.stat().st_mode) == 0o700:
+                # A killed sidecar also leaves its plugins' sockets in d/plugins.
+                plugins = d / "plugins"
+                if plugins.is_dir() and not plugins.is_symlink():
+                    for p in plugins.iterdir():
+                        if stat.S_ISSOCK(p.lstat().st_mode):
+                            p.unlink()
+                    plugins.rmdir()  # only succeeds when empty
                 d.rmdir()  # only succeeds when empty
         except OSError:
             pass

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -70,8 +71,23 @@ func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
+	ln, err := server.Listen(f.listen, f.allowRemote)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := ln.Close(); err != nil {
+			log.Warn("removing the socket", "error", err)
+		}
+	}()
+	// With the default socket, the plugins' sockets live in its private
+	// directory too, so one directory holds everything the daemon leaves.
+	sockDir := ""
+	if ln.PrivateDir() != "" {
+		sockDir = filepath.Join(ln.PrivateDir(), "plugins")
+	}
 	m := metrics.New()
-	h, err := host.New(host.Options{Dir: dir, CallTimeout: f.pluginTimeout, Logger: log, Metrics: m})
+	h, err := host.New(host.Options{Dir: dir, CallTimeout: f.pluginTimeout, Logger: log, Metrics: m, SocketDir: sockDir})
 	if err != nil {
 		return fmt.Errorf("--plugins-dir: %w", err)
 	}
@@ -85,16 +101,6 @@ func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
 		}
 		log.Info("serving metrics", "url", "http://"+ms.Addr()+"/metrics")
 	}
-	ln, err := server.Listen(f.listen, f.allowRemote)
-	if err != nil {
-		shutdownMetrics(ms, log)
-		return err
-	}
-	defer func() {
-		if err := ln.Close(); err != nil {
-			log.Warn("removing the socket", "error", err)
-		}
-	}()
 
 	if f.exitWithParent {
 		go watchParent(ctx, stop, log)

@@ -40,6 +40,10 @@ type Options struct {
 	Logger hclog.Logger
 	// Metrics records restarts and rejected plans; nil records nothing.
 	Metrics *metrics.Metrics
+	// SocketDir is where plugins create their unix sockets (made 0700 if
+	// missing, removed on Close); empty means a fresh private directory under
+	// $TMPDIR.
+	SocketDir string
 }
 
 // Host owns the plugin processes of one sidecar.
@@ -79,10 +83,14 @@ func New(o Options) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Plugins listen on unix sockets in this private directory, removed on
+	// Plugins listen on unix sockets in a private directory, removed on
 	// Close, so a killed plugin leaves no socket file behind in $TMPDIR.
-	sockDir, err := os.MkdirTemp("", "swiftmoe-plugin-sockets-")
-	if err != nil {
+	sockDir := o.SocketDir
+	if sockDir == "" {
+		if sockDir, err = os.MkdirTemp("", "swiftmoe-plugin-sockets-"); err != nil {
+			return nil, fmt.Errorf("creating the plugins' socket directory: %w", err)
+		}
+	} else if err := os.MkdirAll(sockDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating the plugins' socket directory: %w", err)
 	}
 	h := &Host{

@@ -29,6 +29,10 @@ type Listener struct {
 	socket     string
 }
 
+// PrivateDir is the private directory created for the default socket, or
+// "" when the address was given.
+func (l *Listener) PrivateDir() string { return l.privateDir }
+
 // Close stops listening and removes the socket file and private directory.
 func (l *Listener) Close() error {
 	err := l.Listener.Close()
