@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     handle = swiftmoe.replicate_(model, cfg)
     dense = list(handle.dense_parameters(model))
     if world > 1:
+        handle.ddp_ignore(model)  # DDP must not broadcast SwiftMoE's per-rank load statistics
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=None)
         ddp._set_static_graph()
         net = ddp
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = open(args.trace_out, "w") if args.trace_out and rank == 0 else None  # noqa: SIM115
     timings = open(args.timings_out, "w") if args.timings_out and rank == 0 else None  # noqa: SIM115
     progress = Progress(args.steps, rank == 0, args.no_progress)
-    step_times, imbalances, losses = [], [], []
+    step_times, all_times, imbalances, losses = [], [], [], []
     try:
         for step in range(args.steps):
             batch = batch_for(step, data, args, rank, world).to(device)
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             mom = max(stats.max_over_mean_L)
             losses.append(float(lv))
             imbalances.append(mom)
+            all_times.append(dt)
             if step >= args.warmup:
                 step_times.append(dt)
             progress.update(
@@ -328,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             if f:
                 f.close()
         handle.close()
+    step_times = step_times or all_times  # runs no longer than the warm-up time every step
     summary = {
         "strategy": args.strategy,
         "mode": args.mode,
