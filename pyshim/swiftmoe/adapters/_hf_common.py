@@ -58,6 +58,21 @@ class StructuralAdapter(MoEAdapter):
         """Why this adapter does not handle ``module`` (None when it does); for error messages."""
         return self.mismatch(module)
 
+    def flatten_input(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """``x_TD`` of a block call, with the block's training-time input jitter applied.
+
+        Call once per forward: with jitter on, each call draws fresh noise.
+        """
+        x = args[0] if args else kwargs.get("hidden_states")
+        dim = int(block.gate.weight.shape[1])
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != dim:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"{self.name}.flatten_input({block_label(block)}): hidden_states is {got}, "
+                f"want a tensor of shape (batch, seq, {dim})"
+            )
+        return jitter_input(block, x).reshape(-1, dim)
+
     def _check(self, block: nn.Module, what: str) -> None:
         reason = self.mismatch(block)
         if reason is not None:

@@ -34,7 +34,6 @@ from ._hf_common import (
     block_label,
     check_expert_params,
     grouped_swiglu_fused,
-    jitter_input,
     removed_record,
     swiglu_fused,
 )
@@ -152,21 +151,6 @@ class HFFusedExpertsAdapter(StructuralAdapter):
             shapes=(torch.Size(gu), torch.Size(dn)),
             forward=swiglu_fused(block.experts.act_fn, transposed),
         )
-
-    def flatten_input(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
-        """``x_TD`` of a block call, with the block's training-time input jitter applied.
-
-        Call once per forward: with jitter on, each call draws fresh noise.
-        """
-        x = args[0] if args else kwargs.get("hidden_states")
-        dim = int(block.gate.weight.shape[1])
-        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != dim:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(
-                f"{self.name}.flatten_input({block_label(block)}): hidden_states is {got}, "
-                f"want a tensor of shape (batch, seq, {dim})"
-            )
-        return jitter_input(block, x).reshape(-1, dim)
 
     def grouped_forward(
         self,
