@@ -25,6 +25,7 @@ type job struct {
 	predictor  predictorConfig
 	info       *pb.StrategyInfo
 
+	traffic  remapTraffic // bytes of every remap, from the job's shape
 	hist     []*history
 	slots    [][]int                 // placement in force
 	plan     atomic.Pointer[pb.Plan] // plan in force, read without mu
@@ -49,6 +50,7 @@ func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
 		options: strategyOptions(req.GetStrategyOptions()), predictor: pred,
 		hist: make([]*history, len(experts)), slots: make([][]int, len(experts)),
 	}
+	j.traffic = newRemapTraffic(numel, j.bytesParam, t.WorldSize, t.SlotsPerRank)
 	cur := req.GetCurrentSlots()
 	for l, e := range experts {
 		j.hist[l] = newHistory(e, DefaultHistory)
@@ -101,7 +103,7 @@ func (j *job) strategyRequest(it uint64, predicted [][]float64) *sdk.Request {
 // from the plan in force.
 func (j *job) buildPlan(it uint64, slots [][]int, predicted [][]float64, source pb.PlanSource, note string, migrated uint64) *pb.Plan {
 	layers := describePlan(slots, predicted, j.topo)
-	remap := remapSummary(j.slots, slots, j.numel, j.bytesParam, j.topo.WorldSize, j.topo.SlotsPerRank)
+	remap := j.traffic.summary(j.slots, slots)
 	remap.MigratedBytes = migrated
 	return &pb.Plan{
 		JobId: j.id, Iteration: it, Strategy: j.strategy,

@@ -23,12 +23,10 @@ func describePlan(slots [][]int, predicted [][]float64, t sdk.Topology) []*pb.La
 	for l, s := range slots {
 		lid := ids[:len(s):len(s)]
 		ids = ids[len(s):]
-		for i, e := range s {
-			lid[i] = uint32(e)
-		}
 		lrep := reps[:len(predicted[l]):len(predicted[l])]
 		reps = reps[len(predicted[l]):]
-		for _, e := range s {
+		for i, e := range s {
+			lid[i] = uint32(e)
 			if e >= 0 && e < len(lrep) {
 				lrep[e]++
 			}
