@@ -3,10 +3,7 @@ package e2e
 import (
 	"context"
 	"math"
-	"os"
 	"sort"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -71,7 +68,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 			if len(pids) != 1 {
 				b.Fatalf("got %d plugin processes, want 1", len(pids))
 			}
-			side0, plug0 := procCPU(sc.cmd.Process.Pid), procCPU(pids[0])
+			side0, plug0 := testbin.ProcCPU(sc.cmd.Process.Pid), testbin.ProcCPU(pids[0])
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -90,7 +87,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			side1, plug1 := procCPU(sc.cmd.Process.Pid), procCPU(pids[0])
+			side1, plug1 := testbin.ProcCPU(sc.cmd.Process.Pid), testbin.ProcCPU(pids[0])
 			if side0 >= 0 && side1 >= 0 && plug0 >= 0 && plug1 >= 0 {
 				b.ReportMetric(float64(side1-side0)/float64(b.N)/1e6, "sidecar-cpu-ms")
 				b.ReportMetric(float64(plug1-plug0)/float64(b.N)/1e6, "plugin-cpu-ms")
@@ -112,31 +109,6 @@ func BenchmarkRoundTrip(b *testing.B) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// procCPU is process pid's user+system CPU time in nanoseconds, from
-// /proc/PID/stat (USER_HZ ticks, 100 a second on Linux); -1 where it cannot
-// be read.
-func procCPU(pid int) int64 {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return -1
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return -1
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return -1
-	}
-	return (ut + st) * int64(time.Second/100)
-}
 
 // zipfReport is an iteration whose layer loads follow a Zipf(1.1) law over
 // experts, rotated by variant and layer.

@@ -3,11 +3,7 @@ package host
 import (
 	"context"
 	"math"
-	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -50,7 +46,7 @@ func BenchmarkPlanHop(b *testing.B) {
 			}
 			pid := h.PID(name)
 			lat := make([]time.Duration, 0, b.N)
-			self0, plug0 := selfCPU(), procCPU(pid)
+			self0, plug0 := selfCPU(), testbin.ProcCPU(pid)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				start := time.Now()
@@ -60,7 +56,7 @@ func BenchmarkPlanHop(b *testing.B) {
 				lat = append(lat, time.Since(start))
 			}
 			b.StopTimer()
-			self1, plug1 := selfCPU(), procCPU(pid)
+			self1, plug1 := selfCPU(), testbin.ProcCPU(pid)
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 			b.ReportMetric(float64(lat[len(lat)/2])/1e6, "p50-ms")
 			b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)])/1e6, "p99-ms")
@@ -97,29 +93,4 @@ func selfCPU() int64 {
 		return -1
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
-}
-
-// procCPU is process pid's user+system CPU time in nanoseconds, from
-// /proc/PID/stat; -1 where it cannot be read.
-func procCPU(pid int) int64 {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return -1
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return -1
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return -1
-	}
-	// USER_HZ is 100 on Linux.
-	return (ut + st) * int64(time.Second/100)
 }

@@ -267,11 +267,7 @@ func TestKillMidRequest(t *testing.T) {
 	if got := h.PID("faulty"); got != pid {
 		t.Fatalf("host pid %d, plugin says %d", got, pid)
 	}
-	proc, err := os.FindProcess(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proc.Kill(); err != nil {
+	if err := testbin.Kill(pid); err != nil {
 		t.Fatal(err)
 	}
 	var r result

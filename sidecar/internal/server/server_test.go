@@ -369,11 +369,7 @@ func TestKillPluginMidRequest(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	pid := e.host.PID("faulty")
-	proc, err := os.FindProcess(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proc.Kill(); err != nil {
+	if err := testbin.Kill(pid); err != nil {
 		t.Fatal(err)
 	}
 	var r result

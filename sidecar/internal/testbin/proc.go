@@ -65,3 +65,37 @@ func Children(ppid int) ([]int, error) {
 	}
 	return out, nil
 }
+
+// ProcCPU is process pid's user+system CPU time in nanoseconds, from
+// /proc/PID/stat (USER_HZ ticks, 100 a second on Linux); -1 where it cannot
+// be read.
+func ProcCPU(pid int) int64 {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return -1
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return (ut + st) * int64(time.Second/100)
+}
+
+// Kill sends SIGKILL to pid.
+func Kill(pid int) error {
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	return proc.Kill()
+}
