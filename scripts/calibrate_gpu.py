@@ -36,6 +36,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+
+# Imported before init_process_group: importing it afterwards (torch.optim does, at the first
+# optimizer) keeps references to the default group, so destroy_process_group cannot join gloo's
+# worker threads, and one that drops a finished collective's tensors during interpreter exit
+# aborts the process ("terminate called without an active exception").
+import torch._dynamo  # noqa: F401
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
