@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Time swiftmoe.split.split_tokens per layer on one CPU thread (a benchmark, not a test).
+"""Time the token split per layer on one CPU thread (a benchmark, not a test).
 
 For each (E, N, S) it builds Zipf-skewed per-rank counts (8192 routed tokens per rank, as top-2
 over 4096 tokens), a plan from a noisy copy of the loads (replicas proportional to load, LPT
-packing), and prints the median microseconds of the fast split (and its fastest run, as the
-machine may be shared), of the fast split with 8 ranks per node, of the min-max stage alone
+packing), and prints the median microseconds of what the engine runs per layer on every rank,
+split_tokens_for_rank (the rank's row and slot columns of the fast split; its fastest run too,
+as the machine may be shared; and with 8 ranks per node), then of the dense fast split
+split_tokens ([N, N*S], what the simulator and tests use), of the min-max stage alone
 (per-rank amounts, before routing sources to slots), of the exact and of the even split, plus
 fast/exact max rank load and max/mean rank load of each. The load average is printed first: on a
 busy machine medians run high.
@@ -70,10 +72,15 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     counts_QE = torch.from_numpy(rng.multinomial(8192, p_E, size=N).astype(np.int64))
     prev_E = counts_QE.sum(0).numpy() * rng.uniform(0.8, 1.2, size=E)
     slots_K = plan_from(prev_E, N, S)
-    (t_fast, t_best), f_fast = timed(
-        lambda: split.split_tokens(counts_QE, slots_K, S, method="fast"), reps, best=True
-    )
     rpn = 8 if N > 8 else 0
+    ranks = iter(range(10**9))  # a different rank each call: ranks' costs differ a little
+    (t_rank, t_rbest), _ = timed(
+        lambda: split.split_tokens_for_rank(counts_QE, slots_K, S, next(ranks) % N), reps, True
+    )
+    t_rnode, _ = timed(
+        lambda: split.split_tokens_for_rank(counts_QE, slots_K, S, next(ranks) % N, rpn), reps
+    )
+    t_fast, f_fast = timed(lambda: split.split_tokens(counts_QE, slots_K, S, method="fast"), reps)
     t_node, f_node = timed(lambda: split.split_tokens(counts_QE, slots_K, S, rpn, "fast"), reps)
     c_QE, pl, L_E = split._prepare(counts_QE, slots_K, S)
     t_amt, _ = timed(lambda: split._amounts_fast(c_QE, pl, L_E), reps)
@@ -91,7 +98,8 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     if not torch.equal(split.rank_load_from_flow(f_node, S), loads["fast"]):
         raise SystemExit("ranks_per_node changed the rank loads; it may only change who sends")
     print(
-        f"{f'{E},{N},{S}':>12} {t_fast:9.0f} {t_best:9.0f} {t_node:9.0f} {t_amt:10.0f} "
+        f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} "
+        f"{t_fast:9.0f} {t_node:9.0f} {t_amt:10.0f} "
         f"{t_exact:10.0f} {t_even:9.0f} {ratio:10.4f} {mom['even']:8.3f} {mom['fast']:8.4f} "
         f"{mom['exact']:9.4f}"
     )
@@ -106,7 +114,8 @@ def main() -> int:
     load1, load5, _ = os.getloadavg()
     print(f"load average {load1:.2f} {load5:.2f} on {os.cpu_count()} CPUs, torch threads 1")
     print(
-        f"{'E,N,S':>12} {'fast us':>9} {'fast min':>9} {'node8 us':>9} {'amounts us':>10} "
+        f"{'E,N,S':>12} {'rank us':>9} {'rank min':>9} {'rnode8 us':>9} "
+        f"{'dense us':>9} {'node8 us':>9} {'amounts us':>10} "
         f"{'exact us':>10} {'even us':>9} {'fast/exact':>10} {'mom even':>8} {'mom fast':>8} "
         f"{'mom exact':>9}"
     )

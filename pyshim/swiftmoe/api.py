@@ -351,31 +351,53 @@ class SwiftMoEHandle:
 
     # ---- engine callbacks ---------------------------------------------------------------------
 
-    def split(self, counts_NE: torch.Tensor, slots: list[int], layer_index: int) -> torch.Tensor:
-        """flow_NK for one layer under ``slots``; checked so a wrong split cannot misroute."""
-        cfg, S = self.config, self.config.slots_per_rank
-        if cfg.split_method == "even":
-            flow = splitlib.even_split_tokens(counts_NE, slots, S)
-        else:
-            flow = splitlib.split_tokens(
-                counts_NE, slots, S, ranks_per_node=self.ranks_per_node, method=cfg.split_method
-            )
+    def split(
+        self, counts_NE: torch.Tensor, slots: list[int], layer_index: int
+    ) -> splitlib.RankSplit:
+        """This rank's part of one layer's split under ``slots``; checked so it cannot misroute.
+
+        The checks cover what the rank uses: it sends each expert's tokens exactly, it receives
+        no more of a source's tokens of an expert than the source has, and the per-rank loads
+        add up to every token.
+        """
+        cfg, S, r = self.config, self.config.slots_per_rank, self.comm.rank
+        rs = splitlib.split_tokens_for_rank(
+            counts_NE, slots, S, r, ranks_per_node=self.ranks_per_node, method=cfg.split_method
+        )
         N, E = counts_NE.shape
         slots_t = (
             self.layers[layer_index].slots_t if self.mode == "replicate" else torch.tensor(slots)
         )
+        mine_S = slots_t[r * S : (r + 1) * S].cpu()
+        got_QE = torch.zeros(N, E, dtype=torch.long).index_add_(1, mine_S, rs.recv_QS)
         if (
-            tuple(flow.shape) != (N, len(slots))
+            tuple(rs.send_K.shape) != (len(slots),)
+            or tuple(rs.recv_QS.shape) != (N, S)
+            or bool((rs.send_K < 0).any())
+            or bool((rs.recv_QS < 0).any())
             or not torch.equal(
-                torch.zeros(N, E, dtype=torch.long).index_add_(1, slots_t, flow.long()), counts_NE
+                torch.zeros(E, dtype=torch.long).index_add_(0, slots_t.cpu(), rs.send_K),
+                counts_NE[r],
             )
-            or bool((flow < 0).any())
+            or bool((got_QE > counts_NE).any())
+            or int(rs.load_R[r]) != int(rs.recv_QS.sum())
+            or int(rs.load_R.sum()) != int(counts_NE.sum())
         ):
             raise RuntimeError(
                 f"swiftmoe: the token split for layer {layer_index} does not conserve the counts "
                 "(a bug in swiftmoe.split); report it with the counts and the placement"
             )
-        return flow
+        return rs
+
+    def split_loads(self, counts_NE: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """Tokens each rank would process under ``slots`` (int64 [N]), without routing."""
+        return splitlib.split_rank_loads(
+            counts_NE,
+            slots,
+            self.config.slots_per_rank,
+            ranks_per_node=self.ranks_per_node,
+            method=self.config.split_method,
+        )
 
     def on_layer_loads(self, index: int) -> None:
         """A layer has this iteration's global loads: submit them once all layers have."""
@@ -496,7 +518,7 @@ class SwiftMoEHandle:
         self.iteration += 1
 
     def _step_observe(self) -> StepStats:
-        N, r, S = self.comm.world_size, self.comm.rank, self.config.slots_per_rank
+        N, r = self.comm.world_size, self.comm.rank
         parts = []
         for layer in self.layers:
             m = torch.zeros(N, layer.E, dtype=torch.long, device=self._device)
@@ -511,8 +533,8 @@ class SwiftMoEHandle:
 
         def mom(slots_L):
             return [
-                rt.max_over_mean(rt.rank_loads(self.split(c, s, i), S))
-                for i, (c, s) in enumerate(zip(counts_L, slots_L, strict=True))
+                rt.max_over_mean(self.split_loads(c, s))
+                for c, s in zip(counts_L, slots_L, strict=True)
             ]
 
         predicted = mom(self._pending_plan) if self._pending_plan is not None else None

@@ -31,16 +31,10 @@ from swiftmoe import dispatch as dp
 from swiftmoe.adapters.base import ExpertSpec, MoEAdapter
 from swiftmoe.dist import Comm, all_to_all_rows
 
-__all__ = ["ExpertLayer", "ObservedLayer", "LOADS_BUFFER", "DROPPED_BUFFER", "rank_loads"]
+__all__ = ["ExpertLayer", "ObservedLayer", "LOADS_BUFFER", "DROPPED_BUFFER"]
 
 LOADS_BUFFER = "swiftmoe_loads_E"
 DROPPED_BUFFER = "swiftmoe_dropped"
-
-
-def rank_loads(flow_QK: torch.Tensor, slots_per_rank: int) -> torch.Tensor:
-    """Tokens each rank's slots receive, loads_N, from a split flow_QK [N, N*S]."""
-    N = flow_QK.shape[0]
-    return flow_QK.view(N, N, slots_per_rank).sum(dim=(0, 2))
 
 
 def max_over_mean(loads_N: torch.Tensor) -> float:
@@ -189,12 +183,12 @@ class ExpertLayer:
         counts_NE[r] = counts_E
         comm.all_reduce_(counts_NE)
         counts_NE = counts_NE.cpu()
-        flow_NK = self.engine.split(counts_NE, self.slots, self.index)
+        rs = self.engine.split(counts_NE, self.slots, self.index)
 
-        my_K = flow_NK[r]
+        my_K = rs.send_K
         send_A = dp.send_index(order_M, my_K, self.perm_K, self.inv_K)
         x_send = x_TD.index_select(0, send_A // top_k)
-        flow_QS = flow_NK[:, r * S : (r + 1) * S]
+        flow_QS = rs.recv_QS
         in_splits = my_K.view(N, S).sum(1).tolist()
         out_splits = flow_QS.sum(1).tolist()
         anchor = self.engine.anchor
@@ -217,7 +211,7 @@ class ExpertLayer:
                 loads_E = counts_NE.sum(0)
                 getattr(self.block, LOADS_BUFFER).add_(loads_E.to(x_TD.device))
                 getattr(self.block, DROPPED_BUFFER).add_(dropped)
-                self.last_max_over_mean = max_over_mean(rank_loads(flow_NK, S))
+                self.last_max_over_mean = max_over_mean(rs.load_R)
             self.engine.on_layer_loads(self.index)
         return y_TD
 

@@ -34,13 +34,23 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["even_split_tokens", "rank_load_from_flow", "split_tokens", "split_tokens_sparse"]
+__all__ = [
+    "RankSplit",
+    "even_split_tokens",
+    "rank_load_from_flow",
+    "split_rank_loads",
+    "split_tokens",
+    "split_tokens_for_rank",
+    "split_tokens_sparse",
+]
 
 _METHODS = ("auto", "fast", "exact")
+_RANK_METHODS = (*_METHODS, "even")
 _FAST_MAX_ITERS = 32  # scaling rounds at most
 _FAST_FIRST_CHECK = 7  # the first round that certifies a level-set lower bound (when still needed)
 _FAST_CHECK_EVERY = 4  # rounds between level-set lower bounds
@@ -135,6 +145,8 @@ class _Plan:
         self.d_r = self.d_k // S
         self.d_e = slots_K[self.d_k]
         self.d_pair = self.pair_K[self.d_k]
+        self.dpos_K = np.empty(self.K, dtype=np.int64)  # slot k is demand dpos_K[k]
+        self.dpos_K[self.d_k] = np.arange(self.K)
         self.d_first_P = np.concatenate(([0], np.cumsum(mult_P)[:-1]))
         # Experts holding a slot (None: all), the last demand of each, and row offsets q*K.
         held = self.deg_E > 0
@@ -677,7 +689,75 @@ def _route_sparse(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per
     return q_F, k_F, amt_F
 
 
-def _tiers(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int):
+def _ranges(lo_G: np.ndarray, hi_G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g, i) for every i in range(lo_G[g], hi_G[g]), segment by segment (empty ones skipped)."""
+    n_G = np.maximum(hi_G - lo_G, 0)
+    total = int(n_G.sum())
+    g = np.repeat(np.arange(n_G.size), n_G)
+    return g, np.arange(total) - (np.cumsum(n_G) - n_G - lo_G)[g]
+
+
+def _route_rank(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int, r: int):
+    """Rank r's row and slot columns of _route's flow, without the dense [N, K] matrix.
+
+    Returns (send_K, recv_QS): flow_QK[r] and flow_QK[:, r*S:(r+1)*S]. The small tiers' pieces
+    are filtered. The last tier's pieces are the overlaps of intervals laid end to end (supplies
+    (held expert, source) in expert-major order, demands in (expert, slot) order), which is
+    what the north-west corner merge of _route computes: supply i gives demand j the length of
+    their overlap. Only r's supplies and the supplies of r's slots' experts are placed on that
+    line, from per-expert offsets and prefix sums over sources, never the whole [H, N] layout.
+    """
+    N, K, S = plan.N, plan.K, plan.S
+    pieces, sup_QE, da = _tiers(c_QE, plan, demand_K, ranks_per_node, source_major=True)
+    send_K = np.zeros(K, dtype=np.int64)
+    recv_QS = np.zeros(N * S, dtype=np.int64)
+    lo_k, hi_k = r * S, (r + 1) * S
+    for idx, amt in pieces:  # (source, slot) targets are distinct within a tier
+        row = (idx >= r * K) & (idx < (r + 1) * K)
+        send_K[idx[row] - r * K] += amt[row]
+        k = idx % K
+        col = (k >= lo_k) & (k < hi_k)
+        recv_QS[(idx[col] // K) * S + (k[col] - lo_k)] += amt[col]
+    if da.size == 0:
+        return send_K, recv_QS.reshape(N, S)
+    d_end = np.cumsum(da)
+    d_start = d_end - da
+    # Expert e's supplies start where its demands do: per-expert totals agree.
+    e_H = np.arange(plan.E) if plan.held_H is None else plan.held_H
+    off_H = d_start[np.concatenate(([0], plan.last_H[:-1] + 1))]
+    off_E = np.zeros(plan.E, dtype=np.int64)
+    off_E[e_H] = off_H
+    # Row: supply (e, r) spans off_e + sum_{q<r} sup[q, e] onward.
+    ss = off_H + sup_QE[:r].sum(axis=0)[e_H]
+    se = ss + sup_QE[r][e_H]
+    g, j = _ranges(np.searchsorted(d_end, ss, side="right"), np.searchsorted(d_start, se))
+    amt = np.minimum(se[g], d_end[j]) - np.maximum(ss[g], d_start[j])
+    pos = amt > 0
+    send_K[plan.d_k[j[pos]]] += amt[pos]  # one piece per demand: distinct slots
+    # Columns: each of r's slots is a demand; the supplies of its expert it overlaps.
+    for s_, k in enumerate(range(lo_k, hi_k)):
+        jd = int(plan.dpos_K[k])
+        ds, de = int(d_start[jd]), int(d_end[jd])
+        if de == ds:
+            continue
+        e = int(plan.slots_K[k])
+        col_end = off_E[e] + np.cumsum(sup_QE[:, e])
+        q0 = int(np.searchsorted(col_end, ds, side="right"))
+        q1 = int(np.searchsorted(col_end - sup_QE[:, e], de))
+        q = np.arange(q0, q1)
+        amt = np.minimum(de, col_end[q0:q1]) - np.maximum(ds, col_end[q0:q1] - sup_QE[q0:q1, e])
+        pos = amt > 0
+        recv_QS[q[pos] * S + s_] += amt[pos]  # one piece per supply: distinct sources
+    return send_K, recv_QS.reshape(N, S)
+
+
+def _tiers(
+    c_QE: np.ndarray,
+    plan: _Plan,
+    demand_K: np.ndarray,
+    ranks_per_node: int,
+    source_major: bool = False,
+):
     """Routing from per-slot demands: local slots first, then same node, then any, in order.
 
     Demands are slots in (expert, slot) order and supplies (expert, source rank) in expert-major
@@ -685,6 +765,11 @@ def _tiers(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
     the local tier, (expert, node) for the node tier, experts for the last. A tier takes the
     matched prefix of every group, so the matched supplies and demands have equal totals group
     by group and one end-to-end merge over the whole tier gives its pieces.
+
+    Returns (pieces, sup, da): the small tiers' (flat index q*K + k, amount) pieces, what is left
+    of each supply, and of each demand (in (expert, slot) order) for the last tier. sup is
+    expert-major over the held experts, sup_HQ [H, N], or with source_major the counts' own
+    layout sup_QE [N, E] (no transposed copy).
     """
     N, K = plan.N, plan.K
     pieces = []  # (flat index, amount) of the small tiers, added after the last tier
@@ -697,12 +782,17 @@ def _tiers(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
     pieces.append((d_r * K + d_k, take))
     da -= take
     H = plan.E if plan.held_H is None else plan.held_H.size
-    if plan.held_H is None:  # expert-major copy of the counts
-        sup_HQ = _transposed(c_QE.reshape(-1), N, H).reshape(H, N)
+    if source_major:  # sup[q, e]
+        sup = c_QE.copy()
+        local = (plan.r_P, plan.e_P)
+    elif plan.held_H is None:  # expert-major copy of the counts: sup[h, q]
+        sup = _transposed(c_QE.reshape(-1), N, H).reshape(H, N)
+        local = (plan.h_P, plan.r_P)
     else:
-        sup_HQ = c_QE.T[plan.held_H]
+        sup = c_QE.T[plan.held_H]
+        local = (plan.h_P, plan.r_P)
     if take.size:
-        sup_HQ[plan.h_P, plan.r_P] -= np.add.reduceat(take, plan.d_first_P)
+        sup[local] -= np.add.reduceat(take, plan.d_first_P)
 
     if ranks_per_node and 0 < ranks_per_node < N and d_k.size:
         # Same node: groups (expert, node) that hold a slot; supplies are the node's ranks.
@@ -710,7 +800,9 @@ def _tiers(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
         g_D = d_e * N + (d_r // rpn) * rpn  # expert and the node's first rank, sorted
         first_G = np.flatnonzero(np.concatenate(([True], g_D[1:] != g_D[:-1])))
         gid_D = np.cumsum(np.concatenate(([0], (g_D[1:] != g_D[:-1]).astype(np.int64))))
-        e_G, q0_G = plan.h_E[g_D[first_G] // N], g_D[first_G] % N
+        e_G, q0_G = g_D[first_G] // N, g_D[first_G] % N
+        if not source_major:
+            e_G = plan.h_E[e_G]
         q_GT = q0_G[:, None] + np.arange(rpn)
         e_GT = np.broadcast_to(e_G[:, None], q_GT.shape)
         if q0_G.size and int(q_GT[:, -1].max()) >= N:  # a short last node
@@ -720,7 +812,8 @@ def _tiers(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
         else:
             e_GT, q_GT = e_GT.reshape(-1), q_GT.reshape(-1)
             g_GT = np.repeat(np.arange(q0_G.size), rpn)
-        sa_GT = sup_HQ[e_GT, q_GT]
+        at = (q_GT, e_GT) if source_major else (e_GT, q_GT)
+        sa_GT = sup[at]
         dtot_G = np.add.reduceat(da, first_G)
         sfirst_G = np.searchsorted(g_GT, np.arange(first_G.size))
         last_G = np.concatenate((first_G[1:], [d_k.size])) - 1
@@ -729,13 +822,13 @@ def _tiers(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: 
         use_D = np.clip(m_G[gid_D] - _within(gid_D, da, first_G), 0, da)
         i, j, amt = _merge(use_GT, use_D, last_G[g_GT])
         pieces.append((q_GT[i] * K + d_k[j], amt))
-        sup_HQ[e_GT, q_GT] -= use_GT
+        sup[at] -= use_GT
         da -= use_D
 
     # The rest, expert by expert in fixed order: per-expert totals agree, so one merge.
-    if int(sup_HQ.sum()) != int(da.sum()):
+    if int(sup.sum()) != int(da.sum()):
         raise RuntimeError("token split left tokens unrouted; this is a bug in swiftmoe.split")
-    return pieces, sup_HQ, da
+    return pieces, sup, da
 
 
 # ---------------------------------------------------------------- public API
@@ -820,6 +913,11 @@ def even_split_tokens(
     then in a fixed order.
     """
     c_QE, plan, L_E = _prepare(counts_QE, slots, slots_per_rank)
+    return _route(c_QE, plan, _even_demand(plan, L_E), 0)
+
+
+def _even_demand(plan: _Plan, L_E: np.ndarray) -> np.ndarray:
+    """demand_K of the even split: L_E[e] over e's slots, remainders to its first slots."""
     slots_K = plan.slots_K
     reps_E = np.bincount(slots_K, minlength=plan.E)
     order = np.lexsort((np.arange(plan.K), slots_K))
@@ -827,8 +925,71 @@ def even_split_tokens(
     idx_K = np.empty(plan.K, dtype=np.int64)
     idx_K[order] = np.arange(plan.K) - first_E[slots_K[order]]
     r_K = np.maximum(reps_E[slots_K], 1)
-    demand_K = L_E[slots_K] // r_K + (idx_K < L_E[slots_K] % r_K)
-    return _route(c_QE, plan, demand_K, 0)
+    return L_E[slots_K] // r_K + (idx_K < L_E[slots_K] % r_K)
+
+
+class RankSplit(NamedTuple):
+    """One rank's part of a split (int64 CPU tensors).
+
+    send_K [N*S]: tokens this rank sends to each slot (flow_QK[rank]); recv_QS [N, S]: tokens each
+    source rank sends to this rank's slots (flow_QK[:, rank*S:(rank+1)*S]); load_R [N]: tokens
+    every rank's slots receive (flow_QK's column sums, summed per rank).
+    """
+
+    send_K: torch.Tensor
+    recv_QS: torch.Tensor
+    load_R: torch.Tensor
+
+
+def _demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):
+    """(c_QE, plan, demand_K, ranks_per_node) of any method, "even" included."""
+    if method not in _RANK_METHODS:
+        raise ValueError(f"method must be one of {', '.join(_RANK_METHODS)}, got {method!r}")
+    if method != "even":
+        return _min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+    c_QE, plan, L_E = _prepare(counts_QE, slots, slots_per_rank)
+    return c_QE, plan, _even_demand(plan, L_E), 0  # the paper's split has no node preference
+
+
+def _load_R(plan: _Plan, demand_K: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(demand_K.reshape(plan.N, plan.S).sum(axis=1).astype(np.int64))
+
+
+def split_tokens_for_rank(
+    counts_QE,
+    slots: Sequence[int] | torch.Tensor,
+    slots_per_rank: int,
+    rank: int,
+    ranks_per_node: int = 0,
+    method: str = "auto",
+) -> RankSplit:
+    """What one rank needs of a split, without the dense [N, N*S] flow: its row and columns.
+
+    Same arguments and checks as split_tokens, plus ``rank`` (0..N-1); ``method`` may also be
+    "even" (even_split_tokens' split). The result equals split_tokens' (or even_split_tokens')
+    flow_QK restricted to the rank, and costs a fraction of it at scale: the routing touches the
+    rank's supplies and demands only, after the same per-expert prefix sums.
+    """
+    c_QE, plan, demand_K, rpn = _demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < plan.N:
+        raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
+    send_K, recv_QS = _route_rank(c_QE, plan, demand_K, rpn, rank)
+    return RankSplit(torch.from_numpy(send_K), torch.from_numpy(recv_QS), _load_R(plan, demand_K))
+
+
+def split_rank_loads(
+    counts_QE,
+    slots: Sequence[int] | torch.Tensor,
+    slots_per_rank: int,
+    ranks_per_node: int = 0,
+    method: str = "auto",
+) -> torch.Tensor:
+    """Tokens each rank's slots receive under the split (int64 [N]); no routing at all.
+
+    Equals rank_load_from_flow(split_tokens(...)) (or of even_split_tokens for "even").
+    """
+    _, plan, demand_K, _ = _demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+    return _load_R(plan, demand_K)
 
 
 def rank_load_from_flow(flow_QK: torch.Tensor, slots_per_rank: int) -> torch.Tensor:

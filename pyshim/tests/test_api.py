@@ -105,3 +105,25 @@ def test_observe_mode_leaves_no_trace_on_jittered_hf_router() -> None:
         assert torch.equal(p.grad, q.grad), n
     stats = handle.step()
     assert [sum(row) for row in stats.loads_LE] == [2 * 7 * 2] * 2
+
+
+def test_a_split_that_misroutes_stops_the_layer(monkeypatch) -> None:
+    """The engine checks the split it is about to run: one that loses a token never reaches the
+    all_to_all."""
+    from swiftmoe import split as splitlib
+
+    model = TinyNet()
+    replicate_(model, SwiftMoEConfig(slots_per_rank=SLOTS_FOR[1], optimizer="SGD"))
+    x, _ = global_batch(0, 1)
+    model(x)  # the real split passes its own checks
+    real = splitlib.split_tokens_for_rank
+
+    def lossy(*args, **kwargs):
+        rs = real(*args, **kwargs)
+        send_K = rs.send_K.clone()
+        send_K[int(torch.argmax(send_K))] -= 1
+        return rs._replace(send_K=send_K)
+
+    monkeypatch.setattr(splitlib, "split_tokens_for_rank", lossy)
+    with pytest.raises(RuntimeError, match="does not conserve the counts"):
+        model(x)

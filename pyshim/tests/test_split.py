@@ -499,8 +499,8 @@ def test_sparse_sums_overlapping_tiers(monkeypatch):
     slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
     real = split._tiers
 
-    def overlapping(c_QE, plan_, demand_K, rpn):
-        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn)
+    def overlapping(c_QE, plan_, demand_K, rpn, **kw):
+        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, **kw)
         idx, amt = pieces[0]
         hit = int(np.flatnonzero(amt)[0])
         return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
@@ -525,3 +525,99 @@ def test_sparse_sums_overlapping_tiers(monkeypatch):
 def test_sparse_bad_input_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         split.split_tokens_sparse(**kwargs)
+
+
+# ---------------------------------------------------------------- one rank's part
+
+
+def assert_rank_split_equals_dense(counts_QE, slots_K, S, rpn, method, ranks=None) -> None:
+    """split_tokens_for_rank is the dense flow's row and slot columns, for every rank asked."""
+    if method == "even":
+        dense = even_split_tokens(counts_QE, slots_K, S)
+    else:
+        dense = split_tokens(counts_QE, slots_K, S, rpn, method)
+    N = dense.shape[0]
+    load_R = rank_load_from_flow(dense, S)
+    assert torch.equal(split.split_rank_loads(counts_QE, slots_K, S, rpn, method), load_R)
+    for r in range(N) if ranks is None else ranks:
+        rs = split.split_tokens_for_rank(counts_QE, slots_K, S, r, rpn, method)
+        for name, t in rs._asdict().items():
+            assert t.dtype == torch.int64, f"{name}: got {t.dtype}"
+        assert torch.equal(rs.send_K, dense[r]), f"rank {r}: send row differs"
+        assert torch.equal(rs.recv_QS, dense[:, r * S : (r + 1) * S]), f"rank {r}: columns differ"
+        assert torch.equal(rs.load_R, load_R)
+
+
+def test_rank_split_equals_dense_random():
+    rng = random.Random(31)
+    gen = torch.Generator().manual_seed(31)
+    seen = {"node": 0, "idle": 0, "even": 0}
+    for trial in range(250):
+        N, S = rng.choice([1, 2, 3, 4, 5, 8, 12]), rng.choice([1, 2, 3, 4])
+        E = rng.randint(1, N * S)
+        tokens = rng.choice([0, 1, 7, 50, 400, 3000])
+        counts_QE = zipf_counts_QE(gen, N, E, tokens, rng.random() * 2)
+        if trial % 3 == 0:
+            slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+        else:
+            slots_K = random_slots(rng, E, N, S)
+        if E > 1 and trial % 4 == 1:  # an idle expert without a slot
+            idle = slots_K[0]
+            other = next(e for e in range(E) if e != idle)
+            slots_K = [other if e == idle else e for e in slots_K]
+            counts_QE[:, idle] = 0
+            seen["idle"] += 1
+        rpn = rng.choice([0, 1, 2, 3, 4, 5, 8, N, N + 1])
+        seen["node"] += 0 < rpn < N
+        method = rng.choice(["auto", "fast", "exact", "even"])
+        seen["even"] += method == "even"
+        assert_rank_split_equals_dense(counts_QE, slots_K, S, rpn, method)
+    assert min(seen.values()) > 20, seen
+
+
+def test_rank_split_equals_dense_at_scale():
+    gen = torch.Generator().manual_seed(5)
+    N, E, S = 256, 256, 4
+    counts_QE = zipf_counts_QE(gen, N, E, 256 * N, 1.1)
+    slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+    for rpn in (0, 8):
+        assert_rank_split_equals_dense(counts_QE, slots_K, S, rpn, "auto", ranks=[0, 7, 130, 255])
+
+
+def test_rank_split_sums_overlapping_tiers(monkeypatch):
+    """As the dense flow does, a (source, slot) pair hit by two tiers gets their sum."""
+    gen = torch.Generator().manual_seed(9)
+    counts_QE = zipf_counts_QE(gen, 8, 6, 400, 1.2)
+    slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
+    real = split._tiers
+
+    def overlapping(c_QE, plan_, demand_K, rpn, **kw):
+        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, **kw)
+        idx, amt = pieces[0]
+        hit = int(np.flatnonzero(amt)[0])
+        return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
+
+    monkeypatch.setattr(split, "_tiers", overlapping)
+    for rpn in (0, 4):
+        assert int(split_tokens(counts_QE, slots_K, 2, rpn).sum()) == int(counts_QE.sum()) + 5
+        dense = split_tokens(counts_QE, slots_K, 2, rpn)
+        for r in range(8):
+            rs = split.split_tokens_for_rank(counts_QE, slots_K, 2, r, rpn)
+            assert torch.equal(rs.send_K, dense[r])
+            assert torch.equal(rs.recv_QS, dense[:, 2 * r : 2 * r + 2])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(rank=2), r"rank must be an integer in 0\.\.1"),
+        (dict(rank=-1), "rank must be"),
+        (dict(rank=True), "rank must be"),
+        (dict(rank=0, method="lp"), "method must be one of auto, fast, exact, even"),
+        (dict(rank=0, slots=[0, 0, 0, 0]), "expert 1 has"),
+    ],
+)
+def test_rank_split_bad_input_names_the_field(kwargs, match):
+    args = dict(counts_QE=[[1, 2], [3, 4]], slots=[0, 1, 1, 0], slots_per_rank=2)
+    with pytest.raises(ValueError, match=match):
+        split.split_tokens_for_rank(**{**args, **kwargs})
