@@ -708,7 +708,7 @@ def _route_rank(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_n
     line, from per-expert offsets and prefix sums over sources, never the whole [H, N] layout.
     """
     N, K, S = plan.N, plan.K, plan.S
-    pieces, sup_QE, da = _tiers(c_QE, plan, demand_K, ranks_per_node, source_major=True)
+    pieces, sup_QE, da = _tiers(c_QE, plan, demand_K, ranks_per_node, True, r)
     send_K = np.zeros(K, dtype=np.int64)
     recv_QS = np.zeros(N * S, dtype=np.int64)
     lo_k, hi_k = r * S, (r + 1) * S
@@ -728,7 +728,11 @@ def _route_rank(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_n
     off_E = np.zeros(plan.E, dtype=np.int64)
     off_E[e_H] = off_H
     # Row: supply (e, r) spans off_e + sum_{q<r} sup[q, e] onward.
-    ss = off_H + sup_QE[:r].sum(axis=0)[e_H]
+    if 2 * r <= N:
+        ss = off_H + sup_QE[:r].sum(axis=0)[e_H]
+    else:  # the shorter way round: the expert's end less the sources from r on
+        end_H = np.append(off_H[1:], d_end[-1])
+        ss = end_H - sup_QE[r:].sum(axis=0)[e_H]
     se = ss + sup_QE[r][e_H]
     g, j = _ranges(np.searchsorted(d_end, ss, side="right"), np.searchsorted(d_start, se))
     amt = np.minimum(se[g], d_end[j]) - np.maximum(ss[g], d_start[j])
@@ -757,6 +761,7 @@ def _tiers(
     demand_K: np.ndarray,
     ranks_per_node: int,
     source_major: bool = False,
+    rank: int | None = None,
 ):
     """Routing from per-slot demands: local slots first, then same node, then any, in order.
 
@@ -769,7 +774,8 @@ def _tiers(
     Returns (pieces, sup, da): the small tiers' (flat index q*K + k, amount) pieces, what is left
     of each supply, and of each demand (in (expert, slot) order) for the last tier. sup is
     expert-major over the held experts, sup_HQ [H, N], or with source_major the counts' own
-    layout sup_QE [N, E] (no transposed copy).
+    layout sup_QE [N, E] (no transposed copy). With rank, the node tier's pieces are only those
+    of the groups holding that rank's tokens or slots (every piece from or to the rank).
     """
     N, K = plan.N, plan.K
     pieces = []  # (flat index, amount) of the small tiers, added after the last tier
@@ -820,8 +826,17 @@ def _tiers(
         m_G = np.minimum(np.add.reduceat(sa_GT, sfirst_G), dtot_G)
         use_GT = np.clip(m_G[g_GT] - _within(g_GT, sa_GT, sfirst_G), 0, sa_GT)
         use_D = np.clip(m_G[gid_D] - _within(gid_D, da, first_G), 0, da)
-        i, j, amt = _merge(use_GT, use_D, last_G[g_GT])
-        pieces.append((q_GT[i] * K + d_k[j], amt))
+        if rank is None:
+            i, j, amt = _merge(use_GT, use_D, last_G[g_GT])
+            pieces.append((q_GT[i] * K + d_k[j], amt))
+        else:  # only the groups of rank's node and of its slots: whole groups, totals agree
+            sel_G = q0_G == (rank // rpn) * rpn
+            sel_G[gid_D[plan.dpos_K[rank * plan.S : (rank + 1) * plan.S]]] = True
+            iS, jD = np.flatnonzero(sel_G[g_GT]), np.flatnonzero(sel_G[gid_D])
+            last_sel_G = np.zeros(first_G.size, dtype=np.int64)
+            last_sel_G[sel_G] = np.cumsum((last_G - first_G + 1)[sel_G]) - 1
+            i, j, amt = _merge(use_GT[iS], use_D[jD], last_sel_G[g_GT[iS]])
+            pieces.append((q_GT[iS[i]] * K + d_k[jD[j]], amt))
         sup[at] -= use_GT
         da -= use_D
 

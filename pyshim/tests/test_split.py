@@ -499,8 +499,8 @@ def test_sparse_sums_overlapping_tiers(monkeypatch):
     slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
     real = split._tiers
 
-    def overlapping(c_QE, plan_, demand_K, rpn, **kw):
-        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, **kw)
+    def overlapping(c_QE, plan_, demand_K, rpn, *args):
+        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, *args)
         idx, amt = pieces[0]
         hit = int(np.flatnonzero(amt)[0])
         return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
@@ -591,8 +591,8 @@ def test_rank_split_sums_overlapping_tiers(monkeypatch):
     slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
     real = split._tiers
 
-    def overlapping(c_QE, plan_, demand_K, rpn, **kw):
-        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, **kw)
+    def overlapping(c_QE, plan_, demand_K, rpn, *args):
+        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, *args)
         idx, amt = pieces[0]
         hit = int(np.flatnonzero(amt)[0])
         return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
