@@ -680,7 +680,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--iters", type=int, default=40, help="timed iterations, skew section")
     ap.add_argument("--uniform-iters", type=int, default=30, help="timed iterations, uniform")
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations per section")
-    ap.add_argument("--tokens", type=int, default=2048, help="tokens per rank (T)")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        default=4096,
+        help="tokens per rank (T; default 4096, the simulator's tokens per GPU: expert work "
+        "dominates the step as in training, not the per-slot weight and gradient exchanges)",
+    )
     ap.add_argument("--dim", type=int, default=256, help="model dim (D)")
     ap.add_argument("--hidden", type=int, default=512, help="expert hidden dim (F)")
     ap.add_argument("--experts", type=int, default=8, help="experts per layer (E)")
