@@ -755,6 +755,49 @@ def _route_rank(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_n
     return send_K, recv_QS.reshape(N, S)
 
 
+def _node_groups(plan: _Plan, rpn: int, source_major: bool):
+    """The node tier's groups under a plan, cached on it: they depend on the plan alone.
+
+    Groups are (expert, node) pairs holding a slot, in demand order. Returns (first_G, gid_D,
+    q0_G, q_GT, g_GT, sfirst_G, last_G, at_GT): each group's first and last demand, each
+    demand's group, each group's node's first rank, its supplies (the node's ranks, flattened
+    group by group) with their group and the first of each group, and each supply's flat index
+    into the tier's supplies (sup_QE or sup_HQ, as source_major says).
+    """
+    key = (rpn, source_major)
+    cache = plan.__dict__.setdefault("node_groups", {})
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    N, E = plan.N, plan.E
+    g_D = plan.d_e * N + (plan.d_r // rpn) * rpn  # expert and the node's first rank, sorted
+    new_D = np.concatenate(([True], g_D[1:] != g_D[:-1]))
+    first_G = np.flatnonzero(new_D)
+    gid_D = np.cumsum(new_D) - 1
+    e_G, q0_G = g_D[first_G] // N, g_D[first_G] % N
+    if not source_major:
+        e_G = plan.h_E[e_G]
+    q_GT = q0_G[:, None] + np.arange(rpn)
+    e_GT = np.broadcast_to(e_G[:, None], q_GT.shape)
+    if q0_G.size and int(q_GT[:, -1].max()) >= N:  # a short last node
+        ok_GT = q_GT < N
+        e_GT, q_GT = e_GT[ok_GT], q_GT[ok_GT]
+        g_GT = np.broadcast_to(np.arange(q0_G.size)[:, None], ok_GT.shape)[ok_GT]
+    else:
+        e_GT, q_GT = e_GT.reshape(-1), q_GT.reshape(-1)
+        g_GT = np.repeat(np.arange(q0_G.size), rpn)
+    sfirst_G = np.searchsorted(g_GT, np.arange(first_G.size))
+    last_G = np.concatenate((first_G[1:], [plan.d_k.size])) - 1
+    at_GT = q_GT * E + e_GT if source_major else e_GT * N + q_GT
+    out = tuple(
+        np.ascontiguousarray(a) for a in (first_G, gid_D, q0_G, q_GT, g_GT, sfirst_G, last_G, at_GT)
+    )
+    for a in out:
+        a.setflags(write=False)
+    cache[key] = out
+    return out
+
+
 def _tiers(
     c_QE: np.ndarray,
     plan: _Plan,
@@ -779,7 +822,7 @@ def _tiers(
     """
     N, K = plan.N, plan.K
     pieces = []  # (flat index, amount) of the small tiers, added after the last tier
-    d_k, d_r, d_e, d_pair = plan.d_k, plan.d_r, plan.d_e, plan.d_pair
+    d_k, d_r, d_pair = plan.d_k, plan.d_r, plan.d_pair
     da = demand_K[d_k].astype(np.int64)
 
     # Local: the pair (e, r)'s local tokens counts[r, e] fill r's own slots of e in slot order.
@@ -803,23 +846,12 @@ def _tiers(
     if ranks_per_node and 0 < ranks_per_node < N and d_k.size:
         # Same node: groups (expert, node) that hold a slot; supplies are the node's ranks.
         rpn = ranks_per_node
-        g_D = d_e * N + (d_r // rpn) * rpn  # expert and the node's first rank, sorted
-        first_G = np.flatnonzero(np.concatenate(([True], g_D[1:] != g_D[:-1])))
-        gid_D = np.cumsum(np.concatenate(([0], (g_D[1:] != g_D[:-1]).astype(np.int64))))
-        e_G, q0_G = g_D[first_G] // N, g_D[first_G] % N
-        if not source_major:
-            e_G = plan.h_E[e_G]
-        q_GT = q0_G[:, None] + np.arange(rpn)
-        e_GT = np.broadcast_to(e_G[:, None], q_GT.shape)
-        if q0_G.size and int(q_GT[:, -1].max()) >= N:  # a short last node
-            ok_GT = q_GT < N
-            e_GT, q_GT = e_GT[ok_GT], q_GT[ok_GT]
-            g_GT = np.broadcast_to(np.arange(q0_G.size)[:, None], ok_GT.shape)[ok_GT]
-        else:
-            e_GT, q_GT = e_GT.reshape(-1), q_GT.reshape(-1)
-            g_GT = np.repeat(np.arange(q0_G.size), rpn)
-        at = (q_GT, e_GT) if source_major else (e_GT, q_GT)
-        sa_GT = sup[at]
+        first_G, gid_D, q0_G, q_GT, g_GT, sfirst_G, last_G, at = _node_groups(
+            plan, rpn, source_major
+        )
+        sup = np.ascontiguousarray(sup)  # (it is already: a no-op, so the view below is one)
+        sup_flat = sup.reshape(-1)
+        sa_GT = sup_flat[at]
         dtot_G = np.add.reduceat(da, first_G)
         sfirst_G = np.searchsorted(g_GT, np.arange(first_G.size))
         last_G = np.concatenate((first_G[1:], [d_k.size])) - 1
@@ -837,7 +869,7 @@ def _tiers(
             last_sel_G[sel_G] = np.cumsum((last_G - first_G + 1)[sel_G]) - 1
             i, j, amt = _merge(use_GT[iS], use_D[jD], last_sel_G[g_GT[iS]])
             pieces.append((q_GT[iS[i]] * K + d_k[jD[j]], amt))
-        sup[at] -= use_GT
+        sup_flat[at] -= use_GT  # (source, expert) pairs are distinct
         da -= use_D
 
     # The rest, expert by expert in fixed order: per-expert totals agree, so one merge.
