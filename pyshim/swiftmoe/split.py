@@ -47,6 +47,8 @@ __all__ = [
     "split_tokens",
     "split_tokens_for_rank",
     "split_tokens_sparse",
+    "split_traffic",
+    "SplitTraffic",
 ]
 
 _METHODS = ("auto", "fast", "exact")
@@ -928,6 +930,127 @@ def split_tokens_sparse(
         pieces, then the rest) but not sorted.
     """
     return _route_sparse(*_min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method))
+
+
+class SplitTraffic:
+    """Per-rank traffic of a split, summed from its tiers without listing its pieces.
+
+    Ranks r and q share a node when r // ranks_per_node == q // ranks_per_node (every rank shares
+    one node when ranks_per_node is 0 or >= N). A source's tokens for its own slots do not
+    travel. Fields (int64): x_K tokens each slot receives; si_Q / se_Q tokens each source sends
+    to other ranks of its node / to other nodes; ri_R / re_R the same received per rank. They
+    equal the sums over split_tokens_sparse's pieces. ``sent_weighted(w_R)`` gives (si, se) with
+    every piece weighted by w_R of its destination rank (float64), as the same sums would.
+
+    Sums, not pieces: after the local tier, a (expert, rank) pair has either no tokens left or no
+    slot demand left, and after the node tier the same holds per (expert, node); so the last
+    tier's pieces all leave their source's node (or, on one node, their source's rank), and its
+    traffic is what is left of each supply and demand.
+    """
+
+    def __init__(self, c_QE, plan, demand_K, ranks_per_node: int) -> None:
+        N, K, S = plan.N, plan.K, plan.S
+        self._plan, self.N = plan, N
+        self.nodes = 0 < ranks_per_node < N
+        pieces, sup_QE, da = _tiers(c_QE, plan, demand_K, ranks_per_node, source_major=True)
+        self.x_K = demand_K.astype(np.int64)
+        rank_K = np.arange(K, dtype=np.int64) // S
+        node_R = np.arange(N) // ranks_per_node if self.nodes else np.zeros(N, dtype=np.int64)
+        self.si_Q = np.zeros(N, dtype=np.int64)
+        self.ri_R = np.zeros(N, dtype=np.int64)
+        self.se_Q = np.zeros(N, dtype=np.int64)
+        self.re_R = np.zeros(N, dtype=np.int64)
+        small_q, small_r, small_amt, small_inter = [], [], [], []
+        for idx, amt in pieces:
+            q, r = idx // K, rank_K[idx % K]
+            away = q != r
+            q, r, amt = q[away], r[away], amt[away]
+            inter = node_R[q] != node_R[r]
+            for sent, recv, m in ((self.se_Q, self.re_R, inter), (self.si_Q, self.ri_R, ~inter)):
+                sent += np.bincount(q[m], amt[m], minlength=N).astype(np.int64)
+                recv += np.bincount(r[m], amt[m], minlength=N).astype(np.int64)
+            small_q.append(q)
+            small_r.append(r)
+            small_amt.append(amt)
+            small_inter.append(inter)
+        self._small = tuple(
+            np.concatenate(a) if a else np.zeros(0, dtype=np.int64)
+            for a in (small_q, small_r, small_amt, small_inter)
+        )
+        # The last tier: every remaining token leaves its node (its rank, on one node).
+        left_Q = sup_QE.sum(axis=1)
+        left_R = np.bincount(rank_K[plan.d_k], da, minlength=N).astype(np.int64)
+        if self.nodes:
+            self.se_Q += left_Q
+            self.re_R += left_R
+        else:
+            self.si_Q += left_Q
+            self.ri_R += left_R
+        self._sup_QE, self._da = sup_QE, da
+        self._line_cache = None
+
+    def sent_weighted(self, w_R) -> tuple[np.ndarray, np.ndarray]:
+        """(si, se) float64 [N]: tokens sent within / across nodes, each weighted by w_R[dest]."""
+        plan, N = self._plan, self.N
+        w_R = np.asarray(w_R, dtype=np.float64)
+        q, r, amt, inter = self._small
+        wa = amt * w_R[r]
+        si = np.bincount(q[~inter], wa[~inter], minlength=N).astype(np.float64)
+        se = np.bincount(q[inter], wa[inter], minlength=N).astype(np.float64)
+        # Last tier: supplies (held expert, source) laid end to end against demands in (expert,
+        # slot) order; a supply's weighted tokens are the integral of its destinations' weights
+        # over its interval. F(x) is that integral from 0, piecewise linear in the demands.
+        da = self._da
+        line = self._line()
+        if line is not None:
+            j, gap, H = line
+            w_D = w_R[plan.d_r]
+            F_end = np.cumsum(da * w_D)
+            F = F_end[j] - gap * w_D[j]
+            last = np.diff(F).reshape(H, N).sum(axis=0)
+            if self.nodes:
+                se += last
+            else:
+                si += last
+        return si, se
+
+    def _line(self):
+        """The supply boundaries on the demand line, independent of the weights (computed once):
+        (j, gap, H): boundary i lies in demand j[i], gap[i] before its end."""
+        if getattr(self, "_line_cache", None) is None:
+            plan, da = self._plan, self._da
+            held = np.arange(plan.E) if plan.held_H is None else plan.held_H
+            sup_HQ = np.ascontiguousarray(self._sup_QE[:, held].T)
+            if da.size == 0 or sup_HQ.size == 0:
+                self._line_cache = (None,)
+            else:
+                d_end = np.cumsum(da)
+                p = np.zeros(sup_HQ.size + 1, dtype=np.int64)  # supply boundaries, sorted
+                np.cumsum(sup_HQ.reshape(-1), out=p[1:])
+                # j[i] = demands ending at or before p[i]: counted from where each demand ends.
+                cnt = np.bincount(np.searchsorted(p, d_end, side="left"), minlength=p.size + 1)
+                j = np.minimum(np.cumsum(cnt[: p.size]), da.size - 1)
+                self._line_cache = (j, d_end[j] - p, sup_HQ.shape[0])
+        line = self._line_cache
+        return None if line[0] is None else line
+
+
+def split_traffic(
+    counts_QE,
+    slots: Sequence[int] | torch.Tensor,
+    slots_per_rank: int,
+    ranks_per_node: int = 0,
+    method: str = "auto",
+) -> SplitTraffic:
+    """split_tokens' flow as per-rank traffic sums (SplitTraffic), without the flow or its pieces.
+
+    Same arguments and checks as split_tokens. What a cost model at cluster scale needs: linear
+    in ranks x experts, no merge of the pieces.
+    """
+    c_QE, plan, demand_K, rpn = _min_max_demand(
+        counts_QE, slots, slots_per_rank, ranks_per_node, method
+    )
+    return SplitTraffic(c_QE, plan, demand_K, rpn)
 
 
 def _min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):

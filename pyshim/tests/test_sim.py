@@ -223,8 +223,9 @@ def dense_padded_a2a(c, F_QR: np.ndarray, buf_R: np.ndarray) -> float:
 
 
 def test_sparse_flow_matches_the_dense_model():
-    """Flow (sums over the split's nonzero pieces) gives what the dense [N, N*S] flow gives:
-    slot loads, the all-to-all of the rank matrix, and the padded all-to-all."""
+    """Flow (sums over the split's nonzero pieces, or split_traffic's per-rank sums) gives what
+    the dense [N, N*S] flow gives: slot loads, the all-to-all of the rank matrix, and the padded
+    all-to-all."""
     from swiftmoe import split as splitlib
 
     rng = np.random.default_rng(3)
@@ -243,7 +244,9 @@ def test_sparse_flow_matches_the_dense_model():
         sparse = splitlib.split_tokens_sparse(counts_QE, slots_K, S, c.ranks_per_node)
         F_QR = dense_QK.reshape(N, N, S).sum(axis=2).astype(np.float64)
         x_RS = dense_QK.reshape(N, N, S).sum(axis=0).astype(np.float64)
-        for flow in (model.flow_of(c, S, sparse), model.flow_of(c, S, dense_QK)):
+        traffic = splitlib.split_traffic(counts_QE, slots_K, S, c.ranks_per_node)
+        flows = (sparse, dense_QK, traffic)
+        for flow in (model.flow_of(c, S, f) for f in flows):
             assert np.array_equal(flow.x_RS, x_RS)
             cost = model.flow_layer(c, et, flow, S)
             assert cost.a2a_ms == model.a2a_ms(c, F_QR), "integer tier sums must be exact"

@@ -621,3 +621,80 @@ def test_rank_split_bad_input_names_the_field(kwargs, match):
     args = dict(counts_QE=[[1, 2], [3, 4]], slots=[0, 1, 1, 0], slots_per_rank=2)
     with pytest.raises(ValueError, match=match):
         split.split_tokens_for_rank(**{**args, **kwargs})
+
+
+# ---------------------------------------------------------------- traffic sums
+
+
+def traffic_from_pieces(sparse, N: int, S: int, rpn: int, w_R=None):
+    """x_K, si, ri, se, re (and weighted si, se) summed over split_tokens_sparse's pieces."""
+    q_F, k_F, amt_F = sparse
+    r_F = k_F // S
+    node = (lambda r: r // rpn) if 0 < rpn < N else (lambda r: r * 0)
+    away = q_F != r_F
+    inter = away & (node(q_F) != node(r_F))
+    intra = away & ~inter
+    out = [np.bincount(k_F, amt_F, minlength=N * S).astype(np.int64)]
+    for m in (intra, inter):
+        out.append(np.bincount(q_F[m], amt_F[m], minlength=N).astype(np.int64))
+        out.append(np.bincount(r_F[m], amt_F[m], minlength=N).astype(np.int64))
+    if w_R is not None:
+        wa = amt_F * w_R[r_F]
+        out += [np.bincount(q_F[m], wa[m], minlength=N) for m in (intra, inter)]
+    return out
+
+
+def test_traffic_equals_the_pieces_sums():
+    rng = random.Random(41)
+    gen = torch.Generator().manual_seed(41)
+    nprng = np.random.default_rng(41)
+    seen_nodes = 0
+    for trial in range(200):
+        N, S = rng.choice([1, 2, 3, 4, 6, 8, 12, 17]), rng.choice([1, 2, 3, 4])
+        E = rng.randint(1, N * S)
+        counts_QE = zipf_counts_QE(gen, N, E, rng.choice([0, 1, 9, 300, 4000]), rng.random() * 2)
+        if trial % 3 == 0:
+            slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+        else:
+            slots_K = random_slots(rng, E, N, S)
+        if E > 1 and trial % 4 == 1:  # an idle expert without a slot
+            idle = slots_K[0]
+            other = next(e for e in range(E) if e != idle)
+            slots_K = [other if e == idle else e for e in slots_K]
+            counts_QE[:, idle] = 0
+        rpn = rng.choice([0, 1, 2, 3, 4, 8, N, N + 1])
+        seen_nodes += 0 < rpn < N
+        method = rng.choice(["auto", "exact"])
+        w_R = nprng.uniform(0.5, 3.0, size=N)
+        want = traffic_from_pieces(
+            split.split_tokens_sparse(counts_QE, slots_K, S, rpn, method), N, S, rpn, w_R
+        )
+        tr = split.split_traffic(counts_QE, slots_K, S, rpn, method)
+        got = [tr.x_K, tr.si_Q, tr.ri_R, tr.se_Q, tr.re_R]
+        for name, g, w in zip(("x_K", "si", "ri", "se", "re"), got, want[:5], strict=True):
+            assert g.dtype == np.int64 and g.tolist() == w.tolist(), f"trial {trial}: {name}"
+        si_w, se_w = tr.sent_weighted(w_R)
+        np.testing.assert_allclose(si_w, want[5], rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(se_w, want[6], rtol=1e-9, atol=1e-6)
+    assert seen_nodes > 60
+
+
+def test_traffic_at_scale_and_bad_method():
+    gen = torch.Generator().manual_seed(6)
+    N, E, S, rpn = 128, 96, 4, 8
+    counts_QE = zipf_counts_QE(gen, N, E, 200 * N, 1.0)
+    slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+    w_R = np.linspace(1.0, 2.0, N)
+    want = traffic_from_pieces(
+        split.split_tokens_sparse(counts_QE, slots_K, S, rpn), N, S, rpn, w_R
+    )
+    tr = split.split_traffic(counts_QE, slots_K, S, rpn)
+    assert [a.tolist() for a in (tr.x_K, tr.si_Q, tr.ri_R, tr.se_Q, tr.re_R)] == [
+        a.tolist() for a in want[:5]
+    ]
+    si1, se1 = tr.sent_weighted(np.ones(N))  # weights 1: the unweighted sums
+    assert si1.tolist() == tr.si_Q.tolist() and se1.tolist() == tr.se_Q.tolist()
+    # A second call reuses what does not depend on the weights.
+    np.testing.assert_allclose(np.concatenate(tr.sent_weighted(w_R)), np.concatenate(want[5:]))
+    with pytest.raises(ValueError, match="method must be one of auto, fast, exact"):
+        split.split_traffic(counts_QE, slots_K, S, method="even")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from swiftmoe import split as splitlib
 from swiftmoe.sim.calibration import ExpertTime
 
 __all__ = [
@@ -180,7 +181,18 @@ class Flow:
     (inter_F, else 0), for padding that rescales what each rank receives.
     """
 
-    __slots__ = ("x_RS", "si_R", "ri_R", "se_R", "re_R", "q_F", "r_F", "intra_F", "inter_F")
+    __slots__ = (
+        "x_RS",
+        "si_R",
+        "ri_R",
+        "se_R",
+        "re_R",
+        "q_F",
+        "r_F",
+        "intra_F",
+        "inter_F",
+        "_traffic",
+    )
 
     def __init__(self, c: Cluster, S: int, q_F, k_F, amount_F):
         N = c.gpus
@@ -199,6 +211,29 @@ class Flow:
         self.se_R = _sum_by(q_F, self.inter_F, N)
         self.re_R = _sum_by(r_F, self.inter_F, N)
         self.q_F, self.r_F = q_F, r_F
+        self._traffic = None
+
+    @classmethod
+    def from_traffic(cls, c: Cluster, S: int, tr) -> Flow:
+        """The same figures from swiftmoe.split.split_traffic's per-rank sums (no pieces).
+
+        tr must come from a split with ranks_per_node = c.ranks_per_node, so that its nodes are
+        the cluster's."""
+        f = cls.__new__(cls)
+        f.x_RS = tr.x_K.reshape(c.gpus, S).astype(np.float64)
+        f.si_R, f.ri_R = tr.si_Q.astype(np.float64), tr.ri_R.astype(np.float64)
+        f.se_R, f.re_R = tr.se_Q.astype(np.float64), tr.re_R.astype(np.float64)
+        f.q_F = f.r_F = f.intra_F = f.inter_F = None
+        f._traffic = tr
+        return f
+
+    def sent_weighted(self, w_R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(si, se) [N]: tokens each rank sends within / across nodes, weighted by w_R[dest]."""
+        if self._traffic is not None:
+            return self._traffic.sent_weighted(w_R)
+        s_F = w_R[self.r_F]
+        N = self.si_R.size
+        return _sum_by(self.q_F, self.intra_F * s_F, N), _sum_by(self.q_F, self.inter_F * s_F, N)
 
 
 def _sum_by(idx_F: np.ndarray, w_F: np.ndarray, n: int) -> np.ndarray:
@@ -223,8 +258,11 @@ def _slot_maps(c: Cluster, S: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def flow_of(c: Cluster, S: int, flow) -> Flow:
-    """Flow of a split: (q_F, k_F, amount_F) of swiftmoe.split.split_tokens_sparse, or a dense
-    flow_QK int64 [N, N*S] (tensor or array) as swiftmoe.split.split_tokens returns it."""
+    """Flow of a split: swiftmoe.split.split_traffic's sums, (q_F, k_F, amount_F) of
+    swiftmoe.split.split_tokens_sparse, or a dense flow_QK int64 [N, N*S] (tensor or array) as
+    swiftmoe.split.split_tokens returns it."""
+    if isinstance(flow, splitlib.SplitTraffic):
+        return Flow.from_traffic(c, S, flow)
     if isinstance(flow, tuple):
         return Flow(c, S, *flow)
     t = flow.detach().cpu().numpy() if isinstance(flow, torch.Tensor) else np.asarray(flow)
@@ -256,9 +294,7 @@ def _padded_a2a(c: Cluster, flow: Flow, buf_R: np.ndarray) -> float:
     real_R = flow.x_RS.sum(axis=1)
     has = real_R > 0
     scale_R = np.where(has, buf_R / np.where(has, real_R, 1.0), 0.0)
-    s_F = scale_R[flow.r_F]
-    si = _sum_by(flow.q_F, flow.intra_F * s_F, c.gpus)
-    se = _sum_by(flow.q_F, flow.inter_F * s_F, c.gpus)
+    si, se = flow.sent_weighted(scale_R)
     ri = flow.ri_R * scale_R
     re_ = flow.re_R * scale_R
     if not has.all():  # every source sends w_r = buf_r / N to such a rank (see a2a_cols_ms)

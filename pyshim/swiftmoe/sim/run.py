@@ -6,8 +6,9 @@ shared by the static systems). Iteration t runs under plan P_t (P_0 = the regist
 initial static placement); afterwards t's loads are reported and the answer is P_{t+1}
 (last-iteration prediction, the sidecar's default predictor). Each job's ReportLoads chain runs
 ahead in its own thread (:mod:`swiftmoe.sim.plans`), overlapping the token splits. Systems placed
-by a plan route their tokens with ``swiftmoe.split.split_tokens_sparse`` (split_tokens' nonzero
-entries) on the per-source counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
+by a plan route their tokens with the engine's split, summed per rank by
+``swiftmoe.split.split_traffic`` (what the cost model needs of split_tokens' flow), on the per-source
+counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
 :mod:`swiftmoe.sim.model`. timing_s: split_s and cost_s on the main thread, sidecar_s the time it
 waited for plans, sidecar_rpc_s the ReportLoads time in the background threads.
 
@@ -221,7 +222,7 @@ def simulate(
                         cost = bound_costs.get(key)
                         if cost is None:
                             ts = time.perf_counter()
-                            split = splitlib.split_tokens_sparse(
+                            split = splitlib.split_traffic(
                                 source_counts(uniform_loads(total, E), N),
                                 slots_K,
                                 S,
@@ -239,7 +240,7 @@ def simulate(
                             if counts_QE is None:
                                 counts_QE = source_counts(L_E, N)
                             ts = time.perf_counter()
-                            split = splitlib.split_tokens_sparse(
+                            split = splitlib.split_traffic(
                                 counts_QE, slots_K, S, ranks_per_node=c.ranks_per_node
                             )
                             timing["split_s"] += time.perf_counter() - ts
