@@ -22,7 +22,7 @@ const BinaryPrefix = "swiftmoe-strategy-"
 // strategy plugin. Bump ProtocolVersion on an incompatible change to the
 // Strategy service.
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  1,
+	ProtocolVersion:  2, // 2: slot ids are fixed32 on the wire
 	MagicCookieKey:   "SWIFTMOE_STRATEGY_PLUGIN",
 	MagicCookieValue: "7f1c0a9e-swiftmoe-strategy",
 }

@@ -438,9 +438,9 @@ func (x *LayerShardLayout) GetRanges() []*ShardRange {
 type LayerPlan struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// world_size*slots_per_rank expert ids; slot s of rank r is entry r*S+s.
-	Slots []uint32 `protobuf:"varint,1,rep,packed,name=slots,proto3" json:"slots,omitempty"`
+	Slots []uint32 `protobuf:"fixed32,1,rep,packed,name=slots,proto3" json:"slots,omitempty"`
 	// Replicas per expert (length = experts in this layer).
-	Replicas []uint32 `protobuf:"varint,2,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	Replicas []uint32 `protobuf:"fixed32,2,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
 	// Predicted tokens per rank with each expert's tokens split evenly across
 	// its replicas (length = world_size).
 	RankLoad []float64 `protobuf:"fixed64,3,rep,packed,name=rank_load,json=rankLoad,proto3" json:"rank_load,omitempty"`
@@ -833,7 +833,7 @@ func (x *RegisterJobRequest) GetCurrentSlots() []*LayerSlots {
 // LayerSlots is one layer's placement: world_size*slots_per_rank expert ids.
 type LayerSlots struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Slots         []uint32               `protobuf:"varint,1,rep,packed,name=slots,proto3" json:"slots,omitempty"`
+	Slots         []uint32               `protobuf:"fixed32,1,rep,packed,name=slots,proto3" json:"slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1264,7 +1264,7 @@ type StrategyLayerInput struct {
 	// Tokens per expert of the latest iteration (empty before any report).
 	LastLoad []uint64 `protobuf:"varint,4,rep,packed,name=last_load,json=lastLoad,proto3" json:"last_load,omitempty"`
 	// The placement in force (length = world_size*slots_per_rank).
-	CurrentSlots  []uint32 `protobuf:"varint,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	CurrentSlots  []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1424,7 +1424,7 @@ func (x *StrategyPlanRequest) GetExpertOptimizerBytes() []uint64 {
 type StrategyLayerOutput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// world_size*slots_per_rank expert ids.
-	Slots         []uint32 `protobuf:"varint,1,rep,packed,name=slots,proto3" json:"slots,omitempty"`
+	Slots         []uint32 `protobuf:"fixed32,1,rep,packed,name=slots,proto3" json:"slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1563,8 +1563,8 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x12expert_param_numel\x18\x02 \x01(\x04R\x10expertParamNumel\x12/\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x17.swiftmoe.v1.ShardRangeR\x06ranges\"~\n" +
 	"\tLayerPlan\x12\x14\n" +
-	"\x05slots\x18\x01 \x03(\rR\x05slots\x12\x1a\n" +
-	"\breplicas\x18\x02 \x03(\rR\breplicas\x12\x1b\n" +
+	"\x05slots\x18\x01 \x03(\aR\x05slots\x12\x1a\n" +
+	"\breplicas\x18\x02 \x03(\aR\breplicas\x12\x1b\n" +
 	"\trank_load\x18\x03 \x03(\x01R\brankLoad\x12\"\n" +
 	"\rmax_over_mean\x18\x04 \x01(\x01R\vmaxOverMean\"\xb9\x01\n" +
 	"\fRemapSummary\x12\x1d\n" +
@@ -1604,7 +1604,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\"\n" +
 	"\n" +
 	"LayerSlots\x12\x14\n" +
-	"\x05slots\x18\x01 \x03(\rR\x05slots\"\xdb\x01\n" +
+	"\x05slots\x18\x01 \x03(\aR\x05slots\"\xdb\x01\n" +
 	"\x13RegisterJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12@\n" +
 	"\fshard_layout\x18\x02 \x03(\v2\x1d.swiftmoe.v1.LayerShardLayoutR\vshardLayout\x124\n" +
@@ -1633,7 +1633,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"numExperts\x12%\n" +
 	"\x0epredicted_load\x18\x03 \x03(\x01R\rpredictedLoad\x12\x1b\n" +
 	"\tlast_load\x18\x04 \x03(\x04R\blastLoad\x12#\n" +
-	"\rcurrent_slots\x18\x05 \x03(\rR\fcurrentSlots\"\x8a\x03\n" +
+	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\x8a\x03\n" +
 	"\x13StrategyPlanRequest\x121\n" +
 	"\btopology\x18\x01 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x127\n" +
@@ -1645,7 +1645,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
 	"\x13StrategyLayerOutput\x12\x14\n" +
-	"\x05slots\x18\x01 \x03(\rR\x05slots\"\x8b\x01\n" +
+	"\x05slots\x18\x01 \x03(\aR\x05slots\"\x8b\x01\n" +
 	"\x14StrategyPlanResponse\x128\n" +
 	"\x06layers\x18\x01 \x03(\v2 .swiftmoe.v1.StrategyLayerOutputR\x06layers\x12%\n" +
 	"\x0emigrated_bytes\x18\x02 \x01(\x04R\rmigratedBytes\x12\x12\n" +
