@@ -491,9 +491,9 @@ def test_sparse_equals_dense_at_scale_and_on_even_source_counts():
                 assert_sparse_equals_dense(split.split_tokens_sparse(c_QE, slots_K, S, r), dense)
 
 
-def test_sparse_sums_overlapping_tiers(monkeypatch):
-    """Were a later tier to hit a (source, slot) pair an earlier one used, the sparse form still
-    sums it as the dense one does."""
+def overlapping_tiers(monkeypatch):
+    """A case (counts_QE [8, 6], slots_K, S = 2) whose split gets an extra piece of 5 tokens on
+    a (source, slot) pair the local tier already used, as were a later tier to hit it."""
     gen = torch.Generator().manual_seed(9)
     counts_QE = zipf_counts_QE(gen, 8, 6, 400, 1.2)
     slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
@@ -506,6 +506,13 @@ def test_sparse_sums_overlapping_tiers(monkeypatch):
         return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
 
     monkeypatch.setattr(split, "_tiers", overlapping)
+    return counts_QE, slots_K
+
+
+def test_sparse_sums_overlapping_tiers(monkeypatch):
+    """Were a later tier to hit a (source, slot) pair an earlier one used, the sparse form still
+    sums it as the dense one does."""
+    counts_QE, slots_K = overlapping_tiers(monkeypatch)
     for rpn in (0, 4):
         dense = split_tokens(counts_QE, slots_K, 2, rpn)
         assert int(dense.sum()) == int(counts_QE.sum()) + 5
@@ -528,6 +535,26 @@ def test_sparse_bad_input_names_the_field(kwargs, match):
 
 
 # ---------------------------------------------------------------- one rank's part
+
+
+def random_case(rng: random.Random, gen: torch.Generator, trial: int, ranks, tokens):
+    """(N, S, counts_QE, slots_K, idle): N from ranks, Zipf counts of a total from tokens, a plan
+    by the strategy rule every third trial and a shuffled static layout otherwise; every fourth
+    trial (from the second) one expert is idle and has no slot (idle is True then)."""
+    N, S = rng.choice(ranks), rng.choice([1, 2, 3, 4])
+    E = rng.randint(1, N * S)
+    counts_QE = zipf_counts_QE(gen, N, E, rng.choice(tokens), rng.random() * 2)
+    if trial % 3 == 0:
+        slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+    else:
+        slots_K = random_slots(rng, E, N, S)
+    idle = E > 1 and trial % 4 == 1
+    if idle:
+        gone = slots_K[0]
+        other = next(e for e in range(E) if e != gone)
+        slots_K = [other if e == gone else e for e in slots_K]
+        counts_QE[:, gone] = 0
+    return N, S, counts_QE, slots_K, idle
 
 
 def assert_rank_split_equals_dense(counts_QE, slots_K, S, rpn, method, ranks=None) -> None:
@@ -553,20 +580,10 @@ def test_rank_split_equals_dense_random():
     gen = torch.Generator().manual_seed(31)
     seen = {"node": 0, "idle": 0, "even": 0}
     for trial in range(250):
-        N, S = rng.choice([1, 2, 3, 4, 5, 8, 12]), rng.choice([1, 2, 3, 4])
-        E = rng.randint(1, N * S)
-        tokens = rng.choice([0, 1, 7, 50, 400, 3000])
-        counts_QE = zipf_counts_QE(gen, N, E, tokens, rng.random() * 2)
-        if trial % 3 == 0:
-            slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
-        else:
-            slots_K = random_slots(rng, E, N, S)
-        if E > 1 and trial % 4 == 1:  # an idle expert without a slot
-            idle = slots_K[0]
-            other = next(e for e in range(E) if e != idle)
-            slots_K = [other if e == idle else e for e in slots_K]
-            counts_QE[:, idle] = 0
-            seen["idle"] += 1
+        N, S, counts_QE, slots_K, idle = random_case(
+            rng, gen, trial, [1, 2, 3, 4, 5, 8, 12], [0, 1, 7, 50, 400, 3000]
+        )
+        seen["idle"] += idle
         rpn = rng.choice([0, 1, 2, 3, 4, 5, 8, N, N + 1])
         seen["node"] += 0 < rpn < N
         method = rng.choice(["auto", "fast", "exact", "even"])
@@ -586,18 +603,7 @@ def test_rank_split_equals_dense_at_scale():
 
 def test_rank_split_sums_overlapping_tiers(monkeypatch):
     """As the dense flow does, a (source, slot) pair hit by two tiers gets their sum."""
-    gen = torch.Generator().manual_seed(9)
-    counts_QE = zipf_counts_QE(gen, 8, 6, 400, 1.2)
-    slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
-    real = split._tiers
-
-    def overlapping(c_QE, plan_, demand_K, rpn, *args):
-        pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, *args)
-        idx, amt = pieces[0]
-        hit = int(np.flatnonzero(amt)[0])
-        return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
-
-    monkeypatch.setattr(split, "_tiers", overlapping)
+    counts_QE, slots_K = overlapping_tiers(monkeypatch)
     for rpn in (0, 4):
         assert int(split_tokens(counts_QE, slots_K, 2, rpn).sum()) == int(counts_QE.sum()) + 5
         dense = split_tokens(counts_QE, slots_K, 2, rpn)
@@ -650,18 +656,9 @@ def test_traffic_equals_the_pieces_sums():
     nprng = np.random.default_rng(41)
     seen_nodes = 0
     for trial in range(200):
-        N, S = rng.choice([1, 2, 3, 4, 6, 8, 12, 17]), rng.choice([1, 2, 3, 4])
-        E = rng.randint(1, N * S)
-        counts_QE = zipf_counts_QE(gen, N, E, rng.choice([0, 1, 9, 300, 4000]), rng.random() * 2)
-        if trial % 3 == 0:
-            slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
-        else:
-            slots_K = random_slots(rng, E, N, S)
-        if E > 1 and trial % 4 == 1:  # an idle expert without a slot
-            idle = slots_K[0]
-            other = next(e for e in range(E) if e != idle)
-            slots_K = [other if e == idle else e for e in slots_K]
-            counts_QE[:, idle] = 0
+        N, S, counts_QE, slots_K, _ = random_case(
+            rng, gen, trial, [1, 2, 3, 4, 6, 8, 12, 17], [0, 1, 9, 300, 4000]
+        )
         rpn = rng.choice([0, 1, 2, 3, 4, 8, N, N + 1])
         seen_nodes += 0 < rpn < N
         method = rng.choice(["auto", "exact"])
