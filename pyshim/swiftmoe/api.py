@@ -361,23 +361,21 @@ class SwiftMoEHandle:
         add up to every token.
         """
         cfg, S, r = self.config, self.config.slots_per_rank, self.comm.rank
+        slots_t = self.layers[layer_index].slots_t  # the CPU tensor of ``slots``
         rs = splitlib.split_tokens_for_rank(
-            counts_NE, slots, S, r, ranks_per_node=self.ranks_per_node, method=cfg.split_method
+            counts_NE, slots_t, S, r, ranks_per_node=self.ranks_per_node, method=cfg.split_method
         )
         N, E = counts_NE.shape
-        slots_t = (
-            self.layers[layer_index].slots_t if self.mode == "replicate" else torch.tensor(slots)
+        got_QE = torch.zeros(N, E, dtype=torch.long).index_add_(
+            1, slots_t[r * S : (r + 1) * S], rs.recv_QS
         )
-        mine_S = slots_t[r * S : (r + 1) * S].cpu()
-        got_QE = torch.zeros(N, E, dtype=torch.long).index_add_(1, mine_S, rs.recv_QS)
         if (
             tuple(rs.send_K.shape) != (len(slots),)
             or tuple(rs.recv_QS.shape) != (N, S)
             or bool((rs.send_K < 0).any())
             or bool((rs.recv_QS < 0).any())
             or not torch.equal(
-                torch.zeros(E, dtype=torch.long).index_add_(0, slots_t.cpu(), rs.send_K),
-                counts_NE[r],
+                torch.zeros(E, dtype=torch.long).index_add_(0, slots_t, rs.send_K), counts_NE[r]
             )
             or bool((got_QE > counts_NE).any())
             or int(rs.load_R[r]) != int(rs.recv_QS.sum())
