@@ -149,7 +149,7 @@ def test_register_job_layout_is_the_engines(sidecar, N, S, E_L, numel_sent, stra
         client.close()
     numels_L = numel_sent * len(E_L) if len(numel_sent) == 1 else numel_sent
     assert len(reg.shard_layout) == len(E_L)
-    engine = ExchangeLayout(numels_L, S, Comm(rank=0, world_size=N), "cpu")
+    engine = ExchangeLayout(numels_L, S, Comm(rank=0, world_size=N))
     for li, (ranges, P) in enumerate(zip(reg.shard_layout, numels_L, strict=True)):
         want = [(r, r * P // N, (r + 1) * P // N - r * P // N) for r in range(N)]
         assert ranges == want, f"layer {li} (P={P}, N={N}): got {ranges}, want {want}"

@@ -194,6 +194,7 @@ class SwiftMoEHandle:
         self._reported: set[int] = set()
         self._submitted = False
         self._pending_plan: list[list[int]] | None = None
+        self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
         N, S = comm.world_size, config.slots_per_rank
         self.ranks_per_node = config.ranks_per_node or _local_world_size(N)
         fqns = [f for f, _, _ in blocks]
@@ -207,10 +208,10 @@ class SwiftMoEHandle:
         slots_L = _initial_slots(config, E_L, fqns, N)
         self._owns_source = config.strategy is not None
         self.plan_source = (
-            self._start_plan_source(blocks, E_L, slots_L) if self._owns_source else None
+            self._start_plan_source(blocks, E_L, slots_L)
+            if self._owns_source
+            else config.plan_source
         )
-        if not self._owns_source:
-            self.plan_source = config.plan_source
         if config.mode == "observe":
             self._init_observe(blocks, E_L, slots_L)
             return
@@ -276,15 +277,13 @@ class SwiftMoEHandle:
 
     def _init_observe(self, blocks, E_L, slots_L) -> None:
         self._optimizer = None
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self.layers = []
         for i, ((fqn, block, adapter), E, slots) in enumerate(
             zip(blocks, E_L, slots_L, strict=True)
         ):
-            layer = rt.ObservedLayer(i, fqn, block, adapter, E, self, device)
+            layer = rt.ObservedLayer(i, fqn, block, adapter, E, self, self._device)
             layer.slots = list(slots)
             self.layers.append(layer)
-        self._device = device
 
     def _start_plan_source(self, blocks, E_L: list[int], slots_L: list[list[int]]):
         """Rank 0 starts (or attaches to) the sidecar and registers the job; all ranks agree
@@ -319,8 +318,7 @@ class SwiftMoEHandle:
                 if svc is not None:
                     svc.close()
                 svc = None
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        ok = torch.tensor([0 if err else 1], dtype=torch.long, device=device)
+        ok = torch.tensor([0 if err else 1], dtype=torch.long, device=self._device)
         comm.broadcast_(ok)
         if int(ok.item()) != 1:
             raise RuntimeError(
@@ -351,17 +349,16 @@ class SwiftMoEHandle:
 
     # ---- engine callbacks ---------------------------------------------------------------------
 
-    def split(
-        self, counts_NE: torch.Tensor, slots: list[int], layer_index: int
-    ) -> splitlib.RankSplit:
-        """This rank's part of one layer's split under ``slots``; checked so it cannot misroute.
+    def split(self, counts_NE: torch.Tensor, layer_index: int) -> splitlib.RankSplit:
+        """This rank's part of one layer's split under its placement; checked so it cannot
+        misroute.
 
-        The checks cover what the rank uses: it sends each expert's tokens exactly, it receives
-        no more of a source's tokens of an expert than the source has, and the per-rank loads
-        add up to every token.
+        split_tokens_for_rank fixes the shapes and checks that every token is routed; the checks
+        here cover what the rank uses: it sends each expert's tokens exactly, it receives no more
+        of a source's tokens of an expert than the source has, and its load is what it receives.
         """
         cfg, S, r = self.config, self.config.slots_per_rank, self.comm.rank
-        slots_t = self.layers[layer_index].slots_t  # the CPU tensor of ``slots``
+        slots_t = self.layers[layer_index].slots_t  # CPU int64 [N*S]
         rs = splitlib.split_tokens_for_rank(
             counts_NE, slots_t, S, r, ranks_per_node=self.ranks_per_node, method=cfg.split_method
         )
@@ -370,16 +367,13 @@ class SwiftMoEHandle:
             1, slots_t[r * S : (r + 1) * S], rs.recv_QS
         )
         if (
-            tuple(rs.send_K.shape) != (len(slots),)
-            or tuple(rs.recv_QS.shape) != (N, S)
-            or bool((rs.send_K < 0).any())
+            bool((rs.send_K < 0).any())
             or bool((rs.recv_QS < 0).any())
             or not torch.equal(
                 torch.zeros(E, dtype=torch.long).index_add_(0, slots_t, rs.send_K), counts_NE[r]
             )
             or bool((got_QE > counts_NE).any())
             or int(rs.load_R[r]) != int(rs.recv_QS.sum())
-            or int(rs.load_R.sum()) != int(counts_NE.sum())
         ):
             raise RuntimeError(
                 f"swiftmoe: the token split for layer {layer_index} does not conserve the counts "
@@ -403,17 +397,19 @@ class SwiftMoEHandle:
         if self._submitted or len(self._reported) < len(self.layers):
             return
         self._submitted = True
-        self._submit(self._loads_LE())
+        self._submit()
 
     def _loads_LE(self) -> list[list[int]]:
         return [getattr(layer.block, rt.LOADS_BUFFER).tolist() for layer in self.layers]
 
-    def _submit(self, loads_LE: list[list[int]]) -> None:
+    def _submit(self, loads_LE: list[list[int]] | None = None) -> None:
+        """Rank 0 hands this iteration's loads (by default its layers' load buffers) to the plan
+        source; other ranks read none."""
         src = self.plan_source
         if self.comm.rank != 0 or src is None:
             return
         try:
-            src.submit(self.iteration, loads_LE)
+            src.submit(self.iteration, self._loads_LE() if loads_LE is None else loads_LE)
         except Exception as e:  # a plan source must never stop training
             self._event(f"error: submit raised {type(e).__name__}: {e}")
 
@@ -501,8 +497,7 @@ class SwiftMoEHandle:
 
     def _install_placement(self, slots_L: list[list[int]]) -> None:
         """Remap the master shards to ``slots_L`` (a collective) and make it current."""
-        device = self.anchor.device
-        slots_t = [torch.tensor(s, dtype=torch.long, device=device) for s in slots_L]
+        slots_t = [layer.slots_on_device(s) for layer, s in zip(self.layers, slots_L, strict=True)]
         flats = self._optimizer.remap(slots_t, self.dtype)
         for layer, slots, flat in zip(self.layers, slots_L, flats, strict=True):
             layer.set_slots(slots, flat)

@@ -49,7 +49,7 @@ def segment_gather_index(
     )
 
 
-def slot_order(slots_K: list[int], num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_order(slots_K: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(perm_K, inv_perm_K): slots sorted by (expert, slot id), and its inverse permutation.
 
     Computed once per placement, not per iteration.

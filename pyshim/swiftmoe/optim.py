@@ -66,9 +66,9 @@ class ExchangeLayout:
     layer_off_NL[c][l]``. Shard side: ``own_W`` elements per peer, layer l at ``own_off_L[l]``.
     """
 
-    def __init__(self, numels_L: Sequence[int], slots_per_rank: int, comm: Comm, device) -> None:
+    def __init__(self, numels_L: Sequence[int], slots_per_rank: int, comm: Comm) -> None:
         N, r, S = comm.world_size, comm.rank, slots_per_rank
-        self.S, self.N, self.rank = S, N, r
+        self.S, self.N = S, N
         self.numels_L = list(numels_L)
         self.bounds_L = [shard_bounds(P, N) for P in self.numels_L]
         self.shard_L = [b[r + 1] - b[r] for b in self.bounds_L]
@@ -114,11 +114,27 @@ class ExchangeLayout:
                 dst.copy_(src)
 
 
+def _rounds_on(slots_K: Sequence[int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """replica_rounds(slots_K) as (slot ids, expert ids) tensors on ``device``."""
+    return [
+        (
+            torch.tensor(ks, dtype=torch.long, device=device),
+            torch.tensor(es, dtype=torch.long, device=device),
+        )
+        for ks, es in replica_rounds(slots_K)
+    ]
+
+
 def _sum_replicas(
-    g_En: torch.Tensor, recv_NSn: torch.Tensor, slots_K: torch.Tensor, sequential: bool
+    g_En: torch.Tensor,
+    recv_NSn: torch.Tensor,
+    slots_K: torch.Tensor,
+    sequential: bool,
+    rounds: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
     """g_En += the rows of recv_NSn [N, S, n] (slot k = c*S + s) into their experts slots_K,
-    every expert's replicas added in ascending slot order."""
+    every expert's replicas added in ascending slot order. ``rounds``: _rounds_on(slots_K) for
+    the non-sequential path, when the caller keeps them."""
     N, S, n = recv_NSn.shape
     if sequential:  # CPU index_add_ adds the indexed rows one after the other
         slots_K = slots_K.to(g_En.device)
@@ -129,9 +145,9 @@ def _sum_replicas(
                 g_En.index_add_(0, slots_K[c * S : (c + 1) * S], recv_NSn[c])
         return
     rows_Kn = recv_NSn.reshape(N * S, n)
-    for ks, es in replica_rounds(slots_K.tolist()):
-        k_t = torch.tensor(ks, dtype=torch.long, device=g_En.device)
-        e_t = torch.tensor(es, dtype=torch.long, device=g_En.device)
+    if rounds is None:
+        rounds = _rounds_on(slots_K.tolist(), g_En.device)
+    for k_t, e_t in rounds:
         g_En.index_add_(0, e_t, rows_Kn.index_select(0, k_t))
 
 
@@ -147,15 +163,17 @@ class ShardedExpertOptimizer:
         optimizer_kwargs: dict,
         grad_scale: float,
     ) -> None:
-        device = full_L[0].device
         self.comm, self.S, self.grad_scale = comm, slots_per_rank, grad_scale
-        self.layout = ExchangeLayout([t.shape[1] for t in full_L], slots_per_rank, comm, device)
+        self.layout = ExchangeLayout([t.shape[1] for t in full_L], slots_per_rank, comm)
         r = comm.rank
         self.masters: list[torch.Tensor] = [
             full[:, b[r] : b[r + 1]].detach().to(torch.float32).clone().requires_grad_()
             for full, b in zip(full_L, self.layout.bounds_L, strict=True)
         ]
         self.optimizer = optimizer_class(self.masters, **optimizer_kwargs)
+        # Per layer, the replica rounds of the non-sequential sum under the placement they
+        # were built for: they change with the placement only.
+        self._rounds_L: list[tuple[list[int], list] | None] = [None] * len(self.masters)
 
     def reduce_grads(
         self, grads_L: Sequence[torch.Tensor], slots_L: Sequence[torch.Tensor]
@@ -165,13 +183,23 @@ class ShardedExpertOptimizer:
         send = torch.empty(lay.slot_total, dtype=grads_L[0].dtype, device=grads_L[0].device)
         lay.slot_side_copy(send, [g.reshape(S, -1) for g in grads_L], to_peer=True)
         recv_NW = self.comm.all_to_all(send, [lay.own_W] * N, lay.peer_W).view(N, lay.own_W)
-        for m, n, off, slots_K in zip(
-            self.masters, lay.shard_L, lay.own_off_L, slots_L, strict=True
+        for i, (m, n, off, slots_K) in enumerate(
+            zip(self.masters, lay.shard_L, lay.own_off_L, slots_L, strict=True)
         ):
             g_En = torch.zeros_like(m)
             recv_NSn = recv_NW[:, off : off + S * n].view(N, S, n)
-            _sum_replicas(g_En, recv_NSn, slots_K, sequential=m.device.type == "cpu")
+            sequential = m.device.type == "cpu"
+            rounds = None if sequential else self._replica_rounds(i, slots_K, m.device)
+            _sum_replicas(g_En, recv_NSn, slots_K, sequential, rounds)
             m.grad = g_En.mul_(self.grad_scale)
+
+    def _replica_rounds(self, i: int, slots_K: torch.Tensor, device) -> list:
+        """Layer i's _rounds_on(slots_K), rebuilt only when its placement changed."""
+        key = slots_K.tolist()
+        hit = self._rounds_L[i]
+        if hit is None or hit[0] != key:
+            hit = self._rounds_L[i] = (key, _rounds_on(key, device))
+        return hit[1]
 
     def step(self) -> None:
         self.optimizer.step()

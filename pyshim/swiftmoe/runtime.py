@@ -106,11 +106,19 @@ class ExpertLayer:
 
     # ---- slot weights -------------------------------------------------------------------------
 
+    def slots_on_device(self, slots_K: list[int]) -> torch.Tensor:
+        """slots_K as an int64 tensor on the layer's device (the one in force if unchanged)."""
+        if slots_K == self.slots:
+            return self.slots_dev
+        return torch.tensor(slots_K, dtype=torch.long, device=self.device)
+
     def set_slots(self, slots_K: list[int], flat_SP: torch.Tensor) -> None:
         """Install a placement and its slot weights flat_SP [S, P] (this rank's slots)."""
-        self.slots = list(slots_K)
-        self.perm_K, self.inv_K = dp.slot_order(self.slots, self.E)
-        self.slots_t = torch.tensor(self.slots, dtype=torch.long)
+        if slots_K != self.slots:  # what derives from the placement changes with it only
+            self.slots = list(slots_K)
+            self.perm_K, self.inv_K = dp.slot_order(self.slots)
+            self.slots_t = torch.tensor(self.slots, dtype=torch.long)
+            self.slots_dev = self.slots_t.to(self.device)
         flat_SP = flat_SP.detach()
         if self.grouped:
             self.stacked = tuple(
@@ -182,8 +190,7 @@ class ExpertLayer:
         counts_NE = torch.zeros(N, E, dtype=torch.long, device=x_TD.device)
         counts_NE[r] = counts_E
         comm.all_reduce_(counts_NE)
-        counts_NE = counts_NE.cpu()
-        rs = self.engine.split(counts_NE, self.slots, self.index)
+        rs = self.engine.split(counts_NE.cpu(), self.index)
 
         my_K = rs.send_K
         send_A = dp.send_index(order_M, my_K, self.perm_K, self.inv_K)
@@ -208,8 +215,7 @@ class ExpertLayer:
 
         if self.block.training:  # statistics of training iterations only
             with torch.no_grad():
-                loads_E = counts_NE.sum(0)
-                getattr(self.block, LOADS_BUFFER).add_(loads_E.to(x_TD.device))
+                getattr(self.block, LOADS_BUFFER).add_(counts_NE.sum(0))
                 getattr(self.block, DROPPED_BUFFER).add_(dropped)
                 self.last_max_over_mean = max_over_mean(rs.load_R)
             self.engine.on_layer_loads(self.index)
@@ -257,7 +263,7 @@ class ObservedLayer:
             params = {}
         self._route_has_hooks = "hooks" in params
         _add_stat_buffers(block, num_experts, device)
-        self._hook = block.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        block.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
     def _pre_hook(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
         if not block.training:
@@ -273,6 +279,3 @@ class ObservedLayer:
         ids = route.topk_ids_TK.reshape(-1).long()
         getattr(block, LOADS_BUFFER).add_(torch.bincount(ids, minlength=self.E))
         return None
-
-    def remove(self) -> None:
-        self._hook.remove()

@@ -149,7 +149,7 @@ class _Plan:
         self.d_pair = self.pair_K[self.d_k]
         self.dpos_K = np.empty(self.K, dtype=np.int64)  # slot k is demand dpos_K[k]
         self.dpos_K[self.d_k] = np.arange(self.K)
-        self.d_first_P = np.concatenate(([0], np.cumsum(mult_P)[:-1]))
+        self.d_first_P = first_P  # pair p's first demand: demands run pair by pair
         # Experts holding a slot (None: all), the last demand of each, and row offsets q*K.
         held = self.deg_E > 0
         self.held_H = None if held.all() else np.flatnonzero(held)
@@ -855,8 +855,6 @@ def _tiers(
         sup_flat = sup.reshape(-1)
         sa_GT = sup_flat[at]
         dtot_G = np.add.reduceat(da, first_G)
-        sfirst_G = np.searchsorted(g_GT, np.arange(first_G.size))
-        last_G = np.concatenate((first_G[1:], [d_k.size])) - 1
         m_G = np.minimum(np.add.reduceat(sa_GT, sfirst_G), dtot_G)
         use_GT = np.clip(m_G[g_GT] - _within(g_GT, sa_GT, sfirst_G), 0, sa_GT)
         use_D = np.clip(m_G[gid_D] - _within(gid_D, da, first_G), 0, da)
@@ -1090,10 +1088,8 @@ def _even_demand(plan: _Plan, L_E: np.ndarray) -> np.ndarray:
     """demand_K of the even split: L_E[e] over e's slots, remainders to its first slots."""
     slots_K = plan.slots_K
     reps_E = np.bincount(slots_K, minlength=plan.E)
-    order = np.lexsort((np.arange(plan.K), slots_K))
     first_E = np.concatenate(([0], np.cumsum(reps_E)[:-1]))
-    idx_K = np.empty(plan.K, dtype=np.int64)
-    idx_K[order] = np.arange(plan.K) - first_E[slots_K[order]]
+    idx_K = plan.dpos_K - first_E[slots_K]  # slot k is the idx_K-th of its expert's, in order
     r_K = np.maximum(reps_E[slots_K], 1)
     return L_E[slots_K] // r_K + (idx_K < L_E[slots_K] % r_K)
 
