@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
@@ -95,14 +96,14 @@ func (*Strategy) Plan(ctx context.Context, req *sdk.Request) (*sdk.Response, err
 			return nil, fmt.Errorf("planning layer %d: %w", req.Layers[i].Layer, err)
 		}
 		l := &req.Layers[i]
-		plan := make([]int, t.TotalSlots())
+		var plan []int
 		if len(l.Current) == 0 {
-			copy(plan, sdk.StaticSlots(l.NumExperts, t))
+			plan = sdk.StaticSlots(l.NumExperts, t)
 		} else {
 			if err := sdk.ValidateSlots(l.Current, l.NumExperts, t); err != nil {
 				return nil, fmt.Errorf("layers[%d] (layer %d): current_slots is not a valid plan, and flexmoe only adjusts a valid one: %w", i, l.Layer, err)
 			}
-			copy(plan, l.Current)
+			plan = slices.Clone(l.Current)
 		}
 		resp.Layers[i] = plan
 		if !check || len(l.Predicted) == 0 {

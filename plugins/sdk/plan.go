@@ -76,13 +76,21 @@ func Replicas(slots []int, numExperts int) []int {
 // yields all-zero loads.
 func RankLoads(slots []int, loads []float64, t Topology) []float64 {
 	out := make([]float64, t.WorldSize)
+	RankLoadsInto(out, make([]float64, len(loads)), slots, loads, t)
+	return out
+}
+
+// RankLoadsInto is RankLoads writing into out (len WorldSize, zeroed) with
+// share (len(loads), any contents) as scratch, for callers that plan many
+// layers without allocating per layer.
+func RankLoadsInto(out, share []float64, slots []int, loads []float64, t Topology) {
 	if t.SlotsPerRank < 1 {
-		return out
+		return
 	}
 	// share[e] is the load of one replica of expert e, computed once per
 	// expert rather than once per slot (the same quotient, and the same
 	// summation order, as dividing at every slot).
-	share := make([]float64, len(loads))
+	clear(share)
 	for _, e := range slots {
 		if e >= 0 && e < len(loads) {
 			share[e]++
@@ -103,7 +111,6 @@ func RankLoads(slots []int, loads []float64, t Topology) []float64 {
 			r, k = r+1, 0
 		}
 	}
-	return out
 }
 
 // MaxOverMean is max(v)/mean(v); 1.0 is perfect balance, and an all-zero

@@ -63,16 +63,30 @@ const MaxMessageBytes = 256 << 20
 // about a millisecond of CPU per plan of a large job.
 const gcPercent = 400
 
+// WindowBytes is the HTTP/2 flow-control window, per stream and per
+// connection, that each end of the sidecar-plugin connection grants the other.
+// gRPC's default of 64 KiB makes a plan of a large job (hundreds of KB on
+// the wire) stop several times and wait for the reader to be scheduled and
+// return a WINDOW_UPDATE; with a window above any plan's size it flows in
+// one go. A fixed window also turns off gRPC's bandwidth probing pings, which
+// buy nothing on a local socket.
+const WindowBytes = 16 << 20
+
+// BufferBytes sizes the connection's read and write buffers at both ends, so
+// that a message of a few hundred KB goes out in a few writes rather than one
+// per 32 KiB (gRPC's default).
+const BufferBytes = 512 << 10
+
 // grpcServer is go-plugin's server with the message limit raised and flow
 // control sized for plans of a few hundred KB on a local socket.
 func grpcServer(opts []grpc.ServerOption) *grpc.Server {
 	opts = append(opts,
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
-		grpc.InitialWindowSize(16<<20),
-		grpc.InitialConnWindowSize(16<<20),
-		grpc.ReadBufferSize(512<<10),
-		grpc.WriteBufferSize(512<<10),
+		grpc.InitialWindowSize(WindowBytes),
+		grpc.InitialConnWindowSize(WindowBytes),
+		grpc.ReadBufferSize(BufferBytes),
+		grpc.WriteBufferSize(BufferBytes),
 	)
 	return plugin.DefaultGRPCServer(opts)
 }

@@ -29,9 +29,6 @@ const (
 	ReasonCanceled Reason = "canceled"
 )
 
-// Invalid reports whether r is a rejected plan (as opposed to no plan).
-func (r Reason) Invalid() bool { return r == ReasonLayerCount || r == ReasonInvalidSlots }
-
 // ErrClosed is returned by calls on a Host after Close.
 var ErrClosed = errors.New("plugin host is closed")
 

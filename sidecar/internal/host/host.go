@@ -109,9 +109,6 @@ func New(o Options) (*Host, error) {
 	return h, nil
 }
 
-// Dir returns the plugins directory.
-func (h *Host) Dir() string { return h.dir }
-
 // Names lists the strategies whose binaries are in the plugins directory.
 func (h *Host) Names() ([]string, error) { return listNames(h.dir) }
 

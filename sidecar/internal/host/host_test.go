@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/metrics"
@@ -116,25 +115,12 @@ func counter(t *testing.T, m *metrics.Metrics, name string, labels map[string]st
 			continue
 		}
 		for _, mt := range f.GetMetric() {
-			if matches(mt, labels) {
+			if testbin.HasLabels(mt, labels) {
 				sum += mt.GetCounter().GetValue()
 			}
 		}
 	}
 	return sum
-}
-
-func matches(m *dto.Metric, labels map[string]string) bool {
-	got := map[string]string{}
-	for _, l := range m.GetLabel() {
-		got[l.GetName()] = l.GetValue()
-	}
-	for k, v := range labels {
-		if got[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func TestPlanOK(t *testing.T) {

@@ -20,10 +20,13 @@ type job struct {
 	experts    []int
 	numel      []uint64 // per layer
 	bytesParam uint64
-	optBytes   uint64
-	options    map[string]string // passed to the strategy
-	predictor  predictorConfig
-	info       *pb.StrategyInfo
+	// weightBytes and optBytes are per layer the bytes of one expert's
+	// weights and optimizer state, shared by every planning request
+	// (strategies must not modify a request).
+	weightBytes, optBytes []uint64
+	options               map[string]string // passed to the strategy
+	predictor             predictorConfig
+	info                  *pb.StrategyInfo
 
 	traffic  remapTraffic // bytes of every remap, from the job's shape
 	hist     []*history
@@ -37,16 +40,20 @@ func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
 	t := sdk.TopologyFromProto(req.GetTopology())
 	experts := sdk.IntsFromProto(req.GetExpertsPerLayer())
 	numel := make([]uint64, len(experts))
+	weightBytes := make([]uint64, len(experts))
+	optBytes := make([]uint64, len(experts))
 	for l := range numel {
 		if len(req.GetExpertParamNumel()) == 1 {
 			numel[l] = req.GetExpertParamNumel()[0]
 		} else {
 			numel[l] = req.GetExpertParamNumel()[l]
 		}
+		weightBytes[l] = numel[l] * uint64(req.GetBytesPerParam())
+		optBytes[l] = numel[l] * uint64(req.GetOptimizerBytesPerParam())
 	}
 	j := &job{
 		id: id, strategy: req.GetStrategy(), topo: t, experts: experts, numel: numel,
-		bytesParam: uint64(req.GetBytesPerParam()), optBytes: uint64(req.GetOptimizerBytesPerParam()),
+		bytesParam: uint64(req.GetBytesPerParam()), weightBytes: weightBytes, optBytes: optBytes,
 		options: strategyOptions(req.GetStrategyOptions()), predictor: pred,
 		hist: make([]*history, len(experts)), slots: make([][]int, len(experts)),
 	}
@@ -85,16 +92,14 @@ func (j *job) strategyRequest(it uint64, predicted [][]float64) *sdk.Request {
 	req := &sdk.Request{
 		Topology: j.topo, Iteration: it, Options: j.options,
 		Layers:               make([]sdk.LayerInput, len(j.experts)),
-		ExpertWeightBytes:    make([]uint64, len(j.experts)),
-		ExpertOptimizerBytes: make([]uint64, len(j.experts)),
+		ExpertWeightBytes:    j.weightBytes,
+		ExpertOptimizerBytes: j.optBytes,
 	}
 	for l, e := range j.experts {
 		req.Layers[l] = sdk.LayerInput{
 			Layer: l, NumExperts: e, Predicted: predicted[l],
 			LastLoad: j.hist[l].last(), Current: j.slots[l],
 		}
-		req.ExpertWeightBytes[l] = j.numel[l] * j.bytesParam
-		req.ExpertOptimizerBytes[l] = j.numel[l] * j.optBytes
 	}
 	return req
 }

@@ -8,18 +8,21 @@ import (
 // describePlan builds a Plan's layers from per-layer placements under
 // predicted loads: replicas per expert, the per-rank load with each expert's
 // load split evenly across its replicas, and max_over_mean. The layers'
-// messages, slots and replica counts share one allocation each, so a plan of
-// many layers costs a handful of allocations.
+// messages, slots, replica counts and rank loads share one allocation each,
+// so a plan of many layers costs a handful of allocations.
 func describePlan(slots [][]int, predicted [][]float64, t sdk.Topology) []*pb.LayerPlan {
-	var nSlots, nExperts int
+	var nSlots, nExperts, maxExperts int
 	for l := range slots {
 		nSlots += len(slots[l])
 		nExperts += len(predicted[l])
+		maxExperts = max(maxExperts, len(predicted[l]))
 	}
 	out := make([]*pb.LayerPlan, len(slots))
 	msgs := make([]pb.LayerPlan, len(slots))
 	ids := make([]uint32, nSlots)
 	reps := make([]uint32, nExperts)
+	ranks := make([]float64, len(slots)*t.WorldSize)
+	share := make([]float64, maxExperts)
 	for l, s := range slots {
 		lid := ids[:len(s):len(s)]
 		ids = ids[len(s):]
@@ -31,7 +34,8 @@ func describePlan(slots [][]int, predicted [][]float64, t sdk.Topology) []*pb.La
 				lrep[e]++
 			}
 		}
-		rank := sdk.RankLoads(s, predicted[l], t)
+		rank := ranks[l*t.WorldSize : (l+1)*t.WorldSize : (l+1)*t.WorldSize]
+		sdk.RankLoadsInto(rank, share[:len(predicted[l])], s, predicted[l], t)
 		m := &msgs[l]
 		m.Slots, m.Replicas, m.RankLoad, m.MaxOverMean = lid, lrep, rank, sdk.MaxOverMean(rank)
 		out[l] = m

@@ -18,7 +18,7 @@ func ScrapeHistogram(ctx context.Context, url, name string, labels map[string]st
 		return 0, 0, err
 	}
 	for _, m := range fams[name].GetMetric() {
-		if hasLabels(m, labels) {
+		if HasLabels(m, labels) {
 			sum += m.GetHistogram().GetSampleSum()
 			count += m.GetHistogram().GetSampleCount()
 		}
@@ -36,14 +36,15 @@ func Scrape(ctx context.Context, url, name string, labels map[string]string) (fl
 	}
 	var sum float64
 	for _, m := range fams[name].GetMetric() {
-		if hasLabels(m, labels) {
+		if HasLabels(m, labels) {
 			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return sum, nil
 }
 
-func hasLabels(m *dto.Metric, labels map[string]string) bool {
+// HasLabels reports whether metric m carries every label of labels.
+func HasLabels(m *dto.Metric, labels map[string]string) bool {
 	got := map[string]string{}
 	for _, l := range m.GetLabel() {
 		got[l.GetName()] = l.GetValue()
