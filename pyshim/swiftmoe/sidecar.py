@@ -259,7 +259,7 @@ class SidecarPlan:
             job_id=p.job_id,
             iteration=int(p.iteration),
             strategy=p.strategy,
-            slots_LK=[[int(e) for e in layer.slots] for layer in p.layers],
+            slots_LK=[list(layer.slots) for layer in p.layers],
             max_over_mean=float(p.max_over_mean),
             source=pb.PlanSource.Name(p.source),
             note=p.note,
@@ -311,7 +311,7 @@ def _loads_proto(loads_LE: Any) -> list[pb.LayerLoads]:
         for e, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"loads_LE[{li}][{e}] is {v!r}: token counts are integers >= 0")
-        out.append(pb.LayerLoads(tokens=[int(v) for v in row]))
+        out.append(pb.LayerLoads(tokens=row))  # checked: plain ints >= 0
     return out
 
 

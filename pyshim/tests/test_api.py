@@ -9,13 +9,12 @@ import pytest
 import torch
 from distributed import run_ranks
 from test_engine_support import (
-    OPTIMIZERS,
     SLOTS_FOR,
     B,
     TinyNet,
-    adversarial_source,
-    expert_state,
+    full_state,
     global_batch,
+    make_handle,
     reference_run,
 )
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -27,22 +26,9 @@ STEPS = 4
 
 
 def _ddp_train(rank: int, world_size: int) -> dict:
-    model = TinyNet()
-    S = SLOTS_FOR[world_size]
-    src = adversarial_source(world_size, S)
-    handle = replicate_(
-        model,
-        SwiftMoEConfig(
-            slots_per_rank=S,
-            optimizer="AdamW",
-            optimizer_kwargs=OPTIMIZERS["AdamW"],
-            plan_source=src,
-            plan_deadline_s=20.0,
-        ),
-    )
+    model, handle, opt = make_handle(world_size, "AdamW")
     ignored = handle.ddp_ignore(model)
     ddp = DDP(model)  # broadcast_buffers=True: the ignored load buffers must stay per rank
-    opt = torch.optim.AdamW(handle.dense_parameters(), **OPTIMIZERS["AdamW"])
     for step in range(STEPS):
         x, y = global_batch(step, world_size)
         x, y = x[rank * B : (rank + 1) * B], y[rank * B : (rank + 1) * B]
@@ -51,10 +37,8 @@ def _ddp_train(rank: int, world_size: int) -> dict:
         handle.step()
         opt.zero_grad()
         handle.zero_grad()
-    src.close()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    state.update(expert_state(handle.export_expert_weights()))
-    return {"state": state, "ignored": ignored}
+    handle.config.plan_source.close()
+    return {"state": full_state(model, handle), "ignored": ignored}
 
 
 def test_ddp_on_dense_parameters_matches_single_process() -> None:

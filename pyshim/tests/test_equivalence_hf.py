@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed import run_ranks
-from test_engine_support import SLOTS_FOR, adversarial_source
+from test_engine_support import SLOTS_FOR, adversarial_source, allreduce_dense_grads
 
 from swiftmoe.api import replicate_
 from swiftmoe.config import SwiftMoEConfig
@@ -87,10 +87,7 @@ def _train(rank: int, world_size: int, name: str) -> dict:
         ids = batch(step, world_size)[rank * B : (rank + 1) * B]
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        for p in model.parameters():
-            if p.grad is not None and world_size > 1:
-                dist.all_reduce(p.grad)
-                p.grad.div_(world_size)
+        allreduce_dense_grads(model, world_size)
         opt.step()
         stats = handle.step()
         assert stats.plan_event == "accepted", stats.plan_event

@@ -58,10 +58,6 @@ class ExpertTime:
             out = np.where(big, y[-1] * x / t[-1], out)
         return np.where(x <= 0, 0.0, out)
 
-    def describe(self) -> str:
-        pts = ", ".join(f"{int(a)}:{b:g}" for a, b in zip(self.tokens_P, self.ms_P, strict=True))
-        return f"{self.table} [{self.device}] shape {self.shape!r} (tokens:fwd_bwd_ms {pts})"
-
 
 def _dims(name: str) -> tuple[int, int, bool] | None:
     m = _SHAPE_RE.search(name)

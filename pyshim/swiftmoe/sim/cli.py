@@ -181,8 +181,6 @@ def run(args: argparse.Namespace) -> int:
             other_ms=args.other_ms,
             plugin_timeout_s=args.plugin_timeout,
         )
-        if not args.plugin_timeout > 0:
-            raise ValueError(f"--plugin-timeout is {args.plugin_timeout}: pass seconds > 0")
         res = simulate(loads, cfg, et, specs, binary=args.binary, plugins_dir=args.plugins_dir)
     except ValueError as e:
         return _err(str(e))

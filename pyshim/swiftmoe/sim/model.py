@@ -139,9 +139,8 @@ def a2a_ms(c: Cluster, F_QR: np.ndarray) -> float:
     return _a2a_from_tiers(c, si, ri, se, re_)
 
 
-def a2a_cols_ms(c: Cluster, w_R: np.ndarray) -> float:
-    """a2a_ms of F_QR = w_R for every source q (every source sends w_r tokens to rank r)."""
-    w = np.asarray(w_R, dtype=np.float64)
+def _cols_tiers(c: Cluster, w: np.ndarray):
+    """(si, ri, se, re_) of F_QR = w for every source q (every source sends w_r to rank r)."""
     node_R, starts = c._node_R, c._node_starts  # type: ignore[attr-defined]
     size_M = np.diff(np.append(starts, c.gpus))
     node_sum_M = np.add.reduceat(w, starts)
@@ -149,7 +148,12 @@ def a2a_cols_ms(c: Cluster, w_R: np.ndarray) -> float:
     se = w.sum() - node_sum_M[node_R]
     ri = (size_M[node_R] - 1) * w
     re_ = (c.gpus - size_M[node_R]) * w
-    return _a2a_from_tiers(c, si, ri, se, re_)
+    return si, ri, se, re_
+
+
+def a2a_cols_ms(c: Cluster, w_R: np.ndarray) -> float:
+    """a2a_ms of F_QR = w_R for every source q (every source sends w_r tokens to rank r)."""
+    return _a2a_from_tiers(c, *_cols_tiers(c, np.asarray(w_R, dtype=np.float64)))
 
 
 def transfer_ms(c: Cluster, slots_per_rank: int) -> float:
@@ -298,14 +302,11 @@ def _padded_a2a(c: Cluster, flow: Flow, buf_R: np.ndarray) -> float:
     ri = flow.ri_R * scale_R
     re_ = flow.re_R * scale_R
     if not has.all():  # every source sends w_r = buf_r / N to such a rank (see a2a_cols_ms)
-        w = np.where(has, 0.0, buf_R / c.gpus)
-        node_R, starts = c._node_R, c._node_starts  # type: ignore[attr-defined]
-        size_M = np.diff(np.append(starts, c.gpus))
-        node_sum_M = np.add.reduceat(w, starts)
-        si += node_sum_M[node_R] - w
-        se += w.sum() - node_sum_M[node_R]
-        ri += (size_M[node_R] - 1) * w
-        re_ += (c.gpus - size_M[node_R]) * w
+        wsi, wri, wse, wre = _cols_tiers(c, np.where(has, 0.0, buf_R / c.gpus))
+        si += wsi
+        ri += wri
+        se += wse
+        re_ += wre
     return _a2a_from_tiers(c, si, ri, se, re_)
 
 

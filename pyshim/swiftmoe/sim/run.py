@@ -63,6 +63,8 @@ class SimConfig:
                 raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
         if not (self.other_ms >= 0 and np.isfinite(self.other_ms)):
             raise ValueError(f"--other-ms is {self.other_ms!r}: pass milliseconds >= 0")
+        if not self.plugin_timeout_s > 0:
+            raise ValueError(f"--plugin-timeout is {self.plugin_timeout_s}: pass seconds > 0")
 
 
 @dataclass
@@ -196,15 +198,13 @@ def simulate(
                 for j, job in enumerate(jobs.values()):
                     _apply(job, feed.next(j), it)
                 timing["sidecar_s"] += time.perf_counter() - t0
-            for job in jobs.values():
-                job_mig = job.pending_migrated
-                job.pending_migrated = 0
-                for s in systems:
-                    if s.kind != BOUND and s.job_key == job.key:  # the bound never migrates
-                        per[s.name]["migration_ms"][it] = model.migration_ms(c, job_mig)
-            for s in planned:
-                for li, slots_K in enumerate(jobs[s.job_key].slots_LK):
+            for s in planned:  # the bound never migrates
+                job = jobs[s.job_key]
+                per[s.name]["migration_ms"][it] = model.migration_ms(c, job.pending_migrated)
+                for li, slots_K in enumerate(job.slots_LK):
                     reps[s.name][it, li] = np.bincount(slots_K, minlength=E)
+            for job in jobs.values():
+                job.pending_migrated = 0
             for li in range(L):
                 L_E = loads_ILE[it, li]
                 total = int(L_E.sum())
@@ -212,13 +212,14 @@ def simulate(
                 flows: dict[tuple, model.Flow] = {}  # per placement: systems sharing one share it
                 engine_costs: dict[tuple, model.LayerCost] = {}
                 for s in systems:
-                    S = cfg.static_slots if s.static else cfg.slots
+                    job = jobs[s.job_key]
+                    S, slots_K = job.S, job.slots_LK[li]
+                    pk = (S, slots_K.tobytes())  # the placement: systems sharing one share its cost
                     tc = time.perf_counter()
-                    slots_K = jobs[s.job_key].slots_LK[li]
                     if s.kind == BOUND:
                         # Uniform routing of the same total: the cost depends on the placement
                         # and the total alone.
-                        key = (total, E, S, slots_K.tobytes())
+                        key = (total, E, *pk)
                         cost = bound_costs.get(key)
                         if cost is None:
                             ts = time.perf_counter()
@@ -235,7 +236,7 @@ def simulate(
                                 bound_costs.clear()
                             bound_costs[key] = cost
                     else:
-                        flow = flows.get((S, slots_K.tobytes()))
+                        flow = flows.get(pk)
                         if flow is None:
                             if counts_QE is None:
                                 counts_QE = source_counts(L_E, N)
@@ -246,7 +247,7 @@ def simulate(
                             timing["split_s"] += time.perf_counter() - ts
                             tc += time.perf_counter() - ts
                             flow = model.flow_of(c, S, split)
-                            flows[(S, slots_K.tobytes())] = flow
+                            flows[pk] = flow
                         if s.kind == PADDED:
                             cost = model.padded_layer(c, et, L_E, slots_K, S, flow)
                         elif s.kind == CAPACITY:
@@ -255,10 +256,10 @@ def simulate(
                             )
                         else:
                             assert s.kind == ENGINE
-                            cost = engine_costs.get((S, slots_K.tobytes()))
+                            cost = engine_costs.get(pk)
                             if cost is None:  # systems on one placement share the cost too
                                 cost = model.flow_layer(c, et, flow, S)
-                                engine_costs[(S, slots_K.tobytes())] = cost
+                                engine_costs[pk] = cost
                     timing["cost_s"] += time.perf_counter() - tc
                     row = per[s.name]
                     row["compute_ms"][it] += cost.compute_ms
