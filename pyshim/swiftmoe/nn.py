@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
+from swiftmoe.adapters._hf_common import grouped_swiglu_split
+
 __all__ = ["MoE", "swiglu_expert", "grouped_swiglu", "route_topk"]
 
 
@@ -44,10 +46,7 @@ def grouped_swiglu(
     ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
     No group is padded, so skewed group sizes cost nothing extra.
     """
-    gate_MF = torch._grouped_mm(x_MD, w_gate_SFD.transpose(-2, -1), offs=offs_S)
-    up_MF = torch._grouped_mm(x_MD, w_up_SFD.transpose(-2, -1), offs=offs_S)
-    h_MF = F_.silu(gate_MF) * up_MF
-    return torch._grouped_mm(h_MF, w_down_SDF.transpose(-2, -1), offs=offs_S)
+    return grouped_swiglu_split(F_.silu, x_MD, offs_S, w_gate_SFD, w_up_SFD, w_down_SDF)
 
 
 def route_topk(

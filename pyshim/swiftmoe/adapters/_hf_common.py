@@ -190,6 +190,30 @@ def removed_record(block: nn.Module) -> RemovedExperts | None:
     return rec if isinstance(rec, RemovedExperts) else None
 
 
+def removed_error(adapter: str, block: nn.Module) -> ValueError:
+    """get_expert_params on a block whose expert weights remove_expert_params took."""
+    return ValueError(
+        f"{adapter}.get_expert_params({block_label(block)}): the expert weights were removed by "
+        "remove_expert_params; take them from the engine, or call set_expert_params first"
+    )
+
+
+def record_removal(adapter: str, block: nn.Module, spec: ExpertSpec, w: torch.Tensor | None):
+    """The RemovedExperts of a block about to lose its expert weights (w: one of them);
+    ValueError when they are already gone."""
+    if w is None:
+        raise ValueError(f"{adapter}.remove_expert_params({block_label(block)}): already removed")
+    return RemovedExperts(spec.shapes, w.dtype, w.device, w.requires_grad)
+
+
+def restored_param(w: torch.Tensor, rec: RemovedExperts | None) -> nn.Parameter:
+    """A removed weight registered again: ``w`` (a fresh tensor) with the removed one's dtype,
+    device and requires_grad (requires_grad when nothing was recorded)."""
+    if rec is None:
+        return nn.Parameter(w, requires_grad=True)
+    return nn.Parameter(w.to(device=rec.device, dtype=rec.dtype), requires_grad=rec.requires_grad)
+
+
 def check_expert_params(
     adapter: str,
     block: nn.Module,

@@ -29,12 +29,14 @@ from torch import nn
 
 from ._hf_common import (
     REMOVED_ATTR,
-    RemovedExperts,
     StructuralAdapter,
     block_label,
     check_expert_params,
     grouped_swiglu_fused,
+    record_removal,
+    removed_error,
     removed_record,
+    restored_param,
     swiglu_fused,
 )
 from .base import ExpertSpec, RouteResult
@@ -200,23 +202,13 @@ class HFFusedExpertsAdapter(StructuralAdapter):
         self._check(block, "get_expert_params")
         ex = block.experts
         if ex.gate_up_proj is None:
-            raise ValueError(
-                f"{self.name}.get_expert_params({block_label(block)}): the expert weights were "
-                "removed by remove_expert_params; take them from the engine, or call "
-                "set_expert_params first"
-            )
+            raise removed_error(self.name, block)
         return [(ex.gate_up_proj[e], ex.down_proj[e]) for e in range(ex.gate_up_proj.shape[0])]
 
     def remove_expert_params(self, block: nn.Module) -> None:
         """Unregister ``gate_up_proj`` and ``down_proj``; shapes and dtype stay on the block."""
-        spec = self.expert_spec(block)
         ex = block.experts
-        gu = ex.gate_up_proj
-        if gu is None:
-            raise ValueError(
-                f"{self.name}.remove_expert_params({block_label(block)}): already removed"
-            )
-        rec = RemovedExperts(spec.shapes, gu.dtype, gu.device, gu.requires_grad)
+        rec = record_removal(self.name, block, self.expert_spec(block), ex.gate_up_proj)
         for name in _PARAMS:
             ex.register_parameter(name, None)
         setattr(block, REMOVED_ATTR, rec)
@@ -240,11 +232,7 @@ class HFFusedExpertsAdapter(StructuralAdapter):
                 if cur is not None:
                     cur.copy_(stacked)
                     continue
-                grad = True
-                if rec is not None:
-                    stacked = stacked.to(device=rec.device, dtype=rec.dtype)
-                    grad = rec.requires_grad
-                ex.register_parameter(name, nn.Parameter(stacked, requires_grad=grad))
+                ex.register_parameter(name, restored_param(stacked, rec))
         if rec is not None:
             delattr(block, REMOVED_ATTR)
 

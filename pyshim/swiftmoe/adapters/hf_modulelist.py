@@ -29,12 +29,14 @@ from torch import nn
 
 from ._hf_common import (
     REMOVED_ATTR,
-    RemovedExperts,
     StructuralAdapter,
     block_label,
     check_expert_params,
     grouped_swiglu_split,
+    record_removal,
+    removed_error,
     removed_record,
+    restored_param,
     swiglu_split,
 )
 from .base import ExpertSpec, RouteResult
@@ -195,23 +197,15 @@ class HFModuleListAdapter(StructuralAdapter):
         for e in range(len(block.experts)):
             ws = tuple(lin.weight for lin in self._layers(block, e))
             if any(w is None for w in ws):
-                raise ValueError(
-                    f"{self.name}.get_expert_params({block_label(block)}): the expert weights "
-                    "were removed by remove_expert_params; take them from the engine, or call "
-                    "set_expert_params first"
-                )
+                raise removed_error(self.name, block)
             out.append(ws)
         return out
 
     def remove_expert_params(self, block: nn.Module) -> None:
         """Unregister every expert projection weight; dtype and device stay on the block."""
-        spec = self.expert_spec(block)
-        w0 = self._layers(block, 0)[0].weight
-        if w0 is None:
-            raise ValueError(
-                f"{self.name}.remove_expert_params({block_label(block)}): already removed"
-            )
-        rec = RemovedExperts(spec.shapes, w0.dtype, w0.device, w0.requires_grad)
+        rec = record_removal(
+            self.name, block, self.expert_spec(block), self._layers(block, 0)[0].weight
+        )
         for e in range(len(block.experts)):
             for lin in self._layers(block, e):
                 lin.register_parameter("weight", None)
@@ -234,12 +228,7 @@ class HFModuleListAdapter(StructuralAdapter):
                     if lin.weight is not None:
                         lin.weight.copy_(t)
                         continue
-                    w = t.detach().clone()
-                    grad = True
-                    if rec is not None:
-                        w = w.to(device=rec.device, dtype=rec.dtype)
-                        grad = rec.requires_grad
-                    lin.register_parameter("weight", nn.Parameter(w, requires_grad=grad))
+                    lin.register_parameter("weight", restored_param(t.detach().clone(), rec))
         if rec is not None:
             delattr(block, REMOVED_ATTR)
 
