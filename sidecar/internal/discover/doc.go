@@ -6,7 +6,9 @@
 // tests use fakes and a machine without NVIDIA's library reports zero GPUs
 // with the reason instead of failing. Nothing here shells out.
 //
-// The Report feeds the sidecar's defaults: SuggestSlots picks expert slots
-// per rank from free GPU memory, and LinkBandwidth gives the intra- and
-// inter-node link bandwidths that strategies weighing transfers use.
+// The Report carries derived defaults (Defaults: intra- and inter-node link
+// bandwidths, with their sources), which `swiftmoe-sidecar discover` prints,
+// and SuggestSlots picks expert slots per rank from free GPU memory. The
+// planning path does not consume either yet: a job's topology carries its
+// own bandwidths and slots.
 package discover
