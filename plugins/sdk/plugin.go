@@ -7,6 +7,7 @@ import (
 
 	plugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
 )
@@ -87,6 +88,7 @@ func grpcServer(opts []grpc.ServerOption) *grpc.Server {
 		grpc.InitialConnWindowSize(WindowBytes),
 		grpc.ReadBufferSize(BufferBytes),
 		grpc.WriteBufferSize(BufferBytes),
+		experimental.BufferPool(BufferPool),
 	)
 	return plugin.DefaultGRPCServer(opts)
 }

@@ -2,6 +2,7 @@ package host
 
 import (
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
@@ -16,5 +17,6 @@ func dialOptions() []grpc.DialOption {
 		grpc.WithInitialConnWindowSize(sdk.WindowBytes),
 		grpc.WithWriteBufferSize(sdk.BufferBytes),
 		grpc.WithReadBufferSize(sdk.BufferBytes),
+		experimental.WithBufferPool(sdk.BufferPool),
 	}
 }

@@ -12,11 +12,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/planner"
 )
 
@@ -88,6 +90,7 @@ func New(svc *planner.Service, log hclog.Logger) (*grpc.Server, *health.Server) 
 		// that order write it in a few syscalls instead of one per 32 KiB.
 		grpc.WriteBufferSize(transportBufferBytes),
 		grpc.ReadBufferSize(transportBufferBytes),
+		experimental.BufferPool(sdk.BufferPool),
 		grpc.ChainUnaryInterceptor(recoverInterceptor(log)),
 	)
 	pb.RegisterPlannerServer(gs, &plannerServer{svc: svc})
