@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/discover"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/host"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/metrics"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/planner"
@@ -25,12 +26,16 @@ const (
 	stopGrace = 5 * time.Second
 	// parentPoll is the period of the --exit-with-parent check.
 	parentPoll = 200 * time.Millisecond
+	// discoveryMaxAge is how long a hardware report serves registrations
+	// before it is taken again (free GPU memory changes as jobs load).
+	discoveryMaxAge = 10 * time.Second
 )
 
 type serveFlags struct {
 	listen, pluginsDir, metricsListen, logLevel string
 	pluginTimeout                               time.Duration
-	exitWithParent, allowRemote                 bool
+	exitWithParent, allowRemote, discover       bool
+	slotMemFraction                             float64
 }
 
 func runServe(args []string, stdout, stderr io.Writer) error {
@@ -48,8 +53,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&f.exitWithParent, "exit-with-parent", false, "stop when the parent process dies, so a crashed trainer leaves no sidecar behind")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false, "allow --listen and --metrics-listen on non-loopback addresses")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
+	fs.BoolVar(&f.discover, "discover", true, "discover this machine's GPUs and NICs (as the discover command does) for the defaults of jobs\nthat leave them 0: slots_per_rank from free GPU memory, link bandwidths from NVLink/PCIe and NICs;\n--discover=false makes such jobs give their slots, and leaves unknown bandwidths 0")
+	fs.Float64Var(&f.slotMemFraction, "slot-memory-fraction", planner.DefaultSlotMemoryFraction, "share of the smallest free GPU memory that automatic slots_per_rank may fill with expert\nweights and gradients, in (0, 1]; the rest is left to activations and the dense model")
 	if err := fs.parse(args); err != nil {
 		return done(err)
+	}
+	if !(f.slotMemFraction > 0 && f.slotMemFraction <= 1) {
+		return fs.fail("--slot-memory-fraction %g is out of range; use a share of free GPU memory in (0, 1], e.g. %g", f.slotMemFraction, planner.DefaultSlotMemoryFraction)
 	}
 	if f.pluginTimeout <= 0 || f.pluginTimeout > maxPluginTimeout {
 		return fs.fail("--plugin-timeout %v is out of range; use a duration in (0, %v], e.g. 200ms", f.pluginTimeout, maxPluginTimeout)
@@ -92,7 +102,16 @@ func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
 		return fmt.Errorf("--plugins-dir: %w", err)
 	}
 	defer h.Close()
-	gs, hs := server.New(planner.New(h, m, log), log)
+	svc := planner.New(h, m, log)
+	if f.discover {
+		// Discovery starts now, so that the first registration finds it done.
+		c := discover.NewCache(discover.NewDiscoverer(), discoveryMaxAge)
+		c.Prefetch()
+		if err := svc.SetHardware(c, f.slotMemFraction); err != nil {
+			return err
+		}
+	}
+	gs, hs := server.New(svc, log)
 
 	var ms *server.MetricsServer
 	if f.metricsListen != "" {
@@ -110,7 +129,7 @@ func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
 	if _, err := fmt.Fprintf(stdout, "listening on %s\n", ln.URL); err != nil {
 		log.Warn("writing the listening line", "error", err)
 	}
-	log.Info("serving", "address", ln.URL, "plugins_dir", dir, "plugin_timeout", f.pluginTimeout)
+	log.Info("serving", "address", ln.URL, "plugins_dir", dir, "plugin_timeout", f.pluginTimeout, "discover", f.discover)
 
 	var serveErr error
 	select {

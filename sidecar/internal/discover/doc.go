@@ -9,6 +9,6 @@
 // The Report carries derived defaults (Defaults: intra- and inter-node link
 // bandwidths, with their sources), which `swiftmoe-sidecar discover` prints,
 // and SuggestSlots picks expert slots per rank from free GPU memory. The
-// planning path does not consume either yet: a job's topology carries its
-// own bandwidths and slots.
+// sidecar's `serve` keeps a Cache of reports, and a job that registers with
+// slots_per_rank or a bandwidth of 0 gets them from it (planner.SetHardware).
 package discover

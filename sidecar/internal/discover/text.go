@@ -55,8 +55,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 	}
 	fmt.Fprintf(&b, "link bandwidth: intra-node %s (%s); inter-node %s (%s)\n",
-		fmtRate(r.Defaults.IntraNodeBandwidth), r.Defaults.IntraNodeSource,
-		fmtRate(r.Defaults.InterNodeBandwidth), r.Defaults.InterNodeSource)
+		FormatRate(r.Defaults.IntraNodeBandwidth), r.Defaults.IntraNodeSource,
+		FormatRate(r.Defaults.InterNodeBandwidth), r.Defaults.InterNodeSource)
 	for _, w := range r.Warnings {
 		fmt.Fprintf(&b, "warning: %s\n", w)
 	}
@@ -66,7 +66,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	return nil
 }
 
-func fmtRate(bytesPerS float64) string {
+// FormatRate writes a bandwidth in bytes/s as GB/s, or "unknown" for 0.
+func FormatRate(bytesPerS float64) string {
 	if bytesPerS <= 0 {
 		return "unknown"
 	}

@@ -333,3 +333,44 @@ func TestPluginsDieWithKilledSidecar(t *testing.T) {
 		}
 	}
 }
+
+// TestDiscoveryFillsJobDefaults registers jobs that leave slots_per_rank and
+// the link bandwidths 0 with a real sidecar process: with discovery on, the
+// topology in force carries slots from this machine's report (the
+// no-GPU default here) and every filled value comes with its source; with
+// --discover=false, slots 0 is refused with the fix.
+func TestDiscoveryFillsJobDefaults(t *testing.T) {
+	sc := startSidecar(t, "--plugins-dir", binDir)
+	client := sc.client(t)
+	ctx := ctxT(t, 30*time.Second)
+	req := registerReq("auto", "swiftmoe", nil)
+	req.Topology.SlotsPerRank = 0
+	resp, err := client.RegisterJob(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := resp.GetTopology().GetSlotsPerRank()
+	if s < 2 || s > 8 { // ceil(8 experts / 4 ranks) .. 8 experts
+		t.Fatalf("slots_per_rank %d: want 2..8", s)
+	}
+	if want := fmt.Sprintf("slots_per_rank = %d: ", s); !slices.ContainsFunc(resp.GetDefaults(), func(l string) bool { return strings.HasPrefix(l, want) }) {
+		t.Errorf("defaults %q: want a line starting %q", resp.GetDefaults(), want)
+	}
+	if p := resp.GetInitialPlan(); p.GetSlotsPerRank() != s {
+		t.Errorf("initial plan has %d slots per rank, the topology %d", p.GetSlotsPerRank(), s)
+	}
+	rep, err := client.ReportLoads(ctx, reportReq("auto", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPlan(t, rep.GetPlan())
+	if rep.GetPlan().GetSlotsPerRank() != s {
+		t.Errorf("plan after a report: %d slots per rank, want %d", rep.GetPlan().GetSlotsPerRank(), s)
+	}
+
+	off := startSidecar(t, "--plugins-dir", binDir, "--discover=false")
+	_, err = off.client(t).RegisterJob(ctx, req)
+	if err == nil || !strings.Contains(err.Error(), "topology.slots_per_rank") || !strings.Contains(err.Error(), "--discover=false") {
+		t.Fatalf("slots 0 with discovery off: err %v; want the field and the flag named", err)
+	}
+}

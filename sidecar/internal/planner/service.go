@@ -44,8 +44,10 @@ type Service struct {
 	metrics    *metrics.Metrics
 	log        hclog.Logger
 
-	mu   sync.RWMutex
-	jobs map[string]*job
+	mu              sync.RWMutex
+	jobs            map[string]*job
+	hw              Hardware // nil: no discovery (see SetHardware)
+	slotMemFraction float64
 }
 
 // New returns a Service planning through strategies. m and log may be nil.
@@ -69,8 +71,17 @@ func (s *Service) knownStrategy(name string) error {
 }
 
 // RegisterJob validates and registers a job, replacing any job of the same
-// id, and returns its shard layout and initial (static) plan.
+// id, and returns its shard layout, initial (static) plan and the topology
+// in force, with the values the request left 0 taken from discovery (see
+// SetHardware).
 func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (*pb.RegisterJobResponse, error) {
+	var defaults []string
+	if req != nil {
+		var err error
+		if req, defaults, err = s.applyDefaults(ctx, req); err != nil {
+			return nil, err
+		}
+	}
 	pred, err := s.validateRegister(req)
 	if err != nil {
 		return nil, err
@@ -121,9 +132,13 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 	s.metrics.ObservePlan(id, j.layerBalance(), j.plan.Load().GetMaxOverMean(), j.replicas())
 	s.log.Info("job registered", "job", id, "strategy", j.strategy, "world_size", j.topo.WorldSize,
 		"slots_per_rank", j.topo.SlotsPerRank, "layers", len(j.experts), "predictor", j.predictor.String(), "replaced", old != nil)
+	for _, d := range defaults {
+		s.log.Info("job default from discovery", "job", id, "default", d)
+	}
 	return &pb.RegisterJobResponse{
 		JobId: id, ShardLayout: shardLayout(j.numel, j.topo.WorldSize),
 		InitialPlan: j.plan.Load(), Strategy: j.info,
+		Topology: sdk.TopologyToProto(j.topo), Defaults: defaults,
 	}, nil
 }
 

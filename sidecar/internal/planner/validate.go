@@ -30,7 +30,10 @@ func validateRegister(req *pb.RegisterJobRequest, knownStrategy func(string) err
 		if n < 1 || n > MaxWorldSize {
 			p.addf("topology.world_size: %d is out of range; set the number of ranks, 1..%d", n, MaxWorldSize)
 		}
-		if s < 1 || s > MaxSlotsPerRank {
+		switch {
+		case s == 0:
+			p.addf("topology.slots_per_rank: 0 lets the sidecar choose from free GPU memory only when the rest of the job is valid and no current_slots are given; fix the other problems, or set the expert slots per rank per layer, 1..%d", MaxSlotsPerRank)
+		case s > MaxSlotsPerRank:
 			p.addf("topology.slots_per_rank: %d is out of range; set the expert slots per rank per layer, 1..%d", s, MaxSlotsPerRank)
 		}
 		if rpn := uint64(t.GetRanksPerNode()); rpn != 0 && n >= 1 && n%rpn != 0 {

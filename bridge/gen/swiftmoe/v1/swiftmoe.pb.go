@@ -89,10 +89,13 @@ type Topology struct {
 	// Ranks on one node; ranks r and q share a node when
 	// r/ranks_per_node == q/ranks_per_node. 0 means all ranks share one node.
 	RanksPerNode uint32 `protobuf:"varint,2,opt,name=ranks_per_node,json=ranksPerNode,proto3" json:"ranks_per_node,omitempty"`
-	// Expert slots per rank per MoE layer. Must be >= 1.
+	// Expert slots per rank per MoE layer. Must be >= 1, except in
+	// RegisterJob, where 0 asks the sidecar to choose from the free GPU memory
+	// of its machine (see RegisterJobResponse.defaults).
 	SlotsPerRank uint32 `protobuf:"varint,3,opt,name=slots_per_rank,json=slotsPerRank,proto3" json:"slots_per_rank,omitempty"`
 	// Link bandwidths in bytes per second, 0 when unknown. Strategies that
-	// weigh transfers may use them.
+	// weigh transfers may use them. A job that registers with 0 gets the
+	// bandwidths the sidecar discovers on its machine, when it finds them.
 	IntraNodeBandwidth float64 `protobuf:"fixed64,4,opt,name=intra_node_bandwidth,json=intraNodeBandwidth,proto3" json:"intra_node_bandwidth,omitempty"`
 	InterNodeBandwidth float64 `protobuf:"fixed64,5,opt,name=inter_node_bandwidth,json=interNodeBandwidth,proto3" json:"inter_node_bandwidth,omitempty"`
 	unknownFields      protoimpl.UnknownFields
@@ -880,8 +883,16 @@ type RegisterJobResponse struct {
 	JobId       string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	ShardLayout []*LayerShardLayout    `protobuf:"bytes,2,rep,name=shard_layout,json=shardLayout,proto3" json:"shard_layout,omitempty"`
 	// The plan for iteration 0.
-	InitialPlan   *Plan         `protobuf:"bytes,3,opt,name=initial_plan,json=initialPlan,proto3" json:"initial_plan,omitempty"`
-	Strategy      *StrategyInfo `protobuf:"bytes,4,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	InitialPlan *Plan         `protobuf:"bytes,3,opt,name=initial_plan,json=initialPlan,proto3" json:"initial_plan,omitempty"`
+	Strategy    *StrategyInfo `protobuf:"bytes,4,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	// The topology in force: the request's, with the values it left 0
+	// (slots_per_rank, link bandwidths) filled in from hardware discovery
+	// where the sidecar found them. Strategies plan with this one.
+	Topology *Topology `protobuf:"bytes,5,opt,name=topology,proto3" json:"topology,omitempty"`
+	// One line per value taken from discovery: the field, the value and its
+	// source (e.g. "slots_per_rank = 6: 20% of GPU 0's free 60.0 GiB fits 6
+	// slots of ..."). Empty when the request set everything.
+	Defaults      []string `protobuf:"bytes,6,rep,name=defaults,proto3" json:"defaults,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -940,6 +951,20 @@ func (x *RegisterJobResponse) GetInitialPlan() *Plan {
 func (x *RegisterJobResponse) GetStrategy() *StrategyInfo {
 	if x != nil {
 		return x.Strategy
+	}
+	return nil
+}
+
+func (x *RegisterJobResponse) GetTopology() *Topology {
+	if x != nil {
+		return x.Topology
+	}
+	return nil
+}
+
+func (x *RegisterJobResponse) GetDefaults() []string {
+	if x != nil {
+		return x.Defaults
 	}
 	return nil
 }
@@ -1604,12 +1629,14 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\"\n" +
 	"\n" +
 	"LayerSlots\x12\x14\n" +
-	"\x05slots\x18\x01 \x03(\aR\x05slots\"\xdb\x01\n" +
+	"\x05slots\x18\x01 \x03(\aR\x05slots\"\xaa\x02\n" +
 	"\x13RegisterJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12@\n" +
 	"\fshard_layout\x18\x02 \x03(\v2\x1d.swiftmoe.v1.LayerShardLayoutR\vshardLayout\x124\n" +
 	"\finitial_plan\x18\x03 \x01(\v2\x11.swiftmoe.v1.PlanR\vinitialPlan\x125\n" +
-	"\bstrategy\x18\x04 \x01(\v2\x19.swiftmoe.v1.StrategyInfoR\bstrategy\"$\n" +
+	"\bstrategy\x18\x04 \x01(\v2\x19.swiftmoe.v1.StrategyInfoR\bstrategy\x121\n" +
+	"\btopology\x18\x05 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1a\n" +
+	"\bdefaults\x18\x06 \x03(\tR\bdefaults\"$\n" +
 	"\n" +
 	"LayerLoads\x12\x16\n" +
 	"\x06tokens\x18\x01 \x03(\x04R\x06tokens\"z\n" +
@@ -1718,30 +1745,31 @@ var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
 	5,  // 8: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
 	8,  // 9: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
 	3,  // 10: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
-	12, // 11: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
-	8,  // 12: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
-	3,  // 13: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 14: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
-	19, // 15: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
-	24, // 16: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
-	21, // 17: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
-	9,  // 18: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
-	13, // 19: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
-	15, // 20: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
-	16, // 21: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
-	18, // 22: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
-	20, // 23: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
-	11, // 24: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
-	14, // 25: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
-	8,  // 26: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
-	17, // 27: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
-	3,  // 28: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
-	22, // 29: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	1,  // 11: swiftmoe.v1.RegisterJobResponse.topology:type_name -> swiftmoe.v1.Topology
+	12, // 12: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
+	8,  // 13: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
+	3,  // 14: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 15: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
+	19, // 16: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
+	24, // 17: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	21, // 18: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
+	9,  // 19: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
+	13, // 20: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
+	15, // 21: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
+	16, // 22: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
+	18, // 23: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
+	20, // 24: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
+	11, // 25: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
+	14, // 26: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
+	8,  // 27: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
+	17, // 28: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
+	3,  // 29: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
+	22, // 30: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_swiftmoe_v1_swiftmoe_proto_init() }

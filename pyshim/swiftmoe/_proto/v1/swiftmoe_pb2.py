@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!swiftmoe/_proto/v1/swiftmoe.proto\x12\x0bswiftmoe.v1\"\x8a\x01\n\x08Topology\x12\x12\n\nworld_size\x18\x01 \x01(\r\x12\x16\n\x0eranks_per_node\x18\x02 \x01(\r\x12\x16\n\x0eslots_per_rank\x18\x03 \x01(\r\x12\x1c\n\x14intra_node_bandwidth\x18\x04 \x01(\x01\x12\x1c\n\x14inter_node_bandwidth\x18\x05 \x01(\x01\"F\n\nOptionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rdefault_value\x18\x03 \x01(\t\"\x8a\x01\n\x0cStrategyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12(\n\x07options\x18\x04 \x03(\x0b\x32\x17.swiftmoe.v1.OptionSpec\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\":\n\nShardRange\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"f\n\x10LayerShardLayout\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x1a\n\x12\x65xpert_param_numel\x18\x02 \x01(\x04\x12\'\n\x06ranges\x18\x03 \x03(\x0b\x32\x17.swiftmoe.v1.ShardRange\"V\n\tLayerPlan\x12\r\n\x05slots\x18\x01 \x03(\x07\x12\x10\n\x08replicas\x18\x02 \x03(\x07\x12\x11\n\trank_load\x18\x03 \x03(\x01\x12\x15\n\rmax_over_mean\x18\x04 \x01(\x01\"z\n\x0cRemapSummary\x12\x12\n\nsend_bytes\x18\x01 \x03(\x04\x12\x12\n\nrecv_bytes\x18\x02 \x03(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x15\n\rchanged_slots\x18\x04 \x01(\x04\x12\x16\n\x0emigrated_bytes\x18\x05 \x01(\x04\"\x87\x02\n\x04Plan\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x04\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x16\n\x0eslots_per_rank\x18\x05 \x01(\r\x12&\n\x06layers\x18\x06 \x03(\x0b\x32\x16.swiftmoe.v1.LayerPlan\x12\x15\n\rmax_over_mean\x18\x07 \x01(\x01\x12(\n\x05remap\x18\x08 \x01(\x0b\x32\x19.swiftmoe.v1.RemapSummary\x12\'\n\x06source\x18\t \x01(\x0e\x32\x17.swiftmoe.v1.PlanSource\x12\x0c\n\x04note\x18\n \x01(\t\"\x8a\x03\n\x12RegisterJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x08topology\x18\x02 \x01(\x0b\x32\x15.swiftmoe.v1.Topology\x12\x19\n\x11\x65xperts_per_layer\x18\x03 \x03(\r\x12\x1a\n\x12\x65xpert_param_numel\x18\x04 \x03(\x04\x12\x17\n\x0f\x62ytes_per_param\x18\x05 \x01(\r\x12!\n\x19optimizer_bytes_per_param\x18\x06 \x01(\r\x12\x10\n\x08strategy\x18\x07 \x01(\t\x12N\n\x10strategy_options\x18\x08 \x03(\x0b\x32\x34.swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry\x12.\n\rcurrent_slots\x18\t \x03(\x0b\x32\x17.swiftmoe.v1.LayerSlots\x1a\x36\n\x14StrategyOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\nLayerSlots\x12\r\n\x05slots\x18\x01 \x03(\x07\"\xb0\x01\n\x13RegisterJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x0cshard_layout\x18\x02 \x03(\x0b\x32\x1d.swiftmoe.v1.LayerShardLayout\x12\'\n\x0cinitial_plan\x18\x03 \x01(\x0b\x32\x11.swiftmoe.v1.Plan\x12+\n\x08strategy\x18\x04 \x01(\x0b\x32\x19.swiftmoe.v1.StrategyInfo\"\x1c\n\nLayerLoads\x12\x0e\n\x06tokens\x18\x01 \x03(\x04\"`\n\x12ReportLoadsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x04\x12\'\n\x06layers\x18\x03 \x03(\x0b\x32\x17.swiftmoe.v1.LayerLoads\"6\n\x13ReportLoadsResponse\x12\x1f\n\x04plan\x18\x01 \x01(\x0b\x32\x11.swiftmoe.v1.Plan\" \n\x0eGetPlanRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x17\n\x15ListStrategiesRequest\"G\n\x16ListStrategiesResponse\x12-\n\nstrategies\x18\x01 \x03(\x0b\x32\x19.swiftmoe.v1.StrategyInfo\"\x11\n\x0f\x44\x65scribeRequest\"z\n\x12StrategyLayerInput\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x13\n\x0bnum_experts\x18\x02 \x01(\r\x12\x16\n\x0epredicted_load\x18\x03 \x03(\x01\x12\x11\n\tlast_load\x18\x04 \x03(\x04\x12\x15\n\rcurrent_slots\x18\x05 \x03(\x07\"\xaf\x02\n\x13StrategyPlanRequest\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.swiftmoe.v1.Topology\x12\x11\n\titeration\x18\x02 \x01(\x04\x12/\n\x06layers\x18\x03 \x03(\x0b\x32\x1f.swiftmoe.v1.StrategyLayerInput\x12>\n\x07options\x18\x04 \x03(\x0b\x32-.swiftmoe.v1.StrategyPlanRequest.OptionsEntry\x12\x1b\n\x13\x65xpert_weight_bytes\x18\x05 \x03(\x04\x12\x1e\n\x16\x65xpert_optimizer_bytes\x18\x06 \x03(\x04\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x13StrategyLayerOutput\x12\r\n\x05slots\x18\x01 \x03(\x07\"n\n\x14StrategyPlanResponse\x12\x30\n\x06layers\x18\x01 \x03(\x0b\x32 .swiftmoe.v1.StrategyLayerOutput\x12\x16\n\x0emigrated_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04note\x18\x03 \x01(\t*\x80\x01\n\nPlanSource\x12\x1b\n\x17PLAN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14PLAN_SOURCE_STRATEGY\x10\x01\x12\x1a\n\x16PLAN_SOURCE_LAST_VALID\x10\x02\x12\x1f\n\x1bPLAN_SOURCE_STATIC_FALLBACK\x10\x03\x32\xc3\x02\n\x07Planner\x12P\n\x0bRegisterJob\x12\x1f.swiftmoe.v1.RegisterJobRequest\x1a .swiftmoe.v1.RegisterJobResponse\x12P\n\x0bReportLoads\x12\x1f.swiftmoe.v1.ReportLoadsRequest\x1a .swiftmoe.v1.ReportLoadsResponse\x12\x39\n\x07GetPlan\x12\x1b.swiftmoe.v1.GetPlanRequest\x1a\x11.swiftmoe.v1.Plan\x12Y\n\x0eListStrategies\x12\".swiftmoe.v1.ListStrategiesRequest\x1a#.swiftmoe.v1.ListStrategiesResponse2\x9c\x01\n\x08Strategy\x12\x43\n\x08\x44\x65scribe\x12\x1c.swiftmoe.v1.DescribeRequest\x1a\x19.swiftmoe.v1.StrategyInfo\x12K\n\x04Plan\x12 .swiftmoe.v1.StrategyPlanRequest\x1a!.swiftmoe.v1.StrategyPlanResponseB@Z>github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1;swiftmoev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!swiftmoe/_proto/v1/swiftmoe.proto\x12\x0bswiftmoe.v1\"\x8a\x01\n\x08Topology\x12\x12\n\nworld_size\x18\x01 \x01(\r\x12\x16\n\x0eranks_per_node\x18\x02 \x01(\r\x12\x16\n\x0eslots_per_rank\x18\x03 \x01(\r\x12\x1c\n\x14intra_node_bandwidth\x18\x04 \x01(\x01\x12\x1c\n\x14inter_node_bandwidth\x18\x05 \x01(\x01\"F\n\nOptionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rdefault_value\x18\x03 \x01(\t\"\x8a\x01\n\x0cStrategyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12(\n\x07options\x18\x04 \x03(\x0b\x32\x17.swiftmoe.v1.OptionSpec\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\":\n\nShardRange\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"f\n\x10LayerShardLayout\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x1a\n\x12\x65xpert_param_numel\x18\x02 \x01(\x04\x12\'\n\x06ranges\x18\x03 \x03(\x0b\x32\x17.swiftmoe.v1.ShardRange\"V\n\tLayerPlan\x12\r\n\x05slots\x18\x01 \x03(\x07\x12\x10\n\x08replicas\x18\x02 \x03(\x07\x12\x11\n\trank_load\x18\x03 \x03(\x01\x12\x15\n\rmax_over_mean\x18\x04 \x01(\x01\"z\n\x0cRemapSummary\x12\x12\n\nsend_bytes\x18\x01 \x03(\x04\x12\x12\n\nrecv_bytes\x18\x02 \x03(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x15\n\rchanged_slots\x18\x04 \x01(\x04\x12\x16\n\x0emigrated_bytes\x18\x05 \x01(\x04\"\x87\x02\n\x04Plan\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x04\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x16\n\x0eslots_per_rank\x18\x05 \x01(\r\x12&\n\x06layers\x18\x06 \x03(\x0b\x32\x16.swiftmoe.v1.LayerPlan\x12\x15\n\rmax_over_mean\x18\x07 \x01(\x01\x12(\n\x05remap\x18\x08 \x01(\x0b\x32\x19.swiftmoe.v1.RemapSummary\x12\'\n\x06source\x18\t \x01(\x0e\x32\x17.swiftmoe.v1.PlanSource\x12\x0c\n\x04note\x18\n \x01(\t\"\x8a\x03\n\x12RegisterJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x08topology\x18\x02 \x01(\x0b\x32\x15.swiftmoe.v1.Topology\x12\x19\n\x11\x65xperts_per_layer\x18\x03 \x03(\r\x12\x1a\n\x12\x65xpert_param_numel\x18\x04 \x03(\x04\x12\x17\n\x0f\x62ytes_per_param\x18\x05 \x01(\r\x12!\n\x19optimizer_bytes_per_param\x18\x06 \x01(\r\x12\x10\n\x08strategy\x18\x07 \x01(\t\x12N\n\x10strategy_options\x18\x08 \x03(\x0b\x32\x34.swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry\x12.\n\rcurrent_slots\x18\t \x03(\x0b\x32\x17.swiftmoe.v1.LayerSlots\x1a\x36\n\x14StrategyOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\nLayerSlots\x12\r\n\x05slots\x18\x01 \x03(\x07\"\xeb\x01\n\x13RegisterJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x0cshard_layout\x18\x02 \x03(\x0b\x32\x1d.swiftmoe.v1.LayerShardLayout\x12\'\n\x0cinitial_plan\x18\x03 \x01(\x0b\x32\x11.swiftmoe.v1.Plan\x12+\n\x08strategy\x18\x04 \x01(\x0b\x32\x19.swiftmoe.v1.StrategyInfo\x12\'\n\x08topology\x18\x05 \x01(\x0b\x32\x15.swiftmoe.v1.Topology\x12\x10\n\x08\x64\x65\x66\x61ults\x18\x06 \x03(\t\"\x1c\n\nLayerLoads\x12\x0e\n\x06tokens\x18\x01 \x03(\x04\"`\n\x12ReportLoadsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x04\x12\'\n\x06layers\x18\x03 \x03(\x0b\x32\x17.swiftmoe.v1.LayerLoads\"6\n\x13ReportLoadsResponse\x12\x1f\n\x04plan\x18\x01 \x01(\x0b\x32\x11.swiftmoe.v1.Plan\" \n\x0eGetPlanRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x17\n\x15ListStrategiesRequest\"G\n\x16ListStrategiesResponse\x12-\n\nstrategies\x18\x01 \x03(\x0b\x32\x19.swiftmoe.v1.StrategyInfo\"\x11\n\x0f\x44\x65scribeRequest\"z\n\x12StrategyLayerInput\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x13\n\x0bnum_experts\x18\x02 \x01(\r\x12\x16\n\x0epredicted_load\x18\x03 \x03(\x01\x12\x11\n\tlast_load\x18\x04 \x03(\x04\x12\x15\n\rcurrent_slots\x18\x05 \x03(\x07\"\xaf\x02\n\x13StrategyPlanRequest\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.swiftmoe.v1.Topology\x12\x11\n\titeration\x18\x02 \x01(\x04\x12/\n\x06layers\x18\x03 \x03(\x0b\x32\x1f.swiftmoe.v1.StrategyLayerInput\x12>\n\x07options\x18\x04 \x03(\x0b\x32-.swiftmoe.v1.StrategyPlanRequest.OptionsEntry\x12\x1b\n\x13\x65xpert_weight_bytes\x18\x05 \x03(\x04\x12\x1e\n\x16\x65xpert_optimizer_bytes\x18\x06 \x03(\x04\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x13StrategyLayerOutput\x12\r\n\x05slots\x18\x01 \x03(\x07\"n\n\x14StrategyPlanResponse\x12\x30\n\x06layers\x18\x01 \x03(\x0b\x32 .swiftmoe.v1.StrategyLayerOutput\x12\x16\n\x0emigrated_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04note\x18\x03 \x01(\t*\x80\x01\n\nPlanSource\x12\x1b\n\x17PLAN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14PLAN_SOURCE_STRATEGY\x10\x01\x12\x1a\n\x16PLAN_SOURCE_LAST_VALID\x10\x02\x12\x1f\n\x1bPLAN_SOURCE_STATIC_FALLBACK\x10\x03\x32\xc3\x02\n\x07Planner\x12P\n\x0bRegisterJob\x12\x1f.swiftmoe.v1.RegisterJobRequest\x1a .swiftmoe.v1.RegisterJobResponse\x12P\n\x0bReportLoads\x12\x1f.swiftmoe.v1.ReportLoadsRequest\x1a .swiftmoe.v1.ReportLoadsResponse\x12\x39\n\x07GetPlan\x12\x1b.swiftmoe.v1.GetPlanRequest\x1a\x11.swiftmoe.v1.Plan\x12Y\n\x0eListStrategies\x12\".swiftmoe.v1.ListStrategiesRequest\x1a#.swiftmoe.v1.ListStrategiesResponse2\x9c\x01\n\x08Strategy\x12\x43\n\x08\x44\x65scribe\x12\x1c.swiftmoe.v1.DescribeRequest\x1a\x19.swiftmoe.v1.StrategyInfo\x12K\n\x04Plan\x12 .swiftmoe.v1.StrategyPlanRequest\x1a!.swiftmoe.v1.StrategyPlanResponseB@Z>github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1;swiftmoev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERJOBREQUEST_STRATEGYOPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_STRATEGYPLANREQUEST_OPTIONSENTRY']._loaded_options = None
   _globals['_STRATEGYPLANREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_PLANSOURCE']._serialized_start=2567
-  _globals['_PLANSOURCE']._serialized_end=2695
+  _globals['_PLANSOURCE']._serialized_start=2626
+  _globals['_PLANSOURCE']._serialized_end=2754
   _globals['_TOPOLOGY']._serialized_start=51
   _globals['_TOPOLOGY']._serialized_end=189
   _globals['_OPTIONSPEC']._serialized_start=191
@@ -61,33 +61,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LAYERSLOTS']._serialized_start=1443
   _globals['_LAYERSLOTS']._serialized_end=1470
   _globals['_REGISTERJOBRESPONSE']._serialized_start=1473
-  _globals['_REGISTERJOBRESPONSE']._serialized_end=1649
-  _globals['_LAYERLOADS']._serialized_start=1651
-  _globals['_LAYERLOADS']._serialized_end=1679
-  _globals['_REPORTLOADSREQUEST']._serialized_start=1681
-  _globals['_REPORTLOADSREQUEST']._serialized_end=1777
-  _globals['_REPORTLOADSRESPONSE']._serialized_start=1779
-  _globals['_REPORTLOADSRESPONSE']._serialized_end=1833
-  _globals['_GETPLANREQUEST']._serialized_start=1835
-  _globals['_GETPLANREQUEST']._serialized_end=1867
-  _globals['_LISTSTRATEGIESREQUEST']._serialized_start=1869
-  _globals['_LISTSTRATEGIESREQUEST']._serialized_end=1892
-  _globals['_LISTSTRATEGIESRESPONSE']._serialized_start=1894
-  _globals['_LISTSTRATEGIESRESPONSE']._serialized_end=1965
-  _globals['_DESCRIBEREQUEST']._serialized_start=1967
-  _globals['_DESCRIBEREQUEST']._serialized_end=1984
-  _globals['_STRATEGYLAYERINPUT']._serialized_start=1986
-  _globals['_STRATEGYLAYERINPUT']._serialized_end=2108
-  _globals['_STRATEGYPLANREQUEST']._serialized_start=2111
-  _globals['_STRATEGYPLANREQUEST']._serialized_end=2414
-  _globals['_STRATEGYPLANREQUEST_OPTIONSENTRY']._serialized_start=2368
-  _globals['_STRATEGYPLANREQUEST_OPTIONSENTRY']._serialized_end=2414
-  _globals['_STRATEGYLAYEROUTPUT']._serialized_start=2416
-  _globals['_STRATEGYLAYEROUTPUT']._serialized_end=2452
-  _globals['_STRATEGYPLANRESPONSE']._serialized_start=2454
-  _globals['_STRATEGYPLANRESPONSE']._serialized_end=2564
-  _globals['_PLANNER']._serialized_start=2698
-  _globals['_PLANNER']._serialized_end=3021
-  _globals['_STRATEGY']._serialized_start=3024
-  _globals['_STRATEGY']._serialized_end=3180
+  _globals['_REGISTERJOBRESPONSE']._serialized_end=1708
+  _globals['_LAYERLOADS']._serialized_start=1710
+  _globals['_LAYERLOADS']._serialized_end=1738
+  _globals['_REPORTLOADSREQUEST']._serialized_start=1740
+  _globals['_REPORTLOADSREQUEST']._serialized_end=1836
+  _globals['_REPORTLOADSRESPONSE']._serialized_start=1838
+  _globals['_REPORTLOADSRESPONSE']._serialized_end=1892
+  _globals['_GETPLANREQUEST']._serialized_start=1894
+  _globals['_GETPLANREQUEST']._serialized_end=1926
+  _globals['_LISTSTRATEGIESREQUEST']._serialized_start=1928
+  _globals['_LISTSTRATEGIESREQUEST']._serialized_end=1951
+  _globals['_LISTSTRATEGIESRESPONSE']._serialized_start=1953
+  _globals['_LISTSTRATEGIESRESPONSE']._serialized_end=2024
+  _globals['_DESCRIBEREQUEST']._serialized_start=2026
+  _globals['_DESCRIBEREQUEST']._serialized_end=2043
+  _globals['_STRATEGYLAYERINPUT']._serialized_start=2045
+  _globals['_STRATEGYLAYERINPUT']._serialized_end=2167
+  _globals['_STRATEGYPLANREQUEST']._serialized_start=2170
+  _globals['_STRATEGYPLANREQUEST']._serialized_end=2473
+  _globals['_STRATEGYPLANREQUEST_OPTIONSENTRY']._serialized_start=2427
+  _globals['_STRATEGYPLANREQUEST_OPTIONSENTRY']._serialized_end=2473
+  _globals['_STRATEGYLAYEROUTPUT']._serialized_start=2475
+  _globals['_STRATEGYLAYEROUTPUT']._serialized_end=2511
+  _globals['_STRATEGYPLANRESPONSE']._serialized_start=2513
+  _globals['_STRATEGYPLANRESPONSE']._serialized_end=2623
+  _globals['_PLANNER']._serialized_start=2757
+  _globals['_PLANNER']._serialized_end=3080
+  _globals['_STRATEGY']._serialized_start=3083
+  _globals['_STRATEGY']._serialized_end=3239
 # @@protoc_insertion_point(module_scope)

@@ -164,16 +164,20 @@ class LayerSlots(_message.Message):
     def __init__(self, slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterJobResponse(_message.Message):
-    __slots__ = ("job_id", "shard_layout", "initial_plan", "strategy")
+    __slots__ = ("job_id", "shard_layout", "initial_plan", "strategy", "topology", "defaults")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     INITIAL_PLAN_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     shard_layout: _containers.RepeatedCompositeFieldContainer[LayerShardLayout]
     initial_plan: Plan
     strategy: StrategyInfo
-    def __init__(self, job_id: _Optional[str] = ..., shard_layout: _Optional[_Iterable[_Union[LayerShardLayout, _Mapping]]] = ..., initial_plan: _Optional[_Union[Plan, _Mapping]] = ..., strategy: _Optional[_Union[StrategyInfo, _Mapping]] = ...) -> None: ...
+    topology: Topology
+    defaults: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., shard_layout: _Optional[_Iterable[_Union[LayerShardLayout, _Mapping]]] = ..., initial_plan: _Optional[_Union[Plan, _Mapping]] = ..., strategy: _Optional[_Union[StrategyInfo, _Mapping]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., defaults: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LayerLoads(_message.Message):
     __slots__ = ("tokens",)
