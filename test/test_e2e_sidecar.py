@@ -142,11 +142,14 @@ def _train(rank: int, world_size: int, scenario: str, tmpdir: str, case: str, ad
         strategy="swiftmoe",
         sidecar_address=address,
         plan_deadline_s=deadline,
+        slots_per_rank="auto" if scenario == "auto" else S,
     )
     svc = handle.plan_source  # PlanService on rank 0, None elsewhere
     out: dict = {"rank": rank, "placements": [], "events": [], "step_s": [], "plugins": []}
+    out["S"] = handle.config.slots_per_rank
     if rank == 0:
         assert svc is not None, "rank 0 has no plan service with strategy='swiftmoe'"
+        out["registration"] = svc.registration
         out["address0"] = svc.client.address
         out["pid0"] = svc.sidecar.pid if svc.sidecar is not None else None
         out["pid0_start"] = None if out["pid0"] is None else _proc_start(out["pid0"])
@@ -308,6 +311,27 @@ def test_no_orphans_after_close_and_after_exit(clean_run) -> None:
     assert not _same_alive({"pid": r0["pid0"], "start": r0["pid0_start"]}), "sidecar survived"
     sock = _socket_path(r0["address0"])
     assert not sock.exists() and not sock.parent.exists(), f"{sock} or its directory remains"
+
+
+@needs_sidecar
+def test_auto_slots_chosen_by_the_sidecar_train_to_the_reference() -> None:
+    """slots_per_rank="auto": rank 0's sidecar chooses the slots from its hardware discovery
+    (no GPU here: its default of 4, within [ceil(E/N), E]); every rank adopts them, the plans
+    fit them, and training still equals dropless single-process training."""
+    res, _ = _run("auto")
+    r0 = res[0]
+    reg = r0["registration"]
+    chosen = reg.topology["slots_per_rank"]
+    E = len(set(r0["placements"][0][0]))
+    assert -(-E // N) <= chosen <= E, (chosen, E)
+    assert [r["S"] for r in res] == [chosen] * N, "ranks disagree on the chosen slots"
+    assert any(line.startswith(f"slots_per_rank = {chosen}: ") for line in reg.defaults), reg
+    for placement in r0["placements"]:
+        assert all(len(slots_K) == N * chosen for slots_K in placement), placement
+    assert r0["events"] == ["accepted"] * STEPS, r0["events"]
+    assert any("chose" in line and "slots per rank" in line for line in r0["logs"]), r0["logs"]
+    _assert_matches_reference(res, "auto")
+    _assert_closed_clean(r0, "auto")
 
 
 @needs_sidecar

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from swiftmoe import plan as planlib
 from swiftmoe import runtime as rt
 from swiftmoe import split as splitlib
 from swiftmoe.adapters.base import MoEAdapter, find_adapter
-from swiftmoe.config import SwiftMoEConfig
+from swiftmoe.config import AUTO_SLOTS, SwiftMoEConfig
 from swiftmoe.dist import Comm
 from swiftmoe.optim import ShardedExpertOptimizer
 from swiftmoe.plan_source import as_plan
@@ -195,7 +195,7 @@ class SwiftMoEHandle:
         self._submitted = False
         self._pending_plan: list[list[int]] | None = None
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        N, S = comm.world_size, config.slots_per_rank
+        N = comm.world_size
         self.ranks_per_node = config.ranks_per_node or _local_world_size(N)
         fqns = [f for f, _, _ in blocks]
         for fqn, block, _ in blocks:
@@ -205,13 +205,17 @@ class SwiftMoEHandle:
                     "apply it once per model (build a fresh model to change the mode)"
                 )
         E_L = [a.num_experts(b) for _, b, a in blocks]
-        slots_L = _initial_slots(config, E_L, fqns, N)
+        auto = config.slots_per_rank == AUTO_SLOTS
+        # With "auto" the sidecar chooses the slots at registration, from the static start.
+        slots_L = None if auto else _initial_slots(config, E_L, fqns, N)
         self._owns_source = config.strategy is not None
-        self.plan_source = (
-            self._start_plan_source(blocks, E_L, slots_L)
-            if self._owns_source
-            else config.plan_source
-        )
+        self.plan_source = config.plan_source
+        if self._owns_source:
+            self.plan_source, chosen = self._start_plan_source(blocks, E_L, slots_L)
+            if auto:
+                self.config = config = replace(config, slots_per_rank=chosen)
+                slots_L = _initial_slots(config, E_L, fqns, N)
+        S = config.slots_per_rank
         if config.mode == "observe":
             self._init_observe(blocks, E_L, slots_L)
             return
@@ -285,11 +289,14 @@ class SwiftMoEHandle:
             layer.slots = list(slots)
             self.layers.append(layer)
 
-    def _start_plan_source(self, blocks, E_L: list[int], slots_L: list[list[int]]):
+    def _start_plan_source(self, blocks, E_L: list[int], slots_L: list[list[int]] | None):
         """Rank 0 starts (or attaches to) the sidecar and registers the job; all ranks agree
-        on the outcome, so a failure raises everywhere instead of hanging the other ranks."""
+        on the outcome, so a failure raises everywhere instead of hanging the other ranks.
+
+        Returns the plan service (rank 0; None elsewhere) and the slots per rank in force, which
+        the sidecar chooses when slots_L is None (slots_per_rank="auto")."""
         cfg, comm = self.config, self.comm
-        svc, err = None, ""
+        svc, err, chosen = None, "", 0
         if comm.rank == 0:
             try:
                 from swiftmoe.sidecar import JobSpec, PlanService
@@ -300,7 +307,7 @@ class SwiftMoEHandle:
                     elem = adapter.get_expert_params(block)[0][0].element_size()
                 spec = JobSpec(
                     world_size=comm.world_size,
-                    slots_per_rank=cfg.slots_per_rank,
+                    slots_per_rank=0 if slots_L is None else cfg.slots_per_rank,
                     experts_per_layer=list(E_L),
                     expert_param_numel=numel,
                     strategy=cfg.strategy,
@@ -312,15 +319,22 @@ class SwiftMoEHandle:
                     current_slots=slots_L,
                 )
                 svc = PlanService(spec, address=cfg.sidecar_address, plugins_dir=cfg.plugins_dir)
-                svc.start()
+                reg = svc.start()
+                chosen = svc.spec.slots_per_rank
+                if slots_L is None:
+                    log.info(
+                        "swiftmoe: the sidecar chose %d slots per rank: %s",
+                        chosen,
+                        "; ".join(reg.defaults),
+                    )
             except Exception as e:
                 err = f"{type(e).__name__}: {e}"
                 if svc is not None:
                     svc.close()
                 svc = None
-        ok = torch.tensor([0 if err else 1], dtype=torch.long, device=self._device)
+        ok = torch.tensor([0 if err else 1, chosen], dtype=torch.long, device=self._device)
         comm.broadcast_(ok)
-        if int(ok.item()) != 1:
+        if int(ok[0].item()) != 1:
             raise RuntimeError(
                 f"strategy: could not start the {cfg.strategy!r} planner through the sidecar: "
                 f"{err or 'rank 0 failed, see its log'}; check `swiftmoe doctor`, or set "
@@ -328,7 +342,7 @@ class SwiftMoEHandle:
             )
         if svc is not None:
             log.info("swiftmoe: strategy %r planning through the sidecar", cfg.strategy)
-        return svc
+        return svc, int(ok[1].item())
 
     def close(self) -> None:
         """Stop the sidecar-backed planner this handle started (idempotent)."""

@@ -56,10 +56,16 @@ def _check(state: dict[str, Any], handle: Any) -> None:
     }
     for key, v in want.items():
         if state.get(key) != v:
+            hint = (
+                f"; set slots_per_rank={state.get(key)!r} (with 'auto' the sidecar chooses from "
+                "the free GPU memory of the moment)"
+                if key == "slots_per_rank"
+                else ""
+            )
             raise ValueError(
                 f"load_state_dict: checkpoint {key}={state.get(key)!r}, this run has {v}; "
                 "restore at the same world size and slots_per_rank, each rank its own file "
-                "(or load a consolidated export with handle.load_expert_weights)"
+                f"(or load a consolidated export with handle.load_expert_weights){hint}"
             )
     layers = state.get("layers")
     if not isinstance(layers, list) or len(layers) != len(handle.layers):

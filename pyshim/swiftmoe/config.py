@@ -12,9 +12,11 @@ import torch.distributed as dist
 
 from swiftmoe.plan_source import PlanSource
 
-__all__ = ["SwiftMoEConfig", "resolve_optimizer", "MODES", "SPLIT_METHODS"]
+__all__ = ["SwiftMoEConfig", "resolve_optimizer", "MODES", "SPLIT_METHODS", "AUTO_SLOTS"]
 
 MODES = ("observe", "replicate")
+# slots_per_rank="auto": the sidecar picks the slots from its machine's free GPU memory.
+AUTO_SLOTS = "auto"
 SPLIT_METHODS = ("auto", "exact", "fast", "even")
 # Optimizers whose update of one element depends on other elements: a sharded step would differ.
 _NOT_ELEMENTWISE = {"LBFGS", "SparseAdam", "Muon"}
@@ -58,7 +60,11 @@ class SwiftMoEConfig:
 
     Attributes:
         slots_per_rank: expert slots per rank per MoE layer (S). slots_per_rank * world_size
-            must be at least the experts of every layer.
+            must be at least the experts of every layer. "auto" (needs ``strategy``) lets the
+            sidecar choose from the free GPU memory of its machine when the job registers: as
+            many slots as fit in a share of it (``swiftmoe-sidecar serve
+            --slot-memory-fraction``, 0.2 by default), at least enough for every expert;
+            ``handle.config.slots_per_rank`` then holds the number chosen.
         mode: "replicate" (full SwiftMoE) or "observe" (the model's math is untouched; loads
             are recorded and the plans the source would make are logged).
         optimizer: the expert optimizer, a ``torch.optim`` name or class (elementwise ones).
@@ -90,7 +96,7 @@ class SwiftMoEConfig:
             bundled ones; the SWIFTMOE_PLUGINS_DIR environment variable also sets it).
     """
 
-    slots_per_rank: int
+    slots_per_rank: int | str
     mode: str = "replicate"
     optimizer: Any = "AdamW"
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -134,8 +140,19 @@ class SwiftMoEConfig:
             if v is not None and (not isinstance(v, (str, os.PathLike)) or not str(v)):
                 raise ValueError(f"{name}: must be None or a non-empty string, got {v!r}")
         S = self.slots_per_rank
-        if isinstance(S, bool) or not isinstance(S, int) or S < 1:
-            raise ValueError(f"slots_per_rank: must be an integer >= 1, got {S!r}")
+        if S == AUTO_SLOTS:
+            if st is None:
+                raise ValueError(
+                    "slots_per_rank: 'auto' asks the sidecar to choose from free GPU memory; "
+                    "set strategy (e.g. 'swiftmoe') or give slots_per_rank as an integer"
+                )
+            if self.initial_slots is not None:
+                raise ValueError(
+                    "slots_per_rank: 'auto' cannot be combined with initial_slots, whose length "
+                    "fixes the slots; give slots_per_rank as an integer"
+                )
+        elif isinstance(S, bool) or not isinstance(S, int) or S < 1:
+            raise ValueError(f"slots_per_rank: must be an integer >= 1 or 'auto', got {S!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
         cls = resolve_optimizer(self.optimizer)

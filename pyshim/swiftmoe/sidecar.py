@@ -149,7 +149,11 @@ def find_plugins_dir(
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A job's shape as the sidecar's RegisterJob takes it (see swiftmoe.proto)."""
+    """A job's shape as the sidecar's RegisterJob takes it (see swiftmoe.proto).
+
+    slots_per_rank 0 asks the sidecar to choose from its machine's free GPU memory, and link
+    bandwidths 0 take the discovered ones; ``Registration.topology`` holds what is in force.
+    """
 
     world_size: int
     slots_per_rank: int
@@ -165,11 +169,15 @@ class JobSpec:
     current_slots: Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("world_size", "slots_per_rank"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"JobSpec.{name} is {v!r}: pass an integer >= 1")
-        for name in ("ranks_per_node", "bytes_per_param", "optimizer_bytes_per_param"):
+        w = self.world_size
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"JobSpec.world_size is {w!r}: pass an integer >= 1")
+        for name in (
+            "slots_per_rank",
+            "ranks_per_node",
+            "bytes_per_param",
+            "optimizer_bytes_per_param",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"JobSpec.{name} is {v!r}: pass an integer >= 0")
@@ -202,6 +210,11 @@ class JobSpec:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
                 raise ValueError(f"JobSpec.{name} is {v!r}: pass bytes/s >= 0 (0 = unknown)")
         cur = self.current_slots
+        if self.slots_per_rank == 0 and cur is not None:
+            raise ValueError(
+                "JobSpec.current_slots: a placement fixes the slots per rank; pass slots_per_rank "
+                "(0 lets the sidecar choose only for the static start)"
+            )
         if cur is not None:
             total = self.world_size * self.slots_per_rank
             rows = [list(r) for r in cur]
@@ -271,13 +284,17 @@ class SidecarPlan:
 
 @dataclass(frozen=True)
 class Registration:
-    """RegisterJob's answer: the job id, per-layer shard ranges ``(rank, offset, length)`` and the
-    initial plan."""
+    """RegisterJob's answer: the job id, per-layer shard ranges ``(rank, offset, length)``, the
+    initial plan, the topology in force (``world_size``, ``ranks_per_node``, ``slots_per_rank``,
+    ``intra_node_bandwidth``, ``inter_node_bandwidth``: the request's, with the values it left 0
+    filled from the sidecar's hardware discovery) and one line per filled value with its source."""
 
     job_id: str
     shard_layout: list[list[tuple[int, int, int]]]
     initial_plan: SidecarPlan
     strategy: dict[str, Any]
+    topology: dict[str, Any] = field(default_factory=dict)
+    defaults: list[str] = field(default_factory=list)
 
 
 def _strategy_info(s: pb.StrategyInfo) -> dict[str, Any]:
@@ -382,6 +399,14 @@ class SidecarClient:
             ],
             initial_plan=SidecarPlan.from_proto(r.initial_plan),
             strategy=_strategy_info(r.strategy),
+            topology={
+                "world_size": int(r.topology.world_size),
+                "ranks_per_node": int(r.topology.ranks_per_node),
+                "slots_per_rank": int(r.topology.slots_per_rank),
+                "intra_node_bandwidth": float(r.topology.intra_node_bandwidth),
+                "inter_node_bandwidth": float(r.topology.inter_node_bandwidth),
+            },
+            defaults=list(r.defaults),
         )
 
     def report_loads(
@@ -707,6 +732,10 @@ def _killpg(pgid: int) -> None:
 
 # ---------------------------------------------------------------------------- plan service
 
+# The deadline of RegisterJob: the sidecar may wait up to 5 s for hardware discovery when the job
+# leaves slots or bandwidths to it.
+_REGISTER_TIMEOUT_S = 10.0
+
 # Codes after which the sidecar is presumed dead or hung: restart it (when owned), re-register.
 _RESTART_CODES = {
     grpc.StatusCode.UNAVAILABLE,
@@ -785,15 +814,36 @@ class PlanService(WorkerPlanSource):
             address = self._address
         self.client = SidecarClient(address, self.rpc_timeout_s)
         try:
-            reg = self.client.register_job(self.spec, self.job_id)
+            reg = self.client.register_job(
+                self.spec, self.job_id, max(self.rpc_timeout_s, _REGISTER_TIMEOUT_S)
+            )
         except SidecarError:
             self.close()
             raise
+        topo = reg.topology
+        if not topo.get("slots_per_rank"):
+            if self.spec.slots_per_rank == 0:
+                self.close()
+                raise SidecarError(
+                    f"the sidecar at {address} registered job {reg.job_id} without choosing "
+                    "slots_per_rank: it predates automatic slots; update it, or set slots_per_rank"
+                )
+        else:
+            # Re-registrations keep what was chosen now (the engine's buffers are sized by the
+            # slots) and need no discovery.
+            self.spec = replace(
+                self.spec,
+                slots_per_rank=topo["slots_per_rank"],
+                intra_node_bandwidth=topo["intra_node_bandwidth"],
+                inter_node_bandwidth=topo["inter_node_bandwidth"],
+            )
         self.registration, self.job_id, self._healthy = reg, reg.job_id, True
         self.latest = reg.initial_plan
         log.info(
             "registered job %s with strategy %s at %s", reg.job_id, self.spec.strategy, address
         )
+        for line in reg.defaults:
+            log.info("job %s: %s (from the sidecar's hardware discovery)", reg.job_id, line)
         self._start_worker("swiftmoe-plan-service")
         return reg
 

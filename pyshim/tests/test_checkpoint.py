@@ -97,7 +97,7 @@ def test_load_state_dict_rejects_mismatched_checkpoints() -> None:
         handle.load_state_dict({"format": "other"})
     with pytest.raises(ValueError, match="world_size=2"):
         handle.load_state_dict(state | {"world_size": 2})
-    with pytest.raises(ValueError, match="slots_per_rank"):
+    with pytest.raises(ValueError, match="slots_per_rank=9.*set slots_per_rank=9"):
         handle.load_state_dict(state | {"slots_per_rank": 9})
     with pytest.raises(ValueError, match="MoE layers"):
         handle.load_state_dict(state | {"layers": state["layers"][:1]})

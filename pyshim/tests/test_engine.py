@@ -275,7 +275,13 @@ def test_engine_cases_on_two_ranks() -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"slots_per_rank": 0}, "slots_per_rank"),
+        ({"slots_per_rank": 0}, "slots_per_rank: must be an integer >= 1 or 'auto'"),
+        ({"slots_per_rank": "many"}, "slots_per_rank: must be an integer >= 1 or 'auto'"),
+        ({"slots_per_rank": "auto"}, "slots_per_rank: 'auto' .* set strategy"),
+        (
+            {"slots_per_rank": "auto", "strategy": "swiftmoe", "initial_slots": [[0, 1]]},
+            "slots_per_rank: 'auto' cannot be combined with initial_slots",
+        ),
         ({"mode": "fast"}, "mode"),
         ({"optimizer": "Adamm"}, "optimizer: unknown optimizer 'Adamm'"),
         ({"optimizer": "LBFGS"}, "not elementwise"),

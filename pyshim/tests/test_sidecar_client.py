@@ -20,6 +20,7 @@ import textwrap
 import threading
 import time
 from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -260,6 +261,8 @@ def test_find_plugins_dir(tmp_path, monkeypatch, fake_binary):
     [
         ({"world_size": 0}, "world_size"),
         ({"slots_per_rank": True}, "slots_per_rank"),
+        ({"slots_per_rank": -1}, "slots_per_rank"),
+        ({"slots_per_rank": 0, "current_slots": [[0, 1, 2, 3]]}, "current_slots"),
         ({"experts_per_layer": []}, "experts_per_layer"),
         ({"experts_per_layer": [4, 0]}, "experts_per_layer"),
         ({"expert_param_numel": [8, 8, 8]}, "expert_param_numel"),
@@ -381,6 +384,19 @@ def test_plan_service_hang_then_recovery(fake_server):
         assert planner.jobs.keys() == {"j3"}
     finally:
         svc.close()
+
+
+def test_plan_service_auto_slots_need_a_sidecar_that_chooses(fake_server):
+    """The fake answers like a sidecar that predates automatic slots (no topology): slots 0 is
+    refused with the fix, while a job with explicit slots keeps them."""
+    address, planner = fake_server
+    svc = sc.PlanService(replace(SPEC, slots_per_rank=0), address=address, rpc_timeout_s=2)
+    with pytest.raises(
+        sc.SidecarError, match="without choosing slots_per_rank.*set slots_per_rank"
+    ):
+        svc.start()
+    with sc.PlanService(SPEC, address=address, rpc_timeout_s=2) as ok:
+        assert ok.spec.slots_per_rank == SPEC.slots_per_rank
 
 
 def test_plan_service_reregisters_lost_job(fake_server):
@@ -603,6 +619,32 @@ def test_real_sidecar_round_trip():
     finally:
         s.close()
     assert wait_gone(pid) and not sock.exists()
+
+
+@real
+def test_real_sidecar_chooses_slots_and_reports_its_defaults():
+    """slots_per_rank 0: the sidecar picks the slots from its hardware discovery and says how;
+    a PlanService keeps what was chosen for re-registration."""
+    spec = sc.JobSpec(
+        world_size=2, slots_per_rank=0, experts_per_layer=[4, 6], expert_param_numel=[16]
+    )
+    with sc.PlanService(spec, binary=REAL_BINARY) as svc:
+        reg = svc.registration
+        chosen = reg.topology["slots_per_rank"]
+        assert 3 <= chosen <= 6, reg.topology  # ceil(6 experts / 2 ranks) .. 6 experts
+        assert reg.topology["world_size"] == 2
+        line = next(d for d in reg.defaults if d.startswith("slots_per_rank = "))
+        assert line.startswith(f"slots_per_rank = {chosen}: "), reg.defaults
+        assert all(len(slots_K) == 2 * chosen for slots_K in reg.initial_plan.slots_LK)
+        assert svc.spec.slots_per_rank == chosen
+        assert svc.spec.intra_node_bandwidth == reg.topology["intra_node_bandwidth"]
+    off = sc.ManagedSidecar(binary=REAL_BINARY, extra_args=("--discover=false",))
+    try:
+        with sc.SidecarClient(off.address, 10) as c:
+            with pytest.raises(sc.SidecarError, match="topology.slots_per_rank.*--discover=false"):
+                c.register_job(spec)
+    finally:
+        off.close()
 
 
 @real

@@ -25,8 +25,13 @@ type Hardware interface {
 // rest is left to activations, the dense model and communication buffers.
 const DefaultSlotMemoryFraction = 0.2
 
-// discoveryWait bounds how long a registration waits for hardware discovery.
-const discoveryWait = 5 * time.Second
+// Registrations wait for hardware discovery at most slotsWait when they need
+// slots from it, and bandwidthWait when they need only bandwidths (which
+// then stay 0 if it is late); the caller's deadline bounds both.
+const (
+	slotsWait     = 5 * time.Second
+	bandwidthWait = time.Second
+)
 
 // SetHardware makes registrations fill slots_per_rank (when 0) and link
 // bandwidths (when 0) from h; memFraction is the share of free GPU memory
@@ -68,7 +73,11 @@ func (s *Service) applyDefaults(ctx context.Context, req *pb.RegisterJobRequest)
 		}
 		return req, nil, nil
 	}
-	dctx, cancel := context.WithTimeout(ctx, discoveryWait)
+	wait := bandwidthWait
+	if needSlots {
+		wait = slotsWait
+	}
+	dctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	rep, stale, err := hw.Report(dctx)
 	if err != nil {
