@@ -27,6 +27,7 @@ Shape legend:
     P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
     H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
     D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
+    C  (source, expert) supplies the local and node tiers take tokens from
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _counts(counts_QE) -> np.ndarray:
             raise ValueError(
                 f"counts_QE must hold integer token counts, got dtype {arr.dtype}; pass int64 counts"
             )
-        arr = arr.astype(np.int64)
+        arr = arr.astype(np.int64, copy=False)  # read only: the split never writes to it
     if arr.ndim != 2:
         raise ValueError(
             f"counts_QE must be 2-D [source ranks, experts], got shape {tuple(arr.shape)}"
@@ -133,6 +134,8 @@ class _Plan:
         self.pair_K = pair_K.reshape(-1)
         self.mult_P = mult_P
         self.e_P = key_P // N
+        # As a sort key: numpy's stable sort of 16-bit integers is a radix sort.
+        self.e_small_P = self.e_P.astype(np.int16 if E <= np.iinfo(np.int16).max else np.int64)
         self.r_P = key_P % N
         self.deg_E = np.bincount(self.e_P, minlength=E)
         self.start_E = np.concatenate(([0], np.cumsum(self.deg_E)[:-1]))
@@ -155,6 +158,9 @@ class _Plan:
         self.held_H = None if held.all() else np.flatnonzero(held)
         self.h_E = np.cumsum(held) - 1  # expert -> row among held experts
         self.h_P = self.h_E[self.e_P]
+        # Pair p's flat index in the counts [N, E] and in their expert-major layout [H, N].
+        self.qe_P = self.r_P * E + self.e_P
+        self.hq_P = self.h_P * N + self.r_P
         self.last_H = (np.cumsum(np.bincount(slots_K, minlength=E)) - 1)[held]
         self.qK_Q = np.arange(N, dtype=np.int64) * self.K
 
@@ -223,7 +229,7 @@ def _lower_bound(plan: _Plan, L_E: np.ndarray) -> int:
 
 
 def _local_P(c_QE: np.ndarray, plan: _Plan) -> np.ndarray:
-    return c_QE[plan.r_P, plan.e_P]
+    return c_QE.reshape(-1)[plan.qe_P]
 
 
 def _round(plan: _Plan, L_E: np.ndarray, x_P: np.ndarray) -> np.ndarray:
@@ -231,7 +237,9 @@ def _round(plan: _Plan, L_E: np.ndarray, x_P: np.ndarray) -> np.ndarray:
     fl_P = np.floor(x_P).astype(np.int64)
     rem_E = L_E - np.bincount(plan.e_P, fl_P, minlength=plan.E).astype(np.int64)
     frac_P = x_P - fl_P
-    order = np.lexsort((np.arange(x_P.size), -frac_P, plan.e_P))
+    # Stable sorts (ties stay in pair order): by remainder, then by expert.
+    order = np.argsort(-frac_P, kind="stable")
+    order = order[np.argsort(plan.e_small_P[order], kind="stable")]
     rank_in_seg = np.empty_like(order)
     rank_in_seg[order] = np.arange(order.size) - plan.start_E[plan.e_P[order]]
     out = fl_P + (rank_in_seg < rem_E[plan.e_P])
@@ -757,18 +765,32 @@ def _route_rank(c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_n
     return send_K, recv_QS.reshape(N, S)
 
 
-def _node_groups(plan: _Plan, rpn: int, source_major: bool):
-    """The node tier's groups under a plan, cached on it: they depend on the plan alone.
+class _NodeGroups(NamedTuple):
+    """The node tier's groups under a plan: (expert, node) pairs holding a slot, in demand order.
 
-    Groups are (expert, node) pairs holding a slot, in demand order. Returns (first_G, gid_D,
-    q0_G, q_GT, g_GT, sfirst_G, last_G, at_GT): each group's first and last demand, each
-    demand's group, each group's node's first rank, its supplies (the node's ranks, flattened
-    group by group) with their group and the first of each group, and each supply's flat index
-    into the tier's supplies (sup_QE or sup_HQ, as source_major says).
+    first_G / last_G: each group's first and last demand; gid_D: each demand's group; q0_G: each
+    group's node's first rank. Supplies are the node's ranks, flattened group by group: q_GT their
+    rank, g_GT their group, sfirst_G the first of each group; qe_GT and hq_GT their flat index in
+    the counts [N, E] and in the expert-major layout [H, N]; pair_GT the plan pair (expert, rank)
+    of each, or P when the rank holds no slot of the expert.
     """
-    key = (rpn, source_major)
+
+    first_G: np.ndarray
+    gid_D: np.ndarray
+    q0_G: np.ndarray
+    q_GT: np.ndarray
+    g_GT: np.ndarray
+    sfirst_G: np.ndarray
+    last_G: np.ndarray
+    qe_GT: np.ndarray
+    hq_GT: np.ndarray
+    pair_GT: np.ndarray
+
+
+def _node_groups(plan: _Plan, rpn: int) -> _NodeGroups:
+    """The node tier's groups under a plan, cached on it: they depend on the plan alone."""
     cache = plan.__dict__.setdefault("node_groups", {})
-    hit = cache.get(key)
+    hit = cache.get(rpn)
     if hit is not None:
         return hit
     N, E = plan.N, plan.E
@@ -777,8 +799,6 @@ def _node_groups(plan: _Plan, rpn: int, source_major: bool):
     first_G = np.flatnonzero(new_D)
     gid_D = np.cumsum(new_D) - 1
     e_G, q0_G = g_D[first_G] // N, g_D[first_G] % N
-    if not source_major:
-        e_G = plan.h_E[e_G]
     q_GT = q0_G[:, None] + np.arange(rpn)
     e_GT = np.broadcast_to(e_G[:, None], q_GT.shape)
     if q0_G.size and int(q_GT[:, -1].max()) >= N:  # a short last node
@@ -790,14 +810,128 @@ def _node_groups(plan: _Plan, rpn: int, source_major: bool):
         g_GT = np.repeat(np.arange(q0_G.size), rpn)
     sfirst_G = np.searchsorted(g_GT, np.arange(first_G.size))
     last_G = np.concatenate((first_G[1:], [plan.d_k.size])) - 1
-    at_GT = q_GT * E + e_GT if source_major else e_GT * N + q_GT
-    out = tuple(
-        np.ascontiguousarray(a) for a in (first_G, gid_D, q0_G, q_GT, g_GT, sfirst_G, last_G, at_GT)
+    key_P = plan.e_P * N + plan.r_P  # increasing: pairs run by expert, then rank
+    key_GT = e_GT * N + q_GT
+    pos_GT = np.minimum(np.searchsorted(key_P, key_GT), key_P.size - 1)
+    pair_GT = np.where(key_P[pos_GT] == key_GT, pos_GT, key_P.size)
+    out = _NodeGroups(
+        *(
+            np.ascontiguousarray(a)
+            for a in (
+                first_G,
+                gid_D,
+                q0_G,
+                q_GT,
+                g_GT,
+                sfirst_G,
+                last_G,
+                q_GT * E + e_GT,
+                plan.h_E[e_GT] * N + q_GT,
+                pair_GT,
+            )
+        )
     )
     for a in out:
         a.setflags(write=False)
-    cache[key] = out
+    cache[rpn] = out
     return out
+
+
+class _Tiers(NamedTuple):
+    """The amounts of the local and node tiers (see _tier_amounts); pieces come from them.
+
+    take_D: tokens the local tier gives each demand (from its own rank); node: (use_GT, use_D),
+    tokens the node tier takes from each of its supplies (_NodeGroups order) and gives each
+    demand, None without a node tier; cut_*: tokens both tiers took from each (source, expert)
+    supply they touched, cut_C, at its source cut_q, at its flat index cut_qe in the counts
+    [N, E] and cut_hq in the expert-major layout [H, N] (distinct positions); da_D: what is left
+    of each demand for the last tier.
+    """
+
+    take_D: np.ndarray
+    node: tuple[np.ndarray, np.ndarray] | None
+    cut_q: np.ndarray
+    cut_qe: np.ndarray
+    cut_hq: np.ndarray
+    cut_C: np.ndarray
+    da_D: np.ndarray
+
+
+def _tier_amounts(
+    c_QE: np.ndarray, plan: _Plan, demand_K: np.ndarray, ranks_per_node: int
+) -> _Tiers:
+    """How many tokens the local tier and the node tier route, per supply and per demand.
+
+    Demands are slots in (expert, slot) order and supplies (expert, source rank). Each tier
+    matches the north-west corner within its groups: (expert, rank) pairs for the local tier,
+    (expert, node) for the node tier, experts for the last. A tier takes the matched prefix of
+    every group, so the matched supplies and demands have equal totals group by group and one
+    end-to-end merge over the whole tier gives its pieces. Only the supplies the small tiers
+    touch are read (a node's ranks of the experts it holds): no [N, E] array is made.
+    """
+    d_pair = plan.d_pair
+    da = demand_K[plan.d_k].astype(np.int64)
+    # Local: the pair (e, r)'s local tokens counts[r, e] fill r's own slots of e in slot order.
+    take = np.clip(_local_P(c_QE, plan)[d_pair] - _within(d_pair, da, plan.d_first_P), 0, da)
+    da -= take
+    took_P = np.add.reduceat(take, plan.d_first_P)
+    rpn = ranks_per_node
+    if not (rpn and 0 < rpn < plan.N):
+        return _Tiers(take, None, plan.r_P, plan.qe_P, plan.hq_P, took_P, da)
+    # Same node: groups (expert, node) that hold a slot; supplies are the node's ranks, less what
+    # the local tier took from them.
+    g = _node_groups(plan, rpn)
+    cut = np.append(took_P, 0)[g.pair_GT]
+    sa_GT = c_QE.reshape(-1)[g.qe_GT] - cut
+    dtot_G = np.add.reduceat(da, g.first_G)
+    m_G = np.minimum(np.add.reduceat(sa_GT, g.sfirst_G), dtot_G)
+    use_GT = np.clip(m_G[g.g_GT] - _within(g.g_GT, sa_GT, g.sfirst_G), 0, sa_GT)
+    use_D = np.clip(m_G[g.gid_D] - _within(g.gid_D, da, g.first_G), 0, da)
+    da -= use_D
+    cut += use_GT
+    return _Tiers(take, (use_GT, use_D), g.q_GT, g.qe_GT, g.hq_GT, cut, da)
+
+
+def _node_pieces(plan: _Plan, rpn: int, node: tuple[np.ndarray, np.ndarray], rank=None):
+    """The node tier's pieces (q, j, amount): source rank q gives demand j that many tokens.
+
+    With rank, only the groups holding that rank's tokens or slots (every piece from or to the
+    rank): whole groups, whose totals agree.
+    """
+    g = _node_groups(plan, rpn)
+    use_GT, use_D = node
+    if rank is None:
+        i, j, amt = _merge(use_GT, use_D, g.last_G[g.g_GT])
+        return g.q_GT[i], j, amt
+    sel_G = g.q0_G == (rank // rpn) * rpn
+    sel_G[g.gid_D[plan.dpos_K[rank * plan.S : (rank + 1) * plan.S]]] = True
+    iS, jD = np.flatnonzero(sel_G[g.g_GT]), np.flatnonzero(sel_G[g.gid_D])
+    last_sel_G = np.zeros(g.first_G.size, dtype=np.int64)
+    last_sel_G[sel_G] = np.cumsum((g.last_G - g.first_G + 1)[sel_G]) - 1
+    i, j, amt = _merge(use_GT[iS], use_D[jD], last_sel_G[g.g_GT[iS]])
+    return g.q_GT[iS[i]], jD[j], amt
+
+
+def _supply_left(c_QE: np.ndarray, plan: _Plan, t: _Tiers, source_major: bool) -> np.ndarray:
+    """What the small tiers left of every supply, a fresh array: the counts' layout sup_QE
+    [N, E] (source_major), else expert-major over the held experts, sup_HQ [H, N]."""
+    if source_major:
+        sup = c_QE.copy()
+        sup.reshape(-1)[t.cut_qe] -= t.cut_C
+        return sup
+    N, E = plan.N, plan.E
+    if plan.held_H is None:
+        sup = _transposed(c_QE.reshape(-1), N, E).reshape(E, N)
+    else:
+        sup = np.ascontiguousarray(c_QE.T[plan.held_H])
+    sup.reshape(-1)[t.cut_hq] -= t.cut_C
+    return sup
+
+
+def _check_routed(supply_left: int, da_D: np.ndarray) -> None:
+    """The last tier's supplies and demands must have the same total."""
+    if supply_left != int(da_D.sum()):
+        raise RuntimeError("token split left tokens unrouted; this is a bug in swiftmoe.split")
 
 
 def _tiers(
@@ -810,11 +944,8 @@ def _tiers(
 ):
     """Routing from per-slot demands: local slots first, then same node, then any, in order.
 
-    Demands are slots in (expert, slot) order and supplies (expert, source rank) in expert-major
-    order. Each tier matches the north-west corner within its groups: (expert, rank) pairs for
-    the local tier, (expert, node) for the node tier, experts for the last. A tier takes the
-    matched prefix of every group, so the matched supplies and demands have equal totals group
-    by group and one end-to-end merge over the whole tier gives its pieces.
+    The small tiers' amounts are _tier_amounts'; the last tier matches what is left expert by
+    expert in fixed order (per-expert totals agree, so one merge over it).
 
     Returns (pieces, sup, da): the small tiers' (flat index q*K + k, amount) pieces, what is left
     of each supply, and of each demand (in (expert, slot) order) for the last tier. sup is
@@ -822,60 +953,15 @@ def _tiers(
     layout sup_QE [N, E] (no transposed copy). With rank, the node tier's pieces are only those
     of the groups holding that rank's tokens or slots (every piece from or to the rank).
     """
-    N, K = plan.N, plan.K
-    pieces = []  # (flat index, amount) of the small tiers, added after the last tier
-    d_k, d_r, d_pair = plan.d_k, plan.d_r, plan.d_pair
-    da = demand_K[d_k].astype(np.int64)
-
-    # Local: the pair (e, r)'s local tokens counts[r, e] fill r's own slots of e in slot order.
-    local_P = c_QE[plan.r_P, plan.e_P]
-    take = np.clip(local_P[d_pair] - _within(d_pair, da, plan.d_first_P), 0, da)
-    pieces.append((d_r * K + d_k, take))
-    da -= take
-    H = plan.E if plan.held_H is None else plan.held_H.size
-    if source_major:  # sup[q, e]
-        sup = c_QE.copy()
-        local = (plan.r_P, plan.e_P)
-    elif plan.held_H is None:  # expert-major copy of the counts: sup[h, q]
-        sup = _transposed(c_QE.reshape(-1), N, H).reshape(H, N)
-        local = (plan.h_P, plan.r_P)
-    else:
-        sup = c_QE.T[plan.held_H]
-        local = (plan.h_P, plan.r_P)
-    if take.size:
-        sup[local] -= np.add.reduceat(take, plan.d_first_P)
-
-    if ranks_per_node and 0 < ranks_per_node < N and d_k.size:
-        # Same node: groups (expert, node) that hold a slot; supplies are the node's ranks.
-        rpn = ranks_per_node
-        first_G, gid_D, q0_G, q_GT, g_GT, sfirst_G, last_G, at = _node_groups(
-            plan, rpn, source_major
-        )
-        sup = np.ascontiguousarray(sup)  # (it is already: a no-op, so the view below is one)
-        sup_flat = sup.reshape(-1)
-        sa_GT = sup_flat[at]
-        dtot_G = np.add.reduceat(da, first_G)
-        m_G = np.minimum(np.add.reduceat(sa_GT, sfirst_G), dtot_G)
-        use_GT = np.clip(m_G[g_GT] - _within(g_GT, sa_GT, sfirst_G), 0, sa_GT)
-        use_D = np.clip(m_G[gid_D] - _within(gid_D, da, first_G), 0, da)
-        if rank is None:
-            i, j, amt = _merge(use_GT, use_D, last_G[g_GT])
-            pieces.append((q_GT[i] * K + d_k[j], amt))
-        else:  # only the groups of rank's node and of its slots: whole groups, totals agree
-            sel_G = q0_G == (rank // rpn) * rpn
-            sel_G[gid_D[plan.dpos_K[rank * plan.S : (rank + 1) * plan.S]]] = True
-            iS, jD = np.flatnonzero(sel_G[g_GT]), np.flatnonzero(sel_G[gid_D])
-            last_sel_G = np.zeros(first_G.size, dtype=np.int64)
-            last_sel_G[sel_G] = np.cumsum((last_G - first_G + 1)[sel_G]) - 1
-            i, j, amt = _merge(use_GT[iS], use_D[jD], last_sel_G[g_GT[iS]])
-            pieces.append((q_GT[iS[i]] * K + d_k[jD[j]], amt))
-        sup_flat[at] -= use_GT  # (source, expert) pairs are distinct
-        da -= use_D
-
-    # The rest, expert by expert in fixed order: per-expert totals agree, so one merge.
-    if int(sup.sum()) != int(da.sum()):
-        raise RuntimeError("token split left tokens unrouted; this is a bug in swiftmoe.split")
-    return pieces, sup, da
+    t = _tier_amounts(c_QE, plan, demand_K, ranks_per_node)
+    K = plan.K
+    pieces = [(plan.d_r * K + plan.d_k, t.take_D)]
+    if t.node is not None:
+        q, j, amt = _node_pieces(plan, ranks_per_node, t.node, rank)
+        pieces.append((q * K + plan.d_k[j], amt))
+    sup = _supply_left(c_QE, plan, t, source_major)
+    _check_routed(int(sup.sum()), t.da_D)
+    return pieces, sup, t.da_D
 
 
 # ---------------------------------------------------------------- public API
@@ -938,99 +1024,105 @@ class SplitTraffic:
     travel. Fields (int64): x_K tokens each slot receives; si_Q / se_Q tokens each source sends
     to other ranks of its node / to other nodes; ri_R / re_R the same received per rank. They
     equal the sums over split_tokens_sparse's pieces. ``sent_weighted(w_R)`` gives (si, se) with
-    every piece weighted by w_R of its destination rank (float64), as the same sums would.
+    every piece weighted by w_R of its destination rank (float64), as the same sums would; it
+    needs ``weighted`` (split_traffic's argument).
 
-    Sums, not pieces: after the local tier, a (expert, rank) pair has either no tokens left or no
-    slot demand left, and after the node tier the same holds per (expert, node); so the last
-    tier's pieces all leave their source's node (or, on one node, their source's rank), and its
-    traffic is what is left of each supply and demand.
+    Sums, not pieces: the local tier keeps its tokens on their rank. After it, a (expert, rank)
+    pair has either no tokens left or no slot demand left, so the node tier sends none of a
+    source's tokens to its own rank: its traffic is the totals of its supplies and demands. After
+    the node tier the same holds per (expert, node), so the last tier's pieces all leave their
+    source's node (or, on one node, their source's rank), and its traffic is what is left of each
+    supply and demand. No [N, E] array is made, except for ``weighted``.
     """
 
-    def __init__(self, c_QE, plan, demand_K, ranks_per_node: int) -> None:
-        N, K, S = plan.N, plan.K, plan.S
+    def __init__(self, c_QE, plan, demand_K, ranks_per_node: int, weighted: bool) -> None:
+        N = plan.N
         self._plan, self.N = plan, N
         self.nodes = 0 < ranks_per_node < N
-        pieces, sup_QE, da = _tiers(c_QE, plan, demand_K, ranks_per_node, source_major=True)
+        t = _tier_amounts(c_QE, plan, demand_K, ranks_per_node)
         self.x_K = demand_K.astype(np.int64)
-        rank_K = np.arange(K, dtype=np.int64) // S
-        node_R = np.arange(N) // ranks_per_node if self.nodes else np.zeros(N, dtype=np.int64)
-        self.si_Q = np.zeros(N, dtype=np.int64)
-        self.ri_R = np.zeros(N, dtype=np.int64)
-        self.se_Q = np.zeros(N, dtype=np.int64)
-        self.re_R = np.zeros(N, dtype=np.int64)
-        small_q, small_r, small_amt, small_inter = [], [], [], []
-        for idx, amt in pieces:
-            q, r = idx // K, rank_K[idx % K]
-            away = q != r
-            q, r, amt = q[away], r[away], amt[away]
-            inter = node_R[q] != node_R[r]
-            for sent, recv, m in ((self.se_Q, self.re_R, inter), (self.si_Q, self.ri_R, ~inter)):
-                sent += np.bincount(q[m], amt[m], minlength=N).astype(np.int64)
-                recv += np.bincount(r[m], amt[m], minlength=N).astype(np.int64)
-            small_q.append(q)
-            small_r.append(r)
-            small_amt.append(amt)
-            small_inter.append(inter)
-        self._small = tuple(
-            np.concatenate(a) if a else np.zeros(0, dtype=np.int64)
-            for a in (small_q, small_r, small_amt, small_inter)
-        )
+        if t.node is None:
+            self.si_Q = np.zeros(N, dtype=np.int64)
+            self.ri_R = np.zeros(N, dtype=np.int64)
+        else:
+            use_GT, use_D = t.node
+            self.si_Q = _sum_by(_node_groups(plan, ranks_per_node).q_GT, use_GT, N)
+            self.ri_R = _sum_by(plan.d_r, use_D, N)
         # The last tier: every remaining token leaves its node (its rank, on one node).
-        left_Q = sup_QE.sum(axis=1)
-        left_R = np.bincount(rank_K[plan.d_k], da, minlength=N).astype(np.int64)
+        left_Q = c_QE.sum(axis=1) - _sum_by(t.cut_q, t.cut_C, N)
+        left_R = _sum_by(plan.d_r, t.da_D, N)
+        _check_routed(int(left_Q.sum()), t.da_D)
         if self.nodes:
-            self.se_Q += left_Q
-            self.re_R += left_R
+            self.se_Q, self.re_R = left_Q, left_R
         else:
             self.si_Q += left_Q
             self.ri_R += left_R
-        self._sup_QE, self._da = sup_QE, da
-        self._line_cache = None
+            self.se_Q = np.zeros(N, dtype=np.int64)
+            self.re_R = np.zeros(N, dtype=np.int64)
+        self._da = t.da_D
+        self._weighting = self._weighting_of(c_QE, t, ranks_per_node) if weighted else None
+
+    def _weighting_of(self, c_QE, t: _Tiers, ranks_per_node: int):
+        """What sent_weighted needs besides the weights: the node tier's pieces that leave their
+        rank, (q, r, amount), and the last tier's line (len_D, gap, H) (None when it is empty).
+
+        The last tier lays supplies (held expert, source) end to end against the demands in
+        (expert, slot) order; a supply's weighted tokens are the integral of its destinations'
+        weights over its interval. Supply boundary i (p_i tokens from the start) lies in demand
+        j_i, the first that ends after it (at most the last): the boundaries run demand by
+        demand, len_D of each, and gap_i = d_end[j_i] - p_i.
+        """
+        plan = self._plan
+        small = None
+        if t.node is not None:
+            q, j, amt = _node_pieces(plan, ranks_per_node, t.node)
+            r = plan.d_r[j]
+            away = q != r
+            small = (q[away], r[away], amt[away])
+        sup_HQ = _supply_left(c_QE, plan, t, source_major=False)
+        da = t.da_D
+        if da.size == 0 or sup_HQ.size == 0:
+            return small, None
+        d_end = np.cumsum(da)
+        p = np.zeros(sup_HQ.size + 1, dtype=np.int64)  # supply boundaries, increasing
+        np.cumsum(sup_HQ.reshape(-1), out=p[1:])
+        len_D = np.diff(np.searchsorted(p, d_end[:-1], side="left"), prepend=0, append=p.size)
+        np.subtract(np.repeat(d_end, len_D), p, out=p)  # p becomes gap
+        return small, (len_D, p, sup_HQ.shape[0])
 
     def sent_weighted(self, w_R) -> tuple[np.ndarray, np.ndarray]:
         """(si, se) float64 [N]: tokens sent within / across nodes, each weighted by w_R[dest]."""
+        if self._weighting is None:
+            raise ValueError("sent_weighted needs a split_traffic(..., weighted=True) result")
+        small, line = self._weighting
         plan, N = self._plan, self.N
         w_R = np.asarray(w_R, dtype=np.float64)
-        q, r, amt, inter = self._small
-        wa = amt * w_R[r]
-        si = np.bincount(q[~inter], wa[~inter], minlength=N).astype(np.float64)
-        se = np.bincount(q[inter], wa[inter], minlength=N).astype(np.float64)
-        # Last tier: supplies (held expert, source) laid end to end against demands in (expert,
-        # slot) order; a supply's weighted tokens are the integral of its destinations' weights
-        # over its interval. F(x) is that integral from 0, piecewise linear in the demands.
-        da = self._da
-        line = self._line()
+        se = np.zeros(N)
+        if small is None:
+            si = np.zeros(N)
+        else:
+            q, r, amt = small
+            si = np.bincount(q, amt * w_R[r], minlength=N).astype(np.float64)
         if line is not None:
-            j, gap, H = line
+            # F(x), the weights' integral from the line's start, at every supply boundary:
+            # piecewise linear in the demands.
+            len_D, gap, H = line
             w_D = w_R[plan.d_r]
-            F_end = np.cumsum(da * w_D)
-            F = F_end[j] - gap * w_D[j]
-            last = np.diff(F).reshape(H, N).sum(axis=0)
+            F = np.repeat(np.cumsum(self._da * w_D), len_D)
+            wg = np.repeat(w_D, len_D)
+            wg *= gap
+            F -= wg  # F_i = F_end[j_i] - gap_i * w_D[j_i]
+            last = np.subtract(F[1:], F[:-1], out=wg[:-1]).reshape(H, N).sum(axis=0)
             if self.nodes:
                 se += last
             else:
                 si += last
         return si, se
 
-    def _line(self):
-        """The supply boundaries on the demand line, independent of the weights (computed once):
-        (j, gap, H): boundary i lies in demand j[i], gap[i] before its end."""
-        if getattr(self, "_line_cache", None) is None:
-            plan, da = self._plan, self._da
-            held = np.arange(plan.E) if plan.held_H is None else plan.held_H
-            sup_HQ = np.ascontiguousarray(self._sup_QE[:, held].T)
-            if da.size == 0 or sup_HQ.size == 0:
-                self._line_cache = (None,)
-            else:
-                d_end = np.cumsum(da)
-                p = np.zeros(sup_HQ.size + 1, dtype=np.int64)  # supply boundaries, sorted
-                np.cumsum(sup_HQ.reshape(-1), out=p[1:])
-                # j[i] = demands ending at or before p[i]: counted from where each demand ends.
-                cnt = np.bincount(np.searchsorted(p, d_end, side="left"), minlength=p.size + 1)
-                j = np.minimum(np.cumsum(cnt[: p.size]), da.size - 1)
-                self._line_cache = (j, d_end[j] - p, sup_HQ.shape[0])
-        line = self._line_cache
-        return None if line[0] is None else line
+
+def _sum_by(idx: np.ndarray, amount: np.ndarray, n: int) -> np.ndarray:
+    """int64 [n]: integer amounts summed by index."""
+    return np.bincount(idx, amount, minlength=n).astype(np.int64)
 
 
 def split_traffic(
@@ -1039,16 +1131,19 @@ def split_traffic(
     slots_per_rank: int,
     ranks_per_node: int = 0,
     method: str = "auto",
+    weighted: bool = True,
 ) -> SplitTraffic:
     """split_tokens' flow as per-rank traffic sums (SplitTraffic), without the flow or its pieces.
 
-    Same arguments and checks as split_tokens. What a cost model at cluster scale needs: linear
-    in ranks x experts, no merge of the pieces.
+    Same arguments and checks as split_tokens, plus ``weighted``: prepare
+    SplitTraffic.sent_weighted (one pass over the [N, E] supplies left for the last tier); pass
+    False when only the sums are wanted. What a cost model at cluster scale needs: linear in
+    ranks x experts, no merge of the pieces.
     """
     c_QE, plan, demand_K, rpn = _min_max_demand(
         counts_QE, slots, slots_per_rank, ranks_per_node, method
     )
-    return SplitTraffic(c_QE, plan, demand_K, rpn)
+    return SplitTraffic(c_QE, plan, demand_K, rpn, weighted)
 
 
 def _min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):

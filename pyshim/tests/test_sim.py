@@ -177,6 +177,36 @@ def test_synthetic_trace_is_deterministic_and_top_k_distinct(k):
     assert (a.max(axis=2) > 2 * 5000 * k / 16).all()  # skewed
 
 
+def test_streamed_trace_fills_what_synthetic_trace_draws():
+    args = (12, 3, 9, 2000, 2, 1.1, 2, 4, 5)  # 3 layers, a new hot set every 4 iterations
+    want = trace.synthetic_trace(*args)
+    st = trace.StreamedTrace(want.shape, trace.synthetic_iterations(*args))
+    try:
+        for it in range(want.shape[0]):
+            st.wait(it)
+            assert np.array_equal(st.loads_ILE[it], want[it])
+    finally:
+        st.close()
+
+    def failing():
+        yield want[0]
+        raise ValueError("draw failed")
+
+    st = trace.StreamedTrace(want.shape, failing())
+    try:
+        st.wait(0)
+        with pytest.raises(ValueError, match="draw failed"):
+            st.wait(1)
+    finally:
+        st.close()
+    st = trace.StreamedTrace(want.shape, iter(want[:2]))
+    with pytest.raises(ValueError, match="ended after 2 of 9 iterations"):
+        st.wait(5)
+    st.close()
+    with pytest.raises(ValueError, match="top-k 13 exceeds the 12 experts"):
+        trace.synthetic_iterations(12, 1, 2, 100, 13)  # checked before any draw
+
+
 def test_synthetic_top2_matches_sampling_without_replacement():
     # Zipf 1.2 over 8 experts: the hottest expert is in a token's top-2 with probability
     # p0 + sum_j p_j p0 / (1 - p_j), not 2 p0 (sampling with replacement).
@@ -245,6 +275,11 @@ def test_sparse_flow_matches_the_dense_model():
         F_QR = dense_QK.reshape(N, N, S).sum(axis=2).astype(np.float64)
         x_RS = dense_QK.reshape(N, N, S).sum(axis=0).astype(np.float64)
         traffic = splitlib.split_traffic(counts_QE, slots_K, S, c.ranks_per_node)
+        sums = splitlib.split_traffic(counts_QE, slots_K, S, c.ranks_per_node, weighted=False)
+        for f in ("x_K", "si_Q", "ri_R", "se_Q", "re_R"):
+            assert np.array_equal(getattr(sums, f), getattr(traffic, f)), f
+        with pytest.raises(ValueError, match="weighted=True"):
+            sums.sent_weighted(np.ones(N))
         flows = (sparse, dense_QK, traffic)
         for flow in (model.flow_of(c, S, f) for f in flows):
             assert np.array_equal(flow.x_RS, x_RS)
@@ -410,6 +445,22 @@ def test_sim_json_output_shape(tmp_path):
     rc, out, err = _cli(argv[:-3])  # the table
     assert rc == 0, err
     assert "lin (d64 f128 gelu)" in out and "baseline step / swiftmoe step" in out
+
+
+def test_progress_lines_on_stderr():
+    from swiftmoe.sim.cli import Progress
+
+    now = [100.0]
+    progress = Progress(every_s=5.0, clock=lambda: now[0])
+    err = io.StringIO()
+    with redirect_stderr(err):
+        for done, t in ((1, 101.0), (2, 105.0), (3, 106.0), (4, 110.0)):
+            now[0] = t
+            progress(done, 10)
+    assert err.getvalue().splitlines() == [
+        "swiftmoe sim: iteration 2/10, 5s elapsed, ~20s left",
+        "swiftmoe sim: iteration 4/10, 10s elapsed, ~15s left",
+    ]
 
 
 def test_plan_feed_order_and_errors():

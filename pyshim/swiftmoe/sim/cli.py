@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["Progress", "add_parser", "run"]
 
 DESCRIPTION = """\
 Replays a routing trace (JSON Lines of DESIGN.md) on a simulated cluster and compares systems:
@@ -96,6 +98,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON (per iteration and summary)")
     s.add_argument("--table", action="store_true", help="print the table (the default)")
     s.add_argument("--output", type=Path, help="also write the JSON here")
+    s.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr (every 5 s on long runs)"
+    )
     s.add_argument("--binary", help="swiftmoe-sidecar to use (default: bundled / bin/)")
     s.add_argument("--plugins-dir", help="strategy plugins folder (default: beside the binary)")
     s.add_argument("--plugin-timeout", type=float, default=30.0, help="seconds per plan (30)")
@@ -105,6 +110,30 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def _err(msg: str) -> int:
     print(f"swiftmoe sim: error: {msg}", file=sys.stderr)
     return 2
+
+
+class Progress:
+    """simulate's progress callback: one line on stderr every ``every_s`` seconds of ``clock``,
+    none on a run shorter than that: ``swiftmoe sim: iteration i/N, Ts elapsed, ~Rs left``."""
+
+    def __init__(self, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every_s = every_s
+        self._clock = clock
+        self._t0 = clock()
+        self._next = self._t0 + every_s
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if now < self._next:
+            return
+        self._next = now + self._every_s
+        elapsed = now - self._t0
+        print(
+            f"swiftmoe sim: iteration {done}/{total}, {elapsed:.0f}s elapsed, "
+            f"~{elapsed * (total - done) / done:.0f}s left",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,28 +155,25 @@ def run(args: argparse.Namespace) -> int:
             source = f"{args.trace} ({loads.shape[0]} iterations)"
             if args.tokens_per_iter:
                 loads = trace.scale_loads(loads, args.tokens_per_iter * args.top_k)
-        else:
-            tokens = args.tokens_per_iter or 4096 * args.gpus
-            loads = trace.synthetic_trace(
+        else:  # drawn while the replay runs (trace.StreamedTrace), started just before it
+            n_it = args.iterations or 1000
+            rows = trace.synthetic_iterations(
                 args.synthetic_experts,
                 args.synthetic_layers,
-                args.iterations or 1000,
-                tokens,
+                n_it,
+                args.tokens_per_iter or 4096 * args.gpus,
                 args.top_k,
                 zipf=args.zipf,
                 drift=args.drift,
                 shift_every=args.shift_every,
                 seed=args.seed,
             )
+            loads = None
             source = (
                 f"synthetic: {args.synthetic_experts} experts, {args.synthetic_layers} layer(s), "
                 f"Zipf {args.zipf:g}, {args.drift} swap(s)/iteration, new hot set every "
                 f"{args.shift_every or 'never'}, seed {args.seed}"
             )
-        if args.write_trace:
-            trace.write_trace(args.write_trace, loads)
-        routed = int(loads.sum())
-        tokens_per_iter = routed / loads.shape[0] / loads.shape[1] / args.top_k
         et = calibration.load_table(
             args.calibration, args.shape, args.d_model, args.d_ff, args.gated
         )
@@ -181,11 +207,33 @@ def run(args: argparse.Namespace) -> int:
             other_ms=args.other_ms,
             plugin_timeout_s=args.plugin_timeout,
         )
-        res = simulate(loads, cfg, et, specs, binary=args.binary, plugins_dir=args.plugins_dir)
+        streamed = None
+        if loads is None:
+            streamed = trace.StreamedTrace(
+                (n_it, args.synthetic_layers, args.synthetic_experts), rows
+            )
+            loads = streamed.loads_ILE
+        try:
+            res = simulate(
+                streamed or loads,
+                cfg,
+                et,
+                specs,
+                binary=args.binary,
+                plugins_dir=args.plugins_dir,
+                progress=None if args.quiet else Progress(),
+            )
+        finally:
+            if streamed is not None:
+                streamed.close()
     except ValueError as e:
         return _err(str(e))
     except SidecarError as e:
         return _err(f"{e}\n(the simulator drives the real strategy plugins: run `make build`)")
+    if args.write_trace:
+        trace.write_trace(args.write_trace, loads)
+    routed = int(loads.sum())
+    tokens_per_iter = routed / loads.shape[0] / loads.shape[1] / args.top_k
     summary = report.summarize(res, routed)
     n_it, L, E = loads.shape
     meta = {

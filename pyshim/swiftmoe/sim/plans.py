@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ class PlanFeed:
     in a job's thread is raised there, and waiting longer than the RPC timeout plus a margin
     raises SidecarError, so a stuck sidecar fails the run instead of hanging it. ``close()``
     stops and joins the threads (also on error); ``rpc_s`` sums the time spent in ReportLoads.
+    With ``wait`` (a StreamedTrace's), iteration it's loads are reported after wait(it).
     """
 
     def __init__(
@@ -49,12 +51,14 @@ class PlanFeed:
         job_ids: list[str],
         loads_ILE: np.ndarray,
         timeout_s: float,
+        wait: Callable[[int], None] | None = None,
         ahead: int = 8,
     ):
         if ahead < 1:
             raise ValueError(f"ahead is {ahead!r}: pass an integer >= 1")
         self._client = client
         self._loads = loads_ILE
+        self._wait = wait
         self._timeout_s = timeout_s
         self._stop = threading.Event()
         self._queues: list[queue.Queue] = [queue.Queue(maxsize=ahead) for _ in job_ids]
@@ -84,6 +88,8 @@ class PlanFeed:
     def _produce(self, j: int, job_id: str) -> None:
         try:
             for it in range(self._loads.shape[0] - 1):
+                if self._wait is not None:
+                    self._wait(it)
                 if self._stop.is_set():
                     return
                 t0 = time.perf_counter()

@@ -9,8 +9,11 @@ ahead in its own thread (:mod:`swiftmoe.sim.plans`), overlapping the token split
 by a plan route their tokens with the engine's split, summed per rank by
 ``swiftmoe.split.split_traffic`` (what the cost model needs of split_tokens' flow), on the per-source
 counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
-:mod:`swiftmoe.sim.model`. timing_s: split_s and cost_s on the main thread, sidecar_s the time it
-waited for plans, sidecar_rpc_s the ReportLoads time in the background threads.
+:mod:`swiftmoe.sim.model`. Per iteration and layer, systems on one placement share its split (and
+the engine systems its cost); only a placement that a padded system (static-dropless, static-cfX)
+runs on is split ``weighted``, since padding rescales who sends what. timing_s: split_s and cost_s
+on the main thread, sidecar_s the time it waited for plans, sidecar_rpc_s the ReportLoads time in
+the background threads.
 
 Shape legend: I iterations (n_it), L layers, E experts, N ranks, S slots per rank, K = N*S slots,
 Q = N source ranks.
@@ -19,6 +22,7 @@ Q = N source ranks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +34,7 @@ from swiftmoe.sim import model
 from swiftmoe.sim.calibration import ExpertTime
 from swiftmoe.sim.plans import FetchedPlan, PlanFeed
 from swiftmoe.sim.systems import BOUND, CAPACITY, ENGINE, PADDED, SystemSpec
-from swiftmoe.sim.trace import source_counts, uniform_loads
+from swiftmoe.sim.trace import StreamedTrace, source_counts, uniform_loads
 
 __all__ = ["FIELDS", "SimConfig", "SimResult", "simulate"]
 
@@ -141,16 +145,24 @@ def _apply(job: JobState, fp: FetchedPlan, it: int) -> None:
 
 
 def simulate(
-    loads_ILE: np.ndarray,
+    loads_ILE: np.ndarray | StreamedTrace,
     cfg: SimConfig,
     et: ExpertTime,
     systems: list[SystemSpec],
     address: str | None = None,
     binary: str | None = None,
     plugins_dir: str | None = None,
-    progress: Any = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SimResult:
-    """Runs every system over the trace; starts (and stops) its own sidecar unless ``address``."""
+    """Runs every system over the trace; starts (and stops) its own sidecar unless ``address``.
+
+    ``loads_ILE`` may be a StreamedTrace still being drawn: every iteration is read once it is
+    filled (timing_s["trace_s"]: what the replay waited for it). ``progress(done, total)``, when
+    given, is called after every iteration.
+    """
+    wait = None
+    if isinstance(loads_ILE, StreamedTrace):
+        wait, loads_ILE = loads_ILE.wait, loads_ILE.loads_ILE
     loads_ILE = np.asarray(loads_ILE, dtype=np.int64)
     _check_shapes(loads_ILE, cfg, systems)
     n_it, L, E = loads_ILE.shape
@@ -167,6 +179,8 @@ def simulate(
     planned = [s for s in systems if s.kind != BOUND]
     reps = {s.name: np.zeros((n_it, L, E), dtype=np.int64) for s in planned}
     timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0}
+    if wait is not None:
+        timing["trace_s"] = 0.0
     t_start = time.perf_counter()
     sidecar = None
     client = None
@@ -190,9 +204,13 @@ def simulate(
             timing["sidecar_s"] += time.perf_counter() - t0
             if n_it > 1:
                 feed = PlanFeed(
-                    client, [j.job_id for j in jobs.values()], loads_ILE, cfg.rpc_timeout_s
+                    client, [j.job_id for j in jobs.values()], loads_ILE, cfg.rpc_timeout_s, wait
                 )
         for it in range(n_it):
+            if wait is not None:
+                t0 = time.perf_counter()
+                wait(it)
+                timing["trace_s"] += time.perf_counter() - t0
             if it > 0 and feed is not None:
                 t0 = time.perf_counter()
                 for j, job in enumerate(jobs.values()):
@@ -209,12 +227,14 @@ def simulate(
                 L_E = loads_ILE[it, li]
                 total = int(L_E.sum())
                 counts_QE = None
-                flows: dict[tuple, model.Flow] = {}  # per placement: systems sharing one share it
+                # The placement of each job: systems sharing one share its split and cost.
+                pk_J = {key: (job.S, job.slots_LK[li].tobytes()) for key, job in jobs.items()}
+                padded = {pk_J[s.job_key] for s in systems if s.kind in (PADDED, CAPACITY)}
+                flows: dict[tuple, model.Flow] = {}
                 engine_costs: dict[tuple, model.LayerCost] = {}
                 for s in systems:
                     job = jobs[s.job_key]
-                    S, slots_K = job.S, job.slots_LK[li]
-                    pk = (S, slots_K.tobytes())  # the placement: systems sharing one share its cost
+                    S, slots_K, pk = job.S, job.slots_LK[li], pk_J[s.job_key]
                     tc = time.perf_counter()
                     if s.kind == BOUND:
                         # Uniform routing of the same total: the cost depends on the placement
@@ -228,6 +248,7 @@ def simulate(
                                 slots_K,
                                 S,
                                 ranks_per_node=c.ranks_per_node,
+                                weighted=False,
                             )
                             timing["split_s"] += time.perf_counter() - ts
                             tc += time.perf_counter() - ts
@@ -242,7 +263,11 @@ def simulate(
                                 counts_QE = source_counts(L_E, N)
                             ts = time.perf_counter()
                             split = splitlib.split_traffic(
-                                counts_QE, slots_K, S, ranks_per_node=c.ranks_per_node
+                                counts_QE,
+                                slots_K,
+                                S,
+                                ranks_per_node=c.ranks_per_node,
+                                weighted=pk in padded,  # padding reweights who sends what
                             )
                             timing["split_s"] += time.perf_counter() - ts
                             tc += time.perf_counter() - ts

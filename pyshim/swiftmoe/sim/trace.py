@@ -13,7 +13,10 @@ In memory it is one int64 array loads_ILE.
   drawn afresh. Each of ``tokens`` tokens picks ``top_k`` distinct experts (sampling without
   replacement, as a router's top-k does). For top_k <= 2 the counts are drawn exactly by
   conditional multinomials (the first choice, then the second among the others); for top_k > 2
-  tokens are sampled one by one (Gumbel top-k, slower).
+  tokens are sampled one by one (Gumbel top-k, slower). Every layer draws from its own generator,
+  so :func:`synthetic_iterations` yields the same values iteration by iteration, and
+  :class:`StreamedTrace` draws them in a background thread while a replay runs on the first
+  ones (the draws release the GIL).
 * :func:`source_counts` derives the per-source matrix the token split needs. A trace holds only
   global counts, so each expert's tokens are spread evenly over the N source ranks and the
   remainder goes one token each to the lowest ranks: counts_QE[q, e] = L_e // N + (q < L_e % N).
@@ -25,14 +28,18 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
+    "StreamedTrace",
     "read_trace",
     "scale_loads",
     "source_counts",
+    "synthetic_iterations",
     "synthetic_trace",
     "uniform_loads",
     "write_trace",
@@ -170,7 +177,7 @@ def _draw(rng: np.random.Generator, p_E: np.ndarray, tokens: int, k: int) -> np.
     return out
 
 
-def synthetic_trace(
+def synthetic_iterations(
     experts: int,
     layers: int,
     iterations: int,
@@ -180,8 +187,11 @@ def synthetic_trace(
     drift: int = 1,
     shift_every: int = 0,
     seed: int = 0,
-) -> np.ndarray:
-    """loads_ILE of Zipf-skewed routing with drifting popularity; deterministic in ``seed``."""
+) -> Iterator[np.ndarray]:
+    """loads_LE (int64) of each iteration of :func:`synthetic_trace`, in order.
+
+    The arguments are checked at once (ValueError naming the bad one), the draws as iterated.
+    """
     for name, v, lo in (
         ("synthetic experts", experts, 1),
         ("synthetic layers", layers, 1),
@@ -197,15 +207,87 @@ def synthetic_trace(
         raise ValueError(f"top-k {top_k} exceeds the {experts} experts: pass top-k <= experts")
     if not (math.isfinite(zipf) and zipf >= 0):
         raise ValueError(f"zipf exponent is {zipf!r}: pass a finite number >= 0 (0 = uniform)")
-    out = np.empty((iterations, layers, experts), dtype=np.int64)
-    for li in range(layers):
-        rng = np.random.default_rng([seed, li])
-        perm = rng.permutation(experts)
+
+    def draws() -> Iterator[np.ndarray]:
+        rngs = [np.random.default_rng([seed, li]) for li in range(layers)]
+        perms = [rng.permutation(experts) for rng in rngs]
         for it in range(iterations):
-            if shift_every and it and it % shift_every == 0:
-                perm = rng.permutation(experts)
-            elif it and drift and experts > 1:
-                for j in rng.integers(0, experts - 1, size=drift):
-                    perm[j], perm[j + 1] = perm[j + 1], perm[j]
-            out[it, li] = _draw(rng, _zipf(experts, zipf, perm), tokens, top_k)
-    return out
+            out = np.empty((layers, experts), dtype=np.int64)
+            for li, rng in enumerate(rngs):
+                perm = perms[li]
+                if shift_every and it and it % shift_every == 0:
+                    perm = perms[li] = rng.permutation(experts)
+                elif it and drift and experts > 1:
+                    for j in rng.integers(0, experts - 1, size=drift):
+                        perm[j], perm[j + 1] = perm[j + 1], perm[j]
+                out[li] = _draw(rng, _zipf(experts, zipf, perm), tokens, top_k)
+            yield out
+
+    return draws()
+
+
+def synthetic_trace(
+    experts: int,
+    layers: int,
+    iterations: int,
+    tokens: int,
+    top_k: int,
+    zipf: float = 1.0,
+    drift: int = 1,
+    shift_every: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """loads_ILE of Zipf-skewed routing with drifting popularity; deterministic in ``seed``."""
+    rows = synthetic_iterations(
+        experts, layers, iterations, tokens, top_k, zipf, drift, shift_every, seed
+    )
+    return np.stack(list(rows))
+
+
+class StreamedTrace:
+    """loads_ILE [I, L, E] (int64) filled from an iterator of loads_LE in a background thread.
+
+    ``wait(i)`` returns once iteration i is filled and raises what the thread raised (a replay
+    reads iteration i only after waiting for it); ``close()`` stops the thread after the
+    iteration it is drawing.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], rows: Iterator[np.ndarray]):
+        self.loads_ILE = np.zeros(shape, dtype=np.int64)
+        self._filled = 0
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._fill, args=(rows,), name="sim-trace", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self, rows: Iterator[np.ndarray]) -> None:
+        try:
+            for i, row in enumerate(rows):
+                if self._stop.is_set():
+                    return
+                self.loads_ILE[i] = row
+                with self._cond:
+                    self._filled = i + 1
+                    self._cond.notify_all()
+            if self._filled < self.loads_ILE.shape[0]:
+                raise ValueError(
+                    f"the trace ended after {self._filled} of {self.loads_ILE.shape[0]} iterations"
+                )
+        except BaseException as e:  # handed to the reader, which raises it
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def wait(self, it: int) -> None:
+        with self._cond:
+            while self._filled <= it and self._error is None:
+                self._cond.wait()
+            if self._filled <= it:
+                raise self._error  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
