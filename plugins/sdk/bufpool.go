@@ -1,10 +1,13 @@
 package sdk
 
 import (
+	"fmt"
 	"math/bits"
 	"sync"
 
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
 )
 
 // BufferPool is the gRPC buffer pool of both ends of the sidecar-plugin
@@ -65,4 +68,49 @@ func (p *dirtyPool) Put(b *[]byte) {
 	}
 	*b = (*b)[:0]
 	p.tiers[t].Put(b)
+}
+
+// Codec is gRPC's protobuf codec with BufferPool in place of gRPC's default
+// pool, whose buffers it otherwise takes for every message above a few KB it
+// encodes and for every multi-frame message it decodes. Both ends of the
+// plugin connection and the sidecar's server use it (ForceServerCodecV2,
+// ForceCodecV2), so nothing outside them changes.
+var Codec encoding.CodecV2 = poolCodec{}
+
+type poolCodec struct{}
+
+func (poolCodec) Name() string { return "proto" }
+
+func (poolCodec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("proto: cannot marshal %T, want a proto.Message", v)
+	}
+	size := proto.Size(m)
+	// UseCachedSize reuses the Size just computed; the message is not
+	// mutated in between.
+	opts := proto.MarshalOptions{UseCachedSize: true}
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		b, err := opts.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	buf := BufferPool.Get(size)
+	if _, err := opts.MarshalAppend((*buf)[:0], m); err != nil {
+		BufferPool.Put(buf)
+		return nil, err
+	}
+	return mem.BufferSlice{mem.NewBuffer(buf, BufferPool)}, nil
+}
+
+func (poolCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("proto: cannot unmarshal into %T, want a proto.Message", v)
+	}
+	buf := data.MaterializeToBuffer(BufferPool)
+	defer buf.Free()
+	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }

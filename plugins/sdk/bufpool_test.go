@@ -1,6 +1,13 @@
 package sdk
 
-import "testing"
+import (
+	"slices"
+	"testing"
+
+	"google.golang.org/grpc/mem"
+
+	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+)
 
 func TestBufferPoolTiers(t *testing.T) {
 	p := newDirtyPool()
@@ -51,5 +58,41 @@ func TestBufferPoolIgnoresForeignBuffers(t *testing.T) {
 	b := p.Get(1000)
 	if cap(*b) != 1024 {
 		t.Fatalf("a foreign buffer of capacity 1000 was handed out (cap %d)", cap(*b))
+	}
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	if Codec.Name() != "proto" {
+		t.Fatalf("codec name %q: gRPC negotiates the content subtype by it", Codec.Name())
+	}
+	for _, n := range []int{3, 100_000} { // below and above gRPC's pooling threshold
+		in := &pb.LayerSlots{Slots: make([]uint32, n)}
+		for i := range in.Slots {
+			in.Slots[i] = uint32(i * 7)
+		}
+		data, err := Codec.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Split the bytes over several buffers, as frames arrive.
+		flat := data.Materialize()
+		data.Free()
+		var parts mem.BufferSlice
+		for off := 0; off < len(flat); off += 16 << 10 {
+			parts = append(parts, mem.SliceBuffer(flat[off:min(off+16<<10, len(flat))]))
+		}
+		out := &pb.LayerSlots{}
+		if err := Codec.Unmarshal(parts, out); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(in.Slots, out.Slots) {
+			t.Fatalf("%d slots: round trip changed them", n)
+		}
+	}
+	if _, err := Codec.Marshal("not a message"); err == nil {
+		t.Error("marshalling a string: no error")
+	}
+	if err := Codec.Unmarshal(nil, 3); err == nil {
+		t.Error("unmarshalling into an int: no error")
 	}
 }

@@ -89,6 +89,7 @@ func grpcServer(opts []grpc.ServerOption) *grpc.Server {
 		grpc.ReadBufferSize(BufferBytes),
 		grpc.WriteBufferSize(BufferBytes),
 		experimental.BufferPool(BufferPool),
+		grpc.ForceServerCodecV2(Codec),
 	)
 	return plugin.DefaultGRPCServer(opts)
 }

@@ -18,5 +18,6 @@ func dialOptions() []grpc.DialOption {
 		grpc.WithWriteBufferSize(sdk.BufferBytes),
 		grpc.WithReadBufferSize(sdk.BufferBytes),
 		experimental.WithBufferPool(sdk.BufferPool),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(sdk.Codec)),
 	}
 }

@@ -91,6 +91,7 @@ func New(svc *planner.Service, log hclog.Logger) (*grpc.Server, *health.Server) 
 		grpc.WriteBufferSize(transportBufferBytes),
 		grpc.ReadBufferSize(transportBufferBytes),
 		experimental.BufferPool(sdk.BufferPool),
+		grpc.ForceServerCodecV2(sdk.Codec),
 		grpc.ChainUnaryInterceptor(recoverInterceptor(log)),
 	)
 	pb.RegisterPlannerServer(gs, &plannerServer{svc: svc})
