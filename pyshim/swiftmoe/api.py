@@ -540,7 +540,7 @@ class SwiftMoEHandle:
 
         def mom(slots_L):
             return [
-                rt.max_over_mean(self.split_loads(c, s))
+                planlib.max_over_mean(self.split_loads(c, s))
                 for c, s in zip(counts_L, slots_L, strict=True)
             ]
 

@@ -30,16 +30,12 @@ from torch import nn
 from swiftmoe import dispatch as dp
 from swiftmoe.adapters.base import ExpertSpec, MoEAdapter
 from swiftmoe.dist import Comm, all_to_all_rows
+from swiftmoe.plan import max_over_mean
 
 __all__ = ["ExpertLayer", "ObservedLayer", "LOADS_BUFFER", "DROPPED_BUFFER"]
 
 LOADS_BUFFER = "swiftmoe_loads_E"
 DROPPED_BUFFER = "swiftmoe_dropped"
-
-
-def max_over_mean(loads_N: torch.Tensor) -> float:
-    mean = float(loads_N.float().mean())
-    return float(loads_N.max()) / mean if mean > 0 else 1.0
 
 
 def use_grouped_mm(
