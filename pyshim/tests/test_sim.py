@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import threading
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -203,8 +204,44 @@ def test_streamed_trace_fills_what_synthetic_trace_draws():
     with pytest.raises(ValueError, match="ended after 2 of 9 iterations"):
         st.wait(5)
     st.close()
+    st = trace.StreamedTrace(want.shape, iter(list(want) + [want[0] + 1]))  # one row too many
+    st.wait(8)
+    st.close()
+    assert np.array_equal(st.loads_ILE, want), "more rows than the shape: the first ones count"
+    with pytest.raises(IndexError, match="outside the trace's 0..8"):
+        st.wait(9)
     with pytest.raises(ValueError, match="top-k 13 exceeds the 12 experts"):
         trace.synthetic_iterations(12, 1, 2, 100, 13)  # checked before any draw
+
+
+def test_streamed_trace_close_wakes_a_waiting_reader():
+    gate = threading.Event()
+
+    def slow():
+        yield np.zeros((1, 4), dtype=np.int64)
+        gate.wait(10)
+        yield np.zeros((1, 4), dtype=np.int64)
+
+    st = trace.StreamedTrace((3, 1, 4), slow())
+    st.wait(0)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            st.wait(2)
+        except BaseException as e:  # noqa: BLE001 (what the reader saw is the point)
+            errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    closer = threading.Thread(target=st.close)
+    closer.start()
+    assert st._stop.wait(10)
+    gate.set()  # the filler draws its next row, sees the stop and ends
+    closer.join(10)
+    t.join(10)
+    assert not t.is_alive(), "a reader waiting on an unfilled iteration was never woken"
+    assert errors and "closed after" in str(errors[0]), errors
 
 
 def test_synthetic_top2_matches_sampling_without_replacement():
@@ -409,6 +446,16 @@ def test_sim_help_and_errors():
          "--static-slots", "16"]
     )  # fmt: skip
     assert rc == 2 and "raise --slots to at least 16" in err
+
+
+def test_sim_refuses_unwritable_outputs_before_running(tmp_path):
+    base = ["sim", "--synthetic-experts", "8", "--iterations", "2", "--gpus", "4", "--slots", "2"]
+    for flag in ("--output", "--write-trace"):
+        rc, _, err = _cli([*base, flag, str(tmp_path / "missing" / "x.json")])
+        assert rc == 2 and f"{flag} " in err and "does not exist; create it first" in err, err
+        rc, _, err = _cli([*base, flag, str(tmp_path)])
+        assert rc == 2 and "is a folder" in err, err
+    assert "simulated" not in err  # refused before the run
 
 
 @needs_sidecar

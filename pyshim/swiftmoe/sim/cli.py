@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -136,6 +137,21 @@ class Progress:
         )
 
 
+def _check_writable(flag: str, path: Path | None) -> None:
+    """ValueError naming ``flag`` when ``path`` cannot be written (its folder is missing or
+    read-only, or it is a folder)."""
+    if path is None:
+        return
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: pass a file path")
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path} is not writable: pass a path you can write")
+
+
 def run(args: argparse.Namespace) -> int:
     from swiftmoe.sidecar import SidecarError
     from swiftmoe.sim import calibration, model, report, systems, trace
@@ -150,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} is {v}: pass an integer >= 0")
         if args.top_k < 1:
             raise ValueError(f"--top-k is {args.top_k}: pass an integer >= 1")
+        # Checked before the run, which can take minutes: the files are written after it.
+        for flag, path in (("--output", args.output), ("--write-trace", args.write_trace)):
+            _check_writable(flag, path)
         if args.trace is not None:
             loads = trace.read_trace(args.trace, args.iterations)
             source = f"{args.trace} ({loads.shape[0]} iterations)"
@@ -230,8 +249,6 @@ def run(args: argparse.Namespace) -> int:
         return _err(str(e))
     except SidecarError as e:
         return _err(f"{e}\n(the simulator drives the real strategy plugins: run `make build`)")
-    if args.write_trace:
-        trace.write_trace(args.write_trace, loads)
     routed = int(loads.sum())
     tokens_per_iter = routed / loads.shape[0] / loads.shape[1] / args.top_k
     summary = report.summarize(res, routed)
@@ -268,8 +285,16 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     doc = report.to_json(res, summary, meta)
-    if args.output:
-        args.output.write_text(json.dumps(doc) + "\n")
+    try:
+        if args.output:
+            args.output.write_text(json.dumps(doc) + "\n")
+        if args.write_trace:
+            trace.write_trace(args.write_trace, loads)
+    except OSError as e:
+        _err(f"writing the results: {e}")
+        if not args.json:  # the results still reach the terminal
+            print(report.format_table(res, summary))
+        return 1
     if args.json:
         print(json.dumps(doc))
         return 0

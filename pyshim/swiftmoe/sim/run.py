@@ -191,7 +191,12 @@ def simulate(
                 sidecar = ManagedSidecar(
                     binary=binary,
                     plugins_dir=plugins_dir,
-                    extra_args=("--plugin-timeout", f"{cfg.plugin_timeout_s:g}s"),
+                    # The simulated cluster's slots and links come from cfg, not this machine.
+                    extra_args=(
+                        "--plugin-timeout",
+                        f"{cfg.plugin_timeout_s:g}s",
+                        "--discover=false",
+                    ),
                     start_timeout_s=cfg.start_timeout_s,
                 )
                 address = sidecar.address

@@ -249,7 +249,7 @@ class StreamedTrace:
 
     ``wait(i)`` returns once iteration i is filled and raises what the thread raised (a replay
     reads iteration i only after waiting for it); ``close()`` stops the thread after the
-    iteration it is drawing.
+    iteration it is drawing, and a ``wait`` for an iteration not filled by then raises.
     """
 
     def __init__(self, shape: tuple[int, int, int], rows: Iterator[np.ndarray]):
@@ -264,8 +264,9 @@ class StreamedTrace:
         self._thread.start()
 
     def _fill(self, rows: Iterator[np.ndarray]) -> None:
+        n = self.loads_ILE.shape[0]
         try:
-            for i, row in enumerate(rows):
+            for i, row in zip(range(n), rows, strict=False):  # the first n rows
                 if self._stop.is_set():
                     return
                 self.loads_ILE[i] = row
@@ -282,6 +283,9 @@ class StreamedTrace:
                 self._cond.notify_all()
 
     def wait(self, it: int) -> None:
+        n = self.loads_ILE.shape[0]
+        if not 0 <= it < n:
+            raise IndexError(f"iteration {it} is outside the trace's 0..{n - 1}")
         with self._cond:
             while self._filled <= it and self._error is None:
                 self._cond.wait()
@@ -291,3 +295,10 @@ class StreamedTrace:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        with self._cond:  # a reader still waiting would wait for good: wake it with an error
+            if self._error is None and self._filled < self.loads_ILE.shape[0]:
+                self._error = RuntimeError(
+                    f"the trace was closed after {self._filled} of "
+                    f"{self.loads_ILE.shape[0]} iterations"
+                )
+            self._cond.notify_all()
