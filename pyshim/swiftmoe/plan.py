@@ -164,8 +164,12 @@ def rank_loads_even(
 
 def max_over_mean(v: Sequence[float] | torch.Tensor) -> float:
     """max(v) / mean(v); 1.0 is perfect balance, and an all-zero or empty v counts as balanced."""
-    if isinstance(v, torch.Tensor):
-        v = v.flatten().tolist()
+    if isinstance(v, torch.Tensor):  # the engine's per-rank loads, every layer and step
+        t = v.detach().flatten().to(torch.float64)
+        if t.numel() == 0:
+            return 1.0
+        total = float(t.sum())
+        return float(t.max()) / (total / t.numel()) if total > 0 else 1.0
     vals = [float(x) for x in v]
     if not vals:
         return 1.0

@@ -77,7 +77,9 @@ def _counts(counts_QE) -> np.ndarray:
             raise ValueError(
                 f"counts_QE must hold integer token counts, got dtype {arr.dtype}; pass int64 counts"
             )
-        arr = arr.astype(np.int64, copy=False)  # read only: the split never writes to it
+        # The split never writes to the counts, so a caller's int64 array is used as it is;
+        # a read-only one is copied, since torch.from_numpy of a view of it would warn.
+        arr = arr.astype(np.int64, copy=not arr.flags.writeable)
     if arr.ndim != 2:
         raise ValueError(
             f"counts_QE must be 2-D [source ranks, experts], got shape {tuple(arr.shape)}"

@@ -144,3 +144,4 @@ def test_rank_loads_even_conserves_load():
 def test_max_over_mean(v, want):
     assert plan.max_over_mean(v) == want
     assert plan.max_over_mean(torch.tensor(v, dtype=torch.float64)) == want
+    assert plan.max_over_mean(torch.tensor(v, dtype=torch.int64)) == want  # token counts

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -695,3 +696,14 @@ def test_traffic_at_scale_and_bad_method():
     np.testing.assert_allclose(np.concatenate(tr.sent_weighted(w_R)), np.concatenate(want[5:]))
     with pytest.raises(ValueError, match="method must be one of auto, fast, exact"):
         split.split_traffic(counts_QE, slots_K, S, method="even")
+
+
+def test_read_only_counts_are_accepted_without_warnings():
+    c_QE = np.array([[3, 1, 0, 2], [0, 4, 1, 1]], dtype=np.int64)
+    c_QE.setflags(write=False)
+    slots = [0, 1, 2, 3, 0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on a read-only numpy array
+        flow = split_tokens(c_QE, slots, 3)
+        rs = split.split_tokens_for_rank(c_QE, slots, 3, rank=1)
+    assert int(flow.sum()) == 12 and int(rs.load_R.sum()) == 12
