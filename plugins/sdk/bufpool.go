@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/protoadapt"
 )
 
 // BufferPool is the gRPC buffer pool of both ends of the sidecar-plugin
@@ -82,8 +83,8 @@ type poolCodec struct{}
 func (poolCodec) Name() string { return "proto" }
 
 func (poolCodec) Marshal(v any) (mem.BufferSlice, error) {
-	m, ok := v.(proto.Message)
-	if !ok {
+	m := messageV2Of(v)
+	if m == nil {
 		return nil, fmt.Errorf("proto: cannot marshal %T, want a proto.Message", v)
 	}
 	size := proto.Size(m)
@@ -106,11 +107,23 @@ func (poolCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (poolCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	m, ok := v.(proto.Message)
-	if !ok {
+	m := messageV2Of(v)
+	if m == nil {
 		return fmt.Errorf("proto: cannot unmarshal into %T, want a proto.Message", v)
 	}
 	buf := data.MaterializeToBuffer(BufferPool)
 	defer buf.Free()
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
+
+// messageV2Of is v as an APIv2 message, adapting APIv1 ones as gRPC's own
+// codec does; nil when v is neither.
+func messageV2Of(v any) proto.Message {
+	switch v := v.(type) {
+	case protoadapt.MessageV1:
+		return protoadapt.MessageV2Of(v)
+	case protoadapt.MessageV2:
+		return v
+	}
+	return nil
 }

@@ -53,13 +53,19 @@ func (c *Cache) startLocked() chan struct{} {
 	return done
 }
 
-// Report returns a report no older than MaxAge, collecting one when needed.
-// When ctx ends first it returns the last report it has, if any (with
-// stale true), else ctx's error.
-func (c *Cache) Report(ctx context.Context) (r *Report, stale bool, err error) {
+// Report returns a report no older than MaxAge when fresh is true,
+// collecting one when needed; when ctx ends first it returns the last report
+// it has, if any (with stale true), else ctx's error. With fresh false (what
+// link bandwidths need: they do not change as jobs load) any report it has
+// is returned at once, and an old one is refreshed in the background; only
+// before the first collection ends does it wait.
+func (c *Cache) Report(ctx context.Context, fresh bool) (r *Report, stale bool, err error) {
 	c.mu.Lock()
-	if c.report != nil && c.now().Sub(c.at) <= c.maxAge {
+	if c.report != nil && (!fresh || c.now().Sub(c.at) <= c.maxAge) {
 		r = c.report
+		if c.now().Sub(c.at) > c.maxAge {
+			c.startLocked()
+		}
 		c.mu.Unlock()
 		return r, false, nil
 	}

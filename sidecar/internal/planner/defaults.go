@@ -15,9 +15,11 @@ import (
 // per rank from free GPU memory, link bandwidths from the GPUs and NICs.
 // *discover.Cache implements it.
 type Hardware interface {
-	// Report returns this machine's hardware report; stale is true when it
-	// is an earlier one because a fresh one did not finish before ctx ended.
-	Report(ctx context.Context) (r *discover.Report, stale bool, err error)
+	// Report returns this machine's hardware report, a recent one when
+	// fresh is true (slots: free GPU memory changes as jobs load); stale is
+	// true when it is an earlier one because a fresh one did not finish
+	// before ctx ended.
+	Report(ctx context.Context, fresh bool) (r *discover.Report, stale bool, err error)
 }
 
 // DefaultSlotMemoryFraction is the share of the smallest free GPU memory
@@ -27,7 +29,8 @@ const DefaultSlotMemoryFraction = 0.2
 
 // Registrations wait for hardware discovery at most slotsWait when they need
 // slots from it, and bandwidthWait when they need only bandwidths (which
-// then stay 0 if it is late); the caller's deadline bounds both.
+// then stay 0 if it is late); the caller's deadline bounds both. Bandwidths
+// take any report the cache holds, so they wait only before the first.
 const (
 	slotsWait     = 5 * time.Second
 	bandwidthWait = time.Second
@@ -79,7 +82,7 @@ func (s *Service) applyDefaults(ctx context.Context, req *pb.RegisterJobRequest)
 	}
 	dctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	rep, stale, err := hw.Report(dctx)
+	rep, stale, err := hw.Report(dctx, needSlots)
 	if err != nil {
 		if needSlots {
 			return nil, nil, &ValidationError{Request: "RegisterJobRequest", Problems: []string{

@@ -17,10 +17,12 @@ type fakeHardware struct {
 	stale bool
 	err   error
 	calls int
+	fresh []bool // what each call asked for
 }
 
-func (h *fakeHardware) Report(ctx context.Context) (*discover.Report, bool, error) {
+func (h *fakeHardware) Report(ctx context.Context, fresh bool) (*discover.Report, bool, error) {
 	h.calls++
+	h.fresh = append(h.fresh, fresh)
 	return h.rep, h.stale, h.err
 }
 
@@ -87,6 +89,18 @@ func TestRegisterFillsSlotsAndBandwidthFromDiscovery(t *testing.T) {
 	report(t, s, "job-1", 0, make([]uint64, 6), make([]uint64, 16))
 	if seen.SlotsPerRank != 5 || seen.IntraNodeBandwidth != 450e9 {
 		t.Errorf("the strategy saw %+v; want the filled topology", seen)
+	}
+	if len(hw.fresh) != 1 || !hw.fresh[0] {
+		t.Errorf("discovery calls asked fresh=%v; slots need a recent report", hw.fresh)
+	}
+	// Bandwidths alone take whatever report the cache holds.
+	req2 := goodRegister()
+	req2.JobId = "job-2"
+	if _, err := s.RegisterJob(ctxT(t), req2); err != nil {
+		t.Fatal(err)
+	}
+	if len(hw.fresh) != 2 || hw.fresh[1] {
+		t.Errorf("discovery calls asked fresh=%v; bandwidths alone need no fresh report", hw.fresh)
 	}
 	// The request itself is not modified.
 	if req.Topology.SlotsPerRank != 0 || req.Topology.IntraNodeBandwidth != 0 {
