@@ -439,6 +439,9 @@ def test_sim_help_and_errors():
     assert e.value.code == 0
     rc, _, err = _cli(["sim"])
     assert rc == 2 and "--trace FILE and --synthetic-experts" in err
+    with pytest.raises(SystemExit) as e:
+        _cli(["sim", "--synthetic-experts", "8", "--json", "--table"])
+    assert e.value.code == 2
     rc, _, err = _cli(["sim", "--synthetic-experts", "8", "--systems", "static-cfx"])
     assert rc == 2 and "unknown system 'static-cfx'" in err
     rc, _, err = _cli(

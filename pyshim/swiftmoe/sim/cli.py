@@ -96,8 +96,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma list ({DEFAULT_SYSTEMS})")
     s.add_argument("--flexmoe-threshold", type=float, help="flexmoe threshold option")
     s.add_argument("--flexmoe-max-moves", type=int, help="flexmoe max_moves option")
-    s.add_argument("--json", action="store_true", help="print JSON (per iteration and summary)")
-    s.add_argument("--table", action="store_true", help="print the table (the default)")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON (per iteration and summary)")
+    fmt.add_argument("--table", action="store_true", help="print the table (the default)")
     s.add_argument("--output", type=Path, help="also write the JSON here")
     s.add_argument(
         "--quiet", action="store_true", help="no progress lines on stderr (every 5 s on long runs)"
