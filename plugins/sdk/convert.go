@@ -53,7 +53,11 @@ func IntsToProto(v []int) []uint32 {
 
 // RequestToProto converts a planning request to its wire form. The layers'
 // messages and current slots share one allocation each.
-func RequestToProto(r *Request) *pb.StrategyPlanRequest {
+func RequestToProto(r *Request) *pb.StrategyPlanRequest { return requestToProto(r, true) }
+
+// requestToProto is RequestToProto, leaving the current slots out unless
+// withCurrent (the request then names them by current_ref).
+func requestToProto(r *Request, withCurrent bool) *pb.StrategyPlanRequest {
 	out := &pb.StrategyPlanRequest{
 		Topology:             TopologyToProto(r.Topology),
 		Iteration:            r.Iteration,
@@ -63,12 +67,17 @@ func RequestToProto(r *Request) *pb.StrategyPlanRequest {
 		Layers:               make([]*pb.StrategyLayerInput, len(r.Layers)),
 	}
 	msgs := make([]pb.StrategyLayerInput, len(r.Layers))
-	ids := make([]uint32, 0, totalLen(r.Layers, func(l *LayerInput) int { return len(l.Current) }))
+	var ids []uint32
+	if withCurrent {
+		ids = make([]uint32, 0, totalLen(r.Layers, func(l *LayerInput) int { return len(l.Current) }))
+	}
 	for i := range r.Layers {
 		l := &r.Layers[i]
 		start := len(ids)
-		for _, x := range l.Current {
-			ids = append(ids, uint32(x))
+		if withCurrent {
+			for _, x := range l.Current {
+				ids = append(ids, uint32(x))
+			}
 		}
 		m := &msgs[i]
 		m.Layer = uint32(l.Layer)

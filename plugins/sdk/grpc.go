@@ -8,9 +8,12 @@ import (
 )
 
 // GRPCClient is the sidecar's side of the adapter pair: a Strategy that
-// forwards to a plugin process over gRPC.
+// forwards to a plugin process over gRPC. It names a current placement that
+// equals one of the plugin's recent responses instead of sending it (see
+// currentref.go).
 type GRPCClient struct {
 	Client pb.StrategyClient
+	got    gotRefs
 }
 
 var _ Strategy = (*GRPCClient)(nil)
@@ -38,17 +41,21 @@ func (c *GRPCClient) Describe(ctx context.Context) (Info, error) {
 
 // Plan forwards a planning call to the plugin.
 func (c *GRPCClient) Plan(ctx context.Context, req *Request) (*Response, error) {
-	resp, err := c.Client.Plan(ctx, RequestToProto(req))
+	resp, err := c.planByRef(ctx, req, c.got.find(req))
 	if err != nil {
 		return nil, err
 	}
-	return ResponseFromProto(resp), nil
+	out := ResponseFromProto(resp)
+	c.got.keep(resp.GetResponseId(), out.Layers)
+	return out, nil
 }
 
-// GRPCServer is the plugin's side of the adapter pair: it serves Impl.
+// GRPCServer is the plugin's side of the adapter pair: it serves Impl, and
+// keeps its last responses for requests that name them (see currentref.go).
 type GRPCServer struct {
 	pb.UnimplementedStrategyServer
 	Impl Strategy
+	sent sentRefs
 }
 
 // Describe serves Impl.Info.
@@ -58,9 +65,16 @@ func (s *GRPCServer) Describe(context.Context, *pb.DescribeRequest) (*pb.Strateg
 
 // Plan serves Impl.Plan.
 func (s *GRPCServer) Plan(ctx context.Context, req *pb.StrategyPlanRequest) (*pb.StrategyPlanResponse, error) {
+	if req.GetCurrentRef() != 0 {
+		if err := s.sent.resolve(req); err != nil {
+			return nil, err
+		}
+	}
 	resp, err := s.Impl.Plan(ctx, RequestFromProto(req))
 	if err != nil {
 		return nil, err
 	}
-	return ResponseToProto(resp), nil
+	out := ResponseToProto(resp)
+	out.ResponseId = s.sent.name(out.GetLayers())
+	return out, nil
 }

@@ -1370,8 +1370,13 @@ type StrategyPlanRequest struct {
 	// when they differ, else one value applying to all layers).
 	ExpertWeightBytes    []uint64 `protobuf:"varint,5,rep,packed,name=expert_weight_bytes,json=expertWeightBytes,proto3" json:"expert_weight_bytes,omitempty"`
 	ExpertOptimizerBytes []uint64 `protobuf:"varint,6,rep,packed,name=expert_optimizer_bytes,json=expertOptimizerBytes,proto3" json:"expert_optimizer_bytes,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// When not 0, every layer's current_slots is omitted and the placement in
+	// force is that of this plugin's response with this response_id (which is
+	// what the caller adopted). A plugin that no longer holds that response
+	// answers FAILED_PRECONDITION, and the caller sends the slots instead.
+	CurrentRef    uint64 `protobuf:"varint,7,opt,name=current_ref,json=currentRef,proto3" json:"current_ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StrategyPlanRequest) Reset() {
@@ -1446,6 +1451,13 @@ func (x *StrategyPlanRequest) GetExpertOptimizerBytes() []uint64 {
 	return nil
 }
 
+func (x *StrategyPlanRequest) GetCurrentRef() uint64 {
+	if x != nil {
+		return x.CurrentRef
+	}
+	return 0
+}
+
 type StrategyLayerOutput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// world_size*slots_per_rank expert ids.
@@ -1499,6 +1511,9 @@ type StrategyPlanResponse struct {
 	// optimizer state moves with the expert.
 	MigratedBytes uint64 `protobuf:"varint,2,opt,name=migrated_bytes,json=migratedBytes,proto3" json:"migrated_bytes,omitempty"`
 	Note          string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	// Names this response for a later request's current_ref; 0 when the
+	// plugin does not keep its responses.
+	ResponseId    uint64 `protobuf:"varint,4,opt,name=response_id,json=responseId,proto3" json:"response_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1552,6 +1567,13 @@ func (x *StrategyPlanResponse) GetNote() string {
 		return x.Note
 	}
 	return ""
+}
+
+func (x *StrategyPlanResponse) GetResponseId() uint64 {
+	if x != nil {
+		return x.ResponseId
+	}
+	return 0
 }
 
 var File_swiftmoe_v1_swiftmoe_proto protoreflect.FileDescriptor
@@ -1660,23 +1682,27 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"numExperts\x12%\n" +
 	"\x0epredicted_load\x18\x03 \x03(\x01R\rpredictedLoad\x12\x1b\n" +
 	"\tlast_load\x18\x04 \x03(\x04R\blastLoad\x12#\n" +
-	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\x8a\x03\n" +
+	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\xab\x03\n" +
 	"\x13StrategyPlanRequest\x121\n" +
 	"\btopology\x18\x01 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x127\n" +
 	"\x06layers\x18\x03 \x03(\v2\x1f.swiftmoe.v1.StrategyLayerInputR\x06layers\x12G\n" +
 	"\aoptions\x18\x04 \x03(\v2-.swiftmoe.v1.StrategyPlanRequest.OptionsEntryR\aoptions\x12.\n" +
 	"\x13expert_weight_bytes\x18\x05 \x03(\x04R\x11expertWeightBytes\x124\n" +
-	"\x16expert_optimizer_bytes\x18\x06 \x03(\x04R\x14expertOptimizerBytes\x1a:\n" +
+	"\x16expert_optimizer_bytes\x18\x06 \x03(\x04R\x14expertOptimizerBytes\x12\x1f\n" +
+	"\vcurrent_ref\x18\a \x01(\x04R\n" +
+	"currentRef\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
 	"\x13StrategyLayerOutput\x12\x14\n" +
-	"\x05slots\x18\x01 \x03(\aR\x05slots\"\x8b\x01\n" +
+	"\x05slots\x18\x01 \x03(\aR\x05slots\"\xac\x01\n" +
 	"\x14StrategyPlanResponse\x128\n" +
 	"\x06layers\x18\x01 \x03(\v2 .swiftmoe.v1.StrategyLayerOutputR\x06layers\x12%\n" +
 	"\x0emigrated_bytes\x18\x02 \x01(\x04R\rmigratedBytes\x12\x12\n" +
-	"\x04note\x18\x03 \x01(\tR\x04note*\x80\x01\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note\x12\x1f\n" +
+	"\vresponse_id\x18\x04 \x01(\x04R\n" +
+	"responseId*\x80\x01\n" +
 	"\n" +
 	"PlanSource\x12\x1b\n" +
 	"\x17PLAN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n" +

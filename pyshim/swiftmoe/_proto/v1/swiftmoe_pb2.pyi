@@ -236,7 +236,7 @@ class StrategyLayerInput(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StrategyPlanRequest(_message.Message):
-    __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes")
+    __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes", "current_ref")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -250,13 +250,15 @@ class StrategyPlanRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     EXPERT_WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPERT_OPTIMIZER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_REF_FIELD_NUMBER: _ClassVar[int]
     topology: Topology
     iteration: int
     layers: _containers.RepeatedCompositeFieldContainer[StrategyLayerInput]
     options: _containers.ScalarMap[str, str]
     expert_weight_bytes: _containers.RepeatedScalarFieldContainer[int]
     expert_optimizer_bytes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., iteration: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[StrategyLayerInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., expert_weight_bytes: _Optional[_Iterable[int]] = ..., expert_optimizer_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
+    current_ref: int
+    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., iteration: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[StrategyLayerInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., expert_weight_bytes: _Optional[_Iterable[int]] = ..., expert_optimizer_bytes: _Optional[_Iterable[int]] = ..., current_ref: _Optional[int] = ...) -> None: ...
 
 class StrategyLayerOutput(_message.Message):
     __slots__ = ("slots",)
@@ -265,11 +267,13 @@ class StrategyLayerOutput(_message.Message):
     def __init__(self, slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StrategyPlanResponse(_message.Message):
-    __slots__ = ("layers", "migrated_bytes", "note")
+    __slots__ = ("layers", "migrated_bytes", "note", "response_id")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     MIGRATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedCompositeFieldContainer[StrategyLayerOutput]
     migrated_bytes: int
     note: str
-    def __init__(self, layers: _Optional[_Iterable[_Union[StrategyLayerOutput, _Mapping]]] = ..., migrated_bytes: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+    response_id: int
+    def __init__(self, layers: _Optional[_Iterable[_Union[StrategyLayerOutput, _Mapping]]] = ..., migrated_bytes: _Optional[int] = ..., note: _Optional[str] = ..., response_id: _Optional[int] = ...) -> None: ...
