@@ -319,14 +319,10 @@ class SwiftMoEHandle:
                     current_slots=slots_L,
                 )
                 svc = PlanService(spec, address=cfg.sidecar_address, plugins_dir=cfg.plugins_dir)
-                reg = svc.start()
+                svc.start()  # logs each value the sidecar filled in, with its source
                 chosen = svc.spec.slots_per_rank
                 if slots_L is None:
-                    log.info(
-                        "swiftmoe: the sidecar chose %d slots per rank: %s",
-                        chosen,
-                        "; ".join(reg.defaults),
-                    )
+                    log.info("swiftmoe: the sidecar chose %d slots per rank", chosen)
             except Exception as e:
                 err = f"{type(e).__name__}: {e}"
                 if svc is not None:
