@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+	"github.com/swiftmoe/swiftmoe/internal/transport"
 )
 
 // seenCurrent records the current placement each Plan call saw, and plans
@@ -119,11 +120,16 @@ func TestCurrentSentByReference(t *testing.T) {
 		}
 	}
 
-	// The plugin dropped what it kept (as after evicting it): the named
+	// The plugin evicts what it kept once it has named KeptByPlugin newer
+	// responses that this client never kept (here those of another client
+	// on the same connection, as when calls are given up on): the named
 	// request is refused and sent again with its slots, transparently.
-	srv.sent.mu.Lock()
-	srv.sent.items = nil
-	srv.sent.mu.Unlock()
+	other := &GRPCClient{Client: client.Client}
+	for range transport.KeptByPlugin {
+		if _, err := other.Plan(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
 	r5 := plan(r2.Layers)
 	if got := w.refs[len(w.refs)-2:]; !slices.Equal(got, []uint64{2, 0}) {
 		t.Errorf("after the plugin forgot: current_ref %v, want a reference then the slots", got)
@@ -175,26 +181,5 @@ func TestCurrentAlwaysSentToAPluginThatNamesNothing(t *testing.T) {
 	}
 	if !slices.Equal(w.refs, []uint64{0, 0, 0}) || slices.Contains(w.slots, 0) {
 		t.Errorf("an old plugin was sent references %v / slot counts %v", w.refs, w.slots)
-	}
-}
-
-func TestKeptResponsesAreBounded(t *testing.T) {
-	var s sentRefs
-	for range 3 * keptResponsesPlugin {
-		s.name([]*pb.StrategyLayerOutput{{Slots: []uint32{0}}})
-	}
-	if len(s.items) != keptResponsesPlugin || s.items[0].id != 2*keptResponsesPlugin+1 {
-		t.Fatalf("kept %d responses from id %d; want the newest %d", len(s.items), s.items[0].id, keptResponsesPlugin)
-	}
-	var g gotRefs
-	for i := range 3 * keptResponses {
-		g.keep(uint64(i+1), [][]int{{i}})
-	}
-	if len(g.items) != keptResponses {
-		t.Fatalf("the sidecar kept %d responses, want %d", len(g.items), keptResponses)
-	}
-	g.keep(0, [][]int{{1}}) // unnamed: not kept
-	if g.items[len(g.items)-1].id == 0 {
-		t.Fatal("an unnamed response was kept")
 	}
 }

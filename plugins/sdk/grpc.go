@@ -5,15 +5,16 @@ import (
 	"fmt"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+	"github.com/swiftmoe/swiftmoe/internal/transport"
 )
 
 // GRPCClient is the sidecar's side of the adapter pair: a Strategy that
 // forwards to a plugin process over gRPC. It names a current placement that
 // equals one of the plugin's recent responses instead of sending it (see
-// currentref.go).
+// internal/transport/refs.go).
 type GRPCClient struct {
 	Client pb.StrategyClient
-	got    gotRefs
+	got    transport.ReceivedResponses
 }
 
 var _ Strategy = (*GRPCClient)(nil)
@@ -41,21 +42,35 @@ func (c *GRPCClient) Describe(ctx context.Context) (Info, error) {
 
 // Plan forwards a planning call to the plugin.
 func (c *GRPCClient) Plan(ctx context.Context, req *Request) (*Response, error) {
-	resp, err := c.planByRef(ctx, req, c.got.find(req))
+	ref := c.got.Find(len(req.Layers), func(l int) []int { return req.Layers[l].Current })
+	resp, err := c.planByRef(ctx, req, ref)
 	if err != nil {
 		return nil, err
 	}
 	out := ResponseFromProto(resp)
-	c.got.keep(resp.GetResponseId(), out.Layers)
+	c.got.Keep(resp.GetResponseId(), out.Layers)
 	return out, nil
 }
 
+// planByRef sends req with its current placement named by ref, and again
+// with the slots when the plugin no longer holds ref.
+func (c *GRPCClient) planByRef(ctx context.Context, req *Request, ref uint64) (*pb.StrategyPlanResponse, error) {
+	msg := requestToProto(req, ref == 0)
+	msg.CurrentRef = ref
+	resp, err := c.Client.Plan(ctx, msg)
+	if ref != 0 && transport.IsStaleRef(err) {
+		return c.Client.Plan(ctx, requestToProto(req, true))
+	}
+	return resp, err
+}
+
 // GRPCServer is the plugin's side of the adapter pair: it serves Impl, and
-// keeps its last responses for requests that name them (see currentref.go).
+// keeps its last responses for requests that name them (see
+// internal/transport/refs.go).
 type GRPCServer struct {
 	pb.UnimplementedStrategyServer
 	Impl Strategy
-	sent sentRefs
+	sent transport.SentResponses
 }
 
 // Describe serves Impl.Info.
@@ -66,7 +81,7 @@ func (s *GRPCServer) Describe(context.Context, *pb.DescribeRequest) (*pb.Strateg
 // Plan serves Impl.Plan.
 func (s *GRPCServer) Plan(ctx context.Context, req *pb.StrategyPlanRequest) (*pb.StrategyPlanResponse, error) {
 	if req.GetCurrentRef() != 0 {
-		if err := s.sent.resolve(req); err != nil {
+		if err := s.sent.Resolve(req); err != nil {
 			return nil, err
 		}
 	}
@@ -75,6 +90,6 @@ func (s *GRPCServer) Plan(ctx context.Context, req *pb.StrategyPlanRequest) (*pb
 		return nil, err
 	}
 	out := ResponseToProto(resp)
-	out.ResponseId = s.sent.name(out.GetLayers())
+	out.ResponseId = s.sent.Name(out.GetLayers())
 	return out, nil
 }

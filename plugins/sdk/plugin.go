@@ -7,9 +7,9 @@ import (
 
 	plugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/experimental"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
+	"github.com/swiftmoe/swiftmoe/internal/transport"
 )
 
 // PluginName is the key of the strategy in the go-plugin plugin map.
@@ -53,45 +53,15 @@ func PluginMap() map[string]plugin.Plugin {
 	return map[string]plugin.Plugin{PluginName: &StrategyPlugin{}}
 }
 
-// MaxMessageBytes bounds one planning request or response on the plugin's
-// gRPC server. gRPC's default of 4 MiB is below the requests of the largest
-// jobs the sidecar accepts (millions of slots), which would otherwise be
-// refused on every call.
-const MaxMessageBytes = 256 << 20
-
 // gcPercent is the plugin's GOGC. A plugin's live heap is small and its
 // garbage comes in bursts of a few MB per plan; collecting less often saves
 // about a millisecond of CPU per plan of a large job.
 const gcPercent = 400
 
-// WindowBytes is the HTTP/2 flow-control window, per stream and per
-// connection, that each end of the sidecar-plugin connection grants the other.
-// gRPC's default of 64 KiB makes a plan of a large job (hundreds of KB on
-// the wire) stop several times and wait for the reader to be scheduled and
-// return a WINDOW_UPDATE; with a window above any plan's size it flows in
-// one go. A fixed window also turns off gRPC's bandwidth probing pings, which
-// buy nothing on a local socket.
-const WindowBytes = 16 << 20
-
-// BufferBytes sizes the connection's read and write buffers at both ends, so
-// that a message of a few hundred KB goes out in a few writes rather than one
-// per 32 KiB (gRPC's default).
-const BufferBytes = 512 << 10
-
-// grpcServer is go-plugin's server with the message limit raised and flow
-// control sized for plans of a few hundred KB on a local socket.
+// grpcServer is go-plugin's server with the transport tuning of the plugin
+// connection (transport.PluginServerOptions).
 func grpcServer(opts []grpc.ServerOption) *grpc.Server {
-	opts = append(opts,
-		grpc.MaxRecvMsgSize(MaxMessageBytes),
-		grpc.MaxSendMsgSize(MaxMessageBytes),
-		grpc.InitialWindowSize(WindowBytes),
-		grpc.InitialConnWindowSize(WindowBytes),
-		grpc.ReadBufferSize(BufferBytes),
-		grpc.WriteBufferSize(BufferBytes),
-		experimental.BufferPool(BufferPool),
-		grpc.ForceServerCodecV2(Codec),
-	)
-	return plugin.DefaultGRPCServer(opts)
+	return plugin.DefaultGRPCServer(append(opts, transport.PluginServerOptions()...))
 }
 
 // Serve runs s as a plugin process; it is the whole body of a plugin's main

@@ -1,6 +1,9 @@
 // Package sdk is what a SwiftMoE strategy plugin is written against: the
 // Strategy interface, the go-plugin handshake, and the gRPC adapter pair that
-// carries a Strategy between the sidecar and a plugin process.
+// carries a Strategy between the sidecar and a plugin process. How that
+// connection is tuned (buffer pool, codec, window sizes, the placement in
+// force sent by reference) is internal/transport's business, not part of
+// this contract.
 //
 // A strategy is one small Go package implementing Strategy, plus a main:
 //

@@ -11,48 +11,47 @@ package swiftmoe
 // are merged, heaviest group of one with lightest of the other, until one
 // partial of r groups of S replicas is left.
 
-// packDifferencing packs node n's replicas (experts in list, counts in
-// nodeCnt) onto ranks [lo, hi) by balanced differencing and reports
-// whether it did. It does not when the replicas do not fill the ranks
-// exactly or a rank would hold more replicas of an expert than its limit
-// and no swap mends that; the ranks are then left empty for packRanks.
-func (p *planner) packDifferencing(list []int32, n, nodes, lo, hi int) bool {
-	r, s := hi-lo, p.nSlots
+// differencer packs one node's ranks by balanced differencing.
+type differencer struct {
+	items []int32 // the node's replicas (experts), heaviest first
+	sum   []float64
+	next  []int32
+	tail  []int32
+	part  []int32
+	live  []int32
+	multi []int32 // experts the node holds more of than one rank may
+}
+
+// pack packs node d's demand onto its ranks by balanced differencing and
+// reports whether it did. It does not when the replicas do not fill the
+// ranks exactly or a rank would hold more replicas of an expert than its
+// limit and no swap mends that; the ranks are then left empty for flat
+// packing.
+func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
+	lo, hi := d.lo, d.hi
+	r, s := hi-lo, rk.s
+	w := wt.w
 	total := r * s
-	items := grow(p.dItems, total)[:0]
-	multi := p.dMulti[:0]
-	for _, x := range list {
-		c := p.nodeCnt[int(x)*nodes+n]
-		if len(items)+int(c) > total {
-			return false
-		}
-		if c > p.capR[x] {
-			multi = append(multi, x)
-		}
-		for range c {
-			items = append(items, x)
-		}
-	}
-	p.dItems, p.dMulti = items, multi
-	if len(items) != total {
+	if !df.collect(d, wt.capR, total) {
 		return false
 	}
+	items := df.items
 	// Group g starts as item g alone; partial t holds groups t*r..t*r+r-1,
 	// which are heaviest first since the items are.
-	sum := grow(p.dSum, total)
-	next := grow(p.dNext, total)
-	tail := grow(p.dTail, total)
-	part := grow(p.dPart, total)
-	p.dSum, p.dNext, p.dTail, p.dPart = sum, next, tail, part
+	sum := grow(df.sum, total)
+	next := grow(df.next, total)
+	tail := grow(df.tail, total)
+	part := grow(df.part, total)
+	df.sum, df.next, df.tail, df.part = sum, next, tail, part
 	for g, x := range items {
-		sum[g] = p.w[x]
+		sum[g] = w[x]
 		next[g] = -1
 		tail[g] = int32(g)
 		part[g] = int32(g)
 	}
 	alive := s
-	live := grow(p.dLive, s)
-	p.dLive = live
+	live := grow(df.live, s)
+	df.live = live
 	for t := range s {
 		live[t] = int32(t)
 	}
@@ -62,13 +61,13 @@ func (p *planner) packDifferencing(list []int32, n, nodes, lo, hi int) bool {
 		var sa, sb float64
 		for i, t := range live[:alive] {
 			row := part[int(t)*r : int(t+1)*r]
-			d := sum[row[0]] - sum[row[r-1]]
+			gap := sum[row[0]] - sum[row[r-1]]
 			switch {
-			case a < 0 || d > sa:
+			case a < 0 || gap > sa:
 				b, sb = a, sa
-				a, sa = i, d
-			case b < 0 || d > sb:
-				b, sb = i, d
+				a, sa = i, gap
+			case b < 0 || gap > sb:
+				b, sb = i, gap
 			}
 		}
 		ra := part[int(live[a])*r : int(live[a]+1)*r]
@@ -79,38 +78,61 @@ func (p *planner) packDifferencing(list []int32, n, nodes, lo, hi int) bool {
 			tail[g] = tail[h]
 			sum[g] += sum[h]
 		}
-		p.sortGroups(ra)
+		df.sortGroups(ra)
 		alive--
 		live[b] = live[alive]
 	}
 	// The groups of the last partial become the ranks, in order.
 	final := part[int(live[0])*r : int(live[0]+1)*r]
+	dst := rk.dst
 	for i, g := range final {
 		q := lo + i
-		row := p.dst[q*s : (q+1)*s]
+		row := dst[q*s : (q+1)*s]
 		j := 0
 		var l float64
 		for it := g; it >= 0; it = next[it] {
 			x := items[it]
 			row[j] = int(x)
-			l += p.w[x]
+			l += w[x]
 			j++
 		}
-		p.fill[q], p.load[q] = int32(s), l
-		p.stampE[q], p.stampC[q] = -1, 0
+		rk.fill[q], rk.load[q] = int32(s), l
+		rk.stampE[q], rk.stampC[q] = -1, 0
 	}
-	if p.mendLimits(lo, hi) {
+	if df.mendLimits(rk, wt, lo, hi) {
 		return true
 	}
 	for q := lo; q < hi; q++ {
-		p.load[q], p.fill[q] = 0, 0
+		rk.load[q], rk.fill[q] = 0, 0
 	}
 	return false
 }
 
+// collect lists node d's replicas, experts in packing order, in items, and
+// the experts it holds more of than one rank may (capR) in multi. It
+// reports whether the replicas fill the node's total slots exactly.
+func (df *differencer) collect(d nodeDemand, capR []int32, total int) bool {
+	items := grow(df.items, total)[:0]
+	multi := df.multi[:0]
+	for _, x := range d.experts {
+		c := d.replicas(x)
+		if len(items)+int(c) > total {
+			return false
+		}
+		if c > capR[x] {
+			multi = append(multi, x)
+		}
+		for range c {
+			items = append(items, x)
+		}
+	}
+	df.items, df.multi = items, multi
+	return len(items) == total
+}
+
 // sortGroups orders a partial's groups heaviest first, ties by group id.
-func (p *planner) sortGroups(g []int32) {
-	sum := p.dSum
+func (df *differencer) sortGroups(g []int32) {
+	sum := df.sum
 	for i := 1; i < len(g); i++ {
 		for j := i; j > 0; j-- {
 			a, b := g[j-1], g[j]
@@ -127,26 +149,26 @@ func (p *planner) sortGroups(g []int32) {
 // replica y of a rank that may take x (and it may take y), choosing the
 // trade that leaves the lower larger load. It reports whether every rank
 // ends within its limits.
-func (p *planner) mendLimits(lo, hi int) bool {
-	s := p.nSlots
+func (df *differencer) mendLimits(rk *ranks, wt *weights, lo, hi int) bool {
+	s := rk.s
 	for guard := (hi - lo) * s; guard >= 0; guard-- {
-		a, ia := p.overLimit(lo, hi)
+		a, ia := df.overLimit(rk, wt, lo, hi)
 		if a < 0 {
 			return true
 		}
-		x := int32(p.dst[a*s+ia])
-		la := p.load[a]
+		x := int32(rk.dst[a*s+ia])
+		la := rk.load[a]
 		bb, bj := -1, -1
 		var bestM float64
 		for b := lo; b < hi; b++ {
-			if b == a || p.placed(int32(b), x) >= p.capR[x] {
+			if b == a || rk.placed(int32(b), x) >= wt.capR[x] {
 				continue
 			}
-			for j, y := range p.dst[b*s : (b+1)*s] {
-				if int32(y) == x || p.placed(int32(a), int32(y)) >= p.capR[y] {
+			for j, y := range rk.dst[b*s : (b+1)*s] {
+				if int32(y) == x || rk.placed(int32(a), int32(y)) >= wt.capR[y] {
 					continue
 				}
-				m := max(la-p.w[x]+p.w[y], p.load[b]-p.w[y]+p.w[x])
+				m := max(la-wt.w[x]+wt.w[y], rk.load[b]-wt.w[y]+wt.w[x])
 				if bb < 0 || m < bestM {
 					bb, bj, bestM = b, j, m
 				}
@@ -156,29 +178,29 @@ func (p *planner) mendLimits(lo, hi int) bool {
 			return false
 		}
 		ib := bb*s + bj
-		y := p.dst[ib]
-		p.dst[a*s+ia], p.dst[ib] = y, int(x)
-		p.load[a] += p.w[y] - p.w[x]
-		p.load[bb] += p.w[x] - p.w[y]
+		y := rk.dst[ib]
+		rk.dst[a*s+ia], rk.dst[ib] = y, int(x)
+		rk.load[a] += wt.w[y] - wt.w[x]
+		rk.load[bb] += wt.w[x] - wt.w[y]
 	}
 	return false
 }
 
 // overLimit returns a rank in [lo, hi) holding more replicas of some expert
 // than capR, and the slot of one of them; -1 when there is none. Only the
-// experts with more replicas on the node than capR (dMulti) can be over.
-func (p *planner) overLimit(lo, hi int) (int, int) {
-	s := p.nSlots
-	for _, x := range p.dMulti {
+// experts with more replicas on the node than capR (multi) can be over.
+func (df *differencer) overLimit(rk *ranks, wt *weights, lo, hi int) (int, int) {
+	s := rk.s
+	for _, x := range df.multi {
 		for q := lo; q < hi; q++ {
 			c, at := int32(0), 0
-			for i, y := range p.dst[q*s : (q+1)*s] {
+			for i, y := range rk.dst[q*s : (q+1)*s] {
 				if y == int(x) {
 					c++
 					at = i
 				}
 			}
-			if c > p.capR[x] {
+			if c > wt.capR[x] {
 				return q, at
 			}
 		}

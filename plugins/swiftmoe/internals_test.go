@@ -18,9 +18,8 @@ func TestOrderSlotsKeepsCurrent(t *testing.T) {
 		for i := range s {
 			row[i], cur[i] = rng.IntN(e), rng.IntN(e)
 		}
-		p := &planner{nRanks: 1, nSlots: s, dst: slices.Clone(row), cur: cur}
-		p.orderSlots()
-		got := p.dst
+		got := slices.Clone(row)
+		orderSlots(got, cur, 1, s)
 		a, b := slices.Clone(got), slices.Clone(row)
 		slices.Sort(a)
 		slices.Sort(b)
@@ -53,33 +52,33 @@ func countOf(v []int, x int) int {
 	return n
 }
 
-// TestSortByWeightKeys checks that the integer-key sort orders experts as
+// TestWeightsSortKeys checks that the integer-key sort orders experts as
 // the comparison sort does (weights far enough apart that the keys' cut
 // does not tie them, plus exact ties broken by replicas and id).
-func TestSortByWeightKeys(t *testing.T) {
+func TestWeightsSortKeys(t *testing.T) {
 	rng := rand.New(rand.NewPCG(8, 1))
 	for trial := range 200 {
 		e := 1 + rng.IntN(300)
-		p := &planner{nRanks: 1 + rng.IntN(64), nExperts: e}
-		p.nSlots = (e + p.nRanks - 1) / p.nRanks * (1 + rng.IntN(3))
-		p.dst = make([]int, p.nRanks*p.nSlots)
-		p.loads = make([]float64, e)
-		for i := range p.loads {
-			p.loads[i] = float64(rng.IntN(50)) // many exact ties
+		n := 1 + rng.IntN(64)
+		slots := n * ((e + n - 1) / n * (1 + rng.IntN(3)))
+		loads := make([]float64, e)
+		for i := range loads {
+			loads[i] = float64(rng.IntN(50)) // many exact ties
 		}
-		p.reset()
-		left := len(p.dst) - e
-		for i := range p.reps {
-			p.reps[i] = 1
+		reps := make([]int32, e)
+		left := slots - e
+		for i := range reps {
+			reps[i] = 1
 		}
 		for ; left > 0; left-- {
-			p.reps[rng.IntN(e)]++
+			reps[rng.IntN(e)]++
 		}
-		p.sortByWeight()
-		got := slices.Clone(p.order)
-		p.sortByWeightFunc()
-		if !slices.Equal(got, p.order) {
-			t.Fatalf("trial %d (E=%d): key sort %v, comparison sort %v", trial, e, got, p.order)
+		var wt weights
+		wt.set(reps, loads, n, slots)
+		got := slices.Clone(wt.order)
+		wt.sortFunc(reps)
+		if !slices.Equal(got, wt.order) {
+			t.Fatalf("trial %d (E=%d): key sort %v, comparison sort %v", trial, e, got, wt.order)
 		}
 	}
 }
@@ -91,11 +90,9 @@ func TestReplicaCountsGreedy(t *testing.T) {
 	rng := rand.New(rand.NewPCG(77, 1))
 	for trial := range 3000 {
 		topo, loads := randomCase(rng)
-		p := &planner{nRanks: topo.WorldSize, nSlots: topo.SlotsPerRank, nExperts: len(loads), loads: loads}
-		p.dst = make([]int, topo.TotalSlots())
-		p.reset()
-		p.replicaCounts()
-		got := slices.Clone(p.reps)
+		got := make([]int32, len(loads))
+		var c counter
+		c.count(got, loads, topo.TotalSlots(), nil)
 		var total float64
 		for _, l := range loads {
 			total += l
@@ -107,7 +104,7 @@ func TestReplicaCountsGreedy(t *testing.T) {
 		for i := range want {
 			want[i] = 1
 		}
-		for range len(p.dst) - len(loads) {
+		for range topo.TotalSlots() - len(loads) {
 			best := 0
 			for i := range want {
 				if loads[i]*float64(want[best]) > loads[best]*float64(want[i]) {
@@ -117,7 +114,7 @@ func TestReplicaCountsGreedy(t *testing.T) {
 			want[best]++
 		}
 		if !slices.Equal(got, want) {
-			t.Fatalf("trial %d: N*S=%d loads %v: counts %v, greedy %v", trial, len(p.dst), loads, got, want)
+			t.Fatalf("trial %d: N*S=%d loads %v: counts %v, greedy %v", trial, topo.TotalSlots(), loads, got, want)
 		}
 	}
 }

@@ -6,8 +6,9 @@ import (
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
 
-// orderSlots orders each rank's replicas so that an expert the rank held in
-// the current plan stays in its slot; without a current plan, ascending ids.
+// orderSlots orders each of the n ranks' replicas in dst (s slots a rank)
+// so that an expert the rank held in the current plan cur stays in its
+// slot; without a current plan (nil), ascending ids.
 //
 // In place, slot by slot: a slot that does not hold its current expert c
 // takes c from another slot that does not hold its own current expert
@@ -15,25 +16,30 @@ import (
 // the rank holds replicas of it, the first ones in slot order. (The slot
 // given up cannot want what it receives: it would have taken it on its
 // own turn or will take it later.)
-func (p *planner) orderSlots() {
-	s := p.nSlots
-	for r := range p.nRanks {
-		row := p.dst[r*s : (r+1)*s]
-		if p.cur == nil {
-			insertionSort(row)
+func orderSlots(dst, cur []int, n, s int) {
+	if cur == nil {
+		for o := 0; o < n*s; o += s {
+			insertionSort(dst[o : o+s])
+		}
+		return
+	}
+	for o := 0; o < n*s; o += s {
+		keepSlots(dst[o:o+s], cur[o:o+s])
+	}
+}
+
+// keepSlots orders one rank's row so that its replicas stay in the slots
+// they held in was, the rank's current row (see orderSlots).
+func keepSlots(row, was []int) {
+	was = was[:len(row)]
+	for i, c := range was {
+		if row[i] == c {
 			continue
 		}
-		cur := p.cur[r*s : (r+1)*s]
-		cur = cur[:len(row)]
-		for i, c := range cur {
-			if row[i] == c {
-				continue
-			}
-			for j := range row {
-				if row[j] == c && row[j] != cur[j] {
-					row[i], row[j] = row[j], row[i]
-					break
-				}
+		for j := range row {
+			if row[j] == c && row[j] != was[j] {
+				row[i], row[j] = row[j], row[i]
+				break
 			}
 		}
 	}
@@ -64,17 +70,17 @@ func (p *planner) keepCurrentIfAsGood(t sdk.Topology) {
 		if r == 0 {
 			return
 		}
-		p.curW[e] = p.loadOf(e) / float64(r)
-		total += p.loadOf(e)
+		p.curW[e] = loadOf(p.loads, e) / float64(r)
+		total += loadOf(p.loads, e)
 	}
 	if total <= 0 && !slices.Equal(p.curReps, p.reps) {
 		return
 	}
-	s, n := p.nSlots, int32(p.nRanks)
-	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.dst, p.w, p.nRanks, s)) {
+	s, n := p.rk.s, int32(p.rk.n)
+	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.rk.dst, p.wt.w, p.rk.n, s)) {
 		return
 	}
-	for r := range p.nRanks {
+	for r := range p.rk.n {
 		row := p.cur[r*s : (r+1)*s]
 		for i, x := range row {
 			c := int32(1)
@@ -91,18 +97,18 @@ func (p *planner) keepCurrentIfAsGood(t sdk.Topology) {
 	if r := hierarchical(t); r > 0 && p.opts.nodes == nodesSpread && !p.spreadOverNodes(p.cur, r) {
 		return
 	}
-	copy(p.dst, p.cur)
+	copy(p.rk.dst, p.cur)
 }
 
 // spreadOverNodes reports whether every expert's replicas in slots are
-// spread over the nodes of r ranks as packSpread spreads them: each node
-// holds floor(reps/nodes) or one more (reps as counted in cur).
+// spread over the nodes of r ranks as node_policy=spread spreads them: each
+// node holds floor(reps/nodes) or one more (reps as counted in cur).
 func (p *planner) spreadOverNodes(slots []int, r int) bool {
-	nodes := p.nRanks / r
-	cnt := grow(p.nodeCnt, p.nExperts*nodes)
-	p.nodeCnt = cnt
+	nodes := p.rk.n / r
+	cnt := grow(p.tally, p.nExperts*nodes)
+	p.tally = cnt
 	clear(cnt)
-	per := r * p.nSlots
+	per := r * p.rk.s
 	for i, e := range slots {
 		cnt[e*nodes+i/per]++
 	}

@@ -1,35 +1,151 @@
 package swiftmoe
 
 import (
+	"math"
 	"math/bits"
 	"slices"
 )
 
-// packNodes is the node-aware packing of node_policy=pack, used when
-// ranks_per_node splits the job into equal nodes of r ranks: experts (all
-// their replicas as one chunk) are first packed onto nodes, most replicas
-// first, each onto the least-loaded node with room for the whole chunk; a
-// chunk that fits in no node is split over the nodes with the most room.
-// Each node's replicas are then packed onto its ranks as in the flat case,
-// and refined there. A node may hold at most r*capR[e] replicas of e, so
-// that its ranks can hold them within the per-rank limit.
-func (p *planner) packNodes(r int) error {
-	nodes := p.nRanks / r
-	e := p.nExperts
-	p.resetNodes(r, nodes)
+// nodeLayout is node packing's output: how many replicas of each expert
+// every node holds, each node's load (the summed weights of its replicas),
+// and each node's experts in packing order. Node n's ranks then take
+// demand(n).
+type nodeLayout struct {
+	nodes int       // nodes
+	r     int       // ranks per node
+	per   int       // slots per node
+	cnt   []int32   // [expert*nodes + node]
+	load  []float64 // per node
+	list  []int32   // node n's experts: list[n*per : n*per+size[n]]
+	size  []int32
+	mask  uint64   // the node field of a node key
+	seq   []uint64 // node keys by load (see byLoad)
+}
+
+// nodeDemand is what the ranks [lo, hi) of one node must hold: the replicas
+// of each of its experts, listed in packing order. It is all a node's rank
+// packing and refinement know of node packing.
+type nodeDemand struct {
+	node, nodes int
+	lo, hi      int     // the node's ranks
+	experts     []int32 // in packing order
+	cnt         []int32 // [expert*nodes + node], as nodeLayout.cnt
+}
+
+// replicas is the node's count of expert x.
+func (d *nodeDemand) replicas(x int32) int32 { return d.cnt[int(x)*d.nodes+d.node] }
+
+// demand is node n's demand.
+func (l *nodeLayout) demand(n int) nodeDemand {
+	return nodeDemand{
+		node: n, nodes: l.nodes, lo: n * l.r, hi: (n + 1) * l.r,
+		experts: l.list[n*l.per : n*l.per+int(l.size[n])], cnt: l.cnt,
+	}
+}
+
+// key orders nodes by load, then index, as rank keys order ranks.
+func (l *nodeLayout) key(n int) uint64 {
+	return math.Float64bits(l.load[n])&^l.mask | uint64(n)
+}
+
+// node is the node a key stands for.
+func (l *nodeLayout) node(k uint64) int { return int(k & l.mask) }
+
+// byLoad returns the node keys, lightest node first.
+func (l *nodeLayout) byLoad() []uint64 {
+	seq := grow(l.seq, l.nodes)[:0]
+	for n := range l.nodes {
+		seq = append(seq, l.key(n))
+	}
+	slices.Sort(seq)
+	l.seq = seq
+	return seq
+}
+
+// resetLists empties the per-node expert lists (per slots a node, so a
+// node's list never overflows its segment).
+func (l *nodeLayout) resetLists() {
+	l.list = grow(l.list, l.nodes*l.per)
+	l.size = grow(l.size, l.nodes)
+	clear(l.size)
+}
+
+// listExpert appends expert x to node n's list.
+func (l *nodeLayout) listExpert(x int32, n int) {
+	l.list[n*l.per+int(l.size[n])] = x
+	l.size[n]++
+}
+
+// listAll fills the per-node lists from cnt, experts in order.
+func (l *nodeLayout) listAll(order []int32) {
+	l.resetLists()
+	nodes := l.nodes
+	for _, x := range order {
+		for n, c := range l.cnt[int(x)*nodes : int(x+1)*nodes] {
+			if c > 0 {
+				l.listExpert(x, n)
+			}
+		}
+	}
+}
+
+// nodePacker is node packing: when ranks_per_node splits the job into
+// equal nodes, it decides how many replicas of each expert every node
+// holds, by the node policy (pack below, spread in spread.go), and leaves
+// the result in lay. The nodes' ranks are packed from it afterwards
+// (noderanks.go).
+type nodePacker struct {
+	lay   nodeLayout
+	order []int32  // experts in pack's order
+	lo    []int32  // per expert: fewest replicas a node may hold
+	hi    []int32  // per expert: most replicas a node may hold
+	free  []int32  // per node: free slots
+	buf   []uint64 // the node queue's buffer (see spread.go)
+	q     []uint64 // keys of the nodes with a free slot, ascending
+	sel   []uint64
+	stale bool // a repair changed counts the lists were built from
+}
+
+// reset empties the nodes before a node-aware packing of e experts onto
+// nodes nodes of r ranks and s slots: no replicas, no load, r*s free slots
+// each.
+func (np *nodePacker) reset(e, r, nodes, s int) {
+	l := &np.lay
+	l.nodes, l.r, l.per = nodes, r, r*s
+	l.cnt = grow(l.cnt, e*nodes)
+	clear(l.cnt)
+	np.lo = grow(np.lo, e)
+	np.hi = grow(np.hi, e)
+	l.load = grow(l.load, nodes)
+	np.free = grow(np.free, nodes)
+	l.mask = uint64(1)<<bits.Len(uint(nodes-1)) - 1
+	for n := range nodes {
+		l.load[n] = 0
+		np.free[n] = int32(r * s)
+	}
+}
+
+// pack is node_policy=pack: experts (all their replicas as one chunk) are
+// packed onto nodes, most replicas first, each onto the least-loaded node
+// with room for the whole chunk; a chunk that fits in no node is split over
+// the nodes with the most room. A node may hold at most r*capR[e] replicas
+// of e, so that its ranks can hold them within the per-rank limit.
+func (np *nodePacker) pack(reps []int32, loads []float64, wt *weights, r, nodes, s int) error {
+	e := len(reps)
+	np.reset(e, r, nodes, s)
 	for x := range e {
-		p.nodeLo[x] = 0
-		p.nodeHi[x] = int32(r) * p.capR[x]
+		np.lo[x] = 0
+		np.hi[x] = int32(r) * wt.capR[x]
 	}
-	p.nodeOrder = grow(p.nodeOrder, e)
+	np.order = grow(np.order, e)
 	for i := range e {
-		p.nodeOrder[i] = int32(i)
+		np.order[i] = int32(i)
 	}
-	slices.SortFunc(p.nodeOrder, func(a, b int32) int {
-		la, lb := p.loadOf(int(a)), p.loadOf(int(b))
+	slices.SortFunc(np.order, func(a, b int32) int {
+		la, lb := loadOf(loads, int(a)), loadOf(loads, int(b))
 		switch {
-		case p.reps[a] != p.reps[b]:
-			return int(p.reps[b] - p.reps[a])
+		case reps[a] != reps[b]:
+			return int(reps[b] - reps[a])
 		case la > lb:
 			return -1
 		case la < lb:
@@ -39,109 +155,30 @@ func (p *planner) packNodes(r int) error {
 		}
 	})
 
-	for _, x := range p.nodeOrder {
-		if err := p.placeChunk(x, nodes); err != nil {
+	for _, x := range np.order {
+		if err := np.placeChunk(reps, wt, x); err != nil {
 			return err
 		}
 	}
-	p.listNodes(nodes, r*p.nSlots)
-	return p.packNodeRanks(r, nodes)
-}
-
-// resetNodes empties the nodes before a node-aware packing: no replicas,
-// no load, r*S free slots each.
-func (p *planner) resetNodes(r, nodes int) {
-	e := p.nExperts
-	p.nodeCnt = grow(p.nodeCnt, e*nodes)
-	clear(p.nodeCnt)
-	p.nodeLo = grow(p.nodeLo, e)
-	p.nodeHi = grow(p.nodeHi, e)
-	p.nodeLoad = grow(p.nodeLoad, nodes)
-	p.nodeFree = grow(p.nodeFree, nodes)
-	p.nodeMask = uint64(1)<<bits.Len(uint(nodes-1)) - 1
-	for n := range nodes {
-		p.nodeLoad[n] = 0
-		p.nodeFree[n] = int32(r * p.nSlots)
-	}
-}
-
-// packNodeRanks packs each node's replicas (nodeCnt, listed in nodeList)
-// onto its ranks and refines them there.
-//
-// The busiest rank of the plan is at least the heaviest replica and at
-// least the mean rank load of the busiest node, and at least the busiest
-// rank of every node refined so far. Refining a node below that bound
-// cannot lower the plan's busiest rank, so each node's refinement stops
-// there (a node that cannot reach it refines exactly as it would alone, so
-// the plan's busiest rank is never higher than with full refinement). The
-// nodes go busiest first, which raises the bound soonest.
-func (p *planner) packNodeRanks(r, nodes int) error {
-	per := r * p.nSlots
-	seq := grow(p.nodeSeq, nodes)[:0]
-	for n := range nodes {
-		seq = append(seq, p.nodeKey(n))
-	}
-	slices.Sort(seq)
-	p.nodeSeq = seq
-	floor := p.w[p.order[0]]
-	floor = max(floor, p.nodeLoad[seq[len(seq)-1]&p.nodeMask]/float64(r))
-	for i := len(seq) - 1; i >= 0; i-- {
-		n := int(seq[i] & p.nodeMask)
-		lo, hi := n*r, (n+1)*r
-		list := p.nodeList[n*per : n*per+int(p.nodeLen[n])]
-		if p.opts.nodes != nodesSpread || !p.packDifferencing(list, n, nodes, lo, hi) {
-			p.buildFree(lo, hi)
-			for _, x := range list {
-				if err := p.placeExpert(x, p.nodeCnt[int(x)*nodes+n], lo, hi); err != nil {
-					return err
-				}
-			}
-		}
-		floor = max(floor, p.refine(lo, hi, floor))
-	}
+	np.lay.listAll(wt.order)
 	return nil
 }
 
-// resetNodeLists empties the per-node expert lists: node n's experts, in
-// packing order, at nodeList[n*per : n*per+nodeLen[n]] (per = the node's
-// slots, so a node's list never overflows its segment).
-func (p *planner) resetNodeLists(nodes, per int) {
-	p.nodeList = grow(p.nodeList, nodes*per)
-	p.nodeLen = grow(p.nodeLen, nodes)
-	clear(p.nodeLen)
-}
-
-// listExpert appends expert x to node n's list.
-func (p *planner) listExpert(x int32, n, per int) {
-	p.nodeList[n*per+int(p.nodeLen[n])] = x
-	p.nodeLen[n]++
-}
-
-// listNodes fills the per-node lists from nodeCnt.
-func (p *planner) listNodes(nodes, per int) {
-	p.resetNodeLists(nodes, per)
-	for _, x := range p.order {
-		for n, c := range p.nodeCnt[int(x)*nodes : int(x+1)*nodes] {
-			if c > 0 {
-				p.listExpert(x, n, per)
-			}
-		}
-	}
-}
-
 // placeChunk puts all reps[x] replicas of x onto nodes.
-func (p *planner) placeChunk(x int32, nodes int) error {
-	limit := p.nodeHi[x]
-	row := p.nodeCnt[int(x)*nodes : int(x+1)*nodes]
-	k := p.reps[x]
+func (np *nodePacker) placeChunk(reps []int32, wt *weights, x int32) error {
+	l := &np.lay
+	nodes := l.nodes
+	limit := np.hi[x]
+	row := l.cnt[int(x)*nodes : int(x+1)*nodes]
+	k := reps[x]
 	for k > 0 {
 		// The least-loaded node that takes the whole chunk.
 		best := -1
 		for n := range nodes {
-			if min(p.nodeFree[n], limit-row[n]) < k {
+			if min(np.free[n], limit-row[n]) < k {
 				continue
 			}
-			if best < 0 || p.nodeLoad[n] < p.nodeLoad[best] {
+			if best < 0 || l.load[n] < l.load[best] {
 				best = n
 			}
 		}
@@ -150,54 +187,57 @@ func (p *planner) placeChunk(x int32, nodes int) error {
 			// Split: the node with the most room takes what it can.
 			var most int32
 			for n := range nodes {
-				room := min(p.nodeFree[n], limit-row[n])
-				if room > most || (room == most && room > 0 && p.nodeLoad[n] < p.nodeLoad[best]) {
+				room := min(np.free[n], limit-row[n])
+				if room > most || (room == most && room > 0 && l.load[n] < l.load[best]) {
 					best, most = n, room
 				}
 			}
 			take = most
 		}
 		if best < 0 {
-			if err := p.repairNode(x, nodes); err != nil {
+			if err := np.repairNode(wt, x, len(reps)); err != nil {
 				return err
 			}
 			k--
 			continue
 		}
 		row[best] += take
-		p.nodeFree[best] -= take
-		p.nodeLoad[best] += float64(take) * p.w[x]
+		np.free[best] -= take
+		l.load[best] += float64(take) * wt.w[x]
 		k -= take
 	}
 	return nil
 }
 
-// repairNode places one replica of x when every node with room already
-// holds its limit of x: a full node that may take x hands one replica of
-// another expert to a node with room, keeping every count within nodeLo and
-// nodeHi (the same counting argument as repairRank guarantees one exists).
-func (p *planner) repairNode(x int32, nodes int) error {
+// repairNode places one replica of x (of e experts) when every node with
+// room already holds its limit of x: a full node that may take x hands one
+// replica of another expert to a node with room, keeping every count within
+// lo and hi (the same counting argument as repairRank guarantees one
+// exists).
+func (np *nodePacker) repairNode(wt *weights, x int32, e int) error {
+	l := &np.lay
+	nodes := l.nodes
 	q := -1
 	for n := range nodes {
-		if p.nodeFree[n] > 0 && (q < 0 || p.nodeLoad[n] < p.nodeLoad[q]) {
+		if np.free[n] > 0 && (q < 0 || l.load[n] < l.load[q]) {
 			q = n
 		}
 	}
 	if q < 0 {
 		return errNoRepair
 	}
-	limitX := p.nodeHi[x]
+	limitX := np.hi[x]
 	bestN, bestF := -1, int32(-1)
 	var bestM float64
 	for n := range nodes {
-		if p.nodeFree[n] > 0 || p.nodeCnt[int(x)*nodes+n] >= limitX {
+		if np.free[n] > 0 || l.cnt[int(x)*nodes+n] >= limitX {
 			continue
 		}
-		for f := range int32(p.nExperts) {
-			if f == x || p.nodeCnt[int(f)*nodes+n] <= p.nodeLo[f] || p.nodeCnt[int(f)*nodes+q] >= p.nodeHi[f] {
+		for f := range int32(e) {
+			if f == x || l.cnt[int(f)*nodes+n] <= np.lo[f] || l.cnt[int(f)*nodes+q] >= np.hi[f] {
 				continue
 			}
-			m := max(p.nodeLoad[q]+p.w[f], p.nodeLoad[n]-p.w[f]+p.w[x])
+			m := max(l.load[q]+wt.w[f], l.load[n]-wt.w[f]+wt.w[x])
 			if bestN < 0 || m < bestM {
 				bestN, bestF, bestM = n, f, m
 			}
@@ -206,11 +246,11 @@ func (p *planner) repairNode(x int32, nodes int) error {
 	if bestN < 0 {
 		return errNoRepair
 	}
-	p.nodeCnt[int(bestF)*nodes+bestN]--
-	p.nodeCnt[int(bestF)*nodes+q]++
-	p.nodeCnt[int(x)*nodes+bestN]++
-	p.nodeLoad[bestN] += p.w[x] - p.w[bestF]
-	p.nodeLoad[q] += p.w[bestF]
-	p.nodeFree[q]--
+	l.cnt[int(bestF)*nodes+bestN]--
+	l.cnt[int(bestF)*nodes+q]++
+	l.cnt[int(x)*nodes+bestN]++
+	l.load[bestN] += wt.w[x] - wt.w[bestF]
+	l.load[q] += wt.w[bestF]
+	np.free[q]--
 	return nil
 }

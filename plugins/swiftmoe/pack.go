@@ -1,15 +1,24 @@
 package swiftmoe
 
-// packRanks places need[e] replicas of every expert onto the ranks [lo, hi):
-// LPT packing, experts heaviest per replica first, each replica onto the
-// least-loaded rank with a free slot that holds fewer than capR[e] replicas
-// of it, so that one expert's replicas land on distinct ranks unless its
-// count forces doubling. Ties go to the lower rank.
-func (p *planner) packRanks(lo, hi int) error {
-	p.buildFree(lo, hi)
-	for _, e := range p.order {
-		if k := p.need[e]; k > 0 {
-			if err := p.placeExpert(e, k, lo, hi); err != nil {
+// rankPacker is flat packing: it places replicas onto a range of ranks by
+// LPT, experts heaviest per replica first, each replica onto the
+// least-loaded rank with a free slot that holds fewer than capR[e]
+// replicas of it, so that one expert's replicas land on distinct ranks
+// unless its count forces doubling. Ties go to the lower rank. It finds the
+// least-loaded ranks through a queue of rank keys (rankqueue.go).
+type rankPacker struct {
+	buf  []uint64 // the free queue's buffer
+	free []uint64 // keys of the ranks with a free slot, ascending
+	sel  []uint64 // keys of the ranks an expert just filled
+}
+
+// pack places need[e] replicas of every expert onto the ranks [lo, hi) of
+// rk, in the packing order of wt.
+func (pk *rankPacker) pack(rk *ranks, wt *weights, need []int32, lo, hi int) error {
+	pk.start(rk, lo, hi)
+	for _, e := range wt.order {
+		if k := need[e]; k > 0 {
+			if err := pk.place(rk, wt, e, k, lo, hi); err != nil {
 				return err
 			}
 		}
@@ -17,58 +26,22 @@ func (p *planner) packRanks(lo, hi int) error {
 	return nil
 }
 
-// count returns the replicas of e placed on rank q so far (e's replicas are
-// placed together, so a per-rank stamp suffices).
-func (p *planner) count(q, e int32) int32 {
-	if p.stampE[q] == e {
-		return p.stampC[q]
-	}
-	return 0
-}
-
-// assign puts one replica of e into the next free slot of rank q.
-func (p *planner) assign(q, e int32) {
-	p.dst[int(q)*p.nSlots+int(p.fill[q])] = int(e)
-	p.fill[q]++
-	p.load[q] += p.w[e]
-	p.bump(q, e)
-}
-
-func (p *planner) bump(q, e int32) {
-	if p.stampE[q] == e {
-		p.stampC[q]++
-	} else {
-		p.stampE[q], p.stampC[q] = e, 1
-	}
-}
-
-// placeExpert places k replicas of e in rounds: each round puts one replica
-// on each of the least-loaded eligible ranks.
-func (p *planner) placeExpert(e, k int32, lo, hi int) error {
-	limit := p.capR[e]
+// place places k replicas of e onto the ranks [lo, hi), which start
+// queued, in rounds: each round puts one replica on each of the
+// least-loaded eligible ranks.
+func (pk *rankPacker) place(rk *ranks, wt *weights, e, k int32, lo, hi int) error {
+	limit := wt.capR[e]
 	for k > 0 {
-		placed := p.takeFree(e, k, limit)
+		placed := pk.takeFree(rk, e, k, limit, wt.w[e])
 		k -= placed
 		if placed == 0 {
-			if err := p.repairRank(e, lo, hi); err != nil {
+			if err := pk.repairRank(rk, wt, e, lo, hi); err != nil {
 				return err
 			}
 			k--
 		}
 	}
 	return nil
-}
-
-// placed returns the replicas of e among rank q's filled slots.
-func (p *planner) placed(q, e int32) int32 {
-	var c int32
-	base := int(q) * p.nSlots
-	for _, x := range p.dst[base : base+int(p.fill[q])] {
-		if x == int(e) {
-			c++
-		}
-	}
-	return c
 }
 
 // repairRank places one replica of e when every rank with a free slot
@@ -78,25 +51,25 @@ func (p *planner) placed(q, e int32) int32 {
 // Such a swap always exists while e has replicas left (need <= ranks*capR):
 // some full rank p holds fewer than capR[e]; if q held capR[f] of every f
 // on p, q would hold at least S - count(p,e) + capR[e] > S replicas.
-func (p *planner) repairRank(e int32, lo, hi int) error {
-	if len(p.free) == 0 {
+func (pk *rankPacker) repairRank(rk *ranks, wt *weights, e int32, lo, hi int) error {
+	if len(pk.free) == 0 {
 		return errNoRepair
 	}
-	q := p.hrank(p.free[0])
-	s := p.nSlots
+	q := rk.rank(pk.free[0])
+	s := rk.s
 	bestP, bestJ := -1, -1
 	var bestM float64
 	for r := lo; r < hi; r++ {
 		rr := int32(r)
-		if p.fill[r] < int32(s) || p.count(rr, e) >= p.capR[e] {
+		if rk.fill[r] < int32(s) || rk.count(rr, e) >= wt.capR[e] {
 			continue
 		}
 		for j := range s {
-			f := int32(p.dst[r*s+j])
-			if f == e || p.placed(q, f) >= p.capR[f] {
+			f := int32(rk.dst[r*s+j])
+			if f == e || rk.placed(q, f) >= wt.capR[f] {
 				continue
 			}
-			m := max(p.load[q]+p.w[f], p.load[r]-p.w[f]+p.w[e])
+			m := max(rk.load[q]+wt.w[f], rk.load[r]-wt.w[f]+wt.w[e])
 			if bestP < 0 || m < bestM {
 				bestP, bestJ, bestM = r, j, m
 			}
@@ -105,14 +78,14 @@ func (p *planner) repairRank(e int32, lo, hi int) error {
 	if bestP < 0 {
 		return errNoRepair
 	}
-	f := int32(p.dst[bestP*s+bestJ])
+	f := int32(rk.dst[bestP*s+bestJ])
 	pp := int32(bestP)
-	p.dst[bestP*s+bestJ] = int(e)
-	p.load[pp] += p.w[e] - p.w[f]
-	p.bump(pp, e)
-	p.dst[int(q)*s+int(p.fill[q])] = int(f)
-	p.fill[q]++
-	p.load[q] += p.w[f]
-	p.refixFront()
+	rk.dst[bestP*s+bestJ] = int(e)
+	rk.load[pp] += wt.w[e] - wt.w[f]
+	rk.bump(pp, e)
+	rk.dst[int(q)*s+int(rk.fill[q])] = int(f)
+	rk.fill[q]++
+	rk.load[q] += wt.w[f]
+	pk.refixFront(rk)
 	return nil
 }

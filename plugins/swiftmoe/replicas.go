@@ -1,9 +1,21 @@
 package swiftmoe
 
-// replicaCounts sets reps: one replica per expert, then every extra slot to
-// the expert with the highest load per replica (EPLB's rule, which minimizes
-// the largest load per replica). Ties go to the lower id. With zero total
-// load the slots are spread uniformly.
+// counter is the counts phase: it hands out a layer's slots as replica
+// counts, one replica per expert, then every extra slot to the expert with
+// the highest load per replica (EPLB's rule, which minimizes the largest
+// load per replica). Ties go to the lower id. With zero total load the
+// slots are spread uniformly.
+type counter struct {
+	heap []int32 // max-heap of experts while handing out replicas
+
+	// The count in progress.
+	loads []float64 // per expert; empty means all zero
+	reps  []int32
+}
+
+// count sets reps (one entry per expert, summing to slots) from loads.
+// curReps holds the current plan's counts, nil when there is no current
+// plan; only a uniform count (zero total load) reads it.
 //
 // Handing out the extra slots one by one is the greedy pick of the largest
 // values among {load_e/k : k >= 1}. For a rate u, expert e has
@@ -14,19 +26,20 @@ package swiftmoe
 // few slots left to the experts that have values between the two rates.
 // u = extra/total and u = (extra+E)/total bracket it to begin with, since
 // the floors lose less than one value per expert.
-func (p *planner) replicaCounts() {
-	e, ns := p.nExperts, p.nRanks*p.nSlots
+func (c *counter) count(reps []int32, loads []float64, slots int, curReps []int32) {
+	c.loads, c.reps = loads, reps
+	e, ns := len(reps), slots
 	var total float64
 	for i := range e {
-		total += p.loadOf(i)
+		total += loadOf(loads, i)
 	}
 	if total <= 0 {
-		p.uniformCounts()
+		c.uniform(ns, curReps)
 		return
 	}
 	extra := ns - e
 	lo, hi := float64(extra)/total, float64(extra+e)/total
-	fLo, fHi := p.floorSum(lo), p.floorSum(hi)
+	fLo, fHi := c.floorSum(lo), c.floorSum(hi)
 	for range countSteps {
 		if fLo >= extra || fHi <= fLo {
 			break
@@ -35,7 +48,7 @@ func (p *planner) replicaCounts() {
 		if u <= lo || u >= hi {
 			break
 		}
-		if f := p.floorSum(u); f <= extra {
+		if f := c.floorSum(u); f <= extra {
 			lo, fLo = u, f
 		} else {
 			hi, fHi = u, f
@@ -45,19 +58,19 @@ func (p *planner) replicaCounts() {
 		lo, fLo = 0, 0
 	}
 	for i := range e {
-		p.reps[i] = 1 + int32(p.loadOf(i)*lo)
+		reps[i] = 1 + int32(loadOf(loads, i)*lo)
 	}
-	p.handOut(extra-fLo, lo, hi, fHi >= extra)
+	c.handOut(extra-fLo, lo, hi, fHi >= extra)
 }
 
-// countSteps bounds replicaCounts' secant steps.
+// countSteps bounds count's secant steps.
 const countSteps = 4
 
 // floorSum is f(u), the sum of floor(load*u).
-func (p *planner) floorSum(u float64) int {
+func (c *counter) floorSum(u float64) int {
 	sum := 0
-	for i := range p.nExperts {
-		sum += int(p.loadOf(i) * u)
+	for i := range c.reps {
+		sum += int(loadOf(c.loads, i) * u)
 	}
 	return sum
 }
@@ -65,43 +78,43 @@ func (p *planner) floorSum(u float64) int {
 // handOut gives left more replicas, one at a time, to the expert with the
 // highest load per replica. When bracketed, only experts with a value
 // between rates lo and hi can take one, and only they enter the heap.
-func (p *planner) handOut(left int, lo, hi float64, bracketed bool) {
+func (c *counter) handOut(left int, lo, hi float64, bracketed bool) {
 	if left <= 0 {
 		return
 	}
-	h := p.eheap[:0]
-	for i := range p.nExperts {
-		l := p.loadOf(i)
+	h := grow(c.heap, len(c.reps))[:0]
+	for i := range c.reps {
+		l := loadOf(c.loads, i)
 		if !bracketed || int(l*hi) > int(l*lo) {
 			h = append(h, int32(i))
 		}
 	}
 	if len(h) == 0 {
-		for i := range p.nExperts {
+		for i := range c.reps {
 			h = append(h, int32(i))
 		}
 	}
 	for i := len(h)/2 - 1; i >= 0; i-- {
-		p.edown(h, i)
+		c.down(h, i)
 	}
 	for ; left > 0; left-- {
 		top := h[0]
-		p.reps[top]++
-		p.edown(h, 0)
+		c.reps[top]++
+		c.down(h, 0)
 	}
-	p.eheap = h
+	c.heap = h
 }
 
-// uniformCounts spreads the slots evenly: ns/E each, and one more for
-// ns mod E experts: the current plan's choice when it is already uniform,
-// else the lowest ids (as the static layout does).
-func (p *planner) uniformCounts() {
-	e, ns := int32(p.nExperts), int32(p.nRanks*p.nSlots)
-	base, rem := ns/e, ns%e
-	if p.cur != nil {
+// uniform spreads the ns slots evenly: ns/E each, and one more for
+// ns mod E experts: the current plan's choice (curReps) when it is already
+// uniform, else the lowest ids (as the static layout does).
+func (c *counter) uniform(ns int, curReps []int32) {
+	e, n := int32(len(c.reps)), int32(ns)
+	base, rem := n/e, n%e
+	if curReps != nil {
 		var ok, more int32 = 1, 0
 		for i := range e {
-			switch p.curReps[i] {
+			switch curReps[i] {
 			case base:
 			case base + 1:
 				more++
@@ -110,42 +123,42 @@ func (p *planner) uniformCounts() {
 			}
 		}
 		if ok == 1 && more == rem {
-			copy(p.reps, p.curReps)
+			copy(c.reps, curReps)
 			return
 		}
 	}
 	for i := range e {
-		p.reps[i] = base
+		c.reps[i] = base
 		if i < rem {
-			p.reps[i]++
+			c.reps[i]++
 		}
 	}
 }
 
-// ebetter orders the expert heap: higher load per replica first.
-func (p *planner) ebetter(a, b int32) bool {
-	la, lb := p.loadOf(int(a))*float64(p.reps[b]), p.loadOf(int(b))*float64(p.reps[a])
+// better orders the expert heap: higher load per replica first.
+func (c *counter) better(a, b int32) bool {
+	la, lb := loadOf(c.loads, int(a))*float64(c.reps[b]), loadOf(c.loads, int(b))*float64(c.reps[a])
 	if la != lb {
 		return la > lb
 	}
 	return a < b
 }
 
-func (p *planner) edown(h []int32, i int) {
+func (c *counter) down(h []int32, i int) {
 	n := len(h)
 	for {
 		l := 2*i + 1
 		if l >= n {
 			return
 		}
-		c := l
-		if r := l + 1; r < n && p.ebetter(h[r], h[l]) {
-			c = r
+		m := l
+		if r := l + 1; r < n && c.better(h[r], h[l]) {
+			m = r
 		}
-		if !p.ebetter(h[c], h[i]) {
+		if !c.better(h[m], h[i]) {
 			return
 		}
-		h[i], h[c] = h[c], h[i]
-		i = c
+		h[i], h[m] = h[m], h[i]
+		i = m
 	}
 }

@@ -20,27 +20,9 @@ const (
 	searchSeed = 0x5eed
 )
 
-// pack packs the current counts: weights, then node-aware (by the node
-// policy) or flat packing with local refinement.
-func (p *planner) pack(t sdk.Topology) error {
-	p.sortByWeight()
-	p.resetRanks()
-	if r := hierarchical(t); r > 0 {
-		if p.opts.nodes == nodesPack {
-			return p.packNodes(r)
-		}
-		return p.packSpread(r)
-	}
-	copy(p.need, p.reps)
-	if err := p.packRanks(0, p.nRanks); err != nil {
-		return err
-	}
-	p.refine(0, p.nRanks, 0)
-	return nil
-}
-
 func (p *planner) searchable() bool {
-	return p.nExperts > 1 && p.nExperts < len(p.dst) && p.nExperts*len(p.dst) <= searchMaxSize
+	n := len(p.rk.dst)
+	return p.nExperts > 1 && p.nExperts < n && p.nExperts*n <= searchMaxSize
 }
 
 // score ranks plans: a lighter busiest rank first, then a smaller sum of
@@ -51,50 +33,64 @@ func (a score) better(b score) bool {
 	return a.hi < b.hi*(1-1e-12) || (a.hi <= b.hi && a.sq < b.sq*(1-1e-12))
 }
 
-// searchCounts is an iterated local search over replica counts. A climb
-// moves one replica from one expert to another, repacks, and keeps the
-// first change that scores better, until none does. After the first climb
-// (from the proportional counts), each round kicks the best counts with two
-// random moves and climbs again. The kicks come from a fixed seed, so the
-// result is deterministic. The best plan found replaces dst.
-func (p *planner) searchCounts(t sdk.Topology) {
-	best := p.score(p.dst)
+// countSearch is an iterated local search over replica counts, repacking
+// the planner's layer for each counts it tries.
+type countSearch struct {
+	bestDst   []int
+	bestReps  []int32
+	climbDst  []int
+	climbReps []int32
+}
+
+// run searches: a climb moves one replica from one expert to another,
+// repacks, and keeps the first change that scores better, until none does.
+// After the first climb (from the proportional counts), each round kicks
+// the best counts with two random moves and climbs again. The kicks come
+// from a fixed seed, so the result is deterministic. The best plan found
+// replaces p's plan and counts.
+func (cs *countSearch) run(p *planner, t sdk.Topology) {
+	dst := p.rk.dst
+	best := p.score(dst)
 	if best.hi <= 0 {
 		return
 	}
-	copy(p.bestDst, p.dst)
-	copy(p.bestReps, p.reps)
-	evals := searchBudget / len(p.dst)
-	rng := rand.New(rand.NewPCG(searchSeed, uint64(len(p.dst))))
+	cs.bestDst = grow(cs.bestDst, len(dst))
+	cs.bestReps = grow(cs.bestReps, p.nExperts)
+	copy(cs.bestDst, dst)
+	copy(cs.bestReps, p.reps)
+	evals := searchBudget / len(dst)
+	rng := rand.New(rand.NewPCG(searchSeed, uint64(len(dst))))
 	start := best
 	for first := true; evals > 0; first = false {
 		if !first {
-			copy(p.reps, p.bestReps)
-			if !p.kick(rng) || !p.tryPack(t, &evals) {
+			copy(p.reps, cs.bestReps)
+			if !kick(rng, p.reps) || !p.tryPack(t, &evals) {
 				continue
 			}
-			start = p.score(p.dst)
+			start = p.score(dst)
 		}
-		got := p.climb(t, start, &evals)
+		got := cs.climb(p, t, start, &evals)
 		if got.better(best) {
 			best = got
-			copy(p.bestDst, p.dst)
-			copy(p.bestReps, p.reps)
+			copy(cs.bestDst, dst)
+			copy(cs.bestReps, p.reps)
 		}
 	}
-	copy(p.reps, p.bestReps)
-	copy(p.dst, p.bestDst)
-	p.sortByWeight()
+	copy(p.reps, cs.bestReps)
+	copy(dst, cs.bestDst)
+	p.weigh()
 }
 
-// climb improves the counts in reps (packed into dst, scoring cur) by
-// single-replica moves and returns the final score, with reps and dst
-// holding that plan.
-func (p *planner) climb(t sdk.Topology, cur score, evals *int) score {
-	e := p.nExperts
-	base := p.curScratch()
+// climb improves the counts in p.reps (packed into p's plan, scoring cur)
+// by single-replica moves and returns the final score, with p's counts and
+// plan holding that plan.
+func (cs *countSearch) climb(p *planner, t sdk.Topology, cur score, evals *int) score {
+	e, dst := p.nExperts, p.rk.dst
+	cs.climbReps = grow(cs.climbReps, e)
+	cs.climbDst = grow(cs.climbDst, len(dst))
+	base := cs.climbReps
 	copy(base, p.reps)
-	copy(p.climbDst, p.dst)
+	copy(cs.climbDst, dst)
 	for improved := true; improved && *evals > 0; {
 		improved = false
 		for from := 0; from < e && !improved && *evals > 0; from++ {
@@ -111,10 +107,10 @@ func (p *planner) climb(t sdk.Topology, cur score, evals *int) score {
 				if !p.tryPack(t, evals) {
 					continue
 				}
-				if s := p.score(p.dst); s.better(cur) {
+				if s := p.score(dst); s.better(cur) {
 					cur = s
 					copy(base, p.reps)
-					copy(p.climbDst, p.dst)
+					copy(cs.climbDst, dst)
 					improved = true
 					break
 				}
@@ -122,28 +118,22 @@ func (p *planner) climb(t sdk.Topology, cur score, evals *int) score {
 		}
 	}
 	copy(p.reps, base)
-	copy(p.dst, p.climbDst)
-	p.sortByWeight()
+	copy(dst, cs.climbDst)
+	p.weigh()
 	return cur
 }
 
-func (p *planner) curScratch() []int32 {
-	p.climbReps = grow(p.climbReps, p.nExperts)
-	p.climbDst = grow(p.climbDst, len(p.dst))
-	return p.climbReps
-}
-
-// kick moves two random replicas between random experts.
-func (p *planner) kick(rng *rand.Rand) bool {
-	e := p.nExperts
+// kick moves two random replicas between random experts of reps.
+func kick(rng *rand.Rand, reps []int32) bool {
+	e := len(reps)
 	moved := 0
 	for range 8 {
 		from, to := rng.IntN(e), rng.IntN(e)
-		if from == to || p.reps[from] <= 1 {
+		if from == to || reps[from] <= 1 {
 			continue
 		}
-		p.reps[from]--
-		p.reps[to]++
+		reps[from]--
+		reps[to]++
 		if moved++; moved == 2 {
 			break
 		}
@@ -159,12 +149,12 @@ func (p *planner) tryPack(t sdk.Topology, evals *int) bool {
 
 // score scores a plan under the weights of the current counts.
 func (p *planner) score(slots []int) score {
-	s := p.nSlots
+	s := p.rk.s
 	var out score
-	for r := range p.nRanks {
+	for r := range p.rk.n {
 		var l float64
 		for _, e := range slots[r*s : (r+1)*s] {
-			l += p.w[e]
+			l += p.wt.w[e]
 		}
 		out.hi = max(out.hi, l)
 		out.sq += l * l

@@ -57,9 +57,9 @@ type Host struct {
 	sockDir      string         // private directory of the plugins' unix sockets
 	wg           sync.WaitGroup // background starts and kills
 
-	mu     sync.Mutex
-	slots  map[string]*slot
-	closed bool
+	mu          sync.Mutex
+	supervisors map[string]*supervisor // by strategy name
+	closed      bool
 }
 
 // Info describes a strategy plugin.
@@ -95,7 +95,7 @@ func New(o Options) (*Host, error) {
 	}
 	h := &Host{
 		dir: o.Dir, timeout: o.CallTimeout, startTimeout: o.StartTimeout,
-		log: o.Logger, metrics: o.Metrics, sums: sums, sockDir: sockDir, slots: map[string]*slot{},
+		log: o.Logger, metrics: o.Metrics, sums: sums, sockDir: sockDir, supervisors: map[string]*supervisor{},
 	}
 	if h.timeout <= 0 {
 		h.timeout = DefaultCallTimeout
@@ -118,40 +118,42 @@ func (h *Host) Has(name string) error {
 	return err
 }
 
-func (h *Host) slot(name string) (*slot, error) {
+// supervisor returns the supervisor of strategy name's plugin process,
+// creating it (without starting a process) on first use.
+func (h *Host) supervisor(name string) (*supervisor, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	if s, ok := h.slots[name]; ok {
-		return s, nil
+	if sv, ok := h.supervisors[name]; ok {
+		return sv, nil
 	}
 	path, err := binaryPath(h.dir, name)
 	if err != nil {
 		return nil, err
 	}
-	s := &slot{h: h, name: name, path: path}
-	h.slots[name] = s
-	return s, nil
+	sv := &supervisor{h: h, name: name, path: path}
+	h.supervisors[name] = sv
+	return sv, nil
 }
 
 // Info starts the plugin if needed and returns its description.
 func (h *Host) Info(ctx context.Context, name string) (Info, error) {
-	s, err := h.slot(name)
+	sv, err := h.supervisor(name)
 	if err != nil {
 		return Info{}, err
 	}
-	in, err := s.acquire(ctx)
+	in, err := sv.acquire(ctx)
 	if err != nil {
-		return Info{Path: s.path}, err
+		return Info{Path: sv.path}, err
 	}
 	info := in.info
 	if info.Name != name {
 		h.log.Warn("plugin describes itself under another name; using its binary name", "strategy", name, "described", info.Name)
 		info.Name = name
 	}
-	return Info{Info: info, Path: s.path, SHA256: in.sha256}, nil
+	return Info{Info: info, Path: sv.path, SHA256: in.sha256}, nil
 }
 
 // List describes every strategy in the plugins directory, starting the
@@ -184,11 +186,11 @@ func (h *Host) List(ctx context.Context) ([]Info, error) {
 // Every failure is a *Failure; on any failure but ReasonCanceled and
 // ReasonUnavailable the plugin process is killed and a fresh one started.
 func (h *Host) Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Response, error) {
-	s, err := h.slot(name)
+	sv, err := h.supervisor(name)
 	if err != nil {
 		return nil, &Failure{Strategy: name, Reason: ReasonUnavailable, Err: err}
 	}
-	in, err := s.acquire(ctx)
+	in, err := sv.acquire(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, &Failure{Strategy: name, Reason: ReasonCanceled, Err: err}
@@ -204,13 +206,13 @@ func (h *Host) Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Re
 			err = fmt.Errorf("no answer within the plugin timeout of %v: %w", h.timeout, err)
 		}
 		if reason != ReasonCanceled {
-			s.discard(in, reason, err)
+			sv.discard(in, reason, err)
 		}
 		return nil, &Failure{Strategy: name, Reason: reason, Err: err}
 	}
 	if reason, err := validateResponse(req, resp); err != nil {
 		h.metrics.InvalidPlanRejected(name, string(reason))
-		s.discard(in, reason, err)
+		sv.discard(in, reason, err)
 		return nil, &Failure{Strategy: name, Reason: reason, Err: err}
 	}
 	return resp, nil
@@ -250,25 +252,25 @@ func callersDeadline(parent, call context.Context) bool {
 // PID returns the process id of strategy name's running plugin, 0 if none.
 func (h *Host) PID(name string) int {
 	h.mu.Lock()
-	s := h.slots[name]
+	sv := h.supervisors[name]
 	h.mu.Unlock()
-	if s == nil {
+	if sv == nil {
 		return 0
 	}
-	return s.pid()
+	return sv.pid()
 }
 
 // Restarts returns how many times strategy name's plugin was restarted.
 func (h *Host) Restarts(name string) int {
 	h.mu.Lock()
-	s := h.slots[name]
+	sv := h.supervisors[name]
 	h.mu.Unlock()
-	if s == nil {
+	if sv == nil {
 		return 0
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.restarts
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	return sv.restarts
 }
 
 // Close kills every plugin process and waits for background starts and
@@ -276,17 +278,17 @@ func (h *Host) Restarts(name string) int {
 func (h *Host) Close() {
 	h.mu.Lock()
 	h.closed = true
-	slots := make([]*slot, 0, len(h.slots))
-	for _, s := range h.slots {
-		slots = append(slots, s)
+	svs := make([]*supervisor, 0, len(h.supervisors))
+	for _, sv := range h.supervisors {
+		svs = append(svs, sv)
 	}
 	h.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, s := range slots {
+	for _, sv := range svs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.close()
+			sv.close()
 		}()
 	}
 	wg.Wait()

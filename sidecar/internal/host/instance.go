@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
 
+	"github.com/swiftmoe/swiftmoe/internal/transport"
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
 
@@ -55,7 +56,7 @@ func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout 
 		AutoMTLS:         true,
 		Logger:           log,
 		StartTimeout:     startTimeout,
-		GRPCDialOptions:  dialOptions(),
+		GRPCDialOptions:  transport.PluginDialOptions(),
 	})
 	rpc, err := client.Client()
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
-	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+	"github.com/swiftmoe/swiftmoe/internal/transport"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/planner"
 )
 
@@ -90,8 +90,8 @@ func New(svc *planner.Service, log hclog.Logger) (*grpc.Server, *health.Server) 
 		// that order write it in a few syscalls instead of one per 32 KiB.
 		grpc.WriteBufferSize(transportBufferBytes),
 		grpc.ReadBufferSize(transportBufferBytes),
-		experimental.BufferPool(sdk.BufferPool),
-		grpc.ForceServerCodecV2(sdk.Codec),
+		experimental.BufferPool(transport.BufferPool),
+		grpc.ForceServerCodecV2(transport.Codec),
 		grpc.ChainUnaryInterceptor(recoverInterceptor(log)),
 	)
 	pb.RegisterPlannerServer(gs, &plannerServer{svc: svc})

@@ -1,7 +1,6 @@
-package sdk
+package transport
 
 import (
-	"context"
 	"slices"
 	"sync"
 
@@ -22,17 +21,23 @@ import (
 // slots. A plugin built before this answers with response_id 0 and is never
 // sent a reference.
 
-// keptResponses is how many responses each end keeps: a job needs one, so
-// this serves several jobs on one plugin. The plugin keeps a few more than
-// the sidecar asks about, so that responses received out of order do not
-// make misses.
+// KeptBySidecar and KeptByPlugin are how many responses each end keeps: a
+// job needs one, so this serves several jobs on one plugin. The plugin keeps
+// a few more than the sidecar asks about, so that responses received out of
+// order do not make misses.
 const (
-	keptResponses       = 8
-	keptResponsesPlugin = keptResponses + 4
+	KeptBySidecar = 8
+	KeptByPlugin  = KeptBySidecar + 4
 )
 
 // staleRefMessage marks the plugin's answer to an unknown current_ref.
 const staleRefMessage = "current_ref names no response this plugin keeps; send current_slots"
+
+// IsStaleRef reports whether err is a plugin's answer to a current_ref it no
+// longer holds: the request must be sent again with its current slots.
+func IsStaleRef(err error) bool {
+	return status.Code(err) == codes.FailedPrecondition && status.Convert(err).Message() == staleRefMessage
+}
 
 // kept is a response id and its placements.
 type kept[T any] struct {
@@ -56,15 +61,16 @@ func (k *keptList[T]) add(id uint64, layers [][]T, limit int) {
 	k.items = append(k.items, kept[T]{id, layers})
 }
 
-// sentRefs is the plugin's side: the responses it sent, by id.
-type sentRefs struct {
+// SentResponses is the plugin's end: the responses it sent, by id. The zero
+// value is ready for use; it is safe for concurrent use.
+type SentResponses struct {
 	keptList[uint32]
 	next uint64
 }
 
-// name assigns the next id to a response's layers (wire form, not changed
+// Name assigns the next id to a response's layers (wire form, not changed
 // after sending) and keeps them.
-func (s *sentRefs) name(layers []*pb.StrategyLayerOutput) uint64 {
+func (s *SentResponses) Name(layers []*pb.StrategyLayerOutput) uint64 {
 	s.mu.Lock()
 	s.next++
 	id := s.next
@@ -73,13 +79,14 @@ func (s *sentRefs) name(layers []*pb.StrategyLayerOutput) uint64 {
 	for i, l := range layers {
 		ids[i] = l.GetSlots()
 	}
-	s.add(id, ids, keptResponsesPlugin)
+	s.add(id, ids, KeptByPlugin)
 	return id
 }
 
-// resolve fills every layer's current_slots from the response named by
-// req.CurrentRef; FailedPrecondition when it is not kept or does not fit.
-func (s *sentRefs) resolve(req *pb.StrategyPlanRequest) error {
+// Resolve fills every layer's current_slots from the response named by
+// req.CurrentRef; a FailedPrecondition error that IsStaleRef recognizes when
+// it is not kept or does not fit.
+func (s *SentResponses) Resolve(req *pb.StrategyPlanRequest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, it := range s.items {
@@ -97,11 +104,13 @@ func (s *sentRefs) resolve(req *pb.StrategyPlanRequest) error {
 	return status.Error(codes.FailedPrecondition, staleRefMessage)
 }
 
-// gotRefs is the sidecar's side: copies of the responses it received.
-type gotRefs struct{ keptList[int] }
+// ReceivedResponses is the sidecar's end: copies of the responses it
+// received. The zero value is ready for use; it is safe for concurrent use.
+type ReceivedResponses struct{ keptList[int] }
 
-// keep copies a response's layers (the caller may change the ones it got).
-func (g *gotRefs) keep(id uint64, layers [][]int) {
+// Keep copies a response's layers (the caller may change the ones it got).
+// A response without a name (id 0) is not kept.
+func (g *ReceivedResponses) Keep(id uint64, layers [][]int) {
 	if id == 0 {
 		return
 	}
@@ -109,22 +118,23 @@ func (g *gotRefs) keep(id uint64, layers [][]int) {
 	for i, l := range layers {
 		cp[i] = slices.Clone(l)
 	}
-	g.add(id, cp, keptResponses)
+	g.add(id, cp, KeptBySidecar)
 }
 
-// find returns the id of a kept response whose placements equal every
-// layer's current placement, newest first; 0 when none does.
-func (g *gotRefs) find(req *Request) uint64 {
+// Find returns the id of a kept response whose placements equal the current
+// placement of every one of a request's n layers (current(l) is layer l's),
+// newest first; 0 when none does.
+func (g *ReceivedResponses) Find(n int, current func(layer int) []int) uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for i := len(g.items) - 1; i >= 0; i-- {
 		it := g.items[i]
-		if len(it.layers) != len(req.Layers) {
+		if len(it.layers) != n {
 			continue
 		}
 		same := true
-		for l := range req.Layers {
-			if !slices.Equal(it.layers[l], req.Layers[l].Current) {
+		for l := range n {
+			if !slices.Equal(it.layers[l], current(l)) {
 				same = false
 				break
 			}
@@ -134,16 +144,4 @@ func (g *gotRefs) find(req *Request) uint64 {
 		}
 	}
 	return 0
-}
-
-// planByRef sends req with its current placement named by ref, and again
-// with the slots when the plugin no longer holds ref.
-func (c *GRPCClient) planByRef(ctx context.Context, req *Request, ref uint64) (*pb.StrategyPlanResponse, error) {
-	msg := requestToProto(req, ref == 0)
-	msg.CurrentRef = ref
-	resp, err := c.Client.Plan(ctx, msg)
-	if ref != 0 && status.Code(err) == codes.FailedPrecondition && status.Convert(err).Message() == staleRefMessage {
-		return c.Client.Plan(ctx, requestToProto(req, true))
-	}
-	return resp, err
 }
