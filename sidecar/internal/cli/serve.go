@@ -43,7 +43,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		"Serves the Planner gRPC API to the SwiftMoE Python shim, hosting strategy plugins\n"+
 			"(swiftmoe-strategy-NAME binaries in the plugins directory). Prints one line,\n"+
 			"'listening on ADDRESS', to stdout once the socket accepts; logs go to stderr.\n"+
-			"SIGTERM or SIGINT stops it gracefully: plugins are killed and the socket removed.",
+			"SIGTERM, SIGINT or SIGHUP stops it gracefully: plugins are killed and the socket removed.",
 		"swiftmoe-sidecar serve --plugins-dir ./bin --metrics-listen 127.0.0.1:9464 --exit-with-parent", stdout, stderr)
 	var f serveFlags
 	fs.StringVar(&f.listen, "listen", "", "gRPC `ADDR`: unix:///abs/path.sock, or tcp://HOST:PORT (loopback unless --allow-remote);\ndefault: sidecar.sock (mode 0600) in a fresh private directory (mode 0700) under $TMPDIR")
@@ -73,9 +73,14 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 }
 
 func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
+	// A closed stdout or stderr (the parent that read them died) must not
+	// kill the daemon with SIGPIPE before it cleans up: writes to them fail
+	// instead, and logging goes on to nowhere.
+	signal.Ignore(syscall.SIGPIPE)
 	// Catch signals from the start, so that a stop request during startup
-	// still removes the socket and kills the plugins.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	// still removes the socket and kills the plugins. SIGHUP (a closed
+	// terminal) stops it the same way.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	dir, err := pluginsDir(f.pluginsDir)
 	if err != nil {
