@@ -68,6 +68,16 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if level == hclog.NoLevel {
 		return fs.fail("--log-level %q is not a level; use trace, debug, info, warn or error", f.logLevel)
 	}
+	// Addresses of the wrong form are command-line mistakes (exit 2); a
+	// failure to bind a well-formed one is not.
+	if err := server.CheckListen(f.listen, f.allowRemote); err != nil {
+		return fs.fail("%v", err)
+	}
+	if f.metricsListen != "" {
+		if err := server.CheckHostPort("--metrics-listen", f.metricsListen, f.allowRemote); err != nil {
+			return fs.fail("%v", err)
+		}
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "swiftmoe-sidecar", Output: stderr, Level: level})
 	return serve(f, stdout, log)
 }

@@ -288,9 +288,14 @@ func TestServeStartupErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"--listen", "tcp://0.0.0.0:0"}, 1, "not a loopback address"},
-		{[]string{"--plugins-dir", "/nonexistent-dir"}, 1, "--plugins-dir"},
+		// A bad command line prints the usage and exits 2.
+		{[]string{"--listen", "tcp://0.0.0.0:0"}, 2, "not a loopback address"},
+		{[]string{"--listen", "unix://relative.sock"}, 2, "Usage:"},
+		{[]string{"--metrics-listen", "0.0.0.0:0"}, 2, "not a loopback address"},
 		{[]string{"--bogus"}, 2, "Usage:"},
+		// What the machine refuses exits 1.
+		{[]string{"--plugins-dir", "/nonexistent-dir"}, 1, "--plugins-dir"},
+		{[]string{"--listen", "unix:///nonexistent-dir/s.sock"}, 1, "no such file or directory"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
