@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ type serveFlags struct {
 	listen, pluginsDir, metricsListen, logLevel string
 	pluginTimeout                               time.Duration
 	exitWithParent, allowRemote, discover       bool
+	metricsPerExpert                            bool
 	slotMemFraction                             float64
 }
 
@@ -50,6 +52,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.pluginsDir, "plugins-dir", "", "`DIR` of the swiftmoe-strategy-NAME plugin binaries (default: the sidecar executable's directory)")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "`HOST:PORT` to serve Prometheus /metrics on, loopback unless --allow-remote (default: off)")
 	fs.DurationVar(&f.pluginTimeout, "plugin-timeout", host.DefaultCallTimeout, "deadline of one strategy call; a plugin that misses it is restarted and the last valid plan served")
+	fs.BoolVar(&f.metricsPerExpert, "metrics-per-expert", false, "also export swiftmoe_expert_replicas{job,layer,expert}, at most "+strconv.Itoa(metrics.MaxExpertSeries)+" series over all jobs\n(per-job and per-layer series are always exported, at most "+strconv.Itoa(metrics.MaxLayerSeries)+" per-layer ones)")
 	fs.BoolVar(&f.exitWithParent, "exit-with-parent", false, "stop when the parent process dies, so a crashed trainer leaves no sidecar behind")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false, "allow --listen and --metrics-listen on non-loopback addresses")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
@@ -111,7 +114,7 @@ func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
 	if ln.PrivateDir() != "" {
 		sockDir = filepath.Join(ln.PrivateDir(), "plugins")
 	}
-	m := metrics.New()
+	m := metrics.NewWith(metrics.Options{PerExpert: f.metricsPerExpert})
 	h, err := host.New(host.Options{Dir: dir, CallTimeout: f.pluginTimeout, Logger: log, Metrics: m, SocketDir: sockDir})
 	if err != nil {
 		return fmt.Errorf("--plugins-dir: %w", err)

@@ -50,7 +50,7 @@ func checkPlan(t *testing.T, p *pb.Plan) {
 }
 
 func TestServeLifecycle(t *testing.T) {
-	sc := startSidecar(t, "--plugins-dir", binDir, "--metrics-listen", "127.0.0.1:0", "--plugin-timeout", "500ms")
+	sc := startSidecar(t, "--plugins-dir", binDir, "--metrics-listen", "127.0.0.1:0", "--metrics-per-expert", "--plugin-timeout", "500ms")
 	sock, ok := strings.CutPrefix(sc.url, "unix://")
 	if !ok {
 		t.Fatalf("default address %q is not a unix socket", sc.url)

@@ -59,7 +59,7 @@ func start(t *testing.T, timeout time.Duration) *env {
 		t.Fatal(err)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Warn})
-	m := metrics.New()
+	m := metrics.NewWith(metrics.Options{PerExpert: true})
 	h, err := host.New(host.Options{Dir: dir, CallTimeout: timeout, Metrics: m, Logger: log})
 	if err != nil {
 		t.Fatal(err)
