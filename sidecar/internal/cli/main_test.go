@@ -22,7 +22,7 @@ func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
 	flag.Parse()
-	if fuzzing() {
+	if testbin.Fuzzing() {
 		// A fuzz target needs no plugin, and every fuzz worker runs
 		// TestMain.
 		return m.Run()
@@ -45,15 +45,4 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
-}
-
-// fuzzing reports whether this process runs a fuzz target (go test -fuzz),
-// as the coordinator or as a worker.
-func fuzzing() bool {
-	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
-		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
-			return true
-		}
-	}
-	return false
 }
