@@ -19,6 +19,7 @@ import (
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/host"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/planner"
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/testbin"
 )
 
 // staticStrategies is an in-process stand-in for the plugin host with one
@@ -50,17 +51,6 @@ func (staticStrategies) Plan(_ context.Context, _ string, req *sdk.Request) (*sd
 	}
 	return resp, nil
 }
-
-// rawCodec sends and receives messages as the bytes they are, so that a
-// client can put any bytes on the wire.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) ([]byte, error) { return *v.(*[]byte), nil }
-func (rawCodec) Unmarshal(data []byte, v any) error {
-	*v.(*[]byte) = append([]byte(nil), data...)
-	return nil
-}
-func (rawCodec) Name() string { return "proto" }
 
 // fuzzJob is registered before each input, so that reports can name a job.
 var fuzzJob = &pb.RegisterJobRequest{
@@ -118,7 +108,7 @@ func FuzzPlannerWire(f *testing.F) {
 			t.Fatalf("registering the fuzz job: %v", err)
 		}
 		var out []byte
-		err := conn.Invoke(ctx, "/swiftmoe.v1.Planner/"+name, &data, &out, grpc.ForceCodec(rawCodec{}))
+		err := conn.Invoke(ctx, "/swiftmoe.v1.Planner/"+name, &data, &out, grpc.ForceCodec(testbin.RawCodec{}))
 		switch status.Code(err) {
 		case codes.OK:
 		case codes.InvalidArgument, codes.NotFound, codes.ResourceExhausted:
