@@ -156,16 +156,13 @@ func (s *traceScanner) record(b *recordBuf) error {
 			default:
 				return fmt.Errorf("not a routing-trace object (unknown field %q); want %s", key, traceFormat)
 			}
-			c, ok = s.skipSpace()
-			if ok && c == ',' {
-				s.pos++
-				continue
+			more, err := s.next('}')
+			if err != nil {
+				return err
 			}
-			if ok && c == '}' {
-				s.pos++
+			if !more {
 				break
 			}
-			return s.unexpected(c, ok, "',' or '}' after a field")
 		}
 	}
 	switch {
@@ -224,29 +221,31 @@ func (s *traceScanner) loads(b *recordBuf) error {
 				return fmt.Errorf("loads[%d][%d]: %s is not a token count; want an integer >= 0", l, e, bad)
 			}
 			b.counts = append(b.counts, v)
-			c, ok = s.skipSpace()
-			if ok && c == ',' {
-				s.pos++
-				continue
+			more, err := s.next(']')
+			if err != nil {
+				return err
 			}
-			if ok && c == ']' {
-				s.pos++
+			if !more {
 				break
 			}
-			return s.unexpected(c, ok, fmt.Sprintf("',' or ']' in loads[%d]", l))
 		}
 		b.ends = append(b.ends, len(b.counts))
-		c, ok = s.skipSpace()
-		if ok && c == ',' {
-			s.pos++
-			continue
+		more, err := s.next(']')
+		if err != nil || !more {
+			return err
 		}
-		if ok && c == ']' {
-			s.pos++
-			return nil
-		}
-		return s.unexpected(c, ok, "',' or ']' in loads")
 	}
+}
+
+// next consumes the ',' after an element of a list or object, or the
+// closing byte after its last one; more reports which.
+func (s *traceScanner) next(closing byte) (more bool, err error) {
+	c, ok := s.skipSpace()
+	if ok && (c == ',' || c == closing) {
+		s.pos++
+		return c == ',', nil
+	}
+	return false, s.unexpected(c, ok, fmt.Sprintf("',' or '%c'", closing))
 }
 
 // uint parses a value that must be an integer in [0, 2^64). A JSON value of

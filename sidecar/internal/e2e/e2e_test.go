@@ -235,16 +235,7 @@ func TestExitWithParent(t *testing.T) {
 	// pid), so the sleep process is the sidecar's parent.
 	script := fmt.Sprintf("%q serve --exit-with-parent --plugins-dir %q --listen unix://%s >%q 2>&1 & echo $!; exec sleep 60", sidecarBin, binDir, sock, out)
 	parent := exec.Command("sh", "-c", script)
-	stdout, err := parent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := parent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan struct{})
-	go func() { _ = parent.Wait(); close(waited) }()
-	t.Cleanup(func() { _ = parent.Process.Kill(); <-waited })
+	stdout, _ := startParent(t, parent)
 	var pid int
 	if _, err := fmt.Fscan(stdout, &pid); err != nil {
 		t.Fatal(err)

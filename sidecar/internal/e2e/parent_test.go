@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -48,13 +47,7 @@ func runParentHelper() int {
 		return 1
 	}
 	go func() { _, _ = io.Copy(io.Discard, stderr) }()
-	lines := make(chan string, 1)
-	go func() {
-		r := bufio.NewReader(stdout)
-		line, _ := r.ReadString('\n')
-		lines <- line
-		_, _ = io.Copy(io.Discard, r)
-	}()
+	lines := firstLine(stdout)
 	select {
 	case line := <-lines:
 		url, ok := strings.CutPrefix(strings.TrimSpace(line), "listening on ")
@@ -80,16 +73,7 @@ func TestKilledParentLeavesNothing(t *testing.T) {
 	parent := exec.Command(os.Args[0])
 	parent.Env = append(os.Environ(), parentHelperEnv+"="+binDir, parentHelperBinEnv+"="+sidecarBin, "TMPDIR="+tmp)
 	parent.Stderr = os.Stderr
-	out, err := parent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := parent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan struct{})
-	go func() { _ = parent.Wait(); close(waited) }()
-	t.Cleanup(func() { _ = parent.Process.Kill(); <-waited })
+	out, waited := startParent(t, parent)
 	type started struct {
 		pid int
 		url string
