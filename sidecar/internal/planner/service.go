@@ -167,13 +167,15 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 
 // reserve sets cost bytes aside for a registration of job id, within
 // MaxJobs and MaxTotalJobBytes; the job of that id, which the registration
-// replaces, counts as freed.
+// replaces, counts as freed. (Two concurrent registrations of one id both
+// count it freed: the total may then be passed by one job until either
+// commits.)
 func (s *Service) reserve(id string, cost uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.jobs[id]
 	if old == nil && len(s.jobs) >= MaxJobs {
-		return fmt.Errorf("%w: %d jobs are registered, the limit; re-register an existing job_id or restart the sidecar", ErrTooManyJobs, MaxJobs)
+		return errTooManyJobs()
 	}
 	inUse := s.held + s.pending
 	if old != nil {
@@ -185,6 +187,10 @@ func (s *Service) reserve(id string, cost uint64) error {
 	}
 	s.pending += cost
 	return nil
+}
+
+func errTooManyJobs() error {
+	return fmt.Errorf("%w: %d jobs are registered, the limit; re-register an existing job_id or restart the sidecar", ErrTooManyJobs, MaxJobs)
 }
 
 // release gives back a reservation whose registration failed.
@@ -202,7 +208,7 @@ func (s *Service) commit(j *job) (old *job, err error) {
 	old = s.jobs[j.id]
 	if old == nil && len(s.jobs) >= MaxJobs {
 		// Another registration took the last place meanwhile.
-		return nil, fmt.Errorf("%w: %d jobs are registered, the limit; re-register an existing job_id or restart the sidecar", ErrTooManyJobs, MaxJobs)
+		return nil, errTooManyJobs()
 	}
 	s.pending -= j.cost
 	s.held += j.cost
