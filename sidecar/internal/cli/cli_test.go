@@ -15,7 +15,7 @@ func run(args ...string) (stdout, stderr string, err error) {
 
 // flagsOf lists every flag each command must document.
 var flagsOf = map[string][]string{
-	"serve":      {"listen", "plugins-dir", "metrics-listen", "plugin-timeout", "exit-with-parent", "allow-remote", "log-level"},
+	"serve":      {"listen", "plugins-dir", "metrics-listen", "metrics-per-expert", "plugin-timeout", "exit-with-parent", "allow-remote", "log-level"},
 	"plan":       {"strategy", "loads", "world-size", "slots", "ranks-per-node", "iteration", "option", "plugins-dir", "json", "plugin-timeout"},
 	"strategies": {"plugins-dir", "json"},
 	"discover":   {"json"},
@@ -79,6 +79,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "4", "--slots", "0"}, "--slots 0 is out of range"},
 		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "4", "--slots", "1", "--ranks-per-node", "3"}, "--ranks-per-node 3 does not divide --world-size 4"},
 		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "4", "--slots", "1", "--iteration", "-2"}, "--iteration -2 is negative"},
+		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "65536", "--slots", "128"}, "= 8388608 slots per layer exceed the limit of 4194304"},
 		{[]string{"plan", "--option", "novalue"}, `"novalue" is not key=value`},
 		{[]string{"plan", "--option", "a=1", "--option", "a=2"}, `option "a" is given twice`},
 		{[]string{"strategies", "extra"}, `unexpected argument "extra"`},
