@@ -5,10 +5,11 @@ PYTHON ?= python3
 BIN := bin
 STRATEGIES := $(notdir $(wildcard plugins/cmd/swiftmoe-strategy-*))
 GO_TEST_TIMEOUT ?= 900s
+FUZZ_TIME ?= 3s
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/pyshim$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build proto proto-check lint fmt test test-go test-py demo bench clean
+.PHONY: help deps build proto proto-check lint fmt test test-go fuzz-go test-py demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -41,11 +42,19 @@ fmt: ## format Go and Python sources
 	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
 	$(PYTHON) -m ruff format pyshim test examples scripts
 
-test: deps proto-check lint build test-go test-py ## install what is needed and run every test
+test: deps proto-check lint build test-go fuzz-go test-py ## install what is needed and run every test
 	@echo "make test: all tests passed"
 
 test-go: ## Go tests with the race detector
 	$(GO) test -race -timeout $(GO_TEST_TIMEOUT) ./...
+
+fuzz-go: ## every Go fuzz target for FUZZ_TIME (3s) each; go test -fuzz takes one target per run
+	@git grep -l '^func Fuzz' -- '*_test.go' | while read -r f; do \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
+	    echo "$(GO) test -run '^$$' -fuzz '^$$t$$' -fuzztime $(FUZZ_TIME) ./$$(dirname "$$f")"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZ_TIME) "./$$(dirname "$$f")" || exit 1; \
+	  done; \
+	done
 
 test-py: build ## Python and cross-language tests
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) pyshim/tests test

@@ -19,6 +19,9 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cli.MemoryLimit)
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "swiftmoe-sidecar:", err)
 		os.Exit(cli.ExitCode(err))

@@ -9,7 +9,17 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/swiftmoe/swiftmoe/sidecar/internal/planner"
 )
+
+// MemoryLimit is the soft memory limit main gives the Go runtime (unless
+// GOMEMLIMIT is set): what all jobs together may make the sidecar hold
+// (planner.MaxTotalJobBytes, which the planner's estimates overstate), plus
+// room for the runtime, messages in flight and a metrics scrape. Below it
+// the collector runs as GOGC says, near it more often, so the garbage of
+// large jobs' plans cannot pile up to several times their size.
+const MemoryLimit = planner.MaxTotalJobBytes + 256<<20
 
 // ErrUsage wraps every error caused by the command line itself (unknown
 // command, bad flag, missing argument); it exits with status 2.

@@ -15,7 +15,7 @@ func run(args ...string) (stdout, stderr string, err error) {
 
 // flagsOf lists every flag each command must document.
 var flagsOf = map[string][]string{
-	"serve":      {"listen", "plugins-dir", "metrics-listen", "plugin-timeout", "exit-with-parent", "allow-remote", "log-level"},
+	"serve":      {"listen", "plugins-dir", "metrics-listen", "metrics-per-expert", "plugin-timeout", "exit-with-parent", "allow-remote", "log-level"},
 	"plan":       {"strategy", "loads", "world-size", "slots", "ranks-per-node", "iteration", "option", "plugins-dir", "json", "plugin-timeout"},
 	"strategies": {"plugins-dir", "json"},
 	"discover":   {"json"},
@@ -65,6 +65,13 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"serve", "--bogus"}, "flag provided but not defined: -bogus"},
 		{[]string{"serve", "--plugin-timeout", "0s"}, "--plugin-timeout 0s is out of range"},
 		{[]string{"serve", "--log-level", "loud"}, `--log-level "loud" is not a level`},
+		{[]string{"serve", "--listen", "tcp://0.0.0.0:0"}, "not a loopback address"},
+		{[]string{"serve", "--listen", "tcp://127.0.0.1"}, "want HOST:PORT"},
+		{[]string{"serve", "--listen", "unix://relative.sock"}, "must be absolute"},
+		{[]string{"serve", "--listen", "unix:///" + strings.Repeat("x", 200)}, "the limit is 107"},
+		{[]string{"serve", "--listen", "http://127.0.0.1:80"}, "use unix:///abs/path.sock or tcp://"},
+		{[]string{"serve", "--metrics-listen", "10.1.2.3:9464"}, "--allow-remote"},
+		{[]string{"serve", "--metrics-listen", "127.0.0.1"}, "--metrics-listen \"127.0.0.1\": want HOST:PORT"},
 		{[]string{"plan", "--world-size", "x"}, "invalid value"},
 		{[]string{"plan"}, "--strategy is required"},
 		{[]string{"plan", "--strategy", "s"}, "--loads is required"},
@@ -72,6 +79,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "4", "--slots", "0"}, "--slots 0 is out of range"},
 		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "4", "--slots", "1", "--ranks-per-node", "3"}, "--ranks-per-node 3 does not divide --world-size 4"},
 		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "4", "--slots", "1", "--iteration", "-2"}, "--iteration -2 is negative"},
+		{[]string{"plan", "--strategy", "s", "--loads", "f", "--world-size", "65536", "--slots", "128"}, "= 8388608 slots per layer exceed the limit of 4194304"},
 		{[]string{"plan", "--option", "novalue"}, `"novalue" is not key=value`},
 		{[]string{"plan", "--option", "a=1", "--option", "a=2"}, `option "a" is given twice`},
 		{[]string{"strategies", "extra"}, `unexpected argument "extra"`},

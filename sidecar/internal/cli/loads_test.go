@@ -4,9 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
+
+// wideLimits are the limits of plan --world-size 1024 --slots 64.
+var wideLimits = planLimits(planFlags{worldSize: 1024, slots: 64})
 
 func writeFile(t *testing.T, content string) string {
 	t.Helper()
@@ -38,7 +42,7 @@ func TestReadTrace(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			rec, err := readTrace(writeFile(t, tc.content), tc.want)
+			rec, err := readTrace(writeFile(t, tc.content), tc.want, wideLimits)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -76,7 +80,7 @@ func TestReadTraceErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeFile(t, tc.content)
-			_, err := readTrace(path, tc.want)
+			_, err := readTrace(path, tc.want, wideLimits)
 			if err == nil {
 				t.Fatal("got no error")
 			}
@@ -87,7 +91,70 @@ func TestReadTraceErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := readTrace(filepath.Join(t.TempDir(), "absent"), -1); err == nil || !strings.Contains(err.Error(), "--loads") {
+	if _, err := readTrace(filepath.Join(t.TempDir(), "absent"), -1, wideLimits); err == nil || !strings.Contains(err.Error(), "--loads") {
 		t.Errorf("missing file: got %v, want an error naming --loads", err)
+	}
+}
+
+// writeTrace writes a trace of records of 4 layers of 8 experts until it
+// holds at least size bytes; it returns its path and record count.
+func writeTrace(t *testing.T, size int) (string, int) {
+	t.Helper()
+	var b strings.Builder
+	n := 0
+	for b.Len() < size {
+		fmt.Fprintf(&b, `{"iteration": %d, "loads": [[%d, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8]]}`+"\n", n, n%1000)
+		n++
+	}
+	return writeFile(t, b.String()), n
+}
+
+// allocated returns the bytes f allocates.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestReadTraceStreams reads an 8 MB trace of small records: the last record
+// comes back, with its line, and what the reader allocates is its buffer and
+// a few records, not the file.
+func TestReadTraceStreams(t *testing.T) {
+	path, n := writeTrace(t, 8<<20)
+	var rec traceRecord
+	var err error
+	alloc := allocated(func() { rec, err = readTrace(path, -1, wideLimits) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Iteration != uint64(n-1) || rec.Line != n || rec.Loads[0][0] != uint64((n-1)%1000) {
+		t.Errorf("got iteration %d line %d loads[0][0] %d, want %d, %d, %d", rec.Iteration, rec.Line, rec.Loads[0][0], n-1, n, (n-1)%1000)
+	}
+	if alloc > 1<<20 {
+		t.Errorf("reading %d records of 8 MB allocated %d bytes, want under 1 MiB", n, alloc)
+	}
+}
+
+// TestReadTraceChecksLimitsWhileParsing reads one record with far more
+// experts in a layer than the job has slots: the reader stops at the limit,
+// naming it, before it has stored the rest.
+func TestReadTraceChecksLimitsWhileParsing(t *testing.T) {
+	path := writeFile(t, `{"iteration": 0, "loads": [[`+strings.Repeat("1, ", 2<<20)+`1]]}`)
+	lim := planLimits(planFlags{worldSize: 4, slots: 4})
+	var err error
+	alloc := allocated(func() { _, err = readTrace(path, -1, lim) })
+	if err == nil || !strings.Contains(err.Error(), "loads[0]: more than 16 experts; --world-size 4 x --slots 4 = 16 slots per layer") {
+		t.Fatalf("got %v, want the expert limit of the flags named", err)
+	}
+	if alloc > 1<<20 {
+		t.Errorf("refusing a 6 MB record allocated %d bytes, want under 1 MiB", alloc)
+	}
+	path = writeFile(t, `{"iteration": 0, "loads": [`+strings.Repeat("[1], ", 300)+`[1]]}`)
+	lim = planLimits(planFlags{worldSize: 65536, slots: 1})
+	if _, err := readTrace(path, -1, lim); err == nil || !strings.Contains(err.Error(), "loads: more than 64 layers; with --world-size 65536 x --slots 1 = 65536 slots per layer, at most 64 layers fit") {
+		t.Errorf("got %v, want the layer limit of the flags named", err)
 	}
 }

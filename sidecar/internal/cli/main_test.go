@@ -22,6 +22,11 @@ func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
 	flag.Parse()
+	if testbin.Fuzzing() {
+		// A fuzz target needs no plugin, and every fuzz worker runs
+		// TestMain.
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "cli-test-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

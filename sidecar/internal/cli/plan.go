@@ -60,8 +60,10 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
 		return fs.fail("--iteration %d is negative; give an iteration of the trace, or leave it out for the last line", f.iteration)
 	case f.pluginTimeout <= 0:
 		return fs.fail("--plugin-timeout %v must be positive", f.pluginTimeout)
+	case f.worldSize*f.slots > planner.MaxTotalSlots:
+		return fs.fail("--world-size %d x --slots %d = %d slots per layer exceed the limit of %d; give fewer ranks or slots", f.worldSize, f.slots, f.worldSize*f.slots, planner.MaxTotalSlots)
 	}
-	rec, err := readTrace(f.loads, f.iteration)
+	rec, err := readTrace(f.loads, f.iteration, planLimits(f))
 	if err != nil {
 		return err
 	}
@@ -75,6 +77,26 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
 		return enc.Encode(planToJSON(plan))
 	}
 	return writePlanTable(stdout, plan, f.loads, rec)
+}
+
+// planLimits bounds a trace record by the job the flags describe: a layer
+// has at most one expert per slot, and the layers' slots are at most
+// planner.MaxTotalSlots.
+func planLimits(f planFlags) traceLimits {
+	perLayer := f.worldSize * f.slots
+	layers := min(planner.MaxLayers, planner.MaxTotalSlots/perLayer)
+	lim := traceLimits{
+		layers:  layers,
+		experts: min(planner.MaxExperts, perLayer),
+		layersFix: fmt.Sprintf("with --world-size %d x --slots %d = %d slots per layer, at most %d layers fit the limit of %d slots (and %d layers); plan from a trace of fewer layers",
+			f.worldSize, f.slots, perLayer, layers, planner.MaxTotalSlots, planner.MaxLayers),
+		expertsFix: fmt.Sprintf("--world-size %d x --slots %d = %d slots per layer hold at most that many; raise --slots or --world-size, or check the trace",
+			f.worldSize, f.slots, perLayer),
+	}
+	if perLayer > planner.MaxExperts {
+		lim.expertsFix = "that is the limit of experts per layer; check the trace"
+	}
+	return lim
 }
 
 // planOffline registers a throw-away job shaped by the flags and the record

@@ -139,7 +139,7 @@ func TestPlanErrors(t *testing.T) {
 		want []string
 	}{
 		{"unknown strategy", []string{"--strategy", "nope", "--loads", trace}, []string{`unknown strategy "nope"`, "available strategies: faulty, flexmoe, static, swiftmoe"}},
-		{"too few slots", []string{"--strategy", "swiftmoe", "--loads", trace, "--slots", "1", "--world-size", "4"}, []string{"experts_per_layer[0]: 8 experts do not fit", "raise slots_per_rank to at least 2"}},
+		{"too few slots", []string{"--strategy", "swiftmoe", "--loads", trace, "--slots", "1", "--world-size", "4"}, []string{trace + " line 1", "loads[0]: more than 4 experts", "--world-size 4 x --slots 1 = 4 slots per layer", "raise --slots"}},
 		{"unknown option", []string{"--strategy", "swiftmoe", "--loads", trace, "--option", "speed=9"}, []string{`unknown option "speed" for strategy "swiftmoe"`}},
 		{"garbage plan", []string{"--strategy", "faulty", "--loads", trace, "--option", "mode=garbage"}, []string{`strategy "faulty" gave no valid plan`, "invalid_slots"}},
 		{"bad file line", []string{"--strategy", "swiftmoe", "--loads", bad}, []string{bad + " line 2", `loads[0][2]`}},

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ type serveFlags struct {
 	listen, pluginsDir, metricsListen, logLevel string
 	pluginTimeout                               time.Duration
 	exitWithParent, allowRemote, discover       bool
+	metricsPerExpert                            bool
 	slotMemFraction                             float64
 }
 
@@ -43,13 +45,14 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		"Serves the Planner gRPC API to the SwiftMoE Python shim, hosting strategy plugins\n"+
 			"(swiftmoe-strategy-NAME binaries in the plugins directory). Prints one line,\n"+
 			"'listening on ADDRESS', to stdout once the socket accepts; logs go to stderr.\n"+
-			"SIGTERM or SIGINT stops it gracefully: plugins are killed and the socket removed.",
+			"SIGTERM, SIGINT or SIGHUP stops it gracefully: plugins are killed and the socket removed.",
 		"swiftmoe-sidecar serve --plugins-dir ./bin --metrics-listen 127.0.0.1:9464 --exit-with-parent", stdout, stderr)
 	var f serveFlags
 	fs.StringVar(&f.listen, "listen", "", "gRPC `ADDR`: unix:///abs/path.sock, or tcp://HOST:PORT (loopback unless --allow-remote);\ndefault: sidecar.sock (mode 0600) in a fresh private directory (mode 0700) under $TMPDIR")
 	fs.StringVar(&f.pluginsDir, "plugins-dir", "", "`DIR` of the swiftmoe-strategy-NAME plugin binaries (default: the sidecar executable's directory)")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "`HOST:PORT` to serve Prometheus /metrics on, loopback unless --allow-remote (default: off)")
 	fs.DurationVar(&f.pluginTimeout, "plugin-timeout", host.DefaultCallTimeout, "deadline of one strategy call; a plugin that misses it is restarted and the last valid plan served")
+	fs.BoolVar(&f.metricsPerExpert, "metrics-per-expert", false, "also export swiftmoe_expert_replicas{job,layer,expert}, at most "+strconv.Itoa(metrics.MaxExpertSeries)+" series over all jobs\n(per-job and per-layer series are always exported, at most "+strconv.Itoa(metrics.MaxLayerSeries)+" per-layer ones)")
 	fs.BoolVar(&f.exitWithParent, "exit-with-parent", false, "stop when the parent process dies, so a crashed trainer leaves no sidecar behind")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false, "allow --listen and --metrics-listen on non-loopback addresses")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
@@ -68,14 +71,29 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if level == hclog.NoLevel {
 		return fs.fail("--log-level %q is not a level; use trace, debug, info, warn or error", f.logLevel)
 	}
+	// Addresses of the wrong form are command-line mistakes (exit 2); a
+	// failure to bind a well-formed one is not.
+	if err := server.CheckListen(f.listen, f.allowRemote); err != nil {
+		return fs.fail("%v", err)
+	}
+	if f.metricsListen != "" {
+		if err := server.CheckHostPort("--metrics-listen", f.metricsListen, f.allowRemote); err != nil {
+			return fs.fail("%v", err)
+		}
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "swiftmoe-sidecar", Output: stderr, Level: level})
 	return serve(f, stdout, log)
 }
 
 func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
+	// A closed stdout or stderr (the parent that read them died) must not
+	// kill the daemon with SIGPIPE before it cleans up: writes to them fail
+	// instead, and logging goes on to nowhere.
+	signal.Ignore(syscall.SIGPIPE)
 	// Catch signals from the start, so that a stop request during startup
-	// still removes the socket and kills the plugins.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	// still removes the socket and kills the plugins. SIGHUP (a closed
+	// terminal) stops it the same way.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	dir, err := pluginsDir(f.pluginsDir)
 	if err != nil {
@@ -96,7 +114,7 @@ func serve(f serveFlags, stdout io.Writer, log hclog.Logger) error {
 	if ln.PrivateDir() != "" {
 		sockDir = filepath.Join(ln.PrivateDir(), "plugins")
 	}
-	m := metrics.New()
+	m := metrics.NewWith(metrics.Options{PerExpert: f.metricsPerExpert})
 	h, err := host.New(host.Options{Dir: dir, CallTimeout: f.pluginTimeout, Logger: log, Metrics: m, SocketDir: sockDir})
 	if err != nil {
 		return fmt.Errorf("--plugins-dir: %w", err)

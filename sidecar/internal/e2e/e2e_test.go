@@ -50,7 +50,7 @@ func checkPlan(t *testing.T, p *pb.Plan) {
 }
 
 func TestServeLifecycle(t *testing.T) {
-	sc := startSidecar(t, "--plugins-dir", binDir, "--metrics-listen", "127.0.0.1:0", "--plugin-timeout", "500ms")
+	sc := startSidecar(t, "--plugins-dir", binDir, "--metrics-listen", "127.0.0.1:0", "--metrics-per-expert", "--plugin-timeout", "500ms")
 	sock, ok := strings.CutPrefix(sc.url, "unix://")
 	if !ok {
 		t.Fatalf("default address %q is not a unix socket", sc.url)
@@ -235,16 +235,7 @@ func TestExitWithParent(t *testing.T) {
 	// pid), so the sleep process is the sidecar's parent.
 	script := fmt.Sprintf("%q serve --exit-with-parent --plugins-dir %q --listen unix://%s >%q 2>&1 & echo $!; exec sleep 60", sidecarBin, binDir, sock, out)
 	parent := exec.Command("sh", "-c", script)
-	stdout, err := parent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := parent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan struct{})
-	go func() { _ = parent.Wait(); close(waited) }()
-	t.Cleanup(func() { _ = parent.Process.Kill(); <-waited })
+	stdout, _ := startParent(t, parent)
 	var pid int
 	if _, err := fmt.Fscan(stdout, &pid); err != nil {
 		t.Fatal(err)
@@ -288,9 +279,14 @@ func TestServeStartupErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"--listen", "tcp://0.0.0.0:0"}, 1, "not a loopback address"},
-		{[]string{"--plugins-dir", "/nonexistent-dir"}, 1, "--plugins-dir"},
+		// A bad command line prints the usage and exits 2.
+		{[]string{"--listen", "tcp://0.0.0.0:0"}, 2, "not a loopback address"},
+		{[]string{"--listen", "unix://relative.sock"}, 2, "Usage:"},
+		{[]string{"--metrics-listen", "0.0.0.0:0"}, 2, "not a loopback address"},
 		{[]string{"--bogus"}, 2, "Usage:"},
+		// What the machine refuses exits 1.
+		{[]string{"--plugins-dir", "/nonexistent-dir"}, 1, "--plugins-dir"},
+		{[]string{"--listen", "unix:///nonexistent-dir/s.sock"}, 1, "no such file or directory"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

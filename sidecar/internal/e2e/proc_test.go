@@ -30,6 +30,9 @@ var (
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
+	if os.Getenv(parentHelperEnv) != "" {
+		return runParentHelper()
+	}
 	dir, err := os.MkdirTemp("", "e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -92,13 +95,7 @@ func startSidecar(t testing.TB, args ...string) *sidecar {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	lines := make(chan string, 1)
-	go func() {
-		r := bufio.NewReader(stdout)
-		line, _ := r.ReadString('\n')
-		lines <- line
-		_, _ = io.Copy(io.Discard, r)
-	}()
+	lines := firstLine(stdout)
 	go func() {
 		s.err = cmd.Wait()
 		close(s.exited)
@@ -130,6 +127,38 @@ func startSidecar(t testing.TB, args ...string) *sidecar {
 		t.Fatalf("no listening line within 30s; stderr:\n%s", s.stderr)
 	}
 	return s
+}
+
+// firstLine reads a serve process's stdout: the first line (its "listening
+// on ADDRESS") goes to the channel, and the rest is drained, so that the
+// pipe never fills.
+func firstLine(stdout io.Reader) <-chan string {
+	lines := make(chan string, 1)
+	go func() {
+		r := bufio.NewReader(stdout)
+		line, _ := r.ReadString('\n')
+		lines <- line
+		_, _ = io.Copy(io.Discard, r)
+	}()
+	return lines
+}
+
+// startParent starts cmd, a process that starts a sidecar, and returns its
+// stdout and a channel closed once it has been waited for; the test's end
+// kills it.
+func startParent(t *testing.T, cmd *exec.Cmd) (io.Reader, <-chan struct{}) {
+	t.Helper()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(waited) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
+	return stdout, waited
 }
 
 // client connects to the sidecar.

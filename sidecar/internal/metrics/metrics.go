@@ -21,12 +21,23 @@ type Metrics struct {
 	fallbacks      *prometheus.CounterVec
 }
 
+// Options configure the metric set.
+type Options struct {
+	// PerExpert exports swiftmoe_expert_replicas{job,layer,expert}, at most
+	// MaxExpertSeries series; without it the plan series are per job and
+	// per layer only.
+	PerExpert bool
+}
+
 // New registers the sidecar's metrics, plus the Go runtime and process
-// collectors, on a fresh registry.
-func New() *Metrics {
+// collectors, on a fresh registry, with the default Options.
+func New() *Metrics { return NewWith(Options{}) }
+
+// NewWith is New with options.
+func NewWith(o Options) *Metrics {
 	m := &Metrics{
 		reg:   prometheus.NewRegistry(),
-		plans: newPlanCollector(),
+		plans: newPlanCollector(o.PerExpert),
 		planLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "swiftmoe_plan_latency_seconds",
 			Help:    "Time to produce the plan answered to ReportLoads, including the strategy call.",

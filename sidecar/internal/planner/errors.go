@@ -12,6 +12,14 @@ var ErrUnknownJob = errors.New("unknown job")
 // ErrTooManyJobs is returned when registering beyond MaxJobs jobs.
 var ErrTooManyJobs = errors.New("too many jobs")
 
+// ErrMemoryBudget is returned when a job would take the memory the
+// registered jobs may hold beyond MaxTotalJobBytes.
+var ErrMemoryBudget = errors.New("sidecar memory budget exhausted")
+
+// ErrResponseTooLarge is returned when a response would exceed
+// MaxMessageBytes; the request changed nothing.
+var ErrResponseTooLarge = errors.New("response too large")
+
 // ValidationError lists every problem found in one request. Each problem
 // names the field and the fix.
 type ValidationError struct {

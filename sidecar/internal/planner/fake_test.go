@@ -12,9 +12,10 @@ import (
 // named strategies whose Plan is a func field. Like the host, it validates
 // answers and reports failures as *host.Failure.
 type fakeStrategies struct {
-	plan    func(ctx context.Context, name string, req *sdk.Request) (*sdk.Response, error)
-	options []sdk.Option
-	down    bool // Info fails, as for a plugin that cannot start
+	plan        func(ctx context.Context, name string, req *sdk.Request) (*sdk.Response, error)
+	options     []sdk.Option
+	down        bool   // Info fails, as for a plugin that cannot start
+	description string // Info's description; "fake" when empty
 }
 
 func (f *fakeStrategies) Has(name string) error {
@@ -30,7 +31,11 @@ func (f *fakeStrategies) Info(_ context.Context, name string) (host.Info, error)
 	if f.down {
 		return host.Info{}, fmt.Errorf("plugin %s failed to start", name)
 	}
-	return host.Info{Info: sdk.Info{Name: name, Description: "fake", Options: f.options}, Path: "/x/swiftmoe-strategy-fake", SHA256: "00"}, nil
+	desc := f.description
+	if desc == "" {
+		desc = "fake"
+	}
+	return host.Info{Info: sdk.Info{Name: name, Description: desc, Options: f.options}, Path: "/x/swiftmoe-strategy-fake", SHA256: "00"}, nil
 }
 
 func (f *fakeStrategies) List(ctx context.Context) ([]host.Info, error) {

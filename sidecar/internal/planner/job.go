@@ -3,6 +3,7 @@ package planner
 import (
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -33,6 +34,7 @@ type job struct {
 	slots    [][]int                 // placement in force
 	plan     atomic.Pointer[pb.Plan] // plan in force, read without mu
 	hadValid bool                    // a strategy plan has passed validation
+	cost     uint64                  // bytes the job may make the sidecar hold (jobShape)
 	retired  bool                    // replaced by a new registration of the same id
 }
 
@@ -114,7 +116,7 @@ func (j *job) buildPlan(it uint64, slots [][]int, predicted [][]float64, source 
 		JobId: j.id, Iteration: it, Strategy: j.strategy,
 		WorldSize: uint32(j.topo.WorldSize), SlotsPerRank: uint32(j.topo.SlotsPerRank),
 		Layers: layers, MaxOverMean: planMaxOverMean(layers), Remap: remap,
-		Source: source, Note: note,
+		Source: source, Note: cutNote(note),
 	}
 }
 
@@ -134,4 +136,18 @@ func (j *job) layerBalance() []float64 {
 		out[l] = lp.GetMaxOverMean()
 	}
 	return out
+}
+
+// cutNote shortens a note to at most MaxNoteBytes, on a UTF-8 boundary, so
+// that a strategy's remark or error cannot make a plan unbounded.
+func cutNote(note string) string {
+	if len(note) <= MaxNoteBytes {
+		return note
+	}
+	const mark = " [cut]"
+	n := MaxNoteBytes - len(mark)
+	for n > 0 && !utf8.RuneStart(note[n]) {
+		n--
+	}
+	return note[:n] + mark
 }

@@ -19,3 +19,19 @@ const (
 	// maxProblems caps the problems one ValidationError lists.
 	maxProblems = 20
 )
+
+// Limits on what jobs may cost the sidecar, checked at registration from the
+// job's shape (see jobShape): the design's largest job (64 layers of 256
+// experts on 256 ranks with 4 slots each) costs about 10 MiB.
+const (
+	// MaxJobBytes bounds the memory one job may make the sidecar hold.
+	MaxJobBytes = 256 << 20
+	// MaxTotalJobBytes bounds the memory all registered jobs together may
+	// make the sidecar hold.
+	MaxTotalJobBytes = 1 << 30
+	// MaxMessageBytes is the gRPC message limit: every response of an
+	// accepted job fits in it.
+	MaxMessageBytes = 64 << 20
+	// MaxNoteBytes bounds a plan's note; a longer one is cut.
+	MaxNoteBytes = 4096
+)

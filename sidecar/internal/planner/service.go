@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -43,9 +44,11 @@ type Service struct {
 	strategies Strategies
 	metrics    *metrics.Metrics
 	log        hclog.Logger
+	limits     costLimits
 
 	mu              sync.RWMutex
 	jobs            map[string]*job
+	held, pending   uint64   // bytes the registered jobs, and those being registered, may hold (jobShape)
 	hw              Hardware // nil: no discovery (see SetHardware)
 	slotMemFraction float64
 }
@@ -55,7 +58,7 @@ func New(strategies Strategies, m *metrics.Metrics, log hclog.Logger) *Service {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Service{strategies: strategies, metrics: m, log: log, jobs: map[string]*job{}}
+	return &Service{strategies: strategies, metrics: m, log: log, jobs: map[string]*job{}, limits: defaultCostLimits}
 }
 
 func (s *Service) knownStrategy(name string) error {
@@ -73,7 +76,8 @@ func (s *Service) knownStrategy(name string) error {
 // RegisterJob validates and registers a job, replacing any job of the same
 // id, and returns its shard layout, initial (static) plan and the topology
 // in force, with the values the request left 0 taken from discovery (see
-// SetHardware).
+// SetHardware). A job is registered only when its response can be sent: it
+// fits in MaxMessageBytes and the caller still waits for it.
 func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (*pb.RegisterJobResponse, error) {
 	var defaults []string
 	if req != nil {
@@ -90,7 +94,18 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 	if id == "" {
 		id = newJobID()
 	}
+	cost := shapeOf(req).memoryBytes()
+	if err := s.reserve(id, cost); err != nil {
+		return nil, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.release(cost)
+		}
+	}()
 	j := newJob(id, req, pred)
+	j.cost = cost
 	source, note := pb.PlanSource_PLAN_SOURCE_STRATEGY, "initial static expert-parallel placement; no loads reported yet"
 	info, err := s.strategies.Info(ctx, j.strategy)
 	if err != nil {
@@ -112,17 +127,28 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 	}
 	j.info = strategyInfoProto(info)
 	j.plan.Store(j.buildPlan(0, j.slots, j.predictions(), source, note, 0))
+	resp := &pb.RegisterJobResponse{
+		JobId: id, ShardLayout: shardLayout(j.numel, j.topo.WorldSize),
+		InitialPlan: j.plan.Load(), Strategy: j.info,
+		Topology: sdk.TopologyToProto(j.topo), Defaults: defaults,
+	}
+	if n := uint64(proto.Size(resp)); n > s.limits.message {
+		return nil, fmt.Errorf("%w: the RegisterJobResponse of job %q would be %s, over the message limit of %s (the strategy's description takes %s); plan fewer layers or ranks per request, or shorten the strategy's description",
+			ErrResponseTooLarge, id, mib(n), mib(s.limits.message), mib(uint64(proto.Size(j.info))))
+	}
+	if err := ctx.Err(); err != nil {
+		// Nobody waits for the answer: registering would leave a job its
+		// caller never learns of.
+		return nil, err
+	}
 
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	s.mu.Lock()
-	old := s.jobs[id]
-	if old == nil && len(s.jobs) >= MaxJobs {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("%w: %d jobs are registered, the limit; re-register an existing job_id or restart the sidecar", ErrTooManyJobs, MaxJobs)
+	old, err := s.commit(j)
+	if err != nil {
+		return nil, err
 	}
-	s.jobs[id] = j
-	s.mu.Unlock()
+	committed = true
 	if old != nil {
 		old.mu.Lock()
 		old.retired = true
@@ -131,22 +157,73 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 	}
 	s.metrics.ObservePlan(id, j.layerBalance(), j.plan.Load().GetMaxOverMean(), j.replicas())
 	s.log.Info("job registered", "job", id, "strategy", j.strategy, "world_size", j.topo.WorldSize,
-		"slots_per_rank", j.topo.SlotsPerRank, "layers", len(j.experts), "predictor", j.predictor.String(), "replaced", old != nil)
+		"slots_per_rank", j.topo.SlotsPerRank, "layers", len(j.experts), "predictor", j.predictor.String(),
+		"memory_bound_mib", cost>>20, "replaced", old != nil)
 	for _, d := range defaults {
 		s.log.Info("job default from discovery", "job", id, "default", d)
 	}
-	return &pb.RegisterJobResponse{
-		JobId: id, ShardLayout: shardLayout(j.numel, j.topo.WorldSize),
-		InitialPlan: j.plan.Load(), Strategy: j.info,
-		Topology: sdk.TopologyToProto(j.topo), Defaults: defaults,
-	}, nil
+	return resp, nil
+}
+
+// reserve sets cost bytes aside for a registration of job id, within
+// MaxJobs and MaxTotalJobBytes; the job of that id, which the registration
+// replaces, counts as freed. (Two concurrent registrations of one id both
+// count it freed: the total may then be passed by one job until either
+// commits.)
+func (s *Service) reserve(id string, cost uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.jobs[id]
+	if old == nil && len(s.jobs) >= MaxJobs {
+		return errTooManyJobs()
+	}
+	inUse := s.held + s.pending
+	if old != nil {
+		inUse -= old.cost
+	}
+	if inUse+cost > s.limits.total {
+		return fmt.Errorf("%w: this job may make the sidecar hold about %s and the %d registered jobs (and registrations in progress) about %s, over the limit of %s for all jobs; re-register an existing job_id, register a smaller job, or restart the sidecar",
+			ErrMemoryBudget, mib(cost), len(s.jobs), mib(inUse), mib(s.limits.total))
+	}
+	s.pending += cost
+	return nil
+}
+
+func errTooManyJobs() error {
+	return fmt.Errorf("%w: %d jobs are registered, the limit; re-register an existing job_id or restart the sidecar", ErrTooManyJobs, MaxJobs)
+}
+
+// release gives back a reservation whose registration failed.
+func (s *Service) release(cost uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending -= cost
+}
+
+// commit turns j's reservation into a registered job, replacing (and
+// returning) the job of the same id.
+func (s *Service) commit(j *job) (old *job, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old = s.jobs[j.id]
+	if old == nil && len(s.jobs) >= MaxJobs {
+		// Another registration took the last place meanwhile.
+		return nil, errTooManyJobs()
+	}
+	s.pending -= j.cost
+	s.held += j.cost
+	if old != nil {
+		s.held -= old.cost
+	}
+	s.jobs[j.id] = j
+	return old, nil
 }
 
 func (s *Service) validateRegister(req *pb.RegisterJobRequest) (predictorConfig, error) {
 	if req == nil {
 		return predictorConfig{}, &ValidationError{Request: "RegisterJobRequest", Problems: []string{"request: missing"}}
 	}
-	return validateRegister(req, s.knownStrategy)
+	return validateRegister(req, s.limits, s.knownStrategy)
 }
 
 // lookup returns a registered job.

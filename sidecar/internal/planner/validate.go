@@ -16,9 +16,10 @@ var (
 )
 
 // validateRegister checks everything in a RegisterJobRequest that does not
-// need the strategy plugin. knownStrategy reports whether a strategy exists
-// and, when not, what is available.
-func validateRegister(req *pb.RegisterJobRequest, knownStrategy func(string) error) (predictorConfig, error) {
+// need the strategy plugin, the job's cost within lim included.
+// knownStrategy reports whether a strategy exists and, when not, what is
+// available.
+func validateRegister(req *pb.RegisterJobRequest, lim costLimits, knownStrategy func(string) error) (predictorConfig, error) {
 	var p problems
 	validateJobID(req.GetJobId(), true, &p)
 	t := req.GetTopology()
@@ -69,6 +70,10 @@ func validateRegister(req *pb.RegisterJobRequest, knownStrategy func(string) err
 		if all := uint64(layers) * total; shapeOK && all > MaxTotalSlots {
 			p.addf("experts_per_layer: %d layers x %d slots = %d slots exceed the limit of %d; plan fewer layers or slots per request", layers, total, all, MaxTotalSlots)
 		}
+	}
+	if len(p.list) == 0 {
+		// The shape is valid: bound what the job costs.
+		checkCost(shapeOf(req), lim, &p)
 	}
 	numel := req.GetExpertParamNumel()
 	switch {

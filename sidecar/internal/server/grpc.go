@@ -22,9 +22,9 @@ import (
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/planner"
 )
 
-// MaxMessageBytes bounds one request or response; the largest job the
-// planner accepts fits well within it.
-const MaxMessageBytes = 64 << 20
+// MaxMessageBytes bounds one request or response; every response of a job
+// the planner accepts fits within it.
+const MaxMessageBytes = planner.MaxMessageBytes
 
 // transportBufferBytes sizes the read and write buffers of each connection.
 const transportBufferBytes = 512 << 10
@@ -67,7 +67,7 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, planner.ErrUnknownJob):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, planner.ErrTooManyJobs):
+	case errors.Is(err, planner.ErrTooManyJobs), errors.Is(err, planner.ErrMemoryBudget), errors.Is(err, planner.ErrResponseTooLarge):
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()

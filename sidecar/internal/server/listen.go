@@ -54,40 +54,74 @@ func (l *Listener) Close() error {
 
 // Listen binds addr: "" for a socket sidecar.sock (mode 0600) in a fresh
 // private directory (mode 0700) under os.TempDir(); unix:///abs/path.sock; or
-// tcp://HOST:PORT, where HOST must be loopback unless allowRemote.
+// tcp://HOST:PORT, where HOST must be loopback unless allowRemote. An address
+// of the wrong form fails as CheckListen says, before anything is created.
 func Listen(addr string, allowRemote bool) (*Listener, error) {
-	switch {
-	case addr == "":
-		dir, err := os.MkdirTemp("", "swiftmoe-sidecar-")
-		if err != nil {
-			return nil, fmt.Errorf("--listen: creating the private socket directory: %w", err)
-		}
-		l, err := listenUnix(filepath.Join(dir, SocketName))
-		if err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, err
-		}
-		l.privateDir = dir
-		return l, nil
-	case strings.HasPrefix(addr, "unix://"):
-		path := strings.TrimPrefix(addr, "unix://")
-		if !filepath.IsAbs(path) {
-			return nil, fmt.Errorf("--listen %q: the socket path must be absolute, as in unix:///run/user/1000/swiftmoe.sock", addr)
-		}
-		return listenUnix(filepath.Clean(path))
-	case strings.HasPrefix(addr, "tcp://"):
-		hostPort := strings.TrimPrefix(addr, "tcp://")
-		if err := CheckHostPort("--listen", hostPort, allowRemote); err != nil {
-			return nil, err
-		}
-		ln, err := net.Listen("tcp", hostPort)
+	network, where, err := parseListen(addr, allowRemote)
+	if err != nil {
+		return nil, err
+	}
+	switch network {
+	case "unix":
+		return listenUnix(where)
+	case "tcp":
+		ln, err := net.Listen("tcp", where)
 		if err != nil {
 			return nil, fmt.Errorf("--listen %q: %w", addr, err)
 		}
 		return &Listener{Listener: ln, URL: "tcp://" + ln.Addr().String()}, nil
-	default:
-		return nil, fmt.Errorf("--listen %q: use unix:///abs/path.sock or tcp://127.0.0.1:PORT", addr)
 	}
+	dir, err := os.MkdirTemp("", "swiftmoe-sidecar-")
+	if err != nil {
+		return nil, fmt.Errorf("--listen: creating the private socket directory: %w", err)
+	}
+	l, err := listenUnix(filepath.Join(dir, SocketName))
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	l.privateDir = dir
+	return l, nil
+}
+
+// CheckListen checks the form of a --listen address without binding it: a
+// scheme it knows, an absolute socket path the kernel accepts, HOST:PORT
+// with a loopback HOST unless allowRemote. Its errors are mistakes in the
+// command line; Listen's other errors come from the machine.
+func CheckListen(addr string, allowRemote bool) error {
+	_, _, err := parseListen(addr, allowRemote)
+	return err
+}
+
+// parseListen splits a checked --listen address into its network ("unix",
+// "tcp", or "" for the default socket) and path or HOST:PORT.
+func parseListen(addr string, allowRemote bool) (network, where string, err error) {
+	switch {
+	case addr == "":
+		return "", "", nil
+	case strings.HasPrefix(addr, "unix://"):
+		path := strings.TrimPrefix(addr, "unix://")
+		if !filepath.IsAbs(path) {
+			return "", "", fmt.Errorf("--listen %q: the socket path must be absolute, as in unix:///run/user/1000/swiftmoe.sock", addr)
+		}
+		path = filepath.Clean(path)
+		if len(path) > maxUnixPath {
+			return "", "", socketPathError(path)
+		}
+		return "unix", path, nil
+	case strings.HasPrefix(addr, "tcp://"):
+		hostPort := strings.TrimPrefix(addr, "tcp://")
+		if err := CheckHostPort("--listen", hostPort, allowRemote); err != nil {
+			return "", "", err
+		}
+		return "tcp", hostPort, nil
+	default:
+		return "", "", fmt.Errorf("--listen %q: use unix:///abs/path.sock or tcp://127.0.0.1:PORT", addr)
+	}
+}
+
+func socketPathError(path string) error {
+	return fmt.Errorf("--listen: socket path %s is %d bytes, the limit is %d; use a shorter path or TMPDIR", path, len(path), maxUnixPath)
 }
 
 // listenUnix binds a unix socket with mode 0600. An existing socket nobody
@@ -95,7 +129,7 @@ func Listen(addr string, allowRemote bool) (*Listener, error) {
 // is an error.
 func listenUnix(path string) (*Listener, error) {
 	if len(path) > maxUnixPath {
-		return nil, fmt.Errorf("--listen: socket path %s is %d bytes, the limit is %d; use a shorter path or TMPDIR", path, len(path), maxUnixPath)
+		return nil, socketPathError(path)
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,6 +31,12 @@ var faultyBin string
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
+	flag.Parse()
+	if testbin.Fuzzing() {
+		// FuzzPlannerWire needs no plugin, and every fuzz worker runs
+		// TestMain.
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "server-test-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -59,7 +66,7 @@ func start(t *testing.T, timeout time.Duration) *env {
 		t.Fatal(err)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Warn})
-	m := metrics.New()
+	m := metrics.NewWith(metrics.Options{PerExpert: true})
 	h, err := host.New(host.Options{Dir: dir, CallTimeout: timeout, Metrics: m, Logger: log})
 	if err != nil {
 		t.Fatal(err)
