@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 from distributed import run_ranks
-from test_engine_support import (
+from engine_harness import (
     SLOTS_FOR,
     B,
     TinyNet,

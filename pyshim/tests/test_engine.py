@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed import run_ranks
-from test_engine_support import (
+from engine_harness import (
     LAYERS,
     OPTIMIZERS,
     SLOTS_FOR,

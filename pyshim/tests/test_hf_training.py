@@ -17,9 +17,9 @@ from __future__ import annotations
 import pytest
 import torch
 from distributed import run_ranks
+from engine_harness import E as ENGINE_E
+from engine_harness import adversarial_source, allreduce_dense_grads
 from test_adapters_hf import VOCAB, E, tiny_mixtral, tiny_qwen3
-from test_engine_support import E as ENGINE_E
-from test_engine_support import adversarial_source, allreduce_dense_grads
 
 from swiftmoe.api import replicate_
 from swiftmoe.config import SwiftMoEConfig

@@ -1,5 +1,6 @@
-"""Shared pieces of the engine tests: a tiny model, data, placement sequences, a reference run
-and the rank worker. No tests here.
+"""The engine tests' harness (a helper module, no tests): a tiny model, data, placement
+sequences, a reference run and the rank worker. pyshim/tests and test/ import it by name (the
+pytest configuration puts pyshim/tests on the path).
 
 Shape legend: B tokens of one rank, D model dim, E experts, N ranks, S slots per rank,
 K = N*S slots.
