@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pyshim"))
-from swiftmoe import split  # noqa: E402
-from swiftmoe.plan import max_over_mean  # noqa: E402
+from swiftmoe.engine import split  # noqa: E402
+from swiftmoe.engine.plan import max_over_mean  # noqa: E402
 
 SHAPES = [(256, 256, 4), (64, 16, 8), (16, 16, 4)]
 

@@ -60,7 +60,7 @@ import swiftmoe  # noqa: E402
 from swiftmoe import nn as smnn  # noqa: E402
 from swiftmoe.adapters.base import RouteResult, register_adapter  # noqa: E402
 from swiftmoe.adapters.native import NativeMoEAdapter  # noqa: E402
-from swiftmoe.plan_source import CallablePlanSource  # noqa: E402
+from swiftmoe.planning.sources import CallablePlanSource  # noqa: E402
 
 WORLD_SIZE = 2
 BUSY_LOAD = 1.0  # 1-minute load average above which the report warns that the figures are noisy
@@ -253,7 +253,8 @@ def _plan_source(args: argparse.Namespace, rank: int, E: int, P: int, shared: di
         return None
     S, L = args.swift_slots, args.layers
     if shared.get("kind") == "sidecar":
-        from swiftmoe.sidecar import JobSpec, PlanService
+        from swiftmoe.planning.client import JobSpec
+        from swiftmoe.planning.service import PlanService
 
         spec = JobSpec(
             world_size=WORLD_SIZE,
@@ -279,7 +280,7 @@ def _choose_planner(args: argparse.Namespace, rank: int) -> tuple[str, str]:
     """("sidecar" | "python", why) on rank 0; both ranks learn it from the first plan source."""
     if args.planner == "python":
         return "python", "--planner python"
-    from swiftmoe.sidecar import SidecarNotFoundError, find_sidecar_binary
+    from swiftmoe.planning.binaries import SidecarNotFoundError, find_sidecar_binary
 
     try:
         path = find_sidecar_binary()

@@ -326,7 +326,7 @@ def test_auto_slots_chosen_by_the_sidecar_train_to_the_reference() -> None:
 
 @needs_sidecar
 def test_attached_sidecar_plans_and_is_left_running(monkeypatch) -> None:
-    from swiftmoe.sidecar import ManagedSidecar
+    from swiftmoe.planning.process import ManagedSidecar
 
     case = uuid.uuid4().hex
     sockdir = tempfile.mkdtemp(prefix="smoe-att-")

@@ -26,15 +26,15 @@ import torch
 from torch import nn
 
 import swiftmoe.nn  # noqa: F401  (registers the adapter of swiftmoe.nn.MoE)
-from swiftmoe import checkpoint as ckpt
-from swiftmoe import plan as planlib
-from swiftmoe import runtime as rt
-from swiftmoe import split as splitlib
 from swiftmoe.adapters.base import MoEAdapter, find_adapter
-from swiftmoe.config import AUTO_SLOTS, SwiftMoEConfig
-from swiftmoe.dist import Comm
-from swiftmoe.optim import ShardedExpertOptimizer
-from swiftmoe.plan_source import as_plan
+from swiftmoe.engine import checkpoint as ckpt
+from swiftmoe.engine import layer as rt
+from swiftmoe.engine import plan as planlib
+from swiftmoe.engine import split as splitlib
+from swiftmoe.engine.config import AUTO_SLOTS, SwiftMoEConfig
+from swiftmoe.engine.dist import Comm
+from swiftmoe.engine.optim import ShardedExpertOptimizer
+from swiftmoe.engine.plan_source import as_plan
 
 __all__ = ["replicate_", "SwiftMoEHandle", "StepStats", "find_moe_blocks"]
 
@@ -299,7 +299,8 @@ class SwiftMoEHandle:
         svc, err, chosen = None, "", 0
         if comm.rank == 0:
             try:
-                from swiftmoe.sidecar import JobSpec, PlanService
+                from swiftmoe.planning.client import JobSpec
+                from swiftmoe.planning.service import PlanService
 
                 numel, elem, rpn = [], 4, self.ranks_per_node
                 for _fqn, block, adapter in blocks:

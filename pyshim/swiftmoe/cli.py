@@ -110,7 +110,7 @@ def _check_stubs() -> list[Check]:
 
 
 def _check_binaries(binary: str | None) -> tuple[list[Check], Path | None]:
-    from swiftmoe import sidecar as sc
+    from swiftmoe.planning import binaries as sc
 
     try:
         sidecar = sc.find_sidecar_binary(binary)
@@ -301,7 +301,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _plan(argv: list[str]) -> int:
-    from swiftmoe import sidecar as sc
+    from swiftmoe.planning import binaries as sc
 
     try:
         binary = sc.find_sidecar_binary()

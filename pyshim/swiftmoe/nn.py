@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
+from swiftmoe._checks import is_int
 from swiftmoe.adapters._hf_common import grouped_swiglu_split
 
 __all__ = ["MoE", "swiglu_expert", "grouped_swiglu", "route_topk"]
@@ -80,9 +81,9 @@ class MoE(nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("hidden_dim", hidden_dim), ("num_experts", num_experts)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v, 1):
                 raise ValueError(f"MoE: {name} must be an integer >= 1, got {v!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
+        if not is_int(top_k, 1, num_experts):
             raise ValueError(
                 f"MoE: top_k must be an integer in 1..num_experts={num_experts}, got {top_k!r}"
             )

@@ -417,7 +417,7 @@ def plans_from_sidecar(
     order (ReportLoads); the plan it answers is in force at the next iteration, the initial plan
     at iteration 0 (last-iteration prediction, the same loop a training job runs).
     """
-    from swiftmoe import sidecar as sc
+    from swiftmoe import planning as sc
 
     if not loads_ILE:
         raise ValueError("plans_from_sidecar: the trace is empty")
@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
             with_reps[0] if with_reps else None,
         )
         if args.plan_strategy:
-            from swiftmoe.sidecar import SidecarError
+            from swiftmoe.planning.client import SidecarError
 
             try:
                 reps = plans_from_sidecar(

@@ -17,9 +17,9 @@ from torch import nn
 
 import swiftmoe.nn as smnn
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
-from swiftmoe.plan import validate_slots
-from swiftmoe.plan_source import CallablePlanSource
+from swiftmoe.engine.config import SwiftMoEConfig
+from swiftmoe.engine.plan import validate_slots
+from swiftmoe.planning.sources import CallablePlanSource
 
 D, F, E, TOPK, LAYERS, B = 8, 16, 4, 2, 2, 8
 SLOTS_FOR = {1: 6, 2: 3, 4: 2}

@@ -30,8 +30,8 @@ from torch import nn
 
 import swiftmoe.nn as smnn
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
-from swiftmoe.plan_source import CallablePlanSource
+from swiftmoe.engine.config import SwiftMoEConfig
+from swiftmoe.planning.sources import CallablePlanSource
 
 # ---- observe mode ------------------------------------------------------------------------------
 

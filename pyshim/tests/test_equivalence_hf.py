@@ -15,7 +15,7 @@ from distributed import run_ranks
 from engine_harness import SLOTS_FOR, adversarial_source, allreduce_dense_grads
 
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
+from swiftmoe.engine.config import SwiftMoEConfig
 
 transformers = pytest.importorskip("transformers")
 

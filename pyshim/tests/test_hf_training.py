@@ -22,7 +22,7 @@ from engine_harness import adversarial_source, allreduce_dense_grads
 from test_adapters_hf import VOCAB, E, tiny_mixtral, tiny_qwen3
 
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
+from swiftmoe.engine.config import SwiftMoEConfig
 
 STEPS, B, L = 4, 2, 6
 SLOTS_FOR = {1: 6, 2: 3}

@@ -64,7 +64,7 @@ def cluster(gpus=4, per_node=2, compute_model="per-slot", intra=1e9, inter=0.5e9
 def sidecar_address():
     if not SIDECAR.is_file():
         pytest.skip("bin/swiftmoe-sidecar is absent: run `make build`")
-    from swiftmoe.sidecar import ManagedSidecar
+    from swiftmoe.planning.process import ManagedSidecar
 
     sc = ManagedSidecar(
         binary=SIDECAR, extra_args=("--plugin-timeout", "30s"), start_timeout_s=30.0
@@ -293,7 +293,7 @@ def test_sparse_flow_matches_the_dense_model():
     """Flow (sums over the split's nonzero pieces, or split_traffic's per-rank sums) gives what
     the dense [N, N*S] flow gives: slot loads, the all-to-all of the rank matrix, and the padded
     all-to-all."""
-    from swiftmoe import split as splitlib
+    from swiftmoe.engine import split as splitlib
 
     rng = np.random.default_rng(3)
     et = linear_time()
@@ -517,7 +517,7 @@ def test_plan_feed_order_and_errors():
     """PlanFeed hands each job's plans over in iteration order and re-raises a job's error."""
     from types import SimpleNamespace
 
-    from swiftmoe.sidecar import SidecarError
+    from swiftmoe.planning.client import SidecarError
     from swiftmoe.sim.plans import PlanFeed
 
     class FakeClient:

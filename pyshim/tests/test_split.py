@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from swiftmoe import plan, split
-from swiftmoe.split import even_split_tokens, rank_load_from_flow, split_tokens
+from swiftmoe.engine import plan, split
+from swiftmoe.engine.split import even_split_tokens, rank_load_from_flow, split_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "testdata" / "traces" / "cheaders-e8-top2-aux0.jsonl"

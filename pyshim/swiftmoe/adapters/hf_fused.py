@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from swiftmoe._checks import is_int, is_number
+
 from ._hf_common import (
     REMOVED_ATTR,
     StructuralAdapter,
@@ -87,7 +89,7 @@ def fused_mismatch(block: nn.Module) -> str | None:
         return "gate has no 2-D weight of shape (experts, hidden)"
     num_e, dim = w.shape
     k = getattr(gate, "top_k", None)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_e:
+    if not is_int(k, 1, num_e):
         return f"gate.top_k is {k!r}, want an int in [1, {num_e}]"
     if isinstance(ex, nn.ModuleList):
         return "experts is an nn.ModuleList (per-expert form)"
@@ -123,7 +125,7 @@ def fused_mismatch(block: nn.Module) -> str | None:
             f"want {want}"
         )
     j = getattr(block, "jitter_noise", 0.0)
-    if not isinstance(j, (int, float)) or isinstance(j, bool):
+    if not is_number(j):
         return f"jitter_noise is {j!r}, want a number"
     return None
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from swiftmoe._checks import is_int, is_number
+
 from ._hf_common import (
     REMOVED_ATTR,
     StructuralAdapter,
@@ -96,7 +98,7 @@ def modulelist_mismatch(block: nn.Module) -> str | None:
         return f"experts is not an nn.ModuleList of {gate.out_features} experts (one per logit)"
     num_e, dim = gate.out_features, gate.in_features
     k = getattr(block, "top_k", None)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_e:
+    if not is_int(k, 1, num_e):
         return f"top_k is {k!r}, want an int in [1, {num_e}]"
     n = getattr(block, "num_experts", num_e)
     if n != num_e:
@@ -105,7 +107,7 @@ def modulelist_mismatch(block: nn.Module) -> str | None:
     if not isinstance(norm, bool):
         return f"norm_topk_prob is {norm!r}, want a bool"
     j = getattr(block, "jitter_noise", 0.0)
-    if not isinstance(j, (int, float)) or isinstance(j, bool):
+    if not is_number(j):
         return f"jitter_noise is {j!r}, want a number"
     for e, expert in enumerate(ex):
         reason = _expert_mismatch(e, expert, dim)

@@ -154,7 +154,7 @@ def _check_writable(flag: str, path: Path | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swiftmoe.sidecar import SidecarError
+    from swiftmoe.planning.client import SidecarError
     from swiftmoe.sim import calibration, model, report, systems, trace
     from swiftmoe.sim.run import SimConfig, simulate
 

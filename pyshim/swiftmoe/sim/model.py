@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from swiftmoe import split as splitlib
+from swiftmoe._checks import is_int, is_number
+from swiftmoe.engine import split as splitlib
 from swiftmoe.sim.calibration import ExpertTime
 
 __all__ = [
@@ -70,9 +71,9 @@ class Cluster:
     def __post_init__(self) -> None:
         for name in ("gpus", "gpus_per_node", "d_model", "d_ff", "bytes_per_param"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v, 1):
                 raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
-        if isinstance(self.optimizer_bytes, bool) or self.optimizer_bytes < 0:
+        if not is_number(self.optimizer_bytes) or self.optimizer_bytes < 0:
             raise ValueError(f"--optimizer-bytes is {self.optimizer_bytes!r}: pass an integer >= 0")
         for name in ("intra_bw", "inter_bw", "pcie_bw"):
             v = getattr(self, name)

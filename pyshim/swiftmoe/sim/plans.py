@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swiftmoe.sidecar import SidecarClient, SidecarError
+from swiftmoe.planning.client import SidecarClient, SidecarError
 
 __all__ = ["FetchedPlan", "PlanFeed"]
 

@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from swiftmoe import split as splitlib
-from swiftmoe.sidecar import JobSpec, ManagedSidecar, SidecarClient
+from swiftmoe._checks import is_int
+from swiftmoe.engine import split as splitlib
+from swiftmoe.planning.client import JobSpec, SidecarClient
+from swiftmoe.planning.process import ManagedSidecar
 from swiftmoe.sim import model
 from swiftmoe.sim.calibration import ExpertTime
 from swiftmoe.sim.plans import FetchedPlan, PlanFeed
@@ -63,7 +65,7 @@ class SimConfig:
     def __post_init__(self) -> None:
         for name in ("slots", "static_slots"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v, 1):
                 raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
         if not (self.other_ms >= 0 and np.isfinite(self.other_ms)):
             raise ValueError(f"--other-ms is {self.other_ms!r}: pass milliseconds >= 0")

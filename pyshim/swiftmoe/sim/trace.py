@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from swiftmoe._checks import is_int
+
 __all__ = [
     "StreamedTrace",
     "read_trace",
@@ -112,7 +114,7 @@ def scale_loads(loads_ILE: np.ndarray, total: int) -> np.ndarray:
     Floors of the proportional shares plus one token for the largest remainders (ties to the
     lower expert id). A row of zeros is spread evenly (remainder to the lowest ids).
     """
-    if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
+    if not (is_int(total, 1) or (isinstance(total, np.integer) and total >= 1)):
         raise ValueError(f"scale total is {total!r}: pass an integer >= 1")
     a = np.asarray(loads_ILE, dtype=np.int64)
     E = a.shape[-1]
@@ -134,7 +136,7 @@ def scale_loads(loads_ILE: np.ndarray, total: int) -> np.ndarray:
 
 def source_counts(loads_E: np.ndarray, num_ranks: int) -> np.ndarray:
     """counts_QE: each expert's tokens spread evenly over the ranks, remainders to the lowest."""
-    if isinstance(num_ranks, bool) or not isinstance(num_ranks, int) or num_ranks < 1:
+    if not is_int(num_ranks, 1):
         raise ValueError(f"num_ranks is {num_ranks!r}: pass an integer >= 1")
     L_E = np.asarray(loads_E, dtype=np.int64)
     if L_E.ndim != 1 or (L_E.size and L_E.min() < 0):
@@ -201,7 +203,7 @@ def synthetic_iterations(
         ("drift", drift, 0),
         ("shift-every", shift_every, 0),
     ):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        if not is_int(v, lo):
             raise ValueError(f"{name} is {v!r}: pass an integer >= {lo}")
     if top_k > experts:
         raise ValueError(f"top-k {top_k} exceeds the {experts} experts: pass top-k <= experts")

@@ -40,6 +40,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from swiftmoe._checks import is_int
+
 __all__ = [
     "RankSplit",
     "even_split_tokens",
@@ -91,11 +93,7 @@ def _counts(counts_QE) -> np.ndarray:
 
 
 def _slots(slots, slots_per_rank: int, num_ranks: int, num_experts: int) -> np.ndarray:
-    if (
-        isinstance(slots_per_rank, bool)
-        or not isinstance(slots_per_rank, int)
-        or slots_per_rank < 1
-    ):
+    if not is_int(slots_per_rank, 1):
         raise ValueError(f"slots_per_rank must be an integer >= 1, got {slots_per_rank!r}")
     if isinstance(slots, torch.Tensor):
         if slots.is_floating_point() or slots.is_complex():
@@ -208,7 +206,7 @@ def _prepare(counts_QE, slots, slots_per_rank: int):
         e = int(orphan[0])
         raise ValueError(
             f"expert {e} has {int(L_E[e])} tokens but no slot in the plan; every expert needs a "
-            "replica (validate the plan with swiftmoe.plan.validate_slots)"
+            "replica (validate the plan with swiftmoe.engine.plan.validate_slots)"
         )
     return c_QE, plan, L_E
 
@@ -1152,11 +1150,7 @@ def _min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):
     """Checked inputs and stage 1 of the min-max split: (c_QE, plan, demand_K, ranks_per_node)."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
-    if (
-        isinstance(ranks_per_node, bool)
-        or not isinstance(ranks_per_node, int)
-        or ranks_per_node < 0
-    ):
+    if not is_int(ranks_per_node, 0):
         raise ValueError(
             f"ranks_per_node must be an integer >= 0 (0: no nodes), got {ranks_per_node!r}"
         )
@@ -1234,7 +1228,7 @@ def split_tokens_for_rank(
     rank's supplies and demands only, after the same per-expert prefix sums.
     """
     c_QE, plan, demand_K, rpn = _demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < plan.N:
+    if not is_int(rank, 0, plan.N - 1):
         raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
     send_K, recv_QS = _route_rank(c_QE, plan, demand_K, rpn, rank)
     return RankSplit(torch.from_numpy(send_K), torch.from_numpy(recv_QS), _load_R(plan, demand_K))
@@ -1259,11 +1253,7 @@ def rank_load_from_flow(flow_QK: torch.Tensor, slots_per_rank: int) -> torch.Ten
     """Tokens each rank processes: flow_QK int64 [Q, N*S] -> load_R int64 [N]."""
     if not isinstance(flow_QK, torch.Tensor) or flow_QK.dim() != 2:
         raise ValueError("flow_QK must be a 2-D tensor [source ranks, slots]")
-    if (
-        isinstance(slots_per_rank, bool)
-        or not isinstance(slots_per_rank, int)
-        or slots_per_rank < 1
-    ):
+    if not is_int(slots_per_rank, 1):
         raise ValueError(f"slots_per_rank must be an integer >= 1, got {slots_per_rank!r}")
     K = flow_QK.shape[1]
     if K % slots_per_rank:

@@ -91,7 +91,7 @@ def _check(state: dict[str, Any], handle: Any) -> None:
 def load_sharded_state(handle: Any, state: dict[str, Any]) -> None:
     """Restore what ``sharded_state`` saved (a collective: every rank calls it)."""
     _check(state, handle)
-    from swiftmoe.plan import validate_slots
+    from swiftmoe.engine.plan import validate_slots
 
     N, S = handle.comm.world_size, handle.config.slots_per_rank
     slots_L = []

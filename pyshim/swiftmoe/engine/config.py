@@ -10,7 +10,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from swiftmoe.plan_source import PlanSource
+from swiftmoe._checks import is_int, is_number
+from swiftmoe.engine.plan_source import PlanSource
 
 __all__ = ["SwiftMoEConfig", "resolve_optimizer", "MODES", "SPLIT_METHODS", "AUTO_SLOTS"]
 
@@ -151,7 +152,7 @@ class SwiftMoEConfig:
                     "slots_per_rank: 'auto' cannot be combined with initial_slots, whose length "
                     "fixes the slots; give slots_per_rank as an integer"
                 )
-        elif isinstance(S, bool) or not isinstance(S, int) or S < 1:
+        elif not is_int(S, 1):
             raise ValueError(f"slots_per_rank: must be an integer >= 1 or 'auto', got {S!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -176,7 +177,7 @@ class SwiftMoEConfig:
                 "wrap a function in swiftmoe.plan_source.CallablePlanSource(fn)"
             )
         d = self.plan_deadline_s
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (d >= 0) or math.isinf(d):
+        if not is_number(d) or not (d >= 0) or math.isinf(d):
             raise ValueError(f"plan_deadline_s: must be a finite number >= 0, got {d!r}")
         if self.split_method not in SPLIT_METHODS:
             raise ValueError(
@@ -184,19 +185,15 @@ class SwiftMoEConfig:
                 f"{self.split_method!r}"
             )
         rpn = self.ranks_per_node
-        if isinstance(rpn, bool) or not isinstance(rpn, int) or rpn < 0:
+        if not is_int(rpn, 0):
             raise ValueError(f"ranks_per_node: must be an integer >= 0 (0 = unknown), got {rpn!r}")
         cf = self.capacity_factor
-        if cf is not None and (
-            isinstance(cf, bool) or not isinstance(cf, (int, float)) or not (cf > 0)
-        ):
+        if cf is not None and (not is_number(cf) or not (cf > 0)):
             raise ValueError(
                 f"capacity_factor: must be None (dropless) or a number > 0, got {cf!r}"
             )
         g = self.expert_grad_scale
-        if g is not None and (
-            isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g)
-        ):
+        if g is not None and (not is_number(g) or not math.isfinite(g)):
             raise ValueError(
                 f"expert_grad_scale: must be None (1/world_size) or a finite number, got {g!r}"
             )

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from swiftmoe import dispatch as dp
 from swiftmoe.adapters.base import ExpertSpec, MoEAdapter
-from swiftmoe.dist import Comm, all_to_all_rows
-from swiftmoe.plan import max_over_mean
+from swiftmoe.engine import dispatch as dp
+from swiftmoe.engine.dist import Comm, all_to_all_rows
+from swiftmoe.engine.plan import max_over_mean
 
 __all__ = ["ExpertLayer", "ObservedLayer", "LOADS_BUFFER", "DROPPED_BUFFER"]
 
