@@ -1,7 +1,9 @@
 """SwiftMoE's reference MoE layer: a top-k softmax router and SwiGLU experts.
 
 For teams without an MoE block of their own. ``swiftmoe.replicate_`` handles it through the
-adapter in ``swiftmoe.adapters.native``, registered when this module is imported.
+adapter in ``swiftmoe.adapters.native`` (a built-in, registered in ``swiftmoe.adapters``). The
+SwiGLU expert math here is also what the HuggingFace adapters run over grouped slots
+(:func:`grouped_swiglu_split`). Of swiftmoe it imports only the shared argument checks.
 
 Shape legend:
     T  tokens (all leading dims of the input flattened)
@@ -16,15 +18,15 @@ Shape legend:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F_
 from torch import nn
 
 from swiftmoe._checks import is_int
-from swiftmoe.adapters._hf_common import grouped_swiglu_split
 
-__all__ = ["MoE", "swiglu_expert", "grouped_swiglu", "route_topk"]
+__all__ = ["MoE", "swiglu_expert", "grouped_swiglu", "grouped_swiglu_split", "route_topk"]
 
 
 def swiglu_expert(
@@ -33,6 +35,24 @@ def swiglu_expert(
     """One SwiGLU expert on its tokens: ``(silu(x W_gate^T) * x W_up^T) W_down^T`` -> y_MD."""
     h_MF = F_.silu(x_MD @ w_gate_FD.t()) * (x_MD @ w_up_FD.t())
     return h_MF @ w_down_DF.t()
+
+
+def grouped_swiglu_split(
+    act_fn: Callable[[torch.Tensor], torch.Tensor],
+    x_MD: torch.Tensor,
+    offs_S: torch.Tensor,
+    w_gate_SFD: torch.Tensor,
+    w_up_SFD: torch.Tensor,
+    w_down_SDF: torch.Tensor,
+) -> torch.Tensor:
+    """S SwiGLU experts with separate gate/up/down weights over contiguous row groups, with
+    ``torch._grouped_mm``: ``down(act(gate(x)) * up(x))`` per group.
+
+    ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
+    """
+    gate_MF = torch._grouped_mm(x_MD, w_gate_SFD.transpose(-2, -1), offs=offs_S)
+    up_MF = torch._grouped_mm(x_MD, w_up_SFD.transpose(-2, -1), offs=offs_S)
+    return torch._grouped_mm(act_fn(gate_MF) * up_MF, w_down_SDF.transpose(-2, -1), offs=offs_S)
 
 
 def grouped_swiglu(
@@ -135,7 +155,3 @@ class MoE(nn.Module):
             f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
             f"top_k={self.top_k}"
         )
-
-
-# Register the adapter so that replicate_ finds swiftmoe.nn.MoE blocks.
-from swiftmoe.adapters import native as _native  # noqa: E402,F401

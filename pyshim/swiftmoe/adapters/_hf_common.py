@@ -1,6 +1,7 @@
 """Pieces shared by the HuggingFace block adapters.
 
-Pure SwiGLU expert functions, the training-time input jitter some blocks apply, the record a
+Pure SwiGLU expert functions (the grouped form of the per-expert layout is the reference
+layer's, ``swiftmoe.nn.grouped_swiglu_split``), the training-time input jitter some blocks apply, the record a
 block keeps of its removed expert parameters, and the validation of weights handed back.
 
 Shape legend: T tokens, D model dim, I expert intermediate dim, E experts, K top-k, M rows of
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from swiftmoe.nn import grouped_swiglu_split
 
 from .base import ExpertSpec, MoEAdapter
 
@@ -119,23 +122,6 @@ def swiglu_fused(
         return F.linear(act_fn(gate_TI) * up_TI, down_DI)
 
     return forward
-
-
-def grouped_swiglu_split(
-    act_fn: Callable[[torch.Tensor], torch.Tensor],
-    x_MD: torch.Tensor,
-    offs_S: torch.Tensor,
-    w_gate_SID: torch.Tensor,
-    w_up_SID: torch.Tensor,
-    w_down_SDI: torch.Tensor,
-) -> torch.Tensor:
-    """S experts of :func:`swiglu_split` over contiguous row groups, with ``torch._grouped_mm``.
-
-    ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
-    """
-    gate_MI = torch._grouped_mm(x_MD, w_gate_SID.transpose(-2, -1), offs=offs_S)
-    up_MI = torch._grouped_mm(x_MD, w_up_SID.transpose(-2, -1), offs=offs_S)
-    return torch._grouped_mm(act_fn(gate_MI) * up_MI, w_down_SDI.transpose(-2, -1), offs=offs_S)
 
 
 def grouped_swiglu_fused(
