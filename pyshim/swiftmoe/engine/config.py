@@ -12,13 +12,13 @@ import torch.distributed as dist
 
 from swiftmoe._checks import is_int, is_number
 from swiftmoe.engine.plan_source import PlanSource
+from swiftmoe.engine.split import RANK_METHODS as SPLIT_METHODS
 
 __all__ = ["SwiftMoEConfig", "resolve_optimizer", "MODES", "SPLIT_METHODS", "AUTO_SLOTS"]
 
 MODES = ("observe", "replicate")
 # slots_per_rank="auto": the sidecar picks the slots from its machine's free GPU memory.
 AUTO_SLOTS = "auto"
-SPLIT_METHODS = ("auto", "exact", "fast", "even")
 # Optimizers whose update of one element depends on other elements: a sharded step would differ.
 _NOT_ELEMENTWISE = {"LBFGS", "SparseAdam", "Muon"}
 
@@ -74,8 +74,8 @@ class SwiftMoEConfig:
             initial placement for good (static expert parallelism).
         plan_deadline_s: the longest ``step()`` waits for the plan source.
         split_method: how an expert's tokens are split over its replicas, passed to
-            ``swiftmoe.split.split_tokens`` ("auto", "exact", "fast"), or "even" (the paper's
-            even split, ``even_split_tokens``).
+            ``swiftmoe.engine.split`` ("auto" = "fast", "exact"), or "even" (the paper's
+            even split).
         ranks_per_node: ranks per node, so the split prefers same-node replicas; 0 = take
             torchrun's LOCAL_WORLD_SIZE when set, else no node preference.
         capacity_factor: None (dropless, the default) or > 0: each rank keeps at most

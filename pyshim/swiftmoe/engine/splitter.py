@@ -15,8 +15,10 @@ __all__ = ["RankSplitter"]
 class RankSplitter:
     """Splits each layer's tokens for one rank with one method and node grouping.
 
-    Calls go through ``swiftmoe.engine.split`` by name, so the split the engine runs is the
-    module's, whatever it is at the time.
+    It indexes each placement once and keeps the indexes of the recent ones (its own
+    ``PlanIndexCache``: a placement stays in force for many iterations and every layer). Calls
+    go through ``swiftmoe.engine.split`` by name, so the split the engine runs is the module's,
+    whatever it is at the time.
     """
 
     def __init__(self, slots_per_rank: int, rank: int, ranks_per_node: int, method: str) -> None:
@@ -26,6 +28,7 @@ class RankSplitter:
             ranks_per_node,
             method,
         )
+        self._indexes = splitlib.PlanIndexCache()
 
     def __call__(
         self, counts_NE: torch.Tensor, slots_K: torch.Tensor, layer_index: int
@@ -38,10 +41,11 @@ class RankSplitter:
         of a source's tokens of an expert than the source has, and its load is what it receives.
         """
         S, r = self.S, self.rank
-        rs = splitlib.split_tokens_for_rank(
-            counts_NE, slots_K, S, r, ranks_per_node=self.ranks_per_node, method=self.method
-        )
         N, E = counts_NE.shape
+        plan = self._indexes.index(slots_K, S, N, E)
+        rs = splitlib.split_tokens_for_rank(
+            counts_NE, plan, S, r, ranks_per_node=self.ranks_per_node, method=self.method
+        )
         got_QE = torch.zeros(N, E, dtype=torch.long).index_add_(
             1, slots_K[r * S : (r + 1) * S], rs.recv_QS
         )
@@ -62,6 +66,8 @@ class RankSplitter:
 
     def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int]) -> torch.Tensor:
         """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing."""
+        N, E = counts_NE.shape
+        plan = self._indexes.index(slots_K, self.S, N, E)
         return splitlib.split_rank_loads(
-            counts_NE, slots_K, self.S, ranks_per_node=self.ranks_per_node, method=self.method
+            counts_NE, plan, self.S, ranks_per_node=self.ranks_per_node, method=self.method
         )

@@ -18,7 +18,7 @@ Replays a routing trace (JSON Lines of DESIGN.md) on a simulated cluster and com
 SwiftMoE (the real swiftmoe strategy plugin through a real sidecar, last-iteration prediction),
 FlexMoE at rebalance intervals (the flexmoe plugin, migration cost included), static expert
 parallelism dropless (padded to the largest expert) and with capacity factors (tokens dropped),
-and the perfect-balance bound. Tokens are split across replicas by swiftmoe.split.split_tokens,
+and the perfect-balance bound. Tokens are split across replicas by swiftmoe.engine.split,
 the engine's split, on per-source counts spread evenly from the trace's global counts.
 
 Step time per iteration = expert compute (slowest rank, from a calibration table) + token

@@ -7,7 +7,7 @@ initial static placement); afterwards t's loads are reported and the answer is P
 (last-iteration prediction, the sidecar's default predictor). Each job's ReportLoads chain runs
 ahead in its own thread (:mod:`swiftmoe.sim.plans`), overlapping the token splits. Systems placed
 by a plan route their tokens with the engine's split, summed per rank by
-``swiftmoe.split.split_traffic`` (what the cost model needs of split_tokens' flow), on the per-source
+``swiftmoe.sim.traffic.split_traffic`` (what the cost model needs of the split's flow), on the per-source
 counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
 :mod:`swiftmoe.sim.model`. Per iteration and layer, systems on one placement share its split (and
 the engine systems its cost); only a placement that a padded system (static-dropless, static-cfX)
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from swiftmoe._checks import is_int
-from swiftmoe.engine import split as splitlib
+from swiftmoe.engine.split import PlanIndexCache
 from swiftmoe.planning.client import JobSpec, SidecarClient
 from swiftmoe.planning.process import ManagedSidecar
 from swiftmoe.sim import model
@@ -37,6 +37,7 @@ from swiftmoe.sim.calibration import ExpertTime
 from swiftmoe.sim.plans import FetchedPlan, PlanFeed
 from swiftmoe.sim.systems import BOUND, CAPACITY, ENGINE, PADDED, SystemSpec
 from swiftmoe.sim.trace import StreamedTrace, source_counts, uniform_loads
+from swiftmoe.sim.traffic import split_traffic
 
 __all__ = ["FIELDS", "SimConfig", "SimResult", "simulate"]
 
@@ -181,6 +182,7 @@ def simulate(
     planned = [s for s in systems if s.kind != BOUND]
     reps = {s.name: np.zeros((n_it, L, E), dtype=np.int64) for s in planned}
     timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0}
+    indexes = PlanIndexCache()  # the placements in force, indexed once for every split
     if wait is not None:
         timing["trace_s"] = 0.0
     t_start = time.perf_counter()
@@ -250,9 +252,9 @@ def simulate(
                         cost = bound_costs.get(key)
                         if cost is None:
                             ts = time.perf_counter()
-                            split = splitlib.split_traffic(
+                            split = split_traffic(
                                 source_counts(uniform_loads(total, E), N),
-                                slots_K,
+                                indexes.index(slots_K, S, N, E),
                                 S,
                                 ranks_per_node=c.ranks_per_node,
                                 weighted=False,
@@ -269,9 +271,9 @@ def simulate(
                             if counts_QE is None:
                                 counts_QE = source_counts(L_E, N)
                             ts = time.perf_counter()
-                            split = splitlib.split_traffic(
+                            split = split_traffic(
                                 counts_QE,
-                                slots_K,
+                                indexes.index(slots_K, S, N, E),
                                 S,
                                 ranks_per_node=c.ranks_per_node,
                                 weighted=pk in padded,  # padding reweights who sends what
