@@ -3,7 +3,7 @@
 For teams without an MoE block of their own. ``swiftmoe.replicate_`` handles it through the
 adapter in ``swiftmoe.adapters.native`` (a built-in, registered in ``swiftmoe.adapters``). The
 SwiGLU expert math here is also what the HuggingFace adapters run over grouped slots
-(:func:`grouped_swiglu_split`). Of swiftmoe it imports only the shared argument checks.
+(:func:`grouped_swiglu`). Of swiftmoe it imports only the shared argument checks.
 
 Shape legend:
     T  tokens (all leading dims of the input flattened)
@@ -26,7 +26,7 @@ from torch import nn
 
 from swiftmoe._checks import is_int
 
-__all__ = ["MoE", "swiglu_expert", "grouped_swiglu", "grouped_swiglu_split", "route_topk"]
+__all__ = ["MoE", "swiglu_expert", "grouped_swiglu", "route_topk"]
 
 
 def swiglu_expert(
@@ -37,37 +37,24 @@ def swiglu_expert(
     return h_MF @ w_down_DF.t()
 
 
-def grouped_swiglu_split(
-    act_fn: Callable[[torch.Tensor], torch.Tensor],
-    x_MD: torch.Tensor,
-    offs_S: torch.Tensor,
-    w_gate_SFD: torch.Tensor,
-    w_up_SFD: torch.Tensor,
-    w_down_SDF: torch.Tensor,
-) -> torch.Tensor:
-    """S SwiGLU experts with separate gate/up/down weights over contiguous row groups, with
-    ``torch._grouped_mm``: ``down(act(gate(x)) * up(x))`` per group.
-
-    ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
-    """
-    gate_MF = torch._grouped_mm(x_MD, w_gate_SFD.transpose(-2, -1), offs=offs_S)
-    up_MF = torch._grouped_mm(x_MD, w_up_SFD.transpose(-2, -1), offs=offs_S)
-    return torch._grouped_mm(act_fn(gate_MF) * up_MF, w_down_SDF.transpose(-2, -1), offs=offs_S)
-
-
 def grouped_swiglu(
     x_MD: torch.Tensor,
     offs_S: torch.Tensor,
     w_gate_SFD: torch.Tensor,
     w_up_SFD: torch.Tensor,
     w_down_SDF: torch.Tensor,
+    act_fn: Callable[[torch.Tensor], torch.Tensor] = F_.silu,
 ) -> torch.Tensor:
-    """S SwiGLU experts over contiguous token groups with ``torch._grouped_mm`` (CUDA).
+    """S gated experts over contiguous token groups with ``torch._grouped_mm`` (CUDA):
+    ``down(act(gate(x)) * up(x))`` per group, SwiGLU with the default ``act_fn``.
 
     ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
-    No group is padded, so skewed group sizes cost nothing extra.
+    No group is padded, so skewed group sizes cost nothing extra. The HuggingFace adapters run
+    their separate gate/up/down layout through it with the block's own activation.
     """
-    return grouped_swiglu_split(F_.silu, x_MD, offs_S, w_gate_SFD, w_up_SFD, w_down_SDF)
+    gate_MF = torch._grouped_mm(x_MD, w_gate_SFD.transpose(-2, -1), offs=offs_S)
+    up_MF = torch._grouped_mm(x_MD, w_up_SFD.transpose(-2, -1), offs=offs_S)
+    return torch._grouped_mm(act_fn(gate_MF) * up_MF, w_down_SDF.transpose(-2, -1), offs=offs_S)
 
 
 def route_topk(

@@ -1,7 +1,7 @@
 """Pieces shared by the HuggingFace block adapters.
 
 Pure SwiGLU expert functions (the grouped form of the per-expert layout is the reference
-layer's, ``swiftmoe.nn.grouped_swiglu_split``), the training-time input jitter some blocks apply, the record a
+layer's, ``swiftmoe.nn.grouped_swiglu``), the training-time input jitter some blocks apply, the record a
 block keeps of its removed expert parameters, and the validation of weights handed back.
 
 Shape legend: T tokens, D model dim, I expert intermediate dim, E experts, K top-k, M rows of
@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swiftmoe.nn import grouped_swiglu_split
-
 from .base import ExpertSpec, MoEAdapter
 
 __all__ = [
@@ -28,7 +26,6 @@ __all__ = [
     "block_label",
     "check_expert_params",
     "grouped_swiglu_fused",
-    "grouped_swiglu_split",
     "jitter_input",
     "removed_record",
     "swiglu_fused",

@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from swiftmoe._checks import is_int, is_number
+from swiftmoe.nn import grouped_swiglu
 
 from ._hf_common import (
     REMOVED_ATTR,
     StructuralAdapter,
     block_label,
     check_expert_params,
-    grouped_swiglu_split,
     record_removal,
     removed_error,
     removed_record,
@@ -172,7 +172,7 @@ class HFModuleListAdapter(StructuralAdapter):
         """
         w_gate_SID, w_up_SID, w_down_SDI = stacked
         act_fn = block.experts[0].act_fn
-        return grouped_swiglu_split(act_fn, x_MD, offs_S, w_gate_SID, w_up_SID, w_down_SDI)
+        return grouped_swiglu(x_MD, offs_S, w_gate_SID, w_up_SID, w_down_SDI, act_fn)
 
     def route(self, block: nn.Module, x_TD: torch.Tensor, *, hooks: bool = True) -> RouteResult:
         """Softmax top-k routing as the 4.x block computes it; extra is ``router_logits_TE``.

@@ -6,12 +6,23 @@ Shape legend: E experts of a block.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import nn
 
 from swiftmoe.adapters import MoEAdapter, find_adapter
 
-__all__ = ["find_moe_blocks"]
+__all__ = ["MoEBlock", "find_moe_blocks"]
+
+
+class MoEBlock(NamedTuple):
+    """An MoE block of a model: its fully qualified name, the module, and the adapter that
+    handles it."""
+
+    fqn: str
+    module: nn.Module
+    adapter: MoEAdapter
+
 
 _MOE_CHILD_NAMES = ("experts",)
 _ROUTER_CHILD_NAMES = ("gate", "router")
@@ -33,7 +44,7 @@ def _looks_like_moe(module: nn.Module) -> bool:
 
 def find_moe_blocks(
     model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None
-) -> list[tuple[str, nn.Module, MoEAdapter]]:
+) -> list[MoEBlock]:
     """(fqn, block, adapter) of every MoE block, outermost first; raises on unsupported ones.
 
     A module an adapter matches is a block and its children are not searched. A module no
@@ -41,7 +52,7 @@ def find_moe_blocks(
     ``router`` child with an expert count) raises ValueError naming it, unless ``filter_fn``
     excludes it.
     """
-    found: list[tuple[str, nn.Module, MoEAdapter]] = []
+    found: list[MoEBlock] = []
     unsupported: list[str] = []
 
     def walk(module: nn.Module, fqn: str) -> None:
@@ -49,7 +60,7 @@ def find_moe_blocks(
         keep = filter_fn is None or filter_fn(module, fqn)
         if adapter is not None:
             if keep:
-                found.append((fqn, module, adapter))
+                found.append(MoEBlock(fqn, module, adapter))
             return
         if keep and _looks_like_moe(module):
             unsupported.append(f"{fqn or '<root>'} ({type(module).__name__})")

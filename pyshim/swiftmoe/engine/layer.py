@@ -30,6 +30,7 @@ from torch import nn
 
 from swiftmoe.adapters import ExpertSpec, MoEAdapter
 from swiftmoe.engine import dispatch as dp
+from swiftmoe.engine.blocks import MoEBlock
 from swiftmoe.engine.dist import Comm, all_to_all_rows
 from swiftmoe.engine.plan import max_over_mean
 from swiftmoe.engine.split import RankSplit
@@ -86,9 +87,7 @@ class ExpertLayer:
     def __init__(
         self,
         index: int,
-        fqn: str,
-        block: nn.Module,
-        adapter: MoEAdapter,
+        where: MoEBlock,
         spec: ExpertSpec,
         num_experts: int,
         top_k: int,
@@ -98,19 +97,20 @@ class ExpertLayer:
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        self.index, self.fqn, self.block, self.adapter, self.spec = index, fqn, block, adapter, spec
+        self.index, self.spec = index, spec
+        self.fqn, self.block, self.adapter = where
         self.E, self.top_k, self.S = num_experts, top_k, slots_per_rank
         self.comm, self.ctx = comm, ctx
         self.device, self.dtype = device, dtype
         self.numels = [math.prod(s) for s in spec.shapes]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
         self.P = sum(self.numels)
-        self.grouped = use_grouped_mm(adapter, spec, device, dtype)
+        self.grouped = use_grouped_mm(self.adapter, spec, device, dtype)
         self.slots: list[int] = []
         self.slot_params: list[tuple[torch.Tensor, ...]] = []
         self.stacked: tuple[torch.Tensor, ...] = ()
         self.last_max_over_mean = 1.0
-        add_stat_buffers(block, num_experts, device)
+        add_stat_buffers(self.block, num_experts, device)
 
     # ---- slot weights -------------------------------------------------------------------------
 

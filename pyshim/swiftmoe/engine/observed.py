@@ -10,7 +10,7 @@ import inspect
 import torch
 from torch import nn
 
-from swiftmoe.adapters import MoEAdapter
+from swiftmoe.engine.blocks import MoEBlock
 from swiftmoe.engine.stats import add_stat_buffers, loads_of
 
 __all__ = ["ObservedLayer"]
@@ -23,17 +23,10 @@ class ObservedLayer:
     and restored, so the block computes exactly what it computes unpatched.
     """
 
-    def __init__(
-        self,
-        index: int,
-        fqn: str,
-        block: nn.Module,
-        adapter: MoEAdapter,
-        num_experts: int,
-        device: torch.device,
-    ) -> None:
-        self.index, self.fqn, self.block, self.adapter = index, fqn, block, adapter
-        self.E = num_experts
+    def __init__(self, index: int, where: MoEBlock, num_experts: int, device: torch.device) -> None:
+        self.index, self.E = index, num_experts
+        self.fqn, self.block, self.adapter = where
+        block, adapter = self.block, self.adapter
         self.slots: list[int] = []
         try:
             params = inspect.signature(adapter.route).parameters

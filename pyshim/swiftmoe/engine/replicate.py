@@ -31,9 +31,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from swiftmoe.adapters import ExpertSpec, MoEAdapter
+from swiftmoe.adapters import ExpertSpec
 from swiftmoe.engine import plan as planlib
-from swiftmoe.engine.blocks import find_moe_blocks
+from swiftmoe.engine.blocks import MoEBlock, find_moe_blocks
 from swiftmoe.engine.config import AUTO_SLOTS, SwiftMoEConfig
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.handle import SwiftMoEHandle
@@ -49,8 +49,6 @@ from swiftmoe.engine.stats import LOADS_BUFFER
 __all__ = ["replicate_"]
 
 log = logging.getLogger("swiftmoe")
-
-Block = tuple[str, nn.Module, MoEAdapter]
 
 
 def replicate_(
@@ -116,8 +114,8 @@ def replicate_(
 
 def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device) -> ObserveRun:
     layers = []
-    for i, ((fqn, block, adapter), E, slots) in enumerate(zip(blocks, E_L, slots_L, strict=True)):
-        layer = ObservedLayer(i, fqn, block, adapter, E, device)
+    for i, (where, E, slots) in enumerate(zip(blocks, E_L, slots_L, strict=True)):
+        layer = ObservedLayer(i, where, E, device)
         layer.slots = list(slots)
         layers.append(layer)
     channel = _channel(source, comm, blocks, E_L, config, device)
@@ -163,12 +161,9 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn) -> ReplicateRun:
         anchor=torch.zeros((), device=device, requires_grad=True),
         on_loads=run.on_loads,
     )
-    for i, ((fqn, block, adapter), spec, E) in enumerate(zip(blocks, specs, E_L, strict=True)):
-        layers.append(
-            ExpertLayer(
-                i, fqn, block, adapter, spec, E, adapter.top_k(block), comm, S, ctx, device, dtype
-            )
-        )
+    for i, (where, spec, E) in enumerate(zip(blocks, specs, E_L, strict=True)):
+        top_k = where.adapter.top_k(where.module)
+        layers.append(ExpertLayer(i, where, spec, E, top_k, comm, S, ctx, device, dtype))
     for layer, full, slots in zip(layers, full_L, slots_L, strict=True):
         mine = torch.tensor(slots[r * S : (r + 1) * S], dtype=torch.long, device=device)
         layer.set_slots(slots, full.index_select(0, mine).to(dtype))
@@ -201,7 +196,7 @@ def _channel(source, comm, blocks, E_L, config, device) -> PlanChannel:
 
 
 def _job_shape(
-    blocks: list[Block],
+    blocks: list[MoEBlock],
     E_L: list[int],
     slots_L: list[list[int]] | None,
     config: SwiftMoEConfig,

@@ -24,6 +24,7 @@ from swiftmoe.planning.client import (
     SidecarError,
     SidecarPlan,
 )
+from swiftmoe.planning.job import SidecarJob
 from swiftmoe.planning.process import ManagedSidecar
 from swiftmoe.planning.sources import WorkerPlanSource
 
@@ -78,7 +79,6 @@ class PlanService(WorkerPlanSource):
             if not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"PlanService {name} is {v!r}: pass seconds > 0")
         self.spec = spec
-        self.job_id = job_id
         self.rpc_timeout_s = float(rpc_timeout_s)
         self.max_backoff_s = float(max_backoff_s)
         self._address = address
@@ -90,8 +90,7 @@ class PlanService(WorkerPlanSource):
         )
         super().__init__()
         self.sidecar: ManagedSidecar | None = None
-        self.client: SidecarClient | None = None
-        self.registration: Registration | None = None
+        self._job = SidecarJob(None, spec, job_id)  # its client is set by start()
         self.latest: SidecarPlan | None = None
         self._healthy = False
         self._need_restart = False
@@ -102,6 +101,20 @@ class PlanService(WorkerPlanSource):
     def owns_sidecar(self) -> bool:
         return self._address is None
 
+    @property
+    def client(self) -> SidecarClient | None:
+        """The client of the sidecar in use (None before ``start()``)."""
+        return self._job.client
+
+    @property
+    def job_id(self) -> str:
+        return self._job.job_id
+
+    @property
+    def registration(self) -> Registration | None:
+        """The latest RegisterJob answer (None before ``start()``)."""
+        return self._job.registration
+
     def start(self) -> Registration:
         """Starts (or attaches to) the sidecar and registers the job; SidecarError on failure."""
         if self._thread is not None:
@@ -111,11 +124,9 @@ class PlanService(WorkerPlanSource):
             address = self.sidecar.address
         else:
             address = self._address
-        self.client = SidecarClient(address, self.rpc_timeout_s)
+        self._job.client = SidecarClient(address, self.rpc_timeout_s)
         try:
-            reg = self.client.register_job(
-                self.spec, self.job_id, max(self.rpc_timeout_s, _REGISTER_TIMEOUT_S)
-            )
+            reg = self._job.register(self.spec, max(self.rpc_timeout_s, _REGISTER_TIMEOUT_S))
         except SidecarError:
             self.close()
             raise
@@ -136,7 +147,7 @@ class PlanService(WorkerPlanSource):
                 intra_node_bandwidth=topo["intra_node_bandwidth"],
                 inter_node_bandwidth=topo["inter_node_bandwidth"],
             )
-        self.registration, self.job_id, self._healthy = reg, reg.job_id, True
+        self._healthy = True
         self.latest = reg.initial_plan
         log.info(
             "registered job %s with strategy %s at %s", reg.job_id, self.spec.strategy, address
@@ -176,7 +187,7 @@ class PlanService(WorkerPlanSource):
     def _report(self, iteration: int, loads: list[list[int]]) -> SidecarPlan | None:
         assert self.client is not None
         try:
-            return self.client.report_loads(self.job_id, iteration, loads, self.rpc_timeout_s)
+            return self._job.report(iteration, loads, self.rpc_timeout_s)
         except ValueError as e:
             self._note("bad_input", f"iteration {iteration}: {e}")
             return None
@@ -209,8 +220,8 @@ class PlanService(WorkerPlanSource):
             sc = self.sidecar
             if self.owns_sidecar and sc is not None and (self._need_restart or not sc.alive()):
                 sc.restart()
-                self.client.close()
-                self.client = SidecarClient(sc.address, self.rpc_timeout_s)
+                self._job.client.close()
+                self._job.client = SidecarClient(sc.address, self.rpc_timeout_s)
                 self._need_restart = False
                 with self._cv:
                     self.events["restarts"] += 1
@@ -219,7 +230,7 @@ class PlanService(WorkerPlanSource):
             # The engine adopts the plans poll() hands it, so the newest of them is the
             # placement in force (the engine keeps its current one only if it rejects a plan).
             spec = self.spec if in_force is None else replace(self.spec, current_slots=in_force)
-            reg = self.client.register_job(spec, self.job_id, self.rpc_timeout_s)
+            reg = self._job.register(spec, self.rpc_timeout_s)
         except (SidecarError, OSError) as e:
             self._backoff_s = min(self.max_backoff_s, max(0.5, 2 * self._backoff_s))
             self._next_attempt = time.monotonic() + self._backoff_s
@@ -228,7 +239,7 @@ class PlanService(WorkerPlanSource):
                 f"recovering the sidecar failed: {e}; next try in {self._backoff_s:.1f}s",
             )
             return False
-        self.registration, self._healthy, self._backoff_s = reg, True, 0.0
+        self._healthy, self._backoff_s = True, 0.0
         with self._cv:
             self.events["reregistered"] += 1
         log.warning("plan service: job %s registered again at %s", reg.job_id, self.client.address)

@@ -31,6 +31,7 @@ import numpy as np
 from swiftmoe._checks import is_int
 from swiftmoe.engine.split import PlanIndexCache
 from swiftmoe.planning.client import JobSpec, SidecarClient
+from swiftmoe.planning.job import SidecarJob
 from swiftmoe.planning.process import ManagedSidecar
 from swiftmoe.sim import model
 from swiftmoe.sim.calibration import ExpertTime
@@ -207,7 +208,7 @@ def simulate(
             client = SidecarClient(address, cfg.rpc_timeout_s)
             t0 = time.perf_counter()
             for job in jobs.values():
-                reg = client.register_job(_job_spec(cfg, job, L, E))
+                reg = SidecarJob(client, _job_spec(cfg, job, L, E)).register()
                 job.job_id = reg.job_id
                 job.slots_LK = [np.asarray(r, dtype=np.int64) for r in reg.initial_plan.slots_LK]
             timing["sidecar_s"] += time.perf_counter() - t0

@@ -4,7 +4,8 @@ A trace is JSON Lines, one object per iteration (DESIGN.md "Data formats"):
 ``{"iteration": i, "loads": [[l0e0, l0e1, ...], ...]}``, global token counts per layer per expert.
 In memory it is one int64 array loads_ILE.
 
-* :func:`read_trace` parses and checks a file.
+* :func:`read_trace_loads` is the one reader of a trace file (the report's too): it parses,
+  checks and orders it by iteration; :func:`read_trace` gives the simulator its array.
 * :func:`scale_loads` rescales every (iteration, layer) row to a given total, integer counts by
   largest remainders (deterministic; ties to the lower expert id).
 * :func:`synthetic_trace` draws Zipf-skewed routing whose popularity drifts: expert ``perm[j]``
@@ -31,6 +32,7 @@ import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,9 @@ from swiftmoe._checks import is_int
 
 __all__ = [
     "StreamedTrace",
+    "json_lines",
     "read_trace",
+    "read_trace_loads",
     "scale_loads",
     "source_counts",
     "synthetic_iterations",
@@ -48,56 +52,89 @@ __all__ = [
 ]
 
 
-def read_trace(path: str | Path, max_iterations: int = 0) -> np.ndarray:
-    """loads_ILE (int64) from a JSON Lines trace; ValueError naming the line and the fix."""
+def json_lines(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, object) of every non-blank line of a JSON Lines file; ValueError naming the
+    line that is not JSON, or the file when it holds none."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg}); write one object per line") from None
+    if not out:
+        raise ValueError(f"{path}: no JSON lines; pass a file with one object per line")
+    return out
+
+
+def read_trace_loads(path: str | Path, max_iterations: int = 0) -> list[list[list[int]]]:
+    """The one routing-trace reader: loads_ILE as lists, ordered by iteration (the first
+    ``max_iterations`` when given); ValueError naming the line, the field and the fix.
+
+    Every line must be ``{"iteration": i, "loads": [[...], ...]}`` with an integer i >= 0 and,
+    per layer, a non-empty list of integer token counts >= 0; every line has the same experts
+    per layer (one trace holds one model). Layers may differ in their expert counts.
+    """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"trace {str(p)!r} is not a file: pass a JSON Lines routing trace")
-    rows: list[list[list[int]]] = []
-    shape: tuple[int, int] | None = None
-    with p.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{p}:{n}: not a JSON object ({e}); one object per line") from None
-            loads = obj.get("loads") if isinstance(obj, dict) else None
-            if (
-                not isinstance(loads, list)
-                or not loads
-                or not all(isinstance(r, list) and r for r in loads)
-            ):
-                raise ValueError(
-                    f'{p}:{n}: "loads" must be a non-empty list of per-layer lists of token '
-                    'counts, e.g. {"iteration": 0, "loads": [[3, 5], [4, 4]]}'
-                )
-            for li, r in enumerate(loads):
-                for e, v in enumerate(r):
-                    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                        raise ValueError(
-                            f"{p}:{n}: loads[{li}][{e}] is {v!r}: token counts are integers >= 0"
-                        )
-            widths = {len(r) for r in loads}
-            if len(widths) != 1:
-                raise ValueError(
-                    f"{p}:{n}: layers have different expert counts {sorted(widths)}: the simulator "
-                    "needs the same number of experts in every layer"
-                )
-            s = (len(loads), len(loads[0]))
-            if shape is None:
-                shape = s
-            elif s != shape:
-                raise ValueError(
-                    f"{p}:{n}: {s[0]} layers x {s[1]} experts, but earlier lines have "
-                    f"{shape[0]} x {shape[1]}: every iteration needs the same shape"
-                )
-            rows.append(loads)
-            if max_iterations and len(rows) >= max_iterations:
-                break
-    if not rows:
-        raise ValueError(f"trace {p} holds no iterations: record one with swiftmoe first")
+    rows: list[tuple[int, list[list[int]]]] = []
+    shape: list[int] | None = None
+    for n, obj in json_lines(p):
+        where = f"{p}:{n}"
+        if not isinstance(obj, dict) or "loads" not in obj or "iteration" not in obj:
+            raise ValueError(
+                f'{where}: expected {{"iteration": i, "loads": [[...], ...]}} (a routing trace)'
+            )
+        it, loads = obj["iteration"], obj["loads"]
+        if not is_int(it, 0):
+            raise ValueError(f"{where}: iteration is {it!r}; pass an integer >= 0")
+        if (
+            not isinstance(loads, list)
+            or not loads
+            or not all(isinstance(r, list) and r for r in loads)
+        ):
+            raise ValueError(
+                f'{where}: "loads" must be a non-empty list of per-layer lists of token counts, '
+                'e.g. {"iteration": 0, "loads": [[3, 5], [4, 4]]}'
+            )
+        for li, r in enumerate(loads):
+            for e, v in enumerate(r):
+                if not is_int(v, 0):
+                    raise ValueError(
+                        f"{where}: loads[{li}][{e}] is {v!r}: pass integer token counts >= 0"
+                    )
+        s = [len(r) for r in loads]
+        if shape is None:
+            shape = s
+        elif s != shape:
+            raise ValueError(
+                f"{where}: loads has {s} experts per layer, earlier lines {shape}; every iteration "
+                "needs the same shape (one trace holds one model)"
+            )
+        rows.append((it, loads))
+    rows.sort(key=lambda r: r[0])
+    if max_iterations:
+        rows = rows[:max_iterations]
+    return [loads for _, loads in rows]
+
+
+def read_trace(path: str | Path, max_iterations: int = 0) -> np.ndarray:
+    """loads_ILE (int64) of a trace (:func:`read_trace_loads`) for the simulator, which needs the
+    same number of experts in every layer; ValueError naming the fix otherwise."""
+    rows = read_trace_loads(path, max_iterations)
+    widths = sorted({len(r) for r in rows[0]})
+    if len(widths) != 1:
+        raise ValueError(
+            f"{path}: layers have different expert counts {widths}: the simulator needs the same "
+            "number of experts in every layer"
+        )
     return np.asarray(rows, dtype=np.int64)
 
 

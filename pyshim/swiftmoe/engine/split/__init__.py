@@ -27,6 +27,10 @@ Shape legend:
     E  experts of the layer
     N  ranks;  R = N for per-rank vectors
     S  slots per rank;  K = N*S slots, slot k on rank k // S
+    P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
+    H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
+    D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
+    C  (source, expert) supplies the local and node tiers take tokens from
 """
 
 from __future__ import annotations

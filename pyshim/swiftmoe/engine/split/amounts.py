@@ -6,15 +6,8 @@ weights, all experts at once) until the max is within 0.75% of a lower bound cer
 loads' level sets, then integer rounding and a repair that moves tokens off ranks above the
 target. The lower bounds here also start the exact search (``exact.py``).
 
-Shape legend:
-    Q  source ranks (Q = N: every rank sends)
-    E  experts of the layer
-    N  ranks;  R = N for per-rank vectors
-    S  slots per rank;  K = N*S slots, slot k on rank k // S
-    P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
-    H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
-    D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
-    C  (source, expert) supplies the local and node tiers take tokens from
+Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, R = N,
+P (expert, rank) pairs of the plan.
 """
 
 from __future__ import annotations

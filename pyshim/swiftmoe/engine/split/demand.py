@@ -5,15 +5,8 @@
 (``rank.py``), the simulator's traffic sums (``swiftmoe.sim.traffic``) and the whole flow the
 tests check them against.
 
-Shape legend:
-    Q  source ranks (Q = N: every rank sends)
-    E  experts of the layer
-    N  ranks;  R = N for per-rank vectors
-    S  slots per rank;  K = N*S slots, slot k on rank k // S
-    P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
-    H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
-    D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
-    C  (source, expert) supplies the local and node tiers take tokens from
+Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, S slots per
+rank, K = N*S slots, P (expert, rank) pairs.
 """
 
 from __future__ import annotations

@@ -3,15 +3,8 @@ check (Dinic on source -> expert -> rank -> sink), starting each check from a fl
 local tokens local. What ``split_method="exact"`` runs; the fast method's cap bounds the search
 from above.
 
-Shape legend:
-    Q  source ranks (Q = N: every rank sends)
-    E  experts of the layer
-    N  ranks;  R = N for per-rank vectors
-    S  slots per rank;  K = N*S slots, slot k on rank k // S
-    P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
-    H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
-    D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
-    C  (source, expert) supplies the local and node tiers take tokens from
+Shape legend (see ``swiftmoe.engine.split``): E experts, N ranks, R = N, P (expert, rank)
+pairs of the plan.
 """
 
 from __future__ import annotations

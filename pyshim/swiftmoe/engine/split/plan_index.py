@@ -4,15 +4,9 @@ A :class:`PlanIndex` holds what the split derives from a placement alone (its (e
 pairs, the slots behind each, the demand order); a placement stays in force for many iterations,
 so callers index it once (:func:`index_plan`) or keep a :class:`PlanIndexCache`.
 
-Shape legend:
-    Q  source ranks (Q = N: every rank sends)
-    E  experts of the layer
-    N  ranks;  R = N for per-rank vectors
-    S  slots per rank;  K = N*S slots, slot k on rank k // S
-    P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
-    H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
-    D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
-    C  (source, expert) supplies the local and node tiers take tokens from
+Shape legend (the whole one is in ``swiftmoe.engine.split``): Q source ranks, E experts,
+N ranks, S slots per rank, K = N*S slots, P (expert, rank) pairs, H experts holding a slot,
+D demands (slots in (expert, slot) order).
 """
 
 from __future__ import annotations

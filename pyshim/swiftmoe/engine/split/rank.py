@@ -2,15 +2,8 @@
 
 This is what the engine runs on every rank, every layer, every step.
 
-Shape legend:
-    Q  source ranks (Q = N: every rank sends)
-    E  experts of the layer
-    N  ranks;  R = N for per-rank vectors
-    S  slots per rank;  K = N*S slots, slot k on rank k // S
-    P  distinct (expert, rank) pairs of the plan, sorted by expert then rank
-    H  experts holding a slot (H = E unless an idle expert has none); M = H*N supplies
-    D  demands: the K slots in (expert, slot) order;  G  (expert, node) groups;  T  ranks of a node
-    C  (source, expert) supplies the local and node tiers take tokens from
+Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, R = N, S
+slots per rank, K = N*S slots, H experts holding a slot, D demands, G groups.
 """
 
 from __future__ import annotations
