@@ -3,7 +3,7 @@
 
 For each (E, N, S) it builds Zipf-skewed per-rank counts (8192 routed tokens per rank, as top-2
 over 4096 tokens), a plan from a noisy copy of the loads (replicas proportional to load, LPT
-packing), and prints the median microseconds of what the engine runs per layer on every rank,
+packing: swiftmoe.planning.reference), and prints the median microseconds of what the engine runs per layer on every rank,
 split_tokens_for_rank on the plan's index from its splitter's cache (the rank's row and slot
 columns of the fast split; its fastest run too, as the machine may be shared; and with 8 ranks
 per node), then of the dense fast split ([N, N*S], the reference the tests check the engine's
@@ -34,29 +34,9 @@ import split_reference as reference  # noqa: E402
 from swiftmoe.engine import split  # noqa: E402
 from swiftmoe.engine.plan import max_over_mean  # noqa: E402
 from swiftmoe.engine.split import amounts, plan_index  # noqa: E402
+from swiftmoe.planning import reference as reference_planner  # noqa: E402
 
 SHAPES = [(256, 256, 4), (64, 16, 8), (16, 16, 4)]
-
-
-def plan_from(loads_E: np.ndarray, N: int, S: int) -> list[int]:
-    E = loads_E.size
-    reps_E = np.ones(E, dtype=np.int64)
-    for _ in range(N * S - E):
-        reps_E[int(np.argmax(loads_E / reps_E))] += 1
-    units = sorted(
-        ((loads_E[e] / reps_E[e], e) for e in range(E) for _ in range(reps_E[e])),
-        key=lambda u: (-u[0], u[1]),
-    )
-    load_R = np.zeros(N)
-    held: list[list[int]] = [[] for _ in range(N)]
-    for w, e in units:
-        r = min(
-            (r for r in range(N) if len(held[r]) < S),
-            key=lambda r: (held[r].count(e), load_R[r], r),
-        )
-        load_R[r] += w
-        held[r].append(e)
-    return [e for r in range(N) for e in held[r]]
 
 
 def timed(fn, reps: int, best: bool = False):
@@ -76,7 +56,7 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     p_E /= p_E.sum()
     counts_QE = torch.from_numpy(rng.multinomial(8192, p_E, size=N).astype(np.int64))
     prev_E = counts_QE.sum(0).numpy() * rng.uniform(0.8, 1.2, size=E)
-    slots_K = plan_from(prev_E, N, S)
+    slots_K = reference_planner.plan_layer(prev_E.tolist(), N, S)
     rpn = 8 if N > 8 else 0
     ranks = iter(range(10**9))  # a different rank each call: ranks' costs differ a little
     cache = split.PlanIndexCache()  # what the engine's RankSplitter keeps

@@ -19,6 +19,7 @@ from split_reference import even_split_tokens, rank_load_from_flow, split_tokens
 
 from swiftmoe.engine import plan, split
 from swiftmoe.engine.split import amounts, plan_index, tiers
+from swiftmoe.planning import reference as reference_planner
 from swiftmoe.sim import traffic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,29 +40,10 @@ def zipf_counts_QE(gen: torch.Generator, N: int, E: int, tokens: int, a: float) 
 
 
 def strategy_slots(loads_E: list[float], E: int, N: int, S: int) -> list[int]:
-    """Reference of the swiftmoe strategy rule: replicas proportional to load, then LPT packing.
-
-    Replicas: one each, then the rest one at a time to the expert with the largest load per
-    replica. Packing: replicas by load per replica, heaviest first, onto the least loaded rank with
-    a free slot among those holding the fewest replicas of that expert.
-    """
-    reps_E = [1] * E
-    for _ in range(N * S - E):
-        e = max(range(E), key=lambda i: (loads_E[i] / reps_E[i], -i))
-        reps_E[e] += 1
-    units = sorted(
-        ((loads_E[e] / reps_E[e], e) for e in range(E) for _ in range(reps_E[e])),
-        key=lambda u: (-u[0], u[1]),
-    )
-    load_R, free_R = [0.0] * N, [S] * N
-    held_R: list[list[int]] = [[] for _ in range(N)]
-    for w, e in units:
-        open_R = [r for r in range(N) if free_R[r] > 0]
-        r = min(open_R, key=lambda i: (held_R[i].count(e), load_R[i], i))
-        load_R[r] += w
-        free_R[r] -= 1
-        held_R[r].append(e)
-    return [e for r in range(N) for e in held_R[r]]
+    """Reference of the swiftmoe strategy rule: replicas proportional to load, then LPT packing
+    (swiftmoe.planning.reference, the Python planner of the tests and benchmarks)."""
+    assert len(loads_E) == E
+    return reference_planner.plan_layer(loads_E, N, S)
 
 
 def random_slots(rng: random.Random, E: int, N: int, S: int) -> list[int]:

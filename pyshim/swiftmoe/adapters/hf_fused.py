@@ -34,6 +34,7 @@ from ._hf_common import (
     StructuralAdapter,
     block_label,
     check_expert_params,
+    gate_and_experts,
     grouped_swiglu_fused,
     record_removal,
     removed_error,
@@ -76,12 +77,10 @@ def _full_shapes(block: nn.Module) -> tuple[torch.Size, torch.Size] | None:
 
 def fused_mismatch(block: nn.Module) -> str | None:
     """Why ``block`` is not a fused-experts MoE block, or None when it is."""
-    children = dict(block.named_children())
-    if set(children) != {"gate", "experts"}:
-        return f"children are {sorted(children)}, want exactly ['experts', 'gate']"
-    if any(p is not None for p in block._parameters.values()):
-        return "the block holds parameters of its own besides gate and experts"
-    gate, ex = children["gate"], children["experts"]
+    kids = gate_and_experts(block)
+    if isinstance(kids, str):
+        return kids
+    gate, ex = kids
     if isinstance(gate, nn.Linear):
         return "gate is an nn.Linear (per-expert ModuleList form, not a router module)"
     w = getattr(gate, "weight", None)

@@ -35,6 +35,7 @@ from ._hf_common import (
     StructuralAdapter,
     block_label,
     check_expert_params,
+    gate_and_experts,
     record_removal,
     removed_error,
     removed_record,
@@ -86,12 +87,10 @@ def _expert_mismatch(e: int, expert: nn.Module, dim: int) -> str | None:
 
 def modulelist_mismatch(block: nn.Module) -> str | None:
     """Why ``block`` is not a per-expert ModuleList MoE block, or None when it is."""
-    children = dict(block.named_children())
-    if set(children) != {"gate", "experts"}:
-        return f"children are {sorted(children)}, want exactly ['experts', 'gate']"
-    if any(p is not None for p in block._parameters.values()):
-        return "the block holds parameters of its own besides gate and experts"
-    gate, ex = children["gate"], children["experts"]
+    kids = gate_and_experts(block)
+    if isinstance(kids, str):
+        return kids
+    gate, ex = kids
     if not isinstance(gate, nn.Linear) or gate.bias is not None:
         return "gate is not a bias-free nn.Linear"
     if not isinstance(ex, nn.ModuleList) or len(ex) != gate.out_features:

@@ -36,6 +36,7 @@ examples:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from swiftmoe.sim.systems import DEFAULT_SYSTEMS
+    from swiftmoe.sim.trace import add_skew_arguments
 
     p = sub.add_parser(
         "sim",
@@ -57,11 +58,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
     g.add_argument("--synthetic-experts", type=int, default=0, help="draw a synthetic trace")
     g.add_argument("--synthetic-layers", type=int, default=1, help="synthetic MoE layers")
-    g.add_argument("--zipf", type=float, default=1.0, help="synthetic Zipf exponent (0: uniform)")
+    add_skew_arguments(g, zipf=1.0, shift_every=0, what="synthetic")
     g.add_argument("--drift", type=int, default=1, help="synthetic adjacent swaps per iteration")
-    g.add_argument(
-        "--shift-every", type=int, default=0, help="synthetic: new hot set every N iterations"
-    )
     g.add_argument("--seed", type=int, default=0, help="synthetic trace seed")
     g.add_argument("--write-trace", type=Path, help="also write the (scaled) trace here")
     c = p.add_argument_group("cluster")

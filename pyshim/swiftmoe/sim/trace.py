@@ -49,6 +49,9 @@ __all__ = [
     "synthetic_trace",
     "uniform_loads",
     "write_trace",
+    "add_skew_arguments",
+    "check_zipf",
+    "zipf_popularity",
 ]
 
 
@@ -188,7 +191,10 @@ def uniform_loads(total: int, experts: int) -> np.ndarray:
     return total // experts + (e_E < total % experts)
 
 
-def _zipf(E: int, s: float, perm_E: np.ndarray) -> np.ndarray:
+def zipf_popularity(E: int, s: float, perm_E: np.ndarray) -> np.ndarray:
+    """p_E (float64, sum 1) with p[perm[j]] proportional to 1/(j+1)^s: expert perm[0] is the
+    hottest; s = 0 is uniform. The skew of every synthetic routing here and of
+    scripts/bench_step.py's scheduled router."""
     w = 1.0 / np.arange(1, E + 1, dtype=np.float64) ** s
     p_E = np.empty(E)
     p_E[perm_E] = w / w.sum()
@@ -214,6 +220,27 @@ def _draw(rng: np.random.Generator, p_E: np.ndarray, tokens: int, k: int) -> np.
         top_TK = np.argpartition(-g_TE, k - 1, axis=1)[:, :k]
         out += np.bincount(top_TK.reshape(-1), minlength=E)
     return out
+
+
+def check_zipf(zipf: float, name: str = "zipf exponent") -> None:
+    """ValueError unless ``zipf`` is a finite number >= 0."""
+    if not (math.isfinite(zipf) and zipf >= 0):
+        raise ValueError(f"{name} is {zipf!r}: pass a finite number >= 0 (0 = uniform)")
+
+
+def add_skew_arguments(group: Any, *, zipf: float, shift_every: int, what: str = "") -> None:
+    """``--zipf`` and ``--shift-every`` on an argparse parser or group, with the caller's
+    defaults: the skew of synthetic routing (:func:`zipf_popularity`, hot set drawn afresh every
+    N iterations). ``what`` prefixes the help ("synthetic": the simulator's trace)."""
+    pre = f"{what} " if what else ""
+    group.add_argument("--zipf", type=float, default=zipf, help=f"{pre}Zipf exponent (0: uniform)")
+    group.add_argument(
+        "--shift-every",
+        type=int,
+        default=shift_every,
+        help=f"{what + ': ' if what else ''}new hot set every N iterations"
+        + ("" if shift_every == 0 else f" (default {shift_every})"),
+    )
 
 
 def synthetic_iterations(
@@ -244,8 +271,7 @@ def synthetic_iterations(
             raise ValueError(f"{name} is {v!r}: pass an integer >= {lo}")
     if top_k > experts:
         raise ValueError(f"top-k {top_k} exceeds the {experts} experts: pass top-k <= experts")
-    if not (math.isfinite(zipf) and zipf >= 0):
-        raise ValueError(f"zipf exponent is {zipf!r}: pass a finite number >= 0 (0 = uniform)")
+    check_zipf(zipf)
 
     def draws() -> Iterator[np.ndarray]:
         rngs = [np.random.default_rng([seed, li]) for li in range(layers)]
@@ -259,28 +285,16 @@ def synthetic_iterations(
                 elif it and drift and experts > 1:
                     for j in rng.integers(0, experts - 1, size=drift):
                         perm[j], perm[j + 1] = perm[j + 1], perm[j]
-                out[li] = _draw(rng, _zipf(experts, zipf, perm), tokens, top_k)
+                out[li] = _draw(rng, zipf_popularity(experts, zipf, perm), tokens, top_k)
             yield out
 
     return draws()
 
 
-def synthetic_trace(
-    experts: int,
-    layers: int,
-    iterations: int,
-    tokens: int,
-    top_k: int,
-    zipf: float = 1.0,
-    drift: int = 1,
-    shift_every: int = 0,
-    seed: int = 0,
-) -> np.ndarray:
-    """loads_ILE of Zipf-skewed routing with drifting popularity; deterministic in ``seed``."""
-    rows = synthetic_iterations(
-        experts, layers, iterations, tokens, top_k, zipf, drift, shift_every, seed
-    )
-    return np.stack(list(rows))
+def synthetic_trace(*args: Any, **kwargs: Any) -> np.ndarray:
+    """loads_ILE of Zipf-skewed routing with drifting popularity, deterministic in ``seed``: the
+    iterations of :func:`synthetic_iterations` (same arguments) stacked."""
+    return np.stack(list(synthetic_iterations(*args, **kwargs)))
 
 
 class StreamedTrace:
