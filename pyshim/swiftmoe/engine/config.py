@@ -174,7 +174,7 @@ class SwiftMoEConfig:
         ):
             raise ValueError(
                 "plan_source: needs submit(iteration, loads_LE) and poll(deadline_s) methods; "
-                "wrap a function in swiftmoe.plan_source.CallablePlanSource(fn)"
+                "wrap a function in swiftmoe.CallablePlanSource(fn)"
             )
         d = self.plan_deadline_s
         if not is_number(d) or not (d >= 0) or math.isinf(d):
