@@ -3,14 +3,15 @@
 
 For each (E, N, S) it builds Zipf-skewed per-rank counts (8192 routed tokens per rank, as top-2
 over 4096 tokens), a plan from a noisy copy of the loads (replicas proportional to load, LPT
-packing: swiftmoe.planning.reference), and prints the median microseconds of what the engine runs per layer on every rank,
-split_tokens_for_rank on the plan's index from its splitter's cache (the rank's row and slot
-columns of the fast split; its fastest run too, as the machine may be shared; and with 8 ranks
-per node), then of the dense fast split ([N, N*S], the reference the tests check the engine's
-part against: pyshim/tests/split_reference.py), of the min-max stage alone
-(per-rank amounts, before routing sources to slots), of the exact and of the even split, plus
-fast/exact max rank load and max/mean rank load of each. The load average is printed first: on a
-busy machine medians run high.
+packing: swiftmoe.planning.reference), and prints the median microseconds of what the engine
+runs per layer on every rank, split_tokens_for_rank (the rank's row and slot columns of the fast
+split; its fastest run too, as the machine may be shared; and with 8 ranks per node), then of
+the dense fast split ([N, N*S], the reference the tests check the engine's part against:
+pyshim/tests/split_reference.py), of the min-max stage alone (per-rank amounts, before routing
+sources to slots), of the exact and of the even split, plus fast/exact max rank load and
+max/mean rank load of each. The load average is printed first: on a busy machine medians run
+high. Every call takes the plan's index from a PlanIndexCache, as the engine's splitter does:
+the plan is indexed once.
 
     OMP_NUM_THREADS=1 PYTHONPATH=pyshim python3 scripts/bench_split.py [--reps 20]
 """
@@ -61,22 +62,25 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     ranks = iter(range(10**9))  # a different rank each call: ranks' costs differ a little
     cache = split.PlanIndexCache()  # what the engine's RankSplitter keeps
 
+    def plan() -> split.PlanIndex:
+        return cache.index(slots_K, S, N, E)
+
     def rank_split(r: int, rpn: int = 0) -> split.RankSplit:
-        return split.split_tokens_for_rank(counts_QE, cache.index(slots_K, S, N, E), S, r, rpn)
+        return split.split_tokens_for_rank(counts_QE, plan(), S, r, rpn)
 
     (t_rank, t_rbest), _ = timed(lambda: rank_split(next(ranks) % N), reps, True)
     t_rnode, _ = timed(lambda: rank_split(next(ranks) % N, rpn), reps)
     t_fast, f_fast = timed(
-        lambda: reference.split_tokens(counts_QE, slots_K, S, method="fast"), reps
+        lambda: reference.split_tokens(counts_QE, plan(), S, method="fast"), reps
     )
-    t_node, f_node = timed(lambda: reference.split_tokens(counts_QE, slots_K, S, rpn, "fast"), reps)
-    c_QE, pl, L_E = plan_index.prepare(counts_QE, slots_K, S)
+    t_node, f_node = timed(lambda: reference.split_tokens(counts_QE, plan(), S, rpn, "fast"), reps)
+    c_QE, pl, L_E = plan_index.prepare(counts_QE, plan(), S)
     t_amt, _ = timed(lambda: amounts.amounts_fast(c_QE, pl, L_E), reps)
     t_exact, f_exact = timed(
-        lambda: reference.split_tokens(counts_QE, slots_K, S, method="exact"),
+        lambda: reference.split_tokens(counts_QE, plan(), S, method="exact"),
         max(1, reps // 5),
     )
-    t_even, f_even = timed(lambda: reference.even_split_tokens(counts_QE, slots_K, S), reps)
+    t_even, f_even = timed(lambda: reference.even_split_tokens(counts_QE, plan(), S), reps)
     loads = {
         k: reference.rank_load_from_flow(f, S)
         for k, f in (("even", f_even), ("fast", f_fast), ("exact", f_exact))
