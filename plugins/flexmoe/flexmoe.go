@@ -60,11 +60,11 @@ func (*Strategy) Info() sdk.Info {
 	}
 }
 
-// ValidateOptions checks a job's options as Plan reads them, so that options
-// accepted at registration never make Plan fail.
-func (*Strategy) ValidateOptions(opts map[string]string) error {
-	_, err := parseOptions(opts)
-	return err
+// ValidateOptions checks a job's options against their declarations in Info,
+// listing every problem. The declarations bound each option as parseOptions
+// does, so options accepted at registration never make Plan fail.
+func (s *Strategy) ValidateOptions(opts map[string]string) error {
+	return sdk.ValidateDeclared(opts, s.Info().Options)
 }
 
 type options struct {

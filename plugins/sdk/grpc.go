@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -109,7 +110,7 @@ func (s *GRPCServer) ValidateOptions(_ context.Context, req *pb.ValidateOptionsR
 		if errors.As(err, &oe) {
 			return &pb.ValidateOptionsResponse{Problems: oe.Problems}, nil
 		}
-		return &pb.ValidateOptionsResponse{Problems: []string{err.Error()}}, nil
+		return &pb.ValidateOptionsResponse{Problems: []string{strings.TrimPrefix(err.Error(), ErrBadOption.Error()+": ")}}, nil
 	}
 	return &pb.ValidateOptionsResponse{}, nil
 }

@@ -46,11 +46,11 @@ var optionSpecs = []sdk.Option{{
 
 var _ sdk.OptionValidator = (*Strategy)(nil)
 
-// ValidateOptions checks a job's options as Plan reads them, so that options
-// accepted at registration never make Plan fail.
+// ValidateOptions checks a job's options against their declarations
+// (optionSpecs), listing every problem; parseOptions accepts the same values,
+// so options accepted at registration never make Plan fail.
 func (*Strategy) ValidateOptions(opts map[string]string) error {
-	_, err := parseOptions(opts)
-	return err
+	return sdk.ValidateDeclared(opts, optionSpecs)
 }
 
 // parseOptions checks req options strictly: unknown names and unknown values

@@ -31,7 +31,7 @@ func TestValidateOptions(t *testing.T) {
 			t.Errorf("the declared options accept %v", bad)
 		}
 	}
-	if err := s.ValidateOptions(map[string]string{optNodePolicy: "bogus"}); !strings.Contains(err.Error(), "want spread or pack") {
+	if err := s.ValidateOptions(map[string]string{optNodePolicy: "bogus"}); !strings.Contains(err.Error(), "want one of spread, pack (default spread)") {
 		t.Errorf("got %v, want the accepted values named", err)
 	}
 	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}} {
