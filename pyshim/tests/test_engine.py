@@ -293,6 +293,8 @@ def test_engine_cases_on_two_ranks() -> None:
         ({"split_method": "magic"}, "split_method"),
         ({"ranks_per_node": -2}, "ranks_per_node"),
         ({"capacity_factor": 0}, "capacity_factor"),
+        ({"capacity_factor": float("inf")}, "capacity_factor: .*finite number > 0, got inf"),
+        ({"capacity_factor": float("nan")}, "capacity_factor"),
         ({"expert_grad_scale": float("nan")}, "expert_grad_scale"),
     ],
 )
