@@ -139,14 +139,8 @@ def _check_binaries(binary: str | None) -> tuple[list[Check], Path | None]:
             )
         )
     if sums_file.is_file():
-        want = _read_sums(sums_file)
-        bad = []
-        for p in bins:
-            if p.name not in want:
-                bad.append(f"{p.name} is not listed")
-            elif _sha256(p) != want[p.name]:
-                bad.append(f"{p.name} does not match its sha256")
-        bad += [f"{n} is listed but missing" for n in want if not (folder / n).is_file()]
+        digests = {p.name: _sha256(p) for p in bins}
+        bad = _sums_problems(digests, _read_sums(sums_file), missing_is_problem=True)
         if bad:
             out.append(
                 Check(
@@ -177,6 +171,22 @@ def _read_sums(path: Path) -> dict[str, str]:
         if len(parts) == 2:
             want[parts[1].lstrip("*")] = parts[0].lower()
     return want
+
+
+def _sums_problems(
+    digests: dict[str, str], listed: dict[str, str], missing_is_problem: bool
+) -> list[str]:
+    """What differs between files' digests and a SHA256SUMS listing, one line per file."""
+    bad = [
+        f"{n} does not match its sha256 (has {h[:12]}..., listed {listed[n][:12]}...)"
+        if n in listed
+        else f"{n} is not listed"
+        for n, h in digests.items()
+        if listed.get(n) != h
+    ]
+    if missing_is_problem:
+        bad += [f"{n} is listed but missing" for n in listed if n not in digests]
+    return bad
 
 
 def _plugins_in(folder: Path) -> dict[str, str]:
@@ -216,20 +226,13 @@ def _check_user_plugins(plugins_dir: str | None, sidecar: Path) -> list[Check]:
     out = []
     sums = d / "SHA256SUMS"
     if sums.is_file():
-        listed = _read_sums(sums)
-        bad = [
-            f"{n} does not match its SHA256SUMS line (has {h[:12]}..., listed {listed[n][:12]}...)"
-            if n in listed
-            else f"{n} is not listed (the sidecar refuses it)"
-            for n, h in found.items()
-            if listed.get(n) != h
-        ]
+        bad = _sums_problems(found, _read_sums(sums), missing_is_problem=False)
         if bad:
             out.append(
                 Check(
                     "user plugins",
                     FAIL,
-                    f"{sums}: " + "; ".join(bad),
+                    f"{sums}: " + "; ".join(bad) + " (the sidecar refuses such plugins)",
                     f"reinstall the plugin, or if you rebuilt it on purpose: cd {d} && "
                     "sha256sum swiftmoe-strategy-* > SHA256SUMS",
                 )
