@@ -163,6 +163,21 @@ func EnumOption(opts map[string]string, name, def string, values ...string) erro
 	return fmt.Errorf("%w: option %s = %q; want one of %s (default %s)", ErrBadOption, name, v, strings.Join(values, ", "), def)
 }
 
+// Accepts says in words what values o accepts ("" for an OptionString,
+// which the strategy checks itself).
+func (o Option) Accepts() string {
+	switch o.Type {
+	case OptionFloat:
+		return fmt.Sprintf("a number in [%s, %s]", fmtFloat(o.Min), fmtFloat(o.Max))
+	case OptionInt:
+		return fmt.Sprintf("an integer in [%d, %d]", clampInt(o.Min), clampInt(o.Max))
+	case OptionEnum:
+		return "one of " + strings.Join(o.Values, ", ")
+	default:
+		return ""
+	}
+}
+
 // clampInt converts a declared bound to an int, saturating.
 func clampInt(v float64) int {
 	switch {

@@ -110,6 +110,15 @@ func TestValidateOptionsOverGRPC(t *testing.T) {
 	}
 }
 
+func TestAccepts(t *testing.T) {
+	want := []string{"a number in [1, inf]", "an integer in [1, 100]", "one of spread, pack", ""}
+	for i, o := range typed {
+		if got := o.Accepts(); got != want[i] {
+			t.Errorf("%s: got %q, want %q", o.Name, got, want[i])
+		}
+	}
+}
+
 func TestTypedOptionsRoundTrip(t *testing.T) {
 	info := Info{Name: "x", Options: typed}
 	got := InfoFromProto(InfoToProto(info))

@@ -181,7 +181,7 @@ class SwiftMoEHandle:
         if src is not None:
             try:
                 src.load_state_dict(state.get("plan_source"), slots_L)
-            except ValueError as e:
+            except Exception as e:  # any failure here must reach the other ranks, not hang them
                 problem = f"load_state_dict: {e}; nothing was loaded"
         self._agree(problem, device)
         ckpt.load_sharded_state(view, state, slots_L)
