@@ -2,8 +2,11 @@
 
 ``pip install .`` (and ``pip install -e .``) build ``swiftmoe-sidecar`` and every
 ``plugins/cmd/swiftmoe-strategy-*`` with the Go toolchain into ``swiftmoe/_bin/``, with a
-``SHA256SUMS`` file beside them. The wheel is platform-tagged (``py3-none-<platform>``): the
-binaries are native code but do not depend on the Python version.
+``SHA256SUMS`` file beside them, and copy the simulator's calibration tables
+(``calibration/*.json``) into ``swiftmoe/_calibration/``, so that ``swiftmoe sim`` runs from an
+installed package (an editable install reads them from the checkout). The wheel is
+platform-tagged (``py3-none-<platform>``): the binaries are native code but do not depend on the
+Python version.
 """
 
 from __future__ import annotations
@@ -93,8 +96,20 @@ def build_go_binaries(dest: Path) -> list[Path]:
     return built
 
 
+def copy_calibration(dest: Path) -> list[Path]:
+    """Copies calibration/*.json (the simulator's tables) into dest."""
+    tables = sorted((ROOT / "calibration").glob("*.json"))
+    if not tables:
+        sys.exit(
+            f"error: no calibration tables in {ROOT / 'calibration'}: the source is incomplete"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(t, dest / t.name)) for t in tables]
+
+
 class build_py(_build_py):
-    """Also builds the Go binaries into swiftmoe/_bin (in the source tree for -e installs)."""
+    """Also builds the Go binaries into swiftmoe/_bin (in the source tree for -e installs) and,
+    for a wheel, copies the calibration tables into swiftmoe/_calibration."""
 
     def run(self) -> None:
         super().run()
@@ -102,6 +117,7 @@ class build_py(_build_py):
             dest = ROOT / "pyshim" / "swiftmoe" / "_bin"
         else:
             dest = Path(self.build_lib) / "swiftmoe" / "_bin"
+            copy_calibration(Path(self.build_lib) / "swiftmoe" / "_calibration")
         build_go_binaries(dest)
 
 
@@ -135,7 +151,12 @@ setup(
     package_data={"swiftmoe": ["_proto/v1/*.pyi"]},
     # Tested with torch 2.15, grpcio 1.85.1, protobuf 7.36.2. The generated stubs need
     # grpcio >= 1.85.1 and protobuf >= 7.35.1 (their runtime version checks).
-    install_requires=["torch>=2.4,<3", "numpy>=1.26,<3", "grpcio>=1.85.1,<2", "protobuf>=7.35.1,<8"],
+    install_requires=[
+        "torch>=2.4,<3",
+        "numpy>=1.26,<3",
+        "grpcio>=1.85.1,<2",
+        "protobuf>=7.35.1,<8",
+    ],
     extras_require={"report": ["matplotlib>=3.8,<4"]},
     entry_points={"console_scripts": ["swiftmoe = swiftmoe.cli:main"]},
     cmdclass={"build_py": build_py, "bdist_wheel": bdist_wheel},

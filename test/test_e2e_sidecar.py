@@ -13,7 +13,10 @@ or plugin process, socket or socket directory is left behind. The cases:
   is restarted, the job registered again, plans are accepted again, and the parameters equal
   those of the clean run;
 * hang: the sidecar is SIGSTOPped mid-run; no step waits past the plan deadline by more than a
-  margin, the sidecar is replaced, plans come back; SIGCONT at the end.
+  margin, the sidecar is replaced, plans come back; SIGCONT at the end;
+* tamper: the strategy's plugin binary is replaced and the sidecar killed; the restarted sidecar
+  refuses the replaced binary (the shim sent the digest the job first saw), loudly, and
+  training goes on with the last valid placement, every plan reported as a fallback.
 
 Each case marks the processes it starts with its own ``SWIFTMOE_TEST_CASE`` environment value
 and looks for them in /proc (see pyshim/tests/orphan_guard.py) after ``handle.close()`` and after
@@ -125,6 +128,12 @@ def _train(rank: int, world_size: int, scenario: str, tmpdir: str, case: str, ad
     log.setLevel(logging.INFO)
     log.addHandler(records)
     deadline = HANG_DEADLINE_S if scenario == "hang" else 10.0
+    plugins = None
+    if scenario == "tamper":  # a private copy of the plugins, one of which the test replaces
+        plugins = Path(tmpdir) / f"plugins-{rank}"
+        plugins.mkdir()
+        for p in (REPO / "bin").glob("swiftmoe-strategy-*"):
+            shutil.copy2(p, plugins / p.name)
     model, handle, dense_opt = make_handle(
         world_size,
         OPT,
@@ -133,9 +142,11 @@ def _train(rank: int, world_size: int, scenario: str, tmpdir: str, case: str, ad
         sidecar_address=address,
         plan_deadline_s=deadline,
         slots_per_rank="auto" if scenario == "auto" else S,
+        plugins_dir=None if plugins is None else str(plugins),
     )
     svc = handle.plan_source  # PlanService on rank 0, None elsewhere
     out: dict = {"rank": rank, "placements": [], "events": [], "step_s": [], "plugins": []}
+    out["origins"] = []  # (plan_source, plan_note) of every step, as rank 0 reports them
     out["S"] = handle.config.slots_per_rank
     if rank == 0:
         assert svc is not None, "rank 0 has no plan service with strategy='swiftmoe'"
@@ -146,7 +157,15 @@ def _train(rank: int, world_size: int, scenario: str, tmpdir: str, case: str, ad
     stopped = None  # (pid, start ticks, time) of the SIGSTOPped sidecar
     step, after_restart_accepted = 0, False
     while True:
-        if rank == 0 and scenario == "kill" and step == KILL_STEP:
+        if rank == 0 and scenario in ("kill", "tamper") and step == KILL_STEP:
+            if scenario == "tamper":
+                target = plugins / "swiftmoe-strategy-swiftmoe"
+                fresh = target.with_suffix(".new")
+                shutil.copy2(target, fresh)
+                with fresh.open("ab") as f:
+                    f.write(b"tampered")
+                os.replace(fresh, target)
+                out["pin"] = svc.pin
             out["killed_pid"] = svc.sidecar.pid
             os.kill(svc.sidecar.pid, signal.SIGKILL)
             _wait_dead(svc.sidecar)
@@ -169,6 +188,7 @@ def _train(rank: int, world_size: int, scenario: str, tmpdir: str, case: str, ad
         dense_opt.zero_grad()
         handle.zero_grad()
         out["events"].append(stats.plan_event)
+        out["origins"].append((stats.plan_source, stats.plan_note))
         if rank == 0 and step == 1:  # the plugin runs by now
             out["plugins"] = [p for p in _procs(case) if p["name"] != "swiftmoe-sidecar"]
         step += 1
@@ -194,6 +214,7 @@ def _train(rank: int, world_size: int, scenario: str, tmpdir: str, case: str, ad
     out["plan_events"] = dict(handle.plan_events)
     if rank == 0:
         out["svc_events"] = dict(svc.events)
+        out["refusal"] = svc.refusal
         out["address1"] = svc.client.address
         out["pid1"] = svc.sidecar.pid if svc.sidecar is not None else None
         out["alive_before_close"] = _procs(case)
@@ -499,3 +520,34 @@ def test_session_guard_fails_a_run_that_leaves_an_orphan(tmp_path) -> None:
         info = g.proc_info(pid)
         if info is not None and info.name == "swiftmoe-sidecar":
             os.kill(pid, signal.SIGKILL)
+
+
+@needs_sidecar
+def test_replaced_plugin_is_refused_after_a_restart_and_training_goes_on() -> None:
+    res, wall = _run("tamper")
+    r0 = res[0]
+    ev = r0["events"]
+    print(f"tamper: {STEPS} steps in {wall:.1f}s; events {ev}; service {r0['svc_events']}")
+    assert ev[:KILL_STEP] == ["accepted"] * KILL_STEP, ev
+    # After the kill: the restarted sidecar refused the replaced plugin, so no strategy plan
+    # came again; every plan it served was the placement in force, reported as a fallback.
+    assert "accepted" not in ev[KILL_STEP + 1 :], ev
+    fallbacks = [k for k in range(KILL_STEP, len(ev)) if ev[k] == "fallback"]
+    assert fallbacks, ev
+    assert all(r["events"] == ev for r in res), "ranks saw different plan events"
+    first_kept = next(k for k in range(KILL_STEP, len(ev)) if ev[k] != "accepted")
+    pl = r0["placements"]
+    assert all(p == pl[first_kept] for p in pl[first_kept:]), "the placement moved after the kill"
+    for k in fallbacks:
+        source, note = r0["origins"][k]
+        assert source == "last_valid" and "plugin checksum refused" in note, (k, source, note)
+    assert res[1]["origins"][fallbacks[0]] == ("", ""), "only rank 0 reports the plan's origin"
+    svc = r0["svc_events"]
+    assert svc.get("refused", 0) >= 1 and svc.get("restarts", 0) >= 1, svc
+    assert svc.get("fallback", 0) == len(fallbacks), svc
+    assert r0["pin"] and r0["pin"] in r0["refusal"] and "refused" in r0["refusal"], r0["refusal"]
+    errors = [line for line in r0["logs"] if line.startswith("ERROR")]
+    assert any("refused" in line for line in errors), r0["logs"]
+    assert r0["plan_events"]["fallback"] == len(fallbacks), r0["plan_events"]
+    _assert_closed_clean(r0, "tamper")
+    _assert_matches_reference(res, "tamper")

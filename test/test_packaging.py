@@ -151,6 +151,10 @@ def test_wheel_is_platform_tagged_with_checksummed_binaries(tmp_path):
         ep = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "swiftmoe = swiftmoe.cli:main" in z.read(ep).decode()
         assert not any(n.startswith("tests/") or "/tests/" in n for n in names)
+        # The simulator's calibration tables, byte for byte (swiftmoe sim's default needs one).
+        for table in sorted((REPO / "calibration").glob("*.json")):
+            got = z.read(f"swiftmoe/_calibration/{table.name}")
+            assert got == table.read_bytes(), table.name
 
 
 def test_pip_install_into_fresh_venv_then_doctor(tmp_path):
@@ -191,6 +195,17 @@ def test_pip_install_into_fresh_venv_then_doctor(tmp_path):
     for argv in (["--help"], ["doctor", "--help"]):
         r = run([str(bindir / "swiftmoe"), *argv], cwd=elsewhere, timeout=60)
         assert r.returncode == 0 and "usage: swiftmoe" in r.stdout, r.stdout + r.stderr
+    # The simulator with its default calibration table and the bundled sidecar and plugins,
+    # with no source tree around.
+    out = elsewhere / "sim.json"
+    sim = [
+        *("sim", "--synthetic-experts", "8", "--synthetic-layers", "1", "--iterations", "4"),
+        *("--gpus", "4", "--gpus-per-node", "4", "--slots", "2", "--quiet", "--output", str(out)),
+    ]
+    r = run([str(bindir / "swiftmoe"), *sim], cwd=elsewhere, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    doc = json.loads(out.read_text())
+    assert "h200-expert-ffn.json" in json.dumps(doc), str(doc)[:2000]
 
 
 def test_editable_install_builds_into_the_source_tree(tmp_path):

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,5 +75,12 @@ func TestBuiltPlugin(t *testing.T) {
 	}
 	if got := sdk.Replicas(resp.Layers[0], 5)[1]; got != 8 {
 		t.Errorf("hottest expert has %d replicas, want 12-5+1 = 8", got)
+	}
+	// Its options are checked when a job registers: it accepts none.
+	if err := s.ValidateOptions(callCtx, nil); err != nil {
+		t.Errorf("ValidateOptions(none) = %v, want nil", err)
+	}
+	if err := s.ValidateOptions(callCtx, map[string]string{"hot": "2"}); !errors.Is(err, sdk.ErrBadOption) || !strings.Contains(err.Error(), `"hot"`) {
+		t.Errorf("ValidateOptions(hot=2) = %v, want the option refused by name", err)
 	}
 }

@@ -35,7 +35,10 @@ const (
 // Strategy adjusts the current plan. It is stateless given the request.
 type Strategy struct{}
 
-var _ sdk.Strategy = (*Strategy)(nil)
+var (
+	_ sdk.Strategy        = (*Strategy)(nil)
+	_ sdk.OptionValidator = (*Strategy)(nil)
+)
 
 // New returns the flexmoe strategy.
 func New() *Strategy { return &Strategy{} }
@@ -47,11 +50,21 @@ func (*Strategy) Info() sdk.Info {
 		Description: "FlexMoE baseline: when max_over_mean passes a threshold, move a few replicas from the coldest to the hottest expert; optimizer state moves with them",
 		Version:     Version,
 		Options: []sdk.Option{
-			{Name: OptThreshold, Description: "max_over_mean above which a layer is rebalanced, >= 1", Default: "1.2"},
-			{Name: OptMaxMoves, Description: "most replica moves per layer per adjustment, >= 1", Default: "4"},
-			{Name: OptInterval, Description: "check every interval iterations (iteration % interval == 0), >= 1", Default: "1"},
+			{Name: OptThreshold, Description: "max_over_mean above which a layer is rebalanced, >= 1", Default: "1.2",
+				Type: sdk.OptionFloat, Min: 1, Max: math.Inf(1)},
+			{Name: OptMaxMoves, Description: "most replica moves per layer per adjustment, >= 1", Default: "4",
+				Type: sdk.OptionInt, Min: 1, Max: sdk.MaxSlotsPerLayer},
+			{Name: OptInterval, Description: "check every interval iterations (iteration % interval == 0), >= 1", Default: "1",
+				Type: sdk.OptionInt, Min: 1, Max: math.MaxInt32},
 		},
 	}
+}
+
+// ValidateOptions checks a job's options against their declarations in Info,
+// listing every problem. The declarations bound each option as parseOptions
+// does, so options accepted at registration never make Plan fail.
+func (s *Strategy) ValidateOptions(opts map[string]string) error {
+	return sdk.ValidateDeclared(opts, s.Info().Options)
 }
 
 type options struct {

@@ -147,12 +147,34 @@ func TestBadOptions(t *testing.T) {
 		{map[string]string{OptMaxMoves: "0"}, OptMaxMoves},
 		{map[string]string{OptMaxMoves: "1.5"}, OptMaxMoves},
 		{map[string]string{OptInterval: "-1"}, OptInterval},
+		{map[string]string{OptInterval: "0"}, OptInterval},
 		{map[string]string{"treshold": "1.1"}, "treshold"},
 	} {
 		_, err := plan(t, skewReq(tc.opts, 0))
 		if !errors.Is(err, sdk.ErrBadOption) || !strings.Contains(err.Error(), tc.name) {
 			t.Errorf("options %v: got error %v, want ErrBadOption naming %q", tc.opts, err, tc.name)
 		}
+		// Registration refuses what Plan would refuse, before any plan.
+		if err := New().ValidateOptions(tc.opts); !errors.Is(err, sdk.ErrBadOption) || !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("ValidateOptions(%v): got %v, want ErrBadOption naming %q", tc.opts, err, tc.name)
+		}
+	}
+	good := map[string]string{OptThreshold: "1", OptMaxMoves: "2", OptInterval: "5"}
+	if err := New().ValidateOptions(good); err != nil {
+		t.Errorf("ValidateOptions(%v) = %v, want nil", good, err)
+	}
+	if _, err := plan(t, skewReq(good, 0)); err != nil {
+		t.Errorf("options ValidateOptions accepts failed Plan: %v", err)
+	}
+	// The declarations agree with the checks: ValidateDeclared over Info's
+	// options refuses the same values.
+	for _, bad := range []map[string]string{{OptThreshold: "NaN"}, {OptInterval: "0"}, {OptMaxMoves: "0"}} {
+		if err := sdk.ValidateDeclared(bad, New().Info().Options); err == nil {
+			t.Errorf("the declared options accept %v", bad)
+		}
+	}
+	if err := sdk.ValidateDeclared(good, New().Info().Options); err != nil {
+		t.Errorf("the declared options refuse %v: %v", good, err)
 	}
 }
 

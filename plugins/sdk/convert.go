@@ -174,7 +174,10 @@ func totalLen[T any](v []T, size func(*T) int) int {
 func InfoToProto(i Info) *pb.StrategyInfo {
 	out := &pb.StrategyInfo{Name: i.Name, Description: i.Description, Version: i.Version}
 	for _, o := range i.Options {
-		out.Options = append(out.Options, &pb.OptionSpec{Name: o.Name, Description: o.Description, DefaultValue: o.Default})
+		out.Options = append(out.Options, &pb.OptionSpec{
+			Name: o.Name, Description: o.Description, DefaultValue: o.Default,
+			Type: string(o.Type), Min: o.Min, Max: o.Max, Values: o.Values,
+		})
 	}
 	return out
 }
@@ -183,7 +186,10 @@ func InfoToProto(i Info) *pb.StrategyInfo {
 func InfoFromProto(i *pb.StrategyInfo) Info {
 	out := Info{Name: i.GetName(), Description: i.GetDescription(), Version: i.GetVersion()}
 	for _, o := range i.GetOptions() {
-		out.Options = append(out.Options, Option{Name: o.GetName(), Description: o.GetDescription(), Default: o.GetDefaultValue()})
+		out.Options = append(out.Options, Option{
+			Name: o.GetName(), Description: o.GetDescription(), Default: o.GetDefaultValue(),
+			Type: OptionType(o.GetType()), Min: o.GetMin(), Max: o.GetMax(), Values: o.GetValues(),
+		})
 	}
 	return out
 }

@@ -2,7 +2,12 @@ package sdk
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
 	"github.com/swiftmoe/swiftmoe/internal/transport"
@@ -52,6 +57,24 @@ func (c *GRPCClient) Plan(ctx context.Context, req *Request) (*Response, error) 
 	return out, nil
 }
 
+// ValidateOptions asks the plugin to check a job's options (its
+// OptionValidator, else ValidateDeclared over its declared options). It
+// returns an *OptionsError when the plugin refuses them and nil when it
+// accepts them or was built before the check existed (it answers
+// UNIMPLEMENTED); any other error means the plugin could not be asked.
+func (c *GRPCClient) ValidateOptions(ctx context.Context, opts map[string]string) error {
+	resp, err := c.Client.ValidateOptions(ctx, &pb.ValidateOptionsRequest{Options: opts})
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		return nil
+	case err != nil:
+		return err
+	case len(resp.GetProblems()) > 0:
+		return &OptionsError{Problems: resp.GetProblems()}
+	}
+	return nil
+}
+
 // planByRef sends req with its current placement named by ref, and again
 // with the slots when the plugin no longer holds ref.
 func (c *GRPCClient) planByRef(ctx context.Context, req *Request, ref uint64) (*pb.StrategyPlanResponse, error) {
@@ -76,6 +99,31 @@ type GRPCServer struct {
 // Describe serves Impl.Info.
 func (s *GRPCServer) Describe(context.Context, *pb.DescribeRequest) (*pb.StrategyInfo, error) {
 	return InfoToProto(s.Impl.Info()), nil
+}
+
+// ValidateOptions serves Impl's OptionValidator, or ValidateDeclared over
+// the options Impl declares when it has none. Problems are the answer, not a
+// failed call.
+func (s *GRPCServer) ValidateOptions(_ context.Context, req *pb.ValidateOptionsRequest) (*pb.ValidateOptionsResponse, error) {
+	if err := validateOptions(s.Impl, req.GetOptions()); err != nil {
+		var oe *OptionsError
+		if errors.As(err, &oe) {
+			return &pb.ValidateOptionsResponse{Problems: oe.Problems}, nil
+		}
+		return &pb.ValidateOptionsResponse{Problems: []string{strings.TrimPrefix(err.Error(), ErrBadOption.Error()+": ")}}, nil
+	}
+	return &pb.ValidateOptionsResponse{}, nil
+}
+
+// validateOptions is s's OptionValidator, or ValidateDeclared over its Info.
+func validateOptions(s Strategy, opts map[string]string) error {
+	if opts == nil {
+		opts = map[string]string{}
+	}
+	if v, ok := s.(OptionValidator); ok {
+		return v.ValidateOptions(opts)
+	}
+	return ValidateDeclared(opts, s.Info().Options)
 }
 
 // Plan serves Impl.Plan.

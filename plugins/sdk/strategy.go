@@ -83,11 +83,32 @@ type Response struct {
 	Note string
 }
 
+// OptionType is the type of an option's value, as a strategy declares it.
+type OptionType string
+
+// The option types ValidateDeclared checks.
+const (
+	// OptionString is any string; the strategy checks it itself (its
+	// OptionValidator, or Plan).
+	OptionString OptionType = ""
+	// OptionFloat is a finite number in [Min, Max] (Max may be +Inf).
+	OptionFloat OptionType = "float"
+	// OptionInt is an integer in [Min, Max].
+	OptionInt OptionType = "int"
+	// OptionEnum is one of Values.
+	OptionEnum OptionType = "enum"
+)
+
 // Option describes one option a strategy accepts.
 type Option struct {
 	Name        string
 	Description string
 	Default     string
+	// Type is the value's type; Min and Max bound a float or int, Values
+	// lists what an enum accepts (see ValidateDeclared).
+	Type     OptionType
+	Min, Max float64
+	Values   []string
 }
 
 // Info describes a strategy.
@@ -120,7 +141,22 @@ type Strategy interface {
 	// and two replicas of one expert on a rank only when the slot count
 	// forces it. The sidecar validates every response and serves the last
 	// valid plan instead of an invalid one. A non-nil error means "no plan";
-	// it is logged and the last valid plan stays in force. Errors for bad
-	// options should name the option and the fix.
+	// it is logged and the last valid plan stays in force, and the plugin
+	// process keeps serving (only a crash, a missed deadline or an invalid
+	// plan restarts it). Options that ValidateOptions accepted must not make
+	// Plan fail.
 	Plan(ctx context.Context, req *Request) (*Response, error)
+}
+
+// OptionValidator is implemented by a Strategy that checks a job's options
+// itself. A Strategy without it gets ValidateDeclared over its Info's
+// options.
+type OptionValidator interface {
+	// ValidateOptions checks a job's options, as Plan will receive them, when
+	// the job registers, before it trains. nil accepts them; an error refuses
+	// the job (INVALID_ARGUMENT), and should be an *OptionsError with one
+	// problem per bad option, each naming the option and the fix. It is
+	// called from any goroutine, must be fast, must not block, and must not
+	// keep or modify opts.
+	ValidateOptions(opts map[string]string) error
 }

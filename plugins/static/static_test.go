@@ -48,4 +48,12 @@ func TestStaticRejectsOptions(t *testing.T) {
 	if !errors.Is(err, sdk.ErrBadOption) {
 		t.Errorf("got %v, want ErrBadOption", err)
 	}
+	// It declares no options and no validator of its own, so the SDK's
+	// check of its declarations refuses every option at registration.
+	if _, ok := any(New()).(sdk.OptionValidator); ok {
+		t.Fatal("static has an OptionValidator; this test expects the declared-options default")
+	}
+	if err := sdk.ValidateDeclared(map[string]string{"x": "1"}, New().Info().Options); !errors.Is(err, sdk.ErrBadOption) {
+		t.Errorf("ValidateDeclared: got %v, want ErrBadOption", err)
+	}
 }

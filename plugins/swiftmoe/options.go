@@ -40,7 +40,18 @@ var optionSpecs = []sdk.Option{{
 		"spread (an expert with r replicas on min(r, nodes) nodes, counts per node differing by at most one, " +
 		"so each node's tokens for it stay in the node) or pack (all replicas of an expert in one node when they fit)",
 	Default: nodesSpread.String(),
+	Type:    sdk.OptionEnum,
+	Values:  []string{nodesSpread.String(), nodesPack.String()},
 }}
+
+var _ sdk.OptionValidator = (*Strategy)(nil)
+
+// ValidateOptions checks a job's options against their declarations
+// (optionSpecs), listing every problem; parseOptions accepts the same values,
+// so options accepted at registration never make Plan fail.
+func (*Strategy) ValidateOptions(opts map[string]string) error {
+	return sdk.ValidateDeclared(opts, optionSpecs)
+}
 
 // parseOptions checks req options strictly: unknown names and unknown values
 // are errors that name the option and what it accepts.

@@ -26,6 +26,7 @@ _LAZY = {
     "replicate_": ("swiftmoe.api", "replicate_"),
     "SwiftMoEHandle": ("swiftmoe.engine.handle", "SwiftMoEHandle"),
     "StepStats": ("swiftmoe.engine.stats", "StepStats"),
+    "save_checkpoint": ("swiftmoe.engine.checkpoint", "save_checkpoint"),
     "find_moe_blocks": ("swiftmoe.engine.blocks", "find_moe_blocks"),
     "SwiftMoEConfig": ("swiftmoe.engine.config", "SwiftMoEConfig"),
     "PlanSource": ("swiftmoe.engine.plan_source", "PlanSource"),

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser(
         "doctor",
-        help="check torch, the bundled sidecar and plugins, and GPU/NIC discovery",
+        help="check torch, the sidecar and plugins (digests included), and GPU/NIC discovery",
         description="Checks what a SwiftMoE training job needs and says how to fix each problem. "
         "Exits 1 when something is broken.",
     )
@@ -54,6 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--timeout", type=float, default=60.0, help="seconds discovery may take (default 60)"
+    )
+    d.add_argument(
+        "--plugins-dir",
+        help="the plugins directory to check (default: $SWIFTMOE_PLUGINS_DIR when set): each "
+        "plugin hashed against SHA256SUMS there and the bundled build",
+    )
+    d.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a checkpoint (rank 0's) whose job's plugin digest to compare with the plugin a "
+        "resumed job would load; repeat for several",
     )
     from swiftmoe.sim.cli import add_parser as add_sim_parser
 

@@ -1,8 +1,12 @@
 """``swiftmoe doctor``: what a training job needs, checked, with what to do about each problem.
 
 torch and its distributed backends, the gRPC stubs, the bundled sidecar and strategy plugins
-(sha256 against their SHA256SUMS), and GPU/NIC discovery through ``swiftmoe-sidecar discover
---json``. :func:`run` prints the checks (or JSON) and returns 1 when something is broken.
+(sha256 against their SHA256SUMS), the user's plugins directory (``$SWIFTMOE_PLUGINS_DIR`` or
+``--plugins-dir``: each plugin hashed, against the SHA256SUMS there and against the bundled
+build of the same name), the plugin digests that jobs trusted (``--checkpoint FILE``: the pin a
+checkpoint's plan-source state holds, against the plugin a resumed job would load), and GPU/NIC
+discovery through ``swiftmoe-sidecar discover --json``. :func:`run` prints the checks (or JSON)
+and returns 1 when something is broken.
 """
 
 from __future__ import annotations
@@ -135,18 +139,8 @@ def _check_binaries(binary: str | None) -> tuple[list[Check], Path | None]:
             )
         )
     if sums_file.is_file():
-        want: dict[str, str] = {}
-        for line in sums_file.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                want[parts[1].lstrip("*")] = parts[0]
-        bad = []
-        for p in bins:
-            if p.name not in want:
-                bad.append(f"{p.name} is not listed")
-            elif _sha256(p) != want[p.name]:
-                bad.append(f"{p.name} does not match its sha256")
-        bad += [f"{n} is listed but missing" for n in want if not (folder / n).is_file()]
+        digests = {p.name: _sha256(p) for p in bins}
+        bad = _sums_problems(digests, _read_sums(sums_file), missing_is_problem=True)
         if bad:
             out.append(
                 Check(
@@ -166,17 +160,183 @@ def _check_binaries(binary: str | None) -> tuple[list[Check], Path | None]:
                 f"no SHA256SUMS beside {sidecar}: not verified (`pip install .` writes one)",
             )
         )
-    user = os.environ.get(sc.ENV_PLUGINS)
-    if user:
-        try:
-            d = sc.find_plugins_dir(None, sidecar)
-            found = sorted(p.name for p in d.glob("swiftmoe-strategy-*"))
-            out.append(
-                Check("user plugins", OK, f"${sc.ENV_PLUGINS}={d}: {', '.join(found) or 'none'}")
-            )
-        except sc.SidecarNotFoundError as e:
-            out.append(Check("user plugins", FAIL, str(e), f"fix or unset ${sc.ENV_PLUGINS}"))
     return out, sidecar
+
+
+def _read_sums(path: Path) -> dict[str, str]:
+    """{file name: sha256 hex} of a sha256sum-format file."""
+    want: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            want[parts[1].lstrip("*")] = parts[0].lower()
+    return want
+
+
+def _sums_problems(
+    digests: dict[str, str], listed: dict[str, str], missing_is_problem: bool
+) -> list[str]:
+    """What differs between files' digests and a SHA256SUMS listing, one line per file."""
+    bad = [
+        f"{n} does not match its sha256 (has {h[:12]}..., listed {listed[n][:12]}...)"
+        if n in listed
+        else f"{n} is not listed"
+        for n, h in digests.items()
+        if listed.get(n) != h
+    ]
+    if missing_is_problem:
+        bad += [f"{n} is listed but missing" for n in listed if n not in digests]
+    return bad
+
+
+def _plugins_in(folder: Path) -> dict[str, str]:
+    """{file name: sha256 hex} of the swiftmoe-strategy-* regular files in folder."""
+    return {
+        p.name: _sha256(p)
+        for p in sorted(folder.glob("swiftmoe-strategy-*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _check_user_plugins(plugins_dir: str | None, sidecar: Path) -> list[Check]:
+    """The user's plugins directory: each plugin hashed, against the SHA256SUMS there (the
+    sidecar refuses a plugin that does not match it or is not listed) and against the bundled
+    build of the same name."""
+    from swiftmoe.planning import binaries as sc
+
+    given = plugins_dir or os.environ.get(sc.ENV_PLUGINS)
+    if not given:
+        return []
+    what = "--plugins-dir" if plugins_dir else f"${sc.ENV_PLUGINS}"
+    try:
+        d = sc.find_plugins_dir(plugins_dir, sidecar)
+    except sc.SidecarNotFoundError as e:
+        return [Check("user plugins", FAIL, str(e), f"fix or unset {what}")]
+    found = _plugins_in(d)
+    if not found:
+        return [
+            Check(
+                "user plugins",
+                FAIL,
+                f"{what}={d} holds no swiftmoe-strategy-* plugin",
+                "build your plugin into it and copy the built-in ones beside it (README)",
+            )
+        ]
+    digests = ", ".join(f"{n} {h[:12]}" for n, h in found.items())
+    out = []
+    sums = d / "SHA256SUMS"
+    if sums.is_file():
+        bad = _sums_problems(found, _read_sums(sums), missing_is_problem=False)
+        if bad:
+            out.append(
+                Check(
+                    "user plugins",
+                    FAIL,
+                    f"{sums}: " + "; ".join(bad) + " (the sidecar refuses such plugins)",
+                    f"reinstall the plugin, or if you rebuilt it on purpose: cd {d} && "
+                    "sha256sum swiftmoe-strategy-* > SHA256SUMS",
+                )
+            )
+        else:
+            out.append(Check("user plugins", OK, f"{d}: {digests}; all match {sums}"))
+    else:
+        out.append(
+            Check(
+                "user plugins",
+                NOTE,
+                f"{d}: {digests}; no SHA256SUMS there: the sidecar pins each plugin's digest at "
+                "first load, and a job keeps its first digest across sidecar restarts",
+                f"to pin them for good: cd {d} && sha256sum swiftmoe-strategy-* > SHA256SUMS",
+            )
+        )
+    bundled_sums = sidecar.parent / "SHA256SUMS"
+    if bundled_sums.is_file() and d.resolve() != sidecar.parent.resolve():
+        bundled = _read_sums(bundled_sums)
+        differ = [n for n, h in found.items() if n in bundled and bundled[n] != h]
+        if differ:
+            out.append(
+                Check(
+                    "plugin copies",
+                    NOTE,
+                    f"{', '.join(differ)} in {d} differ from the build bundled in "
+                    f"{sidecar.parent}: another build, or modified",
+                    f"if you meant the bundled ones: cp {sidecar.parent}/swiftmoe-strategy-* {d}/",
+                )
+            )
+    return out
+
+
+def _pins_of(obj: Any, depth: int = 0) -> list[dict[str, Any]]:
+    """The plan-source states in a loaded checkpoint (a handle.state_dict() anywhere inside)."""
+    if depth > 4:
+        return []
+    if isinstance(obj, dict):
+        ps = obj.get("plan_source")
+        if str(obj.get("format", "")).startswith("swiftmoe-sharded-") and isinstance(ps, dict):
+            return [ps]
+        return [p for v in obj.values() for p in _pins_of(v, depth + 1)]
+    if isinstance(obj, (list, tuple)):
+        return [p for v in obj for p in _pins_of(v, depth + 1)]
+    return []
+
+
+def _check_pins(checkpoints: list[str], plugins_dir: str | None, sidecar: Path) -> list[Check]:
+    """The plugin digest each checkpoint's job trusted, against the plugin a job resumed from
+    it would load now."""
+    from swiftmoe.planning import binaries as sc
+
+    if not checkpoints:
+        return []
+    out = []
+    try:
+        d = sc.find_plugins_dir(plugins_dir, sidecar)
+    except sc.SidecarNotFoundError as e:
+        return [Check("pins", FAIL, str(e), "fix the plugins directory")]
+    for f in checkpoints:
+        try:
+            import torch
+
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # a file torch cannot read: report it, go on with the others
+            out.append(Check("pins", FAIL, f"{f}: cannot read it ({type(e).__name__}: {e})", ""))
+            continue
+        pins = [p for p in _pins_of(obj) if p.get("strategy_sha256")]
+        if not pins:
+            out.append(
+                Check(
+                    "pins",
+                    NOTE,
+                    f"{f}: no plugin digest in it (rank 0's checkpoint of a job that planned "
+                    "through the sidecar has one)",
+                )
+            )
+            continue
+        for pin in pins:
+            name = f"swiftmoe-strategy-{pin.get('strategy')}"
+            path = d / name
+            want = str(pin["strategy_sha256"])
+            if not path.is_file():
+                out.append(
+                    Check(
+                        "pins",
+                        FAIL,
+                        f"{f}: its job ran {name} (sha256 {want[:12]}...), which {d} lacks",
+                        f"put the plugin back in {d}",
+                    )
+                )
+            elif (have := _sha256(path)) != want:
+                out.append(
+                    Check(
+                        "pins",
+                        FAIL,
+                        f"{f}: its job trusted {name} with sha256 {want[:12]}..., {path} has "
+                        f"{have[:12]}...: the plugin changed since",
+                        "put back the build the job ran with, or accept the new one knowingly",
+                    )
+                )
+            else:
+                out.append(Check("pins", OK, f"{f}: {name} matches the digest its job trusted"))
+    return out
 
 
 def _check_discovery(sidecar: Path, timeout_s: float) -> tuple[list[Check], dict[str, Any] | None]:
@@ -242,7 +402,12 @@ def _check_discovery(sidecar: Path, timeout_s: float) -> tuple[list[Check], dict
     return out, rep
 
 
-def doctor_checks(binary: str | None = None, timeout_s: float = 60.0) -> list[Check]:
+def doctor_checks(
+    binary: str | None = None,
+    timeout_s: float = 60.0,
+    plugins_dir: str | None = None,
+    checkpoints: list[str] | None = None,
+) -> list[Check]:
     """Every doctor check, in order."""
     checks = [Check("python", OK, f"Python {sys.version.split()[0]} at {sys.executable}")]
     import swiftmoe
@@ -257,6 +422,8 @@ def doctor_checks(binary: str | None = None, timeout_s: float = 60.0) -> list[Ch
     bins, sidecar = _check_binaries(binary)
     checks += bins
     if sidecar is not None:
+        checks += _check_user_plugins(plugins_dir, sidecar)
+        checks += _check_pins(checkpoints or [], plugins_dir, sidecar)
         disc, rep = _check_discovery(sidecar, timeout_s)
         checks += disc
         if rep is not None:
@@ -281,7 +448,12 @@ def doctor_checks(binary: str | None = None, timeout_s: float = 60.0) -> list[Ch
 
 def run(args: argparse.Namespace) -> int:
     """The ``doctor`` command: print the checks (``args.json``: as JSON); 1 when one failed."""
-    checks = doctor_checks(args.binary, args.timeout)
+    checks = doctor_checks(
+        args.binary,
+        args.timeout,
+        getattr(args, "plugins_dir", None),
+        getattr(args, "checkpoint", []),
+    )
     failed = [c for c in checks if c.status == FAIL]
     if args.json:
         print(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))

@@ -79,8 +79,12 @@ def run_ranks(
     *args: Any,
     timeout_s: float = 60.0,
     collective_timeout_s: float = 30.0,
+    may_vanish: tuple[int, ...] = (),
 ) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; their results by rank."""
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; their results by rank.
+
+    A rank in ``may_vanish`` may end without returning (``os._exit(0)``, a rank dying in the
+    middle of training); its result is None."""
     with tempfile.TemporaryDirectory(prefix="swiftmoe-ranks-") as tmp:
         ctx = mp.start_processes(
             _entry,
@@ -107,10 +111,14 @@ def run_ranks(
                 if p.is_alive():
                     p.kill()
                 p.join(timeout=5)
-        return [
-            torch.load(os.path.join(tmp, f"result_{r}.pt"), weights_only=False)
-            for r in range(world_size)
-        ]
+        out = []
+        for r in range(world_size):
+            path = os.path.join(tmp, f"result_{r}.pt")
+            if r in may_vanish and not os.path.exists(path):
+                out.append(None)
+                continue
+            out.append(torch.load(path, weights_only=False))
+        return out
 
 
 def _errors(tmp: str) -> str:

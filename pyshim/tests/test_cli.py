@@ -127,3 +127,91 @@ def test_help_everywhere(capsys):
     assert "doctor" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["doctor", "--timeout", "0"])
+
+
+# ---- plugin digests: the user's plugins directory and the pins of checkpoints ----------------
+
+
+def _user_plugins(tmp_path, fake_bin, sums: bool):
+    d = tmp_path / "my-plugins"
+    d.mkdir()
+    mine = d / "swiftmoe-strategy-mine"
+    mine.write_text("#!/bin/sh\nexit 0\n")
+    copy = d / "swiftmoe-strategy-static"
+    copy.write_bytes((fake_bin / "swiftmoe-strategy-static").read_bytes())
+    for p in (mine, copy):
+        p.chmod(0o755)
+    if sums:
+        (d / "SHA256SUMS").write_text(
+            "".join(
+                f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in (mine, copy)
+            )
+        )
+    return d
+
+
+def test_doctor_hashes_user_plugins_against_their_sha256sums(
+    fake_bin, tmp_path, capsys, monkeypatch
+):
+    d = _user_plugins(tmp_path, fake_bin, sums=True)
+    monkeypatch.setenv("SWIFTMOE_PLUGINS_DIR", str(d))
+    rc, checks = doctor_json(capsys)
+    assert rc == 0 and checks["user plugins"]["status"] == "ok", checks["user plugins"]
+    assert "swiftmoe-strategy-mine" in checks["user plugins"]["detail"]
+    assert "plugin copies" not in checks
+    (d / "swiftmoe-strategy-mine").write_text("#!/bin/sh\nexit 3\n")
+    (d / "swiftmoe-strategy-other").write_text("x")
+    rc, checks = doctor_json(capsys)
+    c = checks["user plugins"]
+    assert rc == 1 and c["status"] == "FAIL", c
+    assert "swiftmoe-strategy-mine does not match its sha256" in c["detail"]
+    assert "swiftmoe-strategy-other is not listed" in c["detail"]
+    assert "the sidecar refuses such plugins" in c["detail"]
+    assert "sha256sum swiftmoe-strategy-* > SHA256SUMS" in c["fix"]
+
+
+def test_doctor_without_sha256sums_notes_digests_and_changed_copies(fake_bin, tmp_path, capsys):
+    d = _user_plugins(tmp_path, fake_bin, sums=False)
+    (d / "swiftmoe-strategy-static").write_text("#!/bin/sh\nexit 5\n")  # not the bundled build
+    rc = cli.main(["doctor", "--json", "--timeout", "20", "--plugins-dir", str(d)])
+    out = json.loads(capsys.readouterr().out)
+    checks = {c["name"]: c for c in out["checks"]}
+    assert rc == 0, checks
+    c = checks["user plugins"]
+    want = hashlib.sha256((d / "swiftmoe-strategy-mine").read_bytes()).hexdigest()[:12]
+    assert c["status"] == "note" and f"swiftmoe-strategy-mine {want}" in c["detail"], c
+    assert "pins each plugin's digest at first load" in c["detail"]
+    copies = checks["plugin copies"]
+    assert copies["status"] == "note" and "swiftmoe-strategy-static" in copies["detail"], copies
+
+
+def test_doctor_compares_a_checkpoints_pin_with_the_plugin(fake_bin, tmp_path, capsys):
+    import torch
+
+    plugin = fake_bin / "swiftmoe-strategy-static"
+    pin = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    ckpt = tmp_path / "rank0.pt"
+    state = {
+        "format": "swiftmoe-sharded-v2",
+        "plan_source": {"strategy": "static", "strategy_sha256": pin},
+    }
+    torch.save({"model": {"w": torch.zeros(2)}, "swiftmoe": state}, ckpt)
+    other = tmp_path / "rank1.pt"
+    torch.save({"swiftmoe": state | {"plan_source": None}}, other)
+
+    def pins(*argv):
+        rc = cli.main(["doctor", "--json", "--timeout", "20", *argv])
+        out = json.loads(capsys.readouterr().out)
+        return rc, [c for c in out["checks"] if c["name"] == "pins"]
+
+    rc, got = pins("--checkpoint", str(ckpt), "--checkpoint", str(other))
+    assert rc == 0 and [c["status"] for c in got] == ["ok", "note"], got
+    assert "matches the digest its job trusted" in got[0]["detail"]
+    plugin.write_text("#!/bin/sh\nexit 2\n")
+    rc, got = pins("--checkpoint", str(ckpt))
+    assert rc == 1 and got[0]["status"] == "FAIL", got
+    assert f"trusted swiftmoe-strategy-static with sha256 {pin[:12]}" in got[0]["detail"]
+    assert "the plugin changed since" in got[0]["detail"]
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    rc, got = pins("--checkpoint", str(tmp_path / "junk.pt"))
+    assert rc == 1 and got[0]["status"] == "FAIL" and "cannot read it" in got[0]["detail"]

@@ -21,10 +21,12 @@ from engine_harness import (
     TinyNet,
     adversarial_plan,
     allreduce_dense_grads,
+    expert_state,
     global_batch,
     make_handle,
     reference_run,
     train_ranks,
+    train_steps,
 )
 from torch import nn
 
@@ -293,6 +295,8 @@ def test_engine_cases_on_two_ranks() -> None:
         ({"split_method": "magic"}, "split_method"),
         ({"ranks_per_node": -2}, "ranks_per_node"),
         ({"capacity_factor": 0}, "capacity_factor"),
+        ({"capacity_factor": float("inf")}, "capacity_factor: .*finite number > 0, got inf"),
+        ({"capacity_factor": float("nan")}, "capacity_factor"),
         ({"expert_grad_scale": float("nan")}, "expert_grad_scale"),
     ],
 )
@@ -393,3 +397,43 @@ def test_stats_report_loads_and_balance() -> None:
     assert stats.dropped_L == [0] * LAYERS
     # loads were reset for the next iteration
     assert all(int(m.swiftmoe_loads_E.sum()) == 0 for m in model.moes)
+
+
+# ---- step() without a backward ---------------------------------------------------------------
+
+
+def _step_without_backward(rank: int, world_size: int) -> dict:
+    """SGD with momentum: one real step, then step() after a forward without backward, then a
+    step() with nothing at all; the expert weights must not move (momentum included)."""
+    model, handle, dense_opt = make_handle(world_size, "SGD", source_kind="none")
+    train_steps(rank, world_size, model, handle, dense_opt, range(1))
+    before = expert_state(handle.export_expert_weights())
+    x, _ = global_batch(1, world_size)
+    model(x[rank * B : (rank + 1) * B])  # a training forward, no backward
+    s1 = handle.step()
+    s2 = handle.step()
+    after = expert_state(handle.export_expert_weights())
+    train_steps(rank, world_size, model, handle, dense_opt, range(2, 3))
+    moved = expert_state(handle.export_expert_weights())
+    return {
+        "before": before,
+        "after": after,
+        "moved": moved,
+        "flags": [s1.expert_step, s2.expert_step, handle.last_stats.expert_step],
+        "iterations": [s1.iteration, s2.iteration, handle.iteration],
+    }
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_step_without_backward_leaves_expert_weights_alone(world_size: int) -> None:
+    if world_size == 1:
+        res = [_step_without_backward(0, 1)]
+    else:
+        res = run_ranks(_step_without_backward, world_size, timeout_s=90)
+    for r in res:
+        for name, w in r["before"].items():
+            assert torch.equal(r["after"][name], w), f"{name} moved without a backward"
+        # A step with a backward still moves them: the check can fail.
+        assert any(not torch.equal(r["moved"][n], w) for n, w in r["before"].items())
+        assert r["flags"] == [False, False, True], r["flags"]
+        assert r["iterations"] == [1, 2, 4], r["iterations"]

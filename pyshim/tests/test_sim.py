@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import threading
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -165,6 +166,46 @@ def test_read_trace_and_its_errors(tmp_path):
     p.write_text('{"iteration": 0, "loads": [[1, 2]]}\n{"iteration": 1, "loads": [[1, 2, 3]]}\n')
     with pytest.raises(ValueError, match="same shape"):
         trace.read_trace(p)
+
+
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (
+            [
+                '{"iteration": 0, "loads": [[1, 2]]}',
+                '{"iteration": 1, "loads": [[1, 9223372036854775808]]}',
+            ],
+            r":2: loads\[0\]\[1\] is 9223372036854775808, over the largest count 9223372036854775807",
+        ),
+        (
+            ['{"iteration": 0, "loads": [[1, 99999999999999999999999999999999]]}'],
+            r":1: loads\[0\]\[1\] is 9{32}, over the largest count",
+        ),
+        (
+            ['{"iteration": 0, "loads": [[4611686018427387904, 4611686018427387904]]}'],
+            r":1: the token counts up to this line sum to 9223372036854775808, over",
+        ),
+        (
+            ['{"iteration": 0, "loads": [[' + "9" * 5000 + "]]}"],
+            r":1: not a JSON value this reader",
+        ),
+        (
+            ["[" * 100_000 + "]" * 100_000],
+            r":1: not a JSON value this reader takes \(RecursionError",
+        ),
+    ],
+)
+def test_trace_counts_beyond_int64_are_refused_by_line_and_field(tmp_path, lines, match):
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=match):
+        trace.read_trace(p)
+    # The command says the same, without a traceback.
+    rc, out, err = _cli(
+        ["sim", "--trace", str(p), "--gpus", "2", "--gpus-per-node", "2", "--slots", "2"]
+    )
+    assert rc == 2 and "Traceback" not in err and re.search(match, err), err
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])

@@ -16,7 +16,10 @@ const Name = "hotspread"
 // Strategy is stateless.
 type Strategy struct{}
 
-var _ sdk.Strategy = (*Strategy)(nil)
+var (
+	_ sdk.Strategy        = (*Strategy)(nil)
+	_ sdk.OptionValidator = (*Strategy)(nil)
+)
 
 // New returns the strategy.
 func New() *Strategy { return &Strategy{} }
@@ -25,6 +28,12 @@ func New() *Strategy { return &Strategy{} }
 func (*Strategy) Info() sdk.Info {
 	return sdk.Info{Name: Name, Version: "0.1.0",
 		Description: "example: every extra slot to the hottest expert, round-robin over ranks"}
+}
+
+// ValidateOptions refuses every option when a job registers, as Plan would:
+// a misspelled option fails before training, not at the first plan.
+func (*Strategy) ValidateOptions(opts map[string]string) error {
+	return sdk.CheckOptions(opts)
 }
 
 // Plan lays out each layer: the hottest expert's replicas first, then one

@@ -12,8 +12,9 @@ imports to keep it so). Its modules, from the entry point down:
   one MoE block each; ``stats``: the load buffers and ``StepStats``;
 * ``dispatch``: the index math of the all-to-all; ``dist``: the collectives;
 * ``split``: the token split; ``splitter``: this rank's checked part of it;
-* ``optim``: the sharded expert optimizer and the remap; ``checkpoint``: sharded state and
-  consolidated export, through a ``CheckpointView``;
+* ``optim``: the sharded expert optimizer and the remap; ``checkpoint``: sharded state (checked
+  whole before anything is written), consolidated export and atomic saves, through a
+  ``CheckpointView``;
 * ``plans``: rank 0's conversation with the plan source and the broadcast of its answer;
 * ``config``, ``plan`` (the plan rules shared with Go) and ``plan_source`` (the protocol).
 """

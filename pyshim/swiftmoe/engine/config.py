@@ -19,8 +19,9 @@ __all__ = ["SwiftMoEConfig", "resolve_optimizer", "MODES", "SPLIT_METHODS", "AUT
 MODES = ("observe", "replicate")
 # slots_per_rank="auto": the sidecar picks the slots from its machine's free GPU memory.
 AUTO_SLOTS = "auto"
-# Optimizers whose update of one element depends on other elements: a sharded step would differ.
-_NOT_ELEMENTWISE = {"LBFGS", "SparseAdam", "Muon"}
+# Optimizers whose update of one element depends on other elements: a sharded step would differ
+# (Adafactor's factored second moment averages over rows and columns of the whole tensor).
+_NOT_ELEMENTWISE = {"LBFGS", "SparseAdam", "Muon", "Adafactor"}
 
 
 def resolve_optimizer(optimizer: Any) -> type[torch.optim.Optimizer]:
@@ -188,9 +189,10 @@ class SwiftMoEConfig:
         if not is_int(rpn, 0):
             raise ValueError(f"ranks_per_node: must be an integer >= 0 (0 = unknown), got {rpn!r}")
         cf = self.capacity_factor
-        if cf is not None and (not is_number(cf) or not (cf > 0)):
+        if cf is not None and (not is_number(cf) or not (cf > 0) or math.isinf(cf)):
             raise ValueError(
-                f"capacity_factor: must be None (dropless) or a number > 0, got {cf!r}"
+                f"capacity_factor: must be None (dropless) or a finite number > 0, got {cf!r}; "
+                "use None to keep every token"
             )
         g = self.expert_grad_scale
         if g is not None and (not is_number(g) or not math.isfinite(g)):

@@ -51,19 +51,24 @@ class AllToAllFn(torch.autograd.Function):
     """``all_to_all_single`` whose backward is the reverse ``all_to_all_single``.
 
     ``anchor`` is a scalar that requires grad, so the op sits in the autograd graph on every
-    rank even when this rank has no tokens; every rank then runs the backward collective.
+    rank even when this rank has no tokens; every rank then runs the backward collective. The
+    backward gives the anchor a zero gradient, so ``anchor.grad`` says, on every rank alike,
+    that a backward went through the expert layers.
     """
 
     @staticmethod
     def forward(ctx, x_MD, anchor, comm: Comm, out_splits, in_splits):  # noqa: D102
         ctx.comm, ctx.out_splits, ctx.in_splits = comm, out_splits, in_splits
         ctx.x_requires_grad = x_MD.requires_grad
+        ctx.anchor_meta = (anchor.dtype, anchor.device)
         return comm.all_to_all(x_MD.detach(), out_splits, in_splits)
 
     @staticmethod
     def backward(ctx, g_MD):  # noqa: D102
         g = ctx.comm.all_to_all(g_MD.contiguous(), ctx.in_splits, ctx.out_splits)
-        return (g if ctx.x_requires_grad else None), None, None, None, None
+        dtype, device = ctx.anchor_meta
+        seen = torch.zeros((), dtype=dtype, device=device)
+        return (g if ctx.x_requires_grad else None), seen, None, None, None
 
 
 def all_to_all_rows(

@@ -2,7 +2,7 @@
 
     handle.step()          expert optimizer step + remap (replicate) or loads and plans (observe)
     handle.zero_grad()     clear the slot gradients
-    handle.state_dict()    this rank's sharded expert weights and optimizer state
+    handle.state_dict()    this rank's sharded expert weights, optimizer and plan-source state
     handle.export_to(m)    full expert weights into an unpatched model
     handle.close()         stop the planner the handle started
 
@@ -147,14 +147,56 @@ class SwiftMoEHandle:
             install=run.install,
         )
 
+    def _source_with(self, method: str) -> Any:
+        """Rank 0's plan source when it has ``method`` (see the PlanSource protocol)."""
+        src = self.plan_source
+        if self.comm.rank != 0 or src is None or not callable(getattr(src, method, None)):
+            return None
+        return src
+
     def state_dict(self) -> dict[str, Any]:
-        """This rank's sharded expert weights, optimizer state, placement and iteration."""
-        return ckpt.sharded_state(self._checkpoint_view("state_dict"), self.iteration)
+        """This rank's sharded expert weights, optimizer state and class, placement and
+        iteration, and on rank 0 the plan source's state (the sidecar's load history of the
+        job). Save it with :func:`swiftmoe.save_checkpoint`, one file per rank."""
+        view = self._checkpoint_view("state_dict")
+        src = self._source_with("state_dict")
+        return ckpt.sharded_state(view, self.iteration, None if src is None else src.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict()`` of the same rank (a collective: every rank calls it)."""
+        """Restore ``state_dict()`` of the same rank (a collective: every rank calls it).
+
+        All or nothing: every rank checks its checkpoint (shape, placement, masters, optimizer
+        class and state, iteration) and rank 0's plan source checks and takes its state (the
+        placement and load history go to the sidecar) before anything is written. When any of
+        that fails, every rank raises ValueError and nothing changed."""
         view = self._checkpoint_view("load_state_dict")
-        self._run.iteration = ckpt.load_sharded_state(view, state)
+        device = view.optimizer.masters[0].device
+        problem, slots_L, it = "", None, 0
+        try:
+            slots_L, it = ckpt.check_sharded_state(view, state)
+        except ValueError as e:
+            problem = str(e)
+        self._agree(problem, device)
+        src = self._source_with("load_state_dict")
+        if src is not None:
+            try:
+                src.load_state_dict(state.get("plan_source"), slots_L)
+            except Exception as e:  # any failure here must reach the other ranks, not hang them
+                problem = f"load_state_dict: {e}; nothing was loaded"
+        self._agree(problem, device)
+        ckpt.load_sharded_state(view, state, slots_L)
+        self._run.iteration = it
+
+    def _agree(self, problem: str, device: torch.device) -> None:
+        """Every rank raises ValueError when any rank has a problem (a collective)."""
+        bad = torch.tensor([1 if problem else 0], dtype=torch.long, device=device)
+        self.comm.all_reduce_(bad)
+        if int(bad.item()):
+            raise ValueError(
+                problem
+                or "load_state_dict: another rank's checkpoint was refused (its error says "
+                "why); nothing was loaded"
+            )
 
     def export_expert_weights(self) -> dict[str, list[tuple[torch.Tensor, ...]]]:
         """Full fp32 expert weights, {block fqn: per expert, tensors in expert_spec order}.

@@ -42,8 +42,12 @@ class ReplicateRun:
         optimizer: ShardedExpertOptimizer,
         channel: PlanChannel,
         dtype: torch.dtype,
+        anchor: torch.Tensor | None = None,
     ) -> None:
         self.layers, self.optimizer, self.channel, self.dtype = layers, optimizer, channel, dtype
+        #: The layers' shared autograd anchor (``LayerContext.anchor``): a backward through the
+        #: expert layers gives it a gradient on every rank.
+        self.anchor = anchor
         self.iteration = 0
         self._reported: set[int] = set()
         self._submitted = False
@@ -60,15 +64,31 @@ class ReplicateRun:
         self._submitted = True
         self.channel.submit(self.iteration, [loads_of(la.block).tolist() for la in self.layers])
 
+    def backward_ran(self) -> bool:
+        """Whether a backward reached the expert layers since the last step: the anchor of
+        their collectives has a gradient (on every rank alike), or, on one rank, a slot weight
+        has one. Slot weights are fresh leaves after every step, so no gradient is stale."""
+        if self.anchor is not None and self.anchor.grad is not None:
+            return True
+        return any(t.grad is not None for layer in self.layers for t in layer.leaves())
+
     def step(self) -> StepStats:
-        """Expert optimizer step, then the remap to the next placement (a collective)."""
+        """Expert optimizer step, then the remap to the next placement (a collective).
+
+        Without a backward since the last step the expert optimizer does not step (no weight
+        moves, as torch optimizers skip parameters without gradients); the plan and the remap
+        run as usual. An expert that got no tokens in a step with a backward does step, with a
+        zero gradient (weight decay and momentum apply), as a stacked-parameter model would."""
         opt = self.optimizer
-        grads_L = [layer.slot_grads() for layer in self.layers]
-        opt.reduce_grads(grads_L, [layer.slots_t for layer in self.layers])
-        opt.step()
+        stepped = self.backward_ran()
+        if stepped:
+            grads_L = [layer.slot_grads() for layer in self.layers]
+            opt.reduce_grads(grads_L, [layer.slots_t for layer in self.layers])
+            opt.step()
         event, plan = self.channel.agree(self.iteration)
         old = self.placement
         new = plan if plan is not None else old
+        origin = self.channel.origin
         stats = StepStats(
             iteration=self.iteration,
             loads_LE=[loads_of(layer.block).tolist() for layer in self.layers],
@@ -77,6 +97,9 @@ class ReplicateRun:
             plan_event=event,
             placement_changed=new != old,
             plan_events=dict(self.channel.events),
+            plan_source=origin.source if origin is not None else "",
+            plan_note=origin.note if origin is not None else "",
+            expert_step=stepped,
         )
         self.install(new)
         self.end_iteration()
@@ -94,6 +117,8 @@ class ReplicateRun:
             reset_stats(layer.block)
         self._reported.clear()
         self._submitted = False
+        if self.anchor is not None:
+            self.anchor.grad = None
         self.iteration += 1
 
     def zero_grad(self) -> None:
@@ -158,6 +183,11 @@ class ObserveRun:
             self._pending_plan = plan
         stats.plan_event = event
         stats.plan_events = dict(self.channel.events)
+        if self.channel.origin is not None:
+            stats.plan_source, stats.plan_note = (
+                self.channel.origin.source,
+                self.channel.origin.note,
+            )
         if r == 0:
             log.info(
                 "swiftmoe observe: iteration %d max_over_mean %s, with the planned placement %s",

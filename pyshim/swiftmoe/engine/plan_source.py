@@ -18,7 +18,36 @@ from typing import Any, Protocol, runtime_checkable
 
 from swiftmoe._checks import is_int
 
-__all__ = ["JobShape", "PlanSource", "PlanSourceFactory", "StartedPlanSource", "as_plan"]
+__all__ = [
+    "JobShape",
+    "PlanOrigin",
+    "PlanSource",
+    "PlanSourceFactory",
+    "StartedPlanSource",
+    "as_plan",
+]
+
+
+@dataclass(frozen=True)
+class PlanOrigin:
+    """Where a plan came from, for a source that knows (the sidecar does).
+
+    Attributes:
+        source: "strategy" (the strategy planned it), or a fallback: "last_valid" (the
+            strategy failed; this is the last valid plan) or "static_fallback" (it failed
+            before any valid plan).
+        note: why a fallback was served, or the strategy's remark.
+        reason: the planner's reason for a fallback ("refused", "crash", "timeout", "error",
+            ...), empty for a strategy plan.
+    """
+
+    source: str
+    note: str = ""
+    reason: str = ""
+
+    @property
+    def fallback(self) -> bool:
+        return self.source != "strategy"
 
 
 @runtime_checkable
@@ -28,6 +57,20 @@ class PlanSource(Protocol):
     Both methods run on the training thread, so neither may block past its deadline; the
     engine validates every plan a source returns (``swiftmoe.engine.plan.validate_slots``) and
     keeps the placement in force when one is rejected.
+
+    Optional members, which the engine uses when a source has them:
+
+    * ``origin``: a :class:`PlanOrigin` (or None) that ``poll`` sets to where the plan it
+      returned came from. A fallback is adopted like any valid plan, but reported as one:
+      plan event "fallback", and ``StepStats.plan_source``/``plan_note`` on rank 0.
+    * ``state_dict() -> dict`` and ``load_state_dict(state, placement_L)``: what the source's
+      plans depend on besides the loads to come (a predictor's history). ``handle.state_dict()``
+      saves ``state_dict()`` of rank 0's source, after waiting for any plan in flight;
+      ``handle.load_state_dict()`` calls ``load_state_dict`` with what was saved (None when
+      nothing was) and the placement being restored, after the rest of the checkpoint passed its
+      checks and before anything is written. It raises ValueError and changes nothing when the
+      state is unusable, and afterwards plans from ``placement_L``, as the source that saved the
+      state would have.
     """
 
     def submit(self, iteration: int, loads_LE: list[list[int]]) -> None:

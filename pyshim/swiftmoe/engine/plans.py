@@ -13,9 +13,12 @@ import torch
 
 from swiftmoe.engine import plan as planlib
 from swiftmoe.engine.dist import Comm
-from swiftmoe.engine.plan_source import PlanSource, as_plan
+from swiftmoe.engine.plan_source import PlanOrigin, PlanSource, as_plan
 
 __all__ = ["PlanChannel"]
+
+# The first entry of the plan broadcast: 0 no plan, else how it was adopted.
+_ACCEPTED, _FALLBACK = 1, 2
 
 log = logging.getLogger("swiftmoe")
 
@@ -25,8 +28,10 @@ class PlanChannel:
 
     Only rank 0 talks to the source (``source`` is None elsewhere, and everywhere when the job
     has no source). Nothing the source does stops training: exceptions become plan events
-    ("error"), invalid plans are rejected with the reason ("rejected"), and ``events`` counts
-    every outcome by kind.
+    ("error"), invalid plans are rejected with the reason ("rejected"), a plan the source marks
+    as a fallback (its ``origin``) is adopted as event "fallback" on every rank, and ``events``
+    counts every outcome by kind. ``origin`` is, on rank 0, where the latest agreed plan came
+    from (None when the source does not say).
 
     Args:
         source: the plan source (rank 0), or None.
@@ -50,6 +55,7 @@ class PlanChannel:
         self.layers = list(layers)
         self.S, self.deadline_s, self.device = slots_per_rank, deadline_s, device
         self.events: dict[str, int] = {}
+        self.origin: PlanOrigin | None = None
 
     def submit(self, iteration: int, loads_LE: list[list[int]]) -> None:
         """Rank 0 hands an iteration's loads to the source; a no-op elsewhere."""
@@ -68,30 +74,34 @@ class PlanChannel:
         event, plan = ("", None)
         buf = torch.zeros(1 + L * K, dtype=torch.long, device=self.device)
         if self.comm.rank == 0:
-            event, plan = self._poll()
+            event, plan, self.origin = self._poll()
             if plan is not None:
-                buf[0] = 1
+                buf[0] = _FALLBACK if event == "fallback" else _ACCEPTED
                 buf[1:] = torch.tensor(plan, dtype=torch.long).reshape(-1)
         self.comm.broadcast_(buf)
         if self.comm.rank != 0:
-            if int(buf[0]) == 1:
+            flag = int(buf[0])
+            if flag:
                 plan = buf[1:].view(L, K).tolist()
-                event = "accepted"
+                event = "fallback" if flag == _FALLBACK else "accepted"
             else:
                 event = "kept"
         return self._event(event, iteration), plan
 
-    def _poll(self) -> tuple[str, list[list[int]] | None]:
-        """Rank 0: the next placement from the source, validated, or None."""
+    def _poll(self) -> tuple[str, list[list[int]] | None, PlanOrigin | None]:
+        """Rank 0: the next placement from the source, validated, or None; and its origin."""
         src = self.source
         if src is None:
-            return "none", None
+            return "none", None, None
         try:
             raw = src.poll(self.deadline_s)
         except Exception as e:
-            return f"error: poll raised {type(e).__name__}: {e}", None
+            return f"error: poll raised {type(e).__name__}: {e}", None, None
         if raw is None:
-            return "kept", None
+            return "kept", None, None
+        origin = getattr(src, "origin", None)
+        if not isinstance(origin, PlanOrigin):
+            origin = None
         try:
             plan = as_plan(raw)
             if len(plan) != len(self.layers):
@@ -102,8 +112,8 @@ class PlanChannel:
                 except ValueError as e:
                     raise ValueError(f"layer {li} ({fqn}): {e}") from e
         except ValueError as e:
-            return f"rejected: {e}", None
-        return "accepted", plan
+            return f"rejected: {e}", None, origin
+        return ("fallback" if origin is not None and origin.fallback else "accepted"), plan, origin
 
     def _event(self, event: str, iteration: int) -> str:
         key = event.split(":", 1)[0]

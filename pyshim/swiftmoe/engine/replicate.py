@@ -154,11 +154,12 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn) -> ReplicateRun:
         1.0 / N if scale is None else float(scale),
     )
     layers: list[ExpertLayer] = []
-    run = ReplicateRun(layers, optimizer, channel, dtype)
+    anchor = torch.zeros((), device=device, requires_grad=True)
+    run = ReplicateRun(layers, optimizer, channel, dtype, anchor)
     ctx = LayerContext(
         split=RankSplitter(S, r, rpn, config.split_method),
         capacity_factor=config.capacity_factor,
-        anchor=torch.zeros((), device=device, requires_grad=True),
+        anchor=anchor,
         on_loads=run.on_loads,
     )
     for i, (where, spec, E) in enumerate(zip(blocks, specs, E_L, strict=True)):
@@ -229,22 +230,33 @@ def _start_plan_source(
     everywhere instead of hanging the other ranks.
 
     Returns the source (rank 0; None elsewhere) and the slots per rank in force, which the
-    planner chooses when ``job.slots_per_rank`` is 0."""
-    source, err, chosen = None, "", 0
+    planner chooses when ``job.slots_per_rank`` is 0. A factory's ValueError (the planner
+    refused the configuration, e.g. a strategy option's value) is a ValueError on every rank;
+    any other failure a RuntimeError."""
+    source, err, chosen, status = None, "", 0, _STARTED
     if comm.rank == 0:
         try:
             started = factory(config, job)
             source, chosen = started.source, started.slots_per_rank
+        except ValueError as e:
+            err, status = str(e), _BAD_CONFIG
         except Exception as e:
-            err = f"{type(e).__name__}: {e}"
-    ok = torch.tensor([0 if err else 1, chosen], dtype=torch.long, device=device)
+            err, status = f"{type(e).__name__}: {e}", _FAILED
+    ok = torch.tensor([status, chosen], dtype=torch.long, device=device)
     comm.broadcast_(ok)
-    if int(ok[0].item()) != 1:
+    status = int(ok[0].item())
+    if status == _BAD_CONFIG:
+        raise ValueError(err or "strategy: rank 0's planner refused the configuration; see its log")
+    if status != _STARTED:
         raise RuntimeError(
             f"strategy: could not start the {config.strategy!r} planner: "
             f"{err or 'rank 0 failed, see its log'}"
         )
     return source, int(ok[1].item())
+
+
+# How rank 0's attempt to start the plan source ended (broadcast to every rank).
+_FAILED, _STARTED, _BAD_CONFIG = 0, 1, 2
 
 
 def _initial_slots(

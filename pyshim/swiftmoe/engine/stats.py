@@ -39,11 +39,19 @@ class StepStats:
         max_over_mean_L: busiest rank / mean rank load under the placement in force (replicate:
             the split that ran; observe: the placement the job started with).
         dropped_L: assignments dropped by the capacity factor (0 when dropless).
-        plan_event: "accepted", "kept" (no plan arrived), "none" (no plan source),
-            "rejected: <reason>" or "error: <reason>".
+        plan_event: "accepted", "fallback" (a valid plan the planner served instead of its
+            strategy's: the last valid or the static plan; adopted like any), "kept" (no plan
+            arrived), "none" (no plan source), "rejected: <reason>" or "error: <reason>".
         placement_changed: the placement differs from the one before.
         predicted_max_over_mean_L: observe mode: the ratio the plan received at the previous
             step would have given on this iteration's loads (None before the first plan).
+        plan_events: every plan event so far, counted by kind.
+        plan_source: rank 0, for a source that says where its plan came from (the sidecar):
+            "strategy", "last_valid" or "static_fallback"; "" otherwise.
+        plan_note: rank 0: the planner's note on that plan (why it fell back).
+        expert_step: False when no backward reached the expert layers since the last step, so
+            the expert optimizer did not step (torch optimizers likewise skip parameters
+            without gradients); the plan and the remap still ran.
     """
 
     iteration: int
@@ -54,6 +62,9 @@ class StepStats:
     placement_changed: bool = False
     predicted_max_over_mean_L: list[float] | None = None
     plan_events: dict[str, int] = field(default_factory=dict)
+    plan_source: str = ""
+    plan_note: str = ""
+    expert_step: bool = True
 
 
 def add_stat_buffers(block: nn.Module, num_experts: int, device: torch.device) -> None:

@@ -3,8 +3,12 @@ it speaks in.
 
 * :class:`SidecarClient`: every call has a deadline; the channel is created at the first call
   (grpcio is not fork-safe: create clients only after worker processes are spawned).
-* :class:`JobSpec`: a job's shape as ``RegisterJob`` takes it; :class:`Registration` and
-  :class:`SidecarPlan`: its answers as plain Python values.
+* :class:`JobSpec`: a job's shape as ``RegisterJob`` takes it (with the plugin digest the job
+  trusts and the load history it resumes from); :class:`Registration` and :class:`SidecarPlan`:
+  its answers as plain Python values.
+* a job's load history (``ExportJob``, ``JobSpec.history``) as plain values:
+  ``{"layers": [{"reports": [[count per expert], ...], "series": {"ewma": [value per expert]}}]}``,
+  the reports oldest first (:func:`history_from_proto`, :func:`history_to_proto`).
 * :class:`SidecarJob` (``swiftmoe.planning.job``) drives a registered job over these calls.
 
 Shape legend: L MoE layers, E experts of a layer, K = N*S slots of a layer (N ranks, S slots
@@ -25,7 +29,22 @@ from swiftmoe._checks import is_int, is_number
 from swiftmoe._proto.v1 import swiftmoe_pb2 as pb
 from swiftmoe._proto.v1 import swiftmoe_pb2_grpc as pb_grpc
 
-__all__ = ["JobSpec", "Registration", "SidecarClient", "SidecarError", "SidecarPlan"]
+__all__ = [
+    "JobSpec",
+    "Registration",
+    "SidecarClient",
+    "SidecarError",
+    "SidecarPlan",
+    "history_from_proto",
+    "history_to_proto",
+]
+
+# pb.PlanSource names -> the short names the shim reports (StepStats.plan_source).
+PLAN_SOURCES = {
+    "PLAN_SOURCE_STRATEGY": "strategy",
+    "PLAN_SOURCE_LAST_VALID": "last_valid",
+    "PLAN_SOURCE_STATIC_FALLBACK": "static_fallback",
+}
 
 
 class SidecarError(RuntimeError):
@@ -45,6 +64,9 @@ class JobSpec:
 
     slots_per_rank 0 asks the sidecar to choose from its machine's free GPU memory, and link
     bandwidths 0 take the discovered ones; ``Registration.topology`` holds what is in force.
+    ``strategy_sha256`` is the plugin digest the job first saw (a sidecar without SHA256SUMS
+    refuses another binary for it); ``history`` the load history to resume from (the form
+    ``SidecarClient.export_job`` returns).
     """
 
     world_size: int
@@ -59,6 +81,8 @@ class JobSpec:
     intra_node_bandwidth: float = 0.0
     inter_node_bandwidth: float = 0.0
     current_slots: Sequence[Sequence[int]] | None = None
+    strategy_sha256: str = ""
+    history: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         w = self.world_size
@@ -114,6 +138,14 @@ class JobSpec:
                     f"({len(experts)}), or None for the static placement"
                 )
             object.__setattr__(self, "current_slots", tuple(tuple(r) for r in rows))
+        d = self.strategy_sha256
+        if not isinstance(d, str) or (d and not _is_sha256(d)):
+            raise ValueError(
+                f"JobSpec.strategy_sha256 is {d!r}: pass the 64 lower-case hex digits the job's "
+                "first registration reported (Registration.strategy['sha256']), or ''"
+            )
+        if self.history is not None:
+            history_to_proto(self.history, experts)  # ValueError naming the entry
         object.__setattr__(self, "experts_per_layer", tuple(experts))
         object.__setattr__(self, "expert_param_numel", tuple(numel))
         object.__setattr__(self, "strategy_options", dict(self.strategy_options))
@@ -135,7 +167,70 @@ class JobSpec:
             strategy=self.strategy,
             strategy_options=dict(self.strategy_options),
             current_slots=[pb.LayerSlots(slots=list(r)) for r in self.current_slots or ()],
+            strategy_sha256=self.strategy_sha256,
+            history=None
+            if self.history is None
+            else history_to_proto(self.history, self.experts_per_layer),
         )
+
+
+def _is_sha256(d: str) -> bool:
+    return len(d) == 64 and all(c in "0123456789abcdef" for c in d)
+
+
+def history_to_proto(history: Any, experts_per_layer: Sequence[int]) -> pb.JobHistory:
+    """A load history (``{"layers": [{"reports": [[...]], "series": {name: [...]}}]}``) as the
+    bridge's JobHistory, checked against the job's experts per layer; ValueError naming the
+    entry otherwise (the sidecar checks the rest: how many reports, which series)."""
+    where = "history"
+    layers = history.get("layers") if isinstance(history, Mapping) else None
+    if not isinstance(layers, (list, tuple)) or len(layers) != len(experts_per_layer):
+        raise ValueError(
+            f"{where}: want {{'layers': [...]}} with one entry per MoE layer "
+            f"({len(experts_per_layer)}), as SidecarClient.export_job returns it"
+        )
+    out = pb.JobHistory()
+    for li, (layer, E) in enumerate(zip(layers, experts_per_layer, strict=True)):
+        at = f"{where}['layers'][{li}]"
+        if not isinstance(layer, Mapping):
+            raise ValueError(f"{at}: want a dict with 'reports' and 'series'")
+        lh = out.layers.add()
+        for ri, rep in enumerate(layer.get("reports") or ()):
+            if (
+                not isinstance(rep, (list, tuple))
+                or len(rep) != E
+                or not all(is_int(v, 0, 2**64 - 1) for v in rep)
+            ):
+                raise ValueError(
+                    f"{at}['reports'][{ri}]: want {E} token counts (integers >= 0), one per expert"
+                )
+            lh.reports.add(tokens=list(rep))
+        series = layer.get("series") or {}
+        if not isinstance(series, Mapping):
+            raise ValueError(f"{at}['series']: want a dict of name -> one value per expert")
+        for name, values in series.items():
+            if (
+                not isinstance(name, str)
+                or not isinstance(values, (list, tuple))
+                or len(values) != E
+                or not all(is_number(v) for v in values)
+            ):
+                raise ValueError(f"{at}['series'][{name!r}]: want {E} numbers, one per expert")
+            lh.series.add(name=name, values=[float(v) for v in values])
+    return out
+
+
+def history_from_proto(h: pb.JobHistory) -> dict[str, Any]:
+    """The bridge's JobHistory as plain values (what ``history_to_proto`` takes)."""
+    return {
+        "layers": [
+            {
+                "reports": [list(r.tokens) for r in layer.reports],
+                "series": {sr.name: list(sr.values) for sr in layer.series},
+            }
+            for layer in h.layers
+        ]
+    }
 
 
 @dataclass(frozen=True)
@@ -152,6 +247,17 @@ class SidecarPlan:
     remap_total_bytes: int
     remap_changed_slots: int = 0
     remap_migrated_bytes: int = 0
+    fallback_reason: str = ""
+
+    @property
+    def origin(self) -> str:
+        """Where the plan came from: "strategy", "last_valid" or "static_fallback"."""
+        return PLAN_SOURCES.get(self.source, self.source.lower())
+
+    @property
+    def is_fallback(self) -> bool:
+        """The strategy's plan was not used: this is the last valid or the static plan."""
+        return self.source != "PLAN_SOURCE_STRATEGY"
 
     @classmethod
     def from_proto(cls, p: pb.Plan) -> SidecarPlan:
@@ -166,6 +272,7 @@ class SidecarPlan:
             remap_total_bytes=int(p.remap.total_bytes),
             remap_changed_slots=int(p.remap.changed_slots),
             remap_migrated_bytes=int(p.remap.migrated_bytes),
+            fallback_reason=p.fallback_reason,
         )
 
 
@@ -174,7 +281,10 @@ class Registration:
     """RegisterJob's answer: the job id, per-layer shard ranges ``(rank, offset, length)``, the
     initial plan, the topology in force (``world_size``, ``ranks_per_node``, ``slots_per_rank``,
     ``intra_node_bandwidth``, ``inter_node_bandwidth``: the request's, with the values it left 0
-    filled from the sidecar's hardware discovery) and one line per filled value with its source."""
+    filled from the sidecar's hardware discovery) and one line per filled value with its source.
+    ``plugin_refused`` says why the strategy's plugin binary was refused for the job (its
+    digest is not the one trusted), empty when it was not; ``strategy["sha256"]`` is the digest
+    trusted."""
 
     job_id: str
     shard_layout: list[list[tuple[int, int, int]]]
@@ -182,6 +292,7 @@ class Registration:
     strategy: dict[str, Any]
     topology: dict[str, Any] = field(default_factory=dict)
     defaults: list[str] = field(default_factory=list)
+    plugin_refused: str = ""
 
 
 def _strategy_info(s: pb.StrategyInfo) -> dict[str, Any]:
@@ -192,7 +303,15 @@ def _strategy_info(s: pb.StrategyInfo) -> dict[str, Any]:
         "path": s.path,
         "sha256": s.sha256,
         "options": [
-            {"name": o.name, "description": o.description, "default": o.default_value}
+            {
+                "name": o.name,
+                "description": o.description,
+                "default": o.default_value,
+                "type": o.type,
+                "min": o.min,
+                "max": o.max,
+                "values": list(o.values),
+            }
             for o in s.options
         ],
     }
@@ -294,6 +413,7 @@ class SidecarClient:
                 "inter_node_bandwidth": float(r.topology.inter_node_bandwidth),
             },
             defaults=list(r.defaults),
+            plugin_refused=r.plugin_refused,
         )
 
     def report_loads(
@@ -311,6 +431,11 @@ class SidecarClient:
         return SidecarPlan.from_proto(
             self._call("GetPlan", pb.GetPlanRequest(job_id=job_id), timeout_s)
         )
+
+    def export_job(self, job_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """The job's load history (ExportJob), in the form ``JobSpec.history`` takes."""
+        r = self._call("ExportJob", pb.ExportJobRequest(job_id=job_id), timeout_s)
+        return history_from_proto(r.history)
 
     def list_strategies(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
         r = self._call("ListStrategies", pb.ListStrategiesRequest(), timeout_s)

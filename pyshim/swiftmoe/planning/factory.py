@@ -23,9 +23,12 @@ def plan_source_for(config: Any, job: JobShape) -> StartedPlanSource:
     that plans for it, with the slots per rank in force (the sidecar's choice when
     ``job.slots_per_rank`` is 0).
 
-    Raises SidecarError (or ValueError for a bad job) with the reason and the fix; nothing is
-    left running then.
+    Raises ValueError when the sidecar refuses the job's configuration (INVALID_ARGUMENT: a
+    strategy option the strategy does not declare, or a value it refuses), SidecarError for
+    anything else, each with the reason and the fix; nothing is left running then.
     """
+    import grpc
+
     from swiftmoe.planning.client import JobSpec, SidecarError
     from swiftmoe.planning.service import PlanService
 
@@ -45,6 +48,11 @@ def plan_source_for(config: Any, job: JobShape) -> StartedPlanSource:
         svc.start()  # logs each value the sidecar filled in, with its source
     except SidecarError as e:
         svc.close()
+        if e.code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise ValueError(
+                f"strategy {config.strategy!r} with strategy_options "
+                f"{dict(config.strategy_options)!r}: the sidecar refused the job: {e}"
+            ) from None
         raise SidecarError(
             f"through the sidecar: {e}; check `swiftmoe doctor`, or set sidecar_address to a "
             "running sidecar",

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from swiftmoe.engine.plan_source import as_plan
+from swiftmoe.engine.plan_source import PlanOrigin, as_plan
 
 __all__ = ["StaticPlanSource", "CallablePlanSource", "WorkerPlanSource"]
 
@@ -46,11 +46,12 @@ class WorkerPlanSource:
 
     ``submit`` hands the latest loads to the worker (a newer submission replaces a pending one)
     and never blocks or raises; ``poll(deadline_s)`` waits at most ``deadline_s`` for the answer
-    to the latest submission and returns the newest answer not yet returned, or ``None``.
+    to the latest submission and returns the newest answer not yet returned, or ``None``, and
+    sets ``origin`` to where that answer came from (None when the source does not say).
     Subclasses implement ``_plan(iteration, loads_LE)`` (per-layer slots or ``None``; it runs in
-    the worker and must not raise), start the worker with ``_start_worker(name)`` and stop it
-    with ``_stop_worker(timeout_s)``. ``events`` counts what happened, ``last_error`` says the
-    latest failure.
+    the worker and must not raise), or ``_answer`` when they know each plan's origin, start the
+    worker with ``_start_worker(name)`` and stop it with ``_stop_worker(timeout_s)``. ``events``
+    counts what happened, ``last_error`` says the latest failure.
     """
 
     _log_prefix = "plan source"
@@ -59,6 +60,9 @@ class WorkerPlanSource:
         self._cv = threading.Condition()
         self._pending: tuple[int, list[list[int]]] | None = None
         self._result: list[list[int]] | None = None
+        self._result_origin: PlanOrigin | None = None
+        #: Where the plan the latest ``poll`` returned came from (None: not known, or no plan).
+        self.origin: PlanOrigin | None = None
         self._submitted = 0
         self._answered = 0
         self._closed = False
@@ -70,6 +74,23 @@ class WorkerPlanSource:
 
     def _plan(self, iteration: int, loads_LE: list[list[int]]) -> list[list[int]] | None:
         raise NotImplementedError
+
+    def _answer(
+        self, iteration: int, loads_LE: list[list[int]]
+    ) -> tuple[list[list[int]] | None, PlanOrigin | None]:
+        """(plan, its origin) for the worker; ``_plan`` with no origin unless overridden."""
+        return self._plan(iteration, loads_LE), None
+
+    def _wait_idle(self, timeout_s: float) -> bool:
+        """Waits until the worker has answered every submission; False after ``timeout_s``."""
+        end = time.monotonic() + timeout_s
+        with self._cv:
+            while self._answered < self._submitted and not self._closed:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
 
     def _start_worker(self, name: str) -> None:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -120,6 +141,7 @@ class WorkerPlanSource:
                     break
                 self._cv.wait(left)
             out, self._result = self._result, None
+            self.origin = self._result_origin if out is not None else None
             if out is not None:
                 self._in_force = out
             return out
@@ -134,10 +156,10 @@ class WorkerPlanSource:
                 iteration, loads = self._pending
                 self._pending = None
                 ticket = self._submitted
-            plan = self._plan(iteration, loads)
+            plan, origin = self._answer(iteration, loads)
             with self._cv:
                 if plan is not None:
-                    self._result = plan
+                    self._result, self._result_origin = plan, origin
                     self.events["planned"] += 1
                 self._answered = max(self._answered, ticket)
                 self._cv.notify_all()

@@ -21,15 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ExpertTime", "default_table_path", "load_table"]
+__all__ = ["DEFAULT_TABLE", "ExpertTime", "default_table_path", "load_table"]
 
 _SHAPE_RE = re.compile(r"\(d(\d+)\s+f(\d+)\s*([A-Za-z0-9_]*)\)")
 _GATED = ("swiglu", "geglu", "glu", "reglu")
 
 
+#: The default table's file name: in ``swiftmoe/_calibration/`` of an installed package (``pip
+#: install`` copies the tables there), in ``calibration/`` of a source checkout.
+DEFAULT_TABLE = "h200-expert-ffn.json"
+
+
 def default_table_path() -> Path:
-    """calibration/h200-expert-ffn.json of the source checkout."""
-    return Path(__file__).resolve().parents[3] / "calibration" / "h200-expert-ffn.json"
+    """The default calibration table: the installed package's copy, else the checkout's."""
+    pkg = Path(__file__).resolve().parents[1]  # the swiftmoe package
+    bundled = pkg / "_calibration" / DEFAULT_TABLE
+    if bundled.is_file():
+        return bundled
+    return pkg.parents[1] / "calibration" / DEFAULT_TABLE
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     c.add_argument("--other-ms", type=float, default=0.0, help="non-MoE ms per iteration (0)")
     m = p.add_argument_group("compute")
     m.add_argument(
-        "--calibration", type=Path, help="table (default calibration/h200-expert-ffn.json)"
+        "--calibration",
+        type=Path,
+        help="table (default: h200-expert-ffn.json, bundled with the package)",
     )
     m.add_argument("--shape", help="table shape name or prefix (default: closest d_model/d_ff)")
     m.add_argument(

@@ -39,6 +39,7 @@ import numpy as np
 from swiftmoe._checks import is_int
 
 __all__ = [
+    "INT64_MAX",
     "StreamedTrace",
     "json_lines",
     "read_trace",
@@ -55,6 +56,10 @@ __all__ = [
 ]
 
 
+#: The largest token count (and sum of counts) a trace may hold: the simulator's int64.
+INT64_MAX = 2**63 - 1
+
+
 def json_lines(path: str | Path) -> list[tuple[int, Any]]:
     """(line number, object) of every non-blank line of a JSON Lines file; ValueError naming the
     line that is not JSON, or the file when it holds none."""
@@ -63,6 +68,10 @@ def json_lines(path: str | Path) -> list[tuple[int, Any]]:
         text = path.read_text()
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); pass a JSON Lines file"
+        ) from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -71,6 +80,12 @@ def json_lines(path: str | Path) -> list[tuple[int, Any]]:
             out.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not JSON ({e.msg}); write one object per line") from None
+        except (ValueError, RecursionError) as e:  # an integer of thousands of digits, or
+            # arrays nested thousands deep: valid JSON that no trace holds
+            raise ValueError(
+                f"{path}:{n}: not a JSON value this reader takes ({type(e).__name__}: "
+                f"{str(e)[:120]}); write one object per line"
+            ) from None
     if not out:
         raise ValueError(f"{path}: no JSON lines; pass a file with one object per line")
     return out
@@ -82,13 +97,15 @@ def read_trace_loads(path: str | Path, max_iterations: int = 0) -> list[list[lis
 
     Every line must be ``{"iteration": i, "loads": [[...], ...]}`` with an integer i >= 0 and,
     per layer, a non-empty list of integer token counts >= 0; every line has the same experts
-    per layer (one trace holds one model). Layers may differ in their expert counts.
+    per layer (one trace holds one model). Layers may differ in their expert counts. Counts,
+    and their sum over the trace, must fit in int64 (what the simulator computes in).
     """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"trace {str(p)!r} is not a file: pass a JSON Lines routing trace")
     rows: list[tuple[int, list[list[int]]]] = []
     shape: list[int] | None = None
+    total = 0
     for n, obj in json_lines(p):
         where = f"{p}:{n}"
         if not isinstance(obj, dict) or "loads" not in obj or "iteration" not in obj:
@@ -113,6 +130,17 @@ def read_trace_loads(path: str | Path, max_iterations: int = 0) -> list[list[lis
                     raise ValueError(
                         f"{where}: loads[{li}][{e}] is {v!r}: pass integer token counts >= 0"
                     )
+                if v > INT64_MAX:
+                    raise ValueError(
+                        f"{where}: loads[{li}][{e}] is {v}, over the largest count {INT64_MAX} "
+                        "(int64); pass token counts that fit in a signed 64-bit integer"
+                    )
+            total += sum(r)
+        if total > INT64_MAX:
+            raise ValueError(
+                f"{where}: the token counts up to this line sum to {total}, over {INT64_MAX} "
+                "(int64), which the simulator computes in; pass a trace of real token counts"
+            )
         s = [len(r) for r in loads]
         if shape is None:
             shape = s

@@ -179,8 +179,18 @@ func TestStrategiesCommand(t *testing.T) {
 	if got := strings.Join(names, ","); got != "faulty,flexmoe,static,swiftmoe" {
 		t.Errorf("got strategies %s, want faulty,flexmoe,static,swiftmoe", got)
 	}
+	for _, s := range list {
+		for _, o := range s.Options {
+			if s.Name == "flexmoe" && o.Name == "threshold" && (o.Type != "float" || o.Accepts != "a number in [1, inf]") {
+				t.Errorf("flexmoe threshold: got type %q accepts %q, want float, a number in [1, inf]", o.Type, o.Accepts)
+			}
+			if s.Name == "swiftmoe" && o.Name == "node_policy" && o.Accepts != "one of spread, pack" {
+				t.Errorf("swiftmoe node_policy: got accepts %q, want one of spread, pack", o.Accepts)
+			}
+		}
+	}
 	text, _, err := run("strategies", "--plugins-dir", binDir)
-	if err != nil || !strings.Contains(text, "option threshold") || !strings.Contains(text, "sha256: ") {
+	if err != nil || !strings.Contains(text, `option threshold (default "1.2"; a number in [1, inf])`) || !strings.Contains(text, "sha256: ") {
 		t.Errorf("text listing: %v\n%s", err, text)
 	}
 	empty, _, err := run("strategies", "--plugins-dir", t.TempDir())

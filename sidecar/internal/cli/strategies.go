@@ -17,6 +17,10 @@ type optionJSON struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
 	Default     string `json:"default"`
+	// Type and Accepts are the declared type ("float", "int", "enum"; empty
+	// for a string the strategy checks itself) and its values in words.
+	Type    string `json:"type,omitempty"`
+	Accepts string `json:"accepts,omitempty"`
 }
 
 type strategyJSON struct {
@@ -58,7 +62,8 @@ func runStrategies(args []string, stdout, stderr io.Writer) error {
 		out[i] = strategyJSON{Name: in.Name, Description: in.Description, Version: in.Version,
 			Path: in.Path, SHA256: in.SHA256, Options: []optionJSON{}}
 		for _, o := range in.Options {
-			out[i].Options = append(out[i].Options, optionJSON{Name: o.Name, Description: o.Description, Default: o.Default})
+			out[i].Options = append(out[i].Options, optionJSON{Name: o.Name, Description: o.Description, Default: o.Default,
+				Type: string(o.Type), Accepts: o.Accepts()})
 		}
 	}
 	if *asJSON {
@@ -76,7 +81,11 @@ func runStrategies(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%s %s\n  %s\n  path: %s\n  sha256: %s\n", s.Name, s.Version, s.Description, s.Path, s.SHA256)
 		for _, o := range s.Options {
-			fmt.Fprintf(stdout, "  option %s (default %q): %s\n", o.Name, o.Default, o.Description)
+			accepts := ""
+			if o.Accepts != "" {
+				accepts = "; " + o.Accepts
+			}
+			fmt.Fprintf(stdout, "  option %s (default %q%s): %s\n", o.Name, o.Default, accepts, o.Description)
 		}
 	}
 	return nil

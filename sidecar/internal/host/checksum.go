@@ -65,19 +65,38 @@ func parseSums(path string, data []byte) (map[string][]byte, error) {
 
 // expected returns the hash path must have, pinning it on first use when no
 // SHA256SUMS file exists.
-func (c *checksums) expected(path string) ([]byte, error) {
+func (c *checksums) expected(strategy, path string) ([]byte, error) {
+	return c.decide(strategy, path, nil)
+}
+
+// decide returns the hash path must have for a caller that first saw the
+// hash want (nil: none). SHA256SUMS decides when it exists (want is not
+// checked against it). Without it, the hash pinned here decides, and a want
+// that differs from it is refused (RefusedPinConflict); with none pinned yet,
+// want is pinned, or, when want is nil, the binary's own hash.
+func (c *checksums) decide(strategy, path string, want []byte) ([]byte, error) {
 	name := filepath.Base(path)
 	if c.listed != nil {
 		sum, ok := c.listed[name]
 		if !ok {
-			return nil, fmt.Errorf("%w: %s is not listed in %s; add its line (sha256sum %s >> %s)", ErrChecksum, name, SumsFile, name, SumsFile)
+			return nil, &Refusal{Strategy: strategy, Reason: RefusedNotListed,
+				Msg: fmt.Sprintf("%s is not listed in %s; add its line (sha256sum %s >> %s)", name, SumsFile, name, SumsFile)}
 		}
 		return sum, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if sum, ok := c.pinned[name]; ok {
+		if want != nil && !bytes.Equal(want, sum) {
+			return sum, &Refusal{Strategy: strategy, Reason: RefusedPinConflict,
+				Msg: fmt.Sprintf("the job first ran %s with SHA-256 %s, but this sidecar pinned %s when it first loaded it; put back the binary the job started with (and restart the sidecar), or start the job afresh to trust the new one",
+					name, hex.EncodeToString(want), hex.EncodeToString(sum))}
+		}
 		return sum, nil
+	}
+	if want != nil {
+		c.pinned[name] = bytes.Clone(want)
+		return want, nil
 	}
 	sum, err := fileSHA256(path)
 	if err != nil {

@@ -1,12 +1,18 @@
 // Package host runs strategy plugins (hashicorp/go-plugin over gRPC) for the
 // sidecar: it finds swiftmoe-strategy-NAME binaries in one plugins directory,
-// verifies their SHA-256, calls them under a deadline, validates every plan
-// they return, and kills and restarts a plugin that crashes, hangs, errors or
-// returns an invalid plan. It is safe for concurrent use.
+// verifies their SHA-256 (against SHA256SUMS, or the digest pinned at first
+// load or by a job, see Trust), calls them under a deadline, validates every
+// plan they return, and kills and restarts a plugin that crashes, hangs or
+// returns an invalid plan. A plugin that answers with an error keeps serving:
+// one job's bad request must not cost the other jobs on that plugin their
+// plans. It is safe for concurrent use.
 package host
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -183,32 +189,20 @@ func (h *Host) List(ctx context.Context) ([]Info, error) {
 }
 
 // Plan calls strategy name with the call deadline and validates the answer.
-// Every failure is a *Failure; on any failure but ReasonCanceled and
-// ReasonUnavailable the plugin process is killed and a fresh one started.
+// Every failure is a *Failure. A crash, a missed deadline or an invalid plan
+// kills the plugin process and starts a fresh one; an error answer, a
+// refused binary (ReasonRefused), a plugin that cannot start and a caller
+// that gave up do not.
 func (h *Host) Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Response, error) {
-	sv, err := h.supervisor(name)
-	if err != nil {
-		return nil, &Failure{Strategy: name, Reason: ReasonUnavailable, Err: err}
-	}
-	in, err := sv.acquire(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, &Failure{Strategy: name, Reason: ReasonCanceled, Err: err}
-		}
-		return nil, &Failure{Strategy: name, Reason: ReasonUnavailable, Err: err}
+	sv, in, f := h.running(ctx, name)
+	if f != nil {
+		return nil, f
 	}
 	cctx, cancel := context.WithTimeout(ctx, h.timeout)
 	resp, err := in.strategy.Plan(cctx, req)
 	cancel()
 	if err != nil {
-		reason := classify(ctx, cctx, in, err)
-		if reason == ReasonTimeout {
-			err = fmt.Errorf("no answer within the plugin timeout of %v: %w", h.timeout, err)
-		}
-		if reason != ReasonCanceled {
-			sv.discard(in, reason, err)
-		}
-		return nil, &Failure{Strategy: name, Reason: reason, Err: err}
+		return nil, h.callFailed(sv, in, ctx, cctx, err)
 	}
 	if reason, err := validateResponse(req, resp); err != nil {
 		h.metrics.InvalidPlanRejected(name, string(reason))
@@ -216,6 +210,109 @@ func (h *Host) Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Re
 		return nil, &Failure{Strategy: name, Reason: reason, Err: err}
 	}
 	return resp, nil
+}
+
+// running returns strategy name's supervisor and running process, starting
+// it if needed, or the *Failure that says why there is none.
+func (h *Host) running(ctx context.Context, name string) (*supervisor, *instance, *Failure) {
+	sv, err := h.supervisor(name)
+	if err != nil {
+		return nil, nil, &Failure{Strategy: name, Reason: ReasonUnavailable, Err: err}
+	}
+	in, err := sv.acquire(ctx)
+	var refusal *Refusal
+	switch {
+	case err == nil:
+		return sv, in, nil
+	case ctx.Err() != nil:
+		return nil, nil, &Failure{Strategy: name, Reason: ReasonCanceled, Err: err}
+	case errors.As(err, &refusal):
+		return nil, nil, &Failure{Strategy: name, Reason: ReasonRefused, Err: err}
+	default:
+		return nil, nil, &Failure{Strategy: name, Reason: ReasonUnavailable, Err: err}
+	}
+}
+
+// callFailed classifies the error of a call to in, restarts the process when
+// the process is at fault (a crash or a missed deadline), and returns the
+// *Failure.
+func (h *Host) callFailed(sv *supervisor, in *instance, parent, call context.Context, err error) *Failure {
+	reason := classify(parent, call, in, err)
+	if reason == ReasonTimeout {
+		err = fmt.Errorf("no answer within the plugin timeout of %v: %w", h.timeout, err)
+	}
+	if reason == ReasonCrash || reason == ReasonTimeout {
+		sv.discard(in, reason, err)
+	}
+	return &Failure{Strategy: sv.name, Reason: reason, Err: err}
+}
+
+// ValidateOptions asks strategy name to check a job's options (see
+// sdk.OptionValidator), under the call deadline. It returns an
+// *sdk.OptionsError when the strategy refuses them; nil when it accepts them
+// or was built before the check existed; and a *Failure when it could not be
+// asked (a crash or a missed deadline restarts the plugin, as in Plan).
+func (h *Host) ValidateOptions(ctx context.Context, name string, opts map[string]string) error {
+	sv, in, f := h.running(ctx, name)
+	if f != nil {
+		return f
+	}
+	cctx, cancel := context.WithTimeout(ctx, h.timeout)
+	err := in.strategy.ValidateOptions(cctx, opts)
+	cancel()
+	var oe *sdk.OptionsError
+	if err == nil || errors.As(err, &oe) {
+		return err
+	}
+	return h.callFailed(sv, in, ctx, cctx, err)
+}
+
+// Trust decides the SHA-256 (hex) strategy name's binary must have for a job
+// that first saw the digest want (hex; "" for a job that has seen none), and
+// checks the binary on disk against it now. With a SHA256SUMS file, the file
+// decides and a different want is only logged. Without one, the digest this
+// host pinned decides (a want that differs from it is refused); with none
+// pinned yet, want is pinned (or, when empty, the binary's own digest), so a
+// job's first digest outlives the sidecar that saw it. A refusal is a
+// *Refusal, logged at error level and counted in
+// swiftmoe_plugin_refused_total; the digest decided is returned with it when
+// there is one.
+func (h *Host) Trust(name, want string) (string, error) {
+	path, err := binaryPath(h.dir, name)
+	if err != nil {
+		return "", err
+	}
+	var wantSum []byte
+	if want != "" {
+		if wantSum, err = hex.DecodeString(want); err != nil || len(wantSum) != sha256.Size {
+			return "", fmt.Errorf("strategy_sha256 %q is not a SHA-256 digest; send the 64 hex digits of RegisterJobResponse.strategy.sha256, or nothing", want)
+		}
+	}
+	sum, err := h.sums.decide(name, path, wantSum)
+	if err == nil {
+		var onDisk []byte
+		if onDisk, err = fileSHA256(path); err == nil && !bytes.Equal(onDisk, sum) {
+			err = &Refusal{Strategy: name, Reason: RefusedChecksum,
+				Msg: fmt.Sprintf("%s has the SHA-256 %s, not the %s trusted (%s); put back the plugin the job started with, or start the job afresh to trust the new binary",
+					path, hex.EncodeToString(onDisk), hex.EncodeToString(sum), pinSource(h.sums))}
+		}
+	}
+	var refusal *Refusal
+	if errors.As(err, &refusal) {
+		h.metrics.PluginRefused(name, refusal.Reason)
+		h.log.Error("strategy plugin refused: its binary is not the one trusted", "strategy", name, "path", path, "reason", refusal.Reason, "error", err)
+	}
+	if err != nil {
+		if sum == nil {
+			return "", err
+		}
+		return hex.EncodeToString(sum), err
+	}
+	if h.sums.listed != nil && wantSum != nil && !bytes.Equal(wantSum, sum) {
+		h.log.Warn("the job first ran another build of this plugin; SHA256SUMS lists the one on disk, so it is trusted",
+			"strategy", name, "job_sha256", want, "listed_sha256", hex.EncodeToString(sum))
+	}
+	return hex.EncodeToString(sum), nil
 }
 
 // classify names why a call failed. A deadline that was the caller's (its

@@ -105,22 +105,11 @@ func request(mode string, extra ...string) *sdk.Request {
 
 func counter(t *testing.T, m *metrics.Metrics, name string, labels map[string]string) float64 {
 	t.Helper()
-	fams, err := m.Registry().Gather()
+	v, err := testbin.Gathered(m.Registry(), name, labels)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum float64
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-		for _, mt := range f.GetMetric() {
-			if testbin.HasLabels(mt, labels) {
-				sum += mt.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	return v
 }
 
 func TestPlanOK(t *testing.T) {
@@ -171,7 +160,6 @@ func TestFailuresRestartPlugin(t *testing.T) {
 	}{
 		{"crash", ReasonCrash, false},
 		{"hang", ReasonTimeout, false},
-		{"error", ReasonError, false},
 		{"garbage", ReasonInvalidSlots, true},
 		{"short", ReasonLayerCount, true},
 	}
@@ -307,11 +295,12 @@ func TestChecksums(t *testing.T) {
 		name    string
 		sums    string
 		wantErr string
+		reason  string
 	}{
-		{"listed and matching", hex.EncodeToString(good[:]) + "  " + name + "\n", ""},
-		{"listed binary mode", hex.EncodeToString(good[:]) + " *" + name + "\n", ""},
-		{"listed with another hash", hex.EncodeToString(bad[:]) + "  " + name + "\n", "does not have the SHA-256"},
-		{"not listed", hex.EncodeToString(good[:]) + "  " + sdk.BinaryPrefix + "other\n", "not listed in SHA256SUMS"},
+		{"listed and matching", hex.EncodeToString(good[:]) + "  " + name + "\n", "", ""},
+		{"listed binary mode", hex.EncodeToString(good[:]) + " *" + name + "\n", "", ""},
+		{"listed with another hash", hex.EncodeToString(bad[:]) + "  " + name + "\n", "does not have the SHA-256", RefusedChecksum},
+		{"not listed", hex.EncodeToString(good[:]) + "  " + sdk.BinaryPrefix + "other\n", "not listed in SHA256SUMS", RefusedNotListed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -319,7 +308,8 @@ func TestChecksums(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, SumsFile), []byte(tc.sums), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			h := newHost(t, dir, 5*time.Second, nil)
+			m := metrics.New()
+			h := newHost(t, dir, 5*time.Second, m)
 			_, err := h.Plan(testCtx(t), "faulty", request("ok"))
 			if tc.wantErr == "" {
 				if err != nil {
@@ -328,8 +318,11 @@ func TestChecksums(t *testing.T) {
 				return
 			}
 			var f *Failure
-			if !errors.As(err, &f) || f.Reason != ReasonUnavailable || !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("got %v, want an unavailable checksum failure containing %q", err, tc.wantErr)
+			if !errors.As(err, &f) || f.Reason != ReasonRefused || !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("got %v, want a refused checksum failure containing %q", err, tc.wantErr)
+			}
+			if got := counter(t, m, "swiftmoe_plugin_refused_total", map[string]string{"strategy": "faulty", "reason": tc.reason}); got != 1 {
+				t.Errorf("refused metric (reason %s): got %v, want 1", tc.reason, got)
 			}
 			if pid := h.PID("faulty"); pid != 0 {
 				t.Errorf("got a running plugin (pid %d) for a refused binary", pid)
@@ -351,36 +344,28 @@ func TestMalformedSums(t *testing.T) {
 
 func TestReplacedBinaryRefused(t *testing.T) {
 	dir := pluginsDir(t)
-	h := newHost(t, dir, 5*time.Second, nil)
+	m := metrics.New()
+	h := newHost(t, dir, 5*time.Second, m)
 	ctx := testCtx(t)
 	if _, err := h.Plan(ctx, "faulty", request("ok")); err != nil {
 		t.Fatal(err)
 	}
-	// Replace the binary with a different (still runnable) one: the same
-	// program with trailing bytes.
-	path := filepath.Join(dir, sdk.BinaryPrefix+"faulty")
-	tmp := path + ".new"
-	copyFile(t, faultyBin, tmp)
-	f, err := os.OpenFile(tmp, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteString("tampered"); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
+	// Replace the binary with a different (still runnable) one.
+	tamper(t, dir)
 	// Force a restart; the fresh start must be refused.
-	if _, err := h.Plan(ctx, "faulty", request("error")); err == nil {
-		t.Fatal("mode error gave a plan")
+	if _, err := h.Plan(ctx, "faulty", request("crash")); err == nil {
+		t.Fatal("mode crash gave a plan")
 	}
-	_, err = h.Plan(ctx, "faulty", request("ok"))
-	if !errors.Is(err, ErrChecksum) {
-		t.Fatalf("got %v, want the replaced binary refused with ErrChecksum", err)
+	_, err := h.Plan(ctx, "faulty", request("ok"))
+	var f *Failure
+	if !errors.Is(err, ErrChecksum) || !errors.As(err, &f) || f.Reason != ReasonRefused {
+		t.Fatalf("got %v, want the replaced binary refused with ErrChecksum (reason refused)", err)
+	}
+	if got := counter(t, m, "swiftmoe_plugin_refused_total", map[string]string{"strategy": "faulty", "reason": RefusedChecksum}); got < 1 {
+		t.Errorf("refused metric: got %v, want at least 1", got)
+	}
+	if got := h.Restarts("faulty"); got != 1 {
+		t.Errorf("restarts: got %d, want 1 (the crash; a refused start is not a restart)", got)
 	}
 }
 
@@ -434,13 +419,16 @@ func TestConcurrentCalls(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			mode := "ok"
-			if i%10 == 9 {
+			switch i % 10 {
+			case 9:
+				mode = "garbage"
+			case 4:
 				mode = "error"
 			}
 			_, err := h.Plan(ctx, "faulty", request(mode))
 			if (err == nil) != (mode == "ok") {
 				// A call in mode ok may still meet a process being killed
-				// for another call's error; it must then fail cleanly.
+				// for another call's garbage; it must then fail cleanly.
 				var f *Failure
 				if mode == "ok" && errors.As(err, &f) && (f.Reason == ReasonCrash || f.Reason == ReasonUnavailable) {
 					return

@@ -37,8 +37,8 @@ type instance struct {
 
 // startInstance starts the plugin binary at path, verifies its checksum
 // (go-plugin SecureConfig), negotiates gRPC over AutoMTLS and describes it.
-func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout time.Duration, sockDir string) (*instance, error) {
-	sum, err := sums.expected(path)
+func startInstance(log hclog.Logger, sums *checksums, name, path string, startTimeout time.Duration, sockDir string) (*instance, error) {
+	sum, err := sums.expected(name, path)
 	if err != nil {
 		return nil, err
 	}
@@ -62,8 +62,9 @@ func startInstance(log hclog.Logger, sums *checksums, path string, startTimeout 
 	if err != nil {
 		client.Kill()
 		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
-			return nil, fmt.Errorf("%w: %s does not have the SHA-256 %s expected (%s); reinstall the plugin or update %s and restart the sidecar",
-				ErrChecksum, path, hex.EncodeToString(sum), pinSource(sums), SumsFile)
+			return nil, &Refusal{Strategy: name, Reason: RefusedChecksum,
+				Msg: fmt.Sprintf("%s does not have the SHA-256 %s expected (%s); reinstall the plugin or update %s and restart the sidecar",
+					path, hex.EncodeToString(sum), pinSource(sums), SumsFile)}
 		}
 		return nil, fmt.Errorf("starting plugin %s: %w", path, err)
 	}

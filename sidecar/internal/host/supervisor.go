@@ -69,7 +69,7 @@ func (sv *supervisor) startLocked() chan struct{} {
 	sv.h.wg.Add(1)
 	go func() {
 		defer sv.h.wg.Done()
-		in, err := startInstance(sv.h.log.Named(sv.name), sv.h.sums, sv.path, sv.h.startTimeout, sv.h.sockDir)
+		in, err := startInstance(sv.h.log.Named(sv.name), sv.h.sums, sv.name, sv.path, sv.h.startTimeout, sv.h.sockDir)
 		sv.mu.Lock()
 		if err == nil && sv.closed {
 			sv.mu.Unlock()
@@ -80,9 +80,14 @@ func (sv *supervisor) startLocked() chan struct{} {
 		}
 		sv.cur, sv.startErr, sv.starting = in, err, nil
 		sv.mu.Unlock()
-		if err != nil {
+		var refusal *Refusal
+		switch {
+		case errors.As(err, &refusal):
+			sv.h.metrics.PluginRefused(sv.name, refusal.Reason)
+			sv.h.log.Error("strategy plugin refused: its binary is not the one trusted", "strategy", sv.name, "path", sv.path, "reason", refusal.Reason, "error", err)
+		case err != nil:
 			sv.h.log.Error("strategy plugin failed to start", "strategy", sv.name, "path", sv.path, "error", err)
-		} else {
+		default:
 			sv.h.log.Info("strategy plugin started", "strategy", sv.name, "pid", in.pid, "sha256", in.sha256)
 		}
 		close(ch)

@@ -19,6 +19,7 @@ type Metrics struct {
 	pluginRestarts *prometheus.CounterVec
 	invalidPlans   *prometheus.CounterVec
 	fallbacks      *prometheus.CounterVec
+	pluginRefused  *prometheus.CounterVec
 }
 
 // Options configure the metric set.
@@ -55,9 +56,13 @@ func NewWith(o Options) *Metrics {
 			Name: "swiftmoe_fallbacks_served_total",
 			Help: "Plans served from the last valid or the static plan because the strategy failed, by reason.",
 		}, []string{"strategy", "reason"}),
+		pluginRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swiftmoe_plugin_refused_total",
+			Help: "Strategy plugin binaries refused because their SHA-256 is not the one trusted (checksum: differs from SHA256SUMS or the pinned digest; not_listed: missing from SHA256SUMS; pin_conflict: a job first saw another digest than the one this sidecar pinned).",
+		}, []string{"strategy", "reason"}),
 	}
 	m.reg.MustRegister(m.plans, m.planLatency,
-		m.pluginRestarts, m.invalidPlans, m.fallbacks,
+		m.pluginRestarts, m.invalidPlans, m.fallbacks, m.pluginRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -119,4 +124,13 @@ func (m *Metrics) FallbackServed(strategy, reason string) {
 		return
 	}
 	m.fallbacks.WithLabelValues(strategy, reason).Inc()
+}
+
+// PluginRefused counts a plugin binary refused for reason ("checksum",
+// "not_listed" or "pin_conflict").
+func (m *Metrics) PluginRefused(strategy, reason string) {
+	if m == nil {
+		return
+	}
+	m.pluginRefused.WithLabelValues(strategy, reason).Inc()
 }

@@ -3,6 +3,8 @@ package planner
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 	"github.com/swiftmoe/swiftmoe/sidecar/internal/host"
@@ -16,6 +18,41 @@ type fakeStrategies struct {
 	options     []sdk.Option
 	down        bool   // Info fails, as for a plugin that cannot start
 	description string // Info's description; "fake" when empty
+	// digest is the binary's SHA-256 Trust finds on disk ("00..." when
+	// empty); the first Trust pins what it decides, as the host does.
+	digest, pinned string
+	mu             sync.Mutex // guards pinned
+	// validate, when set, is the strategy's own check of a job's options;
+	// else ValidateDeclared over options decides.
+	validate func(opts map[string]string) error
+}
+
+func (f *fakeStrategies) Trust(name, want string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	onDisk := f.digest
+	if onDisk == "" {
+		onDisk = strings.Repeat("0", 64)
+	}
+	switch {
+	case f.pinned != "" && want != "" && want != f.pinned:
+		return f.pinned, &host.Refusal{Strategy: name, Reason: host.RefusedPinConflict, Msg: "the job first saw " + want}
+	case f.pinned == "" && want != "":
+		f.pinned = want
+	case f.pinned == "":
+		f.pinned = onDisk
+	}
+	if onDisk != f.pinned {
+		return f.pinned, &host.Refusal{Strategy: name, Reason: host.RefusedChecksum, Msg: "the binary has SHA-256 " + onDisk + ", not the " + f.pinned + " trusted"}
+	}
+	return f.pinned, nil
+}
+
+func (f *fakeStrategies) ValidateOptions(_ context.Context, _ string, opts map[string]string) error {
+	if f.validate != nil {
+		return f.validate(opts)
+	}
+	return sdk.ValidateDeclared(opts, f.options)
 }
 
 func (f *fakeStrategies) Has(name string) error {

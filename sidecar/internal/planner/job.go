@@ -33,9 +33,13 @@ type job struct {
 	hist     []*history
 	slots    [][]int                 // placement in force
 	plan     atomic.Pointer[pb.Plan] // plan in force, read without mu
-	hadValid bool                    // a strategy plan has passed validation
+	hadValid bool                    // a valid plan was given or planned: a fallback serves the last valid one
 	cost     uint64                  // bytes the job may make the sidecar hold (jobShape)
 	retired  bool                    // replaced by a new registration of the same id
+	// refused says why the strategy's plugin binary is not trusted for this
+	// job (empty when it is): its reports are answered with the placement in
+	// force, never by the plugin.
+	refused string
 }
 
 func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
@@ -61,14 +65,21 @@ func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
 	}
 	j.traffic = newRemapTraffic(numel, j.bytesParam, t.WorldSize, t.SlotsPerRank)
 	cur := req.GetCurrentSlots()
+	hist := req.GetHistory().GetLayers()
 	for l, e := range experts {
 		j.hist[l] = newHistory(e, DefaultHistory)
+		if len(hist) == len(experts) {
+			j.hist[l].restore(hist[l])
+		}
 		if len(cur) == len(experts) {
 			j.slots[l] = sdk.IntsFromProto(cur[l].GetSlots())
 		} else {
 			j.slots[l] = sdk.StaticSlots(e, t)
 		}
 	}
+	// A placement the caller has in force is valid (validateCurrentSlots):
+	// a fallback serves it as the last valid plan.
+	j.hadValid = len(cur) == len(experts)
 	return j
 }
 

@@ -36,6 +36,14 @@ type Strategies interface {
 	// Plan asks strategy name for a plan and validates it; every failure is
 	// a *host.Failure.
 	Plan(ctx context.Context, name string, req *sdk.Request) (*sdk.Response, error)
+	// Trust decides the SHA-256 strategy name's binary must have for a job
+	// that first saw the digest want ("" for none) and checks the binary; a
+	// refusal is a *host.Refusal (see host.Host.Trust).
+	Trust(name, want string) (string, error)
+	// ValidateOptions has strategy name check a job's options: an
+	// *sdk.OptionsError refuses them, nil accepts them, any other error
+	// means they could not be checked.
+	ValidateOptions(ctx context.Context, name string, opts map[string]string) error
 }
 
 // Service holds the registered jobs. It is safe for concurrent use; reports
@@ -106,31 +114,23 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 	}()
 	j := newJob(id, req, pred)
 	j.cost = cost
-	source, note := pb.PlanSource_PLAN_SOURCE_STRATEGY, "initial static expert-parallel placement; no loads reported yet"
-	info, err := s.strategies.Info(ctx, j.strategy)
+	info, reason, note, err := s.admit(ctx, j, req)
 	if err != nil {
-		source = pb.PlanSource_PLAN_SOURCE_STATIC_FALLBACK
-		note = fmt.Sprintf("strategy %q is unavailable (%v); serving the static plan until it loads", j.strategy, err)
-		s.log.Warn("registering job with an unavailable strategy", "job", id, "strategy", j.strategy, "error", err)
-		info.Name = j.strategy
-		info.Description = "unavailable: " + err.Error()
-	} else {
-		var p problems
-		declared := make([]string, len(info.Options))
-		for i, o := range info.Options {
-			declared[i] = o.Name
-		}
-		checkOptionNames(req.GetStrategyOptions(), j.strategy, declared, &p)
-		if err := p.err("RegisterJobRequest"); err != nil {
-			return nil, err
-		}
+		return nil, err
+	}
+	source := pb.PlanSource_PLAN_SOURCE_STRATEGY
+	if reason != "" {
+		source = j.fallbackSource()
 	}
 	j.info = strategyInfoProto(info)
-	j.plan.Store(j.buildPlan(0, j.slots, j.predictions(), source, note, 0))
+	initial := j.buildPlan(0, j.slots, j.predictions(), source, note, 0)
+	initial.FallbackReason = string(reason)
+	j.plan.Store(initial)
 	resp := &pb.RegisterJobResponse{
 		JobId: id, ShardLayout: shardLayout(j.numel, j.topo.WorldSize),
 		InitialPlan: j.plan.Load(), Strategy: j.info,
 		Topology: sdk.TopologyToProto(j.topo), Defaults: defaults,
+		PluginRefused: j.refused,
 	}
 	if n := uint64(proto.Size(resp)); n > s.limits.message {
 		return nil, fmt.Errorf("%w: the RegisterJobResponse of job %q would be %s, over the message limit of %s (the strategy's description takes %s); plan fewer layers or ranks per request, or shorten the strategy's description",
@@ -158,7 +158,11 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 	s.metrics.ObservePlan(id, j.layerBalance(), j.plan.Load().GetMaxOverMean(), j.replicas())
 	s.log.Info("job registered", "job", id, "strategy", j.strategy, "world_size", j.topo.WorldSize,
 		"slots_per_rank", j.topo.SlotsPerRank, "layers", len(j.experts), "predictor", j.predictor.String(),
-		"memory_bound_mib", cost>>20, "replaced", old != nil)
+		"memory_bound_mib", cost>>20, "replaced", old != nil, "history", req.GetHistory() != nil)
+	if j.refused != "" {
+		s.log.Error("job registered with its strategy plugin refused: every plan is its placement in force until it registers again with a trusted binary",
+			"job", id, "strategy", j.strategy, "refused", j.refused)
+	}
 	for _, d := range defaults {
 		s.log.Info("job default from discovery", "job", id, "default", d)
 	}
@@ -260,7 +264,12 @@ func (s *Service) ReportLoads(ctx context.Context, req *pb.ReportLoadsRequest) (
 	}
 	it := req.GetIteration() + 1
 	predicted := j.predictions()
-	resp, err := s.strategies.Plan(ctx, j.strategy, j.strategyRequest(it, predicted))
+	var resp *sdk.Response
+	if j.refused != "" {
+		err = &host.Failure{Strategy: j.strategy, Reason: host.ReasonRefused, Err: errors.New(j.refused)}
+	} else {
+		resp, err = s.strategies.Plan(ctx, j.strategy, j.strategyRequest(it, predicted))
+	}
 	var plan *pb.Plan
 	if err == nil {
 		plan = j.buildPlan(it, resp.Layers, predicted, pb.PlanSource_PLAN_SOURCE_STRATEGY, resp.Note, resp.MigratedBytes)
@@ -294,14 +303,46 @@ func (s *Service) fallback(j *job, it uint64, predicted [][]float64, cause error
 	if errors.As(cause, &f) {
 		reason = string(f.Reason)
 	}
-	source, what := pb.PlanSource_PLAN_SOURCE_LAST_VALID, "the last valid plan"
-	if !j.hadValid {
-		source, what = pb.PlanSource_PLAN_SOURCE_STATIC_FALLBACK, "the static plan"
-	}
-	note := fmt.Sprintf("%v; serving %s", cause, what)
+	source := j.fallbackSource()
+	note := fmt.Sprintf("%v; serving %s", cause, fallbackWhat(source))
 	s.metrics.FallbackServed(j.strategy, reason)
 	s.log.Warn("strategy failed; serving a fallback plan", "job", j.id, "iteration", it, "strategy", j.strategy, "reason", reason, "source", source.String(), "error", cause)
-	return j.buildPlan(it, j.slots, predicted, source, note, 0)
+	plan := j.buildPlan(it, j.slots, predicted, source, note, 0)
+	plan.FallbackReason = reason
+	return plan
+}
+
+// fallbackSource is the source of a fallback plan of j: the last valid plan,
+// or the static one before any.
+func (j *job) fallbackSource() pb.PlanSource {
+	if j.hadValid {
+		return pb.PlanSource_PLAN_SOURCE_LAST_VALID
+	}
+	return pb.PlanSource_PLAN_SOURCE_STATIC_FALLBACK
+}
+
+func fallbackWhat(source pb.PlanSource) string {
+	if source == pb.PlanSource_PLAN_SOURCE_LAST_VALID {
+		return "the last valid plan"
+	}
+	return "the static plan"
+}
+
+// ExportJob returns a job's load history, which RegisterJobRequest.history
+// restores (a checkpoint of the job's predictions).
+func (s *Service) ExportJob(_ context.Context, req *pb.ExportJobRequest) (*pb.ExportJobResponse, error) {
+	j, err := s.lookup(req.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	resp := &pb.ExportJobResponse{JobId: j.id, History: exportHistory(j.hist)}
+	j.mu.Unlock()
+	if n := uint64(proto.Size(resp)); n > s.limits.message {
+		return nil, fmt.Errorf("%w: the history of job %q is %s, over the message limit of %s; checkpoint without it (a resumed job then predicts from fresh reports)",
+			ErrResponseTooLarge, j.id, mib(n), mib(s.limits.message))
+	}
+	return resp, nil
 }
 
 // GetPlan returns the plan in force for a job.

@@ -13,6 +13,7 @@ import (
 var (
 	jobIDRE     = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
 	optionKeyRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+	sha256RE    = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
 // validateRegister checks everything in a RegisterJobRequest that does not
@@ -114,6 +115,12 @@ func validateRegister(req *pb.RegisterJobRequest, lim costLimits, knownStrategy 
 		}
 	}
 	validateCurrentSlots(req, &p)
+	if len(p.list) == 0 {
+		validateHistory(req.GetHistory(), req.GetExpertsPerLayer(), &p)
+	}
+	if d := req.GetStrategySha256(); d != "" && !sha256RE.MatchString(d) {
+		p.addf("strategy_sha256: %q is not a SHA-256 digest; send the 64 lower-case hex digits of RegisterJobResponse.strategy.sha256 the job first got, or nothing", truncate(d))
+	}
 	cfg := parsePredictor(opts, &p)
 	return cfg, p.err("RegisterJobRequest")
 }

@@ -52,6 +52,12 @@ func (staticStrategies) Plan(_ context.Context, _ string, req *sdk.Request) (*sd
 	return resp, nil
 }
 
+func (staticStrategies) Trust(string, string) (string, error) { return "", nil }
+
+func (staticStrategies) ValidateOptions(_ context.Context, _ string, opts map[string]string) error {
+	return sdk.ValidateDeclared(opts, nil)
+}
+
 // fuzzJob is registered before each input, so that reports can name a job.
 var fuzzJob = &pb.RegisterJobRequest{
 	JobId:            "fuzz",

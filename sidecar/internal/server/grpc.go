@@ -52,6 +52,11 @@ func (s *plannerServer) ListStrategies(ctx context.Context, req *pb.ListStrategi
 	return resp, toStatus(err)
 }
 
+func (s *plannerServer) ExportJob(ctx context.Context, req *pb.ExportJobRequest) (*pb.ExportJobResponse, error) {
+	resp, err := s.svc.ExportJob(ctx, req)
+	return resp, toStatus(err)
+}
+
 // toStatus maps planner errors to gRPC codes; the message keeps the field
 // and the fix.
 func toStatus(err error) error {

@@ -169,10 +169,17 @@ func (x *Topology) GetInterNodeBandwidth() float64 {
 
 // OptionSpec describes one strategy option.
 type OptionSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
-	DefaultValue  string                 `protobuf:"bytes,3,opt,name=default_value,json=defaultValue,proto3" json:"default_value,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description  string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	DefaultValue string                 `protobuf:"bytes,3,opt,name=default_value,json=defaultValue,proto3" json:"default_value,omitempty"`
+	// The value's type: "float" (a finite number in [min, max]), "int" (an
+	// integer in [min, max]), "enum" (one of values), or "" (a string the
+	// strategy checks itself).
+	Type          string   `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	Min           float64  `protobuf:"fixed64,5,opt,name=min,proto3" json:"min,omitempty"`
+	Max           float64  `protobuf:"fixed64,6,opt,name=max,proto3" json:"max,omitempty"`
+	Values        []string `protobuf:"bytes,7,rep,name=values,proto3" json:"values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +233,34 @@ func (x *OptionSpec) GetDefaultValue() string {
 		return x.DefaultValue
 	}
 	return ""
+}
+
+func (x *OptionSpec) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *OptionSpec) GetMin() float64 {
+	if x != nil {
+		return x.Min
+	}
+	return 0
+}
+
+func (x *OptionSpec) GetMax() float64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *OptionSpec) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
 }
 
 type StrategyInfo struct {
@@ -609,9 +644,13 @@ type Plan struct {
 	Remap       *RemapSummary `protobuf:"bytes,8,opt,name=remap,proto3" json:"remap,omitempty"`
 	Source      PlanSource    `protobuf:"varint,9,opt,name=source,proto3,enum=swiftmoe.v1.PlanSource" json:"source,omitempty"`
 	// Why a fallback was served, or a strategy's remark.
-	Note          string `protobuf:"bytes,10,opt,name=note,proto3" json:"note,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Note string `protobuf:"bytes,10,opt,name=note,proto3" json:"note,omitempty"`
+	// Why the strategy's plan was not used, when source is not STRATEGY: the
+	// sidecar's failure reason ("refused", "unavailable", "crash", "timeout",
+	// "error", "invalid_slots", "layer_count"). Empty otherwise.
+	FallbackReason string `protobuf:"bytes,20,opt,name=fallback_reason,json=fallbackReason,proto3" json:"fallback_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Plan) Reset() {
@@ -714,6 +753,13 @@ func (x *Plan) GetNote() string {
 	return ""
 }
 
+func (x *Plan) GetFallbackReason() string {
+	if x != nil {
+		return x.FallbackReason
+	}
+	return ""
+}
+
 type RegisterJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Caller-chosen id; the sidecar assigns one when empty.
@@ -735,7 +781,17 @@ type RegisterJobRequest struct {
 	// The placement in force, one entry per MoE layer (for instance the shim's
 	// placement when it re-registers after a sidecar restart). Empty means the
 	// static expert-parallel placement. Each entry must be a valid plan.
-	CurrentSlots  []*LayerSlots `protobuf:"bytes,9,rep,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	CurrentSlots []*LayerSlots `protobuf:"bytes,9,rep,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	// The SHA-256 (hex) of the strategy's plugin binary as this job first saw
+	// it (RegisterJobResponse.strategy.sha256 of its first registration).
+	// Without a SHA256SUMS file in the plugins directory, a binary whose digest
+	// differs is refused for the job (RegisterJobResponse.plugin_refused)
+	// instead of being trusted afresh; with one, the file decides. Empty: the
+	// sidecar trusts the digest it pins at the plugin's first load.
+	StrategySha256 string `protobuf:"bytes,20,opt,name=strategy_sha256,json=strategySha256,proto3" json:"strategy_sha256,omitempty"`
+	// The load history to resume from (ExportJobResponse.history); empty for
+	// none. Its layers must match experts_per_layer.
+	History       *JobHistory `protobuf:"bytes,21,opt,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -833,6 +889,20 @@ func (x *RegisterJobRequest) GetCurrentSlots() []*LayerSlots {
 	return nil
 }
 
+func (x *RegisterJobRequest) GetStrategySha256() string {
+	if x != nil {
+		return x.StrategySha256
+	}
+	return ""
+}
+
+func (x *RegisterJobRequest) GetHistory() *JobHistory {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
 // LayerSlots is one layer's placement: world_size*slots_per_rank expert ids.
 type LayerSlots struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -892,7 +962,13 @@ type RegisterJobResponse struct {
 	// One line per value taken from discovery: the field, the value and its
 	// source (e.g. "slots_per_rank = 6: 20% of GPU 0's free 60.0 GiB fits 6
 	// slots of ..."). Empty when the request set everything.
-	Defaults      []string `protobuf:"bytes,6,rep,name=defaults,proto3" json:"defaults,omitempty"`
+	Defaults []string `protobuf:"bytes,6,rep,name=defaults,proto3" json:"defaults,omitempty"`
+	// Why the strategy's plugin was refused for this job (its binary's digest
+	// differs from strategy_sha256, from the digest the sidecar pinned, or from
+	// SHA256SUMS); empty when it was trusted. A refused job is registered, and
+	// every plan it gets is its placement in force with fallback_reason
+	// "refused", until it registers again and the binary is trusted.
+	PluginRefused string `protobuf:"bytes,20,opt,name=plugin_refused,json=pluginRefused,proto3" json:"plugin_refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -967,6 +1043,13 @@ func (x *RegisterJobResponse) GetDefaults() []string {
 		return x.Defaults
 	}
 	return nil
+}
+
+func (x *RegisterJobResponse) GetPluginRefused() string {
+	if x != nil {
+		return x.PluginRefused
+	}
+	return ""
 }
 
 type LayerLoads struct {
@@ -1200,6 +1283,257 @@ func (*ListStrategiesRequest) Descriptor() ([]byte, []int) {
 	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{15}
 }
 
+type ExportJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportJobRequest) Reset() {
+	*x = ExportJobRequest{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportJobRequest) ProtoMessage() {}
+
+func (x *ExportJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportJobRequest.ProtoReflect.Descriptor instead.
+func (*ExportJobRequest) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ExportJobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+type ExportJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	History       *JobHistory            `protobuf:"bytes,2,opt,name=history,proto3" json:"history,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportJobResponse) Reset() {
+	*x = ExportJobResponse{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportJobResponse) ProtoMessage() {}
+
+func (x *ExportJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportJobResponse.ProtoReflect.Descriptor instead.
+func (*ExportJobResponse) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ExportJobResponse) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ExportJobResponse) GetHistory() *JobHistory {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+// JobHistory is a job's load history: per MoE layer, in layer order, the
+// reports the sidecar keeps and the state its predictors carry between
+// reports.
+type JobHistory struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Layers        []*LayerHistory        `protobuf:"bytes,1,rep,name=layers,proto3" json:"layers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobHistory) Reset() {
+	*x = JobHistory{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobHistory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobHistory) ProtoMessage() {}
+
+func (x *JobHistory) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobHistory.ProtoReflect.Descriptor instead.
+func (*JobHistory) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *JobHistory) GetLayers() []*LayerHistory {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
+type LayerHistory struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The latest reports (at most the sidecar's history length, 16), oldest
+	// first; each has one count per expert of the layer.
+	Reports []*LayerLoads `protobuf:"bytes,1,rep,name=reports,proto3" json:"reports,omitempty"`
+	// Per-expert state of the predictors, by name (e.g. "ewma"), one finite
+	// value >= 0 per expert. Present only with reports.
+	Series        []*NamedSeries `protobuf:"bytes,2,rep,name=series,proto3" json:"series,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerHistory) Reset() {
+	*x = LayerHistory{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerHistory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerHistory) ProtoMessage() {}
+
+func (x *LayerHistory) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerHistory.ProtoReflect.Descriptor instead.
+func (*LayerHistory) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *LayerHistory) GetReports() []*LayerLoads {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
+func (x *LayerHistory) GetSeries() []*NamedSeries {
+	if x != nil {
+		return x.Series
+	}
+	return nil
+}
+
+type NamedSeries struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Values        []float64              `protobuf:"fixed64,2,rep,packed,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NamedSeries) Reset() {
+	*x = NamedSeries{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamedSeries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamedSeries) ProtoMessage() {}
+
+func (x *NamedSeries) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamedSeries.ProtoReflect.Descriptor instead.
+func (*NamedSeries) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *NamedSeries) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NamedSeries) GetValues() []float64 {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
 type ListStrategiesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Strategies    []*StrategyInfo        `protobuf:"bytes,1,rep,name=strategies,proto3" json:"strategies,omitempty"`
@@ -1209,7 +1543,7 @@ type ListStrategiesResponse struct {
 
 func (x *ListStrategiesResponse) Reset() {
 	*x = ListStrategiesResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1555,7 @@ func (x *ListStrategiesResponse) String() string {
 func (*ListStrategiesResponse) ProtoMessage() {}
 
 func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1568,7 @@ func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStrategiesResponse.ProtoReflect.Descriptor instead.
 func (*ListStrategiesResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListStrategiesResponse) GetStrategies() []*StrategyInfo {
@@ -1252,7 +1586,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1598,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1611,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{22}
 }
 
 type StrategyLayerInput struct {
@@ -1296,7 +1630,7 @@ type StrategyLayerInput struct {
 
 func (x *StrategyLayerInput) Reset() {
 	*x = StrategyLayerInput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1642,7 @@ func (x *StrategyLayerInput) String() string {
 func (*StrategyLayerInput) ProtoMessage() {}
 
 func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1655,7 @@ func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerInput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerInput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StrategyLayerInput) GetLayer() uint32 {
@@ -1381,7 +1715,7 @@ type StrategyPlanRequest struct {
 
 func (x *StrategyPlanRequest) Reset() {
 	*x = StrategyPlanRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1727,7 @@ func (x *StrategyPlanRequest) String() string {
 func (*StrategyPlanRequest) ProtoMessage() {}
 
 func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1740,7 @@ func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanRequest.ProtoReflect.Descriptor instead.
 func (*StrategyPlanRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StrategyPlanRequest) GetTopology() *Topology {
@@ -1458,6 +1792,97 @@ func (x *StrategyPlanRequest) GetCurrentRef() uint64 {
 	return 0
 }
 
+type ValidateOptionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job's strategy options, without those the sidecar reads itself.
+	Options       map[string]string `protobuf:"bytes,1,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateOptionsRequest) Reset() {
+	*x = ValidateOptionsRequest{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateOptionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateOptionsRequest) ProtoMessage() {}
+
+func (x *ValidateOptionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateOptionsRequest.ProtoReflect.Descriptor instead.
+func (*ValidateOptionsRequest) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ValidateOptionsRequest) GetOptions() map[string]string {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+type ValidateOptionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One line per problem, naming the option and the fix; empty when the
+	// options are accepted.
+	Problems      []string `protobuf:"bytes,1,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateOptionsResponse) Reset() {
+	*x = ValidateOptionsResponse{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateOptionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateOptionsResponse) ProtoMessage() {}
+
+func (x *ValidateOptionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateOptionsResponse.ProtoReflect.Descriptor instead.
+func (*ValidateOptionsResponse) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ValidateOptionsResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
 type StrategyLayerOutput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// world_size*slots_per_rank expert ids.
@@ -1468,7 +1893,7 @@ type StrategyLayerOutput struct {
 
 func (x *StrategyLayerOutput) Reset() {
 	*x = StrategyLayerOutput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1905,7 @@ func (x *StrategyLayerOutput) String() string {
 func (*StrategyLayerOutput) ProtoMessage() {}
 
 func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1918,7 @@ func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerOutput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerOutput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StrategyLayerOutput) GetSlots() []uint32 {
@@ -1520,7 +1945,7 @@ type StrategyPlanResponse struct {
 
 func (x *StrategyPlanResponse) Reset() {
 	*x = StrategyPlanResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1957,7 @@ func (x *StrategyPlanResponse) String() string {
 func (*StrategyPlanResponse) ProtoMessage() {}
 
 func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1970,7 @@ func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanResponse.ProtoReflect.Descriptor instead.
 func (*StrategyPlanResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{21}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StrategyPlanResponse) GetLayers() []*StrategyLayerOutput {
@@ -1587,12 +2012,16 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x0eranks_per_node\x18\x02 \x01(\rR\franksPerNode\x12$\n" +
 	"\x0eslots_per_rank\x18\x03 \x01(\rR\fslotsPerRank\x120\n" +
 	"\x14intra_node_bandwidth\x18\x04 \x01(\x01R\x12intraNodeBandwidth\x120\n" +
-	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"g\n" +
+	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"\xb7\x01\n" +
 	"\n" +
 	"OptionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12#\n" +
-	"\rdefault_value\x18\x03 \x01(\tR\fdefaultValue\"\xbd\x01\n" +
+	"\rdefault_value\x18\x03 \x01(\tR\fdefaultValue\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\tR\x04type\x12\x10\n" +
+	"\x03min\x18\x05 \x01(\x01R\x03min\x12\x10\n" +
+	"\x03max\x18\x06 \x01(\x01R\x03max\x12\x16\n" +
+	"\x06values\x18\a \x03(\tR\x06values\"\xbd\x01\n" +
 	"\fStrategyInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x18\n" +
@@ -1622,7 +2051,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\vtotal_bytes\x18\x03 \x01(\x04R\n" +
 	"totalBytes\x12#\n" +
 	"\rchanged_slots\x18\x04 \x01(\x04R\fchangedSlots\x12%\n" +
-	"\x0emigrated_bytes\x18\x05 \x01(\x04R\rmigratedBytes\"\xe6\x02\n" +
+	"\x0emigrated_bytes\x18\x05 \x01(\x04R\rmigratedBytes\"\x8f\x03\n" +
 	"\x04Plan\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x12\x1a\n" +
@@ -1635,7 +2064,8 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x05remap\x18\b \x01(\v2\x19.swiftmoe.v1.RemapSummaryR\x05remap\x12/\n" +
 	"\x06source\x18\t \x01(\x0e2\x17.swiftmoe.v1.PlanSourceR\x06source\x12\x12\n" +
 	"\x04note\x18\n" +
-	" \x01(\tR\x04note\"\x9a\x04\n" +
+	" \x01(\tR\x04note\x12'\n" +
+	"\x0ffallback_reason\x18\x14 \x01(\tR\x0efallbackReason\"\xf6\x04\n" +
 	"\x12RegisterJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x121\n" +
 	"\btopology\x18\x02 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12*\n" +
@@ -1645,20 +2075,23 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x19optimizer_bytes_per_param\x18\x06 \x01(\rR\x16optimizerBytesPerParam\x12\x1a\n" +
 	"\bstrategy\x18\a \x01(\tR\bstrategy\x12_\n" +
 	"\x10strategy_options\x18\b \x03(\v24.swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntryR\x0fstrategyOptions\x12<\n" +
-	"\rcurrent_slots\x18\t \x03(\v2\x17.swiftmoe.v1.LayerSlotsR\fcurrentSlots\x1aB\n" +
+	"\rcurrent_slots\x18\t \x03(\v2\x17.swiftmoe.v1.LayerSlotsR\fcurrentSlots\x12'\n" +
+	"\x0fstrategy_sha256\x18\x14 \x01(\tR\x0estrategySha256\x121\n" +
+	"\ahistory\x18\x15 \x01(\v2\x17.swiftmoe.v1.JobHistoryR\ahistory\x1aB\n" +
 	"\x14StrategyOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\"\n" +
 	"\n" +
 	"LayerSlots\x12\x14\n" +
-	"\x05slots\x18\x01 \x03(\aR\x05slots\"\xaa\x02\n" +
+	"\x05slots\x18\x01 \x03(\aR\x05slots\"\xd1\x02\n" +
 	"\x13RegisterJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12@\n" +
 	"\fshard_layout\x18\x02 \x03(\v2\x1d.swiftmoe.v1.LayerShardLayoutR\vshardLayout\x124\n" +
 	"\finitial_plan\x18\x03 \x01(\v2\x11.swiftmoe.v1.PlanR\vinitialPlan\x125\n" +
 	"\bstrategy\x18\x04 \x01(\v2\x19.swiftmoe.v1.StrategyInfoR\bstrategy\x121\n" +
 	"\btopology\x18\x05 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1a\n" +
-	"\bdefaults\x18\x06 \x03(\tR\bdefaults\"$\n" +
+	"\bdefaults\x18\x06 \x03(\tR\bdefaults\x12%\n" +
+	"\x0eplugin_refused\x18\x14 \x01(\tR\rpluginRefused\"$\n" +
 	"\n" +
 	"LayerLoads\x12\x16\n" +
 	"\x06tokens\x18\x01 \x03(\x04R\x06tokens\"z\n" +
@@ -1670,7 +2103,21 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x04plan\x18\x01 \x01(\v2\x11.swiftmoe.v1.PlanR\x04plan\"'\n" +
 	"\x0eGetPlanRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x17\n" +
-	"\x15ListStrategiesRequest\"S\n" +
+	"\x15ListStrategiesRequest\")\n" +
+	"\x10ExportJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"]\n" +
+	"\x11ExportJobResponse\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x121\n" +
+	"\ahistory\x18\x02 \x01(\v2\x17.swiftmoe.v1.JobHistoryR\ahistory\"?\n" +
+	"\n" +
+	"JobHistory\x121\n" +
+	"\x06layers\x18\x01 \x03(\v2\x19.swiftmoe.v1.LayerHistoryR\x06layers\"s\n" +
+	"\fLayerHistory\x121\n" +
+	"\areports\x18\x01 \x03(\v2\x17.swiftmoe.v1.LayerLoadsR\areports\x120\n" +
+	"\x06series\x18\x02 \x03(\v2\x18.swiftmoe.v1.NamedSeriesR\x06series\"9\n" +
+	"\vNamedSeries\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\x01R\x06values\"S\n" +
 	"\x16ListStrategiesResponse\x129\n" +
 	"\n" +
 	"strategies\x18\x01 \x03(\v2\x19.swiftmoe.v1.StrategyInfoR\n" +
@@ -1694,7 +2141,14 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"currentRef\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa0\x01\n" +
+	"\x16ValidateOptionsRequest\x12J\n" +
+	"\aoptions\x18\x01 \x03(\v20.swiftmoe.v1.ValidateOptionsRequest.OptionsEntryR\aoptions\x1a:\n" +
+	"\fOptionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"5\n" +
+	"\x17ValidateOptionsResponse\x12\x1a\n" +
+	"\bproblems\x18\x01 \x03(\tR\bproblems\"+\n" +
 	"\x13StrategyLayerOutput\x12\x14\n" +
 	"\x05slots\x18\x01 \x03(\aR\x05slots\"\xac\x01\n" +
 	"\x14StrategyPlanResponse\x128\n" +
@@ -1708,15 +2162,17 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x17PLAN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PLAN_SOURCE_STRATEGY\x10\x01\x12\x1a\n" +
 	"\x16PLAN_SOURCE_LAST_VALID\x10\x02\x12\x1f\n" +
-	"\x1bPLAN_SOURCE_STATIC_FALLBACK\x10\x032\xc3\x02\n" +
+	"\x1bPLAN_SOURCE_STATIC_FALLBACK\x10\x032\x8f\x03\n" +
 	"\aPlanner\x12P\n" +
 	"\vRegisterJob\x12\x1f.swiftmoe.v1.RegisterJobRequest\x1a .swiftmoe.v1.RegisterJobResponse\x12P\n" +
 	"\vReportLoads\x12\x1f.swiftmoe.v1.ReportLoadsRequest\x1a .swiftmoe.v1.ReportLoadsResponse\x129\n" +
 	"\aGetPlan\x12\x1b.swiftmoe.v1.GetPlanRequest\x1a\x11.swiftmoe.v1.Plan\x12Y\n" +
-	"\x0eListStrategies\x12\".swiftmoe.v1.ListStrategiesRequest\x1a#.swiftmoe.v1.ListStrategiesResponse2\x9c\x01\n" +
+	"\x0eListStrategies\x12\".swiftmoe.v1.ListStrategiesRequest\x1a#.swiftmoe.v1.ListStrategiesResponse\x12J\n" +
+	"\tExportJob\x12\x1d.swiftmoe.v1.ExportJobRequest\x1a\x1e.swiftmoe.v1.ExportJobResponse2\xfa\x01\n" +
 	"\bStrategy\x12C\n" +
 	"\bDescribe\x12\x1c.swiftmoe.v1.DescribeRequest\x1a\x19.swiftmoe.v1.StrategyInfo\x12K\n" +
-	"\x04Plan\x12 .swiftmoe.v1.StrategyPlanRequest\x1a!.swiftmoe.v1.StrategyPlanResponseB@Z>github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1;swiftmoev1b\x06proto3"
+	"\x04Plan\x12 .swiftmoe.v1.StrategyPlanRequest\x1a!.swiftmoe.v1.StrategyPlanResponse\x12\\\n" +
+	"\x0fValidateOptions\x12#.swiftmoe.v1.ValidateOptionsRequest\x1a$.swiftmoe.v1.ValidateOptionsResponseB@Z>github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1;swiftmoev1b\x06proto3"
 
 var (
 	file_swiftmoe_v1_swiftmoe_proto_rawDescOnce sync.Once
@@ -1731,33 +2187,41 @@ func file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP() []byte {
 }
 
 var file_swiftmoe_v1_swiftmoe_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_swiftmoe_v1_swiftmoe_proto_goTypes = []any{
-	(PlanSource)(0),                // 0: swiftmoe.v1.PlanSource
-	(*Topology)(nil),               // 1: swiftmoe.v1.Topology
-	(*OptionSpec)(nil),             // 2: swiftmoe.v1.OptionSpec
-	(*StrategyInfo)(nil),           // 3: swiftmoe.v1.StrategyInfo
-	(*ShardRange)(nil),             // 4: swiftmoe.v1.ShardRange
-	(*LayerShardLayout)(nil),       // 5: swiftmoe.v1.LayerShardLayout
-	(*LayerPlan)(nil),              // 6: swiftmoe.v1.LayerPlan
-	(*RemapSummary)(nil),           // 7: swiftmoe.v1.RemapSummary
-	(*Plan)(nil),                   // 8: swiftmoe.v1.Plan
-	(*RegisterJobRequest)(nil),     // 9: swiftmoe.v1.RegisterJobRequest
-	(*LayerSlots)(nil),             // 10: swiftmoe.v1.LayerSlots
-	(*RegisterJobResponse)(nil),    // 11: swiftmoe.v1.RegisterJobResponse
-	(*LayerLoads)(nil),             // 12: swiftmoe.v1.LayerLoads
-	(*ReportLoadsRequest)(nil),     // 13: swiftmoe.v1.ReportLoadsRequest
-	(*ReportLoadsResponse)(nil),    // 14: swiftmoe.v1.ReportLoadsResponse
-	(*GetPlanRequest)(nil),         // 15: swiftmoe.v1.GetPlanRequest
-	(*ListStrategiesRequest)(nil),  // 16: swiftmoe.v1.ListStrategiesRequest
-	(*ListStrategiesResponse)(nil), // 17: swiftmoe.v1.ListStrategiesResponse
-	(*DescribeRequest)(nil),        // 18: swiftmoe.v1.DescribeRequest
-	(*StrategyLayerInput)(nil),     // 19: swiftmoe.v1.StrategyLayerInput
-	(*StrategyPlanRequest)(nil),    // 20: swiftmoe.v1.StrategyPlanRequest
-	(*StrategyLayerOutput)(nil),    // 21: swiftmoe.v1.StrategyLayerOutput
-	(*StrategyPlanResponse)(nil),   // 22: swiftmoe.v1.StrategyPlanResponse
-	nil,                            // 23: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
-	nil,                            // 24: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	(PlanSource)(0),                 // 0: swiftmoe.v1.PlanSource
+	(*Topology)(nil),                // 1: swiftmoe.v1.Topology
+	(*OptionSpec)(nil),              // 2: swiftmoe.v1.OptionSpec
+	(*StrategyInfo)(nil),            // 3: swiftmoe.v1.StrategyInfo
+	(*ShardRange)(nil),              // 4: swiftmoe.v1.ShardRange
+	(*LayerShardLayout)(nil),        // 5: swiftmoe.v1.LayerShardLayout
+	(*LayerPlan)(nil),               // 6: swiftmoe.v1.LayerPlan
+	(*RemapSummary)(nil),            // 7: swiftmoe.v1.RemapSummary
+	(*Plan)(nil),                    // 8: swiftmoe.v1.Plan
+	(*RegisterJobRequest)(nil),      // 9: swiftmoe.v1.RegisterJobRequest
+	(*LayerSlots)(nil),              // 10: swiftmoe.v1.LayerSlots
+	(*RegisterJobResponse)(nil),     // 11: swiftmoe.v1.RegisterJobResponse
+	(*LayerLoads)(nil),              // 12: swiftmoe.v1.LayerLoads
+	(*ReportLoadsRequest)(nil),      // 13: swiftmoe.v1.ReportLoadsRequest
+	(*ReportLoadsResponse)(nil),     // 14: swiftmoe.v1.ReportLoadsResponse
+	(*GetPlanRequest)(nil),          // 15: swiftmoe.v1.GetPlanRequest
+	(*ListStrategiesRequest)(nil),   // 16: swiftmoe.v1.ListStrategiesRequest
+	(*ExportJobRequest)(nil),        // 17: swiftmoe.v1.ExportJobRequest
+	(*ExportJobResponse)(nil),       // 18: swiftmoe.v1.ExportJobResponse
+	(*JobHistory)(nil),              // 19: swiftmoe.v1.JobHistory
+	(*LayerHistory)(nil),            // 20: swiftmoe.v1.LayerHistory
+	(*NamedSeries)(nil),             // 21: swiftmoe.v1.NamedSeries
+	(*ListStrategiesResponse)(nil),  // 22: swiftmoe.v1.ListStrategiesResponse
+	(*DescribeRequest)(nil),         // 23: swiftmoe.v1.DescribeRequest
+	(*StrategyLayerInput)(nil),      // 24: swiftmoe.v1.StrategyLayerInput
+	(*StrategyPlanRequest)(nil),     // 25: swiftmoe.v1.StrategyPlanRequest
+	(*ValidateOptionsRequest)(nil),  // 26: swiftmoe.v1.ValidateOptionsRequest
+	(*ValidateOptionsResponse)(nil), // 27: swiftmoe.v1.ValidateOptionsResponse
+	(*StrategyLayerOutput)(nil),     // 28: swiftmoe.v1.StrategyLayerOutput
+	(*StrategyPlanResponse)(nil),    // 29: swiftmoe.v1.StrategyPlanResponse
+	nil,                             // 30: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	nil,                             // 31: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	nil,                             // 32: swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
 }
 var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
 	2,  // 0: swiftmoe.v1.StrategyInfo.options:type_name -> swiftmoe.v1.OptionSpec
@@ -1766,36 +2230,46 @@ var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
 	7,  // 3: swiftmoe.v1.Plan.remap:type_name -> swiftmoe.v1.RemapSummary
 	0,  // 4: swiftmoe.v1.Plan.source:type_name -> swiftmoe.v1.PlanSource
 	1,  // 5: swiftmoe.v1.RegisterJobRequest.topology:type_name -> swiftmoe.v1.Topology
-	23, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	30, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
 	10, // 7: swiftmoe.v1.RegisterJobRequest.current_slots:type_name -> swiftmoe.v1.LayerSlots
-	5,  // 8: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
-	8,  // 9: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
-	3,  // 10: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 11: swiftmoe.v1.RegisterJobResponse.topology:type_name -> swiftmoe.v1.Topology
-	12, // 12: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
-	8,  // 13: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
-	3,  // 14: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 15: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
-	19, // 16: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
-	24, // 17: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
-	21, // 18: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
-	9,  // 19: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
-	13, // 20: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
-	15, // 21: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
-	16, // 22: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
-	18, // 23: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
-	20, // 24: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
-	11, // 25: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
-	14, // 26: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
-	8,  // 27: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
-	17, // 28: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
-	3,  // 29: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
-	22, // 30: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
-	25, // [25:31] is the sub-list for method output_type
-	19, // [19:25] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	19, // 8: swiftmoe.v1.RegisterJobRequest.history:type_name -> swiftmoe.v1.JobHistory
+	5,  // 9: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
+	8,  // 10: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
+	3,  // 11: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 12: swiftmoe.v1.RegisterJobResponse.topology:type_name -> swiftmoe.v1.Topology
+	12, // 13: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
+	8,  // 14: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
+	19, // 15: swiftmoe.v1.ExportJobResponse.history:type_name -> swiftmoe.v1.JobHistory
+	20, // 16: swiftmoe.v1.JobHistory.layers:type_name -> swiftmoe.v1.LayerHistory
+	12, // 17: swiftmoe.v1.LayerHistory.reports:type_name -> swiftmoe.v1.LayerLoads
+	21, // 18: swiftmoe.v1.LayerHistory.series:type_name -> swiftmoe.v1.NamedSeries
+	3,  // 19: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 20: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
+	24, // 21: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
+	31, // 22: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	32, // 23: swiftmoe.v1.ValidateOptionsRequest.options:type_name -> swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
+	28, // 24: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
+	9,  // 25: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
+	13, // 26: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
+	15, // 27: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
+	16, // 28: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
+	17, // 29: swiftmoe.v1.Planner.ExportJob:input_type -> swiftmoe.v1.ExportJobRequest
+	23, // 30: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
+	25, // 31: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
+	26, // 32: swiftmoe.v1.Strategy.ValidateOptions:input_type -> swiftmoe.v1.ValidateOptionsRequest
+	11, // 33: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
+	14, // 34: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
+	8,  // 35: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
+	22, // 36: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
+	18, // 37: swiftmoe.v1.Planner.ExportJob:output_type -> swiftmoe.v1.ExportJobResponse
+	3,  // 38: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
+	29, // 39: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
+	27, // 40: swiftmoe.v1.Strategy.ValidateOptions:output_type -> swiftmoe.v1.ValidateOptionsResponse
+	33, // [33:41] is the sub-list for method output_type
+	25, // [25:33] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_swiftmoe_v1_swiftmoe_proto_init() }
@@ -1809,7 +2283,7 @@ func file_swiftmoe_v1_swiftmoe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_swiftmoe_v1_swiftmoe_proto_rawDesc), len(file_swiftmoe_v1_swiftmoe_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -28,6 +28,7 @@ const (
 	Planner_ReportLoads_FullMethodName    = "/swiftmoe.v1.Planner/ReportLoads"
 	Planner_GetPlan_FullMethodName        = "/swiftmoe.v1.Planner/GetPlan"
 	Planner_ListStrategies_FullMethodName = "/swiftmoe.v1.Planner/ListStrategies"
+	Planner_ExportJob_FullMethodName      = "/swiftmoe.v1.Planner/ExportJob"
 )
 
 // PlannerClient is the client API for Planner service.
@@ -48,6 +49,10 @@ type PlannerClient interface {
 	GetPlan(ctx context.Context, in *GetPlanRequest, opts ...grpc.CallOption) (*Plan, error)
 	// ListStrategies describes the strategies the sidecar can load.
 	ListStrategies(ctx context.Context, in *ListStrategiesRequest, opts ...grpc.CallOption) (*ListStrategiesResponse, error)
+	// ExportJob returns a job's load history, what its predictions depend on
+	// besides the reports to come, for a checkpoint. RegisterJobRequest.history
+	// restores it.
+	ExportJob(ctx context.Context, in *ExportJobRequest, opts ...grpc.CallOption) (*ExportJobResponse, error)
 }
 
 type plannerClient struct {
@@ -98,6 +103,16 @@ func (c *plannerClient) ListStrategies(ctx context.Context, in *ListStrategiesRe
 	return out, nil
 }
 
+func (c *plannerClient) ExportJob(ctx context.Context, in *ExportJobRequest, opts ...grpc.CallOption) (*ExportJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportJobResponse)
+	err := c.cc.Invoke(ctx, Planner_ExportJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PlannerServer is the server API for Planner service.
 // All implementations must embed UnimplementedPlannerServer
 // for forward compatibility.
@@ -116,6 +131,10 @@ type PlannerServer interface {
 	GetPlan(context.Context, *GetPlanRequest) (*Plan, error)
 	// ListStrategies describes the strategies the sidecar can load.
 	ListStrategies(context.Context, *ListStrategiesRequest) (*ListStrategiesResponse, error)
+	// ExportJob returns a job's load history, what its predictions depend on
+	// besides the reports to come, for a checkpoint. RegisterJobRequest.history
+	// restores it.
+	ExportJob(context.Context, *ExportJobRequest) (*ExportJobResponse, error)
 	mustEmbedUnimplementedPlannerServer()
 }
 
@@ -137,6 +156,9 @@ func (UnimplementedPlannerServer) GetPlan(context.Context, *GetPlanRequest) (*Pl
 }
 func (UnimplementedPlannerServer) ListStrategies(context.Context, *ListStrategiesRequest) (*ListStrategiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListStrategies not implemented")
+}
+func (UnimplementedPlannerServer) ExportJob(context.Context, *ExportJobRequest) (*ExportJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportJob not implemented")
 }
 func (UnimplementedPlannerServer) mustEmbedUnimplementedPlannerServer() {}
 func (UnimplementedPlannerServer) testEmbeddedByValue()                 {}
@@ -231,6 +253,24 @@ func _Planner_ListStrategies_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Planner_ExportJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServer).ExportJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Planner_ExportJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServer).ExportJob(ctx, req.(*ExportJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Planner_ServiceDesc is the grpc.ServiceDesc for Planner service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,14 +294,19 @@ var Planner_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListStrategies",
 			Handler:    _Planner_ListStrategies_Handler,
 		},
+		{
+			MethodName: "ExportJob",
+			Handler:    _Planner_ExportJob_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "swiftmoe/v1/swiftmoe.proto",
 }
 
 const (
-	Strategy_Describe_FullMethodName = "/swiftmoe.v1.Strategy/Describe"
-	Strategy_Plan_FullMethodName     = "/swiftmoe.v1.Strategy/Plan"
+	Strategy_Describe_FullMethodName        = "/swiftmoe.v1.Strategy/Describe"
+	Strategy_Plan_FullMethodName            = "/swiftmoe.v1.Strategy/Plan"
+	Strategy_ValidateOptions_FullMethodName = "/swiftmoe.v1.Strategy/ValidateOptions"
 )
 
 // StrategyClient is the client API for Strategy service.
@@ -275,6 +320,10 @@ type StrategyClient interface {
 	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*StrategyInfo, error)
 	// Plan computes the placement for the next iteration of every layer.
 	Plan(ctx context.Context, in *StrategyPlanRequest, opts ...grpc.CallOption) (*StrategyPlanResponse, error)
+	// ValidateOptions checks a job's strategy options when the job registers.
+	// Plugins built before it answer UNIMPLEMENTED, and the sidecar then
+	// accepts the options.
+	ValidateOptions(ctx context.Context, in *ValidateOptionsRequest, opts ...grpc.CallOption) (*ValidateOptionsResponse, error)
 }
 
 type strategyClient struct {
@@ -305,6 +354,16 @@ func (c *strategyClient) Plan(ctx context.Context, in *StrategyPlanRequest, opts
 	return out, nil
 }
 
+func (c *strategyClient) ValidateOptions(ctx context.Context, in *ValidateOptionsRequest, opts ...grpc.CallOption) (*ValidateOptionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ValidateOptionsResponse)
+	err := c.cc.Invoke(ctx, Strategy_ValidateOptions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StrategyServer is the server API for Strategy service.
 // All implementations must embed UnimplementedStrategyServer
 // for forward compatibility.
@@ -316,6 +375,10 @@ type StrategyServer interface {
 	Describe(context.Context, *DescribeRequest) (*StrategyInfo, error)
 	// Plan computes the placement for the next iteration of every layer.
 	Plan(context.Context, *StrategyPlanRequest) (*StrategyPlanResponse, error)
+	// ValidateOptions checks a job's strategy options when the job registers.
+	// Plugins built before it answer UNIMPLEMENTED, and the sidecar then
+	// accepts the options.
+	ValidateOptions(context.Context, *ValidateOptionsRequest) (*ValidateOptionsResponse, error)
 	mustEmbedUnimplementedStrategyServer()
 }
 
@@ -331,6 +394,9 @@ func (UnimplementedStrategyServer) Describe(context.Context, *DescribeRequest) (
 }
 func (UnimplementedStrategyServer) Plan(context.Context, *StrategyPlanRequest) (*StrategyPlanResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Plan not implemented")
+}
+func (UnimplementedStrategyServer) ValidateOptions(context.Context, *ValidateOptionsRequest) (*ValidateOptionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ValidateOptions not implemented")
 }
 func (UnimplementedStrategyServer) mustEmbedUnimplementedStrategyServer() {}
 func (UnimplementedStrategyServer) testEmbeddedByValue()                  {}
@@ -389,6 +455,24 @@ func _Strategy_Plan_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Strategy_ValidateOptions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ValidateOptionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StrategyServer).ValidateOptions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Strategy_ValidateOptions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StrategyServer).ValidateOptions(ctx, req.(*ValidateOptionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Strategy_ServiceDesc is the grpc.ServiceDesc for Strategy service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -403,6 +487,10 @@ var Strategy_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Plan",
 			Handler:    _Strategy_Plan_Handler,
+		},
+		{
+			MethodName: "ValidateOptions",
+			Handler:    _Strategy_ValidateOptions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

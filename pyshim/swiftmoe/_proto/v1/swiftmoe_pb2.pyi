@@ -33,14 +33,22 @@ class Topology(_message.Message):
     def __init__(self, world_size: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., intra_node_bandwidth: _Optional[float] = ..., inter_node_bandwidth: _Optional[float] = ...) -> None: ...
 
 class OptionSpec(_message.Message):
-    __slots__ = ("name", "description", "default_value")
+    __slots__ = ("name", "description", "default_value", "type", "min", "max", "values")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     default_value: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_value: _Optional[str] = ...) -> None: ...
+    type: str
+    min: float
+    max: float
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_value: _Optional[str] = ..., type: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StrategyInfo(_message.Message):
     __slots__ = ("name", "description", "version", "options", "path", "sha256")
@@ -105,7 +113,7 @@ class RemapSummary(_message.Message):
     def __init__(self, send_bytes: _Optional[_Iterable[int]] = ..., recv_bytes: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., changed_slots: _Optional[int] = ..., migrated_bytes: _Optional[int] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("job_id", "iteration", "strategy", "world_size", "slots_per_rank", "layers", "max_over_mean", "remap", "source", "note")
+    __slots__ = ("job_id", "iteration", "strategy", "world_size", "slots_per_rank", "layers", "max_over_mean", "remap", "source", "note", "fallback_reason")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +124,7 @@ class Plan(_message.Message):
     REMAP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     iteration: int
     strategy: str
@@ -126,10 +135,11 @@ class Plan(_message.Message):
     remap: RemapSummary
     source: PlanSource
     note: str
-    def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., strategy: _Optional[str] = ..., world_size: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., max_over_mean: _Optional[float] = ..., remap: _Optional[_Union[RemapSummary, _Mapping]] = ..., source: _Optional[_Union[PlanSource, str]] = ..., note: _Optional[str] = ...) -> None: ...
+    fallback_reason: str
+    def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., strategy: _Optional[str] = ..., world_size: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., max_over_mean: _Optional[float] = ..., remap: _Optional[_Union[RemapSummary, _Mapping]] = ..., source: _Optional[_Union[PlanSource, str]] = ..., note: _Optional[str] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
 
 class RegisterJobRequest(_message.Message):
-    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options", "current_slots")
+    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options", "current_slots", "strategy_sha256", "history")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +156,8 @@ class RegisterJobRequest(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     topology: Topology
     experts_per_layer: _containers.RepeatedScalarFieldContainer[int]
@@ -155,7 +167,9 @@ class RegisterJobRequest(_message.Message):
     strategy: str
     strategy_options: _containers.ScalarMap[str, str]
     current_slots: _containers.RepeatedCompositeFieldContainer[LayerSlots]
-    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., current_slots: _Optional[_Iterable[_Union[LayerSlots, _Mapping]]] = ...) -> None: ...
+    strategy_sha256: str
+    history: JobHistory
+    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., current_slots: _Optional[_Iterable[_Union[LayerSlots, _Mapping]]] = ..., strategy_sha256: _Optional[str] = ..., history: _Optional[_Union[JobHistory, _Mapping]] = ...) -> None: ...
 
 class LayerSlots(_message.Message):
     __slots__ = ("slots",)
@@ -164,20 +178,22 @@ class LayerSlots(_message.Message):
     def __init__(self, slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterJobResponse(_message.Message):
-    __slots__ = ("job_id", "shard_layout", "initial_plan", "strategy", "topology", "defaults")
+    __slots__ = ("job_id", "shard_layout", "initial_plan", "strategy", "topology", "defaults", "plugin_refused")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     INITIAL_PLAN_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_REFUSED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     shard_layout: _containers.RepeatedCompositeFieldContainer[LayerShardLayout]
     initial_plan: Plan
     strategy: StrategyInfo
     topology: Topology
     defaults: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., shard_layout: _Optional[_Iterable[_Union[LayerShardLayout, _Mapping]]] = ..., initial_plan: _Optional[_Union[Plan, _Mapping]] = ..., strategy: _Optional[_Union[StrategyInfo, _Mapping]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., defaults: _Optional[_Iterable[str]] = ...) -> None: ...
+    plugin_refused: str
+    def __init__(self, job_id: _Optional[str] = ..., shard_layout: _Optional[_Iterable[_Union[LayerShardLayout, _Mapping]]] = ..., initial_plan: _Optional[_Union[Plan, _Mapping]] = ..., strategy: _Optional[_Union[StrategyInfo, _Mapping]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., defaults: _Optional[_Iterable[str]] = ..., plugin_refused: _Optional[str] = ...) -> None: ...
 
 class LayerLoads(_message.Message):
     __slots__ = ("tokens",)
@@ -210,6 +226,42 @@ class GetPlanRequest(_message.Message):
 class ListStrategiesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ExportJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ExportJobResponse(_message.Message):
+    __slots__ = ("job_id", "history")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    history: JobHistory
+    def __init__(self, job_id: _Optional[str] = ..., history: _Optional[_Union[JobHistory, _Mapping]] = ...) -> None: ...
+
+class JobHistory(_message.Message):
+    __slots__ = ("layers",)
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerHistory]
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerHistory, _Mapping]]] = ...) -> None: ...
+
+class LayerHistory(_message.Message):
+    __slots__ = ("reports", "series")
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[LayerLoads]
+    series: _containers.RepeatedCompositeFieldContainer[NamedSeries]
+    def __init__(self, reports: _Optional[_Iterable[_Union[LayerLoads, _Mapping]]] = ..., series: _Optional[_Iterable[_Union[NamedSeries, _Mapping]]] = ...) -> None: ...
+
+class NamedSeries(_message.Message):
+    __slots__ = ("name", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ListStrategiesResponse(_message.Message):
     __slots__ = ("strategies",)
@@ -259,6 +311,25 @@ class StrategyPlanRequest(_message.Message):
     expert_optimizer_bytes: _containers.RepeatedScalarFieldContainer[int]
     current_ref: int
     def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., iteration: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[StrategyLayerInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., expert_weight_bytes: _Optional[_Iterable[int]] = ..., expert_optimizer_bytes: _Optional[_Iterable[int]] = ..., current_ref: _Optional[int] = ...) -> None: ...
+
+class ValidateOptionsRequest(_message.Message):
+    __slots__ = ("options",)
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ValidateOptionsResponse(_message.Message):
+    __slots__ = ("problems",)
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StrategyLayerOutput(_message.Message):
     __slots__ = ("slots",)

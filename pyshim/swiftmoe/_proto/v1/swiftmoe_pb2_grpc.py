@@ -55,6 +55,11 @@ class PlannerStub:
                 request_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ListStrategiesRequest.SerializeToString,
                 response_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ListStrategiesResponse.FromString,
                 _registered_method=True)
+        self.ExportJob = channel.unary_unary(
+                '/swiftmoe.v1.Planner/ExportJob',
+                request_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ExportJobRequest.SerializeToString,
+                response_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ExportJobResponse.FromString,
+                _registered_method=True)
 
 
 class PlannerServicer:
@@ -93,6 +98,15 @@ class PlannerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportJob(self, request, context):
+        """ExportJob returns a job's load history, what its predictions depend on
+        besides the reports to come, for a checkpoint. RegisterJobRequest.history
+        restores it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlannerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +129,11 @@ def add_PlannerServicer_to_server(servicer, server):
                     servicer.ListStrategies,
                     request_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ListStrategiesRequest.FromString,
                     response_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ListStrategiesResponse.SerializeToString,
+            ),
+            'ExportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportJob,
+                    request_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ExportJobRequest.FromString,
+                    response_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ExportJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -236,6 +255,33 @@ class Planner:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ExportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swiftmoe.v1.Planner/ExportJob',
+            swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ExportJobRequest.SerializeToString,
+            swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ExportJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class StrategyStub:
     """Strategy is served by a strategy plugin process (hashicorp/go-plugin over
@@ -258,6 +304,11 @@ class StrategyStub:
                 request_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.StrategyPlanRequest.SerializeToString,
                 response_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.StrategyPlanResponse.FromString,
                 _registered_method=True)
+        self.ValidateOptions = channel.unary_unary(
+                '/swiftmoe.v1.Strategy/ValidateOptions',
+                request_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ValidateOptionsRequest.SerializeToString,
+                response_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ValidateOptionsResponse.FromString,
+                _registered_method=True)
 
 
 class StrategyServicer:
@@ -279,6 +330,15 @@ class StrategyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateOptions(self, request, context):
+        """ValidateOptions checks a job's strategy options when the job registers.
+        Plugins built before it answer UNIMPLEMENTED, and the sidecar then
+        accepts the options.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StrategyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -291,6 +351,11 @@ def add_StrategyServicer_to_server(servicer, server):
                     servicer.Plan,
                     request_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.StrategyPlanRequest.FromString,
                     response_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.StrategyPlanResponse.SerializeToString,
+            ),
+            'ValidateOptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateOptions,
+                    request_deserializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ValidateOptionsRequest.FromString,
+                    response_serializer=swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ValidateOptionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +414,33 @@ class Strategy:
             '/swiftmoe.v1.Strategy/Plan',
             swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.StrategyPlanRequest.SerializeToString,
             swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.StrategyPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateOptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swiftmoe.v1.Strategy/ValidateOptions',
+            swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ValidateOptionsRequest.SerializeToString,
+            swiftmoe_dot___proto_dot_v1_dot_swiftmoe__pb2.ValidateOptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

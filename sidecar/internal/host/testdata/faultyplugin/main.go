@@ -36,7 +36,8 @@ func (faulty) Info() sdk.Info {
 		Description: "test strategy that misbehaves on command",
 		Version:     "test",
 		Options: []sdk.Option{
-			{Name: "mode", Description: "ok, slow, hang, crash, error, garbage or short", Default: "ok"},
+			{Name: "mode", Description: "ok, slow, hang, crash, error, garbage or short", Default: "ok",
+				Type: sdk.OptionEnum, Values: []string{"ok", "slow", "hang", "crash", "error", "garbage", "short"}},
 			{Name: "delay", Description: "sleep of mode slow (Go duration)", Default: "0s"},
 			{Name: "marker", Description: "file written when a call arrives", Default: ""},
 			{Name: "mode_file", Description: "file whose content overrides mode", Default: ""},

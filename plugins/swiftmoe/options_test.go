@@ -1,0 +1,45 @@
+package swiftmoe
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// TestValidateOptions: registration refuses what Plan would refuse, naming
+// the option and what it accepts, and the declaration agrees.
+func TestValidateOptions(t *testing.T) {
+	s := New()
+	for _, bad := range []map[string]string{
+		{optNodePolicy: "bogus"},
+		{optNodePolicy: "Spread"},
+		{"nodes": "pack"},
+	} {
+		err := s.ValidateOptions(bad)
+		if !errors.Is(err, sdk.ErrBadOption) {
+			t.Errorf("ValidateOptions(%v) = %v, want ErrBadOption", bad, err)
+			continue
+		}
+		for k := range bad {
+			if !strings.Contains(err.Error(), k) {
+				t.Errorf("ValidateOptions(%v) = %v, want it to name %q", bad, err, k)
+			}
+		}
+		if err := sdk.ValidateDeclared(bad, s.Info().Options); err == nil {
+			t.Errorf("the declared options accept %v", bad)
+		}
+	}
+	if err := s.ValidateOptions(map[string]string{optNodePolicy: "bogus"}); !strings.Contains(err.Error(), "want one of spread, pack (default spread)") {
+		t.Errorf("got %v, want the accepted values named", err)
+	}
+	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}} {
+		if err := s.ValidateOptions(good); err != nil {
+			t.Errorf("ValidateOptions(%v) = %v, want nil", good, err)
+		}
+		if err := sdk.ValidateDeclared(good, s.Info().Options); err != nil {
+			t.Errorf("the declared options refuse %v: %v", good, err)
+		}
+	}
+}
