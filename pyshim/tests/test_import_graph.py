@@ -33,6 +33,7 @@ PARTS = [
     ("swiftmoe.engine", 3),
     ("swiftmoe.planning", 4),
     ("swiftmoe.api", 5),
+    ("swiftmoe.integrations", 5),
     ("swiftmoe.sim", 6),
     ("swiftmoe.report", 6),
     ("swiftmoe.doctor", 6),

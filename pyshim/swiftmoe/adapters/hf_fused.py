@@ -195,8 +195,11 @@ def _experts_static(ex: nn.Module, num_e: int, dim: int) -> tuple[bool, bool, bo
                     "experts", f"experts.{flag} is {getattr(ex, flag)!r}; only {want!r} is known"
                 )
         if bool(getattr(ex, "has_bias", False)) != biased:
-            raise _Refused("experts", f"experts.has_bias is {ex.has_bias!r} but biases are " + (
-                "present" if biased else "absent"))
+            raise _Refused(
+                "experts",
+                f"experts.has_bias is {ex.has_bias!r} but biases are "
+                + ("present" if biased else "absent"),
+            )
         impl = _implementation(ex)
         if impl not in pieces.KNOWN_IMPLEMENTATIONS:
             raise _Refused(
@@ -218,7 +221,8 @@ def _experts_static(ex: nn.Module, num_e: int, dim: int) -> tuple[bool, bool, bo
             )
     elif decorated and not getattr(ex, "is_concatenated", True):
         raise _Refused(
-            "experts", "experts interleaves gate and up (is_concatenated=False) with the default gate"
+            "experts",
+            "experts interleaves gate and up (is_concatenated=False) with the default gate",
         )
     elif not callable(getattr(ex, "act_fn", None)):
         raise _Refused("experts", "experts has no callable act_fn")
@@ -371,9 +375,7 @@ def _read_structure(probe: dict, rname: str, shared: str | None, E: int, D: int)
     T = x.shape[0] * x.shape[1]
     for name in [rname, "experts"] + ([shared] if shared else []):
         if len(probe[name]) != 1:
-            raise _Refused(
-                "block", f"its forward calls {name} {len(probe[name])} times, want once"
-            )
+            raise _Refused("block", f"its forward calls {name} {len(probe[name])} times, want once")
     r_args, r_kw, r_out = probe[rname][0]
     if r_kw or len(r_args) != 1:
         raise _Refused("router", "the block calls its router with more than the hidden states")
@@ -397,7 +399,9 @@ def _read_structure(probe: dict, rname: str, shared: str | None, E: int, D: int)
         s_args, s_kw, _ = probe[shared][0]
         s_in = s_args[0] if s_args else next(iter(s_kw.values()))
         if s_kw or len(s_args) != 1 or s_in.shape[-1] != D:
-            raise _Refused("shared experts", "the block calls them with more than the hidden states")
+            raise _Refused(
+                "shared experts", "the block calls them with more than the hidden states"
+            )
         shared_flat = s_in.dim() == 2 and x.dim() != 2
     out = probe["out"]
     extra: tuple[int, ...] | None = None
@@ -486,7 +490,9 @@ def _value_probe(block: nn.Module, form: FusedForm) -> None:
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     for w, g in zip(want_t, got_t, strict=True):
         if w.shape != g.shape:
-            raise _Refused("output", f"the pieces give shape {tuple(g.shape)}, the block {tuple(w.shape)}")
+            raise _Refused(
+                "output", f"the pieces give shape {tuple(g.shape)}, the block {tuple(w.shape)}"
+            )
         scale = max(float(w.abs().max()), 1e-6)
         diff = float((w.float() - g.float()).abs().max())
         if diff > tol * scale:
@@ -630,7 +636,11 @@ class HFFusedExpertsAdapter(hf.StructuralAdapter):
             )
         router = getattr(block, form.router)
         out = router(x_TD) if hooks else router.forward(x_TD)
-        want = "(scores_TE, logits_TE)" if form.dense else "(router_logits_TE, topk_weights_TK, topk_ids_TK)"
+        want = (
+            "(scores_TE, logits_TE)"
+            if form.dense
+            else "(router_logits_TE, topk_weights_TK, topk_ids_TK)"
+        )
         if not isinstance(out, tuple) or len(out) != (2 if form.dense else 3):
             raise ValueError(
                 f"{self.name}.route({hf.block_label(block)}): block.{form.router} returned "
@@ -698,9 +708,7 @@ class HFFusedExpertsAdapter(hf.StructuralAdapter):
         ex = block.experts
         form = self._form(block, "remove_expert_params")
         rec = hf.record_removal(self.name, block, self.expert_spec(block), ex.gate_up_proj)
-        ex.__dict__["_swiftmoe_shapes"] = {
-            n: tuple(getattr(ex, n).shape[1:]) for n in form.names
-        }
+        ex.__dict__["_swiftmoe_shapes"] = {n: tuple(getattr(ex, n).shape[1:]) for n in form.names}
         for name in form.names:
             ex.register_parameter(name, None)
         setattr(block, hf.REMOVED_ATTR, rec)
