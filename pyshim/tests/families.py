@@ -12,6 +12,7 @@ import random
 
 import torch
 import transformers as tf
+from engine_harness import striped
 
 from swiftmoe.engine.plan import validate_slots
 from swiftmoe.planning.sources import CallablePlanSource
@@ -182,14 +183,13 @@ def changing_plan(iteration: int, N: int, S: int, layer: int, E: int, replicas: 
     (needs N*S == E)."""
     rng = random.Random(7919 * iteration + 31 * layer + N)
     K = N * S
-    items = list(range(E))
-    if replicas:
-        items += [rng.randrange(E) for _ in range(K - E)]
-    elif K != E:
+    if not replicas and K != E:
         raise ValueError(f"one replica per expert needs N*S == E, got {N}*{S} != {E}")
     while True:
-        rng.shuffle(items)
-        slots = list(items)
+        reps = [1] * E
+        for _ in range(K - E):
+            reps[rng.randrange(E)] += 1
+        slots = striped(reps, N, S, rng)
         if slots != [k % E for k in range(K)]:
             break
     validate_slots(slots, E, N, S)

@@ -97,14 +97,22 @@ def torchtitan_mismatch(block: nn.Module) -> str | None:
     if not isinstance(inner, nn.Module):
         return "experts: routed_experts has no inner_experts module"
     disp = getattr(routed, "token_dispatcher", None)
-    if (
-        _qualname(disp, "dispatch") != "LocalTokenDispatcher.dispatch"
-        or _qualname(disp, "combine") != "LocalTokenDispatcher.combine"
-    ):
+    methods = (_qualname(disp, "dispatch"), _qualname(disp, "combine"))
+    local = methods == ("LocalTokenDispatcher.dispatch", "LocalTokenDispatcher.combine")
+    # the "standard" backend's all-to-all dispatcher runs the local path when EP is 1
+    fallback = (
+        methods
+        == (
+            "AllToAllTokenDispatcher.dispatch",
+            "AllToAllTokenDispatcher.combine",
+        )
+        and getattr(disp, "ep_mesh", None) is None
+    )
+    if not (local or fallback):
         return (
-            f"experts: the token dispatcher is {type(disp).__name__}, not the EP=1 "
-            "LocalTokenDispatcher; SwiftMoE replaces expert parallelism: set "
-            "expert_parallel_degree=1 and moe_comm_backend='standard'"
+            f"experts: the token dispatcher is {type(disp).__name__} with expert parallelism, "
+            "not the local (EP=1) one; SwiftMoE replaces expert parallelism: set the expert "
+            "parallel degree to 1 and moe_comm_backend='standard'"
         )
     if (
         _qualname(inner, "forward") != "GroupedExperts.forward"
@@ -115,7 +123,9 @@ def torchtitan_mismatch(block: nn.Module) -> str | None:
             "GroupedExperts (a Float8/MXFP8 converter or another layout); drop that converter "
             "for the experts or exclude the block with filter_fn"
         )
+    # parameters, or buffers where swiftmoe.integrations.torchtitan holds them out of FSDP
     names = {n for n, _ in inner.named_parameters()}
+    names |= {n for n in _NAMES if isinstance(inner._buffers.get(n), torch.Tensor)}
     if not names:
         rec = inner.__dict__.get(_SHAPES_ATTR)
         if rec is None:

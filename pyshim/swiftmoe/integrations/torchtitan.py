@@ -164,15 +164,20 @@ class SwiftMoEConverter:
 
     def convert(self, model_config: Any) -> Any:
         from torchtitan.models.common.moe import GroupedExperts, MoE
-        from torchtitan.models.common.token_dispatcher import LocalTokenDispatcher
+        from torchtitan.models.common.token_dispatcher import (
+            AllToAllTokenDispatcher,
+            LocalTokenDispatcher,
+        )
+
+        known = (LocalTokenDispatcher.Config, AllToAllTokenDispatcher.Config)  # EP=1: local
 
         for fqn, cfg, *_ in model_config.traverse(MoE.Config):
             routed = cfg.routed_experts
-            if type(routed.token_dispatcher) is not LocalTokenDispatcher.Config:
+            if type(routed.token_dispatcher) not in known:
                 raise ValueError(
                     f"swiftmoe torchtitan: {fqn}.routed_experts.token_dispatcher is "
                     f"{type(routed.token_dispatcher).__qualname__}; SwiftMoE replaces expert "
-                    "parallelism: set expert_parallel_degree=1 and moe_comm_backend='standard'"
+                    "parallelism: use moe_comm_backend='standard' (and expert parallel degree 1)"
                 )
             if type(routed.inner_experts) is not GroupedExperts.Config:
                 raise ValueError(
