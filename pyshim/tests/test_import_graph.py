@@ -37,6 +37,7 @@ PARTS = [
     ("swiftmoe.sim", 6),
     ("swiftmoe.report", 6),
     ("swiftmoe.doctor", 6),
+    ("swiftmoe.check", 6),
     ("swiftmoe.cli", 6),
 ]
 ENGINE_WING = ("swiftmoe.engine", "swiftmoe.adapters", "swiftmoe.nn")
