@@ -148,16 +148,19 @@ def torchtitan_mismatch(block: nn.Module) -> str | None:
 
 
 def grouped_experts_forward(x_TD: torch.Tensor, w1_FD, w2_DF, w3_FD) -> torch.Tensor:
-    """One expert of ``GroupedExperts``: bf16 SwiGLU whatever the dtypes, cast back to x's."""
-    xb = x_TD.bfloat16()
-    h = F.silu(torch.mm(xb, w1_FD.bfloat16().t())) * torch.mm(xb, w3_FD.bfloat16().t())
+    """One expert of ``GroupedExperts``: bf16 SwiGLU whatever the dtypes, cast back to x's.
+
+    x is cast to bf16 once per GEMM, as GroupedExperts does: the two input gradients then meet
+    in x's dtype, not in bf16 (one shared cast would add them in bf16 and differ in the last
+    bits)."""
+    h = F.silu(torch.mm(x_TD.bfloat16(), w1_FD.bfloat16().t()))
+    h = h * torch.mm(x_TD.bfloat16(), w3_FD.bfloat16().t())
     return torch.mm(h, w2_DF.bfloat16().t()).type_as(x_TD)
 
 
 def _grouped_forward_all(x_MD, offs_S, w1_S, w2_S, w3_S) -> torch.Tensor:
-    xb = x_MD.bfloat16()
-    h = F.silu(torch._grouped_mm(xb, w1_S.bfloat16().transpose(-2, -1), offs=offs_S))
-    h = h * torch._grouped_mm(xb, w3_S.bfloat16().transpose(-2, -1), offs=offs_S)
+    h = F.silu(torch._grouped_mm(x_MD.bfloat16(), w1_S.bfloat16().transpose(-2, -1), offs=offs_S))
+    h = h * torch._grouped_mm(x_MD.bfloat16(), w3_S.bfloat16().transpose(-2, -1), offs=offs_S)
     return torch._grouped_mm(h, w2_S.bfloat16().transpose(-2, -1), offs=offs_S).type_as(x_MD)
 
 
