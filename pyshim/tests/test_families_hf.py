@@ -39,8 +39,40 @@ def slots_for(name: str, N: int) -> int:
     return -(-EXPERTS[name] // N) + 1  # every expert, and room for replicas
 
 
-def reference(name: str, opt_name: str) -> dict:
+class BiasRecipe:
+    """Auxiliary-loss-free balancing as DeepSeek-V3 recipes do it on a transformers model: a
+    forward hook on each router counts the tokens per expert; after each optimizer step the
+    counts are summed over ranks and ``e_score_correction_bias += coeff * sign(mean - count)``.
+    """
+
+    def __init__(self, model: torch.nn.Module, N: int, coeff: float = 1e-2) -> None:
+        self.N, self.coeff, self.gates = N, coeff, []
+        for m in model.modules():
+            if isinstance(getattr(m, "e_score_correction_bias", None), torch.Tensor):
+                m.register_forward_hook(self._count)
+                m.tokens_E = torch.zeros_like(m.e_score_correction_bias)
+                self.gates.append(m)
+        self.trajectory: list[list[torch.Tensor]] = []
+
+    @staticmethod
+    def _count(gate, args, out) -> None:
+        if gate.training:
+            gate.tokens_E += torch.bincount(out[2].reshape(-1), minlength=gate.tokens_E.numel())
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for g in self.gates:
+                t = g.tokens_E
+                if self.N > 1:
+                    dist.all_reduce(t)
+                g.e_score_correction_bias += self.coeff * torch.sign(t.mean() - t)
+                t.zero_()
+        self.trajectory.append([g.e_score_correction_bias.clone() for g in self.gates])
+
+
+def reference(name: str, opt_name: str, recipe: bool = False) -> dict:
     model = build(name)
+    bias = BiasRecipe(model, 1) if recipe else None
     opt = getattr(torch.optim, opt_name)(model.parameters(), **OPTIMIZERS[opt_name])
     losses = []
     for step in range(STEPS):
@@ -49,10 +81,13 @@ def reference(name: str, opt_name: str) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if bias is not None:
+            bias.step()
         losses.append(float(loss.detach()))
     return {
         "losses": losses,
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "bias": bias.trajectory if bias is not None else None,
     }
 
 
@@ -63,9 +98,10 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def train(rank: int, N: int, name: str, opt_name: str, feature: str = "plain") -> dict:
     """One rank's training of family ``name`` under SwiftMoE with ``feature`` on."""
     model = build(name)
+    bias = BiasRecipe(model, N) if feature == "bias_recipe" else None
     if feature.startswith("ac_"):
-        model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": feature == "ac_reentrant"}
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": feature == "ac_reentrant"}
         )
     S, E = slots_for(name, N), EXPERTS[name]
     source = changing_source(N, S, E)
@@ -106,6 +142,8 @@ def train(rank: int, N: int, name: str, opt_name: str, feature: str = "plain") -
         dense_opt.step()
         stats = handle.step()
         assert stats.plan_event == "accepted", stats.plan_event
+        if bias is not None:
+            bias.step()
         loads.append(stats.loads_LE)
         dense_opt.zero_grad()
         handle.zero_grad()
@@ -129,6 +167,7 @@ def train(rank: int, N: int, name: str, opt_name: str, feature: str = "plain") -
         "placements": placements,
         "left": left,
         "state": {k: v.detach().clone() for k, v in plain.state_dict().items()},
+        "bias": bias.trajectory if bias is not None else None,
     }
 
 
@@ -188,3 +227,49 @@ def test_training_features_on_the_new_families(references: dict) -> None:
         for f in FEATURES:
             for rank, res in enumerate(results):
                 _check(name, res[(name, f)], ref, 2, TOP_K.get(name, 2), f"{name} {f} rank {rank}")
+
+
+def _bias_recipe(rank: int, N: int) -> dict:
+    return {
+        name: train(rank, N, name, "AdamW", "bias_recipe") for name in ("deepseek_v3", "glm4_moe")
+    }
+
+
+def test_loss_free_balancing_bias_trajectory_is_unpatched() -> None:
+    """2 ranks: a DeepSeek-V3-style bias update from router-hook counts moves the bias exactly
+    as in unpatched single-process training (the router is called once per block forward, with
+    the live bias)."""
+    results = run_ranks(_bias_recipe, 2, timeout_s=300, collective_timeout_s=120)
+    for name in ("deepseek_v3", "glm4_moe"):
+        ref = reference(name, "AdamW", recipe=True)
+        assert any(float(b.abs().max()) > 0.011 for b in ref["bias"][-1]), "bias never moved"
+        for rank, res in enumerate(results):
+            out = res[name]
+            for s, (got, want) in enumerate(zip(out["bias"], ref["bias"], strict=True)):
+                for g, w in zip(got, want, strict=True):
+                    torch.testing.assert_close(g, w, **TOL, msg=f"{name} rank {rank} step {s}")
+            _check(name, out, ref, 2, 3, f"{name} bias recipe rank {rank}")
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "gpt_oss", "llama4"])
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_observe_mode_leaves_the_new_families_untouched(name: str, reentrant: bool) -> None:
+    """Observe mode (one process) under activation checkpointing: the loss and every gradient
+    as unpatched, and the recorded loads count each token once (not again in the recompute)."""
+    ref, model = build(name), build(name)
+    for m in (ref, model):
+        m.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": reentrant}
+        )
+    handle = replicate_(model, SwiftMoEConfig(slots_per_rank=EXPERTS[name], mode="observe"))
+    ids = global_batch(0)
+    want = ref(input_ids=ids, labels=ids).loss
+    got = model(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    want.backward()
+    got.backward()
+    grads = dict(ref.named_parameters())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n].grad, rtol=0, atol=0, msg=n)
+    stats = handle.step()
+    assert [sum(le) for le in stats.loads_LE] == [GLOBAL_B * L * TOP_K.get(name, 2)] * 2
