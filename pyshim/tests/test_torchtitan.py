@@ -262,3 +262,38 @@ def test_torchtitan_models_train_like_unpatched(N: int, references: dict) -> Non
                 torch.testing.assert_close(
                     out["state"][k], want, **TOL, msg=lambda m, k=k, w=what: f"{w} {k}: {m}"
                 )
+
+
+def test_converter_and_adapter_refuse_what_swiftmoe_cannot_drive() -> None:
+    """Expert parallelism (the DeepEP dispatcher) is refused at config time by the converter,
+    and Float8/MXFP8-style grouped experts at replicate time by the adapter, with the fix."""
+    import types
+
+    from torchtitan.models.common.moe import MoE
+
+    from swiftmoe.adapters.torchtitan import TorchtitanMoEAdapter
+    from swiftmoe.integrations.torchtitan import SwiftMoEConverter
+
+    cfg = tiny_config("qwen3")
+    for fqn, moe, *_ in cfg.traverse(MoE.Config):
+        disp = moe.routed_experts.token_dispatcher
+        moe.routed_experts.token_dispatcher = types.new_class("DeepEPConfig", (type(disp),))(
+            num_experts=disp.num_experts, top_k=disp.top_k
+        )
+    with pytest.raises(ValueError, match=r"token_dispatcher is .*DeepEPConfig; SwiftMoE replaces "):
+        SwiftMoEConverter.Config().build().convert(cfg)
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = tiny_config("qwen3").build()
+    block = model.layers["0"].moe
+    inner = block.routed_experts.inner_experts
+
+    class Float8Experts(type(inner)):
+        def _grouped_mm(self, *, A, B_t, offs):  # a converter's low-precision GEMM
+            return super()._grouped_mm(A=A, B_t=B_t, offs=offs)
+
+    inner.__class__ = Float8Experts
+    why = TorchtitanMoEAdapter().why_not(block)
+    assert why is not None and why.startswith("experts: Float8Experts computes its experts"), why
+    assert "drop that converter" in why, why
