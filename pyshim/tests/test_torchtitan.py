@@ -275,7 +275,7 @@ def test_converter_and_adapter_refuse_what_swiftmoe_cannot_drive() -> None:
     from swiftmoe.integrations.torchtitan import SwiftMoEConverter
 
     cfg = tiny_config("qwen3")
-    for fqn, moe, *_ in cfg.traverse(MoE.Config):
+    for _fqn, moe, *_ in cfg.traverse(MoE.Config):
         disp = moe.routed_experts.token_dispatcher
         moe.routed_experts.token_dispatcher = types.new_class("DeepEPConfig", (type(disp),))(
             num_experts=disp.num_experts, top_k=disp.top_k
