@@ -6,8 +6,9 @@ over its replicas, from these actual counts -> send order by destination slot ->
 all_to_all_single -> S slot GEMMs over contiguous groups -> reverse all_to_all_single ->
 the adapter's combine (its dtypes and order of additions). Router scores a block applies to
 the expert input (``RouteResult.input_scale_TK``) are applied on the token's own rank, before
-the first all_to_all, so the router's gradient is computed where the router ran. The slot weights are leaf tensors that require grad and are not registered
-on the model, so the user's optimizer and DDP never see them.
+the first all_to_all, so the router's gradient is computed where the router ran. The slot
+weights are leaf tensors that require grad and are not registered on the model, so the user's
+optimizer and DDP never see them.
 
 A layer sees the engine around it only through its :class:`LayerContext`: the split function,
 the capacity factor, the autograd anchor of its collectives and the callback that takes its
