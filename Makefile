@@ -18,6 +18,7 @@ deps: ## install the pinned Go modules and Python packages the build and tests n
 	@$(GO) version >/dev/null 2>&1 || { echo "Go is required (1.26 or newer): install it from your distribution or go.dev" >&2; exit 1; }
 	$(GO) mod download
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-torchtitan.txt
 
 build: ## build bin/swiftmoe-sidecar and bin/swiftmoe-strategy-NAME for every built-in strategy
 	@mkdir -p $(BIN)

@@ -1,4 +1,6 @@
-"""The ``swiftmoe`` command: ``doctor``, ``plan``, ``sim`` and ``report``; each tool sits behind it.
+"""The ``swiftmoe`` command: ``doctor``, ``check``, ``plan``, ``sim`` and ``report``; each tool
+sits behind it. ``check MODEL`` lists a model's MoE blocks and the adapter that takes each, or why
+none does (``swiftmoe.check``).
 
 ``doctor`` checks what a training job needs and says, for each problem, what to do
 (``swiftmoe.doctor``); it exits 1 when something is broken. ``plan`` passes its arguments to
@@ -68,8 +70,10 @@ def _parser() -> argparse.ArgumentParser:
         help="a checkpoint (rank 0's) whose job's plugin digest to compare with the plugin a "
         "resumed job would load; repeat for several",
     )
+    from swiftmoe.check import add_parser as add_check_parser
     from swiftmoe.sim.cli import add_parser as add_sim_parser
 
+    add_check_parser(sub)
     add_sim_parser(sub)
     sub.add_parser(
         "plan",
@@ -100,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         from swiftmoe import doctor
 
         return doctor.run(args)
+    if args.command == "check":
+        from swiftmoe.check import run as run_check
+
+        return run_check(args)
     if args.command == "sim":
         from swiftmoe.sim.cli import run as run_sim
 

@@ -20,10 +20,6 @@ from transformers import (
     MixtralForCausalLM,
     OlmoeConfig,
     OlmoeForCausalLM,
-    PhimoeConfig,
-    PhimoeForCausalLM,
-    Qwen2MoeConfig,
-    Qwen2MoeForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
@@ -295,7 +291,8 @@ def test_reference_combine_matches_block(name):
         want_logits = block_logits(block, x)
     assert type(got) is type(want), f"got output type {type(got)}, want {type(want)}"
     torch.testing.assert_close(block_output(got), block_output(want), **TOL)
-    torch.testing.assert_close(route.extra, want_logits, **TOL)
+    logits = route.extra[0] if isinstance(route.extra, tuple) else route.extra
+    torch.testing.assert_close(logits, want_logits, **TOL)
     if isinstance(want, tuple):  # 4.x returns (hidden_states, router_logits)
         assert len(got) == 2
         torch.testing.assert_close(got[1], want[1], **TOL)
@@ -525,23 +522,6 @@ def test_router_with_wrong_return_structure_is_named():
 # Detection by structure.
 
 
-def _qwen2_moe_block():
-    cfg = dict(
-        COMMON,
-        intermediate_size=INTER,
-        moe_intermediate_size=INTER,
-        shared_expert_intermediate_size=INTER,
-        num_experts=E,
-        num_experts_per_tok=K,
-    )
-    return Qwen2MoeForCausalLM(Qwen2MoeConfig(**cfg)).model.layers[0].mlp
-
-
-def _phimoe_block():
-    cfg = dict(COMMON, intermediate_size=INTER, num_local_experts=E, num_experts_per_tok=K)
-    return PhimoeForCausalLM(PhimoeConfig(**cfg)).model.layers[0].mlp
-
-
 def _biased_experts_block():
     b = Qwen3Moe4xBlock()
     b.experts[2].up_proj = nn.Linear(D, INTER, bias=True)
@@ -572,8 +552,6 @@ def _custom_gating_block():
         (lambda: tiny_qwen3(mlp_only_layers=[0]).model.layers[0].mlp, "children are"),
         (lambda: tiny_mixtral().model.layers[0], "children are"),
         (lambda: nn.Linear(D, D), "children are"),
-        (_qwen2_moe_block, r"children are \['experts', 'gate', 'shared_expert'"),
-        (_phimoe_block, r"children are \['experts', 'router'\]"),
         (_biased_experts_block, r"experts\[2\] has biased projections"),
         (_mixed_activation_block, r"experts\[1\] uses a different activation"),
         (_custom_gating_block, "overrides _apply_gate"),
@@ -583,8 +561,6 @@ def _custom_gating_block():
         "dense-mlp",
         "decoder-layer",
         "linear",
-        "shared-expert",
-        "phimoe-sparsemixer",
         "biased-experts",
         "mixed-activation",
         "custom-gating",
@@ -668,7 +644,9 @@ def test_route_without_hooks_leaves_no_trace(make):
     x_TD = torch.randn(4, D)
     block = next(m for m in model.modules() if find_adapter(m) is not None)
     a = find_adapter(block)
-    torch.testing.assert_close(a.route(block, x_TD, hooks=False).extra, a.route(block, x_TD).extra)
+    torch.testing.assert_close(
+        a.route(block, x_TD, hooks=False).extra[0], a.route(block, x_TD).extra[0]
+    )
 
     # The hazard hooks=False avoids: a hooked look records every layer's logits twice.
     loud = make()

@@ -349,7 +349,12 @@ class _Mixed(nn.Module):
 
 
 def test_unsupported_moe_block_is_reported_by_name() -> None:
-    with pytest.raises(ValueError, match=r"block\.0 \(_LooksLikeMoE\).*register_adapter"):
+    # one line per refused block, with the reason; then the fix
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)\n  block\.0 \(_LooksLikeMoE\): hf-modulelist-experts: gate is not a bias-free "
+        r"nn\.Linear\nfix: .*register_adapter.*filter_fn",
+    ):
         replicate_(_Mixed(), SwiftMoEConfig(slots_per_rank=4))
 
 

@@ -33,9 +33,11 @@ PARTS = [
     ("swiftmoe.engine", 3),
     ("swiftmoe.planning", 4),
     ("swiftmoe.api", 5),
+    ("swiftmoe.integrations", 5),
     ("swiftmoe.sim", 6),
     ("swiftmoe.report", 6),
     ("swiftmoe.doctor", 6),
+    ("swiftmoe.check", 6),
     ("swiftmoe.cli", 6),
 ]
 ENGINE_WING = ("swiftmoe.engine", "swiftmoe.adapters", "swiftmoe.nn")

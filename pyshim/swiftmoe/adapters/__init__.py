@@ -6,7 +6,10 @@ The adapters belong to the engine wing: they are what it drives. The built-in on
 
 * :class:`NativeMoEAdapter`: SwiftMoE's reference layer ``swiftmoe.nn.MoE``;
 * :class:`HFFusedExpertsAdapter`: fused-experts blocks of transformers 5.x (Mixtral,
-  Qwen3-MoE, OLMoE and any block of the same shape);
+  Qwen3-MoE, OLMoE, Qwen2-MoE, DeepSeek-V2/V3, GLM-4.5, GPT-OSS, Llama 4 and any block of the
+  same pieces, ``swiftmoe.adapters.pieces``);
+* :class:`TorchtitanMoEAdapter`: torchtitan's ``MoE`` block (its DeepSeek-V3, Qwen3 and Llama 4
+  models; torchtitan is never imported here);
 * :class:`HFModuleListAdapter`: per-expert ``nn.ModuleList`` blocks of transformers 4.x
   (Mixtral ``w1/w2/w3``, Qwen3-MoE ``gate_proj/up_proj/down_proj``, and the same shapes).
 
@@ -94,6 +97,7 @@ from .base import (
 from .hf_fused import HFFusedExpertsAdapter
 from .hf_modulelist import HFModuleListAdapter
 from .native import NativeMoEAdapter
+from .torchtitan import TorchtitanMoEAdapter
 
 __all__ = [
     "BUILTIN_ADAPTERS",
@@ -103,6 +107,7 @@ __all__ = [
     "MoEAdapter",
     "NativeMoEAdapter",
     "RouteResult",
+    "TorchtitanMoEAdapter",
     "find_adapter",
     "register_adapter",
     "registered_adapters",
@@ -114,6 +119,7 @@ BUILTIN_ADAPTERS: tuple[type[MoEAdapter], ...] = (
     NativeMoEAdapter,
     HFModuleListAdapter,
     HFFusedExpertsAdapter,
+    TorchtitanMoEAdapter,
 )
 
 for _cls in BUILTIN_ADAPTERS:

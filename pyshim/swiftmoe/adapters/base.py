@@ -14,7 +14,10 @@ An adapter knows one kind of MoE block (HuggingFace Mixtral, Qwen3-MoE, SwiftMoE
   ``set_expert_params(block, params)`` puts full weights back (consolidated export).
 
 Finally ``make_output(block, y_TD, route_extra, x_shape)`` builds what the block's forward
-returns from the combined expert output.
+returns from the combined expert output. Blocks with more than routed experts override the
+optional pieces instead: ``combine`` (how the K expert outputs of a token are summed, for the
+block's precision), ``block_output`` (the output from the input tensor itself: shared experts),
+and ``RouteResult.input_scale_TK`` (router scores applied to the input before the experts).
 
 Shape legend: T tokens, D model dim, K top-k, E experts.
 
@@ -35,6 +38,7 @@ __all__ = [
     "ExpertSpec",
     "RouteResult",
     "MoEAdapter",
+    "weighted_sum",
     "register_adapter",
     "find_adapter",
     "registered_adapters",
@@ -76,11 +80,20 @@ class RouteResult:
         topk_ids_TK: int64 expert ids.
         topk_weights_TK: combine weights (the block's own normalisation applied).
         extra: anything the block's output needs besides the expert output (router logits).
+        input_scale_TK: None, or per-assignment factors the block multiplies into the expert
+            input before the experts run (Llama 4); the engine applies them on the token's
+            own rank, before the dispatch, and the adapter's ``combine`` then ignores weights.
     """
 
     topk_ids_TK: torch.Tensor
     topk_weights_TK: torch.Tensor
     extra: Any = None
+    input_scale_TK: torch.Tensor | None = None
+
+
+def weighted_sum(y_TKD: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:
+    """The default combine: ``sum_k weights_TK * y_TKD`` in the expert output's dtype."""
+    return (y_TKD * weights_TK.unsqueeze(-1).to(y_TKD.dtype)).sum(dim=1)
 
 
 class MoEAdapter:
@@ -104,7 +117,8 @@ class MoEAdapter:
     (``flatten_input``, ``route``, ``make_output``, ``grouped_forward``) may be slow.
 
     The contract grows by optional methods with a default here, so that existing adapters keep
-    working when the engine learns more (``grouped_forward`` is the first).
+    working when the engine learns more: ``grouped_forward``, ``combine``, ``block_output``,
+    ``why_not`` and ``claims``. ``combine`` and ``block_output`` are hot-path methods too.
     """
 
     #: Human-readable name used in logs and errors.
@@ -170,6 +184,33 @@ class MoEAdapter:
         once per forward (an adapter whose block draws input noise draws it here)."""
         x = args[0] if args else kwargs["hidden_states"]
         return x.reshape(-1, x.shape[-1])
+
+    def combine(
+        self, block: nn.Module, y_TKD: torch.Tensor, route: RouteResult, x_TD: torch.Tensor
+    ) -> torch.Tensor:
+        """Optional: ``y_TD`` from the K expert outputs of every token (``y_TKD``, in the
+        order of ``route.topk_ids_TK``), the way the block sums them: its dtypes and its
+        order of additions (under bf16 autocast these decide the last bits). Default: the
+        weighted sum in the expert output's dtype."""
+        return weighted_sum(y_TKD, route.topk_weights_TK)
+
+    def block_output(
+        self, block: nn.Module, y_TD: torch.Tensor, route: RouteResult, x: torch.Tensor
+    ) -> Any:
+        """Optional: what ``block.forward`` returns, given the block's input tensor ``x`` itself
+        (a block with shared experts runs them on it here). Default: ``make_output`` with
+        ``x.shape``."""
+        return self.make_output(block, y_TD, route, x.shape)
+
+    def why_not(self, module: nn.Module) -> str | None:
+        """Optional: why this adapter does not handle ``module`` (None when it does), naming
+        the missing piece; ``replicate_`` shows it for a block the adapter ``claims``."""
+        return None if self.matches(module) else f"{self.name} does not handle it"
+
+    def claims(self, module: nn.Module) -> bool:
+        """Optional: True when ``module`` is of this adapter's kind even though ``matches``
+        refuses it, so that ``why_not`` is the reason to show for it."""
+        return False
 
 
 _REGISTRY: list[MoEAdapter] = []

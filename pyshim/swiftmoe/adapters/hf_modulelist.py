@@ -120,6 +120,9 @@ class HFModuleListAdapter(hf.StructuralAdapter):
     kind = "per-expert MoE block"
     mismatch = staticmethod(modulelist_mismatch)
 
+    def claims(self, module: nn.Module) -> bool:
+        return isinstance(dict(module.named_children()).get("experts"), nn.ModuleList)
+
     @staticmethod
     def _layers(block: nn.Module, e: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
         expert = block.experts[e]

@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 from torch import nn
 
-from swiftmoe.adapters import MoEAdapter, find_adapter
+from swiftmoe.adapters import MoEAdapter, find_adapter, registered_adapters
 
-__all__ = ["MoEBlock", "find_moe_blocks"]
+__all__ = ["MoEBlock", "find_moe_blocks", "refusal_reason"]
 
 
 class MoEBlock(NamedTuple):
@@ -42,6 +42,21 @@ def _looks_like_moe(module: nn.Module) -> bool:
     return has_router and has_count
 
 
+def refusal_reason(module: nn.Module) -> str:
+    """Why no adapter takes ``module``: the reason of the adapter that claims its kind
+    (naming the missing piece), else a note that no adapter knows blocks of this shape."""
+    for adapter in registered_adapters():
+        try:
+            if adapter.claims(module):
+                reason = adapter.why_not(module)
+                if reason:
+                    return f"{adapter.name}: {reason}"
+        except Exception as e:  # an adapter's own bug must not hide the others' reasons
+            return f"{adapter.name} failed to inspect it: {type(e).__name__}: {e}"
+    kids = sorted(n for n, _ in module.named_children())
+    return f"no adapter knows a block with children {kids}"
+
+
 def find_moe_blocks(
     model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None
 ) -> list[MoEBlock]:
@@ -49,8 +64,9 @@ def find_moe_blocks(
 
     A module an adapter matches is a block and its children are not searched. A module no
     adapter matches but that looks like an MoE block (an ``experts`` child, or a ``gate`` /
-    ``router`` child with an expert count) raises ValueError naming it, unless ``filter_fn``
-    excludes it.
+    ``router`` child with an expert count) raises ValueError naming it, the piece SwiftMoE
+    cannot drive and the fix, unless ``filter_fn`` excludes it. Everything is decided here,
+    before any collective: a block accepted here does not fail inside its forward.
     """
     found: list[MoEBlock] = []
     unsupported: list[str] = []
@@ -63,7 +79,9 @@ def find_moe_blocks(
                 found.append(MoEBlock(fqn, module, adapter))
             return
         if keep and _looks_like_moe(module):
-            unsupported.append(f"{fqn or '<root>'} ({type(module).__name__})")
+            unsupported.append(
+                f"{fqn or '<root>'} ({type(module).__name__}): {refusal_reason(module)}"
+            )
             return
         for name, child in module.named_children():
             walk(child, f"{fqn}.{name}" if fqn else name)
@@ -71,8 +89,9 @@ def find_moe_blocks(
     walk(model, "")
     if unsupported:
         raise ValueError(
-            "replicate_: these modules look like MoE blocks but no adapter handles them: "
-            f"{', '.join(unsupported)}; register an adapter with "
-            "swiftmoe.adapters.base.register_adapter(...) or exclude them with filter_fn"
+            "replicate_: these modules look like MoE blocks but SwiftMoE cannot drive them "
+            "exactly:\n  " + "\n  ".join(unsupported) + "\nfix: register an adapter of your own "
+            "for such blocks (swiftmoe.adapters.register_adapter, see swiftmoe.adapters) or "
+            "exclude them with filter_fn=lambda module, fqn: ..."
         )
     return found

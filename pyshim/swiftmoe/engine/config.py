@@ -96,6 +96,9 @@ class SwiftMoEConfig:
             "tcp://127.0.0.1:PORT") instead of starting one.
         plugins_dir: where the sidecar finds swiftmoe-strategy-NAME plugins (default: the
             bundled ones; the SWIFTMOE_PLUGINS_DIR environment variable also sets it).
+        eval_forward_timeout_s: how long a forward of a block in eval mode waits for the other
+            ranks to run the same forward (gloo) before raising instead of hanging: every MoE
+            forward is a collective, so ``if rank == 0: model.generate(...)`` cannot work.
     """
 
     slots_per_rank: int | str
@@ -114,6 +117,7 @@ class SwiftMoEConfig:
     strategy_options: dict[str, str] = field(default_factory=dict)
     sidecar_address: str | None = None
     plugins_dir: str | None = None
+    eval_forward_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -198,6 +202,11 @@ class SwiftMoEConfig:
         if g is not None and (not is_number(g) or not math.isfinite(g)):
             raise ValueError(
                 f"expert_grad_scale: must be None (1/world_size) or a finite number, got {g!r}"
+            )
+        t = self.eval_forward_timeout_s
+        if not is_number(t) or not (t > 0) or math.isinf(t):
+            raise ValueError(
+                f"eval_forward_timeout_s: must be a finite number of seconds > 0, got {t!r}"
             )
         if self.initial_slots is not None and not isinstance(self.initial_slots, (list, tuple)):
             raise ValueError(

@@ -8,13 +8,18 @@ Shape legend: M rows exchanged (tokens or flat parameter elements), D row width.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Comm", "all_to_all_rows", "AllToAllFn"]
+__all__ = ["Comm", "LoneForwardError", "all_to_all_rows", "AllToAllFn"]
+
+
+class LoneForwardError(RuntimeError):
+    """A rank ran an MoE forward that the other ranks did not run in time."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,31 @@ class Comm:
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
             dist.all_reduce(t, group=self.group)
+        return t
+
+    def all_reduce_within_(self, t: torch.Tensor, timeout_s: float, what: str) -> torch.Tensor:
+        """``all_reduce_`` that waits at most ``timeout_s`` for the other ranks (gloo; other
+        backends wait as ``all_reduce_`` does). On expiry raises :class:`LoneForwardError`
+        explaining ``what`` ran alone; the group is then unusable (the pending collective may
+        pair with a later one), so the job must restart."""
+        if self.world_size == 1:
+            return t
+        group = self.group if self.group is not None else dist.group.WORLD
+        if dist.get_backend(group) != "gloo":
+            return self.all_reduce_(t)
+        work = dist.all_reduce(t, group=self.group, async_op=True)
+        try:
+            work.wait(timeout=datetime.timedelta(seconds=timeout_s))
+        except RuntimeError as e:
+            raise LoneForwardError(
+                f"{what}: the other ranks did not run the same forward within "
+                f"{timeout_s:g} s (eval_forward_timeout_s). Under SwiftMoE every forward of an "
+                "MoE block is a collective, so every rank must run the same forwards: a "
+                "forward on one rank only (`if rank == 0: model.generate(...)`) waits forever. "
+                "Generate or evaluate on every rank, or export the experts into an unpatched "
+                "copy (`handle.export_to(copy)`, called on every rank) and run that on rank 0. "
+                "The process group is no longer usable: restart the job."
+            ) from e
         return t
 
     def broadcast_(self, t: torch.Tensor) -> torch.Tensor:

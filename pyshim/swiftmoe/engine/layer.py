@@ -4,12 +4,18 @@ Rank r of N with S slots (DESIGN.md "One training iteration"): route -> local co
 all_reduce of the [N, E] count matrix -> this rank's part of the split of every expert's tokens
 over its replicas, from these actual counts -> send order by destination slot ->
 all_to_all_single -> S slot GEMMs over contiguous groups -> reverse all_to_all_single ->
-weighted combine. The slot weights are leaf tensors that require grad and are not registered
-on the model, so the user's optimizer and DDP never see them.
+the adapter's combine (its dtypes and order of additions). Router scores a block applies to
+the expert input (``RouteResult.input_scale_TK``) are applied on the token's own rank, before
+the first all_to_all, so the router's gradient is computed where the router ran. The slot
+weights are leaf tensors that require grad and are not registered on the model, so the user's
+optimizer and DDP never see them.
 
 A layer sees the engine around it only through its :class:`LayerContext`: the split function,
 the capacity factor, the autograd anchor of its collectives and the callback that takes its
-loads. Training-mode forwards add to the block's load buffers (``swiftmoe.engine.stats``).
+loads. Training-mode forwards add to the block's load buffers (``swiftmoe.engine.stats``),
+except activation checkpointing's recompute, whose tokens the first forward counted. A forward
+in eval mode waits at most ``eval_timeout_s`` for the other ranks' matching forward (a forward
+on one rank alone would otherwise wait for the process group's timeout).
 
 Shape legend:
     T  tokens of this rank   D  model dim    A  assignments, T*top_k   M  rows of a group
@@ -29,12 +35,13 @@ import torch
 from torch import nn
 
 from swiftmoe.adapters import ExpertSpec, MoEAdapter
+from swiftmoe.adapters.base import weighted_sum
 from swiftmoe.engine import dispatch as dp
 from swiftmoe.engine.blocks import MoEBlock
 from swiftmoe.engine.dist import Comm, all_to_all_rows
 from swiftmoe.engine.plan import max_over_mean
 from swiftmoe.engine.split import RankSplit
-from swiftmoe.engine.stats import add_stat_buffers, dropped_of, loads_of
+from swiftmoe.engine.stats import add_stat_buffers, dropped_of, in_recompute, loads_of
 
 __all__ = ["ExpertLayer", "LayerContext", "SplitFn", "use_grouped_mm"]
 
@@ -55,12 +62,14 @@ class LayerContext:
             all_to_all in the autograd graph on every rank, so all ranks run the backward one.
         on_loads: ``on_loads(layer_index)`` once the layer's global loads of a training
             forward are in its buffers.
+        eval_timeout_s: the longest an eval-mode forward waits for the other ranks.
     """
 
     split: SplitFn
     capacity_factor: float | None
     anchor: torch.Tensor
     on_loads: Callable[[int], None]
+    eval_timeout_s: float = 60.0
 
 
 def use_grouped_mm(
@@ -182,12 +191,27 @@ class ExpertLayer:
         x = args[0] if args else kwargs["hidden_states"]
         x_TD = adapter.flatten_input(block, args, kwargs)
         route = adapter.route(block, x_TD)
-        y_TD = self.run(x_TD, route.topk_ids_TK, route.topk_weights_TK)
-        return adapter.make_output(block, y_TD, route, x.shape)
+        y_TD = self.run(
+            x_TD,
+            route.topk_ids_TK,
+            route.topk_weights_TK,
+            input_scale_TK=route.input_scale_TK,
+            combine=lambda y_TKD: adapter.combine(block, y_TKD, route, x_TD),
+        )
+        return adapter.block_output(block, y_TD, route, x)
 
     def run(
-        self, x_TD: torch.Tensor, ids_TK: torch.Tensor, weights_TK: torch.Tensor
+        self,
+        x_TD: torch.Tensor,
+        ids_TK: torch.Tensor,
+        weights_TK: torch.Tensor,
+        *,
+        input_scale_TK: torch.Tensor | None = None,
+        combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """y_TD of x_TD routed to ids_TK. ``combine(y_TKD) -> y_TD`` sums each token's K
+        expert outputs (default: weighted by weights_TK); ``input_scale_TK`` multiplies each
+        assignment's expert input."""
         comm, S, E = self.comm, self.S, self.E
         N, r = comm.world_size, comm.rank
         T, top_k = ids_TK.shape
@@ -197,12 +221,17 @@ class ExpertLayer:
 
         counts_NE = torch.zeros(N, E, dtype=torch.long, device=x_TD.device)
         counts_NE[r] = counts_E
-        comm.all_reduce_(counts_NE)
+        if self.block.training:
+            comm.all_reduce_(counts_NE)
+        else:
+            comm.all_reduce_within_(counts_NE, self.ctx.eval_timeout_s, f"MoE block {self.fqn!r}")
         rs = self.ctx.split(counts_NE.cpu(), self.slots_t, self.index)
 
         my_K = rs.send_K
         send_A = dp.send_index(order_M, my_K, self.perm_K, self.inv_K)
         x_send = x_TD.index_select(0, send_A // top_k)
+        if input_scale_TK is not None:
+            x_send = x_send * input_scale_TK.reshape(-1).index_select(0, send_A).unsqueeze(-1)
         flow_QS = rs.recv_QS
         in_splits = my_K.view(N, S).sum(1).tolist()
         out_splits = flow_QS.sum(1).tolist()
@@ -217,11 +246,11 @@ class ExpertLayer:
         back = all_to_all_rows(y_recv, anchor, comm, in_splits, out_splits)
 
         y_AD = back.new_zeros(T * top_k, back.shape[-1]).index_copy(0, send_A, back)
-        y_TD = (y_AD.view(T, top_k, y_AD.shape[-1]) * weights_TK.unsqueeze(-1).to(y_AD.dtype)).sum(
-            dim=1
-        )
+        y_TKD = y_AD.view(T, top_k, y_AD.shape[-1])
+        y_TD = weighted_sum(y_TKD, weights_TK) if combine is None else combine(y_TKD)
 
-        if self.block.training:  # statistics of training iterations only
+        # statistics of training iterations only, each token once under checkpointing
+        if self.block.training and not in_recompute():
             with torch.no_grad():
                 loads_of(self.block).add_(counts_NE.sum(0))
                 dropped_of(self.block).add_(dropped)

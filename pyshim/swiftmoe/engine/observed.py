@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from swiftmoe.engine.blocks import MoEBlock
-from swiftmoe.engine.stats import add_stat_buffers, loads_of
+from swiftmoe.engine.stats import add_stat_buffers, in_recompute, loads_of
 
 __all__ = ["ObservedLayer"]
 
@@ -37,7 +37,7 @@ class ObservedLayer:
         block.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
     def _pre_hook(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not block.training:
+        if not block.training or in_recompute():  # count each token once under checkpointing
             return None
         x = args[0] if args else kwargs["hidden_states"]
         devices = [x.device] if x.device.type == "cuda" else []

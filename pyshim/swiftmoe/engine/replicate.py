@@ -161,6 +161,7 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn) -> ReplicateRun:
         capacity_factor=config.capacity_factor,
         anchor=anchor,
         on_loads=run.on_loads,
+        eval_timeout_s=config.eval_forward_timeout_s,
     )
     for i, (where, spec, E) in enumerate(zip(blocks, specs, E_L, strict=True)):
         top_k = where.adapter.top_k(where.module)

@@ -21,6 +21,7 @@ __all__ = [
     "StepStats",
     "add_stat_buffers",
     "dropped_of",
+    "in_recompute",
     "loads_of",
     "reset_stats",
 ]
@@ -65,6 +66,24 @@ class StepStats:
     plan_source: str = ""
     plan_note: str = ""
     expert_step: bool = True
+
+
+def in_recompute() -> bool:
+    """True while the autograd engine runs a backward: a forward then is activation
+    checkpointing's recompute, whose tokens were counted by the first forward already.
+
+    Uses ``torch._C._current_graph_task_id()`` (-1 outside a backward; verified with reentrant
+    and non-reentrant checkpointing in torch 2.15). It is a private API: without it, or if it
+    fails, every forward counts (the behaviour before this check). A forward deliberately run
+    inside a backward hook is not counted either.
+    """
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    if task_id is None:
+        return False
+    try:
+        return int(task_id()) != -1
+    except Exception:  # a changed private API must not break training
+        return False
 
 
 def add_stat_buffers(block: nn.Module, num_experts: int, device: torch.device) -> None:

@@ -1,0 +1,1 @@
+"""Integrations of SwiftMoE with training frameworks (torchtitan)."""
