@@ -77,6 +77,7 @@ class ReplicateRun:
             plan_event=event,
             placement_changed=new != old,
             plan_events=dict(self.channel.events),
+            bursts_L=[layer.bursts_made for layer in self.layers],
         )
         self.install(new)
         self.end_iteration()
@@ -92,6 +93,7 @@ class ReplicateRun:
     def end_iteration(self) -> None:
         for layer in self.layers:
             reset_stats(layer.block)
+            layer.bursts_made = 0
         self._reported.clear()
         self._submitted = False
         self.iteration += 1

@@ -44,6 +44,8 @@ class StepStats:
         placement_changed: the placement differs from the one before.
         predicted_max_over_mean_L: observe mode: the ratio the plan received at the previous
             step would have given on this iteration's loads (None before the first plan).
+        bursts_L: replicate mode: burst replicas made per layer in this iteration's training
+            forwards (``SwiftMoEConfig.burst_slots_per_rank``); observe mode: empty.
     """
 
     iteration: int
@@ -54,6 +56,7 @@ class StepStats:
     placement_changed: bool = False
     predicted_max_over_mean_L: list[float] | None = None
     plan_events: dict[str, int] = field(default_factory=dict)
+    bursts_L: list[int] = field(default_factory=list)
 
 
 def add_stat_buffers(block: nn.Module, num_experts: int, device: torch.device) -> None:
