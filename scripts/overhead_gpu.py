@@ -27,6 +27,7 @@ Shape legend: T tokens, D model dim, F expert hidden dim, E experts, L MoE layer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -102,6 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace) -> dict:
     """Initializes a world-size-1 group, times both systems, returns the figures."""
+    with world_of_one(args) as (device, dtype, backend):
+        return measure_in_group(args, device, dtype, backend)
+
+
+@contextlib.contextmanager
+def world_of_one(args: argparse.Namespace):
+    """A world-size-1 process group (NCCL on cuda, gloo on cpu) for ``args.device``: yields
+    (device, dtype, backend) and destroys the group on exit."""
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     if device.type == "cuda":
@@ -116,7 +125,7 @@ def measure(args: argparse.Namespace) -> dict:
             timeout=datetime.timedelta(seconds=args.timeout),
         )  # fmt: skip
         try:
-            return _measure(args, device, dtype, backend)
+            yield device, dtype, backend
         finally:
             dist.destroy_process_group()
 
@@ -126,7 +135,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(args, device: torch.device, dtype: torch.dtype, backend: str) -> dict:
+def measure_in_group(args, device: torch.device, dtype: torch.dtype, backend: str) -> dict:
+    """Times both systems in the world-size-1 group in force; the figures."""
     torch.manual_seed(args.seed)
     ref = Net(args.layers, args.dim, args.hidden, args.experts, args.top_k).to(device, dtype)
     model = copy.deepcopy(ref)
