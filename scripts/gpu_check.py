@@ -64,34 +64,12 @@ def _say(msg: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Exit status: 0 every check holds, 1 a check failed, 2 no CUDA device.",
+        epilog="The arguments are scripts/overhead_gpu.py's (--json also writes the JSON object "
+        "printed). Exit status: 0 every check holds, 1 a check failed, 2 no CUDA device.",
     )
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                   help="cuda (default; NCCL) or cpu (gloo: the same code without a GPU)")  # fmt: skip
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
-                   help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
-    p.add_argument("--layers", type=int, default=4, help="MoE blocks (L, default 4)")
-    p.add_argument("--dim", type=int, default=1024, help="model dim (D, default 1024)")
-    p.add_argument("--hidden", type=int, default=2048, help="expert hidden dim (F, default 2048)")
-    p.add_argument("--experts", type=int, default=8, help="experts per block (E, default 8)")
-    p.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
-    p.add_argument("--tokens", type=int, default=8192, help="tokens per step (T, default 8192)")
-    p.add_argument("--iters", type=int, default=30, help="timed steps per system (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps per system (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads on cpu (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="collective timeout, seconds (default 120)")  # fmt: skip
-    p.add_argument("--json", default=None, help="also write the JSON object here")
+    overhead_gpu.add_arguments(p)
     args = p.parse_args(argv)
-    for name in ("layers", "dim", "hidden", "experts", "top_k", "tokens", "iters", "threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
-    if not 1 <= args.top_k <= args.experts:
-        p.error("--top-k must be in 1..--experts")
-    args.strategy = "none"  # overhead_gpu's: the static placement, no sidecar
+    overhead_gpu.check_arguments(p, args)
     return args
 
 

@@ -71,6 +71,16 @@ class Net(nn.Module):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    check_arguments(p, args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device visible; run on a GPU or pass --device cpu")
+    return args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The shape, timing and device arguments (scripts/gpu_check.py takes them too)."""
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
@@ -88,7 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=120.0, help="collective timeout, seconds")
     p.add_argument("--json", default=None, help="write the figures here")
-    args = p.parse_args(argv)
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """p.error (exit 2) on an argument out of range."""
     for name in ("layers", "dim", "hidden", "experts", "top_k", "tokens", "iters", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -96,9 +109,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--warmup must be >= 0")
     if not 1 <= args.top_k <= args.experts:
         p.error("--top-k must be in 1..--experts")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device visible; run on a GPU or pass --device cpu")
-    return args
 
 
 def measure(args: argparse.Namespace) -> dict:
