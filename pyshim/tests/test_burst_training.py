@@ -258,3 +258,43 @@ def test_burst_replicas_train_like_single_process(world_size: int) -> None:
 def test_bad_burst_config_names_the_field(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SwiftMoEConfig(**({"slots_per_rank": 4} | kwargs))
+
+
+def _policies(rank: int, world_size: int) -> dict:
+    """The burst policy every rank builds, from a factory's topology, the config, or the
+    device's defaults; rank 0 alone has the factory's answer."""
+    from swiftmoe.engine.plan_source import StartedPlanSource
+    from swiftmoe.engine.replicate import replicate_ as engine_replicate_
+    from swiftmoe.planning.sources import CallablePlanSource
+
+    def factory(config, job):
+        assert (job.intra_node_bandwidth, job.inter_node_bandwidth) == (5e9, 0.0)
+        src = CallablePlanSource(lambda it, loads: None, name="none")
+        return StartedPlanSource(src, job.slots_per_rank, 7e9, 3e9)
+
+    out = {}
+    for name, kw, factory_or_none in (
+        ("topology", {"strategy": "fake", "intra_node_bandwidth": 5e9}, factory),
+        ("config", {"intra_node_bandwidth": 5e9, "expert_flops_per_s": 2e12}, None),
+        ("defaults", {}, None),
+        ("off", {"burst_slots_per_rank": 0}, None),
+    ):
+        cfg = SwiftMoEConfig(slots_per_rank=SLOTS[world_size], **kw)
+        handle = engine_replicate_(TinyNet(), cfg, plan_sources=factory_or_none)
+        pol = handle.layers[0].ctx.bursts
+        out[name] = None if pol is None else (pol.intra_bw, pol.inter_bw, pol.flops_per_s, pol.B)
+        handle.close()
+    return out
+
+
+def test_the_policy_takes_the_sidecars_topology_then_the_config_then_the_defaults() -> None:
+    results = run_ranks(_policies, 2, timeout_s=120)
+    cpu = burst_run.CPU_BW
+    flops = burst_run.CPU_FLOPS_PER_THREAD  # one torch thread per test rank
+    for res in results:  # rank 1 has rank 0's figures (a broadcast)
+        assert res == {
+            "topology": (7e9, 3e9, flops, 1),
+            "config": (5e9, cpu, 2e12, 1),
+            "defaults": (cpu, cpu, flops, 1),
+            "off": None,
+        }
