@@ -18,10 +18,12 @@ How it decides (all from the counts, the placement and the parameters):
    copy's cost in tokens of compute against a destination that must copy across nodes; a rank
    never receives a burst of an expert it holds, nor more than B bursts; the list stops when
    the busiest rank is within 0.5% of the mean, or cannot be helped;
-3. the list's prefixes (all of it, then halves) are priced with the engine's own split and the
-   cost model: compute + all-to-all of the enlarged placement + copy_ms of the prefix's copies;
-   the cheapest wins if it beats the planned placement (ties: fewer bursts); a burst the split
-   leaves without tokens is dropped.
+3. the whole list, and the prefix the greedy's estimate prefers (compute_ms of the estimated
+   busiest rank + copy_ms of the prefix's copies), are priced with the engine's own split and
+   the cost model: compute + all-to-all of the enlarged placement + copy_ms of the copies; the
+   cheaper is made if it beats the planned placement (ties: fewer bursts), else halves are
+   tried, down to none. A burst the split leaves without tokens is dropped. Two splits in the
+   common case, a few more at most.
 
 Shape legend:
     Q  source ranks (Q = N)      E  experts of the layer      N  ranks; R = N per-rank vectors
@@ -197,21 +199,28 @@ def plan_bursts(
     before = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
-    bursts = _greedy(c_QE, slots, demand0, S, B, params)
+    bursts, n_est = _greedy(c_QE, slots, demand0, S, B, params)
     if not bursts:
         return _none(slots, S, E, before)
-
+    # Price the whole list and the estimate's prefix with the split (the estimate sees compute
+    # and copies, not the all-to-all a burst also spreads); then halves of the shorter while
+    # neither beats the planned placement.
     c_pad = pad_counts(c_QE)
-    best = None  # (after_ms, n, plan)
+    best = None
     n = len(bursts)
-    while n >= 1:
+    tried: set[int] = set()
+    while n >= 1 and n not in tried:
+        tried.add(n)
         cand = _evaluate(c_pad, slots, S, E, bursts[:n], ranks_per_node, params, method)
-        if best is None or cand.after_ms <= best.after_ms:  # ties: fewer bursts
+        if cand.count and cand.after_ms < (before if best is None else best.after_ms):
             best = cand
-        n = n // 2 if n > 1 else 0
-    if best is None or best.after_ms >= before:
-        return _none(slots, S, E, before)
-    return _with_before(best, before)
+        if n == len(bursts) and 1 <= n_est < n:
+            n = n_est
+        elif best is None:
+            n //= 2
+        else:
+            break
+    return _none(slots, S, E, before) if best is None else _with_before(best, before)
 
 
 def _with_before(p: BurstPlan, before: float) -> BurstPlan:
@@ -239,62 +248,84 @@ def _price(params: cm.CostParams, c_QE, plan, demand_K, rpn: int) -> float:
     return t
 
 
-def _greedy(c_QE, slots, demand_K, S: int, B: int, params: cm.CostParams) -> list[tuple]:
-    """The candidate bursts (expert, source, destination), most useful first (module step 2)."""
+def _greedy(
+    c_QE, slots, demand_K, S: int, B: int, params: cm.CostParams
+) -> tuple[list[tuple], int]:
+    """The candidate bursts (expert, source, destination), most useful first, and how many of
+    them the estimate says to make (module step 2).
+
+    The estimate: each burst moves tokens of one expert from the busiest rank to its new
+    replica (at most half their gap, less the copy's cost in tokens); a prefix of the list is
+    priced as compute_ms of the estimated busiest rank plus copy_ms of its copies, and the
+    cheapest prefix wins (ties: the shorter).
+    """
     N, E = c_QE.shape
     node_R = cm.node_of(params)
     rank_K = np.arange(N * S) // S
     held = np.zeros((N, E), dtype=bool)
     held[rank_K, slots] = True
-    A = np.zeros((N, E))  # tokens of expert e on rank r under the split
-    np.add.at(A, (rank_K, slots), demand_K.astype(np.float64))
+    # A: tokens of expert e on rank r under the split.
+    A = np.bincount(rank_K * E + slots, demand_K, minlength=N * E).reshape(N, E)
     est = A.sum(axis=1)
     goal = est.sum() / N * (1.0 + _GOAL_TOL)
-    # A copy's cost in tokens of compute: what moving that many tokens off the busiest rank
-    # saves. Across nodes it is dearer; the destination's score adds it.
+    # A copy's cost in tokens of compute on the busiest rank: the destination's score adds it,
+    # dearer across nodes. pen_ER: intra when a planned holder of e (a source) shares r's node.
     ms_per_token = 1e3 * params.flops_per_token / params.flops_per_s
     intra = 2e3 * params.expert_bytes / params.intra_bw if params.intra_bw > 0 else 0.0
     inter = 2e3 * params.expert_bytes / params.inter_bw if params.inter_bw > 0 else 0.0
-    pen_intra, pen_inter = intra / ms_per_token, inter / ms_per_token
-    # pen_ER: the copy's cost of a burst of e onto rank r, intra when a planned holder of e
-    # (a source) shares r's node.
     in_node_EM = np.zeros((E, int(node_R.max()) + 1), dtype=bool)
     in_node_EM[slots, node_R[rank_K]] = True
-    pen_ER = np.where(in_node_EM[:, node_R], pen_intra, pen_inter)
+    pen_ER = np.where(in_node_EM[:, node_R], intra, inter) / ms_per_token
+    # Planned holders, the sources: expert e's are by_e[first_E[e]:first_E[e+1]] (by rank).
+    by_e = rank_K[np.argsort(slots, kind="stable")]
+    first_E = np.concatenate(([0], np.cumsum(np.bincount(slots, minlength=E))))
     free = np.full(N, B)
     sent = np.zeros(N, dtype=np.int64)  # copies each rank has sent: spread the sources
-    holders = [np.flatnonzero(held[:, e]) for e in range(E)]  # planned holders (sources)
+    # Copies each rank sends / receives within (intra) and across (inter) nodes, and the most
+    # any rank moves in each tier: copy_ms of the list so far, kept up to date.
+    intra_SR, inter_SR = np.zeros((2, N)), np.zeros((2, N))
+    most_intra = most_inter = 0.0
     out: list[tuple] = []
+    best_n, best_ms = 0, ms_per_token * float(est.max())
     while len(out) < N * B:
         h = int(np.argmax(est))
         if est[h] <= goal:
             break
-        best = None  # (move, expert, dst)
-        for e in np.flatnonzero(A[h] > 0).tolist():
-            ok = (free > 0) & ~held[:, e]
-            if not ok.any():
-                continue
-            score = np.where(ok, est + pen_ER[e], np.inf)
-            d = int(np.argmin(score))  # ties: the lowest rank
-            move = min(float(A[h, e]), (est[h] - score[d]) / 2.0)
-            if best is None or move > best[0]:
-                best = (move, e, d)
-        if best is None or best[0] < 1.0:
+        e_C = np.flatnonzero(A[h] > 0)  # the busiest rank's experts
+        ok_CR = (free > 0)[None, :] & ~held[:, e_C].T
+        score_CR = np.where(ok_CR, est[None, :] + pen_ER[e_C], np.inf)
+        d_C = np.argmin(score_CR, axis=1)  # ties: the lowest rank
+        move_C = np.minimum(A[h, e_C], (est[h] - score_CR[np.arange(e_C.size), d_C]) / 2.0)
+        if e_C.size == 0 or not np.isfinite(move_C).any():
             break
-        move, e, d = best
-        cand = holders[e]
+        c = int(np.argmax(np.where(np.isfinite(move_C), move_C, -np.inf)))  # ties: lowest e
+        move, e, d = float(move_C[c]), int(e_C[c]), int(d_C[c])
+        if move < 1.0:
+            break
+        cand = by_e[first_E[e] : first_E[e + 1]]
         same = cand[node_R[cand] == node_R[d]]
         pool = same if same.size else cand
         q = int(pool[np.argmin(sent[pool])])  # fewest copies sent so far, then the lowest rank
         sent[q] += 1
         out.append((e, q, d))
+        tier = intra_SR if node_R[q] == node_R[d] else inter_SR
+        tier[0, q] += 1
+        tier[1, d] += 1
+        most = max(tier[0, q], tier[1, d])
+        if tier is intra_SR:
+            most_intra = max(most_intra, most)
+        else:
+            most_inter = max(most_inter, most)
         A[h, e] -= move
         A[d, e] += move
         est[h] -= move
         est[d] += move
         held[d, e] = True
         free[d] -= 1
-    return out
+        t = ms_per_token * float(est.max()) + max(most_intra * intra, most_inter * inter)
+        if t < best_ms:
+            best_n, best_ms = len(out), t
+    return out, best_n
 
 
 def _layout(slots, S: int, E: int, bursts, N: int):
