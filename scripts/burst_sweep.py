@@ -12,7 +12,8 @@ engine derives on this GPU: swiftmoe.engine.burst_run's H200 default throughput)
 step as the simulator does: the busiest rank's expert time from the H200 calibration table (one
 grouped GEMM per rank), plus the token all-to-all per tier, plus the burst copies (the shared cost
 model, swiftmoe.engine.costmodel). The bound: the same total routed uniformly over the static
-placement. Workloads (each at E=64 top-8 with 6 slots and E=32 top-2 with 4 slots, 16 GPUs in
+placement, as in the simulator (balanced compute; its all-to-all is the static placement's, so a
+placement with more slots that keeps more tokens at home can come in under it). Workloads (each at E=64 top-8 with 6 slots and E=32 top-2 with 4 slots, 16 GPUs in
 2 nodes, 12.5 and 50 GB/s between nodes, 300 GB/s within):
 
   fixed    a Zipf(1.2) hot set that drifts slowly (the hottest experts take about half);

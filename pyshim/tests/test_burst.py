@@ -234,3 +234,32 @@ def test_tier_sums_equal_the_simulators_traffic(N, rpn):
     si, ri, se, re_ = tier_sums(c, plan, demand_K, rpn)
     for got, want in ((si, tr.si_Q), (ri, tr.ri_R), (se, tr.se_Q), (re_, tr.re_R)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_burst_sweep_script_runs_and_writes_its_figures(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "sweep.json"
+    cmd = [sys.executable, str(repo / "scripts" / "burst_sweep.py"), "--iterations", "3",
+           "--burst-slots", "1", "--thresholds", "1.1", "--inter-bw", "12.5",
+           "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "burst_sweep: 10/10" in proc.stderr  # progress
+    rep = json.loads(out.read_text())
+    assert len(rep["cases"]) == 10 and set(rep["summary"]) == {"B0 t0", "B1 t1.1"}
+    for case in rep["cases"].values():
+        no, yes = case["B0 t0"], case["B1 t1.1"]
+        assert no["bursts_per_iteration"] == 0 and no["mean"] > 0
+        assert yes["mean"] <= no["mean"] + 1e-12, "a burst that does not pay is not made"
+    bad = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "burst_sweep.py"), "--thresholds", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--thresholds >= 1.0" in bad.stderr
