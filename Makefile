@@ -9,7 +9,7 @@ FUZZ_TIME ?= 3s
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/pyshim$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build proto proto-check lint fmt test test-go fuzz-go test-py demo bench clean
+.PHONY: help deps build proto proto-check lint fmt test test-go fuzz-go test-py demo bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -65,6 +65,9 @@ demo: deps build ## the main job: see README
 
 bench: deps build ## benchmarks (not tests): planner, round trip, split, training step
 	scripts/bench.sh
+
+gpu-check: ## one GPU: the engine (NCCL, bf16, grouped GEMMs) against the unpatched model, as JSON
+	$(PYTHON) scripts/gpu_check.py --json out/gpu-check.json
 
 clean: ## remove build outputs
 	rm -rf $(BIN) build dist *.egg-info

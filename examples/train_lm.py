@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="drop tokens above this capacity (default: dropless)",
     )
     p.add_argument(
+        "--burst-slots",
+        type=int,
+        default=None,
+        help="burst replica slots per rank (0: none; default: SwiftMoEConfig's)",
+    )
+    p.add_argument(
         "--corpus",
         default=None,
         help="directory of text files (default: the Python standard library)",
@@ -268,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         sidecar_address=args.sidecar,
         plugins_dir=args.plugins_dir,
         capacity_factor=args.capacity_factor,
+        **({} if args.burst_slots is None else {"burst_slots_per_rank": args.burst_slots}),
     )
     handle = swiftmoe.replicate_(model, cfg)
     dense = list(handle.dense_parameters(model))

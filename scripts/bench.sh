@@ -5,7 +5,8 @@
 #  2. the round trip client -> sidecar -> plugin process -> client;
 #  3. the token split per layer on one thread;
 #  4. the MoE training step on 2 gloo ranks: static expert parallelism, SwiftMoE and the
-#     perfect-balance bound, under skewed and under uniform routing.
+#     perfect-balance bound, under skewed and under uniform routing; and a hot set that moves
+#     every 3 iterations: SwiftMoE with burst replicas against without, and the bound.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

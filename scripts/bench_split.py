@@ -9,9 +9,12 @@ split; its fastest run too, as the machine may be shared; and with 8 ranks per n
 the dense fast split ([N, N*S], the reference the tests check the engine's part against:
 pyshim/tests/split_reference.py), of the min-max stage alone (per-rank amounts, before routing
 sources to slots), of the exact and of the even split, plus fast/exact max rank load and
-max/mean rank load of each. The load average is printed first: on a busy machine medians run
-high. Every call takes the plan's index from a PlanIndexCache, as the engine's splitter does:
-the plan is indexed once.
+max/mean rank load of each; last, the burst-replica decision a layer runs when its threshold is
+passed (swiftmoe.engine.burst.plan_bursts, one burst slot per rank, threshold 1.0 so that it
+always runs, the cost parameters of H200s with Qwen3-30B-A3B-sized experts, 8 ranks per node)
+and the bursts it made, on this plan and on a stale one (planned for a hot set that has moved). The load average is printed first: on a busy machine medians run high.
+Every call takes the plan's index from a PlanIndexCache, as the engine's splitter does: the plan
+is indexed once.
 
     OMP_NUM_THREADS=1 PYTHONPATH=pyshim python3 scripts/bench_split.py [--reps 20]
 """
@@ -32,7 +35,8 @@ _REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(_REPO / "pyshim"), str(_REPO / "pyshim" / "tests")]
 import split_reference as reference  # noqa: E402
 
-from swiftmoe.engine import split  # noqa: E402
+from swiftmoe.engine import burst, split  # noqa: E402
+from swiftmoe.engine import costmodel as cm  # noqa: E402
 from swiftmoe.engine.plan import max_over_mean  # noqa: E402
 from swiftmoe.engine.split import amounts, plan_index  # noqa: E402
 from swiftmoe.planning import reference as reference_planner  # noqa: E402
@@ -89,11 +93,35 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     mom = {k: max_over_mean(v.tolist()) for k, v in loads.items()}
     if not torch.equal(reference.rank_load_from_flow(f_node, S), loads["fast"]):
         raise SystemExit("ranks_per_node changed the rank loads; it may only change who sends")
+    P = 3 * 2048 * 768
+    params = cm.CostParams(
+        ranks=N,
+        ranks_per_node=rpn,
+        token_bytes=2 * 2048,
+        expert_bytes=2 * P,
+        flops_per_token=6 * P,
+        flops_per_s=5.8e14,
+        intra_bw=3e11,
+        inter_bw=1.25e10,
+    )
+    moved_E = np.random.default_rng(E * N + S).permutation(E)  # not rng: same counts as before
+    stale_K = reference_planner.plan_layer(prev_E[moved_E].tolist(), N, S)
+    t_burst, bursts = [], []
+    for slots in (slots_K, stale_K):
+        load_R = split.split_rank_loads(counts_QE, slots, S, rpn)
+        t, bp = timed(
+            lambda s=slots, lr=load_R: burst.plan_bursts(
+                counts_QE, s, S, 1, rpn, params, 1.0, load_R=lr
+            ),
+            max(1, reps // 2),
+        )
+        t_burst.append(t)
+        bursts.append(bp.count)
     print(
         f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} "
         f"{t_fast:9.0f} {t_node:9.0f} {t_amt:10.0f} "
         f"{t_exact:10.0f} {t_even:9.0f} {ratio:10.4f} {mom['even']:8.3f} {mom['fast']:8.4f} "
-        f"{mom['exact']:9.4f}"
+        f"{mom['exact']:9.4f} {t_burst[0]:9.0f} {bursts[0]:6d} {t_burst[1]:9.0f} {bursts[1]:6d}"
     )
 
 
@@ -109,7 +137,7 @@ def main() -> int:
         f"{'E,N,S':>12} {'rank us':>9} {'rank min':>9} {'rnode8 us':>9} "
         f"{'dense us':>9} {'node8 us':>9} {'amounts us':>10} "
         f"{'exact us':>10} {'even us':>9} {'fast/exact':>10} {'mom even':>8} {'mom fast':>8} "
-        f"{'mom exact':>9}"
+        f"{'mom exact':>9} {'burst us':>9} {'bursts':>6} {'stale us':>9} {'bursts':>6}"
     )
     for E, N, S in SHAPES:
         bench_shape(E, N, S, args.reps, rng)

@@ -17,6 +17,14 @@ Section "skew" (experts drawn from a Zipf popularity whose hot set is re-drawn e
   bound     the static layout fed perfectly uniform routing with the same token count: every
             rank gets exactly the mean load (perfect balance, the same total expert work).
 Section "uniform" (each token picks top-k experts uniformly at random): static vs swiftmoe.
+Section "moving" (the same Zipf popularity, its hot set re-drawn every ``--move-every`` = 3
+iterations, so the step after a move runs on a placement planned for the old hot set):
+  swiftmoe          SwiftMoE as configured by default, burst replicas included;
+  swiftmoe-noburst  the same with burst_slots_per_rank=0;
+  bound             as above.
+"swiftmoe" is SwiftMoE's default configuration everywhere (``--burst-slots`` and
+``--burst-threshold`` default to SwiftMoEConfig's); static and the bound never burst. Whether a
+burst is made is the engine's cost model's call, with its CPU defaults (swiftmoe.engine.burst_run).
 
 The systems run interleaved iteration by iteration (A B C A B C ...), so machine noise hits them
 alike. Step time = forward + backward + handle.step() (expert optimizer step and remap), the
@@ -31,6 +39,7 @@ L MoE layers, N ranks, S slots per rank, I iterations.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -64,6 +73,11 @@ from swiftmoe.planning.sources import CallablePlanSource  # noqa: E402
 from swiftmoe.sim import trace  # noqa: E402
 
 WORLD_SIZE = 2
+_CONFIG_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(swiftmoe.SwiftMoEConfig)
+    if f.name in ("burst_slots_per_rank", "burst_threshold")
+}
 BUSY_LOAD = 1.0  # 1-minute load average above which the report warns that the figures are noisy
 
 # ---------------------------------------------------------------------------- the bench block
@@ -159,8 +173,9 @@ def routing(
     """ids_TK of one rank, layer and iteration; deterministic in ``args.seed``.
 
     kind "skew": top-K without replacement from a Zipf popularity whose permutation (the hot
-    set) is shared by all ranks and re-drawn every ``shift_every`` iterations; "uniform": top-K
-    uniformly at random; "balanced": every expert gets exactly T*K/E of this rank's assignments.
+    set) is shared by all ranks and re-drawn every ``shift_every`` iterations; "moving": the
+    same, re-drawn every ``move_every`` iterations; "uniform": top-K uniformly at random;
+    "balanced": every expert gets exactly T*K/E of this rank's assignments.
     """
     base = (args.seed * 1_000_003 + layer * 7919) & 0x7FFFFFFF
     if kind == "balanced":
@@ -170,13 +185,13 @@ def routing(
     g = torch.Generator().manual_seed(base + 104729 * (it + 1) + rank)
     if kind == "uniform":
         p_E = torch.full((E,), 1.0 / E, dtype=torch.float64)
-    elif kind == "skew":
-        phase = it // args.shift_every
+    elif kind in ("skew", "moving"):
+        phase = it // (args.shift_every if kind == "skew" else args.move_every)
         gp = torch.Generator().manual_seed(base + 15485863 * (phase + 1))
         perm_E = torch.randperm(E, generator=gp).numpy()
         p_E = torch.from_numpy(trace.zipf_popularity(E, args.zipf, perm_E))
     else:
-        raise ValueError(f"routing: kind must be skew, uniform or balanced, got {kind!r}")
+        raise ValueError(f"routing: kind must be skew, moving, uniform or balanced, got {kind!r}")
     return torch.multinomial(p_E.float().expand(T, E), K, replacement=False, generator=g)
 
 
@@ -244,8 +259,12 @@ def _choose_planner(args: argparse.Namespace, rank: int) -> tuple[str, str]:
 class System:
     """One trained model: its routing kind, handle, timings and per-iteration stats."""
 
-    def __init__(self, name: str, routing_kind: str, slots: int, swift: bool) -> None:
+    def __init__(
+        self, name: str, routing_kind: str, slots: int, swift: bool, bursts: int = 0
+    ) -> None:
         self.name, self.routing_kind, self.slots, self.swift = name, routing_kind, slots, swift
+        self.bursts = bursts  # burst_slots_per_rank
+        self.bursts_I: list[int] = []  # burst replicas made per iteration, all layers
         self.model: BenchModel | None = None
         self.handle: swiftmoe.SwiftMoEHandle | None = None
         self.times_I: list[float] = []
@@ -268,6 +287,8 @@ def _build(sysm: System, args: argparse.Namespace, rank: int, shared: dict) -> N
         optimizer_kwargs={"lr": 1e-4},
         plan_source=src,
         plan_deadline_s=args.plan_deadline_ms / 1000.0,
+        burst_slots_per_rank=sysm.bursts,
+        burst_threshold=args.burst_threshold,
     )
     sysm.handle = swiftmoe.replicate_(model, cfg)
     sysm.model = model
@@ -311,6 +332,7 @@ def _run_section(
                 sysm.seg_I.append([b - a for a, b in zip(marks, marks[1:], strict=False)])
                 sysm.phases_I.append((t1 - t0, t2 - t1, t3 - t2))
                 sysm.mom_I.append(sum(stats.max_over_mean_L) / len(stats.max_over_mean_L))
+                sysm.bursts_I.append(sum(stats.bursts_L))
                 key = stats.plan_event.split(":", 1)[0]
                 sysm.events[key] = sysm.events.get(key, 0) + 1
                 sysm.changed += int(stats.placement_changed)
@@ -332,16 +354,24 @@ def _rank_main(rank: int, args: argparse.Namespace, tmp: str) -> None:
         kind, why = _choose_planner(args, rank) if rank == 0 else ("", "")
         if rank == 0 and kind == "sidecar":
             shared["kind"] = "sidecar"
+        B = args.burst_slots
         skew = [
             System("static", "skew", args.static_slots, False),
-            System("swiftmoe", "skew", args.swift_slots, True),
+            System("swiftmoe", "skew", args.swift_slots, True, B),
             System("bound", "balanced", args.static_slots, False),
         ]
         uniform = [
             System("static", "uniform", args.static_slots, False),
-            System("swiftmoe", "uniform", args.swift_slots, True),
+            System("swiftmoe", "uniform", args.swift_slots, True, B),
         ]
-        for sysm in skew + uniform:
+        moving = [
+            System("swiftmoe", "moving", args.swift_slots, True, B),
+            System("swiftmoe-noburst", "moving", args.swift_slots, True, 0),
+            System("bound", "balanced", args.static_slots, False),
+        ]
+        sections = {"skew": skew, "uniform": uniform, "moving": moving}
+        sections = {k: v for k, v in sections.items() if k in args.sections}
+        for sysm in [s for systems in sections.values() for s in systems]:
             try:
                 _build(sysm, args, rank, shared)
             except Exception as e:
@@ -356,15 +386,16 @@ def _rank_main(rank: int, args: argparse.Namespace, tmp: str) -> None:
         torch.manual_seed(1000 + rank)
         x_TD = torch.randn(args.tokens, args.dim)
         load0 = os.getloadavg()
-        t0 = time.monotonic()
-        _run_section(skew, args.iters, args, rank, x_TD)
-        t1 = time.monotonic()
-        _run_section(uniform, args.uniform_iters, args, rank, x_TD)
-        t2 = time.monotonic()
+        iters = {"skew": args.iters, "uniform": args.uniform_iters, "moving": args.moving_iters}
+        wall: dict[str, float] = {}
+        for section, systems in sections.items():
+            t0 = time.monotonic()
+            _run_section(systems, iters[section], args, rank, x_TD)
+            wall[section] = time.monotonic() - t0
         load1 = os.getloadavg()
         # The step time of an iteration is the slowest rank's.
         result: dict[str, Any] = {}
-        for section, systems in (("skew", skew), ("uniform", uniform)):
+        for section, systems in sections.items():
             for sysm in systems:
                 t_I = torch.tensor(sysm.times_I, dtype=torch.float64)
                 dist.all_reduce(t_I, op=dist.ReduceOp.MAX)
@@ -391,12 +422,14 @@ def _rank_main(rank: int, args: argparse.Namespace, tmp: str) -> None:
                 "planner_events": events,
                 "loadavg_start": list(load0),
                 "loadavg_end": list(load1),
-                "wall_s": {"skew": t1 - t0, "uniform": t2 - t1},
+                "wall_s": wall,
                 "sections": {
                     sec: {
                         s.name: {
                             "routing": s.routing_kind,
                             "slots_per_rank": s.slots,
+                            "burst_slots_per_rank": s.bursts,
+                            "bursts": s.bursts_I,
                             "times_s": s.times_I,
                             "phases_s": s.phases_I,
                             "cpu_s": s.cpu_I,
@@ -478,6 +511,9 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             out["systems"][name] = {
                 "routing": s["routing"],
                 "slots_per_rank": s["slots_per_rank"],
+                "burst_slots_per_rank": s["burst_slots_per_rank"],
+                "bursts_per_iteration": statistics.fmean(s["bursts"]),
+                "iterations_with_bursts": sum(1 for b in s["bursts"] if b),
                 "median_ms": 1e3 * statistics.median(t),
                 "p10_ms": 1e3 * _pct(t, 0.1),
                 "p90_ms": 1e3 * _pct(t, 0.9),
@@ -515,6 +551,15 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                     "swiftmoe_within_10pct_of_bound": r1 <= 1.10,
                     "swiftmoe_at_least_25pct_faster_than_static": r2 >= 1.25,
                 }
+        elif sec == "moving":
+            out["ratios"] = {
+                "swiftmoe_over_bound": ratio("swiftmoe", "bound"),
+                "noburst_over_swiftmoe": ratio("swiftmoe-noburst", "swiftmoe"),
+                "noburst_over_bound": ratio("swiftmoe-noburst", "bound"),
+            }
+            for key, tk in (("of_medians", "targets"), ("cpu_path_of_medians", "targets_cpu_path")):
+                r = out["ratios"]["noburst_over_swiftmoe"][key]
+                out[tk] = {"bursts_not_slower": r >= 1.0}
         else:
             out["ratios"] = {"swiftmoe_over_static": ratio("swiftmoe", "static")}
             for key, tk in (("of_medians", "targets"), ("cpu_path_of_medians", "targets_cpu_path")):
@@ -537,8 +582,13 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "swiftmoe_slots_per_rank": args.swift_slots,
             "zipf_s": args.zipf,
             "shift_every": args.shift_every,
+            "move_every": args.move_every,
+            "burst_slots_per_rank": args.burst_slots,
+            "burst_threshold": args.burst_threshold,
             "iters": args.iters,
             "uniform_iters": args.uniform_iters,
+            "moving_iters": args.moving_iters,
+            "sections": args.sections,
             "warmup": args.warmup,
             "seed": args.seed,
             "plan_deadline_ms": args.plan_deadline_ms,
@@ -590,25 +640,40 @@ def print_report(rep: dict[str, Any]) -> None:
         "over iterations; cpu-path ms: per segment between collectives (each layer's forward "
         "and backward, the step) the CPU time of the busier rank, summed, median: the step on "
         "dedicated cores less communication waits, unaffected by other load; busiest/mean: busiest rank's tokens / mean under the "
-        "split that ran, mean over layers and iterations"
+        "split that ran, mean over layers and iterations; bursts: burst replicas made per "
+        "iteration (all layers), mean, and the iterations with any"
+    )
+    print(
+        f"burst replicas: {c['burst_slots_per_rank']} burst slot(s) per rank, threshold "
+        f"{c['burst_threshold']}, decided by the engine's cost model (CPU defaults)"
     )
     for sec, title in (
         ("skew", f"skew: Zipf s={c['zipf_s']}, hot set re-drawn every {c['shift_every']} iters"),
         ("uniform", "uniform: top-k uniformly at random"),
+        (
+            "moving",
+            f"moving: Zipf s={c['zipf_s']}, hot set re-drawn every {c['move_every']} iters",
+        ),
     ):
+        if sec not in rep["sections"]:
+            continue
         s = rep["sections"][sec]
-        print(f"\n[{title}; {c['iters' if sec == 'skew' else 'uniform_iters']} timed iterations]")
+        n_it = c[{"skew": "iters", "uniform": "uniform_iters", "moving": "moving_iters"}[sec]]
+        print(f"\n[{title}; {n_it} timed iterations]")
         print(
-            f"{'system':<10} {'slots':>5} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} "
-            f"{'fwd/bwd/step ms':>17} {'cpu-path ms':>11} {'busiest/mean':>12} {'plan events':<24}"
+            f"{'system':<16} {'slots':>5} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} "
+            f"{'fwd/bwd/step ms':>17} {'cpu-path ms':>11} {'busiest/mean':>12} "
+            f"{'bursts':>11} {'plan events':<24}"
         )
         for name, v in s["systems"].items():
             ev = ", ".join(f"{k} {n}" for k, n in sorted(v["plan_events"].items()))
             ph = "/".join(f"{x:.0f}" for x in v["median_phase_ms"].values())
+            bu = f"{v['bursts_per_iteration']:.1f} ({v['iterations_with_bursts']})"
             print(
-                f"{name:<10} {v['slots_per_rank']:>5} {v['median_ms']:>10.1f} {v['p10_ms']:>8.1f} "
-                f"{v['p90_ms']:>8.1f} {ph:>17} {v['cpu_path_median_ms']:>11.1f} "
-                f"{v['mean_max_over_mean']:>12.3f} {ev:<24}"
+                f"{name:<16} {v['slots_per_rank']:>5} {v['median_ms']:>10.1f} "
+                f"{v['p10_ms']:>8.1f} {v['p90_ms']:>8.1f} {ph:>17} "
+                f"{v['cpu_path_median_ms']:>11.1f} {v['mean_max_over_mean']:>12.3f} {bu:>11} "
+                f"{ev:<24}"
             )
         for rname, r in s["ratios"].items():
             print(
@@ -630,6 +695,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--iters", type=int, default=40, help="timed iterations, skew section")
     ap.add_argument("--uniform-iters", type=int, default=30, help="timed iterations, uniform")
+    ap.add_argument("--moving-iters", type=int, default=30, help="timed iterations, moving hot set")
+    ap.add_argument(
+        "--move-every",
+        type=int,
+        default=3,
+        help="moving section: new hot set every N iterations (default 3)",
+    )
+    ap.add_argument(
+        "--burst-slots",
+        type=int,
+        default=_CONFIG_DEFAULTS["burst_slots_per_rank"],
+        help="burst slots per rank of the swiftmoe systems (default: SwiftMoEConfig's, "
+        f"{_CONFIG_DEFAULTS['burst_slots_per_rank']}; 0 turns bursts off)",
+    )
+    ap.add_argument(
+        "--burst-threshold",
+        type=float,
+        default=_CONFIG_DEFAULTS["burst_threshold"],
+        help="busiest rank over mean above which bursts are considered (default: "
+        f"SwiftMoEConfig's, {_CONFIG_DEFAULTS['burst_threshold']})",
+    )
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations per section")
     ap.add_argument(
         "--tokens",
@@ -662,6 +748,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--plan-deadline-ms", type=float, default=5.0, help="engine's plan deadline")
     ap.add_argument("--collective-timeout", type=float, default=120.0, help="seconds")
     ap.add_argument("--timeout", type=float, default=900.0, help="whole run, seconds")
+    ap.add_argument(
+        "--sections",
+        default="skew,uniform,moving",
+        help="comma-separated sections to run (default: skew,uniform,moving)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)
     if args.static_slots == 0:
@@ -669,6 +760,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     checks = (
         ("--iters", args.iters, 1),
         ("--uniform-iters", args.uniform_iters, 1),
+        ("--moving-iters", args.moving_iters, 1),
+        ("--move-every", args.move_every, 1),
+        ("--burst-slots", args.burst_slots, 0),
         ("--warmup", args.warmup, 0),
         ("--tokens", args.tokens, 1),
         ("--dim", args.dim, 1),
@@ -680,6 +774,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, v, lo in checks:
         if v < lo:
             ap.error(f"{flag} must be >= {lo}, got {v}")
+    args.sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    bad = [x for x in args.sections if x not in ("skew", "uniform", "moving")]
+    if bad or not args.sections:
+        ap.error(
+            f"--sections takes skew, uniform and moving, comma-separated; got {bad or '(none)'}"
+        )
+    if not args.burst_threshold >= 1.0:
+        ap.error(f"--burst-threshold must be >= 1.0, got {args.burst_threshold}")
     if not 1 <= args.top_k <= args.experts:
         ap.error(f"--top-k must be in 1..--experts={args.experts}, got {args.top_k}")
     if args.static_slots * WORLD_SIZE != args.experts:

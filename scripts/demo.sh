@@ -32,13 +32,14 @@ done
 
 echo
 echo "== 2. training on real text: 2 ranks (gloo, one thread each), 8 experts, top-2, $steps steps =="
-echo "   static: expert parallelism, 4 slots per rank (each expert once); swiftmoe: 6 slots per rank"
-echo "   (1.5x the expert weight slots; expert optimizer state is sharded 1/N either way)"
+echo "   static: expert parallelism, 4 slots per rank (each expert once), no burst replicas;"
+echo "   swiftmoe: 6 slots per rank (1.5x the expert weight slots; expert optimizer state is"
+echo "   sharded 1/N either way) and its default burst replicas"
 for s in static swiftmoe; do
-  slots=4; [ "$s" = swiftmoe ] && slots=6
+  slots=4; bursts=(--burst-slots 0); [ "$s" = swiftmoe ] && slots=6 && bursts=()
   echo "-- strategy $s ($slots slots per rank)"
   python3 -m torch.distributed.run --standalone --nproc-per-node 2 examples/train_lm.py \
-    --strategy "$s" --steps "$steps" --slots "$slots" --d-ff 512 --batch-size 16 --no-progress \
+    --strategy "$s" --steps "$steps" --slots "$slots" "${bursts[@]}" --d-ff 512 --batch-size 16 --no-progress \
     --trace-out "$out/trace-$s.jsonl" --timings-out "$out/timings-$s.jsonl" \
     --summary-out "$out/summary-$s.json" 2>&1 | grep -E '^step ([0-9]*0|'"$steps"')/'"$steps"' |^\{' || true
   [ -s "$out/summary-$s.json" ] || { echo "demo: the $s run wrote no summary; see the output above" >&2; exit 1; }

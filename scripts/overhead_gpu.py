@@ -27,6 +27,7 @@ Shape legend: T tokens, D model dim, F expert hidden dim, E experts, L MoE layer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -70,6 +71,16 @@ class Net(nn.Module):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    check_arguments(p, args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device visible; run on a GPU or pass --device cpu")
+    return args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The shape, timing and device arguments (scripts/gpu_check.py takes them too)."""
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
@@ -87,7 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=120.0, help="collective timeout, seconds")
     p.add_argument("--json", default=None, help="write the figures here")
-    args = p.parse_args(argv)
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """p.error (exit 2) on an argument out of range."""
     for name in ("layers", "dim", "hidden", "experts", "top_k", "tokens", "iters", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -95,13 +109,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--warmup must be >= 0")
     if not 1 <= args.top_k <= args.experts:
         p.error("--top-k must be in 1..--experts")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device visible; run on a GPU or pass --device cpu")
-    return args
 
 
 def measure(args: argparse.Namespace) -> dict:
     """Initializes a world-size-1 group, times both systems, returns the figures."""
+    with world_of_one(args) as (device, dtype, backend):
+        return measure_in_group(args, device, dtype, backend)
+
+
+@contextlib.contextmanager
+def world_of_one(args: argparse.Namespace):
+    """A world-size-1 process group (NCCL on cuda, gloo on cpu) for ``args.device``: yields
+    (device, dtype, backend) and destroys the group on exit."""
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     if device.type == "cuda":
@@ -116,7 +135,7 @@ def measure(args: argparse.Namespace) -> dict:
             timeout=datetime.timedelta(seconds=args.timeout),
         )  # fmt: skip
         try:
-            return _measure(args, device, dtype, backend)
+            yield device, dtype, backend
         finally:
             dist.destroy_process_group()
 
@@ -126,7 +145,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(args, device: torch.device, dtype: torch.dtype, backend: str) -> dict:
+def measure_in_group(args, device: torch.device, dtype: torch.dtype, backend: str) -> dict:
+    """Times both systems in the world-size-1 group in force; the figures."""
     torch.manual_seed(args.seed)
     ref = Net(args.layers, args.dim, args.hidden, args.experts, args.top_k).to(device, dtype)
     model = copy.deepcopy(ref)

@@ -36,7 +36,7 @@ bench = _load()
 
 
 def _args(**kw) -> argparse.Namespace:
-    return argparse.Namespace(**{"seed": 0, "shift_every": 10, "zipf": 1.2, **kw})
+    return argparse.Namespace(**{"seed": 0, "shift_every": 10, "move_every": 3, "zipf": 1.2, **kw})
 
 
 @pytest.mark.parametrize("N,S,E", [(2, 6, 8), (2, 5, 8), (4, 3, 8), (4, 4, 16), (3, 3, 7)])
@@ -80,6 +80,14 @@ def test_routing_schedules():
     share = float(torch.bincount(s1.reshape(-1), minlength=E).max()) / s1.numel()
     assert share > 2.0 / E, f"hottest expert share {share}, want a skew well above 1/E"
 
+    # The moving hot set moves every move_every iterations.
+    hot = [
+        int(torch.bincount(bench.routing("moving", it, 0, 0, 2048, E, K, a).reshape(-1)).argmax())
+        for it in range(0, 12)
+    ]
+    assert all(len(set(hot[p * 3 : p * 3 + 3])) == 1 for p in range(4)), hot
+    assert len(set(hot[::3])) > 1, f"the moving hot set never moved: {hot[::3]}"
+
     uni = bench.routing("uniform", 0, 0, 0, 4096, E, K, a)
     c = torch.bincount(uni.reshape(-1), minlength=E).float()
     assert float(c.max() / c.mean()) < 1.1
@@ -102,6 +110,15 @@ def test_parse_args_rejects_bad_sizes():
         bench.parse_args(["--static-slots", "3"])  # 3 x 2 ranks != 8 experts
     with pytest.raises(SystemExit):
         bench.parse_args(["--tokens", "10"])  # not a multiple of 8
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sections", "skew,fast"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--burst-threshold", "0.5"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--burst-slots", "-1"])
+    args = bench.parse_args([])
+    assert args.sections == ["skew", "uniform", "moving"]
+    assert (args.burst_slots, args.burst_threshold) == (1, 1.1), "SwiftMoEConfig's defaults"
 
 
 def test_tiny_run_writes_the_figures(tmp_path):
@@ -110,7 +127,7 @@ def test_tiny_run_writes_the_figures(tmp_path):
         sys.executable,
         str(SCRIPT),
         "--tokens", "32", "--dim", "8", "--hidden", "16",
-        "--iters", "2", "--uniform-iters", "2", "--warmup", "1",
+        "--iters", "2", "--uniform-iters", "2", "--moving-iters", "3", "--warmup", "1",
         "--planner", "python", "--plan-deadline-ms", "10000",
         "--timeout", "150", "--collective-timeout", "60",
         "--json", str(out),
@@ -124,19 +141,25 @@ def test_tiny_run_writes_the_figures(tmp_path):
     assert rep["config"]["swiftmoe_slots_per_rank"] == 5
     assert len(rep["loadavg_before"]) == 3 and len(rep["loadavg_start"]) == 3
     sections = rep["sections"]
-    assert set(sections) == {"skew", "uniform"}
+    assert set(sections) == {"skew", "uniform", "moving"}
     assert set(sections["skew"]["systems"]) == {"static", "swiftmoe", "bound"}
     assert set(sections["uniform"]["systems"]) == {"static", "swiftmoe"}
-    for sec in sections.values():
+    assert set(sections["moving"]["systems"]) == {"swiftmoe", "swiftmoe-noburst", "bound"}
+    for sec_name, sec in sections.items():
         for name, s in sec["systems"].items():
-            assert s["iterations"] == 2
+            assert s["iterations"] == (3 if sec_name == "moving" else 2)
+            # Only the swiftmoe systems with burst slots may burst.
+            assert s["burst_slots_per_rank"] == (1 if name == "swiftmoe" else 0)
+            if s["burst_slots_per_rank"] == 0:
+                assert s["bursts_per_iteration"] == 0 and s["iterations_with_bursts"] == 0
             for k in ("median_ms", "p10_ms", "p90_ms", "cpu_median_ms", "cpu_path_median_ms"):
                 assert math.isfinite(s[k]) and s[k] > 0, (name, k, s[k])
             assert set(s["median_phase_ms"]) == {"forward", "backward", "step"}
-            if name == "swiftmoe":  # the planner answered every step and the engine took it
-                assert s["plan_events"] == {"accepted": 2}, s["plan_events"]
+            n = s["iterations"]
+            if name.startswith("swiftmoe"):  # the planner answered every step, the engine took it
+                assert s["plan_events"] == {"accepted": n}, s["plan_events"]
             else:
-                assert s["plan_events"] == {"none": 2}, s["plan_events"]
+                assert s["plan_events"] == {"none": n}, s["plan_events"]
         for r in sec["ratios"].values():
             assert r["of_medians"] > 0 and r["paired_median"] > 0 and r["cpu_path_of_medians"] > 0
         for tk in ("targets", "targets_cpu_path"):
@@ -150,3 +173,8 @@ def test_tiny_run_writes_the_figures(tmp_path):
         "static_over_bound",
     }
     assert set(sections["uniform"]["ratios"]) == {"swiftmoe_over_static"}
+    assert set(sections["moving"]["ratios"]) == {
+        "swiftmoe_over_bound",
+        "noburst_over_swiftmoe",
+        "noburst_over_bound",
+    }

@@ -99,6 +99,25 @@ class SwiftMoEConfig:
         eval_forward_timeout_s: how long a forward of a block in eval mode waits for the other
             ranks to run the same forward (gloo) before raising instead of hanging: every MoE
             forward is a collective, so ``if rank == 0: model.generate(...)`` cannot work.
+        burst_slots_per_rank: burst slots per rank per MoE layer (B; 0 turns burst replicas
+            off). After a layer's counts are all-reduced, when the split on the planned
+            placement leaves the busiest rank above ``burst_threshold`` x the mean, the engine
+            copies the most overloaded experts' weights into up to B burst slots per rank on the
+            least loaded ranks, when the cost model says the copy pays, and splits over the
+            enlarged placement (``swiftmoe.engine.burst``). Gradients reach the shard owners as
+            any slot's, so training is the same computation. Not with split_method "even".
+            The defaults (1 slot, threshold 1.1) were chosen with scripts/burst_sweep.py: more
+            slots gained under 0.2% of step time there, thresholds from 1.0 to 1.3 gained the
+            same, and 1.1 lets the decision run on a fifth of the layer calls instead of all.
+        burst_threshold: >= 1.0, the busiest rank's load over the mean above which bursts are
+            considered.
+        intra_node_bandwidth, inter_node_bandwidth: link bandwidths in bytes/s for the cost
+            model of burst replicas, within a node and between nodes; 0 takes the topology the
+            sidecar returns at registration (its hardware discovery), else a default of the
+            device (``swiftmoe.engine.burst_run``). With a strategy they are sent to the sidecar
+            too.
+        expert_flops_per_s: one rank's expert GEMM throughput (forward+backward FLOP/s) for the
+            same cost model; 0 takes the device's default (``swiftmoe.engine.burst_run``).
     """
 
     slots_per_rank: int | str
@@ -118,6 +137,11 @@ class SwiftMoEConfig:
     sidecar_address: str | None = None
     plugins_dir: str | None = None
     eval_forward_timeout_s: float = 60.0
+    burst_slots_per_rank: int = 1
+    burst_threshold: float = 1.1
+    intra_node_bandwidth: float = 0.0
+    inter_node_bandwidth: float = 0.0
+    expert_flops_per_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -208,6 +232,26 @@ class SwiftMoEConfig:
             raise ValueError(
                 f"eval_forward_timeout_s: must be a finite number of seconds > 0, got {t!r}"
             )
+        b = self.burst_slots_per_rank
+        if not is_int(b, 0):
+            raise ValueError(
+                f"burst_slots_per_rank: must be an integer >= 0 (0 turns burst replicas off), "
+                f"got {b!r}"
+            )
+        t = self.burst_threshold
+        if not is_number(t) or not math.isfinite(t) or t < 1.0:
+            raise ValueError(
+                f"burst_threshold: must be a finite number >= 1.0 (the busiest rank's load over "
+                f"the mean above which bursts are considered; 1.1 by default), got {t!r}"
+            )
+        for name in ("intra_node_bandwidth", "inter_node_bandwidth", "expert_flops_per_s"):
+            v = getattr(self, name)
+            if not is_number(v) or not math.isfinite(v) or v < 0:
+                unit = "FLOP/s" if name == "expert_flops_per_s" else "bytes/s"
+                raise ValueError(
+                    f"{name}: must be a finite number of {unit} >= 0 (0: discovered or the "
+                    f"device's default), got {v!r}"
+                )
         if self.initial_slots is not None and not isinstance(self.initial_slots, (list, tuple)):
             raise ValueError(
                 "initial_slots: must be None or a list with one slot list per MoE layer, got "

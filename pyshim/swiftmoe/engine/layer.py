@@ -36,8 +36,10 @@ from torch import nn
 
 from swiftmoe.adapters import ExpertSpec, MoEAdapter
 from swiftmoe.adapters.base import weighted_sum
+from swiftmoe.engine import burst_run
 from swiftmoe.engine import dispatch as dp
 from swiftmoe.engine.blocks import MoEBlock
+from swiftmoe.engine.burst_run import BurstPolicy
 from swiftmoe.engine.dist import Comm, all_to_all_rows
 from swiftmoe.engine.plan import max_over_mean
 from swiftmoe.engine.split import RankSplit
@@ -45,10 +47,11 @@ from swiftmoe.engine.stats import add_stat_buffers, dropped_of, in_recompute, lo
 
 __all__ = ["ExpertLayer", "LayerContext", "SplitFn", "use_grouped_mm"]
 
-#: ``split(counts_NE, slots_K, layer_index) -> RankSplit``: this rank's part of a layer's token
-#: split (counts_NE: all-reduced int64 [N, E] on the CPU; slots_K: the placement, CPU int64
-#: [N*S]), checked so that it cannot misroute (``swiftmoe.engine.splitter.RankSplitter``).
-SplitFn = Callable[[torch.Tensor, torch.Tensor, int], RankSplit]
+#: ``split(counts_NE, slots_K, layer_index, slots_per_rank=None) -> RankSplit``: this rank's
+#: part of a layer's token split (counts_NE: all-reduced int64 [N, E] on the CPU; slots_K: the
+#: placement, CPU int64 [N*S]; slots_per_rank: None, or the S' of a placement enlarged by burst
+#: slots), checked so that it cannot misroute (``swiftmoe.engine.splitter.RankSplitter``).
+SplitFn = Callable[..., RankSplit]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class LayerContext:
         on_loads: ``on_loads(layer_index)`` once the layer's global loads of a training
             forward are in its buffers.
         eval_timeout_s: the longest an eval-mode forward waits for the other ranks.
+        bursts: the burst replicas' shared policy (``swiftmoe.engine.burst_run``), or None
+            when they are off.
     """
 
     split: SplitFn
@@ -70,6 +75,7 @@ class LayerContext:
     anchor: torch.Tensor
     on_loads: Callable[[int], None]
     eval_timeout_s: float = 60.0
+    bursts: BurstPolicy | None = None
 
 
 def use_grouped_mm(
@@ -114,11 +120,14 @@ class ExpertLayer:
         self.numels = [math.prod(s) for s in spec.shapes]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
         self.P = sum(self.numels)
+        self.shapes = spec.shapes
+        self.split = ctx.split
         self.grouped = use_grouped_mm(self.adapter, spec, device, dtype)
         self.slots: list[int] = []
         self.slot_params: list[tuple[torch.Tensor, ...]] = []
         self.stacked: tuple[torch.Tensor, ...] = ()
         self.last_max_over_mean = 1.0
+        self.bursts_made = 0  # bursts of this iteration's training forwards
         add_stat_buffers(self.block, num_experts, device)
 
     # ---- slot weights -------------------------------------------------------------------------
@@ -225,10 +234,23 @@ class ExpertLayer:
             comm.all_reduce_(counts_NE)
         else:
             comm.all_reduce_within_(counts_NE, self.ctx.eval_timeout_s, f"MoE block {self.fqn!r}")
-        rs = self.ctx.split(counts_NE.cpu(), self.slots_t, self.index)
+        counts_cpu = counts_NE.cpu()
+        rs = self.ctx.split(counts_cpu, self.slots_t, self.index)
+        perm_K, inv_K, weights = self.perm_K, self.inv_K, None
+        bursts = None
+        if self.ctx.bursts is not None:  # one check of rs.load_R unless a burst is made
+            row_bytes = x_TD.shape[-1] * x_TD.element_size()
+            bursts = burst_run.decide(self, self.ctx.bursts, counts_cpu, rs.load_R, row_bytes)
+            if bursts is not None:
+                rs, S, perm_K, inv_K = (
+                    bursts.split,
+                    bursts.slots_per_rank,
+                    bursts.perm_K,
+                    bursts.inv_K,
+                )
 
         my_K = rs.send_K
-        send_A = dp.send_index(order_M, my_K, self.perm_K, self.inv_K)
+        send_A = dp.send_index(order_M, my_K, perm_K, inv_K)
         x_send = x_TD.index_select(0, send_A // top_k)
         if input_scale_TK is not None:
             x_send = x_send * input_scale_TK.reshape(-1).index_select(0, send_A).unsqueeze(-1)
@@ -237,11 +259,13 @@ class ExpertLayer:
         out_splits = flow_QS.sum(1).tolist()
         anchor = self.ctx.anchor
         recv = all_to_all_rows(x_send, anchor, comm, out_splits, in_splits)
+        if bursts is not None:  # the burst slots' weights, copied after the tokens' dispatch
+            recv, weights = burst_run.copy_weights(self, bursts, recv)
 
         to_slot, from_slot, rows_S = dp.regroup_received(flow_QS)
         dev = recv.device
         xs = recv.index_select(0, to_slot.to(dev))
-        ys = self.run_slots(xs, rows_S)
+        ys = self.run_slots(xs, rows_S, weights)
         y_recv = ys.index_select(0, from_slot.to(dev))
         back = all_to_all_rows(y_recv, anchor, comm, in_splits, out_splits)
 
@@ -255,20 +279,29 @@ class ExpertLayer:
                 loads_of(self.block).add_(counts_NE.sum(0))
                 dropped_of(self.block).add_(dropped)
                 self.last_max_over_mean = max_over_mean(rs.load_R)
+                self.bursts_made += 0 if bursts is None else bursts.plan.count
             self.ctx.on_loads(self.index)
         return y_TD
 
-    def run_slots(self, xs_MD: torch.Tensor, rows_S: torch.Tensor) -> torch.Tensor:
-        """This rank's S slots over their contiguous token groups of xs_MD (slot-major)."""
+    def run_slots(
+        self, xs_MD: torch.Tensor, rows_S: torch.Tensor, weights: list | tuple | None = None
+    ) -> torch.Tensor:
+        """This rank's slots over their contiguous token groups of xs_MD (slot-major).
+
+        ``weights``: None for the planned slots' own; else the weights of S' slots with burst
+        slots (``burst_run.copy_weights``: per-slot tuples, or the stacked tensors).
+        """
         if xs_MD.shape[0] == 0:
             return xs_MD
         if self.grouped:
+            stacked = self.stacked if weights is None else weights
             offs_S = torch.cumsum(rows_S, 0).to(device=xs_MD.device, dtype=torch.int32)
-            return self.adapter.grouped_forward(self.block, xs_MD, offs_S, self.stacked)
+            return self.adapter.grouped_forward(self.block, xs_MD, offs_S, stacked)
+        slot_params = self.slot_params if weights is None else weights
         outs = []
         start = 0
         for s, n in enumerate(rows_S.tolist()):
             if n:
-                outs.append(self.spec.forward(xs_MD[start : start + n], *self.slot_params[s]))
+                outs.append(self.spec.forward(xs_MD[start : start + n], *slot_params[s]))
             start += n
         return torch.cat(outs)

@@ -100,6 +100,7 @@ class ReplicateRun:
             plan_source=origin.source if origin is not None else "",
             plan_note=origin.note if origin is not None else "",
             expert_step=stepped,
+            bursts_L=[layer.bursts_made for layer in self.layers],
         )
         self.install(new)
         self.end_iteration()
@@ -115,6 +116,7 @@ class ReplicateRun:
     def end_iteration(self) -> None:
         for layer in self.layers:
             reset_stats(layer.block)
+            layer.bursts_made = 0
         self._reported.clear()
         self._submitted = False
         if self.anchor is not None:

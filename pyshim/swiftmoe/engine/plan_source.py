@@ -110,6 +110,8 @@ class JobShape:
         ranks_per_node: ranks per node when it divides the world (0: one node or unknown).
         initial_slots: the placement the job starts from (per layer slots_K), None when
             ``slots_per_rank`` is 0 (the planner chooses the slots and starts static).
+        intra_node_bandwidth, inter_node_bandwidth: link bandwidths in bytes/s the config
+            gives, 0 where the planner is to discover them.
     """
 
     world_size: int
@@ -119,15 +121,21 @@ class JobShape:
     bytes_per_param: int
     ranks_per_node: int
     initial_slots: tuple[tuple[int, ...], ...] | None
+    intra_node_bandwidth: float = 0.0
+    inter_node_bandwidth: float = 0.0
 
 
 @dataclass(frozen=True)
 class StartedPlanSource:
     """A factory's answer: the source and the slots per rank it stands for (the number
-    chosen when the job asked for ``slots_per_rank=0``)."""
+    chosen when the job asked for ``slots_per_rank=0``), and the link bandwidths in force
+    (bytes/s: the job's, or the planner's discovered ones; 0 where unknown), which the engine's
+    cost model of burst replicas uses."""
 
     source: PlanSource
     slots_per_rank: int
+    intra_node_bandwidth: float = 0.0
+    inter_node_bandwidth: float = 0.0
 
 
 class PlanSourceFactory(Protocol):

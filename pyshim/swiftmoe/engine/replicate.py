@@ -34,6 +34,7 @@ from torch import nn
 from swiftmoe.adapters import ExpertSpec
 from swiftmoe.engine import plan as planlib
 from swiftmoe.engine.blocks import MoEBlock, find_moe_blocks
+from swiftmoe.engine.burst_run import BurstPolicy
 from swiftmoe.engine.config import AUTO_SLOTS, SwiftMoEConfig
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.handle import SwiftMoEHandle
@@ -41,7 +42,12 @@ from swiftmoe.engine.layer import ExpertLayer, LayerContext
 from swiftmoe.engine.modes import ObserveRun, ReplicateRun
 from swiftmoe.engine.observed import ObservedLayer
 from swiftmoe.engine.optim import ShardedExpertOptimizer
-from swiftmoe.engine.plan_source import JobShape, PlanSource, PlanSourceFactory, as_plan
+from swiftmoe.engine.plan_source import (
+    JobShape,
+    PlanSourceFactory,
+    StartedPlanSource,
+    as_plan,
+)
 from swiftmoe.engine.plans import PlanChannel
 from swiftmoe.engine.splitter import RankSplitter
 from swiftmoe.engine.stats import LOADS_BUFFER
@@ -98,17 +104,27 @@ def replicate_(
     # With "auto" the planner chooses the slots when the job registers, from the static start.
     slots_L = None if auto else _initial_slots(config, E_L, fqns, N)
     source, owns = config.plan_source, False
+    bandwidths = (config.intra_node_bandwidth, config.inter_node_bandwidth)
     if config.strategy is not None:
         job = _job_shape(blocks, E_L, slots_L, config, N, rpn)
-        source, chosen = _start_plan_source(plan_sources, config, job, comm, device)
-        owns = True
+        started = _start_plan_source(plan_sources, config, job, comm, device)
+        source, chosen, owns = started.source, started.slots_per_rank, True
         if auto:
             config = replace(config, slots_per_rank=chosen)
             slots_L = _initial_slots(config, E_L, fqns, N)
+        # The topology in force (rank 0's; the burst policy broadcasts what it uses).
+        bandwidths = tuple(
+            t if t > 0 else c
+            for t, c in zip(
+                (started.intra_node_bandwidth, started.inter_node_bandwidth),
+                bandwidths,
+                strict=True,
+            )
+        )
     if config.mode == "observe":
         run = _observe(blocks, E_L, slots_L, config, comm, source, rpn, device)
     else:
-        run = _replicate(blocks, E_L, slots_L, config, comm, source, rpn)
+        run = _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths)
     return SwiftMoEHandle(model, config, comm, run, source, owns, rpn)
 
 
@@ -123,7 +139,7 @@ def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device) -> Observe
     return ObserveRun(layers, channel, comm, splitter, device)
 
 
-def _replicate(blocks, E_L, slots_L, config, comm, source, rpn) -> ReplicateRun:
+def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> ReplicateRun:
     N, r, S = comm.world_size, comm.rank, config.slots_per_rank
     specs, params_L = [], []
     for (fqn, block, adapter), E in zip(blocks, E_L, strict=True):
@@ -156,12 +172,26 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn) -> ReplicateRun:
     layers: list[ExpertLayer] = []
     anchor = torch.zeros((), device=device, requires_grad=True)
     run = ReplicateRun(layers, optimizer, channel, dtype, anchor)
+    bursts = None
+    if config.burst_slots_per_rank > 0 and config.split_method != "even" and N > 1:
+        bursts = BurstPolicy.agree(
+            comm,
+            device,
+            dtype,
+            config.burst_slots_per_rank,
+            config.burst_threshold,
+            config.split_method,
+            rpn,
+            bandwidths,
+            config.expert_flops_per_s,
+        )
     ctx = LayerContext(
         split=RankSplitter(S, r, rpn, config.split_method),
         capacity_factor=config.capacity_factor,
         anchor=anchor,
         on_loads=run.on_loads,
         eval_timeout_s=config.eval_forward_timeout_s,
+        bursts=bursts,
     )
     for i, (where, spec, E) in enumerate(zip(blocks, specs, E_L, strict=True)):
         top_k = where.adapter.top_k(where.module)
@@ -217,6 +247,8 @@ def _job_shape(
         bytes_per_param=elem,
         ranks_per_node=rpn if 0 < rpn < N and N % rpn == 0 else 0,
         initial_slots=None if slots_L is None else tuple(tuple(s) for s in slots_L),
+        intra_node_bandwidth=float(config.intra_node_bandwidth),
+        inter_node_bandwidth=float(config.inter_node_bandwidth),
     )
 
 
@@ -226,19 +258,20 @@ def _start_plan_source(
     job: JobShape,
     comm: Comm,
     device: torch.device,
-) -> tuple[PlanSource | None, int]:
+) -> StartedPlanSource:
     """Rank 0 starts the plan source; all ranks agree on the outcome, so a failure raises
     everywhere instead of hanging the other ranks.
 
-    Returns the source (rank 0; None elsewhere) and the slots per rank in force, which the
-    planner chooses when ``job.slots_per_rank`` is 0. A factory's ValueError (the planner
-    refused the configuration, e.g. a strategy option's value) is a ValueError on every rank;
-    any other failure a RuntimeError."""
-    source, err, chosen, status = None, "", 0, _STARTED
+    Returns the source (rank 0; None elsewhere) with the slots per rank in force, which the
+    planner chooses when ``job.slots_per_rank`` is 0, on every rank, and the link bandwidths in
+    force (rank 0's; 0 elsewhere). A factory's ValueError (the planner refused the
+    configuration, e.g. a strategy option's value) is a ValueError on every rank; any other
+    failure a RuntimeError."""
+    started, err, chosen, status = None, "", 0, _STARTED
     if comm.rank == 0:
         try:
             started = factory(config, job)
-            source, chosen = started.source, started.slots_per_rank
+            chosen = started.slots_per_rank
         except ValueError as e:
             err, status = str(e), _BAD_CONFIG
         except Exception as e:
@@ -253,7 +286,9 @@ def _start_plan_source(
             f"strategy: could not start the {config.strategy!r} planner: "
             f"{err or 'rank 0 failed, see its log'}"
         )
-    return source, int(ok[1].item())
+    if started is None:
+        return StartedPlanSource(None, int(ok[1].item()))  # type: ignore[arg-type]
+    return started
 
 
 # How rank 0's attempt to start the plan source ended (broadcast to every rank).

@@ -31,18 +31,31 @@ class RankSplitter:
         self._indexes = splitlib.PlanIndexCache()
 
     def __call__(
-        self, counts_NE: torch.Tensor, slots_K: torch.Tensor, layer_index: int
+        self,
+        counts_NE: torch.Tensor,
+        slots_K: torch.Tensor,
+        layer_index: int,
+        slots_per_rank: int | None = None,
     ) -> splitlib.RankSplit:
         """This rank's part of one layer's split under ``slots_K``; checked so it cannot
         misroute.
+
+        ``slots_per_rank`` None: the planned placement, of S slots per rank (its index is kept
+        for the next calls); else a placement enlarged by burst slots
+        (``swiftmoe.engine.burst``), of that many slots per rank, indexed for this call only.
 
         split_tokens_for_rank fixes the shapes and checks that every token is routed; the checks
         here cover what the rank uses: it sends each expert's tokens exactly, it receives no more
         of a source's tokens of an expert than the source has, and its load is what it receives.
         """
-        S, r = self.S, self.rank
+        r = self.rank
         N, E = counts_NE.shape
-        plan = self._indexes.index(slots_K, S, N, E)
+        if slots_per_rank is None:
+            S = self.S
+            plan = self._indexes.index(slots_K, S, N, E)
+        else:
+            S = slots_per_rank
+            plan = splitlib.index_plan(slots_K, S, N, E)
         rs = splitlib.split_tokens_for_rank(
             counts_NE, plan, S, r, ranks_per_node=self.ranks_per_node, method=self.method
         )

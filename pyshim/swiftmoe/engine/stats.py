@@ -53,6 +53,8 @@ class StepStats:
         expert_step: False when no backward reached the expert layers since the last step, so
             the expert optimizer did not step (torch optimizers likewise skip parameters
             without gradients); the plan and the remap still ran.
+        bursts_L: replicate mode: burst replicas made per layer in this iteration's training
+            forwards (``SwiftMoEConfig.burst_slots_per_rank``); observe mode: empty.
     """
 
     iteration: int
@@ -66,6 +68,7 @@ class StepStats:
     plan_source: str = ""
     plan_note: str = ""
     expert_step: bool = True
+    bursts_L: list[int] = field(default_factory=list)
 
 
 def in_recompute() -> bool:

@@ -42,6 +42,8 @@ def plan_source_for(config: Any, job: JobShape) -> StartedPlanSource:
         ranks_per_node=job.ranks_per_node,
         bytes_per_param=job.bytes_per_param,
         current_slots=None if job.initial_slots is None else [list(s) for s in job.initial_slots],
+        intra_node_bandwidth=job.intra_node_bandwidth,
+        inter_node_bandwidth=job.inter_node_bandwidth,
     )
     svc = PlanService(spec, address=config.sidecar_address, plugins_dir=config.plugins_dir)
     try:
@@ -65,4 +67,6 @@ def plan_source_for(config: Any, job: JobShape) -> StartedPlanSource:
     if job.slots_per_rank == 0:
         log.info("swiftmoe: the sidecar chose %d slots per rank", chosen)
     log.info("swiftmoe: strategy %r planning through the sidecar", config.strategy)
-    return StartedPlanSource(svc, chosen)
+    return StartedPlanSource(
+        svc, chosen, svc.spec.intra_node_bandwidth, svc.spec.inter_node_bandwidth
+    )
