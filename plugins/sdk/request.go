@@ -31,6 +31,9 @@ func ValidateRequest(r *Request) error {
 	if err := validateTopology(r.Topology); err != nil {
 		return err
 	}
+	if err := validateCostModel(&r.CostModel); err != nil {
+		return err
+	}
 	if len(r.Layers) > MaxLayers {
 		return fmt.Errorf("%w: %d layers, at most %d supported", ErrInvalidRequest, len(r.Layers), MaxLayers)
 	}
@@ -85,6 +88,34 @@ func validateLayer(l *LayerInput, t Topology) error {
 			return fmt.Errorf("current_slots[%d] (rank %d) is expert %d; want 0..%d", i, i/t.SlotsPerRank, e, l.NumExperts-1)
 		}
 	}
+	if n := len(l.NodeLoad); n != 0 && n != t.Nodes()*l.NumExperts {
+		return fmt.Errorf("node_load has %d values; want nodes*num_experts = %d*%d (or none)", n, t.Nodes(), l.NumExperts)
+	}
+	for i, x := range l.NodeLoad {
+		if math.IsNaN(x) || math.IsInf(x, 0) || x < 0 {
+			return fmt.Errorf("node_load[%d] (node %d, expert %d) is %v; want a finite token count >= 0", i, i/l.NumExperts, i%l.NumExperts, x)
+		}
+	}
+	return nil
+}
+
+func validateCostModel(c *CostModel) error {
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"cost_model.token_bytes", c.TokenBytes}, {"cost_model.flops_per_second", c.FlopsPerSecond}} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
+			return fmt.Errorf("%w: %s is %v; want a finite value >= 0 (0 when unknown)", ErrInvalidRequest, f.name, f.v)
+		}
+	}
+	if len(c.FlopsPerToken) > MaxLayers {
+		return fmt.Errorf("%w: cost_model.flops_per_token has %d values, at most %d supported", ErrInvalidRequest, len(c.FlopsPerToken), MaxLayers)
+	}
+	for i, v := range c.FlopsPerToken {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			return fmt.Errorf("%w: cost_model.flops_per_token[%d] is %v; want a finite FLOP count >= 0 (0 when unknown)", ErrInvalidRequest, i, v)
+		}
+	}
 	return nil
 }
 
@@ -104,7 +135,15 @@ func (r *Request) ExpertBytes(layer int) (weights, optimizer uint64, err error) 
 	return weights, optimizer, nil
 }
 
-func perLayer(v []uint64, layer int, field string) (uint64, error) {
+// FlopsPerTokenOf returns the cost model's forward+backward FLOPs of one
+// token through one expert of the job's MoE layer index layer; 0 when
+// unknown. CostModel.FlopsPerToken may be empty, hold one value for every
+// layer, or one per layer of the job.
+func (r *Request) FlopsPerTokenOf(layer int) (float64, error) {
+	return perLayer(r.CostModel.FlopsPerToken, layer, "cost_model.flops_per_token")
+}
+
+func perLayer[T uint64 | float64](v []T, layer int, field string) (T, error) {
 	switch {
 	case len(v) == 0:
 		return 0, nil

@@ -30,6 +30,15 @@ type Topology struct {
 // TotalSlots is WorldSize*SlotsPerRank, the length of every layer's plan.
 func (t Topology) TotalSlots() int { return t.WorldSize * t.SlotsPerRank }
 
+// Nodes is the number of nodes: WorldSize/RanksPerNode when RanksPerNode
+// splits the ranks into more than one node, else 1.
+func (t Topology) Nodes() int {
+	if t.RanksPerNode <= 0 || t.RanksPerNode >= t.WorldSize {
+		return 1
+	}
+	return (t.WorldSize + t.RanksPerNode - 1) / t.RanksPerNode
+}
+
 // NodeOf returns the node index of rank r.
 func (t Topology) NodeOf(r int) int {
 	if t.RanksPerNode <= 0 {
@@ -54,6 +63,11 @@ type LayerInput struct {
 	// Current is the placement in force (len TotalSlots): Current[r*S+s] is
 	// the expert in slot s of rank r.
 	Current []int
+	// NodeLoad is the predicted token count per node per expert
+	// (Topology.Nodes()*NumExperts entries, node n's count of expert e at
+	// n*NumExperts+e), summing over nodes to Predicted; nil when unknown, in
+	// which case every rank routes an equal share of each expert's tokens.
+	NodeLoad []float64
 }
 
 // Request is one planning call.
@@ -69,6 +83,24 @@ type Request struct {
 	// every layer; see ExpertBytes).
 	ExpertWeightBytes    []uint64
 	ExpertOptimizerBytes []uint64
+	// CostModel is what the step-time cost model needs beyond the
+	// topology's bandwidths; its zero value means unknown.
+	CostModel CostModel
+}
+
+// CostModel holds the inputs of the step-time cost model beyond the link
+// bandwidths of the topology. A zero or empty field is unknown: a strategy
+// prices only what it can, and without a compute figure or a bandwidth it
+// balances compute alone.
+type CostModel struct {
+	// TokenBytes is the size of one token's activation row in the
+	// all-to-all (d_model x bytes per element).
+	TokenBytes float64
+	// FlopsPerToken is the forward+backward FLOPs of one token through one
+	// expert, per layer or one value for every layer (see FlopsPerTokenOf).
+	FlopsPerToken []float64
+	// FlopsPerSecond is the effective expert GEMM throughput of one rank.
+	FlopsPerSecond float64
 }
 
 // Response is a strategy's answer.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -214,6 +215,44 @@ func TestReportPlansWithPredictionsAndFallsBack(t *testing.T) {
 	cur, err := s.GetPlan(ctxT(t), &pb.GetPlanRequest{JobId: "job-1"})
 	if err != nil || cur != p2 {
 		t.Errorf("GetPlan: got %v, %v; want the plan just served", cur.GetSource(), err)
+	}
+}
+
+func TestCostModelReachesTheStrategy(t *testing.T) {
+	var mu sync.Mutex
+	var last *sdk.Request
+	f := &fakeStrategies{plan: func(_ context.Context, _ string, req *sdk.Request) (*sdk.Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		last = req
+		return staticResponse(req), nil
+	}}
+	for _, tc := range []struct {
+		name string
+		in   *pb.CostModel
+		want sdk.CostModel
+	}{
+		{"absent: compute only", nil, sdk.CostModel{}},
+		{"flops per token from the expert size", &pb.CostModel{TokenBytes: 1536, FlopsPerSecond: 4e14},
+			sdk.CostModel{TokenBytes: 1536, FlopsPerToken: []float64{60, 60}, FlopsPerSecond: 4e14}},
+		{"flops per token given", &pb.CostModel{TokenBytes: 8, FlopsPerToken: []float64{7}},
+			sdk.CostModel{TokenBytes: 8, FlopsPerToken: []float64{7}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(f, nil, nil)
+			req := goodRegister()
+			req.CostModel = tc.in
+			if _, err := s.RegisterJob(ctxT(t), req); err != nil {
+				t.Fatal(err)
+			}
+			report(t, s, "job-1", 0, []uint64{1, 2, 3, 4, 5, 6}, []uint64{1, 1, 1, 1, 1, 1, 1, 1})
+			mu.Lock()
+			got := last.CostModel
+			mu.Unlock()
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got cost model %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -114,6 +114,7 @@ func validateRegister(req *pb.RegisterJobRequest, lim costLimits, knownStrategy 
 		}
 	}
 	validateCurrentSlots(req, &p)
+	validateCostModel(req.GetCostModel(), layers, &p)
 	cfg := parsePredictor(opts, &p)
 	return cfg, p.err("RegisterJobRequest")
 }

@@ -68,6 +68,16 @@ func TestRegisterValidation(t *testing.T) {
 		}, []string{`"NaN" is not a number`}},
 		{"unknown option", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"colour": "red"} }, []string{`unknown option "colour" for strategy "fake"; it accepts threshold, predictor, ewma_alpha`}},
 		{"bad option key", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"a b": "1"} }, []string{`key "a b" is not valid`}},
+		{"cost model token bytes", func(r *pb.RegisterJobRequest) { r.CostModel = &pb.CostModel{TokenBytes: -1} }, []string{"cost_model.token_bytes: -1 is out of range", "d_model x bytes per element"}},
+		{"cost model flops per second", func(r *pb.RegisterJobRequest) {
+			r.CostModel = &pb.CostModel{FlopsPerSecond: math.Inf(1)}
+		}, []string{"cost_model.flops_per_second: +Inf is out of range"}},
+		{"cost model flops per token length", func(r *pb.RegisterJobRequest) {
+			r.CostModel = &pb.CostModel{FlopsPerToken: []float64{1, 2, 3}}
+		}, []string{"cost_model.flops_per_token: 3 entries, want none (6 x expert_param_numel), 1 (for every layer) or one per layer (2)"}},
+		{"cost model flops per token value", func(r *pb.RegisterJobRequest) {
+			r.CostModel = &pb.CostModel{FlopsPerToken: []float64{1, math.NaN()}}
+		}, []string{"cost_model.flops_per_token[1]: NaN is out of range"}},
 		{"several problems at once", func(r *pb.RegisterJobRequest) {
 			r.Topology.WorldSize, r.BytesPerParam, r.Strategy = 0, 0, ""
 		}, []string{"3 problems", "topology.world_size", "bytes_per_param", "strategy: required"}},

@@ -167,6 +167,77 @@ func (x *Topology) GetInterNodeBandwidth() float64 {
 	return 0
 }
 
+// CostModel is what the step-time cost model needs of a job beyond its
+// topology's link bandwidths (strategies such as swiftmoe plan for step time
+// with it: the busiest rank's expert compute plus the token all-to-all). Every
+// field may be left 0 or empty (unknown); a strategy then prices what it can,
+// and with no compute figure or no bandwidth it balances compute alone.
+type CostModel struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of one token's activation row in the all-to-all (d_model x bytes
+	// per activation element), > 0 when known.
+	TokenBytes float64 `protobuf:"fixed64,1,opt,name=token_bytes,json=tokenBytes,proto3" json:"token_bytes,omitempty"`
+	// Forward+backward FLOPs of one token through one expert (about 6 x the
+	// expert's parameter count), per MoE layer or one value for every layer.
+	// In RegisterJob, empty means 6 x expert_param_numel.
+	FlopsPerToken []float64 `protobuf:"fixed64,2,rep,packed,name=flops_per_token,json=flopsPerToken,proto3" json:"flops_per_token,omitempty"`
+	// Effective expert GEMM throughput of one rank, FLOP/s, > 0 when known.
+	FlopsPerSecond float64 `protobuf:"fixed64,3,opt,name=flops_per_second,json=flopsPerSecond,proto3" json:"flops_per_second,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CostModel) Reset() {
+	*x = CostModel{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CostModel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CostModel) ProtoMessage() {}
+
+func (x *CostModel) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CostModel.ProtoReflect.Descriptor instead.
+func (*CostModel) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CostModel) GetTokenBytes() float64 {
+	if x != nil {
+		return x.TokenBytes
+	}
+	return 0
+}
+
+func (x *CostModel) GetFlopsPerToken() []float64 {
+	if x != nil {
+		return x.FlopsPerToken
+	}
+	return nil
+}
+
+func (x *CostModel) GetFlopsPerSecond() float64 {
+	if x != nil {
+		return x.FlopsPerSecond
+	}
+	return 0
+}
+
 // OptionSpec describes one strategy option.
 type OptionSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -179,7 +250,7 @@ type OptionSpec struct {
 
 func (x *OptionSpec) Reset() {
 	*x = OptionSpec{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +262,7 @@ func (x *OptionSpec) String() string {
 func (*OptionSpec) ProtoMessage() {}
 
 func (x *OptionSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +275,7 @@ func (x *OptionSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OptionSpec.ProtoReflect.Descriptor instead.
 func (*OptionSpec) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{1}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *OptionSpec) GetName() string {
@@ -243,7 +314,7 @@ type StrategyInfo struct {
 
 func (x *StrategyInfo) Reset() {
 	*x = StrategyInfo{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +326,7 @@ func (x *StrategyInfo) String() string {
 func (*StrategyInfo) ProtoMessage() {}
 
 func (x *StrategyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +339,7 @@ func (x *StrategyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyInfo.ProtoReflect.Descriptor instead.
 func (*StrategyInfo) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{2}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StrategyInfo) GetName() string {
@@ -326,7 +397,7 @@ type ShardRange struct {
 
 func (x *ShardRange) Reset() {
 	*x = ShardRange{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +409,7 @@ func (x *ShardRange) String() string {
 func (*ShardRange) ProtoMessage() {}
 
 func (x *ShardRange) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +422,7 @@ func (x *ShardRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardRange.ProtoReflect.Descriptor instead.
 func (*ShardRange) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{3}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ShardRange) GetRank() uint32 {
@@ -389,7 +460,7 @@ type LayerShardLayout struct {
 
 func (x *LayerShardLayout) Reset() {
 	*x = LayerShardLayout{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +472,7 @@ func (x *LayerShardLayout) String() string {
 func (*LayerShardLayout) ProtoMessage() {}
 
 func (x *LayerShardLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +485,7 @@ func (x *LayerShardLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerShardLayout.ProtoReflect.Descriptor instead.
 func (*LayerShardLayout) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{4}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LayerShardLayout) GetLayer() uint32 {
@@ -455,7 +526,7 @@ type LayerPlan struct {
 
 func (x *LayerPlan) Reset() {
 	*x = LayerPlan{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +538,7 @@ func (x *LayerPlan) String() string {
 func (*LayerPlan) ProtoMessage() {}
 
 func (x *LayerPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +551,7 @@ func (x *LayerPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerPlan.ProtoReflect.Descriptor instead.
 func (*LayerPlan) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{5}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LayerPlan) GetSlots() []uint32 {
@@ -532,7 +603,7 @@ type RemapSummary struct {
 
 func (x *RemapSummary) Reset() {
 	*x = RemapSummary{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +615,7 @@ func (x *RemapSummary) String() string {
 func (*RemapSummary) ProtoMessage() {}
 
 func (x *RemapSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +628,7 @@ func (x *RemapSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemapSummary.ProtoReflect.Descriptor instead.
 func (*RemapSummary) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{6}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemapSummary) GetSendBytes() []uint64 {
@@ -616,7 +687,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -628,7 +699,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -641,7 +712,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{7}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Plan) GetJobId() string {
@@ -735,14 +806,17 @@ type RegisterJobRequest struct {
 	// The placement in force, one entry per MoE layer (for instance the shim's
 	// placement when it re-registers after a sidecar restart). Empty means the
 	// static expert-parallel placement. Each entry must be a valid plan.
-	CurrentSlots  []*LayerSlots `protobuf:"bytes,9,rep,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	CurrentSlots []*LayerSlots `protobuf:"bytes,9,rep,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	// What the cost model needs beyond the topology (see CostModel); absent:
+	// unknown, and strategies balance compute alone.
+	CostModel     *CostModel `protobuf:"bytes,20,opt,name=cost_model,json=costModel,proto3" json:"cost_model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterJobRequest) Reset() {
 	*x = RegisterJobRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +828,7 @@ func (x *RegisterJobRequest) String() string {
 func (*RegisterJobRequest) ProtoMessage() {}
 
 func (x *RegisterJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +841,7 @@ func (x *RegisterJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJobRequest.ProtoReflect.Descriptor instead.
 func (*RegisterJobRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{8}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterJobRequest) GetJobId() string {
@@ -833,6 +907,13 @@ func (x *RegisterJobRequest) GetCurrentSlots() []*LayerSlots {
 	return nil
 }
 
+func (x *RegisterJobRequest) GetCostModel() *CostModel {
+	if x != nil {
+		return x.CostModel
+	}
+	return nil
+}
+
 // LayerSlots is one layer's placement: world_size*slots_per_rank expert ids.
 type LayerSlots struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -843,7 +924,7 @@ type LayerSlots struct {
 
 func (x *LayerSlots) Reset() {
 	*x = LayerSlots{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +936,7 @@ func (x *LayerSlots) String() string {
 func (*LayerSlots) ProtoMessage() {}
 
 func (x *LayerSlots) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +949,7 @@ func (x *LayerSlots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerSlots.ProtoReflect.Descriptor instead.
 func (*LayerSlots) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{9}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LayerSlots) GetSlots() []uint32 {
@@ -899,7 +980,7 @@ type RegisterJobResponse struct {
 
 func (x *RegisterJobResponse) Reset() {
 	*x = RegisterJobResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +992,7 @@ func (x *RegisterJobResponse) String() string {
 func (*RegisterJobResponse) ProtoMessage() {}
 
 func (x *RegisterJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1005,7 @@ func (x *RegisterJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJobResponse.ProtoReflect.Descriptor instead.
 func (*RegisterJobResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{10}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterJobResponse) GetJobId() string {
@@ -972,14 +1053,20 @@ func (x *RegisterJobResponse) GetDefaults() []string {
 type LayerLoads struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Global tokens routed to each expert of the layer this iteration.
-	Tokens        []uint64 `protobuf:"varint,1,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
+	Tokens []uint64 `protobuf:"varint,1,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
+	// Optional: the same tokens by the node of the ranks that routed them,
+	// nodes x experts entries, node n's count of expert e at n*experts+e
+	// (nodes = world_size / ranks_per_node, or 1). Summed over nodes it must
+	// equal tokens. Empty: unknown, and strategies assume every rank routes an
+	// equal share of each expert's tokens.
+	NodeTokens    []uint64 `protobuf:"varint,20,rep,packed,name=node_tokens,json=nodeTokens,proto3" json:"node_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LayerLoads) Reset() {
 	*x = LayerLoads{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1078,7 @@ func (x *LayerLoads) String() string {
 func (*LayerLoads) ProtoMessage() {}
 
 func (x *LayerLoads) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,12 +1091,19 @@ func (x *LayerLoads) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerLoads.ProtoReflect.Descriptor instead.
 func (*LayerLoads) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{11}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LayerLoads) GetTokens() []uint64 {
 	if x != nil {
 		return x.Tokens
+	}
+	return nil
+}
+
+func (x *LayerLoads) GetNodeTokens() []uint64 {
+	if x != nil {
+		return x.NodeTokens
 	}
 	return nil
 }
@@ -1026,7 +1120,7 @@ type ReportLoadsRequest struct {
 
 func (x *ReportLoadsRequest) Reset() {
 	*x = ReportLoadsRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1132,7 @@ func (x *ReportLoadsRequest) String() string {
 func (*ReportLoadsRequest) ProtoMessage() {}
 
 func (x *ReportLoadsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1145,7 @@ func (x *ReportLoadsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadsRequest.ProtoReflect.Descriptor instead.
 func (*ReportLoadsRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{12}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportLoadsRequest) GetJobId() string {
@@ -1085,7 +1179,7 @@ type ReportLoadsResponse struct {
 
 func (x *ReportLoadsResponse) Reset() {
 	*x = ReportLoadsResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1191,7 @@ func (x *ReportLoadsResponse) String() string {
 func (*ReportLoadsResponse) ProtoMessage() {}
 
 func (x *ReportLoadsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1204,7 @@ func (x *ReportLoadsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadsResponse.ProtoReflect.Descriptor instead.
 func (*ReportLoadsResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{13}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReportLoadsResponse) GetPlan() *Plan {
@@ -1129,7 +1223,7 @@ type GetPlanRequest struct {
 
 func (x *GetPlanRequest) Reset() {
 	*x = GetPlanRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1235,7 @@ func (x *GetPlanRequest) String() string {
 func (*GetPlanRequest) ProtoMessage() {}
 
 func (x *GetPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1248,7 @@ func (x *GetPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPlanRequest.ProtoReflect.Descriptor instead.
 func (*GetPlanRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{14}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPlanRequest) GetJobId() string {
@@ -1172,7 +1266,7 @@ type ListStrategiesRequest struct {
 
 func (x *ListStrategiesRequest) Reset() {
 	*x = ListStrategiesRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1278,7 @@ func (x *ListStrategiesRequest) String() string {
 func (*ListStrategiesRequest) ProtoMessage() {}
 
 func (x *ListStrategiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1291,7 @@ func (x *ListStrategiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStrategiesRequest.ProtoReflect.Descriptor instead.
 func (*ListStrategiesRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{15}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
 }
 
 type ListStrategiesResponse struct {
@@ -1209,7 +1303,7 @@ type ListStrategiesResponse struct {
 
 func (x *ListStrategiesResponse) Reset() {
 	*x = ListStrategiesResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1315,7 @@ func (x *ListStrategiesResponse) String() string {
 func (*ListStrategiesResponse) ProtoMessage() {}
 
 func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1328,7 @@ func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStrategiesResponse.ProtoReflect.Descriptor instead.
 func (*ListStrategiesResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListStrategiesResponse) GetStrategies() []*StrategyInfo {
@@ -1252,7 +1346,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1358,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1371,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
 }
 
 type StrategyLayerInput struct {
@@ -1289,14 +1383,19 @@ type StrategyLayerInput struct {
 	// Tokens per expert of the latest iteration (empty before any report).
 	LastLoad []uint64 `protobuf:"varint,4,rep,packed,name=last_load,json=lastLoad,proto3" json:"last_load,omitempty"`
 	// The placement in force (length = world_size*slots_per_rank).
-	CurrentSlots  []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	CurrentSlots []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	// Predicted tokens per node per expert (nodes x num_experts, node n's
+	// count of expert e at n*num_experts+e), summing over nodes to
+	// predicted_load. Empty when the job reports no node_tokens: every rank
+	// then routes an equal share of each expert's tokens.
+	NodeLoad      []float64 `protobuf:"fixed64,20,rep,packed,name=node_load,json=nodeLoad,proto3" json:"node_load,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StrategyLayerInput) Reset() {
 	*x = StrategyLayerInput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1407,7 @@ func (x *StrategyLayerInput) String() string {
 func (*StrategyLayerInput) ProtoMessage() {}
 
 func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1420,7 @@ func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerInput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerInput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StrategyLayerInput) GetLayer() uint32 {
@@ -1359,6 +1458,13 @@ func (x *StrategyLayerInput) GetCurrentSlots() []uint32 {
 	return nil
 }
 
+func (x *StrategyLayerInput) GetNodeLoad() []float64 {
+	if x != nil {
+		return x.NodeLoad
+	}
+	return nil
+}
+
 type StrategyPlanRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Topology *Topology              `protobuf:"bytes,1,opt,name=topology,proto3" json:"topology,omitempty"`
@@ -1374,14 +1480,17 @@ type StrategyPlanRequest struct {
 	// force is that of this plugin's response with this response_id (which is
 	// what the caller adopted). A plugin that no longer holds that response
 	// answers FAILED_PRECONDITION, and the caller sends the slots instead.
-	CurrentRef    uint64 `protobuf:"varint,7,opt,name=current_ref,json=currentRef,proto3" json:"current_ref,omitempty"`
+	CurrentRef uint64 `protobuf:"varint,7,opt,name=current_ref,json=currentRef,proto3" json:"current_ref,omitempty"`
+	// The job's cost model, flops_per_token resolved (one value per layer, or
+	// one for all); absent when the job gave none.
+	CostModel     *CostModel `protobuf:"bytes,20,opt,name=cost_model,json=costModel,proto3" json:"cost_model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StrategyPlanRequest) Reset() {
 	*x = StrategyPlanRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1502,7 @@ func (x *StrategyPlanRequest) String() string {
 func (*StrategyPlanRequest) ProtoMessage() {}
 
 func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1515,7 @@ func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanRequest.ProtoReflect.Descriptor instead.
 func (*StrategyPlanRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StrategyPlanRequest) GetTopology() *Topology {
@@ -1458,6 +1567,13 @@ func (x *StrategyPlanRequest) GetCurrentRef() uint64 {
 	return 0
 }
 
+func (x *StrategyPlanRequest) GetCostModel() *CostModel {
+	if x != nil {
+		return x.CostModel
+	}
+	return nil
+}
+
 type StrategyLayerOutput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// world_size*slots_per_rank expert ids.
@@ -1468,7 +1584,7 @@ type StrategyLayerOutput struct {
 
 func (x *StrategyLayerOutput) Reset() {
 	*x = StrategyLayerOutput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1596,7 @@ func (x *StrategyLayerOutput) String() string {
 func (*StrategyLayerOutput) ProtoMessage() {}
 
 func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1609,7 @@ func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerOutput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerOutput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StrategyLayerOutput) GetSlots() []uint32 {
@@ -1520,7 +1636,7 @@ type StrategyPlanResponse struct {
 
 func (x *StrategyPlanResponse) Reset() {
 	*x = StrategyPlanResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1648,7 @@ func (x *StrategyPlanResponse) String() string {
 func (*StrategyPlanResponse) ProtoMessage() {}
 
 func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1661,7 @@ func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanResponse.ProtoReflect.Descriptor instead.
 func (*StrategyPlanResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{21}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StrategyPlanResponse) GetLayers() []*StrategyLayerOutput {
@@ -1587,7 +1703,12 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x0eranks_per_node\x18\x02 \x01(\rR\franksPerNode\x12$\n" +
 	"\x0eslots_per_rank\x18\x03 \x01(\rR\fslotsPerRank\x120\n" +
 	"\x14intra_node_bandwidth\x18\x04 \x01(\x01R\x12intraNodeBandwidth\x120\n" +
-	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"g\n" +
+	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"~\n" +
+	"\tCostModel\x12\x1f\n" +
+	"\vtoken_bytes\x18\x01 \x01(\x01R\n" +
+	"tokenBytes\x12&\n" +
+	"\x0fflops_per_token\x18\x02 \x03(\x01R\rflopsPerToken\x12(\n" +
+	"\x10flops_per_second\x18\x03 \x01(\x01R\x0eflopsPerSecond\"g\n" +
 	"\n" +
 	"OptionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
@@ -1635,7 +1756,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x05remap\x18\b \x01(\v2\x19.swiftmoe.v1.RemapSummaryR\x05remap\x12/\n" +
 	"\x06source\x18\t \x01(\x0e2\x17.swiftmoe.v1.PlanSourceR\x06source\x12\x12\n" +
 	"\x04note\x18\n" +
-	" \x01(\tR\x04note\"\x9a\x04\n" +
+	" \x01(\tR\x04note\"\xd1\x04\n" +
 	"\x12RegisterJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x121\n" +
 	"\btopology\x18\x02 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12*\n" +
@@ -1645,7 +1766,9 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x19optimizer_bytes_per_param\x18\x06 \x01(\rR\x16optimizerBytesPerParam\x12\x1a\n" +
 	"\bstrategy\x18\a \x01(\tR\bstrategy\x12_\n" +
 	"\x10strategy_options\x18\b \x03(\v24.swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntryR\x0fstrategyOptions\x12<\n" +
-	"\rcurrent_slots\x18\t \x03(\v2\x17.swiftmoe.v1.LayerSlotsR\fcurrentSlots\x1aB\n" +
+	"\rcurrent_slots\x18\t \x03(\v2\x17.swiftmoe.v1.LayerSlotsR\fcurrentSlots\x125\n" +
+	"\n" +
+	"cost_model\x18\x14 \x01(\v2\x16.swiftmoe.v1.CostModelR\tcostModel\x1aB\n" +
 	"\x14StrategyOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\"\n" +
@@ -1658,10 +1781,12 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\finitial_plan\x18\x03 \x01(\v2\x11.swiftmoe.v1.PlanR\vinitialPlan\x125\n" +
 	"\bstrategy\x18\x04 \x01(\v2\x19.swiftmoe.v1.StrategyInfoR\bstrategy\x121\n" +
 	"\btopology\x18\x05 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1a\n" +
-	"\bdefaults\x18\x06 \x03(\tR\bdefaults\"$\n" +
+	"\bdefaults\x18\x06 \x03(\tR\bdefaults\"E\n" +
 	"\n" +
 	"LayerLoads\x12\x16\n" +
-	"\x06tokens\x18\x01 \x03(\x04R\x06tokens\"z\n" +
+	"\x06tokens\x18\x01 \x03(\x04R\x06tokens\x12\x1f\n" +
+	"\vnode_tokens\x18\x14 \x03(\x04R\n" +
+	"nodeTokens\"z\n" +
 	"\x12ReportLoadsRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x12/\n" +
@@ -1675,14 +1800,15 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\n" +
 	"strategies\x18\x01 \x03(\v2\x19.swiftmoe.v1.StrategyInfoR\n" +
 	"strategies\"\x11\n" +
-	"\x0fDescribeRequest\"\xb4\x01\n" +
+	"\x0fDescribeRequest\"\xd1\x01\n" +
 	"\x12StrategyLayerInput\x12\x14\n" +
 	"\x05layer\x18\x01 \x01(\rR\x05layer\x12\x1f\n" +
 	"\vnum_experts\x18\x02 \x01(\rR\n" +
 	"numExperts\x12%\n" +
 	"\x0epredicted_load\x18\x03 \x03(\x01R\rpredictedLoad\x12\x1b\n" +
 	"\tlast_load\x18\x04 \x03(\x04R\blastLoad\x12#\n" +
-	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\xab\x03\n" +
+	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\x12\x1b\n" +
+	"\tnode_load\x18\x14 \x03(\x01R\bnodeLoad\"\xe2\x03\n" +
 	"\x13StrategyPlanRequest\x121\n" +
 	"\btopology\x18\x01 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x127\n" +
@@ -1691,7 +1817,9 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x13expert_weight_bytes\x18\x05 \x03(\x04R\x11expertWeightBytes\x124\n" +
 	"\x16expert_optimizer_bytes\x18\x06 \x03(\x04R\x14expertOptimizerBytes\x12\x1f\n" +
 	"\vcurrent_ref\x18\a \x01(\x04R\n" +
-	"currentRef\x1a:\n" +
+	"currentRef\x125\n" +
+	"\n" +
+	"cost_model\x18\x14 \x01(\v2\x16.swiftmoe.v1.CostModelR\tcostModel\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
@@ -1731,71 +1859,74 @@ func file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP() []byte {
 }
 
 var file_swiftmoe_v1_swiftmoe_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_swiftmoe_v1_swiftmoe_proto_goTypes = []any{
 	(PlanSource)(0),                // 0: swiftmoe.v1.PlanSource
 	(*Topology)(nil),               // 1: swiftmoe.v1.Topology
-	(*OptionSpec)(nil),             // 2: swiftmoe.v1.OptionSpec
-	(*StrategyInfo)(nil),           // 3: swiftmoe.v1.StrategyInfo
-	(*ShardRange)(nil),             // 4: swiftmoe.v1.ShardRange
-	(*LayerShardLayout)(nil),       // 5: swiftmoe.v1.LayerShardLayout
-	(*LayerPlan)(nil),              // 6: swiftmoe.v1.LayerPlan
-	(*RemapSummary)(nil),           // 7: swiftmoe.v1.RemapSummary
-	(*Plan)(nil),                   // 8: swiftmoe.v1.Plan
-	(*RegisterJobRequest)(nil),     // 9: swiftmoe.v1.RegisterJobRequest
-	(*LayerSlots)(nil),             // 10: swiftmoe.v1.LayerSlots
-	(*RegisterJobResponse)(nil),    // 11: swiftmoe.v1.RegisterJobResponse
-	(*LayerLoads)(nil),             // 12: swiftmoe.v1.LayerLoads
-	(*ReportLoadsRequest)(nil),     // 13: swiftmoe.v1.ReportLoadsRequest
-	(*ReportLoadsResponse)(nil),    // 14: swiftmoe.v1.ReportLoadsResponse
-	(*GetPlanRequest)(nil),         // 15: swiftmoe.v1.GetPlanRequest
-	(*ListStrategiesRequest)(nil),  // 16: swiftmoe.v1.ListStrategiesRequest
-	(*ListStrategiesResponse)(nil), // 17: swiftmoe.v1.ListStrategiesResponse
-	(*DescribeRequest)(nil),        // 18: swiftmoe.v1.DescribeRequest
-	(*StrategyLayerInput)(nil),     // 19: swiftmoe.v1.StrategyLayerInput
-	(*StrategyPlanRequest)(nil),    // 20: swiftmoe.v1.StrategyPlanRequest
-	(*StrategyLayerOutput)(nil),    // 21: swiftmoe.v1.StrategyLayerOutput
-	(*StrategyPlanResponse)(nil),   // 22: swiftmoe.v1.StrategyPlanResponse
-	nil,                            // 23: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
-	nil,                            // 24: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	(*CostModel)(nil),              // 2: swiftmoe.v1.CostModel
+	(*OptionSpec)(nil),             // 3: swiftmoe.v1.OptionSpec
+	(*StrategyInfo)(nil),           // 4: swiftmoe.v1.StrategyInfo
+	(*ShardRange)(nil),             // 5: swiftmoe.v1.ShardRange
+	(*LayerShardLayout)(nil),       // 6: swiftmoe.v1.LayerShardLayout
+	(*LayerPlan)(nil),              // 7: swiftmoe.v1.LayerPlan
+	(*RemapSummary)(nil),           // 8: swiftmoe.v1.RemapSummary
+	(*Plan)(nil),                   // 9: swiftmoe.v1.Plan
+	(*RegisterJobRequest)(nil),     // 10: swiftmoe.v1.RegisterJobRequest
+	(*LayerSlots)(nil),             // 11: swiftmoe.v1.LayerSlots
+	(*RegisterJobResponse)(nil),    // 12: swiftmoe.v1.RegisterJobResponse
+	(*LayerLoads)(nil),             // 13: swiftmoe.v1.LayerLoads
+	(*ReportLoadsRequest)(nil),     // 14: swiftmoe.v1.ReportLoadsRequest
+	(*ReportLoadsResponse)(nil),    // 15: swiftmoe.v1.ReportLoadsResponse
+	(*GetPlanRequest)(nil),         // 16: swiftmoe.v1.GetPlanRequest
+	(*ListStrategiesRequest)(nil),  // 17: swiftmoe.v1.ListStrategiesRequest
+	(*ListStrategiesResponse)(nil), // 18: swiftmoe.v1.ListStrategiesResponse
+	(*DescribeRequest)(nil),        // 19: swiftmoe.v1.DescribeRequest
+	(*StrategyLayerInput)(nil),     // 20: swiftmoe.v1.StrategyLayerInput
+	(*StrategyPlanRequest)(nil),    // 21: swiftmoe.v1.StrategyPlanRequest
+	(*StrategyLayerOutput)(nil),    // 22: swiftmoe.v1.StrategyLayerOutput
+	(*StrategyPlanResponse)(nil),   // 23: swiftmoe.v1.StrategyPlanResponse
+	nil,                            // 24: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	nil,                            // 25: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
 }
 var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
-	2,  // 0: swiftmoe.v1.StrategyInfo.options:type_name -> swiftmoe.v1.OptionSpec
-	4,  // 1: swiftmoe.v1.LayerShardLayout.ranges:type_name -> swiftmoe.v1.ShardRange
-	6,  // 2: swiftmoe.v1.Plan.layers:type_name -> swiftmoe.v1.LayerPlan
-	7,  // 3: swiftmoe.v1.Plan.remap:type_name -> swiftmoe.v1.RemapSummary
+	3,  // 0: swiftmoe.v1.StrategyInfo.options:type_name -> swiftmoe.v1.OptionSpec
+	5,  // 1: swiftmoe.v1.LayerShardLayout.ranges:type_name -> swiftmoe.v1.ShardRange
+	7,  // 2: swiftmoe.v1.Plan.layers:type_name -> swiftmoe.v1.LayerPlan
+	8,  // 3: swiftmoe.v1.Plan.remap:type_name -> swiftmoe.v1.RemapSummary
 	0,  // 4: swiftmoe.v1.Plan.source:type_name -> swiftmoe.v1.PlanSource
 	1,  // 5: swiftmoe.v1.RegisterJobRequest.topology:type_name -> swiftmoe.v1.Topology
-	23, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
-	10, // 7: swiftmoe.v1.RegisterJobRequest.current_slots:type_name -> swiftmoe.v1.LayerSlots
-	5,  // 8: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
-	8,  // 9: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
-	3,  // 10: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 11: swiftmoe.v1.RegisterJobResponse.topology:type_name -> swiftmoe.v1.Topology
-	12, // 12: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
-	8,  // 13: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
-	3,  // 14: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 15: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
-	19, // 16: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
-	24, // 17: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
-	21, // 18: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
-	9,  // 19: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
-	13, // 20: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
-	15, // 21: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
-	16, // 22: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
-	18, // 23: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
-	20, // 24: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
-	11, // 25: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
-	14, // 26: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
-	8,  // 27: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
-	17, // 28: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
-	3,  // 29: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
-	22, // 30: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
-	25, // [25:31] is the sub-list for method output_type
-	19, // [19:25] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	24, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	11, // 7: swiftmoe.v1.RegisterJobRequest.current_slots:type_name -> swiftmoe.v1.LayerSlots
+	2,  // 8: swiftmoe.v1.RegisterJobRequest.cost_model:type_name -> swiftmoe.v1.CostModel
+	6,  // 9: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
+	9,  // 10: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
+	4,  // 11: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 12: swiftmoe.v1.RegisterJobResponse.topology:type_name -> swiftmoe.v1.Topology
+	13, // 13: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
+	9,  // 14: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
+	4,  // 15: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 16: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
+	20, // 17: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
+	25, // 18: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	2,  // 19: swiftmoe.v1.StrategyPlanRequest.cost_model:type_name -> swiftmoe.v1.CostModel
+	22, // 20: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
+	10, // 21: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
+	14, // 22: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
+	16, // 23: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
+	17, // 24: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
+	19, // 25: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
+	21, // 26: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
+	12, // 27: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
+	15, // 28: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
+	9,  // 29: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
+	18, // 30: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
+	4,  // 31: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
+	23, // 32: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
+	27, // [27:33] is the sub-list for method output_type
+	21, // [21:27] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_swiftmoe_v1_swiftmoe_proto_init() }
@@ -1809,7 +1940,7 @@ func file_swiftmoe_v1_swiftmoe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_swiftmoe_v1_swiftmoe_proto_rawDesc), len(file_swiftmoe_v1_swiftmoe_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -32,6 +32,16 @@ class Topology(_message.Message):
     inter_node_bandwidth: float
     def __init__(self, world_size: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., intra_node_bandwidth: _Optional[float] = ..., inter_node_bandwidth: _Optional[float] = ...) -> None: ...
 
+class CostModel(_message.Message):
+    __slots__ = ("token_bytes", "flops_per_token", "flops_per_second")
+    TOKEN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    token_bytes: float
+    flops_per_token: _containers.RepeatedScalarFieldContainer[float]
+    flops_per_second: float
+    def __init__(self, token_bytes: _Optional[float] = ..., flops_per_token: _Optional[_Iterable[float]] = ..., flops_per_second: _Optional[float] = ...) -> None: ...
+
 class OptionSpec(_message.Message):
     __slots__ = ("name", "description", "default_value")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -129,7 +139,7 @@ class Plan(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., strategy: _Optional[str] = ..., world_size: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., max_over_mean: _Optional[float] = ..., remap: _Optional[_Union[RemapSummary, _Mapping]] = ..., source: _Optional[_Union[PlanSource, str]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class RegisterJobRequest(_message.Message):
-    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options", "current_slots")
+    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options", "current_slots", "cost_model")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +156,7 @@ class RegisterJobRequest(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    COST_MODEL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     topology: Topology
     experts_per_layer: _containers.RepeatedScalarFieldContainer[int]
@@ -155,7 +166,8 @@ class RegisterJobRequest(_message.Message):
     strategy: str
     strategy_options: _containers.ScalarMap[str, str]
     current_slots: _containers.RepeatedCompositeFieldContainer[LayerSlots]
-    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., current_slots: _Optional[_Iterable[_Union[LayerSlots, _Mapping]]] = ...) -> None: ...
+    cost_model: CostModel
+    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., current_slots: _Optional[_Iterable[_Union[LayerSlots, _Mapping]]] = ..., cost_model: _Optional[_Union[CostModel, _Mapping]] = ...) -> None: ...
 
 class LayerSlots(_message.Message):
     __slots__ = ("slots",)
@@ -180,10 +192,12 @@ class RegisterJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., shard_layout: _Optional[_Iterable[_Union[LayerShardLayout, _Mapping]]] = ..., initial_plan: _Optional[_Union[Plan, _Mapping]] = ..., strategy: _Optional[_Union[StrategyInfo, _Mapping]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., defaults: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LayerLoads(_message.Message):
-    __slots__ = ("tokens",)
+    __slots__ = ("tokens", "node_tokens")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+    node_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., node_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReportLoadsRequest(_message.Message):
     __slots__ = ("job_id", "iteration", "layers")
@@ -222,21 +236,23 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StrategyLayerInput(_message.Message):
-    __slots__ = ("layer", "num_experts", "predicted_load", "last_load", "current_slots")
+    __slots__ = ("layer", "num_experts", "predicted_load", "last_load", "current_slots", "node_load")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     NUM_EXPERTS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LOAD_FIELD_NUMBER: _ClassVar[int]
     LAST_LOAD_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    NODE_LOAD_FIELD_NUMBER: _ClassVar[int]
     layer: int
     num_experts: int
     predicted_load: _containers.RepeatedScalarFieldContainer[float]
     last_load: _containers.RepeatedScalarFieldContainer[int]
     current_slots: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ...) -> None: ...
+    node_load: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ..., node_load: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StrategyPlanRequest(_message.Message):
-    __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes", "current_ref")
+    __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes", "current_ref", "cost_model")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +267,7 @@ class StrategyPlanRequest(_message.Message):
     EXPERT_WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPERT_OPTIMIZER_BYTES_FIELD_NUMBER: _ClassVar[int]
     CURRENT_REF_FIELD_NUMBER: _ClassVar[int]
+    COST_MODEL_FIELD_NUMBER: _ClassVar[int]
     topology: Topology
     iteration: int
     layers: _containers.RepeatedCompositeFieldContainer[StrategyLayerInput]
@@ -258,7 +275,8 @@ class StrategyPlanRequest(_message.Message):
     expert_weight_bytes: _containers.RepeatedScalarFieldContainer[int]
     expert_optimizer_bytes: _containers.RepeatedScalarFieldContainer[int]
     current_ref: int
-    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., iteration: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[StrategyLayerInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., expert_weight_bytes: _Optional[_Iterable[int]] = ..., expert_optimizer_bytes: _Optional[_Iterable[int]] = ..., current_ref: _Optional[int] = ...) -> None: ...
+    cost_model: CostModel
+    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., iteration: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[StrategyLayerInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., expert_weight_bytes: _Optional[_Iterable[int]] = ..., expert_optimizer_bytes: _Optional[_Iterable[int]] = ..., current_ref: _Optional[int] = ..., cost_model: _Optional[_Union[CostModel, _Mapping]] = ...) -> None: ...
 
 class StrategyLayerOutput(_message.Message):
     __slots__ = ("slots",)
