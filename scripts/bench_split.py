@@ -3,13 +3,15 @@
 
 For each (E, N, S) it builds Zipf-skewed per-rank counts (8192 routed tokens per rank, as top-2
 over 4096 tokens), a plan from a noisy copy of the loads (replicas proportional to load, LPT
-packing), and prints the median microseconds of what the engine runs per layer on every rank,
-split_tokens_for_rank (the rank's row and slot columns of the fast split; its fastest run too,
-as the machine may be shared; and with 8 ranks per node), then of the dense fast split
-split_tokens ([N, N*S], what the simulator and tests use), of the min-max stage alone
-(per-rank amounts, before routing sources to slots), of the exact and of the even split, plus
-fast/exact max rank load and max/mean rank load of each. The load average is printed first: on a
-busy machine medians run high.
+packing: swiftmoe.planning.reference), and prints the median microseconds of what the engine
+runs per layer on every rank, split_tokens_for_rank (the rank's row and slot columns of the fast
+split; its fastest run too, as the machine may be shared; and with 8 ranks per node), then of
+the dense fast split ([N, N*S], the reference the tests check the engine's part against:
+pyshim/tests/split_reference.py), of the min-max stage alone (per-rank amounts, before routing
+sources to slots), of the exact and of the even split, plus fast/exact max rank load and
+max/mean rank load of each. The load average is printed first: on a busy machine medians run
+high. Every call takes the plan's index from a PlanIndexCache, as the engine's splitter does:
+the plan is indexed once.
 
     OMP_NUM_THREADS=1 PYTHONPATH=pyshim python3 scripts/bench_split.py [--reps 20]
 """
@@ -26,32 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pyshim"))
-from swiftmoe import split  # noqa: E402
-from swiftmoe.plan import max_over_mean  # noqa: E402
+_REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(_REPO / "pyshim"), str(_REPO / "pyshim" / "tests")]
+import split_reference as reference  # noqa: E402
+
+from swiftmoe.engine import split  # noqa: E402
+from swiftmoe.engine.plan import max_over_mean  # noqa: E402
+from swiftmoe.engine.split import amounts, plan_index  # noqa: E402
+from swiftmoe.planning import reference as reference_planner  # noqa: E402
 
 SHAPES = [(256, 256, 4), (64, 16, 8), (16, 16, 4)]
-
-
-def plan_from(loads_E: np.ndarray, N: int, S: int) -> list[int]:
-    E = loads_E.size
-    reps_E = np.ones(E, dtype=np.int64)
-    for _ in range(N * S - E):
-        reps_E[int(np.argmax(loads_E / reps_E))] += 1
-    units = sorted(
-        ((loads_E[e] / reps_E[e], e) for e in range(E) for _ in range(reps_E[e])),
-        key=lambda u: (-u[0], u[1]),
-    )
-    load_R = np.zeros(N)
-    held: list[list[int]] = [[] for _ in range(N)]
-    for w, e in units:
-        r = min(
-            (r for r in range(N) if len(held[r]) < S),
-            key=lambda r: (held[r].count(e), load_R[r], r),
-        )
-        load_R[r] += w
-        held[r].append(e)
-    return [e for r in range(N) for e in held[r]]
 
 
 def timed(fn, reps: int, best: bool = False):
@@ -71,31 +57,37 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     p_E /= p_E.sum()
     counts_QE = torch.from_numpy(rng.multinomial(8192, p_E, size=N).astype(np.int64))
     prev_E = counts_QE.sum(0).numpy() * rng.uniform(0.8, 1.2, size=E)
-    slots_K = plan_from(prev_E, N, S)
+    slots_K = reference_planner.plan_layer(prev_E.tolist(), N, S)
     rpn = 8 if N > 8 else 0
     ranks = iter(range(10**9))  # a different rank each call: ranks' costs differ a little
-    (t_rank, t_rbest), _ = timed(
-        lambda: split.split_tokens_for_rank(counts_QE, slots_K, S, next(ranks) % N), reps, True
+    cache = split.PlanIndexCache()  # what the engine's RankSplitter keeps
+
+    def plan() -> split.PlanIndex:
+        return cache.index(slots_K, S, N, E)
+
+    def rank_split(r: int, rpn: int = 0) -> split.RankSplit:
+        return split.split_tokens_for_rank(counts_QE, plan(), S, r, rpn)
+
+    (t_rank, t_rbest), _ = timed(lambda: rank_split(next(ranks) % N), reps, True)
+    t_rnode, _ = timed(lambda: rank_split(next(ranks) % N, rpn), reps)
+    t_fast, f_fast = timed(
+        lambda: reference.split_tokens(counts_QE, plan(), S, method="fast"), reps
     )
-    t_rnode, _ = timed(
-        lambda: split.split_tokens_for_rank(counts_QE, slots_K, S, next(ranks) % N, rpn), reps
-    )
-    t_fast, f_fast = timed(lambda: split.split_tokens(counts_QE, slots_K, S, method="fast"), reps)
-    t_node, f_node = timed(lambda: split.split_tokens(counts_QE, slots_K, S, rpn, "fast"), reps)
-    c_QE, pl, L_E = split._prepare(counts_QE, slots_K, S)
-    t_amt, _ = timed(lambda: split._amounts_fast(c_QE, pl, L_E), reps)
+    t_node, f_node = timed(lambda: reference.split_tokens(counts_QE, plan(), S, rpn, "fast"), reps)
+    c_QE, pl, L_E = plan_index.prepare(counts_QE, plan(), S)
+    t_amt, _ = timed(lambda: amounts.amounts_fast(c_QE, pl, L_E), reps)
     t_exact, f_exact = timed(
-        lambda: split.split_tokens(counts_QE, slots_K, S, method="exact"),
+        lambda: reference.split_tokens(counts_QE, plan(), S, method="exact"),
         max(1, reps // 5),
     )
-    t_even, f_even = timed(lambda: split.even_split_tokens(counts_QE, slots_K, S), reps)
+    t_even, f_even = timed(lambda: reference.even_split_tokens(counts_QE, plan(), S), reps)
     loads = {
-        k: split.rank_load_from_flow(f, S)
+        k: reference.rank_load_from_flow(f, S)
         for k, f in (("even", f_even), ("fast", f_fast), ("exact", f_exact))
     }
     ratio = float(loads["fast"].max()) / float(loads["exact"].max())
     mom = {k: max_over_mean(v.tolist()) for k, v in loads.items()}
-    if not torch.equal(split.rank_load_from_flow(f_node, S), loads["fast"]):
+    if not torch.equal(reference.rank_load_from_flow(f_node, S), loads["fast"]):
         raise SystemExit("ranks_per_node changed the rank loads; it may only change who sends")
     print(
         f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} "

@@ -12,7 +12,7 @@ Section "skew" (experts drawn from a Zipf popularity whose hot set is re-drawn e
   static    E experts on N*S = E slots, one slot each, placement never changes (plan_source=None);
   swiftmoe  the same model with more slots per rank for replicas, placed every iteration from
             the previous iteration's loads (the sidecar's "swiftmoe" strategy when
-            bin/swiftmoe-sidecar exists, else an in-process Python planner: replicas
+            bin/swiftmoe-sidecar exists, else swiftmoe.planning.reference in-process: replicas
             proportional to load, LPT packing); optimizer state stays sharded 1/N;
   bound     the static layout fed perfectly uniform routing with the same token count: every
             rank gets exactly the mean load (perfect balance, the same total expert work).
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -60,7 +59,9 @@ import swiftmoe  # noqa: E402
 from swiftmoe import nn as smnn  # noqa: E402
 from swiftmoe.adapters.base import RouteResult, register_adapter  # noqa: E402
 from swiftmoe.adapters.native import NativeMoEAdapter  # noqa: E402
-from swiftmoe.plan_source import CallablePlanSource  # noqa: E402
+from swiftmoe.planning import reference  # noqa: E402
+from swiftmoe.planning.sources import CallablePlanSource  # noqa: E402
+from swiftmoe.sim import trace  # noqa: E402
 
 WORLD_SIZE = 2
 BUSY_LOAD = 1.0  # 1-minute load average above which the report warns that the figures are noisy
@@ -152,14 +153,6 @@ class BenchModel(nn.Module):
 # ---------------------------------------------------------------------------- routing schedules
 
 
-def zipf_popularity(E: int, s: float, perm_E: torch.Tensor) -> torch.Tensor:
-    """p_E with p[perm[j]] proportional to 1/(j+1)^s: expert perm[0] is the hottest."""
-    w_E = 1.0 / torch.arange(1, E + 1, dtype=torch.float64) ** s
-    p_E = torch.empty(E, dtype=torch.float64)
-    p_E[perm_E] = w_E / w_E.sum()
-    return p_E
-
-
 def routing(
     kind: str, it: int, layer: int, rank: int, T: int, E: int, K: int, args: argparse.Namespace
 ) -> torch.Tensor:
@@ -180,7 +173,8 @@ def routing(
     elif kind == "skew":
         phase = it // args.shift_every
         gp = torch.Generator().manual_seed(base + 15485863 * (phase + 1))
-        p_E = zipf_popularity(E, args.zipf, torch.randperm(E, generator=gp))
+        perm_E = torch.randperm(E, generator=gp).numpy()
+        p_E = torch.from_numpy(trace.zipf_popularity(E, args.zipf, perm_E))
     else:
         raise ValueError(f"routing: kind must be skew, uniform or balanced, got {kind!r}")
     return torch.multinomial(p_E.float().expand(T, E), K, replacement=False, generator=g)
@@ -190,58 +184,14 @@ def routing(
 
 
 def replica_counts(loads_E: list[int], N: int, S: int) -> list[int]:
-    """Replicas per expert, proportional to load: each extra slot goes to the expert with the
-    largest load per replica, at most N replicas each while there are slots for that."""
-    E = len(loads_E)
-    reps_E = [1] * E
-    cap = N
-    for _ in range(N * S - E):
-        cand = [e for e in range(E) if reps_E[e] < cap]
-        if not cand:
-            cap += N
-            cand = list(range(E))
-        e = max(cand, key=lambda e: (loads_E[e] / reps_E[e], -e))
-        reps_E[e] += 1
-    return reps_E
-
-
-def lpt_pack(loads_E: list[int], reps_E: list[int], N: int, S: int) -> list[int]:
-    """slots_K: replicas (weight load/replicas) largest first onto the least loaded rank with a
-    free slot, spreading an expert's replicas over ranks; then a repair that swaps slots until no
-    rank holds more than ceil(r_e/N) replicas of e (the plan rule)."""
-    E = len(loads_E)
-    units = sorted(
-        ((loads_E[e] / reps_E[e], e) for e in range(E) for _ in range(reps_E[e])),
-        key=lambda u: (-u[0], u[1]),
-    )
-    limit_E = [-(-r // N) for r in reps_E]
-    load_R = [0.0] * N
-    held: list[list[int]] = [[] for _ in range(N)]
-    for w, e in units:
-        free = [r for r in range(N) if len(held[r]) < S]
-        ok = [r for r in free if held[r].count(e) < limit_E[e]] or free
-        r = min(ok, key=lambda r: (load_R[r], r))
-        load_R[r] += w
-        held[r].append(e)
-    for r in range(N):
-        for e in set(held[r]):
-            while held[r].count(e) > limit_E[e]:
-                r2, i2 = next(
-                    (r2, i2)
-                    for r2 in range(N)
-                    if held[r2].count(e) < limit_E[e]
-                    for i2, f in enumerate(held[r2])
-                    if f != e and held[r].count(f) < limit_E[f]
-                )
-                f = held[r2][i2]
-                held[r2][i2] = e
-                held[r][held[r].index(e)] = f
-    return [e for r in range(N) for e in held[r]]
+    """Replicas per expert, proportional to load, at most N replicas each while there are slots
+    for that (swiftmoe.planning.reference, the Python planner of the tests and benchmarks)."""
+    return reference.replica_counts(loads_E, N, S, cap_at_ranks=True)
 
 
 def python_plan(loads_LE: list[list[int]], N: int, S: int) -> list[list[int]]:
     """Per layer, replicas proportional to load and LPT packing (pure)."""
-    return [lpt_pack(loads_E, replica_counts(loads_E, N, S), N, S) for loads_E in loads_LE]
+    return reference.plan_layers(loads_LE, N, S, cap_at_ranks=True)
 
 
 # ---------------------------------------------------------------------------- one rank
@@ -253,7 +203,8 @@ def _plan_source(args: argparse.Namespace, rank: int, E: int, P: int, shared: di
         return None
     S, L = args.swift_slots, args.layers
     if shared.get("kind") == "sidecar":
-        from swiftmoe.sidecar import JobSpec, PlanService
+        from swiftmoe.planning.client import JobSpec
+        from swiftmoe.planning.service import PlanService
 
         spec = JobSpec(
             world_size=WORLD_SIZE,
@@ -279,7 +230,7 @@ def _choose_planner(args: argparse.Namespace, rank: int) -> tuple[str, str]:
     """("sidecar" | "python", why) on rank 0; both ranks learn it from the first plan source."""
     if args.planner == "python":
         return "python", "--planner python"
-    from swiftmoe.sidecar import SidecarNotFoundError, find_sidecar_binary
+    from swiftmoe.planning.binaries import SidecarNotFoundError, find_sidecar_binary
 
     try:
         path = find_sidecar_binary()
@@ -700,8 +651,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="SwiftMoE slots per rank (default 5: one replica slot per rank more than static; "
         "the gradient and remap exchanges grow with the slots, so 6 costs more here)",
     )
-    ap.add_argument("--zipf", type=float, default=1.2, help="Zipf exponent of the skew")
-    ap.add_argument("--shift-every", type=int, default=10, help="iterations per hot set")
+    trace.add_skew_arguments(ap, zipf=1.2, shift_every=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--planner",
@@ -739,8 +689,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.swift_slots < args.static_slots:
         ap.error(f"--swift-slots must be >= --static-slots ({args.static_slots})")
-    if not (args.zipf >= 0 and math.isfinite(args.zipf)):
-        ap.error(f"--zipf must be a finite number >= 0, got {args.zipf}")
+    try:
+        trace.check_zipf(args.zipf, "--zipf")
+    except ValueError as e:
+        ap.error(str(e))
     if args.tokens % args.experts:
         ap.error("--tokens must be a multiple of --experts (so the bound's routing is exact)")
     return args

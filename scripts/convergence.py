@@ -142,7 +142,7 @@ def print_summary(s: dict) -> None:
               f"{'—' if mt is None else f'{mt:.1f}'} |")  # fmt: skip
     if "systems" in s:
         print()
-        print(report._table_text(s["systems"]))
+        print(report.table_text(s["systems"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,10 @@
 """Write testdata/vectors/plan_rules.json: plan-rule cases both languages are tested against.
 
 Every case is written by hand below with its expected verdict (valid, and for an invalid plan the
-exact reason Go's sdk.ValidateSlots and Python's swiftmoe.plan.validate_slots give, without the
+exact reason Go's sdk.ValidateSlots and Python's swiftmoe.engine.plan.validate_slots give, without the
 "invalid plan: " prefix). This script fills in the derived figures (replicas, rank_loads,
 max_over_mean) with its own direct arithmetic, then cross-checks the whole file against
-swiftmoe.plan and refuses to write when they disagree.
+swiftmoe.engine.plan and refuses to write when they disagree.
 
     python3 scripts/gen_plan_vectors.py          # rewrite the file
     python3 scripts/gen_plan_vectors.py --check  # exit 1 when the committed file is stale
@@ -108,9 +108,9 @@ def build() -> list[dict]:
 
 
 def cross_check(cases: list[dict]) -> list[str]:
-    """Problems found when swiftmoe.plan is run on every case; empty when it agrees."""
+    """Problems found when swiftmoe.engine.plan is run on every case; empty when it agrees."""
     sys.path.insert(0, str(ROOT / "pyshim"))
-    from swiftmoe import plan
+    from swiftmoe.engine import plan
 
     problems = []
     for c in cases:
@@ -153,7 +153,7 @@ def main() -> int:
     cases = build()
     problems = cross_check(cases)
     if problems:
-        print("swiftmoe.plan disagrees with the hand-written cases:", file=sys.stderr)
+        print("swiftmoe.engine.plan disagrees with the hand-written cases:", file=sys.stderr)
         for p in problems:
             print("  " + p, file=sys.stderr)
         return 1

@@ -29,10 +29,11 @@ import torch
 
 from swiftmoe._proto.v1 import swiftmoe_pb2 as pb
 from swiftmoe._proto.v1 import swiftmoe_pb2_grpc as pb_grpc
-from swiftmoe.dist import Comm
-from swiftmoe.optim import ExchangeLayout, ShardedExpertOptimizer, shard_bounds
-from swiftmoe.plan import static_slots
-from swiftmoe.sidecar import JobSpec, ManagedSidecar, SidecarClient
+from swiftmoe.engine.dist import Comm
+from swiftmoe.engine.optim import ExchangeLayout, ShardedExpertOptimizer, shard_bounds
+from swiftmoe.engine.plan import static_slots
+from swiftmoe.planning.client import JobSpec, SidecarClient
+from swiftmoe.planning.process import ManagedSidecar
 
 REPO = Path(__file__).resolve().parents[1]
 SIDECAR = REPO / "bin" / "swiftmoe-sidecar"

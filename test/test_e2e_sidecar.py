@@ -16,7 +16,7 @@ or plugin process, socket or socket directory is left behind. The cases:
   margin, the sidecar is replaced, plans come back; SIGCONT at the end.
 
 Each case marks the processes it starts with its own ``SWIFTMOE_TEST_CASE`` environment value
-and looks for them in /proc (see pyshim/tests/conftest.py) after ``handle.close()`` and after
+and looks for them in /proc (see pyshim/tests/orphan_guard.py) after ``handle.close()`` and after
 the ranks exit. The last test checks that the /proc scan really finds an orphan.
 
 Shape legend: B tokens of one rank, N ranks, S slots per rank, K = N*S slots of a layer.
@@ -24,7 +24,6 @@ Shape legend: B tokens of one rank, N ranks, S slots per rank, K = N*S slots of 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -36,11 +35,12 @@ import time
 import uuid
 from pathlib import Path
 
+import orphan_guard
 import pytest
 import torch
 import torch.distributed as dist
 from distributed import run_ranks
-from test_engine_support import (
+from engine_harness import (
     SLOTS_FOR,
     allreduce_dense_grads,
     full_state,
@@ -69,18 +69,8 @@ needs_sidecar = pytest.mark.skipif(
 
 
 def _guard():
-    """The /proc scanner of pyshim/tests/conftest.py (loaded by test/conftest.py; loaded here
-    by path in the spawned ranks)."""
-    name = "swiftmoe_orphan_guard"
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(
-            name, REPO / "pyshim" / "tests" / "conftest.py"
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    """The /proc scanner of the session's orphan guard (pyshim/tests/orphan_guard.py)."""
+    return orphan_guard
 
 
 def _procs(case: str, grace_s: float = 0.0) -> list[dict]:
@@ -336,7 +326,7 @@ def test_auto_slots_chosen_by_the_sidecar_train_to_the_reference() -> None:
 
 @needs_sidecar
 def test_attached_sidecar_plans_and_is_left_running(monkeypatch) -> None:
-    from swiftmoe.sidecar import ManagedSidecar
+    from swiftmoe.planning.process import ManagedSidecar
 
     case = uuid.uuid4().hex
     sockdir = tempfile.mkdtemp(prefix="smoe-att-")
@@ -473,15 +463,6 @@ def test_orphan_check_finds_a_detached_sidecar_named_process(tmp_path) -> None:
 def test_session_guard_fails_a_run_that_leaves_an_orphan(tmp_path) -> None:
     """A pytest session whose only (passing) test leaves a detached process named like the
     sidecar ends with exit status 1, names the process, and has killed it."""
-    conftest = (REPO / "test" / "conftest.py").read_text()
-    conftest = conftest.replace(
-        'Path(__file__).resolve().parents[1] / "pyshim" / "tests" / "conftest.py"',
-        repr(str(REPO / "pyshim" / "tests" / "conftest.py")),
-    )
-    assert repr(str(REPO / "pyshim" / "tests" / "conftest.py")) in conftest, (
-        "test/conftest.py no longer locates the guard as this test expects"
-    )
-    (tmp_path / "conftest.py").write_text(conftest)
     fake = tmp_path / "swiftmoe-sidecar"
     shutil.copy("/bin/sleep", fake)
     pidfile = tmp_path / "pid"
@@ -493,8 +474,11 @@ def test_session_guard_fails_a_run_that_leaves_an_orphan(tmp_path) -> None:
     )
     env = {k: v for k, v in os.environ.items() if k != "SWIFTMOE_TEST_SESSION"}
     env["SWIFTMOE_ORPHAN_GRACE_S"] = "1"
+    # The guard as this project's pytest configuration loads it: a plugin found on the path.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "pyshim" / "tests"), *sys.path])
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "orphan_guard"]
+        + [str(tmp_path)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

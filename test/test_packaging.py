@@ -168,7 +168,7 @@ def test_pip_install_into_fresh_venv_then_doctor(tmp_path):
         [
             str(bindir / "python"),
             "-c",
-            "import swiftmoe, swiftmoe.sidecar as s; print(swiftmoe.__file__); print(s.find_sidecar_binary())",
+            "import swiftmoe, swiftmoe.planning.binaries as s; print(swiftmoe.__file__); print(s.find_sidecar_binary())",
         ],
         cwd=elsewhere,
     )
@@ -209,7 +209,7 @@ def test_editable_install_builds_into_the_source_tree(tmp_path):
         [
             str(bindir / "python"),
             "-c",
-            "import swiftmoe.sidecar as s; print(s.find_sidecar_binary())",
+            "import swiftmoe.planning.binaries as s; print(s.find_sidecar_binary())",
         ],
         cwd=elsewhere,
     )

@@ -24,13 +24,13 @@ __version__ = "0.1.0"
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {
     "replicate_": ("swiftmoe.api", "replicate_"),
-    "SwiftMoEHandle": ("swiftmoe.api", "SwiftMoEHandle"),
-    "StepStats": ("swiftmoe.api", "StepStats"),
-    "find_moe_blocks": ("swiftmoe.api", "find_moe_blocks"),
-    "SwiftMoEConfig": ("swiftmoe.config", "SwiftMoEConfig"),
-    "PlanSource": ("swiftmoe.plan_source", "PlanSource"),
-    "CallablePlanSource": ("swiftmoe.plan_source", "CallablePlanSource"),
-    "StaticPlanSource": ("swiftmoe.plan_source", "StaticPlanSource"),
+    "SwiftMoEHandle": ("swiftmoe.engine.handle", "SwiftMoEHandle"),
+    "StepStats": ("swiftmoe.engine.stats", "StepStats"),
+    "find_moe_blocks": ("swiftmoe.engine.blocks", "find_moe_blocks"),
+    "SwiftMoEConfig": ("swiftmoe.engine.config", "SwiftMoEConfig"),
+    "PlanSource": ("swiftmoe.engine.plan_source", "PlanSource"),
+    "CallablePlanSource": ("swiftmoe.planning.sources", "CallablePlanSource"),
+    "StaticPlanSource": ("swiftmoe.planning.sources", "StaticPlanSource"),
     "MoEAdapter": ("swiftmoe.adapters", "MoEAdapter"),
     "register_adapter": ("swiftmoe.adapters", "register_adapter"),
     "adapters": ("swiftmoe.adapters", None),
@@ -45,8 +45,6 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'swiftmoe' has no attribute {name!r}") from None
-    # The engine registers the built-in adapters (native and HuggingFace) on import.
-    importlib.import_module("swiftmoe.api")
     mod = importlib.import_module(module)
     value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value

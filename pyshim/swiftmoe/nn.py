@@ -1,7 +1,9 @@
 """SwiftMoE's reference MoE layer: a top-k softmax router and SwiGLU experts.
 
 For teams without an MoE block of their own. ``swiftmoe.replicate_`` handles it through the
-adapter in ``swiftmoe.adapters.native``, registered when this module is imported.
+adapter in ``swiftmoe.adapters.native`` (a built-in, registered in ``swiftmoe.adapters``). The
+SwiGLU expert math here is also what the HuggingFace adapters run over grouped slots
+(:func:`grouped_swiglu`). Of swiftmoe it imports only the shared argument checks.
 
 Shape legend:
     T  tokens (all leading dims of the input flattened)
@@ -16,12 +18,13 @@ Shape legend:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F_
 from torch import nn
 
-from swiftmoe.adapters._hf_common import grouped_swiglu_split
+from swiftmoe._checks import is_int
 
 __all__ = ["MoE", "swiglu_expert", "grouped_swiglu", "route_topk"]
 
@@ -40,13 +43,18 @@ def grouped_swiglu(
     w_gate_SFD: torch.Tensor,
     w_up_SFD: torch.Tensor,
     w_down_SDF: torch.Tensor,
+    act_fn: Callable[[torch.Tensor], torch.Tensor] = F_.silu,
 ) -> torch.Tensor:
-    """S SwiGLU experts over contiguous token groups with ``torch._grouped_mm`` (CUDA).
+    """S gated experts over contiguous token groups with ``torch._grouped_mm`` (CUDA):
+    ``down(act(gate(x)) * up(x))`` per group, SwiGLU with the default ``act_fn``.
 
     ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
-    No group is padded, so skewed group sizes cost nothing extra.
+    No group is padded, so skewed group sizes cost nothing extra. The HuggingFace adapters run
+    their separate gate/up/down layout through it with the block's own activation.
     """
-    return grouped_swiglu_split(F_.silu, x_MD, offs_S, w_gate_SFD, w_up_SFD, w_down_SDF)
+    gate_MF = torch._grouped_mm(x_MD, w_gate_SFD.transpose(-2, -1), offs=offs_S)
+    up_MF = torch._grouped_mm(x_MD, w_up_SFD.transpose(-2, -1), offs=offs_S)
+    return torch._grouped_mm(act_fn(gate_MF) * up_MF, w_down_SDF.transpose(-2, -1), offs=offs_S)
 
 
 def route_topk(
@@ -80,9 +88,9 @@ class MoE(nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("hidden_dim", hidden_dim), ("num_experts", num_experts)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v, 1):
                 raise ValueError(f"MoE: {name} must be an integer >= 1, got {v!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
+        if not is_int(top_k, 1, num_experts):
             raise ValueError(
                 f"MoE: top_k must be an integer in 1..num_experts={num_experts}, got {top_k!r}"
             )
@@ -134,7 +142,3 @@ class MoE(nn.Module):
             f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
             f"top_k={self.top_k}"
         )
-
-
-# Register the adapter so that replicate_ finds swiftmoe.nn.MoE blocks.
-from swiftmoe.adapters import native as _native  # noqa: E402,F401

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 from distributed import run_ranks
-from test_engine_support import (
+from engine_harness import (
     SLOTS_FOR,
     B,
     TinyNet,
@@ -20,7 +20,7 @@ from test_engine_support import (
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
+from swiftmoe.engine.config import SwiftMoEConfig
 
 STEPS = 4
 
@@ -94,7 +94,7 @@ def test_observe_mode_leaves_no_trace_on_jittered_hf_router() -> None:
 def test_a_split_that_misroutes_stops_the_layer(monkeypatch) -> None:
     """The engine checks the split it is about to run: one that loses a token never reaches the
     all_to_all."""
-    from swiftmoe import split as splitlib
+    from swiftmoe.engine import split as splitlib
 
     model = TinyNet()
     replicate_(model, SwiftMoEConfig(slots_per_rank=SLOTS_FOR[1], optimizer="SGD"))

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from swiftmoe.adapters.base import find_adapter
-from swiftmoe.plan import validate_slots
+from swiftmoe.engine.plan import validate_slots
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench_step.py"

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 import torch
 from distributed import run_ranks
-from test_engine_support import (
+from engine_harness import (
     B,
     D,
     TinyNet,

@@ -101,7 +101,7 @@ def test_doctor_reports_failed_discovery(fake_bin, capsys, monkeypatch):
 
 
 def test_doctor_without_sidecar_says_how_to_get_it(tmp_path, capsys, monkeypatch):
-    from swiftmoe import sidecar as sc
+    from swiftmoe.planning import binaries as sc
 
     monkeypatch.delenv("SWIFTMOE_SIDECAR", raising=False)
     monkeypatch.setattr(sc, "_PKG_DIR", tmp_path / "pkg")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed import run_ranks
-from test_engine_support import (
+from engine_harness import (
     LAYERS,
     OPTIMIZERS,
     SLOTS_FOR,
@@ -30,8 +30,8 @@ from torch import nn
 
 import swiftmoe.nn as smnn
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
-from swiftmoe.plan_source import CallablePlanSource
+from swiftmoe.engine.config import SwiftMoEConfig
+from swiftmoe.planning.sources import CallablePlanSource
 
 # ---- observe mode ------------------------------------------------------------------------------
 

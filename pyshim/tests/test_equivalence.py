@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from distributed import run_ranks
-from test_engine_support import SLOTS_FOR, reference_run, train_ranks
+from engine_harness import SLOTS_FOR, reference_run, train_ranks
 
 STEPS = 5
 
@@ -47,7 +47,7 @@ def test_training_matches_single_process_under_changing_placements(world_size: i
 
 def test_adversarial_sequence_moves_experts_to_new_ranks_and_fills_slots() -> None:
     """The placements the test forces really are adversarial (guards the test itself)."""
-    from test_engine_support import E, adversarial_plan
+    from engine_harness import E, adversarial_plan
 
     N, S = 2, SLOTS_FOR[2]
     static = [k % E for k in range(N * S)]

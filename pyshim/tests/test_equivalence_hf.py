@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed import run_ranks
-from test_engine_support import SLOTS_FOR, adversarial_source, allreduce_dense_grads
+from engine_harness import SLOTS_FOR, adversarial_source, allreduce_dense_grads
 
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
+from swiftmoe.engine.config import SwiftMoEConfig
 
 transformers = pytest.importorskip("transformers")
 

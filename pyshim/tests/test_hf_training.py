@@ -17,12 +17,12 @@ from __future__ import annotations
 import pytest
 import torch
 from distributed import run_ranks
+from engine_harness import E as ENGINE_E
+from engine_harness import adversarial_source, allreduce_dense_grads
 from test_adapters_hf import VOCAB, E, tiny_mixtral, tiny_qwen3
-from test_engine_support import E as ENGINE_E
-from test_engine_support import adversarial_source, allreduce_dense_grads
 
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
+from swiftmoe.engine.config import SwiftMoEConfig
 
 STEPS, B, L = 4, 2, 6
 SLOTS_FOR = {1: 6, 2: 3}

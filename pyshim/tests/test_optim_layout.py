@@ -20,8 +20,13 @@ import pytest
 import torch
 from distributed import run_ranks
 
-from swiftmoe.dist import Comm
-from swiftmoe.optim import ShardedExpertOptimizer, _sum_replicas, replica_rounds, shard_bounds
+from swiftmoe.engine.dist import Comm
+from swiftmoe.engine.optim import (
+    ShardedExpertOptimizer,
+    _sum_replicas,
+    replica_rounds,
+    shard_bounds,
+)
 
 SCALE = 0.37
 

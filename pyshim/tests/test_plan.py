@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from swiftmoe import plan
+from swiftmoe.engine import plan
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "testdata" / "vectors" / "plan_rules.json"

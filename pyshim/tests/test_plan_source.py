@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from swiftmoe.plan_source import CallablePlanSource, StaticPlanSource, as_plan
+from swiftmoe.engine.plan_source import as_plan
+from swiftmoe.planning.sources import CallablePlanSource, StaticPlanSource
 
 LOADS = [[5, 1, 0, 2], [1, 1, 1, 1]]
 PLAN = [[0, 1, 2, 3, 0, 0], [3, 2, 1, 0, 1, 2]]

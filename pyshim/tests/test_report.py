@@ -314,7 +314,7 @@ def test_main_reports_bad_input_without_a_traceback(tmp_path, capsys):
 
 
 def _sidecar_or_skip():
-    from swiftmoe import sidecar as sc
+    from swiftmoe import planning as sc
 
     try:
         sc.find_sidecar_binary()

@@ -1,4 +1,5 @@
-"""Tests of swiftmoe.sidecar against a scripted fake Planner and, when built, the real sidecar.
+"""Tests of the sidecar client, process and plan service (swiftmoe.planning) against a scripted
+fake Planner and, when built, the real sidecar.
 
 The fake Planner runs in-process (grpc.server on a unix socket) or, run as a script
 (``python test_sidecar_client.py serve ...``), as a fake ``swiftmoe-sidecar`` process that prints
@@ -26,14 +27,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from swiftmoe import planning as sc
+from swiftmoe._proto.v1 import swiftmoe_pb2 as pb
+from swiftmoe._proto.v1 import swiftmoe_pb2_grpc as pb_grpc
+from swiftmoe.planning import binaries
+
 PYSHIM = Path(__file__).resolve().parents[1]
-if str(PYSHIM) not in sys.path:
-    sys.path.insert(0, str(PYSHIM))
-
-from swiftmoe import sidecar as sc  # noqa: E402
-from swiftmoe._proto.v1 import swiftmoe_pb2 as pb  # noqa: E402
-from swiftmoe._proto.v1 import swiftmoe_pb2_grpc as pb_grpc  # noqa: E402
-
 REPO = PYSHIM.parent
 REAL_BINARY = REPO / "bin" / "swiftmoe-sidecar"
 
@@ -216,8 +215,8 @@ def test_find_binary_explicit_env_and_missing(tmp_path, monkeypatch, fake_binary
     with pytest.raises(sc.SidecarNotFoundError, match=r"\$SWIFTMOE_SIDECAR"):
         sc.find_sidecar_binary()
     monkeypatch.delenv(sc.ENV_BINARY)
-    monkeypatch.setattr(sc, "_PKG_DIR", tmp_path / "pkg")
-    monkeypatch.setattr(sc, "_REPO_DIR", tmp_path / "repo")
+    monkeypatch.setattr(binaries, "_PKG_DIR", tmp_path / "pkg")
+    monkeypatch.setattr(binaries, "_REPO_DIR", tmp_path / "repo")
     with pytest.raises(sc.SidecarNotFoundError) as ei:
         sc.find_sidecar_binary()
     assert "make build" in str(ei.value) and "pip install ." in str(ei.value)
@@ -231,8 +230,8 @@ def test_find_binary_prefers_bundled_over_checkout(tmp_path, monkeypatch):
         p.write_text("#!/bin/sh\n")
         p.chmod(0o755)
     (repo / "go.mod").write_text("module x\n")
-    monkeypatch.setattr(sc, "_PKG_DIR", pkg)
-    monkeypatch.setattr(sc, "_REPO_DIR", repo)
+    monkeypatch.setattr(binaries, "_PKG_DIR", pkg)
+    monkeypatch.setattr(binaries, "_REPO_DIR", repo)
     assert sc.find_sidecar_binary() == pkg / "_bin" / "swiftmoe-sidecar"
     (pkg / "_bin" / "swiftmoe-sidecar").unlink()
     assert sc.find_sidecar_binary() == repo / "bin" / "swiftmoe-sidecar"
@@ -541,7 +540,7 @@ CHILD_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
     from pathlib import Path
-    from swiftmoe import sidecar as sc
+    from swiftmoe import planning as sc
     marker = Path(sys.argv[2])
     def prev(signum, frame):
         marker.write_text("previous handler ran")

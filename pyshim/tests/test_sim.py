@@ -64,7 +64,7 @@ def cluster(gpus=4, per_node=2, compute_model="per-slot", intra=1e9, inter=0.5e9
 def sidecar_address():
     if not SIDECAR.is_file():
         pytest.skip("bin/swiftmoe-sidecar is absent: run `make build`")
-    from swiftmoe.sidecar import ManagedSidecar
+    from swiftmoe.planning.process import ManagedSidecar
 
     sc = ManagedSidecar(
         binary=SIDECAR, extra_args=("--plugin-timeout", "30s"), start_timeout_s=30.0
@@ -293,7 +293,9 @@ def test_sparse_flow_matches_the_dense_model():
     """Flow (sums over the split's nonzero pieces, or split_traffic's per-rank sums) gives what
     the dense [N, N*S] flow gives: slot loads, the all-to-all of the rank matrix, and the padded
     all-to-all."""
-    from swiftmoe import split as splitlib
+    import split_reference
+
+    from swiftmoe.sim.traffic import split_traffic
 
     rng = np.random.default_rng(3)
     et = linear_time()
@@ -307,12 +309,12 @@ def test_sparse_flow_matches_the_dense_model():
         slots_K = np.concatenate([np.arange(E), rng.integers(0, E, N * S - E)])
         rng.shuffle(slots_K)
         counts_QE = trace.source_counts(L_E, N)
-        dense_QK = splitlib.split_tokens(counts_QE, slots_K, S, c.ranks_per_node).numpy()
-        sparse = splitlib.split_tokens_sparse(counts_QE, slots_K, S, c.ranks_per_node)
+        dense_QK = split_reference.split_tokens(counts_QE, slots_K, S, c.ranks_per_node).numpy()
+        sparse = split_reference.split_tokens_sparse(counts_QE, slots_K, S, c.ranks_per_node)
         F_QR = dense_QK.reshape(N, N, S).sum(axis=2).astype(np.float64)
         x_RS = dense_QK.reshape(N, N, S).sum(axis=0).astype(np.float64)
-        traffic = splitlib.split_traffic(counts_QE, slots_K, S, c.ranks_per_node)
-        sums = splitlib.split_traffic(counts_QE, slots_K, S, c.ranks_per_node, weighted=False)
+        traffic = split_traffic(counts_QE, slots_K, S, c.ranks_per_node)
+        sums = split_traffic(counts_QE, slots_K, S, c.ranks_per_node, weighted=False)
         for f in ("x_K", "si_Q", "ri_R", "se_Q", "re_R"):
             assert np.array_equal(getattr(sums, f), getattr(traffic, f)), f
         with pytest.raises(ValueError, match="weighted=True"):
@@ -517,7 +519,7 @@ def test_plan_feed_order_and_errors():
     """PlanFeed hands each job's plans over in iteration order and re-raises a job's error."""
     from types import SimpleNamespace
 
-    from swiftmoe.sidecar import SidecarError
+    from swiftmoe.planning.client import SidecarError
     from swiftmoe.sim.plans import PlanFeed
 
     class FakeClient:

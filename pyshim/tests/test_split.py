@@ -13,10 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import split_reference as reference
 import torch
+from split_reference import even_split_tokens, rank_load_from_flow, split_tokens
 
-from swiftmoe import plan, split
-from swiftmoe.split import even_split_tokens, rank_load_from_flow, split_tokens
+from swiftmoe.engine import plan, split
+from swiftmoe.engine.split import amounts, plan_index, tiers
+from swiftmoe.planning import reference as reference_planner
+from swiftmoe.sim import traffic
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "testdata" / "traces" / "cheaders-e8-top2-aux0.jsonl"
@@ -36,29 +40,10 @@ def zipf_counts_QE(gen: torch.Generator, N: int, E: int, tokens: int, a: float) 
 
 
 def strategy_slots(loads_E: list[float], E: int, N: int, S: int) -> list[int]:
-    """Reference of the swiftmoe strategy rule: replicas proportional to load, then LPT packing.
-
-    Replicas: one each, then the rest one at a time to the expert with the largest load per
-    replica. Packing: replicas by load per replica, heaviest first, onto the least loaded rank with
-    a free slot among those holding the fewest replicas of that expert.
-    """
-    reps_E = [1] * E
-    for _ in range(N * S - E):
-        e = max(range(E), key=lambda i: (loads_E[i] / reps_E[i], -i))
-        reps_E[e] += 1
-    units = sorted(
-        ((loads_E[e] / reps_E[e], e) for e in range(E) for _ in range(reps_E[e])),
-        key=lambda u: (-u[0], u[1]),
-    )
-    load_R, free_R = [0.0] * N, [S] * N
-    held_R: list[list[int]] = [[] for _ in range(N)]
-    for w, e in units:
-        open_R = [r for r in range(N) if free_R[r] > 0]
-        r = min(open_R, key=lambda i: (held_R[i].count(e), load_R[i], i))
-        load_R[r] += w
-        free_R[r] -= 1
-        held_R[r].append(e)
-    return [e for r in range(N) for e in held_R[r]]
+    """Reference of the swiftmoe strategy rule: replicas proportional to load, then LPT packing
+    (swiftmoe.planning.reference, the Python planner of the tests and benchmarks)."""
+    assert len(loads_E) == E
+    return reference_planner.plan_layer(loads_E, N, S)
 
 
 def random_slots(rng: random.Random, E: int, N: int, S: int) -> list[int]:
@@ -281,9 +266,9 @@ def test_deterministic_and_input_forms_agree():
     assert torch.equal(one, split_tokens(counts_QE, slots_K, 4, method="auto"))
 
 
-def test_inputs_are_not_modified_and_plan_cache_is_pure():
-    """Routing works on copies (even where a transpose would be a view) and a cached plan object
-    gives the same flow as a freshly built one."""
+def test_inputs_are_not_modified_and_the_flow_is_repeatable():
+    """Routing works on copies (even where a transpose would be a view), and the same inputs
+    give the same flow, in any input form."""
     rng = random.Random(3)
     gen = torch.Generator().manual_seed(3)
     for N, E, S in [(1, 3, 4), (4, 1, 2), (6, 9, 3), (32, 64, 4)]:
@@ -294,9 +279,49 @@ def test_inputs_are_not_modified_and_plan_cache_is_pure():
             first = split_tokens(arr_QE, arr_K, S, rpn)
             assert np.array_equal(arr_QE, counts_QE.numpy()), "counts_QE was modified"
             assert arr_K.tolist() == slots_K, "slots was modified"
-            split._PLANS.clear()
             assert torch.equal(first, split_tokens(counts_QE, slots_K, S, rpn))
             check_flow(first, counts_QE, slots_K, S)
+
+
+def test_a_plan_index_splits_as_its_plan_and_is_checked():
+    """An index of a plan (index_plan, or a PlanIndexCache's) gives what the plan itself gives in
+    every form of the split; the cache hands back one index per plan and forgets the least
+    recently used; an index of another shape than the counts is refused."""
+    gen = torch.Generator().manual_seed(12)
+    for N, E, S in [(1, 3, 4), (3, 5, 2), (6, 9, 3), (16, 24, 2)]:
+        counts_QE = zipf_counts_QE(gen, N, E, 300, 1.1)
+        slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
+        index = split.index_plan(slots_K, S, N, E)
+        assert not index.slots_K.flags.writeable and not index.pair_K.flags.writeable
+        cache = split.PlanIndexCache()
+        assert cache.index(slots_K, S, N, E) is cache.index(np.array(slots_K), S, N, E)
+        for rpn in (0, 2):
+            for method in ("auto", "exact", "even"):
+                want_R = split.split_rank_loads(counts_QE, slots_K, S, rpn, method)
+                got_R = split.split_rank_loads(counts_QE, index, S, rpn, method)
+                assert torch.equal(got_R, want_R), (N, E, S, rpn, method)
+                for r in range(N):
+                    want = split.split_tokens_for_rank(counts_QE, slots_K, S, r, rpn, method)
+                    got = split.split_tokens_for_rank(counts_QE, index, S, r, rpn, method)
+                    for name, a, b in zip(want._fields, want, got, strict=True):
+                        assert torch.equal(a, b), (N, E, S, rpn, method, r, name)
+            want_tr = traffic.split_traffic(counts_QE, slots_K, S, rpn)
+            got_tr = traffic.split_traffic(counts_QE, index, S, rpn)
+            for f in ("x_K", "si_Q", "ri_R", "se_Q", "re_R"):
+                assert getattr(got_tr, f).tolist() == getattr(want_tr, f).tolist(), f
+    small = split.PlanIndexCache(max_entries=2)
+    plans = [[0, 1, 2, 3], [1, 0, 2, 3], [2, 1, 0, 3]]
+    first = small.index(plans[0], 2, 2, 4)
+    small.index(plans[1], 2, 2, 4)
+    assert small.index(plans[0], 2, 2, 4) is first  # a hit makes it the most recent
+    small.index(plans[2], 2, 2, 4)  # evicts plans[1]
+    assert small.index(plans[0], 2, 2, 4) is first
+    with pytest.raises(ValueError, match="max_entries"):
+        split.PlanIndexCache(max_entries=0)
+    with pytest.raises(ValueError, match="PlanIndex is of N=2 ranks x S=2 slots and E=4"):
+        split.split_tokens_for_rank([[1, 2, 3], [4, 5, 6]], first, 2, 0)
+    with pytest.raises(ValueError, match="PlanIndex"):
+        split.split_rank_loads([[1, 2, 3, 4], [4, 5, 6, 7]], first, 1)
 
 
 def test_level_bound_never_exceeds_the_optimum():
@@ -308,14 +333,14 @@ def test_level_bound_never_exceeds_the_optimum():
         E = rng.randint(1, N * S)
         counts_QE = zipf_counts_QE(gen, N, E, rng.choice([5, 60, 300]), 0.5 + rng.random())
         slots_K = random_slots(rng, E, N, S)
-        c_QE, pl, L_E = split._prepare(counts_QE, slots_K, S)
+        c_QE, pl, L_E = plan_index.prepare(counts_QE, slots_K, S)
         want = subset_bound(counts_QE, slots_K, S)
         for y_R in (np.random.default_rng(1).random(N), np.zeros(N), np.arange(N, 0, -1.0)):
-            got = split._level_bound(pl, L_E, y_R)
+            got = amounts.level_bound(pl, L_E, y_R)
             assert got <= want, f"slots={slots_K}: level bound {got} above the optimum {want}"
-        x_P = split._amounts_fast(c_QE, pl, L_E)
+        x_P = amounts.amounts_fast(c_QE, pl, L_E)
         y_R = np.bincount(pl.r_P, x_P, minlength=N).astype(np.float64)
-        assert split._level_bound(pl, L_E, y_R) <= want
+        assert amounts.level_bound(pl, L_E, y_R) <= want
 
 
 def test_node_tier_at_scale():
@@ -473,7 +498,9 @@ def test_sparse_equals_dense_random():
         # Every input form of the counts and plan gives the same answer.
         counts = counts_QE.numpy() if trial % 2 else counts_QE
         slots = torch.tensor(slots_K) if trial % 2 else slots_K
-        assert_sparse_equals_dense(split.split_tokens_sparse(counts, slots, S, rpn, method), dense)
+        assert_sparse_equals_dense(
+            reference.split_tokens_sparse(counts, slots, S, rpn, method), dense
+        )
     assert seen_node_tier > 100
 
 
@@ -489,7 +516,9 @@ def test_sparse_equals_dense_at_scale_and_on_even_source_counts():
             slots_K = strategy_slots(c_QE.sum(0).double().tolist(), E, N, S)
             for r in (0, rpn):
                 dense = split_tokens(c_QE, slots_K, S, r)
-                assert_sparse_equals_dense(split.split_tokens_sparse(c_QE, slots_K, S, r), dense)
+                assert_sparse_equals_dense(
+                    reference.split_tokens_sparse(c_QE, slots_K, S, r), dense
+                )
 
 
 def overlapping_tiers(monkeypatch):
@@ -498,7 +527,7 @@ def overlapping_tiers(monkeypatch):
     gen = torch.Generator().manual_seed(9)
     counts_QE = zipf_counts_QE(gen, 8, 6, 400, 1.2)
     slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), 6, 8, 2)
-    real = split._tiers
+    real = tiers.route_tiers
 
     def overlapping(c_QE, plan_, demand_K, rpn, *args):
         pieces, sup_HQ, da = real(c_QE, plan_, demand_K, rpn, *args)
@@ -506,7 +535,7 @@ def overlapping_tiers(monkeypatch):
         hit = int(np.flatnonzero(amt)[0])
         return pieces + [(idx[hit : hit + 1], np.array([5]))], sup_HQ, da
 
-    monkeypatch.setattr(split, "_tiers", overlapping)
+    monkeypatch.setattr(tiers, "route_tiers", overlapping)
     return counts_QE, slots_K
 
 
@@ -517,7 +546,7 @@ def test_sparse_sums_overlapping_tiers(monkeypatch):
     for rpn in (0, 4):
         dense = split_tokens(counts_QE, slots_K, 2, rpn)
         assert int(dense.sum()) == int(counts_QE.sum()) + 5
-        assert_sparse_equals_dense(split.split_tokens_sparse(counts_QE, slots_K, 2, rpn), dense)
+        assert_sparse_equals_dense(reference.split_tokens_sparse(counts_QE, slots_K, 2, rpn), dense)
 
 
 @pytest.mark.parametrize(
@@ -532,7 +561,7 @@ def test_sparse_sums_overlapping_tiers(monkeypatch):
 )
 def test_sparse_bad_input_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        split.split_tokens_sparse(**kwargs)
+        reference.split_tokens_sparse(**kwargs)
 
 
 # ---------------------------------------------------------------- one rank's part
@@ -665,9 +694,9 @@ def test_traffic_equals_the_pieces_sums():
         method = rng.choice(["auto", "exact"])
         w_R = nprng.uniform(0.5, 3.0, size=N)
         want = traffic_from_pieces(
-            split.split_tokens_sparse(counts_QE, slots_K, S, rpn, method), N, S, rpn, w_R
+            reference.split_tokens_sparse(counts_QE, slots_K, S, rpn, method), N, S, rpn, w_R
         )
-        tr = split.split_traffic(counts_QE, slots_K, S, rpn, method)
+        tr = traffic.split_traffic(counts_QE, slots_K, S, rpn, method)
         got = [tr.x_K, tr.si_Q, tr.ri_R, tr.se_Q, tr.re_R]
         for name, g, w in zip(("x_K", "si", "ri", "se", "re"), got, want[:5], strict=True):
             assert g.dtype == np.int64 and g.tolist() == w.tolist(), f"trial {trial}: {name}"
@@ -684,9 +713,9 @@ def test_traffic_at_scale_and_bad_method():
     slots_K = strategy_slots(counts_QE.sum(0).double().tolist(), E, N, S)
     w_R = np.linspace(1.0, 2.0, N)
     want = traffic_from_pieces(
-        split.split_tokens_sparse(counts_QE, slots_K, S, rpn), N, S, rpn, w_R
+        reference.split_tokens_sparse(counts_QE, slots_K, S, rpn), N, S, rpn, w_R
     )
-    tr = split.split_traffic(counts_QE, slots_K, S, rpn)
+    tr = traffic.split_traffic(counts_QE, slots_K, S, rpn)
     assert [a.tolist() for a in (tr.x_K, tr.si_Q, tr.ri_R, tr.se_Q, tr.re_R)] == [
         a.tolist() for a in want[:5]
     ]
@@ -695,7 +724,7 @@ def test_traffic_at_scale_and_bad_method():
     # A second call reuses what does not depend on the weights.
     np.testing.assert_allclose(np.concatenate(tr.sent_weighted(w_R)), np.concatenate(want[5:]))
     with pytest.raises(ValueError, match="method must be one of auto, fast, exact"):
-        split.split_traffic(counts_QE, slots_K, S, method="even")
+        traffic.split_traffic(counts_QE, slots_K, S, method="even")
 
 
 def test_read_only_counts_are_accepted_without_warnings():

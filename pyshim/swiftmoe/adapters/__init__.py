@@ -1,7 +1,10 @@
 """Adapters: how SwiftMoE drives a model's MoE blocks.
 
-Built-in adapters, registered on import (detection is by structure, not class name):
+The adapters belong to the engine wing: they are what it drives. The built-in ones are listed in
+:data:`BUILTIN_ADAPTERS` and registered here, in this one place, when the package is imported
+(detection is by structure, not class name):
 
+* :class:`NativeMoEAdapter`: SwiftMoE's reference layer ``swiftmoe.nn.MoE``;
 * :class:`HFFusedExpertsAdapter`: fused-experts blocks of transformers 5.x (Mixtral,
   Qwen3-MoE, OLMoE and any block of the same shape);
 * :class:`HFModuleListAdapter`: per-expert ``nn.ModuleList`` blocks of transformers 4.x
@@ -90,19 +93,29 @@ from .base import (
 )
 from .hf_fused import HFFusedExpertsAdapter
 from .hf_modulelist import HFModuleListAdapter
+from .native import NativeMoEAdapter
 
 __all__ = [
+    "BUILTIN_ADAPTERS",
     "ExpertSpec",
     "HFFusedExpertsAdapter",
     "HFModuleListAdapter",
     "MoEAdapter",
+    "NativeMoEAdapter",
     "RouteResult",
     "find_adapter",
     "register_adapter",
     "registered_adapters",
 ]
 
-# The built-in adapters, in one place. The two forms are structurally disjoint, so their order
-# does not matter; adapters registered later (a team's) take precedence over both.
-register_adapter(HFModuleListAdapter())
-register_adapter(HFFusedExpertsAdapter())
+#: The built-in adapters, in registration order. Their blocks are structurally disjoint, so the
+#: order does not matter; adapters registered later (a team's) take precedence over all of them.
+BUILTIN_ADAPTERS: tuple[type[MoEAdapter], ...] = (
+    NativeMoEAdapter,
+    HFModuleListAdapter,
+    HFFusedExpertsAdapter,
+)
+
+for _cls in BUILTIN_ADAPTERS:
+    register_adapter(_cls())
+del _cls

@@ -1,7 +1,9 @@
 """Pieces shared by the HuggingFace block adapters.
 
-Pure SwiGLU expert functions, the training-time input jitter some blocks apply, the record a
-block keeps of its removed expert parameters, and the validation of weights handed back.
+Pure SwiGLU expert functions (the grouped form of the per-expert layout is the reference
+layer's, ``swiftmoe.nn.grouped_swiglu``), the structure both block forms share, the
+training-time input jitter some blocks apply, the record a block keeps of its removed expert
+parameters, and the validation of weights handed back.
 
 Shape legend: T tokens, D model dim, I expert intermediate dim, E experts, K top-k, M rows of
 all groups, S slots (groups).
@@ -24,8 +26,8 @@ __all__ = [
     "StructuralAdapter",
     "block_label",
     "check_expert_params",
+    "gate_and_experts",
     "grouped_swiglu_fused",
-    "grouped_swiglu_split",
     "jitter_input",
     "removed_record",
     "swiglu_fused",
@@ -34,6 +36,17 @@ __all__ = [
 
 #: Attribute under which a block records the expert parameters taken from it.
 REMOVED_ATTR = "_swiftmoe_removed_experts"
+
+
+def gate_and_experts(block: nn.Module) -> tuple[nn.Module, nn.Module] | str:
+    """(gate, experts) of a block made of exactly those two children and no parameters of its
+    own, the shape every HuggingFace MoE block here has; else why it is not one."""
+    children = dict(block.named_children())
+    if set(children) != {"gate", "experts"}:
+        return f"children are {sorted(children)}, want exactly ['experts', 'gate']"
+    if any(p is not None for p in block._parameters.values()):
+        return "the block holds parameters of its own besides gate and experts"
+    return children["gate"], children["experts"]
 
 
 def block_label(block: nn.Module) -> str:
@@ -119,23 +132,6 @@ def swiglu_fused(
         return F.linear(act_fn(gate_TI) * up_TI, down_DI)
 
     return forward
-
-
-def grouped_swiglu_split(
-    act_fn: Callable[[torch.Tensor], torch.Tensor],
-    x_MD: torch.Tensor,
-    offs_S: torch.Tensor,
-    w_gate_SID: torch.Tensor,
-    w_up_SID: torch.Tensor,
-    w_down_SDI: torch.Tensor,
-) -> torch.Tensor:
-    """S experts of :func:`swiglu_split` over contiguous row groups, with ``torch._grouped_mm``.
-
-    ``offs_S`` (int32) holds the cumulative end of each group in ``x_MD``; group s runs expert s.
-    """
-    gate_MI = torch._grouped_mm(x_MD, w_gate_SID.transpose(-2, -1), offs=offs_S)
-    up_MI = torch._grouped_mm(x_MD, w_up_SID.transpose(-2, -1), offs=offs_S)
-    return torch._grouped_mm(act_fn(gate_MI) * up_MI, w_down_SDI.transpose(-2, -1), offs=offs_S)
 
 
 def grouped_swiglu_fused(

@@ -84,50 +84,90 @@ class RouteResult:
 
 
 class MoEAdapter:
-    """Base class for block adapters. Subclasses override every method."""
+    """Base class for block adapters: the contract between the engine and one kind of MoE block.
+
+    When each method is called: ``matches`` while ``replicate_`` walks the model (and by
+    ``find_adapter``); ``num_experts``, ``top_k``, ``expert_spec`` and ``get_expert_params`` once
+    per block at ``replicate_``, before any collective, then ``remove_expert_params`` once the
+    engine holds the weights (replicate mode only); ``flatten_input``, ``route`` and
+    ``make_output`` on every forward of the block (observe mode: ``flatten_input`` and ``route``
+    in a forward pre-hook, under ``no_grad``); ``grouped_forward``, when provided, on every
+    forward on GPUs; ``set_expert_params`` at ``handle.export_to``, on a block of an unpatched
+    model.
+
+    What none of them may do: change the block's routing or its expert math (the engine's
+    equivalence with single-process training rests on ``route`` and ``expert_spec`` computing
+    exactly what the unpatched block computes); keep references to the tensors they are given
+    beyond the call; depend on the expert weights after ``remove_expert_params`` (shape queries
+    must use the block's configuration or a record of its own); run collectives. Bad input
+    raises ``ValueError`` naming the block and the fix. Everything but the hot-path methods
+    (``flatten_input``, ``route``, ``make_output``, ``grouped_forward``) may be slow.
+
+    The contract grows by optional methods with a default here, so that existing adapters keep
+    working when the engine learns more (``grouped_forward`` is the first).
+    """
 
     #: Human-readable name used in logs and errors.
     name: str = "adapter"
 
+    #: Optional: ``grouped_forward(block, x_MD, offs_S, stacked) -> y_MD`` runs a rank's S slots
+    #: over contiguous row groups (``offs_S`` int32 cumulative ends; ``stacked`` the slots'
+    #: weights in ``expert_spec`` order, each (S, *shape)) with one ``torch._grouped_mm`` per
+    #: weight, the same math as ``expert_spec(block).forward``. None: per-slot matmuls.
+    grouped_forward: Callable[..., torch.Tensor] | None = None
+
     def matches(self, module: nn.Module) -> bool:
-        """True when this adapter handles ``module``. Detect by structure where possible."""
+        """True when this adapter handles ``module``. Detect by structure where possible; must
+        not raise for modules of other kinds."""
         raise NotImplementedError
 
     def num_experts(self, block: nn.Module) -> int:
+        """E, the block's expert count."""
         raise NotImplementedError
 
     def top_k(self, block: nn.Module) -> int:
+        """Experts per token, 1..E."""
         raise NotImplementedError
 
     def expert_spec(self, block: nn.Module) -> ExpertSpec:
+        """What one expert is: parameter names and shapes, and its pure forward. Called before
+        and after ``remove_expert_params``, so it must not read the expert weights."""
         raise NotImplementedError
 
     def route(self, block: nn.Module, x_TD: torch.Tensor) -> RouteResult:
-        """Run the block's own router on flattened hidden states ``x_TD``."""
+        """Run the block's own router on flattened hidden states ``x_TD``: top-k ids (int64) and
+        combine weights exactly as the unpatched block computes them, plus what ``make_output``
+        needs (``extra``). Called once per block forward: routers with hooks (an aux-loss
+        recorder) see one call, as unpatched."""
         raise NotImplementedError
 
     def get_expert_params(self, block: nn.Module) -> list[tuple[torch.Tensor, ...]]:
-        """Per expert, its parameters in ``expert_spec(block).names`` order (views are fine)."""
+        """Per expert, its parameters in ``expert_spec(block).names`` order (views are fine).
+        The engine copies them; it never writes to them."""
         raise NotImplementedError
 
     def remove_expert_params(self, block: nn.Module) -> None:
-        """Detach the expert parameters from ``block`` (after the engine has copied them)."""
+        """Detach the expert parameters from ``block`` (after the engine has copied them), so
+        that the user's optimizer and DDP no longer see them."""
         raise NotImplementedError
 
     def set_expert_params(
         self, block: nn.Module, params: Sequence[tuple[torch.Tensor, ...]]
     ) -> None:
-        """Install full expert weights back into an unpatched ``block``."""
+        """Install full expert weights back into an unpatched ``block`` (consolidated export);
+        ``params`` as ``get_expert_params`` returns them."""
         raise NotImplementedError
 
     def make_output(
         self, block: nn.Module, y_TD: torch.Tensor, route: RouteResult, x_shape: torch.Size
     ) -> Any:
-        """What ``block.forward`` returns, given the combined expert output ``y_TD``."""
+        """What ``block.forward`` returns, given the combined expert output ``y_TD`` and the
+        ``route`` of the same forward."""
         raise NotImplementedError
 
     def flatten_input(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The hidden states of a ``block.forward(*args, **kwargs)`` call, as ``x_TD``."""
+        """The hidden states of a ``block.forward(*args, **kwargs)`` call, as ``x_TD``. Called
+        once per forward (an adapter whose block draws input noise draws it here)."""
         x = args[0] if args else kwargs["hidden_states"]
         return x.reshape(-1, x.shape[-1])
 

@@ -27,18 +27,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._hf_common import (
-    REMOVED_ATTR,
-    StructuralAdapter,
-    block_label,
-    check_expert_params,
-    grouped_swiglu_fused,
-    record_removal,
-    removed_error,
-    removed_record,
-    restored_param,
-    swiglu_fused,
-)
+from swiftmoe._checks import is_int, is_number
+
+from . import _hf_common as hf
 from .base import ExpertSpec, RouteResult
 
 __all__ = ["HFFusedExpertsAdapter", "fused_mismatch"]
@@ -66,7 +57,7 @@ def _full_shapes(block: nn.Module) -> tuple[torch.Size, torch.Size] | None:
         if gu.dim() != 3 or dn.dim() != 3:
             return None
         return gu.shape[1:], dn.shape[1:]
-    rec = removed_record(block)
+    rec = hf.removed_record(block)
     if gu is None and dn is None and rec is not None and len(rec.shapes) == 2:
         return rec.shapes[0], rec.shapes[1]
     return None
@@ -74,12 +65,10 @@ def _full_shapes(block: nn.Module) -> tuple[torch.Size, torch.Size] | None:
 
 def fused_mismatch(block: nn.Module) -> str | None:
     """Why ``block`` is not a fused-experts MoE block, or None when it is."""
-    children = dict(block.named_children())
-    if set(children) != {"gate", "experts"}:
-        return f"children are {sorted(children)}, want exactly ['experts', 'gate']"
-    if any(p is not None for p in block._parameters.values()):
-        return "the block holds parameters of its own besides gate and experts"
-    gate, ex = children["gate"], children["experts"]
+    kids = hf.gate_and_experts(block)
+    if isinstance(kids, str):
+        return kids
+    gate, ex = kids
     if isinstance(gate, nn.Linear):
         return "gate is an nn.Linear (per-expert ModuleList form, not a router module)"
     w = getattr(gate, "weight", None)
@@ -87,7 +76,7 @@ def fused_mismatch(block: nn.Module) -> str | None:
         return "gate has no 2-D weight of shape (experts, hidden)"
     num_e, dim = w.shape
     k = getattr(gate, "top_k", None)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_e:
+    if not is_int(k, 1, num_e):
         return f"gate.top_k is {k!r}, want an int in [1, {num_e}]"
     if isinstance(ex, nn.ModuleList):
         return "experts is an nn.ModuleList (per-expert form)"
@@ -123,12 +112,12 @@ def fused_mismatch(block: nn.Module) -> str | None:
             f"want {want}"
         )
     j = getattr(block, "jitter_noise", 0.0)
-    if not isinstance(j, (int, float)) or isinstance(j, bool):
+    if not is_number(j):
         return f"jitter_noise is {j!r}, want a number"
     return None
 
 
-class HFFusedExpertsAdapter(StructuralAdapter):
+class HFFusedExpertsAdapter(hf.StructuralAdapter):
     """Fused-experts blocks: a router module ``gate`` and stacked ``experts`` weights."""
 
     name = "hf-fused-experts"
@@ -151,7 +140,7 @@ class HFFusedExpertsAdapter(StructuralAdapter):
         return ExpertSpec(
             names=_PARAMS,
             shapes=(torch.Size(gu), torch.Size(dn)),
-            forward=swiglu_fused(block.experts.act_fn, transposed),
+            forward=hf.swiglu_fused(block.experts.act_fn, transposed),
         )
 
     def grouped_forward(
@@ -168,7 +157,7 @@ class HFFusedExpertsAdapter(StructuralAdapter):
         """
         gate_up_S, down_S = stacked
         transposed = bool(getattr(block.experts, "is_transposed", False))
-        return grouped_swiglu_fused(
+        return hf.grouped_swiglu_fused(
             block.experts.act_fn, transposed, x_MD, offs_S, gate_up_S, down_S
         )
 
@@ -183,13 +172,13 @@ class HFFusedExpertsAdapter(StructuralAdapter):
         dim = int(block.gate.weight.shape[1])
         if x_TD.dim() != 2 or x_TD.shape[1] != dim:
             raise ValueError(
-                f"{self.name}.route({block_label(block)}): x_TD has shape {tuple(x_TD.shape)}, "
+                f"{self.name}.route({hf.block_label(block)}): x_TD has shape {tuple(x_TD.shape)}, "
                 f"want (tokens, {dim}); flatten with flatten_input first"
             )
         out = block.gate(x_TD) if hooks else block.gate.forward(x_TD)
         if not isinstance(out, tuple) or len(out) != 3:
             raise ValueError(
-                f"{self.name}.route({block_label(block)}): block.gate returned "
+                f"{self.name}.route({hf.block_label(block)}): block.gate returned "
                 f"{type(out).__name__}, want (router_logits_TE, topk_weights_TK, topk_ids_TK); "
                 "register an adapter for this block type (see swiftmoe.adapters)"
             )
@@ -202,16 +191,16 @@ class HFFusedExpertsAdapter(StructuralAdapter):
         self._check(block, "get_expert_params")
         ex = block.experts
         if ex.gate_up_proj is None:
-            raise removed_error(self.name, block)
+            raise hf.removed_error(self.name, block)
         return [(ex.gate_up_proj[e], ex.down_proj[e]) for e in range(ex.gate_up_proj.shape[0])]
 
     def remove_expert_params(self, block: nn.Module) -> None:
         """Unregister ``gate_up_proj`` and ``down_proj``; shapes and dtype stay on the block."""
         ex = block.experts
-        rec = record_removal(self.name, block, self.expert_spec(block), ex.gate_up_proj)
+        rec = hf.record_removal(self.name, block, self.expert_spec(block), ex.gate_up_proj)
         for name in _PARAMS:
             ex.register_parameter(name, None)
-        setattr(block, REMOVED_ATTR, rec)
+        setattr(block, hf.REMOVED_ATTR, rec)
 
     def set_expert_params(
         self, block: nn.Module, params: Sequence[tuple[torch.Tensor, ...]]
@@ -222,9 +211,9 @@ class HFFusedExpertsAdapter(StructuralAdapter):
         ones are registered again with their original dtype, device and requires_grad.
         """
         spec = self.expert_spec(block)
-        check_expert_params(self.name, block, spec, self.num_experts(block), params)
+        hf.check_expert_params(self.name, block, spec, self.num_experts(block), params)
         ex = block.experts
-        rec = removed_record(block)
+        rec = hf.removed_record(block)
         with torch.no_grad():
             for i, name in enumerate(_PARAMS):
                 stacked = torch.stack([p[i].detach() for p in params])
@@ -232,9 +221,9 @@ class HFFusedExpertsAdapter(StructuralAdapter):
                 if cur is not None:
                     cur.copy_(stacked)
                     continue
-                ex.register_parameter(name, restored_param(stacked, rec))
+                ex.register_parameter(name, hf.restored_param(stacked, rec))
         if rec is not None:
-            delattr(block, REMOVED_ATTR)
+            delattr(block, hf.REMOVED_ATTR)
 
     def make_output(
         self, block: nn.Module, y_TD: torch.Tensor, route: RouteResult, x_shape: torch.Size

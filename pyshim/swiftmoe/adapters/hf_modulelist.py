@@ -27,18 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._hf_common import (
-    REMOVED_ATTR,
-    StructuralAdapter,
-    block_label,
-    check_expert_params,
-    grouped_swiglu_split,
-    record_removal,
-    removed_error,
-    removed_record,
-    restored_param,
-    swiglu_split,
-)
+from swiftmoe._checks import is_int, is_number
+from swiftmoe.nn import grouped_swiglu
+
+from . import _hf_common as hf
 from .base import ExpertSpec, RouteResult
 
 __all__ = ["HFModuleListAdapter", "modulelist_mismatch"]
@@ -84,19 +76,17 @@ def _expert_mismatch(e: int, expert: nn.Module, dim: int) -> str | None:
 
 def modulelist_mismatch(block: nn.Module) -> str | None:
     """Why ``block`` is not a per-expert ModuleList MoE block, or None when it is."""
-    children = dict(block.named_children())
-    if set(children) != {"gate", "experts"}:
-        return f"children are {sorted(children)}, want exactly ['experts', 'gate']"
-    if any(p is not None for p in block._parameters.values()):
-        return "the block holds parameters of its own besides gate and experts"
-    gate, ex = children["gate"], children["experts"]
+    kids = hf.gate_and_experts(block)
+    if isinstance(kids, str):
+        return kids
+    gate, ex = kids
     if not isinstance(gate, nn.Linear) or gate.bias is not None:
         return "gate is not a bias-free nn.Linear"
     if not isinstance(ex, nn.ModuleList) or len(ex) != gate.out_features:
         return f"experts is not an nn.ModuleList of {gate.out_features} experts (one per logit)"
     num_e, dim = gate.out_features, gate.in_features
     k = getattr(block, "top_k", None)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_e:
+    if not is_int(k, 1, num_e):
         return f"top_k is {k!r}, want an int in [1, {num_e}]"
     n = getattr(block, "num_experts", num_e)
     if n != num_e:
@@ -105,7 +95,7 @@ def modulelist_mismatch(block: nn.Module) -> str | None:
     if not isinstance(norm, bool):
         return f"norm_topk_prob is {norm!r}, want a bool"
     j = getattr(block, "jitter_noise", 0.0)
-    if not isinstance(j, (int, float)) or isinstance(j, bool):
+    if not is_number(j):
         return f"jitter_noise is {j!r}, want a number"
     for e, expert in enumerate(ex):
         reason = _expert_mismatch(e, expert, dim)
@@ -122,7 +112,7 @@ def modulelist_mismatch(block: nn.Module) -> str | None:
     return None
 
 
-class HFModuleListAdapter(StructuralAdapter):
+class HFModuleListAdapter(hf.StructuralAdapter):
     """Per-expert blocks: a Linear ``gate`` and a ``ModuleList`` of gated MLP experts."""
 
     name = "hf-modulelist-experts"
@@ -153,7 +143,7 @@ class HFModuleListAdapter(StructuralAdapter):
                 torch.Size((u.out_features, u.in_features)),
                 torch.Size((d.out_features, d.in_features)),
             ),
-            forward=swiglu_split(block.experts[0].act_fn),
+            forward=hf.swiglu_split(block.experts[0].act_fn),
         )
 
     def grouped_forward(
@@ -170,7 +160,7 @@ class HFModuleListAdapter(StructuralAdapter):
         """
         w_gate_SID, w_up_SID, w_down_SDI = stacked
         act_fn = block.experts[0].act_fn
-        return grouped_swiglu_split(act_fn, x_MD, offs_S, w_gate_SID, w_up_SID, w_down_SDI)
+        return grouped_swiglu(x_MD, offs_S, w_gate_SID, w_up_SID, w_down_SDI, act_fn)
 
     def route(self, block: nn.Module, x_TD: torch.Tensor, *, hooks: bool = True) -> RouteResult:
         """Softmax top-k routing as the 4.x block computes it; extra is ``router_logits_TE``.
@@ -180,7 +170,7 @@ class HFModuleListAdapter(StructuralAdapter):
         dim = block.gate.in_features
         if x_TD.dim() != 2 or x_TD.shape[1] != dim:
             raise ValueError(
-                f"{self.name}.route({block_label(block)}): x_TD has shape {tuple(x_TD.shape)}, "
+                f"{self.name}.route({hf.block_label(block)}): x_TD has shape {tuple(x_TD.shape)}, "
                 f"want (tokens, {dim}); flatten with flatten_input first"
             )
         logits_TE = block.gate(x_TD) if hooks else block.gate.forward(x_TD)
@@ -197,19 +187,19 @@ class HFModuleListAdapter(StructuralAdapter):
         for e in range(len(block.experts)):
             ws = tuple(lin.weight for lin in self._layers(block, e))
             if any(w is None for w in ws):
-                raise removed_error(self.name, block)
+                raise hf.removed_error(self.name, block)
             out.append(ws)
         return out
 
     def remove_expert_params(self, block: nn.Module) -> None:
         """Unregister every expert projection weight; dtype and device stay on the block."""
-        rec = record_removal(
+        rec = hf.record_removal(
             self.name, block, self.expert_spec(block), self._layers(block, 0)[0].weight
         )
         for e in range(len(block.experts)):
             for lin in self._layers(block, e):
                 lin.register_parameter("weight", None)
-        setattr(block, REMOVED_ATTR, rec)
+        setattr(block, hf.REMOVED_ATTR, rec)
 
     def set_expert_params(
         self, block: nn.Module, params: Sequence[tuple[torch.Tensor, ...]]
@@ -220,17 +210,17 @@ class HFModuleListAdapter(StructuralAdapter):
         original dtype, device and requires_grad.
         """
         spec = self.expert_spec(block)
-        check_expert_params(self.name, block, spec, len(block.experts), params)
-        rec = removed_record(block)
+        hf.check_expert_params(self.name, block, spec, len(block.experts), params)
+        rec = hf.removed_record(block)
         with torch.no_grad():
             for e, p in enumerate(params):
                 for lin, t in zip(self._layers(block, e), p, strict=True):
                     if lin.weight is not None:
                         lin.weight.copy_(t)
                         continue
-                    lin.register_parameter("weight", restored_param(t.detach().clone(), rec))
+                    lin.register_parameter("weight", hf.restored_param(t.detach().clone(), rec))
         if rec is not None:
-            delattr(block, REMOVED_ATTR)
+            delattr(block, hf.REMOVED_ATTR)
 
     def make_output(
         self, block: nn.Module, y_TD: torch.Tensor, route: RouteResult, x_shape: torch.Size

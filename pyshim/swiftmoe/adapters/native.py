@@ -1,4 +1,5 @@
-"""Adapter for SwiftMoE's reference layer ``swiftmoe.nn.MoE``; registered on import.
+"""Adapter for SwiftMoE's reference layer ``swiftmoe.nn.MoE`` (a built-in: ``swiftmoe.adapters``
+registers it).
 
 Shape legend: T tokens, D model dim, F expert hidden dim, E experts, K top-k, M tokens of a
 group, S slots.
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from swiftmoe import nn as smnn
-from swiftmoe.adapters.base import ExpertSpec, MoEAdapter, RouteResult, register_adapter
+from swiftmoe.adapters.base import ExpertSpec, MoEAdapter, RouteResult
 
 __all__ = ["NativeMoEAdapter"]
 
@@ -105,6 +106,3 @@ class NativeMoEAdapter(MoEAdapter):
         self, block: nn.Module, y_TD: torch.Tensor, route: RouteResult, x_shape: torch.Size
     ) -> torch.Tensor:
         return y_TD.reshape(x_shape)
-
-
-register_adapter(NativeMoEAdapter())

@@ -18,7 +18,7 @@ Replays a routing trace (JSON Lines of DESIGN.md) on a simulated cluster and com
 SwiftMoE (the real swiftmoe strategy plugin through a real sidecar, last-iteration prediction),
 FlexMoE at rebalance intervals (the flexmoe plugin, migration cost included), static expert
 parallelism dropless (padded to the largest expert) and with capacity factors (tokens dropped),
-and the perfect-balance bound. Tokens are split across replicas by swiftmoe.split.split_tokens,
+and the perfect-balance bound. Tokens are split across replicas by swiftmoe.engine.split,
 the engine's split, on per-source counts spread evenly from the trace's global counts.
 
 Step time per iteration = expert compute (slowest rank, from a calibration table) + token
@@ -36,6 +36,7 @@ examples:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from swiftmoe.sim.systems import DEFAULT_SYSTEMS
+    from swiftmoe.sim.trace import add_skew_arguments
 
     p = sub.add_parser(
         "sim",
@@ -57,11 +58,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
     g.add_argument("--synthetic-experts", type=int, default=0, help="draw a synthetic trace")
     g.add_argument("--synthetic-layers", type=int, default=1, help="synthetic MoE layers")
-    g.add_argument("--zipf", type=float, default=1.0, help="synthetic Zipf exponent (0: uniform)")
+    add_skew_arguments(g, zipf=1.0, shift_every=0, what="synthetic")
     g.add_argument("--drift", type=int, default=1, help="synthetic adjacent swaps per iteration")
-    g.add_argument(
-        "--shift-every", type=int, default=0, help="synthetic: new hot set every N iterations"
-    )
     g.add_argument("--seed", type=int, default=0, help="synthetic trace seed")
     g.add_argument("--write-trace", type=Path, help="also write the (scaled) trace here")
     c = p.add_argument_group("cluster")
@@ -154,7 +152,7 @@ def _check_writable(flag: str, path: Path | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swiftmoe.sidecar import SidecarError
+    from swiftmoe.planning.client import SidecarError
     from swiftmoe.sim import calibration, model, report, systems, trace
     from swiftmoe.sim.run import SimConfig, simulate
 

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from swiftmoe import split as splitlib
+from swiftmoe._checks import is_int, is_number
 from swiftmoe.sim.calibration import ExpertTime
+from swiftmoe.sim.traffic import SplitTraffic
 
 __all__ = [
     "Cluster",
@@ -70,9 +71,9 @@ class Cluster:
     def __post_init__(self) -> None:
         for name in ("gpus", "gpus_per_node", "d_model", "d_ff", "bytes_per_param"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v, 1):
                 raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
-        if isinstance(self.optimizer_bytes, bool) or self.optimizer_bytes < 0:
+        if not is_number(self.optimizer_bytes) or self.optimizer_bytes < 0:
             raise ValueError(f"--optimizer-bytes is {self.optimizer_bytes!r}: pass an integer >= 0")
         for name in ("intra_bw", "inter_bw", "pcie_bw"):
             v = getattr(self, name)
@@ -177,7 +178,7 @@ class Flow:
     """What the cost model needs of a split, from its nonzero pieces (never the dense matrix).
 
     Built from the F nonzero entries (q_F, k_F, amount_F) of flow_QK (tokens source rank q sends
-    to slot k, as swiftmoe.split.split_tokens_sparse returns them). Every field is float64 with
+    to slot k; the tests build them from the whole flow). Every field is float64 with
     exact integer values: x_RS [N, S] tokens per slot; per rank [N], tokens sent to (si_R) and
     received from (ri_R) other ranks of its node, sent to (se_R) and received from (re_R) other
     nodes (a rank's own tokens do not travel); per piece [F], its source q_F, destination rank
@@ -219,7 +220,7 @@ class Flow:
 
     @classmethod
     def from_traffic(cls, c: Cluster, S: int, tr) -> Flow:
-        """The same figures from swiftmoe.split.split_traffic's per-rank sums (no pieces).
+        """The same figures from swiftmoe.sim.traffic.split_traffic's per-rank sums (no pieces).
 
         tr must come from a split with ranks_per_node = c.ranks_per_node, so that its nodes are
         the cluster's."""
@@ -262,10 +263,9 @@ def _slot_maps(c: Cluster, S: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def flow_of(c: Cluster, S: int, flow) -> Flow:
-    """Flow of a split: swiftmoe.split.split_traffic's sums, (q_F, k_F, amount_F) of
-    swiftmoe.split.split_tokens_sparse, or a dense flow_QK int64 [N, N*S] (tensor or array) as
-    swiftmoe.split.split_tokens returns it."""
-    if isinstance(flow, splitlib.SplitTraffic):
+    """Flow of a split: swiftmoe.sim.traffic.split_traffic's sums, the nonzero entries
+    (q_F, k_F, amount_F) of its flow, or the dense flow_QK int64 [N, N*S] (tensor or array)."""
+    if isinstance(flow, SplitTraffic):
         return Flow.from_traffic(c, S, flow)
     if isinstance(flow, tuple):
         return Flow(c, S, *flow)
@@ -276,7 +276,7 @@ def flow_of(c: Cluster, S: int, flow) -> Flow:
 
 
 def flow_layer(c: Cluster, et: ExpertTime, flow: Flow, S: int) -> LayerCost:
-    """A layer run by the engine: the flow of swiftmoe.split.split_tokens, no padding."""
+    """A layer run by the engine: the flow of the engine's split, no padding."""
     return LayerCost(
         compute_ms=compute_ms(et, flow.x_RS, c.compute_model),
         a2a_ms=_a2a_from_tiers(c, flow.si_R, flow.ri_R, flow.se_R, flow.re_R),

@@ -2,9 +2,10 @@
 
 A job's plan for iteration t+1 depends only on the loads of iterations 0..t, which the trace
 holds from the start, so the ReportLoads chain of every job can run while the simulation splits
-tokens. One thread per job issues its ReportLoads in iteration order (the sidecar keeps a job's
-state between calls) and hands each answer over through a bounded queue; jobs are independent
-of each other. The simulation reads plan t+1 when it reaches iteration t+1.
+tokens. One thread per job replays the trace through its
+:class:`~swiftmoe.planning.job.SidecarJob` (ReportLoads in iteration order) and hands each
+answer over through a bounded queue; jobs are independent of each other. The simulation reads
+plan t+1 when it reaches iteration t+1.
 
 Shape legend: I iterations, L layers, E experts, K slots of a layer.
 """
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swiftmoe.sidecar import SidecarClient, SidecarError
+from swiftmoe.planning.client import SidecarClient, SidecarError
+from swiftmoe.planning.job import SidecarJob
 
 __all__ = ["FetchedPlan", "PlanFeed"]
 
@@ -62,19 +64,19 @@ class PlanFeed:
         self._timeout_s = timeout_s
         self._stop = threading.Event()
         self._queues: list[queue.Queue] = [queue.Queue(maxsize=ahead) for _ in job_ids]
-        self._rpc_s = [0.0] * len(job_ids)
+        self._jobs = [SidecarJob(client, job_id=jid) for jid in job_ids]
         self._threads = [
             threading.Thread(
-                target=self._produce, args=(j, jid), name=f"sim-plans-{jid}", daemon=True
+                target=self._produce, args=(j,), name=f"sim-plans-{job.job_id}", daemon=True
             )
-            for j, jid in enumerate(job_ids)
+            for j, job in enumerate(self._jobs)
         ]
         for t in self._threads:
             t.start()
 
     @property
     def rpc_s(self) -> float:
-        return float(sum(self._rpc_s))
+        return float(sum(job.rpc_s for job in self._jobs))
 
     def _put(self, j: int, item: object) -> bool:
         while not self._stop.is_set():
@@ -85,25 +87,19 @@ class PlanFeed:
                 continue
         return False
 
-    def _produce(self, j: int, job_id: str) -> None:
+    def _produce(self, j: int) -> None:
         try:
-            for it in range(self._loads.shape[0] - 1):
-                if self._wait is not None:
-                    self._wait(it)
-                if self._stop.is_set():
-                    return
-                t0 = time.perf_counter()
-                plan = self._client.report_loads(
-                    job_id, it, self._loads[it], timeout_s=self._timeout_s
-                )
+            plans = self._jobs[j].replay(
+                self._loads, self._timeout_s, self._wait, self._stop.is_set
+            )
+            for it, plan in enumerate(plans, 1):
                 item = FetchedPlan(
-                    it + 1,
+                    it,
                     [np.array(r, dtype=np.int64) for r in plan.slots_LK],
                     plan.source,
                     plan.note,
                     plan.remap_migrated_bytes,
                 )
-                self._rpc_s[j] += time.perf_counter() - t0
                 if not self._put(j, item):
                     return
         except BaseException as e:  # handed to the reader, which raises it

@@ -7,7 +7,7 @@ initial static placement); afterwards t's loads are reported and the answer is P
 (last-iteration prediction, the sidecar's default predictor). Each job's ReportLoads chain runs
 ahead in its own thread (:mod:`swiftmoe.sim.plans`), overlapping the token splits. Systems placed
 by a plan route their tokens with the engine's split, summed per rank by
-``swiftmoe.split.split_traffic`` (what the cost model needs of split_tokens' flow), on the per-source
+``swiftmoe.sim.traffic.split_traffic`` (what the cost model needs of the split's flow), on the per-source
 counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
 :mod:`swiftmoe.sim.model`. Per iteration and layer, systems on one placement share its split (and
 the engine systems its cost); only a placement that a padded system (static-dropless, static-cfX)
@@ -28,13 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from swiftmoe import split as splitlib
-from swiftmoe.sidecar import JobSpec, ManagedSidecar, SidecarClient
+from swiftmoe._checks import is_int
+from swiftmoe.engine.split import PlanIndexCache
+from swiftmoe.planning.client import JobSpec, SidecarClient
+from swiftmoe.planning.job import SidecarJob
+from swiftmoe.planning.process import ManagedSidecar
 from swiftmoe.sim import model
 from swiftmoe.sim.calibration import ExpertTime
 from swiftmoe.sim.plans import FetchedPlan, PlanFeed
 from swiftmoe.sim.systems import BOUND, CAPACITY, ENGINE, PADDED, SystemSpec
 from swiftmoe.sim.trace import StreamedTrace, source_counts, uniform_loads
+from swiftmoe.sim.traffic import split_traffic
 
 __all__ = ["FIELDS", "SimConfig", "SimResult", "simulate"]
 
@@ -63,7 +67,7 @@ class SimConfig:
     def __post_init__(self) -> None:
         for name in ("slots", "static_slots"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v, 1):
                 raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
         if not (self.other_ms >= 0 and np.isfinite(self.other_ms)):
             raise ValueError(f"--other-ms is {self.other_ms!r}: pass milliseconds >= 0")
@@ -179,6 +183,7 @@ def simulate(
     planned = [s for s in systems if s.kind != BOUND]
     reps = {s.name: np.zeros((n_it, L, E), dtype=np.int64) for s in planned}
     timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0}
+    indexes = PlanIndexCache()  # the placements in force, indexed once for every split
     if wait is not None:
         timing["trace_s"] = 0.0
     t_start = time.perf_counter()
@@ -203,7 +208,7 @@ def simulate(
             client = SidecarClient(address, cfg.rpc_timeout_s)
             t0 = time.perf_counter()
             for job in jobs.values():
-                reg = client.register_job(_job_spec(cfg, job, L, E))
+                reg = SidecarJob(client, _job_spec(cfg, job, L, E)).register()
                 job.job_id = reg.job_id
                 job.slots_LK = [np.asarray(r, dtype=np.int64) for r in reg.initial_plan.slots_LK]
             timing["sidecar_s"] += time.perf_counter() - t0
@@ -248,9 +253,9 @@ def simulate(
                         cost = bound_costs.get(key)
                         if cost is None:
                             ts = time.perf_counter()
-                            split = splitlib.split_traffic(
+                            split = split_traffic(
                                 source_counts(uniform_loads(total, E), N),
-                                slots_K,
+                                indexes.index(slots_K, S, N, E),
                                 S,
                                 ranks_per_node=c.ranks_per_node,
                                 weighted=False,
@@ -267,9 +272,9 @@ def simulate(
                             if counts_QE is None:
                                 counts_QE = source_counts(L_E, N)
                             ts = time.perf_counter()
-                            split = splitlib.split_traffic(
+                            split = split_traffic(
                                 counts_QE,
-                                slots_K,
+                                indexes.index(slots_K, S, N, E),
                                 S,
                                 ranks_per_node=c.ranks_per_node,
                                 weighted=pk in padded,  # padding reweights who sends what

@@ -4,7 +4,8 @@ A trace is JSON Lines, one object per iteration (DESIGN.md "Data formats"):
 ``{"iteration": i, "loads": [[l0e0, l0e1, ...], ...]}``, global token counts per layer per expert.
 In memory it is one int64 array loads_ILE.
 
-* :func:`read_trace` parses and checks a file.
+* :func:`read_trace_loads` is the one reader of a trace file (the report's too): it parses,
+  checks and orders it by iteration; :func:`read_trace` gives the simulator its array.
 * :func:`scale_loads` rescales every (iteration, layer) row to a given total, integer counts by
   largest remainders (deterministic; ties to the lower expert id).
 * :func:`synthetic_trace` draws Zipf-skewed routing whose popularity drifts: expert ``perm[j]``
@@ -31,71 +32,112 @@ import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from swiftmoe._checks import is_int
+
 __all__ = [
     "StreamedTrace",
+    "json_lines",
     "read_trace",
+    "read_trace_loads",
     "scale_loads",
     "source_counts",
     "synthetic_iterations",
     "synthetic_trace",
     "uniform_loads",
     "write_trace",
+    "add_skew_arguments",
+    "check_zipf",
+    "zipf_popularity",
 ]
 
 
-def read_trace(path: str | Path, max_iterations: int = 0) -> np.ndarray:
-    """loads_ILE (int64) from a JSON Lines trace; ValueError naming the line and the fix."""
+def json_lines(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, object) of every non-blank line of a JSON Lines file; ValueError naming the
+    line that is not JSON, or the file when it holds none."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg}); write one object per line") from None
+    if not out:
+        raise ValueError(f"{path}: no JSON lines; pass a file with one object per line")
+    return out
+
+
+def read_trace_loads(path: str | Path, max_iterations: int = 0) -> list[list[list[int]]]:
+    """The one routing-trace reader: loads_ILE as lists, ordered by iteration (the first
+    ``max_iterations`` when given); ValueError naming the line, the field and the fix.
+
+    Every line must be ``{"iteration": i, "loads": [[...], ...]}`` with an integer i >= 0 and,
+    per layer, a non-empty list of integer token counts >= 0; every line has the same experts
+    per layer (one trace holds one model). Layers may differ in their expert counts.
+    """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"trace {str(p)!r} is not a file: pass a JSON Lines routing trace")
-    rows: list[list[list[int]]] = []
-    shape: tuple[int, int] | None = None
-    with p.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{p}:{n}: not a JSON object ({e}); one object per line") from None
-            loads = obj.get("loads") if isinstance(obj, dict) else None
-            if (
-                not isinstance(loads, list)
-                or not loads
-                or not all(isinstance(r, list) and r for r in loads)
-            ):
-                raise ValueError(
-                    f'{p}:{n}: "loads" must be a non-empty list of per-layer lists of token '
-                    'counts, e.g. {"iteration": 0, "loads": [[3, 5], [4, 4]]}'
-                )
-            for li, r in enumerate(loads):
-                for e, v in enumerate(r):
-                    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                        raise ValueError(
-                            f"{p}:{n}: loads[{li}][{e}] is {v!r}: token counts are integers >= 0"
-                        )
-            widths = {len(r) for r in loads}
-            if len(widths) != 1:
-                raise ValueError(
-                    f"{p}:{n}: layers have different expert counts {sorted(widths)}: the simulator "
-                    "needs the same number of experts in every layer"
-                )
-            s = (len(loads), len(loads[0]))
-            if shape is None:
-                shape = s
-            elif s != shape:
-                raise ValueError(
-                    f"{p}:{n}: {s[0]} layers x {s[1]} experts, but earlier lines have "
-                    f"{shape[0]} x {shape[1]}: every iteration needs the same shape"
-                )
-            rows.append(loads)
-            if max_iterations and len(rows) >= max_iterations:
-                break
-    if not rows:
-        raise ValueError(f"trace {p} holds no iterations: record one with swiftmoe first")
+    rows: list[tuple[int, list[list[int]]]] = []
+    shape: list[int] | None = None
+    for n, obj in json_lines(p):
+        where = f"{p}:{n}"
+        if not isinstance(obj, dict) or "loads" not in obj or "iteration" not in obj:
+            raise ValueError(
+                f'{where}: expected {{"iteration": i, "loads": [[...], ...]}} (a routing trace)'
+            )
+        it, loads = obj["iteration"], obj["loads"]
+        if not is_int(it, 0):
+            raise ValueError(f"{where}: iteration is {it!r}; pass an integer >= 0")
+        if (
+            not isinstance(loads, list)
+            or not loads
+            or not all(isinstance(r, list) and r for r in loads)
+        ):
+            raise ValueError(
+                f'{where}: "loads" must be a non-empty list of per-layer lists of token counts, '
+                'e.g. {"iteration": 0, "loads": [[3, 5], [4, 4]]}'
+            )
+        for li, r in enumerate(loads):
+            for e, v in enumerate(r):
+                if not is_int(v, 0):
+                    raise ValueError(
+                        f"{where}: loads[{li}][{e}] is {v!r}: pass integer token counts >= 0"
+                    )
+        s = [len(r) for r in loads]
+        if shape is None:
+            shape = s
+        elif s != shape:
+            raise ValueError(
+                f"{where}: loads has {s} experts per layer, earlier lines {shape}; every iteration "
+                "needs the same shape (one trace holds one model)"
+            )
+        rows.append((it, loads))
+    rows.sort(key=lambda r: r[0])
+    if max_iterations:
+        rows = rows[:max_iterations]
+    return [loads for _, loads in rows]
+
+
+def read_trace(path: str | Path, max_iterations: int = 0) -> np.ndarray:
+    """loads_ILE (int64) of a trace (:func:`read_trace_loads`) for the simulator, which needs the
+    same number of experts in every layer; ValueError naming the fix otherwise."""
+    rows = read_trace_loads(path, max_iterations)
+    widths = sorted({len(r) for r in rows[0]})
+    if len(widths) != 1:
+        raise ValueError(
+            f"{path}: layers have different expert counts {widths}: the simulator needs the same "
+            "number of experts in every layer"
+        )
     return np.asarray(rows, dtype=np.int64)
 
 
@@ -112,7 +154,7 @@ def scale_loads(loads_ILE: np.ndarray, total: int) -> np.ndarray:
     Floors of the proportional shares plus one token for the largest remainders (ties to the
     lower expert id). A row of zeros is spread evenly (remainder to the lowest ids).
     """
-    if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
+    if not (is_int(total, 1) or (isinstance(total, np.integer) and total >= 1)):
         raise ValueError(f"scale total is {total!r}: pass an integer >= 1")
     a = np.asarray(loads_ILE, dtype=np.int64)
     E = a.shape[-1]
@@ -134,7 +176,7 @@ def scale_loads(loads_ILE: np.ndarray, total: int) -> np.ndarray:
 
 def source_counts(loads_E: np.ndarray, num_ranks: int) -> np.ndarray:
     """counts_QE: each expert's tokens spread evenly over the ranks, remainders to the lowest."""
-    if isinstance(num_ranks, bool) or not isinstance(num_ranks, int) or num_ranks < 1:
+    if not is_int(num_ranks, 1):
         raise ValueError(f"num_ranks is {num_ranks!r}: pass an integer >= 1")
     L_E = np.asarray(loads_E, dtype=np.int64)
     if L_E.ndim != 1 or (L_E.size and L_E.min() < 0):
@@ -149,7 +191,10 @@ def uniform_loads(total: int, experts: int) -> np.ndarray:
     return total // experts + (e_E < total % experts)
 
 
-def _zipf(E: int, s: float, perm_E: np.ndarray) -> np.ndarray:
+def zipf_popularity(E: int, s: float, perm_E: np.ndarray) -> np.ndarray:
+    """p_E (float64, sum 1) with p[perm[j]] proportional to 1/(j+1)^s: expert perm[0] is the
+    hottest; s = 0 is uniform. The skew of every synthetic routing here and of
+    scripts/bench_step.py's scheduled router."""
     w = 1.0 / np.arange(1, E + 1, dtype=np.float64) ** s
     p_E = np.empty(E)
     p_E[perm_E] = w / w.sum()
@@ -177,6 +222,27 @@ def _draw(rng: np.random.Generator, p_E: np.ndarray, tokens: int, k: int) -> np.
     return out
 
 
+def check_zipf(zipf: float, name: str = "zipf exponent") -> None:
+    """ValueError unless ``zipf`` is a finite number >= 0."""
+    if not (math.isfinite(zipf) and zipf >= 0):
+        raise ValueError(f"{name} is {zipf!r}: pass a finite number >= 0 (0 = uniform)")
+
+
+def add_skew_arguments(group: Any, *, zipf: float, shift_every: int, what: str = "") -> None:
+    """``--zipf`` and ``--shift-every`` on an argparse parser or group, with the caller's
+    defaults: the skew of synthetic routing (:func:`zipf_popularity`, hot set drawn afresh every
+    N iterations). ``what`` prefixes the help ("synthetic": the simulator's trace)."""
+    pre = f"{what} " if what else ""
+    group.add_argument("--zipf", type=float, default=zipf, help=f"{pre}Zipf exponent (0: uniform)")
+    group.add_argument(
+        "--shift-every",
+        type=int,
+        default=shift_every,
+        help=f"{what + ': ' if what else ''}new hot set every N iterations"
+        + ("" if shift_every == 0 else f" (default {shift_every})"),
+    )
+
+
 def synthetic_iterations(
     experts: int,
     layers: int,
@@ -201,12 +267,11 @@ def synthetic_iterations(
         ("drift", drift, 0),
         ("shift-every", shift_every, 0),
     ):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        if not is_int(v, lo):
             raise ValueError(f"{name} is {v!r}: pass an integer >= {lo}")
     if top_k > experts:
         raise ValueError(f"top-k {top_k} exceeds the {experts} experts: pass top-k <= experts")
-    if not (math.isfinite(zipf) and zipf >= 0):
-        raise ValueError(f"zipf exponent is {zipf!r}: pass a finite number >= 0 (0 = uniform)")
+    check_zipf(zipf)
 
     def draws() -> Iterator[np.ndarray]:
         rngs = [np.random.default_rng([seed, li]) for li in range(layers)]
@@ -220,28 +285,16 @@ def synthetic_iterations(
                 elif it and drift and experts > 1:
                     for j in rng.integers(0, experts - 1, size=drift):
                         perm[j], perm[j + 1] = perm[j + 1], perm[j]
-                out[li] = _draw(rng, _zipf(experts, zipf, perm), tokens, top_k)
+                out[li] = _draw(rng, zipf_popularity(experts, zipf, perm), tokens, top_k)
             yield out
 
     return draws()
 
 
-def synthetic_trace(
-    experts: int,
-    layers: int,
-    iterations: int,
-    tokens: int,
-    top_k: int,
-    zipf: float = 1.0,
-    drift: int = 1,
-    shift_every: int = 0,
-    seed: int = 0,
-) -> np.ndarray:
-    """loads_ILE of Zipf-skewed routing with drifting popularity; deterministic in ``seed``."""
-    rows = synthetic_iterations(
-        experts, layers, iterations, tokens, top_k, zipf, drift, shift_every, seed
-    )
-    return np.stack(list(rows))
+def synthetic_trace(*args: Any, **kwargs: Any) -> np.ndarray:
+    """loads_ILE of Zipf-skewed routing with drifting popularity, deterministic in ``seed``: the
+    iterations of :func:`synthetic_iterations` (same arguments) stacked."""
+    return np.stack(list(synthetic_iterations(*args, **kwargs)))
 
 
 class StreamedTrace:

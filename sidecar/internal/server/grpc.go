@@ -26,9 +26,6 @@ import (
 // the planner accepts fits within it.
 const MaxMessageBytes = planner.MaxMessageBytes
 
-// transportBufferBytes sizes the read and write buffers of each connection.
-const transportBufferBytes = 512 << 10
-
 // plannerServer adapts planner.Service to the generated Planner service.
 type plannerServer struct {
 	pb.UnimplementedPlannerServer
@@ -88,8 +85,8 @@ func New(svc *planner.Service, log hclog.Logger) (*grpc.Server, *health.Server) 
 		grpc.MaxSendMsgSize(MaxMessageBytes),
 		// A plan of the largest target job is about 250 KB: buffers of
 		// that order write it in a few syscalls instead of one per 32 KiB.
-		grpc.WriteBufferSize(transportBufferBytes),
-		grpc.ReadBufferSize(transportBufferBytes),
+		grpc.WriteBufferSize(transport.BufferBytes),
+		grpc.ReadBufferSize(transport.BufferBytes),
 		experimental.BufferPool(transport.BufferPool),
 		grpc.ForceServerCodecV2(transport.Codec),
 		grpc.ChainUnaryInterceptor(recoverInterceptor(log)),

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from swiftmoe._checks import is_int
+
 __all__ = [
     "InvalidPlanError",
     "max_over_mean",
@@ -63,7 +65,7 @@ def static_slots(num_experts: int, world_size: int, slots_per_rank: int) -> list
         ("world_size", world_size),
         ("slots_per_rank", slots_per_rank),
     ):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_int(v, 1):
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     total = world_size * slots_per_rank
     if total < num_experts:

@@ -1,15 +1,15 @@
-"""Per-block runtime: the replicated expert execution of one MoE layer, and observe mode.
+"""One MoE block under replicate mode: its slot weights, its placement and the dispatch.
 
-Replicate mode, rank r of N with S slots (DESIGN.md "One training iteration"):
-route -> local counts -> all_reduce of the [N, E] count matrix -> split of every expert's tokens
-over its replicas from these actual counts -> send order by destination slot ->
+Rank r of N with S slots (DESIGN.md "One training iteration"): route -> local counts ->
+all_reduce of the [N, E] count matrix -> this rank's part of the split of every expert's tokens
+over its replicas, from these actual counts -> send order by destination slot ->
 all_to_all_single -> S slot GEMMs over contiguous groups -> reverse all_to_all_single ->
 weighted combine. The slot weights are leaf tensors that require grad and are not registered
 on the model, so the user's optimizer and DDP never see them.
 
-Load statistics of training-mode forwards live on the block as non-persistent buffers
-(``swiftmoe_loads_E``: global assignments per expert; ``swiftmoe_dropped``: dropped
-assignments), read and reset at step.
+A layer sees the engine around it only through its :class:`LayerContext`: the split function,
+the capacity factor, the autograd anchor of its collectives and the callback that takes its
+loads. Training-mode forwards add to the block's load buffers (``swiftmoe.engine.stats``).
 
 Shape legend:
     T  tokens of this rank   D  model dim    A  assignments, T*top_k   M  rows of a group
@@ -19,23 +19,48 @@ Shape legend:
 
 from __future__ import annotations
 
-import inspect
 import math
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from swiftmoe import dispatch as dp
-from swiftmoe.adapters.base import ExpertSpec, MoEAdapter
-from swiftmoe.dist import Comm, all_to_all_rows
-from swiftmoe.plan import max_over_mean
+from swiftmoe.adapters import ExpertSpec, MoEAdapter
+from swiftmoe.engine import dispatch as dp
+from swiftmoe.engine.blocks import MoEBlock
+from swiftmoe.engine.dist import Comm, all_to_all_rows
+from swiftmoe.engine.plan import max_over_mean
+from swiftmoe.engine.split import RankSplit
+from swiftmoe.engine.stats import add_stat_buffers, dropped_of, loads_of
 
-__all__ = ["ExpertLayer", "ObservedLayer", "LOADS_BUFFER", "DROPPED_BUFFER"]
+__all__ = ["ExpertLayer", "LayerContext", "SplitFn", "use_grouped_mm"]
 
-LOADS_BUFFER = "swiftmoe_loads_E"
-DROPPED_BUFFER = "swiftmoe_dropped"
+#: ``split(counts_NE, slots_K, layer_index) -> RankSplit``: this rank's part of a layer's token
+#: split (counts_NE: all-reduced int64 [N, E] on the CPU; slots_K: the placement, CPU int64
+#: [N*S]), checked so that it cannot misroute (``swiftmoe.engine.splitter.RankSplitter``).
+SplitFn = Callable[[torch.Tensor, torch.Tensor, int], RankSplit]
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """What an expert layer needs of the engine around it, and nothing more.
+
+    Attributes:
+        split: this rank's part of the token split (:data:`SplitFn`).
+        capacity_factor: None (dropless) or the DeepSpeed-style capacity factor.
+        anchor: a scalar that requires grad, shared by the layers: it keeps every
+            all_to_all in the autograd graph on every rank, so all ranks run the backward one.
+        on_loads: ``on_loads(layer_index)`` once the layer's global loads of a training
+            forward are in its buffers.
+    """
+
+    split: SplitFn
+    capacity_factor: float | None
+    anchor: torch.Tensor
+    on_loads: Callable[[int], None]
 
 
 def use_grouped_mm(
@@ -56,49 +81,36 @@ def use_grouped_mm(
     return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
-def _add_stat_buffers(block: nn.Module, num_experts: int, device: torch.device) -> None:
-    for name, shape in ((LOADS_BUFFER, (num_experts,)), (DROPPED_BUFFER, ())):
-        if name in block._buffers:
-            raise ValueError(
-                f"replicate_: block {type(block).__name__} already carries {name}; "
-                "swiftmoe.replicate_ was applied to this model twice"
-            )
-        block.register_buffer(
-            name, torch.zeros(shape, dtype=torch.long, device=device), persistent=False
-        )
-
-
 class ExpertLayer:
     """One MoE block under replicate mode: slot weights, placement and the dispatch."""
 
     def __init__(
         self,
         index: int,
-        fqn: str,
-        block: nn.Module,
-        adapter: MoEAdapter,
+        where: MoEBlock,
         spec: ExpertSpec,
         num_experts: int,
         top_k: int,
         comm: Comm,
         slots_per_rank: int,
-        engine: Any,
+        ctx: LayerContext,
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        self.index, self.fqn, self.block, self.adapter, self.spec = index, fqn, block, adapter, spec
+        self.index, self.spec = index, spec
+        self.fqn, self.block, self.adapter = where
         self.E, self.top_k, self.S = num_experts, top_k, slots_per_rank
-        self.comm, self.engine = comm, engine
+        self.comm, self.ctx = comm, ctx
         self.device, self.dtype = device, dtype
         self.numels = [math.prod(s) for s in spec.shapes]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
         self.P = sum(self.numels)
-        self.grouped = use_grouped_mm(adapter, spec, device, dtype)
+        self.grouped = use_grouped_mm(self.adapter, spec, device, dtype)
         self.slots: list[int] = []
         self.slot_params: list[tuple[torch.Tensor, ...]] = []
         self.stacked: tuple[torch.Tensor, ...] = ()
         self.last_max_over_mean = 1.0
-        _add_stat_buffers(block, num_experts, device)
+        add_stat_buffers(self.block, num_experts, device)
 
     # ---- slot weights -------------------------------------------------------------------------
 
@@ -180,13 +192,13 @@ class ExpertLayer:
         N, r = comm.world_size, comm.rank
         T, top_k = ids_TK.shape
         e_A = ids_TK.reshape(-1).long()
-        cap = dp.capacity_of(self.engine.config.capacity_factor, e_A.numel(), E)
+        cap = dp.capacity_of(self.ctx.capacity_factor, e_A.numel(), E)
         order_M, counts_E, dropped = dp.order_by_expert(e_A, E, cap)
 
         counts_NE = torch.zeros(N, E, dtype=torch.long, device=x_TD.device)
         counts_NE[r] = counts_E
         comm.all_reduce_(counts_NE)
-        rs = self.engine.split(counts_NE.cpu(), self.index)
+        rs = self.ctx.split(counts_NE.cpu(), self.slots_t, self.index)
 
         my_K = rs.send_K
         send_A = dp.send_index(order_M, my_K, self.perm_K, self.inv_K)
@@ -194,7 +206,7 @@ class ExpertLayer:
         flow_QS = rs.recv_QS
         in_splits = my_K.view(N, S).sum(1).tolist()
         out_splits = flow_QS.sum(1).tolist()
-        anchor = self.engine.anchor
+        anchor = self.ctx.anchor
         recv = all_to_all_rows(x_send, anchor, comm, out_splits, in_splits)
 
         to_slot, from_slot, rows_S = dp.regroup_received(flow_QS)
@@ -211,10 +223,10 @@ class ExpertLayer:
 
         if self.block.training:  # statistics of training iterations only
             with torch.no_grad():
-                getattr(self.block, LOADS_BUFFER).add_(counts_NE.sum(0))
-                getattr(self.block, DROPPED_BUFFER).add_(dropped)
+                loads_of(self.block).add_(counts_NE.sum(0))
+                dropped_of(self.block).add_(dropped)
                 self.last_max_over_mean = max_over_mean(rs.load_R)
-            self.engine.on_layer_loads(self.index)
+            self.ctx.on_loads(self.index)
         return y_TD
 
     def run_slots(self, xs_MD: torch.Tensor, rows_S: torch.Tensor) -> torch.Tensor:
@@ -231,47 +243,3 @@ class ExpertLayer:
                 outs.append(self.spec.forward(xs_MD[start : start + n], *self.slot_params[s]))
             start += n
         return torch.cat(outs)
-
-
-class ObservedLayer:
-    """One MoE block under observe mode: its math untouched, its local loads recorded.
-
-    A forward pre-hook reruns the block's router under ``no_grad`` with the RNG state saved
-    and restored, so the block computes exactly what it computes unpatched.
-    """
-
-    def __init__(
-        self,
-        index: int,
-        fqn: str,
-        block: nn.Module,
-        adapter: MoEAdapter,
-        num_experts: int,
-        engine: Any,
-        device: torch.device,
-    ) -> None:
-        self.index, self.fqn, self.block, self.adapter = index, fqn, block, adapter
-        self.E, self.engine = num_experts, engine
-        self.slots: list[int] = []
-        try:
-            params = inspect.signature(adapter.route).parameters
-        except (TypeError, ValueError):
-            params = {}
-        self._route_has_hooks = "hooks" in params
-        _add_stat_buffers(block, num_experts, device)
-        block.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
-
-    def _pre_hook(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not block.training:
-            return None
-        x = args[0] if args else kwargs["hidden_states"]
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            x_TD = self.adapter.flatten_input(block, args, kwargs)
-            if self._route_has_hooks:  # run the router without its hooks: leave no trace
-                route = self.adapter.route(block, x_TD.detach(), hooks=False)
-            else:
-                route = self.adapter.route(block, x_TD.detach())
-        ids = route.topk_ids_TK.reshape(-1).long()
-        getattr(block, LOADS_BUFFER).add_(torch.bincount(ids, minlength=self.E))
-        return None

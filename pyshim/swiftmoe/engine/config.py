@@ -10,14 +10,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from swiftmoe.plan_source import PlanSource
+from swiftmoe._checks import is_int, is_number
+from swiftmoe.engine.plan_source import PlanSource
+from swiftmoe.engine.split import RANK_METHODS as SPLIT_METHODS
 
 __all__ = ["SwiftMoEConfig", "resolve_optimizer", "MODES", "SPLIT_METHODS", "AUTO_SLOTS"]
 
 MODES = ("observe", "replicate")
 # slots_per_rank="auto": the sidecar picks the slots from its machine's free GPU memory.
 AUTO_SLOTS = "auto"
-SPLIT_METHODS = ("auto", "exact", "fast", "even")
 # Optimizers whose update of one element depends on other elements: a sharded step would differ.
 _NOT_ELEMENTWISE = {"LBFGS", "SparseAdam", "Muon"}
 
@@ -73,8 +74,8 @@ class SwiftMoEConfig:
             initial placement for good (static expert parallelism).
         plan_deadline_s: the longest ``step()`` waits for the plan source.
         split_method: how an expert's tokens are split over its replicas, passed to
-            ``swiftmoe.split.split_tokens`` ("auto", "exact", "fast"), or "even" (the paper's
-            even split, ``even_split_tokens``).
+            ``swiftmoe.engine.split`` ("auto" = "fast", "exact"), or "even" (the paper's
+            even split).
         ranks_per_node: ranks per node, so the split prefers same-node replicas; 0 = take
             torchrun's LOCAL_WORLD_SIZE when set, else no node preference.
         capacity_factor: None (dropless, the default) or > 0: each rank keeps at most
@@ -151,7 +152,7 @@ class SwiftMoEConfig:
                     "slots_per_rank: 'auto' cannot be combined with initial_slots, whose length "
                     "fixes the slots; give slots_per_rank as an integer"
                 )
-        elif isinstance(S, bool) or not isinstance(S, int) or S < 1:
+        elif not is_int(S, 1):
             raise ValueError(f"slots_per_rank: must be an integer >= 1 or 'auto', got {S!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -173,10 +174,10 @@ class SwiftMoEConfig:
         ):
             raise ValueError(
                 "plan_source: needs submit(iteration, loads_LE) and poll(deadline_s) methods; "
-                "wrap a function in swiftmoe.plan_source.CallablePlanSource(fn)"
+                "wrap a function in swiftmoe.CallablePlanSource(fn)"
             )
         d = self.plan_deadline_s
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (d >= 0) or math.isinf(d):
+        if not is_number(d) or not (d >= 0) or math.isinf(d):
             raise ValueError(f"plan_deadline_s: must be a finite number >= 0, got {d!r}")
         if self.split_method not in SPLIT_METHODS:
             raise ValueError(
@@ -184,19 +185,15 @@ class SwiftMoEConfig:
                 f"{self.split_method!r}"
             )
         rpn = self.ranks_per_node
-        if isinstance(rpn, bool) or not isinstance(rpn, int) or rpn < 0:
+        if not is_int(rpn, 0):
             raise ValueError(f"ranks_per_node: must be an integer >= 0 (0 = unknown), got {rpn!r}")
         cf = self.capacity_factor
-        if cf is not None and (
-            isinstance(cf, bool) or not isinstance(cf, (int, float)) or not (cf > 0)
-        ):
+        if cf is not None and (not is_number(cf) or not (cf > 0)):
             raise ValueError(
                 f"capacity_factor: must be None (dropless) or a number > 0, got {cf!r}"
             )
         g = self.expert_grad_scale
-        if g is not None and (
-            isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g)
-        ):
+        if g is not None and (not is_number(g) or not math.isfinite(g)):
             raise ValueError(
                 f"expert_grad_scale: must be None (1/world_size) or a finite number, got {g!r}"
             )

@@ -1,33 +1,71 @@
 """Checkpoints of the engine: sharded state (exact resume) and consolidated export.
 
-``sharded_state(handle)`` is this rank's part: its fp32 master shards, its optimizer state, the
-placement in force and the iteration. Each rank saves its own (``torch.save``); loading it at
-the same world size and slots per rank gives bit-identical training from there on.
+Every function takes a :class:`CheckpointView`, the part of a replicating engine a checkpoint
+reads and restores, and nothing more.
 
-``consolidated(handle)`` gathers every expert's full weights (fp32) on every rank; ``export_to``
+``sharded_state(view, iteration)`` is this rank's part: its fp32 master shards, its optimizer
+state, the placement in force and the iteration. Each rank saves its own (``torch.save``);
+loading it at the same world size and slots per rank gives bit-identical training from there on.
+
+``consolidated(view)`` gathers every expert's full weights (fp32) on every rank; ``export_to``
 installs them into an unpatched model through each block's adapter.
+
+Shape legend: E experts of a layer, P elements of one expert.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["FORMAT", "sharded_state", "load_sharded_state", "consolidated", "export_to"]
+from swiftmoe.engine.layer import ExpertLayer
+from swiftmoe.engine.optim import ShardedExpertOptimizer
+from swiftmoe.engine.plan import validate_slots
+
+__all__ = [
+    "FORMAT",
+    "CheckpointView",
+    "consolidated",
+    "export_to",
+    "load_sharded_state",
+    "sharded_state",
+]
 
 FORMAT = "swiftmoe-sharded-v1"
 
 
-def sharded_state(handle: Any) -> dict[str, Any]:
-    opt = handle._optimizer
+@dataclass(frozen=True)
+class CheckpointView:
+    """What a checkpoint reads and restores of a replicating engine.
+
+    Attributes:
+        world_size, rank, slots_per_rank: the shape a sharded checkpoint is only valid for.
+        layers: the expert layers (fqn, E, P, placement, expert spec and adapter of each).
+        optimizer: the sharded expert optimizer (master shards and optimizer state).
+        install: ``install(slots_L)`` remaps the master shards to a placement and makes it
+            current (a collective).
+    """
+
+    world_size: int
+    rank: int
+    slots_per_rank: int
+    layers: Sequence[ExpertLayer]
+    optimizer: ShardedExpertOptimizer
+    install: Callable[[list[list[int]]], None]
+
+
+def sharded_state(view: CheckpointView, iteration: int) -> dict[str, Any]:
+    opt = view.optimizer
     return {
         "format": FORMAT,
-        "world_size": handle.comm.world_size,
-        "rank": handle.comm.rank,
-        "slots_per_rank": handle.config.slots_per_rank,
-        "iteration": handle.iteration,
+        "world_size": view.world_size,
+        "rank": view.rank,
+        "slots_per_rank": view.slots_per_rank,
+        "iteration": iteration,
         "layers": [
             {
                 "fqn": layer.fqn,
@@ -36,13 +74,13 @@ def sharded_state(handle: Any) -> dict[str, Any]:
                 "slots": list(layer.slots),
                 "master": m.detach().clone(),
             }
-            for layer, m in zip(handle.layers, opt.masters, strict=True)
+            for layer, m in zip(view.layers, opt.masters, strict=True)
         ],
         "optimizer": opt.optimizer.state_dict(),
     }
 
 
-def _check(state: dict[str, Any], handle: Any) -> None:
+def _check(state: dict[str, Any], view: CheckpointView) -> None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"load_state_dict: not a SwiftMoE sharded checkpoint (format "
@@ -50,9 +88,9 @@ def _check(state: dict[str, Any], handle: Any) -> None:
             f"want {FORMAT!r}); pass what handle.state_dict() returned"
         )
     want = {
-        "world_size": handle.comm.world_size,
-        "rank": handle.comm.rank,
-        "slots_per_rank": handle.config.slots_per_rank,
+        "world_size": view.world_size,
+        "rank": view.rank,
+        "slots_per_rank": view.slots_per_rank,
     }
     for key, v in want.items():
         if state.get(key) != v:
@@ -68,12 +106,12 @@ def _check(state: dict[str, Any], handle: Any) -> None:
                 f"(or load a consolidated export with handle.load_expert_weights){hint}"
             )
     layers = state.get("layers")
-    if not isinstance(layers, list) or len(layers) != len(handle.layers):
+    if not isinstance(layers, list) or len(layers) != len(view.layers):
         raise ValueError(
             f"load_state_dict: checkpoint has {len(layers) if isinstance(layers, list) else 0} "
-            f"MoE layers, the model has {len(handle.layers)}; restore into the same model"
+            f"MoE layers, the model has {len(view.layers)}; restore into the same model"
         )
-    for saved, layer, m in zip(layers, handle.layers, handle._optimizer.masters, strict=True):
+    for saved, layer, m in zip(layers, view.layers, view.optimizer.masters, strict=True):
         if saved.get("fqn") != layer.fqn or saved.get("numel") != layer.P:
             raise ValueError(
                 f"load_state_dict: checkpoint layer {saved.get('fqn')!r} (numel "
@@ -88,30 +126,29 @@ def _check(state: dict[str, Any], handle: Any) -> None:
             )
 
 
-def load_sharded_state(handle: Any, state: dict[str, Any]) -> None:
-    """Restore what ``sharded_state`` saved (a collective: every rank calls it)."""
-    _check(state, handle)
-    from swiftmoe.plan import validate_slots
-
-    N, S = handle.comm.world_size, handle.config.slots_per_rank
+def load_sharded_state(view: CheckpointView, state: dict[str, Any]) -> int:
+    """Restore what ``sharded_state`` saved (a collective: every rank calls it); returns the
+    iteration it was saved at."""
+    _check(state, view)
+    N, S = view.world_size, view.slots_per_rank
     slots_L = []
-    for saved, layer in zip(state["layers"], handle.layers, strict=True):
+    for saved, layer in zip(state["layers"], view.layers, strict=True):
         validate_slots(saved["slots"], layer.E, N, S)
         slots_L.append(list(saved["slots"]))
-    opt = handle._optimizer
+    opt = view.optimizer
     with torch.no_grad():
         for saved, m in zip(state["layers"], opt.masters, strict=True):
             m.copy_(saved["master"])
     opt.optimizer.load_state_dict(state["optimizer"])
-    handle.iteration = int(state["iteration"])
-    handle._install_placement(slots_L)
+    view.install(slots_L)
+    return int(state["iteration"])
 
 
-def consolidated(handle: Any) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+def consolidated(view: CheckpointView) -> dict[str, list[tuple[torch.Tensor, ...]]]:
     """{block fqn: per expert, its tensors in expert_spec order} with full fp32 weights."""
-    full_L = handle._optimizer.gather_full()
+    full_L = view.optimizer.gather_full()
     out: dict[str, list[tuple[torch.Tensor, ...]]] = {}
-    for layer, full_EP in zip(handle.layers, full_L, strict=True):
+    for layer, full_EP in zip(view.layers, full_L, strict=True):
         experts = []
         for e in range(layer.E):
             experts.append(
@@ -127,10 +164,12 @@ def consolidated(handle: Any) -> dict[str, list[tuple[torch.Tensor, ...]]]:
 
 
 def export_to(
-    weights: dict[str, list[tuple[torch.Tensor, ...]]], handle: Any, model: nn.Module
+    weights: dict[str, list[tuple[torch.Tensor, ...]]],
+    layers: Sequence[ExpertLayer],
+    model: nn.Module,
 ) -> None:
     """Install consolidated ``weights`` into the blocks of an unpatched ``model`` (same fqns)."""
-    for layer in handle.layers:
+    for layer in layers:
         try:
             block = model.get_submodule(layer.fqn)
         except AttributeError as e:

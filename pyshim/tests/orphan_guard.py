@@ -1,4 +1,4 @@
-"""Test-session guard: no swiftmoe-sidecar or swiftmoe-strategy-* process outlives the tests.
+"""pytest plugin: no swiftmoe-sidecar or swiftmoe-strategy-* process outlives the tests.
 
 At configure time the session exports ``SWIFTMOE_TEST_SESSION=<uuid>``; every process the tests
 start (ranks, sidecars, the plugins a sidecar starts) inherits it. When the session finishes,
@@ -8,8 +8,10 @@ marker in ``/proc/PID/environ`` or descend from the pytest process, waits a grac
 (exit status 1) listing the survivors, which it then kills by pid so that they do not outlive
 the run either.
 
-test/conftest.py loads this file under another module name and calls the same hooks; the check
-runs once per session whichever conftests pytest loaded.
+The pytest configuration in pyproject.toml loads it for every run (``-p orphan_guard``, with
+pyshim/tests on ``pythonpath``), so ``pytest pyshim/tests``, ``pytest test`` and both together
+run the check once per session. Its scanner is also a helper: test/test_e2e_sidecar.py imports
+it to look for the processes of one case.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -30,10 +31,6 @@ PLUGIN_PREFIX = "swiftmoe-strategy-"
 GRACE_ENV = "SWIFTMOE_ORPHAN_GRACE_S"  # seconds to wait for exiting processes (default 10)
 _INTERPRETERS = ("sh", "bash", "dash", "env", "python", "python3")
 _DONE_ATTR = "_swiftmoe_orphan_check_done"
-
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:  # distributed.py, test_engine_support.py for tests in test/
-    sys.path.insert(0, _TESTS_DIR)
 
 
 @dataclass(frozen=True)

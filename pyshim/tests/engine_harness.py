@@ -1,5 +1,6 @@
-"""Shared pieces of the engine tests: a tiny model, data, placement sequences, a reference run
-and the rank worker. No tests here.
+"""The engine tests' harness (a helper module, no tests): a tiny model, data, placement
+sequences, a reference run and the rank worker. pyshim/tests and test/ import it by name (the
+pytest configuration puts pyshim/tests on the path).
 
 Shape legend: B tokens of one rank, D model dim, E experts, N ranks, S slots per rank,
 K = N*S slots.
@@ -16,9 +17,9 @@ from torch import nn
 
 import swiftmoe.nn as smnn
 from swiftmoe.api import replicate_
-from swiftmoe.config import SwiftMoEConfig
-from swiftmoe.plan import validate_slots
-from swiftmoe.plan_source import CallablePlanSource
+from swiftmoe.engine.config import SwiftMoEConfig
+from swiftmoe.engine.plan import validate_slots
+from swiftmoe.planning.sources import CallablePlanSource
 
 D, F, E, TOPK, LAYERS, B = 8, 16, 4, 2, 2, 8
 SLOTS_FOR = {1: 6, 2: 3, 4: 2}

@@ -1,18 +1,13 @@
-"""Plan sources: where the engine's next expert placement comes from.
+"""Plan sources: the planning wing's answers to the engine's ``PlanSource`` protocol.
 
-A plan source is asked by rank 0 only. The engine calls
+* :class:`StaticPlanSource`: a fixed placement, or none (keep the one the job started with).
+* :class:`WorkerPlanSource`: the submit/poll machinery of a source that plans in one worker
+  thread, so that ``submit`` never blocks and ``poll`` never waits past its deadline.
+* :class:`CallablePlanSource`: a Python function run in that worker, so that a raising,
+  garbage-returning or slow function never stops or corrupts training.
 
-* ``submit(iteration, loads_LE)`` once per iteration, as soon as every MoE layer has its global
-  token counts (so the source can plan while backward runs). It must not block.
-* ``poll(deadline_s)`` at the remap of ``step()``: the next placement, per MoE layer a list of
-  N*S expert ids, or ``None`` to keep the current placement. ``deadline_s`` is the longest time
-  in seconds ``poll`` may wait. It must never raise; the engine validates whatever comes back,
-  and rejects an invalid plan with a logged reason.
-
-Sources here: :class:`StaticPlanSource` (a fixed placement, or none) and
-:class:`CallablePlanSource`, which runs a Python function in a worker thread so that a raising,
-garbage-returning or slow function never stops or corrupts training. ``swiftmoe.sidecar``
-provides the sidecar-backed source with the same two methods.
+The sidecar-backed source, :class:`swiftmoe.planning.service.PlanService`, is a
+``WorkerPlanSource`` too. The protocol and its contract are in ``swiftmoe.engine.plan_source``.
 
 Shape legend: L MoE layers, E experts of a layer, K = N*S slots of a layer.
 """
@@ -24,45 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-__all__ = ["PlanSource", "StaticPlanSource", "CallablePlanSource", "WorkerPlanSource", "as_plan"]
+from swiftmoe.engine.plan_source import as_plan
+
+__all__ = ["StaticPlanSource", "CallablePlanSource", "WorkerPlanSource"]
 
 log = logging.getLogger("swiftmoe.plan_source")
-
-
-@runtime_checkable
-class PlanSource(Protocol):
-    def submit(self, iteration: int, loads_LE: list[list[int]]) -> None: ...
-
-    def poll(self, deadline_s: float) -> list[list[int]] | None: ...
-
-
-def as_plan(obj: Any) -> list[list[int]]:
-    """``obj`` as a list of per-layer lists of ints; ValueError naming the bad entry otherwise.
-
-    Accepts nested sequences and tensors. Range and coverage checks are the engine's job
-    (``swiftmoe.plan.validate_slots``); this only checks the structure.
-    """
-    if hasattr(obj, "tolist"):
-        obj = obj.tolist()
-    if isinstance(obj, (str, bytes)) or not isinstance(obj, Sequence):
-        raise ValueError(f"plan must be a list of per-layer slot lists, got {type(obj).__name__}")
-    out: list[list[int]] = []
-    for li, layer in enumerate(obj):
-        if hasattr(layer, "tolist"):
-            layer = layer.tolist()
-        if isinstance(layer, (str, bytes)) or not isinstance(layer, Sequence):
-            raise ValueError(
-                f"plan layer {li} must be a list of expert ids, got {type(layer).__name__}"
-            )
-        ids = []
-        for k, e in enumerate(layer):
-            if isinstance(e, bool) or not isinstance(e, int):
-                raise ValueError(f"plan layer {li} slot {k} is {e!r}, want an integer expert id")
-            ids.append(int(e))
-        out.append(ids)
-    return out
 
 
 class StaticPlanSource:

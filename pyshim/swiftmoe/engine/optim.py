@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-from swiftmoe.dist import Comm
+from swiftmoe.engine.dist import Comm
 
 __all__ = ["shard_bounds", "ExchangeLayout", "ShardedExpertOptimizer", "replica_rounds"]
 

@@ -1,0 +1,177 @@
+"""The two modes behind the handle's calls: each runs ``step()`` and ``zero_grad()`` its way.
+
+* :class:`ReplicateRun`: the expert layers, the sharded expert optimizer and the remap; rank 0
+  submits the loads as soon as every layer has them (while backward runs).
+* :class:`ObserveRun`: the model's math untouched; ``step()`` all-reduces the recorded loads,
+  submits them and logs what the placement in force and the planned one would give.
+
+Both hold the iteration count and a :class:`~swiftmoe.engine.plans.PlanChannel`.
+
+Shape legend: L MoE layers, E experts of a layer, N ranks, S slots per rank, K = N*S slots,
+P elements of one expert.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from swiftmoe.engine import plan as planlib
+from swiftmoe.engine.dist import Comm
+from swiftmoe.engine.layer import ExpertLayer
+from swiftmoe.engine.observed import ObservedLayer
+from swiftmoe.engine.optim import ShardedExpertOptimizer
+from swiftmoe.engine.plans import PlanChannel
+from swiftmoe.engine.splitter import RankSplitter
+from swiftmoe.engine.stats import StepStats, dropped_of, loads_of, reset_stats
+
+__all__ = ["ObserveRun", "ReplicateRun"]
+
+log = logging.getLogger("swiftmoe")
+
+
+class ReplicateRun:
+    """Replicate mode: expert layers on slots, the sharded optimizer, the remap each step."""
+
+    mode = "replicate"
+
+    def __init__(
+        self,
+        layers: list[ExpertLayer],
+        optimizer: ShardedExpertOptimizer,
+        channel: PlanChannel,
+        dtype: torch.dtype,
+    ) -> None:
+        self.layers, self.optimizer, self.channel, self.dtype = layers, optimizer, channel, dtype
+        self.iteration = 0
+        self._reported: set[int] = set()
+        self._submitted = False
+
+    @property
+    def placement(self) -> list[list[int]]:
+        return [list(layer.slots) for layer in self.layers]
+
+    def on_loads(self, index: int) -> None:
+        """A layer has this iteration's global loads: submit them once all layers have."""
+        self._reported.add(index)
+        if self._submitted or len(self._reported) < len(self.layers):
+            return
+        self._submitted = True
+        self.channel.submit(self.iteration, [loads_of(la.block).tolist() for la in self.layers])
+
+    def step(self) -> StepStats:
+        """Expert optimizer step, then the remap to the next placement (a collective)."""
+        opt = self.optimizer
+        grads_L = [layer.slot_grads() for layer in self.layers]
+        opt.reduce_grads(grads_L, [layer.slots_t for layer in self.layers])
+        opt.step()
+        event, plan = self.channel.agree(self.iteration)
+        old = self.placement
+        new = plan if plan is not None else old
+        stats = StepStats(
+            iteration=self.iteration,
+            loads_LE=[loads_of(layer.block).tolist() for layer in self.layers],
+            max_over_mean_L=[layer.last_max_over_mean for layer in self.layers],
+            dropped_L=[int(dropped_of(layer.block)) for layer in self.layers],
+            plan_event=event,
+            placement_changed=new != old,
+            plan_events=dict(self.channel.events),
+        )
+        self.install(new)
+        self.end_iteration()
+        return stats
+
+    def install(self, slots_L: list[list[int]]) -> None:
+        """Remap the master shards to ``slots_L`` (a collective) and make it current."""
+        slots_t = [layer.slots_on_device(s) for layer, s in zip(self.layers, slots_L, strict=True)]
+        flats = self.optimizer.remap(slots_t, self.dtype)
+        for layer, slots, flat in zip(self.layers, slots_L, flats, strict=True):
+            layer.set_slots(slots, flat)
+
+    def end_iteration(self) -> None:
+        for layer in self.layers:
+            reset_stats(layer.block)
+        self._reported.clear()
+        self._submitted = False
+        self.iteration += 1
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+
+class ObserveRun:
+    """Observe mode: loads recorded by forward pre-hooks, the plans logged, never applied."""
+
+    mode = "observe"
+
+    def __init__(
+        self,
+        layers: list[ObservedLayer],
+        channel: PlanChannel,
+        comm: Comm,
+        splitter: RankSplitter,
+        device: torch.device,
+    ) -> None:
+        self.layers, self.channel, self.comm = layers, channel, comm
+        self.splitter, self.device = splitter, device
+        self.iteration = 0
+        self._pending_plan: list[list[int]] | None = None
+
+    @property
+    def placement(self) -> list[list[int]]:
+        return [list(layer.slots) for layer in self.layers]
+
+    def step(self) -> StepStats:
+        N, r = self.comm.world_size, self.comm.rank
+        parts = []
+        for layer in self.layers:
+            m = torch.zeros(N, layer.E, dtype=torch.long, device=self.device)
+            m[r] = loads_of(layer.block)
+            parts.append(m.reshape(-1))
+        flat = self.comm.all_reduce_(torch.cat(parts)).cpu()
+        counts_L, off = [], 0
+        for layer in self.layers:
+            counts_L.append(flat[off : off + N * layer.E].view(N, layer.E))
+            off += N * layer.E
+        loads = [c.sum(0).tolist() for c in counts_L]
+
+        def mom(slots_L):
+            return [
+                planlib.max_over_mean(self.splitter.rank_loads(c, s))
+                for c, s in zip(counts_L, slots_L, strict=True)
+            ]
+
+        predicted = mom(self._pending_plan) if self._pending_plan is not None else None
+        stats = StepStats(
+            iteration=self.iteration,
+            loads_LE=loads,
+            max_over_mean_L=mom(self.placement),
+            dropped_L=[0] * len(self.layers),
+            plan_event="",
+            predicted_max_over_mean_L=predicted,
+        )
+        self.channel.submit(self.iteration, loads)
+        event, plan = self.channel.agree(self.iteration)
+        if plan is not None:
+            self._pending_plan = plan
+        stats.plan_event = event
+        stats.plan_events = dict(self.channel.events)
+        if r == 0:
+            log.info(
+                "swiftmoe observe: iteration %d max_over_mean %s, with the planned placement %s",
+                self.iteration,
+                [round(x, 3) for x in stats.max_over_mean_L],
+                None if predicted is None else [round(x, 3) for x in predicted],
+            )
+        self.end_iteration()
+        return stats
+
+    def end_iteration(self) -> None:
+        for layer in self.layers:
+            reset_stats(layer.block)
+        self.iteration += 1
+
+    def zero_grad(self) -> None:
+        """Nothing: the expert weights stay in the model and the user's optimizer."""

@@ -1,0 +1,159 @@
+"""What one rank needs of a split, without the dense [N, N*S] flow: its row and slot columns.
+
+This is what the engine runs on every rank, every layer, every step.
+
+Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, R = N, S
+slots per rank, K = N*S slots, H experts holding a slot, D demands, G groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from swiftmoe._checks import is_int
+from swiftmoe.engine.split import tiers
+from swiftmoe.engine.split.demand import demand, load_R
+from swiftmoe.engine.split.plan_index import PlanIndex
+
+__all__ = ["RankSplit", "route_rank", "split_rank_loads", "split_tokens_for_rank"]
+
+
+class RankSplit(NamedTuple):
+    """One rank's part of a split (int64 CPU tensors).
+
+    send_K [N*S]: tokens this rank sends to each slot (flow_QK[rank]); recv_QS [N, S]: tokens each
+    source rank sends to this rank's slots (flow_QK[:, rank*S:(rank+1)*S]); load_R [N]: tokens
+    every rank's slots receive (flow_QK's column sums, summed per rank).
+    """
+
+    send_K: torch.Tensor
+    recv_QS: torch.Tensor
+    load_R: torch.Tensor
+
+
+def _ranges(lo_G: np.ndarray, hi_G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g, i) for every i in range(lo_G[g], hi_G[g]), segment by segment (empty ones skipped)."""
+    n_G = np.maximum(hi_G - lo_G, 0)
+    total = int(n_G.sum())
+    g = np.repeat(np.arange(n_G.size), n_G)
+    return g, np.arange(total) - (np.cumsum(n_G) - n_G - lo_G)[g]
+
+
+def route_rank(
+    c_QE: np.ndarray, plan: PlanIndex, demand_K: np.ndarray, ranks_per_node: int, r: int
+):
+    """Rank r's row and slot columns of _route's flow, without the dense [N, K] matrix.
+
+    Returns (send_K, recv_QS): flow_QK[r] and flow_QK[:, r*S:(r+1)*S]. The small tiers' pieces
+    are filtered. The last tier's pieces are the overlaps of intervals laid end to end (supplies
+    (held expert, source) in expert-major order, demands in (expert, slot) order), which is
+    what the north-west corner merge of _route computes: supply i gives demand j the length of
+    their overlap. Only r's supplies and the supplies of r's slots' experts are placed on that
+    line, from per-expert offsets and prefix sums over sources, never the whole [H, N] layout.
+    """
+    N, K, S = plan.N, plan.K, plan.S
+    pieces, sup_QE, da = tiers.route_tiers(c_QE, plan, demand_K, ranks_per_node, True, r)
+    send_K = np.zeros(K, dtype=np.int64)
+    recv_QS = np.zeros(N * S, dtype=np.int64)
+    lo_k, hi_k = r * S, (r + 1) * S
+    for idx, amt in pieces:  # (source, slot) targets are distinct within a tier
+        row = (idx >= r * K) & (idx < (r + 1) * K)
+        send_K[idx[row] - r * K] += amt[row]
+        k = idx % K
+        col = (k >= lo_k) & (k < hi_k)
+        recv_QS[(idx[col] // K) * S + (k[col] - lo_k)] += amt[col]
+    if da.size == 0:
+        return send_K, recv_QS.reshape(N, S)
+    d_end = np.cumsum(da)
+    d_start = d_end - da
+    # Expert e's supplies start where its demands do: per-expert totals agree.
+    e_H = np.arange(plan.E) if plan.held_H is None else plan.held_H
+    off_H = d_start[np.concatenate(([0], plan.last_H[:-1] + 1))]
+    off_E = np.zeros(plan.E, dtype=np.int64)
+    off_E[e_H] = off_H
+    # Row: supply (e, r) spans off_e + sum_{q<r} sup[q, e] onward.
+    if 2 * r <= N:
+        ss = off_H + sup_QE[:r].sum(axis=0)[e_H]
+    else:  # the shorter way round: the expert's end less the sources from r on
+        end_H = np.append(off_H[1:], d_end[-1])
+        ss = end_H - sup_QE[r:].sum(axis=0)[e_H]
+    se = ss + sup_QE[r][e_H]
+    g, j = _ranges(np.searchsorted(d_end, ss, side="right"), np.searchsorted(d_start, se))
+    amt = np.minimum(se[g], d_end[j]) - np.maximum(ss[g], d_start[j])
+    pos = amt > 0
+    send_K[plan.d_k[j[pos]]] += amt[pos]  # one piece per demand: distinct slots
+    # Columns: each of r's slots is a demand; the supplies of its expert it overlaps.
+    for s_, k in enumerate(range(lo_k, hi_k)):
+        jd = int(plan.dpos_K[k])
+        ds, de = int(d_start[jd]), int(d_end[jd])
+        if de == ds:
+            continue
+        e = int(plan.slots_K[k])
+        col_end = off_E[e] + np.cumsum(sup_QE[:, e])
+        q0 = int(np.searchsorted(col_end, ds, side="right"))
+        q1 = int(np.searchsorted(col_end - sup_QE[:, e], de))
+        q = np.arange(q0, q1)
+        amt = np.minimum(de, col_end[q0:q1]) - np.maximum(ds, col_end[q0:q1] - sup_QE[q0:q1, e])
+        pos = amt > 0
+        recv_QS[q[pos] * S + s_] += amt[pos]  # one piece per supply: distinct sources
+    return send_K, recv_QS.reshape(N, S)
+
+
+def split_tokens_for_rank(
+    counts_QE,
+    slots: Sequence[int] | torch.Tensor | PlanIndex,
+    slots_per_rank: int,
+    rank: int,
+    ranks_per_node: int = 0,
+    method: str = "auto",
+) -> RankSplit:
+    """What one rank needs of the split, without the dense [N, N*S] flow: its row and columns.
+
+    Args:
+        counts_QE: int64 [Q=N, E], tokens source rank q routes to expert e this iteration.
+        slots: the plan, slots_K (len N*S) of expert ids (list or integer tensor), or its
+            :class:`PlanIndex` (``index_plan``), for a plan in force over many calls.
+        slots_per_rank: S.
+        rank: the rank, 0..N-1.
+        ranks_per_node: ranks per node for the same-node preference; 0 turns it off.
+        method: "exact" (binary search on the rank cap with a max-flow check), "fast"
+            (proportional rank scaling, within 2% of exact), "auto" (= "fast"), or "even" (the
+            paper's split: each expert's tokens evenly over its slots, no node preference).
+
+    Returns:
+        The rank's row and slot columns of the flow flow_QK [N, N*S] (tokens source rank q sends
+        to slot k): for every q and e the slots of e receive exactly counts_QE[q, e] of q's
+        tokens and other slots none of them. Deterministic: the same inputs give the same flow on
+        every rank, so ranks agree without talking. It costs a fraction of the whole flow at
+        scale: the routing touches the rank's supplies and demands only, after the same
+        per-expert prefix sums.
+
+    Raises:
+        ValueError: a malformed count matrix or plan, an expert with tokens but no slot, an
+        unknown method or a bad rank; the message names the field and the fix.
+    """
+    c_QE, plan, demand_K, rpn = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+    if not is_int(rank, 0, plan.N - 1):
+        raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
+    send_K, recv_QS = route_rank(c_QE, plan, demand_K, rpn, rank)
+    return RankSplit(torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K))
+
+
+def split_rank_loads(
+    counts_QE,
+    slots: Sequence[int] | torch.Tensor | PlanIndex,
+    slots_per_rank: int,
+    ranks_per_node: int = 0,
+    method: str = "auto",
+) -> torch.Tensor:
+    """Tokens each rank's slots receive under the split (int64 [N]); no routing at all.
+
+    The arguments of :func:`split_tokens_for_rank` without ``rank``; equals every rank's
+    ``load_R`` of it.
+    """
+    _, plan, demand_K, _ = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+    return load_R(plan, demand_K)

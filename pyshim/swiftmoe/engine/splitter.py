@@ -1,0 +1,73 @@
+"""This rank's use of the token split: its part of every layer's split, checked before it runs.
+
+Shape legend: N ranks (Q: source rank), E experts, S slots per rank, K = N*S slots.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from swiftmoe.engine import split as splitlib
+
+__all__ = ["RankSplitter"]
+
+
+class RankSplitter:
+    """Splits each layer's tokens for one rank with one method and node grouping.
+
+    It indexes each placement once and keeps the indexes of the recent ones (its own
+    ``PlanIndexCache``: a placement stays in force for many iterations and every layer). Calls
+    go through ``swiftmoe.engine.split`` by name, so the split the engine runs is the module's,
+    whatever it is at the time.
+    """
+
+    def __init__(self, slots_per_rank: int, rank: int, ranks_per_node: int, method: str) -> None:
+        self.S, self.rank, self.ranks_per_node, self.method = (
+            slots_per_rank,
+            rank,
+            ranks_per_node,
+            method,
+        )
+        self._indexes = splitlib.PlanIndexCache()
+
+    def __call__(
+        self, counts_NE: torch.Tensor, slots_K: torch.Tensor, layer_index: int
+    ) -> splitlib.RankSplit:
+        """This rank's part of one layer's split under ``slots_K``; checked so it cannot
+        misroute.
+
+        split_tokens_for_rank fixes the shapes and checks that every token is routed; the checks
+        here cover what the rank uses: it sends each expert's tokens exactly, it receives no more
+        of a source's tokens of an expert than the source has, and its load is what it receives.
+        """
+        S, r = self.S, self.rank
+        N, E = counts_NE.shape
+        plan = self._indexes.index(slots_K, S, N, E)
+        rs = splitlib.split_tokens_for_rank(
+            counts_NE, plan, S, r, ranks_per_node=self.ranks_per_node, method=self.method
+        )
+        got_QE = torch.zeros(N, E, dtype=torch.long).index_add_(
+            1, slots_K[r * S : (r + 1) * S], rs.recv_QS
+        )
+        if (
+            bool((rs.send_K < 0).any())
+            or bool((rs.recv_QS < 0).any())
+            or not torch.equal(
+                torch.zeros(E, dtype=torch.long).index_add_(0, slots_K, rs.send_K), counts_NE[r]
+            )
+            or bool((got_QE > counts_NE).any())
+            or int(rs.load_R[r]) != int(rs.recv_QS.sum())
+        ):
+            raise RuntimeError(
+                f"swiftmoe: the token split for layer {layer_index} does not conserve the counts "
+                "(a bug in swiftmoe.engine.split); report it with the counts and the placement"
+            )
+        return rs
+
+    def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int]) -> torch.Tensor:
+        """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing."""
+        N, E = counts_NE.shape
+        plan = self._indexes.index(slots_K, self.S, N, E)
+        return splitlib.split_rank_loads(
+            counts_NE, plan, self.S, ranks_per_node=self.ranks_per_node, method=self.method
+        )

@@ -1,0 +1,84 @@
+"""What the engine counts: the load statistics on each block, and what one ``step()`` saw.
+
+Load statistics of training-mode forwards live on the block as non-persistent buffers, updated
+under ``no_grad`` and read and reset at ``step()``, never in a process-global list:
+``swiftmoe_loads_E`` (global assignments per expert) and ``swiftmoe_dropped`` (assignments the
+capacity factor dropped).
+
+Shape legend: L MoE layers, E experts of a layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DROPPED_BUFFER",
+    "LOADS_BUFFER",
+    "StepStats",
+    "add_stat_buffers",
+    "dropped_of",
+    "loads_of",
+    "reset_stats",
+]
+
+LOADS_BUFFER = "swiftmoe_loads_E"
+DROPPED_BUFFER = "swiftmoe_dropped"
+
+
+@dataclass
+class StepStats:
+    """What one ``step()`` saw. Lists have one entry per MoE layer.
+
+    Attributes:
+        iteration: the iteration the stats are for.
+        loads_LE: global token assignments per expert.
+        max_over_mean_L: busiest rank / mean rank load under the placement in force (replicate:
+            the split that ran; observe: the placement the job started with).
+        dropped_L: assignments dropped by the capacity factor (0 when dropless).
+        plan_event: "accepted", "kept" (no plan arrived), "none" (no plan source),
+            "rejected: <reason>" or "error: <reason>".
+        placement_changed: the placement differs from the one before.
+        predicted_max_over_mean_L: observe mode: the ratio the plan received at the previous
+            step would have given on this iteration's loads (None before the first plan).
+    """
+
+    iteration: int
+    loads_LE: list[list[int]]
+    max_over_mean_L: list[float]
+    dropped_L: list[int]
+    plan_event: str
+    placement_changed: bool = False
+    predicted_max_over_mean_L: list[float] | None = None
+    plan_events: dict[str, int] = field(default_factory=dict)
+
+
+def add_stat_buffers(block: nn.Module, num_experts: int, device: torch.device) -> None:
+    """Register the two statistics buffers on ``block``; ValueError when it already has them."""
+    for name, shape in ((LOADS_BUFFER, (num_experts,)), (DROPPED_BUFFER, ())):
+        if name in block._buffers:
+            raise ValueError(
+                f"replicate_: block {type(block).__name__} already carries {name}; "
+                "swiftmoe.replicate_ was applied to this model twice"
+            )
+        block.register_buffer(
+            name, torch.zeros(shape, dtype=torch.long, device=device), persistent=False
+        )
+
+
+def loads_of(block: nn.Module) -> torch.Tensor:
+    """The block's global assignments per expert this iteration (int64 [E])."""
+    return getattr(block, LOADS_BUFFER)
+
+
+def dropped_of(block: nn.Module) -> torch.Tensor:
+    """The block's dropped assignments this iteration (int64 scalar)."""
+    return getattr(block, DROPPED_BUFFER)
+
+
+def reset_stats(block: nn.Module) -> None:
+    loads_of(block).zero_()
+    dropped_of(block).zero_()
