@@ -28,9 +28,33 @@ var nodePolicyNames = [...]string{nodesSpread: "spread", nodesPack: "pack"}
 
 func (n nodePolicy) String() string { return nodePolicyNames[n] }
 
+// optObjective names the option that chooses what the plan minimizes.
+const optObjective = "objective"
+
+// objective is the value of the objective option.
+type objective uint8
+
+const (
+	// objectiveStep (the default) plans for step time, compute plus the
+	// token all-to-all, when the request carries the cost model's inputs
+	// and the job has more than one node; otherwise it plans as
+	// objectiveCompute does.
+	objectiveStep objective = iota
+	// objectiveCompute balances compute alone.
+	objectiveCompute
+)
+
+var objectiveNames = [...]string{objectiveStep: "step", objectiveCompute: "compute"}
+
+func (o objective) String() string { return objectiveNames[o] }
+
 // options are the strategy's parsed options.
 type options struct {
-	nodes nodePolicy
+	nodes     nodePolicy
+	objective objective
+	// noSearch skips the count search of small layers (search.go): the
+	// hybrid layouts' node plans, of which a layer makes many, go without.
+	noSearch bool
 }
 
 // optionSpecs are the options Info declares.
@@ -40,14 +64,31 @@ var optionSpecs = []sdk.Option{{
 		"spread (an expert with r replicas on min(r, nodes) nodes, counts per node differing by at most one, " +
 		"so each node's tokens for it stay in the node) or pack (all replicas of an expert in one node when they fit)",
 	Default: nodesSpread.String(),
+}, {
+	Name: optObjective,
+	Description: "what a plan minimizes: step (the busiest rank's compute plus the token all-to-all, " +
+		"from the request's cost model and link bandwidths, when they are known and there is more than one node; " +
+		"otherwise compute) or compute (the busiest rank's load alone)",
+	Default: objectiveStep.String(),
 }}
 
 // parseOptions checks req options strictly: unknown names and unknown values
 // are errors that name the option and what it accepts.
 func parseOptions(opts map[string]string) (options, error) {
 	var o options
-	if err := sdk.CheckOptions(opts, optNodePolicy); err != nil {
+	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective); err != nil {
 		return o, err
+	}
+	if v, ok := opts[optObjective]; ok {
+		switch v {
+		case objectiveStep.String():
+			o.objective = objectiveStep
+		case objectiveCompute.String():
+			o.objective = objectiveCompute
+		default:
+			return o, fmt.Errorf("%w: option %s = %q; want %s or %s (default %s)",
+				sdk.ErrBadOption, optObjective, v, objectiveStep, objectiveCompute, objectiveStep)
+		}
 	}
 	if v, ok := opts[optNodePolicy]; ok {
 		switch v {
