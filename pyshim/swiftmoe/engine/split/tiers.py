@@ -31,6 +31,7 @@ __all__ = [
     "route_tiers",
     "supply_left",
     "tier_amounts",
+    "tier_sums",
     "transposed",
     "within",
 ]
@@ -258,6 +259,41 @@ def check_routed(supply_left: int, da_D: np.ndarray) -> None:
         raise RuntimeError(
             "token split left tokens unrouted; this is a bug in swiftmoe.engine.split"
         )
+
+
+def tier_sums(
+    c_QE: np.ndarray, plan: PlanIndex, demand_K: np.ndarray, ranks_per_node: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(si_Q, ri_R, se_Q, re_R), int64 [N] each: the tokens each rank sends to / receives from
+    other ranks of its node, and sends to / receives from other nodes, under the split.
+
+    Sums, not pieces: the local tier keeps its tokens on their rank; after it, a (expert, rank)
+    pair has either no tokens or no slot demand left, so the node tier sends none of a source's
+    tokens to its own rank and its traffic is the totals of its supplies and demands; after the
+    node tier the same holds per (expert, node), so every token of the last tier leaves its
+    source's node (on one node, its rank). Ranks share a node as in :func:`tier_amounts`.
+    """
+    N = plan.N
+    t = tier_amounts(c_QE, plan, demand_K, ranks_per_node)
+    if t.node is None:
+        si_Q = np.zeros(N, dtype=np.int64)
+        ri_R = np.zeros(N, dtype=np.int64)
+    else:
+        use_GT, use_D = t.node
+        si_Q = _sum_by(node_groups(plan, ranks_per_node).q_GT, use_GT, N)
+        ri_R = _sum_by(plan.d_r, use_D, N)
+    left_Q = c_QE.sum(axis=1) - _sum_by(t.cut_q, t.cut_C, N)
+    left_R = _sum_by(plan.d_r, t.da_D, N)
+    check_routed(int(left_Q.sum()), t.da_D)
+    if t.node is not None:
+        return si_Q, ri_R, left_Q, left_R
+    zero = np.zeros(N, dtype=np.int64)
+    return si_Q + left_Q, ri_R + left_R, zero, zero
+
+
+def _sum_by(idx: np.ndarray, amount: np.ndarray, n: int) -> np.ndarray:
+    """int64 [n]: integer amounts summed by index."""
+    return np.bincount(idx, amount, minlength=n).astype(np.int64)
 
 
 def route_tiers(

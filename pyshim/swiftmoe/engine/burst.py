@@ -1,0 +1,334 @@
+"""Burst replicas: the decision, a pure and deterministic function of one layer's counts.
+
+After a layer's counts are all-reduced, every rank knows counts_QE and the planned placement.
+When the best split on that placement leaves the busiest rank above ``threshold`` x the mean,
+:func:`plan_bursts` copies the weights of the most overloaded experts into up to B reserved
+burst slots per rank, on the least loaded ranks, from a rank that holds them (the same node when
+one does), and the layer splits its tokens over the enlarged placement. The step-time cost model
+(``swiftmoe.engine.costmodel``) weighs the copies against what they save: a set of bursts that
+does not lower the modelled step time is not made. Every rank computes the same plan from the
+same inputs, without talking; the simulator calls the same function.
+
+How it decides (all from the counts, the placement and the parameters):
+
+1. the split's rank loads on the planned placement (``load_R``, or the split's stage 1 when not
+   given); nothing more happens when their max over mean is at most ``threshold``;
+2. a greedy list of bursts: the busiest rank gives part of one of its experts (the one that
+   moves the most tokens) to a new replica on the rank that ends up least loaded, counting the
+   copy's cost in tokens of compute against a destination that must copy across nodes; a rank
+   never receives a burst of an expert it holds, nor more than B bursts; the list stops when
+   the busiest rank is within 0.5% of the mean, or cannot be helped;
+3. the list's prefixes (all of it, then halves) are priced with the engine's own split and the
+   cost model: compute + all-to-all of the enlarged placement + copy_ms of the prefix's copies;
+   the cheapest wins if it beats the planned placement (ties: fewer bursts); a burst the split
+   leaves without tokens is dropped.
+
+Shape legend:
+    Q  source ranks (Q = N)      E  experts of the layer      N  ranks; R = N per-rank vectors
+    S  planned slots per rank    B  burst slots per rank      K  slots, N*S (or N*S' enlarged)
+    C  bursts (copies) made
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from swiftmoe._checks import is_int, is_number
+from swiftmoe.engine import costmodel as cm
+from swiftmoe.engine.split.demand import METHODS, min_max_demand
+from swiftmoe.engine.split.plan_index import check_counts, check_slots
+from swiftmoe.engine.split.tiers import tier_sums
+
+__all__ = ["BurstPlan", "pad_counts", "plan_bursts"]
+
+_GOAL_TOL = 5e-3  # the greedy list stops once the busiest rank is this close to the mean
+
+
+@dataclass(frozen=True)
+class BurstPlan:
+    """The bursts of one layer and one iteration, and the placement the split then runs on.
+
+    Attributes:
+        num_experts: E. In ``slots_K`` the id E marks an empty burst slot (a virtual expert
+            with no tokens): split with :func:`pad_counts` of the counts, and its slots
+            receive nothing.
+        slots_per_rank: S' = S + the most bursts any rank received (S when none were made).
+        slots_K: int64 [N*S'], the enlarged placement: slot s of rank r is entry r*S'+s; the
+            first S of each rank are the planned slots, in order; the rest its burst slots.
+        expert_C, src_C, dst_C: int64 [C], burst c copies expert expert_C[c] from rank src_C[c]
+            (its planned slot src_slot_C[c], 0..S-1, which holds that expert) to rank dst_C[c]
+            (its slot dst_slot_C[c], S..S'-1, in ``slots_K``'s row of that rank), in the order
+            they were chosen; dst_C[c] holds no other slot of expert_C[c].
+        src_slot_C, dst_slot_C: int64 [C], see above.
+        before_ms: the modelled step time of the layer on the planned placement (compute +
+            all-to-all; ``swiftmoe.engine.costmodel``), 0 when the threshold was not passed.
+        after_ms: the same on the enlarged placement plus copy_ms of the copies (= before_ms
+            when none were made).
+        copy_ms: copy_ms of the copies.
+    """
+
+    num_experts: int
+    slots_per_rank: int
+    slots_K: np.ndarray
+    expert_C: np.ndarray
+    src_C: np.ndarray
+    src_slot_C: np.ndarray
+    dst_C: np.ndarray
+    dst_slot_C: np.ndarray
+    before_ms: float = 0.0
+    after_ms: float = 0.0
+    copy_ms: float = 0.0
+
+    @property
+    def count(self) -> int:
+        """C, the bursts made."""
+        return int(self.expert_C.size)
+
+
+def pad_counts(counts_QE) -> np.ndarray:
+    """counts_QE [N, E] with a zero column for the empty burst slots' id E: int64 [N, E+1]."""
+    c = check_counts(counts_QE)
+    return np.concatenate((c, np.zeros((c.shape[0], 1), dtype=np.int64)), axis=1)
+
+
+def _none(slots_K: np.ndarray, S: int, E: int, before_ms: float = 0.0) -> BurstPlan:
+    z = np.zeros(0, dtype=np.int64)
+    return BurstPlan(E, S, slots_K, z, z, z, z, z, before_ms, before_ms, 0.0)
+
+
+def _check(counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R):
+    if not is_int(B, 0):
+        raise ValueError(
+            f"burst_slots_per_rank is {B!r}: pass an integer >= 0 (0 turns bursts off)"
+        )
+    if not is_number(threshold) or not np.isfinite(threshold) or threshold < 1.0:
+        raise ValueError(
+            f"burst_threshold is {threshold!r}: pass a number >= 1.0, the busiest rank's load "
+            "over the mean above which bursts are considered"
+        )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not is_int(ranks_per_node, 0):
+        raise ValueError(
+            f"ranks_per_node is {ranks_per_node!r}: pass an integer >= 0 (0: one node)"
+        )
+    if not isinstance(params, cm.CostParams):
+        raise ValueError(
+            f"params is {type(params).__name__}: pass a swiftmoe.engine.costmodel.CostParams"
+        )
+    c_QE = check_counts(counts_QE)
+    N, E = c_QE.shape
+    if params.ranks != N:
+        raise ValueError(
+            f"params.ranks is {params.ranks} but counts_QE has {N} rows: pass the cost "
+            "parameters of this job (one row of counts per rank)"
+        )
+    if params.ranks_per_node != ranks_per_node:
+        raise ValueError(
+            f"params.ranks_per_node is {params.ranks_per_node} but ranks_per_node is "
+            f"{ranks_per_node}: the split and the cost model must see the same nodes"
+        )
+    slots = check_slots(slots_K, S, N, E)
+    if load_R is not None:
+        load_R = np.asarray(load_R, dtype=np.int64).reshape(-1)
+        if load_R.shape != (N,):
+            raise ValueError(
+                f"load_R has shape {load_R.shape}, want ({N},): the split's rank loads on "
+                "the planned placement, or None"
+            )
+    return c_QE, slots, load_R
+
+
+def plan_bursts(
+    counts_QE,
+    slots_K,
+    slots_per_rank: int,
+    burst_slots_per_rank: int,
+    ranks_per_node: int,
+    params: cm.CostParams,
+    threshold: float,
+    method: str = "auto",
+    load_R=None,
+) -> BurstPlan:
+    """The burst replicas of one layer in one iteration (see the module docstring).
+
+    Args:
+        counts_QE: int64 [N, E] (tensor or array), the all-reduced counts: tokens source rank
+            q routes to expert e.
+        slots_K: the planned placement, [N*S] expert ids (list, tensor or array).
+        slots_per_rank: S.
+        burst_slots_per_rank: B, burst slots per rank; 0 makes none.
+        ranks_per_node: the split's node grouping (0: one node); must equal
+            ``params.ranks_per_node``.
+        params: the cost model's parameters (``swiftmoe.engine.costmodel.CostParams``), the same
+            on every rank.
+        threshold: >= 1.0; bursts are considered only when the split on the planned placement
+            leaves max(load_R) > threshold * mean(load_R).
+        method: the split's method ("auto", "fast", "exact"), as the layer splits.
+        load_R: the split's rank loads on the planned placement when the caller has them
+            (int64 [N]), else None (computed).
+
+    Returns:
+        A :class:`BurstPlan`; with no bursts (``count == 0``) its ``slots_K`` is the planned
+        placement and ``slots_per_rank`` is S. Deterministic: the same inputs give the same
+        plan on every rank and in the simulator.
+
+    Raises:
+        ValueError: a malformed argument; the message names it and the fix.
+    """
+    S, B = slots_per_rank, burst_slots_per_rank
+    c_QE, slots, load_R = _check(
+        counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R
+    )
+    N, E = c_QE.shape
+    total = int(c_QE.sum())
+    if B == 0 or N == 1 or total == 0:
+        return _none(slots, S, E)
+    demand0 = None
+    if load_R is None:
+        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method)
+        load_R = demand0.reshape(N, S).sum(axis=1)
+    if int(load_R.max()) * N <= threshold * total:
+        return _none(slots, S, E)
+    if demand0 is None:
+        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method)
+    before = _price(params, c_QE, plan0, demand0, ranks_per_node)
+    if not params.prices_compute:
+        return _none(slots, S, E, before)  # nothing to weigh a copy against
+    bursts = _greedy(c_QE, slots, demand0, S, B, params)
+    if not bursts:
+        return _none(slots, S, E, before)
+
+    c_pad = pad_counts(c_QE)
+    best = None  # (after_ms, n, plan)
+    n = len(bursts)
+    while n >= 1:
+        cand = _evaluate(c_pad, slots, S, E, bursts[:n], ranks_per_node, params, method)
+        if best is None or cand.after_ms <= best.after_ms:  # ties: fewer bursts
+            best = cand
+        n = n // 2 if n > 1 else 0
+    if best is None or best.after_ms >= before:
+        return _none(slots, S, E, before)
+    return _with_before(best, before)
+
+
+def _with_before(p: BurstPlan, before: float) -> BurstPlan:
+    return BurstPlan(
+        p.num_experts,
+        p.slots_per_rank,
+        p.slots_K,
+        p.expert_C,
+        p.src_C,
+        p.src_slot_C,
+        p.dst_C,
+        p.dst_slot_C,
+        before,
+        p.after_ms,
+        p.copy_ms,
+    )
+
+
+def _price(params: cm.CostParams, c_QE, plan, demand_K, rpn: int) -> float:
+    """compute_ms + a2a_ms of the split (the a2a only when the network is priced)."""
+    load_R = demand_K.reshape(plan.N, plan.S).sum(axis=1)
+    t = cm.compute_ms(params, load_R)
+    if params.prices_network:
+        t += cm.a2a_ms(params, *tier_sums(c_QE, plan, demand_K, rpn))
+    return t
+
+
+def _greedy(c_QE, slots, demand_K, S: int, B: int, params: cm.CostParams) -> list[tuple]:
+    """The candidate bursts (expert, source, destination), most useful first (module step 2)."""
+    N, E = c_QE.shape
+    node_R = cm.node_of(params)
+    rank_K = np.arange(N * S) // S
+    held = np.zeros((N, E), dtype=bool)
+    held[rank_K, slots] = True
+    A = np.zeros((N, E))  # tokens of expert e on rank r under the split
+    np.add.at(A, (rank_K, slots), demand_K.astype(np.float64))
+    est = A.sum(axis=1)
+    goal = est.sum() / N * (1.0 + _GOAL_TOL)
+    # A copy's cost in tokens of compute: what moving that many tokens off the busiest rank
+    # saves. Across nodes it is dearer; the destination's score adds it.
+    ms_per_token = 1e3 * params.flops_per_token / params.flops_per_s
+    intra = 2e3 * params.expert_bytes / params.intra_bw if params.intra_bw > 0 else 0.0
+    inter = 2e3 * params.expert_bytes / params.inter_bw if params.inter_bw > 0 else 0.0
+    pen_intra, pen_inter = intra / ms_per_token, inter / ms_per_token
+    # pen_ER: the copy's cost of a burst of e onto rank r, intra when a planned holder of e
+    # (a source) shares r's node.
+    in_node_EM = np.zeros((E, int(node_R.max()) + 1), dtype=bool)
+    in_node_EM[slots, node_R[rank_K]] = True
+    pen_ER = np.where(in_node_EM[:, node_R], pen_intra, pen_inter)
+    free = np.full(N, B)
+    sent = np.zeros(N, dtype=np.int64)  # copies each rank has sent: spread the sources
+    holders = [np.flatnonzero(held[:, e]) for e in range(E)]  # planned holders (sources)
+    out: list[tuple] = []
+    while len(out) < N * B:
+        h = int(np.argmax(est))
+        if est[h] <= goal:
+            break
+        best = None  # (move, expert, dst)
+        for e in np.flatnonzero(A[h] > 0).tolist():
+            ok = (free > 0) & ~held[:, e]
+            if not ok.any():
+                continue
+            score = np.where(ok, est + pen_ER[e], np.inf)
+            d = int(np.argmin(score))  # ties: the lowest rank
+            move = min(float(A[h, e]), (est[h] - score[d]) / 2.0)
+            if best is None or move > best[0]:
+                best = (move, e, d)
+        if best is None or best[0] < 1.0:
+            break
+        move, e, d = best
+        cand = holders[e]
+        same = cand[node_R[cand] == node_R[d]]
+        pool = same if same.size else cand
+        q = int(pool[np.argmin(sent[pool])])  # fewest copies sent so far, then the lowest rank
+        sent[q] += 1
+        out.append((e, q, d))
+        A[h, e] -= move
+        A[d, e] += move
+        est[h] -= move
+        est[d] += move
+        held[d, e] = True
+        free[d] -= 1
+    return out
+
+
+def _layout(slots, S: int, E: int, bursts, N: int):
+    """The enlarged placement of a list of bursts and their slot positions."""
+    e_C = np.array([b[0] for b in bursts], dtype=np.int64)
+    q_C = np.array([b[1] for b in bursts], dtype=np.int64)
+    d_C = np.array([b[2] for b in bursts], dtype=np.int64)
+    per_R = np.bincount(d_C, minlength=N)
+    Sx = S + int(per_R.max()) if d_C.size else S
+    out = np.full((N, Sx), E, dtype=np.int64)
+    out[:, :S] = slots.reshape(N, S)
+    # Burst c is the j-th burst of its destination, in list order: slot S + j.
+    order = np.argsort(d_C, kind="stable")
+    first = np.concatenate(([0], np.cumsum(per_R)[:-1]))
+    j_C = np.empty_like(d_C)
+    j_C[order] = np.arange(d_C.size) - first[d_C[order]]
+    out[d_C, S + j_C] = e_C
+    # The source's planned slot holding the expert: its first one.
+    sl = slots.reshape(N, S)
+    s_C = np.argmax(sl[q_C] == e_C[:, None], axis=1).astype(np.int64)
+    return out.reshape(-1), Sx, e_C, q_C, s_C, d_C, S + j_C
+
+
+def _evaluate(c_pad, slots, S, E, bursts, rpn, params, method) -> BurstPlan:
+    """The plan of a list of bursts, priced with the split; bursts left without tokens dropped."""
+    N = c_pad.shape[0]
+    while True:
+        slots_x, Sx, e_C, q_C, s_C, d_C, j_C = _layout(slots, S, E, bursts, N)
+        _, plan, demand_K, _ = min_max_demand(c_pad, slots_x, Sx, rpn, method)
+        used = demand_K[d_C * Sx + j_C] > 0
+        if used.all():
+            break
+        bursts = [b for b, u in zip(bursts, used.tolist(), strict=True) if u]
+    copies = cm.copy_traffic(params, q_C, d_C)
+    c_ms = cm.copy_ms(params, *copies)
+    after = _price(params, c_pad, plan, demand_K, rpn) + c_ms
+    return BurstPlan(E, Sx, slots_x, e_C, q_C, s_C, d_C, j_C, 0.0, after, c_ms)

@@ -1,0 +1,236 @@
+"""The burst decision (swiftmoe.engine.burst.plan_bursts): when it bursts, what it copies from
+where to where, that the split over its placement routes every token, and the cost gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from swiftmoe.engine import burst
+from swiftmoe.engine import costmodel as cm
+from swiftmoe.engine.plan import static_slots
+from swiftmoe.engine.split import index_plan, split_rank_loads, split_tokens_for_rank
+from swiftmoe.engine.split.demand import min_max_demand
+from swiftmoe.engine.split.tiers import tier_sums
+
+D_MODEL, D_FF = 256, 512
+P = 3 * D_MODEL * D_FF
+
+
+def params(N, rpn=0, intra=2e9, inter=1e9, flops=5e10):
+    return cm.CostParams(
+        ranks=N,
+        ranks_per_node=rpn,
+        token_bytes=4 * D_MODEL,
+        expert_bytes=4 * P,
+        flops_per_token=6 * P,
+        flops_per_s=flops,
+        intra_bw=intra,
+        inter_bw=inter,
+    )
+
+
+def skewed(N, E, hot, extra, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, 50, size=(N, E))
+    c[:, hot] += extra
+    return c
+
+
+def test_no_burst_below_the_threshold_or_when_off():
+    N, E, S = 4, 8, 2
+    slots = static_slots(E, N, S)
+    flat = np.full((N, E), 30)
+    for B, c, thr in (
+        (2, flat, 1.0),  # balanced: max == mean
+        (0, skewed(N, E, 3, 400), 1.0),  # off
+        (2, np.zeros((N, E), dtype=np.int64), 1.0),  # no tokens
+        (2, skewed(N, E, 3, 400), 100.0),  # threshold never reached
+    ):
+        b = burst.plan_bursts(c, slots, S, B, 0, params(N), thr)
+        assert b.count == 0
+        assert b.slots_per_rank == S
+        np.testing.assert_array_equal(b.slots_K, slots)
+        assert b.after_ms == b.before_ms
+    one = burst.plan_bursts(np.array([[5, 9]]), [0, 1], 2, 2, 0, params(1), 1.0)
+    assert one.count == 0
+
+
+def _check_plan(b, c, slots, S, B, rpn):
+    N, E = c.shape
+    Sx = b.slots_per_rank
+    assert S < Sx <= S + B
+    sx = b.slots_K.reshape(N, Sx)
+    np.testing.assert_array_equal(sx[:, :S], np.asarray(slots).reshape(N, S))
+    planned = np.asarray(slots).reshape(N, S)
+    for e, q, sq, d, sd in zip(
+        b.expert_C, b.src_C, b.src_slot_C, b.dst_C, b.dst_slot_C, strict=True
+    ):
+        assert planned[q, sq] == e  # copied from a planned slot that holds it
+        assert e not in planned[d]  # onto a rank that holds it in no slot
+        assert S <= sd < Sx and sx[d, sd] == e
+    assert np.bincount(b.dst_C, minlength=N).max() <= B
+    # Unused burst slots hold the empty id E; every burst slot is used.
+    burst_slots = sx[:, S:].reshape(-1)
+    assert set(burst_slots.tolist()) <= set(range(E + 1))
+    assert (burst_slots != E).sum() == b.count
+    # The split over the enlarged placement routes every token, and the bursts get tokens.
+    cp = burst.pad_counts(c)
+    total_recv = np.zeros((N, E + 1), dtype=np.int64)
+    for r in range(N):
+        rs = split_tokens_for_rank(cp, b.slots_K, Sx, r, ranks_per_node=rpn)
+        sent_E = np.bincount(b.slots_K, rs.send_K.numpy(), minlength=E + 1)
+        np.testing.assert_array_equal(sent_E, cp[r])
+        np.add.at(total_recv, (slice(None), b.slots_K[r * Sx : (r + 1) * Sx]), rs.recv_QS.numpy())
+        got = rs.recv_QS.numpy().sum(axis=0)
+        for s in range(S, Sx):
+            if sx[r, s] == E:
+                assert got[s] == 0
+            else:
+                assert got[s] > 0
+    np.testing.assert_array_equal(total_recv, cp)
+
+
+@pytest.mark.parametrize("N, rpn", [(2, 0), (4, 0), (4, 2), (8, 4)])
+def test_skewed_counts_burst_and_lower_the_busiest_rank(N, rpn):
+    E, S, B = 2 * N, 2, 2
+    slots = static_slots(E, N, S)
+    c = skewed(N, E, 3, 400)
+    before = split_rank_loads(c, slots, S, ranks_per_node=rpn).numpy()
+    b = burst.plan_bursts(c, slots, S, B, rpn, params(N, rpn), 1.05)
+    assert b.count >= 1
+    assert 3 in b.expert_C.tolist()
+    _check_plan(b, c, slots, S, B, rpn)
+    after = split_rank_loads(burst.pad_counts(c), b.slots_K, b.slots_per_rank, rpn).numpy()
+    assert after.max() < before.max()
+    assert after.sum() == before.sum() == c.sum()
+    assert b.after_ms < b.before_ms
+
+
+def test_after_ms_is_the_cost_model_of_the_plan():
+    N, E, S, B, rpn = 8, 16, 2, 1, 4
+    c = skewed(N, E, 5, 900, seed=3)
+    c[:, 11] += 300
+    slots = static_slots(E, N, S)
+    p = params(N, rpn)
+    b = burst.plan_bursts(c, slots, S, B, rpn, p, 1.0)
+    assert b.count >= 2
+    cp = burst.pad_counts(c)
+    _, plan, demand_K, _ = min_max_demand(cp, b.slots_K, b.slots_per_rank, rpn, "auto")
+    load = demand_K.reshape(N, -1).sum(axis=1)
+    copies = cm.copy_traffic(p, b.src_C, b.dst_C)
+    want = cm.step_ms(p, load, *tier_sums(cp, plan, demand_K, rpn), copies=copies)
+    assert b.after_ms == pytest.approx(want, rel=1e-12)
+    assert b.copy_ms == pytest.approx(cm.copy_ms(p, *copies))
+    _, plan0, d0, _ = min_max_demand(c, slots, S, rpn, "auto")
+    want0 = cm.step_ms(p, d0.reshape(N, S).sum(axis=1), *tier_sums(c, plan0, d0, rpn))
+    assert b.before_ms == pytest.approx(want0, rel=1e-12)
+
+
+def test_a_copy_that_does_not_pay_is_not_made():
+    N, E, S = 4, 8, 2
+    slots = static_slots(E, N, S)
+    c = skewed(N, E, 3, 400)
+    assert burst.plan_bursts(c, slots, S, 2, 0, params(N), 1.05).count > 0
+    # 2 KB/s links: a copy of a 1.5 MiB expert takes minutes, the compute it saves ms.
+    slow = params(N, intra=2e3, inter=2e3)
+    b = burst.plan_bursts(c, slots, S, 2, 0, slow, 1.05)
+    assert b.count == 0 and b.before_ms > 0 and b.after_ms == b.before_ms
+    # No flops figure: nothing to weigh a copy against.
+    assert burst.plan_bursts(c, slots, S, 2, 0, params(N, flops=0.0), 1.05).count == 0
+
+
+def test_slow_links_between_nodes_keep_copies_in_the_node():
+    N, E, S, rpn = 8, 16, 2, 4
+    slots = static_slots(E, N, S)  # expert 3 on rank 1 (node 0)
+    c = skewed(N, E, 3, 200)
+    fast = burst.plan_bursts(c, slots, S, 1, rpn, params(N, rpn, 1e12, 1e12), 1.05)
+    slow = burst.plan_bursts(c, slots, S, 1, rpn, params(N, rpn, 1e12, 2e7), 1.05)
+    assert slow.count >= 1
+    node = np.arange(N) // rpn
+    assert (node[slow.src_C] == node[slow.dst_C]).all()
+    assert (node[fast.src_C] != node[fast.dst_C]).any()
+
+
+def test_sources_prefer_the_destinations_node():
+    N, S, rpn = 4, 2, 2
+    # Expert 0 is held on ranks 0 (node 0) and 2 (node 1); its bursts onto rank 1 and rank 3
+    # come from the holder in their own node.
+    slots = [0, 1, 1, 2, 0, 2, 3, 3]
+    c = np.array([[500, 10, 10, 10]] * 4)
+    b = burst.plan_bursts(c, slots, S, 1, rpn, params(N, rpn), 1.0)
+    got = sorted(zip(b.expert_C.tolist(), b.src_C.tolist(), b.dst_C.tolist(), strict=True))
+    assert got == [(0, 0, 1), (0, 2, 3)]
+
+
+def test_deterministic_and_input_types_agree():
+    N, E, S, B = 4, 8, 2, 2
+    slots = static_slots(E, N, S)
+    c = skewed(N, E, 6, 300, seed=9)
+    a = burst.plan_bursts(c, slots, S, B, 2, params(N, 2), 1.02)
+    b = burst.plan_bursts(
+        torch.from_numpy(c), torch.tensor(slots), S, B, 2, params(N, 2), 1.02, load_R=None
+    )
+    loads = split_rank_loads(c, index_plan(slots, S, N, E), S, ranks_per_node=2)
+    d = burst.plan_bursts(c, np.array(slots), S, B, 2, params(N, 2), 1.02, load_R=loads)
+    for x in (b, d):
+        assert x.count == a.count
+        for f in ("slots_K", "expert_C", "src_C", "src_slot_C", "dst_C", "dst_slot_C"):
+            np.testing.assert_array_equal(getattr(x, f), getattr(a, f))
+        assert x.after_ms == a.after_ms and x.before_ms == a.before_ms
+
+
+def test_exact_method_bursts_too():
+    N, E, S = 4, 8, 2
+    slots = static_slots(E, N, S)
+    c = skewed(N, E, 3, 400)
+    b = burst.plan_bursts(c, slots, S, 2, 0, params(N), 1.05, method="exact")
+    assert b.count >= 1
+    _check_plan(b, c, slots, S, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"burst_slots_per_rank": -1}, "burst_slots_per_rank is -1"),
+        ({"threshold": 0.9}, "burst_threshold is 0.9"),
+        ({"threshold": float("nan")}, "burst_threshold"),
+        ({"method": "even"}, "method must be one of"),
+        ({"ranks_per_node": 2}, "the split and the cost model must see the same nodes"),
+        ({"params": params(3)}, "params.ranks is 3"),
+        ({"params": {"ranks": 4}}, "pass a swiftmoe.engine.costmodel.CostParams"),
+        ({"load_R": [1, 2]}, r"load_R has shape \(2,\)"),
+        ({"slots_K": [0] * 7}, "slots has 7 entries"),
+        ({"counts_QE": np.ones((4, 8)) * 0.5}, "integer token counts"),
+    ],
+)
+def test_bad_arguments_name_the_field(kw, words):
+    args = dict(
+        counts_QE=skewed(4, 8, 3, 100),
+        slots_K=static_slots(8, 4, 2),
+        slots_per_rank=2,
+        burst_slots_per_rank=2,
+        ranks_per_node=0,
+        params=params(4),
+        threshold=1.1,
+    )
+    args.update(kw)
+    with pytest.raises(ValueError, match=words):
+        burst.plan_bursts(**args)
+
+
+@pytest.mark.parametrize("N, rpn", [(4, 0), (6, 2), (8, 3), (8, 8)])
+def test_tier_sums_equal_the_simulators_traffic(N, rpn):
+    from swiftmoe.sim.traffic import split_traffic
+
+    rng = np.random.default_rng(N + rpn)
+    E, S = 2 * N, 3
+    slots = rng.permutation(np.arange(N * S) % E)
+    c = rng.integers(0, 40, size=(N, E))
+    c[:, 1] += 200
+    _, plan, demand_K, _ = min_max_demand(c, slots, S, rpn, "auto")
+    tr = split_traffic(c, slots, S, ranks_per_node=rpn, weighted=False)
+    si, ri, se, re_ = tier_sums(c, plan, demand_K, rpn)
+    for got, want in ((si, tr.si_Q), (ri, tr.ri_R), (se, tr.se_Q), (re_, tr.re_R)):
+        np.testing.assert_array_equal(got, want)
