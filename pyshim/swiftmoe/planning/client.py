@@ -14,6 +14,7 @@ is the expert held by slot k = r*S + s of layer l.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,13 @@ class JobSpec:
 
     slots_per_rank 0 asks the sidecar to choose from its machine's free GPU memory, and link
     bandwidths 0 take the discovered ones; ``Registration.topology`` holds what is in force.
+
+    The step-time cost model's inputs (RegisterJobRequest.cost_model): ``token_bytes`` (one
+    token's activation row in the all-to-all, d_model x bytes per element), ``flops_per_token``
+    (forward+backward FLOPs of one token through one expert; 0: the sidecar takes 6 x
+    expert_param_numel) and ``flops_per_second`` (one rank's expert GEMM throughput). 0 means
+    unknown; with token_bytes and flops_per_second known, strategies such as swiftmoe plan for
+    step time (compute plus all-to-all) across nodes, else for compute alone.
     """
 
     world_size: int
@@ -59,6 +67,9 @@ class JobSpec:
     intra_node_bandwidth: float = 0.0
     inter_node_bandwidth: float = 0.0
     current_slots: Sequence[Sequence[int]] | None = None
+    token_bytes: float = 0.0
+    flops_per_token: float = 0.0
+    flops_per_second: float = 0.0
 
     def __post_init__(self) -> None:
         w = self.world_size
@@ -97,6 +108,14 @@ class JobSpec:
             v = getattr(self, name)
             if not is_number(v) or not v >= 0:
                 raise ValueError(f"JobSpec.{name} is {v!r}: pass bytes/s >= 0 (0 = unknown)")
+        for name, what in (
+            ("token_bytes", "bytes of one token's activation row"),
+            ("flops_per_token", "forward+backward FLOPs of one token through one expert"),
+            ("flops_per_second", "one rank's expert GEMM FLOP/s"),
+        ):
+            v = getattr(self, name)
+            if not is_number(v) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"JobSpec.{name} is {v!r}: pass the {what}, >= 0 (0 = unknown)")
         cur = self.current_slots
         if self.slots_per_rank == 0 and cur is not None:
             raise ValueError(
@@ -135,6 +154,18 @@ class JobSpec:
             strategy=self.strategy,
             strategy_options=dict(self.strategy_options),
             current_slots=[pb.LayerSlots(slots=list(r)) for r in self.current_slots or ()],
+            cost_model=self._cost_model_proto(),
+        )
+
+    def _cost_model_proto(self) -> pb.CostModel | None:
+        """The cost model on the wire; None when every input is unknown (as before there was
+        one: the sidecar then fills nothing in)."""
+        if not (self.token_bytes or self.flops_per_token or self.flops_per_second):
+            return None
+        return pb.CostModel(
+            token_bytes=float(self.token_bytes),
+            flops_per_token=[float(self.flops_per_token)] if self.flops_per_token else [],
+            flops_per_second=float(self.flops_per_second),
         )
 
 
