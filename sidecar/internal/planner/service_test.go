@@ -119,6 +119,29 @@ func TestHistoryPredictors(t *testing.T) {
 	if got := h.len(); got != 3 {
 		t.Errorf("kept %d reports, want the ring size 3", got)
 	}
+	// The ring holds {20, 4}, {40, 8}, {80, 16}; then {30, 2} makes it
+	// {40, 8}, {80, 16}, {30, 2}.
+	h.add([]uint64{30, 2}, 0.5)
+	for _, tc := range []struct {
+		cfg  predictorConfig
+		want string
+	}{
+		{predictorConfig{kind: PredictMax, window: 1}, "[30 2]"},
+		{predictorConfig{kind: PredictMax, window: 2}, "[80 16]"},
+		{predictorConfig{kind: PredictMax, window: 16}, "[80 16]"}, // as many as are kept
+		// window 2: {80, 30} has mean 55 and deviation 25, {16, 2} 9 and 7.
+		{predictorConfig{kind: PredictHedge, window: 2, sigmas: 1}, "[55 9]"},
+		{predictorConfig{kind: PredictHedge, window: 2, sigmas: 0}, "[30 2]"},
+	} {
+		if got := h.predict(tc.cfg); fmt.Sprint(got) != tc.want {
+			t.Errorf("%v: got %v, want %s", tc.cfg, got, tc.want)
+		}
+	}
+	one := newHistory(1, 4)
+	one.add([]uint64{7}, 0.5)
+	if got := one.predict(predictorConfig{kind: PredictHedge, window: 4, sigmas: 2}); fmt.Sprint(got) != "[7]" {
+		t.Errorf("hedge over one report: got %v, want [7]", got)
+	}
 }
 
 func report(t *testing.T, s *Service, id string, it uint64, loads ...[]uint64) *pb.Plan {

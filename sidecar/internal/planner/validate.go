@@ -177,7 +177,7 @@ func checkOptionNames(opts map[string]string, strategy string, declared []string
 	}
 	for _, k := range sortedKeys(opts) {
 		if !isSidecarOption(k) && !known[k] {
-			list := append(append([]string(nil), declared...), OptPredictor, OptEWMAAlpha)
+			list := append(append([]string(nil), declared...), sidecarOptions...)
 			p.addf("strategy_options: unknown option %q for strategy %q; it accepts %s", truncate(k), strategy, strings.Join(list, ", "))
 		}
 	}
