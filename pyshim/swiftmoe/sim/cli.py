@@ -146,15 +146,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument(
         "--burst-slots",
         type=int,
-        default=2,
-        help="swiftmoe-burst: burst slots per GPU (default 2)",
+        default=1,
+        help="swiftmoe-burst: burst slots per GPU (default 1, the engine's)",
     )
     s.add_argument(
         "--burst-threshold",
         type=float,
-        default=1.05,
+        default=1.1,
         help="swiftmoe-burst: busiest rank over the mean above which bursts are considered "
-        "(default 1.05)",
+        "(default 1.1, the engine's)",
     )
     s.add_argument("--flexmoe-threshold", type=float, help="flexmoe threshold option")
     s.add_argument("--flexmoe-max-moves", type=int, help="flexmoe max_moves option")

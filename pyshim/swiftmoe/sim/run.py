@@ -73,8 +73,11 @@ class SimConfig:
     static_slots: int  # the static systems' and the bound's slots per GPU
     other_ms: float = 0.0  # per-iteration time outside the MoE layers, added to every system
     flops_per_s: float = 0.0  # one GPU's expert throughput for the cost model (0: unknown)
-    burst_slots: int = 2  # swiftmoe-burst's burst slots per GPU
-    burst_threshold: float = 1.05  # swiftmoe-burst: busiest rank over mean that considers bursts
+    # swiftmoe-burst: burst slots per GPU, and the busiest rank over the mean above which bursts
+    # are considered (the engine's defaults, SwiftMoEConfig.burst_slots_per_rank and
+    # burst_threshold)
+    burst_slots: int = 1
+    burst_threshold: float = 1.1
     plugin_timeout_s: float = 30.0
     rpc_timeout_s: float = 60.0
     start_timeout_s: float = 30.0
