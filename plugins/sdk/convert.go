@@ -104,7 +104,6 @@ func requestToProto(r *Request, withCurrent bool) *pb.StrategyPlanRequest {
 		m.PredictedLoad = l.Predicted
 		m.LastLoad = l.LastLoad
 		m.CurrentSlots = ids[start:len(ids):len(ids)]
-		m.NodeLoad = l.NodeLoad
 		out.Layers[i] = m
 	}
 	return out
@@ -135,7 +134,6 @@ func RequestFromProto(r *pb.StrategyPlanRequest) *Request {
 			Predicted:  l.GetPredictedLoad(),
 			LastLoad:   l.GetLastLoad(),
 			Current:    ids[start:len(ids):len(ids)],
-			NodeLoad:   l.GetNodeLoad(),
 		}
 	}
 	return out

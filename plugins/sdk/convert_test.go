@@ -32,7 +32,7 @@ func TestRequestRoundTrip(t *testing.T) {
 	for i, w := range want.Layers {
 		g := got.Layers[i]
 		if g.Layer != w.Layer || g.NumExperts != w.NumExperts || !slices.Equal(g.Predicted, w.Predicted) ||
-			!slices.Equal(g.LastLoad, w.LastLoad) || !slices.Equal(g.Current, w.Current) || !slices.Equal(g.NodeLoad, w.NodeLoad) {
+			!slices.Equal(g.LastLoad, w.LastLoad) || !slices.Equal(g.Current, w.Current) {
 			t.Errorf("layer %d: got %+v, want %+v", i, g, w)
 		}
 	}
@@ -120,8 +120,6 @@ func TestValidateRequest(t *testing.T) {
 		{"last load length", func(r *Request) { r.Layers[0].LastLoad = []uint64{1} }, "last_load"},
 		{"current length", func(r *Request) { r.Layers[0].Current = []int{0} }, "current_slots has 1"},
 		{"current id", func(r *Request) { r.Layers[1].Current[5] = 3 }, "current_slots[5] (rank 2)"},
-		{"node load length", func(r *Request) { r.Layers[0].NodeLoad = []float64{1, 2} }, "node_load has 2 values; want nodes*num_experts = 2*4"},
-		{"node load negative", func(r *Request) { r.Layers[0].NodeLoad[5] = -1 }, "node_load[5] (node 1, expert 1)"},
 		{"token bytes", func(r *Request) { r.CostModel.TokenBytes = -1 }, "cost_model.token_bytes"},
 		{"flops per second", func(r *Request) { r.CostModel.FlopsPerSecond = nan() }, "cost_model.flops_per_second"},
 		{"flops per token", func(r *Request) { r.CostModel.FlopsPerToken[1] = -2 }, "cost_model.flops_per_token[1]"},
@@ -181,14 +179,6 @@ func TestFlopsPerTokenOf(t *testing.T) {
 	}
 	if v, err := (&Request{}).FlopsPerTokenOf(3); err != nil || v != 0 {
 		t.Errorf("unknown: got (%v, %v), want (0, nil)", v, err)
-	}
-}
-
-func TestTopologyNodes(t *testing.T) {
-	for _, tc := range []struct{ n, rpn, want int }{{16, 0, 1}, {16, 16, 1}, {16, 32, 1}, {16, 8, 2}, {32, 8, 4}, {10, 4, 3}} {
-		if got := (Topology{WorldSize: tc.n, RanksPerNode: tc.rpn}).Nodes(); got != tc.want {
-			t.Errorf("world %d, %d per node: got %d nodes, want %d", tc.n, tc.rpn, got, tc.want)
-		}
 	}
 }
 

@@ -43,10 +43,7 @@ func sampleRequest() *Request {
 		Iteration: 7,
 		Options:   map[string]string{"a": "1"},
 		Layers: []LayerInput{
-			{
-				Layer: 0, NumExperts: 4, Predicted: []float64{1, 2.5, 0, 4}, LastLoad: []uint64{1, 2, 0, 4}, Current: []int{0, 1, 2, 3, 0, 1, 2, 3},
-				NodeLoad: []float64{1, 0.5, 0, 3, 0, 2, 0, 1},
-			},
+			{Layer: 0, NumExperts: 4, Predicted: []float64{1, 2.5, 0, 4}, LastLoad: []uint64{1, 2, 0, 4}, Current: []int{0, 1, 2, 3, 0, 1, 2, 3}},
 			{Layer: 1, NumExperts: 3, Predicted: []float64{9, 0, 1}, Current: []int{0, 1, 2, 0, 1, 2, 0, 1}},
 		},
 		ExpertWeightBytes:    []uint64{10, 20},

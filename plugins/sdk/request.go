@@ -88,14 +88,6 @@ func validateLayer(l *LayerInput, t Topology) error {
 			return fmt.Errorf("current_slots[%d] (rank %d) is expert %d; want 0..%d", i, i/t.SlotsPerRank, e, l.NumExperts-1)
 		}
 	}
-	if n := len(l.NodeLoad); n != 0 && n != t.Nodes()*l.NumExperts {
-		return fmt.Errorf("node_load has %d values; want nodes*num_experts = %d*%d (or none)", n, t.Nodes(), l.NumExperts)
-	}
-	for i, x := range l.NodeLoad {
-		if math.IsNaN(x) || math.IsInf(x, 0) || x < 0 {
-			return fmt.Errorf("node_load[%d] (node %d, expert %d) is %v; want a finite token count >= 0", i, i/l.NumExperts, i%l.NumExperts, x)
-		}
-	}
 	return nil
 }
 

@@ -30,15 +30,6 @@ type Topology struct {
 // TotalSlots is WorldSize*SlotsPerRank, the length of every layer's plan.
 func (t Topology) TotalSlots() int { return t.WorldSize * t.SlotsPerRank }
 
-// Nodes is the number of nodes: WorldSize/RanksPerNode when RanksPerNode
-// splits the ranks into more than one node, else 1.
-func (t Topology) Nodes() int {
-	if t.RanksPerNode <= 0 || t.RanksPerNode >= t.WorldSize {
-		return 1
-	}
-	return (t.WorldSize + t.RanksPerNode - 1) / t.RanksPerNode
-}
-
 // NodeOf returns the node index of rank r.
 func (t Topology) NodeOf(r int) int {
 	if t.RanksPerNode <= 0 {
@@ -63,11 +54,6 @@ type LayerInput struct {
 	// Current is the placement in force (len TotalSlots): Current[r*S+s] is
 	// the expert in slot s of rank r.
 	Current []int
-	// NodeLoad is the predicted token count per node per expert
-	// (Topology.Nodes()*NumExperts entries, node n's count of expert e at
-	// n*NumExperts+e), summing over nodes to Predicted; nil when unknown, in
-	// which case every rank routes an equal share of each expert's tokens.
-	NodeLoad []float64
 }
 
 // Request is one planning call.

@@ -2,6 +2,7 @@ package swiftmoe
 
 import (
 	"errors"
+	"slices"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
@@ -25,8 +26,7 @@ const (
 // layerCost is what planning for step time needs of a layer beyond
 // planLayer's inputs.
 type layerCost struct {
-	cm       costModel
-	nodeLoad []float64 // nil, or nodes*E as sdk.LayerInput.NodeLoad
+	cm costModel
 }
 
 // stepScratch holds the best plan found while candidates are tried.
@@ -73,10 +73,9 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	g := hierarchical(t)
 	n, s := t.WorldSize, t.SlotsPerRank
 	sm := &p.step
-	sm.reset(lc.cm, loads, lc.nodeLoad, numExperts, n, g, s)
+	sm.reset(lc.cm, loads, numExperts, n, g, s)
 	ss := &p.stepPlans
 	ss.best = grow(ss.best, len(dst))
-	ss.cand = grow(ss.cand, len(dst))
 
 	// The compute-balanced plan.
 	if err := p.planLayer(dst, loads, cur, numExperts, t, o); err != nil {
@@ -86,29 +85,28 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	copy(ss.best, dst)
 
 	// Hybrid layouts: h from hybridMax down, coarse then around the best.
+	// planLayer left the plan in p.rk (dst), which they reuse.
 	hmax := hybridMax(numExperts, n/g, g*s)
 	p.hybrid.rankExperts(loads, numExperts)
 	ss.tried = ss.tried[:0]
 	try := func(h int) error {
-		for _, x := range ss.tried {
-			if int(x) == h {
-				return nil
-			}
+		if slices.Contains(ss.tried, int32(h)) {
+			return nil
 		}
 		ss.tried = append(ss.tried, int32(h))
-		if err := p.planHybrid(ss.cand, h, sm); errors.Is(err, errNoLayout) {
+		// A layout that does not exist, or that packing cannot complete,
+		// is no candidate.
+		if err := p.planHybrid(h, g); errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair) {
 			return nil
 		} else if err != nil {
 			return err
 		}
-		if !ss.valid(ss.cand, numExperts, n, s) {
-			// A node's plan gave an expert more replicas on one of its
-			// ranks than the expert's total replicas allow.
+		if !ss.valid(dst, numExperts, n, s) {
 			return nil
 		}
-		if ms := sm.score(ss.cand); ms < bestMs {
+		if ms := sm.score(dst); ms < bestMs {
 			bestMs = ms
-			copy(ss.best, ss.cand)
+			copy(ss.best, dst)
 		}
 		return nil
 	}

@@ -32,17 +32,12 @@ func stepReq(topo sdk.Topology, c costModel, loads []float64, cur []int, opts ma
 }
 
 // estimate is the step model's estimate of a plan: step, compute and
-// all-to-all milliseconds under its weight model with the lower step.
+// all-to-all milliseconds.
 func estimate(c costModel, slots []int, loads []float64, topo sdk.Topology) (step, compute, a2a float64) {
 	var sm stepModel
-	sm.reset(c, loads, nil, len(loads), topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank)
+	sm.reset(c, loads, len(loads), topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank)
 	sm.index(slots)
-	s1, c1, a1 := sm.eval(slots, sm.evenWeights())
-	s2, c2, a2 := sm.eval(slots, sm.localWeights())
-	if s2 < s1 {
-		return s2, c2, a2
-	}
-	return s1, c1, a1
+	return sm.eval(slots, sm.evenWeights())
 }
 
 // TestStepModelByHand: 2 nodes of 2 ranks, one slot each; expert 0 on node
@@ -53,7 +48,7 @@ func TestStepModelByHand(t *testing.T) {
 	c := costModel{tokenBytes: 1000, flopsPerToken: 6e6, flopsPerS: 1e12, intraBW: 1e9, interBW: 1e8}
 	var sm stepModel
 	loads := []float64{40, 40}
-	sm.reset(c, loads, nil, 2, 4, 2, 1)
+	sm.reset(c, loads, 2, 4, 2, 1)
 	dst := []int{0, 0, 1, 1}
 	sm.index(dst)
 	step, compute, a2a := sm.eval(dst, sm.evenWeights())
@@ -93,7 +88,7 @@ func TestStepModelSendsFromTheLastRanks(t *testing.T) {
 	// Expert 0: 3 replicas, 2 on node 0 (ranks 0, 1) and 1 on node 1 (rank
 	// 2); 120 tokens, 60 from each node, 40 per replica.
 	loads := []float64{120, 0, 0}
-	sm.reset(c, loads, nil, 3, 4, 2, 2)
+	sm.reset(c, loads, 3, 4, 2, 2)
 	dst := []int{0, 1, 0, 2, 0, 1, 2, 1}
 	sm.index(dst)
 	sm.eval(dst, sm.evenWeights())

@@ -3,27 +3,36 @@ package swiftmoe
 import (
 	"errors"
 	"slices"
-
-	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
 
 // Hybrid layouts: when tokens crossing nodes cost more than they save in
 // compute balance, an expert's replicas belong in the nodes that route
 // tokens to it. A hybrid layout of h gives the h most loaded experts
-// (global) replicas in every node, in proportion to that node's own demand
-// for them, and each other expert (single-homed) all its replicas in one
-// node. Node m's ranks are then planned as a flat layer of their own, whose
-// loads are m's demand for the global experts and the whole load of the
-// experts homed there: counts, packing and refinement as for any layer.
-// With tokens routed evenly from every rank, a global expert's replicas
-// keep every node's tokens for it in the node, and only the tokens of
-// single-homed experts cross. h = E (when every expert fits in one node) is
-// the replicated layout; larger h moves fewer tokens between nodes and
-// leaves fewer slots for balancing compute, which the step-time estimate
-// weighs (costplan.go).
+// (global) the same number of replicas in every node, and each other
+// expert (single-homed) its replicas in one node. With tokens routed evenly
+// from every rank, every node then processes its own tokens of a global
+// expert, and only the tokens of single-homed experts cross nodes.
+//
+// Equal counts per node are what make the engine's split keep those tokens
+// in their node: the split starts from each expert's load spread evenly
+// over its replicas and moves tokens only to balance the ranks (engine/
+// split/amounts.py), and with equal counts per node the even spread is
+// every node's own demand. The layout is then a node layout like the
+// spread policy's (nodes.go): each node's ranks are packed by balanced
+// differencing and refined (noderanks.go).
+//
+// Counts: the single-homed experts get one replica each, as evenly over the
+// nodes as they go (q or q+1 per node), onto the least-loaded node,
+// heaviest first; the global experts share the slots every node has left
+// by EPLB's rule (one replica each, then each extra replica to the highest
+// load per replica); a node with one slot to spare gives it to its heaviest
+// single-homed expert (or, with none, its heaviest global one). h = E (when
+// every expert fits in one node) is the replicated layout; a larger h moves
+// fewer tokens between nodes and leaves fewer slots for balancing compute,
+// which the step-time estimate weighs (costplan.go).
 
 // errNoLayout means a hybrid layout does not exist for the h asked: a node
-// would hold no expert, or the single-homed experts find no room.
+// would hold no expert, or the slots do not hold the experts.
 var errNoLayout = errors.New("no hybrid layout of this h")
 
 // hybridMax is the largest h whose layout fits: the global experts take
@@ -42,10 +51,11 @@ type hybridScratch struct {
 	order    []int32   // experts by load, heaviest first
 	home     []int32   // per expert: its node, -1 for a global expert
 	nodeLoad []float64 // per node
-	free     []int32   // per node
-	present  []int32   // experts of the node being planned
+	nSingle  []int32   // per node: single-homed experts
+	spare    []int32   // per node: the expert its spare slot goes to, -1 for none
 	subLoads []float64
-	sub      *planner
+	subReps  []int32
+	counts   counter
 }
 
 // rankExperts orders the layer's experts by load, heaviest first (ties by
@@ -68,38 +78,47 @@ func (hs *hybridScratch) rankExperts(loads []float64, e int) {
 	})
 }
 
-// planHybrid writes the hybrid layout of h into dst (len N*S) for the
-// model's layer, each node planned flat (rankExperts must have run).
-func (p *planner) planHybrid(dst []int, h int, sm *stepModel) error {
+// planHybrid writes the hybrid layout of h into the plan being built
+// (p.rk.dst) over nodes of r ranks, with its counts in p.reps and their
+// weights in p.wt (rankExperts must have run for the layer).
+func (p *planner) planHybrid(h, r int) error {
 	hs := &p.hybrid
-	e, m, g, s := sm.e, sm.m, sm.g, sm.s
-	per := g * s
+	e, s := p.nExperts, p.rk.s
+	m, per := p.rk.n/r, r*s
+	singles := e - h
+	q, rho := singles/m, singles%m
+	most := q
+	if rho > 0 {
+		most++
+	}
+	extra := per - h - most // the global experts' slots beyond one each, per node
+	if h > e || extra < 0 || (h == 0 && q == 0) {
+		return errNoLayout
+	}
 	hs.home = grow(hs.home, e)
 	hs.nodeLoad = grow(hs.nodeLoad, m)
-	hs.free = grow(hs.free, m)
+	hs.nSingle = grow(hs.nSingle, m)
+	hs.spare = grow(hs.spare, m)
 	clear(hs.nodeLoad)
+	clear(hs.nSingle)
 	for nd := range m {
-		hs.free[nd] = int32(per - h)
+		hs.spare[nd] = -1
 	}
-	for i, x := range hs.order {
-		if i < h {
-			hs.home[x] = -1
-			for nd := range m {
-				hs.nodeLoad[nd] += sm.demand(int(x), nd)
-			}
-		}
+	for _, x := range hs.order[:h] {
+		hs.home[x] = -1
 	}
-	// Single-homed experts, heaviest first, each onto the least-loaded node
-	// with a free slot (ties: the node that routes most of its tokens, then
-	// the lower node).
+	// Single-homed experts, heaviest first, onto the least-loaded node
+	// (ties: the lower node) that holds fewer than q of them, or q while
+	// fewer than rho nodes hold q+1.
+	full := 0 // nodes holding q+1
 	for _, x := range hs.order[h:] {
 		best := -1
 		for nd := range m {
-			if hs.free[nd] == 0 {
+			c := hs.nSingle[nd]
+			if c > int32(q) || (c == int32(q) && full >= rho) {
 				continue
 			}
-			if best < 0 || hs.nodeLoad[nd] < hs.nodeLoad[best] ||
-				(hs.nodeLoad[nd] == hs.nodeLoad[best] && sm.demand(int(x), nd) > sm.demand(int(x), best)) {
+			if best < 0 || hs.nodeLoad[nd] < hs.nodeLoad[best] {
 				best = nd
 			}
 		}
@@ -107,37 +126,68 @@ func (p *planner) planHybrid(dst []int, h int, sm *stepModel) error {
 			return errNoLayout
 		}
 		hs.home[x] = int32(best)
-		hs.free[best]--
-		hs.nodeLoad[best] += loadOf(sm.loads, int(x))
+		if hs.nSingle[best]++; hs.nSingle[best] == int32(q)+1 {
+			full++
+		}
+		hs.nodeLoad[best] += loadOf(p.loads, int(x))
 	}
-	if hs.sub == nil {
-		hs.sub = new(planner)
+	// The global experts' counts per node: EPLB over h+extra slots.
+	sub := grow(hs.subLoads, h)
+	subReps := grow(hs.subReps, h)
+	for i, x := range hs.order[:h] {
+		sub[i] = loadOf(p.loads, int(x))
 	}
-	node := sdk.Topology{WorldSize: g, SlotsPerRank: s}
-	for nd := range m {
-		present := hs.present[:0]
-		sub := hs.subLoads[:0]
-		for x := range e {
-			switch hs.home[x] {
-			case -1:
-				present = append(present, int32(x))
-				sub = append(sub, sm.demand(x, nd))
-			case int32(nd):
-				present = append(present, int32(x))
-				sub = append(sub, loadOf(sm.loads, x))
+	hs.subLoads, hs.subReps = sub, subReps
+	if h > 0 {
+		hs.counts.count(subReps, sub, h+extra, nil)
+	}
+	np := &p.nodes
+	np.reset(e, r, m, s)
+	lay := &np.lay
+	for i, x := range hs.order[:h] {
+		c := subReps[i]
+		p.reps[x] = c * int32(m)
+		row := lay.cnt[int(x)*m : int(x+1)*m]
+		for nd := range row {
+			row[nd] = c
+		}
+	}
+	for _, x := range hs.order[h:] {
+		p.reps[x] = 1
+		lay.cnt[int(x)*m+int(hs.home[x])] = 1
+	}
+	// A node with a slot to spare gives it to its heaviest single-homed
+	// expert (the first in order; it needs a second rank), else to its
+	// heaviest global one.
+	if rho > 0 {
+		for _, x := range hs.order {
+			nd := hs.home[x]
+			if r > 1 && nd >= 0 && hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
+				hs.spare[nd] = x
 			}
 		}
-		hs.present, hs.subLoads = present, sub
-		if len(present) == 0 {
-			return errNoLayout // fewer experts than nodes
-		}
-		out := dst[nd*per : (nd+1)*per]
-		if err := hs.sub.planLayer(out, sub, nil, len(present), node, options{noSearch: true}); err != nil {
-			return err
-		}
-		for i, k := range out {
-			out[i] = int(present[k])
+		for nd := range m {
+			if hs.nSingle[nd] == int32(most) {
+				continue
+			}
+			x := hs.spare[nd]
+			if x < 0 {
+				if h == 0 {
+					return errNoLayout
+				}
+				x = hs.order[0]
+			}
+			p.reps[x]++
+			lay.cnt[int(x)*m+nd]++
 		}
 	}
-	return nil
+	p.weigh()
+	for x := range e {
+		for nd, c := range lay.cnt[x*m : (x+1)*m] {
+			lay.load[nd] += float64(c) * p.wt.w[x]
+		}
+	}
+	lay.listAll(p.wt.order)
+	p.rk.empty()
+	return p.packNodeRanks(lay)
 }

@@ -140,7 +140,6 @@ func layerCostOf(req *sdk.Request, l *sdk.LayerInput, o options) (*layerCost, er
 			flopsPerToken: fpt, flopsPerS: c.FlopsPerSecond,
 			intraBW: t.IntraNodeBandwidth, interBW: t.InterNodeBandwidth,
 		},
-		nodeLoad: l.NodeLoad,
 	}
 	if !lc.cm.usable() {
 		return nil, nil

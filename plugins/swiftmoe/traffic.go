@@ -9,12 +9,11 @@ package swiftmoe
 // corner). So the tokens a node sends away for an expert leave from its last
 // ranks, and those a node takes in land on its last slots of the expert.
 //
-// The amounts each slot processes come from a per-replica weight per
-// (expert, node) (see evenWeights and localWeights): the engine's split
-// chooses them to balance the ranks, which a plan packed for those weights
-// already is. Sources are the node's ranks with equal shares of the node's
-// demand for the expert (its tokens routed there: the request's node loads,
-// else an equal share of the expert's load per rank).
+// Each slot processes its expert's load split evenly over the expert's
+// replicas: where the engine's split starts (engine/split/amounts.py) and
+// what it keeps when that leaves the ranks balanced, as a plan packed for
+// those weights does. Every rank routes an equal share of each expert's
+// load (so a node's demand for an expert is its share of the ranks).
 //
 // An evaluation costs O(N*S + E*G): only the (expert, node) pairs that hold
 // a replica are visited; a node that holds none of an expert sends its whole
@@ -27,8 +26,7 @@ type stepModel struct {
 	n, g, m, s int
 	e          int
 	loads      []float64 // [E]
-	nodeLoad   []float64 // nil, or [M*E] as sdk.LayerInput.NodeLoad
-	nodeTotal  []float64 // [M]
+	nodeTotal  float64   // a node's demand for all experts
 
 	// The plan being evaluated, indexed by index: its slots by expert, in
 	// slot order (so by node), and the runs of one (expert, node) in them.
@@ -56,32 +54,17 @@ func (c *costModel) usable() bool {
 	return c.pricesCompute() && c.tokenBytes > 0 && c.interBW > 0
 }
 
-// reset prepares the model for a layer of e experts with loads (len e) and
-// nodeLoad (nil, or M*e per-node loads as sdk.LayerInput.NodeLoad: node n's
-// count of expert x at n*e+x) over n ranks in nodes of g, s slots each.
-func (sm *stepModel) reset(cm costModel, loads, nodeLoad []float64, e, n, g, s int) {
+// reset prepares the model for a layer of e experts with loads (len e, or
+// empty: all zero) over n ranks in nodes of g, s slots each.
+func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	m := n / g
 	sm.cm, sm.n, sm.g, sm.m, sm.s, sm.e = cm, n, g, m, s, e
 	sm.loads = loads
-	sm.nodeLoad = nil
-	if len(nodeLoad) == m*e {
-		sm.nodeLoad = nodeLoad
-	}
-	sm.nodeTotal = grow(sm.nodeTotal, m)
 	var total float64
 	for x := range e {
 		total += loadOf(loads, x)
 	}
-	for nd := range m {
-		sm.nodeTotal[nd] = total / float64(m)
-		if sm.nodeLoad != nil {
-			var t float64
-			for _, d := range sm.nodeLoad[nd*e : (nd+1)*e] {
-				t += d
-			}
-			sm.nodeTotal[nd] = t
-		}
-	}
+	sm.nodeTotal = total / float64(m)
 	for _, v := range []*[]float64{&sm.load, &sm.local, &sm.si, &sm.ri, &sm.se, &sm.re} {
 		*v = grow(*v, n)
 	}
@@ -93,11 +76,8 @@ func (sm *stepModel) reset(cm costModel, loads, nodeLoad []float64, e, n, g, s i
 	sm.slotLocal = grow(sm.slotLocal, n*s)
 }
 
-// demand is the tokens node nd's ranks route to expert x.
-func (sm *stepModel) demand(x, nd int) float64 {
-	if sm.nodeLoad != nil {
-		return sm.nodeLoad[nd*sm.e+x]
-	}
+// demand is the tokens a node's ranks route to expert x.
+func (sm *stepModel) demand(x int) float64 {
 	return loadOf(sm.loads, x) / float64(sm.m)
 }
 
@@ -149,27 +129,6 @@ func (sm *stepModel) evenWeights() []float64 {
 	return sm.w
 }
 
-// localWeights sets each run's weight so that each node holding an expert
-// processes its own demand for it, and the demand of the nodes holding none
-// is shared by the holders in proportion to their replicas: the amounts
-// that keep the most tokens in their node.
-func (sm *stepModel) localWeights() []float64 {
-	for x := range sm.e {
-		orphan := loadOf(sm.loads, x)
-		for j := sm.first[x]; j < sm.first[x+1]; j++ {
-			orphan -= sm.demand(x, int(sm.runs[j].node))
-		}
-		orphan = max(0, orphan)
-		r := float64(sm.start[x+1] - sm.start[x])
-		for j := sm.first[x]; j < sm.first[x+1]; j++ {
-			rn := sm.runs[j]
-			c := float64(rn.hi - rn.lo)
-			sm.w[j] = (sm.demand(x, int(rn.node)) + orphan*c/r) / c
-		}
-	}
-	return sm.w
-}
-
 // eval returns the estimated step time of dst (indexed, see index) with the
 // per-replica weights w of its runs, and its compute and all-to-all parts.
 func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
@@ -179,7 +138,7 @@ func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
 	clear(sm.se)
 	clear(sm.re)
 	for nd := range sm.m {
-		sm.allSend[nd] = sm.nodeTotal[nd]
+		sm.allSend[nd] = sm.nodeTotal
 	}
 	for j, rn := range sm.runs {
 		for _, k := range sm.at[rn.lo:rn.hi] {
@@ -192,8 +151,8 @@ func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
 	for x := range sm.e {
 		for j := sm.first[x]; j < sm.first[x+1]; j++ {
 			rn := sm.runs[j]
-			c := sm.demand(x, int(rn.node)) / float64(g)
-			sm.allSend[rn.node] -= sm.demand(x, int(rn.node))
+			c := sm.demand(x) / float64(g)
+			sm.allSend[rn.node] -= sm.demand(x)
 			prev, left := int32(-1), 0.0
 			for _, k := range sm.at[rn.lo:rn.hi] {
 				r := k / int32(s)
@@ -213,7 +172,7 @@ func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
 	for x := range sm.e {
 		for j := sm.first[x]; j < sm.first[x+1]; j++ {
 			rn := sm.runs[j]
-			d := sm.demand(x, int(rn.node))
+			d := sm.demand(x)
 			sup := w[j] * float64(rn.hi-rn.lo)
 			switch {
 			case d > sup:
@@ -234,7 +193,7 @@ func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
 	for r := range n {
 		nd := r / g
 		sm.se[r] += max(0, sm.allSend[nd]) / float64(g)
-		sm.si[r] = max(0, sm.nodeTotal[nd]/float64(g)-sm.local[r]-sm.se[r])
+		sm.si[r] = max(0, sm.nodeTotal/float64(g)-sm.local[r]-sm.se[r])
 		sm.ri[r] = max(0, sm.load[r]-sm.local[r]-sm.re[r])
 	}
 	compute = sm.cm.computeMs(sm.load)
@@ -247,7 +206,7 @@ func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
 // node's slots of e are at[lo:hi].
 func (sm *stepModel) sendTail(e, nd int, x float64, lo, hi int32) {
 	g, s := sm.g, sm.s
-	c := sm.demand(e, nd) / float64(g)
+	c := sm.demand(e) / float64(g)
 	i := hi - 1
 	for r := (nd+1)*g - 1; r >= nd*g && x > 0; r-- {
 		kept := 0.0
@@ -264,12 +223,9 @@ func (sm *stepModel) sendTail(e, nd int, x float64, lo, hi int32) {
 	}
 }
 
-// score is the estimated step time of dst: the lower of its two weight
-// models (even per replica, node demand first), since the engine's split
-// balances the ranks with whichever amounts they allow.
+// score is the estimated step time of dst.
 func (sm *stepModel) score(dst []int) float64 {
 	sm.index(dst)
-	even, _, _ := sm.eval(dst, sm.evenWeights())
-	local, _, _ := sm.eval(dst, sm.localWeights())
-	return min(even, local)
+	step, _, _ := sm.eval(dst, sm.evenWeights())
+	return step
 }

@@ -130,6 +130,8 @@ def test_bound_is_perfect_balance():
     assert b.a2a_ms == pytest.approx(4 * 1e3 * max(500 * 128 / 1e9, 1000 * 128 / 0.5e9))
     assert b.transfer_ms == pytest.approx(model.transfer_ms(c, 3))
     assert np.allclose(b.load_R, 2000)
+    # a static layout that keeps every token in its node moves less: its all-to-all is taken
+    assert model.bound_layer(c, linear_time(), 8000, 3, 0.25).a2a_ms == 0.25
     per_slot = model.bound_layer(cluster(compute_model="per-slot"), linear_time(), 8000, 4)
     assert per_slot.compute_ms == pytest.approx(4 * 0.5)  # four slots of 500 tokens
 

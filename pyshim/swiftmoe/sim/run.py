@@ -20,7 +20,8 @@ the background threads. ``swiftmoe-burst`` runs on ``swiftmoe``'s placement: per
 engine's own burst decision (:func:`swiftmoe.engine.burst.plan_bursts`) is made from the
 iteration's counts and the placement's split, and when it makes bursts the layer is split again
 over the enlarged placement and charged the copies' time (``copy_ms``). The ``bound`` is
-perfect balance (see :mod:`swiftmoe.sim.systems`).
+perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an even one and
+the static layout's under uniform routing (the engine's split on uniform counts).
 
 Shape legend: I iterations (n_it), L layers, E experts, N ranks, S slots per rank, K = N*S slots,
 Q = N source ranks.
@@ -46,7 +47,7 @@ from swiftmoe.sim import model
 from swiftmoe.sim.calibration import ExpertTime
 from swiftmoe.sim.plans import FetchedPlan, PlanFeed
 from swiftmoe.sim.systems import BOUND, CAPACITY, ENGINE, PADDED, SystemSpec
-from swiftmoe.sim.trace import StreamedTrace, source_counts
+from swiftmoe.sim.trace import StreamedTrace, source_counts, uniform_loads
 from swiftmoe.sim.traffic import split_traffic
 
 __all__ = ["FIELDS", "SimConfig", "SimResult", "simulate"]
@@ -327,12 +328,25 @@ def simulate(
                     S, slots_K, pk = job.S, job.slots_LK[li], pk_J[s.job_key]
                     tc = time.perf_counter()
                     if s.kind == BOUND:
-                        cost = bound_costs.get((total, S))
+                        key = (total, E, *pk)  # depends on the total and the static layout
+                        cost = bound_costs.get(key)
                         if cost is None:
-                            cost = model.bound_layer(c, et, total, S)
+                            # The static layout's all-to-all under uniform routing.
+                            ts = time.perf_counter()
+                            split = split_traffic(
+                                source_counts(uniform_loads(total, E), N),
+                                indexes.index(slots_K, S, N, E),
+                                S,
+                                ranks_per_node=c.ranks_per_node,
+                                weighted=False,
+                            )
+                            timing["split_s"] += time.perf_counter() - ts
+                            tc += time.perf_counter() - ts
+                            static = model.flow_layer(c, et, model.flow_of(c, S, split), S)
+                            cost = model.bound_layer(c, et, total, S, static.a2a_ms)
                             if len(bound_costs) > 64:
                                 bound_costs.clear()
-                            bound_costs[(total, S)] = cost
+                            bound_costs[key] = cost
                     else:
                         flow = flows.get(pk)
                         if flow is None:

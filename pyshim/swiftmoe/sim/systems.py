@@ -19,10 +19,11 @@ adds, per layer and iteration, the burst replicas that the engine's own decision
 (``swiftmoe.engine.costmodel.copy_ms``) charged to the iteration.
 
 The ``bound`` is perfect balance: every rank computes the mean load (total/N tokens, for the
-per-slot compute model spread evenly over its S slots) and every source sends the same share of
-its tokens to every rank (the all-to-all of uniform routing on a static layout whose slots
-divide evenly); the weight and gradient transfers of S static slots. Its compute is a lower
-bound; its communication is not one (a placement that keeps tokens in their node moves less).
+per-slot compute model spread evenly over its S slots); its all-to-all is the lower of an even
+one (every source sends the same share of its tokens to every rank) and the static layout's under
+perfectly uniform routing (which keeps every token in its node when each node holds every
+expert); the weight and gradient transfers of S static slots. Its compute is a lower bound; its
+communication is not one (a placement that keeps tokens in their node can move less).
 """
 
 from __future__ import annotations

@@ -1053,13 +1053,7 @@ func (x *RegisterJobResponse) GetDefaults() []string {
 type LayerLoads struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Global tokens routed to each expert of the layer this iteration.
-	Tokens []uint64 `protobuf:"varint,1,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
-	// Optional: the same tokens by the node of the ranks that routed them,
-	// nodes x experts entries, node n's count of expert e at n*experts+e
-	// (nodes = world_size / ranks_per_node, or 1). Summed over nodes it must
-	// equal tokens. Empty: unknown, and strategies assume every rank routes an
-	// equal share of each expert's tokens.
-	NodeTokens    []uint64 `protobuf:"varint,20,rep,packed,name=node_tokens,json=nodeTokens,proto3" json:"node_tokens,omitempty"`
+	Tokens        []uint64 `protobuf:"varint,1,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1097,13 +1091,6 @@ func (*LayerLoads) Descriptor() ([]byte, []int) {
 func (x *LayerLoads) GetTokens() []uint64 {
 	if x != nil {
 		return x.Tokens
-	}
-	return nil
-}
-
-func (x *LayerLoads) GetNodeTokens() []uint64 {
-	if x != nil {
-		return x.NodeTokens
 	}
 	return nil
 }
@@ -1383,12 +1370,7 @@ type StrategyLayerInput struct {
 	// Tokens per expert of the latest iteration (empty before any report).
 	LastLoad []uint64 `protobuf:"varint,4,rep,packed,name=last_load,json=lastLoad,proto3" json:"last_load,omitempty"`
 	// The placement in force (length = world_size*slots_per_rank).
-	CurrentSlots []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
-	// Predicted tokens per node per expert (nodes x num_experts, node n's
-	// count of expert e at n*num_experts+e), summing over nodes to
-	// predicted_load. Empty when the job reports no node_tokens: every rank
-	// then routes an equal share of each expert's tokens.
-	NodeLoad      []float64 `protobuf:"fixed64,20,rep,packed,name=node_load,json=nodeLoad,proto3" json:"node_load,omitempty"`
+	CurrentSlots  []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1454,13 +1436,6 @@ func (x *StrategyLayerInput) GetLastLoad() []uint64 {
 func (x *StrategyLayerInput) GetCurrentSlots() []uint32 {
 	if x != nil {
 		return x.CurrentSlots
-	}
-	return nil
-}
-
-func (x *StrategyLayerInput) GetNodeLoad() []float64 {
-	if x != nil {
-		return x.NodeLoad
 	}
 	return nil
 }
@@ -1781,12 +1756,10 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\finitial_plan\x18\x03 \x01(\v2\x11.swiftmoe.v1.PlanR\vinitialPlan\x125\n" +
 	"\bstrategy\x18\x04 \x01(\v2\x19.swiftmoe.v1.StrategyInfoR\bstrategy\x121\n" +
 	"\btopology\x18\x05 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1a\n" +
-	"\bdefaults\x18\x06 \x03(\tR\bdefaults\"E\n" +
+	"\bdefaults\x18\x06 \x03(\tR\bdefaults\"$\n" +
 	"\n" +
 	"LayerLoads\x12\x16\n" +
-	"\x06tokens\x18\x01 \x03(\x04R\x06tokens\x12\x1f\n" +
-	"\vnode_tokens\x18\x14 \x03(\x04R\n" +
-	"nodeTokens\"z\n" +
+	"\x06tokens\x18\x01 \x03(\x04R\x06tokens\"z\n" +
 	"\x12ReportLoadsRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x12/\n" +
@@ -1800,15 +1773,14 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\n" +
 	"strategies\x18\x01 \x03(\v2\x19.swiftmoe.v1.StrategyInfoR\n" +
 	"strategies\"\x11\n" +
-	"\x0fDescribeRequest\"\xd1\x01\n" +
+	"\x0fDescribeRequest\"\xb4\x01\n" +
 	"\x12StrategyLayerInput\x12\x14\n" +
 	"\x05layer\x18\x01 \x01(\rR\x05layer\x12\x1f\n" +
 	"\vnum_experts\x18\x02 \x01(\rR\n" +
 	"numExperts\x12%\n" +
 	"\x0epredicted_load\x18\x03 \x03(\x01R\rpredictedLoad\x12\x1b\n" +
 	"\tlast_load\x18\x04 \x03(\x04R\blastLoad\x12#\n" +
-	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\x12\x1b\n" +
-	"\tnode_load\x18\x14 \x03(\x01R\bnodeLoad\"\xe2\x03\n" +
+	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\xe2\x03\n" +
 	"\x13StrategyPlanRequest\x121\n" +
 	"\btopology\x18\x01 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x127\n" +

@@ -192,12 +192,10 @@ class RegisterJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., shard_layout: _Optional[_Iterable[_Union[LayerShardLayout, _Mapping]]] = ..., initial_plan: _Optional[_Union[Plan, _Mapping]] = ..., strategy: _Optional[_Union[StrategyInfo, _Mapping]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., defaults: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LayerLoads(_message.Message):
-    __slots__ = ("tokens", "node_tokens")
+    __slots__ = ("tokens",)
     TOKENS_FIELD_NUMBER: _ClassVar[int]
-    NODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
-    node_tokens: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., node_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReportLoadsRequest(_message.Message):
     __slots__ = ("job_id", "iteration", "layers")
@@ -236,20 +234,18 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StrategyLayerInput(_message.Message):
-    __slots__ = ("layer", "num_experts", "predicted_load", "last_load", "current_slots", "node_load")
+    __slots__ = ("layer", "num_experts", "predicted_load", "last_load", "current_slots")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     NUM_EXPERTS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LOAD_FIELD_NUMBER: _ClassVar[int]
     LAST_LOAD_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SLOTS_FIELD_NUMBER: _ClassVar[int]
-    NODE_LOAD_FIELD_NUMBER: _ClassVar[int]
     layer: int
     num_experts: int
     predicted_load: _containers.RepeatedScalarFieldContainer[float]
     last_load: _containers.RepeatedScalarFieldContainer[int]
     current_slots: _containers.RepeatedScalarFieldContainer[int]
-    node_load: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ..., node_load: _Optional[_Iterable[float]] = ...) -> None: ...
+    def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StrategyPlanRequest(_message.Message):
     __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes", "current_ref", "cost_model")
