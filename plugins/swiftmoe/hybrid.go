@@ -176,18 +176,41 @@ func (p *planner) planHybrid(h, r int) error {
 					return errNoLayout
 				}
 				x = hs.order[0]
+				hs.spare[nd] = x
 			}
 			p.reps[x]++
 			lay.cnt[int(x)*m+nd]++
 		}
 	}
 	p.weigh()
-	for x := range e {
-		for nd, c := range lay.cnt[x*m : (x+1)*m] {
-			lay.load[nd] += float64(c) * p.wt.w[x]
+	// Node loads and expert lists: a global expert is on every node, a
+	// single-homed one (or a spare replica) on one, O(E + h*M) rather than
+	// a pass over every (expert, node).
+	var base float64
+	for _, x := range hs.order[:h] {
+		base += float64(p.reps[x]/int32(m)) * p.wt.w[x]
+	}
+	for nd := range m {
+		lay.load[nd] = base
+	}
+	lay.resetLists()
+	for _, x := range p.wt.order {
+		if hs.home[x] < 0 {
+			for nd := range m {
+				lay.listExpert(x, nd)
+			}
+			continue
+		}
+		nd := int(hs.home[x])
+		lay.listExpert(x, nd)
+		lay.load[nd] += float64(lay.cnt[int(x)*m+nd]) * p.wt.w[x]
+	}
+	for nd := range m {
+		// A global expert's spare replica in this node.
+		if x := hs.spare[nd]; x >= 0 && hs.home[x] < 0 {
+			lay.load[nd] += p.wt.w[x]
 		}
 	}
-	lay.listAll(p.wt.order)
 	p.rk.empty()
 	return p.packNodeRanks(lay)
 }
