@@ -36,19 +36,24 @@ func TopologyToProto(t Topology) *pb.Topology {
 // CostModelFromProto converts the wire form of a cost model (nil: unknown).
 func CostModelFromProto(c *pb.CostModel) CostModel {
 	return CostModel{
-		TokenBytes:     c.GetTokenBytes(),
-		FlopsPerToken:  c.GetFlopsPerToken(),
-		FlopsPerSecond: c.GetFlopsPerSecond(),
+		TokenBytes:        c.GetTokenBytes(),
+		FlopsPerToken:     c.GetFlopsPerToken(),
+		FlopsPerSecond:    c.GetFlopsPerSecond(),
+		BurstSlotsPerRank: int(c.GetBurstSlotsPerRank()),
+		BurstThreshold:    c.GetBurstThreshold(),
 	}
 }
 
 // CostModelToProto converts a cost model to its wire form; nil when every
 // field is unknown, so that requests without one stay as they were.
 func CostModelToProto(c CostModel) *pb.CostModel {
-	if c.TokenBytes == 0 && len(c.FlopsPerToken) == 0 && c.FlopsPerSecond == 0 {
+	if c.TokenBytes == 0 && len(c.FlopsPerToken) == 0 && c.FlopsPerSecond == 0 && c.BurstSlotsPerRank == 0 && c.BurstThreshold == 0 {
 		return nil
 	}
-	return &pb.CostModel{TokenBytes: c.TokenBytes, FlopsPerToken: c.FlopsPerToken, FlopsPerSecond: c.FlopsPerSecond}
+	return &pb.CostModel{
+		TokenBytes: c.TokenBytes, FlopsPerToken: c.FlopsPerToken, FlopsPerSecond: c.FlopsPerSecond,
+		BurstSlotsPerRank: uint32(c.BurstSlotsPerRank), BurstThreshold: c.BurstThreshold,
+	}
 }
 
 // IntsFromProto widens wire ids to ints.

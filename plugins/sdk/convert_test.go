@@ -123,6 +123,8 @@ func TestValidateRequest(t *testing.T) {
 		{"token bytes", func(r *Request) { r.CostModel.TokenBytes = -1 }, "cost_model.token_bytes"},
 		{"flops per second", func(r *Request) { r.CostModel.FlopsPerSecond = nan() }, "cost_model.flops_per_second"},
 		{"flops per token", func(r *Request) { r.CostModel.FlopsPerToken[1] = -2 }, "cost_model.flops_per_token[1]"},
+		{"burst slots", func(r *Request) { r.CostModel.BurstSlotsPerRank = -1 }, "cost_model.burst_slots_per_rank is -1"},
+		{"burst threshold", func(r *Request) { r.CostModel.BurstThreshold = nan() }, "cost_model.burst_threshold"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

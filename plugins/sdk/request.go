@@ -95,10 +95,13 @@ func validateCostModel(c *CostModel) error {
 	for _, f := range []struct {
 		name string
 		v    float64
-	}{{"cost_model.token_bytes", c.TokenBytes}, {"cost_model.flops_per_second", c.FlopsPerSecond}} {
+	}{{"cost_model.token_bytes", c.TokenBytes}, {"cost_model.flops_per_second", c.FlopsPerSecond}, {"cost_model.burst_threshold", c.BurstThreshold}} {
 		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
 			return fmt.Errorf("%w: %s is %v; want a finite value >= 0 (0 when unknown)", ErrInvalidRequest, f.name, f.v)
 		}
+	}
+	if c.BurstSlotsPerRank < 0 || c.BurstSlotsPerRank > MaxSlotsPerLayer {
+		return fmt.Errorf("%w: cost_model.burst_slots_per_rank is %d; want 0..%d", ErrInvalidRequest, c.BurstSlotsPerRank, MaxSlotsPerLayer)
 	}
 	if len(c.FlopsPerToken) > MaxLayers {
 		return fmt.Errorf("%w: cost_model.flops_per_token has %d values, at most %d supported", ErrInvalidRequest, len(c.FlopsPerToken), MaxLayers)

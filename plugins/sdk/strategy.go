@@ -87,6 +87,11 @@ type CostModel struct {
 	FlopsPerToken []float64
 	// FlopsPerSecond is the effective expert GEMM throughput of one rank.
 	FlopsPerSecond float64
+	// BurstSlotsPerRank is the burst slots per rank the engine holds (0:
+	// none); BurstThreshold the busiest rank over the mean above which it
+	// considers bursts (0 means 1).
+	BurstSlotsPerRank int
+	BurstThreshold    float64
 }
 
 // Response is a strategy's answer.

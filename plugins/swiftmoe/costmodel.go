@@ -21,6 +21,11 @@ type costModel struct {
 	tokenBytes, expertBytes  float64
 	flopsPerToken, flopsPerS float64
 	intraBW, interBW         float64
+	// The engine's burst replicas, which the spec leaves out and step
+	// estimates use (traffic.go): slots per rank (0: none) and the busiest
+	// rank over the mean above which the engine makes them.
+	burstSlots     int
+	burstThreshold float64
 }
 
 // pricesCompute reports whether computeMs is known.

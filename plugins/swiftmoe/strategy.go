@@ -139,6 +139,7 @@ func layerCostOf(req *sdk.Request, l *sdk.LayerInput, o options) (*layerCost, er
 			tokenBytes: c.TokenBytes, expertBytes: float64(wb),
 			flopsPerToken: fpt, flopsPerS: c.FlopsPerSecond,
 			intraBW: t.IntraNodeBandwidth, interBW: t.InterNodeBandwidth,
+			burstSlots: c.BurstSlotsPerRank, burstThreshold: c.BurstThreshold,
 		},
 	}
 	if !lc.cm.usable() {

@@ -196,9 +196,49 @@ func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
 		sm.si[r] = max(0, sm.nodeTotal/float64(g)-sm.local[r]-sm.se[r])
 		sm.ri[r] = max(0, sm.load[r]-sm.local[r]-sm.re[r])
 	}
-	compute = sm.cm.computeMs(sm.load)
+	compute = sm.burstCompute(sm.cm.computeMs(sm.load))
 	a2a = sm.cm.a2aMs(sm.si, sm.ri, sm.se, sm.re)
 	return compute + a2a, compute, a2a
+}
+
+// burstGoal is how close to the mean the engine's burst replicas bring the
+// busiest rank (engine/burst.py's goal).
+const burstGoal = 1.005
+
+// burstCompute is the compute of the loads in sm.load (compute without
+// bursts) when the engine holds burst slots: past the burst threshold, it
+// copies overloaded experts to the least-loaded ranks, a node's own first
+// (a copy within a node costs little against the compute it moves), so the
+// busiest rank comes down to about its node's mean, at the price of a copy
+// within the node. The engine makes no burst that does not pay: the lower of
+// the two.
+func (sm *stepModel) burstCompute(compute float64) float64 {
+	c := &sm.cm
+	if c.burstSlots <= 0 || !c.pricesCompute() {
+		return compute
+	}
+	var total, hi float64
+	for _, l := range sm.load {
+		total += l
+		hi = max(hi, l)
+	}
+	mean := total / float64(sm.n)
+	if mean <= 0 || hi <= max(1, c.burstThreshold)*mean {
+		return compute
+	}
+	level := burstGoal * mean
+	for nd := range sm.m {
+		var node float64
+		for _, l := range sm.load[nd*sm.g : (nd+1)*sm.g] {
+			node += l
+		}
+		level = max(level, node/float64(sm.g))
+	}
+	after := c.computeMsOf(min(hi, level))
+	if c.intraBW > 0 {
+		after += 2 * 1e3 * c.expertBytes / c.intraBW
+	}
+	return min(compute, after)
 }
 
 // sendTail sends x tokens of expert e away from node nd, from its last ranks

@@ -52,7 +52,9 @@ class JobSpec:
     (forward+backward FLOPs of one token through one expert; 0: the sidecar takes 6 x
     expert_param_numel) and ``flops_per_second`` (one rank's expert GEMM throughput). 0 means
     unknown; with token_bytes and flops_per_second known, strategies such as swiftmoe plan for
-    step time (compute plus all-to-all) across nodes, else for compute alone.
+    step time (compute plus all-to-all) across nodes, else for compute alone. With the engine's
+    burst replicas on, ``burst_slots_per_rank`` and ``burst_threshold`` tell the strategy (it
+    may leave imbalance within a node to them).
     """
 
     world_size: int
@@ -70,6 +72,8 @@ class JobSpec:
     token_bytes: float = 0.0
     flops_per_token: float = 0.0
     flops_per_second: float = 0.0
+    burst_slots_per_rank: int = 0
+    burst_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         w = self.world_size
@@ -78,6 +82,7 @@ class JobSpec:
         for name in (
             "slots_per_rank",
             "ranks_per_node",
+            "burst_slots_per_rank",
             "bytes_per_param",
             "optimizer_bytes_per_param",
         ):
@@ -112,6 +117,7 @@ class JobSpec:
             ("token_bytes", "bytes of one token's activation row"),
             ("flops_per_token", "forward+backward FLOPs of one token through one expert"),
             ("flops_per_second", "one rank's expert GEMM FLOP/s"),
+            ("burst_threshold", "busiest rank over the mean above which bursts are made"),
         ):
             v = getattr(self, name)
             if not is_number(v) or not math.isfinite(v) or v < 0:
@@ -160,12 +166,20 @@ class JobSpec:
     def _cost_model_proto(self) -> pb.CostModel | None:
         """The cost model on the wire; None when every input is unknown (as before there was
         one: the sidecar then fills nothing in)."""
-        if not (self.token_bytes or self.flops_per_token or self.flops_per_second):
+        if not (
+            self.token_bytes
+            or self.flops_per_token
+            or self.flops_per_second
+            or self.burst_slots_per_rank
+            or self.burst_threshold
+        ):
             return None
         return pb.CostModel(
             token_bytes=float(self.token_bytes),
             flops_per_token=[float(self.flops_per_token)] if self.flops_per_token else [],
             flops_per_second=float(self.flops_per_second),
+            burst_slots_per_rank=self.burst_slots_per_rank,
+            burst_threshold=float(self.burst_threshold),
         )
 
 

@@ -123,6 +123,7 @@ class JobState:
     strategy: str
     options: dict[str, str]
     S: int
+    burst: bool = False  # the job's systems make burst replicas
     job_id: str = ""
     slots_LK: list[np.ndarray] = field(default_factory=list)
     pending_migrated: int = 0
@@ -174,6 +175,8 @@ def _job_spec(cfg: SimConfig, job: JobState, L: int, E: int) -> JobSpec:
         inter_node_bandwidth=float(c.inter_bw),
         token_bytes=float(c.token_bytes),
         flops_per_second=cfg.flops_per_s,
+        burst_slots_per_rank=cfg.burst_slots if job.burst else 0,
+        burst_threshold=cfg.burst_threshold if job.burst else 0.0,
     )
 
 
@@ -256,7 +259,11 @@ def simulate(
     for s in systems:
         if s.job_key not in jobs:
             jobs[s.job_key] = JobState(
-                s.job_key, s.strategy, dict(s.options), cfg.static_slots if s.static else cfg.slots
+                s.job_key,
+                s.strategy,
+                dict(s.options),
+                cfg.static_slots if s.static else cfg.slots,
+                burst=s.burst and cfg.burst_slots > 0,
             )
     per = {s.name: {f: np.zeros(n_it) for f in FIELDS} for s in systems}
     bound_costs: dict[tuple, model.LayerCost] = {}

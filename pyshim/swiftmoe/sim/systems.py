@@ -13,8 +13,9 @@
 ``static-nopad`` is static expert parallelism, dropless, without padding, with grouped GEMMs:
 what Megatron-Core and torchtitan run today, and the baseline that matters most (the engine runs
 it: per-slot kernels or grouped GEMM, no padding; what ``scripts/bench_step.py`` times as
-"static"). ``swiftmoe-burst`` runs on ``swiftmoe``'s placements (one sidecar job for both) and
-adds, per layer and iteration, the burst replicas that the engine's own decision
+"static"). ``swiftmoe-burst`` is the swiftmoe strategy told of the engine's burst slots (its
+own sidecar job, whose cost model carries them, so it may leave imbalance within a node to them)
+plus, per layer and iteration, the burst replicas that the engine's own decision
 (``swiftmoe.engine.burst.plan_bursts``) makes from the iteration's counts, with the copies' time
 (``swiftmoe.engine.costmodel.copy_ms``) charged to the iteration.
 
@@ -56,8 +57,9 @@ class SystemSpec:
 
     @property
     def job_key(self) -> tuple:
-        """Systems with the same key share one sidecar job (one placement sequence)."""
-        return (self.strategy, tuple(sorted(self.options.items())), self.static)
+        """Systems with the same key share one sidecar job (one placement sequence). A system
+        with bursts has its own: its job tells the strategy the engine's burst slots."""
+        return (self.strategy, tuple(sorted(self.options.items())), self.static, self.burst)
 
 
 def parse_systems(

@@ -16,6 +16,8 @@ const (
 	MaxFlopsPerToken = 1e15
 	// MaxFlopsPerSecond bounds cost_model.flops_per_second.
 	MaxFlopsPerSecond = 1e18
+	// MaxBurstThreshold bounds cost_model.burst_threshold.
+	MaxBurstThreshold = 1e6
 )
 
 // flopsPerParam is the forward+backward FLOPs of one token per expert
@@ -36,10 +38,17 @@ func validateCostModel(c *pb.CostModel, layers int, p *problems) {
 	}{
 		{"token_bytes", "bytes of one token's activation row (d_model x bytes per element)", c.GetTokenBytes(), MaxTokenBytes},
 		{"flops_per_second", "one rank's effective expert GEMM throughput in FLOP/s", c.GetFlopsPerSecond(), MaxFlopsPerSecond},
+		{"burst_threshold", "busiest rank's load over the mean above which the engine makes burst replicas (>= 1)", c.GetBurstThreshold(), MaxBurstThreshold},
 	} {
 		if v := f.v; math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > f.hi {
 			p.addf("cost_model.%s: %v is out of range; set the %s, 0..%g, or 0 when unknown", f.name, v, f.what, f.hi)
 		}
+	}
+	if b := c.GetBurstSlotsPerRank(); b > MaxSlotsPerRank {
+		p.addf("cost_model.burst_slots_per_rank: %d is out of range; set the engine's burst slots per rank, 0..%d (0: no burst replicas)", b, MaxSlotsPerRank)
+	}
+	if t := c.GetBurstThreshold(); t > 0 && t < 1 {
+		p.addf("cost_model.burst_threshold: %v is below 1; set the busiest rank's load over the mean above which the engine makes burst replicas (>= 1), or 0", t)
 	}
 	fpt := c.GetFlopsPerToken()
 	if n := len(fpt); n > 1 && n != layers {

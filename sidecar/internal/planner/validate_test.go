@@ -90,6 +90,8 @@ func TestRegisterValidation(t *testing.T) {
 		{"cost model flops per token value", func(r *pb.RegisterJobRequest) {
 			r.CostModel = &pb.CostModel{FlopsPerToken: []float64{1, math.NaN()}}
 		}, []string{"cost_model.flops_per_token[1]: NaN is out of range"}},
+		{"cost model burst slots", func(r *pb.RegisterJobRequest) { r.CostModel = &pb.CostModel{BurstSlotsPerRank: 5000} }, []string{"cost_model.burst_slots_per_rank: 5000 is out of range"}},
+		{"cost model burst threshold", func(r *pb.RegisterJobRequest) { r.CostModel = &pb.CostModel{BurstThreshold: 0.5} }, []string{"cost_model.burst_threshold: 0.5 is below 1"}},
 		{"several problems at once", func(r *pb.RegisterJobRequest) {
 			r.Topology.WorldSize, r.BytesPerParam, r.Strategy = 0, 0, ""
 		}, []string{"3 problems", "topology.world_size", "bytes_per_param", "strategy: required"}},

@@ -183,6 +183,14 @@ type CostModel struct {
 	FlopsPerToken []float64 `protobuf:"fixed64,2,rep,packed,name=flops_per_token,json=flopsPerToken,proto3" json:"flops_per_token,omitempty"`
 	// Effective expert GEMM throughput of one rank, FLOP/s, > 0 when known.
 	FlopsPerSecond float64 `protobuf:"fixed64,3,opt,name=flops_per_second,json=flopsPerSecond,proto3" json:"flops_per_second,omitempty"`
+	// Burst slots per rank the engine holds for burst replicas (0: none). With
+	// them, the engine copies overloaded experts within the iteration when its
+	// busiest rank exceeds burst_threshold x the mean, so a strategy may leave
+	// imbalance within a node to them.
+	BurstSlotsPerRank uint32 `protobuf:"varint,4,opt,name=burst_slots_per_rank,json=burstSlotsPerRank,proto3" json:"burst_slots_per_rank,omitempty"`
+	// The busiest rank's load over the mean above which the engine considers
+	// bursts (>= 1; 0 means 1).
+	BurstThreshold float64 `protobuf:"fixed64,5,opt,name=burst_threshold,json=burstThreshold,proto3" json:"burst_threshold,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -234,6 +242,20 @@ func (x *CostModel) GetFlopsPerToken() []float64 {
 func (x *CostModel) GetFlopsPerSecond() float64 {
 	if x != nil {
 		return x.FlopsPerSecond
+	}
+	return 0
+}
+
+func (x *CostModel) GetBurstSlotsPerRank() uint32 {
+	if x != nil {
+		return x.BurstSlotsPerRank
+	}
+	return 0
+}
+
+func (x *CostModel) GetBurstThreshold() float64 {
+	if x != nil {
+		return x.BurstThreshold
 	}
 	return 0
 }
@@ -1678,12 +1700,14 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x0eranks_per_node\x18\x02 \x01(\rR\franksPerNode\x12$\n" +
 	"\x0eslots_per_rank\x18\x03 \x01(\rR\fslotsPerRank\x120\n" +
 	"\x14intra_node_bandwidth\x18\x04 \x01(\x01R\x12intraNodeBandwidth\x120\n" +
-	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"~\n" +
+	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"\xd8\x01\n" +
 	"\tCostModel\x12\x1f\n" +
 	"\vtoken_bytes\x18\x01 \x01(\x01R\n" +
 	"tokenBytes\x12&\n" +
 	"\x0fflops_per_token\x18\x02 \x03(\x01R\rflopsPerToken\x12(\n" +
-	"\x10flops_per_second\x18\x03 \x01(\x01R\x0eflopsPerSecond\"g\n" +
+	"\x10flops_per_second\x18\x03 \x01(\x01R\x0eflopsPerSecond\x12/\n" +
+	"\x14burst_slots_per_rank\x18\x04 \x01(\rR\x11burstSlotsPerRank\x12'\n" +
+	"\x0fburst_threshold\x18\x05 \x01(\x01R\x0eburstThreshold\"g\n" +
 	"\n" +
 	"OptionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +

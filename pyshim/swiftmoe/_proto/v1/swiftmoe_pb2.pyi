@@ -33,14 +33,18 @@ class Topology(_message.Message):
     def __init__(self, world_size: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., intra_node_bandwidth: _Optional[float] = ..., inter_node_bandwidth: _Optional[float] = ...) -> None: ...
 
 class CostModel(_message.Message):
-    __slots__ = ("token_bytes", "flops_per_token", "flops_per_second")
+    __slots__ = ("token_bytes", "flops_per_token", "flops_per_second", "burst_slots_per_rank", "burst_threshold")
     TOKEN_BYTES_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_SLOTS_PER_RANK_FIELD_NUMBER: _ClassVar[int]
+    BURST_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     token_bytes: float
     flops_per_token: _containers.RepeatedScalarFieldContainer[float]
     flops_per_second: float
-    def __init__(self, token_bytes: _Optional[float] = ..., flops_per_token: _Optional[_Iterable[float]] = ..., flops_per_second: _Optional[float] = ...) -> None: ...
+    burst_slots_per_rank: int
+    burst_threshold: float
+    def __init__(self, token_bytes: _Optional[float] = ..., flops_per_token: _Optional[_Iterable[float]] = ..., flops_per_second: _Optional[float] = ..., burst_slots_per_rank: _Optional[int] = ..., burst_threshold: _Optional[float] = ...) -> None: ...
 
 class OptionSpec(_message.Message):
     __slots__ = ("name", "description", "default_value")
