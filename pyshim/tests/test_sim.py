@@ -212,7 +212,7 @@ def test_parse_systems():
     assert names[:4] == ["bound", "swiftmoe", "swiftmoe-burst", "static-nopad"]
     assert "static-cf2.0" in names
     sw, burst = parse_systems("swiftmoe,swiftmoe-burst", swiftmoe_options={"objective": "compute"})
-    assert sw.job_key == burst.job_key and burst.burst and not sw.burst
+    assert sw.job_key != burst.job_key and burst.burst and not sw.burst  # burst has its own job
     assert sw.options == {"objective": "compute"}
     flex = parse_systems("flexmoe-7", {"threshold": "1.1"})[0]
     assert flex.options == {"interval": "7", "threshold": "1.1"}
