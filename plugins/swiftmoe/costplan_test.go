@@ -217,3 +217,70 @@ func TestObjectiveOption(t *testing.T) {
 		t.Errorf("Info declares %v, want %s among them", names, optObjective)
 	}
 }
+
+// TestStepModelLeavesNodeImbalanceToBursts: past the burst threshold, a job
+// with burst slots is priced at its busiest node's mean plus one copy
+// within the node, never above its compute without bursts.
+func TestStepModelLeavesNodeImbalanceToBursts(t *testing.T) {
+	c := costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
+	var sm stepModel
+	// 2 nodes of 2 ranks, one slot each; rank 0 holds the hot expert.
+	loads := []float64{300, 100, 100, 100}
+	dst := []int{0, 1, 2, 3}
+	sm.reset(c, loads, 4, 4, 2, 1)
+	sm.index(dst)
+	_, without, _ := sm.eval(dst, sm.evenWeights())
+	if without != 300 { // 1e3 * 1 * 300 / 1e3
+		t.Fatalf("compute without bursts: got %v, want 300", without)
+	}
+	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
+	_, with, _ := sm.eval(dst, sm.evenWeights())
+	if want := 200 + 2*1e3*1000/1e6; with != want { // node 0's mean plus one copy of 2 ms
+		t.Errorf("compute with bursts: got %v, want %v", with, want)
+	}
+	sm.cm.burstThreshold = 2 // 300 is 1.5x the mean of 150: no burst
+	if _, got, _ := sm.eval(dst, sm.evenWeights()); got != without {
+		t.Errorf("below the threshold: got %v, want %v", got, without)
+	}
+}
+
+// TestStepPlanWithBurstsKeepsEveryExpertInEveryNode: E=32 on 2 nodes of 8
+// ranks with 4 slots, two hot experts. Without burst slots the plan gives
+// the hot experts more replicas and leaves some cold experts in one node;
+// with them it keeps every expert in every node (no token crosses) and
+// leaves the hot experts' imbalance within a node to the bursts.
+func TestStepPlanWithBurstsKeepsEveryExpertInEveryNode(t *testing.T) {
+	topo := sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 8}
+	loads := make([]float64, 32)
+	for e := range loads {
+		loads[e] = 2000
+	}
+	loads[3], loads[17] = 32000, 32000
+	c := h200(12.5)
+	c.flopsPerS = 7e14
+	req := stepReq(topo, c, loads, nil, nil)
+	plain, err := planReq(t, New(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.CostModel.BurstSlotsPerRank, req.CostModel.BurstThreshold = 1, 1.1
+	burst, err := planReq(t, New(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inEvery := func(slots []int) int {
+		n := 0
+		for _, row := range nodeCounts(slots, 32, topo) {
+			if row[0] > 0 && row[1] > 0 {
+				n++
+			}
+		}
+		return n
+	}
+	if got := inEvery(burst.Layers[0]); got != 32 {
+		t.Errorf("with bursts: %d of 32 experts in both nodes, want all", got)
+	}
+	if got := inEvery(plain.Layers[0]); got == 32 {
+		t.Errorf("without bursts: every expert in both nodes; want the hot experts given more replicas instead")
+	}
+}
