@@ -2,6 +2,7 @@ package swiftmoe
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
@@ -79,27 +80,30 @@ func parseOptions(opts map[string]string) (options, error) {
 	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective); err != nil {
 		return o, err
 	}
-	if v, ok := opts[optObjective]; ok {
-		switch v {
-		case objectiveStep.String():
-			o.objective = objectiveStep
-		case objectiveCompute.String():
-			o.objective = objectiveCompute
-		default:
-			return o, fmt.Errorf("%w: option %s = %q; want %s or %s (default %s)",
-				sdk.ErrBadOption, optObjective, v, objectiveStep, objectiveCompute, objectiveStep)
-		}
+	nodes, err := choice(opts, optNodePolicy, nodePolicyNames[:])
+	if err != nil {
+		return o, err
 	}
-	if v, ok := opts[optNodePolicy]; ok {
-		switch v {
-		case nodesSpread.String():
-			o.nodes = nodesSpread
-		case nodesPack.String():
-			o.nodes = nodesPack
-		default:
-			return o, fmt.Errorf("%w: option %s = %q; want %s or %s (default %s)",
-				sdk.ErrBadOption, optNodePolicy, v, nodesSpread, nodesPack, nodesSpread)
-		}
+	obj, err := choice(opts, optObjective, objectiveNames[:])
+	if err != nil {
+		return o, err
 	}
+	o.nodes, o.objective = nodePolicy(nodes), objective(obj)
 	return o, nil
+}
+
+// choice returns the index of opts[name] among names, 0 (the default) when
+// the option is absent, or an error naming the option and its values.
+func choice(opts map[string]string, name string, names []string) (uint8, error) {
+	v, ok := opts[name]
+	if !ok {
+		return 0, nil
+	}
+	for i, n := range names {
+		if v == n {
+			return uint8(i), nil
+		}
+	}
+	return 0, fmt.Errorf("%w: option %s = %q; want %s or %s (default %s)",
+		sdk.ErrBadOption, name, v, strings.Join(names[:len(names)-1], ", "), names[len(names)-1], names[0])
 }
