@@ -97,9 +97,9 @@ func benchSequential(b *testing.B, req *sdk.Request, o options) {
 	dst := make([]int, req.Topology.TotalSlots())
 	var worst float64
 	plan := func(l *sdk.LayerInput) {
-		lc, err := layerCostOf(req, l, o)
-		if err == nil && lc != nil {
-			err = p.planLayerStep(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o, lc)
+		lc, step, err := layerCostOf(req, l, o)
+		if err == nil && step {
+			err = p.planLayerStep(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o, &lc)
 		} else if err == nil {
 			err = p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o)
 		}

@@ -102,12 +102,12 @@ func (s *Strategy) planRange(ctx context.Context, req *sdk.Request, o options, o
 			return fmt.Errorf("planning layer %d: %w", req.Layers[i].Layer, err)
 		}
 		l := &req.Layers[i]
-		lc, err := layerCostOf(req, l, o)
+		lc, step, err := layerCostOf(req, l, o)
 		if err != nil {
 			return fmt.Errorf("planning layer %d: %w", l.Layer, err)
 		}
-		if lc != nil {
-			err = p.planLayerStep(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology, o, lc)
+		if step {
+			err = p.planLayerStep(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology, o, &lc)
 		} else {
 			err = p.planLayer(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology, o)
 		}
@@ -117,24 +117,24 @@ func (s *Strategy) planRange(ctx context.Context, req *sdk.Request, o options, o
 	}
 }
 
-// layerCostOf returns what planning layer l for step time needs, or nil
+// layerCostOf returns what planning layer l for step time needs, and false
 // when it plans for compute alone: objective=compute, one node, or a cost
 // model that cannot weigh traffic against compute (see costModel.usable).
-func layerCostOf(req *sdk.Request, l *sdk.LayerInput, o options) (*layerCost, error) {
+func layerCostOf(req *sdk.Request, l *sdk.LayerInput, o options) (layerCost, bool, error) {
 	t := req.Topology
 	if o.objective != objectiveStep || hierarchical(t) == 0 {
-		return nil, nil
+		return layerCost{}, false, nil
 	}
 	fpt, err := req.FlopsPerTokenOf(l.Layer)
 	if err != nil {
-		return nil, err
+		return layerCost{}, false, err
 	}
 	wb, _, err := req.ExpertBytes(l.Layer)
 	if err != nil {
-		return nil, err
+		return layerCost{}, false, err
 	}
 	c := req.CostModel
-	lc := &layerCost{
+	lc := layerCost{
 		cm: costModel{
 			tokenBytes: c.TokenBytes, expertBytes: float64(wb),
 			flopsPerToken: fpt, flopsPerS: c.FlopsPerSecond,
@@ -142,10 +142,7 @@ func layerCostOf(req *sdk.Request, l *sdk.LayerInput, o options) (*layerCost, er
 			burstSlots: c.BurstSlotsPerRank, burstThreshold: c.BurstThreshold,
 		},
 	}
-	if !lc.cm.usable() {
-		return nil, nil
-	}
-	return lc, nil
+	return lc, lc.cm.usable(), nil
 }
 
 // hierarchical returns the ranks per node when node-aware packing applies
