@@ -33,6 +33,29 @@ func TopologyToProto(t Topology) *pb.Topology {
 	}
 }
 
+// CostModelFromProto converts the wire form of a cost model (nil: unknown).
+func CostModelFromProto(c *pb.CostModel) CostModel {
+	return CostModel{
+		TokenBytes:        c.GetTokenBytes(),
+		FlopsPerToken:     c.GetFlopsPerToken(),
+		FlopsPerSecond:    c.GetFlopsPerSecond(),
+		BurstSlotsPerRank: int(c.GetBurstSlotsPerRank()),
+		BurstThreshold:    c.GetBurstThreshold(),
+	}
+}
+
+// CostModelToProto converts a cost model to its wire form; nil when every
+// field is unknown, so that requests without one stay as they were.
+func CostModelToProto(c CostModel) *pb.CostModel {
+	if c.TokenBytes == 0 && len(c.FlopsPerToken) == 0 && c.FlopsPerSecond == 0 && c.BurstSlotsPerRank == 0 && c.BurstThreshold == 0 {
+		return nil
+	}
+	return &pb.CostModel{
+		TokenBytes: c.TokenBytes, FlopsPerToken: c.FlopsPerToken, FlopsPerSecond: c.FlopsPerSecond,
+		BurstSlotsPerRank: uint32(c.BurstSlotsPerRank), BurstThreshold: c.BurstThreshold,
+	}
+}
+
 // IntsFromProto widens wire ids to ints.
 func IntsFromProto(v []uint32) []int {
 	out := make([]int, len(v))
@@ -64,6 +87,7 @@ func requestToProto(r *Request, withCurrent bool) *pb.StrategyPlanRequest {
 		Options:              r.Options,
 		ExpertWeightBytes:    r.ExpertWeightBytes,
 		ExpertOptimizerBytes: r.ExpertOptimizerBytes,
+		CostModel:            CostModelToProto(r.CostModel),
 		Layers:               make([]*pb.StrategyLayerInput, len(r.Layers)),
 	}
 	msgs := make([]pb.StrategyLayerInput, len(r.Layers))
@@ -100,6 +124,7 @@ func RequestFromProto(r *pb.StrategyPlanRequest) *Request {
 		Options:              r.GetOptions(),
 		ExpertWeightBytes:    r.GetExpertWeightBytes(),
 		ExpertOptimizerBytes: r.GetExpertOptimizerBytes(),
+		CostModel:            CostModelFromProto(r.GetCostModel()),
 		Layers:               make([]LayerInput, len(in)),
 	}
 	ids := make([]int, 0, totalLen(in, func(l **pb.StrategyLayerInput) int { return len((*l).GetCurrentSlots()) }))

@@ -22,7 +22,8 @@ func TestRequestRoundTrip(t *testing.T) {
 	}
 	got := RequestFromProto(&msg)
 	if got.Topology != want.Topology || got.Iteration != want.Iteration || !reflect.DeepEqual(got.Options, want.Options) ||
-		!slices.Equal(got.ExpertWeightBytes, want.ExpertWeightBytes) || !slices.Equal(got.ExpertOptimizerBytes, want.ExpertOptimizerBytes) {
+		!slices.Equal(got.ExpertWeightBytes, want.ExpertWeightBytes) || !slices.Equal(got.ExpertOptimizerBytes, want.ExpertOptimizerBytes) ||
+		!reflect.DeepEqual(got.CostModel, want.CostModel) {
 		t.Fatalf("request header round trip: got %+v, want %+v", got, want)
 	}
 	if len(got.Layers) != len(want.Layers) {
@@ -34,6 +35,17 @@ func TestRequestRoundTrip(t *testing.T) {
 			!slices.Equal(g.LastLoad, w.LastLoad) || !slices.Equal(g.Current, w.Current) {
 			t.Errorf("layer %d: got %+v, want %+v", i, g, w)
 		}
+	}
+}
+
+func TestRequestWithoutCostModelHasNoneOnTheWire(t *testing.T) {
+	r := sampleRequest()
+	r.CostModel = CostModel{}
+	if m := RequestToProto(r); m.GetCostModel() != nil {
+		t.Errorf("got cost_model %v on the wire, want none for an unknown cost model", m.GetCostModel())
+	}
+	if got := RequestFromProto(RequestToProto(r)).CostModel; !reflect.DeepEqual(got, CostModel{}) {
+		t.Errorf("got %+v back, want the zero cost model", got)
 	}
 }
 
@@ -108,6 +120,11 @@ func TestValidateRequest(t *testing.T) {
 		{"last load length", func(r *Request) { r.Layers[0].LastLoad = []uint64{1} }, "last_load"},
 		{"current length", func(r *Request) { r.Layers[0].Current = []int{0} }, "current_slots has 1"},
 		{"current id", func(r *Request) { r.Layers[1].Current[5] = 3 }, "current_slots[5] (rank 2)"},
+		{"token bytes", func(r *Request) { r.CostModel.TokenBytes = -1 }, "cost_model.token_bytes"},
+		{"flops per second", func(r *Request) { r.CostModel.FlopsPerSecond = nan() }, "cost_model.flops_per_second"},
+		{"flops per token", func(r *Request) { r.CostModel.FlopsPerToken[1] = -2 }, "cost_model.flops_per_token[1]"},
+		{"burst slots", func(r *Request) { r.CostModel.BurstSlotsPerRank = -1 }, "cost_model.burst_slots_per_rank is -1"},
+		{"burst threshold", func(r *Request) { r.CostModel.BurstThreshold = nan() }, "cost_model.burst_threshold"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -147,6 +164,23 @@ func TestExpertBytes(t *testing.T) {
 	}
 	if w, o, err := (&Request{}).ExpertBytes(3); w != 0 || o != 0 || err != nil {
 		t.Errorf("empty vectors: got (%d, %d, %v), want (0, 0, nil)", w, o, err)
+	}
+}
+
+func TestFlopsPerTokenOf(t *testing.T) {
+	r := sampleRequest() // {2.8e7, 5.6e7}
+	if v, err := r.FlopsPerTokenOf(1); err != nil || v != 5.6e7 {
+		t.Errorf("layer 1: got (%v, %v), want (5.6e7, nil)", v, err)
+	}
+	if _, err := r.FlopsPerTokenOf(2); err == nil || !contains(err.Error(), "cost_model.flops_per_token has 2 values") {
+		t.Errorf("layer 2: got %v, want an error naming cost_model.flops_per_token", err)
+	}
+	r.CostModel.FlopsPerToken = []float64{7}
+	if v, err := r.FlopsPerTokenOf(5); err != nil || v != 7 {
+		t.Errorf("one value for all layers: got (%v, %v), want (7, nil)", v, err)
+	}
+	if v, err := (&Request{}).FlopsPerTokenOf(3); err != nil || v != 0 {
+		t.Errorf("unknown: got (%v, %v), want (0, nil)", v, err)
 	}
 }
 

@@ -48,6 +48,7 @@ func sampleRequest() *Request {
 		},
 		ExpertWeightBytes:    []uint64{10, 20},
 		ExpertOptimizerBytes: []uint64{60},
+		CostModel:            CostModel{TokenBytes: 1536, FlopsPerToken: []float64{2.8e7, 5.6e7}, FlopsPerSecond: 4e14, BurstSlotsPerRank: 1, BurstThreshold: 1.1},
 	}
 }
 

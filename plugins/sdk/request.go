@@ -31,6 +31,9 @@ func ValidateRequest(r *Request) error {
 	if err := validateTopology(r.Topology); err != nil {
 		return err
 	}
+	if err := validateCostModel(&r.CostModel); err != nil {
+		return err
+	}
 	if len(r.Layers) > MaxLayers {
 		return fmt.Errorf("%w: %d layers, at most %d supported", ErrInvalidRequest, len(r.Layers), MaxLayers)
 	}
@@ -88,6 +91,29 @@ func validateLayer(l *LayerInput, t Topology) error {
 	return nil
 }
 
+func validateCostModel(c *CostModel) error {
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"cost_model.token_bytes", c.TokenBytes}, {"cost_model.flops_per_second", c.FlopsPerSecond}, {"cost_model.burst_threshold", c.BurstThreshold}} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
+			return fmt.Errorf("%w: %s is %v; want a finite value >= 0 (0 when unknown)", ErrInvalidRequest, f.name, f.v)
+		}
+	}
+	if c.BurstSlotsPerRank < 0 || c.BurstSlotsPerRank > MaxSlotsPerLayer {
+		return fmt.Errorf("%w: cost_model.burst_slots_per_rank is %d; want 0..%d", ErrInvalidRequest, c.BurstSlotsPerRank, MaxSlotsPerLayer)
+	}
+	if len(c.FlopsPerToken) > MaxLayers {
+		return fmt.Errorf("%w: cost_model.flops_per_token has %d values, at most %d supported", ErrInvalidRequest, len(c.FlopsPerToken), MaxLayers)
+	}
+	for i, v := range c.FlopsPerToken {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			return fmt.Errorf("%w: cost_model.flops_per_token[%d] is %v; want a finite FLOP count >= 0 (0 when unknown)", ErrInvalidRequest, i, v)
+		}
+	}
+	return nil
+}
+
 // ExpertBytes returns the bytes of one expert's weights and of its optimizer
 // state for the job's MoE layer index layer (LayerInput.Layer). Each of
 // ExpertWeightBytes and ExpertOptimizerBytes may be empty (unknown: 0), hold
@@ -104,7 +130,15 @@ func (r *Request) ExpertBytes(layer int) (weights, optimizer uint64, err error) 
 	return weights, optimizer, nil
 }
 
-func perLayer(v []uint64, layer int, field string) (uint64, error) {
+// FlopsPerTokenOf returns the cost model's forward+backward FLOPs of one
+// token through one expert of the job's MoE layer index layer; 0 when
+// unknown. CostModel.FlopsPerToken may be empty, hold one value for every
+// layer, or one per layer of the job.
+func (r *Request) FlopsPerTokenOf(layer int) (float64, error) {
+	return perLayer(r.CostModel.FlopsPerToken, layer, "cost_model.flops_per_token")
+}
+
+func perLayer[T uint64 | float64](v []T, layer int, field string) (T, error) {
 	switch {
 	case len(v) == 0:
 		return 0, nil

@@ -69,6 +69,29 @@ type Request struct {
 	// every layer; see ExpertBytes).
 	ExpertWeightBytes    []uint64
 	ExpertOptimizerBytes []uint64
+	// CostModel is what the step-time cost model needs beyond the
+	// topology's bandwidths; its zero value means unknown.
+	CostModel CostModel
+}
+
+// CostModel holds the inputs of the step-time cost model beyond the link
+// bandwidths of the topology. A zero or empty field is unknown: a strategy
+// prices only what it can, and without a compute figure or a bandwidth it
+// balances compute alone.
+type CostModel struct {
+	// TokenBytes is the size of one token's activation row in the
+	// all-to-all (d_model x bytes per element).
+	TokenBytes float64
+	// FlopsPerToken is the forward+backward FLOPs of one token through one
+	// expert, per layer or one value for every layer (see FlopsPerTokenOf).
+	FlopsPerToken []float64
+	// FlopsPerSecond is the effective expert GEMM throughput of one rank.
+	FlopsPerSecond float64
+	// BurstSlotsPerRank is the burst slots per rank the engine holds (0:
+	// none); BurstThreshold the busiest rank over the mean above which it
+	// considers bursts (0 means 1).
+	BurstSlotsPerRank int
+	BurstThreshold    float64
 }
 
 // Response is a strategy's answer.

@@ -75,23 +75,47 @@ func BenchmarkSwiftMoEPlanSequentialNodes8Pack(b *testing.B) {
 	benchSequential(b, benchRequest(8), options{nodes: nodesPack})
 }
 
+// BenchmarkSwiftMoEPlanSequentialNodes8Step is the same planned for step
+// time: the request carries the cost model of H200s (GPT-Small experts) with
+// 12.5 GB/s between nodes of 8 ranks.
+func BenchmarkSwiftMoEPlanSequentialNodes8Step(b *testing.B) {
+	benchSequential(b, stepRequest(benchRequest(8), 12.5e9), options{})
+}
+
+// stepRequest adds the cost model of H200s running GPT-Small experts
+// (d_model 768, d_ff 3072, bf16) to req, with inter GB/s between nodes.
+func stepRequest(req *sdk.Request, inter float64) *sdk.Request {
+	req.Topology.IntraNodeBandwidth = 300e9
+	req.Topology.InterNodeBandwidth = inter
+	req.CostModel = sdk.CostModel{TokenBytes: 1536, FlopsPerToken: []float64{6 * 4718592}, FlopsPerSecond: 6.5e14}
+	req.ExpertWeightBytes = []uint64{2 * 4718592}
+	return req
+}
+
 func benchSequential(b *testing.B, req *sdk.Request, o options) {
 	p := new(planner)
 	dst := make([]int, req.Topology.TotalSlots())
 	var worst float64
+	plan := func(l *sdk.LayerInput) {
+		lc, step, err := layerCostOf(req, l, o)
+		if err == nil && step {
+			err = p.planLayerStep(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o, &lc)
+		} else if err == nil {
+			err = p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
 	cpu0 := cpuTime()
 	for b.Loop() {
-		for _, l := range req.Layers {
-			if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o); err != nil {
-				b.Fatal(err)
-			}
+		for i := range req.Layers {
+			plan(&req.Layers[i])
 		}
 	}
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
-	for _, l := range req.Layers {
-		if err := p.planLayer(dst, l.Predicted, l.Current, l.NumExperts, req.Topology, o); err != nil {
-			b.Fatal(err)
-		}
+	for i, l := range req.Layers {
+		plan(&req.Layers[i])
 		worst = max(worst, balance(dst, l.Predicted, req.Topology))
 	}
 	b.ReportMetric(worst, "max_over_mean")

@@ -19,7 +19,9 @@ type differencer struct {
 	tail  []int32
 	part  []int32
 	live  []int32
-	multi []int32 // experts the node holds more of than one rank may
+	multi []int32  // experts the node holds more of than one rank may
+	mark  []uint32 // per expert: stamp when it is in multi (anyOver)
+	stamp uint32
 }
 
 // pack packs node d's demand onto its ranks by balanced differencing and
@@ -186,11 +188,49 @@ func (df *differencer) mendLimits(rk *ranks, wt *weights, lo, hi int) bool {
 	return false
 }
 
+// anyOver reports whether some rank in [lo, hi) holds more replicas of an
+// expert than capR: one pass over the ranks' slots, counting only the
+// replicas of multi experts (marked for the pass), which differencing
+// rarely puts together.
+func (df *differencer) anyOver(rk *ranks, wt *weights, lo, hi int) bool {
+	s := rk.s
+	df.mark = grow(df.mark, len(wt.capR))
+	df.stamp++
+	if df.stamp == 0 { // wrapped: stale marks could match
+		clear(df.mark)
+		df.stamp = 1
+	}
+	for _, x := range df.multi {
+		df.mark[x] = df.stamp
+	}
+	for q := lo; q < hi; q++ {
+		row := rk.dst[q*s : (q+1)*s]
+		for i, x := range row {
+			if df.mark[x] != df.stamp {
+				continue
+			}
+			c := int32(1)
+			for _, y := range row[i+1:] {
+				if y == x {
+					c++
+				}
+			}
+			if c > wt.capR[x] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // overLimit returns a rank in [lo, hi) holding more replicas of some expert
 // than capR, and the slot of one of them; -1 when there is none. Only the
 // experts with more replicas on the node than capR (multi) can be over.
 func (df *differencer) overLimit(rk *ranks, wt *weights, lo, hi int) (int, int) {
 	s := rk.s
+	if len(df.multi) == 0 || !df.anyOver(rk, wt, lo, hi) {
+		return -1, 0
+	}
 	for _, x := range df.multi {
 		for q := lo; q < hi; q++ {
 			c, at := int32(0), 0

@@ -76,12 +76,26 @@ func (p *planner) keepCurrentIfAsGood(t sdk.Topology) {
 	if total <= 0 && !slices.Equal(p.curReps, p.reps) {
 		return
 	}
-	s, n := p.rk.s, int32(p.rk.n)
+	s := p.rk.s
 	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.rk.dst, p.wt.w, p.rk.n, s)) {
 		return
 	}
+	if !p.withinRankLimits(p.cur) {
+		return
+	}
+	if r := hierarchical(t); r > 0 && p.opts.nodes == nodesSpread && !p.spreadOverNodes(p.cur, r) {
+		return
+	}
+	copy(p.rk.dst, p.cur)
+}
+
+// withinRankLimits reports whether no rank of slots holds more replicas of
+// an expert than ceil(replicas/ranks), replicas as counted in the current
+// plan (curReps).
+func (p *planner) withinRankLimits(slots []int) bool {
+	s, n := p.rk.s, int32(p.rk.n)
 	for r := range p.rk.n {
-		row := p.cur[r*s : (r+1)*s]
+		row := slots[r*s : (r+1)*s]
 		for i, x := range row {
 			c := int32(1)
 			for _, y := range row[i+1:] {
@@ -90,14 +104,25 @@ func (p *planner) keepCurrentIfAsGood(t sdk.Topology) {
 				}
 			}
 			if c > (p.curReps[x]+n-1)/n {
-				return
+				return false
 			}
 		}
 	}
-	if r := hierarchical(t); r > 0 && p.opts.nodes == nodesSpread && !p.spreadOverNodes(p.cur, r) {
-		return
+	return true
+}
+
+// currentValid reports whether the current plan is a valid plan: every
+// expert in a slot and no rank over its limit (see withinRankLimits).
+func (p *planner) currentValid() bool {
+	if p.cur == nil {
+		return false
 	}
-	copy(p.rk.dst, p.cur)
+	for _, r := range p.curReps {
+		if r == 0 {
+			return false
+		}
+	}
+	return p.withinRankLimits(p.cur)
 }
 
 // spreadOverNodes reports whether every expert's replicas in slots are

@@ -2,6 +2,7 @@ package swiftmoe
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
@@ -28,9 +29,33 @@ var nodePolicyNames = [...]string{nodesSpread: "spread", nodesPack: "pack"}
 
 func (n nodePolicy) String() string { return nodePolicyNames[n] }
 
+// optObjective names the option that chooses what the plan minimizes.
+const optObjective = "objective"
+
+// objective is the value of the objective option.
+type objective uint8
+
+const (
+	// objectiveStep (the default) plans for step time, compute plus the
+	// token all-to-all, when the request carries the cost model's inputs
+	// and the job has more than one node; otherwise it plans as
+	// objectiveCompute does.
+	objectiveStep objective = iota
+	// objectiveCompute balances compute alone.
+	objectiveCompute
+)
+
+var objectiveNames = [...]string{objectiveStep: "step", objectiveCompute: "compute"}
+
+func (o objective) String() string { return objectiveNames[o] }
+
 // options are the strategy's parsed options.
 type options struct {
-	nodes nodePolicy
+	nodes     nodePolicy
+	objective objective
+	// noSearch skips the count search of small layers (search.go): the
+	// hybrid layouts' node plans, of which a layer makes many, go without.
+	noSearch bool
 }
 
 // optionSpecs are the options Info declares.
@@ -42,6 +67,14 @@ var optionSpecs = []sdk.Option{{
 	Default: nodesSpread.String(),
 	Type:    sdk.OptionEnum,
 	Values:  []string{nodesSpread.String(), nodesPack.String()},
+}, {
+	Name: optObjective,
+	Description: "what a plan minimizes: step (the busiest rank's compute plus the token all-to-all, " +
+		"from the request's cost model and link bandwidths, when they are known and there is more than one node; " +
+		"otherwise compute) or compute (the busiest rank's load alone)",
+	Default: objectiveStep.String(),
+	Type:    sdk.OptionEnum,
+	Values:  []string{objectiveStep.String(), objectiveCompute.String()},
 }}
 
 var _ sdk.OptionValidator = (*Strategy)(nil)
@@ -57,19 +90,33 @@ func (*Strategy) ValidateOptions(opts map[string]string) error {
 // are errors that name the option and what it accepts.
 func parseOptions(opts map[string]string) (options, error) {
 	var o options
-	if err := sdk.CheckOptions(opts, optNodePolicy); err != nil {
+	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective); err != nil {
 		return o, err
 	}
-	if v, ok := opts[optNodePolicy]; ok {
-		switch v {
-		case nodesSpread.String():
-			o.nodes = nodesSpread
-		case nodesPack.String():
-			o.nodes = nodesPack
-		default:
-			return o, fmt.Errorf("%w: option %s = %q; want %s or %s (default %s)",
-				sdk.ErrBadOption, optNodePolicy, v, nodesSpread, nodesPack, nodesSpread)
+	nodes, err := choice(opts, optNodePolicy, nodePolicyNames[:])
+	if err != nil {
+		return o, err
+	}
+	obj, err := choice(opts, optObjective, objectiveNames[:])
+	if err != nil {
+		return o, err
+	}
+	o.nodes, o.objective = nodePolicy(nodes), objective(obj)
+	return o, nil
+}
+
+// choice returns the index of opts[name] among names, 0 (the default) when
+// the option is absent, or an error naming the option and its values.
+func choice(opts map[string]string, name string, names []string) (uint8, error) {
+	v, ok := opts[name]
+	if !ok {
+		return 0, nil
+	}
+	for i, n := range names {
+		if v == n {
+			return uint8(i), nil
 		}
 	}
-	return o, nil
+	return 0, fmt.Errorf("%w: option %s = %q; want %s or %s (default %s)",
+		sdk.ErrBadOption, name, v, strings.Join(names[:len(names)-1], ", "), names[len(names)-1], names[0])
 }

@@ -54,6 +54,11 @@ type planner struct {
 	refine refiner
 	search countSearch
 	saved  savedPlan
+
+	// Planning for step time (costplan.go).
+	step      stepModel
+	stepPlans stepScratch
+	hybrid    hybridScratch
 }
 
 // grow returns s resized to n, reusing its array when it is large enough.
@@ -91,7 +96,7 @@ func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts in
 	if err := p.pack(t); err != nil {
 		return err
 	}
-	if p.searchable() {
+	if !o.noSearch && p.searchable() {
 		p.search.run(p, t)
 	}
 	if r := p.replicable(t); r > 0 {

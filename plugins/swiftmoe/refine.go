@@ -16,9 +16,10 @@ const (
 // refiner is the refinement phase: a local search that swaps replicas
 // between the busiest rank of a range and its lightest ones.
 type refiner struct {
-	keys []uint64 // the range's rank keys, sorted by load
-	tmp  []uint64 // sortKeys scratch
-	cnt  []int32
+	keys   []uint64 // the range's rank keys, sorted by load
+	tmp    []uint64 // sortKeys scratch
+	cnt    []int32
+	wa, wb []float64 // the weights of the two ranks a swap is sought between
 }
 
 // refine improves the packing of ranks [lo, hi) of rk by local search:
@@ -56,6 +57,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 	rf.cnt = grow(rf.cnt, (hi-lo)*sortBuckets+1)
 	sortKeys(keys, rf.tmp, rf.cnt)
 	rf.keys = keys
+	rf.wa, rf.wb = grow(rf.wa, s), grow(rf.wb, s)
 
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
 	for range iters {
@@ -68,6 +70,10 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		bestM := la - tol
 		bi, bb, bj, bk := -1, int32(-1), -1, -1
 		rowA := rk.dst[int(a)*s : int(a+1)*s]
+		wa, wb := rf.wa, rf.wb
+		for i, x := range rowA {
+			wa[i] = wt.w[x]
+		}
 		for ki, key := range keys[:k] {
 			b := rk.rank(key)
 			lb := rk.load[b]
@@ -77,13 +83,16 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 				break
 			}
 			rowB := rk.dst[int(b)*s : int(b+1)*s]
+			for j, y := range rowB {
+				wb[j] = wt.w[y]
+			}
 			for i, x := range rowA {
-				wx := wt.w[x]
-				for j, y := range rowB {
-					wy := wt.w[y]
-					if y == x || wy >= wx {
+				wx := wa[i]
+				for j, wy := range wb {
+					if wy >= wx || rowB[j] == x {
 						continue
 					}
+					y := rowB[j]
 					m := max(la-wx+wy, lb-wy+wx)
 					if m >= bestM {
 						continue

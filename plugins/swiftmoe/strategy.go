@@ -102,10 +102,47 @@ func (s *Strategy) planRange(ctx context.Context, req *sdk.Request, o options, o
 			return fmt.Errorf("planning layer %d: %w", req.Layers[i].Layer, err)
 		}
 		l := &req.Layers[i]
-		if err := p.planLayer(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology, o); err != nil {
+		lc, step, err := layerCostOf(req, l, o)
+		if err != nil {
+			return fmt.Errorf("planning layer %d: %w", l.Layer, err)
+		}
+		if step {
+			err = p.planLayerStep(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology, o, &lc)
+		} else {
+			err = p.planLayer(out[i], l.Predicted, l.Current, l.NumExperts, req.Topology, o)
+		}
+		if err != nil {
 			return fmt.Errorf("planning layer %d: %w", l.Layer, err)
 		}
 	}
+}
+
+// layerCostOf returns what planning layer l for step time needs, and false
+// when it plans for compute alone: objective=compute, one node, or a cost
+// model that cannot weigh traffic against compute (see costModel.usable).
+func layerCostOf(req *sdk.Request, l *sdk.LayerInput, o options) (layerCost, bool, error) {
+	t := req.Topology
+	if o.objective != objectiveStep || hierarchical(t) == 0 {
+		return layerCost{}, false, nil
+	}
+	fpt, err := req.FlopsPerTokenOf(l.Layer)
+	if err != nil {
+		return layerCost{}, false, err
+	}
+	wb, _, err := req.ExpertBytes(l.Layer)
+	if err != nil {
+		return layerCost{}, false, err
+	}
+	c := req.CostModel
+	lc := layerCost{
+		cm: costModel{
+			tokenBytes: c.TokenBytes, expertBytes: float64(wb),
+			flopsPerToken: fpt, flopsPerS: c.FlopsPerSecond,
+			intraBW: t.IntraNodeBandwidth, interBW: t.InterNodeBandwidth,
+			burstSlots: c.BurstSlotsPerRank, burstThreshold: c.BurstThreshold,
+		},
+	}
+	return lc, lc.cm.usable(), nil
 }
 
 // hierarchical returns the ranks per node when node-aware packing applies

@@ -269,6 +269,9 @@ def test_find_plugins_dir(tmp_path, monkeypatch, fake_binary):
         ({"strategy_options": {"x": 1}}, "strategy_options"),
         ({"ranks_per_node": -1}, "ranks_per_node"),
         ({"inter_node_bandwidth": float("nan")}, "inter_node_bandwidth"),
+        ({"token_bytes": -1.0}, "token_bytes"),
+        ({"flops_per_token": float("inf")}, "flops_per_token"),
+        ({"flops_per_second": "fast"}, "flops_per_second"),
     ],
 )
 def test_job_spec_rejects_bad_fields(override, field):
@@ -276,6 +279,15 @@ def test_job_spec_rejects_bad_fields(override, field):
     args.update(override)
     with pytest.raises(ValueError, match=f"JobSpec.{field}"):
         sc.JobSpec(**args)
+
+
+def test_job_spec_sends_its_cost_model_only_when_known():
+    base = dict(world_size=2, slots_per_rank=2, experts_per_layer=[4], expert_param_numel=[8])
+    assert not sc.JobSpec(**base).to_proto().HasField("cost_model")
+    cm = sc.JobSpec(**base, token_bytes=1536, flops_per_second=6e14).to_proto().cost_model
+    assert (cm.token_bytes, list(cm.flops_per_token), cm.flops_per_second) == (1536, [], 6e14)
+    cm = sc.JobSpec(**base, flops_per_token=48.0).to_proto().cost_model
+    assert list(cm.flops_per_token) == [48.0] and cm.token_bytes == 0
 
 
 # ---------------------------------------------------------------------------- client

@@ -16,75 +16,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sim_harness import (
+    LINEAR,
+    REPO,
+    cluster,
+    linear_time,
+    module_sidecar,
+    needs_sidecar,
+    run_sim,
+)
 
 from swiftmoe import cli
 from swiftmoe.sim import calibration, model, trace
 from swiftmoe.sim.calibration import ExpertTime
-from swiftmoe.sim.run import FIELDS, SimConfig, simulate
+from swiftmoe.sim.run import FIELDS
 from swiftmoe.sim.systems import DEFAULT_SYSTEMS, parse_systems
-
-REPO = Path(__file__).resolve().parents[2]
-SIDECAR = REPO / "bin" / "swiftmoe-sidecar"
-needs_sidecar = pytest.mark.skipif(
-    not SIDECAR.is_file(), reason="bin/swiftmoe-sidecar is absent: run `make build`"
-)
-
-LINEAR = {
-    "device": "test (linear)",
-    "shapes": {
-        "lin (d64 f128 gelu)": [
-            {"tokens": 1, "fwd_bwd_ms": 0.001},
-            {"tokens": 1_000_000, "fwd_bwd_ms": 1000.0},
-        ]
-    },
-}
-
-
-def linear_time() -> ExpertTime:
-    return ExpertTime("mem", "test", "lin", np.array([1.0, 1e6]), np.array([0.001, 1000.0]))
-
-
-def cluster(gpus=4, per_node=2, compute_model="per-slot", intra=1e9, inter=0.5e9):
-    return model.Cluster(
-        gpus=gpus,
-        gpus_per_node=per_node,
-        d_model=64,
-        d_ff=128,
-        gated=False,
-        bytes_per_param=2,
-        optimizer_bytes=12,
-        intra_bw=intra,
-        inter_bw=inter,
-        pcie_bw=1e9,
-        offload=False,
-        compute_model=compute_model,
-    )
 
 
 @pytest.fixture(scope="module")
 def sidecar_address():
-    if not SIDECAR.is_file():
-        pytest.skip("bin/swiftmoe-sidecar is absent: run `make build`")
-    from swiftmoe.planning.process import ManagedSidecar
-
-    sc = ManagedSidecar(
-        binary=SIDECAR, extra_args=("--plugin-timeout", "30s"), start_timeout_s=30.0
-    )
-    try:
-        yield sc.address
-    finally:
-        sc.close()
-
-
-def run_sim(address, loads_ILE, systems, slots, static_slots, **kw):
-    cfg = SimConfig(cluster=kw.pop("cluster", cluster()), slots=slots, static_slots=static_slots)
-    return simulate(
-        np.asarray(loads_ILE),
-        cfg,
-        linear_time(),
-        parse_systems(systems, kw.pop("flex", None)),
-        address=address,
-    )
+    with module_sidecar() as address:
+        yield address
 
 
 # ---------------------------------------------------------------- pure parts
@@ -298,7 +250,11 @@ def test_synthetic_top2_matches_sampling_without_replacement():
 
 def test_parse_systems():
     names = [s.name for s in parse_systems(DEFAULT_SYSTEMS)]
-    assert names[:2] == ["bound", "swiftmoe"] and "static-cf2.0" in names
+    assert names[:4] == ["bound", "swiftmoe", "swiftmoe-burst", "static-nopad"]
+    assert "static-cf2.0" in names
+    sw, burst = parse_systems("swiftmoe,swiftmoe-burst", swiftmoe_options={"objective": "compute"})
+    assert sw.job_key != burst.job_key and burst.burst and not sw.burst  # burst has its own job
+    assert sw.options == {"objective": "compute"}
     flex = parse_systems("flexmoe-7", {"threshold": "1.1"})[0]
     assert flex.options == {"interval": "7", "threshold": "1.1"}
     for bad, msg in (("nope", "unknown system"), ("swiftmoe,swiftmoe", "twice"), ("", "at least")):
@@ -391,7 +347,7 @@ UNIFORM_XFER = 2 * max(1 * 16384 / 1e9, 2 * 16384 / 0.5e9) * 1e3  # per peer 2*3
 @needs_sidecar
 def test_uniform_trace_every_system_equals_the_bound(sidecar_address):
     loads = np.full((6, 1, 8), 1000)
-    res = run_sim(sidecar_address, loads, DEFAULT_SYSTEMS + ",static-nopad", 2, 2)
+    res = run_sim(sidecar_address, loads, DEFAULT_SYSTEMS, 2, 2)
     b = res.per_iteration["bound"]
     assert np.allclose(b["compute_ms"], UNIFORM_COMPUTE)
     assert np.allclose(b["a2a_ms"], UNIFORM_A2A)

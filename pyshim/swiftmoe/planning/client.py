@@ -18,6 +18,7 @@ is the expert held by slot k = r*S + s of layer l.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,15 @@ class JobSpec:
     ``strategy_sha256`` is the plugin digest the job first saw (a sidecar without SHA256SUMS
     refuses another binary for it); ``history`` the load history to resume from (the form
     ``SidecarClient.export_job`` returns).
+
+    The step-time cost model's inputs (RegisterJobRequest.cost_model): ``token_bytes`` (one
+    token's activation row in the all-to-all, d_model x bytes per element), ``flops_per_token``
+    (forward+backward FLOPs of one token through one expert; 0: the sidecar takes 6 x
+    expert_param_numel) and ``flops_per_second`` (one rank's expert GEMM throughput). 0 means
+    unknown; with token_bytes and flops_per_second known, strategies such as swiftmoe plan for
+    step time (compute plus all-to-all) across nodes, else for compute alone. With the engine's
+    burst replicas on, ``burst_slots_per_rank`` and ``burst_threshold`` tell the strategy (it
+    may leave imbalance within a node to them).
     """
 
     world_size: int
@@ -83,6 +93,11 @@ class JobSpec:
     current_slots: Sequence[Sequence[int]] | None = None
     strategy_sha256: str = ""
     history: Mapping[str, Any] | None = None
+    token_bytes: float = 0.0
+    flops_per_token: float = 0.0
+    flops_per_second: float = 0.0
+    burst_slots_per_rank: int = 0
+    burst_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         w = self.world_size
@@ -91,6 +106,7 @@ class JobSpec:
         for name in (
             "slots_per_rank",
             "ranks_per_node",
+            "burst_slots_per_rank",
             "bytes_per_param",
             "optimizer_bytes_per_param",
         ):
@@ -121,6 +137,15 @@ class JobSpec:
             v = getattr(self, name)
             if not is_number(v) or not v >= 0:
                 raise ValueError(f"JobSpec.{name} is {v!r}: pass bytes/s >= 0 (0 = unknown)")
+        for name, what in (
+            ("token_bytes", "bytes of one token's activation row"),
+            ("flops_per_token", "forward+backward FLOPs of one token through one expert"),
+            ("flops_per_second", "one rank's expert GEMM FLOP/s"),
+            ("burst_threshold", "busiest rank over the mean above which bursts are made"),
+        ):
+            v = getattr(self, name)
+            if not is_number(v) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"JobSpec.{name} is {v!r}: pass the {what}, >= 0 (0 = unknown)")
         cur = self.current_slots
         if self.slots_per_rank == 0 and cur is not None:
             raise ValueError(
@@ -171,6 +196,26 @@ class JobSpec:
             history=None
             if self.history is None
             else history_to_proto(self.history, self.experts_per_layer),
+            cost_model=self._cost_model_proto(),
+        )
+
+    def _cost_model_proto(self) -> pb.CostModel | None:
+        """The cost model on the wire; None when every input is unknown (as before there was
+        one: the sidecar then fills nothing in)."""
+        if not (
+            self.token_bytes
+            or self.flops_per_token
+            or self.flops_per_second
+            or self.burst_slots_per_rank
+            or self.burst_threshold
+        ):
+            return None
+        return pb.CostModel(
+            token_bytes=float(self.token_bytes),
+            flops_per_token=[float(self.flops_per_token)] if self.flops_per_token else [],
+            flops_per_second=float(self.flops_per_second),
+            burst_slots_per_rank=self.burst_slots_per_rank,
+            burst_threshold=float(self.burst_threshold),
         )
 
 

@@ -58,6 +58,17 @@ class ExpertTime:
             return False
         return any(w in d for w in ("nvidia", "cuda", "gpu", "h100", "h200", "a100", "rocm"))
 
+    def flops_per_s(self, flops_per_token: float, tokens: float) -> float:
+        """The table's marginal throughput around ``tokens`` (FLOP/s): flops_per_token over the
+        extra time per token between tokens/2 and 2*tokens. What the cost model's
+        flops_per_s means for the strategy and the burst decision: the compute that moving a
+        token off a busy rank saves (the table's fixed per-call time does not move)."""
+        n = max(float(tokens), 2.0)
+        dt_ms = float(self(2.0 * n) - self(0.5 * n))
+        if not dt_ms > 0:
+            return 0.0
+        return flops_per_token * 1.5 * n / (dt_ms * 1e-3)
+
     def __call__(self, tokens) -> np.ndarray:
         x = np.asarray(tokens, dtype=np.float64)
         t, y = self.tokens_P, self.ms_P

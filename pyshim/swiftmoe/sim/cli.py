@@ -14,16 +14,26 @@ from typing import Any
 __all__ = ["Progress", "add_parser", "run"]
 
 DESCRIPTION = """\
-Replays a routing trace (JSON Lines of DESIGN.md) on a simulated cluster and compares systems:
-SwiftMoE (the real swiftmoe strategy plugin through a real sidecar, last-iteration prediction),
-FlexMoE at rebalance intervals (the flexmoe plugin, migration cost included), static expert
-parallelism dropless (padded to the largest expert) and with capacity factors (tokens dropped),
-and the perfect-balance bound. Tokens are split across replicas by swiftmoe.engine.split,
-the engine's split, on per-source counts spread evenly from the trace's global counts.
+Replays a routing trace (JSON Lines of DESIGN.md, or a synthetic workload) on a simulated cluster
+and compares systems: SwiftMoE (the real swiftmoe strategy plugin through a real sidecar, given
+the cluster's link bandwidths and cost model, so it plans for step time), SwiftMoE with the
+engine's burst replicas (swiftmoe-burst), static expert parallelism dropless without padding
+(static-nopad: what Megatron-Core and torchtitan run, the headline baseline), dropless padded to
+the largest expert and with capacity factors (tokens dropped), FlexMoE at rebalance intervals
+(the flexmoe plugin, migration cost included), and the perfect-balance bound. Tokens are split
+across replicas by swiftmoe.engine.split, the engine's split, on per-source counts spread evenly
+from the trace's global counts.
 
 Step time per iteration = expert compute (slowest rank, from a calibration table) + token
 all-to-all (4 exchanges per layer) + gradient and weight transfers (charged to every system
-alike) + migration (FlexMoE) + --other-ms. The model is documented in swiftmoe/sim/model.py.
+alike) + migration (FlexMoE) + burst copies (swiftmoe-burst) + --other-ms. The model is
+documented in swiftmoe/sim/model.py.
+
+Synthetic workloads (--synthetic-experts E --workload NAME): zipf (drifting Zipf skew, the
+default), fixed-hot (a few experts take about --hot-share of the selections), moving-hot (the
+same, a new hot set every --shift-every iterations, default 3), burst (--burst-every - 1 ordinary
+iterations, then one with a sharp new hot set), half-idle (half the experts get no tokens),
+uniform (the control).
 """
 
 EPILOG = """\
@@ -31,12 +41,19 @@ examples:
   swiftmoe sim --trace testdata/traces/cheaders-e8-top2-aux0.jsonl --gpus 16 --slots 4 \\
       --tokens-per-iter 65536 --shape gpt-small
   swiftmoe sim --synthetic-experts 256 --gpus 1024 --slots 4 --iterations 1000 --json
+  swiftmoe sim --synthetic-experts 64 --top-k 8 --workload moving-hot --gpus 16 --slots 6 \\
+      --iterations 60
 """
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from swiftmoe.sim.systems import DEFAULT_SYSTEMS
     from swiftmoe.sim.trace import add_skew_arguments
+    from swiftmoe.sim.workloads import (
+        DEFAULT_BURST_EVERY,
+        DEFAULT_HOT_SHARE,
+        WORKLOADS,
+    )
 
     p = sub.add_parser(
         "sim",
@@ -58,8 +75,34 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
     g.add_argument("--synthetic-experts", type=int, default=0, help="draw a synthetic trace")
     g.add_argument("--synthetic-layers", type=int, default=1, help="synthetic MoE layers")
+    g.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default="zipf",
+        help="synthetic workload class (default zipf; see above)",
+    )
     add_skew_arguments(g, zipf=1.0, shift_every=0, what="synthetic")
-    g.add_argument("--drift", type=int, default=1, help="synthetic adjacent swaps per iteration")
+    g.add_argument("--drift", type=int, default=1, help="zipf: adjacent swaps per iteration")
+    g.add_argument(
+        "--hot-experts",
+        type=int,
+        default=0,
+        help="fixed-hot, moving-hot, burst: experts in the hot set (0: the fewest that can take "
+        "--hot-share, 5 for top-8 and 2 for top-2 at 0.5)",
+    )
+    g.add_argument(
+        "--hot-share",
+        type=float,
+        default=DEFAULT_HOT_SHARE,
+        help=f"fixed-hot, moving-hot, burst: share of the selections the hot set takes "
+        f"(default {DEFAULT_HOT_SHARE:g})",
+    )
+    g.add_argument(
+        "--burst-every",
+        type=int,
+        default=DEFAULT_BURST_EVERY,
+        help=f"burst: one burst iteration every N (default {DEFAULT_BURST_EVERY})",
+    )
     g.add_argument("--seed", type=int, default=0, help="synthetic trace seed")
     g.add_argument("--write-trace", type=Path, help="also write the (scaled) trace here")
     c = p.add_argument_group("cluster")
@@ -94,6 +137,27 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     s = p.add_argument_group("systems and output")
     s.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma list ({DEFAULT_SYSTEMS})")
+    s.add_argument(
+        "--swiftmoe-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="swiftmoe (and swiftmoe-burst) strategy option, repeatable, e.g. objective=compute "
+        "or predictor=ewma",
+    )
+    s.add_argument(
+        "--burst-slots",
+        type=int,
+        default=1,
+        help="swiftmoe-burst: burst slots per GPU (default 1, the engine's)",
+    )
+    s.add_argument(
+        "--burst-threshold",
+        type=float,
+        default=1.1,
+        help="swiftmoe-burst: busiest rank over the mean above which bursts are considered "
+        "(default 1.1, the engine's)",
+    )
     s.add_argument("--flexmoe-threshold", type=float, help="flexmoe threshold option")
     s.add_argument("--flexmoe-max-moves", type=int, help="flexmoe max_moves option")
     fmt = s.add_mutually_exclusive_group()
@@ -155,12 +219,17 @@ def _check_writable(flag: str, path: Path | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from swiftmoe.planning.client import SidecarError
-    from swiftmoe.sim import calibration, model, report, systems, trace
-    from swiftmoe.sim.run import SimConfig, simulate
+    from swiftmoe.sim import calibration, model, report, systems, trace, workloads
+    from swiftmoe.sim.run import FLOPS_PER_PARAM, SimConfig, simulate
 
     try:
         if (args.trace is None) == (args.synthetic_experts == 0):
             raise ValueError("pass exactly one of --trace FILE and --synthetic-experts E")
+        if args.trace is not None and args.workload != "zipf":
+            raise ValueError(
+                f"--workload {args.workload} draws a synthetic trace: pass --synthetic-experts E "
+                "instead of --trace"
+            )
         for name in ("iterations", "tokens_per_iter"):
             v = getattr(args, name)
             if v < 0:
@@ -177,22 +246,40 @@ def run(args: argparse.Namespace) -> int:
                 loads = trace.scale_loads(loads, args.tokens_per_iter * args.top_k)
         else:  # drawn while the replay runs (trace.StreamedTrace), started just before it
             n_it = args.iterations or 1000
-            rows = trace.synthetic_iterations(
+            shift = args.shift_every
+            if args.workload == "moving-hot" and not shift:
+                shift = workloads.DEFAULT_SHIFT_EVERY
+            hot = args.hot_experts or workloads.default_hot_experts(args.top_k, args.hot_share)
+            rows = workloads.workload_iterations(
+                args.workload,
                 args.synthetic_experts,
                 args.synthetic_layers,
                 n_it,
                 args.tokens_per_iter or 4096 * args.gpus,
                 args.top_k,
+                seed=args.seed,
+                hot_experts=hot,
+                hot_share=args.hot_share,
+                shift_every=shift,
+                burst_every=args.burst_every,
                 zipf=args.zipf,
                 drift=args.drift,
-                shift_every=args.shift_every,
-                seed=args.seed,
             )
             loads = None
+            what = workloads.describe(
+                args.workload,
+                args.synthetic_experts,
+                args.top_k,
+                hot,
+                args.hot_share,
+                shift,
+                args.burst_every,
+                args.zipf,
+                args.drift,
+            )
             source = (
-                f"synthetic: {args.synthetic_experts} experts, {args.synthetic_layers} layer(s), "
-                f"Zipf {args.zipf:g}, {args.drift} swap(s)/iteration, new hot set every "
-                f"{args.shift_every or 'never'}, seed {args.seed}"
+                f"synthetic {args.workload}: {args.synthetic_experts} experts, "
+                f"{args.synthetic_layers} layer(s), {what}, seed {args.seed}"
             )
         et = calibration.load_table(
             args.calibration, args.shape, args.d_model, args.d_ff, args.gated
@@ -219,12 +306,29 @@ def run(args: argparse.Namespace) -> int:
             flex["threshold"] = repr(float(args.flexmoe_threshold))
         if args.flexmoe_max_moves is not None:
             flex["max_moves"] = str(args.flexmoe_max_moves)
-        specs = systems.parse_systems(args.systems, flex)
+        swift: dict[str, str] = {}
+        for kv in args.swiftmoe_option:
+            k, sep, v = kv.partition("=")
+            if not sep or not k:
+                raise ValueError(
+                    f"--swiftmoe-option {kv!r}: pass KEY=VALUE, e.g. --swiftmoe-option "
+                    "objective=compute"
+                )
+            swift[k] = v
+        specs = systems.parse_systems(args.systems, flex, swift)
+        if loads is not None:
+            mean_rank = float(loads.sum()) / (loads.shape[0] * loads.shape[1] * args.gpus)
+        else:
+            mean_rank = (args.tokens_per_iter or 4096 * args.gpus) * args.top_k / args.gpus
+        flops_per_token = FLOPS_PER_PARAM * cluster.expert_numel
         cfg = SimConfig(
             cluster=cluster,
             slots=args.slots,
             static_slots=args.static_slots or args.slots,
             other_ms=args.other_ms,
+            flops_per_s=et.flops_per_s(flops_per_token, mean_rank),
+            burst_slots=args.burst_slots,
+            burst_threshold=args.burst_threshold,
             plugin_timeout_s=args.plugin_timeout,
         )
         streamed = None

@@ -37,6 +37,7 @@ from swiftmoe.sim.traffic import SplitTraffic
 
 __all__ = [
     "Cluster",
+    "bound_layer",
     "a2a_cols_ms",
     "a2a_ms",
     "capacity_layer",
@@ -155,6 +156,25 @@ def _cols_tiers(c: Cluster, w: np.ndarray):
 def a2a_cols_ms(c: Cluster, w_R: np.ndarray) -> float:
     """a2a_ms of F_QR = w_R for every source q (every source sends w_r tokens to rank r)."""
     return _a2a_from_tiers(c, *_cols_tiers(c, np.asarray(w_R, dtype=np.float64)))
+
+
+def bound_layer(
+    c: Cluster, et: ExpertTime, total: int, S: int, static_a2a_ms: float = np.inf
+) -> LayerCost:
+    """The perfect-balance bound of a layer of ``total`` routed tokens on S slots per rank:
+    every rank computes total/N tokens (spread evenly over its slots); the all-to-all is the
+    lower of an even one (every source sends an equal share of its tokens to every rank) and
+    ``static_a2a_ms`` (the static layout's under uniform routing, which keeps every token in its
+    node when each node holds every expert); the transfers of S slots."""
+    N = c.gpus
+    mean = total / N
+    return LayerCost(
+        compute_ms=compute_ms(et, np.full((N, S), mean / S), c.compute_model),
+        a2a_ms=min(a2a_cols_ms(c, np.full(N, mean / N)), static_a2a_ms),
+        transfer_ms=transfer_ms(c, S),
+        dropped=0,
+        load_R=np.full(N, mean),
+    )
 
 
 def transfer_ms(c: Cluster, slots_per_rank: int) -> float:

@@ -4,7 +4,10 @@ One sidecar (``swiftmoe-sidecar serve``, the one a training job uses) serves eve
 registered job per placement sequence (``swiftmoe``, each ``flexmoe-N``, and one ``static`` job
 shared by the static systems). Iteration t runs under plan P_t (P_0 = the registration's
 initial static placement); afterwards t's loads are reported and the answer is P_{t+1}
-(last-iteration prediction, the sidecar's default predictor). Each job's ReportLoads chain runs
+(the sidecar's default predictor, or the job's ``predictor`` option). Every job registers with
+the simulated cluster's link bandwidths and cost model (token bytes, 6 x the expert's parameters
+FLOPs per token, the calibration table's throughput at the mean rank load), so the swiftmoe
+strategy plans for step time as it would on that cluster. Each job's ReportLoads chain runs
 ahead in its own thread (:mod:`swiftmoe.sim.plans`), overlapping the token splits. Systems placed
 by a plan route their tokens with the engine's split, summed per rank by
 ``swiftmoe.sim.traffic.split_traffic`` (what the cost model needs of the split's flow), on the per-source
@@ -13,7 +16,12 @@ counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
 the engine systems its cost); only a placement that a padded system (static-dropless, static-cfX)
 runs on is split ``weighted``, since padding rescales who sends what. timing_s: split_s and cost_s
 on the main thread, sidecar_s the time it waited for plans, sidecar_rpc_s the ReportLoads time in
-the background threads.
+the background threads. ``swiftmoe-burst`` runs on ``swiftmoe``'s placement: per layer the
+engine's own burst decision (:func:`swiftmoe.engine.burst.plan_bursts`) is made from the
+iteration's counts and the placement's split, and when it makes bursts the layer is split again
+over the enlarged placement and charged the copies' time (``copy_ms``). The ``bound`` is
+perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an even one and
+the static layout's under uniform routing (the engine's split on uniform counts).
 
 Shape legend: I iterations (n_it), L layers, E experts, N ranks, S slots per rank, K = N*S slots,
 Q = N source ranks.
@@ -29,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from swiftmoe._checks import is_int
+from swiftmoe.engine import costmodel
+from swiftmoe.engine.burst import pad_counts, plan_bursts
 from swiftmoe.engine.split import PlanIndexCache
 from swiftmoe.planning.client import JobSpec, SidecarClient
 from swiftmoe.planning.job import SidecarJob
@@ -48,9 +58,12 @@ FIELDS = (
     "a2a_ms",
     "transfer_ms",
     "migration_ms",
+    "copy_ms",
+    "bursts",
     "dropped",
     "max_over_mean",
 )
+FLOPS_PER_PARAM = 6  # forward+backward FLOPs of one token per expert parameter
 STRATEGY_SOURCE = "PLAN_SOURCE_STRATEGY"
 
 
@@ -60,6 +73,12 @@ class SimConfig:
     slots: int  # SwiftMoE's and FlexMoE's slots per GPU
     static_slots: int  # the static systems' and the bound's slots per GPU
     other_ms: float = 0.0  # per-iteration time outside the MoE layers, added to every system
+    flops_per_s: float = 0.0  # one GPU's expert throughput for the cost model (0: unknown)
+    # swiftmoe-burst: burst slots per GPU, and the busiest rank over the mean above which bursts
+    # are considered (the engine's defaults, SwiftMoEConfig.burst_slots_per_rank and
+    # burst_threshold)
+    burst_slots: int = 1
+    burst_threshold: float = 1.1
     plugin_timeout_s: float = 30.0
     rpc_timeout_s: float = 60.0
     start_timeout_s: float = 30.0
@@ -71,6 +90,29 @@ class SimConfig:
                 raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
         if not (self.other_ms >= 0 and np.isfinite(self.other_ms)):
             raise ValueError(f"--other-ms is {self.other_ms!r}: pass milliseconds >= 0")
+        if not (self.flops_per_s >= 0 and np.isfinite(self.flops_per_s)):
+            raise ValueError(f"flops_per_s is {self.flops_per_s!r}: pass FLOP/s >= 0 (0: unknown)")
+        if not is_int(self.burst_slots, 0):
+            raise ValueError(f"--burst-slots is {self.burst_slots!r}: pass an integer >= 0")
+        if not (self.burst_threshold >= 1.0 and np.isfinite(self.burst_threshold)):
+            raise ValueError(
+                f"--burst-threshold is {self.burst_threshold!r}: pass a number >= 1.0 (busiest "
+                "rank over the mean)"
+            )
+
+    def cost_params(self) -> costmodel.CostParams:
+        """The simulated cluster's step-time cost model (swiftmoe.engine.costmodel)."""
+        c = self.cluster
+        return costmodel.CostParams(
+            ranks=c.gpus,
+            ranks_per_node=c.ranks_per_node,
+            token_bytes=float(c.token_bytes),
+            expert_bytes=float(c.expert_numel * c.bytes_per_param),
+            flops_per_token=float(FLOPS_PER_PARAM * c.expert_numel),
+            flops_per_s=self.flops_per_s,
+            intra_bw=float(c.intra_bw),
+            inter_bw=float(c.inter_bw) if c.ranks_per_node else 0.0,
+        )
         if not self.plugin_timeout_s > 0:
             raise ValueError(f"--plugin-timeout is {self.plugin_timeout_s}: pass seconds > 0")
 
@@ -81,6 +123,7 @@ class JobState:
     strategy: str
     options: dict[str, str]
     S: int
+    burst: bool = False  # the job's systems make burst replicas
     job_id: str = ""
     slots_LK: list[np.ndarray] = field(default_factory=list)
     pending_migrated: int = 0
@@ -130,6 +173,10 @@ def _job_spec(cfg: SimConfig, job: JobState, L: int, E: int) -> JobSpec:
         optimizer_bytes_per_param=c.optimizer_bytes,
         intra_node_bandwidth=float(c.intra_bw),
         inter_node_bandwidth=float(c.inter_bw),
+        token_bytes=float(c.token_bytes),
+        flops_per_second=cfg.flops_per_s,
+        burst_slots_per_rank=cfg.burst_slots if job.burst else 0,
+        burst_threshold=cfg.burst_threshold if job.burst else 0.0,
     )
 
 
@@ -146,6 +193,42 @@ def _apply(job: JobState, fp: FetchedPlan, it: int) -> None:
     job.slots_LK = fp.slots_LK
     job.pending_migrated = fp.migrated_bytes
     job.migrated_bytes += fp.migrated_bytes
+
+
+def _burst_layer(
+    cfg: SimConfig,
+    et: ExpertTime,
+    params: costmodel.CostParams,
+    counts_QE: np.ndarray,
+    slots_K: np.ndarray,
+    S: int,
+    flow: model.Flow,
+    planned: model.LayerCost,
+) -> tuple[model.LayerCost, float, int]:
+    """A layer with the engine's burst replicas on ``slots_K`` (split ``flow``, cost ``planned``):
+    (its cost, the copies' ms, the bursts made). With none made, the planned cost."""
+    c = cfg.cluster
+    bp = plan_bursts(
+        counts_QE,
+        slots_K,
+        S,
+        cfg.burst_slots,
+        c.ranks_per_node,
+        params,
+        cfg.burst_threshold,
+        load_R=flow.x_RS.sum(axis=1).astype(np.int64),
+    )
+    if bp.count == 0:
+        return planned, 0.0, 0
+    Sx = bp.slots_per_rank
+    split = split_traffic(
+        pad_counts(counts_QE), bp.slots_K, Sx, ranks_per_node=c.ranks_per_node, weighted=False
+    )
+    cost = model.flow_layer(c, et, model.flow_of(c, Sx, split), Sx)
+    # Burst slots hold copies for this layer only: the planned slots' transfers stay, the
+    # copies and their gradients' return are copy_ms.
+    cost.transfer_ms = planned.transfer_ms
+    return cost, bp.copy_ms, bp.count
 
 
 def simulate(
@@ -176,13 +259,18 @@ def simulate(
     for s in systems:
         if s.job_key not in jobs:
             jobs[s.job_key] = JobState(
-                s.job_key, s.strategy, dict(s.options), cfg.static_slots if s.static else cfg.slots
+                s.job_key,
+                s.strategy,
+                dict(s.options),
+                cfg.static_slots if s.static else cfg.slots,
+                burst=s.burst and cfg.burst_slots > 0,
             )
     per = {s.name: {f: np.zeros(n_it) for f in FIELDS} for s in systems}
     bound_costs: dict[tuple, model.LayerCost] = {}
     planned = [s for s in systems if s.kind != BOUND]
     reps = {s.name: np.zeros((n_it, L, E), dtype=np.int64) for s in planned}
-    timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0}
+    timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0, "burst_s": 0.0}
+    params = cfg.cost_params()
     indexes = PlanIndexCache()  # the placements in force, indexed once for every split
     if wait is not None:
         timing["trace_s"] = 0.0
@@ -247,11 +335,10 @@ def simulate(
                     S, slots_K, pk = job.S, job.slots_LK[li], pk_J[s.job_key]
                     tc = time.perf_counter()
                     if s.kind == BOUND:
-                        # Uniform routing of the same total: the cost depends on the placement
-                        # and the total alone.
-                        key = (total, E, *pk)
+                        key = (total, E, *pk)  # depends on the total and the static layout
                         cost = bound_costs.get(key)
                         if cost is None:
+                            # The static layout's all-to-all under uniform routing.
                             ts = time.perf_counter()
                             split = split_traffic(
                                 source_counts(uniform_loads(total, E), N),
@@ -262,7 +349,8 @@ def simulate(
                             )
                             timing["split_s"] += time.perf_counter() - ts
                             tc += time.perf_counter() - ts
-                            cost = model.flow_layer(c, et, model.flow_of(c, S, split), S)
+                            static = model.flow_layer(c, et, model.flow_of(c, S, split), S)
+                            cost = model.bound_layer(c, et, total, S, static.a2a_ms)
                             if len(bound_costs) > 64:
                                 bound_costs.clear()
                             bound_costs[key] = cost
@@ -295,6 +383,14 @@ def simulate(
                             if cost is None:  # systems on one placement share the cost too
                                 cost = model.flow_layer(c, et, flow, S)
                                 engine_costs[pk] = cost
+                            if s.burst and cfg.burst_slots:
+                                ts = time.perf_counter()
+                                cost, copy_ms, made = _burst_layer(
+                                    cfg, et, params, counts_QE, slots_K, S, flow, cost
+                                )
+                                timing["burst_s"] += time.perf_counter() - ts
+                                per[s.name]["copy_ms"][it] += copy_ms
+                                per[s.name]["bursts"][it] += made
                     timing["cost_s"] += time.perf_counter() - tc
                     row = per[s.name]
                     row["compute_ms"][it] += cost.compute_ms
@@ -321,6 +417,7 @@ def simulate(
             + row["a2a_ms"]
             + row["transfer_ms"]
             + row["migration_ms"]
+            + row["copy_ms"]
             + cfg.other_ms
         )
     timing["total_s"] = time.perf_counter() - t_start

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	pb "github.com/swiftmoe/swiftmoe/bridge/gen/swiftmoe/v1"
@@ -22,6 +23,11 @@ type planFlags struct {
 	options                     keyValues
 	asJSON                      bool
 	pluginTimeout               time.Duration
+	// The cost model (0: unknown): link bandwidths in GB/s, and what
+	// RegisterJobRequest.cost_model carries.
+	intraBW, interBW                       float64
+	tokenBytes, flopsPerToken, flopsPerSec float64
+	expertParams                           uint64
 }
 
 func runPlan(args []string, stdout, stderr io.Writer) error {
@@ -42,6 +48,12 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.pluginsDir, "plugins-dir", "", "`DIR` of the plugin binaries (default: the sidecar executable's directory)")
 	fs.BoolVar(&f.asJSON, "json", false, "print the plan JSON instead of a table")
 	fs.DurationVar(&f.pluginTimeout, "plugin-timeout", 10*time.Second, "deadline of the strategy call")
+	fs.Float64Var(&f.intraBW, "intra-bw", 0, "GB/s between two ranks of one node (0: unknown)")
+	fs.Float64Var(&f.interBW, "inter-bw", 0, "GB/s between ranks of two nodes (0: unknown)")
+	fs.Uint64Var(&f.expertParams, "expert-params", 1, "parameters of one expert (its weight bytes at 2 bytes each; flops per token default to 6x)")
+	fs.Float64Var(&f.tokenBytes, "token-bytes", 0, "bytes of one token's activation row, d_model x bytes per element (0: unknown)")
+	fs.Float64Var(&f.flopsPerToken, "flops-per-token", 0, "forward+backward FLOPs of one token through one expert (0: 6 x --expert-params)")
+	fs.Float64Var(&f.flopsPerSec, "flops-per-second", 0, "one rank's expert GEMM throughput, FLOP/s (0: unknown); with --token-bytes and --inter-bw, strategies plan for step time")
 	if err := fs.parse(args); err != nil {
 		return done(err)
 	}
@@ -60,6 +72,10 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
 		return fs.fail("--iteration %d is negative; give an iteration of the trace, or leave it out for the last line", f.iteration)
 	case f.pluginTimeout <= 0:
 		return fs.fail("--plugin-timeout %v must be positive", f.pluginTimeout)
+	case !finiteAtLeast0(f.intraBW, f.interBW, f.tokenBytes, f.flopsPerToken, f.flopsPerSec):
+		return fs.fail("--intra-bw, --inter-bw, --token-bytes, --flops-per-token and --flops-per-second must be finite numbers >= 0 (0: unknown)")
+	case f.expertParams < 1 || f.expertParams > planner.MaxParamNumel:
+		return fs.fail("--expert-params %d is out of range; give one expert's parameter count, 1..%d", f.expertParams, uint64(planner.MaxParamNumel))
 	case f.worldSize*f.slots > planner.MaxTotalSlots:
 		return fs.fail("--world-size %d x --slots %d = %d slots per layer exceed the limit of %d; give fewer ranks or slots", f.worldSize, f.slots, f.worldSize*f.slots, planner.MaxTotalSlots)
 	}
@@ -77,6 +93,16 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
 		return enc.Encode(planToJSON(plan))
 	}
 	return writePlanTable(stdout, plan, f.loads, rec)
+}
+
+// finiteAtLeast0 reports whether every value is a finite number >= 0.
+func finiteAtLeast0(vs ...float64) bool {
+	for _, v := range vs {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // planLimits bounds a trace record by the job the flags describe: a layer
@@ -121,14 +147,25 @@ func planOffline(f planFlags, rec traceRecord) (*pb.Plan, error) {
 		experts[l] = uint32(len(row))
 		layers[l] = &pb.LayerLoads{Tokens: row}
 	}
+	var cost *pb.CostModel
+	if f.tokenBytes > 0 || f.flopsPerToken > 0 || f.flopsPerSec > 0 {
+		cost = &pb.CostModel{TokenBytes: f.tokenBytes, FlopsPerSecond: f.flopsPerSec}
+		if f.flopsPerToken > 0 {
+			cost.FlopsPerToken = []float64{f.flopsPerToken}
+		}
+	}
 	reg, err := svc.RegisterJob(ctx, &pb.RegisterJobRequest{
-		JobId:            "offline",
-		Topology:         &pb.Topology{WorldSize: uint32(f.worldSize), RanksPerNode: uint32(f.rpn), SlotsPerRank: uint32(f.slots)},
+		JobId: "offline",
+		Topology: &pb.Topology{
+			WorldSize: uint32(f.worldSize), RanksPerNode: uint32(f.rpn), SlotsPerRank: uint32(f.slots),
+			IntraNodeBandwidth: f.intraBW * 1e9, InterNodeBandwidth: f.interBW * 1e9,
+		},
 		ExpertsPerLayer:  experts,
-		ExpertParamNumel: []uint64{1},
-		BytesPerParam:    4,
+		ExpertParamNumel: []uint64{f.expertParams},
+		BytesPerParam:    2,
 		Strategy:         f.strategy,
 		StrategyOptions:  f.options,
+		CostModel:        cost,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("the flags and %s line %d do not describe a valid job: %w", f.loads, rec.Line, err)

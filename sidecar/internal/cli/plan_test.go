@@ -160,6 +160,57 @@ func TestPlanErrors(t *testing.T) {
 	}
 }
 
+// TestPlanWithCostModel: with the cost model's flags the swiftmoe strategy
+// plans for step time, here keeping every one of the trace's 8 experts in
+// both nodes (the static-like replicated layout, no token crossing the slow
+// link); bad values are usage errors naming the flags.
+func TestPlanWithCostModel(t *testing.T) {
+	args := []string{"plan", "--strategy", "swiftmoe", "--loads", trace, "--plugins-dir", binDir, "--json",
+		"--world-size", "16", "--slots", "4", "--ranks-per-node", "8", "--iteration", "100"}
+	cost := []string{"--inter-bw", "12.5", "--intra-bw", "300", "--token-bytes", "1536",
+		"--expert-params", "4718592", "--flops-per-second", "6.5e14"}
+	inBoth := func(out string) int {
+		var p struct {
+			Layers []struct {
+				Slots []int `json:"slots"`
+			} `json:"layers"`
+		}
+		if err := json.Unmarshal([]byte(out), &p); err != nil {
+			t.Fatal(err)
+		}
+		topo := sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 8}
+		worst := 8
+		for l, lp := range p.Layers {
+			if err := sdk.ValidateSlots(lp.Slots, 8, topo); err != nil {
+				t.Fatalf("layer %d: %v", l, err)
+			}
+			seen := [2][8]bool{}
+			for k, e := range lp.Slots {
+				seen[topo.NodeOf(k/4)][e] = true
+			}
+			n := 0
+			for e := range 8 {
+				if seen[0][e] && seen[1][e] {
+					n++
+				}
+			}
+			worst = min(worst, n)
+		}
+		return worst
+	}
+	out, stderr, err := run(append(args, cost...)...)
+	if err != nil {
+		t.Fatalf("plan: %v\n%s", err, stderr)
+	}
+	if got := inBoth(out); got != 8 {
+		t.Errorf("with the cost model: %d of 8 experts in both nodes in some layer, want all", got)
+	}
+	_, _, err = run(append(args, "--inter-bw", "-1")...)
+	if err == nil || ExitCode(err) != 2 || !strings.Contains(err.Error(), "--inter-bw") {
+		t.Errorf("negative bandwidth: got %v (exit %d), want a usage error naming --inter-bw", err, ExitCode(err))
+	}
+}
+
 func TestStrategiesCommand(t *testing.T) {
 	out, _, err := run("strategies", "--plugins-dir", binDir, "--json")
 	if err != nil {

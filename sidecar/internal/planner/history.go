@@ -75,6 +75,10 @@ func (h *history) predictInto(out []float64, cfg predictorConfig) {
 		clear(out)
 	case cfg.kind == PredictEWMA:
 		copy(out, h.ewma)
+	case cfg.kind == PredictMax:
+		h.windowMax(out, cfg.window)
+	case cfg.kind == PredictHedge:
+		h.hedge(out, cfg.window, cfg.sigmas)
 	default:
 		for e, x := range h.last() {
 			out[e] = float64(x)
@@ -189,5 +193,41 @@ func validateHistory(jh *pb.JobHistory, experts []uint32, p *problems) {
 		case len(reports) > 0 && len(seen) != len(historySeries):
 			p.addf("history.layers[%d].series: has %d of the series %s; send ExportJob's history", l, len(seen), strings.Join(historySeries, ", "))
 		}
+	}
+}
+
+// recent returns the i-th latest report (0: the latest), i < h.count.
+func (h *history) recent(i int) []uint64 {
+	return h.ring[(h.next-1-i+2*len(h.ring))%len(h.ring)]
+}
+
+// windowMax writes each expert's largest load of the last window reports
+// (as many as are kept) into out.
+func (h *history) windowMax(out []float64, window int) {
+	n := min(window, h.count)
+	for e, x := range h.recent(0) {
+		out[e] = float64(x)
+	}
+	for i := 1; i < n; i++ {
+		for e, x := range h.recent(i) {
+			out[e] = max(out[e], float64(x))
+		}
+	}
+}
+
+// hedge writes the latest loads plus sigmas standard deviations of each
+// expert's load over the last window reports (as many as are kept) into out.
+func (h *history) hedge(out []float64, window int, sigmas float64) {
+	n := min(window, h.count)
+	for e := range out {
+		var sum, sq float64
+		for i := range n {
+			x := float64(h.recent(i)[e])
+			sum += x
+			sq += x * x
+		}
+		mean := sum / float64(n)
+		v := max(0, sq/float64(n)-mean*mean)
+		out[e] = float64(h.recent(0)[e]) + sigmas*math.Sqrt(v)
 	}
 }

@@ -25,9 +25,12 @@ type job struct {
 	// weights and optimizer state, shared by every planning request
 	// (strategies must not modify a request).
 	weightBytes, optBytes []uint64
-	options               map[string]string // passed to the strategy
-	predictor             predictorConfig
-	info                  *pb.StrategyInfo
+	// costModel is what strategies price step time with (the zero value
+	// when the job gave none), shared by every planning request.
+	costModel sdk.CostModel
+	options   map[string]string // passed to the strategy
+	predictor predictorConfig
+	info      *pb.StrategyInfo
 
 	traffic  remapTraffic // bytes of every remap, from the job's shape
 	hist     []*history
@@ -63,6 +66,7 @@ func newJob(id string, req *pb.RegisterJobRequest, pred predictorConfig) *job {
 		options: strategyOptions(req.GetStrategyOptions()), predictor: pred,
 		hist: make([]*history, len(experts)), slots: make([][]int, len(experts)),
 	}
+	j.costModel = jobCostModel(req.GetCostModel(), numel)
 	j.traffic = newRemapTraffic(numel, j.bytesParam, t.WorldSize, t.SlotsPerRank)
 	cur := req.GetCurrentSlots()
 	hist := req.GetHistory().GetLayers()
@@ -107,6 +111,7 @@ func (j *job) strategyRequest(it uint64, predicted [][]float64) *sdk.Request {
 		Layers:               make([]sdk.LayerInput, len(j.experts)),
 		ExpertWeightBytes:    j.weightBytes,
 		ExpertOptimizerBytes: j.optBytes,
+		CostModel:            j.costModel,
 	}
 	for l, e := range j.experts {
 		req.Layers[l] = sdk.LayerInput{

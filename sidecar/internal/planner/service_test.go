@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -118,6 +119,29 @@ func TestHistoryPredictors(t *testing.T) {
 	if got := h.len(); got != 3 {
 		t.Errorf("kept %d reports, want the ring size 3", got)
 	}
+	// The ring holds {20, 4}, {40, 8}, {80, 16}; then {30, 2} makes it
+	// {40, 8}, {80, 16}, {30, 2}.
+	h.add([]uint64{30, 2}, 0.5)
+	for _, tc := range []struct {
+		cfg  predictorConfig
+		want string
+	}{
+		{predictorConfig{kind: PredictMax, window: 1}, "[30 2]"},
+		{predictorConfig{kind: PredictMax, window: 2}, "[80 16]"},
+		{predictorConfig{kind: PredictMax, window: 16}, "[80 16]"}, // as many as are kept
+		// window 2: {80, 30} has mean 55 and deviation 25, {16, 2} 9 and 7.
+		{predictorConfig{kind: PredictHedge, window: 2, sigmas: 1}, "[55 9]"},
+		{predictorConfig{kind: PredictHedge, window: 2, sigmas: 0}, "[30 2]"},
+	} {
+		if got := h.predict(tc.cfg); fmt.Sprint(got) != tc.want {
+			t.Errorf("%v: got %v, want %s", tc.cfg, got, tc.want)
+		}
+	}
+	one := newHistory(1, 4)
+	one.add([]uint64{7}, 0.5)
+	if got := one.predict(predictorConfig{kind: PredictHedge, window: 4, sigmas: 2}); fmt.Sprint(got) != "[7]" {
+		t.Errorf("hedge over one report: got %v, want [7]", got)
+	}
 }
 
 func report(t *testing.T, s *Service, id string, it uint64, loads ...[]uint64) *pb.Plan {
@@ -214,6 +238,44 @@ func TestReportPlansWithPredictionsAndFallsBack(t *testing.T) {
 	cur, err := s.GetPlan(ctxT(t), &pb.GetPlanRequest{JobId: "job-1"})
 	if err != nil || cur != p2 {
 		t.Errorf("GetPlan: got %v, %v; want the plan just served", cur.GetSource(), err)
+	}
+}
+
+func TestCostModelReachesTheStrategy(t *testing.T) {
+	var mu sync.Mutex
+	var last *sdk.Request
+	f := &fakeStrategies{plan: func(_ context.Context, _ string, req *sdk.Request) (*sdk.Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		last = req
+		return staticResponse(req), nil
+	}}
+	for _, tc := range []struct {
+		name string
+		in   *pb.CostModel
+		want sdk.CostModel
+	}{
+		{"absent: compute only", nil, sdk.CostModel{}},
+		{"flops per token from the expert size", &pb.CostModel{TokenBytes: 1536, FlopsPerSecond: 4e14},
+			sdk.CostModel{TokenBytes: 1536, FlopsPerToken: []float64{60, 60}, FlopsPerSecond: 4e14}},
+		{"flops per token given", &pb.CostModel{TokenBytes: 8, FlopsPerToken: []float64{7}},
+			sdk.CostModel{TokenBytes: 8, FlopsPerToken: []float64{7}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(f, nil, nil)
+			req := goodRegister()
+			req.CostModel = tc.in
+			if _, err := s.RegisterJob(ctxT(t), req); err != nil {
+				t.Fatal(err)
+			}
+			report(t, s, "job-1", 0, []uint64{1, 2, 3, 4, 5, 6}, []uint64{1, 1, 1, 1, 1, 1, 1, 1})
+			mu.Lock()
+			got := last.CostModel
+			mu.Unlock()
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got cost model %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }
 

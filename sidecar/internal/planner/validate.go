@@ -121,6 +121,7 @@ func validateRegister(req *pb.RegisterJobRequest, lim costLimits, knownStrategy 
 	if d := req.GetStrategySha256(); d != "" && !sha256RE.MatchString(d) {
 		p.addf("strategy_sha256: %q is not a SHA-256 digest; send the 64 lower-case hex digits of RegisterJobResponse.strategy.sha256 the job first got, or nothing", truncate(d))
 	}
+	validateCostModel(req.GetCostModel(), layers, &p)
 	cfg := parsePredictor(opts, &p)
 	return cfg, p.err("RegisterJobRequest")
 }
@@ -183,7 +184,7 @@ func checkOptionNames(opts map[string]string, strategy string, declared []string
 	}
 	for _, k := range sortedKeys(opts) {
 		if !isSidecarOption(k) && !known[k] {
-			list := append(append([]string(nil), declared...), OptPredictor, OptEWMAAlpha)
+			list := append(append([]string(nil), declared...), sidecarOptions...)
 			p.addf("strategy_options: unknown option %q for strategy %q; it accepts %s", truncate(k), strategy, strings.Join(list, ", "))
 		}
 	}

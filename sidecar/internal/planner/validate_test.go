@@ -58,7 +58,7 @@ func TestRegisterValidation(t *testing.T) {
 		{"no strategy", func(r *pb.RegisterJobRequest) { r.Strategy = "" }, []string{"strategy: required"}},
 		{"unknown strategy", func(r *pb.RegisterJobRequest) { r.Strategy = "nope" }, []string{"unknown strategy \"nope\"", "available strategies: fake"}},
 		{"bad job id", func(r *pb.RegisterJobRequest) { r.JobId = "a/b" }, []string{"job_id: \"a/b\" is not valid"}},
-		{"bad predictor", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"predictor": "oracle"} }, []string{`strategy_options["predictor"]: unknown predictor "oracle"`}},
+		{"bad predictor", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"predictor": "oracle"} }, []string{`strategy_options["predictor"]: unknown predictor "oracle"`, `"max"`, `"hedge"`}},
 		{"alpha without ewma", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"ewma_alpha": "0.3"} }, []string{"set predictor=ewma"}},
 		{"alpha out of range", func(r *pb.RegisterJobRequest) {
 			r.StrategyOptions = map[string]string{"predictor": "ewma", "ewma_alpha": "1.5"}
@@ -66,8 +66,32 @@ func TestRegisterValidation(t *testing.T) {
 		{"alpha not a number", func(r *pb.RegisterJobRequest) {
 			r.StrategyOptions = map[string]string{"predictor": "ewma", "ewma_alpha": "NaN"}
 		}, []string{`"NaN" is not a number`}},
+		{"window out of range", func(r *pb.RegisterJobRequest) {
+			r.StrategyOptions = map[string]string{"predictor": "max", "predictor_window": "17"}
+		}, []string{`strategy_options["predictor_window"]: "17" is not an iteration count in 1..16`}},
+		{"window without a windowed predictor", func(r *pb.RegisterJobRequest) {
+			r.StrategyOptions = map[string]string{"predictor_window": "3"}
+		}, []string{"set predictor=max or predictor=hedge, or drop predictor_window"}},
+		{"hedge sigmas", func(r *pb.RegisterJobRequest) {
+			r.StrategyOptions = map[string]string{"predictor": "hedge", "hedge_sigmas": "-1"}
+		}, []string{`strategy_options["hedge_sigmas"]: "-1" is not a number in [0, 100]`}},
+		{"hedge sigmas without hedge", func(r *pb.RegisterJobRequest) {
+			r.StrategyOptions = map[string]string{"predictor": "max", "hedge_sigmas": "1"}
+		}, []string{"set predictor=hedge or drop hedge_sigmas"}},
 		{"unknown option", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"colour": "red"} }, []string{`unknown option "colour" for strategy "fake"; it accepts threshold, predictor, ewma_alpha`}},
 		{"bad option key", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"a b": "1"} }, []string{`key "a b" is not valid`}},
+		{"cost model token bytes", func(r *pb.RegisterJobRequest) { r.CostModel = &pb.CostModel{TokenBytes: -1} }, []string{"cost_model.token_bytes: -1 is out of range", "d_model x bytes per element"}},
+		{"cost model flops per second", func(r *pb.RegisterJobRequest) {
+			r.CostModel = &pb.CostModel{FlopsPerSecond: math.Inf(1)}
+		}, []string{"cost_model.flops_per_second: +Inf is out of range"}},
+		{"cost model flops per token length", func(r *pb.RegisterJobRequest) {
+			r.CostModel = &pb.CostModel{FlopsPerToken: []float64{1, 2, 3}}
+		}, []string{"cost_model.flops_per_token: 3 entries, want none (6 x expert_param_numel), 1 (for every layer) or one per layer (2)"}},
+		{"cost model flops per token value", func(r *pb.RegisterJobRequest) {
+			r.CostModel = &pb.CostModel{FlopsPerToken: []float64{1, math.NaN()}}
+		}, []string{"cost_model.flops_per_token[1]: NaN is out of range"}},
+		{"cost model burst slots", func(r *pb.RegisterJobRequest) { r.CostModel = &pb.CostModel{BurstSlotsPerRank: 5000} }, []string{"cost_model.burst_slots_per_rank: 5000 is out of range"}},
+		{"cost model burst threshold", func(r *pb.RegisterJobRequest) { r.CostModel = &pb.CostModel{BurstThreshold: 0.5} }, []string{"cost_model.burst_threshold: 0.5 is below 1"}},
 		{"several problems at once", func(r *pb.RegisterJobRequest) {
 			r.Topology.WorldSize, r.BytesPerParam, r.Strategy = 0, 0, ""
 		}, []string{"3 problems", "topology.world_size", "bytes_per_param", "strategy: required"}},

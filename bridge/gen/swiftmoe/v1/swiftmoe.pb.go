@@ -167,6 +167,99 @@ func (x *Topology) GetInterNodeBandwidth() float64 {
 	return 0
 }
 
+// CostModel is what the step-time cost model needs of a job beyond its
+// topology's link bandwidths (strategies such as swiftmoe plan for step time
+// with it: the busiest rank's expert compute plus the token all-to-all). Every
+// field may be left 0 or empty (unknown); a strategy then prices what it can,
+// and with no compute figure or no bandwidth it balances compute alone.
+type CostModel struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of one token's activation row in the all-to-all (d_model x bytes
+	// per activation element), > 0 when known.
+	TokenBytes float64 `protobuf:"fixed64,1,opt,name=token_bytes,json=tokenBytes,proto3" json:"token_bytes,omitempty"`
+	// Forward+backward FLOPs of one token through one expert (about 6 x the
+	// expert's parameter count), per MoE layer or one value for every layer.
+	// In RegisterJob, empty means 6 x expert_param_numel.
+	FlopsPerToken []float64 `protobuf:"fixed64,2,rep,packed,name=flops_per_token,json=flopsPerToken,proto3" json:"flops_per_token,omitempty"`
+	// Effective expert GEMM throughput of one rank, FLOP/s, > 0 when known.
+	FlopsPerSecond float64 `protobuf:"fixed64,3,opt,name=flops_per_second,json=flopsPerSecond,proto3" json:"flops_per_second,omitempty"`
+	// Burst slots per rank the engine holds for burst replicas (0: none). With
+	// them, the engine copies overloaded experts within the iteration when its
+	// busiest rank exceeds burst_threshold x the mean, so a strategy may leave
+	// imbalance within a node to them.
+	BurstSlotsPerRank uint32 `protobuf:"varint,4,opt,name=burst_slots_per_rank,json=burstSlotsPerRank,proto3" json:"burst_slots_per_rank,omitempty"`
+	// The busiest rank's load over the mean above which the engine considers
+	// bursts (>= 1; 0 means 1).
+	BurstThreshold float64 `protobuf:"fixed64,5,opt,name=burst_threshold,json=burstThreshold,proto3" json:"burst_threshold,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CostModel) Reset() {
+	*x = CostModel{}
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CostModel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CostModel) ProtoMessage() {}
+
+func (x *CostModel) ProtoReflect() protoreflect.Message {
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CostModel.ProtoReflect.Descriptor instead.
+func (*CostModel) Descriptor() ([]byte, []int) {
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CostModel) GetTokenBytes() float64 {
+	if x != nil {
+		return x.TokenBytes
+	}
+	return 0
+}
+
+func (x *CostModel) GetFlopsPerToken() []float64 {
+	if x != nil {
+		return x.FlopsPerToken
+	}
+	return nil
+}
+
+func (x *CostModel) GetFlopsPerSecond() float64 {
+	if x != nil {
+		return x.FlopsPerSecond
+	}
+	return 0
+}
+
+func (x *CostModel) GetBurstSlotsPerRank() uint32 {
+	if x != nil {
+		return x.BurstSlotsPerRank
+	}
+	return 0
+}
+
+func (x *CostModel) GetBurstThreshold() float64 {
+	if x != nil {
+		return x.BurstThreshold
+	}
+	return 0
+}
+
 // OptionSpec describes one strategy option.
 type OptionSpec struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -186,7 +279,7 @@ type OptionSpec struct {
 
 func (x *OptionSpec) Reset() {
 	*x = OptionSpec{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +291,7 @@ func (x *OptionSpec) String() string {
 func (*OptionSpec) ProtoMessage() {}
 
 func (x *OptionSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[1]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +304,7 @@ func (x *OptionSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OptionSpec.ProtoReflect.Descriptor instead.
 func (*OptionSpec) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{1}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *OptionSpec) GetName() string {
@@ -278,7 +371,7 @@ type StrategyInfo struct {
 
 func (x *StrategyInfo) Reset() {
 	*x = StrategyInfo{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -290,7 +383,7 @@ func (x *StrategyInfo) String() string {
 func (*StrategyInfo) ProtoMessage() {}
 
 func (x *StrategyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[2]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -303,7 +396,7 @@ func (x *StrategyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyInfo.ProtoReflect.Descriptor instead.
 func (*StrategyInfo) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{2}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StrategyInfo) GetName() string {
@@ -361,7 +454,7 @@ type ShardRange struct {
 
 func (x *ShardRange) Reset() {
 	*x = ShardRange{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +466,7 @@ func (x *ShardRange) String() string {
 func (*ShardRange) ProtoMessage() {}
 
 func (x *ShardRange) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[3]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +479,7 @@ func (x *ShardRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardRange.ProtoReflect.Descriptor instead.
 func (*ShardRange) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{3}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ShardRange) GetRank() uint32 {
@@ -424,7 +517,7 @@ type LayerShardLayout struct {
 
 func (x *LayerShardLayout) Reset() {
 	*x = LayerShardLayout{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +529,7 @@ func (x *LayerShardLayout) String() string {
 func (*LayerShardLayout) ProtoMessage() {}
 
 func (x *LayerShardLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[4]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +542,7 @@ func (x *LayerShardLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerShardLayout.ProtoReflect.Descriptor instead.
 func (*LayerShardLayout) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{4}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LayerShardLayout) GetLayer() uint32 {
@@ -490,7 +583,7 @@ type LayerPlan struct {
 
 func (x *LayerPlan) Reset() {
 	*x = LayerPlan{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +595,7 @@ func (x *LayerPlan) String() string {
 func (*LayerPlan) ProtoMessage() {}
 
 func (x *LayerPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[5]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +608,7 @@ func (x *LayerPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerPlan.ProtoReflect.Descriptor instead.
 func (*LayerPlan) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{5}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LayerPlan) GetSlots() []uint32 {
@@ -567,7 +660,7 @@ type RemapSummary struct {
 
 func (x *RemapSummary) Reset() {
 	*x = RemapSummary{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +672,7 @@ func (x *RemapSummary) String() string {
 func (*RemapSummary) ProtoMessage() {}
 
 func (x *RemapSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[6]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +685,7 @@ func (x *RemapSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemapSummary.ProtoReflect.Descriptor instead.
 func (*RemapSummary) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{6}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemapSummary) GetSendBytes() []uint64 {
@@ -655,7 +748,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +760,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[7]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +773,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{7}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Plan) GetJobId() string {
@@ -791,14 +884,17 @@ type RegisterJobRequest struct {
 	StrategySha256 string `protobuf:"bytes,20,opt,name=strategy_sha256,json=strategySha256,proto3" json:"strategy_sha256,omitempty"`
 	// The load history to resume from (ExportJobResponse.history); empty for
 	// none. Its layers must match experts_per_layer.
-	History       *JobHistory `protobuf:"bytes,21,opt,name=history,proto3" json:"history,omitempty"`
+	History *JobHistory `protobuf:"bytes,21,opt,name=history,proto3" json:"history,omitempty"`
+	// What the cost model needs beyond the topology (see CostModel); absent:
+	// unknown, and strategies balance compute alone.
+	CostModel     *CostModel `protobuf:"bytes,30,opt,name=cost_model,json=costModel,proto3" json:"cost_model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterJobRequest) Reset() {
 	*x = RegisterJobRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +906,7 @@ func (x *RegisterJobRequest) String() string {
 func (*RegisterJobRequest) ProtoMessage() {}
 
 func (x *RegisterJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[8]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +919,7 @@ func (x *RegisterJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJobRequest.ProtoReflect.Descriptor instead.
 func (*RegisterJobRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{8}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterJobRequest) GetJobId() string {
@@ -903,6 +999,13 @@ func (x *RegisterJobRequest) GetHistory() *JobHistory {
 	return nil
 }
 
+func (x *RegisterJobRequest) GetCostModel() *CostModel {
+	if x != nil {
+		return x.CostModel
+	}
+	return nil
+}
+
 // LayerSlots is one layer's placement: world_size*slots_per_rank expert ids.
 type LayerSlots struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -913,7 +1016,7 @@ type LayerSlots struct {
 
 func (x *LayerSlots) Reset() {
 	*x = LayerSlots{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1028,7 @@ func (x *LayerSlots) String() string {
 func (*LayerSlots) ProtoMessage() {}
 
 func (x *LayerSlots) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[9]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1041,7 @@ func (x *LayerSlots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerSlots.ProtoReflect.Descriptor instead.
 func (*LayerSlots) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{9}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LayerSlots) GetSlots() []uint32 {
@@ -975,7 +1078,7 @@ type RegisterJobResponse struct {
 
 func (x *RegisterJobResponse) Reset() {
 	*x = RegisterJobResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1090,7 @@ func (x *RegisterJobResponse) String() string {
 func (*RegisterJobResponse) ProtoMessage() {}
 
 func (x *RegisterJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[10]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1103,7 @@ func (x *RegisterJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJobResponse.ProtoReflect.Descriptor instead.
 func (*RegisterJobResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{10}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterJobResponse) GetJobId() string {
@@ -1062,7 +1165,7 @@ type LayerLoads struct {
 
 func (x *LayerLoads) Reset() {
 	*x = LayerLoads{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1177,7 @@ func (x *LayerLoads) String() string {
 func (*LayerLoads) ProtoMessage() {}
 
 func (x *LayerLoads) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[11]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1190,7 @@ func (x *LayerLoads) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerLoads.ProtoReflect.Descriptor instead.
 func (*LayerLoads) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{11}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LayerLoads) GetTokens() []uint64 {
@@ -1109,7 +1212,7 @@ type ReportLoadsRequest struct {
 
 func (x *ReportLoadsRequest) Reset() {
 	*x = ReportLoadsRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1224,7 @@ func (x *ReportLoadsRequest) String() string {
 func (*ReportLoadsRequest) ProtoMessage() {}
 
 func (x *ReportLoadsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[12]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1237,7 @@ func (x *ReportLoadsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadsRequest.ProtoReflect.Descriptor instead.
 func (*ReportLoadsRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{12}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportLoadsRequest) GetJobId() string {
@@ -1168,7 +1271,7 @@ type ReportLoadsResponse struct {
 
 func (x *ReportLoadsResponse) Reset() {
 	*x = ReportLoadsResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1283,7 @@ func (x *ReportLoadsResponse) String() string {
 func (*ReportLoadsResponse) ProtoMessage() {}
 
 func (x *ReportLoadsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[13]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1296,7 @@ func (x *ReportLoadsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadsResponse.ProtoReflect.Descriptor instead.
 func (*ReportLoadsResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{13}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReportLoadsResponse) GetPlan() *Plan {
@@ -1212,7 +1315,7 @@ type GetPlanRequest struct {
 
 func (x *GetPlanRequest) Reset() {
 	*x = GetPlanRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1327,7 @@ func (x *GetPlanRequest) String() string {
 func (*GetPlanRequest) ProtoMessage() {}
 
 func (x *GetPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[14]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1340,7 @@ func (x *GetPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPlanRequest.ProtoReflect.Descriptor instead.
 func (*GetPlanRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{14}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPlanRequest) GetJobId() string {
@@ -1255,7 +1358,7 @@ type ListStrategiesRequest struct {
 
 func (x *ListStrategiesRequest) Reset() {
 	*x = ListStrategiesRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1370,7 @@ func (x *ListStrategiesRequest) String() string {
 func (*ListStrategiesRequest) ProtoMessage() {}
 
 func (x *ListStrategiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[15]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1383,7 @@ func (x *ListStrategiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStrategiesRequest.ProtoReflect.Descriptor instead.
 func (*ListStrategiesRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{15}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
 }
 
 type ExportJobRequest struct {
@@ -1292,7 +1395,7 @@ type ExportJobRequest struct {
 
 func (x *ExportJobRequest) Reset() {
 	*x = ExportJobRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1407,7 @@ func (x *ExportJobRequest) String() string {
 func (*ExportJobRequest) ProtoMessage() {}
 
 func (x *ExportJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[16]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1420,7 @@ func (x *ExportJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportJobRequest.ProtoReflect.Descriptor instead.
 func (*ExportJobRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{16}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExportJobRequest) GetJobId() string {
@@ -1337,7 +1440,7 @@ type ExportJobResponse struct {
 
 func (x *ExportJobResponse) Reset() {
 	*x = ExportJobResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1452,7 @@ func (x *ExportJobResponse) String() string {
 func (*ExportJobResponse) ProtoMessage() {}
 
 func (x *ExportJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[17]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1465,7 @@ func (x *ExportJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportJobResponse.ProtoReflect.Descriptor instead.
 func (*ExportJobResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{17}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExportJobResponse) GetJobId() string {
@@ -1391,7 +1494,7 @@ type JobHistory struct {
 
 func (x *JobHistory) Reset() {
 	*x = JobHistory{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1506,7 @@ func (x *JobHistory) String() string {
 func (*JobHistory) ProtoMessage() {}
 
 func (x *JobHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[18]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1519,7 @@ func (x *JobHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobHistory.ProtoReflect.Descriptor instead.
 func (*JobHistory) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{18}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JobHistory) GetLayers() []*LayerHistory {
@@ -1440,7 +1543,7 @@ type LayerHistory struct {
 
 func (x *LayerHistory) Reset() {
 	*x = LayerHistory{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1555,7 @@ func (x *LayerHistory) String() string {
 func (*LayerHistory) ProtoMessage() {}
 
 func (x *LayerHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[19]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1568,7 @@ func (x *LayerHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerHistory.ProtoReflect.Descriptor instead.
 func (*LayerHistory) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{19}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LayerHistory) GetReports() []*LayerLoads {
@@ -1492,7 +1595,7 @@ type NamedSeries struct {
 
 func (x *NamedSeries) Reset() {
 	*x = NamedSeries{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1607,7 @@ func (x *NamedSeries) String() string {
 func (*NamedSeries) ProtoMessage() {}
 
 func (x *NamedSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[20]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1620,7 @@ func (x *NamedSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedSeries.ProtoReflect.Descriptor instead.
 func (*NamedSeries) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{20}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NamedSeries) GetName() string {
@@ -1543,7 +1646,7 @@ type ListStrategiesResponse struct {
 
 func (x *ListStrategiesResponse) Reset() {
 	*x = ListStrategiesResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1658,7 @@ func (x *ListStrategiesResponse) String() string {
 func (*ListStrategiesResponse) ProtoMessage() {}
 
 func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[21]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1671,7 @@ func (x *ListStrategiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStrategiesResponse.ProtoReflect.Descriptor instead.
 func (*ListStrategiesResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{21}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListStrategiesResponse) GetStrategies() []*StrategyInfo {
@@ -1586,7 +1689,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1701,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[22]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1714,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{22}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{23}
 }
 
 type StrategyLayerInput struct {
@@ -1630,7 +1733,7 @@ type StrategyLayerInput struct {
 
 func (x *StrategyLayerInput) Reset() {
 	*x = StrategyLayerInput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[23]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1745,7 @@ func (x *StrategyLayerInput) String() string {
 func (*StrategyLayerInput) ProtoMessage() {}
 
 func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[23]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1758,7 @@ func (x *StrategyLayerInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerInput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerInput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{23}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StrategyLayerInput) GetLayer() uint32 {
@@ -1708,14 +1811,17 @@ type StrategyPlanRequest struct {
 	// force is that of this plugin's response with this response_id (which is
 	// what the caller adopted). A plugin that no longer holds that response
 	// answers FAILED_PRECONDITION, and the caller sends the slots instead.
-	CurrentRef    uint64 `protobuf:"varint,7,opt,name=current_ref,json=currentRef,proto3" json:"current_ref,omitempty"`
+	CurrentRef uint64 `protobuf:"varint,7,opt,name=current_ref,json=currentRef,proto3" json:"current_ref,omitempty"`
+	// The job's cost model, flops_per_token resolved (one value per layer, or
+	// one for all); absent when the job gave none.
+	CostModel     *CostModel `protobuf:"bytes,20,opt,name=cost_model,json=costModel,proto3" json:"cost_model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StrategyPlanRequest) Reset() {
 	*x = StrategyPlanRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[24]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1833,7 @@ func (x *StrategyPlanRequest) String() string {
 func (*StrategyPlanRequest) ProtoMessage() {}
 
 func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[24]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1846,7 @@ func (x *StrategyPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanRequest.ProtoReflect.Descriptor instead.
 func (*StrategyPlanRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{24}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StrategyPlanRequest) GetTopology() *Topology {
@@ -1792,6 +1898,13 @@ func (x *StrategyPlanRequest) GetCurrentRef() uint64 {
 	return 0
 }
 
+func (x *StrategyPlanRequest) GetCostModel() *CostModel {
+	if x != nil {
+		return x.CostModel
+	}
+	return nil
+}
+
 type ValidateOptionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job's strategy options, without those the sidecar reads itself.
@@ -1802,7 +1915,7 @@ type ValidateOptionsRequest struct {
 
 func (x *ValidateOptionsRequest) Reset() {
 	*x = ValidateOptionsRequest{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[25]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +1927,7 @@ func (x *ValidateOptionsRequest) String() string {
 func (*ValidateOptionsRequest) ProtoMessage() {}
 
 func (x *ValidateOptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[25]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +1940,7 @@ func (x *ValidateOptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateOptionsRequest.ProtoReflect.Descriptor instead.
 func (*ValidateOptionsRequest) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{25}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ValidateOptionsRequest) GetOptions() map[string]string {
@@ -1848,7 +1961,7 @@ type ValidateOptionsResponse struct {
 
 func (x *ValidateOptionsResponse) Reset() {
 	*x = ValidateOptionsResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[26]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1973,7 @@ func (x *ValidateOptionsResponse) String() string {
 func (*ValidateOptionsResponse) ProtoMessage() {}
 
 func (x *ValidateOptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[26]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +1986,7 @@ func (x *ValidateOptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateOptionsResponse.ProtoReflect.Descriptor instead.
 func (*ValidateOptionsResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{26}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ValidateOptionsResponse) GetProblems() []string {
@@ -1893,7 +2006,7 @@ type StrategyLayerOutput struct {
 
 func (x *StrategyLayerOutput) Reset() {
 	*x = StrategyLayerOutput{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[27]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2018,7 @@ func (x *StrategyLayerOutput) String() string {
 func (*StrategyLayerOutput) ProtoMessage() {}
 
 func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[27]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2031,7 @@ func (x *StrategyLayerOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyLayerOutput.ProtoReflect.Descriptor instead.
 func (*StrategyLayerOutput) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{27}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StrategyLayerOutput) GetSlots() []uint32 {
@@ -1945,7 +2058,7 @@ type StrategyPlanResponse struct {
 
 func (x *StrategyPlanResponse) Reset() {
 	*x = StrategyPlanResponse{}
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[28]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2070,7 @@ func (x *StrategyPlanResponse) String() string {
 func (*StrategyPlanResponse) ProtoMessage() {}
 
 func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[28]
+	mi := &file_swiftmoe_v1_swiftmoe_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2083,7 @@ func (x *StrategyPlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrategyPlanResponse.ProtoReflect.Descriptor instead.
 func (*StrategyPlanResponse) Descriptor() ([]byte, []int) {
-	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{28}
+	return file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StrategyPlanResponse) GetLayers() []*StrategyLayerOutput {
@@ -2012,7 +2125,14 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x0eranks_per_node\x18\x02 \x01(\rR\franksPerNode\x12$\n" +
 	"\x0eslots_per_rank\x18\x03 \x01(\rR\fslotsPerRank\x120\n" +
 	"\x14intra_node_bandwidth\x18\x04 \x01(\x01R\x12intraNodeBandwidth\x120\n" +
-	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"\xb7\x01\n" +
+	"\x14inter_node_bandwidth\x18\x05 \x01(\x01R\x12interNodeBandwidth\"\xd8\x01\n" +
+	"\tCostModel\x12\x1f\n" +
+	"\vtoken_bytes\x18\x01 \x01(\x01R\n" +
+	"tokenBytes\x12&\n" +
+	"\x0fflops_per_token\x18\x02 \x03(\x01R\rflopsPerToken\x12(\n" +
+	"\x10flops_per_second\x18\x03 \x01(\x01R\x0eflopsPerSecond\x12/\n" +
+	"\x14burst_slots_per_rank\x18\x04 \x01(\rR\x11burstSlotsPerRank\x12'\n" +
+	"\x0fburst_threshold\x18\x05 \x01(\x01R\x0eburstThreshold\"\xb7\x01\n" +
 	"\n" +
 	"OptionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
@@ -2065,7 +2185,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x06source\x18\t \x01(\x0e2\x17.swiftmoe.v1.PlanSourceR\x06source\x12\x12\n" +
 	"\x04note\x18\n" +
 	" \x01(\tR\x04note\x12'\n" +
-	"\x0ffallback_reason\x18\x14 \x01(\tR\x0efallbackReason\"\xf6\x04\n" +
+	"\x0ffallback_reason\x18\x14 \x01(\tR\x0efallbackReason\"\xad\x05\n" +
 	"\x12RegisterJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x121\n" +
 	"\btopology\x18\x02 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12*\n" +
@@ -2077,7 +2197,9 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x10strategy_options\x18\b \x03(\v24.swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntryR\x0fstrategyOptions\x12<\n" +
 	"\rcurrent_slots\x18\t \x03(\v2\x17.swiftmoe.v1.LayerSlotsR\fcurrentSlots\x12'\n" +
 	"\x0fstrategy_sha256\x18\x14 \x01(\tR\x0estrategySha256\x121\n" +
-	"\ahistory\x18\x15 \x01(\v2\x17.swiftmoe.v1.JobHistoryR\ahistory\x1aB\n" +
+	"\ahistory\x18\x15 \x01(\v2\x17.swiftmoe.v1.JobHistoryR\ahistory\x125\n" +
+	"\n" +
+	"cost_model\x18\x1e \x01(\v2\x16.swiftmoe.v1.CostModelR\tcostModel\x1aB\n" +
 	"\x14StrategyOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\"\n" +
@@ -2129,7 +2251,7 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"numExperts\x12%\n" +
 	"\x0epredicted_load\x18\x03 \x03(\x01R\rpredictedLoad\x12\x1b\n" +
 	"\tlast_load\x18\x04 \x03(\x04R\blastLoad\x12#\n" +
-	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\xab\x03\n" +
+	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\xe2\x03\n" +
 	"\x13StrategyPlanRequest\x121\n" +
 	"\btopology\x18\x01 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x127\n" +
@@ -2138,7 +2260,9 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x13expert_weight_bytes\x18\x05 \x03(\x04R\x11expertWeightBytes\x124\n" +
 	"\x16expert_optimizer_bytes\x18\x06 \x03(\x04R\x14expertOptimizerBytes\x12\x1f\n" +
 	"\vcurrent_ref\x18\a \x01(\x04R\n" +
-	"currentRef\x1a:\n" +
+	"currentRef\x125\n" +
+	"\n" +
+	"cost_model\x18\x14 \x01(\v2\x16.swiftmoe.v1.CostModelR\tcostModel\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa0\x01\n" +
@@ -2187,89 +2311,92 @@ func file_swiftmoe_v1_swiftmoe_proto_rawDescGZIP() []byte {
 }
 
 var file_swiftmoe_v1_swiftmoe_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_swiftmoe_v1_swiftmoe_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_swiftmoe_v1_swiftmoe_proto_goTypes = []any{
 	(PlanSource)(0),                 // 0: swiftmoe.v1.PlanSource
 	(*Topology)(nil),                // 1: swiftmoe.v1.Topology
-	(*OptionSpec)(nil),              // 2: swiftmoe.v1.OptionSpec
-	(*StrategyInfo)(nil),            // 3: swiftmoe.v1.StrategyInfo
-	(*ShardRange)(nil),              // 4: swiftmoe.v1.ShardRange
-	(*LayerShardLayout)(nil),        // 5: swiftmoe.v1.LayerShardLayout
-	(*LayerPlan)(nil),               // 6: swiftmoe.v1.LayerPlan
-	(*RemapSummary)(nil),            // 7: swiftmoe.v1.RemapSummary
-	(*Plan)(nil),                    // 8: swiftmoe.v1.Plan
-	(*RegisterJobRequest)(nil),      // 9: swiftmoe.v1.RegisterJobRequest
-	(*LayerSlots)(nil),              // 10: swiftmoe.v1.LayerSlots
-	(*RegisterJobResponse)(nil),     // 11: swiftmoe.v1.RegisterJobResponse
-	(*LayerLoads)(nil),              // 12: swiftmoe.v1.LayerLoads
-	(*ReportLoadsRequest)(nil),      // 13: swiftmoe.v1.ReportLoadsRequest
-	(*ReportLoadsResponse)(nil),     // 14: swiftmoe.v1.ReportLoadsResponse
-	(*GetPlanRequest)(nil),          // 15: swiftmoe.v1.GetPlanRequest
-	(*ListStrategiesRequest)(nil),   // 16: swiftmoe.v1.ListStrategiesRequest
-	(*ExportJobRequest)(nil),        // 17: swiftmoe.v1.ExportJobRequest
-	(*ExportJobResponse)(nil),       // 18: swiftmoe.v1.ExportJobResponse
-	(*JobHistory)(nil),              // 19: swiftmoe.v1.JobHistory
-	(*LayerHistory)(nil),            // 20: swiftmoe.v1.LayerHistory
-	(*NamedSeries)(nil),             // 21: swiftmoe.v1.NamedSeries
-	(*ListStrategiesResponse)(nil),  // 22: swiftmoe.v1.ListStrategiesResponse
-	(*DescribeRequest)(nil),         // 23: swiftmoe.v1.DescribeRequest
-	(*StrategyLayerInput)(nil),      // 24: swiftmoe.v1.StrategyLayerInput
-	(*StrategyPlanRequest)(nil),     // 25: swiftmoe.v1.StrategyPlanRequest
-	(*ValidateOptionsRequest)(nil),  // 26: swiftmoe.v1.ValidateOptionsRequest
-	(*ValidateOptionsResponse)(nil), // 27: swiftmoe.v1.ValidateOptionsResponse
-	(*StrategyLayerOutput)(nil),     // 28: swiftmoe.v1.StrategyLayerOutput
-	(*StrategyPlanResponse)(nil),    // 29: swiftmoe.v1.StrategyPlanResponse
-	nil,                             // 30: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
-	nil,                             // 31: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
-	nil,                             // 32: swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
+	(*CostModel)(nil),               // 2: swiftmoe.v1.CostModel
+	(*OptionSpec)(nil),              // 3: swiftmoe.v1.OptionSpec
+	(*StrategyInfo)(nil),            // 4: swiftmoe.v1.StrategyInfo
+	(*ShardRange)(nil),              // 5: swiftmoe.v1.ShardRange
+	(*LayerShardLayout)(nil),        // 6: swiftmoe.v1.LayerShardLayout
+	(*LayerPlan)(nil),               // 7: swiftmoe.v1.LayerPlan
+	(*RemapSummary)(nil),            // 8: swiftmoe.v1.RemapSummary
+	(*Plan)(nil),                    // 9: swiftmoe.v1.Plan
+	(*RegisterJobRequest)(nil),      // 10: swiftmoe.v1.RegisterJobRequest
+	(*LayerSlots)(nil),              // 11: swiftmoe.v1.LayerSlots
+	(*RegisterJobResponse)(nil),     // 12: swiftmoe.v1.RegisterJobResponse
+	(*LayerLoads)(nil),              // 13: swiftmoe.v1.LayerLoads
+	(*ReportLoadsRequest)(nil),      // 14: swiftmoe.v1.ReportLoadsRequest
+	(*ReportLoadsResponse)(nil),     // 15: swiftmoe.v1.ReportLoadsResponse
+	(*GetPlanRequest)(nil),          // 16: swiftmoe.v1.GetPlanRequest
+	(*ListStrategiesRequest)(nil),   // 17: swiftmoe.v1.ListStrategiesRequest
+	(*ExportJobRequest)(nil),        // 18: swiftmoe.v1.ExportJobRequest
+	(*ExportJobResponse)(nil),       // 19: swiftmoe.v1.ExportJobResponse
+	(*JobHistory)(nil),              // 20: swiftmoe.v1.JobHistory
+	(*LayerHistory)(nil),            // 21: swiftmoe.v1.LayerHistory
+	(*NamedSeries)(nil),             // 22: swiftmoe.v1.NamedSeries
+	(*ListStrategiesResponse)(nil),  // 23: swiftmoe.v1.ListStrategiesResponse
+	(*DescribeRequest)(nil),         // 24: swiftmoe.v1.DescribeRequest
+	(*StrategyLayerInput)(nil),      // 25: swiftmoe.v1.StrategyLayerInput
+	(*StrategyPlanRequest)(nil),     // 26: swiftmoe.v1.StrategyPlanRequest
+	(*ValidateOptionsRequest)(nil),  // 27: swiftmoe.v1.ValidateOptionsRequest
+	(*ValidateOptionsResponse)(nil), // 28: swiftmoe.v1.ValidateOptionsResponse
+	(*StrategyLayerOutput)(nil),     // 29: swiftmoe.v1.StrategyLayerOutput
+	(*StrategyPlanResponse)(nil),    // 30: swiftmoe.v1.StrategyPlanResponse
+	nil,                             // 31: swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	nil,                             // 32: swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	nil,                             // 33: swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
 }
 var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
-	2,  // 0: swiftmoe.v1.StrategyInfo.options:type_name -> swiftmoe.v1.OptionSpec
-	4,  // 1: swiftmoe.v1.LayerShardLayout.ranges:type_name -> swiftmoe.v1.ShardRange
-	6,  // 2: swiftmoe.v1.Plan.layers:type_name -> swiftmoe.v1.LayerPlan
-	7,  // 3: swiftmoe.v1.Plan.remap:type_name -> swiftmoe.v1.RemapSummary
+	3,  // 0: swiftmoe.v1.StrategyInfo.options:type_name -> swiftmoe.v1.OptionSpec
+	5,  // 1: swiftmoe.v1.LayerShardLayout.ranges:type_name -> swiftmoe.v1.ShardRange
+	7,  // 2: swiftmoe.v1.Plan.layers:type_name -> swiftmoe.v1.LayerPlan
+	8,  // 3: swiftmoe.v1.Plan.remap:type_name -> swiftmoe.v1.RemapSummary
 	0,  // 4: swiftmoe.v1.Plan.source:type_name -> swiftmoe.v1.PlanSource
 	1,  // 5: swiftmoe.v1.RegisterJobRequest.topology:type_name -> swiftmoe.v1.Topology
-	30, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
-	10, // 7: swiftmoe.v1.RegisterJobRequest.current_slots:type_name -> swiftmoe.v1.LayerSlots
-	19, // 8: swiftmoe.v1.RegisterJobRequest.history:type_name -> swiftmoe.v1.JobHistory
-	5,  // 9: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
-	8,  // 10: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
-	3,  // 11: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 12: swiftmoe.v1.RegisterJobResponse.topology:type_name -> swiftmoe.v1.Topology
-	12, // 13: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
-	8,  // 14: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
-	19, // 15: swiftmoe.v1.ExportJobResponse.history:type_name -> swiftmoe.v1.JobHistory
-	20, // 16: swiftmoe.v1.JobHistory.layers:type_name -> swiftmoe.v1.LayerHistory
-	12, // 17: swiftmoe.v1.LayerHistory.reports:type_name -> swiftmoe.v1.LayerLoads
-	21, // 18: swiftmoe.v1.LayerHistory.series:type_name -> swiftmoe.v1.NamedSeries
-	3,  // 19: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 20: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
-	24, // 21: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
-	31, // 22: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
-	32, // 23: swiftmoe.v1.ValidateOptionsRequest.options:type_name -> swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
-	28, // 24: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
-	9,  // 25: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
-	13, // 26: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
-	15, // 27: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
-	16, // 28: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
-	17, // 29: swiftmoe.v1.Planner.ExportJob:input_type -> swiftmoe.v1.ExportJobRequest
-	23, // 30: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
-	25, // 31: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
-	26, // 32: swiftmoe.v1.Strategy.ValidateOptions:input_type -> swiftmoe.v1.ValidateOptionsRequest
-	11, // 33: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
-	14, // 34: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
-	8,  // 35: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
-	22, // 36: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
-	18, // 37: swiftmoe.v1.Planner.ExportJob:output_type -> swiftmoe.v1.ExportJobResponse
-	3,  // 38: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
-	29, // 39: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
-	27, // 40: swiftmoe.v1.Strategy.ValidateOptions:output_type -> swiftmoe.v1.ValidateOptionsResponse
-	33, // [33:41] is the sub-list for method output_type
-	25, // [25:33] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	31, // 6: swiftmoe.v1.RegisterJobRequest.strategy_options:type_name -> swiftmoe.v1.RegisterJobRequest.StrategyOptionsEntry
+	11, // 7: swiftmoe.v1.RegisterJobRequest.current_slots:type_name -> swiftmoe.v1.LayerSlots
+	20, // 8: swiftmoe.v1.RegisterJobRequest.history:type_name -> swiftmoe.v1.JobHistory
+	2,  // 9: swiftmoe.v1.RegisterJobRequest.cost_model:type_name -> swiftmoe.v1.CostModel
+	6,  // 10: swiftmoe.v1.RegisterJobResponse.shard_layout:type_name -> swiftmoe.v1.LayerShardLayout
+	9,  // 11: swiftmoe.v1.RegisterJobResponse.initial_plan:type_name -> swiftmoe.v1.Plan
+	4,  // 12: swiftmoe.v1.RegisterJobResponse.strategy:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 13: swiftmoe.v1.RegisterJobResponse.topology:type_name -> swiftmoe.v1.Topology
+	13, // 14: swiftmoe.v1.ReportLoadsRequest.layers:type_name -> swiftmoe.v1.LayerLoads
+	9,  // 15: swiftmoe.v1.ReportLoadsResponse.plan:type_name -> swiftmoe.v1.Plan
+	20, // 16: swiftmoe.v1.ExportJobResponse.history:type_name -> swiftmoe.v1.JobHistory
+	21, // 17: swiftmoe.v1.JobHistory.layers:type_name -> swiftmoe.v1.LayerHistory
+	13, // 18: swiftmoe.v1.LayerHistory.reports:type_name -> swiftmoe.v1.LayerLoads
+	22, // 19: swiftmoe.v1.LayerHistory.series:type_name -> swiftmoe.v1.NamedSeries
+	4,  // 20: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
+	1,  // 21: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
+	25, // 22: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
+	32, // 23: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	2,  // 24: swiftmoe.v1.StrategyPlanRequest.cost_model:type_name -> swiftmoe.v1.CostModel
+	33, // 25: swiftmoe.v1.ValidateOptionsRequest.options:type_name -> swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
+	29, // 26: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
+	10, // 27: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
+	14, // 28: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
+	16, // 29: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
+	17, // 30: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
+	18, // 31: swiftmoe.v1.Planner.ExportJob:input_type -> swiftmoe.v1.ExportJobRequest
+	24, // 32: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
+	26, // 33: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
+	27, // 34: swiftmoe.v1.Strategy.ValidateOptions:input_type -> swiftmoe.v1.ValidateOptionsRequest
+	12, // 35: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
+	15, // 36: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
+	9,  // 37: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
+	23, // 38: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
+	19, // 39: swiftmoe.v1.Planner.ExportJob:output_type -> swiftmoe.v1.ExportJobResponse
+	4,  // 40: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
+	30, // 41: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
+	28, // 42: swiftmoe.v1.Strategy.ValidateOptions:output_type -> swiftmoe.v1.ValidateOptionsResponse
+	35, // [35:43] is the sub-list for method output_type
+	27, // [27:35] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_swiftmoe_v1_swiftmoe_proto_init() }
@@ -2283,7 +2410,7 @@ func file_swiftmoe_v1_swiftmoe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_swiftmoe_v1_swiftmoe_proto_rawDesc), len(file_swiftmoe_v1_swiftmoe_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -32,6 +32,20 @@ class Topology(_message.Message):
     inter_node_bandwidth: float
     def __init__(self, world_size: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., intra_node_bandwidth: _Optional[float] = ..., inter_node_bandwidth: _Optional[float] = ...) -> None: ...
 
+class CostModel(_message.Message):
+    __slots__ = ("token_bytes", "flops_per_token", "flops_per_second", "burst_slots_per_rank", "burst_threshold")
+    TOKEN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_SLOTS_PER_RANK_FIELD_NUMBER: _ClassVar[int]
+    BURST_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    token_bytes: float
+    flops_per_token: _containers.RepeatedScalarFieldContainer[float]
+    flops_per_second: float
+    burst_slots_per_rank: int
+    burst_threshold: float
+    def __init__(self, token_bytes: _Optional[float] = ..., flops_per_token: _Optional[_Iterable[float]] = ..., flops_per_second: _Optional[float] = ..., burst_slots_per_rank: _Optional[int] = ..., burst_threshold: _Optional[float] = ...) -> None: ...
+
 class OptionSpec(_message.Message):
     __slots__ = ("name", "description", "default_value", "type", "min", "max", "values")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -139,7 +153,7 @@ class Plan(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., strategy: _Optional[str] = ..., world_size: _Optional[int] = ..., slots_per_rank: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., max_over_mean: _Optional[float] = ..., remap: _Optional[_Union[RemapSummary, _Mapping]] = ..., source: _Optional[_Union[PlanSource, str]] = ..., note: _Optional[str] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
 
 class RegisterJobRequest(_message.Message):
-    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options", "current_slots", "strategy_sha256", "history")
+    __slots__ = ("job_id", "topology", "experts_per_layer", "expert_param_numel", "bytes_per_param", "optimizer_bytes_per_param", "strategy", "strategy_options", "current_slots", "strategy_sha256", "history", "cost_model")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +172,7 @@ class RegisterJobRequest(_message.Message):
     CURRENT_SLOTS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_SHA256_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    COST_MODEL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     topology: Topology
     experts_per_layer: _containers.RepeatedScalarFieldContainer[int]
@@ -169,7 +184,8 @@ class RegisterJobRequest(_message.Message):
     current_slots: _containers.RepeatedCompositeFieldContainer[LayerSlots]
     strategy_sha256: str
     history: JobHistory
-    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., current_slots: _Optional[_Iterable[_Union[LayerSlots, _Mapping]]] = ..., strategy_sha256: _Optional[str] = ..., history: _Optional[_Union[JobHistory, _Mapping]] = ...) -> None: ...
+    cost_model: CostModel
+    def __init__(self, job_id: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., experts_per_layer: _Optional[_Iterable[int]] = ..., expert_param_numel: _Optional[_Iterable[int]] = ..., bytes_per_param: _Optional[int] = ..., optimizer_bytes_per_param: _Optional[int] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., current_slots: _Optional[_Iterable[_Union[LayerSlots, _Mapping]]] = ..., strategy_sha256: _Optional[str] = ..., history: _Optional[_Union[JobHistory, _Mapping]] = ..., cost_model: _Optional[_Union[CostModel, _Mapping]] = ...) -> None: ...
 
 class LayerSlots(_message.Message):
     __slots__ = ("slots",)
@@ -288,7 +304,7 @@ class StrategyLayerInput(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StrategyPlanRequest(_message.Message):
-    __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes", "current_ref")
+    __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes", "current_ref", "cost_model")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +319,7 @@ class StrategyPlanRequest(_message.Message):
     EXPERT_WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPERT_OPTIMIZER_BYTES_FIELD_NUMBER: _ClassVar[int]
     CURRENT_REF_FIELD_NUMBER: _ClassVar[int]
+    COST_MODEL_FIELD_NUMBER: _ClassVar[int]
     topology: Topology
     iteration: int
     layers: _containers.RepeatedCompositeFieldContainer[StrategyLayerInput]
@@ -310,7 +327,8 @@ class StrategyPlanRequest(_message.Message):
     expert_weight_bytes: _containers.RepeatedScalarFieldContainer[int]
     expert_optimizer_bytes: _containers.RepeatedScalarFieldContainer[int]
     current_ref: int
-    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., iteration: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[StrategyLayerInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., expert_weight_bytes: _Optional[_Iterable[int]] = ..., expert_optimizer_bytes: _Optional[_Iterable[int]] = ..., current_ref: _Optional[int] = ...) -> None: ...
+    cost_model: CostModel
+    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., iteration: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[StrategyLayerInput, _Mapping]]] = ..., options: _Optional[_Mapping[str, str]] = ..., expert_weight_bytes: _Optional[_Iterable[int]] = ..., expert_optimizer_bytes: _Optional[_Iterable[int]] = ..., current_ref: _Optional[int] = ..., cost_model: _Optional[_Union[CostModel, _Mapping]] = ...) -> None: ...
 
 class ValidateOptionsRequest(_message.Message):
     __slots__ = ("options",)

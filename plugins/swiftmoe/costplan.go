@@ -1,0 +1,152 @@
+package swiftmoe
+
+import (
+	"errors"
+	"slices"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// Planning for step time. With the cost model's inputs (a compute figure,
+// token bytes and the bandwidth between nodes) and more than one node, a
+// layer's plan is the candidate with the lowest estimated step time (see
+// stepModel): the compute-balanced plan planLayer makes, hybrid layouts
+// (hybrid.go) over a search of h, and the placement in force, which stays
+// when no candidate is faster.
+
+// stepCandidates bounds the hybrid layouts tried per layer, and
+// stepBudget bounds their slots: a layer of K slots tries at most
+// stepBudget/K of them (at least one), so that large layers stay within
+// the planning time budget.
+const (
+	stepCandidates = 12
+	stepBudget     = 2048
+)
+
+// layerCost is what planning for step time needs of a layer beyond
+// planLayer's inputs.
+type layerCost struct {
+	cm costModel
+}
+
+// stepScratch holds the best plan found while candidates are tried.
+type stepScratch struct {
+	best, cand []int
+	tried      []int32 // h values tried
+	reps, seen []int32 // valid's scratch
+}
+
+// valid reports whether dst is a valid plan of e experts on n ranks of s
+// slots (sdk.ValidateSlots' rules: every expert held, no rank holding more
+// than ceil(replicas/n) of one), without allocating.
+func (ss *stepScratch) valid(dst []int, e, n, s int) bool {
+	ss.reps = grow(ss.reps, e)
+	ss.seen = grow(ss.seen, e)
+	clear(ss.reps)
+	clear(ss.seen)
+	for _, x := range dst {
+		ss.reps[x]++
+	}
+	for _, r := range ss.reps {
+		if r == 0 {
+			return false
+		}
+	}
+	for r := range n {
+		row := dst[r*s : (r+1)*s]
+		for _, x := range row {
+			ss.seen[x]++
+			if ss.seen[x] > (ss.reps[x]+int32(n)-1)/int32(n) {
+				return false
+			}
+		}
+		for _, x := range row {
+			ss.seen[x] = 0
+		}
+	}
+	return true
+}
+
+// planLayerStep writes the layer's plan for step time into dst. t must be
+// hierarchical (see hierarchical) and lc.cm usable.
+func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExperts int, t sdk.Topology, o options, lc *layerCost) error {
+	g := hierarchical(t)
+	n, s := t.WorldSize, t.SlotsPerRank
+	sm := &p.step
+	sm.reset(lc.cm, loads, numExperts, n, g, s)
+	ss := &p.stepPlans
+	ss.best = grow(ss.best, len(dst))
+
+	// The compute-balanced plan.
+	if err := p.planLayer(dst, loads, cur, numExperts, t, o); err != nil {
+		return err
+	}
+	bestMs := sm.score(dst)
+	copy(ss.best, dst)
+
+	// Hybrid layouts: h from hybridMax down, coarse then around the best.
+	// planLayer left the plan in p.rk (dst), which they reuse.
+	hmax := hybridMax(numExperts, n/g, g*s)
+	p.hybrid.rankExperts(loads, numExperts)
+	ss.tried = ss.tried[:0]
+	try := func(h int) error {
+		if slices.Contains(ss.tried, int32(h)) {
+			return nil
+		}
+		ss.tried = append(ss.tried, int32(h))
+		// A layout that does not exist, or that packing cannot complete,
+		// is no candidate.
+		if err := p.planHybrid(h, g); errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if !ss.valid(dst, numExperts, n, s) {
+			return nil
+		}
+		if ms := sm.score(dst); ms < bestMs {
+			bestMs = ms
+			copy(ss.best, dst)
+		}
+		return nil
+	}
+	budget := min(stepCandidates, max(1, stepBudget/len(dst)))
+	bestH := hmax
+	for _, f := range []int{4, 2, 3, 1, 0} {
+		if len(ss.tried) >= budget {
+			break
+		}
+		h := hmax * f / 4
+		before := bestMs
+		if err := try(h); err != nil {
+			return err
+		}
+		if bestMs < before {
+			bestH = h
+		}
+	}
+	for step := hmax / 8; step >= 1 && len(ss.tried) < budget; step /= 2 {
+		for _, h := range []int{bestH - step, bestH + step} {
+			if h < 0 || h > hmax || len(ss.tried) >= budget {
+				continue
+			}
+			before := bestMs
+			if err := try(h); err != nil {
+				return err
+			}
+			if bestMs < before {
+				bestH = h
+			}
+		}
+	}
+	copy(dst, ss.best)
+	// planLayer indexed the current plan (p.cur, p.curReps) for this layer.
+	if p.currentValid() {
+		if sm.score(cur) <= bestMs {
+			copy(dst, cur)
+			return nil
+		}
+		orderSlots(dst, cur, n, s)
+	}
+	return nil
+}

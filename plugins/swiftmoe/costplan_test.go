@@ -1,0 +1,286 @@
+package swiftmoe
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// h200 is the cost model of H200s running GPT-Small experts (d_model 768,
+// d_ff 3072, bf16), 300 GB/s within a node and inter GB/s between nodes.
+func h200(inter float64) costModel {
+	return costModel{
+		tokenBytes: 1536, expertBytes: 2 * 4718592, flopsPerToken: 6 * 4718592, flopsPerS: 6.5e14,
+		intraBW: 300e9, interBW: inter * 1e9,
+	}
+}
+
+// stepReq is a one-layer request planned for step time with cost model c.
+func stepReq(topo sdk.Topology, c costModel, loads []float64, cur []int, opts map[string]string) *sdk.Request {
+	topo.IntraNodeBandwidth, topo.InterNodeBandwidth = c.intraBW, c.interBW
+	return &sdk.Request{
+		Topology: topo, Options: opts,
+		Layers:            []sdk.LayerInput{{NumExperts: len(loads), Predicted: loads, Current: cur}},
+		ExpertWeightBytes: []uint64{uint64(c.expertBytes)},
+		CostModel:         sdk.CostModel{TokenBytes: c.tokenBytes, FlopsPerToken: []float64{c.flopsPerToken}, FlopsPerSecond: c.flopsPerS},
+	}
+}
+
+// estimate is the step model's estimate of a plan: step, compute and
+// all-to-all milliseconds.
+func estimate(c costModel, slots []int, loads []float64, topo sdk.Topology) (step, compute, a2a float64) {
+	var sm stepModel
+	sm.reset(c, loads, len(loads), topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank)
+	sm.index(slots)
+	return sm.eval(slots, sm.evenWeights())
+}
+
+// TestStepModelByHand: 2 nodes of 2 ranks, one slot each; expert 0 on node
+// 0's ranks, expert 1 on node 1's. Every rank routes 10 tokens to each
+// expert: it keeps the 10 for the expert it holds and sends the other 10 to
+// the other node, and each replica takes in 10 from there.
+func TestStepModelByHand(t *testing.T) {
+	c := costModel{tokenBytes: 1000, flopsPerToken: 6e6, flopsPerS: 1e12, intraBW: 1e9, interBW: 1e8}
+	var sm stepModel
+	loads := []float64{40, 40}
+	sm.reset(c, loads, 2, 4, 2, 1)
+	dst := []int{0, 0, 1, 1}
+	sm.index(dst)
+	step, compute, a2a := sm.eval(dst, sm.evenWeights())
+	for r := range 4 {
+		if sm.load[r] != 20 || sm.local[r] != 10 || sm.se[r] != 10 || sm.re[r] != 10 || sm.si[r] != 0 || sm.ri[r] != 0 {
+			t.Fatalf("rank %d: load %v local %v se %v re %v si %v ri %v; want 20, 10, 10, 10, 0, 0",
+				r, sm.load[r], sm.local[r], sm.se[r], sm.re[r], sm.si[r], sm.ri[r])
+		}
+	}
+	wantCompute := 1e3 * 6e6 * 20 / 1e12
+	wantA2A := 4 * 1e3 * 10 * 1000 / 1e8
+	if math.Abs(compute-wantCompute) > 1e-12 || math.Abs(a2a-wantA2A) > 1e-12 || math.Abs(step-wantCompute-wantA2A) > 1e-12 {
+		t.Errorf("got step %v (compute %v, a2a %v), want %v + %v", step, compute, a2a, wantCompute, wantA2A)
+	}
+
+	// Every expert on every node: nothing crosses; each rank keeps 10 of
+	// its 20 tokens and trades the other 10 within its node.
+	dst = []int{0, 1, 0, 1}
+	sm.index(dst)
+	_, _, a2a = sm.eval(dst, sm.evenWeights())
+	for r := range 4 {
+		if sm.se[r] != 0 || sm.re[r] != 0 || sm.si[r] != 10 || sm.ri[r] != 10 {
+			t.Fatalf("replicated, rank %d: se %v re %v si %v ri %v; want 0, 0, 10, 10", r, sm.se[r], sm.re[r], sm.si[r], sm.ri[r])
+		}
+	}
+	if want := 4 * 1e3 * 10 * 1000 / 1e9; math.Abs(a2a-want) > 1e-12 {
+		t.Errorf("replicated all-to-all: got %v, want %v", a2a, want)
+	}
+}
+
+// TestStepModelSendsFromTheLastRanks: a node short of replicas for an
+// expert sends the rest away from its last ranks, as the split's north-west
+// corner does, and the tokens land on the other node's last slots of it.
+func TestStepModelSendsFromTheLastRanks(t *testing.T) {
+	c := costModel{tokenBytes: 1, flopsPerToken: 1, flopsPerS: 1, intraBW: 1, interBW: 1}
+	var sm stepModel
+	// Expert 0: 3 replicas, 2 on node 0 (ranks 0, 1) and 1 on node 1 (rank
+	// 2); 120 tokens, 60 from each node, 40 per replica.
+	loads := []float64{120, 0, 0}
+	sm.reset(c, loads, 3, 4, 2, 2)
+	dst := []int{0, 1, 0, 2, 0, 1, 2, 1}
+	sm.index(dst)
+	sm.eval(dst, sm.evenWeights())
+	// Node 1 routes 60 and processes 40: rank 2 keeps 30 of its own and
+	// takes 10 of rank 3's, whose other 20 leave. Node 0 processes 80 of its
+	// 60: each of its replicas keeps its rank's 30, and the 20 from node 1
+	// fill the 10 left on each.
+	if !slices.Equal(sm.se, []float64{0, 0, 0, 20}) || !slices.Equal(sm.re, []float64{10, 10, 0, 0}) ||
+		!slices.Equal(sm.si, []float64{0, 0, 0, 10}) || !slices.Equal(sm.ri, []float64{0, 0, 10, 0}) {
+		t.Errorf("se %v re %v si %v ri %v; want [0 0 0 20] [10 10 0 0] [0 0 0 10] [0 0 10 0]", sm.se, sm.re, sm.si, sm.ri)
+	}
+}
+
+func TestStepObjectiveKeepsTokensInNodes(t *testing.T) {
+	for _, tc := range []struct {
+		e, n, s int
+		inter   float64
+	}{{32, 16, 4, 12.5}, {64, 16, 6, 12.5}, {32, 32, 4, 50}, {64, 32, 6, 12.5}} {
+		t.Run(fmt.Sprintf("E=%d N=%d S=%d %gGBps", tc.e, tc.n, tc.s, tc.inter), func(t *testing.T) {
+			topo := sdk.Topology{WorldSize: tc.n, SlotsPerRank: tc.s, RanksPerNode: 8}
+			c := h200(tc.inter)
+			loads := zipfLoads(tc.e, 1.0, float64(4096*tc.n*2), 5)
+			stepPlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			computePlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, map[string]string{optObjective: "compute"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkPlan(t, "step", stepPlan.Layers[0], loads, topo)
+			s1, _, a1 := estimate(c, stepPlan.Layers[0], loads, topo)
+			s0, _, a0 := estimate(c, computePlan.Layers[0], loads, topo)
+			t.Logf("step plan: %.3f ms (all-to-all %.3f); compute plan: %.3f ms (all-to-all %.3f)", s1, a1, s0, a0)
+			if s1 > 0.85*s0 || a1 > 0.7*a0 {
+				t.Errorf("step plan estimated at %.3f ms (all-to-all %.3f), the compute plan at %.3f ms (%.3f); want at most 0.85x the step and 0.7x the all-to-all",
+					s1, a1, s0, a0)
+			}
+		})
+	}
+}
+
+func TestStepObjectiveNeedsItsInputs(t *testing.T) {
+	topo := sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 8}
+	loads := zipfLoads(32, 1.0, 1e5, 9)
+	computePlan := planWith(t, New(), topo, nil, loads, nil)
+	for name, edit := range map[string]func(r *sdk.Request){
+		"no cost model":        func(r *sdk.Request) { r.CostModel = sdk.CostModel{} },
+		"no inter bandwidth":   func(r *sdk.Request) { r.Topology.InterNodeBandwidth = 0 },
+		"no flops per second":  func(r *sdk.Request) { r.CostModel.FlopsPerSecond = 0 },
+		"no token bytes":       func(r *sdk.Request) { r.CostModel.TokenBytes = 0 },
+		"one node":             func(r *sdk.Request) { r.Topology.RanksPerNode = 0 },
+		"objective compute":    func(r *sdk.Request) { r.Options = map[string]string{optObjective: "compute"} },
+		"nodes not dividing N": func(r *sdk.Request) { r.Topology.RanksPerNode = 6 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			req := stepReq(topo, h200(12.5), loads, nil, nil)
+			edit(req)
+			resp, err := planReq(t, New(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := computePlan
+			if req.Topology.RanksPerNode != topo.RanksPerNode {
+				want = planWith(t, New(), req.Topology, nil, loads, nil)
+			}
+			if !slices.Equal(resp.Layers[0], want) {
+				t.Errorf("got %v, want the compute-balanced plan %v", resp.Layers[0], want)
+			}
+		})
+	}
+}
+
+func TestStepObjectiveRandomInvariants(t *testing.T) {
+	rng := rand.New(rand.NewPCG(12, 5))
+	s := New()
+	for i := range 300 {
+		topo, loads := randomCase(rng)
+		if hierarchical(topo) == 0 {
+			topo.WorldSize = 2 * (1 + rng.IntN(8))
+			topo.RanksPerNode = topo.WorldSize / 2
+			if len(loads) > topo.TotalSlots() {
+				loads = loads[:topo.TotalSlots()]
+			}
+		}
+		c := h200([]float64{3, 12.5, 50, 400}[rng.IntN(4)])
+		name := fmt.Sprintf("case %d N=%d S=%d R=%d E=%d %gGBps", i, topo.WorldSize, topo.SlotsPerRank, topo.RanksPerNode, len(loads), c.interBW/1e9)
+		var cur []int
+		if rng.IntN(2) == 0 {
+			cur = sdk.StaticSlots(len(loads), topo)
+		}
+		plan := func(cur []int) []int {
+			resp, err := planReq(t, s, stepReq(topo, c, loads, cur, nil))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return resp.Layers[0]
+		}
+		got := plan(cur)
+		checkPlan(t, name, got, loads, topo)
+		if again := plan(cur); !slices.Equal(got, again) {
+			t.Fatalf("%s: not deterministic: %v then %v", name, got, again)
+		}
+		if again := plan(got); !slices.Equal(got, again) {
+			t.Fatalf("%s: unchanged load changed the plan: %v then %v", name, got, again)
+		}
+		junk := make([]int, topo.TotalSlots())
+		for k := range junk {
+			junk[k] = rng.IntN(len(loads))
+		}
+		checkPlan(t, name+" junk current", plan(junk), loads, topo)
+	}
+}
+
+func TestObjectiveOption(t *testing.T) {
+	topo := sdk.Topology{WorldSize: 4, SlotsPerRank: 2, RanksPerNode: 2}
+	_, err := planReq(t, New(), stepReq(topo, h200(12.5), []float64{1, 2, 3}, nil, map[string]string{optObjective: "speed"}))
+	if err == nil || !strings.Contains(err.Error(), `option objective = "speed"; want step or compute`) {
+		t.Errorf("got %v, want an error naming the option and its values", err)
+	}
+	names := []string{}
+	for _, o := range New().Info().Options {
+		names = append(names, o.Name)
+	}
+	if !slices.Contains(names, optObjective) {
+		t.Errorf("Info declares %v, want %s among them", names, optObjective)
+	}
+}
+
+// TestStepModelLeavesNodeImbalanceToBursts: past the burst threshold, a job
+// with burst slots is priced at its busiest node's mean plus one copy
+// within the node, never above its compute without bursts.
+func TestStepModelLeavesNodeImbalanceToBursts(t *testing.T) {
+	c := costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
+	var sm stepModel
+	// 2 nodes of 2 ranks, one slot each; rank 0 holds the hot expert.
+	loads := []float64{300, 100, 100, 100}
+	dst := []int{0, 1, 2, 3}
+	sm.reset(c, loads, 4, 4, 2, 1)
+	sm.index(dst)
+	_, without, _ := sm.eval(dst, sm.evenWeights())
+	if without != 300 { // 1e3 * 1 * 300 / 1e3
+		t.Fatalf("compute without bursts: got %v, want 300", without)
+	}
+	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
+	_, with, _ := sm.eval(dst, sm.evenWeights())
+	if want := 200 + 2*1e3*1000/1e6; with != want { // node 0's mean plus one copy of 2 ms
+		t.Errorf("compute with bursts: got %v, want %v", with, want)
+	}
+	sm.cm.burstThreshold = 2 // 300 is 1.5x the mean of 150: no burst
+	if _, got, _ := sm.eval(dst, sm.evenWeights()); got != without {
+		t.Errorf("below the threshold: got %v, want %v", got, without)
+	}
+}
+
+// TestStepPlanWithBurstsKeepsEveryExpertInEveryNode: E=32 on 2 nodes of 8
+// ranks with 4 slots, two hot experts. Without burst slots the plan gives
+// the hot experts more replicas and leaves some cold experts in one node;
+// with them it keeps every expert in every node (no token crosses) and
+// leaves the hot experts' imbalance within a node to the bursts.
+func TestStepPlanWithBurstsKeepsEveryExpertInEveryNode(t *testing.T) {
+	topo := sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 8}
+	loads := make([]float64, 32)
+	for e := range loads {
+		loads[e] = 2000
+	}
+	loads[3], loads[17] = 32000, 32000
+	c := h200(12.5)
+	c.flopsPerS = 7e14
+	req := stepReq(topo, c, loads, nil, nil)
+	plain, err := planReq(t, New(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.CostModel.BurstSlotsPerRank, req.CostModel.BurstThreshold = 1, 1.1
+	burst, err := planReq(t, New(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inEvery := func(slots []int) int {
+		n := 0
+		for _, row := range nodeCounts(slots, 32, topo) {
+			if row[0] > 0 && row[1] > 0 {
+				n++
+			}
+		}
+		return n
+	}
+	if got := inEvery(burst.Layers[0]); got != 32 {
+		t.Errorf("with bursts: %d of 32 experts in both nodes, want all", got)
+	}
+	if got := inEvery(plain.Layers[0]); got == 32 {
+		t.Errorf("without bursts: every expert in both nodes; want the hot experts given more replicas instead")
+	}
+}

@@ -1,0 +1,182 @@
+"""The simulator's workload classes, its perfect-balance bound, its burst replicas and the cost
+model it hands the swiftmoe strategy."""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+from sim_harness import (
+    cluster,
+    linear_time,
+    module_sidecar,
+    needs_sidecar,
+    run_sim,
+)
+
+from swiftmoe import cli
+from swiftmoe.sim import model
+from swiftmoe.sim.calibration import ExpertTime
+from swiftmoe.sim.workloads import WORKLOADS, default_hot_experts, workload_iterations
+
+
+@pytest.fixture(scope="module")
+def sidecar_address():
+    with module_sidecar() as address:
+        yield address
+
+
+def draw(name, E=32, k=2, it=12, tokens=20000, **kw):
+    return np.stack(list(workload_iterations(name, E, 1, it, tokens, k, **kw)))[:, 0]
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+@pytest.mark.parametrize("E,k", [(32, 2), (16, 4)])
+def test_every_workload_is_deterministic_and_routes_every_token(name, E, k):
+    a = draw(name, E, k, seed=3)
+    b = draw(name, E, k, seed=3)
+    assert np.array_equal(a, b)
+    assert a.shape == (12, E) and a.dtype == np.int64
+    assert (a.sum(axis=1) == 20000 * k).all()  # k distinct experts per token
+    assert (a <= 20000).all()
+    assert not np.array_equal(a, draw(name, E, k, seed=4))
+
+
+def hot_share(loads_E, h):
+    return np.sort(loads_E)[::-1][:h].sum() / loads_E.sum()
+
+
+@pytest.mark.parametrize("E,k", [(64, 8), (32, 2)])
+def test_hot_sets_take_about_half_and_move_as_told(E, k):
+    h = default_hot_experts(k, 0.5)
+    assert h == {8: 5, 2: 2}[k]
+    fixed = draw("fixed-hot", E, k, it=9, tokens=16384)
+    moving = draw("moving-hot", E, k, it=9, tokens=16384)
+    for it in range(9):
+        assert 0.45 < hot_share(fixed[it], h) < 0.55
+        assert 0.45 < hot_share(moving[it], h) < 0.55
+
+    def hot_set(row):
+        return frozenset(np.argsort(-row, kind="stable")[:h].tolist())
+
+    assert len({hot_set(r) for r in fixed}) == 1
+    sets = [hot_set(r) for r in moving]
+    for it in range(1, 9):
+        assert (sets[it] == sets[it - 1]) == (it % 3 != 0), (it, sets)
+
+
+def test_burst_every_fourth_iteration():
+    a = draw("burst", 32, 2, it=12, tokens=16384)
+    shares = [hot_share(r, 2) for r in a]
+    for it, sh in enumerate(shares):
+        if it % 4 == 3:
+            assert 0.45 < sh < 0.55, (it, shares)
+        else:
+            assert sh < 0.3, (it, shares)
+    bursts = [frozenset(np.argsort(-a[it])[:2].tolist()) for it in (3, 7, 11)]
+    assert len(set(bursts)) == 3  # a new hot set each burst
+
+
+def test_half_idle_and_uniform():
+    idle = draw("half-idle", 32, 2, it=5)
+    zero = idle == 0
+    assert (zero.sum(axis=1) == 16).all() and (zero == zero[0]).all()
+    uni = draw("uniform", 32, 2, it=5, tokens=64000)
+    assert uni.max() / uni.mean() < 1.05
+
+
+def test_workload_errors_name_the_flag():
+    with pytest.raises(ValueError, match="--workload is 'nope'"):
+        draw("nope")
+    with pytest.raises(ValueError, match="raise --hot-experts to at least 5"):
+        draw("fixed-hot", 64, 8, hot_experts=3)
+    with pytest.raises(ValueError, match="--hot-share is 1.5"):
+        draw("moving-hot", hot_share=1.5)
+    with pytest.raises(ValueError, match="--burst-every is 1"):
+        draw("burst", burst_every=1)
+    with pytest.raises(ValueError, match="--shift-every is 0"):
+        draw("moving-hot", shift_every=0)
+
+
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_sim_workload_flags():
+    with pytest.raises(SystemExit) as e:
+        _cli(["sim", "--help"])
+    assert e.value.code == 0
+    rc, _, err = _cli(["sim", "--trace", "x.jsonl", "--workload", "burst"])
+    assert rc == 2 and "--workload burst draws a synthetic trace" in err
+    rc, _, err = _cli(
+        ["sim", "--synthetic-experts", "8", "--workload", "fixed-hot", "--hot-share", "0.9",
+         "--hot-experts", "2", "--top-k", "4", "--iterations", "2"]
+    )  # fmt: skip
+    assert rc == 2 and "raise --hot-experts to at least" in err
+    rc, _, err = _cli(["sim", "--synthetic-experts", "8", "--swiftmoe-option", "objective"])
+    assert rc == 2 and "--swiftmoe-option 'objective': pass KEY=VALUE" in err
+
+
+def test_bound_is_perfect_balance():
+    c = cluster(gpus=4, per_node=2, compute_model="grouped")
+    b = model.bound_layer(c, linear_time(), 8000, 3)
+    # every rank computes 2000 tokens; every source sends 500 to each rank, 1000 across nodes
+    assert b.compute_ms == pytest.approx(2.0)
+    assert b.a2a_ms == pytest.approx(4 * 1e3 * max(500 * 128 / 1e9, 1000 * 128 / 0.5e9))
+    assert b.transfer_ms == pytest.approx(model.transfer_ms(c, 3))
+    assert np.allclose(b.load_R, 2000)
+    # a static layout that keeps every token in its node moves less: its all-to-all is taken
+    assert model.bound_layer(c, linear_time(), 8000, 3, 0.25).a2a_ms == 0.25
+    per_slot = model.bound_layer(cluster(compute_model="per-slot"), linear_time(), 8000, 4)
+    assert per_slot.compute_ms == pytest.approx(4 * 0.5)  # four slots of 500 tokens
+
+
+def test_marginal_flops_of_a_table():
+    # 1 ms fixed, then about 1 ms per 1000 tokens: 1e6 tokens/s at the margin
+    et = ExpertTime("t", "gpu", "s", np.array([1.0, 1e6]), np.array([1.0, 1001.0]))
+    assert et.flops_per_s(6.0, 1000) == pytest.approx(6.0 * 1e6, rel=1e-5)
+
+
+def skewed(it=8, E=8, hot=4000, rest=500):
+    loads = np.full((it, 1, E), rest)
+    for i in range(it):
+        loads[i, 0, (i // 2) % E] = hot  # a hot expert that moves every 2 iterations
+    return loads
+
+
+@needs_sidecar
+def test_bursts_cut_the_step_where_the_hot_expert_moves(sidecar_address):
+    # 4 GPUs in 2 nodes, 2 slots each; 1 ms per 1000 tokens, so a token is worth 1 us of compute
+    # and copying an expert (16 KiB of weights) within a node 33 ns.
+    loads = skewed()
+    res = run_sim(
+        sidecar_address, loads, "bound,swiftmoe,swiftmoe-burst", 2, 2, flops_per_s=6 * 16384e6
+    )
+    sw, bu = res.per_iteration["swiftmoe"], res.per_iteration["swiftmoe-burst"]
+    moved = [2, 4, 6]  # the plan (from the previous iteration) misses the new hot expert
+    assert (bu["bursts"][moved] > 0).all(), bu["bursts"]
+    assert (bu["copy_ms"][moved] > 0).all()
+    assert (bu["step_ms"][moved] < 0.9 * sw["step_ms"][moved]).all(), (bu["step_ms"], sw["step_ms"])
+    assert (bu["step_ms"] <= sw["step_ms"] + 1e-9).all()  # a burst that does not pay is not made
+    quiet = bu["bursts"] == 0
+    assert np.allclose(bu["step_ms"][quiet], sw["step_ms"][quiet])
+
+
+@needs_sidecar
+def test_swiftmoe_plans_for_step_time_with_the_clusters_cost_model(sidecar_address):
+    # 8 GPUs in 2 nodes, slow links between them: with the cost model, SwiftMoE keeps tokens in
+    # their node and moves fewer of them than when it balances compute alone.
+    c = cluster(gpus=8, per_node=4, compute_model="grouped", intra=100e9, inter=0.1e9)
+    loads = np.tile(np.array([9000, 5000, 3000, 2000, 1500, 1000, 800, 700]), (4, 1, 1))
+    kw = dict(cluster=c, flops_per_s=6 * 16384e6)
+    step = run_sim(sidecar_address, loads, "swiftmoe", 2, 2, **kw).per_iteration["swiftmoe"]
+    comp = run_sim(
+        sidecar_address, loads, "swiftmoe", 2, 2, swift={"objective": "compute"}, **kw
+    ).per_iteration["swiftmoe"]
+    assert (step["a2a_ms"][1:] < 0.8 * comp["a2a_ms"][1:]).all(), (step["a2a_ms"], comp["a2a_ms"])
+    assert (step["step_ms"][1:] < comp["step_ms"][1:]).all()
