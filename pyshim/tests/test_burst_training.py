@@ -19,6 +19,7 @@ from distributed import run_ranks
 from engine_harness import (
     OPTIMIZERS,
     B,
+    D,
     E,
     TinyNet,
     adversarial_source,
@@ -269,6 +270,11 @@ def _policies(rank: int, world_size: int) -> dict:
 
     def factory(config, job):
         assert (job.intra_node_bandwidth, job.inter_node_bandwidth) == (5e9, 0.0)
+        # The cost model the planner gets: one token's row of the experts' input width D in
+        # fp32, the device's default throughput, and the engine's burst replicas.
+        assert job.token_bytes == D * 4
+        assert job.flops_per_second == burst_run.CPU_FLOPS_PER_THREAD
+        assert (job.burst_slots_per_rank, job.burst_threshold) == (1, 1.1)
         src = CallablePlanSource(lambda it, loads: None, name="none")
         return StartedPlanSource(src, job.slots_per_rank, 7e9, 3e9)
 

@@ -112,6 +112,12 @@ class JobShape:
             ``slots_per_rank`` is 0 (the planner chooses the slots and starts static).
         intra_node_bandwidth, inter_node_bandwidth: link bandwidths in bytes/s the config
             gives, 0 where the planner is to discover them.
+        token_bytes: bytes of one token's row in the all-to-all (the experts' input width times
+            the expert parameters' element size; 0: unknown).
+        flops_per_second: one rank's expert GEMM throughput (the config's, else the device's
+            default; ``swiftmoe.engine.costmodel``).
+        burst_slots_per_rank, burst_threshold: the engine's burst replicas (0: off), so that a
+            planner may leave imbalance within a node to them.
     """
 
     world_size: int
@@ -123,6 +129,10 @@ class JobShape:
     initial_slots: tuple[tuple[int, ...], ...] | None
     intra_node_bandwidth: float = 0.0
     inter_node_bandwidth: float = 0.0
+    token_bytes: float = 0.0
+    flops_per_second: float = 0.0
+    burst_slots_per_rank: int = 0
+    burst_threshold: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from torch import nn
 from swiftmoe.adapters import ExpertSpec
 from swiftmoe.engine import plan as planlib
 from swiftmoe.engine.blocks import MoEBlock, find_moe_blocks
-from swiftmoe.engine.burst_run import BurstPolicy
+from swiftmoe.engine.burst_run import BurstPolicy, default_flops_per_s
 from swiftmoe.engine.config import AUTO_SLOTS, SwiftMoEConfig
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.handle import SwiftMoEHandle
@@ -235,10 +235,18 @@ def _job_shape(
     N: int,
     rpn: int,
 ) -> JobShape:
-    numel, elem = [], 4
+    numel, elem, width = [], 4, 0
+    param = None
     for _fqn, block, adapter in blocks:
-        numel.append(adapter.expert_spec(block).numel)
-        elem = adapter.get_expert_params(block)[0][0].element_size()
+        spec = adapter.expert_spec(block)
+        numel.append(spec.numel)
+        param = adapter.get_expert_params(block)[0][0]
+        elem = param.element_size()
+        width = max(width, expert_input_width(spec, adapter.get_expert_params(block)[0]))
+    bursts = config.mode != "observe" and config.split_method != "even" and N > 1
+    flops = config.expert_flops_per_s
+    if flops <= 0 and param is not None:
+        flops = default_flops_per_s(param.device, param.dtype)
     return JobShape(
         world_size=N,
         slots_per_rank=0 if slots_L is None else config.slots_per_rank,
@@ -249,7 +257,28 @@ def _job_shape(
         initial_slots=None if slots_L is None else tuple(tuple(s) for s in slots_L),
         intra_node_bandwidth=float(config.intra_node_bandwidth),
         inter_node_bandwidth=float(config.inter_node_bandwidth),
+        token_bytes=float(width * elem),
+        flops_per_second=float(flops),
+        burst_slots_per_rank=config.burst_slots_per_rank if bursts else 0,
+        burst_threshold=float(config.burst_threshold) if bursts else 0.0,
     )
+
+
+def expert_input_width(spec: ExpertSpec, params: tuple[torch.Tensor, ...]) -> int:
+    """D, the width of one token's row an expert takes (and returns): the expert's forward
+    run on two rows of zeros with one expert's own parameters (``params``), for each
+    dimension its parameter shapes have, without autograd. 0 when none fits (the cost model
+    then prices compute alone)."""
+    p = params[0]
+    with torch.no_grad():
+        for d in sorted({int(d) for shape in spec.shapes for d in shape}):
+            try:
+                y = spec.forward(torch.zeros(2, d, dtype=p.dtype, device=p.device), *params)
+            except Exception:  # a width the expert cannot take: try the next
+                continue
+            if isinstance(y, torch.Tensor) and tuple(y.shape) == (2, d):
+                return d
+    return 0
 
 
 def _start_plan_source(

@@ -44,6 +44,10 @@ def plan_source_for(config: Any, job: JobShape) -> StartedPlanSource:
         current_slots=None if job.initial_slots is None else [list(s) for s in job.initial_slots],
         intra_node_bandwidth=job.intra_node_bandwidth,
         inter_node_bandwidth=job.inter_node_bandwidth,
+        token_bytes=job.token_bytes,
+        flops_per_second=job.flops_per_second,
+        burst_slots_per_rank=job.burst_slots_per_rank,
+        burst_threshold=job.burst_threshold,
     )
     svc = PlanService(spec, address=config.sidecar_address, plugins_dir=config.plugins_dir)
     try:
