@@ -95,8 +95,16 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 		}
 		ss.tried = append(ss.tried, int32(h))
 		// A layout that does not exist, or that packing cannot complete,
-		// is no candidate.
-		if err := p.planHybrid(h, g); errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair) {
+		// is no candidate; nor is one whose bound shows it cannot be
+		// faster, which is dropped before its ranks are packed.
+		err := p.hybridCounts(h, g)
+		if err == nil {
+			if !beats(p.boundHybrid(h, sm), bestMs) {
+				return nil
+			}
+			err = p.packHybrid(h, g)
+		}
+		if errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair) {
 			return nil
 		} else if err != nil {
 			return err
@@ -142,7 +150,7 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	copy(dst, ss.best)
 	// planLayer indexed the current plan (p.cur, p.curReps) for this layer.
 	if p.currentValid() {
-		if sm.score(cur) <= bestMs {
+		if beats(sm.boundPlan(cur), bestMs) && sm.score(cur) <= bestMs {
 			copy(dst, cur)
 			return nil
 		}
