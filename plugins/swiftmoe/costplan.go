@@ -83,6 +83,7 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	}
 	bestMs := sm.score(dst)
 	copy(ss.best, dst)
+	ordered := true // planLayer ordered its slots (orderSlots)
 
 	// Hybrid layouts: h from hybridMax down, coarse then around the best.
 	// planLayer left the plan in p.rk (dst), which they reuse.
@@ -113,7 +114,7 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 			return nil
 		}
 		if ms := sm.score(dst); ms < bestMs {
-			bestMs = ms
+			bestMs, ordered = ms, false
 			copy(ss.best, dst)
 		}
 		return nil
@@ -154,7 +155,9 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 			copy(dst, cur)
 			return nil
 		}
-		orderSlots(dst, cur, n, s)
+		if !ordered {
+			orderSlots(dst, cur, n, s)
+		}
 	}
 	return nil
 }
