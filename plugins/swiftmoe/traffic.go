@@ -126,64 +126,73 @@ func (sm *stepModel) eval(dst []int) (step, compute, a2a float64) {
 	return compute + a2a, compute, a2a
 }
 
-// evalNode sets the tier volumes of node nd's ranks.
+// evalNode sets the tier volumes of node nd's ranks. (The model's slices
+// are held in locals, which spares the reloads and bounds checks of
+// fields in its inner loops.)
 func (sm *stepModel) evalNode(dst []int, nd int) {
 	g, s := sm.g, sm.s
 	per := g * s
 	base := nd * per
 	node := dst[base : base+per]
-	w, c := sm.w, sm.c
+	w, c, d := sm.w, sm.c, sm.d
+	rankOf, nodeOf, cnt := sm.rankOf, sm.nodeOf, sm.cnt
+	left, recvLeft, kept := sm.left, sm.recvLeft, sm.kept
+	load, local := sm.load[nd*g:(nd+1)*g], sm.local[nd*g:(nd+1)*g]
+	si, ri := sm.si[nd*g:(nd+1)*g], sm.ri[nd*g:(nd+1)*g]
+	se, re := sm.se[nd*g:(nd+1)*g], sm.re[nd*g:(nd+1)*g]
 	slotLocal := sm.slotLocal[:per]
 	held := sm.held[:0]
+	nd32 := int32(nd)
 	// Forward: loads, and the local tier (a rank's share of the node's
 	// demand for x goes to its own slots of x first, earlier slots first).
 	for q := range g {
-		r := nd*g + q
+		r := int32(nd*g + q)
+		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
 		var lr, loc float64
-		for j, x := range node[q*s : (q+1)*s] {
+		for j, x := range row {
 			wx := w[x]
 			lr += wx
-			if sm.rankOf[x] != int32(r) {
-				sm.rankOf[x], sm.left[x] = int32(r), c[x]
+			if rankOf[x] != r {
+				rankOf[x], left[x] = r, c[x]
 			}
-			t := min(sm.left[x], wx)
-			slotLocal[q*s+j] = t
+			t := min(left[x], wx)
+			rowLocal[j] = t
 			loc += t
-			sm.left[x] -= t
-			if sm.nodeOf[x] != int32(nd) {
-				sm.nodeOf[x], sm.cnt[x] = int32(nd), 0
+			left[x] -= t
+			if nodeOf[x] != nd32 {
+				nodeOf[x], cnt[x] = nd32, 0
 				held = append(held, int32(x))
 			}
-			sm.cnt[x]++
+			cnt[x]++
 		}
-		sm.load[r], sm.local[r] = lr, loc
+		load[q], local[q] = lr, loc
 	}
 	// What the node processes of each expert it holds against its demand.
 	allSend := sm.nodeTotal
 	short, sendLeft := sm.short[:0], sm.sendLeft[:0]
 	for _, x := range held {
-		d := sm.d[x]
-		allSend -= d
-		sup := w[x] * float64(sm.cnt[x])
-		sm.recvLeft[x] = 0
+		dx := d[x]
+		allSend -= dx
+		sup := w[x] * float64(cnt[x])
+		recvLeft[x] = 0
 		switch {
-		case d > sup:
+		case dx > sup:
 			short = append(short, x)
-			sendLeft = append(sendLeft, d-sup)
-		case sup > d:
-			sm.recvLeft[x] = sup - d
+			sendLeft = append(sendLeft, dx-sup)
+		case sup > dx:
+			recvLeft[x] = sup - dx
 		}
 	}
 	// Backward: what its slots process beyond the node's demand lands on
 	// its last slots of the expert.
 	for q := g - 1; q >= 0; q-- {
-		r := nd*g + q
+		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
 		for j := s - 1; j >= 0; j-- {
-			x := node[q*s+j]
-			if left := sm.recvLeft[x]; left > 0 {
-				if t := min(left, w[x]-slotLocal[q*s+j]); t > 0 {
-					sm.re[r] += t
-					sm.recvLeft[x] = left - t
+			x := row[j]
+			if l := recvLeft[x]; l > 0 {
+				if t := min(l, w[x]-rowLocal[j]); t > 0 {
+					re[q] += t
+					recvLeft[x] = l - t
 				}
 			}
 		}
@@ -191,21 +200,20 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	// What it lacks leaves from its last ranks, each up to its share less
 	// what it keeps locally.
 	for q := g - 1; q >= 0 && len(short) > 0; q-- {
-		r := nd*g + q
-		row := node[q*s : (q+1)*s]
+		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
 		for _, x := range short {
-			sm.kept[x] = 0
+			kept[x] = 0
 		}
 		for j, x := range row {
-			sm.kept[x] += slotLocal[q*s+j]
+			kept[x] += rowLocal[j]
 		}
 		done := true
 		for i, x := range short {
 			if sendLeft[i] <= 0 {
 				continue
 			}
-			if t := min(sendLeft[i], c[x]-sm.kept[x]); t > 0 {
-				sm.se[r] += t
+			if t := min(sendLeft[i], c[x]-kept[x]); t > 0 {
+				se[q] += t
 				sendLeft[i] -= t
 			}
 			done = done && sendLeft[i] <= 0
@@ -218,10 +226,10 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	// every rank.
 	even := max(0, allSend) / float64(g)
 	share := sm.nodeTotal / float64(g)
-	for r := nd * g; r < (nd+1)*g; r++ {
-		sm.se[r] += even
-		sm.si[r] = max(0, share-sm.local[r]-sm.se[r])
-		sm.ri[r] = max(0, sm.load[r]-sm.local[r]-sm.re[r])
+	for q := range g {
+		se[q] += even
+		si[q] = max(0, share-local[q]-se[q])
+		ri[q] = max(0, load[q]-local[q]-re[q])
 	}
 	sm.held, sm.short, sm.sendLeft = held, short, sendLeft
 }
