@@ -203,19 +203,10 @@ func (p *planner) hybridCounts(h, r int) error {
 // q+1. The eligible nodes wait in a queue ordered by (load, node).
 func (hs *hybridScratch) homeSingles(loads []float64, h, q, rho, m int) error {
 	full := 0 // nodes holding q+1
+	nSingle, nodeLoad := hs.nSingle, hs.nodeLoad
 	eligible := func(nd int32) bool {
-		c := int(hs.nSingle[nd])
+		c := int(nSingle[nd])
 		return c < q || (c == q && full < rho)
-	}
-	cmp := func(a, b int32) int {
-		la, lb := hs.nodeLoad[a], hs.nodeLoad[b]
-		switch {
-		case la < lb:
-			return -1
-		case la > lb:
-			return 1
-		}
-		return int(a - b)
 	}
 	queue := grow(hs.queue, m)[:0]
 	for nd := range int32(m) {
@@ -228,19 +219,34 @@ func (hs *hybridScratch) homeSingles(loads []float64, h, q, rho, m int) error {
 			return errNoLayout
 		}
 		nd := queue[0]
-		queue = slices.Delete(queue, 0, 1)
 		hs.home[x] = nd
-		if hs.nSingle[nd]++; hs.nSingle[nd] == int32(q)+1 {
+		if nSingle[nd]++; nSingle[nd] == int32(q)+1 {
 			if full++; full == rho {
 				// No more nodes of q+1: those holding q are done.
-				queue = slices.DeleteFunc(queue, func(n int32) bool { return hs.nSingle[n] >= int32(q) })
+				queue = slices.DeleteFunc(queue, func(n int32) bool { return n != nd && nSingle[n] >= int32(q) })
 			}
 		}
-		hs.nodeLoad[nd] += loadOf(loads, int(x))
-		if eligible(nd) {
-			at, _ := slices.BinarySearchFunc(queue, nd, cmp)
-			queue = slices.Insert(queue, at, nd)
+		l := nodeLoad[nd] + loadOf(loads, int(x))
+		nodeLoad[nd] = l
+		if !eligible(nd) {
+			copy(queue, queue[1:])
+			queue = queue[:len(queue)-1]
+			continue
 		}
+		// Its load only grew: it moves back past the nodes before it in
+		// (load, node) order, the rest shifting forward.
+		lo, hi := 1, len(queue)
+		for lo < hi {
+			mid := int(uint(lo+hi) >> 1)
+			o := queue[mid]
+			if lo2 := nodeLoad[o]; lo2 < l || (lo2 == l && o < nd) {
+				lo = mid + 1
+			} else {
+				hi = mid
+			}
+		}
+		copy(queue, queue[1:lo])
+		queue[lo-1] = nd
 	}
 	hs.queue = queue
 	return nil
