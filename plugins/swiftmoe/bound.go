@@ -63,7 +63,8 @@ func (b *stepBound) value() float64 {
 	return compute + 4*1e3*cross*c.tokenBytes/c.interBW
 }
 
-// boundPlan is the bound for the plan dst (valid: every expert held).
+// boundPlan is the bound for the plan dst (ids in range; a bound on the
+// estimate when every expert is held).
 func (sm *stepModel) boundPlan(dst []int) float64 {
 	sm.weigh(dst)
 	for x := range sm.e {

@@ -150,14 +150,18 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	}
 	copy(dst, ss.best)
 	// planLayer indexed the current plan (p.cur, p.curReps) for this layer.
-	if p.currentValid() {
-		if beats(sm.boundPlan(cur), bestMs) && sm.score(cur) <= bestMs {
-			copy(dst, cur)
-			return nil
-		}
-		if !ordered {
-			orderSlots(dst, cur, n, s)
-		}
+	// Its bound (any plan with ids in range has one) comes before the
+	// check of its rank limits, which is needed only when it may win or
+	// the best plan's slots are to be ordered after it.
+	if p.cur == nil {
+		return nil
+	}
+	if beats(sm.boundPlan(p.cur), bestMs) && p.currentValid() && sm.score(p.cur) <= bestMs {
+		copy(dst, p.cur)
+		return nil
+	}
+	if !ordered && p.currentValid() {
+		orderSlots(dst, p.cur, n, s)
 	}
 	return nil
 }
