@@ -18,17 +18,10 @@ func TestStepBoundHolds(t *testing.T) {
 	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
 	var hybrids, tight int
 	for i := range 3000 {
-		m := 2 + rng.IntN(6)
-		g := 1 + rng.IntN(8)
-		s := 1 + rng.IntN(6)
-		n := m * g
-		e := 1 + rng.IntN(n*s)
-		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: g}
-		loads := qualityLoads(rng, e)
-		cm := h200([]float64{3, 12.5, 50}[rng.IntN(3)])
-		if rng.IntN(2) == 0 {
-			cm.burstSlots, cm.burstThreshold = 1, 1.1
-		}
+		topo, loads := randomNodeLayer(rng)
+		n, g, s, e := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, len(loads)
+		m := n / g
+		cm := randomCost(rng)
 		p := new(planner)
 		dst := make([]int, n*s)
 		if err := p.planLayer(dst, loads, nil, e, topo, options{}); err != nil {

@@ -190,17 +190,8 @@ func TestPlanQualityGolden(t *testing.T) {
 		t.Logf("wrote %d cases to %s", len(got), qualityGolden)
 		return
 	}
-	b, err := os.ReadFile(qualityGolden)
-	if err != nil {
-		t.Fatalf("reading the golden: %v (go test -run TestPlanQualityGolden -update-quality writes it)", err)
-	}
 	var want []qualityCase
-	if err := json.Unmarshal(b, &want); err != nil {
-		t.Fatalf("%s: %v", qualityGolden, err)
-	}
-	if len(want) != len(got) {
-		t.Fatalf("%s has %d cases, the test makes %d; rewrite it with -update-quality from the reference planner", qualityGolden, len(want), len(got))
-	}
+	readGolden(t, qualityGolden, &want, len(got), "go test -run TestPlanQualityGolden -update-quality rewrites it from the planner as it is")
 	var changed, better, worse int
 	var sumGot, sumWant float64
 	for i, w := range want {
@@ -233,4 +224,20 @@ func TestPlanQualityGolden(t *testing.T) {
 	}
 	t.Logf("%d cases: %d plans differ from the reference's, %d better, %d worse within the tolerance; total step time %.6g ms against %.6g",
 		len(got), changed, better, worse, sumGot, sumWant)
+}
+
+// readGolden reads the JSON golden at path into want (a pointer to a
+// slice), which must hold n cases; fix says how the golden is made.
+func readGolden[T any](t *testing.T, path string, want *[]T, n int, fix string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading the golden: %v (%s)", err, fix)
+	}
+	if err := json.Unmarshal(b, want); err != nil {
+		t.Fatalf("%s: %v (%s)", path, err, fix)
+	}
+	if len(*want) != n {
+		t.Fatalf("%s has %d cases, the test makes %d (%s)", path, len(*want), n, fix)
+	}
 }
