@@ -83,6 +83,7 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	}
 	bestMs := sm.score(dst)
 	copy(ss.best, dst)
+	ordered := true // planLayer ordered its slots (orderSlots)
 
 	// Hybrid layouts: h from hybridMax down, coarse then around the best.
 	// planLayer left the plan in p.rk (dst), which they reuse.
@@ -95,8 +96,16 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 		}
 		ss.tried = append(ss.tried, int32(h))
 		// A layout that does not exist, or that packing cannot complete,
-		// is no candidate.
-		if err := p.planHybrid(h, g); errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair) {
+		// is no candidate; nor is one whose bound shows it cannot be
+		// faster, which is dropped before its ranks are packed.
+		err := p.hybridCounts(h, g)
+		if err == nil {
+			if !beats(p.boundHybrid(h, sm), bestMs) {
+				return nil
+			}
+			err = p.packHybrid(h, g)
+		}
+		if errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair) {
 			return nil
 		} else if err != nil {
 			return err
@@ -105,7 +114,7 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 			return nil
 		}
 		if ms := sm.score(dst); ms < bestMs {
-			bestMs = ms
+			bestMs, ordered = ms, false
 			copy(ss.best, dst)
 		}
 		return nil
@@ -141,12 +150,18 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	}
 	copy(dst, ss.best)
 	// planLayer indexed the current plan (p.cur, p.curReps) for this layer.
-	if p.currentValid() {
-		if sm.score(cur) <= bestMs {
-			copy(dst, cur)
-			return nil
-		}
-		orderSlots(dst, cur, n, s)
+	// Its bound (any plan with ids in range has one) comes before the
+	// check of its rank limits, which is needed only when it may win or
+	// the best plan's slots are to be ordered after it.
+	if p.cur == nil {
+		return nil
+	}
+	if beats(sm.boundPlan(p.cur), bestMs) && p.currentValid() && sm.score(p.cur) <= bestMs {
+		copy(dst, p.cur)
+		return nil
+	}
+	if !ordered && p.currentValid() {
+		orderSlots(dst, p.cur, n, s)
 	}
 	return nil
 }

@@ -36,8 +36,7 @@ func stepReq(topo sdk.Topology, c costModel, loads []float64, cur []int, opts ma
 func estimate(c costModel, slots []int, loads []float64, topo sdk.Topology) (step, compute, a2a float64) {
 	var sm stepModel
 	sm.reset(c, loads, len(loads), topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank)
-	sm.index(slots)
-	return sm.eval(slots, sm.evenWeights())
+	return sm.eval(slots)
 }
 
 // TestStepModelByHand: 2 nodes of 2 ranks, one slot each; expert 0 on node
@@ -50,8 +49,7 @@ func TestStepModelByHand(t *testing.T) {
 	loads := []float64{40, 40}
 	sm.reset(c, loads, 2, 4, 2, 1)
 	dst := []int{0, 0, 1, 1}
-	sm.index(dst)
-	step, compute, a2a := sm.eval(dst, sm.evenWeights())
+	step, compute, a2a := sm.eval(dst)
 	for r := range 4 {
 		if sm.load[r] != 20 || sm.local[r] != 10 || sm.se[r] != 10 || sm.re[r] != 10 || sm.si[r] != 0 || sm.ri[r] != 0 {
 			t.Fatalf("rank %d: load %v local %v se %v re %v si %v ri %v; want 20, 10, 10, 10, 0, 0",
@@ -67,8 +65,7 @@ func TestStepModelByHand(t *testing.T) {
 	// Every expert on every node: nothing crosses; each rank keeps 10 of
 	// its 20 tokens and trades the other 10 within its node.
 	dst = []int{0, 1, 0, 1}
-	sm.index(dst)
-	_, _, a2a = sm.eval(dst, sm.evenWeights())
+	_, _, a2a = sm.eval(dst)
 	for r := range 4 {
 		if sm.se[r] != 0 || sm.re[r] != 0 || sm.si[r] != 10 || sm.ri[r] != 10 {
 			t.Fatalf("replicated, rank %d: se %v re %v si %v ri %v; want 0, 0, 10, 10", r, sm.se[r], sm.re[r], sm.si[r], sm.ri[r])
@@ -90,8 +87,7 @@ func TestStepModelSendsFromTheLastRanks(t *testing.T) {
 	loads := []float64{120, 0, 0}
 	sm.reset(c, loads, 3, 4, 2, 2)
 	dst := []int{0, 1, 0, 2, 0, 1, 2, 1}
-	sm.index(dst)
-	sm.eval(dst, sm.evenWeights())
+	sm.eval(dst)
 	// Node 1 routes 60 and processes 40: rank 2 keeps 30 of its own and
 	// takes 10 of rank 3's, whose other 20 leave. Node 0 processes 80 of its
 	// 60: each of its replicas keeps its rank's 30, and the 20 from node 1
@@ -228,18 +224,17 @@ func TestStepModelLeavesNodeImbalanceToBursts(t *testing.T) {
 	loads := []float64{300, 100, 100, 100}
 	dst := []int{0, 1, 2, 3}
 	sm.reset(c, loads, 4, 4, 2, 1)
-	sm.index(dst)
-	_, without, _ := sm.eval(dst, sm.evenWeights())
+	_, without, _ := sm.eval(dst)
 	if without != 300 { // 1e3 * 1 * 300 / 1e3
 		t.Fatalf("compute without bursts: got %v, want 300", without)
 	}
 	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
-	_, with, _ := sm.eval(dst, sm.evenWeights())
+	_, with, _ := sm.eval(dst)
 	if want := 200 + 2*1e3*1000/1e6; with != want { // node 0's mean plus one copy of 2 ms
 		t.Errorf("compute with bursts: got %v, want %v", with, want)
 	}
 	sm.cm.burstThreshold = 2 // 300 is 1.5x the mean of 150: no burst
-	if _, got, _ := sm.eval(dst, sm.evenWeights()); got != without {
+	if _, got, _ := sm.eval(dst); got != without {
 		t.Errorf("below the threshold: got %v, want %v", got, without)
 	}
 }

@@ -2,6 +2,8 @@ package swiftmoe
 
 import (
 	"errors"
+	"math"
+	"math/bits"
 	"slices"
 )
 
@@ -48,7 +50,11 @@ func hybridMax(e, nodes, perNode int) int {
 
 // hybridScratch is the hybrid planner's per-layer state.
 type hybridScratch struct {
-	order    []int32   // experts by load, heaviest first
+	order    []int32  // experts by load, heaviest first
+	keys     []uint64 // rankExperts' sort keys
+	queue    []int32  // homeSingles' eligible nodes
+	tmp      []uint64 // sortKeys scratch
+	cnt      []int32
 	home     []int32   // per expert: its node, -1 for a global expert
 	nodeLoad []float64 // per node
 	nSingle  []int32   // per node: single-homed experts
@@ -56,32 +62,57 @@ type hybridScratch struct {
 	subLoads []float64
 	subReps  []int32
 	counts   counter
+	// The bound's per-node sums (see boundHybrid).
+	bLoad, bMet, bRecv []float64
 }
 
 // rankExperts orders the layer's experts by load, heaviest first (ties by
-// id), once per layer.
+// id), once per layer. It sorts one integer key per expert, as weights.set
+// does (the load's bits with the id in place of the lowest), then an
+// insertion pass orders the few experts whose loads differ only in those
+// bits.
 func (hs *hybridScratch) rankExperts(loads []float64, e int) {
 	hs.order = grow(hs.order, e)
-	for i := range hs.order {
-		hs.order[i] = int32(i)
+	idBits := bits.Len(uint(e - 1))
+	keys := grow(hs.keys, e)[:0]
+	for x := range e {
+		k := ^math.Float64bits(loadOf(loads, x)) >> idBits
+		keys = append(keys, k<<idBits|uint64(x))
 	}
-	slices.SortStableFunc(hs.order, func(a, b int32) int {
+	hs.tmp = grow(hs.tmp, e)
+	hs.cnt = grow(hs.cnt, e*sortBuckets+1)
+	sortKeys(keys, hs.tmp, hs.cnt)
+	idMask := uint64(1)<<idBits - 1
+	order := hs.order
+	for i, k := range keys {
+		order[i] = int32(k & idMask)
+	}
+	before := func(a, b int32) bool {
 		la, lb := loadOf(loads, int(a)), loadOf(loads, int(b))
-		switch {
-		case la > lb:
-			return -1
-		case la < lb:
-			return 1
-		default:
-			return 0
+		return la > lb || (la == lb && a < b)
+	}
+	for i := 1; i < len(order); i++ {
+		for j := i; j > 0 && before(order[j], order[j-1]); j-- {
+			order[j], order[j-1] = order[j-1], order[j]
 		}
-	})
+	}
+	hs.keys = keys
 }
 
 // planHybrid writes the hybrid layout of h into the plan being built
 // (p.rk.dst) over nodes of r ranks, with its counts in p.reps and their
 // weights in p.wt (rankExperts must have run for the layer).
 func (p *planner) planHybrid(h, r int) error {
+	if err := p.hybridCounts(h, r); err != nil {
+		return err
+	}
+	return p.packHybrid(h, r)
+}
+
+// hybridCounts sets the counts of the hybrid layout of h over nodes of r
+// ranks: p.reps, each node's replicas of each expert (p.nodes.lay.cnt), the
+// single-homed experts' nodes and the nodes' spare replicas.
+func (p *planner) hybridCounts(h, r int) error {
 	hs := &p.hybrid
 	e, s := p.nExperts, p.rk.s
 	m, per := p.rk.n/r, r*s
@@ -92,7 +123,9 @@ func (p *planner) planHybrid(h, r int) error {
 		most++
 	}
 	extra := per - h - most // the global experts' slots beyond one each, per node
-	if h > e || extra < 0 || (h == 0 && q == 0) {
+	// With no global expert, nothing takes the slots the single-homed ones
+	// leave.
+	if h > e || extra < 0 || (h == 0 && (q == 0 || extra > 0)) {
 		return errNoLayout
 	}
 	hs.home = grow(hs.home, e)
@@ -107,29 +140,8 @@ func (p *planner) planHybrid(h, r int) error {
 	for _, x := range hs.order[:h] {
 		hs.home[x] = -1
 	}
-	// Single-homed experts, heaviest first, onto the least-loaded node
-	// (ties: the lower node) that holds fewer than q of them, or q while
-	// fewer than rho nodes hold q+1.
-	full := 0 // nodes holding q+1
-	for _, x := range hs.order[h:] {
-		best := -1
-		for nd := range m {
-			c := hs.nSingle[nd]
-			if c > int32(q) || (c == int32(q) && full >= rho) {
-				continue
-			}
-			if best < 0 || hs.nodeLoad[nd] < hs.nodeLoad[best] {
-				best = nd
-			}
-		}
-		if best < 0 {
-			return errNoLayout
-		}
-		hs.home[x] = int32(best)
-		if hs.nSingle[best]++; hs.nSingle[best] == int32(q)+1 {
-			full++
-		}
-		hs.nodeLoad[best] += loadOf(p.loads, int(x))
+	if err := hs.homeSingles(p.loads, h, q, rho, m); err != nil {
+		return err
 	}
 	// The global experts' counts per node: EPLB over h+extra slots.
 	sub := grow(hs.subLoads, h)
@@ -182,6 +194,70 @@ func (p *planner) planHybrid(h, r int) error {
 			lay.cnt[int(x)*m+nd]++
 		}
 	}
+	return nil
+}
+
+// homeSingles gives the single-homed experts (hs.order[h:]) their nodes,
+// heaviest first, each onto the least-loaded node (ties: the lower node)
+// that holds fewer than q of them, or q while fewer than rho nodes hold
+// q+1. The eligible nodes wait in a queue ordered by (load, node).
+func (hs *hybridScratch) homeSingles(loads []float64, h, q, rho, m int) error {
+	full := 0 // nodes holding q+1
+	nSingle, nodeLoad := hs.nSingle, hs.nodeLoad
+	eligible := func(nd int32) bool {
+		c := int(nSingle[nd])
+		return c < q || (c == q && full < rho)
+	}
+	queue := grow(hs.queue, m)[:0]
+	for nd := range int32(m) {
+		if eligible(nd) {
+			queue = append(queue, nd) // all loads 0: in node order
+		}
+	}
+	for _, x := range hs.order[h:] {
+		if len(queue) == 0 {
+			return errNoLayout
+		}
+		nd := queue[0]
+		hs.home[x] = nd
+		if nSingle[nd]++; nSingle[nd] == int32(q)+1 {
+			if full++; full == rho {
+				// No more nodes of q+1: those holding q are done.
+				queue = slices.DeleteFunc(queue, func(n int32) bool { return n != nd && nSingle[n] >= int32(q) })
+			}
+		}
+		l := nodeLoad[nd] + loadOf(loads, int(x))
+		nodeLoad[nd] = l
+		if !eligible(nd) {
+			copy(queue, queue[1:])
+			queue = queue[:len(queue)-1]
+			continue
+		}
+		// Its load only grew: it moves back past the nodes before it in
+		// (load, node) order, the rest shifting forward.
+		lo, hi := 1, len(queue)
+		for lo < hi {
+			mid := int(uint(lo+hi) >> 1)
+			o := queue[mid]
+			if lo2 := nodeLoad[o]; lo2 < l || (lo2 == l && o < nd) {
+				lo = mid + 1
+			} else {
+				hi = mid
+			}
+		}
+		copy(queue, queue[1:lo])
+		queue[lo-1] = nd
+	}
+	hs.queue = queue
+	return nil
+}
+
+// packHybrid packs the hybrid layout of h whose counts hybridCounts set:
+// weights, each node's load and experts, then each node's ranks.
+func (p *planner) packHybrid(h, r int) error {
+	hs := &p.hybrid
+	m := p.rk.n / r
+	lay := &p.nodes.lay
 	p.weigh()
 	// Node loads and expert lists: a global expert is on every node, a
 	// single-homed one (or a spare replica) on one, O(E + h*M) rather than
@@ -213,4 +289,46 @@ func (p *planner) planHybrid(h, r int) error {
 	}
 	p.rk.empty()
 	return p.packNodeRanks(lay)
+}
+
+// boundHybrid is the bound (bound.go) on the estimated step time of the
+// hybrid layout of h whose counts hybridCounts set, in O(E + M): a global
+// expert holds the same replicas on every node but where it has the spare.
+func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
+	hs := &p.hybrid
+	m := sm.m
+	b := stepBound{sm: sm}
+	w := func(x int32) float64 { return loadOf(p.loads, int(x)) / float64(p.reps[x]) }
+	var load, met, recv float64
+	for i, x := range hs.order[:h] {
+		sup, mt, in := b.replicas(int(x), hs.subReps[i], w(x))
+		load, met, recv = load+sup, met+mt, recv+in
+	}
+	hs.bLoad, hs.bMet, hs.bRecv = grow(hs.bLoad, m), grow(hs.bMet, m), grow(hs.bRecv, m)
+	for nd := range m {
+		hs.bLoad[nd], hs.bMet[nd], hs.bRecv[nd] = load, met, recv
+		x := hs.spare[nd]
+		if x < 0 || hs.home[x] >= 0 {
+			continue
+		}
+		// The spare replica of global expert x: c+1 replicas here.
+		c := p.reps[x] / int32(m)
+		wx := w(x)
+		sup0, mt0, in0 := b.replicas(int(x), c, wx)
+		sup1, mt1, in1 := b.replicas(int(x), c+1, wx)
+		hs.bLoad[nd] += sup1 - sup0
+		hs.bMet[nd] += mt1 - mt0
+		hs.bRecv[nd] += in1 - in0
+	}
+	for _, x := range hs.order[h:] {
+		nd := hs.home[x]
+		sup, mt, in := b.replicas(int(x), p.reps[x], w(x))
+		hs.bLoad[nd] += sup
+		hs.bMet[nd] += mt
+		hs.bRecv[nd] += in
+	}
+	for nd := range m {
+		b.node(hs.bLoad[nd], hs.bMet[nd], hs.bRecv[nd])
+	}
+	return b.value()
 }

@@ -39,6 +39,13 @@ func TestOrderSlotsKeepsCurrent(t *testing.T) {
 		if kept != want {
 			t.Fatalf("trial %d: orderSlots(%v, current %v) = %v keeps %d slots, want %d", trial, row, cur, got, kept, want)
 		}
+		// Ordered once is ordered: planning for step time does not order
+		// the compute-balanced plan again.
+		again := slices.Clone(got)
+		orderSlots(again, cur, 1, s)
+		if !slices.Equal(again, got) {
+			t.Fatalf("trial %d: orderSlots(%v, current %v) = %v, then %v", trial, row, cur, got, again)
+		}
 	}
 }
 

@@ -15,36 +15,45 @@ package swiftmoe
 // those weights does. Every rank routes an equal share of each expert's
 // load (so a node's demand for an expert is its share of the ranks).
 //
-// An evaluation costs O(N*S + E*G): only the (expert, node) pairs that hold
-// a replica are visited; a node that holds none of an expert sends its whole
-// demand for it away, which every node's total gives at once.
+// An evaluation costs O(N*S + E) plus G per (expert, node) pair whose node
+// holds less of the expert than it asks for: it goes node by node, over
+// the node's slots forward (loads, the local tier, each expert's replicas
+// on the node) and backward (what the node takes in lands on its last
+// slots), then over its ranks backward for what it sends away. A node that
+// holds none of an expert sends its whole demand for it away, spread over
+// its ranks, which the node's total demand less that of what it holds gives
+// at once.
 //
 // Shape legend: N ranks, G ranks per node, M nodes, S slots per rank, E
-// experts; per (expert, node) entries at e*M+m.
+// experts.
 type stepModel struct {
 	cm         costModel
 	n, g, m, s int
 	e          int
 	loads      []float64 // [E]
+	total      float64   // all experts' load
 	nodeTotal  float64   // a node's demand for all experts
+	d, c       []float64 // [E]: a node's demand for x, and a rank's
 
-	// The plan being evaluated, indexed by index: its slots by expert, in
-	// slot order (so by node), and the runs of one (expert, node) in them.
-	start []int32 // [E+1]: expert e's slots are at[start[e]:start[e+1]]
-	at    []int32 // [N*S]
-	runs  []run   // the (expert, node) runs, expert by expert
-	first []int32 // [E+1]: expert e's runs are runs[first[e]:first[e+1]]
-
-	// Scratch of eval.
+	// The plan being evaluated: replicas and load per replica of each
+	// expert, and the per-rank tier volumes (see costModel.a2aMs).
+	reps                        []int32   // [E]
+	w                           []float64 // [E]
 	load, local, si, ri, se, re []float64 // [N]
-	allSend                     []float64 // [M]: what every rank of m sends away
-	amt, slotLocal              []float64 // [N*S]
-	w                           []float64 // [len(runs)]: per-replica weight of each run
-}
 
-// run is the slots at[lo:hi] of one expert on one node.
-type run struct {
-	node, lo, hi int32
+	// Scratch of eval, per node: what each slot keeps of its own rank's
+	// tokens, the experts the node holds (first slot first) and those it
+	// holds less of than it asks for, with the tokens still to send.
+	slotLocal []float64 // [G*S]
+	held      []int32
+	short     []int32
+	sendLeft  []float64 // per short expert
+	// Per expert, stamped with the rank or node they are for.
+	rankOf, nodeOf []int32   // [E]
+	cnt            []int32   // [E]: replicas on the node
+	left           []float64 // [E]: the rank's tokens not yet kept
+	recvLeft       []float64 // [E]: what the node still takes in
+	kept           []float64 // [E]: what the rank keeps (send tail)
 }
 
 // usable reports whether the cost model can weigh traffic against compute
@@ -60,145 +69,169 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	m := n / g
 	sm.cm, sm.n, sm.g, sm.m, sm.s, sm.e = cm, n, g, m, s, e
 	sm.loads = loads
+	sm.d = grow(sm.d, e)
+	sm.c = grow(sm.c, e)
 	var total float64
 	for x := range e {
-		total += loadOf(loads, x)
+		l := loadOf(loads, x)
+		total += l
+		sm.d[x] = l / float64(m)
+		sm.c[x] = sm.d[x] / float64(g)
 	}
+	sm.total = total
 	sm.nodeTotal = total / float64(m)
 	for _, v := range []*[]float64{&sm.load, &sm.local, &sm.si, &sm.ri, &sm.se, &sm.re} {
 		*v = grow(*v, n)
 	}
-	sm.allSend = grow(sm.allSend, m)
-	sm.start = grow(sm.start, e+1)
-	sm.first = grow(sm.first, e+1)
-	sm.at = grow(sm.at, n*s)
-	sm.amt = grow(sm.amt, n*s)
-	sm.slotLocal = grow(sm.slotLocal, n*s)
+	for _, v := range []*[]float64{&sm.w, &sm.left, &sm.recvLeft, &sm.kept} {
+		*v = grow(*v, e)
+	}
+	sm.reps = grow(sm.reps, e)
+	sm.rankOf = grow(sm.rankOf, e)
+	sm.nodeOf = grow(sm.nodeOf, e)
+	sm.cnt = grow(sm.cnt, e)
+	sm.slotLocal = grow(sm.slotLocal, g*s)
 }
 
-// demand is the tokens a node's ranks route to expert x.
-func (sm *stepModel) demand(x int) float64 {
-	return loadOf(sm.loads, x) / float64(sm.m)
-}
-
-// index sorts dst's slots by expert (in slot order within one) and finds
-// each expert's runs on nodes.
-func (sm *stepModel) index(dst []int) {
-	e, per := sm.e, sm.g*sm.s
-	st := sm.start
-	clear(st)
+// weigh sets reps and w, the load per replica, from dst.
+func (sm *stepModel) weigh(dst []int) {
+	reps := sm.reps
+	clear(reps)
 	for _, x := range dst {
-		st[x+1]++
+		reps[x]++
 	}
-	for i := 1; i <= e; i++ {
-		st[i] += st[i-1]
-	}
-	for k, x := range dst {
-		sm.at[st[x]] = int32(k)
-		st[x]++
-	}
-	copy(st[1:], st[:e])
-	st[0] = 0
-	runs := sm.runs[:0]
-	for x := range e {
-		sm.first[x] = int32(len(runs))
-		for i := st[x]; i < st[x+1]; i++ {
-			nd := sm.at[i] / int32(per)
-			if len(runs) > int(sm.first[x]) && runs[len(runs)-1].node == nd {
-				runs[len(runs)-1].hi = i + 1
-				continue
-			}
-			runs = append(runs, run{node: nd, lo: i, hi: i + 1})
+	for x, r := range reps {
+		sm.w[x] = 0
+		if r > 0 {
+			sm.w[x] = loadOf(sm.loads, x) / float64(r)
 		}
 	}
-	sm.first[e] = int32(len(runs))
-	sm.runs = runs
-	sm.w = grow(sm.w, len(runs))
 }
 
-// evenWeights sets each run's weight to its expert's load split evenly over
-// all its replicas (the split's starting point, and what flat packing
-// balances).
-func (sm *stepModel) evenWeights() []float64 {
+// eval returns the estimated step time of dst and its compute and
+// all-to-all parts, leaving the per-rank volumes in load, local, si, ri, se
+// and re.
+func (sm *stepModel) eval(dst []int) (step, compute, a2a float64) {
+	sm.weigh(dst)
 	for x := range sm.e {
-		r := sm.start[x+1] - sm.start[x]
-		for j := sm.first[x]; j < sm.first[x+1]; j++ {
-			sm.w[j] = loadOf(sm.loads, x) / float64(r)
-		}
+		sm.rankOf[x], sm.nodeOf[x] = -1, -1
 	}
-	return sm.w
-}
-
-// eval returns the estimated step time of dst (indexed, see index) with the
-// per-replica weights w of its runs, and its compute and all-to-all parts.
-func (sm *stepModel) eval(dst []int, w []float64) (step, compute, a2a float64) {
-	n, g, s := sm.n, sm.g, sm.s
-	clear(sm.load)
-	clear(sm.local)
-	clear(sm.se)
 	clear(sm.re)
+	clear(sm.se)
 	for nd := range sm.m {
-		sm.allSend[nd] = sm.nodeTotal
-	}
-	for j, rn := range sm.runs {
-		for _, k := range sm.at[rn.lo:rn.hi] {
-			sm.amt[k] = w[j]
-			sm.load[int(k)/s] += w[j]
-		}
-	}
-	// Local tier: a rank's share of the node's demand for x goes to its own
-	// slots of x first, earlier slots first.
-	for x := range sm.e {
-		for j := sm.first[x]; j < sm.first[x+1]; j++ {
-			rn := sm.runs[j]
-			c := sm.demand(x) / float64(g)
-			sm.allSend[rn.node] -= sm.demand(x)
-			prev, left := int32(-1), 0.0
-			for _, k := range sm.at[rn.lo:rn.hi] {
-				r := k / int32(s)
-				if r != prev {
-					prev, left = r, c
-				}
-				t := min(left, sm.amt[k])
-				sm.slotLocal[k] = t
-				sm.local[r] += t
-				left -= t
-			}
-		}
-	}
-	// Across nodes: what a node holding x cannot process of its demand
-	// leaves from its last ranks, what its slots process beyond it lands on
-	// its last slots of x; a node holding none sends all (allSend).
-	for x := range sm.e {
-		for j := sm.first[x]; j < sm.first[x+1]; j++ {
-			rn := sm.runs[j]
-			d := sm.demand(x)
-			sup := w[j] * float64(rn.hi-rn.lo)
-			switch {
-			case d > sup:
-				sm.sendTail(x, int(rn.node), d-sup, rn.lo, rn.hi)
-			case sup > d:
-				left := sup - d
-				for i := rn.hi - 1; i >= rn.lo && left > 0; i-- {
-					k := sm.at[i]
-					t := min(left, sm.amt[k]-sm.slotLocal[k])
-					if t > 0 {
-						sm.re[int(k)/s] += t
-						left -= t
-					}
-				}
-			}
-		}
-	}
-	for r := range n {
-		nd := r / g
-		sm.se[r] += max(0, sm.allSend[nd]) / float64(g)
-		sm.si[r] = max(0, sm.nodeTotal/float64(g)-sm.local[r]-sm.se[r])
-		sm.ri[r] = max(0, sm.load[r]-sm.local[r]-sm.re[r])
+		sm.evalNode(dst, nd)
 	}
 	compute = sm.burstCompute(sm.cm.computeMs(sm.load))
 	a2a = sm.cm.a2aMs(sm.si, sm.ri, sm.se, sm.re)
 	return compute + a2a, compute, a2a
+}
+
+// evalNode sets the tier volumes of node nd's ranks. (The model's slices
+// are held in locals, which spares the reloads and bounds checks of
+// fields in its inner loops.)
+func (sm *stepModel) evalNode(dst []int, nd int) {
+	g, s := sm.g, sm.s
+	per := g * s
+	base := nd * per
+	node := dst[base : base+per]
+	w, c, d := sm.w, sm.c, sm.d
+	rankOf, nodeOf, cnt := sm.rankOf, sm.nodeOf, sm.cnt
+	left, recvLeft, kept := sm.left, sm.recvLeft, sm.kept
+	load, local := sm.load[nd*g:(nd+1)*g], sm.local[nd*g:(nd+1)*g]
+	si, ri := sm.si[nd*g:(nd+1)*g], sm.ri[nd*g:(nd+1)*g]
+	se, re := sm.se[nd*g:(nd+1)*g], sm.re[nd*g:(nd+1)*g]
+	slotLocal := sm.slotLocal[:per]
+	held := sm.held[:0]
+	nd32 := int32(nd)
+	// Forward: loads, and the local tier (a rank's share of the node's
+	// demand for x goes to its own slots of x first, earlier slots first).
+	for q := range g {
+		r := int32(nd*g + q)
+		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
+		var lr, loc float64
+		for j, x := range row {
+			wx := w[x]
+			lr += wx
+			if rankOf[x] != r {
+				rankOf[x], left[x] = r, c[x]
+			}
+			t := min(left[x], wx)
+			rowLocal[j] = t
+			loc += t
+			left[x] -= t
+			if nodeOf[x] != nd32 {
+				nodeOf[x], cnt[x] = nd32, 0
+				held = append(held, int32(x))
+			}
+			cnt[x]++
+		}
+		load[q], local[q] = lr, loc
+	}
+	// What the node processes of each expert it holds against its demand.
+	allSend := sm.nodeTotal
+	short, sendLeft := sm.short[:0], sm.sendLeft[:0]
+	for _, x := range held {
+		dx := d[x]
+		allSend -= dx
+		sup := w[x] * float64(cnt[x])
+		recvLeft[x] = 0
+		switch {
+		case dx > sup:
+			short = append(short, x)
+			sendLeft = append(sendLeft, dx-sup)
+		case sup > dx:
+			recvLeft[x] = sup - dx
+		}
+	}
+	// Backward: what its slots process beyond the node's demand lands on
+	// its last slots of the expert.
+	for q := g - 1; q >= 0; q-- {
+		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
+		for j := s - 1; j >= 0; j-- {
+			x := row[j]
+			if l := recvLeft[x]; l > 0 {
+				if t := min(l, w[x]-rowLocal[j]); t > 0 {
+					re[q] += t
+					recvLeft[x] = l - t
+				}
+			}
+		}
+	}
+	// What it lacks leaves from its last ranks, each up to its share less
+	// what it keeps locally.
+	for q := g - 1; q >= 0 && len(short) > 0; q-- {
+		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
+		for _, x := range short {
+			kept[x] = 0
+		}
+		for j, x := range row {
+			kept[x] += rowLocal[j]
+		}
+		done := true
+		for i, x := range short {
+			if sendLeft[i] <= 0 {
+				continue
+			}
+			if t := min(sendLeft[i], c[x]-kept[x]); t > 0 {
+				se[q] += t
+				sendLeft[i] -= t
+			}
+			done = done && sendLeft[i] <= 0
+		}
+		if done {
+			break
+		}
+	}
+	// A node holding none of an expert sends all its demand for it, from
+	// every rank.
+	even := max(0, allSend) / float64(g)
+	share := sm.nodeTotal / float64(g)
+	for q := range g {
+		se[q] += even
+		si[q] = max(0, share-local[q]-se[q])
+		ri[q] = max(0, load[q]-local[q]-re[q])
+	}
+	sm.held, sm.short, sm.sendLeft = held, short, sendLeft
 }
 
 // burstGoal is how close to the mean the engine's burst replicas bring the
@@ -234,38 +267,20 @@ func (sm *stepModel) burstCompute(compute float64) float64 {
 		}
 		level = max(level, node/float64(sm.g))
 	}
-	after := c.computeMsOf(min(hi, level))
-	if c.intraBW > 0 {
-		after += 2 * 1e3 * c.expertBytes / c.intraBW
-	}
-	return min(compute, after)
+	return min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs())
 }
 
-// sendTail sends x tokens of expert e away from node nd, from its last ranks
-// first, each up to its share of the demand less what it keeps locally; the
-// node's slots of e are at[lo:hi].
-func (sm *stepModel) sendTail(e, nd int, x float64, lo, hi int32) {
-	g, s := sm.g, sm.s
-	c := sm.demand(e) / float64(g)
-	i := hi - 1
-	for r := (nd+1)*g - 1; r >= nd*g && x > 0; r-- {
-		kept := 0.0
-		for ; i >= lo && int(sm.at[i])/s >= r; i-- {
-			if int(sm.at[i])/s == r {
-				kept += sm.slotLocal[sm.at[i]]
-			}
-		}
-		t := min(x, c-kept)
-		if t > 0 {
-			sm.se[r] += t
-			x -= t
-		}
+// burstCopyMs is the price burstCompute puts on the bursts: one copy within
+// a node.
+func (sm *stepModel) burstCopyMs() float64 {
+	if sm.cm.intraBW <= 0 {
+		return 0
 	}
+	return 2 * 1e3 * sm.cm.expertBytes / sm.cm.intraBW
 }
 
 // score is the estimated step time of dst.
 func (sm *stepModel) score(dst []int) float64 {
-	sm.index(dst)
-	step, _, _ := sm.eval(dst, sm.evenWeights())
+	step, _, _ := sm.eval(dst)
 	return step
 }

@@ -1,0 +1,98 @@
+package swiftmoe
+
+// A lower bound on the step model's estimate (traffic.go) that needs only a
+// layout's replicas per (expert, node), not which rank holds them, so that
+// a candidate whose bound is above the best estimate so far is dropped
+// before its ranks are packed (costplan.go). With even weights w = load /
+// replicas and a node's demand d = load / M for each expert:
+//
+//   - compute: the busiest rank holds at least its heaviest replica and at
+//     least its node's mean, and bursts bring it no lower than the busiest
+//     node's mean (or the burst goal) plus their copy (burstCompute);
+//   - sent across nodes: a node sends its demand for every expert less what
+//     its replicas process of it, sum_x d - min(d, cnt*w); its ranks share
+//     that, so the busiest sends at least a G-th;
+//   - received: a node takes in sum_x max(0, cnt*w - d), a G-th of it at
+//     least on its busiest rank, and a replica takes in at least its share
+//     of what its node takes in of its expert, (cnt*w - d) / cnt.
+//
+// The all-to-all is then at least the inter-node tier's time for the
+// larger of those (the tier within nodes adds to none of them).
+
+// stepBound accumulates the bound over a layout's nodes.
+type stepBound struct {
+	sm         *stepModel
+	heavy, run float64 // heaviest replica; most a replica takes in
+	sendRecv   float64 // max over nodes of max(sent, received)
+	nodeLoad   float64 // busiest node's load
+}
+
+// replicas counts cnt > 0 replicas of expert x, of w tokens each, on one
+// node: it returns what they process, what of that meets the node's own
+// demand, and what they take in from other nodes.
+func (b *stepBound) replicas(x int, cnt int32, w float64) (sup, met, in float64) {
+	d := b.sm.d[x]
+	sup = float64(cnt) * w
+	b.heavy = max(b.heavy, w)
+	if sup > d {
+		in = sup - d
+		b.run = max(b.run, in/float64(cnt))
+	}
+	return sup, min(d, sup), in
+}
+
+// node counts a node whose replicas process load, meet met of its demand
+// and take in recv from other nodes.
+func (b *stepBound) node(load, met, recv float64) {
+	b.sendRecv = max(b.sendRecv, b.sm.nodeTotal-met, recv)
+	b.nodeLoad = max(b.nodeLoad, load)
+}
+
+// value is the bound on the layout's estimated step time.
+func (b *stepBound) value() float64 {
+	sm := b.sm
+	c := &sm.cm
+	g := float64(sm.g)
+	hi := max(b.heavy, b.nodeLoad/g)
+	compute := c.computeMsOf(hi)
+	if c.burstSlots > 0 && c.pricesCompute() {
+		level := max(burstGoal*sm.total/float64(sm.n), b.nodeLoad/g)
+		compute = min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs())
+	}
+	cross := max(b.sendRecv/g, b.run)
+	return compute + 4*1e3*cross*c.tokenBytes/c.interBW
+}
+
+// boundPlan is the bound for the plan dst (ids in range; a bound on the
+// estimate when every expert is held).
+func (sm *stepModel) boundPlan(dst []int) float64 {
+	sm.weigh(dst)
+	for x := range sm.e {
+		sm.nodeOf[x] = -1
+	}
+	b := stepBound{sm: sm}
+	per := sm.g * sm.s
+	for nd := range sm.m {
+		held := sm.held[:0]
+		for _, x := range dst[nd*per : (nd+1)*per] {
+			if sm.nodeOf[x] != int32(nd) {
+				sm.nodeOf[x], sm.cnt[x] = int32(nd), 0
+				held = append(held, int32(x))
+			}
+			sm.cnt[x]++
+		}
+		var load, met, recv float64
+		for _, x := range held {
+			sup, m, in := b.replicas(int(x), sm.cnt[x], sm.w[x])
+			load, met, recv = load+sup, met+m, recv+in
+		}
+		b.node(load, met, recv)
+		sm.held = held
+	}
+	return b.value()
+}
+
+// beats reports whether a candidate whose bound is lb may be estimated
+// below best: bounds and estimates sum in different orders, so a bound is
+// trusted only past a relative 1e-9.
+func beats(lb, best float64) bool { return lb <= best*(1+1e-9) }

@@ -1,0 +1,63 @@
+package swiftmoe
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// TestStepBoundHolds: on random layers, the bound (bound.go) is never above
+// the step model's estimate, for the compute-balanced plan, the static
+// layout and every hybrid layout; and a hybrid layout's bound from its
+// counts alone (boundHybrid, before packing) is the bound of the plan packed
+// from them (boundPlan), so pruning by it drops only what cannot win.
+func TestStepBoundHolds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
+	var hybrids, tight int
+	for i := range 3000 {
+		topo, loads := randomNodeLayer(rng)
+		n, g, s, e := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, len(loads)
+		m := n / g
+		cm := randomCost(rng)
+		p := new(planner)
+		dst := make([]int, n*s)
+		if err := p.planLayer(dst, loads, nil, e, topo, options{}); err != nil {
+			t.Fatal(err)
+		}
+		sm := &p.step
+		sm.reset(cm, loads, e, n, g, s)
+		for _, plan := range [][]int{dst, sdk.StaticSlots(e, topo)} {
+			if lb, est := sm.boundPlan(plan), sm.score(plan); above(lb, est) {
+				t.Fatalf("case %d (N=%d G=%d S=%d E=%d): bound %v above the estimate %v", i, n, g, s, e, lb, est)
+			}
+		}
+		p.hybrid.rankExperts(loads, e)
+		for h := 0; h <= hybridMax(e, m, g*s); h++ {
+			if err := p.hybridCounts(h, g); err != nil {
+				continue
+			}
+			lb := p.boundHybrid(h, sm)
+			if err := p.packHybrid(h, g); err != nil {
+				continue
+			}
+			est, lbPlan := sm.score(dst), sm.boundPlan(dst)
+			if above(lb, est) || above(lbPlan, est) || math.Abs(lb-lbPlan) > 1e-9*est {
+				t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d: bound from counts %v, of the packed plan %v, estimate %v",
+					i, n, g, s, e, h, lb, lbPlan, est)
+			}
+			hybrids++
+			if lb >= 0.9*est {
+				tight++
+			}
+		}
+	}
+	// A bound of zero would pass the above; it must prune, so it must be
+	// close to the estimate for many layouts.
+	if 5*tight < 2*hybrids {
+		t.Errorf("the bound is within 10%% of the estimate for %d of %d hybrid layouts; want at least 40%%", tight, hybrids)
+	}
+	t.Logf("%d hybrid layouts, the bound within 10%% of the estimate for %d", hybrids, tight)
+}
