@@ -22,8 +22,15 @@ How it decides (all from the counts, the placement and the parameters):
    busiest rank + copy_ms of the prefix's copies), are priced with the engine's own split and
    the cost model: compute + all-to-all of the enlarged placement + copy_ms of the copies; the
    cheaper is made if it beats the planned placement (ties: fewer bursts), else halves are
-   tried, down to none. A burst the split leaves without tokens is dropped. Two splits in the
-   common case, a few more at most.
+   tried, down to none. A burst the split leaves without tokens is dropped;
+4. on more than one node, with the links between nodes priced, a second list for locality
+   (:func:`_local`): a newly hot expert that the plan holds in one node makes the other nodes
+   send it their tokens across. Each step puts a replica in the node whose tokens for an
+   expert cross the most (beyond what its replicas there take), on that node's least loaded
+   rank, while the tokens it keeps in the node outweigh the copy. That list alone, and it
+   followed by the compute list's bursts that still fit, are priced like step 3; the cheapest
+   of all the priced lists is made (ties: the one priced first). Up to two splits more.
+   Two to four splits in the common case, a few more at most.
 
 Shape legend:
     Q  source ranks (Q = N)      E  experts of the layer      N  ranks; R = N per-rank vectors
@@ -200,7 +207,8 @@ def plan_bursts(
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
     bursts, n_est = _greedy(c_QE, slots, demand0, S, B, params)
-    if not bursts:
+    local = _local(c_QE, slots, demand0, S, B, params)
+    if not bursts and not local:
         return _none(slots, S, E, before)
     # Price the whole list and the estimate's prefix with the split (the estimate sees compute
     # and copies, not the all-to-all a burst also spreads); then halves of the shorter while
@@ -220,6 +228,13 @@ def plan_bursts(
             n //= 2
         else:
             break
+    # The locality list (module step 4), alone and followed by the compute list's bursts.
+    if local:
+        both = _union(local, bursts, slots, S, B, N, E)
+        for cand_list in (local, both) if len(both) > len(local) else (local,):
+            cand = _evaluate(c_pad, slots, S, E, cand_list, ranks_per_node, params, method)
+            if cand.count and cand.after_ms < (before if best is None else best.after_ms):
+                best = cand
     return _none(slots, S, E, before) if best is None else _with_before(best, before)
 
 
@@ -326,6 +341,95 @@ def _greedy(
         if t < best_ms:
             best_n, best_ms = len(out), t
     return out, best_n
+
+
+def _local(c_QE, slots, demand_K, S: int, B: int, params: cm.CostParams) -> list[tuple]:
+    """The locality bursts (expert, source, destination), most traffic saved first (module
+    step 4); empty on one node or when the links between nodes are not priced.
+
+    Tokens that node m sends to an expert beyond what its replicas in node m take cross nodes
+    and land on the expert's other replicas (the split's routing prefers the own node). A
+    replica takes about the expert's tokens over its replicas; so node m keeps
+    min(T[m, e], share_e x its replicas of e) inside it, and the rest, X[m, e], crosses. Each
+    step adds a replica where it keeps the most crossing tokens off the links, min(X[m, e],
+    share_e after the copy), and only while that beats the copy (4 one-way token exchanges
+    against the copy and its gradient's return: more than expert_bytes / (2 token_bytes)
+    tokens). The destination is the rank of node m with a free burst slot that the split loads
+    least; the source, the planned holder that has sent the fewest copies so far (then the
+    lowest rank). At most N*B bursts; ties: the lowest node, then the lowest expert.
+    """
+    G = params.ranks_per_node
+    N, E = c_QE.shape
+    if params.nodes == 1 or params.inter_bw <= 0 or params.token_bytes <= 0:
+        return []
+    node_R = cm.node_of(params)
+    rank_K = np.arange(N * S) // S
+    held = np.zeros((N, E), dtype=bool)
+    held[rank_K, slots] = True
+    reps_E = held.sum(axis=0).astype(np.float64)
+    in_ME = np.zeros((params.nodes, E))
+    np.add.at(in_ME, (node_R, slice(None)), held.astype(np.float64))
+    T_ME = np.add.reduceat(c_QE, np.arange(0, N, G), axis=0).astype(np.float64)
+    L_E = c_QE.sum(axis=0).astype(np.float64)
+    floor = 0.5 * params.expert_bytes / params.token_bytes
+
+    def gain(e_idx):
+        share = L_E[e_idx] / np.maximum(reps_E[e_idx], 1.0)
+        cross = np.maximum(T_ME[:, e_idx] - in_ME[:, e_idx] * share, 0.0)
+        nxt = L_E[e_idx] / (reps_E[e_idx] + 1.0)
+        return np.where(reps_E[e_idx] > 0, np.minimum(cross, nxt), 0.0)
+
+    gain_ME = gain(slice(None))
+    est = np.bincount(rank_K, demand_K, minlength=N).astype(np.float64)
+    by_e = rank_K[np.argsort(slots, kind="stable")]
+    first_E = np.concatenate(([0], np.cumsum(np.bincount(slots, minlength=E))))
+    free = np.full(N, B)
+    full_M = np.zeros(params.nodes, dtype=bool)
+    sent = np.zeros(N, dtype=np.int64)
+    out: list[tuple] = []
+    while len(out) < N * B:
+        gain_ME[full_M] = 0.0
+        i = int(np.argmax(gain_ME))  # ties: the lowest node, then expert
+        m, e = divmod(i, E)
+        if gain_ME[m, e] <= floor:
+            break
+        d_T = np.arange(m * G, min((m + 1) * G, N))
+        d_T = d_T[(free[d_T] > 0) & ~held[d_T, e]]
+        if d_T.size == 0:
+            gain_ME[m, e] = 0.0
+            full_M[m] = not (free[m * G : (m + 1) * G] > 0).any()
+            continue
+        d = int(d_T[np.argmin(est[d_T])])  # ties: the lowest rank
+        pool = by_e[first_E[e] : first_E[e + 1]]
+        q = int(pool[np.argmin(sent[pool])])
+        out.append((e, q, d))
+        sent[q] += 1
+        free[d] -= 1
+        held[d, e] = True
+        in_ME[m, e] += 1
+        reps_E[e] += 1
+        est[d] += L_E[e] / reps_E[e]
+        gain_ME[:, e] = gain(e)
+    return out
+
+
+def _union(first: list[tuple], then: list[tuple], slots, S: int, B: int, N: int, E: int):
+    """``first``, then the bursts of ``then`` that still fit (a free burst slot on a
+    destination that holds the expert in no slot yet)."""
+    held = np.zeros((N, E), dtype=bool)
+    held[np.arange(N * S) // S, slots] = True
+    free = np.full(N, B)
+    out = []
+    for e, q, d in first:
+        held[d, e] = True
+        free[d] -= 1
+        out.append((e, q, d))
+    for e, q, d in then:
+        if free[d] > 0 and not held[d, e]:
+            held[d, e] = True
+            free[d] -= 1
+            out.append((e, q, d))
+    return out
 
 
 def _layout(slots, S: int, E: int, bursts, N: int):
