@@ -189,7 +189,7 @@ def test_replicas_in_the_nodes_that_ask_beat_compute_alone(seed, inter, monkeypa
     b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
     _check_plan(b, c, slots, S, 1, rpn)
     with monkeypatch.context() as m:
-        m.setattr(burst, "_local", lambda *a: [])  # the decision by compute alone
+        m.setattr(burst, "_local", lambda *a: ([], 0))  # the decision by compute alone
         b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
     assert b.before_ms == b0.before_ms
     assert b.after_ms < 0.9 * b0.after_ms, (b.after_ms, b0.after_ms)
@@ -208,20 +208,25 @@ def test_the_locality_list_never_makes_the_decision_worse(monkeypatch):
             c, slots, S, rpn, p = _h200_case(seed, inter)
             b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
             with monkeypatch.context() as m:
-                m.setattr(burst, "_local", lambda *a: [])
+                m.setattr(burst, "_local", lambda *a: ([], 0))
                 b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
             assert b.after_ms <= b0.after_ms, (seed, inter)
 
 
 def test_no_locality_burst_on_one_node_or_without_a_priced_link():
     c, slots, S, rpn, p = _h200_case(4, 1.25e10)
-    _, _, demand_K, _ = min_max_demand(c, slots, S, rpn, "auto")
-    assert burst._local(c, slots, demand_K, S, 1, p)  # the case has some
+    _, plan, demand_K, _ = min_max_demand(c, slots, S, rpn, "auto")
+    sums = tier_sums(c, plan, demand_K, rpn)
+    local, n = burst._local(c, slots, demand_K, S, 1, p, sums)
+    assert 1 <= n <= len(local)  # the case has some
     one = cm.CostParams(**(p.as_dict() | {"ranks_per_node": 0}))
     unpriced = cm.CostParams(**(p.as_dict() | {"inter_bw": 0.0}))
     dear = cm.CostParams(**(p.as_dict() | {"expert_bytes": 1e12}))  # no copy pays
     for q in (one, unpriced, dear):
-        assert burst._local(c, slots, demand_K, S, 1, q) == []
+        assert burst._local(c, slots, demand_K, S, 1, q, sums) == ([], 0)
+    # Links within nodes slower than between them: the all-to-all does not wait for the latter.
+    slow_intra = cm.CostParams(**(p.as_dict() | {"intra_bw": 1e8}))
+    assert burst._local(c, slots, demand_K, S, 1, slow_intra, sums) == ([], 0)
 
 
 def test_sources_prefer_the_destinations_node():
