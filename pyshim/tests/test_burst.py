@@ -1,5 +1,6 @@
 """The burst decision (swiftmoe.engine.burst.plan_bursts): when it bursts, what it copies from
-where to where, that the split over its placement routes every token, and the cost gate."""
+where to where, that the split over its placement routes every token, the cost gate, and the
+locality list (replicas in the nodes that ask for an expert)."""
 
 from __future__ import annotations
 
@@ -227,6 +228,22 @@ def test_no_locality_burst_on_one_node_or_without_a_priced_link():
     # Links within nodes slower than between them: the all-to-all does not wait for the latter.
     slow_intra = cm.CostParams(**(p.as_dict() | {"intra_bw": 1e8}))
     assert burst._local(c, slots, demand_K, S, 1, slow_intra, sums) == ([], 0)
+
+
+def test_a_last_node_with_fewer_ranks(monkeypatch):
+    # 12 ranks, 8 per node: node 1 has 4. Expert 2 is held on rank 1 alone; node 1 asks for it.
+    N, E, S, rpn = 12, 24, 2, 8
+    slots = static_slots(E, N, S)
+    c = skewed(N, E, 2, 0, seed=6) * 20
+    c[8:, 2] += 20000
+    p = cm.CostParams(**(params(N, rpn).as_dict() | {"flops_per_s": 5e14, "inter_bw": 1e9}))
+    b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.05)
+    _check_plan(b, c, slots, S, 1, rpn)
+    assert b.after_ms < b.before_ms
+    assert any(e == 2 and d >= 8 for e, d in zip(b.expert_C, b.dst_C, strict=True)), b
+    with monkeypatch.context() as m:
+        m.setattr(burst, "_local", lambda *a: ([], 0))  # by compute alone: no copy pays
+        assert burst.plan_bursts(c, slots, S, 1, rpn, p, 1.05).after_ms > 2 * b.after_ms
 
 
 def test_sources_prefer_the_destinations_node():
