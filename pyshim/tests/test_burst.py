@@ -1,5 +1,6 @@
 """The burst decision (swiftmoe.engine.burst.plan_bursts): when it bursts, what it copies from
-where to where, that the split over its placement routes every token, and the cost gate."""
+where to where, that the split over its placement routes every token, the cost gate, and the
+locality list (replicas in the nodes that ask for an expert)."""
 
 from __future__ import annotations
 
@@ -151,6 +152,98 @@ def test_slow_links_between_nodes_keep_copies_in_the_node():
     node = np.arange(N) // rpn
     assert (node[slow.src_C] == node[slow.dst_C]).all()
     assert (node[fast.src_C] != node[fast.dst_C]).any()
+
+
+def _crossing(c, slots_K, S, rpn):
+    """Tokens the split sends across nodes."""
+    _, plan, demand_K, _ = min_max_demand(c, slots_K, S, rpn, "auto")
+    return int(tier_sums(c, plan, demand_K, rpn)[2].sum())
+
+
+def _h200_case(seed, inter):
+    """16 H200s in 2 nodes, E=64 top-8 with 6 slots of GPT-Small experts, 4,096 tokens per rank,
+    5 hot experts taking half the selections, a placement that ignores them (every expert
+    once, the other slots at random): a hot set that has just moved."""
+    N, E, S, rpn = 16, 64, 6, 8
+    rng = np.random.default_rng(seed)
+    slots = np.concatenate([np.arange(E), rng.integers(0, E, size=N * S - E)])
+    rng.shuffle(slots)
+    p_E = np.ones(E)
+    p_E[rng.choice(E, 5, replace=False)] = E / 5
+    c = rng.multinomial(4096 * 8, p_E / p_E.sum(), size=N)
+    p = cm.CostParams(
+        ranks=N,
+        ranks_per_node=rpn,
+        token_bytes=2 * 768,
+        expert_bytes=2 * 3 * 768 * 3072,
+        flops_per_token=6 * 3 * 768 * 3072,
+        flops_per_s=5.8e14,
+        intra_bw=3e11,
+        inter_bw=inter,
+    )
+    return c, slots, S, rpn, p
+
+
+@pytest.mark.parametrize("seed, inter", [(1, 1.25e10), (4, 1.25e10), (2, 5e10)])
+def test_replicas_in_the_nodes_that_ask_beat_compute_alone(seed, inter, monkeypatch):
+    c, slots, S, rpn, p = _h200_case(seed, inter)
+    b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
+    _check_plan(b, c, slots, S, 1, rpn)
+    with monkeypatch.context() as m:
+        m.setattr(burst, "_local", lambda *a: ([], 0))  # the decision by compute alone
+        b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
+    assert b.before_ms == b0.before_ms
+    assert b.after_ms < 0.9 * b0.after_ms, (b.after_ms, b0.after_ms)
+    # It wins by keeping tokens in their node: bursts copied across nodes, fewer tokens cross.
+    node = np.arange(c.shape[0]) // rpn
+    assert (node[b.src_C] != node[b.dst_C]).any()
+    cp = burst.pad_counts(c)
+    assert _crossing(cp, b.slots_K, b.slots_per_rank, rpn) < _crossing(
+        cp, b0.slots_K, b0.slots_per_rank, rpn
+    )
+
+
+def test_the_locality_list_never_makes_the_decision_worse(monkeypatch):
+    for seed in range(8):
+        for inter in (1.25e10, 5e10):
+            c, slots, S, rpn, p = _h200_case(seed, inter)
+            b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
+            with monkeypatch.context() as m:
+                m.setattr(burst, "_local", lambda *a: ([], 0))
+                b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
+            assert b.after_ms <= b0.after_ms, (seed, inter)
+
+
+def test_no_locality_burst_on_one_node_or_without_a_priced_link():
+    c, slots, S, rpn, p = _h200_case(4, 1.25e10)
+    _, plan, demand_K, _ = min_max_demand(c, slots, S, rpn, "auto")
+    sums = tier_sums(c, plan, demand_K, rpn)
+    local, n = burst._local(c, slots, demand_K, S, 1, p, sums)
+    assert 1 <= n <= len(local)  # the case has some
+    one = cm.CostParams(**(p.as_dict() | {"ranks_per_node": 0}))
+    unpriced = cm.CostParams(**(p.as_dict() | {"inter_bw": 0.0}))
+    dear = cm.CostParams(**(p.as_dict() | {"expert_bytes": 1e12}))  # no copy pays
+    for q in (one, unpriced, dear):
+        assert burst._local(c, slots, demand_K, S, 1, q, sums) == ([], 0)
+    # Links within nodes slower than between them: the all-to-all does not wait for the latter.
+    slow_intra = cm.CostParams(**(p.as_dict() | {"intra_bw": 1e8}))
+    assert burst._local(c, slots, demand_K, S, 1, slow_intra, sums) == ([], 0)
+
+
+def test_a_last_node_with_fewer_ranks(monkeypatch):
+    # 12 ranks, 8 per node: node 1 has 4. Expert 2 is held on rank 1 alone; node 1 asks for it.
+    N, E, S, rpn = 12, 24, 2, 8
+    slots = static_slots(E, N, S)
+    c = skewed(N, E, 2, 0, seed=6) * 20
+    c[8:, 2] += 20000
+    p = cm.CostParams(**(params(N, rpn).as_dict() | {"flops_per_s": 5e14, "inter_bw": 1e9}))
+    b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.05)
+    _check_plan(b, c, slots, S, 1, rpn)
+    assert b.after_ms < b.before_ms
+    assert any(e == 2 and d >= 8 for e, d in zip(b.expert_C, b.dst_C, strict=True)), b
+    with monkeypatch.context() as m:
+        m.setattr(burst, "_local", lambda *a: ([], 0))  # by compute alone: no copy pays
+        assert burst.plan_bursts(c, slots, S, 1, rpn, p, 1.05).after_ms > 2 * b.after_ms
 
 
 def test_sources_prefer_the_destinations_node():

@@ -76,6 +76,7 @@ class CheckpointedNet(SkewedNet):
 
 
 _DECIDE = burst_run.decide
+_GROUPED = layer_mod.use_grouped_mm
 
 
 def _spy(records: list) -> None:
@@ -98,9 +99,9 @@ def _spy(records: list) -> None:
     burst_run.decide = spy
 
 
-def _handle(world_size: int, model_cls=SkewedNet):
+def _handle(world_size: int, model_cls=SkewedNet, **cfg_kw):
     """The model replicated with bursts forced, a placement changing every step, and the
-    dense optimizer."""
+    dense optimizer; ``cfg_kw`` adds config (ranks_per_node)."""
     model = model_cls()
     S = SLOTS[world_size]
     cfg = SwiftMoEConfig(
@@ -110,7 +111,7 @@ def _handle(world_size: int, model_cls=SkewedNet):
         plan_source=adversarial_source(world_size, S),
         plan_deadline_s=20.0,
         burst_slots_per_rank=BURST_SLOTS[world_size],
-        **FORCE,
+        **(FORCE | cfg_kw),
     )
     handle = replicate_(model, cfg)
     dense = torch.optim.AdamW(handle.dense_parameters(), **OPTIMIZERS["AdamW"])
@@ -131,9 +132,9 @@ def _batch(step: int, m: int, world_size: int):
     return x, y
 
 
-def _train(rank: int, world_size: int, model_cls=SkewedNet, micro: int = 1) -> dict:
+def _train(rank: int, world_size: int, model_cls=SkewedNet, micro: int = 1, **cfg_kw) -> dict:
     """Train with ``micro`` forwards per step (the loss their mean); stats, records, state."""
-    model, handle, dense = _handle(world_size, model_cls)
+    model, handle, dense = _handle(world_size, model_cls, **cfg_kw)
     stats = []
     for step in range(STEPS):
         for m in range(micro):
@@ -158,11 +159,14 @@ def _worker(rank: int, world_size: int) -> dict:
         ("accumulated", lambda: _train(rank, world_size, micro=MICRO)),
         ("checkpointed", lambda: _train(rank, world_size, CheckpointedNet)),
         ("grouped", lambda: _train(rank, world_size)),
+        ("nodes", lambda: _train(rank, world_size, ranks_per_node=world_size // 2)),
     ):
         records: list = []
         _spy(records)
         if name == "grouped":  # the GPU path's grouped GEMMs, on the CPU in fp32
             layer_mod.use_grouped_mm = lambda *a: True
+        if name == "nodes":  # the per-slot path again, on 2 nodes
+            layer_mod.use_grouped_mm = _GROUPED
         out = fn()
         out["records"] = records
         results[name] = out
@@ -215,7 +219,7 @@ def test_burst_replicas_train_like_single_process(world_size: int) -> None:
     results = run_ranks(_worker, world_size, timeout_s=240)
     ref = _reference(world_size)
     ref_acc = _reference(world_size, MICRO)
-    for case in ("plain", "grouped", "accumulated", "checkpointed"):
+    for case in ("plain", "grouped", "accumulated", "checkpointed", "nodes"):
         for rank, res in enumerate(results):
             out = res[case]
             what = f"{case} rank {rank}"
@@ -242,6 +246,16 @@ def test_burst_replicas_train_like_single_process(world_size: int) -> None:
         fwd0, fwd1, re1, re0 = recs[i : i + 4]
         assert (re0, re1) == (fwd0, fwd1)
     assert results[0]["grouped"]["grouped"] and not results[0]["plain"]["grouped"]
+    assert not results[0]["nodes"]["grouped"]
+    # Two nodes of world_size // 2 ranks: some bursts were copied from one node to the other.
+    G = world_size // 2
+    across = [
+        (e, q, d)
+        for _, _, e_C, src_C, dst_C in results[0]["nodes"]["records"]
+        for e, q, d in zip(e_C, src_C, dst_C, strict=True)
+        if q // G != d // G
+    ]
+    assert across, results[0]["nodes"]["records"]
 
 
 @pytest.mark.parametrize(

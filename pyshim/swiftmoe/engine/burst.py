@@ -22,8 +22,16 @@ How it decides (all from the counts, the placement and the parameters):
    busiest rank + copy_ms of the prefix's copies), are priced with the engine's own split and
    the cost model: compute + all-to-all of the enlarged placement + copy_ms of the copies; the
    cheaper is made if it beats the planned placement (ties: fewer bursts), else halves are
-   tried, down to none. A burst the split leaves without tokens is dropped. Two splits in the
-   common case, a few more at most.
+   tried, down to none. A burst the split leaves without tokens is dropped;
+4. on more than one node, with the links between nodes priced, a second list for locality
+   (:func:`_local`): a newly hot expert that the plan holds in one node makes the other nodes
+   send it their tokens across. Each step puts a replica in the node whose tokens for an
+   expert cross the most (beyond what its replicas there take), on that node's least loaded
+   rank, while the tokens it keeps in the node outweigh the copy; an estimate of the
+   all-to-all and the copies picks its prefix. That prefix alone, and it followed by the
+   compute list's bursts that still fit, are priced like step 3; the cheapest of all the
+   priced lists is made (ties: the one priced first). Up to two splits more. Two to four
+   splits in the common case, a few more at most.
 
 Shape legend:
     Q  source ranks (Q = N)      E  experts of the layer      N  ranks; R = N per-rank vectors
@@ -196,11 +204,12 @@ def plan_bursts(
         return _none(slots, S, E)
     if demand0 is None:
         _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method)
-    before = _price(params, c_QE, plan0, demand0, ranks_per_node)
+    before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
     bursts, n_est = _greedy(c_QE, slots, demand0, S, B, params)
-    if not bursts:
+    local, n_loc = _local(c_QE, slots, demand0, S, B, params, sums0)
+    if not bursts and not local:
         return _none(slots, S, E, before)
     # Price the whole list and the estimate's prefix with the split (the estimate sees compute
     # and copies, not the all-to-all a burst also spreads); then halves of the shorter while
@@ -220,6 +229,18 @@ def plan_bursts(
             n //= 2
         else:
             break
+    # The locality list (module step 4): the estimate's prefix, alone and followed by the
+    # compute list's bursts that still fit.
+    if local:
+        local = local[:n_loc]
+        cands = [local]
+        both = _union(local, bursts, slots, S, B, N, E)
+        if len(both) > len(local):
+            cands.append(both)
+        for cand_list in cands:
+            cand = _evaluate(c_pad, slots, S, E, cand_list, ranks_per_node, params, method)
+            if cand.count and cand.after_ms < (before if best is None else best.after_ms):
+                best = cand
     return _none(slots, S, E, before) if best is None else _with_before(best, before)
 
 
@@ -239,13 +260,16 @@ def _with_before(p: BurstPlan, before: float) -> BurstPlan:
     )
 
 
-def _price(params: cm.CostParams, c_QE, plan, demand_K, rpn: int) -> float:
-    """compute_ms + a2a_ms of the split (the a2a only when the network is priced)."""
+def _price(params: cm.CostParams, c_QE, plan, demand_K, rpn: int) -> tuple[float, tuple | None]:
+    """compute_ms + a2a_ms of the split (the a2a only when the network is priced), and the
+    split's tier sums (si, ri, se, re; None when not priced)."""
     load_R = demand_K.reshape(plan.N, plan.S).sum(axis=1)
     t = cm.compute_ms(params, load_R)
+    sums = None
     if params.prices_network:
-        t += cm.a2a_ms(params, *tier_sums(c_QE, plan, demand_K, rpn))
-    return t
+        sums = tier_sums(c_QE, plan, demand_K, rpn)
+        t += cm.a2a_ms(params, *sums)
+    return t, sums
 
 
 def _greedy(
@@ -328,6 +352,143 @@ def _greedy(
     return out, best_n
 
 
+def _local(
+    c_QE, slots, demand_K, S: int, B: int, params: cm.CostParams, sums
+) -> tuple[list[tuple], int]:
+    """The locality bursts (expert, source, destination), most traffic saved first, and how
+    many of them the estimate says to make (module step 4); ([], 0) on one node, when the links
+    between nodes are not priced or are not what the all-to-all waits for, or when no prefix
+    of the list lowers the estimate.
+
+    ``sums``: the planned split's tier sums (si, ri, se, re). The ranks whose traffic across
+    nodes (max(se, re)) is within 25% of the busiest rank's set the all-to-all: only experts
+    that such a rank holds, and nodes that hold such a rank, are considered. Tokens that node m
+    sends to an expert beyond what its replicas in node m take cross nodes and land on the
+    expert's other replicas (the split's routing prefers the own node). A replica takes about
+    the expert's tokens over its replicas; so node m keeps min(T[m, e], share_e x its replicas
+    of e) inside it, and the rest, X[m, e], crosses. Each step adds a replica where it keeps the
+    most crossing tokens off the links, min(X[m, e], share_e after the copy), and only while
+    that beats the copy (4 one-way token exchanges against the copy and its gradient's return:
+    more than expert_bytes / (2 token_bytes) tokens). The destination is the rank of node m
+    with a free burst slot that the split loads least; the source, the planned holder that has
+    sent the fewest copies so far, in node m when one is (then the lowest rank). Ties: the
+    lowest node, then the lowest expert.
+
+    The estimate: each rank's traffic across nodes (from ``sums``) less what the list keeps
+    in nodes (node m's senders share it; the expert's holders in other nodes share what they
+    no longer receive), 4 one-way exchanges of it at inter_bw, plus copy_ms of the list's
+    copies; the cheapest prefix wins. The list stops at N*B bursts, when no replica beats its
+    copy, or 2 x ranks_per_node steps after the estimate last improved.
+    """
+    G = params.ranks_per_node
+    N, E = c_QE.shape
+    if params.nodes == 1 or params.inter_bw <= 0 or params.token_bytes <= 0 or sums is None:
+        return [], 0
+    si, ri, se, re_ = sums
+    cross_R = np.maximum(se, re_)
+    t_inter = float(cross_R.max()) / params.inter_bw
+    t_intra = float(np.maximum(si, ri).max()) / params.intra_bw if params.intra_bw > 0 else 0.0
+    if t_inter <= 0 or t_inter < t_intra:
+        return [], 0  # the all-to-all waits for the links within nodes
+    node_R = cm.node_of(params)
+    rank_K = np.arange(N * S) // S
+    held = np.zeros((N, E), dtype=bool)
+    held[rank_K, slots] = True
+    busy_R = cross_R >= 0.5 * cross_R.max()
+    want_ME = np.zeros((params.nodes, E), dtype=bool)
+    want_ME[node_R[busy_R]] = True  # nodes whose senders the all-to-all waits for
+    want_ME[:, held[busy_R].any(axis=0)] = True  # experts whose holders it waits for
+    reps_E = held.sum(axis=0).astype(np.float64)
+    first_M = np.arange(0, N, G)
+    in_ME = np.add.reduceat(held.astype(np.float64), first_M, axis=0)
+    T_ME = np.add.reduceat(c_QE, first_M, axis=0).astype(np.float64)
+    L_E = c_QE.sum(axis=0).astype(np.float64)
+    floor = 0.5 * params.expert_bytes / params.token_bytes
+
+    def gain(e_idx):
+        share = L_E[e_idx] / np.maximum(reps_E[e_idx], 1.0)
+        cross = np.maximum(T_ME[:, e_idx] - in_ME[:, e_idx] * share, 0.0)
+        nxt = L_E[e_idx] / (reps_E[e_idx] + 1.0)
+        ok = want_ME[:, e_idx] & (reps_E[e_idx] > 0)
+        return np.where(ok, np.minimum(cross, nxt), 0.0)
+
+    gain_ME = gain(slice(None))
+    est = np.bincount(rank_K, demand_K, minlength=N).astype(np.float64)
+    by_e = rank_K[np.argsort(slots, kind="stable")]
+    first_E = np.concatenate(([0], np.cumsum(np.bincount(slots, minlength=E))))
+    free = np.full(N, B)
+    full_M = np.zeros(params.nodes, dtype=bool)
+    # The estimate that picks the prefix: each rank's traffic across nodes less what the list
+    # keeps in its node (the senders of node m share it, the expert's holders elsewhere share
+    # what they no longer receive), plus the copies' time (as in _greedy).
+    cross = cross_R.astype(np.float64)
+    tok_ms = 4e3 * params.token_bytes / params.inter_bw
+    intra = 2e3 * params.expert_bytes / params.intra_bw if params.intra_bw > 0 else 0.0
+    inter = 2e3 * params.expert_bytes / params.inter_bw
+    copies_SR = np.zeros((2, 2, N))  # [intra, inter] x [sent, received]
+    most = np.zeros(2)
+    best_n, best_ms = 0, tok_ms * float(cross.max())
+    patience = 2 * G  # steps without a better estimate before the list stops
+    out: list[tuple] = []
+    while len(out) < N * B and len(out) - best_n < patience:
+        gain_ME[full_M] = 0.0
+        i = int(np.argmax(gain_ME))  # ties: the lowest node, then expert
+        m, e = divmod(i, E)
+        g = float(gain_ME[m, e])
+        if g <= floor:
+            break
+        d_T = np.arange(m * G, min((m + 1) * G, N))
+        d_T = d_T[(free[d_T] > 0) & ~held[d_T, e]]
+        if d_T.size == 0:
+            gain_ME[m, e] = 0.0
+            full_M[m] = not (free[m * G : (m + 1) * G] > 0).any()
+            continue
+        d = int(d_T[np.argmin(est[d_T])])  # ties: the lowest rank
+        pool = by_e[first_E[e] : first_E[e + 1]]
+        away = pool[node_R[pool] != m]
+        same = pool[node_R[pool] == m]
+        src = same if same.size else pool
+        q = int(src[np.argmin(copies_SR[:, 0, src].sum(axis=0))])  # fewest sent, lowest rank
+        out.append((e, q, d))
+        t = 0 if node_R[q] == m else 1
+        copies_SR[t, 0, q] += 1
+        copies_SR[t, 1, d] += 1
+        most[t] = max(most[t], copies_SR[t, 0, q], copies_SR[t, 1, d])
+        cross[m * G : (m + 1) * G] -= g / min(G, N - m * G)
+        if away.size:
+            cross[away] -= g / away.size
+        np.maximum(cross, 0.0, out=cross)
+        free[d] -= 1
+        held[d, e] = True
+        in_ME[m, e] += 1
+        reps_E[e] += 1
+        est[d] += L_E[e] / reps_E[e]
+        gain_ME[:, e] = gain(e)
+        t_ms = tok_ms * float(cross.max()) + max(most[0] * intra, most[1] * inter)
+        if t_ms < best_ms:
+            best_n, best_ms = len(out), t_ms
+    return (out, best_n) if best_n else ([], 0)
+
+
+def _union(first: list[tuple], then: list[tuple], slots, S: int, B: int, N: int, E: int):
+    """``first``, then the bursts of ``then`` that still fit (a free burst slot on a
+    destination that holds the expert in no slot yet)."""
+    held = np.zeros((N, E), dtype=bool)
+    held[np.arange(N * S) // S, slots] = True
+    free = np.full(N, B)
+    out = []
+    for e, q, d in first:
+        held[d, e] = True
+        free[d] -= 1
+        out.append((e, q, d))
+    for e, q, d in then:
+        if free[d] > 0 and not held[d, e]:
+            held[d, e] = True
+            free[d] -= 1
+            out.append((e, q, d))
+    return out
+
+
 def _layout(slots, S: int, E: int, bursts, N: int):
     """The enlarged placement of a list of bursts and their slot positions."""
     e_C = np.array([b[0] for b in bursts], dtype=np.int64)
@@ -361,5 +522,5 @@ def _evaluate(c_pad, slots, S, E, bursts, rpn, params, method) -> BurstPlan:
         bursts = [b for b, u in zip(bursts, used.tolist(), strict=True) if u]
     copies = cm.copy_traffic(params, q_C, d_C)
     c_ms = cm.copy_ms(params, *copies)
-    after = _price(params, c_pad, plan, demand_K, rpn) + c_ms
+    after = _price(params, c_pad, plan, demand_K, rpn)[0] + c_ms
     return BurstPlan(E, Sx, slots_x, e_C, q_C, s_C, d_C, j_C, 0.0, after, c_ms)
