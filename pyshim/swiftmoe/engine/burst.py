@@ -361,7 +361,7 @@ def _local(
     of the list lowers the estimate.
 
     ``sums``: the planned split's tier sums (si, ri, se, re). The ranks whose traffic across
-    nodes (max(se, re)) is within 25% of the busiest rank's set the all-to-all: only experts
+    nodes (max(se, re)) is at least half the busiest rank's set the all-to-all: only experts
     that such a rank holds, and nodes that hold such a rank, are considered. Tokens that node m
     sends to an expert beyond what its replicas in node m take cross nodes and land on the
     expert's other replicas (the split's routing prefers the own node). A replica takes about
