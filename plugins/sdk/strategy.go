@@ -56,9 +56,10 @@ type LayerInput struct {
 	Current []int
 	// Earlier holds the reports before LastLoad, latest first (each len
 	// NumExperts). The sidecar sends them only to a strategy that names a
-	// window option (Info.LoadWindowOption), and only when the job's cost
-	// model prices traffic across nodes; otherwise it is nil. Strategies
-	// must not modify them (they share the sidecar's history).
+	// window option (Info.LoadWindowOption), only when the job's cost model
+	// prices traffic across nodes, and only for a layer whose experts fit
+	// in one node's slots; otherwise it is nil. Strategies must not modify
+	// them (they share the sidecar's history).
 	Earlier [][]uint64
 }
 
@@ -149,8 +150,8 @@ type Info struct {
 	// LoadWindowOption names one of Options, of type OptionInt, whose value
 	// (the job's, else its Default) is how many recent reports per layer
 	// the strategy weighs: LayerInput.LastLoad and up to that many less one
-	// in LayerInput.Earlier. Empty: the strategy reads no window, and the
-	// sidecar sends none.
+	// in LayerInput.Earlier (see there for when the sidecar sends them).
+	// Empty: the strategy reads no window, and the sidecar sends none.
 	LoadWindowOption string
 }
 

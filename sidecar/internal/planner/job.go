@@ -121,7 +121,7 @@ func (j *job) strategyRequest(it uint64, predicted [][]float64) *sdk.Request {
 			Layer: l, NumExperts: e, Predicted: predicted[l],
 			LastLoad: j.hist[l].last(), Current: j.slots[l],
 		}
-		if j.window > 1 {
+		if j.window > 1 && e <= j.topo.RanksPerNode*j.topo.SlotsPerRank {
 			req.Layers[l].Earlier = j.hist[l].earlier(j.window - 1)
 		}
 	}

@@ -13,7 +13,11 @@ import (
 // default), at most DefaultHistory, and 0 (none) unless the job's cost model
 // can price traffic across nodes: token bytes, flops per second and the
 // bandwidth between nodes known, and more than one node. Elsewhere a window
-// cannot change a plan that weighs compute alone, so it is not sent.
+// cannot change a plan that weighs compute alone, so it is not sent. Even
+// then only the layers whose experts fit in one node's slots get it
+// (strategyRequest): only there can a layout hold every expert in every
+// node, the hedge a window weighs; elsewhere it would triple the request of
+// a large job for nothing.
 func loadWindow(info sdk.Info, opts map[string]string, cm sdk.CostModel, t sdk.Topology) int {
 	name := info.LoadWindowOption
 	if name == "" || !pricesTraffic(cm, t) {

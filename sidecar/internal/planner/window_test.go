@@ -61,18 +61,20 @@ func TestWindowSentOnlyWhenAskedAndPriced(t *testing.T) {
 		cost    *pb.CostModel
 		perNode uint32
 		interBW float64
-		want    int // reports sent before the latest, once 6 are kept
+		slots   uint32 // per rank: with 2 ranks per node, 3 fit layer 0 (6 experts) in a node, 4 both
+		want    int    // reports sent before the latest, once 6 are kept
 	}{
-		{"asked, default 3", true, nil, priced, 2, 5e10, 2},
-		{"asked, job sets 5", true, map[string]string{"win": "5"}, priced, 2, 5e10, 4},
-		{"asked, job sets 0", true, map[string]string{"win": "0"}, priced, 2, 5e10, 0},
-		{"asked, job sets 1", true, map[string]string{"win": "1"}, priced, 2, 5e10, 0},
-		{"not asked", false, nil, priced, 2, 5e10, 0},
-		{"no cost model", true, nil, nil, 2, 5e10, 0},
-		{"no flops per second", true, nil, &pb.CostModel{TokenBytes: 1536}, 2, 5e10, 0},
-		{"one node", true, nil, priced, 0, 5e10, 0},
-		{"one node of all ranks", true, nil, priced, 4, 5e10, 0},
-		{"no inter-node bandwidth", true, nil, priced, 2, 0, 0},
+		{"asked, default 3", true, nil, priced, 2, 5e10, 4, 2},
+		{"asked, job sets 5", true, map[string]string{"win": "5"}, priced, 2, 5e10, 4, 4},
+		{"asked, job sets 0", true, map[string]string{"win": "0"}, priced, 2, 5e10, 4, 0},
+		{"asked, job sets 1", true, map[string]string{"win": "1"}, priced, 2, 5e10, 4, 0},
+		{"not asked", false, nil, priced, 2, 5e10, 4, 0},
+		{"no cost model", true, nil, nil, 2, 5e10, 4, 0},
+		{"no flops per second", true, nil, &pb.CostModel{TokenBytes: 1536}, 2, 5e10, 4, 0},
+		{"one node", true, nil, priced, 0, 5e10, 4, 0},
+		{"one node of all ranks", true, nil, priced, 4, 5e10, 4, 0},
+		{"no inter-node bandwidth", true, nil, priced, 2, 0, 4, 0},
+		{"layer 1 does not fit a node", true, nil, priced, 2, 5e10, 3, 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -84,6 +86,7 @@ func TestWindowSentOnlyWhenAskedAndPriced(t *testing.T) {
 			req.Topology.RanksPerNode = tc.perNode
 			req.Topology.InterNodeBandwidth = tc.interBW
 			req.Topology.IntraNodeBandwidth = 3e11
+			req.Topology.SlotsPerRank = tc.slots
 			if _, err := s.RegisterJob(ctxT(t), req); err != nil {
 				t.Fatal(err)
 			}
@@ -93,6 +96,9 @@ func TestWindowSentOnlyWhenAskedAndPriced(t *testing.T) {
 				got := earlier()
 				want := min(tc.want, it)
 				for layer := range 2 {
+					if layer == 1 && tc.slots*2 < 8 {
+						want = 0 // 8 experts do not fit 2 ranks of tc.slots
+					}
 					if len(got[layer]) != want {
 						t.Fatalf("after report %d, layer %d: got %d earlier reports, want %d", it, layer, len(got[layer]), want)
 					}
@@ -117,6 +123,7 @@ func TestWindowAfterResume(t *testing.T) {
 		req.CostModel = priced
 		req.StrategyOptions = map[string]string{"win": "16"}
 		req.Topology.InterNodeBandwidth = 5e10
+		req.Topology.SlotsPerRank = 4
 		req.History = h
 		if _, err := s.RegisterJob(ctxT(t), req); err != nil {
 			t.Fatal(err)

@@ -367,11 +367,13 @@ type StrategyInfo struct {
 	Sha256 string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// The name of one of options, of type int, whose value (the job's, else
 	// its default) is how many recent reports per layer the strategy weighs:
-	// the sidecar then sends the reports before last_load in every
+	// the sidecar then sends the reports before last_load in
 	// StrategyLayerInput.earlier_loads, at most that many less one, when the
 	// job's cost model can price traffic across nodes (token bytes, flops
-	// per second and the bandwidth between nodes known, more than one node).
-	// Empty: the strategy reads no window.
+	// per second and the bandwidth between nodes known, more than one node),
+	// to every layer whose experts fit in one node's slots (num_experts <=
+	// ranks_per_node * slots_per_rank: where a layout can hold every expert
+	// in every node). Empty: the strategy reads no window.
 	LoadWindowOption string `protobuf:"bytes,7,opt,name=load_window_option,json=loadWindowOption,proto3" json:"load_window_option,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -1744,8 +1746,8 @@ type StrategyLayerInput struct {
 	CurrentSlots []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
 	// The reports before last_load, latest first, each of num_experts
 	// tokens; empty unless the strategy asks for a window of loads
-	// (StrategyInfo.load_window_option), and never more than the sidecar
-	// keeps (16) less one.
+	// (StrategyInfo.load_window_option) and the job and layer can use it
+	// (see there), and never more than the sidecar keeps (16) less one.
 	EarlierLoads  []*LayerLoads `protobuf:"bytes,6,rep,name=earlier_loads,json=earlierLoads,proto3" json:"earlier_loads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
