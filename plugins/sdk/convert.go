@@ -109,7 +109,35 @@ func requestToProto(r *Request, withCurrent bool) *pb.StrategyPlanRequest {
 		m.PredictedLoad = l.Predicted
 		m.LastLoad = l.LastLoad
 		m.CurrentSlots = ids[start:len(ids):len(ids)]
+		m.EarlierLoads = loadsToProto(l.Earlier)
 		out.Layers[i] = m
+	}
+	return out
+}
+
+// loadsToProto wraps reports in their wire messages (nil for none); the
+// token slices are shared, not copied.
+func loadsToProto(reports [][]uint64) []*pb.LayerLoads {
+	if len(reports) == 0 {
+		return nil
+	}
+	msgs := make([]pb.LayerLoads, len(reports))
+	out := make([]*pb.LayerLoads, len(reports))
+	for i, r := range reports {
+		msgs[i].Tokens = r
+		out[i] = &msgs[i]
+	}
+	return out
+}
+
+// loadsFromProto is loadsToProto's inverse (nil for none).
+func loadsFromProto(reports []*pb.LayerLoads) [][]uint64 {
+	if len(reports) == 0 {
+		return nil
+	}
+	out := make([][]uint64, len(reports))
+	for i, r := range reports {
+		out[i] = r.GetTokens()
 	}
 	return out
 }
@@ -139,6 +167,7 @@ func RequestFromProto(r *pb.StrategyPlanRequest) *Request {
 			Predicted:  l.GetPredictedLoad(),
 			LastLoad:   l.GetLastLoad(),
 			Current:    ids[start:len(ids):len(ids)],
+			Earlier:    loadsFromProto(l.GetEarlierLoads()),
 		}
 	}
 	return out
@@ -197,7 +226,7 @@ func totalLen[T any](v []T, size func(*T) int) int {
 
 // InfoToProto converts strategy info to its wire form.
 func InfoToProto(i Info) *pb.StrategyInfo {
-	out := &pb.StrategyInfo{Name: i.Name, Description: i.Description, Version: i.Version}
+	out := &pb.StrategyInfo{Name: i.Name, Description: i.Description, Version: i.Version, LoadWindowOption: i.LoadWindowOption}
 	for _, o := range i.Options {
 		out.Options = append(out.Options, &pb.OptionSpec{
 			Name: o.Name, Description: o.Description, DefaultValue: o.Default,
@@ -209,7 +238,7 @@ func InfoToProto(i Info) *pb.StrategyInfo {
 
 // InfoFromProto converts wire strategy info into the SDK's form.
 func InfoFromProto(i *pb.StrategyInfo) Info {
-	out := Info{Name: i.GetName(), Description: i.GetDescription(), Version: i.GetVersion()}
+	out := Info{Name: i.GetName(), Description: i.GetDescription(), Version: i.GetVersion(), LoadWindowOption: i.GetLoadWindowOption()}
 	for _, o := range i.GetOptions() {
 		out.Options = append(out.Options, Option{
 			Name: o.GetName(), Description: o.GetDescription(), Default: o.GetDefaultValue(),

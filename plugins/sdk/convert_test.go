@@ -32,7 +32,7 @@ func TestRequestRoundTrip(t *testing.T) {
 	for i, w := range want.Layers {
 		g := got.Layers[i]
 		if g.Layer != w.Layer || g.NumExperts != w.NumExperts || !slices.Equal(g.Predicted, w.Predicted) ||
-			!slices.Equal(g.LastLoad, w.LastLoad) || !slices.Equal(g.Current, w.Current) {
+			!slices.Equal(g.LastLoad, w.LastLoad) || !slices.Equal(g.Current, w.Current) || !reflect.DeepEqual(g.Earlier, w.Earlier) {
 			t.Errorf("layer %d: got %+v, want %+v", i, g, w)
 		}
 	}
@@ -119,6 +119,9 @@ func TestValidateRequest(t *testing.T) {
 		{"predicted NaN", func(r *Request) { r.Layers[0].Predicted[2] = nan() }, "predicted_load[2]"},
 		{"last load length", func(r *Request) { r.Layers[0].LastLoad = []uint64{1} }, "last_load"},
 		{"current length", func(r *Request) { r.Layers[0].Current = []int{0} }, "current_slots has 1"},
+		{"earlier length", func(r *Request) { r.Layers[0].Earlier[1] = []uint64{1, 2} }, "earlier_loads[1] has 2 values; want num_experts = 4"},
+		{"earlier without last", func(r *Request) { r.Layers[0].LastLoad = nil }, "earlier_loads has 2 reports but last_load is empty"},
+		{"earlier too many", func(r *Request) { r.Layers[0].Earlier = make([][]uint64, MaxEarlierLoads+1) }, "earlier_loads has 65 reports; at most 64"},
 		{"current id", func(r *Request) { r.Layers[1].Current[5] = 3 }, "current_slots[5] (rank 2)"},
 		{"token bytes", func(r *Request) { r.CostModel.TokenBytes = -1 }, "cost_model.token_bytes"},
 		{"flops per second", func(r *Request) { r.CostModel.FlopsPerSecond = nan() }, "cost_model.flops_per_second"},

@@ -15,7 +15,8 @@ var _ Strategy = rotate{}
 
 func (rotate) Info() Info {
 	return Info{Name: "rotate", Description: "static layout rotated by the iteration", Version: "0.1",
-		Options: []Option{{Name: "fail", Description: "fail every plan", Default: "false"}}}
+		Options:          []Option{{Name: "fail", Description: "fail every plan", Default: "false"}, {Name: "w", Default: "2", Type: OptionInt, Max: 16}},
+		LoadWindowOption: "w"}
 }
 
 func (rotate) Plan(ctx context.Context, req *Request) (*Response, error) {
@@ -43,7 +44,8 @@ func sampleRequest() *Request {
 		Iteration: 7,
 		Options:   map[string]string{"a": "1"},
 		Layers: []LayerInput{
-			{Layer: 0, NumExperts: 4, Predicted: []float64{1, 2.5, 0, 4}, LastLoad: []uint64{1, 2, 0, 4}, Current: []int{0, 1, 2, 3, 0, 1, 2, 3}},
+			{Layer: 0, NumExperts: 4, Predicted: []float64{1, 2.5, 0, 4}, LastLoad: []uint64{1, 2, 0, 4}, Current: []int{0, 1, 2, 3, 0, 1, 2, 3},
+				Earlier: [][]uint64{{4, 0, 2, 1}, {7, 7, 7, 7}}},
 			{Layer: 1, NumExperts: 3, Predicted: []float64{9, 0, 1}, Current: []int{0, 1, 2, 0, 1, 2, 0, 1}},
 		},
 		ExpertWeightBytes:    []uint64{10, 20},

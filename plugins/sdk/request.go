@@ -16,14 +16,17 @@ const (
 	MaxSlotsPerLayer = 1 << 20
 	// MaxLayers bounds the number of layers in one request.
 	MaxLayers = 1 << 12
+	// MaxEarlierLoads bounds LayerInput.Earlier.
+	MaxEarlierLoads = 64
 )
 
 // ValidateRequest checks a planning request before a strategy plans from it:
 // a usable topology, and for every layer num_experts in [1, total slots],
 // predicted_load empty or one finite value >= 0 per expert, last_load empty
-// or one value per expert, and current_slots empty or one id in range per
-// slot. It does not require current_slots to be a valid plan. Errors name the
-// field (as in the wire message) and the fix.
+// or one value per expert, earlier_loads at most MaxEarlierLoads reports of
+// one value per expert each (only with last_load), and current_slots empty
+// or one id in range per slot. It does not require current_slots to be a
+// valid plan. Errors name the field (as in the wire message) and the fix.
 func ValidateRequest(r *Request) error {
 	if r == nil {
 		return fmt.Errorf("%w: request is nil", ErrInvalidRequest)
@@ -79,6 +82,17 @@ func validateLayer(l *LayerInput, t Topology) error {
 	}
 	if n := len(l.LastLoad); n != 0 && n != l.NumExperts {
 		return fmt.Errorf("last_load has %d values; want num_experts = %d (or none before the first report)", n, l.NumExperts)
+	}
+	if n := len(l.Earlier); n > MaxEarlierLoads {
+		return fmt.Errorf("earlier_loads has %d reports; at most %d supported", n, MaxEarlierLoads)
+	}
+	for i, r := range l.Earlier {
+		if len(r) != l.NumExperts {
+			return fmt.Errorf("earlier_loads[%d] has %d values; want num_experts = %d", i, len(r), l.NumExperts)
+		}
+	}
+	if len(l.Earlier) > 0 && len(l.LastLoad) == 0 {
+		return fmt.Errorf("earlier_loads has %d reports but last_load is empty; send the latest report in last_load and those before it in earlier_loads", len(l.Earlier))
 	}
 	if n := len(l.Current); n != 0 && n != total {
 		return fmt.Errorf("current_slots has %d ids; want world_size*slots_per_rank = %d (or none)", n, total)

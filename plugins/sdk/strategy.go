@@ -54,6 +54,13 @@ type LayerInput struct {
 	// Current is the placement in force (len TotalSlots): Current[r*S+s] is
 	// the expert in slot s of rank r.
 	Current []int
+	// Earlier holds the reports before LastLoad, latest first (each len
+	// NumExperts). The sidecar sends them only to a strategy that names a
+	// window option (Info.LoadWindowOption), only when the job's cost model
+	// prices traffic across nodes, and only for a layer whose experts fit
+	// in one node's slots; otherwise it is nil. Strategies must not modify
+	// them (they share the sidecar's history).
+	Earlier [][]uint64
 }
 
 // Request is one planning call.
@@ -140,6 +147,12 @@ type Info struct {
 	Description string
 	Version     string
 	Options     []Option
+	// LoadWindowOption names one of Options, of type OptionInt, whose value
+	// (the job's, else its Default) is how many recent reports per layer
+	// the strategy weighs: LayerInput.LastLoad and up to that many less one
+	// in LayerInput.Earlier (see there for when the sidecar sends them).
+	// Empty: the strategy reads no window, and the sidecar sends none.
+	LoadWindowOption string
 }
 
 // Strategy plans the placement of expert replicas into slots.

@@ -82,6 +82,64 @@ func BenchmarkSwiftMoEPlanSequentialNodes8Step(b *testing.B) {
 	benchSequential(b, stepRequest(benchRequest(8), 12.5e9), options{})
 }
 
+// BenchmarkSwiftMoEPlanSequentialNodes8StepWindow is the step-time case
+// with a window of 8 reports per layer (load_window's default): the latest
+// (the prediction) and 7 earlier ones, each a Zipf(1.0) with its experts
+// in another seeded order, as if the hot set moved every iteration.
+func BenchmarkSwiftMoEPlanSequentialNodes8StepWindow(b *testing.B) {
+	req := windowRequest(stepRequest(benchRequest(8), 12.5e9), defaultLoadWindow)
+	benchSequential(b, req, options{window: defaultLoadWindow})
+}
+
+// BenchmarkSwiftMoEPlanSequentialE32Step plans 64 layers of 32 experts on
+// 16 ranks in nodes of 8 with 4 slots each (every expert fits in one node's
+// slots) for step time at 50 GB/s between nodes; ...Window adds a window
+// of 8 reports, where the replicated layout is weighed over them.
+func BenchmarkSwiftMoEPlanSequentialE32Step(b *testing.B) {
+	benchSequential(b, e32Request(), options{})
+}
+
+func BenchmarkSwiftMoEPlanSequentialE32StepWindow(b *testing.B) {
+	benchSequential(b, windowRequest(e32Request(), defaultLoadWindow), options{window: defaultLoadWindow})
+}
+
+func e32Request() *sdk.Request {
+	req := &sdk.Request{Topology: sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 8}}
+	for l := range 64 {
+		req.Layers = append(req.Layers, sdk.LayerInput{Layer: l, NumExperts: 32, Predicted: zipfLoads(32, 1.0, 1<<17, uint64(l+1))})
+	}
+	return stepRequest(req, 50e9)
+}
+
+// windowRequest gives every layer of req its prediction as LastLoad and
+// w-1 earlier reports.
+func windowRequest(req *sdk.Request, w int) *sdk.Request {
+	for i := range req.Layers {
+		l := &req.Layers[i]
+		l.LastLoad = make([]uint64, l.NumExperts)
+		for x, v := range l.Predicted {
+			l.LastLoad[x] = uint64(v)
+		}
+		for k := 1; k < w; k++ {
+			loads := zipfLoads(l.NumExperts, 1.0, sum(l.Predicted), uint64(1000*k+i))
+			r := make([]uint64, l.NumExperts)
+			for x, v := range loads {
+				r[x] = uint64(v)
+			}
+			l.Earlier = append(l.Earlier, r)
+		}
+	}
+	return req
+}
+
+func sum(v []float64) float64 {
+	var t float64
+	for _, x := range v {
+		t += x
+	}
+	return t
+}
+
 // stepRequest adds the cost model of H200s running GPT-Small experts
 // (d_model 768, d_ff 3072, bf16) to req, with inter GB/s between nodes.
 func stepRequest(req *sdk.Request, inter float64) *sdk.Request {

@@ -27,6 +27,13 @@ const (
 // planLayer's inputs.
 type layerCost struct {
 	cm costModel
+	// recent is the layer's input, whose LastLoad and Earlier reports the
+	// replicated layout is weighed over (load_window = windowLen), and
+	// window and weight those loads once read (window.go).
+	recent    *sdk.LayerInput
+	windowLen int
+	window    [][]float64
+	weight    float64
 }
 
 // stepScratch holds the best plan found while candidates are tried.
@@ -153,15 +160,17 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// Its bound (any plan with ids in range has one) comes before the
 	// check of its rank limits, which is needed only when it may win or
 	// the best plan's slots are to be ordered after it.
-	if p.cur == nil {
-		return nil
+	if p.cur != nil {
+		if beats(sm.boundPlan(p.cur), bestMs) && p.currentValid() && sm.score(p.cur) <= bestMs {
+			copy(dst, p.cur)
+		} else if !ordered && p.currentValid() {
+			orderSlots(dst, p.cur, n, s)
+		}
 	}
-	if beats(sm.boundPlan(p.cur), bestMs) && p.currentValid() && sm.score(p.cur) <= bestMs {
-		copy(dst, p.cur)
-		return nil
-	}
-	if !ordered && p.currentValid() {
-		orderSlots(dst, p.cur, n, s)
+	if hmax == numExperts && lc.recent != nil {
+		if lc.window, lc.weight = p.windowLoads(lc.recent, lc.windowLen); len(lc.window) > 0 {
+			return p.hedgeReplicated(dst, lc, g)
+		}
 	}
 	return nil
 }

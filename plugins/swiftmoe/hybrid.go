@@ -294,11 +294,13 @@ func (p *planner) packHybrid(h, r int) error {
 // boundHybrid is the bound (bound.go) on the estimated step time of the
 // hybrid layout of h whose counts hybridCounts set, in O(E + M): a global
 // expert holds the same replicas on every node but where it has the spare.
+// It prices the layout under sm's loads (those the counts came from, or
+// another iteration's).
 func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
 	hs := &p.hybrid
 	m := sm.m
 	b := stepBound{sm: sm}
-	w := func(x int32) float64 { return loadOf(p.loads, int(x)) / float64(p.reps[x]) }
+	w := func(x int32) float64 { return loadOf(sm.loads, int(x)) / float64(p.reps[x]) }
 	var load, met, recv float64
 	for i, x := range hs.order[:h] {
 		sup, mt, in := b.replicas(int(x), hs.subReps[i], w(x))

@@ -2,6 +2,7 @@ package swiftmoe
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -49,10 +50,27 @@ var objectiveNames = [...]string{objectiveStep: "step", objectiveCompute: "compu
 
 func (o objective) String() string { return objectiveNames[o] }
 
+// optLoadWindow names the option that sets how many recent iterations'
+// loads planning for step time weighs the replicated layout over
+// (window.go).
+const optLoadWindow = "load_window"
+
+// defaultLoadWindow is load_window's default, and maxLoadWindow its largest
+// value (the reports the sidecar keeps per layer).
+const (
+	defaultLoadWindow = 8
+	maxLoadWindow     = 16
+)
+
 // options are the strategy's parsed options.
 type options struct {
 	nodes     nodePolicy
 	objective objective
+	// window is load_window: with objective=step, the replicated layout
+	// replaces the chosen plan when its mean estimated step time over the
+	// prediction and the last window reports is lower (window.go; 0 or 1:
+	// the prediction alone decides).
+	window int
 	// noSearch skips the count search of small layers (search.go): the
 	// hybrid layouts' node plans, of which a layer makes many, go without.
 	noSearch bool
@@ -75,6 +93,16 @@ var optionSpecs = []sdk.Option{{
 	Default: objectiveStep.String(),
 	Type:    sdk.OptionEnum,
 	Values:  []string{objectiveStep.String(), objectiveCompute.String()},
+}, {
+	Name: optLoadWindow,
+	Description: "with objective=step, where every expert fits in one node's slots, keep every expert in every node instead of the plan " +
+		"for the predicted loads when that has the lower mean estimated step time over the prediction and the last load_window iterations' loads " +
+		"(sent by the sidecar when the job has a cost model and more than one node), so that a plan holds when the hot experts move; " +
+		"0 or 1: the prediction alone decides",
+	Default: strconv.Itoa(defaultLoadWindow),
+	Type:    sdk.OptionInt,
+	Min:     0,
+	Max:     maxLoadWindow,
 }}
 
 var _ sdk.OptionValidator = (*Strategy)(nil)
@@ -90,7 +118,7 @@ func (*Strategy) ValidateOptions(opts map[string]string) error {
 // are errors that name the option and what it accepts.
 func parseOptions(opts map[string]string) (options, error) {
 	var o options
-	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective); err != nil {
+	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective, optLoadWindow); err != nil {
 		return o, err
 	}
 	nodes, err := choice(opts, optNodePolicy, nodePolicyNames[:])
@@ -101,7 +129,11 @@ func parseOptions(opts map[string]string) (options, error) {
 	if err != nil {
 		return o, err
 	}
-	o.nodes, o.objective = nodePolicy(nodes), objective(obj)
+	window, err := sdk.IntOption(opts, optLoadWindow, defaultLoadWindow, 0, maxLoadWindow)
+	if err != nil {
+		return o, err
+	}
+	o.nodes, o.objective, o.window = nodePolicy(nodes), objective(obj), window
 	return o, nil
 }
 

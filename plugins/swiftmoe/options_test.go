@@ -16,6 +16,10 @@ func TestValidateOptions(t *testing.T) {
 		{optNodePolicy: "bogus"},
 		{optNodePolicy: "Spread"},
 		{"nodes": "pack"},
+		{optLoadWindow: "eight"},
+		{optLoadWindow: "-1"},
+		{optLoadWindow: "17"},
+		{optLoadWindow: "2.5"},
 	} {
 		err := s.ValidateOptions(bad)
 		if !errors.Is(err, sdk.ErrBadOption) {
@@ -34,7 +38,10 @@ func TestValidateOptions(t *testing.T) {
 	if err := s.ValidateOptions(map[string]string{optNodePolicy: "bogus"}); !strings.Contains(err.Error(), "want one of spread, pack (default spread)") {
 		t.Errorf("got %v, want the accepted values named", err)
 	}
-	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}} {
+	if err := s.ValidateOptions(map[string]string{optLoadWindow: "17"}); err == nil || !strings.Contains(err.Error(), "load_window") || !strings.Contains(err.Error(), "16") {
+		t.Errorf("load_window=17: got %v, want an error naming load_window and its largest value 16", err)
+	}
+	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}, {optLoadWindow: "0"}, {optLoadWindow: "16"}} {
 		if err := s.ValidateOptions(good); err != nil {
 			t.Errorf("ValidateOptions(%v) = %v, want nil", good, err)
 		}

@@ -59,6 +59,11 @@ type planner struct {
 	step      stepModel
 	stepPlans stepScratch
 	hybrid    hybridScratch
+	// Weighing the replicated layout over a window of loads (window.go):
+	// the loads as floats, and one step model per load vector.
+	winBuf    []float64
+	winVecs   [][]float64
+	winModels []stepModel
 }
 
 // grow returns s resized to n, reusing its array when it is large enough.

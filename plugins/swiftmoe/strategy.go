@@ -40,6 +40,8 @@ func (s *Strategy) Info() sdk.Info {
 		Description: "replicas proportional to predicted load (at least one each), packed onto ranks heaviest first to balance per-rank load; with ranks_per_node, an expert's replicas spread evenly over nodes (node_policy=spread) or kept within one node (node_policy=pack)",
 		Version:     Version,
 		Options:     slices.Clone(optionSpecs),
+		// The sidecar sends the reports load_window asks for.
+		LoadWindowOption: optLoadWindow,
 	}
 }
 
@@ -135,6 +137,7 @@ func layerCostOf(req *sdk.Request, l *sdk.LayerInput, o options) (layerCost, boo
 	}
 	c := req.CostModel
 	lc := layerCost{
+		recent: l, windowLen: o.window,
 		cm: costModel{
 			tokenBytes: c.TokenBytes, expertBytes: float64(wb),
 			flopsPerToken: fpt, flopsPerS: c.FlopsPerSecond,

@@ -24,10 +24,20 @@ func BenchmarkRoundTrip(b *testing.B) {
 		name                   string
 		layers, experts, ranks int
 		slots, ranksPerNode    uint32
+		// step registers the job with a cost model and 12.5 GB/s between
+		// nodes, so the swiftmoe strategy plans for step time and the
+		// sidecar sends the window of loads to each layer whose experts fit
+		// in a node's slots (the E=32 cases; load_window=0 turns it off).
+		step    bool
+		options map[string]string
 	}{
-		{"small-4L-8E-4N-4S", 4, 8, 4, 4, 4},
-		{"large-64L-256E-256N-4S", 64, 256, 256, 4, 8},
-		{"large-64L-256E-256N-4S-onenode", 64, 256, 256, 4, 0},
+		{"small-4L-8E-4N-4S", 4, 8, 4, 4, 4, false, nil},
+		{"large-64L-256E-256N-4S", 64, 256, 256, 4, 8, false, nil},
+		{"large-64L-256E-256N-4S-onenode", 64, 256, 256, 4, 0, false, nil},
+		{"large-64L-256E-256N-4S-step-nowindow", 64, 256, 256, 4, 8, true, map[string]string{"load_window": "0"}},
+		{"large-64L-256E-256N-4S-step-window", 64, 256, 256, 4, 8, true, nil},
+		{"e32-64L-32E-16N-4S-step-nowindow", 64, 32, 16, 4, 8, true, map[string]string{"load_window": "0"}},
+		{"e32-64L-32E-16N-4S-step-window", 64, 32, 16, 4, 8, true, nil},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			sc := startSidecar(b, "--plugins-dir", binDir, "--plugin-timeout", "5s", "--log-level", "info", "--metrics-listen", "127.0.0.1:0")
@@ -37,14 +47,20 @@ func BenchmarkRoundTrip(b *testing.B) {
 			for l := range experts {
 				experts[l] = uint32(c.experts)
 			}
-			_, err := client.RegisterJob(ctx, &pb.RegisterJobRequest{
+			reg := &pb.RegisterJobRequest{
 				JobId:            "bench",
 				Topology:         &pb.Topology{WorldSize: uint32(c.ranks), SlotsPerRank: c.slots, RanksPerNode: c.ranksPerNode},
 				ExpertsPerLayer:  experts,
 				ExpertParamNumel: []uint64{3 * 4096 * 1024},
 				BytesPerParam:    2,
 				Strategy:         "swiftmoe",
-			})
+				StrategyOptions:  c.options,
+			}
+			if c.step {
+				reg.Topology.IntraNodeBandwidth, reg.Topology.InterNodeBandwidth = 300e9, 12.5e9
+				reg.CostModel = &pb.CostModel{TokenBytes: 8192, FlopsPerSecond: 6.5e14}
+			}
+			_, err := client.RegisterJob(ctx, reg)
 			if err != nil {
 				b.Fatal(err)
 			}

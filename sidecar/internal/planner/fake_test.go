@@ -25,6 +25,8 @@ type fakeStrategies struct {
 	// validate, when set, is the strategy's own check of a job's options;
 	// else ValidateDeclared over options decides.
 	validate func(opts map[string]string) error
+	// windowOption is Info's LoadWindowOption.
+	windowOption string
 }
 
 func (f *fakeStrategies) Trust(name, want string) (string, error) {
@@ -72,7 +74,7 @@ func (f *fakeStrategies) Info(_ context.Context, name string) (host.Info, error)
 	if desc == "" {
 		desc = "fake"
 	}
-	return host.Info{Info: sdk.Info{Name: name, Description: desc, Options: f.options}, Path: "/x/swiftmoe-strategy-fake", SHA256: "00"}, nil
+	return host.Info{Info: sdk.Info{Name: name, Description: desc, Options: f.options, LoadWindowOption: f.windowOption}, Path: "/x/swiftmoe-strategy-fake", SHA256: "00"}, nil
 }
 
 func (f *fakeStrategies) List(ctx context.Context) ([]host.Info, error) {

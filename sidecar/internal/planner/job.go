@@ -31,6 +31,9 @@ type job struct {
 	options   map[string]string // passed to the strategy
 	predictor predictorConfig
 	info      *pb.StrategyInfo
+	// window is how many recent reports per layer the planning requests
+	// carry (loadWindow); 0 sends LastLoad alone.
+	window int
 
 	traffic  remapTraffic // bytes of every remap, from the job's shape
 	hist     []*history
@@ -117,6 +120,9 @@ func (j *job) strategyRequest(it uint64, predicted [][]float64) *sdk.Request {
 		req.Layers[l] = sdk.LayerInput{
 			Layer: l, NumExperts: e, Predicted: predicted[l],
 			LastLoad: j.hist[l].last(), Current: j.slots[l],
+		}
+		if j.window > 1 && e <= j.topo.RanksPerNode*j.topo.SlotsPerRank {
+			req.Layers[l].Earlier = j.hist[l].earlier(j.window - 1)
 		}
 	}
 	return req

@@ -123,6 +123,7 @@ func (s *Service) RegisterJob(ctx context.Context, req *pb.RegisterJobRequest) (
 		source = j.fallbackSource()
 	}
 	j.info = strategyInfoProto(info)
+	j.window = loadWindow(info.Info, j.options, j.costModel, j.topo)
 	initial := j.buildPlan(0, j.slots, j.predictions(), source, note, 0)
 	initial.FallbackReason = string(reason)
 	j.plan.Store(initial)

@@ -363,10 +363,20 @@ type StrategyInfo struct {
 	Version     string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	Options     []*OptionSpec          `protobuf:"bytes,4,rep,name=options,proto3" json:"options,omitempty"`
 	// Path of the plugin binary and its SHA-256, filled in by the sidecar.
-	Path          string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
-	Sha256        string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Path   string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	Sha256 string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// The name of one of options, of type int, whose value (the job's, else
+	// its default) is how many recent reports per layer the strategy weighs:
+	// the sidecar then sends the reports before last_load in
+	// StrategyLayerInput.earlier_loads, at most that many less one, when the
+	// job's cost model can price traffic across nodes (token bytes, flops
+	// per second and the bandwidth between nodes known, more than one node),
+	// to every layer whose experts fit in one node's slots (num_experts <=
+	// ranks_per_node * slots_per_rank: where a layout can hold every expert
+	// in every node). Empty: the strategy reads no window.
+	LoadWindowOption string `protobuf:"bytes,7,opt,name=load_window_option,json=loadWindowOption,proto3" json:"load_window_option,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StrategyInfo) Reset() {
@@ -437,6 +447,13 @@ func (x *StrategyInfo) GetPath() string {
 func (x *StrategyInfo) GetSha256() string {
 	if x != nil {
 		return x.Sha256
+	}
+	return ""
+}
+
+func (x *StrategyInfo) GetLoadWindowOption() string {
+	if x != nil {
+		return x.LoadWindowOption
 	}
 	return ""
 }
@@ -1726,7 +1743,12 @@ type StrategyLayerInput struct {
 	// Tokens per expert of the latest iteration (empty before any report).
 	LastLoad []uint64 `protobuf:"varint,4,rep,packed,name=last_load,json=lastLoad,proto3" json:"last_load,omitempty"`
 	// The placement in force (length = world_size*slots_per_rank).
-	CurrentSlots  []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	CurrentSlots []uint32 `protobuf:"fixed32,5,rep,packed,name=current_slots,json=currentSlots,proto3" json:"current_slots,omitempty"`
+	// The reports before last_load, latest first, each of num_experts
+	// tokens; empty unless the strategy asks for a window of loads
+	// (StrategyInfo.load_window_option) and the job and layer can use it
+	// (see there), and never more than the sidecar keeps (16) less one.
+	EarlierLoads  []*LayerLoads `protobuf:"bytes,6,rep,name=earlier_loads,json=earlierLoads,proto3" json:"earlier_loads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1792,6 +1814,13 @@ func (x *StrategyLayerInput) GetLastLoad() []uint64 {
 func (x *StrategyLayerInput) GetCurrentSlots() []uint32 {
 	if x != nil {
 		return x.CurrentSlots
+	}
+	return nil
+}
+
+func (x *StrategyLayerInput) GetEarlierLoads() []*LayerLoads {
+	if x != nil {
+		return x.EarlierLoads
 	}
 	return nil
 }
@@ -2141,14 +2170,15 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\x04type\x18\x04 \x01(\tR\x04type\x12\x10\n" +
 	"\x03min\x18\x05 \x01(\x01R\x03min\x12\x10\n" +
 	"\x03max\x18\x06 \x01(\x01R\x03max\x12\x16\n" +
-	"\x06values\x18\a \x03(\tR\x06values\"\xbd\x01\n" +
+	"\x06values\x18\a \x03(\tR\x06values\"\xeb\x01\n" +
 	"\fStrategyInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x121\n" +
 	"\aoptions\x18\x04 \x03(\v2\x17.swiftmoe.v1.OptionSpecR\aoptions\x12\x12\n" +
 	"\x04path\x18\x05 \x01(\tR\x04path\x12\x16\n" +
-	"\x06sha256\x18\x06 \x01(\tR\x06sha256\"P\n" +
+	"\x06sha256\x18\x06 \x01(\tR\x06sha256\x12,\n" +
+	"\x12load_window_option\x18\a \x01(\tR\x10loadWindowOption\"P\n" +
 	"\n" +
 	"ShardRange\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x16\n" +
@@ -2244,14 +2274,15 @@ const file_swiftmoe_v1_swiftmoe_proto_rawDesc = "" +
 	"\n" +
 	"strategies\x18\x01 \x03(\v2\x19.swiftmoe.v1.StrategyInfoR\n" +
 	"strategies\"\x11\n" +
-	"\x0fDescribeRequest\"\xb4\x01\n" +
+	"\x0fDescribeRequest\"\xf2\x01\n" +
 	"\x12StrategyLayerInput\x12\x14\n" +
 	"\x05layer\x18\x01 \x01(\rR\x05layer\x12\x1f\n" +
 	"\vnum_experts\x18\x02 \x01(\rR\n" +
 	"numExperts\x12%\n" +
 	"\x0epredicted_load\x18\x03 \x03(\x01R\rpredictedLoad\x12\x1b\n" +
 	"\tlast_load\x18\x04 \x03(\x04R\blastLoad\x12#\n" +
-	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\"\xe2\x03\n" +
+	"\rcurrent_slots\x18\x05 \x03(\aR\fcurrentSlots\x12<\n" +
+	"\rearlier_loads\x18\x06 \x03(\v2\x17.swiftmoe.v1.LayerLoadsR\fearlierLoads\"\xe2\x03\n" +
 	"\x13StrategyPlanRequest\x121\n" +
 	"\btopology\x18\x01 \x01(\v2\x15.swiftmoe.v1.TopologyR\btopology\x12\x1c\n" +
 	"\titeration\x18\x02 \x01(\x04R\titeration\x127\n" +
@@ -2370,33 +2401,34 @@ var file_swiftmoe_v1_swiftmoe_proto_depIdxs = []int32{
 	13, // 18: swiftmoe.v1.LayerHistory.reports:type_name -> swiftmoe.v1.LayerLoads
 	22, // 19: swiftmoe.v1.LayerHistory.series:type_name -> swiftmoe.v1.NamedSeries
 	4,  // 20: swiftmoe.v1.ListStrategiesResponse.strategies:type_name -> swiftmoe.v1.StrategyInfo
-	1,  // 21: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
-	25, // 22: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
-	32, // 23: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
-	2,  // 24: swiftmoe.v1.StrategyPlanRequest.cost_model:type_name -> swiftmoe.v1.CostModel
-	33, // 25: swiftmoe.v1.ValidateOptionsRequest.options:type_name -> swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
-	29, // 26: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
-	10, // 27: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
-	14, // 28: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
-	16, // 29: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
-	17, // 30: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
-	18, // 31: swiftmoe.v1.Planner.ExportJob:input_type -> swiftmoe.v1.ExportJobRequest
-	24, // 32: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
-	26, // 33: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
-	27, // 34: swiftmoe.v1.Strategy.ValidateOptions:input_type -> swiftmoe.v1.ValidateOptionsRequest
-	12, // 35: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
-	15, // 36: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
-	9,  // 37: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
-	23, // 38: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
-	19, // 39: swiftmoe.v1.Planner.ExportJob:output_type -> swiftmoe.v1.ExportJobResponse
-	4,  // 40: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
-	30, // 41: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
-	28, // 42: swiftmoe.v1.Strategy.ValidateOptions:output_type -> swiftmoe.v1.ValidateOptionsResponse
-	35, // [35:43] is the sub-list for method output_type
-	27, // [27:35] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	13, // 21: swiftmoe.v1.StrategyLayerInput.earlier_loads:type_name -> swiftmoe.v1.LayerLoads
+	1,  // 22: swiftmoe.v1.StrategyPlanRequest.topology:type_name -> swiftmoe.v1.Topology
+	25, // 23: swiftmoe.v1.StrategyPlanRequest.layers:type_name -> swiftmoe.v1.StrategyLayerInput
+	32, // 24: swiftmoe.v1.StrategyPlanRequest.options:type_name -> swiftmoe.v1.StrategyPlanRequest.OptionsEntry
+	2,  // 25: swiftmoe.v1.StrategyPlanRequest.cost_model:type_name -> swiftmoe.v1.CostModel
+	33, // 26: swiftmoe.v1.ValidateOptionsRequest.options:type_name -> swiftmoe.v1.ValidateOptionsRequest.OptionsEntry
+	29, // 27: swiftmoe.v1.StrategyPlanResponse.layers:type_name -> swiftmoe.v1.StrategyLayerOutput
+	10, // 28: swiftmoe.v1.Planner.RegisterJob:input_type -> swiftmoe.v1.RegisterJobRequest
+	14, // 29: swiftmoe.v1.Planner.ReportLoads:input_type -> swiftmoe.v1.ReportLoadsRequest
+	16, // 30: swiftmoe.v1.Planner.GetPlan:input_type -> swiftmoe.v1.GetPlanRequest
+	17, // 31: swiftmoe.v1.Planner.ListStrategies:input_type -> swiftmoe.v1.ListStrategiesRequest
+	18, // 32: swiftmoe.v1.Planner.ExportJob:input_type -> swiftmoe.v1.ExportJobRequest
+	24, // 33: swiftmoe.v1.Strategy.Describe:input_type -> swiftmoe.v1.DescribeRequest
+	26, // 34: swiftmoe.v1.Strategy.Plan:input_type -> swiftmoe.v1.StrategyPlanRequest
+	27, // 35: swiftmoe.v1.Strategy.ValidateOptions:input_type -> swiftmoe.v1.ValidateOptionsRequest
+	12, // 36: swiftmoe.v1.Planner.RegisterJob:output_type -> swiftmoe.v1.RegisterJobResponse
+	15, // 37: swiftmoe.v1.Planner.ReportLoads:output_type -> swiftmoe.v1.ReportLoadsResponse
+	9,  // 38: swiftmoe.v1.Planner.GetPlan:output_type -> swiftmoe.v1.Plan
+	23, // 39: swiftmoe.v1.Planner.ListStrategies:output_type -> swiftmoe.v1.ListStrategiesResponse
+	19, // 40: swiftmoe.v1.Planner.ExportJob:output_type -> swiftmoe.v1.ExportJobResponse
+	4,  // 41: swiftmoe.v1.Strategy.Describe:output_type -> swiftmoe.v1.StrategyInfo
+	30, // 42: swiftmoe.v1.Strategy.Plan:output_type -> swiftmoe.v1.StrategyPlanResponse
+	28, // 43: swiftmoe.v1.Strategy.ValidateOptions:output_type -> swiftmoe.v1.ValidateOptionsResponse
+	36, // [36:44] is the sub-list for method output_type
+	28, // [28:36] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_swiftmoe_v1_swiftmoe_proto_init() }

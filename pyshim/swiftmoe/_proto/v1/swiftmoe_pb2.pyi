@@ -65,20 +65,22 @@ class OptionSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_value: _Optional[str] = ..., type: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StrategyInfo(_message.Message):
-    __slots__ = ("name", "description", "version", "options", "path", "sha256")
+    __slots__ = ("name", "description", "version", "options", "path", "sha256", "load_window_option")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    LOAD_WINDOW_OPTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     version: str
     options: _containers.RepeatedCompositeFieldContainer[OptionSpec]
     path: str
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Iterable[_Union[OptionSpec, _Mapping]]] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    load_window_option: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Iterable[_Union[OptionSpec, _Mapping]]] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., load_window_option: _Optional[str] = ...) -> None: ...
 
 class ShardRange(_message.Message):
     __slots__ = ("rank", "offset", "length")
@@ -290,18 +292,20 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StrategyLayerInput(_message.Message):
-    __slots__ = ("layer", "num_experts", "predicted_load", "last_load", "current_slots")
+    __slots__ = ("layer", "num_experts", "predicted_load", "last_load", "current_slots", "earlier_loads")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     NUM_EXPERTS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LOAD_FIELD_NUMBER: _ClassVar[int]
     LAST_LOAD_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    EARLIER_LOADS_FIELD_NUMBER: _ClassVar[int]
     layer: int
     num_experts: int
     predicted_load: _containers.RepeatedScalarFieldContainer[float]
     last_load: _containers.RepeatedScalarFieldContainer[int]
     current_slots: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ...) -> None: ...
+    earlier_loads: _containers.RepeatedCompositeFieldContainer[LayerLoads]
+    def __init__(self, layer: _Optional[int] = ..., num_experts: _Optional[int] = ..., predicted_load: _Optional[_Iterable[float]] = ..., last_load: _Optional[_Iterable[int]] = ..., current_slots: _Optional[_Iterable[int]] = ..., earlier_loads: _Optional[_Iterable[_Union[LayerLoads, _Mapping]]] = ...) -> None: ...
 
 class StrategyPlanRequest(_message.Message):
     __slots__ = ("topology", "iteration", "layers", "options", "expert_weight_bytes", "expert_optimizer_bytes", "current_ref", "cost_model")
