@@ -52,8 +52,9 @@ func planPair(t *testing.T, topo sdk.Topology, c costModel, reports [][]uint64) 
 	return p.Layers[0], w.Layers[0]
 }
 
-// windowMean is the mean step estimate of slots over the prediction (the
-// latest report) and every report, as the windowed choice scores it.
+// windowMean is the weighted mean step estimate of slots as the windowed
+// choice scores it: the prediction (the latest report) weighs as much as
+// the earlier reports together.
 func windowMean(c costModel, slots []int, reports [][]uint64, topo sdk.Topology) float64 {
 	sum := 0.0
 	for i, r := range reports {
@@ -63,11 +64,11 @@ func windowMean(c costModel, slots []int, reports [][]uint64, topo sdk.Topology)
 		}
 		s, _, _ := estimate(c, slots, loads, topo)
 		if i == 0 {
-			s *= 2 // the prediction and the latest report
+			s *= float64(len(reports) - 1)
 		}
 		sum += s
 	}
-	return sum / float64(len(reports)+1)
+	return sum / float64(2*(len(reports)-1))
 }
 
 // everyExpertInEveryNode reports whether slots holds each expert on every
@@ -92,7 +93,7 @@ func TestWindowPicksTheLayoutThatHoldsWhenTheHotSetMoves(t *testing.T) {
 	topo := sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 8}
 	c := h200(50)
 	total := float64(4096 * 16 * 2)
-	sets := [][]int{{3, 17}, {9, 26}, {12, 30}}
+	sets := [][]int{{3, 17, 5, 20}, {9, 26, 1, 11}, {12, 30, 7, 22}}
 	reports := make([][]uint64, 8) // latest first
 	for i := range reports {
 		reports[i] = hotLoads(e, sets[i/3], total, uint64(i))
