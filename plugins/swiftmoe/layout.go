@@ -32,6 +32,19 @@ func orderSlots(dst, cur []int, n, s int) {
 // they held in was, the rank's current row (see orderSlots).
 func keepSlots(row, was []int) {
 	was = was[:len(row)]
+	// Nothing moves unless the rank holds an expert of was: a bit per
+	// expert id mod 64 rules that out for most rows in one pass each.
+	var held uint64
+	for _, c := range was {
+		held |= 1 << (uint(c) & 63)
+	}
+	shared := false
+	for _, x := range row {
+		shared = shared || held>>(uint(x)&63)&1 != 0
+	}
+	if !shared {
+		return
+	}
 	for i, c := range was {
 		if row[i] == c {
 			continue
