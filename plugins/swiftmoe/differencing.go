@@ -203,10 +203,11 @@ func (df *differencer) anyOver(rk *ranks, wt *weights, lo, hi int) bool {
 	for _, x := range df.multi {
 		df.mark[x] = df.stamp
 	}
-	for q := lo; q < hi; q++ {
-		row := rk.dst[q*s : (q+1)*s]
+	mark, stamp := df.mark, df.stamp
+	for o, slots := 0, rk.dst[lo*s:hi*s]; o < len(slots); o += s {
+		row := slots[o : o+s]
 		for i, x := range row {
-			if df.mark[x] != df.stamp {
+			if mark[x] != stamp {
 				continue
 			}
 			c := int32(1)

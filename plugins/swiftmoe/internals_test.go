@@ -10,13 +10,23 @@ import (
 // permutation of the packed one, and as many slots keep their current
 // expert as possible (for every expert, the smaller of its counts in the
 // two rows).
+//
+// Expert ids are small, or spread so that many share a bit of keepSlots'
+// mask of ids mod 64 (k*64: all; k*65: some), or large and distinct.
 func TestOrderSlotsKeepsCurrent(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 5))
+	ids := []func(int) int{
+		func(k int) int { return k },
+		func(k int) int { return k * 64 },
+		func(k int) int { return k * 65 },
+		func(k int) int { return 1000 + k*7 },
+	}
 	for trial := range 20000 {
 		s, e := 1+rng.IntN(6), 1+rng.IntN(5)
+		id := ids[trial%len(ids)]
 		row, cur := make([]int, s), make([]int, s)
 		for i := range s {
-			row[i], cur[i] = rng.IntN(e), rng.IntN(e)
+			row[i], cur[i] = id(rng.IntN(e)), id(rng.IntN(e))
 		}
 		got := slices.Clone(row)
 		orderSlots(got, cur, 1, s)
@@ -27,8 +37,8 @@ func TestOrderSlotsKeepsCurrent(t *testing.T) {
 			t.Fatalf("trial %d: orderSlots(%v, current %v) = %v, not a permutation", trial, row, cur, got)
 		}
 		want := 0
-		for x := range e {
-			want += min(countOf(row, x), countOf(cur, x))
+		for k := range e {
+			want += min(countOf(row, id(k)), countOf(cur, id(k)))
 		}
 		kept := 0
 		for i := range s {
@@ -151,6 +161,74 @@ func TestSortKeys(t *testing.T) {
 		sortKeys(keys, make([]uint64, n), make([]int32, n*sortBuckets+1))
 		if !slices.Equal(keys, want) {
 			t.Fatalf("trial %d (n=%d): sortKeys result not sorted like slices.Sort", trial, n)
+		}
+	}
+}
+
+// TestMergeKeys merges random sorted runs of distinct keys into random
+// queues, in place, with blocks of the queue shorter and longer than
+// mergeKeys moves key by key: the result is the sorted union.
+func TestMergeKeys(t *testing.T) {
+	rng := rand.New(rand.NewPCG(12, 64))
+	for trial := range 5000 {
+		nb, na := rng.IntN(40), rng.IntN(12)
+		seen := map[uint64]bool{}
+		draw := func(n int) []uint64 {
+			var v []uint64
+			for len(v) < n {
+				k := uint64(rng.IntN(200))
+				if !seen[k] {
+					seen[k] = true
+					v = append(v, k)
+				}
+			}
+			slices.Sort(v)
+			return v
+		}
+		b, a := draw(nb), draw(na)
+		want := slices.Sorted(slices.Values(append(slices.Clone(b), a...)))
+		buf := make([]uint64, nb+na)
+		copy(buf, b)
+		got := mergeKeys(buf[:nb], a)
+		if !slices.Equal(got, want) {
+			t.Fatalf("trial %d: mergeKeys(%v, %v) = %v, want %v", trial, b, a, got, want)
+		}
+	}
+}
+
+// TestResort changes one rank's load at a time among sorted rank keys:
+// after resort the keys are those of every rank under its load, sorted.
+func TestResort(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	for trial := range 2000 {
+		n := 2 + rng.IntN(40)
+		var rk ranks
+		rk.reset(make([]int, n), n, 1)
+		for q := range n {
+			rk.load[q] = float64(rng.IntN(20))
+		}
+		keys := make([]uint64, n)
+		for q := range n {
+			keys[q] = rk.key(int32(q))
+		}
+		slices.Sort(keys)
+		for range 20 {
+			i := rng.IntN(n)
+			q := rk.rank(keys[i])
+			rk.load[q] = float64(rng.IntN(20))
+			hint := i
+			if rng.IntN(4) == 0 {
+				hint = rng.IntN(n) // a wrong hint: resort finds the key
+			}
+			resort(&rk, keys, q, hint)
+			want := make([]uint64, n)
+			for r := range n {
+				want[r] = rk.key(int32(r))
+			}
+			slices.Sort(want)
+			if !slices.Equal(keys, want) {
+				t.Fatalf("trial %d: rank %d to load %g: keys %v, want %v", trial, q, rk.load[q], keys, want)
+			}
 		}
 	}
 }

@@ -24,8 +24,26 @@ func orderSlots(dst, cur []int, n, s int) {
 		return
 	}
 	for o := 0; o < n*s; o += s {
-		keepSlots(dst[o:o+s], cur[o:o+s])
+		if row, was := dst[o:o+s], cur[o:o+s]; mayShare(row, was) {
+			keepSlots(row, was)
+		}
 	}
+}
+
+// mayShare reports whether row may hold an expert of was (keepSlots moves
+// nothing otherwise): false when no id of row shares a bit with was's ids
+// in a 64-bit mask of ids mod 64, which rules out most rows in one pass
+// each.
+func mayShare(row, was []int) bool {
+	var held uint64
+	for _, c := range was {
+		held |= 1 << (uint(c) & 63)
+	}
+	var hit uint64
+	for _, x := range row {
+		hit |= held >> (uint(x) & 63)
+	}
+	return hit&1 != 0
 }
 
 // keepSlots orders one rank's row so that its replicas stay in the slots

@@ -71,7 +71,15 @@ func mergeKeys(b, a []uint64) []uint64 {
 			// The keys of b above x move up past the i+1 keys of a
 			// still to place.
 			at, _ := slices.BinarySearch(b[:j], x)
-			copy(out[at+i+1:], b[at:j+1])
+			if j-at < 8 {
+				// A short block: cheaper moved key by key (from
+				// the top, as the block moves up) than by a call.
+				for t := j; t >= at; t-- {
+					out[t+i+1] = b[t]
+				}
+			} else {
+				copy(out[at+i+1:], b[at:j+1])
+			}
 			j = at - 1
 		}
 		out[j+i+1] = x

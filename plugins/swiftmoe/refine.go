@@ -20,6 +20,7 @@ type refiner struct {
 	tmp    []uint64 // sortKeys scratch
 	cnt    []int32
 	wa, wb []float64 // the weights of the two ranks a swap is sought between
+	va, vb []float64 // their ranks' loads less each weight
 }
 
 // refine improves the packing of ranks [lo, hi) of rk by local search:
@@ -58,6 +59,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 	sortKeys(keys, rf.tmp, rf.cnt)
 	rf.keys = keys
 	rf.wa, rf.wb = grow(rf.wa, s), grow(rf.wb, s)
+	rf.va, rf.vb = grow(rf.va, s), grow(rf.vb, s)
 
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
 	for range iters {
@@ -70,9 +72,14 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		bestM := la - tol
 		bi, bb, bj, bk := -1, int32(-1), -1, -1
 		rowA := rk.dst[int(a)*s : int(a+1)*s]
-		wa, wb := rf.wa, rf.wb
+		// A swap of x (on a) for y (on b) leaves the larger of
+		// (la-wx)+wy and (lb-wy)+wx: the halves are summed once per
+		// replica rather than per swap, in the same order, so that
+		// the comparisons see the very same sums.
+		wa, va := rf.wa, rf.va[:len(rf.wa)]
 		for i, x := range rowA {
 			wa[i] = wt.w[x]
+			va[i] = la - wa[i]
 		}
 		for ki, key := range keys[:k] {
 			b := rk.rank(key)
@@ -83,24 +90,25 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 				break
 			}
 			rowB := rk.dst[int(b)*s : int(b+1)*s]
+			wb, vb := rf.wb[:len(rowB)], rf.vb[:len(rowB)]
 			for j, y := range rowB {
 				wb[j] = wt.w[y]
+				vb[j] = lb - wb[j]
 			}
-			for i, x := range rowA {
-				wx := wa[i]
+			for i, wx := range wa {
+				ax := va[i]
 				for j, wy := range wb {
-					if wy >= wx || rowB[j] == x {
+					// wy < wx also means y is not x (the replicas of
+					// an expert weigh the same); the larger of two
+					// sums is below bestM when both are.
+					if wy >= wx || ax+wy >= bestM || vb[j]+wx >= bestM {
 						continue
 					}
-					y := rowB[j]
-					m := max(la-wx+wy, lb-wy+wx)
-					if m >= bestM {
+					x, y := int32(rowA[i]), int32(rowB[j])
+					if rk.placed(b, x) >= wt.capR[x] || rk.placed(a, y) >= wt.capR[y] {
 						continue
 					}
-					if rk.placed(b, int32(x)) >= wt.capR[x] || rk.placed(a, int32(y)) >= wt.capR[y] {
-						continue
-					}
-					bi, bb, bj, bk, bestM = i, b, j, ki, m
+					bi, bb, bj, bk, bestM = i, b, j, ki, max(ax+wy, vb[j]+wx)
 				}
 			}
 		}
@@ -119,16 +127,19 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 }
 
 // resort moves rank q's key in the sorted keys to its place under q's new
-// load. hint is where the key most likely is.
+// load. hint is where the key most likely is. A swap moves a key by a few
+// places among a range's few ranks, so it steps there rather than searching.
 func resort(rk *ranks, keys []uint64, q int32, hint int) {
 	i := hint
 	if rk.rank(keys[i]) != q {
 		i = slices.IndexFunc(keys, func(k uint64) bool { return rk.rank(k) == q })
 	}
-	copy(keys[i:], keys[i+1:])
-	rest := keys[:len(keys)-1]
 	k := rk.key(q)
-	j, _ := slices.BinarySearch(rest, k)
-	copy(keys[j+1:], keys[j:len(keys)-1])
-	keys[j] = k
+	for ; i > 0 && keys[i-1] > k; i-- {
+		keys[i] = keys[i-1]
+	}
+	for ; i < len(keys)-1 && keys[i+1] < k; i++ {
+		keys[i] = keys[i+1]
+	}
+	keys[i] = k
 }

@@ -20,7 +20,10 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 	var baseSlots int32
 	for x := range e {
 		b := reps[x] / nd
-		np.lo[x], np.hi[x] = b, (reps[x]+nd-1)/nd
+		np.lo[x], np.hi[x] = b, b
+		if reps[x] > b*nd {
+			np.hi[x]++
+		}
 		if b > 0 {
 			row := l.cnt[x*nodes : (x+1)*nodes]
 			for n := range row {
@@ -38,7 +41,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 	l.resetLists()
 	np.stale = false
 	for _, x := range wt.order {
-		if k := reps[x] % nd; k > 0 {
+		if k := reps[x] - np.lo[x]*nd; k > 0 {
 			if err := np.spreadExtra(wt, x, k, e); err != nil {
 				return err
 			}
