@@ -17,8 +17,9 @@ import (
 // Name is the strategy's name; its plugin binary is swiftmoe-strategy-swiftmoe.
 const Name = "swiftmoe"
 
-// Version is the strategy's version, reported by Info.
-const Version = "1.0.0"
+// Version is the strategy's version, reported by Info: 1.1.0 plans for step time
+// when the job gives a cost model and weighs the load window (load_window).
+const Version = "1.1.0"
 
 // Strategy plans replica counts and placement per layer. It holds no state
 // between calls, so it is safe for concurrent use.
