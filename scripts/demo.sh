@@ -52,9 +52,15 @@ import json, sys
 out = sys.argv[1]
 rows = [json.load(open(f"{out}/summary-{s}.json")) for s in ("static", "swiftmoe")]
 base = rows[0]["mean_step_s"]
-print(f"{'strategy':<10}{'step (ms)':>12}{'vs static':>11}{'tokens/s':>11}{'imbalance':>11}{'final loss':>12}")
+cbase = rows[0]["mean_busiest_cpu_s"]
+print(f"{'strategy':<10}{'step (ms)':>12}{'vs static':>11}{'busiest CPU (ms)':>18}{'vs static':>11}"
+      f"{'tokens/s':>11}{'imbalance':>11}{'final loss':>12}")
 for r in rows:
+    c = r["mean_busiest_cpu_s"]
     print(f"{r['strategy']:<10}{r['mean_step_s']*1e3:>12.1f}{r['mean_step_s']/base:>11.3f}"
+          f"{c*1e3:>18.1f}{c/cbase:>11.3f}"
           f"{r['tokens_per_s']:>11,.0f}{r['mean_max_over_mean']:>11.3f}{r['final_loss']:>12.3f}")
+print("busiest CPU: the busiest rank's CPU time per step (the work balance saves, whatever else runs"
+      " on the machine's cores); step time also counts waiting for a CPU")
 print(f"traces and timings: {out}")
 PY
