@@ -16,7 +16,7 @@ import (
 func TestStepBoundHolds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
-	var hybrids, tight int
+	var hybrids, homed2, tight int
 	for i := range 3000 {
 		topo, loads := randomNodeLayer(rng)
 		n, g, s, e := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, len(loads)
@@ -35,22 +35,28 @@ func TestStepBoundHolds(t *testing.T) {
 			}
 		}
 		p.hybrid.rankExperts(loads, e)
-		for h := 0; h <= hybridMax(e, m, g*s); h++ {
-			if err := p.hybridCounts(h, g); err != nil {
-				continue
-			}
-			lb := p.boundHybrid(h, sm)
-			if err := p.packHybrid(h, g); err != nil {
-				continue
-			}
-			est, lbPlan := sm.score(dst), sm.boundPlan(dst)
-			if above(lb, est) || above(lbPlan, est) || math.Abs(lb-lbPlan) > 1e-9*est {
-				t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d: bound from counts %v, of the packed plan %v, estimate %v",
-					i, n, g, s, e, h, lb, lbPlan, est)
-			}
-			hybrids++
-			if lb >= 0.9*est {
-				tight++
+		for k := 1; k <= 2; k++ {
+			hmax := hybridMaxHomes(e, m, g*s, k)
+			for h := 0; h <= hmax; h++ {
+				if err := p.hybridCountsHomes(h, k, g); err != nil {
+					continue
+				}
+				lb := p.boundHybrid(h, sm)
+				if err := p.packHybrid(h, g); err != nil {
+					continue
+				}
+				est, lbPlan := sm.score(dst), sm.boundPlan(dst)
+				if above(lb, est) || above(lbPlan, est) || math.Abs(lb-lbPlan) > 1e-9*est {
+					t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d k=%d: bound from counts %v, of the packed plan %v, estimate %v",
+						i, n, g, s, e, h, k, lb, lbPlan, est)
+				}
+				hybrids++
+				if k == 2 {
+					homed2++
+				}
+				if lb >= 0.9*est {
+					tight++
+				}
 			}
 		}
 	}
@@ -59,5 +65,8 @@ func TestStepBoundHolds(t *testing.T) {
 	if 5*tight < 2*hybrids {
 		t.Errorf("the bound is within 10%% of the estimate for %d of %d hybrid layouts; want at least 40%%", tight, hybrids)
 	}
-	t.Logf("%d hybrid layouts, the bound within 10%% of the estimate for %d", hybrids, tight)
+	if homed2 == 0 {
+		t.Error("no 2-homed hybrid layout was tried")
+	}
+	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d", hybrids, homed2, tight)
 }

@@ -279,3 +279,70 @@ func TestStepPlanWithBurstsKeepsEveryExpertInEveryNode(t *testing.T) {
 		t.Errorf("without bursts: every expert in both nodes; want the hot experts given more replicas instead")
 	}
 }
+
+// TestStepObjectiveHomesColdExpertsTwice: E=64 top-8 on 4 nodes of 8 ranks
+// with 6 slots, 5 hot experts taking half the tokens (the simulator's
+// fixed-hot workload). No layout holds every expert in every node, and the
+// compute-balanced plan leaves the cold experts' cross-node tokens on a
+// few ranks; the step objective chooses a 2-homed hybrid layout (the hot
+// experts in every node with equal counts, every cold expert in two
+// nodes), whose all-to-all is well below both the compute-balanced plan's
+// and the best 1-homed layout's.
+func TestStepObjectiveHomesColdExpertsTwice(t *testing.T) {
+	topo := sdk.Topology{WorldSize: 32, SlotsPerRank: 6, RanksPerNode: 8}
+	c := h200(12.5)
+	const e, total = 64, 32 * 4096 * 8
+	loads := make([]float64, e)
+	for x := range e {
+		if x%13 == 0 { // 0, 13, 26, 39, 52
+			loads[x] = total / 2 / 5
+		} else {
+			loads[x] = total / 2 / 59
+		}
+	}
+	stepPlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	computePlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, map[string]string{optObjective: "compute"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := stepPlan.Layers[0]
+	checkPlan(t, "step", plan, loads, topo)
+	for x, row := range nodeCounts(plan, e, topo) {
+		var nodes int
+		for _, c := range row {
+			if c > 0 {
+				nodes++
+			}
+		}
+		if nodes < 2 {
+			t.Errorf("expert %d (load %.0f) is in %d node(s), counts per node %v; want at least 2", x, loads[x], nodes, row)
+		}
+		if x%13 == 0 && slices.Min(row) != slices.Max(row) {
+			t.Errorf("hot expert %d has counts per node %v; want equal counts", x, row)
+		}
+	}
+	// The best 1-homed layout, as the planner searched before 2-homed ones.
+	p := new(planner)
+	g, n, s := topo.RanksPerNode, topo.WorldSize, topo.SlotsPerRank
+	if err := p.planLayer(make([]int, n*s), loads, nil, e, topo, options{}); err != nil {
+		t.Fatal(err)
+	}
+	p.step.reset(c, loads, e, n, g, s)
+	p.hybrid.rankExperts(loads, e)
+	best1 := math.Inf(1)
+	for h := 0; h <= hybridMax(e, n/g, g*s); h++ {
+		if p.planHybrid(h, g) == nil {
+			best1 = min(best1, p.step.score(p.rk.dst))
+		}
+	}
+	s1, _, a1 := estimate(c, plan, loads, topo)
+	s0, _, a0 := estimate(c, computePlan.Layers[0], loads, topo)
+	t.Logf("step plan %.3f ms (all-to-all %.3f); compute plan %.3f ms (%.3f); best 1-homed layout %.3f ms", s1, a1, s0, a0, best1)
+	if s1 > 0.95*s0 || a1 > 0.8*a0 || s1 > 0.95*best1 {
+		t.Errorf("step plan estimated at %.3f ms (all-to-all %.3f); compute plan %.3f (%.3f), best 1-homed %.3f: want at most 0.95x both steps and 0.8x the all-to-all",
+			s1, a1, s0, a0, best1)
+	}
+}

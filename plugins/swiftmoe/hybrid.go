@@ -32,6 +32,16 @@ import (
 // every expert fits in one node) is the replicated layout; a larger h moves
 // fewer tokens between nodes and leaves fewer slots for balancing compute,
 // which the step-time estimate weighs (costplan.go).
+//
+// Homes: with more than two nodes, the other experts may each get k > 1
+// replicas, one in each of k distinct nodes (k-homed), so that a node
+// sends away only the tokens of the experts it does not hold, a fraction
+// 1 - k/M of each, and takes in the other nodes' share on its own
+// replica. When skew leaves too few slots for every expert in every node,
+// this is what keeps the all-to-all near the layout that holds each expert
+// in many nodes: the hot experts global, with equal counts per node (no
+// node short of one, so no node's last ranks send for it), and the cold
+// ones in two nodes rather than one.
 
 // errNoLayout means a hybrid layout does not exist for the h asked: a node
 // would hold no expert, or the slots do not hold the experts.
@@ -40,11 +50,15 @@ var errNoLayout = errors.New("no hybrid layout of this h")
 // hybridMax is the largest h whose layout fits: the global experts take
 // one slot per node each, and the single-homed ones one slot somewhere:
 // h <= slots per node and M*(F-h) >= E-h.
-func hybridMax(e, nodes, perNode int) int {
-	if nodes < 2 {
-		return 0
+func hybridMax(e, nodes, perNode int) int { return hybridMaxHomes(e, nodes, perNode, 1) }
+
+// hybridMaxHomes is hybridMax with k-homed experts (1 <= k < nodes): h <=
+// slots per node and M*(F-h) >= k*(E-h); -1 when no h fits.
+func hybridMaxHomes(e, nodes, perNode, k int) int {
+	if nodes < 2 || k < 1 || k >= nodes || nodes*perNode < k*e {
+		return -1
 	}
-	h := (nodes*perNode - e) / (nodes - 1)
+	h := (nodes*perNode - k*e) / (nodes - k)
 	return max(0, min(h, e, perNode))
 }
 
@@ -55,7 +69,9 @@ type hybridScratch struct {
 	queue    []int32  // homeSingles' eligible nodes
 	tmp      []uint64 // sortKeys scratch
 	cnt      []int32
-	home     []int32   // per expert: its node, -1 for a global expert
+	home     []int32   // per expert: its first node, -1 for a global expert
+	homes    []int32   // per expert: its k nodes, homes[x*k : x*k+k]
+	k        int       // the layout's homes per expert that is not global
 	nodeLoad []float64 // per node
 	nSingle  []int32   // per node: single-homed experts
 	spare    []int32   // per node: the expert its spare slot goes to, -1 for none
@@ -112,12 +128,20 @@ func (p *planner) planHybrid(h, r int) error {
 // hybridCounts sets the counts of the hybrid layout of h over nodes of r
 // ranks: p.reps, each node's replicas of each expert (p.nodes.lay.cnt), the
 // single-homed experts' nodes and the nodes' spare replicas.
-func (p *planner) hybridCounts(h, r int) error {
+func (p *planner) hybridCounts(h, r int) error { return p.hybridCountsHomes(h, 1, r) }
+
+// hybridCountsHomes is hybridCounts with every expert that is not global
+// k-homed (see Homes above).
+func (p *planner) hybridCountsHomes(h, k, r int) error {
 	hs := &p.hybrid
 	e, s := p.nExperts, p.rk.s
 	m, per := p.rk.n/r, r*s
+	if k < 1 || (k > 1 && k >= m) {
+		return errNoLayout
+	}
+	hs.k = k
 	singles := e - h
-	q, rho := singles/m, singles%m
+	q, rho := singles*k/m, singles*k%m
 	most := q
 	if rho > 0 {
 		most++
@@ -129,6 +153,7 @@ func (p *planner) hybridCounts(h, r int) error {
 		return errNoLayout
 	}
 	hs.home = grow(hs.home, e)
+	hs.homes = grow(hs.homes, e*k)
 	hs.nodeLoad = grow(hs.nodeLoad, m)
 	hs.nSingle = grow(hs.nSingle, m)
 	hs.spare = grow(hs.spare, m)
@@ -140,7 +165,7 @@ func (p *planner) hybridCounts(h, r int) error {
 	for _, x := range hs.order[:h] {
 		hs.home[x] = -1
 	}
-	if err := hs.homeSingles(p.loads, h, q, rho, m); err != nil {
+	if err := hs.homeSingles(p.loads, h, k, q, rho, m); err != nil {
 		return err
 	}
 	// The global experts' counts per node: EPLB over h+extra slots.
@@ -165,17 +190,23 @@ func (p *planner) hybridCounts(h, r int) error {
 		}
 	}
 	for _, x := range hs.order[h:] {
-		p.reps[x] = 1
-		lay.cnt[int(x)*m+int(hs.home[x])] = 1
+		p.reps[x] = int32(k)
+		for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
+			lay.cnt[int(x)*m+int(nd)] = 1
+		}
 	}
 	// A node with a slot to spare gives it to its heaviest single-homed
 	// expert (the first in order; it needs a second rank), else to its
 	// heaviest global one.
 	if rho > 0 {
 		for _, x := range hs.order {
-			nd := hs.home[x]
-			if r > 1 && nd >= 0 && hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
-				hs.spare[nd] = x
+			if r == 1 || hs.home[x] < 0 {
+				continue
+			}
+			for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
+				if hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
+					hs.spare[nd] = x
+				}
 			}
 		}
 		for nd := range m {
@@ -197,11 +228,15 @@ func (p *planner) hybridCounts(h, r int) error {
 	return nil
 }
 
-// homeSingles gives the single-homed experts (hs.order[h:]) their nodes,
-// heaviest first, each onto the least-loaded node (ties: the lower node)
-// that holds fewer than q of them, or q while fewer than rho nodes hold
-// q+1. The eligible nodes wait in a queue ordered by (load, node).
-func (hs *hybridScratch) homeSingles(loads []float64, h, q, rho, m int) error {
+// homeSingles gives the experts that are not global (hs.order[h:]) their
+// k distinct nodes each, heaviest first, one replica at a time onto the
+// least-loaded node (ties: the lower node) that is not yet one of the
+// expert's and holds fewer than q of them, or q while fewer than rho nodes
+// hold q+1 (counted in replicas), so that every node ends with q or q+1;
+// errNoLayout when an expert finds no such node. The eligible nodes wait in
+// a queue ordered by (load, node); a node's load grows by the expert's load
+// over k.
+func (hs *hybridScratch) homeSingles(loads []float64, h, k, q, rho, m int) error {
 	full := 0 // nodes holding q+1
 	nSingle, nodeLoad := hs.nSingle, hs.nodeLoad
 	eligible := func(nd int32) bool {
@@ -214,28 +249,10 @@ func (hs *hybridScratch) homeSingles(loads []float64, h, q, rho, m int) error {
 			queue = append(queue, nd) // all loads 0: in node order
 		}
 	}
-	for _, x := range hs.order[h:] {
-		if len(queue) == 0 {
-			return errNoLayout
-		}
-		nd := queue[0]
-		hs.home[x] = nd
-		if nSingle[nd]++; nSingle[nd] == int32(q)+1 {
-			if full++; full == rho {
-				// No more nodes of q+1: those holding q are done.
-				queue = slices.DeleteFunc(queue, func(n int32) bool { return n != nd && nSingle[n] >= int32(q) })
-			}
-		}
-		l := nodeLoad[nd] + loadOf(loads, int(x))
-		nodeLoad[nd] = l
-		if !eligible(nd) {
-			copy(queue, queue[1:])
-			queue = queue[:len(queue)-1]
-			continue
-		}
-		// Its load only grew: it moves back past the nodes before it in
-		// (load, node) order, the rest shifting forward.
-		lo, hi := 1, len(queue)
+	// insert puts node nd back into the queue in (load, node) order.
+	insert := func(nd int32) {
+		l := nodeLoad[nd]
+		lo, hi := 0, len(queue)
 		for lo < hi {
 			mid := int(uint(lo+hi) >> 1)
 			o := queue[mid]
@@ -245,8 +262,37 @@ func (hs *hybridScratch) homeSingles(loads []float64, h, q, rho, m int) error {
 				hi = mid
 			}
 		}
-		copy(queue, queue[1:lo])
-		queue[lo-1] = nd
+		queue = append(queue, 0)
+		copy(queue[lo+1:], queue[lo:])
+		queue[lo] = nd
+	}
+	for _, x := range hs.order[h:] {
+		homes := hs.homes[int(x)*k : int(x+1)*k]
+		share := loadOf(loads, int(x)) / float64(k)
+		for j := range homes {
+			// The first eligible node not yet one of x's homes.
+			i := 0
+			for i < len(queue) && slices.Contains(homes[:j], queue[i]) {
+				i++
+			}
+			if i == len(queue) {
+				return errNoLayout
+			}
+			nd := queue[i]
+			homes[j] = nd
+			queue = slices.Delete(queue, i, i+1)
+			if nSingle[nd]++; nSingle[nd] == int32(q)+1 {
+				if full++; full == rho {
+					// No more nodes of q+1: those holding q are done.
+					queue = slices.DeleteFunc(queue, func(n int32) bool { return nSingle[n] >= int32(q) })
+				}
+			}
+			nodeLoad[nd] += share
+			if eligible(nd) {
+				insert(nd)
+			}
+		}
+		hs.home[x] = homes[0]
 	}
 	hs.queue = queue
 	return nil
@@ -260,7 +306,7 @@ func (p *planner) packHybrid(h, r int) error {
 	lay := &p.nodes.lay
 	p.weigh()
 	// Node loads and expert lists: a global expert is on every node, a
-	// single-homed one (or a spare replica) on one, O(E + h*M) rather than
+	// k-homed one (or a spare replica) on its k, O(E*k + h*M) rather than
 	// a pass over every (expert, node).
 	var base float64
 	for _, x := range hs.order[:h] {
@@ -277,9 +323,10 @@ func (p *planner) packHybrid(h, r int) error {
 			}
 			continue
 		}
-		nd := int(hs.home[x])
-		lay.listExpert(x, nd)
-		lay.load[nd] += float64(lay.cnt[int(x)*m+nd]) * p.wt.w[x]
+		for _, nd := range hs.homes[int(x)*hs.k : int(x+1)*hs.k] {
+			lay.listExpert(x, int(nd))
+			lay.load[nd] += float64(lay.cnt[int(x)*m+int(nd)]) * p.wt.w[x]
+		}
 	}
 	for nd := range m {
 		// A global expert's spare replica in this node.
@@ -322,12 +369,16 @@ func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
 		hs.bMet[nd] += mt1 - mt0
 		hs.bRecv[nd] += in1 - in0
 	}
+	k := hs.k
+	lay := &p.nodes.lay
 	for _, x := range hs.order[h:] {
-		nd := hs.home[x]
-		sup, mt, in := b.replicas(int(x), p.reps[x], w(x))
-		hs.bLoad[nd] += sup
-		hs.bMet[nd] += mt
-		hs.bRecv[nd] += in
+		wx := w(x)
+		for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
+			sup, mt, in := b.replicas(int(x), lay.cnt[int(x)*m+int(nd)], wx)
+			hs.bLoad[nd] += sup
+			hs.bMet[nd] += mt
+			hs.bRecv[nd] += in
+		}
 	}
 	for nd := range m {
 		b.node(hs.bLoad[nd], hs.bMet[nd], hs.bRecv[nd])
