@@ -23,6 +23,9 @@ const (
 	stepBudget     = 2048
 )
 
+// homedNodes is the most nodes on which 2-homed hybrid layouts are tried.
+const homedNodes = 8
+
 // layerCost is what planning for step time needs of a layer beyond
 // planLayer's inputs.
 type layerCost struct {
@@ -169,8 +172,12 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// load window weighs it against the chosen plan (window.go), and a
 	// 2-homed plan chosen on the prediction alone measured worse there when
 	// the hot set moved (E=32 top-2 on 4 nodes at 50 GB/s: p95 over the
-	// bound 1.21 -> 1.41 moving, 1.20 -> 1.35 bursting).
-	if hmax2 := hybridMaxHomes(numExperts, m, g*s, 2); hmax2 >= 0 && hmax < numExperts {
+	// bound 1.21 -> 1.41 moving, 1.20 -> 1.35 bursting). And only on up to
+	// homedNodes nodes: a second home keeps 1/M of an expert's tokens in
+	// their node, which on many nodes is too little to pay for equal counts
+	// per node of the global experts; on the planner benchmark's 32 nodes
+	// no 2-homed layout won a layer and they cost 48% more instructions.
+	if hmax2 := hybridMaxHomes(numExperts, m, g*s, 2); hmax2 >= 0 && hmax < numExperts && m <= homedNodes {
 		if err := search(hmax2, 2, len(ss.tried)+budget); err != nil {
 			return err
 		}

@@ -191,6 +191,10 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	}
 	for _, x := range hs.order[h:] {
 		p.reps[x] = int32(k)
+		if k == 1 {
+			lay.cnt[int(x)*m+int(hs.home[x])] = 1
+			continue
+		}
 		for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
 			lay.cnt[int(x)*m+int(nd)] = 1
 		}
@@ -201,6 +205,12 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	if rho > 0 {
 		for _, x := range hs.order {
 			if r == 1 || hs.home[x] < 0 {
+				continue
+			}
+			if k == 1 {
+				if nd := hs.home[x]; hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
+					hs.spare[nd] = x
+				}
 				continue
 			}
 			for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
@@ -249,48 +259,49 @@ func (hs *hybridScratch) homeSingles(loads []float64, h, k, q, rho, m int) error
 			queue = append(queue, nd) // all loads 0: in node order
 		}
 	}
-	// insert puts node nd back into the queue in (load, node) order.
-	insert := func(nd int32) {
-		l := nodeLoad[nd]
-		lo, hi := 0, len(queue)
-		for lo < hi {
-			mid := int(uint(lo+hi) >> 1)
-			o := queue[mid]
-			if lo2 := nodeLoad[o]; lo2 < l || (lo2 == l && o < nd) {
-				lo = mid + 1
-			} else {
-				hi = mid
-			}
-		}
-		queue = append(queue, 0)
-		copy(queue[lo+1:], queue[lo:])
-		queue[lo] = nd
-	}
 	for _, x := range hs.order[h:] {
 		homes := hs.homes[int(x)*k : int(x+1)*k]
 		share := loadOf(loads, int(x)) / float64(k)
 		for j := range homes {
 			// The first eligible node not yet one of x's homes.
 			i := 0
-			for i < len(queue) && slices.Contains(homes[:j], queue[i]) {
-				i++
+			if j > 0 {
+				for i < len(queue) && slices.Contains(homes[:j], queue[i]) {
+					i++
+				}
 			}
 			if i == len(queue) {
 				return errNoLayout
 			}
 			nd := queue[i]
 			homes[j] = nd
-			queue = slices.Delete(queue, i, i+1)
 			if nSingle[nd]++; nSingle[nd] == int32(q)+1 {
 				if full++; full == rho {
 					// No more nodes of q+1: those holding q are done.
-					queue = slices.DeleteFunc(queue, func(n int32) bool { return nSingle[n] >= int32(q) })
+					queue = slices.DeleteFunc(queue, func(n int32) bool { return n != nd && nSingle[n] >= int32(q) })
+					i = slices.Index(queue, nd)
 				}
 			}
-			nodeLoad[nd] += share
-			if eligible(nd) {
-				insert(nd)
+			l := nodeLoad[nd] + share
+			nodeLoad[nd] = l
+			if !eligible(nd) {
+				queue = slices.Delete(queue, i, i+1)
+				continue
 			}
+			// Its load only grew: it moves back past the nodes after it in
+			// (load, node) order, those shifting forward.
+			lo, hi := i+1, len(queue)
+			for lo < hi {
+				mid := int(uint(lo+hi) >> 1)
+				o := queue[mid]
+				if lo2 := nodeLoad[o]; lo2 < l || (lo2 == l && o < nd) {
+					lo = mid + 1
+				} else {
+					hi = mid
+				}
+			}
+			copy(queue[i:], queue[i+1:lo])
+			queue[lo-1] = nd
 		}
 		hs.home[x] = homes[0]
 	}
@@ -372,6 +383,14 @@ func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
 	k := hs.k
 	lay := &p.nodes.lay
 	for _, x := range hs.order[h:] {
+		if k == 1 {
+			nd := hs.home[x]
+			sup, mt, in := b.replicas(int(x), p.reps[x], w(x))
+			hs.bLoad[nd] += sup
+			hs.bMet[nd] += mt
+			hs.bRecv[nd] += in
+			continue
+		}
 		wx := w(x)
 		for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
 			sup, mt, in := b.replicas(int(x), lay.cnt[int(x)*m+int(nd)], wx)
