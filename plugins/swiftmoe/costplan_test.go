@@ -107,17 +107,9 @@ func TestStepObjectiveKeepsTokensInNodes(t *testing.T) {
 			topo := sdk.Topology{WorldSize: tc.n, SlotsPerRank: tc.s, RanksPerNode: 8}
 			c := h200(tc.inter)
 			loads := zipfLoads(tc.e, 1.0, float64(4096*tc.n*2), 5)
-			stepPlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, nil))
-			if err != nil {
-				t.Fatal(err)
-			}
-			computePlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, map[string]string{optObjective: "compute"}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkPlan(t, "step", stepPlan.Layers[0], loads, topo)
-			s1, _, a1 := estimate(c, stepPlan.Layers[0], loads, topo)
-			s0, _, a0 := estimate(c, computePlan.Layers[0], loads, topo)
+			stepPlan, computePlan := stepAndComputePlans(t, topo, c, loads)
+			s1, _, a1 := estimate(c, stepPlan, loads, topo)
+			s0, _, a0 := estimate(c, computePlan, loads, topo)
 			t.Logf("step plan: %.3f ms (all-to-all %.3f); compute plan: %.3f ms (all-to-all %.3f)", s1, a1, s0, a0)
 			if s1 > 0.85*s0 || a1 > 0.7*a0 {
 				t.Errorf("step plan estimated at %.3f ms (all-to-all %.3f), the compute plan at %.3f ms (%.3f); want at most 0.85x the step and 0.7x the all-to-all",
@@ -125,6 +117,22 @@ func TestStepObjectiveKeepsTokensInNodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stepAndComputePlans plans one layer for step time (checked) and with
+// objective=compute.
+func stepAndComputePlans(t *testing.T, topo sdk.Topology, c costModel, loads []float64) (step, compute []int) {
+	t.Helper()
+	stepPlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	computePlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, map[string]string{optObjective: "compute"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPlan(t, "step", stepPlan.Layers[0], loads, topo)
+	return stepPlan.Layers[0], computePlan.Layers[0]
 }
 
 func TestStepObjectiveNeedsItsInputs(t *testing.T) {
@@ -300,16 +308,7 @@ func TestStepObjectiveHomesColdExpertsTwice(t *testing.T) {
 			loads[x] = total / 2 / 59
 		}
 	}
-	stepPlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	computePlan, err := planReq(t, New(), stepReq(topo, c, loads, nil, map[string]string{optObjective: "compute"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan := stepPlan.Layers[0]
-	checkPlan(t, "step", plan, loads, topo)
+	plan, computePlan := stepAndComputePlans(t, topo, c, loads)
 	for x, row := range nodeCounts(plan, e, topo) {
 		var nodes int
 		for _, c := range row {
@@ -339,7 +338,7 @@ func TestStepObjectiveHomesColdExpertsTwice(t *testing.T) {
 		}
 	}
 	s1, _, a1 := estimate(c, plan, loads, topo)
-	s0, _, a0 := estimate(c, computePlan.Layers[0], loads, topo)
+	s0, _, a0 := estimate(c, computePlan, loads, topo)
 	t.Logf("step plan %.3f ms (all-to-all %.3f); compute plan %.3f ms (%.3f); best 1-homed layout %.3f ms", s1, a1, s0, a0, best1)
 	if s1 > 0.95*s0 || a1 > 0.8*a0 || s1 > 0.95*best1 {
 		t.Errorf("step plan estimated at %.3f ms (all-to-all %.3f); compute plan %.3f (%.3f), best 1-homed %.3f: want at most 0.95x both steps and 0.8x the all-to-all",
