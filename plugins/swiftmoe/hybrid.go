@@ -50,7 +50,7 @@ var errNoLayout = errors.New("no hybrid layout of this h")
 // hybridMax is the largest h whose layout fits: the global experts take
 // one slot per node each, and the single-homed ones one slot somewhere:
 // h <= slots per node and M*(F-h) >= E-h.
-func hybridMax(e, nodes, perNode int) int { return hybridMaxHomes(e, nodes, perNode, 1) }
+func hybridMax(e, nodes, perNode int) int { return max(0, hybridMaxHomes(e, nodes, perNode, 1)) }
 
 // hybridMaxHomes is hybridMax with k-homed experts (1 <= k < nodes): h <=
 // slots per node and M*(F-h) >= k*(E-h); -1 when no h fits.
