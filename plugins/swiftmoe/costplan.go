@@ -178,8 +178,16 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// per node of the global experts; on the planner benchmark's 32 nodes
 	// no 2-homed layout won a layer and they cost 48% more instructions.
 	if hmax2 := hybridMaxHomes(numExperts, m, g*s, 2); hmax2 >= 0 && hmax < numExperts && m <= homedNodes {
+		// two_home_margin: a 2-homed layout within the margin above the
+		// best wins (its bound is held to the raised mark too); when none
+		// does, the best's own estimate stands.
+		plain, mark := bestMs, bestMs*(1+o.twoHome)
+		bestMs = mark
 		if err := search(hmax2, 2, len(ss.tried)+budget); err != nil {
 			return err
+		}
+		if bestMs == mark {
+			bestMs = plain
 		}
 	}
 	copy(dst, ss.best)

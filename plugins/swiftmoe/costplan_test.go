@@ -345,3 +345,43 @@ func TestStepObjectiveHomesColdExpertsTwice(t *testing.T) {
 			s1, a1, s0, a0, best1)
 	}
 }
+
+// TestTwoHomeMargin: on random layers of 3 to 8 nodes, the default
+// two_home_margin gives up at most its fraction of the estimated step time
+// of the plan the estimate alone chooses (two_home_margin=0), and it does
+// choose a 2-homed layout where one is within the margin.
+func TestTwoHomeMargin(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 4))
+	var changed, tried int
+	for range 600 {
+		topo, loads := randomNodeLayer(rng)
+		c := randomCost(rng)
+		m := topo.WorldSize / topo.RanksPerNode
+		if m < 3 || m > homedNodes || len(loads) <= topo.RanksPerNode*topo.SlotsPerRank {
+			continue // no 2-homed search
+		}
+		tried++
+		plain, err := planReq(t, New(), stepReq(topo, c, loads, nil, map[string]string{optTwoHomeMargin: "0"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hedged, err := planReq(t, New(), stepReq(topo, c, loads, nil, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPlan(t, "default margin", hedged.Layers[0], loads, topo)
+		s0, _, _ := estimate(c, plain.Layers[0], loads, topo)
+		s1, _, _ := estimate(c, hedged.Layers[0], loads, topo)
+		if s1 > s0*(1+defaultTwoHomeMargin)*(1+1e-9) {
+			t.Errorf("N=%d G=%d S=%d E=%d: the default margin's plan is estimated at %.6g ms, the estimate's choice at %.6g: want at most %g more",
+				topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, len(loads), s1, s0, defaultTwoHomeMargin)
+		}
+		if !slices.Equal(plain.Layers[0], hedged.Layers[0]) {
+			changed++
+		}
+	}
+	if tried < 50 || changed == 0 {
+		t.Errorf("%d layers had a 2-homed search, %d plans changed by the margin; want at least 50 and 1", tried, changed)
+	}
+	t.Logf("%d layers with a 2-homed search, %d plans changed by the default margin", tried, changed)
+}

@@ -62,6 +62,14 @@ const (
 	maxLoadWindow     = 16
 )
 
+// optTwoHomeMargin names the option that sets how much estimated step time
+// planning for step time gives up for a 2-homed layout (costplan.go).
+const optTwoHomeMargin = "two_home_margin"
+
+// defaultTwoHomeMargin is two_home_margin's default (measured in the
+// simulator: plugins/swiftmoe/README.md).
+const defaultTwoHomeMargin = 0.2
+
 // options are the strategy's parsed options.
 type options struct {
 	nodes     nodePolicy
@@ -71,6 +79,9 @@ type options struct {
 	// prediction and the last window reports is lower (window.go; 0 or 1:
 	// the prediction alone decides).
 	window int
+	// twoHome is two_home_margin: a 2-homed layout wins when its estimate
+	// is within this fraction above the best (costplan.go).
+	twoHome float64
 	// noSearch skips the count search of small layers (search.go): the
 	// hybrid layouts' node plans, of which a layer makes many, go without.
 	noSearch bool
@@ -103,6 +114,16 @@ var optionSpecs = []sdk.Option{{
 	Type:    sdk.OptionInt,
 	Min:     0,
 	Max:     maxLoadWindow,
+}, {
+	Name: optTwoHomeMargin,
+	Description: "with objective=step on 3 to 8 nodes where the experts do not all fit in one node's slots, how much more " +
+		"estimated step time (a fraction) a layout that holds the hot experts in every node and every other expert in two nodes " +
+		"may have and still be chosen over the best plan for the predicted loads: a hedge for the experts whose load moves " +
+		"(one that was cold has a replica in two nodes, not one); 0: the estimate alone decides",
+	Default: strconv.FormatFloat(defaultTwoHomeMargin, 'g', -1, 64),
+	Type:    sdk.OptionFloat,
+	Min:     0,
+	Max:     1,
 }}
 
 var _ sdk.OptionValidator = (*Strategy)(nil)
@@ -118,7 +139,7 @@ func (*Strategy) ValidateOptions(opts map[string]string) error {
 // are errors that name the option and what it accepts.
 func parseOptions(opts map[string]string) (options, error) {
 	var o options
-	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective, optLoadWindow); err != nil {
+	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective, optLoadWindow, optTwoHomeMargin); err != nil {
 		return o, err
 	}
 	nodes, err := choice(opts, optNodePolicy, nodePolicyNames[:])
@@ -133,7 +154,11 @@ func parseOptions(opts map[string]string) (options, error) {
 	if err != nil {
 		return o, err
 	}
-	o.nodes, o.objective, o.window = nodePolicy(nodes), objective(obj), window
+	twoHome, err := sdk.FloatOption(opts, optTwoHomeMargin, defaultTwoHomeMargin, 0, 1)
+	if err != nil {
+		return o, err
+	}
+	o.nodes, o.objective, o.window, o.twoHome = nodePolicy(nodes), objective(obj), window, twoHome
 	return o, nil
 }
 

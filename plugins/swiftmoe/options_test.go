@@ -20,6 +20,10 @@ func TestValidateOptions(t *testing.T) {
 		{optLoadWindow: "-1"},
 		{optLoadWindow: "17"},
 		{optLoadWindow: "2.5"},
+		{optTwoHomeMargin: "-0.1"},
+		{optTwoHomeMargin: "1.5"},
+		{optTwoHomeMargin: "NaN"},
+		{optTwoHomeMargin: "a fifth"},
 	} {
 		err := s.ValidateOptions(bad)
 		if !errors.Is(err, sdk.ErrBadOption) {
@@ -41,7 +45,7 @@ func TestValidateOptions(t *testing.T) {
 	if err := s.ValidateOptions(map[string]string{optLoadWindow: "17"}); err == nil || !strings.Contains(err.Error(), "load_window") || !strings.Contains(err.Error(), "16") {
 		t.Errorf("load_window=17: got %v, want an error naming load_window and its largest value 16", err)
 	}
-	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}, {optLoadWindow: "0"}, {optLoadWindow: "16"}} {
+	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}, {optLoadWindow: "0"}, {optLoadWindow: "16"}, {optTwoHomeMargin: "0"}, {optTwoHomeMargin: "0.35"}} {
 		if err := s.ValidateOptions(good); err != nil {
 			t.Errorf("ValidateOptions(%v) = %v, want nil", good, err)
 		}
