@@ -7,8 +7,10 @@
 #    bound for every system on every workload (scripts/sim_table.py: 5 synthetic classes at E=64
 #    top-8 and E=32 top-2, and the recorded traces, each on 16 and 32 simulated H200s, 8 per node,
 #    with 12.5 and 50 GB/s between nodes). 52 simulator runs, two at a time (SIM_JOBS), one
-#    progress line each; about 35 minutes on this project's 2-core machine.
+#    progress line each; about 2 minutes on this project's 2-core machine.
 # 2. docs/sim-e8-16gpu.txt and the plots of docs/evidence.md (the E=8 trace on 16 H200s).
+# 3. docs/predictor-table.md: the README's prediction table (scripts/predictor_table.py: 40
+#    simulator runs, about a minute).
 #
 # SIM_ITERATIONS (60) and SIM_JOBS (the CPUs) tune step 1; FIGURES_QUICK=1 runs a few rows only.
 set -euo pipefail
@@ -38,4 +40,8 @@ python3 -m swiftmoe.report --trace "$trace" --sim "$tmp/sim.json" --loss results
 # the convergence runs themselves: measured step time and loss against measured time
 python3 -m swiftmoe.report --loss results/convergence --out docs/cpu-2rank \
     --title "train_lm.py, 2 CPU ranks, static E=N*S"
+echo "figures: 3. the prediction table (docs/predictor-table.md)" >&2
+# SwiftMoE under each of the sidecar's predictors, 16 simulated H200s in 2 nodes, 12.5 GB/s
+python3 scripts/predictor_table.py --jobs "${SIM_JOBS:-$(nproc)}" > docs/predictor-table.md
+
 echo "figures: done in $(( (SECONDS - start) / 60 )) min" >&2
