@@ -20,13 +20,12 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sim_table import MODELS, ROOT, recorded_traces
+from sim_table import MODELS, recorded_traces, run_sim
 
 PREDICTORS = ("last", "ewma", "max", "hedge")
 SYNTHETIC = ("moving-hot", "burst", "fixed-hot", "zipf")
@@ -56,15 +55,7 @@ def run(name: str, flags: list[str], predictor: str, iterations: int, work: Path
         "--iterations", str(iterations), "--systems", "bound,swiftmoe-burst",
         "--swiftmoe-option", f"predictor={predictor}", "--output", str(out), *flags,
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            x for x in (str(ROOT / "pyshim"), os.environ.get("PYTHONPATH", "")) if x
-        ),
-    }
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=3600)
-    if proc.returncode:
-        raise RuntimeError(f"{name} predictor={predictor}: {' '.join(cmd)}\n{proc.stderr}")
+    run_sim(cmd, f"{name} predictor={predictor}")
     d = json.loads(out.read_text())["summary"]["systems"]["swiftmoe-burst"]
     return {
         "workload": name,

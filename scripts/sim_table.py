@@ -124,9 +124,9 @@ def command(r: Row, iterations: int, work: Path) -> list[str]:
     return [*cmd, "--trace", str(drawn)]  # drawn by the row at the first bandwidth
 
 
-def run_row(r: Row, iterations: int, work: Path) -> dict:
-    cmd = command(r, iterations, work)
-    t0 = time.monotonic()
+def run_sim(cmd: list[str], what: str) -> None:
+    """Runs one ``swiftmoe sim`` command from the repository root with pyshim importable;
+    RuntimeError naming ``what``, the command and its stderr when it fails."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -135,7 +135,13 @@ def run_row(r: Row, iterations: int, work: Path) -> dict:
     }
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=3600)
     if proc.returncode:
-        raise RuntimeError(f"{r.key}: {' '.join(cmd)}\n{proc.stderr}")
+        raise RuntimeError(f"{what}: {' '.join(cmd)}\n{proc.stderr}")
+
+
+def run_row(r: Row, iterations: int, work: Path) -> dict:
+    cmd = command(r, iterations, work)
+    t0 = time.monotonic()
+    run_sim(cmd, r.key)
     doc = json.loads((work / (r.key.replace("/", "_") + ".json")).read_text())
     s = doc["summary"]["systems"]
     out = {
