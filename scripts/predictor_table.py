@@ -32,29 +32,34 @@ SYNTHETIC = ("moving-hot", "burst", "fixed-hot", "zipf")
 GPUS, INTER_BW = 16, 12.5
 
 
-def workloads() -> list[tuple[str, list[str]]]:
-    """(name, the sim flags that give its loads and model) of every workload."""
+def workloads() -> list[tuple[str, list[str], list[str]]]:
+    """(name, the sim flags that give its loads, those that give its model) of every workload."""
     out = []
     for w in SYNTHETIC:
         for e, k, s in MODELS.values():
-            flags = ["--synthetic-experts", str(e), "--workload", w, "--top-k", str(k)]
-            out.append((f"{w} E={e}", [*flags, "--slots", str(s)]))
+            loads = ["--synthetic-experts", str(e), "--workload", w]
+            out.append((f"{w} E={e}", loads, ["--top-k", str(k), "--slots", str(s)]))
     for path, e, k in recorded_traces():
         if e in (32, 64):
-            flags = ["--trace", str(path), "--top-k", str(k), "--slots", "6" if k > 2 else "4"]
-            out.append((f"recorded E={e}", flags))
+            model = ["--top-k", str(k), "--slots", "6" if k > 2 else "4"]
+            out.append((f"recorded E={e}", ["--trace", str(path)], model))
     return out
+
+
+def sim_command(flags: list[str], systems: str, iterations: int, out: Path) -> list[str]:
+    """One ``swiftmoe sim`` run on the table's cluster."""
+    return [
+        sys.executable, "-m", "swiftmoe.cli", "sim", "--quiet",
+        "--gpus", str(GPUS), "--gpus-per-node", "8", "--inter-bw", f"{INTER_BW:g}",
+        "--shape", "gpt-small", "--tokens-per-iter", str(4096 * GPUS),
+        "--iterations", str(iterations), "--systems", systems, "--output", str(out), *flags,
+    ]  # fmt: skip
 
 
 def run(name: str, flags: list[str], predictor: str, iterations: int, work: Path) -> dict:
     out = work / f"{name.replace(' ', '_').replace('=', '')}_{predictor}.json"
-    cmd = [
-        sys.executable, "-m", "swiftmoe.cli", "sim", "--quiet",
-        "--gpus", str(GPUS), "--gpus-per-node", "8", "--inter-bw", f"{INTER_BW:g}",
-        "--shape", "gpt-small", "--tokens-per-iter", str(4096 * GPUS),
-        "--iterations", str(iterations), "--systems", "bound,swiftmoe-burst",
-        "--swiftmoe-option", f"predictor={predictor}", "--output", str(out), *flags,
-    ]  # fmt: skip
+    opt = ["--swiftmoe-option", f"predictor={predictor}"]
+    cmd = sim_command([*opt, *flags], "bound,swiftmoe-burst", iterations, out)
     run_sim(cmd, f"{name} predictor={predictor}")
     d = json.loads(out.read_text())["summary"]["systems"]["swiftmoe-burst"]
     return {
@@ -66,24 +71,16 @@ def run(name: str, flags: list[str], predictor: str, iterations: int, work: Path
     }
 
 
-def draw(name: str, flags: list[str], iterations: int, work: Path) -> list[str]:
-    """A synthetic workload's flags with its trace drawn once (--write-trace), so that every
-    predictor replays the same loads; a recorded trace's flags as they are."""
-    if "--trace" in flags:
-        return flags
-    path = work / f"{name.replace(' ', '_').replace('=', '')}.jsonl"
-    run(name, [*flags, "--write-trace", str(path)], PREDICTORS[0], iterations, work)
-    drop = {"--synthetic-experts", "--workload"}
-    out, skip = [], False
-    for f in flags:
-        if skip:
-            skip = False
-            continue
-        if f in drop:
-            skip = True
-            continue
-        out.append(f)
-    return [*out, "--trace", str(path)]
+def draw(name: str, loads: list[str], model: list[str], iterations: int, work: Path) -> list[str]:
+    """The flags that replay a workload's loads: a synthetic workload's trace is drawn once
+    (--write-trace, by the bound alone), so that every predictor sees the same loads."""
+    if "--trace" in loads:
+        return [*loads, *model]
+    stem = work / name.replace(" ", "_").replace("=", "")
+    path = stem.with_suffix(".jsonl")
+    cmd = sim_command([*loads, *model, "--write-trace", str(path)], "bound", iterations, stem)
+    run_sim(cmd, f"{name}: drawing its trace")
+    return ["--trace", str(path), *model]
 
 
 def main() -> int:
@@ -107,11 +104,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="predictor-table-"))
     t0 = time.monotonic()
     todo = workloads()
-    its = {n: args.trace_iterations if "--trace" in f else args.iterations for n, f in todo}
+    its = {n: args.trace_iterations if "--trace" in f else args.iterations for n, f, _ in todo}
     with cf.ThreadPoolExecutor(args.jobs) as pool:
-        names = [n for n, _ in todo]
+        names = [n for n, _, _ in todo]
         drawn = dict(zip(names, pool.map(lambda w: draw(*w, its[w[0]], work), todo), strict=True))
-        futs = [pool.submit(run, n, drawn[n], p, its[n], work) for n, _ in todo for p in PREDICTORS]
+        futs = [pool.submit(run, n, drawn[n], p, its[n], work) for n in names for p in PREDICTORS]
         results = []
         for i, f in enumerate(cf.as_completed(futs), 1):
             r = f.result()
@@ -129,14 +126,14 @@ def main() -> int:
         "| workload | " + " | ".join(PREDICTORS) + " |",
         "|---|" + "---|" * len(PREDICTORS),
     ]
-    for n, _ in todo:
+    for n in names:
         cells = [
             f"{by[n, p]['mean_over_bound']:.2f} / {by[n, p]['p95_over_bound']:.2f}"
             for p in PREDICTORS
         ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     for key, label in (("mean_over_bound", "mean of the means"), ("p95_over_bound", "mean p95")):
-        cells = [f"{sum(by[n, p][key] for n, _ in todo) / len(todo):.3f}" for p in PREDICTORS]
+        cells = [f"{sum(by[n, p][key] for n in names) / len(names):.3f}" for p in PREDICTORS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     print(f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)
