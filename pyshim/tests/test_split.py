@@ -246,6 +246,43 @@ def test_same_node_preference_is_minimal():
     assert beaten > 0, "the node tier never mattered: the test would not catch its absence"
 
 
+def test_node_tier_spreads_what_crosses_over_the_nodes_ranks():
+    """A node's intake lands on its replicas in proportion to their room, and what it sends
+    leaves its ranks in proportion to what each has left: not all on the last ones.
+
+    Nodes of 3. Expert 0 (100 tokens from every rank) is held on ranks 0 and 1, 300 tokens
+    each: each keeps its own 100, rank 2's 100 go 50 to each (node tier), and node 1's 300
+    cross, 150 to each. Expert 1 (40 from every rank) is held on rank 3 only, so node 0 sends
+    its 120 across from ranks 0, 1 and 2 alike."""
+    counts = [[100, 40, 0, 0]] * 6
+    slots = [0, 2, 0, 2, 2, 3, 1, 3, 3, 3, 2, 3]  # S=2: rank r holds slots 2r and 2r+1
+    c_QE, pl, demand_K, rpn = split.demand.min_max_demand(counts, slots, 2, 3, "exact")
+    assert demand_K[[0, 2]].tolist() == [300, 300]
+    si, ri, se, re = tiers.tier_sums(c_QE, pl, demand_K, rpn)
+    assert re[:2].tolist() == [150, 150]
+    assert ri[:2].tolist() == [50, 50] and si[2] >= 100
+    assert se[:3].tolist() == [40, 40, 40]
+    flow = split_tokens(counts, slots, 2, ranks_per_node=3, method="exact")
+    check_flow(flow, torch.tensor(counts), slots, 2)
+    assert flow[3:, 0].sum() == 150 and flow[3:, 2].sum() == 150
+
+
+def test_proportional_shares_are_exact_and_within_bounds():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        sizes = rng.integers(1, 7, rng.integers(1, 6))
+        groups = np.repeat(np.arange(sizes.size), sizes)
+        first = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        a = rng.integers(0, 50, groups.size) * rng.integers(0, 2, groups.size)
+        tot = np.add.reduceat(a, first)
+        m = np.array([rng.integers(0, t + 1) for t in tot])
+        out = tiers.proportional(a, tot, m, groups, first)
+        assert (np.add.reduceat(out, first) == m).all()
+        assert (out >= 0).all() and (out <= a).all()
+        share = a * m[groups] / np.maximum(tot[groups], 1)
+        assert (np.abs(out - share) < 1).all()
+
+
 # ---------------------------------------------------------------- determinism and edges
 
 

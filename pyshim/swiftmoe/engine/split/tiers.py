@@ -2,8 +2,13 @@
 
 Each rank's amount of an expert is spread evenly over its slots of it (``demand.py``), then
 sources are matched to slots local first, same node second, then the rest, in a fixed order
-(north-west corner per tier, one vectorised merge of cumulative sums; no loop over experts or
-ranks). :func:`route_tiers` gives the local and node tiers' pieces and what is left for the last
+(one vectorised merge of cumulative sums per tier; no loop over experts or ranks). The node
+tier takes from a node's ranks and gives its slots in proportion to what the local tier left
+them (:func:`proportional`), so what a node takes in from other nodes lands on all its replicas
+of the expert by their room, and what it lacks leaves from all its ranks by what they have left,
+rather than on and from its last ones. (In ``swiftmoe sim``, E=64 top-8 on 32 GPUs in 4 nodes,
+an iteration after the hot set moved: the busiest rank's cross-node sends 19,606 -> 12,599
+tokens against a mean of 11,637, its intake 20,911 -> 18,084.) :func:`route_tiers` gives the local and node tiers' pieces and what is left for the last
 tier; each form of the split routes that last tier its own way.
 
 Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, S slots per
@@ -81,6 +86,21 @@ def within(groups: np.ndarray, a: np.ndarray, first_G: np.ndarray) -> np.ndarray
     cs = np.cumsum(a)
     cs -= a
     return cs - cs[first_G][groups]
+
+
+def proportional(a, tot_G, m_G, groups, first_G):
+    """m_G[g] of each group's amounts a, taken in proportion: floors of a * m / tot, then one
+    more to the first members (in order) whose share had a fraction, until the group's sum is
+    m_G[g]. Never above a (m <= tot); exact integers, the same on every rank."""
+    m = m_G[groups]
+    t = np.maximum(tot_G[groups], 1)
+    num = a * m
+    out = num // t
+    frac = (num % t) > 0
+    short_G = m_G - np.add.reduceat(out, first_G) if out.size else m_G
+    nth = within(groups, frac.astype(np.int64), first_G)
+    out += frac & (nth < short_G[groups])
+    return out
 
 
 def transposed(a_M: np.ndarray, H: int, N: int) -> np.ndarray:
@@ -188,10 +208,11 @@ def tier_amounts(
     """How many tokens the local tier and the node tier route, per supply and per demand.
 
     Demands are slots in (expert, slot) order and supplies (expert, source rank). Each tier
-    matches the north-west corner within its groups: (expert, rank) pairs for the local tier,
-    (expert, node) for the node tier, experts for the last. A tier takes the matched prefix of
-    every group, so the matched supplies and demands have equal totals group by group and one
-    end-to-end merge over the whole tier gives its pieces. Only the supplies the small tiers
+    matches within its groups: (expert, rank) pairs for the local tier, which fills a rank's
+    slots of the expert in order, (expert, node) for the node tier, which takes min(supply,
+    demand) of every group in proportion from each side (:func:`proportional`), experts for the
+    last. The matched supplies and demands have equal totals group by group, so one end-to-end
+    merge over the whole tier gives its pieces. Only the supplies the small tiers
     touch are read (a node's ranks of the experts it holds): no [N, E] array is made.
     """
     d_pair = plan.d_pair
@@ -209,9 +230,10 @@ def tier_amounts(
     cut = np.append(took_P, 0)[g.pair_GT]
     sa_GT = c_QE.reshape(-1)[g.qe_GT] - cut
     dtot_G = np.add.reduceat(da, g.first_G)
-    m_G = np.minimum(np.add.reduceat(sa_GT, g.sfirst_G), dtot_G)
-    use_GT = np.clip(m_G[g.g_GT] - within(g.g_GT, sa_GT, g.sfirst_G), 0, sa_GT)
-    use_D = np.clip(m_G[g.gid_D] - within(g.gid_D, da, g.first_G), 0, da)
+    stot_G = np.add.reduceat(sa_GT, g.sfirst_G)
+    m_G = np.minimum(stot_G, dtot_G)
+    use_GT = proportional(sa_GT, stot_G, m_G, g.g_GT, g.sfirst_G)
+    use_D = proportional(da, dtot_G, m_G, g.gid_D, g.first_G)
     da -= use_D
     cut += use_GT
     return Tiers(take, (use_GT, use_D), g.q_GT, g.qe_GT, g.hq_GT, cut, da)
