@@ -177,17 +177,7 @@ func TestPlanQualityGolden(t *testing.T) {
 		got[i] = reqs[i].measure(t)
 	}
 	if *updateQuality {
-		b, err := json.MarshalIndent(got, "", " ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.MkdirAll(filepath.Dir(qualityGolden), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(qualityGolden, append(b, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %d cases to %s", len(got), qualityGolden)
+		writeGolden(t, qualityGolden, got)
 		return
 	}
 	var want []qualityCase
@@ -224,6 +214,22 @@ func TestPlanQualityGolden(t *testing.T) {
 	}
 	t.Logf("%d cases: %d plans differ from the reference's, %d better, %d worse within the tolerance; total step time %.6g ms against %.6g",
 		len(got), changed, better, worse, sumGot, sumWant)
+}
+
+// writeGolden writes the cases got as the JSON golden at path.
+func writeGolden[T any](t *testing.T, path string, got []T) {
+	t.Helper()
+	b, err := json.MarshalIndent(got, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %d cases to %s", len(got), path)
 }
 
 // readGolden reads the JSON golden at path into want (a pointer to a

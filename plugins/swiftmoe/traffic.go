@@ -5,9 +5,11 @@ package swiftmoe
 // routed as the engine's split routes it (pyshim/swiftmoe/engine/split/
 // tiers.py): every source rank's tokens for an expert go to its own slots of
 // the expert first, then to the slots of the expert on its node, then to
-// the rest, each tier taking sources and slots in rank order (north-west
-// corner). So the tokens a node sends away for an expert leave from its last
-// ranks, and those a node takes in land on its last slots of the expert.
+// the rest. The node tier takes from every rank and gives every slot in
+// proportion to what the local tier left them, so the tokens a node sends
+// away for an expert leave its ranks in proportion to what each has left of
+// it, and those a node takes in land on its slots of the expert in
+// proportion to the room each has left.
 //
 // Each slot processes its expert's load split evenly over the expert's
 // replicas: where the engine's split starts (engine/split/amounts.py) and
@@ -15,14 +17,15 @@ package swiftmoe
 // those weights does. Every rank routes an equal share of each expert's
 // load (so a node's demand for an expert is its share of the ranks).
 //
-// An evaluation costs O(N*S + E) plus G per (expert, node) pair whose node
-// holds less of the expert than it asks for: it goes node by node, over
-// the node's slots forward (loads, the local tier, each expert's replicas
-// on the node) and backward (what the node takes in lands on its last
-// slots), then over its ranks backward for what it sends away. A node that
-// holds none of an expert sends its whole demand for it away, spread over
-// its ranks, which the node's total demand less that of what it holds gives
-// at once.
+// An evaluation costs O(N*S + E): it goes node by node, over the node's
+// slots forward (loads, the local tier, each expert's replicas and local
+// tokens on the node), then over them again for what the node takes in and
+// sends away. What every rank sends away of the experts the node holds too
+// little of is its share of each less what it keeps locally, both scaled by
+// the fraction that leaves: one sum for the node, less each slot's part. A
+// node that holds none of an expert sends its whole demand for it away,
+// spread over its ranks, which the node's total demand less that of what
+// it holds gives at once.
 //
 // Shape legend: N ranks, G ranks per node, M nodes, S slots per rank, E
 // experts.
@@ -43,17 +46,16 @@ type stepModel struct {
 
 	// Scratch of eval, per node: what each slot keeps of its own rank's
 	// tokens, the experts the node holds (first slot first) and those it
-	// holds less of than it asks for, with the tokens still to send.
+	// holds.
 	slotLocal []float64 // [G*S]
 	held      []int32
-	short     []int32
-	sendLeft  []float64 // per short expert
 	// Per expert, stamped with the rank or node they are for.
 	rankOf, nodeOf []int32   // [E]
 	cnt            []int32   // [E]: replicas on the node
 	left           []float64 // [E]: the rank's tokens not yet kept
-	recvLeft       []float64 // [E]: what the node still takes in
-	kept           []float64 // [E]: what the rank keeps (send tail)
+	nodeLocal      []float64 // [E]: what the node's local tier keeps
+	recvFrac       []float64 // [E]: the fraction of a slot's room filled from other nodes
+	sendFrac       []float64 // [E]: the fraction of a rank's tokens left that leaves the node
 }
 
 // usable reports whether the cost model can weigh traffic against compute
@@ -83,7 +85,7 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	for _, v := range []*[]float64{&sm.load, &sm.local, &sm.si, &sm.ri, &sm.se, &sm.re} {
 		*v = grow(*v, n)
 	}
-	for _, v := range []*[]float64{&sm.w, &sm.left, &sm.recvLeft, &sm.kept} {
+	for _, v := range []*[]float64{&sm.w, &sm.left, &sm.nodeLocal, &sm.recvFrac, &sm.sendFrac} {
 		*v = grow(*v, e)
 	}
 	sm.reps = grow(sm.reps, e)
@@ -136,7 +138,8 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	node := dst[base : base+per]
 	w, c, d := sm.w, sm.c, sm.d
 	rankOf, nodeOf, cnt := sm.rankOf, sm.nodeOf, sm.cnt
-	left, recvLeft, kept := sm.left, sm.recvLeft, sm.kept
+	left, nodeLocal := sm.left, sm.nodeLocal
+	recvFrac, sendFrac := sm.recvFrac, sm.sendFrac
 	load, local := sm.load[nd*g:(nd+1)*g], sm.local[nd*g:(nd+1)*g]
 	si, ri := sm.si[nd*g:(nd+1)*g], sm.ri[nd*g:(nd+1)*g]
 	se, re := sm.se[nd*g:(nd+1)*g], sm.re[nd*g:(nd+1)*g]
@@ -160,67 +163,51 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 			loc += t
 			left[x] -= t
 			if nodeOf[x] != nd32 {
-				nodeOf[x], cnt[x] = nd32, 0
+				nodeOf[x], cnt[x], nodeLocal[x] = nd32, 0, 0
 				held = append(held, int32(x))
 			}
 			cnt[x]++
+			nodeLocal[x] += t
 		}
 		load[q], local[q] = lr, loc
 	}
-	// What the node processes of each expert it holds against its demand.
+	// What the node processes of each expert it holds against its demand:
+	// the node tier matches what the local tier left of both, and the
+	// excess of one side crosses nodes, each rank's or slot's part in
+	// proportion to what it has left. Every rank has the same share c[x]
+	// of x, so a rank that holds no slot of x sends c[x] * sendFrac[x].
 	allSend := sm.nodeTotal
-	short, sendLeft := sm.short[:0], sm.sendLeft[:0]
+	var shortSend float64 // what a rank holding none of the short experts sends of them
 	for _, x := range held {
 		dx := d[x]
 		allSend -= dx
 		sup := w[x] * float64(cnt[x])
-		recvLeft[x] = 0
+		recvFrac[x], sendFrac[x] = 0, 0
+		// (The local tier keeps at most min(dx, sup); rounding can leave
+		// the room it did not fill at zero, so the fractions are guarded.)
 		switch {
 		case dx > sup:
-			short = append(short, x)
-			sendLeft = append(sendLeft, dx-sup)
+			if room := dx - nodeLocal[x]; room > 0 {
+				sendFrac[x] = min(1, (dx-sup)/room)
+				shortSend += c[x] * sendFrac[x]
+			}
 		case sup > dx:
-			recvLeft[x] = sup - dx
-		}
-	}
-	// Backward: what its slots process beyond the node's demand lands on
-	// its last slots of the expert.
-	for q := g - 1; q >= 0; q-- {
-		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
-		for j := s - 1; j >= 0; j-- {
-			x := row[j]
-			if l := recvLeft[x]; l > 0 {
-				if t := min(l, w[x]-rowLocal[j]); t > 0 {
-					re[q] += t
-					recvLeft[x] = l - t
-				}
+			if room := sup - nodeLocal[x]; room > 0 {
+				recvFrac[x] = min(1, (sup-dx)/room)
 			}
 		}
 	}
-	// What it lacks leaves from its last ranks, each up to its share less
-	// what it keeps locally.
-	for q := g - 1; q >= 0 && len(short) > 0; q-- {
+	for q := range g {
 		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
-		for _, x := range short {
-			kept[x] = 0
-		}
+		var in, out float64
 		for j, x := range row {
-			kept[x] += rowLocal[j]
-		}
-		done := true
-		for i, x := range short {
-			if sendLeft[i] <= 0 {
-				continue
+			if f := recvFrac[x]; f > 0 {
+				in += (w[x] - rowLocal[j]) * f
 			}
-			if t := min(sendLeft[i], c[x]-kept[x]); t > 0 {
-				se[q] += t
-				sendLeft[i] -= t
-			}
-			done = done && sendLeft[i] <= 0
+			out += rowLocal[j] * sendFrac[x]
 		}
-		if done {
-			break
-		}
+		re[q] = in
+		se[q] = shortSend - out
 	}
 	// A node holding none of an expert sends all its demand for it, from
 	// every rank.
@@ -231,7 +218,7 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 		si[q] = max(0, share-local[q]-se[q])
 		ri[q] = max(0, load[q]-local[q]-re[q])
 	}
-	sm.held, sm.short, sm.sendLeft = held, short, sendLeft
+	sm.held = held
 }
 
 // burstGoal is how close to the mean the engine's burst replicas bring the

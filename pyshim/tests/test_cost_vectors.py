@@ -26,6 +26,18 @@ def test_vectors_file_is_current():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_traffic_vectors_file_is_current():
+    """testdata/vectors/traffic.json is the engine split's traffic as it routes today
+    (plugins/swiftmoe/traffic_test.go holds the Go step model to it)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_traffic_vectors.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_vectors_cover_every_degraded_model():
     cases = json.loads(VECTORS.read_text())
     params = [cm.CostParams(c["ranks"], c["ranks_per_node"], **c["params"]) for c in cases]
