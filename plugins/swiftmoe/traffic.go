@@ -56,6 +56,8 @@ type stepModel struct {
 	nodeLocal      []float64 // [E]: what the node's local tier keeps
 	recvFrac       []float64 // [E]: the fraction of a slot's room filled from other nodes
 	sendFrac       []float64 // [E]: the fraction of a rank's tokens left that leaves the node
+	// [N*S]: what each slot takes in from other nodes (intake.go reads it).
+	slotIn []float64
 }
 
 // usable reports whether the cost model can weigh traffic against compute
@@ -93,6 +95,7 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	sm.nodeOf = grow(sm.nodeOf, e)
 	sm.cnt = grow(sm.cnt, e)
 	sm.slotLocal = grow(sm.slotLocal, g*s)
+	sm.slotIn = grow(sm.slotIn, n*s)
 }
 
 // weigh sets reps and w, the load per replica, from dst.
@@ -197,12 +200,17 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 			}
 		}
 	}
+	slotIn := sm.slotIn[base : base+per]
 	for q := range g {
 		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
+		rowIn := slotIn[q*s : (q+1)*s]
 		var in, out float64
 		for j, x := range row {
+			rowIn[j] = 0
 			if f := recvFrac[x]; f > 0 {
-				in += (w[x] - rowLocal[j]) * f
+				v := (w[x] - rowLocal[j]) * f
+				rowIn[j] = v
+				in += v
 			}
 			out += rowLocal[j] * sendFrac[x]
 		}

@@ -1,0 +1,100 @@
+package swiftmoe
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// fixedHotLayer is the layer of TestStepObjectiveHomesColdExpertsTwice:
+// E=64 on 32 H200s in 4 nodes of 8, 6 slots, 5 hot experts taking half the
+// tokens, 12.5 GB/s between nodes.
+func fixedHotLayer() (sdk.Topology, costModel, []float64) {
+	topo := sdk.Topology{WorldSize: 32, SlotsPerRank: 6, RanksPerNode: 8}
+	const e, total = 64, 32 * 4096 * 8
+	loads := make([]float64, e)
+	for x := range e {
+		if x%13 == 0 {
+			loads[x] = total / 2 / 5
+		} else {
+			loads[x] = total / 2 / 59
+		}
+	}
+	return topo, h200(12.5), loads
+}
+
+// TestIntakeDealSpreadsWhatNodesTakeIn: on the fixed-hot layer the plan for
+// step time takes in across nodes about evenly over each node's ranks (the
+// 2-homed plan packed for compute alone had five ranks of a node at 1.31x
+// the mean), and its estimate is below that plan's.
+func TestIntakeDealSpreadsWhatNodesTakeIn(t *testing.T) {
+	topo, c, loads := fixedHotLayer()
+	plan, _ := stepAndComputePlans(t, topo, c, loads)
+	var sm stepModel
+	sm.reset(c, loads, len(loads), topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank)
+	step, _, a2a := sm.eval(plan)
+	var sum, hi float64
+	for _, v := range sm.re {
+		sum += v
+		hi = max(hi, v)
+	}
+	ratio := hi / (sum / float64(len(sm.re)))
+	t.Logf("step %.3f ms, all-to-all %.3f; busiest rank's intake %.2fx the mean", step, a2a, ratio)
+	if ratio > 1.1 {
+		t.Errorf("busiest rank takes in %.2fx the mean across nodes; want at most 1.1x", ratio)
+	}
+	if step >= 5.808 {
+		t.Errorf("step estimated at %.3f ms; want below 5.808, the plan packed for compute alone", step)
+	}
+}
+
+// TestIntakeDealKeepsEachNodesReplicas: on random valid plans of 2 to 8
+// nodes, the dealt plan holds the same replicas in each node and is valid
+// (sdk.ValidateSlots: no rank over its share of an expert's replicas).
+func TestIntakeDealKeepsEachNodesReplicas(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 11))
+	var sm stepModel
+	var sc intakeScratch
+	dealt := 0
+	for range 300 {
+		topo, loads := randomNodeLayer(rng)
+		n, g, s, e := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, len(loads)
+		if n/g > homedNodes || e > n*s {
+			continue
+		}
+		// Every expert at least once, shuffled; invalid plans skipped.
+		slots := make([]int, n*s)
+		for k := range slots {
+			slots[k] = k % e
+		}
+		rng.Shuffle(len(slots), func(a, b int) { slots[a], slots[b] = slots[b], slots[a] })
+		if sdk.ValidateSlots(slots, e, topo) != nil {
+			continue
+		}
+		c := randomCost(rng)
+		sm.reset(c, loads, e, n, g, s)
+		sm.eval(slots)
+		out := make([]int, len(slots))
+		if !sm.intakeDeal(slots, out, &sc) {
+			continue
+		}
+		dealt++
+		for nd := range n / g {
+			a := slices.Clone(slots[nd*g*s : (nd+1)*g*s])
+			b := slices.Clone(out[nd*g*s : (nd+1)*g*s])
+			slices.Sort(a)
+			slices.Sort(b)
+			if !slices.Equal(a, b) {
+				t.Fatalf("node %d's replicas changed: %v -> %v", nd, a, b)
+			}
+		}
+		if err := sdk.ValidateSlots(out, e, topo); err != nil {
+			t.Fatalf("dealt plan invalid: %v", err)
+		}
+	}
+	if dealt < 20 {
+		t.Fatalf("only %d layers were re-dealt: the test exercises too little", dealt)
+	}
+}
