@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "testdata" / "vectors" / "costmodel.json"
 sys.path.insert(0, str(ROOT / "pyshim"))
 
+from vectors_file import write_or_check  # noqa: E402
+
 from swiftmoe.engine import costmodel as cm  # noqa: E402
 
 H200 = dict(
@@ -118,16 +120,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="fail when the committed file is stale")
     args = ap.parse_args()
-    text = render(build())
-    if args.check:
-        have = OUT.read_text() if OUT.exists() else ""
-        if have != text:
-            print(f"{OUT} is stale: run python3 scripts/gen_cost_vectors.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(build())} cases)")
-    return 0
+    cases = build()
+    return write_or_check(
+        OUT, render(cases), Path(__file__).name, args.check, f"{len(cases)} cases"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from vectors_file import write_or_check
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "testdata" / "vectors" / "plan_rules.json"
 
@@ -157,15 +159,9 @@ def main() -> int:
         for p in problems:
             print("  " + p, file=sys.stderr)
         return 1
-    text = render(cases)
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is stale: run python3 scripts/gen_plan_vectors.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {len(cases)} cases to {OUT.relative_to(ROOT)}")
-    return 0
+    return write_or_check(
+        OUT, render(cases), Path(__file__).name, args.check, f"{len(cases)} cases"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "testdata" / "vectors" / "traffic.json"
 sys.path.insert(0, str(ROOT / "pyshim"))
 
+from vectors_file import write_or_check  # noqa: E402
+
 from swiftmoe.engine.split.demand import even_demand  # noqa: E402
 from swiftmoe.engine.split.plan_index import prepare  # noqa: E402
 from swiftmoe.engine.split.tiers import tier_sums  # noqa: E402
@@ -86,16 +88,9 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="fail when the committed file is stale")
     args = ap.parse_args()
     cases = build()
-    text = render(cases)
-    if args.check:
-        have = OUT.read_text() if OUT.exists() else ""
-        if have != text:
-            print(f"{OUT} is stale: run python3 scripts/gen_traffic_vectors.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(cases)} cases)")
-    return 0
+    return write_or_check(
+        OUT, render(cases), Path(__file__).name, args.check, f"{len(cases)} cases"
+    )
 
 
 if __name__ == "__main__":

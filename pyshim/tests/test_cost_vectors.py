@@ -4,11 +4,10 @@ model (plugins/swiftmoe/costmodel_test.go checks the Go one against the same fil
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from generated import assert_current
 
 from swiftmoe.engine import costmodel as cm
 
@@ -17,25 +16,13 @@ VECTORS = ROOT / "testdata" / "vectors" / "costmodel.json"
 
 
 def test_vectors_file_is_current():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_cost_vectors.py"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
+    assert_current("gen_cost_vectors.py")
 
 
 def test_traffic_vectors_file_is_current():
     """testdata/vectors/traffic.json is the engine split's traffic as it routes today
     (plugins/swiftmoe/traffic_test.go holds the Go step model to it)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_traffic_vectors.py"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    assert_current("gen_traffic_vectors.py")
 
 
 def test_vectors_cover_every_degraded_model():

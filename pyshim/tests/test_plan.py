@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from generated import assert_current
 
 from swiftmoe.engine import plan
 
@@ -61,13 +60,7 @@ def test_plan_rules_vector(case):
 
 
 def test_vectors_file_is_current():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_plan_vectors.py"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
+    assert_current("gen_plan_vectors.py")
 
 
 @pytest.mark.parametrize(
