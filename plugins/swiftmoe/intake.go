@@ -23,10 +23,9 @@ import (
 // experts and counts stay, so other nodes' traffic does not change; the
 // compute it leaves uneven is what the engine's split and burst replicas
 // even out (the split gives an expert's replicas uneven amounts), and the
-// step model weighs it against the all-to-all saved. Measured in the
-// simulator (fixed-hot E=64 on 32 GPUs at 12.5 GB/s, re-dealing every
-// layer of the strategy's plans): all-to-all 4.62 -> 3.58 ms, compute
-// 1.63 -> 1.81 ms, step 1.049 -> 0.983 of the bound.
+// step model weighs it against the all-to-all saved. In the simulator
+// (fixed-hot E=64 on 32 GPUs at 12.5 GB/s): all-to-all 4.62 -> 2.34 ms,
+// compute 1.63 -> 2.05 ms, step 1.049 -> 0.900 of the bound.
 
 // intakeSlot is one replica of a node being re-dealt.
 type intakeSlot struct {
