@@ -21,9 +21,9 @@ import (
 // so far; then the others, heaviest first, each to the rank with the least
 // compute so far; never two replicas of an expert on one rank. The node's
 // experts and counts stay, so other nodes' traffic does not change; the
-// compute it leaves uneven is what the engine's split and burst replicas
-// even out (the split gives an expert's replicas uneven amounts), and the
-// step model weighs it against the all-to-all saved. In the simulator
+// compute it leaves uneven the engine's split partly evens out (it gives
+// an expert's replicas uneven amounts), and the step model weighs it
+// against the all-to-all saved. In the simulator
 // (fixed-hot E=64 on 32 GPUs at 12.5 GB/s): all-to-all 4.62 -> 2.34 ms,
 // compute 1.63 -> 2.05 ms, step 1.049 -> 0.900 of the bound.
 
