@@ -17,7 +17,6 @@ copy_traffic) and step_ms (with the copies).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "testdata" / "vectors" / "costmodel.json"
 sys.path.insert(0, str(ROOT / "pyshim"))
 
-from vectors_file import write_or_check  # noqa: E402
+import vectors_file  # noqa: E402
 
 from swiftmoe.engine import costmodel as cm  # noqa: E402
 
@@ -116,15 +115,5 @@ def render(cases: list[dict]) -> str:
     return json.dumps(cases, indent=1) + "\n"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="fail when the committed file is stale")
-    args = ap.parse_args()
-    cases = build()
-    return write_or_check(
-        OUT, render(cases), Path(__file__).name, args.check, f"{len(cases)} cases"
-    )
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(vectors_file.main(__doc__, OUT, Path(__file__).name, build, render))

@@ -18,12 +18,11 @@ invalid plans.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from vectors_file import write_or_check
+import vectors_file
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "testdata" / "vectors" / "plan_rules.json"
@@ -148,21 +147,8 @@ def render(cases: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="fail when the committed file is stale")
-    args = ap.parse_args()
-    cases = build()
-    problems = cross_check(cases)
-    if problems:
-        print("swiftmoe.engine.plan disagrees with the hand-written cases:", file=sys.stderr)
-        for p in problems:
-            print("  " + p, file=sys.stderr)
-        return 1
-    return write_or_check(
-        OUT, render(cases), Path(__file__).name, args.check, f"{len(cases)} cases"
-    )
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    heading = "swiftmoe.engine.plan disagrees with the hand-written cases"
+    sys.exit(
+        vectors_file.main(__doc__, OUT, Path(__file__).name, build, render, cross_check, heading)
+    )

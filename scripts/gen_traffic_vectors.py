@@ -20,7 +20,6 @@ placement, slot k on rank k // slots_per_rank), and the engine's per-rank si, ri
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "testdata" / "vectors" / "traffic.json"
 sys.path.insert(0, str(ROOT / "pyshim"))
 
-from vectors_file import write_or_check  # noqa: E402
+import vectors_file  # noqa: E402
 
 from swiftmoe.engine.split.demand import even_demand  # noqa: E402
 from swiftmoe.engine.split.plan_index import prepare  # noqa: E402
@@ -83,15 +82,5 @@ def render(cases: list[dict]) -> str:
     return json.dumps(cases, separators=(",", ":")) + "\n"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="fail when the committed file is stale")
-    args = ap.parse_args()
-    cases = build()
-    return write_or_check(
-        OUT, render(cases), Path(__file__).name, args.check, f"{len(cases)} cases"
-    )
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(vectors_file.main(__doc__, OUT, Path(__file__).name, build, render))
