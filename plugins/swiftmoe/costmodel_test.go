@@ -1,10 +1,7 @@
 package swiftmoe
 
 import (
-	"encoding/json"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 )
 
@@ -55,17 +52,7 @@ func copyCounts(v *costVector) (csi, cri, cse, cre []float64) {
 // TestCostModelVectors checks the Go cost model against the cases the
 // engine's Python implementation wrote (scripts/gen_cost_vectors.py).
 func TestCostModelVectors(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join("..", "..", "testdata", "vectors", "costmodel.json"))
-	if err != nil {
-		t.Fatalf("reading shared vectors: %v", err)
-	}
-	var cases []costVector
-	if err := json.Unmarshal(raw, &cases); err != nil {
-		t.Fatalf("parsing shared vectors: %v", err)
-	}
-	if len(cases) < 10 {
-		t.Fatalf("got %d shared cases, want at least 10", len(cases))
-	}
+	cases := readVectors[costVector](t, "costmodel.json", 10)
 	for _, v := range cases {
 		t.Run(v.Name, func(t *testing.T) {
 			p := v.Params

@@ -134,3 +134,21 @@ func readTrace(t testing.TB, name string) []traceLine {
 	}
 	return out
 }
+
+// readVectors reads the shared vectors testdata/vectors/<name> (written by
+// a scripts/gen_*_vectors.py), which must hold at least min cases.
+func readVectors[T any](t *testing.T, name string, min int) []T {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "..", "testdata", "vectors", name))
+	if err != nil {
+		t.Fatalf("reading shared vectors: %v", err)
+	}
+	var cases []T
+	if err := json.Unmarshal(raw, &cases); err != nil {
+		t.Fatalf("parsing shared vectors %s: %v", name, err)
+	}
+	if len(cases) < min {
+		t.Fatalf("got %d shared cases in %s, want at least %d", len(cases), name, min)
+	}
+	return cases
+}

@@ -1,10 +1,7 @@
 package swiftmoe
 
 import (
-	"encoding/json"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 )
 
@@ -31,17 +28,7 @@ type trafficVector struct {
 // engine routes whole tokens and the model reals, so each rank may differ
 // by a token per slot and per expert of its node.
 func TestStepModelRoutesAsTheEngine(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join("..", "..", "testdata", "vectors", "traffic.json"))
-	if err != nil {
-		t.Fatalf("reading shared vectors: %v", err)
-	}
-	var cases []trafficVector
-	if err := json.Unmarshal(raw, &cases); err != nil {
-		t.Fatalf("parsing shared vectors: %v", err)
-	}
-	if len(cases) < 8 {
-		t.Fatalf("got %d shared cases, want at least 8", len(cases))
-	}
+	cases := readVectors[trafficVector](t, "traffic.json", 8)
 	var crossed float64
 	for _, v := range cases {
 		t.Run(v.Name, func(t *testing.T) {
