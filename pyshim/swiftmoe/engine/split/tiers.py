@@ -8,8 +8,9 @@ them (:func:`proportional`), so what a node takes in from other nodes lands on a
 of the expert by their room, and what it lacks leaves from all its ranks by what they have left,
 rather than on and from its last ones. (In ``swiftmoe sim``, E=64 top-8 on 32 GPUs in 4 nodes,
 an iteration after the hot set moved: the busiest rank's cross-node sends 19,606 -> 12,599
-tokens against a mean of 11,637, its intake 20,911 -> 18,084.) :func:`route_tiers` gives the local and node tiers' pieces and what is left for the last
-tier; each form of the split routes that last tier its own way.
+tokens against a mean of 11,637, its intake 20,911 -> 18,084.) :func:`route_tiers` gives the
+local and node tiers' pieces and what is left for the last tier; each form of the split routes
+that last tier its own way.
 
 Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, S slots per
 rank, K = N*S slots, P (expert, rank) pairs, H experts holding a slot, M = H*N supplies,
