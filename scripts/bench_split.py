@@ -5,7 +5,9 @@ For each (E, N, S) it builds Zipf-skewed per-rank counts (8192 routed tokens per
 over 4096 tokens), a plan from a noisy copy of the loads (replicas proportional to load, LPT
 packing: swiftmoe.planning.reference), and prints the median microseconds of what the engine
 runs per layer on every rank, split_tokens_for_rank (the rank's row and slot columns of the fast
-split; its fastest run too, as the machine may be shared; and with 8 ranks per node), then of
+split; its fastest run too, as the machine may be shared; with 8 ranks per node; and with 8
+ranks per node and the cost parameters below, stage 1 priced, swiftmoe.engine.split.priced,
+what the engine runs on several nodes), then of
 the dense fast split ([N, N*S], the reference the tests check the engine's part against:
 pyshim/tests/split_reference.py), of the min-max stage alone (per-rank amounts, before routing
 sources to slots), of the exact and of the even split, plus fast/exact max rank load and
@@ -69,11 +71,24 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     def plan() -> split.PlanIndex:
         return cache.index(slots_K, S, N, E)
 
-    def rank_split(r: int, rpn: int = 0) -> split.RankSplit:
-        return split.split_tokens_for_rank(counts_QE, plan(), S, r, rpn)
+    P = 3 * 2048 * 768
+    params = cm.CostParams(
+        ranks=N,
+        ranks_per_node=rpn,
+        token_bytes=2 * 2048,
+        expert_bytes=2 * P,
+        flops_per_token=6 * P,
+        flops_per_s=5.8e14,
+        intra_bw=3e11,
+        inter_bw=1.25e10,
+    )
+
+    def rank_split(r: int, rpn: int = 0, cost=None) -> split.RankSplit:
+        return split.split_tokens_for_rank(counts_QE, plan(), S, r, rpn, cost=cost)
 
     (t_rank, t_rbest), _ = timed(lambda: rank_split(next(ranks) % N), reps, True)
     t_rnode, _ = timed(lambda: rank_split(next(ranks) % N, rpn), reps)
+    t_rpriced, _ = timed(lambda: rank_split(next(ranks) % N, rpn, params), reps)
     t_fast, f_fast = timed(
         lambda: reference.split_tokens(counts_QE, plan(), S, method="fast"), reps
     )
@@ -93,22 +108,11 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     mom = {k: max_over_mean(v.tolist()) for k, v in loads.items()}
     if not torch.equal(reference.rank_load_from_flow(f_node, S), loads["fast"]):
         raise SystemExit("ranks_per_node changed the rank loads; it may only change who sends")
-    P = 3 * 2048 * 768
-    params = cm.CostParams(
-        ranks=N,
-        ranks_per_node=rpn,
-        token_bytes=2 * 2048,
-        expert_bytes=2 * P,
-        flops_per_token=6 * P,
-        flops_per_s=5.8e14,
-        intra_bw=3e11,
-        inter_bw=1.25e10,
-    )
     moved_E = np.random.default_rng(E * N + S).permutation(E)  # not rng: same counts as before
     stale_K = reference_planner.plan_layer(prev_E[moved_E].tolist(), N, S)
     t_burst, bursts = [], []
     for slots in (slots_K, stale_K):
-        load_R = split.split_rank_loads(counts_QE, slots, S, rpn)
+        load_R = split.split_rank_loads(counts_QE, slots, S, rpn, cost=params)
         t, bp = timed(
             lambda s=slots, lr=load_R: burst.plan_bursts(
                 counts_QE, s, S, 1, rpn, params, 1.0, load_R=lr
@@ -118,7 +122,7 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
         t_burst.append(t)
         bursts.append(bp.count)
     print(
-        f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} "
+        f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} {t_rpriced:9.0f} "
         f"{t_fast:9.0f} {t_node:9.0f} {t_amt:10.0f} "
         f"{t_exact:10.0f} {t_even:9.0f} {ratio:10.4f} {mom['even']:8.3f} {mom['fast']:8.4f} "
         f"{mom['exact']:9.4f} {t_burst[0]:9.0f} {bursts[0]:6d} {t_burst[1]:9.0f} {bursts[1]:6d}"
@@ -134,7 +138,7 @@ def main() -> int:
     load1, load5, _ = os.getloadavg()
     print(f"load average {load1:.2f} {load5:.2f} on {os.cpu_count()} CPUs, torch threads 1")
     print(
-        f"{'E,N,S':>12} {'rank us':>9} {'rank min':>9} {'rnode8 us':>9} "
+        f"{'E,N,S':>12} {'rank us':>9} {'rank min':>9} {'rnode8 us':>9} {'priced us':>9} "
         f"{'dense us':>9} {'node8 us':>9} {'amounts us':>10} "
         f"{'exact us':>10} {'even us':>9} {'fast/exact':>10} {'mom even':>8} {'mom fast':>8} "
         f"{'mom exact':>9} {'burst us':>9} {'bursts':>6} {'stale us':>9} {'bursts':>6}"

@@ -8,7 +8,7 @@ placement planned from the previous iteration's loads (swiftmoe.planning.referen
 proportional to load, LPT packing; the Go strategy plans better, so the gaps here are upper
 bounds of what bursts face), the engine's split of the iteration's actual counts, and the
 engine's own burst decision (swiftmoe.engine.burst.plan_bursts, with the cost parameters the
-engine derives on this GPU: swiftmoe.engine.burst_run's H200 default throughput). It prices the
+engine derives on this GPU: swiftmoe.engine.step_costs's H200 default throughput). It prices the
 step as the simulator does: the busiest rank's expert time from the H200 calibration table (one
 grouped GEMM per rank), plus the token all-to-all per tier, plus the burst copies (the shared cost
 model, swiftmoe.engine.costmodel). The bound: the same total routed uniformly over the static
@@ -46,7 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "pyshim"))
 
-from swiftmoe.engine import burst, burst_run  # noqa: E402
+from swiftmoe.engine import burst, step_costs  # noqa: E402
 from swiftmoe.engine import costmodel as cm  # noqa: E402
 from swiftmoe.engine.plan import static_slots  # noqa: E402
 from swiftmoe.engine.split.demand import min_max_demand  # noqa: E402
@@ -115,7 +115,7 @@ def run(args) -> dict:
             token_bytes=2 * d,
             expert_bytes=2 * P,
             flops_per_token=6 * P,
-            flops_per_s=burst_run.HOPPER_FLOPS_PER_S,
+            flops_per_s=step_costs.HOPPER_FLOPS_PER_S,
             intra_bw=INTRA_BW,
             inter_bw=inter * 1e9,
         )

@@ -13,7 +13,7 @@ scripts/overhead_gpu.py). On Hopper or newer the engine runs each rank's slots a
    optimizer step, zero_grad; median ms per step, unpatched and under SwiftMoE);
 3. expert throughput: forward+backward TFLOP/s of the grouped GEMMs at this shape (E groups of
    T*top_k/E tokens), against the cost model's default for Hopper
-   (``swiftmoe.engine.burst_run.HOPPER_FLOPS_PER_S``). GPU only.
+   (``swiftmoe.engine.step_costs.HOPPER_FLOPS_PER_S``). GPU only.
 
 Progress goes to stderr; stdout gets one JSON object with every figure (``--json`` also writes
 it to a file). Exit status: 0 when every check holds, 1 when one does not, 2 when the check
@@ -50,7 +50,7 @@ import overhead_gpu  # noqa: E402
 
 import swiftmoe  # noqa: E402
 from swiftmoe import nn as smnn  # noqa: E402
-from swiftmoe.engine import burst_run  # noqa: E402
+from swiftmoe.engine import step_costs  # noqa: E402
 
 BF16_RTOL = 1.6e-2  # torch.testing's default rtol for bfloat16
 FP32_RTOL = 1e-5
@@ -226,7 +226,7 @@ def run(args) -> dict:
             )
         },
         "expert_fwd_bwd_tflops": tflops,
-        "cost_model_default_tflops": burst_run.HOPPER_FLOPS_PER_S / 1e12,
+        "cost_model_default_tflops": step_costs.HOPPER_FLOPS_PER_S / 1e12,
         "wall_s": round(time.monotonic() - t0, 2),
     }
     return out

@@ -75,6 +75,7 @@ def run_sim(address, loads_ILE, systems, slots, static_slots, **kw):
         slots=slots,
         static_slots=static_slots,
         flops_per_s=kw.pop("flops_per_s", 0.0),
+        split_method=kw.pop("split_method", "auto"),
     )
     return simulate(
         np.asarray(loads_ILE),

@@ -196,6 +196,7 @@ def split_tokens(
     slots_per_rank: int,
     ranks_per_node: int = 0,
     method: str = "auto",
+    cost=None,
 ) -> torch.Tensor:
     """Split each expert's tokens over its slots so the most loaded rank is as light as possible.
 
@@ -205,7 +206,8 @@ def split_tokens(
         slots_per_rank: S.
         ranks_per_node: ranks per node for the same-node preference; 0 turns it off.
         method: "exact" (binary search on the rank cap with a max-flow check), "fast" (proportional
-            rank scaling, within 2% of exact), or "auto" (= "fast").
+            rank scaling, within 2% of exact), or "auto" (= "fast"; with ``cost``, stage 1
+            chosen by the cost model, ``swiftmoe.engine.split.priced``).
 
     Returns:
         flow_QK: int64 [N, N*S], tokens source rank q sends to slot k. For every q and e the
@@ -216,7 +218,7 @@ def split_tokens(
         ValueError: a malformed count matrix or plan, an expert with tokens but no slot, or an
         unknown method; the message names the field and the fix.
     """
-    return _route(*min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method))
+    return _route(*min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost))
 
 
 def split_tokens_sparse(

@@ -58,7 +58,9 @@ def test_no_burst_below_the_threshold_or_when_off():
     assert one.count == 0
 
 
-def _check_plan(b, c, slots, S, B, rpn):
+def _check_plan(b, c, slots, S, B, rpn, cost=None):
+    """A valid plan whose split (the priced one with ``cost``) routes every token and gives
+    every burst tokens."""
     N, E = c.shape
     Sx = b.slots_per_rank
     assert S < Sx <= S + B
@@ -80,7 +82,7 @@ def _check_plan(b, c, slots, S, B, rpn):
     cp = burst.pad_counts(c)
     total_recv = np.zeros((N, E + 1), dtype=np.int64)
     for r in range(N):
-        rs = split_tokens_for_rank(cp, b.slots_K, Sx, r, ranks_per_node=rpn)
+        rs = split_tokens_for_rank(cp, b.slots_K, Sx, r, ranks_per_node=rpn, cost=cost)
         sent_E = np.bincount(b.slots_K, rs.send_K.numpy(), minlength=E + 1)
         np.testing.assert_array_equal(sent_E, cp[r])
         np.add.at(total_recv, (slice(None), b.slots_K[r * Sx : (r + 1) * Sx]), rs.recv_QS.numpy())
@@ -102,7 +104,7 @@ def test_skewed_counts_burst_and_lower_the_busiest_rank(N, rpn):
     b = burst.plan_bursts(c, slots, S, B, rpn, params(N, rpn), 1.05)
     assert b.count >= 1
     assert 3 in b.expert_C.tolist()
-    _check_plan(b, c, slots, S, B, rpn)
+    _check_plan(b, c, slots, S, B, rpn, params(N, rpn))
     after = split_rank_loads(burst.pad_counts(c), b.slots_K, b.slots_per_rank, rpn).numpy()
     assert after.max() < before.max()
     assert after.sum() == before.sum() == c.sum()
@@ -118,13 +120,13 @@ def test_after_ms_is_the_cost_model_of_the_plan():
     b = burst.plan_bursts(c, slots, S, B, rpn, p, 1.0)
     assert b.count >= 2
     cp = burst.pad_counts(c)
-    _, plan, demand_K, _ = min_max_demand(cp, b.slots_K, b.slots_per_rank, rpn, "auto")
+    _, plan, demand_K, _ = min_max_demand(cp, b.slots_K, b.slots_per_rank, rpn, "auto", p)
     load = demand_K.reshape(N, -1).sum(axis=1)
     copies = cm.copy_traffic(p, b.src_C, b.dst_C)
     want = cm.step_ms(p, load, *tier_sums(cp, plan, demand_K, rpn), copies=copies)
     assert b.after_ms == pytest.approx(want, rel=1e-12)
     assert b.copy_ms == pytest.approx(cm.copy_ms(p, *copies))
-    _, plan0, d0, _ = min_max_demand(c, slots, S, rpn, "auto")
+    _, plan0, d0, _ = min_max_demand(c, slots, S, rpn, "auto", p)
     want0 = cm.step_ms(p, d0.reshape(N, S).sum(axis=1), *tier_sums(c, plan0, d0, rpn))
     assert b.before_ms == pytest.approx(want0, rel=1e-12)
 
@@ -188,14 +190,16 @@ def _h200_case(seed, inter):
 # decision by compute alone comes close on half of these cases (seeds 0-7: the locality list
 # 0.92-0.97 of its step on 8 of 16, equal on the rest; it was 0.74 on seed 1 before); three
 # where it still pays.
+# The locality list against compute alone, both on the min-max split ("fast"); with the split's
+# stage 1 priced ("auto"), bursts that even out the node-local amounts often do as well (below).
 @pytest.mark.parametrize("seed, inter", [(1, 1.25e10), (3, 5e10), (2, 5e10)])
 def test_replicas_in_the_nodes_that_ask_beat_compute_alone(seed, inter, monkeypatch):
     c, slots, S, rpn, p = _h200_case(seed, inter)
-    b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
+    b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1, method="fast")
     _check_plan(b, c, slots, S, 1, rpn)
     with monkeypatch.context() as m:
         m.setattr(burst, "_local", lambda *a: ([], 0))  # the decision by compute alone
-        b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
+        b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1, method="fast")
     assert b.before_ms == b0.before_ms
     assert b.after_ms < 0.95 * b0.after_ms, (b.after_ms, b0.after_ms)
     # It wins by keeping tokens in their node: bursts copied across nodes, fewer tokens cross.
@@ -207,15 +211,33 @@ def test_replicas_in_the_nodes_that_ask_beat_compute_alone(seed, inter, monkeypa
     )
 
 
-def test_the_locality_list_never_makes_the_decision_worse(monkeypatch):
+@pytest.mark.parametrize("method", ["fast", "auto"])
+def test_the_locality_list_never_makes_the_decision_worse(method, monkeypatch):
+    for seed in range(8):
+        for inter in (1.25e10, 5e10):
+            c, slots, S, rpn, p = _h200_case(seed, inter)
+            b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1, method=method)
+            with monkeypatch.context() as m:
+                m.setattr(burst, "_local", lambda *a: ([], 0))
+                b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1, method=method)
+            assert b.after_ms <= b0.after_ms, (seed, inter)
+
+
+def test_a_priced_split_finds_cheaper_bursts_than_the_min_max_split():
+    """With the split's stage 1 priced (split.priced), the lists start from both of its forms
+    and every placement is split by the cheaper: on these 16 hot sets that just moved it is
+    never worse than the min-max split's decision, and more than 5% cheaper on 7 (up to 14%)."""
+    ratios = []
     for seed in range(8):
         for inter in (1.25e10, 5e10):
             c, slots, S, rpn, p = _h200_case(seed, inter)
             b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
-            with monkeypatch.context() as m:
-                m.setattr(burst, "_local", lambda *a: ([], 0))
-                b0 = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1)
-            assert b.after_ms <= b0.after_ms, (seed, inter)
+            b_mm = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1, method="fast")
+            _check_plan(b, c, slots, S, 1, rpn, p)
+            assert b.before_ms == b_mm.before_ms  # the planned placement: min-max is cheaper
+            ratios.append(b.after_ms / b_mm.after_ms)
+    assert max(ratios) <= 1.0, ratios
+    assert sum(r < 0.95 for r in ratios) >= 7, ratios
 
 
 def test_no_locality_burst_on_one_node_or_without_a_priced_link():
@@ -242,7 +264,7 @@ def test_a_last_node_with_fewer_ranks(monkeypatch):
     c[8:, 2] += 20000
     p = cm.CostParams(**(params(N, rpn).as_dict() | {"flops_per_s": 5e14, "inter_bw": 1e9}))
     b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.05)
-    _check_plan(b, c, slots, S, 1, rpn)
+    _check_plan(b, c, slots, S, 1, rpn, p)
     assert b.after_ms < b.before_ms
     assert any(e == 2 and d >= 8 for e, d in zip(b.expert_C, b.dst_C, strict=True)), b
     with monkeypatch.context() as m:

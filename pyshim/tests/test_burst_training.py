@@ -30,7 +30,7 @@ from engine_harness import (
 from torch.utils.checkpoint import checkpoint
 
 from swiftmoe.api import replicate_
-from swiftmoe.engine import burst_run
+from swiftmoe.engine import burst_run, step_costs
 from swiftmoe.engine import layer as layer_mod
 from swiftmoe.engine.config import SwiftMoEConfig
 
@@ -287,7 +287,7 @@ def _policies(rank: int, world_size: int) -> dict:
         # The cost model the planner gets: one token's row of the experts' input width D in
         # fp32, the device's default throughput, and the engine's burst replicas.
         assert job.token_bytes == D * 4
-        assert job.flops_per_second == burst_run.CPU_FLOPS_PER_THREAD
+        assert job.flops_per_second == step_costs.CPU_FLOPS_PER_THREAD
         assert (job.burst_slots_per_rank, job.burst_threshold) == (1, 1.1)
         src = CallablePlanSource(lambda it, loads: None, name="none")
         return StartedPlanSource(src, job.slots_per_rank, 7e9, 3e9)
@@ -301,16 +301,19 @@ def _policies(rank: int, world_size: int) -> dict:
     ):
         cfg = SwiftMoEConfig(slots_per_rank=SLOTS[world_size], **kw)
         handle = engine_replicate_(TinyNet(), cfg, plan_sources=factory_or_none)
-        pol = handle.layers[0].ctx.bursts
-        out[name] = None if pol is None else (pol.intra_bw, pol.inter_bw, pol.flops_per_s, pol.B)
+        ctx = handle.layers[0].ctx
+        pol, costs = ctx.bursts, ctx.costs
+        out[name] = (
+            None if pol is None else (costs.intra_bw, costs.inter_bw, costs.flops_per_s, pol.B)
+        )
         handle.close()
     return out
 
 
 def test_the_policy_takes_the_sidecars_topology_then_the_config_then_the_defaults() -> None:
     results = run_ranks(_policies, 2, timeout_s=120)
-    cpu = burst_run.CPU_BW
-    flops = burst_run.CPU_FLOPS_PER_THREAD  # one torch thread per test rank
+    cpu = step_costs.CPU_BW
+    flops = step_costs.CPU_FLOPS_PER_THREAD  # one torch thread per test rank
     for res in results:  # rank 1 has rank 0's figures (a broadcast)
         assert res == {
             "topology": (7e9, 3e9, flops, 1),

@@ -17,6 +17,15 @@ from engine_harness import SLOTS_FOR, reference_run, train_ranks
 STEPS = 5
 
 
+def _assert_state(state: dict, ref: dict, what: str) -> None:
+    """Every parameter of the reference, within 1e-5."""
+    assert set(ref) == set(state)
+    for name, want in ref.items():
+        torch.testing.assert_close(
+            state[name], want, rtol=0, atol=1e-5, msg=lambda m, n=name: f"{what} {n}: {m}"
+        )
+
+
 def _train_both(rank: int, world_size: int) -> dict:
     return {opt: train_ranks(rank, world_size, opt, STEPS) for opt in ("AdamW", "SGD")}
 
@@ -32,17 +41,52 @@ def test_training_matches_single_process_under_changing_placements(world_size: i
             placements = out["placements"]
             changed = sum(a != b for a, b in zip(placements, placements[1:], strict=False))
             assert changed == STEPS - 1, f"placement changed {changed} times, want {STEPS - 1}"
-            assert set(ref) == set(out["state"])
-            for name, want in ref.items():
-                torch.testing.assert_close(
-                    out["state"][name],
-                    want,
-                    rtol=0,
-                    atol=1e-5,
-                    msg=lambda m, o=opt, n=name, r=rank: f"{o} rank {r} {n}: {m}",
-                )
+            _assert_state(out["state"], ref, f"{opt} rank {rank}")
         # every rank agreed on every placement
         assert all(r[opt]["placements"] == results[0][opt]["placements"] for r in results)
+
+
+def _train_priced(rank: int, world_size: int) -> dict:
+    """AdamW on 2 nodes with slow links between them, so the split's stage 1 (priced by the
+    cost model, swiftmoe.engine.split.priced) takes the node-local amounts whenever they
+    differ from the min-max ones; counts how often it did."""
+    from swiftmoe.engine.split import demand
+
+    chosen = {"calls": 0, "local": 0}
+    price = demand.cheaper_demand
+
+    def spy(c_QE, plan, L_E, rpn, cost, demand_K, to_demand):
+        got = price(c_QE, plan, L_E, rpn, cost, demand_K, to_demand)
+        chosen["calls"] += 1
+        chosen["local"] += got is not demand_K
+        return got
+
+    demand.cheaper_demand = spy
+    out = train_ranks(
+        rank,
+        world_size,
+        "AdamW",
+        STEPS,
+        ranks_per_node=world_size // 2,
+        inter_node_bandwidth=1e3,
+        burst_slots_per_rank=0,
+    )
+    out["chosen"] = chosen
+    return out
+
+
+def test_training_matches_single_process_with_the_split_priced_on_two_nodes() -> None:
+    # 4 ranks, 2 per node (on 2 ranks of 1 per node the all-to-all's slowest rank is set by
+    # experts with one replica, where both forms route alike, and min-max wins the ties).
+    world_size = 4
+    results = run_ranks(_train_priced, world_size, timeout_s=90)
+    ref = reference_run("AdamW", STEPS, world_size)
+    for rank, out in enumerate(results):
+        assert out["events"] == {"accepted": STEPS}, f"rank {rank}: {out['events']}"
+        # Every rank priced every layer call alike, and the node-local amounts were used.
+        assert out["chosen"] == results[0]["chosen"]
+        assert out["chosen"]["local"] >= STEPS, out["chosen"]
+        _assert_state(out["state"], ref, f"rank {rank}")
 
 
 def test_adversarial_sequence_moves_experts_to_new_ranks_and_fills_slots() -> None:

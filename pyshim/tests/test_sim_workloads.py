@@ -180,3 +180,26 @@ def test_swiftmoe_plans_for_step_time_with_the_clusters_cost_model(sidecar_addre
     ).per_iteration["swiftmoe"]
     assert (step["a2a_ms"][1:] < 0.8 * comp["a2a_ms"][1:]).all(), (step["a2a_ms"], comp["a2a_ms"])
     assert (step["step_ms"][1:] < comp["step_ms"][1:]).all()
+
+
+@needs_sidecar
+def test_swiftmoe_splits_as_the_engine_does_with_its_stage_1_priced(sidecar_address):
+    # 8 GPUs in 2 nodes with slow links between them, a hot set that moves: SwiftMoE's split
+    # (and its burst decision) takes the node-local amounts where the cost model prices them
+    # cheaper. The simulator's compute and all-to-all are the cost model's here (1 us per token
+    # on either side), so no iteration is slower than with the min-max split, and the ones after
+    # a move are faster. FlexMoE's split is the min-max one either way.
+    c = cluster(gpus=8, per_node=4, compute_model="grouped", intra=100e9, inter=0.2e9)
+    loads = draw("moving-hot", E=32, k=4, it=8, tokens=16000)[:, None, :]
+    kw = dict(cluster=c, flops_per_s=6 * 16384e6)
+    systems = "swiftmoe-burst,flexmoe-3"
+    auto = run_sim(sidecar_address, loads, systems, 6, 6, **kw)
+    fast = run_sim(sidecar_address, loads, systems, 6, 6, split_method="fast", **kw)
+    for f in ("step_ms", "a2a_ms", "compute_ms"):
+        np.testing.assert_array_equal(
+            auto.per_iteration["flexmoe-3"][f], fast.per_iteration["flexmoe-3"][f]
+        )
+    np.testing.assert_array_equal(auto.replicas["swiftmoe-burst"], fast.replicas["swiftmoe-burst"])
+    a, f = auto.per_iteration["swiftmoe-burst"], fast.per_iteration["swiftmoe-burst"]
+    assert (a["step_ms"] <= f["step_ms"] + 1e-9).all(), (a["step_ms"], f["step_ms"])
+    assert (a["step_ms"] < 0.97 * f["step_ms"]).sum() >= 2, (a["step_ms"], f["step_ms"])

@@ -47,8 +47,10 @@ import numpy as np
 
 from swiftmoe._checks import is_int, is_number
 from swiftmoe.engine import costmodel as cm
-from swiftmoe.engine.split.demand import METHODS, min_max_demand
+from swiftmoe.engine.split.amounts import amounts_fast
+from swiftmoe.engine.split.demand import METHODS, min_max_demand, slot_demand
 from swiftmoe.engine.split.plan_index import check_counts, check_slots
+from swiftmoe.engine.split.priced import amounts_node_local, prices_split
 from swiftmoe.engine.split.tiers import tier_sums
 
 __all__ = ["BurstPlan", "pad_counts", "plan_bursts"]
@@ -198,34 +200,66 @@ def plan_bursts(
         return _none(slots, S, E)
     demand0 = None
     if load_R is None:
-        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method)
+        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method, params)
         load_R = demand0.reshape(N, S).sum(axis=1)
     if int(load_R.max()) * N <= threshold * total:
         return _none(slots, S, E)
     if demand0 is None:
-        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method)
+        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method, params)
     before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
+    c_pad = pad_counts(c_QE)
+    best = None
+    # The lists start from the split on the planned placement; where the split's stage 1 is
+    # priced (split.priced), from its other form too: bursts that even out the node-local
+    # amounts' compute can beat the min-max split's cheaper start.
+    for start, sums in _starts(c_QE, plan0, demand0, sums0, ranks_per_node, method, params):
+        best = _best_of_lists(
+            c_QE, c_pad, slots, start, sums, S, B, ranks_per_node, params, method, before, best
+        )
+    return _none(slots, S, E, before) if best is None else _with_before(best, before)
+
+
+def _starts(c_QE, plan0, demand0, sums0, rpn: int, method: str, params: cm.CostParams):
+    """The splits on the planned placement the lists start from, with their tier sums: the
+    layer's own (demand0), and where stage 1 is priced the other of its two forms."""
+    yield demand0, sums0
+    if method != "auto" or not prices_split(params, plan0, rpn):
+        return
+    L_E = c_QE.sum(axis=0)
+    other = slot_demand(plan0, amounts_node_local(c_QE, plan0, L_E, rpn))
+    if np.array_equal(other, demand0):
+        other = slot_demand(plan0, amounts_fast(c_QE, plan0, L_E))
+    if not np.array_equal(other, demand0):
+        yield other, tier_sums(c_QE, plan0, other, rpn)
+
+
+def _best_of_lists(
+    c_QE, c_pad, slots, demand0, sums0, S, B, rpn, params, method, before, best
+) -> BurstPlan | None:
+    """The cheapest of ``best`` and the burst lists built from one start (module steps 2-4):
+    ``best`` when none beats it, or None when nothing beats the planned placement."""
+    E = c_QE.shape[1]
+    N = c_QE.shape[0]
     bursts, n_est = _greedy(c_QE, slots, demand0, S, B, params)
     local, n_loc = _local(c_QE, slots, demand0, S, B, params, sums0)
     if not bursts and not local:
-        return _none(slots, S, E, before)
+        return best
     # Price the whole list and the estimate's prefix with the split (the estimate sees compute
     # and copies, not the all-to-all a burst also spreads); then halves of the shorter while
     # neither beats the planned placement.
-    c_pad = pad_counts(c_QE)
-    best = None
+    found = False
     n = len(bursts)
     tried: set[int] = set()
     while n >= 1 and n not in tried:
         tried.add(n)
-        cand = _evaluate(c_pad, slots, S, E, bursts[:n], ranks_per_node, params, method)
+        cand = _evaluate(c_pad, slots, S, E, bursts[:n], rpn, params, method)
         if cand.count and cand.after_ms < (before if best is None else best.after_ms):
-            best = cand
+            best, found = cand, True
         if n == len(bursts) and 1 <= n_est < n:
             n = n_est
-        elif best is None:
+        elif not found:
             n //= 2
         else:
             break
@@ -238,10 +272,10 @@ def plan_bursts(
         if len(both) > len(local):
             cands.append(both)
         for cand_list in cands:
-            cand = _evaluate(c_pad, slots, S, E, cand_list, ranks_per_node, params, method)
+            cand = _evaluate(c_pad, slots, S, E, cand_list, rpn, params, method)
             if cand.count and cand.after_ms < (before if best is None else best.after_ms):
                 best = cand
-    return _none(slots, S, E, before) if best is None else _with_before(best, before)
+    return best
 
 
 def _with_before(p: BurstPlan, before: float) -> BurstPlan:
@@ -515,7 +549,7 @@ def _evaluate(c_pad, slots, S, E, bursts, rpn, params, method) -> BurstPlan:
     N = c_pad.shape[0]
     while True:
         slots_x, Sx, e_C, q_C, s_C, d_C, j_C = _layout(slots, S, E, bursts, N)
-        _, plan, demand_K, _ = min_max_demand(c_pad, slots_x, Sx, rpn, method)
+        _, plan, demand_K, _ = min_max_demand(c_pad, slots_x, Sx, rpn, method, params)
         used = demand_K[d_C * Sx + j_C] > 0
         if used.all():
             break

@@ -4,8 +4,8 @@ The decision is ``swiftmoe.engine.burst.plan_bursts``, a pure function of the al
 this module runs it for an :class:`~swiftmoe.engine.layer.ExpertLayer` and carries it out:
 
 * :class:`BurstPolicy`: what every layer's decision shares (burst slots per rank, threshold,
-  split method, nodes, link bandwidths and expert throughput), identical on every rank (rank 0's
-  values, broadcast once when the layers are built), and the cost parameters of a layer;
+  split method); the cost model's parameters come from the engine's
+  :class:`~swiftmoe.engine.step_costs.StepCosts`, identical on every rank;
 * :func:`decide`: after the split on the planned placement, one cheap check (the busiest rank
   against ``threshold`` x the mean); past it, the decision and the split over the enlarged
   placement (:class:`LayerBursts`);
@@ -45,43 +45,7 @@ __all__ = [
     "LayerBursts",
     "copy_weights",
     "decide",
-    "default_bandwidths",
-    "default_flops_per_s",
 ]
-
-# Expert GEMM throughput (forward+backward FLOP/s of one rank) when the config leaves it 0:
-# * Hopper or newer in bf16/fp16: the median over the five expert shapes of
-#   calibration/h200-expert-ffn.json at 8,192 tokens (430.6, 580.9, 629.0, 672.9, 345.3 TFLOP/s);
-# * other CUDA devices or dtypes: a quarter of it (an A100's bf16 peak is a third of an H200's);
-# * CPU: 1e11 per torch thread, above the 0.07-0.09 TFLOP/s per thread measured in
-#   calibration/cpu-expert-ffn.json, so the copy's saving is not overstated.
-HOPPER_FLOPS_PER_S = 5.8e14
-OTHER_CUDA_FLOPS_PER_S = HOPPER_FLOPS_PER_S / 4
-CPU_FLOPS_PER_THREAD = 1e11
-# Link bandwidths (bytes/s) when neither the sidecar's topology nor the config gives one:
-# * CUDA: 1e11 within a node (below NVLink, above PCIe 5.0 x16) and 1.25e10 between nodes
-#   (a 100 Gb/s NIC);
-# * CPU (gloo): 5e8 both ways, the low end of what all_to_all_single moved per peer between two
-#   gloo ranks on one machine (0.44-0.96 GB/s, 1-16 MiB per peer).
-CUDA_INTRA_BW, CUDA_INTER_BW = 1e11, 1.25e10
-CPU_BW = 5e8
-
-
-def default_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
-    """The expert throughput default of a device and weight dtype (see the constants above)."""
-    if device.type == "cuda":
-        fast = dtype in (torch.bfloat16, torch.float16)
-        if fast and torch.cuda.get_device_capability(device) >= (9, 0):
-            return HOPPER_FLOPS_PER_S
-        return OTHER_CUDA_FLOPS_PER_S
-    return CPU_FLOPS_PER_THREAD * max(1, torch.get_num_threads())
-
-
-def default_bandwidths(device: torch.device) -> tuple[float, float]:
-    """(intra_bw, inter_bw) defaults of a device type, bytes/s (see the constants above)."""
-    if device.type == "cuda":
-        return CUDA_INTRA_BW, CUDA_INTER_BW
-    return CPU_BW, CPU_BW
 
 
 class ExpertSlots(Protocol):
@@ -104,86 +68,14 @@ class ExpertSlots(Protocol):
 
 
 class BurstPolicy:
-    """What every layer's burst decision shares; the same on every rank.
+    """What every layer's burst decision shares; the same on every rank (from the config).
 
-    Build it with :meth:`agree`, which takes rank 0's bandwidths and throughput (a broadcast), so
-    that no rank-local measurement can make the ranks disagree.
+    Attributes: B, burst slots per rank (>= 1); threshold, the busiest rank's load over the
+    mean above which bursts are considered; method, the split's.
     """
 
-    def __init__(
-        self,
-        burst_slots_per_rank: int,
-        threshold: float,
-        method: str,
-        world_size: int,
-        ranks_per_node: int,
-        intra_bw: float,
-        inter_bw: float,
-        flops_per_s: float,
-    ) -> None:
+    def __init__(self, burst_slots_per_rank: int, threshold: float, method: str) -> None:
         self.B, self.threshold, self.method = burst_slots_per_rank, float(threshold), method
-        self.N = world_size
-        self.rpn = ranks_per_node if 0 < ranks_per_node < world_size else 0
-        self.intra_bw, self.inter_bw, self.flops_per_s = intra_bw, inter_bw, flops_per_s
-        self._params: dict[tuple, cm.CostParams] = {}
-
-    @classmethod
-    def agree(
-        cls,
-        comm: Comm,
-        device: torch.device,
-        dtype: torch.dtype,
-        burst_slots_per_rank: int,
-        threshold: float,
-        method: str,
-        ranks_per_node: int,
-        bandwidths: tuple[float, float],
-        flops_per_s: float,
-    ) -> BurstPolicy:
-        """The policy with rank 0's figures: ``bandwidths`` (0 where unknown) and
-        ``flops_per_s`` (0: unknown) fall back to the device defaults on rank 0, then rank 0's
-        values are broadcast (a collective: every rank calls it)."""
-        intra, inter = bandwidths
-        d_intra, d_inter = default_bandwidths(device)
-        vals = torch.tensor(
-            [
-                intra if intra > 0 else d_intra,
-                inter if inter > 0 else d_inter,
-                flops_per_s if flops_per_s > 0 else default_flops_per_s(device, dtype),
-            ],
-            dtype=torch.float64,
-            device=device,
-        )
-        comm.broadcast_(vals)
-        intra, inter, flops = (float(v) for v in vals.cpu().tolist())
-        return cls(
-            burst_slots_per_rank,
-            threshold,
-            method,
-            comm.world_size,
-            ranks_per_node,
-            intra,
-            inter,
-            flops,
-        )
-
-    def params(self, expert_numel: int, weight_bytes: int, token_bytes: int) -> cm.CostParams:
-        """The cost model's parameters of a layer: its expert size and its token rows."""
-        key = (expert_numel, weight_bytes, token_bytes)
-        p = self._params.get(key)
-        if p is None:
-            p = cm.CostParams(
-                ranks=self.N,
-                ranks_per_node=self.rpn,
-                token_bytes=float(token_bytes),
-                expert_bytes=float(expert_numel * weight_bytes),
-                flops_per_token=6.0 * expert_numel,
-                flops_per_s=self.flops_per_s,
-                intra_bw=self.intra_bw,
-                inter_bw=self.inter_bw,
-            )
-            self._params[key] = p
-        return p
 
 
 @dataclass(frozen=True)
@@ -203,24 +95,23 @@ def decide(
     policy: BurstPolicy,
     counts_NE: torch.Tensor,
     load_R: torch.Tensor,
-    token_bytes: int,
+    params: cm.CostParams,
 ) -> LayerBursts | None:
     """The layer's bursts this call, or None (the common case: one check of the split's loads).
 
     counts_NE: the all-reduced counts on the CPU; load_R: every rank's load under the split on
-    the planned placement; token_bytes: the bytes of one token's row in the all-to-all.
+    the planned placement; params: the layer's cost parameters (``StepCosts.params``), those
+    its split was given.
     """
-    N = policy.N
+    N = params.ranks
     if policy.B == 0 or N == 1 or int(load_R.max()) * N <= policy.threshold * int(load_R.sum()):
         return None
-    elem = torch.empty((), dtype=layer.dtype).element_size()
-    params = policy.params(layer.P, elem, token_bytes)
     plan = plan_bursts(
         counts_NE,
         layer.slots_t,
         layer.S,
         policy.B,
-        policy.rpn,
+        params.ranks_per_node,
         params,
         policy.threshold,
         method=policy.method,
@@ -230,7 +121,7 @@ def decide(
         return None
     Sx = plan.slots_per_rank
     slots_x = torch.from_numpy(plan.slots_K)
-    rs = layer.split(torch.from_numpy(pad_counts(counts_NE)), slots_x, layer.index, Sx)
+    rs = layer.split(torch.from_numpy(pad_counts(counts_NE)), slots_x, layer.index, Sx, cost=params)
     perm_K, inv_K = dp.slot_order(plan.slots_K.tolist())
     return LayerBursts(plan, rs, Sx, perm_K, inv_K)
 

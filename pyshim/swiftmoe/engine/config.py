@@ -75,8 +75,11 @@ class SwiftMoEConfig:
             initial placement for good (static expert parallelism).
         plan_deadline_s: the longest ``step()`` waits for the plan source.
         split_method: how an expert's tokens are split over its replicas, passed to
-            ``swiftmoe.engine.split`` ("auto" = "fast", "exact"), or "even" (the paper's
-            even split).
+            ``swiftmoe.engine.split``: "fast" and "exact" even out the ranks' compute (min-max);
+            "auto" (the default) is "fast" on one node, and on several nodes the cheaper by the
+            step-time cost model (compute + all-to-all, with the bandwidths and throughput
+            below) of "fast" and amounts that keep tokens in their node
+            (``swiftmoe.engine.split.priced``); "even" is the paper's even split.
         ranks_per_node: ranks per node, so the split prefers same-node replicas; 0 = take
             torchrun's LOCAL_WORLD_SIZE when set, else no node preference.
         capacity_factor: None (dropless, the default) or > 0: each rank keeps at most

@@ -44,13 +44,16 @@ from swiftmoe.engine.dist import Comm, all_to_all_rows
 from swiftmoe.engine.plan import max_over_mean
 from swiftmoe.engine.split import RankSplit
 from swiftmoe.engine.stats import add_stat_buffers, dropped_of, in_recompute, loads_of
+from swiftmoe.engine.step_costs import StepCosts
 
 __all__ = ["ExpertLayer", "LayerContext", "SplitFn", "use_grouped_mm"]
 
-#: ``split(counts_NE, slots_K, layer_index, slots_per_rank=None) -> RankSplit``: this rank's
-#: part of a layer's token split (counts_NE: all-reduced int64 [N, E] on the CPU; slots_K: the
-#: placement, CPU int64 [N*S]; slots_per_rank: None, or the S' of a placement enlarged by burst
-#: slots), checked so that it cannot misroute (``swiftmoe.engine.splitter.RankSplitter``).
+#: ``split(counts_NE, slots_K, layer_index, slots_per_rank=None, cost=None) -> RankSplit``:
+#: this rank's part of a layer's token split (counts_NE: all-reduced int64 [N, E] on the CPU;
+#: slots_K: the placement, CPU int64 [N*S]; slots_per_rank: None, or the S' of a placement
+#: enlarged by burst slots; cost: the layer's cost parameters, with which the split's stage 1
+#: is priced on several nodes), checked so that it cannot misroute
+#: (``swiftmoe.engine.splitter.RankSplitter``).
 SplitFn = Callable[..., RankSplit]
 
 
@@ -68,6 +71,9 @@ class LayerContext:
         eval_timeout_s: the longest an eval-mode forward waits for the other ranks.
         bursts: the burst replicas' shared policy (``swiftmoe.engine.burst_run``), or None
             when they are off.
+        costs: the cost model's parameters shared by the layers
+            (``swiftmoe.engine.step_costs``), or None when nothing is priced (no bursts, and
+            one node or a split method other than "auto").
     """
 
     split: SplitFn
@@ -76,6 +82,7 @@ class LayerContext:
     on_loads: Callable[[int], None]
     eval_timeout_s: float = 60.0
     bursts: BurstPolicy | None = None
+    costs: StepCosts | None = None
 
 
 def use_grouped_mm(
@@ -120,6 +127,7 @@ class ExpertLayer:
         self.numels = [math.prod(s) for s in spec.shapes]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
         self.P = sum(self.numels)
+        self.elem_bytes = torch.empty((), dtype=dtype).element_size()  # of the slot weights
         self.shapes = spec.shapes
         self.split = ctx.split
         self.grouped = use_grouped_mm(self.adapter, spec, device, dtype)
@@ -235,12 +243,15 @@ class ExpertLayer:
         else:
             comm.all_reduce_within_(counts_NE, self.ctx.eval_timeout_s, f"MoE block {self.fqn!r}")
         counts_cpu = counts_NE.cpu()
-        rs = self.ctx.split(counts_cpu, self.slots_t, self.index)
+        cost = None
+        if self.ctx.costs is not None:
+            row_bytes = x_TD.shape[-1] * x_TD.element_size()
+            cost = self.ctx.costs.params(self.P, self.elem_bytes, row_bytes)
+        rs = self.ctx.split(counts_cpu, self.slots_t, self.index, cost=cost)
         perm_K, inv_K, weights = self.perm_K, self.inv_K, None
         bursts = None
         if self.ctx.bursts is not None:  # one check of rs.load_R unless a burst is made
-            row_bytes = x_TD.shape[-1] * x_TD.element_size()
-            bursts = burst_run.decide(self, self.ctx.bursts, counts_cpu, rs.load_R, row_bytes)
+            bursts = burst_run.decide(self, self.ctx.bursts, counts_cpu, rs.load_R, cost)
             if bursts is not None:
                 rs, S, perm_K, inv_K = (
                     bursts.split,

@@ -34,7 +34,7 @@ from torch import nn
 from swiftmoe.adapters import ExpertSpec
 from swiftmoe.engine import plan as planlib
 from swiftmoe.engine.blocks import MoEBlock, find_moe_blocks
-from swiftmoe.engine.burst_run import BurstPolicy, default_flops_per_s
+from swiftmoe.engine.burst_run import BurstPolicy
 from swiftmoe.engine.config import AUTO_SLOTS, SwiftMoEConfig
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.handle import SwiftMoEHandle
@@ -51,6 +51,7 @@ from swiftmoe.engine.plan_source import (
 from swiftmoe.engine.plans import PlanChannel
 from swiftmoe.engine.splitter import RankSplitter
 from swiftmoe.engine.stats import LOADS_BUFFER
+from swiftmoe.engine.step_costs import StepCosts, default_flops_per_s
 
 __all__ = ["replicate_"]
 
@@ -172,19 +173,15 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> R
     layers: list[ExpertLayer] = []
     anchor = torch.zeros((), device=device, requires_grad=True)
     run = ReplicateRun(layers, optimizer, channel, dtype, anchor)
-    bursts = None
+    # The cost model prices burst replicas, and the split's stage 1 on several nodes
+    # (swiftmoe.engine.split.priced); rank 0's figures, so every rank prices alike.
+    bursts = costs = None
     if config.burst_slots_per_rank > 0 and config.split_method != "even" and N > 1:
-        bursts = BurstPolicy.agree(
-            comm,
-            device,
-            dtype,
-            config.burst_slots_per_rank,
-            config.burst_threshold,
-            config.split_method,
-            rpn,
-            bandwidths,
-            config.expert_flops_per_s,
+        bursts = BurstPolicy(
+            config.burst_slots_per_rank, config.burst_threshold, config.split_method
         )
+    if bursts is not None or (config.split_method == "auto" and 0 < rpn < N):
+        costs = StepCosts.agree(comm, device, dtype, rpn, bandwidths, config.expert_flops_per_s)
     ctx = LayerContext(
         split=RankSplitter(S, r, rpn, config.split_method),
         capacity_factor=config.capacity_factor,
@@ -192,6 +189,7 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> R
         on_loads=run.on_loads,
         eval_timeout_s=config.eval_forward_timeout_s,
         bursts=bursts,
+        costs=costs,
     )
     for i, (where, spec, E) in enumerate(zip(blocks, specs, E_L, strict=True)):
         top_k = where.adapter.top_k(where.module)

@@ -36,6 +36,7 @@ class RankSplitter:
         slots_K: torch.Tensor,
         layer_index: int,
         slots_per_rank: int | None = None,
+        cost=None,
     ) -> splitlib.RankSplit:
         """This rank's part of one layer's split under ``slots_K``; checked so it cannot
         misroute.
@@ -43,6 +44,9 @@ class RankSplitter:
         ``slots_per_rank`` None: the planned placement, of S slots per rank (its index is kept
         for the next calls); else a placement enlarged by burst slots
         (``swiftmoe.engine.burst``), of that many slots per rank, indexed for this call only.
+        ``cost``: None, or the layer's ``swiftmoe.engine.costmodel.CostParams``; with the
+        method "auto" on several nodes the split's stage 1 is then chosen by the cost model
+        (``swiftmoe.engine.split.priced``).
 
         split_tokens_for_rank fixes the shapes and checks that every token is routed; the checks
         here cover what the rank uses: it sends each expert's tokens exactly, it receives no more
@@ -57,7 +61,13 @@ class RankSplitter:
             S = slots_per_rank
             plan = splitlib.index_plan(slots_K, S, N, E)
         rs = splitlib.split_tokens_for_rank(
-            counts_NE, plan, S, r, ranks_per_node=self.ranks_per_node, method=self.method
+            counts_NE,
+            plan,
+            S,
+            r,
+            ranks_per_node=self.ranks_per_node,
+            method=self.method,
+            cost=cost,
         )
         got_QE = torch.zeros(N, E, dtype=torch.long).index_add_(
             1, slots_K[r * S : (r + 1) * S], rs.recv_QS

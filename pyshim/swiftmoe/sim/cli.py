@@ -158,6 +158,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="swiftmoe-burst: busiest rank over the mean above which bursts are considered "
         "(default 1.1, the engine's)",
     )
+    s.add_argument(
+        "--split",
+        choices=("auto", "fast", "exact"),
+        default="auto",
+        help="swiftmoe and swiftmoe-burst: the engine's split_method (default auto: on several "
+        "nodes the cheaper by the cost model of the min-max and the node-local amounts; fast "
+        "and exact: the min-max amounts)",
+    )
     s.add_argument("--flexmoe-threshold", type=float, help="flexmoe threshold option")
     s.add_argument("--flexmoe-max-moves", type=int, help="flexmoe max_moves option")
     fmt = s.add_mutually_exclusive_group()
@@ -329,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
             flops_per_s=et.flops_per_s(flops_per_token, mean_rank),
             burst_slots=args.burst_slots,
             burst_threshold=args.burst_threshold,
+            split_method=args.split,
             plugin_timeout_s=args.plugin_timeout,
         )
         streamed = None

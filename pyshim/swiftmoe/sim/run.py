@@ -9,7 +9,10 @@ the simulated cluster's link bandwidths and cost model (token bytes, 6 x the exp
 FLOPs per token, the calibration table's throughput at the mean rank load), so the swiftmoe
 strategy plans for step time as it would on that cluster. Each job's ReportLoads chain runs
 ahead in its own thread (:mod:`swiftmoe.sim.plans`), overlapping the token splits. Systems placed
-by a plan route their tokens with the engine's split, summed per rank by
+by a plan route their tokens with the engine's split (``swiftmoe`` and ``swiftmoe-burst`` as the
+engine runs it: SimConfig.split_method, ``--split``, with the cluster's cost parameters, so that
+on several nodes stage 1 is priced, ``swiftmoe.engine.split.priced``; the others with the
+min-max split), summed per rank by
 ``swiftmoe.sim.traffic.split_traffic`` (what the cost model needs of the split's flow), on the per-source
 counts of :func:`swiftmoe.sim.trace.source_counts`; costs come from
 :mod:`swiftmoe.sim.model`. Per iteration and layer, systems on one placement share its split (and
@@ -39,7 +42,7 @@ import numpy as np
 from swiftmoe._checks import is_int
 from swiftmoe.engine import costmodel
 from swiftmoe.engine.burst import pad_counts, plan_bursts
-from swiftmoe.engine.split import PlanIndexCache
+from swiftmoe.engine.split import METHODS, PlanIndexCache
 from swiftmoe.planning.client import JobSpec, SidecarClient
 from swiftmoe.planning.job import SidecarJob
 from swiftmoe.planning.process import ManagedSidecar
@@ -79,6 +82,9 @@ class SimConfig:
     # burst_threshold)
     burst_slots: int = 1
     burst_threshold: float = 1.1
+    # swiftmoe and swiftmoe-burst: the engine's split_method ("auto": stage 1 chosen by the cost
+    # model on several nodes, swiftmoe.engine.split.priced; "fast", "exact": min-max amounts)
+    split_method: str = "auto"
     plugin_timeout_s: float = 30.0
     rpc_timeout_s: float = 60.0
     start_timeout_s: float = 30.0
@@ -94,6 +100,10 @@ class SimConfig:
             raise ValueError(f"flops_per_s is {self.flops_per_s!r}: pass FLOP/s >= 0 (0: unknown)")
         if not is_int(self.burst_slots, 0):
             raise ValueError(f"--burst-slots is {self.burst_slots!r}: pass an integer >= 0")
+        if not self.plugin_timeout_s > 0:
+            raise ValueError(f"--plugin-timeout is {self.plugin_timeout_s}: pass seconds > 0")
+        if self.split_method not in METHODS:
+            raise ValueError(f"--split is {self.split_method!r}: pass one of {', '.join(METHODS)}")
         if not (self.burst_threshold >= 1.0 and np.isfinite(self.burst_threshold)):
             raise ValueError(
                 f"--burst-threshold is {self.burst_threshold!r}: pass a number >= 1.0 (busiest "
@@ -113,8 +123,6 @@ class SimConfig:
             intra_bw=float(c.intra_bw),
             inter_bw=float(c.inter_bw) if c.ranks_per_node else 0.0,
         )
-        if not self.plugin_timeout_s > 0:
-            raise ValueError(f"--plugin-timeout is {self.plugin_timeout_s}: pass seconds > 0")
 
 
 @dataclass
@@ -216,13 +224,20 @@ def _burst_layer(
         c.ranks_per_node,
         params,
         cfg.burst_threshold,
+        method=cfg.split_method,
         load_R=flow.x_RS.sum(axis=1).astype(np.int64),
     )
     if bp.count == 0:
         return planned, 0.0, 0
     Sx = bp.slots_per_rank
     split = split_traffic(
-        pad_counts(counts_QE), bp.slots_K, Sx, ranks_per_node=c.ranks_per_node, weighted=False
+        pad_counts(counts_QE),
+        bp.slots_K,
+        Sx,
+        ranks_per_node=c.ranks_per_node,
+        method=cfg.split_method,
+        weighted=False,
+        cost=params,
     )
     cost = model.flow_layer(c, et, model.flow_of(c, Sx, split), Sx)
     # Burst slots hold copies for this layer only: the planned slots' transfers stay, the
@@ -355,7 +370,10 @@ def simulate(
                                 bound_costs.clear()
                             bound_costs[key] = cost
                     else:
-                        flow = flows.get(pk)
+                        # SwiftMoE's engine splits as it would run: its split_method, priced.
+                        ours = s.strategy == "swiftmoe"
+                        fk = (*pk, ours)
+                        flow = flows.get(fk)
                         if flow is None:
                             if counts_QE is None:
                                 counts_QE = source_counts(L_E, N)
@@ -365,12 +383,14 @@ def simulate(
                                 indexes.index(slots_K, S, N, E),
                                 S,
                                 ranks_per_node=c.ranks_per_node,
+                                method=cfg.split_method if ours else "auto",
                                 weighted=pk in padded,  # padding reweights who sends what
+                                cost=params if ours else None,
                             )
                             timing["split_s"] += time.perf_counter() - ts
                             tc += time.perf_counter() - ts
                             flow = model.flow_of(c, S, split)
-                            flows[pk] = flow
+                            flows[fk] = flow
                         if s.kind == PADDED:
                             cost = model.padded_layer(c, et, L_E, slots_K, S, flow)
                         elif s.kind == CAPACITY:
@@ -379,10 +399,10 @@ def simulate(
                             )
                         else:
                             assert s.kind == ENGINE
-                            cost = engine_costs.get(pk)
+                            cost = engine_costs.get(fk)
                             if cost is None:  # systems on one placement share the cost too
                                 cost = model.flow_layer(c, et, flow, S)
-                                engine_costs[pk] = cost
+                                engine_costs[fk] = cost
                             if s.burst and cfg.burst_slots:
                                 ts = time.perf_counter()
                                 cost, copy_ms, made = _burst_layer(

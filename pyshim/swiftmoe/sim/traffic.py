@@ -147,16 +147,18 @@ def split_traffic(
     ranks_per_node: int = 0,
     method: str = "auto",
     weighted: bool = True,
+    cost=None,
 ) -> SplitTraffic:
     """The engine's split as per-rank traffic sums (SplitTraffic), without the flow or its pieces.
 
     The arguments and checks of the engine's split (``slots``: the plan or its PlanIndex;
     ``method``: "auto", "fast" or "exact"), plus ``weighted``: prepare
     SplitTraffic.sent_weighted (one pass over the [N, E] supplies left for the last tier); pass
-    False when only the sums are wanted. What a cost model at cluster scale needs: linear in
-    ranks x experts, no merge of the pieces.
+    False when only the sums are wanted; ``cost``: the job's cost parameters, with which
+    "auto" is stage 1 chosen by the cost model, as the engine's (``swiftmoe.engine.split.priced``).
+    What a cost model at cluster scale needs: linear in ranks x experts, no merge of the pieces.
     """
     c_QE, plan, demand_K, rpn = min_max_demand(
-        counts_QE, slots, slots_per_rank, ranks_per_node, method
+        counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     )
     return SplitTraffic(c_QE, plan, demand_K, rpn, weighted)

@@ -15,6 +15,8 @@ order a split runs:
 * ``plan_index``: the counts and the plan, checked, and the plan's index;
 * ``amounts`` (fast) and ``exact`` (binary search with a max-flow check): stage 1, the tokens
   each (expert, rank) pair processes;
+* ``priced``: on several nodes, given the job's cost parameters, stage 1 as the cheaper by the
+  step-time cost model of the min-max amounts and amounts that keep tokens in their node;
 * ``demand``: stage 1 spread over the slots (or the paper's even split), ``demand_K``;
 * ``tiers``: stage 2, routing sources to slots local first, same node second, then the rest;
 * ``rank``: one rank's part of the routing.

@@ -1,5 +1,7 @@
 """What every slot receives, demand_K: stage 1 of the split (amounts per (expert, rank) pair,
-"fast" or "exact") spread over each rank's slots of the expert, or the paper's even split.
+"fast" or "exact"; "auto" with the job's cost parameters, the cheaper of "fast" and the
+node-local amounts, ``priced.py``) spread over each rank's slots of the expert, or the paper's
+even split.
 
 ``min_max_demand`` and ``demand`` are what every form of the split starts from: this rank's part
 (``rank.py``), the simulator's traffic sums (``swiftmoe.sim.traffic``) and the whole flow the
@@ -18,6 +20,7 @@ from swiftmoe._checks import is_int
 from swiftmoe.engine.split.amounts import amounts_fast
 from swiftmoe.engine.split.exact import amounts_exact
 from swiftmoe.engine.split.plan_index import PlanIndex, prepare
+from swiftmoe.engine.split.priced import cheaper_demand, prices_split
 
 __all__ = [
     "METHODS",
@@ -40,8 +43,13 @@ def slot_demand(plan: PlanIndex, x_P: np.ndarray) -> np.ndarray:
     return x_K // m_K + (plan.idx_K < x_K % m_K)
 
 
-def min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):
-    """Checked inputs and stage 1 of the min-max split: (c_QE, plan, demand_K, ranks_per_node)."""
+def min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost=None):
+    """Checked inputs and stage 1 of the split: (c_QE, plan, demand_K, ranks_per_node).
+
+    "fast" and "exact" are the min-max amounts. "auto" is "fast", except with ``cost`` (the
+    job's ``swiftmoe.engine.costmodel.CostParams``, with the split's nodes) on more than one
+    node: then the cheaper by the cost model of "fast" and the node-local amounts
+    (``priced.py``)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not is_int(ranks_per_node, 0):
@@ -53,7 +61,10 @@ def min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):
         x_P = amounts_exact(c_QE, plan, L_E)
     else:
         x_P = amounts_fast(c_QE, plan, L_E)
-    return c_QE, plan, slot_demand(plan, x_P), ranks_per_node
+    demand_K = slot_demand(plan, x_P)
+    if method == "auto" and prices_split(cost, plan, ranks_per_node):
+        demand_K = cheaper_demand(c_QE, plan, L_E, ranks_per_node, cost, demand_K, slot_demand)
+    return c_QE, plan, demand_K, ranks_per_node
 
 
 def even_demand(plan: PlanIndex, L_E: np.ndarray) -> np.ndarray:
@@ -66,12 +77,13 @@ def even_demand(plan: PlanIndex, L_E: np.ndarray) -> np.ndarray:
     return L_E[slots_K] // r_K + (idx_K < L_E[slots_K] % r_K)
 
 
-def demand(counts_QE, slots, slots_per_rank, ranks_per_node, method):
-    """(c_QE, plan, demand_K, ranks_per_node) of any method, "even" included."""
+def demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost=None):
+    """(c_QE, plan, demand_K, ranks_per_node) of any method, "even" included (cost: see
+    :func:`min_max_demand`)."""
     if method not in RANK_METHODS:
         raise ValueError(f"method must be one of {', '.join(RANK_METHODS)}, got {method!r}")
     if method != "even":
-        return min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+        return min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)
     c_QE, plan, L_E = prepare(counts_QE, slots, slots_per_rank)
     return c_QE, plan, even_demand(plan, L_E), 0  # the paper's split has no node preference
 

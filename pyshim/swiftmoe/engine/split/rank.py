@@ -110,6 +110,7 @@ def split_tokens_for_rank(
     rank: int,
     ranks_per_node: int = 0,
     method: str = "auto",
+    cost=None,
 ) -> RankSplit:
     """What one rank needs of the split, without the dense [N, N*S] flow: its row and columns.
 
@@ -123,6 +124,9 @@ def split_tokens_for_rank(
         method: "exact" (binary search on the rank cap with a max-flow check), "fast"
             (proportional rank scaling, within 2% of exact), "auto" (= "fast"), or "even" (the
             paper's split: each expert's tokens evenly over its slots, no node preference).
+        cost: None, or the job's ``swiftmoe.engine.costmodel.CostParams`` (its nodes those of
+            ``ranks_per_node``): with "auto" on several nodes, stage 1 is then the cheaper by
+            the cost model of "fast" and the node-local amounts (``split.priced``).
 
     Returns:
         The rank's row and slot columns of the flow flow_QK [N, N*S] (tokens source rank q sends
@@ -136,7 +140,9 @@ def split_tokens_for_rank(
         ValueError: a malformed count matrix or plan, an expert with tokens but no slot, an
         unknown method or a bad rank; the message names the field and the fix.
     """
-    c_QE, plan, demand_K, rpn = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+    c_QE, plan, demand_K, rpn = demand(
+        counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
+    )
     if not is_int(rank, 0, plan.N - 1):
         raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
     send_K, recv_QS = route_rank(c_QE, plan, demand_K, rpn, rank)
@@ -149,11 +155,12 @@ def split_rank_loads(
     slots_per_rank: int,
     ranks_per_node: int = 0,
     method: str = "auto",
+    cost=None,
 ) -> torch.Tensor:
     """Tokens each rank's slots receive under the split (int64 [N]); no routing at all.
 
     The arguments of :func:`split_tokens_for_rank` without ``rank``; equals every rank's
     ``load_R`` of it.
     """
-    _, plan, demand_K, _ = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method)
+    _, plan, demand_K, _ = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)
     return load_R(plan, demand_K)

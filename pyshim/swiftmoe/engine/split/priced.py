@@ -1,0 +1,118 @@
+"""Stage 1 chosen by the step-time cost model: the min-max amounts, or the node-local ones.
+
+The min-max amounts (``amounts.py``, ``exact.py``) even out the ranks' compute. On several nodes
+with slow links between them that can cost more in all-to-all than it saves: to even the
+compute, the split moves an expert's tokens to its replicas in other nodes. The node-local
+amounts (:func:`amounts_node_local`) keep every token in its node where the node holds the
+expert, and do no compute balancing at all. Neither is better everywhere: in ``swiftmoe sim``
+the node-local amounts take moving-hot E=64 on 32 H200s at 12.5 GB/s from 1.02 to 0.94 of the
+bound, and the min-max ones win on E=32 at 50 GB/s, where compute is most of the step.
+
+:func:`cheaper_demand` makes both and prices each with ``swiftmoe.engine.costmodel``: compute
+(the busiest rank) plus the all-to-all of the split's tiers (``tiers.tier_sums``). The cheaper
+wins; ties keep the min-max amounts. Only integers and order-fixed float sums go in, so every
+rank makes the same choice from the same counts, and so do the burst decision and the
+simulator, which call the same function.
+
+Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, R = N,
+S slots per rank, K = N*S slots, P (expert, rank) pairs, M nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from swiftmoe.engine import costmodel as cm
+from swiftmoe.engine.split.amounts import round_amounts
+from swiftmoe.engine.split.plan_index import PlanIndex, local_tokens
+from swiftmoe.engine.split.tiers import tier_sums
+
+__all__ = ["amounts_node_local", "cheaper_demand", "prices_split"]
+
+
+def prices_split(cost: cm.CostParams | None, plan: PlanIndex, ranks_per_node: int) -> bool:
+    """Is stage 1 chosen by the cost model? With cost parameters that price compute and the
+    links between nodes, on more than one node of ``ranks_per_node`` (equal to the cost
+    model's), and a plan that holds some expert more than once."""
+    if cost is None:
+        return False
+    if cost.ranks != plan.N or _grouping(cost.ranks_per_node, plan.N) != _grouping(
+        ranks_per_node, plan.N
+    ):
+        raise ValueError(
+            f"cost has ranks={cost.ranks}, ranks_per_node={cost.ranks_per_node} but the split "
+            f"has {plan.N} ranks and ranks_per_node={ranks_per_node}: pass the cost parameters "
+            "of this job, with the split's node grouping"
+        )
+    return (
+        cost.nodes > 1
+        and cost.prices_compute
+        and cost.inter_bw > 0
+        and cost.token_bytes > 0
+        and plan.deg_E.size > 0
+        and int(plan.deg_E.max()) > 1
+    )
+
+
+def _grouping(G: int, N: int) -> int:
+    """ranks_per_node as the split uses it: 0 when every rank is on one node."""
+    return G if 0 < G < N else 0
+
+
+def amounts_node_local(
+    c_QE: np.ndarray, plan: PlanIndex, L_E: np.ndarray, ranks_per_node: int
+) -> np.ndarray:
+    """Stage 1 that keeps tokens in their node: x_P, the tokens each (expert, rank) pair takes.
+
+    Pair (e, r) takes its own rank's tokens of e, plus an equal share (over node m's replicas
+    of e) of what node m's other ranks send e, plus an equal share (over all e's replicas) of
+    what nodes without a replica of e send it. No compute balancing: the busiest rank can be
+    far above the mean. Integer amounts with the expert totals L_E (largest remainders).
+    """
+    e_P, r_P, E, N = plan.e_P, plan.r_P, plan.E, plan.N
+    if e_P.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    G = ranks_per_node
+    M = -(-N // G)
+    local_P = local_tokens(c_QE, plan).astype(np.float64)
+    L_f = L_E.astype(np.float64)
+    deg_f = np.maximum(plan.deg_E, 1).astype(np.float64)
+    d_GE = np.add.reduceat(c_QE, np.arange(0, N, G), axis=0)  # [M, E]: node m's tokens of e
+    d_G = d_GE.T.reshape(-1).astype(np.float64)  # group g = e*M + m
+    g_P = e_P * M + r_P // G
+    cnt_G = np.bincount(g_P, minlength=E * M).astype(np.float64)
+    loc_G = np.bincount(g_P, local_P, minlength=E * M)
+    node_rest_P = (d_G - loc_G)[g_P] / cnt_G[g_P]
+    held_d_E = np.bincount(np.arange(E * M) // M, np.where(cnt_G > 0, d_G, 0.0), minlength=E)
+    x_P = local_P + node_rest_P + ((L_f - held_d_E) / deg_f)[e_P]
+    return round_amounts(plan, L_E, np.maximum(x_P, 0.0))
+
+
+def _price(
+    cost: cm.CostParams, c_QE: np.ndarray, plan: PlanIndex, demand_K: np.ndarray, rpn: int
+) -> float:
+    load_R = demand_K.reshape(plan.N, plan.S).sum(axis=1)
+    return cm.compute_ms(cost, load_R) + cm.a2a_ms(cost, *tier_sums(c_QE, plan, demand_K, rpn))
+
+
+def cheaper_demand(
+    c_QE: np.ndarray,
+    plan: PlanIndex,
+    L_E: np.ndarray,
+    ranks_per_node: int,
+    cost: cm.CostParams,
+    demand_K: np.ndarray,
+    to_demand: Callable[[PlanIndex, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The cheaper split by the cost model: ``demand_K`` (the min-max amounts' demand) or the
+    node-local amounts' (:func:`amounts_node_local`), as demand_K. ``to_demand(plan, x_P)``
+    spreads amounts over the slots as the split does, so each is priced as it would route.
+    Ties, and identical demands, keep ``demand_K``."""
+    local_K = to_demand(plan, amounts_node_local(c_QE, plan, L_E, ranks_per_node))
+    if np.array_equal(local_K, demand_K):
+        return demand_K
+    t_mm = _price(cost, c_QE, plan, demand_K, ranks_per_node)
+    t_loc = _price(cost, c_QE, plan, local_K, ranks_per_node)
+    return local_K if t_loc < t_mm else demand_K
