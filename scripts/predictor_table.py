@@ -32,12 +32,13 @@ SYNTHETIC = ("moving-hot", "burst", "fixed-hot", "zipf")
 GPUS, INTER_BW = 16, 12.5
 
 
-def workloads() -> list[tuple[str, list[str], list[str]]]:
-    """(name, the sim flags that give its loads, those that give its model) of every workload."""
+def workloads(seed: int = 0) -> list[tuple[str, list[str], list[str]]]:
+    """(name, the sim flags that give its loads, those that give its model) of every workload;
+    ``seed`` draws the synthetic ones."""
     out = []
     for w in SYNTHETIC:
         for e, k, s in MODELS.values():
-            loads = ["--synthetic-experts", str(e), "--workload", w]
+            loads = ["--synthetic-experts", str(e), "--workload", w, "--seed", str(seed)]
             out.append((f"{w} E={e}", loads, ["--top-k", str(k), "--slots", str(s)]))
     for path, e, k in recorded_traces():
         if e in (32, 64):
@@ -97,13 +98,20 @@ def main() -> int:
     ap.add_argument(
         "--jobs", type=int, default=max(1, os.cpu_count() or 1), help="runs at once (the CPUs)"
     )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic workloads (default 0, the headline table's); other seeds "
+        "show how far the predictors' ranking holds",
+    )
     ap.add_argument("--verbose", action="store_true", help="print every run's command")
     args = ap.parse_args()
     if args.iterations < 4 or args.trace_iterations < 4 or args.jobs < 1:
         ap.error("--iterations and --trace-iterations must be >= 4, --jobs >= 1")
     work = Path(tempfile.mkdtemp(prefix="predictor-table-"))
     t0 = time.monotonic()
-    todo = workloads()
+    todo = workloads(args.seed)
     its = {n: args.trace_iterations if "--trace" in f else args.iterations for n, f, _ in todo}
     with cf.ThreadPoolExecutor(args.jobs) as pool:
         names = [n for n, _, _ in todo]
