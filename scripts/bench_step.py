@@ -11,7 +11,7 @@ Section "skew" (experts drawn from a Zipf popularity whose hot set is re-drawn e
 ``--shift-every`` iterations):
   static    E experts on N*S = E slots, one slot each, placement never changes (plan_source=None);
   swiftmoe  the same model with more slots per rank for replicas, placed every iteration from
-            the loads so far (the sidecar's "swiftmoe" strategy and default predictor when
+            the previous iteration's loads (the sidecar's "swiftmoe" strategy when
             bin/swiftmoe-sidecar exists, else swiftmoe.planning.reference in-process: replicas
             proportional to load, LPT packing); optimizer state stays sharded 1/N;
   bound     the static layout fed perfectly uniform routing with the same token count: every

@@ -6,7 +6,7 @@ Workloads: the synthetic moving-hot, burst, fixed-hot and zipf classes at E=64 t
 GPU) and E=32 top-2 (4 slots), and the recorded E=32 and E=64 traces of testdata/traces/; each on
 16 simulated H200s in 2 nodes of 8 with 12.5 GB/s per GPU between nodes, GPT-Small experts and
 4,096 tokens per GPU per iteration (the headline table's cluster, scripts/sim_table.py). The
-predictors are the sidecar's (``--swiftmoe-option predictor=NAME``): last, ewma (the default),
+predictors are the sidecar's (``--swiftmoe-option predictor=NAME``): last (the default), ewma,
 max and hedge. Every run is one ``swiftmoe sim`` command (printed with --verbose); a synthetic
 trace is drawn once per workload and replayed under every predictor, so they see the same loads.
 

@@ -33,7 +33,7 @@ import (
 // windowLoads returns the loads the replicated layout is weighed over
 // beside the prediction (the last w reports, latest first, in the planner's
 // scratch; the latest is left out when it equals the prediction, as with
-// predictor=last, so that it is not estimated twice) and the
+// the default predictor, so that it is not estimated twice) and the
 // prediction's weight: as much as those reports together. Weighing every
 // vector alike (the prediction 1 or 2 of 8) chose the replicated layout too
 // often on the recorded E=32 trace, whose hot set drifts rather than jumps:

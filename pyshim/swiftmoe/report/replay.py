@@ -28,8 +28,8 @@ def plans_from_sidecar(
 
     Starts the sidecar, registers a job with the strategy, and replays the trace through the job
     (``SidecarJob.replay``: ReportLoads in order); the initial plan is in force at iteration 0,
-    the answer to iteration t's loads at t+1 (the loop a training job runs), predicted from the
-    loads so far by the sidecar's predictor (EWMA by default; ``options`` may set another).
+    the answer to iteration t's loads at t+1 (last-iteration prediction, the loop a training job
+    runs).
     """
     from swiftmoe.engine.plan import replicas
     from swiftmoe.planning.client import JobSpec, SidecarClient

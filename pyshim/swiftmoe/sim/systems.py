@@ -3,7 +3,7 @@
 | name | placement | tokens |
 | --- | --- | --- |
 | ``bound`` | the static placement, fed perfectly uniform routing | engine split |
-| ``swiftmoe`` | sidecar strategy ``swiftmoe``, S slots, plan for t+1 from the loads up to t (the sidecar's predictor) | engine split |
+| ``swiftmoe`` | sidecar strategy ``swiftmoe``, S slots, plan for t+1 from t's loads | engine split |
 | ``swiftmoe-burst`` | ``swiftmoe``'s placement, plus the engine's burst replicas | engine split |
 | ``flexmoe-N`` | sidecar strategy ``flexmoe`` with ``interval=N``, S slots | engine split |
 | ``static-dropless`` | sidecar strategy ``static``, static slots | padded to the largest |

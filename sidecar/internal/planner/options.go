@@ -15,10 +15,7 @@ const (
 	OptHedgeSigmas = "hedge_sigmas"
 )
 
-// Predictors. PredictEWMA is the default: over the simulator's ten prediction
-// workloads and three seeds (scripts/predictor_table.py --seed N) it had the
-// lowest mean step time over the bound on two seeds and was within 0.001 of
-// the lowest on the third, and the steadiest p95.
+// Predictors.
 const (
 	// PredictLast predicts the last iteration's loads.
 	PredictLast = "last"
@@ -56,7 +53,7 @@ type predictorConfig struct {
 // parsePredictor reads the sidecar-level options, adding a problem per bad
 // option.
 func parsePredictor(opts map[string]string, p *problems) predictorConfig {
-	cfg := predictorConfig{kind: PredictEWMA, alpha: DefaultEWMAAlpha, window: DefaultWindow, sigmas: DefaultHedgeSigmas}
+	cfg := predictorConfig{kind: PredictLast, alpha: DefaultEWMAAlpha, window: DefaultWindow, sigmas: DefaultHedgeSigmas}
 	if v, ok := opts[OptPredictor]; ok {
 		switch v {
 		case PredictLast, PredictEWMA, PredictMax, PredictHedge:
@@ -100,7 +97,7 @@ func parsePredictor(opts map[string]string, p *problems) predictorConfig {
 		default:
 			cfg.alpha = a
 		}
-		if cfg.kind != PredictEWMA {
+		if opts[OptPredictor] != PredictEWMA {
 			p.addf("strategy_options[%q] is set but predictor is %q; set %s=%s or drop %s", OptEWMAAlpha, cfg.kind, OptPredictor, PredictEWMA, OptEWMAAlpha)
 		}
 	}

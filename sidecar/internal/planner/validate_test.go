@@ -59,9 +59,7 @@ func TestRegisterValidation(t *testing.T) {
 		{"unknown strategy", func(r *pb.RegisterJobRequest) { r.Strategy = "nope" }, []string{"unknown strategy \"nope\"", "available strategies: fake"}},
 		{"bad job id", func(r *pb.RegisterJobRequest) { r.JobId = "a/b" }, []string{"job_id: \"a/b\" is not valid"}},
 		{"bad predictor", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"predictor": "oracle"} }, []string{`strategy_options["predictor"]: unknown predictor "oracle"`, `"max"`, `"hedge"`}},
-		{"alpha without ewma", func(r *pb.RegisterJobRequest) {
-			r.StrategyOptions = map[string]string{"predictor": "last", "ewma_alpha": "0.3"}
-		}, []string{"set predictor=ewma"}},
+		{"alpha without ewma", func(r *pb.RegisterJobRequest) { r.StrategyOptions = map[string]string{"ewma_alpha": "0.3"} }, []string{"set predictor=ewma"}},
 		{"alpha out of range", func(r *pb.RegisterJobRequest) {
 			r.StrategyOptions = map[string]string{"predictor": "ewma", "ewma_alpha": "1.5"}
 		}, []string{`strategy_options["ewma_alpha"]: 1.5 is out of range`}},
