@@ -48,7 +48,7 @@ import numpy as np
 from swiftmoe._checks import is_int, is_number
 from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine.split.amounts import amounts_fast
-from swiftmoe.engine.split.demand import METHODS, min_max_demand, slot_demand
+from swiftmoe.engine.split.demand import METHODS, priced_demand, slot_demand
 from swiftmoe.engine.split.plan_index import check_counts, check_slots
 from swiftmoe.engine.split.priced import amounts_node_local, prices_split
 from swiftmoe.engine.split.tiers import tier_sums
@@ -200,13 +200,17 @@ def plan_bursts(
         return _none(slots, S, E)
     demand0 = None
     if load_R is None:
-        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method, params)
+        _, plan0, demand0, _, priced0 = priced_demand(
+            c_QE, slots, S, ranks_per_node, method, params
+        )
         load_R = demand0.reshape(N, S).sum(axis=1)
     if int(load_R.max()) * N <= threshold * total:
         return _none(slots, S, E)
     if demand0 is None:
-        _, plan0, demand0, _ = min_max_demand(c_QE, slots, S, ranks_per_node, method, params)
-    before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
+        _, plan0, demand0, _, priced0 = priced_demand(
+            c_QE, slots, S, ranks_per_node, method, params
+        )
+    before, sums0 = priced0 or _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
     c_pad = pad_counts(c_QE)
@@ -549,12 +553,12 @@ def _evaluate(c_pad, slots, S, E, bursts, rpn, params, method) -> BurstPlan:
     N = c_pad.shape[0]
     while True:
         slots_x, Sx, e_C, q_C, s_C, d_C, j_C = _layout(slots, S, E, bursts, N)
-        _, plan, demand_K, _ = min_max_demand(c_pad, slots_x, Sx, rpn, method, params)
+        _, plan, demand_K, _, priced = priced_demand(c_pad, slots_x, Sx, rpn, method, params)
         used = demand_K[d_C * Sx + j_C] > 0
         if used.all():
             break
         bursts = [b for b, u in zip(bursts, used.tolist(), strict=True) if u]
     copies = cm.copy_traffic(params, q_C, d_C)
     c_ms = cm.copy_ms(params, *copies)
-    after = _price(params, c_pad, plan, demand_K, rpn)[0] + c_ms
+    after = (priced or _price(params, c_pad, plan, demand_K, rpn))[0] + c_ms
     return BurstPlan(E, Sx, slots_x, e_C, q_C, s_C, d_C, j_C, 0.0, after, c_ms)

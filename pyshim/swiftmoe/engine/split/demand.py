@@ -29,6 +29,7 @@ __all__ = [
     "even_demand",
     "load_R",
     "min_max_demand",
+    "priced_demand",
     "slot_demand",
 ]
 
@@ -50,6 +51,12 @@ def min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cos
     job's ``swiftmoe.engine.costmodel.CostParams``, with the split's nodes) on more than one
     node: then the cheaper by the cost model of "fast" and the node-local amounts
     (``priced.py``)."""
+    return priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)[:4]
+
+
+def priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost=None):
+    """:func:`min_max_demand` and, where stage 1 was priced, what it priced the split at:
+    (c_QE, plan, demand_K, ranks_per_node, priced), priced = (ms, tier sums) or None."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not is_int(ranks_per_node, 0):
@@ -62,9 +69,13 @@ def min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cos
     else:
         x_P = amounts_fast(c_QE, plan, L_E)
     demand_K = slot_demand(plan, x_P)
+    priced = None
     if method == "auto" and prices_split(cost, plan, ranks_per_node):
-        demand_K = cheaper_demand(c_QE, plan, L_E, ranks_per_node, cost, demand_K, slot_demand)
-    return c_QE, plan, demand_K, ranks_per_node
+        demand_K, ms, sums = cheaper_demand(
+            c_QE, plan, L_E, ranks_per_node, cost, demand_K, slot_demand
+        )
+        priced = (ms, sums)
+    return c_QE, plan, demand_K, ranks_per_node, priced
 
 
 def even_demand(plan: PlanIndex, L_E: np.ndarray) -> np.ndarray:

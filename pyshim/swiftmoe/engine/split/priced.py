@@ -29,7 +29,7 @@ from swiftmoe.engine.split.amounts import round_amounts
 from swiftmoe.engine.split.plan_index import PlanIndex, local_tokens
 from swiftmoe.engine.split.tiers import tier_sums
 
-__all__ = ["amounts_node_local", "cheaper_demand", "prices_split"]
+__all__ = ["amounts_node_local", "cheaper_demand", "price", "prices_split"]
 
 
 def prices_split(cost: cm.CostParams | None, plan: PlanIndex, ranks_per_node: int) -> bool:
@@ -90,11 +90,13 @@ def amounts_node_local(
     return round_amounts(plan, L_E, np.maximum(x_P, 0.0))
 
 
-def _price(
+def price(
     cost: cm.CostParams, c_QE: np.ndarray, plan: PlanIndex, demand_K: np.ndarray, rpn: int
-) -> float:
+) -> tuple[float, tuple]:
+    """compute_ms + a2a_ms of a split's demand, and its tier sums (si, ri, se, re)."""
     load_R = demand_K.reshape(plan.N, plan.S).sum(axis=1)
-    return cm.compute_ms(cost, load_R) + cm.a2a_ms(cost, *tier_sums(c_QE, plan, demand_K, rpn))
+    sums = tier_sums(c_QE, plan, demand_K, rpn)
+    return cm.compute_ms(cost, load_R) + cm.a2a_ms(cost, *sums), sums
 
 
 def cheaper_demand(
@@ -105,14 +107,20 @@ def cheaper_demand(
     cost: cm.CostParams,
     demand_K: np.ndarray,
     to_demand: Callable[[PlanIndex, np.ndarray], np.ndarray],
-) -> np.ndarray:
+) -> tuple[np.ndarray, float, tuple]:
     """The cheaper split by the cost model: ``demand_K`` (the min-max amounts' demand) or the
-    node-local amounts' (:func:`amounts_node_local`), as demand_K. ``to_demand(plan, x_P)``
-    spreads amounts over the slots as the split does, so each is priced as it would route.
-    Ties, and identical demands, keep ``demand_K``."""
+    node-local amounts' (:func:`amounts_node_local`), with its :func:`price` (ms, tier sums).
+    ``to_demand(plan, x_P)`` spreads amounts over the slots as the split does, so each is priced
+    as it would route. Ties, and identical demands, keep ``demand_K``."""
     local_K = to_demand(plan, amounts_node_local(c_QE, plan, L_E, ranks_per_node))
+    t_mm, sums_mm = price(cost, c_QE, plan, demand_K, ranks_per_node)
     if np.array_equal(local_K, demand_K):
-        return demand_K
-    t_mm = _price(cost, c_QE, plan, demand_K, ranks_per_node)
-    t_loc = _price(cost, c_QE, plan, local_K, ranks_per_node)
-    return local_K if t_loc < t_mm else demand_K
+        return demand_K, t_mm, sums_mm
+    # The node-local split's compute alone bounds its price from below: where it is no
+    # cheaper than the min-max split's whole price, its all-to-all need not be summed.
+    if cm.compute_ms(cost, local_K.reshape(plan.N, plan.S).sum(axis=1)) >= t_mm:
+        return demand_K, t_mm, sums_mm
+    t_loc, sums_loc = price(cost, c_QE, plan, local_K, ranks_per_node)
+    if t_loc < t_mm:
+        return local_K, t_loc, sums_loc
+    return demand_K, t_mm, sums_mm
