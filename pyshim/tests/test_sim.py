@@ -448,6 +448,13 @@ def test_sim_help_and_errors():
          "--static-slots", "16"]
     )  # fmt: skip
     assert rc == 2 and "raise --slots to at least 16" in err
+    with pytest.raises(SystemExit) as e:
+        _cli(["sim", "--synthetic-experts", "8", "--split", "even"])
+    assert e.value.code == 2
+    from swiftmoe.sim.run import SimConfig
+
+    with pytest.raises(ValueError, match="--split is 'even': pass one of auto, fast, exact"):
+        SimConfig(cluster=None, slots=2, static_slots=2, split_method="even")
 
 
 def test_sim_refuses_unwritable_outputs_before_running(tmp_path):
