@@ -9,6 +9,8 @@ expert parameter with the reference within 1e-5.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from distributed import run_ranks
@@ -46,10 +48,25 @@ def test_training_matches_single_process_under_changing_placements(world_size: i
         assert all(r[opt]["placements"] == results[0][opt]["placements"] for r in results)
 
 
-def _train_priced(rank: int, world_size: int) -> dict:
+# The two cases of the priced split: plain, and with burst replicas (copies within a node nearly
+# free, compute dear enough that they pay, links between nodes slow enough that the node-local
+# amounts win most layer calls, the enlarged placements' among them).
+PRICED = {
+    "plain": dict(inter_node_bandwidth=1e3, burst_slots_per_rank=0),
+    "bursts": dict(
+        intra_node_bandwidth=1e15,
+        inter_node_bandwidth=1e3,
+        expert_flops_per_s=1e6,
+        burst_slots_per_rank=1,
+        burst_threshold=1.0,
+    ),
+}
+
+
+def _train_priced(rank: int, world_size: int, case: str) -> dict:
     """AdamW on 2 nodes with slow links between them, so the split's stage 1 (priced by the
-    cost model, swiftmoe.engine.split.priced) takes the node-local amounts whenever they
-    differ from the min-max ones; counts how often it did."""
+    cost model, swiftmoe.engine.split.priced) takes the node-local amounts whenever they are
+    cheaper; counts how often it did."""
     from swiftmoe.engine.split import demand
 
     chosen = {"calls": 0, "local": 0}
@@ -58,34 +75,32 @@ def _train_priced(rank: int, world_size: int) -> dict:
     def spy(c_QE, plan, L_E, rpn, cost, demand_K, to_demand):
         got = price(c_QE, plan, L_E, rpn, cost, demand_K, to_demand)
         chosen["calls"] += 1
-        chosen["local"] += got is not demand_K
+        chosen["local"] += got[0] is not demand_K
         return got
 
     demand.cheaper_demand = spy
     out = train_ranks(
-        rank,
-        world_size,
-        "AdamW",
-        STEPS,
-        ranks_per_node=world_size // 2,
-        inter_node_bandwidth=1e3,
-        burst_slots_per_rank=0,
+        rank, world_size, "AdamW", STEPS, ranks_per_node=world_size // 2, **PRICED[case]
     )
     out["chosen"] = chosen
     return out
 
 
-def test_training_matches_single_process_with_the_split_priced_on_two_nodes() -> None:
+@pytest.mark.parametrize("case", list(PRICED))
+def test_training_matches_single_process_with_the_split_priced_on_two_nodes(case: str) -> None:
     # 4 ranks, 2 per node (on 2 ranks of 1 per node the all-to-all's slowest rank is set by
     # experts with one replica, where both forms route alike, and min-max wins the ties).
     world_size = 4
-    results = run_ranks(_train_priced, world_size, timeout_s=90)
+    results = run_ranks(functools.partial(_train_priced, case=case), world_size, timeout_s=120)
     ref = reference_run("AdamW", STEPS, world_size)
     for rank, out in enumerate(results):
         assert out["events"] == {"accepted": STEPS}, f"rank {rank}: {out['events']}"
-        # Every rank priced every layer call alike, and the node-local amounts were used.
+        # Every rank priced every split alike, and the node-local amounts were used.
         assert out["chosen"] == results[0]["chosen"]
         assert out["chosen"]["local"] >= STEPS, out["chosen"]
+        if case == "bursts":
+            bursts = [sum(s.bursts_L) for s in out["stats"]]
+            assert sum(b > 0 for b in bursts) >= STEPS - 1, bursts
         _assert_state(out["state"], ref, f"rank {rank}")
 
 
