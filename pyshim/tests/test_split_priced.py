@@ -178,3 +178,7 @@ def test_cost_of_another_job_is_refused():
         assert "pass the cost parameters of this job" in str(err.value)
     # ranks_per_node >= N and 0 both mean one node.
     min_max_demand(c, slots, S, 0, "auto", cost(4, 4, 1e9))
+    _, plan, L_E = prepare(c, slots, S)
+    for G in (0, 4, 5):
+        with pytest.raises(ValueError, match="node-local amounts need two nodes or more"):
+            priced.amounts_node_local(c, plan, L_E, G)

@@ -70,11 +70,17 @@ def amounts_node_local(
     of e) of what node m's other ranks send e, plus an equal share (over all e's replicas) of
     what nodes without a replica of e send it. No compute balancing: the busiest rank can be
     far above the mean. Integer amounts with the expert totals L_E (largest remainders).
+    ``ranks_per_node`` must split the ranks into two nodes or more.
     """
     e_P, r_P, E, N = plan.e_P, plan.r_P, plan.E, plan.N
+    G = ranks_per_node
+    if not 0 < G < N:
+        raise ValueError(
+            f"ranks_per_node is {G!r} for {N} ranks: node-local amounts need two nodes or "
+            f"more, 0 < ranks_per_node < {N}"
+        )
     if e_P.size == 0:
         return np.zeros(0, dtype=np.int64)
-    G = ranks_per_node
     M = -(-N // G)
     local_P = local_tokens(c_QE, plan).astype(np.float64)
     L_f = L_E.astype(np.float64)
