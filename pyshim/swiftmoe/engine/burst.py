@@ -31,7 +31,13 @@ How it decides (all from the counts, the placement and the parameters):
    all-to-all and the copies picks its prefix. That prefix alone, and it followed by the
    compute list's bursts that still fit, are priced like step 3; the cheapest of all the
    priced lists is made (ties: the one priced first). Up to two splits more. Two to four
-   splits in the common case, a few more at most.
+   splits in the common case, a few more at most;
+5. where the split's stage 1 is priced (method "auto" with the job's cost parameters on more
+   than one node, ``swiftmoe.engine.split.priced``), every split above is the priced one, and
+   steps 2-4 run twice: from the split on the planned placement, and from its other form (the
+   min-max amounts' or the node-local ones'). Bursts that even out the node-local amounts'
+   compute keep tokens in their node, which after a move of the hot set the min-max split's
+   lists cannot. Twice the splits.
 
 Shape legend:
     Q  source ranks (Q = N)      E  experts of the layer      N  ranks; R = N per-rank vectors
