@@ -56,7 +56,7 @@ from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine.split.amounts import amounts_fast
 from swiftmoe.engine.split.demand import METHODS, priced_demand, slot_demand
 from swiftmoe.engine.split.plan_index import check_counts, check_slots
-from swiftmoe.engine.split.priced import amounts_node_local, prices_split
+from swiftmoe.engine.split.priced import amounts_node_local, price, prices_split
 from swiftmoe.engine.split.tiers import tier_sums
 
 __all__ = ["BurstPlan", "pad_counts", "plan_bursts"]
@@ -305,15 +305,11 @@ def _with_before(p: BurstPlan, before: float) -> BurstPlan:
 
 
 def _price(params: cm.CostParams, c_QE, plan, demand_K, rpn: int) -> tuple[float, tuple | None]:
-    """compute_ms + a2a_ms of the split (the a2a only when the network is priced), and the
-    split's tier sums (si, ri, se, re; None when not priced)."""
-    load_R = demand_K.reshape(plan.N, plan.S).sum(axis=1)
-    t = cm.compute_ms(params, load_R)
-    sums = None
+    """compute_ms + a2a_ms of the split (``split.priced.price``; the a2a only when the network
+    is priced), and the split's tier sums (si, ri, se, re; None when not priced)."""
     if params.prices_network:
-        sums = tier_sums(c_QE, plan, demand_K, rpn)
-        t += cm.a2a_ms(params, *sums)
-    return t, sums
+        return price(params, c_QE, plan, demand_K, rpn)
+    return cm.compute_ms(params, demand_K.reshape(plan.N, plan.S).sum(axis=1)), None
 
 
 def _greedy(
