@@ -98,9 +98,18 @@ def test_training_matches_single_process_with_the_split_priced_on_two_nodes(case
         # Every rank priced every split alike, and the node-local amounts were used.
         assert out["chosen"] == results[0]["chosen"]
         assert out["chosen"]["local"] >= STEPS, out["chosen"]
+        # The step stats count the layer calls whose dispatch took the node-local amounts: all
+        # of the spy's without bursts; with them the spy also sees the burst decision's splits.
+        node_local = sum(sum(s.node_local_L) for s in out["stats"])
+        assert [s.node_local_L for s in out["stats"]] == [
+            s.node_local_L for s in results[0]["stats"]
+        ]
         if case == "bursts":
             bursts = [sum(s.bursts_L) for s in out["stats"]]
             assert sum(b > 0 for b in bursts) >= STEPS - 1, bursts
+            assert 1 <= node_local <= out["chosen"]["local"], (node_local, out["chosen"])
+        else:
+            assert node_local == out["chosen"]["local"], (node_local, out["chosen"])
         _assert_state(out["state"], ref, f"rank {rank}")
 
 

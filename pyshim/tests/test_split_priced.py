@@ -155,8 +155,10 @@ def test_every_form_of_the_split_makes_the_same_choice():
         load_R = rank_load_from_flow(dense, S)
         assert load_R.tolist() == d_auto.reshape(N, S).sum(axis=1).tolist()
         assert torch.equal(split_rank_loads(c, slots, S, rpn, "auto", cost=p), load_R)
+        took_local = not np.array_equal(d_auto, d_fast)
         for r in range(N):
             rs = split_tokens_for_rank(c, slots, S, r, rpn, "auto", cost=p)
+            assert rs.node_local is took_local  # what the engine's step stats count
             assert torch.equal(rs.send_K, dense[r])
             assert torch.equal(rs.recv_QS, dense[:, r * S : (r + 1) * S])
         tr = traffic.split_traffic(c, slots, S, rpn, "auto", weighted=False, cost=p)

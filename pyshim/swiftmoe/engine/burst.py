@@ -216,7 +216,7 @@ def plan_bursts(
         _, plan0, demand0, _, priced0 = priced_demand(
             c_QE, slots, S, ranks_per_node, method, params
         )
-    before, sums0 = priced0 or _price(params, c_QE, plan0, demand0, ranks_per_node)
+    before, sums0 = (priced0 or _price(params, c_QE, plan0, demand0, ranks_per_node))[:2]
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
     c_pad = pad_counts(c_QE)

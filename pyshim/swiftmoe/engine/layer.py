@@ -136,6 +136,7 @@ class ExpertLayer:
         self.stacked: tuple[torch.Tensor, ...] = ()
         self.last_max_over_mean = 1.0
         self.bursts_made = 0  # bursts of this iteration's training forwards
+        self.node_local_calls = 0  # of them, those split with the node-local amounts
         add_stat_buffers(self.block, num_experts, device)
 
     # ---- slot weights -------------------------------------------------------------------------
@@ -291,6 +292,7 @@ class ExpertLayer:
                 dropped_of(self.block).add_(dropped)
                 self.last_max_over_mean = max_over_mean(rs.load_R)
                 self.bursts_made += 0 if bursts is None else bursts.plan.count
+                self.node_local_calls += rs.node_local
             self.ctx.on_loads(self.index)
         return y_TD
 

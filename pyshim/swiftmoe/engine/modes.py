@@ -101,6 +101,7 @@ class ReplicateRun:
             plan_note=origin.note if origin is not None else "",
             expert_step=stepped,
             bursts_L=[layer.bursts_made for layer in self.layers],
+            node_local_L=[layer.node_local_calls for layer in self.layers],
         )
         self.install(new)
         self.end_iteration()
@@ -117,6 +118,7 @@ class ReplicateRun:
         for layer in self.layers:
             reset_stats(layer.block)
             layer.bursts_made = 0
+            layer.node_local_calls = 0
         self._reported.clear()
         self._submitted = False
         if self.anchor is not None:

@@ -55,6 +55,10 @@ class StepStats:
             without gradients); the plan and the remap still ran.
         bursts_L: replicate mode: burst replicas made per layer in this iteration's training
             forwards (``SwiftMoEConfig.burst_slots_per_rank``); observe mode: empty.
+        node_local_L: replicate mode: this iteration's training forwards per layer whose token
+            split took the amounts that keep tokens in their node, because the cost model priced
+            them cheaper than the compute-balancing ones (``split_method="auto"`` on more than
+            one node, ``swiftmoe.engine.split.priced``); observe mode: empty.
     """
 
     iteration: int
@@ -69,6 +73,7 @@ class StepStats:
     plan_note: str = ""
     expert_step: bool = True
     bursts_L: list[int] = field(default_factory=list)
+    node_local_L: list[int] = field(default_factory=list)
 
 
 def in_recompute() -> bool:

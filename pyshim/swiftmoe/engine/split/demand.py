@@ -56,7 +56,8 @@ def min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cos
 
 def priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost=None):
     """:func:`min_max_demand` and, where stage 1 was priced, what it priced the split at:
-    (c_QE, plan, demand_K, ranks_per_node, priced), priced = (ms, tier sums) or None."""
+    (c_QE, plan, demand_K, ranks_per_node, priced), priced = (ms, tier sums, node_local) or
+    None; node_local: the node-local amounts were the cheaper."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not is_int(ranks_per_node, 0):
@@ -71,10 +72,10 @@ def priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     demand_K = slot_demand(plan, x_P)
     priced = None
     if method == "auto" and prices_split(cost, plan, ranks_per_node):
-        demand_K, ms, sums = cheaper_demand(
+        demand_K, ms, sums, local = cheaper_demand(
             c_QE, plan, L_E, ranks_per_node, cost, demand_K, slot_demand
         )
-        priced = (ms, sums)
+        priced = (ms, sums, local)
     return c_QE, plan, demand_K, ranks_per_node, priced
 
 
@@ -89,14 +90,15 @@ def even_demand(plan: PlanIndex, L_E: np.ndarray) -> np.ndarray:
 
 
 def demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost=None):
-    """(c_QE, plan, demand_K, ranks_per_node) of any method, "even" included (cost: see
-    :func:`min_max_demand`)."""
+    """(c_QE, plan, demand_K, ranks_per_node, node_local) of any method, "even" included
+    (cost: see :func:`min_max_demand`; node_local: stage 1 took the node-local amounts)."""
     if method not in RANK_METHODS:
         raise ValueError(f"method must be one of {', '.join(RANK_METHODS)}, got {method!r}")
     if method != "even":
-        return min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)
+        *out, priced = priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)
+        return (*out, priced is not None and priced[2])
     c_QE, plan, L_E = prepare(counts_QE, slots, slots_per_rank)
-    return c_QE, plan, even_demand(plan, L_E), 0  # the paper's split has no node preference
+    return c_QE, plan, even_demand(plan, L_E), 0, False  # no node preference in the paper's
 
 
 def load_R(plan: PlanIndex, demand_K: np.ndarray) -> torch.Tensor:

@@ -113,20 +113,21 @@ def cheaper_demand(
     cost: cm.CostParams,
     demand_K: np.ndarray,
     to_demand: Callable[[PlanIndex, np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, float, tuple]:
+) -> tuple[np.ndarray, float, tuple, bool]:
     """The cheaper split by the cost model: ``demand_K`` (the min-max amounts' demand) or the
-    node-local amounts' (:func:`amounts_node_local`), with its :func:`price` (ms, tier sums).
+    node-local amounts' (:func:`amounts_node_local`), with its :func:`price` (ms, tier sums)
+    and whether it is the node-local one.
     ``to_demand(plan, x_P)`` spreads amounts over the slots as the split does, so each is priced
     as it would route. Ties, and identical demands, keep ``demand_K``."""
     local_K = to_demand(plan, amounts_node_local(c_QE, plan, L_E, ranks_per_node))
     t_mm, sums_mm = price(cost, c_QE, plan, demand_K, ranks_per_node)
     if np.array_equal(local_K, demand_K):
-        return demand_K, t_mm, sums_mm
+        return demand_K, t_mm, sums_mm, False
     # The node-local split's compute alone bounds its price from below: where it is no
     # cheaper than the min-max split's whole price, its all-to-all need not be summed.
     if cm.compute_ms(cost, local_K.reshape(plan.N, plan.S).sum(axis=1)) >= t_mm:
-        return demand_K, t_mm, sums_mm
+        return demand_K, t_mm, sums_mm, False
     t_loc, sums_loc = price(cost, c_QE, plan, local_K, ranks_per_node)
     if t_loc < t_mm:
-        return local_K, t_loc, sums_loc
-    return demand_K, t_mm, sums_mm
+        return local_K, t_loc, sums_loc, True
+    return demand_K, t_mm, sums_mm, False

@@ -23,16 +23,18 @@ __all__ = ["RankSplit", "route_rank", "split_rank_loads", "split_tokens_for_rank
 
 
 class RankSplit(NamedTuple):
-    """One rank's part of a split (int64 CPU tensors).
+    """One rank's part of a split (int64 CPU tensors, and a flag).
 
     send_K [N*S]: tokens this rank sends to each slot (flow_QK[rank]); recv_QS [N, S]: tokens each
     source rank sends to this rank's slots (flow_QK[:, rank*S:(rank+1)*S]); load_R [N]: tokens
-    every rank's slots receive (flow_QK's column sums, summed per rank).
+    every rank's slots receive (flow_QK's column sums, summed per rank); node_local: stage 1
+    took the node-local amounts (``split.priced``; the same on every rank).
     """
 
     send_K: torch.Tensor
     recv_QS: torch.Tensor
     load_R: torch.Tensor
+    node_local: bool = False
 
 
 def _ranges(lo_G: np.ndarray, hi_G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,13 +142,15 @@ def split_tokens_for_rank(
         ValueError: a malformed count matrix or plan, an expert with tokens but no slot, an
         unknown method or a bad rank; the message names the field and the fix.
     """
-    c_QE, plan, demand_K, rpn = demand(
+    c_QE, plan, demand_K, rpn, local = demand(
         counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     )
     if not is_int(rank, 0, plan.N - 1):
         raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
     send_K, recv_QS = route_rank(c_QE, plan, demand_K, rpn, rank)
-    return RankSplit(torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K))
+    return RankSplit(
+        torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K), local
+    )
 
 
 def split_rank_loads(
@@ -162,5 +166,5 @@ def split_rank_loads(
     The arguments of :func:`split_tokens_for_rank` without ``rank``; equals every rank's
     ``load_R`` of it.
     """
-    _, plan, demand_K, _ = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)
+    plan, demand_K = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)[1:3]
     return load_R(plan, demand_K)
