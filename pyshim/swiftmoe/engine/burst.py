@@ -216,7 +216,10 @@ def plan_bursts(
         _, plan0, demand0, _, priced0 = priced_demand(
             c_QE, slots, S, ranks_per_node, method, params
         )
-    before, sums0 = (priced0 or _price(params, c_QE, plan0, demand0, ranks_per_node))[:2]
+    if priced0 is not None:
+        before, sums0 = priced0.ms, priced0.sums
+    else:
+        before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
     c_pad = pad_counts(c_QE)
@@ -308,7 +311,8 @@ def _price(params: cm.CostParams, c_QE, plan, demand_K, rpn: int) -> tuple[float
     """compute_ms + a2a_ms of the split (``split.priced.price``; the a2a only when the network
     is priced), and the split's tier sums (si, ri, se, re; None when not priced)."""
     if params.prices_network:
-        return price(params, c_QE, plan, demand_K, rpn)
+        p = price(params, c_QE, plan, demand_K, rpn)
+        return p.ms, p.sums
     return cm.compute_ms(params, demand_K.reshape(plan.N, plan.S).sum(axis=1)), None
 
 
@@ -562,5 +566,6 @@ def _evaluate(c_pad, slots, S, E, bursts, rpn, params, method) -> BurstPlan:
         bursts = [b for b, u in zip(bursts, used.tolist(), strict=True) if u]
     copies = cm.copy_traffic(params, q_C, d_C)
     c_ms = cm.copy_ms(params, *copies)
-    after = (priced or _price(params, c_pad, plan, demand_K, rpn))[0] + c_ms
+    ms = priced.ms if priced is not None else _price(params, c_pad, plan, demand_K, rpn)[0]
+    after = ms + c_ms
     return BurstPlan(E, Sx, slots_x, e_C, q_C, s_C, d_C, j_C, 0.0, after, c_ms)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from swiftmoe.engine.split.demand import min_max_demand
+from swiftmoe.engine.split.demand import priced_demand
 from swiftmoe.engine.split.plan_index import PlanIndex
 from swiftmoe.engine.split.tiers import (
     Tiers,
@@ -50,11 +50,14 @@ class SplitTraffic:
     supply and demand. No [N, E] array is made, except for ``weighted``.
     """
 
-    def __init__(self, c_QE, plan, demand_K, ranks_per_node: int, weighted: bool) -> None:
+    def __init__(
+        self, c_QE, plan, demand_K, ranks_per_node: int, weighted: bool, t: Tiers | None = None
+    ) -> None:
         N = plan.N
         self._plan, self.N = plan, N
         self.nodes = 0 < ranks_per_node < N
-        t = tier_amounts(c_QE, plan, demand_K, ranks_per_node)
+        if t is None:  # else tier_amounts of these inputs (the priced split's)
+            t = tier_amounts(c_QE, plan, demand_K, ranks_per_node)
         self.x_K = demand_K.astype(np.int64)
         if t.node is None:
             self.si_Q = np.zeros(N, dtype=np.int64)
@@ -158,7 +161,8 @@ def split_traffic(
     "auto" is stage 1 chosen by the cost model, as the engine's (``swiftmoe.engine.split.priced``).
     What a cost model at cluster scale needs: linear in ranks x experts, no merge of the pieces.
     """
-    c_QE, plan, demand_K, rpn = min_max_demand(
+    c_QE, plan, demand_K, rpn, priced = priced_demand(
         counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     )
-    return SplitTraffic(c_QE, plan, demand_K, rpn, weighted)
+    t = None if priced is None else priced.tiers
+    return SplitTraffic(c_QE, plan, demand_K, rpn, weighted, t)

@@ -55,9 +55,8 @@ def min_max_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cos
 
 
 def priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost=None):
-    """:func:`min_max_demand` and, where stage 1 was priced, what it priced the split at:
-    (c_QE, plan, demand_K, ranks_per_node, priced), priced = (ms, tier sums, node_local) or
-    None; node_local: the node-local amounts were the cheaper."""
+    """:func:`min_max_demand` and, where stage 1 was priced, how: (c_QE, plan, demand_K,
+    ranks_per_node, priced), priced a ``priced.Priced`` or None."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not is_int(ranks_per_node, 0):
@@ -72,10 +71,9 @@ def priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     demand_K = slot_demand(plan, x_P)
     priced = None
     if method == "auto" and prices_split(cost, plan, ranks_per_node):
-        demand_K, ms, sums, local = cheaper_demand(
+        demand_K, priced = cheaper_demand(
             c_QE, plan, L_E, ranks_per_node, cost, demand_K, slot_demand
         )
-        priced = (ms, sums, local)
     return c_QE, plan, demand_K, ranks_per_node, priced
 
 
@@ -90,15 +88,14 @@ def even_demand(plan: PlanIndex, L_E: np.ndarray) -> np.ndarray:
 
 
 def demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost=None):
-    """(c_QE, plan, demand_K, ranks_per_node, node_local) of any method, "even" included
-    (cost: see :func:`min_max_demand`; node_local: stage 1 took the node-local amounts)."""
+    """(c_QE, plan, demand_K, ranks_per_node, priced) of any method, "even" included (cost and
+    priced: see :func:`priced_demand`)."""
     if method not in RANK_METHODS:
         raise ValueError(f"method must be one of {', '.join(RANK_METHODS)}, got {method!r}")
     if method != "even":
-        *out, priced = priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)
-        return (*out, priced is not None and priced[2])
+        return priced_demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)
     c_QE, plan, L_E = prepare(counts_QE, slots, slots_per_rank)
-    return c_QE, plan, even_demand(plan, L_E), 0, False  # no node preference in the paper's
+    return c_QE, plan, even_demand(plan, L_E), 0, None  # the paper's split has no node preference
 
 
 def load_R(plan: PlanIndex, demand_K: np.ndarray) -> torch.Tensor:

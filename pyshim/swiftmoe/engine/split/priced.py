@@ -21,15 +21,27 @@ S slots per rank, K = N*S slots, P (expert, rank) pairs, M nodes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine.split.amounts import round_amounts
 from swiftmoe.engine.split.plan_index import PlanIndex, local_tokens
-from swiftmoe.engine.split.tiers import tier_sums
+from swiftmoe.engine.split.tiers import Tiers, tier_amounts, tier_sums
 
-__all__ = ["amounts_node_local", "cheaper_demand", "price", "prices_split"]
+__all__ = ["Priced", "amounts_node_local", "cheaper_demand", "price", "prices_split"]
+
+
+class Priced(NamedTuple):
+    """A split as the cost model priced it: ms (compute_ms + a2a_ms), its tier sums (si, ri,
+    se, re), whether its stage 1 is the node-local amounts, and its tier amounts (what routing
+    it reuses, ``tiers.route_tiers``)."""
+
+    ms: float
+    sums: tuple
+    node_local: bool
+    tiers: Tiers
 
 
 def prices_split(cost: cm.CostParams | None, plan: PlanIndex, ranks_per_node: int) -> bool:
@@ -97,12 +109,18 @@ def amounts_node_local(
 
 
 def price(
-    cost: cm.CostParams, c_QE: np.ndarray, plan: PlanIndex, demand_K: np.ndarray, rpn: int
-) -> tuple[float, tuple]:
-    """compute_ms + a2a_ms of a split's demand, and its tier sums (si, ri, se, re)."""
+    cost: cm.CostParams,
+    c_QE: np.ndarray,
+    plan: PlanIndex,
+    demand_K: np.ndarray,
+    rpn: int,
+    node_local: bool = False,
+) -> Priced:
+    """compute_ms + a2a_ms of a split's demand, with its tier sums and amounts."""
     load_R = demand_K.reshape(plan.N, plan.S).sum(axis=1)
-    sums = tier_sums(c_QE, plan, demand_K, rpn)
-    return cm.compute_ms(cost, load_R) + cm.a2a_ms(cost, *sums), sums
+    t = tier_amounts(c_QE, plan, demand_K, rpn)
+    sums = tier_sums(c_QE, plan, demand_K, rpn, t)
+    return Priced(cm.compute_ms(cost, load_R) + cm.a2a_ms(cost, *sums), sums, node_local, t)
 
 
 def cheaper_demand(
@@ -113,21 +131,20 @@ def cheaper_demand(
     cost: cm.CostParams,
     demand_K: np.ndarray,
     to_demand: Callable[[PlanIndex, np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, float, tuple, bool]:
+) -> tuple[np.ndarray, Priced]:
     """The cheaper split by the cost model: ``demand_K`` (the min-max amounts' demand) or the
-    node-local amounts' (:func:`amounts_node_local`), with its :func:`price` (ms, tier sums)
-    and whether it is the node-local one.
+    node-local amounts' (:func:`amounts_node_local`), with its :func:`price`.
     ``to_demand(plan, x_P)`` spreads amounts over the slots as the split does, so each is priced
     as it would route. Ties, and identical demands, keep ``demand_K``."""
     local_K = to_demand(plan, amounts_node_local(c_QE, plan, L_E, ranks_per_node))
-    t_mm, sums_mm = price(cost, c_QE, plan, demand_K, ranks_per_node)
+    mm = price(cost, c_QE, plan, demand_K, ranks_per_node)
     if np.array_equal(local_K, demand_K):
-        return demand_K, t_mm, sums_mm, False
+        return demand_K, mm
     # The node-local split's compute alone bounds its price from below: where it is no
     # cheaper than the min-max split's whole price, its all-to-all need not be summed.
-    if cm.compute_ms(cost, local_K.reshape(plan.N, plan.S).sum(axis=1)) >= t_mm:
-        return demand_K, t_mm, sums_mm, False
-    t_loc, sums_loc = price(cost, c_QE, plan, local_K, ranks_per_node)
-    if t_loc < t_mm:
-        return local_K, t_loc, sums_loc, True
-    return demand_K, t_mm, sums_mm, False
+    if cm.compute_ms(cost, local_K.reshape(plan.N, plan.S).sum(axis=1)) >= mm.ms:
+        return demand_K, mm
+    loc = price(cost, c_QE, plan, local_K, ranks_per_node, node_local=True)
+    if loc.ms < mm.ms:
+        return local_K, loc
+    return demand_K, mm

@@ -46,7 +46,12 @@ def _ranges(lo_G: np.ndarray, hi_G: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def route_rank(
-    c_QE: np.ndarray, plan: PlanIndex, demand_K: np.ndarray, ranks_per_node: int, r: int
+    c_QE: np.ndarray,
+    plan: PlanIndex,
+    demand_K: np.ndarray,
+    ranks_per_node: int,
+    r: int,
+    t: tiers.Tiers | None = None,
 ):
     """Rank r's row and slot columns of _route's flow, without the dense [N, K] matrix.
 
@@ -58,7 +63,7 @@ def route_rank(
     line, from per-expert offsets and prefix sums over sources, never the whole [H, N] layout.
     """
     N, K, S = plan.N, plan.K, plan.S
-    pieces, sup_QE, da = tiers.route_tiers(c_QE, plan, demand_K, ranks_per_node, True, r)
+    pieces, sup_QE, da = tiers.route_tiers(c_QE, plan, demand_K, ranks_per_node, True, r, t)
     send_K = np.zeros(K, dtype=np.int64)
     recv_QS = np.zeros(N * S, dtype=np.int64)
     lo_k, hi_k = r * S, (r + 1) * S
@@ -142,12 +147,14 @@ def split_tokens_for_rank(
         ValueError: a malformed count matrix or plan, an expert with tokens but no slot, an
         unknown method or a bad rank; the message names the field and the fix.
     """
-    c_QE, plan, demand_K, rpn, local = demand(
+    c_QE, plan, demand_K, rpn, priced = demand(
         counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     )
     if not is_int(rank, 0, plan.N - 1):
         raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
-    send_K, recv_QS = route_rank(c_QE, plan, demand_K, rpn, rank)
+    t = None if priced is None else priced.tiers  # the priced split summed them already
+    send_K, recv_QS = route_rank(c_QE, plan, demand_K, rpn, rank, t)
+    local = priced is not None and priced.node_local
     return RankSplit(
         torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K), local
     )

@@ -285,7 +285,11 @@ def check_routed(supply_left: int, da_D: np.ndarray) -> None:
 
 
 def tier_sums(
-    c_QE: np.ndarray, plan: PlanIndex, demand_K: np.ndarray, ranks_per_node: int
+    c_QE: np.ndarray,
+    plan: PlanIndex,
+    demand_K: np.ndarray,
+    ranks_per_node: int,
+    t: Tiers | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(si_Q, ri_R, se_Q, re_R), int64 [N] each: the tokens each rank sends to / receives from
     other ranks of its node, and sends to / receives from other nodes, under the split.
@@ -294,10 +298,12 @@ def tier_sums(
     pair has either no tokens or no slot demand left, so the node tier sends none of a source's
     tokens to its own rank and its traffic is the totals of its supplies and demands; after the
     node tier the same holds per (expert, node), so every token of the last tier leaves its
-    source's node (on one node, its rank). Ranks share a node as in :func:`tier_amounts`.
+    source's node (on one node, its rank). Ranks share a node as in :func:`tier_amounts`;
+    ``t``: its result for these inputs, when the caller has it.
     """
     N = plan.N
-    t = tier_amounts(c_QE, plan, demand_K, ranks_per_node)
+    if t is None:
+        t = tier_amounts(c_QE, plan, demand_K, ranks_per_node)
     if t.node is None:
         si_Q = np.zeros(N, dtype=np.int64)
         ri_R = np.zeros(N, dtype=np.int64)
@@ -326,6 +332,7 @@ def route_tiers(
     ranks_per_node: int,
     source_major: bool = False,
     rank: int | None = None,
+    t: Tiers | None = None,
 ):
     """Routing from per-slot demands: local slots first, then same node, then any, in order.
 
@@ -336,9 +343,11 @@ def route_tiers(
     of each supply, and of each demand (in (expert, slot) order) for the last tier. sup is
     expert-major over the held experts, sup_HQ [H, N], or with source_major the counts' own
     layout sup_QE [N, E] (no transposed copy). With rank, the node tier's pieces are only those
-    of the groups holding that rank's tokens or slots (every piece from or to the rank).
+    of the groups holding that rank's tokens or slots (every piece from or to the rank). ``t``:
+    tier_amounts of these inputs, when the caller has it (the priced split, which summed them).
     """
-    t = tier_amounts(c_QE, plan, demand_K, ranks_per_node)
+    if t is None:
+        t = tier_amounts(c_QE, plan, demand_K, ranks_per_node)
     K = plan.K
     pieces = [(plan.d_r * K + plan.d_k, t.take_D)]
     if t.node is not None:
