@@ -7,7 +7,10 @@ per-slot path, the grouped-GEMM path (torch._grouped_mm runs on the CPU in fp32)
 accumulation (two forwards per step, each with its own bursts), and reentrant activation
 checkpointing (the recompute repeats the decision and the copies). A spy on the decision records
 every burst plan, so the test also checks that the ranks agreed, that bursts went to ranks
-holding the expert in no slot, and that the recompute repeated the forward's plans.
+holding the expert in no slot, and that the recompute repeated the forward's plans. A log of the
+copy's steps and the slot GEMMs checks the overlap: the planned slots' forward runs between the
+copy's start and its wait, and their backward between the gradients' return's start and its
+wait, on both paths.
 """
 
 from __future__ import annotations
@@ -77,6 +80,76 @@ class CheckpointedNet(SkewedNet):
 
 _DECIDE = burst_run.decide
 _GROUPED = layer_mod.use_grouped_mm
+_RUN_SLOTS = layer_mod.ExpertLayer.run_slots
+_COPY = {n: getattr(burst_run._Copy, n) for n in ("start", "wait", "start_return", "wait_return")}
+
+
+class _Mark(torch.autograd.Function):
+    """Identity that logs ``what`` when its backward runs."""
+
+    @staticmethod
+    def forward(ctx, x, log, what):  # noqa: D102
+        ctx.log, ctx.what = log, what
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        ctx.log.append(ctx.what)
+        return g, None, None
+
+
+def _spy_order(log: list) -> None:
+    """Log the weight copy's steps and the slot GEMMs' forward and backward, in the order they
+    run: "fwd planned" / "fwd burst" when the GEMMs run, "bwd <kind>" when their backward
+    starts and "bwd <kind> done" when it has the inputs' gradient."""
+
+    def run_slots(self, xs, rows_S, weights=None):
+        kind = "planned" if weights is None else "burst"
+        log.append(f"fwd {kind}")
+        if torch.is_grad_enabled():
+            xs = _Mark.apply(xs, log, f"bwd {kind} done")
+        ys = _RUN_SLOTS(self, xs, rows_S, weights)
+        return _Mark.apply(ys, log, f"bwd {kind}") if torch.is_grad_enabled() else ys
+
+    def logged(name):
+        def f(self, *a):
+            log.append(name)
+            return _COPY[name](self, *a)
+
+        return f
+
+    layer_mod.ExpertLayer.run_slots = run_slots
+    for name in _COPY:
+        setattr(burst_run._Copy, name, logged(name))
+
+
+def _unspy_order() -> None:
+    layer_mod.ExpertLayer.run_slots = _RUN_SLOTS
+    for name, f in _COPY.items():
+        setattr(burst_run._Copy, name, f)
+
+
+def _check_overlap(log: list) -> int:
+    """Every burst layer call ran its planned slots while its weights were in flight, and their
+    backward while the gradients' return was; returns how many calls did."""
+    fwd = ["start", "fwd planned", "wait", "fwd burst"]
+    bwd = [
+        "bwd burst",
+        "bwd burst done",
+        "start_return",
+        "bwd planned",
+        "bwd planned done",
+        "wait_return",
+    ]
+    seen = 0
+    for i, ev in enumerate(log):
+        if ev == "start":
+            assert log[i : i + 4] == fwd, log[i : i + 4]
+            seen += 1
+        if ev == "start_return":
+            assert log[i - 2 : i + 4] == bwd, log[i - 2 : i + 4]
+    assert log.count("start") == log.count("start_return") == log.count("wait_return")
+    return seen
 
 
 def _spy(records: list) -> None:
@@ -162,13 +235,20 @@ def _worker(rank: int, world_size: int) -> dict:
         ("nodes", lambda: _train(rank, world_size, ranks_per_node=world_size // 2)),
     ):
         records: list = []
+        log: list = []
         _spy(records)
+        if name in ("plain", "grouped"):
+            _spy_order(log)
         if name == "grouped":  # the GPU path's grouped GEMMs, on the CPU in fp32
             layer_mod.use_grouped_mm = lambda *a: True
         if name == "nodes":  # the per-slot path again, on 2 nodes
             layer_mod.use_grouped_mm = _GROUPED
-        out = fn()
+        try:
+            out = fn()
+        finally:
+            _unspy_order()
         out["records"] = records
+        out["log"] = log
         results[name] = out
     return results
 
@@ -230,6 +310,8 @@ def test_burst_replicas_train_like_single_process(world_size: int) -> None:
                 [s.bursts_L for s in out["stats"]],
             )
             assert _check_records(out["records"], world_size) > 0
+            if case in ("plain", "grouped"):  # the copy overlapped the planned slots' GEMMs
+                assert _check_overlap(out["log"]) >= STEPS - 1, what
             # Every rank decided the same bursts.
             assert out["records"] == results[0][case]["records"], what
     # Gradient accumulation: the two forwards of a step made different bursts at least once.

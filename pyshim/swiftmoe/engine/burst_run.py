@@ -9,15 +9,19 @@ this module runs it for an :class:`~swiftmoe.engine.layer.ExpertLayer` and carri
 * :func:`decide`: after the split on the planned placement, one cheap check (the busiest rank
   against ``threshold`` x the mean); past it, the decision and the split over the enlarged
   placement (:class:`LayerBursts`);
-* :func:`copy_weights`: right after the tokens' dispatch, one ``all_to_all_single`` sends each
-  burst's weights from its source slot to its burst slot, and the burst slots' weights are
-  assembled for the slot GEMMs. It is autograd-aware: in backward the reverse
-  ``all_to_all_single`` returns each burst replica's gradient to its source slot, whose gradient
-  then reaches the shard owners like any slot's (``optim.reduce_grads``), so training stays the
-  same computation. The copy also passes the dispatched tokens through, so on every rank its
-  backward runs after the slot GEMMs' and before the dispatch's: the collectives keep one order
-  on every rank, under activation checkpointing too (the recompute repeats the decision from
-  the same counts).
+* :func:`start_copy` and :func:`finish_copy`: right after the tokens' dispatch, one
+  ``all_to_all_single`` starts sending each burst's weights from its source slot to its burst
+  slot; the planned slots' GEMMs run while it is in flight, and the layer waits for it only
+  before the burst slots' GEMMs. It is autograd-aware: in backward the burst slots' backward
+  runs first, the reverse ``all_to_all_single`` then starts returning each burst replica's
+  gradient to its source slot while the planned slots' backward runs, and is waited for after
+  them. The source slot's gradient then reaches the shard owners like any slot's
+  (``optim.reduce_grads``), so training stays the same computation. The copy passes the
+  dispatched tokens through, and its wait the planned slots' outputs, so on every rank the
+  collectives keep one order (dispatch, copy, combine; in backward combine, return, dispatch),
+  under activation checkpointing too (the recompute repeats the decision from the same
+  counts). The cost model prices what the overlap leaves exposed
+  (``costmodel.copy_exposed_ms``).
 
 Shape legend: N ranks, S planned slots per rank, S' = S + burst slots in use, B burst slots per
 rank, C bursts, M rows (tokens, or one expert's flat weights per row), D model dim, P elements
@@ -43,8 +47,10 @@ __all__ = [
     "BurstPolicy",
     "ExpertSlots",
     "LayerBursts",
-    "copy_weights",
+    "BurstCopy",
     "decide",
+    "finish_copy",
+    "start_copy",
 ]
 
 
@@ -126,23 +132,88 @@ def decide(
     return LayerBursts(plan, rs, Sx, perm_K, inv_K)
 
 
-class _BurstCopy(torch.autograd.Function):
-    """The weights' ``all_to_all_single``, passing the dispatched tokens through.
+class _Copy:
+    """One layer call's weight copy: forward's ``all_to_all_single`` in flight, then in
+    backward the gradients' return. Shared by :class:`_CopyStart` and :class:`_CopyWait`."""
 
-    Backward: the tokens' gradient passes through, and the burst replicas' gradients go back to
-    their sources by the reverse ``all_to_all_single`` (zeros for rows no token used).
+    def __init__(self, comm: Comm, out_splits: list[int], in_splits: list[int]) -> None:
+        self.comm, self.out_splits, self.in_splits = comm, out_splits, in_splits
+        self.send: torch.Tensor | None = None  # kept alive while the copy is in flight
+        self.recv: torch.Tensor | None = None
+        self.work: Any = None
+        self.back: torch.Tensor | None = None  # the gradients' return, once started
+        self.back_work: Any = None
+        self.g_send: torch.Tensor | None = None  # kept alive while the return is in flight
+
+    def start(self, w_send: torch.Tensor) -> None:
+        self.send = w_send.contiguous()
+        self.recv, self.work = self.comm.all_to_all_async(
+            self.send, self.out_splits, self.in_splits
+        )
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        self.send = None
+        assert self.recv is not None
+        return self.recv
+
+    def start_return(self, g_recv: torch.Tensor) -> None:
+        self.g_send = g_recv.contiguous()
+        self.back, self.back_work = self.comm.all_to_all_async(
+            self.g_send, self.in_splits, self.out_splits
+        )
+
+    def wait_return(self) -> torch.Tensor:
+        if self.back is None:  # not started by _CopyWait's backward: return zeros in order
+            assert self.recv is not None
+            self.start_return(self.recv.new_zeros(self.recv.shape))
+        if self.back_work is not None:
+            self.back_work.wait()
+            self.back_work = None
+        self.g_send = None
+        assert self.back is not None
+        return self.back
+
+
+class _CopyStart(torch.autograd.Function):
+    """Starts the weights' ``all_to_all_single``, passing the dispatched tokens through.
+
+    Backward (after every slot GEMM's backward, before the dispatch's): waits for the burst
+    replicas' gradients that :class:`_CopyWait`'s backward sent back, and hands them to the
+    source slots' weights.
     """
 
     @staticmethod
-    def forward(ctx, tokens_MD, w_send, comm: Comm, out_splits, in_splits):  # noqa: D102
-        ctx.comm, ctx.out_splits, ctx.in_splits = comm, out_splits, in_splits
-        ctx.w_requires_grad = w_send.requires_grad
-        return tokens_MD.view_as(tokens_MD), comm.all_to_all(w_send.detach(), out_splits, in_splits)
+    def forward(ctx, tokens_MD, w_send, copy: _Copy):  # noqa: D102
+        ctx.copy, ctx.w_requires_grad = copy, w_send.requires_grad
+        copy.start(w_send.detach())
+        return tokens_MD.view_as(tokens_MD)
 
     @staticmethod
-    def backward(ctx, g_tokens, g_recv):  # noqa: D102
-        g = ctx.comm.all_to_all(g_recv.contiguous(), ctx.in_splits, ctx.out_splits)
-        return g_tokens, (g if ctx.w_requires_grad else None), None, None, None
+    def backward(ctx, g_tokens):  # noqa: D102
+        g = ctx.copy.wait_return()
+        return g_tokens, (g if ctx.w_requires_grad else None), None
+
+
+class _CopyWait(torch.autograd.Function):
+    """Waits for the weights, passing the planned slots' outputs through (so it runs after
+    their forward, and its backward before theirs).
+
+    Backward (after the burst slots' backward): starts the return of the burst replicas'
+    gradients (zeros for rows no token used), which the planned slots' backward then hides.
+    """
+
+    @staticmethod
+    def forward(ctx, ys_MD, copy: _Copy):  # noqa: D102
+        ctx.copy = copy
+        return ys_MD.view_as(ys_MD), copy.wait()
+
+    @staticmethod
+    def backward(ctx, g_ys, g_recv):  # noqa: D102
+        ctx.copy.start_return(g_recv)
+        return g_ys, None
 
 
 def _slot_flat(layer: ExpertSlots, s: int) -> torch.Tensor:
@@ -152,17 +223,25 @@ def _slot_flat(layer: ExpertSlots, s: int) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in layer.slot_params[s]])
 
 
-def copy_weights(
+@dataclass
+class BurstCopy:
+    """The burst slots' weights on their way (:func:`start_copy`, then :func:`finish_copy`)."""
+
+    copy: _Copy
+    j_recv: np.ndarray  # burst slot (0..S'-S-1) of each received row
+    graph: bool  # started in the autograd graph
+
+
+def start_copy(
     layer: ExpertSlots, bursts: LayerBursts, recv_MD: torch.Tensor
-) -> tuple[torch.Tensor, Any]:
-    """Copy the bursts' weights (a collective) and assemble this rank's S' slots' weights.
+) -> tuple[torch.Tensor, BurstCopy]:
+    """Start the bursts' weight copy (a collective, not waited for).
 
     Returns the dispatched tokens (passed through the copy, see the module docstring) and the
-    weights for ``ExpertLayer.run_slots``: per-slot tuples (None for an empty burst slot), or
-    the stacked tensors grown by the burst slots on the grouped path.
+    copy in flight, for :func:`finish_copy` once the planned slots have run.
     """
     plan, comm = bursts.plan, layer.comm
-    N, r, S, Sx = comm.world_size, comm.rank, layer.S, bursts.slots_per_rank
+    N, r = comm.world_size, comm.rank
     c_C = np.arange(plan.count)
     send = np.flatnonzero(plan.src_C == r)
     send = send[np.lexsort((c_C[send], plan.dst_C[send]))]  # by destination, then burst
@@ -174,21 +253,36 @@ def copy_weights(
         w_send = torch.stack([_slot_flat(layer, int(s)) for s in plan.src_slot_C[send]])
     else:
         w_send = torch.zeros(0, layer.P, dtype=layer.dtype, device=layer.device)
-    if torch.is_grad_enabled():
-        recv_MD, w_recv = _BurstCopy.apply(recv_MD, w_send, comm, out_splits, in_splits)
+    copy = _Copy(comm, out_splits, in_splits)
+    graph = torch.is_grad_enabled()
+    if graph:
+        recv_MD = _CopyStart.apply(recv_MD, w_send, copy)
     else:
-        w_recv = comm.all_to_all(w_send, out_splits, in_splits)
-    j_recv = plan.dst_slot_C[recv] - S  # burst slot of each received row, 0..S'-S-1
+        copy.start(w_send)
+    return recv_MD, BurstCopy(copy, plan.dst_slot_C[recv] - layer.S, graph)
+
+
+def finish_copy(
+    layer: ExpertSlots, bursts: LayerBursts, pending: BurstCopy, ys_MD: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Wait for the copy and assemble this rank's burst slots' weights.
+
+    ys_MD: the planned slots' outputs, passed through (see :class:`_CopyWait`). Returns them
+    and the weights of the S' - S burst slots for ``ExpertLayer.run_slots``: per-slot tuples
+    (None for an empty burst slot), or stacked tensors on the grouped path.
+    """
+    S, Sx = layer.S, bursts.slots_per_rank
+    if pending.graph:
+        ys_MD, w_recv = _CopyWait.apply(ys_MD, pending.copy)
+    else:
+        w_recv = pending.copy.wait()
     shapes = list(zip(layer.offsets, layer.numels, layer.shapes, strict=True))
     if layer.grouped:
-        idx = torch.from_numpy(j_recv).to(w_recv.device)
+        idx = torch.from_numpy(pending.j_recv).to(w_recv.device)
         block = w_recv.new_zeros(Sx - S, layer.P).index_copy(0, idx, w_recv)
-        weights = tuple(
-            torch.cat((t, block[:, o : o + n].reshape(Sx - S, *shape)))
-            for t, (o, n, shape) in zip(layer.stacked, shapes, strict=True)
-        )
-        return recv_MD, weights
-    slot_params: list = list(layer.slot_params) + [None] * (Sx - S)
-    for i, j in enumerate(j_recv.tolist()):
-        slot_params[S + j] = tuple(w_recv[i, o : o + n].view(shape) for o, n, shape in shapes)
-    return recv_MD, slot_params
+        weights = tuple(block[:, o : o + n].reshape(Sx - S, *shape) for o, n, shape in shapes)
+        return ys_MD, weights
+    slot_params: list = [None] * (Sx - S)
+    for i, j in enumerate(pending.j_recv.tolist()):
+        slot_params[j] = tuple(w_recv[i, o : o + n].view(shape) for o, n, shape in shapes)
+    return ys_MD, slot_params

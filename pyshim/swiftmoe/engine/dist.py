@@ -1,4 +1,5 @@
-"""The engine's collectives: ``all_to_all_single``, ``all_reduce`` and ``broadcast`` only.
+"""The engine's collectives: ``all_to_all_single`` (also started without waiting), ``all_reduce``
+and ``broadcast`` only.
 
 They work on gloo (CPU) and NCCL (CUDA). Every one runs on the engine's process group, whose
 timeout bounds it. With one rank they are local copies.
@@ -39,6 +40,22 @@ class Comm:
         out = x_MD.new_empty((sum(out_splits), *x_MD.shape[1:]))
         dist.all_to_all_single(out, x_MD.contiguous(), out_splits, in_splits, group=self.group)
         return out
+
+    def all_to_all_async(
+        self, x_MD: torch.Tensor, out_splits: list[int], in_splits: list[int]
+    ) -> tuple[torch.Tensor, Any]:
+        """``all_to_all`` started without waiting: (the output, its work; None with one rank).
+
+        The output holds the rows once ``work.wait()`` returns (on NCCL: once the stream that
+        waits has reached them). The caller keeps ``x_MD`` alive until then.
+        """
+        if self.world_size == 1:
+            return x_MD.clone(), None
+        out = x_MD.new_empty((sum(out_splits), *x_MD.shape[1:]))
+        work = dist.all_to_all_single(
+            out, x_MD.contiguous(), out_splits, in_splits, group=self.group, async_op=True
+        )
+        return out, work
 
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:

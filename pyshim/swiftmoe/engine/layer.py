@@ -249,7 +249,7 @@ class ExpertLayer:
             row_bytes = x_TD.shape[-1] * x_TD.element_size()
             cost = self.ctx.costs.params(self.P, self.elem_bytes, row_bytes)
         rs = self.ctx.split(counts_cpu, self.slots_t, self.index, cost=cost)
-        perm_K, inv_K, weights = self.perm_K, self.inv_K, None
+        perm_K, inv_K = self.perm_K, self.inv_K
         bursts = None
         if self.ctx.bursts is not None:  # one check of rs.load_R unless a burst is made
             bursts = burst_run.decide(self, self.ctx.bursts, counts_cpu, rs.load_R, cost)
@@ -271,13 +271,21 @@ class ExpertLayer:
         out_splits = flow_QS.sum(1).tolist()
         anchor = self.ctx.anchor
         recv = all_to_all_rows(x_send, anchor, comm, out_splits, in_splits)
-        if bursts is not None:  # the burst slots' weights, copied after the tokens' dispatch
-            recv, weights = burst_run.copy_weights(self, bursts, recv)
+        pending = None
+        if bursts is not None:  # the burst slots' weights travel while the planned slots run
+            recv, pending = burst_run.start_copy(self, bursts, recv)
 
         to_slot, from_slot, rows_S = dp.regroup_received(flow_QS)
         dev = recv.device
         xs = recv.index_select(0, to_slot.to(dev))
-        ys = self.run_slots(xs, rows_S, weights)
+        if pending is None:
+            ys = self.run_slots(xs, rows_S)
+        else:
+            planned = int(rows_S[: self.S].sum())
+            ys = self.run_slots(xs[:planned], rows_S[: self.S])
+            ys, weights = burst_run.finish_copy(self, bursts, pending, ys)
+            ys_burst = self.run_slots(xs[planned:], rows_S[self.S :], weights)
+            ys = torch.cat((ys, ys_burst))
         y_recv = ys.index_select(0, from_slot.to(dev))
         back = all_to_all_rows(y_recv, anchor, comm, in_splits, out_splits)
 
@@ -301,8 +309,8 @@ class ExpertLayer:
     ) -> torch.Tensor:
         """This rank's slots over their contiguous token groups of xs_MD (slot-major).
 
-        ``weights``: None for the planned slots' own; else the weights of S' slots with burst
-        slots (``burst_run.copy_weights``: per-slot tuples, or the stacked tensors).
+        ``weights``: None for the planned slots' own (rows_S [S]); else the burst slots'
+        (rows_S [S' - S]; ``burst_run.finish_copy``: per-slot tuples, or stacked tensors).
         """
         if xs_MD.shape[0] == 0:
             return xs_MD
