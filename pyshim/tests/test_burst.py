@@ -111,21 +111,28 @@ def test_skewed_counts_burst_and_lower_the_busiest_rank(N, rpn):
     assert b.after_ms < b.before_ms
 
 
-def test_after_ms_is_the_cost_model_of_the_plan():
+@pytest.mark.parametrize("intra, inter", [(2e9, 1e9), (2e8, 1e8)])
+def test_after_ms_is_the_cost_model_of_the_plan(intra, inter):
     N, E, S, B, rpn = 8, 16, 2, 1, 4
     c = skewed(N, E, 5, 900, seed=3)
     c[:, 11] += 300
     slots = static_slots(E, N, S)
-    p = params(N, rpn)
+    p = params(N, rpn, intra, inter)
     b = burst.plan_bursts(c, slots, S, B, rpn, p, 1.0)
     assert b.count >= 2
     cp = burst.pad_counts(c)
     _, plan, demand_K, _ = min_max_demand(cp, b.slots_K, b.slots_per_rank, rpn, "auto", p)
     load = demand_K.reshape(N, -1).sum(axis=1)
     copies = cm.copy_traffic(p, b.src_C, b.dst_C)
-    want = cm.step_ms(p, load, *tier_sums(cp, plan, demand_K, rpn), copies=copies)
+    # The copies cost what the planned slots' compute leaves exposed of them.
+    Sx = b.slots_per_rank
+    load_RS = demand_K.reshape(N, Sx)
+    exposed = cm.copy_exposed_ms(p, load_RS[:, :S].sum(1), load_RS[:, S:].sum(1), *copies)
+    # (Fast links: the planned compute hides every copy; slow ones: part of them.)
+    assert (exposed == 0.0) if intra == 2e9 else (0.0 < exposed < cm.copy_ms(p, *copies))
+    want = cm.step_ms(p, load, *tier_sums(cp, plan, demand_K, rpn)) + exposed
     assert b.after_ms == pytest.approx(want, rel=1e-12)
-    assert b.copy_ms == pytest.approx(cm.copy_ms(p, *copies))
+    assert b.copy_ms == pytest.approx(exposed)
     _, plan0, d0, _ = min_max_demand(c, slots, S, rpn, "auto", p)
     want0 = cm.step_ms(p, d0.reshape(N, S).sum(axis=1), *tier_sums(c, plan0, d0, rpn))
     assert b.before_ms == pytest.approx(want0, rel=1e-12)
@@ -186,13 +193,13 @@ def _h200_case(seed, inter):
     return c, slots, S, rpn, p
 
 
-# Since the node tier spreads a node's intake over its replicas (engine/split/tiers.py), the
-# decision by compute alone comes close on half of these cases (seeds 0-7: the locality list
-# 0.92-0.97 of its step on 8 of 16, equal on the rest; it was 0.74 on seed 1 before); three
-# where it still pays.
+# Since the node tier spreads a node's intake over its replicas (engine/split/tiers.py), and
+# since the planned slots' compute hides most copies (costmodel.copy_exposed_ms), the decision
+# by compute alone comes close on many of these cases (seeds 0-7: the locality list 0.81-1.0 of
+# its step, 0.95 or less on 8 of 16); three where it still pays.
 # The locality list against compute alone, both on the min-max split ("fast"); with the split's
 # stage 1 priced ("auto"), bursts that even out the node-local amounts often do as well (below).
-@pytest.mark.parametrize("seed, inter", [(1, 1.25e10), (3, 5e10), (2, 5e10)])
+@pytest.mark.parametrize("seed, inter", [(1, 1.25e10), (3, 5e10), (2, 1.25e10)])
 def test_replicas_in_the_nodes_that_ask_beat_compute_alone(seed, inter, monkeypatch):
     c, slots, S, rpn, p = _h200_case(seed, inter)
     b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.1, method="fast")
@@ -226,7 +233,7 @@ def test_the_locality_list_never_makes_the_decision_worse(method, monkeypatch):
 def test_a_priced_split_finds_cheaper_bursts_than_the_min_max_split():
     """With the split's stage 1 priced (split.priced), the lists start from both of its forms
     and every placement is split by the cheaper: on these 16 hot sets that just moved it is
-    never worse than the min-max split's decision, and more than 5% cheaper on 7 (up to 14%)."""
+    never worse than the min-max split's decision, and more than 5% cheaper on 5 (up to 22%)."""
     ratios = []
     for seed in range(8):
         for inter in (1.25e10, 5e10):
@@ -237,7 +244,7 @@ def test_a_priced_split_finds_cheaper_bursts_than_the_min_max_split():
             assert b.before_ms == b_mm.before_ms  # the planned placement: min-max is cheaper
             ratios.append(b.after_ms / b_mm.after_ms)
     assert max(ratios) <= 1.0, ratios
-    assert sum(r < 0.95 for r in ratios) >= 7, ratios
+    assert sum(r < 0.95 for r in ratios) >= 5, ratios
 
 
 def test_no_locality_burst_on_one_node_or_without_a_priced_link():

@@ -58,6 +58,36 @@ def test_copy_ms_and_copy_traffic_by_hand():
     assert cm.copy_ms(p, *empty) == 0.0
 
 
+def test_copy_exposed_ms_by_hand():
+    p = params()  # 6e-3 ms a token; one copy 1 ms one way within a node, 10 ms across
+    tr = cm.copy_traffic(p, [0], [1])
+    # rank 0 sends while its 600 planned tokens run (3.6 ms: 1.2 forward, 2.4 backward):
+    # hidden. Rank 1 has 100 planned tokens (0.2 + 0.4 ms) to hide 1 ms each way, then 300
+    # burst tokens: 1 + 1 + 1.8 = 3.8 ms against the busiest compute's 3.6.
+    got = cm.copy_exposed_ms(p, [600, 100, 0, 0], [0, 300, 0, 0], *tr)
+    assert got == pytest.approx(0.2)
+    # 300 planned tokens hide most of it (1 + 1.2 + 0.6 = 2.8 < 3.6): nothing shows.
+    assert cm.copy_exposed_ms(p, [600, 300, 0, 0], [0, 100, 0, 0], *tr) == pytest.approx(0.0)
+    # Nothing to hide the copy behind: the whole copy_ms.
+    assert cm.copy_exposed_ms(p, [0] * 4, [0] * 4, *tr) == pytest.approx(cm.copy_ms(p, *tr))
+    no_compute = params(flops_per_token=0.0)
+    assert cm.copy_exposed_ms(no_compute, [600, 100, 0, 0], [0, 300, 0, 0], *tr) == (
+        pytest.approx(cm.copy_ms(no_compute, *tr))
+    )
+    assert cm.copy_exposed_ms(p, [600, 100, 0, 0], [0, 300, 0, 0], *([0] * 4,) * 4) == 0.0
+
+
+def test_copy_exposed_ms_is_between_nothing_and_the_whole_copy():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = params(ranks=8, ranks_per_node=4)
+        C = int(rng.integers(1, 6))
+        tr = cm.copy_traffic(p, rng.integers(0, 8, C), rng.integers(0, 8, C))
+        planned, burst = rng.integers(0, 2000, (2, 8))
+        got = cm.copy_exposed_ms(p, planned, burst, *tr)
+        assert 0.0 <= got <= cm.copy_ms(p, *tr) + 1e-12
+
+
 def test_one_node_puts_everything_in_the_intra_tier():
     for G in (0, 4, 9):
         p = params(ranks_per_node=G)

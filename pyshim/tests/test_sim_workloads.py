@@ -160,7 +160,8 @@ def test_bursts_cut_the_step_where_the_hot_expert_moves(sidecar_address):
     sw, bu = res.per_iteration["swiftmoe"], res.per_iteration["swiftmoe-burst"]
     moved = [2, 4, 6]  # the plan (from the previous iteration) misses the new hot expert
     assert (bu["bursts"][moved] > 0).all(), bu["bursts"]
-    assert (bu["copy_ms"][moved] > 0).all()
+    # The planned slots' compute (hundreds of us) hides the 33 ns copies: nothing charged.
+    assert (bu["copy_ms"] == 0).all()
     assert (bu["step_ms"][moved] < 0.9 * sw["step_ms"][moved]).all(), (bu["step_ms"], sw["step_ms"])
     assert (bu["step_ms"] <= sw["step_ms"] + 1e-9).all()  # a burst that does not pay is not made
     quiet = bu["bursts"] == 0

@@ -19,10 +19,12 @@ How it decides (all from the counts, the placement and the parameters):
    never receives a burst of an expert it holds, nor more than B bursts; the list stops when
    the busiest rank is within 0.5% of the mean, or cannot be helped;
 3. the whole list, and the prefix the greedy's estimate prefers (compute_ms of the estimated
-   busiest rank + copy_ms of the prefix's copies), are priced with the engine's own split and
-   the cost model: compute + all-to-all of the enlarged placement + copy_ms of the copies; the
-   cheaper is made if it beats the planned placement (ties: fewer bursts), else halves are
-   tried, down to none. A burst the split leaves without tokens is dropped;
+   busiest rank + copy_ms of the prefix's copies: the lists price each copy whole), are
+   priced with the engine's own split and the cost model: compute + all-to-all of the
+   enlarged placement + what the planned slots' compute leaves exposed of the copies
+   (``costmodel.copy_exposed_ms``: the engine runs the copy while the planned slots' GEMMs
+   do); the cheaper is made if it beats the planned placement (ties: fewer bursts), else
+   halves are tried, down to none. A burst the split leaves without tokens is dropped;
 4. on more than one node, with the links between nodes priced, a second list for locality
    (:func:`_local`): a newly hot expert that the plan holds in one node makes the other nodes
    send it their tokens across. Each step puts a replica in the node whose tokens for an
@@ -82,9 +84,10 @@ class BurstPlan:
         src_slot_C, dst_slot_C: int64 [C], see above.
         before_ms: the modelled step time of the layer on the planned placement (compute +
             all-to-all; ``swiftmoe.engine.costmodel``), 0 when the threshold was not passed.
-        after_ms: the same on the enlarged placement plus copy_ms of the copies (= before_ms
-            when none were made).
-        copy_ms: copy_ms of the copies.
+        after_ms: the same on the enlarged placement plus ``copy_ms`` (= before_ms when none
+            were made).
+        copy_ms: what the copies add to the step once the planned slots' compute hides what
+            it can (``costmodel.copy_exposed_ms``; at most ``costmodel.copy_ms``).
     """
 
     num_experts: int
@@ -565,7 +568,9 @@ def _evaluate(c_pad, slots, S, E, bursts, rpn, params, method) -> BurstPlan:
             break
         bursts = [b for b, u in zip(bursts, used.tolist(), strict=True) if u]
     copies = cm.copy_traffic(params, q_C, d_C)
-    c_ms = cm.copy_ms(params, *copies)
+    load_RS = demand_K.reshape(N, Sx)
+    planned_R, burst_R = load_RS[:, :S].sum(axis=1), load_RS[:, S:].sum(axis=1)
+    c_ms = cm.copy_exposed_ms(params, planned_R, burst_R, *copies)
     ms = priced.ms if priced is not None else _price(params, c_pad, plan, demand_K, rpn)[0]
     after = ms + c_ms
     return BurstPlan(E, Sx, slots_x, e_C, q_C, s_C, d_C, j_C, 0.0, after, c_ms)

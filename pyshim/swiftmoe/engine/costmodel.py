@@ -16,7 +16,9 @@ Python implementations equal, so a change here is a change of the spec:
   intra_bw, max(cse_r, cre_r) * expert_bytes / inter_bw)``: expert copies each rank sends /
   receives within and across nodes; the burst copy in forward and its gradient's return in
   backward;
-* ``step_ms = compute_ms + a2a_ms (+ copy_ms of the bursts made)``.
+* ``step_ms = compute_ms + a2a_ms (+ copy_ms of the bursts made)``; the engine overlaps the
+  copies with the planned slots' compute, and ``copy_exposed_ms`` prices what that leaves (the
+  burst decision and the simulator use it; the Go strategy prices ``copy_ms``).
 
 Ranks r and q share a node when r // G == q // G, G = ranks_per_node; G = 0 or G >= N is one
 node. An unknown input prices its term at 0, so the model degrades to what it can price: a
@@ -42,6 +44,8 @@ __all__ = [
     "CostParams",
     "a2a_ms",
     "compute_ms",
+    "FORWARD_SHARE",
+    "copy_exposed_ms",
     "copy_ms",
     "copy_traffic",
     "node_of",
@@ -193,6 +197,49 @@ def copy_ms(p: CostParams, csi_R, cri_R, cse_R, cre_R) -> float:
         p, p.expert_bytes, csi_R, cri_R, cse_R, cre_R, ("csi_R", "cri_R", "cse_R", "cre_R")
     )
     return 2.0 * 1e3 * t
+
+
+#: The forward's share of an expert's forward+backward compute: one GEMM pass of three (the
+#: backward computes the input's gradient and the weights').
+FORWARD_SHARE = 1.0 / 3.0
+
+
+def copy_exposed_ms(p: CostParams, planned_R, burst_R, csi_R, cri_R, cse_R, cre_R) -> float:
+    """What the burst copies add to compute_ms once the planned slots' compute hides them.
+
+    The engine starts the copy before the planned slots' forward and waits for it before the
+    burst slots'; in backward the burst slots run first, and the gradients' return travels
+    while the planned slots' backward runs (``swiftmoe.engine.burst_run``). Rank r's compute
+    with its copies is then
+
+        T_r = max(c_r, f * P_r) + max(c_r, (1 - f) * P_r) + B_r
+
+    where c_r is rank r's one-way copy time (its tiers at once, as in ``copy_ms``), P_r and B_r
+    the compute of its planned and burst slots' tokens, and f = ``FORWARD_SHARE``. Returns
+    max_r T_r - max_r (P_r + B_r): between 0 (every copy hidden) and ``copy_ms`` (none).
+
+    planned_R / burst_R [N]: tokens each rank's planned / burst slots compute; csi..cre as in
+    ``copy_ms`` (``copy_traffic``). Without compute priced, nothing hides a copy: ``copy_ms``.
+    """
+    planned = _per_rank(p, "planned_R", planned_R)
+    burst = _per_rank(p, "burst_R", burst_R)
+    names = ("csi_R", "cri_R", "cse_R", "cre_R")
+    csi, cri, cse, cre = (
+        _per_rank(p, n, v) for n, v in zip(names, (csi_R, cri_R, cse_R, cre_R), strict=True)
+    )
+    b = p.expert_bytes
+    c_R = 1e3 * np.maximum(
+        _over(np.maximum(csi, cri) * b, p.intra_bw), _over(np.maximum(cse, cre) * b, p.inter_bw)
+    )
+    if c_R.size == 0 or not c_R.any():
+        return 0.0
+    if not p.prices_compute:
+        return 2.0 * float(c_R.max())
+    ms = 1e3 * p.flops_per_token / p.flops_per_s
+    P, B = planned * ms, burst * ms
+    f = FORWARD_SHARE
+    T = np.maximum(c_R, f * P) + np.maximum(c_R, (1.0 - f) * P) + B
+    return max(float(T.max() - (P + B).max()), 0.0)
 
 
 def copy_traffic(p: CostParams, src_C, dst_C) -> tuple[np.ndarray, ...]:

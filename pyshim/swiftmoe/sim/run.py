@@ -22,7 +22,8 @@ on the main thread, sidecar_s the time it waited for plans, sidecar_rpc_s the Re
 the background threads. ``swiftmoe-burst`` runs on ``swiftmoe``'s placement: per layer the
 engine's own burst decision (:func:`swiftmoe.engine.burst.plan_bursts`) is made from the
 iteration's counts and the placement's split, and when it makes bursts the layer is split again
-over the enlarged placement and charged the copies' time (``copy_ms``). The ``bound`` is
+over the enlarged placement and charged the copies' time that the planned slots' compute does
+not hide (``copy_ms``, ``costmodel.copy_exposed_ms``: the engine overlaps them). The ``bound`` is
 perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an even one and
 the static layout's under uniform routing (the engine's split on uniform counts).
 
@@ -241,7 +242,7 @@ def _burst_layer(
     )
     cost = model.flow_layer(c, et, model.flow_of(c, Sx, split), Sx)
     # Burst slots hold copies for this layer only: the planned slots' transfers stay, the
-    # copies and their gradients' return are copy_ms.
+    # copies and their gradients' return are copy_ms (what the overlap leaves exposed).
     cost.transfer_ms = planned.transfer_ms
     return cost, bp.copy_ms, bp.count
 

@@ -17,7 +17,8 @@ it: per-slot kernels or grouped GEMM, no padding; what ``scripts/bench_step.py``
 own sidecar job, whose cost model carries them, so it may leave imbalance within a node to them)
 plus, per layer and iteration, the burst replicas that the engine's own decision
 (``swiftmoe.engine.burst.plan_bursts``) makes from the iteration's counts, with the copies' time
-(``swiftmoe.engine.costmodel.copy_ms``) charged to the iteration.
+charged to the iteration: what the planned slots' compute does not hide of it, as the engine runs
+them together (``swiftmoe.engine.costmodel.copy_exposed_ms``).
 
 The ``bound`` is perfect balance: every rank computes the mean load (total/N tokens, for the
 per-slot compute model spread evenly over its S slots); its all-to-all is the lower of an even
