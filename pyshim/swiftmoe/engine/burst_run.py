@@ -172,9 +172,9 @@ class _Copy:
         if self.back_work is not None:
             self.back_work.wait()
             self.back_work = None
-        self.g_send = None
-        assert self.back is not None
-        return self.back
+        back, self.back, self.g_send = self.back, None, None
+        assert back is not None
+        return back
 
 
 class _CopyStart(torch.autograd.Function):
