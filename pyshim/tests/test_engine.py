@@ -18,6 +18,7 @@ from engine_harness import (
     B,
     D,
     E,
+    F,
     TinyNet,
     adversarial_plan,
     allreduce_dense_grads,
@@ -32,7 +33,10 @@ from torch import nn
 
 import swiftmoe.nn as smnn
 from swiftmoe.api import replicate_
+from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine.config import SwiftMoEConfig
+from swiftmoe.engine.plan import max_over_mean
+from swiftmoe.engine.split import split_rank_loads
 from swiftmoe.planning.sources import CallablePlanSource
 
 # ---- observe mode ------------------------------------------------------------------------------
@@ -54,18 +58,24 @@ def _route_counts(model: TinyNet, x: torch.Tensor) -> list[list[int]]:
     return counts
 
 
-def _observe_run(rank: int, world_size: int, steps: int) -> dict:
+def _observe_run(
+    rank: int, world_size: int, steps: int, plan_fn=adversarial_plan, **cfg_kw
+) -> dict:
     plain = TinyNet()
     observed = copy.deepcopy(plain)
     got_loads = []
     src = CallablePlanSource(
         lambda it, loads: (
             got_loads.append((it, loads))
-            or [adversarial_plan(it, world_size, SLOTS_FOR[world_size], li) for li in range(LAYERS)]
+            or [plan_fn(it, world_size, SLOTS_FOR[world_size], li) for li in range(LAYERS)]
         )
     )
     cfg = SwiftMoEConfig(
-        slots_per_rank=SLOTS_FOR[world_size], mode="observe", plan_source=src, plan_deadline_s=20
+        slots_per_rank=SLOTS_FOR[world_size],
+        mode="observe",
+        plan_source=src,
+        plan_deadline_s=20,
+        **cfg_kw,
     )
     handle = replicate_(observed, cfg)
     opts = [torch.optim.AdamW(m.parameters(), **OPTIMIZERS["AdamW"]) for m in (plain, observed)]
@@ -87,7 +97,7 @@ def _observe_run(rank: int, world_size: int, steps: int) -> dict:
     src.close()
     for (n, p), (n2, q) in zip(plain.named_parameters(), observed.named_parameters(), strict=True):
         assert n == n2 and torch.equal(p, q), f"{n} differs under observe mode"
-    return {"stats": stats, "local": local, "submitted": got_loads}
+    return {"stats": stats, "local": local, "submitted": got_loads, "placement": handle.placement}
 
 
 def _check_observe(results: list[dict], world_size: int, steps: int) -> None:
@@ -104,6 +114,52 @@ def _check_observe(results: list[dict], world_size: int, steps: int) -> None:
     submitted = results[0]["submitted"]
     assert [it for it, _ in submitted] == list(range(steps))
     assert [loads for _, loads in submitted] == [s.loads_LE for s in results[0]["stats"]]
+
+
+# Observe mode on 2 nodes of one rank with slow links between them: the logged max_over_mean is
+# that of the split replicate mode would run, its stage 1 priced (split.priced).
+_OBSERVE_NODES = dict(
+    ranks_per_node=1, intra_node_bandwidth=1e9, inter_node_bandwidth=1e3, expert_flops_per_s=1e9
+)
+
+
+def _one_apart(iteration: int, N: int, S: int, layer: int) -> list[int]:
+    """Experts 1 and 2 on both ranks, 0 and 3 on one each (N = 2, S = 3): where the ranks'
+    tokens for 0 and 3 differ, min-max evens the loads by sending 1 or 2 across, and the
+    node-local amounts keep them home."""
+    return [0, 1, 2, 1, 2, 3]
+
+
+def _check_observe_priced(results: list[dict], world_size: int) -> None:
+    N, S = world_size, SLOTS_FOR[world_size]
+    P = 3 * D * F  # TinyNet's SwiGLU expert: w_gate, w_up, w_down, fp32
+    p = cm.CostParams(
+        ranks=N,
+        ranks_per_node=1,
+        token_bytes=4 * D,
+        expert_bytes=4 * P,
+        flops_per_token=6 * P,
+        flops_per_s=1e9,
+        intra_bw=1e9,
+        inter_bw=1e3,
+    )
+
+    def mom(counts, slots, cost):
+        return max_over_mean(split_rank_loads(counts, slots, S, 1, "auto", cost))
+
+    differs = 0
+    for res in results:
+        for step, s in enumerate(res["stats"]):
+            for li in range(LAYERS):
+                counts = torch.tensor([r["local"][step][li] for r in results])
+                slots = res["placement"][li]
+                assert s.max_over_mean_L[li] == mom(counts, slots, p), (step, li)
+                differs += s.max_over_mean_L[li] != mom(counts, slots, None)
+                if step:
+                    planned = _one_apart(step - 1, N, S, li)
+                    assert s.predicted_max_over_mean_L[li] == mom(counts, planned, p)
+                    differs += s.predicted_max_over_mean_L[li] != mom(counts, planned, None)
+    assert differs, "the priced split logged what the min-max split logs: the test cannot tell"
 
 
 def test_observe_mode_is_bit_identical_and_records_loads_single_process() -> None:
@@ -217,6 +273,7 @@ def _engine_cases(rank: int, world_size: int) -> dict:
         "even": even,
         "empty": _empty_rank_run(rank, world_size),
         "observe": _observe_run(rank, world_size, 3),
+        "observe_nodes": _observe_run(rank, world_size, 3, _one_apart, **_OBSERVE_NODES),
     }
 
 
@@ -269,6 +326,8 @@ def test_engine_cases_on_two_ranks() -> None:
         # A rank without tokens still joins every collective, forward and backward.
         _assert_state(res["empty"], ref_empty, f"empty rank, rank {rank}")
     _check_observe([r["observe"] for r in results], world_size, 3)
+    _check_observe([r["observe_nodes"] for r in results], world_size, 3)
+    _check_observe_priced([r["observe_nodes"] for r in results], world_size)
 
 
 # ---- configuration errors and discovery ------------------------------------------------------

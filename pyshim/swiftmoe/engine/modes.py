@@ -25,6 +25,7 @@ from swiftmoe.engine.optim import ShardedExpertOptimizer
 from swiftmoe.engine.plans import PlanChannel
 from swiftmoe.engine.splitter import RankSplitter
 from swiftmoe.engine.stats import StepStats, dropped_of, loads_of, reset_stats
+from swiftmoe.engine.step_costs import StepCosts
 
 __all__ = ["ObserveRun", "ReplicateRun"]
 
@@ -142,15 +143,23 @@ class ObserveRun:
         comm: Comm,
         splitter: RankSplitter,
         device: torch.device,
+        costs: StepCosts | None = None,
     ) -> None:
         self.layers, self.channel, self.comm = layers, channel, comm
-        self.splitter, self.device = splitter, device
+        self.splitter, self.device, self.costs = splitter, device, costs
         self.iteration = 0
         self._pending_plan: list[list[int]] | None = None
 
     @property
     def placement(self) -> list[list[int]]:
         return [list(layer.slots) for layer in self.layers]
+
+    def _cost(self, layer: ObservedLayer):
+        """The layer's cost parameters for the what-if split, or None (nothing priced, or the
+        layer's sizes unknown)."""
+        if self.costs is None or not layer.expert_numel or not layer.token_bytes:
+            return None
+        return self.costs.params(layer.expert_numel, layer.weight_bytes, layer.token_bytes)
 
     def step(self) -> StepStats:
         N, r = self.comm.world_size, self.comm.rank
@@ -166,10 +175,13 @@ class ObserveRun:
             off += N * layer.E
         loads = [c.sum(0).tolist() for c in counts_L]
 
+        # The split replicate mode would run: its stage 1 priced on several nodes.
+        cost_L = [self._cost(layer) for layer in self.layers]
+
         def mom(slots_L):
             return [
-                planlib.max_over_mean(self.splitter.rank_loads(c, s))
-                for c, s in zip(counts_L, slots_L, strict=True)
+                planlib.max_over_mean(self.splitter.rank_loads(c, s, cost))
+                for c, s, cost in zip(counts_L, slots_L, cost_L, strict=True)
             ]
 
         predicted = mom(self._pending_plan) if self._pending_plan is not None else None

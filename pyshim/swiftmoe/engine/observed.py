@@ -28,6 +28,10 @@ class ObservedLayer:
         self.fqn, self.block, self.adapter = where
         block, adapter = self.block, self.adapter
         self.slots: list[int] = []
+        # For the cost model of the what-if split (ObserveRun): one expert's elements and
+        # bytes per element (set by the engine where it prices), one token row's bytes (set
+        # by the first training forward).
+        self.expert_numel = self.weight_bytes = self.token_bytes = 0
         try:
             params = inspect.signature(adapter.route).parameters
         except (TypeError, ValueError):
@@ -43,6 +47,7 @@ class ObservedLayer:
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             x_TD = self.adapter.flatten_input(block, args, kwargs)
+            self.token_bytes = x_TD.shape[-1] * x_TD.element_size()
             if self._route_has_hooks:  # run the router without its hooks: leave no trace
                 route = self.adapter.route(block, x_TD.detach(), hooks=False)
             else:

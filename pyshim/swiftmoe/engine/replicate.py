@@ -123,13 +123,13 @@ def replicate_(
             )
         )
     if config.mode == "observe":
-        run = _observe(blocks, E_L, slots_L, config, comm, source, rpn, device)
+        run = _observe(blocks, E_L, slots_L, config, comm, source, rpn, device, bandwidths)
     else:
         run = _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths)
     return SwiftMoEHandle(model, config, comm, run, source, owns, rpn)
 
 
-def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device) -> ObserveRun:
+def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device, bandwidths) -> ObserveRun:
     layers = []
     for i, (where, E, slots) in enumerate(zip(blocks, E_L, slots_L, strict=True)):
         layer = ObservedLayer(i, where, E, device)
@@ -137,7 +137,32 @@ def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device) -> Observe
         layers.append(layer)
     channel = _channel(source, comm, blocks, E_L, config, device)
     splitter = RankSplitter(config.slots_per_rank, comm.rank, rpn, config.split_method)
-    return ObserveRun(layers, channel, comm, splitter, device)
+    # The logged max_over_mean uses the split replicate mode would run: on several nodes its
+    # stage 1 is priced, with the cost parameters replicate mode would agree on.
+    costs = None
+    N = comm.world_size
+    if config.split_method == "auto" and 0 < rpn < N:
+        dtype = torch.float32
+        for layer in layers:
+            sizes = _expert_size(layer)
+            if sizes is not None:
+                layer.expert_numel, dtype = sizes
+                layer.weight_bytes = torch.empty((), dtype=dtype).element_size()
+        costs = StepCosts.agree(comm, device, dtype, rpn, bandwidths, config.expert_flops_per_s)
+    return ObserveRun(layers, channel, comm, splitter, device, costs)
+
+
+def _expert_size(layer: ObservedLayer) -> tuple[int, torch.dtype] | None:
+    """(elements, dtype) of one expert of an observed block, or None where its adapter cannot
+    give the expert weights (observe mode then logs the min-max split for that block)."""
+    try:
+        first = layer.adapter.get_expert_params(layer.block)[0]
+    except (ValueError, NotImplementedError, TypeError, AttributeError, IndexError) as e:
+        log.info(
+            "swiftmoe observe: %s: expert sizes unknown (%s); its split is unpriced", layer.fqn, e
+        )
+        return None
+    return sum(t.numel() for t in first), first[0].dtype
 
 
 def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> ReplicateRun:

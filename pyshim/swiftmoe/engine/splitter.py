@@ -87,10 +87,16 @@ class RankSplitter:
             )
         return rs
 
-    def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int]) -> torch.Tensor:
-        """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing."""
+    def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int], cost=None) -> torch.Tensor:
+        """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing;
+        ``cost`` as for the layer's split (its stage 1 priced on several nodes)."""
         N, E = counts_NE.shape
         plan = self._indexes.index(slots_K, self.S, N, E)
         return splitlib.split_rank_loads(
-            counts_NE, plan, self.S, ranks_per_node=self.ranks_per_node, method=self.method
+            counts_NE,
+            plan,
+            self.S,
+            ranks_per_node=self.ranks_per_node,
+            method=self.method,
+            cost=cost,
         )
