@@ -35,10 +35,9 @@ class Comm:
         self, x_MD: torch.Tensor, out_splits: list[int], in_splits: list[int]
     ) -> torch.Tensor:
         """Non-differentiable ``all_to_all_single`` with uneven splits along dim 0."""
-        if self.world_size == 1:
-            return x_MD.clone()
-        out = x_MD.new_empty((sum(out_splits), *x_MD.shape[1:]))
-        dist.all_to_all_single(out, x_MD.contiguous(), out_splits, in_splits, group=self.group)
+        out, work = self.all_to_all_async(x_MD, out_splits, in_splits)
+        if work is not None:
+            work.wait()
         return out
 
     def all_to_all_async(
