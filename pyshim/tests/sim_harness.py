@@ -76,6 +76,7 @@ def run_sim(address, loads_ILE, systems, slots, static_slots, **kw):
         static_slots=static_slots,
         flops_per_s=kw.pop("flops_per_s", 0.0),
         split_method=kw.pop("split_method", "auto"),
+        decision_ms=kw.pop("decision_ms", 0.0),
     )
     return simulate(
         np.asarray(loads_ILE),

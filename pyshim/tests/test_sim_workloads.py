@@ -169,6 +169,37 @@ def test_bursts_cut_the_step_where_the_hot_expert_moves(sidecar_address):
 
 
 @needs_sidecar
+def test_decision_ms_charges_every_layer_call_whose_decision_ran(sidecar_address):
+    # The burst decision's host time (--decision-ms) is charged where its threshold is passed,
+    # whether or not it makes bursts (without a throughput it has nothing to weigh a copy
+    # against: none made); nothing else changes.
+    loads = skewed()
+    systems = "bound,swiftmoe,swiftmoe-burst"
+    for flops, made in ((6 * 16384e6, True), (0.0, False)):
+        kw = dict(flops_per_s=flops)
+        base = run_sim(sidecar_address, loads, systems, 2, 2, **kw)
+        res = run_sim(sidecar_address, loads, systems, 2, 2, decision_ms=0.25, **kw)
+        b0, b1 = base.per_iteration["swiftmoe-burst"], res.per_iteration["swiftmoe-burst"]
+        # One layer, a hot expert in every iteration: one decision an iteration.
+        np.testing.assert_array_equal(b1["decision_ms"], np.full(len(loads), 0.25))
+        assert (b1["bursts"] > 0).all() if made else (b1["bursts"] == 0).all(), b1["bursts"]
+        np.testing.assert_allclose(b1["step_ms"], b0["step_ms"] + 0.25)
+        assert (b0["decision_ms"] == 0).all()
+        for name in ("bound", "swiftmoe"):  # the other systems are not charged
+            r1, r0 = res.per_iteration[name], base.per_iteration[name]
+            np.testing.assert_allclose(r1["step_ms"], r0["step_ms"])
+            assert (r1["decision_ms"] == 0).all()
+    # Uniform loads never pass the threshold: nothing charged.
+    flat = run_sim(
+        sidecar_address, np.full((4, 1, 8), 1000), systems, 2, 2, decision_ms=0.25,
+        flops_per_s=6 * 16384e6,
+    )  # fmt: skip
+    assert (flat.per_iteration["swiftmoe-burst"]["decision_ms"] == 0).all()
+    with pytest.raises(ValueError, match="--decision-ms"):
+        run_sim(sidecar_address, loads, "swiftmoe-burst", 2, 2, decision_ms=-1.0)
+
+
+@needs_sidecar
 def test_swiftmoe_plans_for_step_time_with_the_clusters_cost_model(sidecar_address):
     # 8 GPUs in 2 nodes, slow links between them: with the cost model, SwiftMoE keeps tokens in
     # their node and moves fewer of them than when it balances compute alone.

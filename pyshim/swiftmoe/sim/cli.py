@@ -26,8 +26,8 @@ from the trace's global counts.
 
 Step time per iteration = expert compute (slowest rank, from a calibration table) + token
 all-to-all (4 exchanges per layer) + gradient and weight transfers (charged to every system
-alike) + migration (FlexMoE) + burst copies (swiftmoe-burst) + --other-ms. The model is
-documented in swiftmoe/sim/model.py.
+alike) + migration (FlexMoE) + burst copies and --decision-ms (swiftmoe-burst) + --other-ms.
+The model is documented in swiftmoe/sim/model.py.
 
 Synthetic workloads (--synthetic-experts E --workload NAME): zipf (drifting Zipf skew, the
 default), fixed-hot (a few experts take about --hot-share of the selections), moving-hot (the
@@ -157,6 +157,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=1.1,
         help="swiftmoe-burst: busiest rank over the mean above which bursts are considered "
         "(default 1.1, the engine's)",
+    )
+    s.add_argument(
+        "--decision-ms",
+        type=float,
+        default=0.0,
+        help="swiftmoe-burst: host milliseconds charged to each layer call whose burst decision "
+        "runs (past --burst-threshold), whatever it makes; the engine decides on the CPU before "
+        "the dispatch (default 0: not charged; scripts/bench_split.py measures it)",
     )
     s.add_argument(
         "--split",
@@ -337,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
             flops_per_s=et.flops_per_s(flops_per_token, mean_rank),
             burst_slots=args.burst_slots,
             burst_threshold=args.burst_threshold,
+            decision_ms=args.decision_ms,
             split_method=args.split,
             plugin_timeout_s=args.plugin_timeout,
         )

@@ -23,9 +23,10 @@ the background threads. ``swiftmoe-burst`` runs on ``swiftmoe``'s placement: per
 engine's own burst decision (:func:`swiftmoe.engine.burst.plan_bursts`) is made from the
 iteration's counts and the placement's split, and when it makes bursts the layer is split again
 over the enlarged placement and charged the copies' time that the planned slots' compute does
-not hide (``copy_ms``, ``costmodel.copy_exposed_ms``: the engine overlaps them). The ``bound`` is
-perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an even one and
-the static layout's under uniform routing (the engine's split on uniform counts).
+not hide (``copy_ms``, ``costmodel.copy_exposed_ms``: the engine overlaps them), plus
+``decision_ms`` (``--decision-ms``, 0 by default) for each layer call whose decision ran. The
+``bound`` is perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an
+even one and the static layout's under uniform routing (the engine's split on uniform counts).
 
 Shape legend: I iterations (n_it), L layers, E experts, N ranks, S slots per rank, K = N*S slots,
 Q = N source ranks.
@@ -63,6 +64,7 @@ FIELDS = (
     "transfer_ms",
     "migration_ms",
     "copy_ms",
+    "decision_ms",
     "bursts",
     "dropped",
     "max_over_mean",
@@ -83,6 +85,10 @@ class SimConfig:
     # burst_threshold)
     burst_slots: int = 1
     burst_threshold: float = 1.1
+    # swiftmoe-burst: host time charged to each layer call whose burst decision runs (past the
+    # threshold): the engine decides on the CPU before the dispatch, and the cost model does not
+    # count that (0: not charged)
+    decision_ms: float = 0.0
     # swiftmoe and swiftmoe-burst: the engine's split_method ("auto": stage 1 chosen by the cost
     # model on several nodes, swiftmoe.engine.split.priced; "fast", "exact": min-max amounts)
     split_method: str = "auto"
@@ -97,6 +103,10 @@ class SimConfig:
                 raise ValueError(f"--{name.replace('_', '-')} is {v!r}: pass an integer >= 1")
         if not (self.other_ms >= 0 and np.isfinite(self.other_ms)):
             raise ValueError(f"--other-ms is {self.other_ms!r}: pass milliseconds >= 0")
+        if not (self.decision_ms >= 0 and np.isfinite(self.decision_ms)):
+            raise ValueError(
+                f"--decision-ms is {self.decision_ms!r}: pass milliseconds >= 0 (0: not charged)"
+            )
         if not (self.flops_per_s >= 0 and np.isfinite(self.flops_per_s)):
             raise ValueError(f"flops_per_s is {self.flops_per_s!r}: pass FLOP/s >= 0 (0: unknown)")
         if not is_int(self.burst_slots, 0):
@@ -213,10 +223,20 @@ def _burst_layer(
     S: int,
     flow: model.Flow,
     planned: model.LayerCost,
-) -> tuple[model.LayerCost, float, int]:
+) -> tuple[model.LayerCost, float, int, bool]:
     """A layer with the engine's burst replicas on ``slots_K`` (split ``flow``, cost ``planned``):
-    (its cost, the copies' ms, the bursts made). With none made, the planned cost."""
+    (its cost, the copies' ms, the bursts made, whether the decision ran: its threshold was
+    passed). With none made, the planned cost."""
     c = cfg.cluster
+    load_R = flow.x_RS.sum(axis=1).astype(np.int64)
+    total = int(load_R.sum())
+    # plan_bursts' own check: past it the decision runs (and costs host time), whatever it makes
+    decided = (
+        cfg.burst_slots > 0
+        and c.gpus > 1
+        and total > 0
+        and int(load_R.max()) * c.gpus > cfg.burst_threshold * total
+    )
     bp = plan_bursts(
         counts_QE,
         slots_K,
@@ -226,10 +246,10 @@ def _burst_layer(
         params,
         cfg.burst_threshold,
         method=cfg.split_method,
-        load_R=flow.x_RS.sum(axis=1).astype(np.int64),
+        load_R=load_R,
     )
     if bp.count == 0:
-        return planned, 0.0, 0
+        return planned, 0.0, 0, decided
     Sx = bp.slots_per_rank
     split = split_traffic(
         pad_counts(counts_QE),
@@ -244,7 +264,7 @@ def _burst_layer(
     # Burst slots hold copies for this layer only: the planned slots' transfers stay, the
     # copies and their gradients' return are copy_ms (what the overlap leaves exposed).
     cost.transfer_ms = planned.transfer_ms
-    return cost, bp.copy_ms, bp.count
+    return cost, bp.copy_ms, bp.count, decided
 
 
 def simulate(
@@ -406,12 +426,14 @@ def simulate(
                                 engine_costs[fk] = cost
                             if s.burst and cfg.burst_slots:
                                 ts = time.perf_counter()
-                                cost, copy_ms, made = _burst_layer(
+                                cost, copy_ms, made, decided = _burst_layer(
                                     cfg, et, params, counts_QE, slots_K, S, flow, cost
                                 )
                                 timing["burst_s"] += time.perf_counter() - ts
                                 per[s.name]["copy_ms"][it] += copy_ms
                                 per[s.name]["bursts"][it] += made
+                                if decided:
+                                    per[s.name]["decision_ms"][it] += cfg.decision_ms
                     timing["cost_s"] += time.perf_counter() - tc
                     row = per[s.name]
                     row["compute_ms"][it] += cost.compute_ms
@@ -439,6 +461,7 @@ def simulate(
             + row["transfer_ms"]
             + row["migration_ms"]
             + row["copy_ms"]
+            + row["decision_ms"]
             + cfg.other_ms
         )
     timing["total_s"] = time.perf_counter() - t_start
