@@ -61,7 +61,7 @@ from swiftmoe.engine.split.plan_index import check_counts, check_slots
 from swiftmoe.engine.split.priced import amounts_node_local, price, prices_split
 from swiftmoe.engine.split.tiers import tier_sums
 
-__all__ = ["BurstPlan", "pad_counts", "plan_bursts"]
+__all__ = ["BurstPlan", "pad_counts", "past_threshold", "plan_bursts"]
 
 _GOAL_TOL = 5e-3  # the greedy list stops once the busiest rank is this close to the mean
 
@@ -106,6 +106,17 @@ class BurstPlan:
     def count(self) -> int:
         """C, the bursts made."""
         return int(self.expert_C.size)
+
+
+def past_threshold(load_R, burst_slots_per_rank: int, threshold: float) -> bool:
+    """Whether the decision runs: burst slots, two ranks or more, tokens, and the split's rank
+    loads load_R [N] on the planned placement with max > threshold x mean. The engine's check
+    per layer call (``burst_run.decide``), plan_bursts' own, and the simulator's."""
+    N = len(load_R)
+    total = int(load_R.sum())
+    if burst_slots_per_rank == 0 or N <= 1 or total == 0:
+        return False
+    return int(load_R.max()) * N > threshold * total
 
 
 def pad_counts(counts_QE) -> np.ndarray:
@@ -213,7 +224,7 @@ def plan_bursts(
             c_QE, slots, S, ranks_per_node, method, params
         )
         load_R = demand0.reshape(N, S).sum(axis=1)
-    if int(load_R.max()) * N <= threshold * total:
+    if not past_threshold(load_R, B, threshold):
         return _none(slots, S, E)
     if demand0 is None:
         _, plan0, demand0, _, priced0 = priced_demand(

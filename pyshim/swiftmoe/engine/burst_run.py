@@ -39,7 +39,7 @@ import torch
 
 from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine import dispatch as dp
-from swiftmoe.engine.burst import BurstPlan, pad_counts, plan_bursts
+from swiftmoe.engine.burst import BurstPlan, pad_counts, past_threshold, plan_bursts
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.split import RankSplit
 
@@ -109,8 +109,7 @@ def decide(
     the planned placement; params: the layer's cost parameters (``StepCosts.params``), those
     its split was given.
     """
-    N = params.ranks
-    if policy.B == 0 or N == 1 or int(load_R.max()) * N <= policy.threshold * int(load_R.sum()):
+    if not past_threshold(load_R, policy.B, policy.threshold):
         return None
     plan = plan_bursts(
         counts_NE,

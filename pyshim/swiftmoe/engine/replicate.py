@@ -140,8 +140,7 @@ def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device, bandwidths
     # The logged max_over_mean uses the split replicate mode would run: on several nodes its
     # stage 1 is priced, with the cost parameters replicate mode would agree on.
     costs = None
-    N = comm.world_size
-    if config.split_method == "auto" and 0 < rpn < N:
+    if _priced_split(config, rpn, comm.world_size):
         dtype = torch.float32
         for layer in layers:
             sizes = _expert_size(layer)
@@ -150,6 +149,12 @@ def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device, bandwidths
                 layer.weight_bytes = torch.empty((), dtype=dtype).element_size()
         costs = StepCosts.agree(comm, device, dtype, rpn, bandwidths, config.expert_flops_per_s)
     return ObserveRun(layers, channel, comm, splitter, device, costs)
+
+
+def _priced_split(config: SwiftMoEConfig, rpn: int, N: int) -> bool:
+    """The split's stage 1 can be priced (split "auto" on more than one node): the layers then
+    need the job's cost parameters (``StepCosts``), in replicate and observe mode alike."""
+    return config.split_method == "auto" and 0 < rpn < N
 
 
 def _expert_size(layer: ObservedLayer) -> tuple[int, torch.dtype] | None:
@@ -205,7 +210,7 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> R
         bursts = BurstPolicy(
             config.burst_slots_per_rank, config.burst_threshold, config.split_method
         )
-    if bursts is not None or (config.split_method == "auto" and 0 < rpn < N):
+    if bursts is not None or _priced_split(config, rpn, N):
         costs = StepCosts.agree(comm, device, dtype, rpn, bandwidths, config.expert_flops_per_s)
     ctx = LayerContext(
         split=RankSplitter(S, r, rpn, config.split_method),

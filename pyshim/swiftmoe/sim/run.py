@@ -43,7 +43,7 @@ import numpy as np
 
 from swiftmoe._checks import is_int
 from swiftmoe.engine import costmodel
-from swiftmoe.engine.burst import pad_counts, plan_bursts
+from swiftmoe.engine.burst import pad_counts, past_threshold, plan_bursts
 from swiftmoe.engine.split import METHODS, PlanIndexCache
 from swiftmoe.planning.client import JobSpec, SidecarClient
 from swiftmoe.planning.job import SidecarJob
@@ -229,14 +229,8 @@ def _burst_layer(
     passed). With none made, the planned cost."""
     c = cfg.cluster
     load_R = flow.x_RS.sum(axis=1).astype(np.int64)
-    total = int(load_R.sum())
-    # plan_bursts' own check: past it the decision runs (and costs host time), whatever it makes
-    decided = (
-        cfg.burst_slots > 0
-        and c.gpus > 1
-        and total > 0
-        and int(load_R.max()) * c.gpus > cfg.burst_threshold * total
-    )
+    # Past it the decision runs (and costs host time), whatever it makes.
+    decided = past_threshold(load_R, cfg.burst_slots, cfg.burst_threshold)
     bp = plan_bursts(
         counts_QE,
         slots_K,
