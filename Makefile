@@ -27,6 +27,7 @@ build: ## build bin/swiftmoe-sidecar and bin/swiftmoe-strategy-NAME for every bu
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/swiftmoe-sidecar ./sidecar/cmd/swiftmoe-sidecar
 	@for s in $(STRATEGIES); do echo "$(GO) build -o $(BIN)/$$s ./plugins/cmd/$$s"; $(GO) build -o $(BIN)/$$s ./plugins/cmd/$$s || exit 1; done
+	$(PYTHON) pyshim/swiftmoe/engine/native/build.py --optional $(BIN)
 
 proto: ## regenerate bridge/gen (Go) and pyshim/swiftmoe/_proto (Python) from bridge/proto
 	scripts/genproto.sh

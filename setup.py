@@ -96,6 +96,17 @@ def build_go_binaries(dest: Path) -> list[Path]:
     return built
 
 
+def build_native(dest: Path) -> None:
+    """Builds the native burst decision (C, swiftmoe.engine.native) into dest. Without a C
+    compiler it says so and goes on: the engine then runs the NumPy decision (slower)."""
+    script = ROOT / "pyshim" / "swiftmoe" / "engine" / "native" / "build.py"
+    cmd = [sys.executable, str(script), "--optional", str(dest)]
+    print(f"swiftmoe: {' '.join(cmd)}", flush=True)
+    r = subprocess.run(cmd, cwd=ROOT, timeout=600)
+    if r.returncode != 0:
+        sys.exit(f"error: `{' '.join(cmd)}` failed with status {r.returncode} (output above)")
+
+
 def copy_calibration(dest: Path) -> list[Path]:
     """Copies calibration/*.json (the simulator's tables) into dest."""
     tables = sorted((ROOT / "calibration").glob("*.json"))
@@ -119,6 +130,7 @@ class build_py(_build_py):
             dest = Path(self.build_lib) / "swiftmoe" / "_bin"
             copy_calibration(Path(self.build_lib) / "swiftmoe" / "_calibration")
         build_go_binaries(dest)
+        build_native(dest)
 
 
 class BinaryDistribution(Distribution):

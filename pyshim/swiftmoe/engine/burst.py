@@ -55,6 +55,7 @@ import numpy as np
 
 from swiftmoe._checks import is_int, is_number
 from swiftmoe.engine import costmodel as cm
+from swiftmoe.engine import native as _native
 from swiftmoe.engine.split.amounts import amounts_fast
 from swiftmoe.engine.split.demand import METHODS, priced_demand, slot_demand
 from swiftmoe.engine.split.plan_index import check_counts, check_slots
@@ -183,6 +184,7 @@ def plan_bursts(
     threshold: float,
     method: str = "auto",
     load_R=None,
+    native: bool | None = None,
 ) -> BurstPlan:
     """The burst replicas of one layer in one iteration (see the module docstring).
 
@@ -201,6 +203,10 @@ def plan_bursts(
         method: the split's method ("auto", "fast", "exact"), as the layer splits.
         load_R: the split's rank loads on the planned placement when the caller has them
             (int64 [N]), else None (computed).
+        native: None (default) runs the C port (``swiftmoe.engine.native``, the same decision
+            bit for bit) when its library is found and the method is "fast" or "auto", else
+            this module's NumPy code; False always runs the NumPy code; True requires the C
+            port (a RuntimeError names why it cannot run).
 
     Returns:
         A :class:`BurstPlan`; with no bursts (``count == 0``) its ``slots_K`` is the planned
@@ -215,6 +221,15 @@ def plan_bursts(
         counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R
     )
     N, E = c_QE.shape
+    if native is not False:
+        got = _native.plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R)
+        if got is not None:
+            return BurstPlan(E, *got)
+        if native:
+            raise RuntimeError(
+                f"swiftmoe: the native burst decision cannot run: {_native.why()}"
+                + ("" if method in ("fast", "auto") else f"; method {method!r} is not ported")
+            )
     total = int(c_QE.sum())
     if B == 0 or N == 1 or total == 0:
         return _none(slots, S, E)

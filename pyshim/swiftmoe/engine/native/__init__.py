@@ -1,0 +1,228 @@
+"""The native burst decision: the C port of ``swiftmoe.engine.burst.plan_bursts``, loaded with
+ctypes.
+
+The burst decision runs between a layer's counts and its dispatch, on every rank. In NumPy it
+takes milliseconds (thousands of small array calls); the C port (``burst.c`` and ``split.c``
+beside this file) makes the same decision, bit for bit, in a small fraction of that.
+``plan_bursts`` uses it whenever it is found and the split's method is "fast" or "auto".
+
+Where the library is looked for, first found wins:
+
+* ``$SWIFTMOE_NATIVE_LIB``, a path to the library (an error when it does not load);
+* ``swiftmoe/_bin/libswiftmoe_native.so``, built by ``pip install``;
+* ``<repo>/bin/libswiftmoe_native.so`` of a source checkout, built by ``make build``; ignored,
+  with a log line, when a C source is newer than it (run ``make build``).
+
+``SWIFTMOE_NATIVE=0`` turns it off: the NumPy decision runs (the same function, slower).
+Without a C compiler at install time there is no library and the NumPy decision runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from swiftmoe.engine.native.build import LIBRARY_NAME, SOURCES
+
+__all__ = ["ENV_LIB", "ENV_SWITCH", "NativeError", "available", "library", "plan_bursts", "why"]
+
+log = logging.getLogger(__name__)
+
+ENV_LIB = "SWIFTMOE_NATIVE_LIB"
+ENV_SWITCH = "SWIFTMOE_NATIVE"
+_HERE = Path(__file__).resolve().parent
+_PKG_DIR = _HERE.parents[1]  # the swiftmoe package
+_REPO_DIR = _PKG_DIR.parent.parent
+
+_METHODS = {"fast": 0, "auto": 1}
+_ERRORS = {
+    -1: "out of memory",
+    -2: "an internal check failed (a bug in swiftmoe's native decision; report it with the "
+    "counts and the placement, and set SWIFTMOE_NATIVE=0 to go on with the NumPy decision)",
+    -3: "an unsupported split method",
+}
+
+
+class NativeError(RuntimeError):
+    """The native decision failed; the message says why and how to go on without it."""
+
+
+class _Cost(ctypes.Structure):
+    _fields_ = [
+        ("ranks", ctypes.c_int64),
+        ("ranks_per_node", ctypes.c_int64),
+        ("token_bytes", ctypes.c_double),
+        ("expert_bytes", ctypes.c_double),
+        ("flops_per_token", ctypes.c_double),
+        ("flops_per_s", ctypes.c_double),
+        ("intra_bw", ctypes.c_double),
+        ("inter_bw", ctypes.c_double),
+    ]
+
+
+_state: dict = {}
+
+
+def _candidates() -> list[tuple[Path, bool]]:
+    """(path, from a source checkout) in the order they are tried."""
+    out = [(_PKG_DIR / "_bin" / LIBRARY_NAME, False)]
+    if (_REPO_DIR / "go.mod").is_file():
+        out.append((_REPO_DIR / "bin" / LIBRARY_NAME, True))
+    return out
+
+
+def _stale(lib: Path) -> bool:
+    t = lib.stat().st_mtime
+    return any((_HERE / s).stat().st_mtime > t for s in (*SOURCES, "smoe.h"))
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    f = lib.smoe_plan_bursts
+    f.restype = ctypes.c_int64
+    # Arrays go as raw addresses (c_void_p): plan_bursts below makes every one a C-contiguous
+    # int64 or float64 array of the size smoe.h says, and ndpointer's checks cost more than
+    # the C decision itself on small layers.
+    v, i64 = ctypes.c_void_p, ctypes.c_int64
+    f.argtypes = [
+        v,  # c_QE [N, E]
+        v,  # slots_K [N*S]
+        i64,  # N
+        i64,  # E
+        i64,  # S
+        i64,  # B
+        ctypes.POINTER(_Cost),
+        ctypes.c_double,  # threshold
+        ctypes.c_int,  # method
+        v,  # load_R [N] or NULL
+        v,  # out_slots [N*(S+B)]
+        ctypes.POINTER(ctypes.c_int64),  # out_S
+        v,  # out_e [N*B]
+        v,  # out_q
+        v,  # out_s
+        v,  # out_d
+        v,  # out_j
+        v,  # out_ms [3]
+    ]
+    return lib
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, f"turned off (${ENV_SWITCH}=0)"
+    env = os.environ.get(ENV_LIB, "")
+    if env:
+        try:
+            return _bind(Path(env)), f"loaded from ${ENV_LIB}={env}"
+        except (OSError, AttributeError) as e:
+            raise NativeError(
+                f"${ENV_LIB}={env!r} does not load as swiftmoe's native library ({e}): point it "
+                f"at {LIBRARY_NAME} (python3 -m swiftmoe.engine.native.build DIR) or unset it"
+            ) from e
+    tried = []
+    for path, checkout in _candidates():
+        if not path.is_file():
+            tried.append(f"{path} (missing)")
+            continue
+        if checkout and _stale(path):
+            tried.append(f"{path} (older than its C sources: run `make build`)")
+            continue
+        try:
+            return _bind(path), f"loaded from {path}"
+        except (OSError, AttributeError) as e:
+            tried.append(f"{path} ({e})")
+    return None, "not found: " + "; ".join(tried)
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library, or None (``why`` says why); loaded once per process."""
+    if "lib" not in _state:
+        lib, reason = _load()
+        _state["lib"], _state["why"] = lib, reason
+        if lib is None:
+            log.info("swiftmoe: native burst decision %s; the NumPy decision runs", reason)
+    return _state["lib"]
+
+
+def available() -> bool:
+    """Whether the native decision runs."""
+    return library() is not None
+
+
+def why() -> str:
+    """Where the library was loaded from, or why it was not."""
+    library()
+    return _state["why"]
+
+
+def reset() -> None:
+    """Forget the loaded library (tests change the environment and load again)."""
+    _state.clear()
+
+
+def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R):
+    """The native decision on checked inputs (``burst._check``'s): (Sx, slots_x, e_C, q_C,
+    s_C, d_C, j_C, before_ms, after_ms, copy_ms), ``BurstPlan``'s fields after num_experts, or None when it does not apply (no library,
+    or the method "exact").
+
+    Raises:
+        NativeError: the C code failed (memory, or an internal check).
+    """
+    lib = library()
+    if lib is None or method not in _METHODS:
+        return None
+    N, E = c_QE.shape
+    c = np.ascontiguousarray(c_QE, dtype=np.int64)
+    sl = np.ascontiguousarray(slots, dtype=np.int64)
+    if c.size != N * E or sl.size != N * S:
+        raise ValueError(f"counts {c.shape} and slots {sl.shape} do not match N={N}, S={S}")
+    lr = None
+    if load_R is not None:
+        lr = np.ascontiguousarray(load_R, dtype=np.int64)
+        if lr.size != N:
+            raise ValueError(f"load_R has {lr.size} entries, want N={N}")
+    cost = _Cost(
+        params.ranks,
+        params.ranks_per_node,
+        params.token_bytes,
+        params.expert_bytes,
+        params.flops_per_token,
+        params.flops_per_s,
+        params.intra_bw,
+        params.inter_bw,
+    )
+    out_slots = np.empty(N * (S + B), dtype=np.int64)
+    out_S = ctypes.c_int64(0)
+    out = np.empty((5, max(N * B, 1)), dtype=np.int64)  # e, q, s, d, j of each burst
+    ms = np.zeros(3)
+    row = out.strides[0]
+    a = out.ctypes.data
+    n = lib.smoe_plan_bursts(
+        c.ctypes.data,
+        sl.ctypes.data,
+        N,
+        E,
+        S,
+        B,
+        ctypes.byref(cost),
+        float(threshold),
+        _METHODS[method],
+        None if lr is None else lr.ctypes.data,
+        out_slots.ctypes.data,
+        ctypes.byref(out_S),
+        a,
+        a + row,
+        a + 2 * row,
+        a + 3 * row,
+        a + 4 * row,
+        ms.ctypes.data,
+    )
+    if n < 0:
+        raise NativeError(f"swiftmoe: the native burst decision failed: {_ERRORS.get(n, n)}")
+    Sx = int(out_S.value)
+    e_C, q_C, s_C, d_C, j_C = (r[:n].copy() for r in out)
+    return (Sx, out_slots[: N * Sx].copy(), e_C, q_C, s_C, d_C, j_C, *map(float, ms))

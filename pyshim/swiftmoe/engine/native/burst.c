@@ -1,0 +1,812 @@
+/* The burst decision (swiftmoe.engine.burst.plan_bursts) in C, bit-identical to the NumPy code.
+ *
+ * The decision runs on every rank, on the critical path between a layer's counts and its
+ * dispatch, whenever the split on the planned placement leaves the busiest rank above the
+ * threshold. In NumPy it costs 1.5-6 ms a layer call at 16 ranks: thousands of small array
+ * calls. This port runs the same steps with the same float operations in the same order, so it
+ * makes the same bursts; the module docstring of swiftmoe/engine/burst.py says what they are.
+ * Each function names the Python function it ports.
+ *
+ * Shape legend: see smoe.h; C bursts (copies), M nodes, G ranks per node. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smoe.h"
+
+#define GOAL_TOL 5e-3              /* burst._GOAL_TOL */
+#define FORWARD_SHARE (1.0 / 3.0)  /* costmodel.FORWARD_SHARE */
+
+typedef struct {
+    int64_t e, q, d;
+} burst_t;
+
+/* A list of bursts (capacity N*B). */
+typedef struct {
+    burst_t *b;
+    int64_t n;
+} blist;
+
+/* A priced candidate: the enlarged placement and its bursts (burst.BurstPlan). */
+typedef struct {
+    int64_t C, Sx;
+    int64_t *slots; /* [N*(S+B)] */
+    int64_t *e, *q, *s, *d, *j; /* [N*B] */
+    double after, copy;
+} cand_t;
+
+/* The decision's inputs, shared by its steps. */
+typedef struct {
+    const int64_t *c;   /* [N, E] */
+    int64_t *c_pad;     /* [N, E+1] */
+    const int64_t *slots;
+    int64_t N, E, S, B, rpn;
+    const smoe_cost *p;
+    int method;
+    int64_t *L_E;       /* [E] */
+    int64_t *L_pad;     /* [E+1] */
+    int64_t *node_R;    /* [N] */
+    int64_t M;
+} ctx_t;
+
+static void *zalloc(size_t n, size_t size) { return calloc(n ? n : 1, size); }
+
+/* costmodel.node_of */
+static void node_of(const smoe_cost *p, int64_t *node_R) {
+    int64_t G = p->ranks_per_node;
+    for (int64_t r = 0; r < p->ranks; r++) node_R[r] = (G == 0 || G >= p->ranks) ? 0 : r / G;
+}
+
+static double dmax(double a, double b) { return b > a ? b : a; } /* Python's max(a, b) */
+
+static double over(double bytes, double bw) { return bw <= 0 ? 0.0 : bytes / bw; }
+
+/* burst.past_threshold */
+static int past_threshold(const int64_t *load_R, int64_t N, int64_t B, double threshold) {
+    int64_t total = 0, mx = 0;
+    for (int64_t r = 0; r < N; r++) {
+        total += load_R[r];
+        if (load_R[r] > mx) mx = load_R[r];
+    }
+    if (B == 0 || N <= 1 || total == 0) return 0;
+    return (double)(mx * N) > threshold * (double)total;
+}
+
+/* costmodel.copy_traffic: csi, cri, cse, cre [N] each, in out [4*N]. */
+static void copy_traffic(const ctx_t *x, const int64_t *q_C, const int64_t *d_C, int64_t C,
+                         double *out) {
+    int64_t N = x->N;
+    memset(out, 0, sizeof(double) * 4 * N);
+    for (int64_t c = 0; c < C; c++) {
+        int64_t q = q_C[c], d = d_C[c];
+        if (q == d) continue;
+        if (x->node_R[q] == x->node_R[d]) {
+            out[q] += 1.0;
+            out[N + d] += 1.0;
+        } else {
+            out[2 * N + q] += 1.0;
+            out[3 * N + d] += 1.0;
+        }
+    }
+}
+
+/* costmodel.copy_exposed_ms */
+static double copy_exposed_ms(const smoe_cost *p, const int64_t *planned_R, const int64_t *burst_R,
+                              const double *tr, int64_t N) {
+    const double *csi = tr, *cri = tr + N, *cse = tr + 2 * N, *cre = tr + 3 * N;
+    double b = p->expert_bytes, cmax = 0.0;
+    int any = 0;
+    double *c_R = zalloc(N, sizeof(double));
+    if (!c_R) return NAN;
+    for (int64_t r = 0; r < N; r++) {
+        double ti = over(fmax(csi[r], cri[r]) * b, p->intra_bw);
+        double te = over(fmax(cse[r], cre[r]) * b, p->inter_bw);
+        c_R[r] = 1e3 * (te > ti ? te : ti);
+        if (c_R[r] != 0.0) any = 1;
+        if (r == 0 || c_R[r] > cmax) cmax = c_R[r];
+    }
+    if (N == 0 || !any) {
+        free(c_R);
+        return 0.0;
+    }
+    if (!smoe_prices_compute(p)) {
+        free(c_R);
+        return 2.0 * cmax;
+    }
+    double ms = 1e3 * p->flops_per_token / p->flops_per_s, f = FORWARD_SHARE;
+    double tmax = 0.0, pbmax = 0.0;
+    for (int64_t r = 0; r < N; r++) {
+        double P = (double)planned_R[r] * ms, Bv = (double)burst_R[r] * ms;
+        double a = f * P, a2 = (1.0 - f) * P;
+        double T = (c_R[r] >= a ? c_R[r] : a) + (c_R[r] >= a2 ? c_R[r] : a2) + Bv;
+        double pb = P + Bv;
+        if (r == 0 || T > tmax) tmax = T;
+        if (r == 0 || pb > pbmax) pbmax = pb;
+    }
+    free(c_R);
+    return dmax(tmax - pbmax, 0.0);
+}
+
+/* burst._price: compute_ms + a2a_ms of a split (the a2a only when the network is priced); the
+ * tier sums into sums when given and priced (*has_sums says whether). */
+static int price_split(const ctx_t *x, const int64_t *c, const smoe_plan *pl, const int64_t *demand,
+                       double *ms, int64_t *sums, int *has_sums) {
+    if (smoe_prices_network(x->p)) {
+        int rc = smoe_price(x->p, c, pl, demand, x->rpn, ms, sums);
+        if (rc < 0) return rc;
+        *has_sums = 1;
+        return 0;
+    }
+    int64_t mx = 0;
+    for (int64_t r = 0; r < pl->N; r++) {
+        int64_t l = 0;
+        for (int64_t s = 0; s < pl->S; s++) l += demand[r * pl->S + s];
+        if (r == 0 || l > mx) mx = l;
+    }
+    *ms = smoe_compute_ms(x->p, (double)mx);
+    *has_sums = 0;
+    return 0;
+}
+
+/* burst._layout: the enlarged placement of a list of bursts into cand (its slots and bursts). */
+static int layout(const ctx_t *x, const burst_t *b, int64_t C, cand_t *cd) {
+    int64_t N = x->N, S = x->S, E = x->E;
+    int64_t *per_R = zalloc(N, sizeof(int64_t));
+    if (!per_R) return SMOE_ENOMEM;
+    int64_t mx = 0;
+    for (int64_t c = 0; c < C; c++) {
+        cd->e[c] = b[c].e;
+        cd->q[c] = b[c].q;
+        cd->d[c] = b[c].d;
+        cd->j[c] = S + per_R[b[c].d]++; /* the j-th burst of its destination, in list order */
+        if (per_R[b[c].d] > mx) mx = per_R[b[c].d];
+    }
+    int64_t Sx = S + mx;
+    for (int64_t r = 0; r < N; r++) {
+        for (int64_t s = 0; s < Sx; s++) cd->slots[r * Sx + s] = s < S ? x->slots[r * S + s] : E;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        cd->slots[cd->d[c] * Sx + cd->j[c]] = cd->e[c];
+        int64_t s = 0; /* the source's first planned slot holding the expert */
+        for (int64_t t = 0; t < S; t++) {
+            if (x->slots[cd->q[c] * S + t] == cd->e[c]) {
+                s = t;
+                break;
+            }
+        }
+        cd->s[c] = s;
+    }
+    cd->C = C;
+    cd->Sx = Sx;
+    free(per_R);
+    return 0;
+}
+
+/* burst._evaluate: the plan of a list of bursts, priced with the split; bursts left without
+ * tokens dropped (and the rest priced again). */
+static int evaluate(const ctx_t *x, const burst_t *bursts, int64_t C0, cand_t *cd) {
+    int64_t N = x->N, S = x->S, E1 = x->E + 1, C = C0;
+    int rc = 0, priced = 0, has_sums = 0;
+    burst_t *b = zalloc(C0, sizeof(burst_t));
+    int64_t *demand = zalloc(N * (S + x->B), sizeof(int64_t));
+    int64_t *sums = zalloc(4 * N, sizeof(int64_t));
+    int64_t *planned = zalloc(N, sizeof(int64_t)), *burst = zalloc(N, sizeof(int64_t));
+    double *tr = zalloc(4 * N, sizeof(double));
+    smoe_plan pl;
+    int have_plan = 0;
+    double ms = 0.0;
+    if (!b || !demand || !sums || !planned || !burst || !tr) {
+        rc = SMOE_ENOMEM;
+        goto out;
+    }
+    memcpy(b, bursts, sizeof(burst_t) * C0);
+    for (;;) {
+        if ((rc = layout(x, b, C, cd)) < 0) goto out;
+        if (have_plan) smoe_plan_free(&pl);
+        if ((rc = smoe_plan_init(&pl, cd->slots, N, cd->Sx, E1)) < 0) goto out;
+        have_plan = 1;
+        priced = smoe_priced_demand(x->c_pad, &pl, x->L_pad, x->rpn, x->method, x->p, demand, &ms,
+                                    sums);
+        if (priced < 0) {
+            rc = priced;
+            goto out;
+        }
+        int64_t kept = 0;
+        for (int64_t c = 0; c < C; c++) {
+            if (demand[cd->d[c] * cd->Sx + cd->j[c]] > 0) b[kept++] = b[c];
+        }
+        if (kept == C) break;
+        C = kept;
+    }
+    copy_traffic(x, cd->q, cd->d, C, tr);
+    for (int64_t r = 0; r < N; r++) {
+        planned[r] = burst[r] = 0;
+        for (int64_t s = 0; s < cd->Sx; s++) {
+            if (s < S) planned[r] += demand[r * cd->Sx + s];
+            else burst[r] += demand[r * cd->Sx + s];
+        }
+    }
+    double c_ms = copy_exposed_ms(x->p, planned, burst, tr, N);
+    if (isnan(c_ms)) {
+        rc = SMOE_ENOMEM;
+        goto out;
+    }
+    if (!priced && (rc = price_split(x, x->c_pad, &pl, demand, &ms, sums, &has_sums)) < 0) goto out;
+    cd->after = ms + c_ms;
+    cd->copy = c_ms;
+out:
+    if (have_plan) smoe_plan_free(&pl);
+    free(b);
+    free(demand);
+    free(sums);
+    free(planned);
+    free(burst);
+    free(tr);
+    return rc;
+}
+
+/* Expert e's planned holders by slot (ranks, with repeats when a rank holds e twice): by_e
+ * [K], first_E [E+1] (burst.py's by_e and first_E). */
+static int holders(const ctx_t *x, int64_t *by_e, int64_t *first_E) {
+    int64_t K = x->N * x->S, E = x->E;
+    int64_t *fill = zalloc(E, sizeof(int64_t));
+    if (!fill) return SMOE_ENOMEM;
+    memset(first_E, 0, sizeof(int64_t) * (E + 1));
+    for (int64_t k = 0; k < K; k++) first_E[x->slots[k] + 1]++;
+    for (int64_t e = 0; e < E; e++) first_E[e + 1] += first_E[e];
+    for (int64_t k = 0; k < K; k++) {
+        int64_t e = x->slots[k];
+        by_e[first_E[e] + fill[e]++] = k / x->S;
+    }
+    free(fill);
+    return 0;
+}
+
+/* burst._greedy: the compute list (out) and how many of it the estimate says to make. */
+static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_est) {
+    int64_t N = x->N, E = x->E, S = x->S, K = N * S;
+    const smoe_cost *p = x->p;
+    int rc = 0;
+    unsigned char *held = zalloc(N * E, 1), *in_node = zalloc(E * x->M, 1);
+    double *A = zalloc(N * E, sizeof(double)), *est = zalloc(N, sizeof(double));
+    double *pen = zalloc(E * N, sizeof(double)), *move_C = zalloc(E, sizeof(double));
+    int64_t *by_e = zalloc(K, sizeof(int64_t)), *first_E = zalloc(E + 1, sizeof(int64_t));
+    int64_t *free_R = zalloc(N, sizeof(int64_t)), *sent = zalloc(N, sizeof(int64_t));
+    int64_t *d_C = zalloc(E, sizeof(int64_t)), *e_C = zalloc(E, sizeof(int64_t));
+    double *tier = zalloc(4 * N, sizeof(double)); /* intra sent, intra recv, inter sent, recv */
+    if (!held || !in_node || !A || !est || !pen || !move_C || !by_e || !first_E || !free_R ||
+        !sent || !d_C || !e_C || !tier) {
+        rc = SMOE_ENOMEM;
+        goto done;
+    }
+    for (int64_t k = 0; k < K; k++) {
+        int64_t r = k / S, e = x->slots[k];
+        held[r * E + e] = 1;
+        A[r * E + e] += (double)demand[k];
+        in_node[e * x->M + x->node_R[r]] = 1;
+    }
+    double total = 0.0;
+    for (int64_t r = 0; r < N; r++) {
+        for (int64_t e = 0; e < E; e++) est[r] += A[r * E + e];
+        total += est[r];
+        free_R[r] = x->B;
+    }
+    double goal = total / (double)N * (1.0 + GOAL_TOL);
+    double ms_per_token = 1e3 * p->flops_per_token / p->flops_per_s;
+    double intra = p->intra_bw > 0 ? 2e3 * p->expert_bytes / p->intra_bw : 0.0;
+    double inter = p->inter_bw > 0 ? 2e3 * p->expert_bytes / p->inter_bw : 0.0;
+    for (int64_t e = 0; e < E; e++) {
+        for (int64_t r = 0; r < N; r++)
+            pen[e * N + r] = (in_node[e * x->M + x->node_R[r]] ? intra : inter) / ms_per_token;
+    }
+    if ((rc = holders(x, by_e, first_E)) < 0) goto done;
+    double most_intra = 0.0, most_inter = 0.0, emax = 0.0;
+    for (int64_t r = 0; r < N; r++)
+        if (r == 0 || est[r] > emax) emax = est[r];
+    int64_t best_n = 0;
+    double best_ms = ms_per_token * emax;
+    out->n = 0;
+    while (out->n < N * x->B) {
+        int64_t h = 0;
+        for (int64_t r = 1; r < N; r++)
+            if (est[r] > est[h]) h = r;
+        if (est[h] <= goal) break;
+        int64_t nc = 0, c = -1;
+        int finite = 0;
+        for (int64_t e = 0; e < E; e++) {
+            if (!(A[h * E + e] > 0)) continue;
+            int64_t d = 0;
+            double sc = INFINITY;
+            for (int64_t r = 0; r < N; r++) {
+                double v = (free_R[r] > 0 && !held[r * E + e]) ? est[r] + pen[e * N + r] : INFINITY;
+                if (v < sc) {
+                    sc = v;
+                    d = r;
+                }
+            }
+            double m = (est[h] - sc) / 2.0, a = A[h * E + e];
+            e_C[nc] = e;
+            d_C[nc] = d;
+            move_C[nc] = a <= m ? a : m; /* np.minimum */
+            if (isfinite(move_C[nc])) {
+                finite = 1;
+                if (c < 0 || move_C[nc] > move_C[c]) c = nc;
+            }
+            nc++;
+        }
+        if (nc == 0 || !finite) break;
+        double move = move_C[c];
+        int64_t e = e_C[c], d = d_C[c];
+        if (move < 1.0) break;
+        /* the source: a holder in d's node when one is, fewest copies sent, then the first */
+        int64_t q = -1, lo = first_E[e], hi = first_E[e + 1];
+        int same = 0;
+        for (int64_t i = lo; i < hi; i++)
+            if (x->node_R[by_e[i]] == x->node_R[d]) same = 1;
+        for (int64_t i = lo; i < hi; i++) {
+            int64_t r = by_e[i];
+            if (same && x->node_R[r] != x->node_R[d]) continue;
+            if (q < 0 || sent[r] < sent[q]) q = r;
+        }
+        sent[q]++;
+        out->b[out->n++] = (burst_t){e, q, d};
+        int in = x->node_R[q] == x->node_R[d];
+        double *t = in ? tier : tier + 2 * N;
+        t[q] += 1.0;
+        t[N + d] += 1.0;
+        double most = dmax(t[q], t[N + d]);
+        if (in) most_intra = dmax(most_intra, most);
+        else most_inter = dmax(most_inter, most);
+        A[h * E + e] -= move;
+        A[d * E + e] += move;
+        est[h] -= move;
+        est[d] += move;
+        held[d * E + e] = 1;
+        free_R[d]--;
+        for (int64_t r = 0; r < N; r++)
+            if (r == 0 || est[r] > emax) emax = est[r];
+        double tt = ms_per_token * emax + dmax(most_intra * intra, most_inter * inter);
+        if (tt < best_ms) {
+            best_n = out->n;
+            best_ms = tt;
+        }
+    }
+    *n_est = best_n;
+done:
+    free(held);
+    free(in_node);
+    free(A);
+    free(est);
+    free(pen);
+    free(move_C);
+    free(by_e);
+    free(first_E);
+    free(free_R);
+    free(sent);
+    free(d_C);
+    free(e_C);
+    free(tier);
+    return rc;
+}
+
+/* burst._local's gain of expert e for every node, into g_M [M] (column e of gain_ME). */
+static void local_gain(int64_t e, int64_t M, int64_t E, const double *L_E, const double *reps_E,
+                       const double *T_ME, const double *in_ME, const unsigned char *want_ME,
+                       double *gain_ME) {
+    double share = L_E[e] / dmax(reps_E[e], 1.0);
+    double nxt = L_E[e] / (reps_E[e] + 1.0);
+    for (int64_t m = 0; m < M; m++) {
+        double cross = T_ME[m * E + e] - in_ME[m * E + e] * share;
+        cross = cross >= 0.0 ? cross : 0.0; /* np.maximum(., 0.0) */
+        int ok = want_ME[m * E + e] && reps_E[e] > 0;
+        gain_ME[m * E + e] = ok ? (cross <= nxt ? cross : nxt) : 0.0;
+    }
+}
+
+/* burst._local: the locality list (out) and how many of it the estimate says to make; an empty
+ * list when it does not apply or no prefix lowers the estimate. sums: the planned split's tier
+ * sums [4*N] or NULL. */
+static int local_list(const ctx_t *x, const int64_t *demand, const int64_t *sums, blist *out,
+                      int64_t *n_loc) {
+    const smoe_cost *p = x->p;
+    int64_t G = p->ranks_per_node, N = x->N, E = x->E, S = x->S, K = N * S, M = x->M;
+    out->n = 0;
+    *n_loc = 0;
+    if (smoe_nodes(p) == 1 || p->inter_bw <= 0 || p->token_bytes <= 0 || sums == NULL) return 0;
+    const int64_t *si = sums, *ri = sums + N, *se = sums + 2 * N, *re = sums + 3 * N;
+    int64_t cmax = 0, imax = 0;
+    for (int64_t r = 0; r < N; r++) {
+        int64_t cr = se[r] > re[r] ? se[r] : re[r], ir = si[r] > ri[r] ? si[r] : ri[r];
+        if (r == 0 || cr > cmax) cmax = cr;
+        if (r == 0 || ir > imax) imax = ir;
+    }
+    double t_inter = (double)cmax / p->inter_bw;
+    double t_intra = p->intra_bw > 0 ? (double)imax / p->intra_bw : 0.0;
+    if (t_inter <= 0 || t_inter < t_intra) return 0;
+    int rc = 0;
+    unsigned char *held = zalloc(N * E, 1), *want = zalloc(M * E, 1), *full_M = zalloc(M, 1);
+    double *reps_E = zalloc(E, sizeof(double)), *in_ME = zalloc(M * E, sizeof(double));
+    double *T_ME = zalloc(M * E, sizeof(double)), *L_E = zalloc(E, sizeof(double));
+    double *gain = zalloc(M * E, sizeof(double)), *est = zalloc(N, sizeof(double));
+    double *cross = zalloc(N, sizeof(double)), *cp = zalloc(4 * N, sizeof(double));
+    int64_t *by_e = zalloc(K, sizeof(int64_t)), *first_E = zalloc(E + 1, sizeof(int64_t));
+    int64_t *free_R = zalloc(N, sizeof(int64_t));
+    unsigned char *busy = zalloc(N, 1), *mark = zalloc(N, 1);
+    if (!held || !want || !full_M || !reps_E || !in_ME || !T_ME || !L_E || !gain || !est ||
+        !cross || !cp || !by_e || !first_E || !free_R || !busy || !mark) {
+        rc = SMOE_ENOMEM;
+        goto done;
+    }
+    for (int64_t k = 0; k < K; k++) {
+        held[(k / S) * E + x->slots[k]] = 1;
+        est[k / S] += (double)demand[k];
+    }
+    double half = 0.5 * (double)cmax;
+    for (int64_t r = 0; r < N; r++) {
+        int64_t cr = se[r] > re[r] ? se[r] : re[r];
+        cross[r] = (double)cr;
+        busy[r] = (double)cr >= half;
+        free_R[r] = x->B;
+    }
+    for (int64_t r = 0; r < N; r++) {
+        if (!busy[r]) continue;
+        for (int64_t e = 0; e < E; e++) {
+            want[x->node_R[r] * E + e] = 1;
+            if (held[r * E + e])
+                for (int64_t m = 0; m < M; m++) want[m * E + e] = 1;
+        }
+    }
+    for (int64_t e = 0; e < E; e++) {
+        L_E[e] = (double)x->L_E[e];
+        for (int64_t r = 0; r < N; r++) {
+            if (held[r * E + e]) {
+                reps_E[e] += 1.0;
+                in_ME[x->node_R[r] * E + e] += 1.0;
+            }
+        }
+    }
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t e = 0; e < E; e++) {
+            int64_t t = 0;
+            for (int64_t r = m * G; r < N && r < (m + 1) * G; r++) t += x->c[r * E + e];
+            T_ME[m * E + e] = (double)t;
+        }
+    }
+    double floor_ = 0.5 * p->expert_bytes / p->token_bytes;
+    for (int64_t e = 0; e < E; e++) local_gain(e, M, E, L_E, reps_E, T_ME, in_ME, want, gain);
+    if ((rc = holders(x, by_e, first_E)) < 0) goto done;
+    double tok_ms = 4e3 * p->token_bytes / p->inter_bw;
+    double intra = p->intra_bw > 0 ? 2e3 * p->expert_bytes / p->intra_bw : 0.0;
+    double inter = 2e3 * p->expert_bytes / p->inter_bw;
+    double most[2] = {0.0, 0.0};
+    double xmax = 0.0;
+    for (int64_t r = 0; r < N; r++)
+        if (r == 0 || cross[r] > xmax) xmax = cross[r];
+    int64_t best_n = 0, patience = 2 * G;
+    double best_ms = tok_ms * xmax;
+    while (out->n < N * x->B && out->n - best_n < patience) {
+        for (int64_t m = 0; m < M; m++)
+            if (full_M[m])
+                for (int64_t e = 0; e < E; e++) gain[m * E + e] = 0.0;
+        int64_t i = 0;
+        for (int64_t k = 1; k < M * E; k++)
+            if (gain[k] > gain[i]) i = k;
+        int64_t m = i / E, e = i % E;
+        double g = gain[i];
+        if (g <= floor_) break;
+        int64_t lo = m * G, hi = (m + 1) * G < N ? (m + 1) * G : N, d = -1;
+        for (int64_t r = lo; r < hi; r++) {
+            if (free_R[r] > 0 && !held[r * E + e] && (d < 0 || est[r] < est[d])) d = r;
+        }
+        if (d < 0) {
+            gain[i] = 0.0;
+            int anyfree = 0;
+            for (int64_t r = lo; r < hi; r++) anyfree |= free_R[r] > 0;
+            full_M[m] = !anyfree;
+            continue;
+        }
+        int64_t plo = first_E[e], phi = first_E[e + 1], n_away = 0, q = -1;
+        int same = 0;
+        for (int64_t k = plo; k < phi; k++) {
+            if (x->node_R[by_e[k]] == m) same = 1;
+            else n_away++;
+        }
+        for (int64_t k = plo; k < phi; k++) {
+            int64_t r = by_e[k];
+            if (same && x->node_R[r] != m) continue;
+            if (q < 0 || cp[r] + cp[2 * N + r] < cp[q] + cp[2 * N + q]) q = r;
+        }
+        out->b[out->n++] = (burst_t){e, q, d};
+        int t = x->node_R[q] == m ? 0 : 1;
+        double *ct = cp + 2 * N * t; /* [sent N, received N] of tier t */
+        ct[q] += 1.0;
+        ct[N + d] += 1.0;
+        most[t] = dmax(dmax(most[t], ct[q]), ct[N + d]);
+        double share = g / (double)(hi - lo);
+        for (int64_t r = lo; r < hi; r++) cross[r] -= share;
+        if (n_away) {
+            double away = g / (double)n_away;
+            memset(mark, 0, N);
+            for (int64_t k = plo; k < phi; k++) {
+                int64_t r = by_e[k];
+                if (x->node_R[r] != m && !mark[r]) { /* a[idx] -= v: once per rank */
+                    mark[r] = 1;
+                    cross[r] -= away;
+                }
+            }
+        }
+        for (int64_t r = 0; r < N; r++) cross[r] = cross[r] >= 0.0 ? cross[r] : 0.0;
+        free_R[d]--;
+        held[d * E + e] = 1;
+        in_ME[m * E + e] += 1.0;
+        reps_E[e] += 1.0;
+        est[d] += L_E[e] / reps_E[e];
+        local_gain(e, M, E, L_E, reps_E, T_ME, in_ME, want, gain);
+        for (int64_t r = 0; r < N; r++)
+            if (r == 0 || cross[r] > xmax) xmax = cross[r];
+        double t_ms = tok_ms * xmax + dmax(most[0] * intra, most[1] * inter);
+        if (t_ms < best_ms) {
+            best_n = out->n;
+            best_ms = t_ms;
+        }
+    }
+    if (best_n) *n_loc = best_n;
+    else out->n = 0;
+done:
+    free(held);
+    free(want);
+    free(full_M);
+    free(reps_E);
+    free(in_ME);
+    free(T_ME);
+    free(L_E);
+    free(gain);
+    free(est);
+    free(cross);
+    free(cp);
+    free(by_e);
+    free(first_E);
+    free(free_R);
+    free(busy);
+    free(mark);
+    return rc;
+}
+
+/* burst._union: first, then the bursts of then that still fit. */
+static int union_list(const ctx_t *x, const blist *first, const blist *then, blist *out) {
+    int64_t N = x->N, E = x->E;
+    unsigned char *held = zalloc(N * E, 1);
+    int64_t *free_R = zalloc(N, sizeof(int64_t));
+    if (!held || !free_R) {
+        free(held);
+        free(free_R);
+        return SMOE_ENOMEM;
+    }
+    for (int64_t k = 0; k < N * x->S; k++) held[(k / x->S) * E + x->slots[k]] = 1;
+    for (int64_t r = 0; r < N; r++) free_R[r] = x->B;
+    out->n = 0;
+    for (int64_t i = 0; i < first->n; i++) {
+        burst_t b = first->b[i];
+        held[b.d * E + b.e] = 1;
+        free_R[b.d]--;
+        out->b[out->n++] = b;
+    }
+    for (int64_t i = 0; i < then->n; i++) {
+        burst_t b = then->b[i];
+        if (free_R[b.d] > 0 && !held[b.d * E + b.e]) {
+            held[b.d * E + b.e] = 1;
+            free_R[b.d]--;
+            out->b[out->n++] = b;
+        }
+    }
+    free(held);
+    free(free_R);
+    return 0;
+}
+
+static void swap_cand(cand_t *a, cand_t *b) {
+    cand_t t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Is cd (just evaluated) better than the best so far (or, with none, the planned placement)? */
+static int beats(const cand_t *cd, const cand_t *best, int have_best, double before) {
+    return cd->C > 0 && cd->after < (have_best ? best->after : before);
+}
+
+/* burst._best_of_lists: the lists built from one start; best updated in place. */
+static int best_of_lists(const ctx_t *x, const int64_t *demand0, const int64_t *sums0, double before,
+                         cand_t *best, int *have_best, cand_t *cd) {
+    int64_t cap = x->N * x->B;
+    int rc = 0;
+    blist bursts = {zalloc(cap, sizeof(burst_t)), 0}, local = {zalloc(cap, sizeof(burst_t)), 0};
+    blist both = {zalloc(cap, sizeof(burst_t)), 0};
+    unsigned char *tried = zalloc(cap + 1, 1);
+    int64_t n_est = 0, n_loc = 0;
+    if (!bursts.b || !local.b || !both.b || !tried) {
+        rc = SMOE_ENOMEM;
+        goto done;
+    }
+    if ((rc = greedy(x, demand0, &bursts, &n_est)) < 0) goto done;
+    if ((rc = local_list(x, demand0, sums0, &local, &n_loc)) < 0) goto done;
+    if (bursts.n == 0 && local.n == 0) goto done;
+    int found = 0;
+    int64_t n = bursts.n;
+    while (n >= 1 && !tried[n]) {
+        tried[n] = 1;
+        if ((rc = evaluate(x, bursts.b, n, cd)) < 0) goto done;
+        if (beats(cd, best, *have_best, before)) {
+            swap_cand(best, cd);
+            *have_best = found = 1;
+        }
+        if (n == bursts.n && 1 <= n_est && n_est < n) n = n_est;
+        else if (!found) n /= 2;
+        else break;
+    }
+    if (local.n) {
+        local.n = n_loc;
+        if ((rc = union_list(x, &local, &bursts, &both)) < 0) goto done;
+        const blist *lists[2] = {&local, &both};
+        for (int i = 0; i < (both.n > local.n ? 2 : 1); i++) {
+            if ((rc = evaluate(x, lists[i]->b, lists[i]->n, cd)) < 0) goto done;
+            if (beats(cd, best, *have_best, before)) {
+                swap_cand(best, cd);
+                *have_best = 1;
+            }
+        }
+    }
+done:
+    free(bursts.b);
+    free(local.b);
+    free(both.b);
+    free(tried);
+    return rc;
+}
+
+static int cand_alloc(cand_t *cd, int64_t N, int64_t S, int64_t B) {
+    memset(cd, 0, sizeof(*cd));
+    cd->slots = zalloc(N * (S + B), sizeof(int64_t));
+    cd->e = zalloc(N * B, sizeof(int64_t));
+    cd->q = zalloc(N * B, sizeof(int64_t));
+    cd->s = zalloc(N * B, sizeof(int64_t));
+    cd->d = zalloc(N * B, sizeof(int64_t));
+    cd->j = zalloc(N * B, sizeof(int64_t));
+    return (cd->slots && cd->e && cd->q && cd->s && cd->d && cd->j) ? 0 : SMOE_ENOMEM;
+}
+
+static void cand_free(cand_t *cd) {
+    free(cd->slots);
+    free(cd->e);
+    free(cd->q);
+    free(cd->s);
+    free(cd->d);
+    free(cd->j);
+}
+
+static int64_t same_demand(const int64_t *a, const int64_t *b, int64_t K) {
+    return memcmp(a, b, sizeof(int64_t) * K) == 0;
+}
+
+int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
+                         const int64_t *load_R, int64_t *out_slots, int64_t *out_S,
+                         int64_t *out_e, int64_t *out_q, int64_t *out_s, int64_t *out_d,
+                         int64_t *out_j, double *out_ms) {
+    int64_t K = N * S, total = 0, rc = 0;
+    if (method != SMOE_METHOD_FAST && method != SMOE_METHOD_AUTO) return SMOE_EUNSUPPORTED;
+    for (int64_t i = 0; i < N * E; i++) total += c_QE[i];
+    /* The answer when no bursts are made: the planned placement. */
+    memcpy(out_slots, slots_K, sizeof(int64_t) * K);
+    *out_S = S;
+    out_ms[0] = out_ms[1] = out_ms[2] = 0.0;
+    if (B == 0 || N == 1 || total == 0) return 0;
+    ctx_t x = {.c = c_QE, .slots = slots_K, .N = N, .E = E, .S = S, .B = B,
+               .rpn = p->ranks_per_node, .p = p, .method = method};
+    smoe_plan pl;
+    int have_plan = 0, have_best = 0, has_sums = 0, priced = -1;
+    cand_t best, cd;
+    memset(&best, 0, sizeof(best));
+    memset(&cd, 0, sizeof(cd));
+    int64_t *demand0 = zalloc(K, sizeof(int64_t)), *other = zalloc(K, sizeof(int64_t));
+    int64_t *sums0 = zalloc(4 * N, sizeof(int64_t)), *sums1 = zalloc(4 * N, sizeof(int64_t));
+    int64_t *load = zalloc(N, sizeof(int64_t)), *x_P = NULL;
+    x.c_pad = zalloc(N * (E + 1), sizeof(int64_t));
+    x.L_E = zalloc(E, sizeof(int64_t));
+    x.L_pad = zalloc(E + 1, sizeof(int64_t));
+    x.node_R = zalloc(N, sizeof(int64_t));
+    double ms0 = 0.0, before = 0.0;
+    if (!demand0 || !other || !sums0 || !sums1 || !load || !x.c_pad || !x.L_E || !x.L_pad ||
+        !x.node_R || cand_alloc(&best, N, S, B) < 0 || cand_alloc(&cd, N, S, B) < 0) {
+        rc = SMOE_ENOMEM;
+        goto done;
+    }
+    for (int64_t q = 0; q < N; q++) {
+        for (int64_t e = 0; e < E; e++) {
+            x.c_pad[q * (E + 1) + e] = c_QE[q * E + e];
+            x.L_E[e] += c_QE[q * E + e];
+        }
+    }
+    memcpy(x.L_pad, x.L_E, sizeof(int64_t) * E);
+    node_of(p, x.node_R);
+    x.M = smoe_nodes(p);
+    if ((rc = smoe_plan_init(&pl, slots_K, N, S, E)) < 0) goto done;
+    have_plan = 1;
+    if (load_R == NULL) {
+        priced = smoe_priced_demand(c_QE, &pl, x.L_E, x.rpn, method, p, demand0, &ms0, sums0);
+        if (priced < 0) {
+            rc = priced;
+            goto done;
+        }
+        for (int64_t k = 0; k < K; k++) load[k / S] += demand0[k];
+        load_R = load;
+    }
+    if (!past_threshold(load_R, N, B, threshold)) goto done;
+    if (priced < 0) {
+        priced = smoe_priced_demand(c_QE, &pl, x.L_E, x.rpn, method, p, demand0, &ms0, sums0);
+        if (priced < 0) {
+            rc = priced;
+            goto done;
+        }
+    }
+    if (priced) {
+        before = ms0;
+        has_sums = 1;
+    } else if ((rc = price_split(&x, c_QE, &pl, demand0, &before, sums0, &has_sums)) < 0) {
+        goto done;
+    }
+    out_ms[0] = out_ms[1] = before;
+    if (!smoe_prices_compute(p)) goto done; /* nothing to weigh a copy against */
+    /* burst._starts: the split on the planned placement, then where stage 1 is priced its
+     * other form (the node-local amounts', or the min-max ones'). */
+    if ((rc = best_of_lists(&x, demand0, has_sums ? sums0 : NULL, before, &best, &have_best,
+                            &cd)) < 0)
+        goto done;
+    if (method == SMOE_METHOD_AUTO && smoe_prices_split(p, &pl, x.rpn)) {
+        x_P = zalloc(pl.P, sizeof(int64_t));
+        if (!x_P) {
+            rc = SMOE_ENOMEM;
+            goto done;
+        }
+        if ((rc = smoe_amounts_node_local(c_QE, &pl, x.L_E, x.rpn, x_P)) < 0) goto done;
+        smoe_slot_demand(&pl, x_P, other);
+        if (same_demand(other, demand0, K)) {
+            if ((rc = smoe_amounts_fast(c_QE, &pl, x.L_E, x_P)) < 0) goto done;
+            smoe_slot_demand(&pl, x_P, other);
+        }
+        if (!same_demand(other, demand0, K)) {
+            if ((rc = smoe_tier_sums(c_QE, &pl, other, x.rpn, sums1)) < 0) goto done;
+            if ((rc = best_of_lists(&x, other, sums1, before, &best, &have_best, &cd)) < 0)
+                goto done;
+        }
+    }
+    if (have_best) {
+        memcpy(out_slots, best.slots, sizeof(int64_t) * N * best.Sx);
+        *out_S = best.Sx;
+        for (int64_t c = 0; c < best.C; c++) {
+            out_e[c] = best.e[c];
+            out_q[c] = best.q[c];
+            out_s[c] = best.s[c];
+            out_d[c] = best.d[c];
+            out_j[c] = best.j[c];
+        }
+        out_ms[1] = best.after;
+        out_ms[2] = best.copy;
+        rc = best.C;
+    }
+done:
+    if (have_plan) smoe_plan_free(&pl);
+    cand_free(&best);
+    cand_free(&cd);
+    free(demand0);
+    free(other);
+    free(sums0);
+    free(sums1);
+    free(load);
+    free(x_P);
+    free(x.c_pad);
+    free(x.L_E);
+    free(x.L_pad);
+    free(x.node_R);
+    return rc;
+}

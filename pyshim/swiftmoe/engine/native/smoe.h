@@ -1,0 +1,105 @@
+/* The burst decision in C: the engine's split pricing (split.c) and the decision itself
+ * (burst.c), bit-identical to the NumPy code they port (swiftmoe.engine.split and
+ * swiftmoe.engine.burst). Loaded with ctypes by swiftmoe.engine.native.
+ *
+ * Every array is int64 or float64, C-contiguous, owned by the caller unless said otherwise.
+ * Inputs are checked by the Python caller before they get here (counts >= 0, expert ids in
+ * range, every expert with tokens holding a slot); the C code trusts them.
+ *
+ * Bit-identity with NumPy: float sums follow NumPy's order exactly. np.bincount with weights
+ * adds sequentially in index order from 0.0; np.add.reduceat over a segment a[0..n-1] is
+ * a[0] + pairwise(a[1..n-1]) (smoe_pairwise_sum, NumPy's pairwise summation); np.maximum.reduce
+ * and integer sums are exact in any order. Expressions keep Python's evaluation order.
+ *
+ * Return codes: 0 (or a count >= 0) on success, SMOE_ENOMEM when malloc failed, SMOE_EBUG
+ * when an internal check failed (a bug: the caller raises).
+ *
+ * Shape legend: Q source ranks (= N), E experts, N ranks, S slots per rank, K = N*S slots,
+ * P (expert, rank) pairs of the plan, C copies (bursts). */
+#ifndef SMOE_H
+#define SMOE_H
+
+#include <stdint.h>
+
+#define SMOE_ENOMEM (-1)
+#define SMOE_EBUG (-2)
+#define SMOE_EUNSUPPORTED (-3)
+
+/* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
+#define SMOE_METHOD_FAST 0
+#define SMOE_METHOD_AUTO 1
+
+/* swiftmoe.engine.split.plan_index.PlanIndex: what the split derives from a placement. */
+typedef struct {
+    int64_t N, S, E, K, P;
+    int64_t *pair_K;    /* [K] slot k's pair */
+    int64_t *mult_P;    /* [P] slots of each pair */
+    int64_t *e_P, *r_P; /* [P] pairs sorted by (expert, rank) */
+    int64_t *deg_E;     /* [E] pairs (ranks) of each expert */
+    int64_t *start_E;   /* [E] each expert's first pair */
+    int64_t *idx_K;     /* [K] slot k is the idx_K-th of its pair's slots, in slot order */
+    int64_t *mult_K;    /* [K] mult_P[pair_K[k]] */
+    int64_t *d_k, *d_r, *d_e, *d_pair; /* [K] demands: slots in (expert, slot) order */
+    int64_t *dpos_K;    /* [K] slot k is demand dpos_K[k] */
+    int64_t *d_first_P; /* [P] pair p's first demand */
+    int all_held;       /* every expert holds a slot (PlanIndex.held_H is None) */
+} smoe_plan;
+
+/* The arrays share one allocation: free a plan with smoe_plan_free only. */
+int smoe_plan_init(smoe_plan *pl, const int64_t *slots_K, int64_t N, int64_t S, int64_t E);
+void smoe_plan_free(smoe_plan *pl);
+
+/* swiftmoe.engine.costmodel.CostParams. */
+typedef struct {
+    int64_t ranks, ranks_per_node;
+    double token_bytes, expert_bytes, flops_per_token, flops_per_s, intra_bw, inter_bw;
+} smoe_cost;
+
+int64_t smoe_nodes(const smoe_cost *p);
+int smoe_prices_compute(const smoe_cost *p);
+int smoe_prices_network(const smoe_cost *p);
+/* compute_ms of a busiest rank that computes max_load tokens (0 when compute is unpriced). */
+double smoe_compute_ms(const smoe_cost *p, double max_load);
+/* a2a_ms of tier sums si, ri, se, re [N] each (costmodel.a2a_ms). */
+double smoe_a2a_ms(const smoe_cost *p, const int64_t *si, const int64_t *ri, const int64_t *se,
+                   const int64_t *re);
+
+/* NumPy's pairwise summation of a[0..n-1] (pairwise_sum_DOUBLE, blocks of 128, 8 lanes; its
+ * short branch starts from -0.0). np.add.reduce(a) is 0.0 + smoe_pairwise_sum(a, n); a segment
+ * of np.add.reduceat is a[0] + smoe_pairwise_sum(a + 1, n - 1). */
+double smoe_pairwise_sum(const double *a, int64_t n);
+
+/* Stage 1 and the tiers (swiftmoe.engine.split): amounts.amounts_fast, priced.amounts_node_local,
+ * demand.slot_demand, tiers.tier_sums. L_E [E]: each expert's total (counts summed over
+ * sources). x_P [P], demand_K [K], sums [4*N]: si, ri, se, re one after another.
+ * smoe_amounts_fast returns SMOE_EBUG when no scaling round has a finite max (NumPy would fail
+ * there too); smoe_amounts_node_local returns SMOE_EUNSUPPORTED unless 0 < rpn < N (where NumPy
+ * raises ValueError). */
+int smoe_amounts_fast(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E, int64_t *x_P);
+int smoe_amounts_node_local(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
+                            int64_t rpn, int64_t *x_P);
+void smoe_slot_demand(const smoe_plan *pl, const int64_t *x_P, int64_t *demand_K);
+int smoe_tier_sums(const int64_t *c_QE, const smoe_plan *pl, const int64_t *demand_K, int64_t rpn,
+                   int64_t *sums);
+/* priced.price: compute_ms + a2a_ms of a split's demand (ms), its tier sums into sums [4*N]. */
+int smoe_price(const smoe_cost *p, const int64_t *c_QE, const smoe_plan *pl,
+               const int64_t *demand_K, int64_t rpn, double *ms, int64_t *sums);
+/* priced.prices_split (the caller has checked that p is of this job and grouping). */
+int smoe_prices_split(const smoe_cost *p, const smoe_plan *pl, int64_t rpn);
+/* demand.priced_demand for "fast" and "auto" (method SMOE_METHOD_*; p may be NULL): demand_K,
+ * and where stage 1 was priced (returns 1) its ms and tier sums; else returns 0 and leaves ms
+ * and sums alone. */
+int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E, int64_t rpn,
+                       int method, const smoe_cost *p, int64_t *demand_K, double *ms,
+                       int64_t *sums);
+
+/* burst.plan_bursts (burst.c). c_QE [N, E]; slots_K [N*S]; load_R [N] or NULL; out_slots
+ * [N*(S+B)] (the enlarged placement, row stride *out_S); out_e/q/s/d/j [N*B] (the bursts, C of
+ * them, C returned); out_ms [3]: before_ms, after_ms, copy_ms. Returns C >= 0, or an error. */
+int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
+                         const int64_t *load_R, int64_t *out_slots, int64_t *out_S,
+                         int64_t *out_e, int64_t *out_q, int64_t *out_s, int64_t *out_d,
+                         int64_t *out_j, double *out_ms);
+
+#endif

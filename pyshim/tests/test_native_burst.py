@@ -1,0 +1,173 @@
+"""The native burst decision (swiftmoe.engine.native) makes the NumPy decision's bursts, bit for
+bit, and is what plan_bursts runs when its library is found."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from swiftmoe.engine import burst, native
+from swiftmoe.engine import costmodel as cm
+from swiftmoe.engine.native.build import build_library
+from swiftmoe.engine.split import split_rank_loads
+from swiftmoe.planning import reference as planner
+
+P = 3 * 768 * 3072  # GPT-Small experts
+
+
+@pytest.fixture(scope="module")
+def lib_path(tmp_path_factory):
+    """The library built from this checkout's sources (never a stale one)."""
+    return build_library(tmp_path_factory.mktemp("native"))
+
+
+@pytest.fixture
+def use_lib(lib_path, monkeypatch):
+    monkeypatch.setenv(native.ENV_LIB, str(lib_path))
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
+    native.reset()
+    yield lib_path
+    native.reset()
+
+
+def _case(rng):
+    """A layer call the decision may see: a hot set (fixed, moved or sharp), a placement
+    planned from the loads of this or an older hot set, a cluster and cost parameters."""
+    N = int(rng.choice([2, 3, 4, 8, 12, 16, 24, 32]))
+    E = int(rng.choice([4, 8, 16, 32, 64]))
+    S = int(rng.integers(1, 7))
+    while N * S < E:
+        S += 1
+    rpn = int(rng.choice([0, 2, 4, 8, 8, 16]))
+    if rpn >= N:
+        rpn = int(rng.choice([0, N]))
+    p_E = rng.uniform(0.5, 1.5, E)
+    hot = rng.choice(E, size=max(1, E // 12), replace=False)
+    p_E[hot] *= E / len(hot) * rng.uniform(0.3, 1.5)
+    tokens = int(rng.choice([64, 1024, 4096]))
+    c = rng.multinomial(tokens * 2, p_E / p_E.sum(), size=N).astype(np.int64)
+    if rng.random() < 0.2:
+        c[:, rng.integers(0, E)] = 0  # an idle expert
+    old = p_E[rng.permutation(E)] if rng.random() < 0.5 else p_E  # moved, or still
+    slots = np.asarray(planner.plan_layer((old * 1000).tolist(), N, S), dtype=np.int64)
+    inter = float(rng.choice([1.25e10, 5e10, 1e9, 0.0]))
+    intra = float(rng.choice([3e11, 3e11, 2e9, 0.0]))
+    flops = float(rng.choice([5.8e14, 5.8e14, 5e10, 0.0]))
+    p = cm.CostParams(
+        ranks=N,
+        ranks_per_node=rpn,
+        token_bytes=2 * 768,
+        expert_bytes=2 * P * float(rng.choice([1.0, 0.01])),
+        flops_per_token=6 * P,
+        flops_per_s=flops,
+        intra_bw=intra,
+        inter_bw=inter,
+    )
+    B = int(rng.choice([0, 1, 1, 2, 3]))
+    threshold = float(rng.choice([1.0, 1.05, 1.1, 1.5]))
+    method = str(rng.choice(["fast", "auto"]))
+    return c, slots, S, B, rpn, p, threshold, method
+
+
+def _same(a: burst.BurstPlan, b: burst.BurstPlan) -> None:
+    assert a.num_experts == b.num_experts
+    assert a.slots_per_rank == b.slots_per_rank
+    for f in ("slots_K", "expert_C", "src_C", "src_slot_C", "dst_C", "dst_slot_C"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+        assert getattr(a, f).dtype == getattr(b, f).dtype == np.int64, f
+    for f in ("before_ms", "after_ms", "copy_ms"):
+        assert getattr(a, f) == getattr(b, f), (f, getattr(a, f), getattr(b, f))
+
+
+def test_native_makes_the_numpy_decision_bit_for_bit(use_lib):
+    assert native.available(), native.why()
+    rng = np.random.default_rng(0)
+    made = multi = 0
+    for i in range(400):
+        c, slots, S, B, rpn, p, thr, method = _case(rng)
+        load = None
+        if rng.random() < 0.5:
+            load = split_rank_loads(c, slots, S, rpn, method, p).numpy()
+        args = (c, slots, S, B, rpn, p, thr, method, load)
+        want = burst.plan_bursts(*args, native=False)
+        got = burst.plan_bursts(*args, native=True)
+        try:
+            _same(got, want)
+        except AssertionError as e:
+            raise AssertionError(
+                f"case {i}: N={c.shape[0]} E={c.shape[1]} S={S} B={B} "
+                f"rpn={rpn} thr={thr} {method} {p}: {e}"
+            ) from e
+        made += want.count > 0
+        multi += want.slots_per_rank > S + 1
+    # The cases exercise the decision: bursts made in many, several per rank in some.
+    assert made >= 80, made
+    assert multi >= 5, multi
+
+
+def test_the_h200_cases_of_the_numpy_tests(use_lib):
+    """The moved hot sets of test_burst.py (16 H200s in 2 nodes), where both lists and both
+    starts of the priced split make bursts."""
+    from test_burst import _h200_case
+
+    for seed in range(8):
+        for inter in (1.25e10, 5e10):
+            c, slots, S, rpn, p = _h200_case(seed, inter)
+            for method in ("fast", "auto"):
+                args = (c, slots, S, 1, rpn, p, 1.1, method)
+                _same(burst.plan_bursts(*args, native=True), burst.plan_bursts(*args, native=False))
+
+
+def test_plan_bursts_runs_the_native_decision_when_found(use_lib, monkeypatch):
+    rng = np.random.default_rng(3)
+    c, slots, S, B, rpn, p, thr, method = _case(rng)
+    calls = []
+    real = native.plan_bursts
+    monkeypatch.setattr(native, "plan_bursts", lambda *a: calls.append(1) or real(*a))
+    burst.plan_bursts(c, slots, S, 1, rpn, p, 1.0, method)
+    assert calls == [1]
+    # "exact" is not ported: the NumPy decision runs, and native=True says why it cannot.
+    burst.plan_bursts(c, slots, S, 1, rpn, p, 1.0, "exact")
+    with pytest.raises(RuntimeError, match="'exact' is not ported"):
+        burst.plan_bursts(c, slots, S, 1, rpn, p, 1.0, "exact", native=True)
+
+
+def test_turned_off_or_missing_runs_numpy(lib_path, monkeypatch, tmp_path):
+    c = np.array([[900, 10, 10, 10], [900, 10, 10, 10]])
+    p = cm.CostParams(ranks=2, flops_per_token=6 * P, flops_per_s=5e14)
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.reset()
+    assert not native.available() and "turned off" in native.why()
+    with pytest.raises(RuntimeError, match="turned off"):
+        burst.plan_bursts(c, [0, 1, 2, 3], 2, 1, 0, p, 1.0, native=True)
+    assert burst.plan_bursts(c, [0, 1, 2, 3], 2, 1, 0, p, 1.0).count == 1
+    monkeypatch.delenv(native.ENV_SWITCH)
+    bad = tmp_path / "not-a-library.so"
+    bad.write_text("x")
+    monkeypatch.setenv(native.ENV_LIB, str(bad))
+    native.reset()
+    with pytest.raises(native.NativeError, match="SWIFTMOE_NATIVE_LIB"):
+        native.available()
+    native.reset()
+
+
+def test_a_checkout_library_older_than_its_sources_is_not_loaded(lib_path, monkeypatch, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "bin").mkdir(parents=True)
+    (repo / "go.mod").write_text("module x\n")
+    lib = repo / "bin" / lib_path.name
+    lib.write_bytes(lib_path.read_bytes())
+    monkeypatch.delenv(native.ENV_LIB, raising=False)
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(native, "_PKG_DIR", tmp_path / "no-package")
+    monkeypatch.setattr(native, "_REPO_DIR", repo)
+    os.utime(lib, (1, 1))  # older than every source
+    native.reset()
+    assert not native.available()
+    assert "older than its C sources" in native.why()
+    os.utime(lib, None)  # now newer
+    native.reset()
+    assert native.available(), native.why()
+    native.reset()
