@@ -1,6 +1,7 @@
 """``swiftmoe doctor``: what a training job needs, checked, with what to do about each problem.
 
-torch and its distributed backends, the gRPC stubs, the bundled sidecar and strategy plugins
+torch and its distributed backends, the gRPC stubs, the native burst decision
+(``swiftmoe.engine.native``: loaded, or why not), the bundled sidecar and strategy plugins
 (sha256 against their SHA256SUMS), the user's plugins directory (``$SWIFTMOE_PLUGINS_DIR`` or
 ``--plugins-dir``: each plugin hashed, against the SHA256SUMS there and against the bundled
 build of the same name), the plugin digests that jobs trusted (``--checkpoint FILE``: the pin a
@@ -402,6 +403,28 @@ def _check_discovery(sidecar: Path, timeout_s: float) -> tuple[list[Check], dict
     return out, rep
 
 
+def _check_native() -> list[Check]:
+    """The native burst decision: loaded, or why not (the NumPy decision is the same, slower)."""
+    from swiftmoe.engine import native
+
+    try:
+        ok = native.available()
+    except native.NativeError as e:
+        return [Check("native", FAIL, str(e), f"unset ${native.ENV_LIB} or fix the path")]
+    if ok:
+        return [Check("native", OK, f"native burst decision {native.why()}")]
+    return [
+        Check(
+            "native",
+            NOTE,
+            f"native burst decision {native.why()}; the NumPy decision runs (the same bursts, "
+            "milliseconds slower a layer call where bursts are considered)",
+            "install a C compiler and reinstall swiftmoe (pip install .), or `make build` in a "
+            "source checkout",
+        )
+    ]
+
+
 def doctor_checks(
     binary: str | None = None,
     timeout_s: float = 60.0,
@@ -419,6 +442,7 @@ def doctor_checks(
     )
     checks += _check_torch()
     checks += _check_stubs()
+    checks += _check_native()
     bins, sidecar = _check_binaries(binary)
     checks += bins
     if sidecar is not None:

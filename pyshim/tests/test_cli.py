@@ -81,6 +81,8 @@ def test_doctor_all_good(fake_bin, capsys):
     assert "up: eth0" in checks["network"]["detail"]
     assert "inter-node 12.5 GB/s" in checks["bandwidth"]["detail"]
     assert "gloo yes" in checks["torch"]["detail"]
+    assert checks["native"]["status"] in ("ok", "note")  # loaded, or the NumPy decision runs
+    assert checks["native"]["detail"].startswith("native burst decision ")
 
 
 def test_doctor_reports_tampered_binary_and_fix(fake_bin, capsys):
