@@ -14,7 +14,9 @@ sources to slots), of the exact and of the even split, plus fast/exact max rank 
 max/mean rank load of each; last, the burst-replica decision a layer runs when its threshold is
 passed (swiftmoe.engine.burst.plan_bursts, one burst slot per rank, threshold 1.0 so that it
 always runs, the cost parameters of H200s with Qwen3-30B-A3B-sized experts, 8 ranks per node)
-and the bursts it made, on this plan and on a stale one (planned for a hot set that has moved). The load average is printed first: on a busy machine medians run high.
+and the bursts it made, on this plan and on a stale one (planned for a hot set that has moved),
+in NumPy and in C (swiftmoe.engine.native, the same bursts; "nan" when its library is not
+built: make build). The load average is printed first: on a busy machine medians run high.
 Every call takes the plan's index from a PlanIndexCache, as the engine's splitter does: the plan
 is indexed once.
 
@@ -37,7 +39,7 @@ _REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(_REPO / "pyshim"), str(_REPO / "pyshim" / "tests")]
 import split_reference as reference  # noqa: E402
 
-from swiftmoe.engine import burst, split  # noqa: E402
+from swiftmoe.engine import burst, native, split  # noqa: E402
 from swiftmoe.engine import costmodel as cm  # noqa: E402
 from swiftmoe.engine.plan import max_over_mean  # noqa: E402
 from swiftmoe.engine.split import amounts, plan_index  # noqa: E402
@@ -113,19 +115,24 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     t_burst, bursts = [], []
     for slots in (slots_K, stale_K):
         load_R = split.split_rank_loads(counts_QE, slots, S, rpn, cost=params)
-        t, bp = timed(
-            lambda s=slots, lr=load_R: burst.plan_bursts(
-                counts_QE, s, S, 1, rpn, params, 1.0, load_R=lr
-            ),
-            max(1, reps // 2),
-        )
-        t_burst.append(t)
-        bursts.append(bp.count)
+        for nat in (False, True) if native.available() else (False,):
+            t, bp = timed(
+                lambda s=slots, lr=load_R, n=nat: burst.plan_bursts(
+                    counts_QE, s, S, 1, rpn, params, 1.0, load_R=lr, native=n
+                ),
+                max(1, reps // 2) if not nat else reps,
+            )
+            t_burst.append(t)
+            bursts.append(bp.count)
+        if not native.available():
+            t_burst.append(float("nan"))
+            bursts.append(-1)
     print(
         f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} {t_rpriced:9.0f} "
         f"{t_fast:9.0f} {t_node:9.0f} {t_amt:10.0f} "
         f"{t_exact:10.0f} {t_even:9.0f} {ratio:10.4f} {mom['even']:8.3f} {mom['fast']:8.4f} "
-        f"{mom['exact']:9.4f} {t_burst[0]:9.0f} {bursts[0]:6d} {t_burst[1]:9.0f} {bursts[1]:6d}"
+        f"{mom['exact']:9.4f} {t_burst[0]:9.0f} {t_burst[1]:9.0f} {bursts[0]:6d} "
+        f"{t_burst[2]:9.0f} {t_burst[3]:9.0f} {bursts[2]:6d}"
     )
 
 
@@ -137,11 +144,13 @@ def main() -> int:
     rng = np.random.default_rng(0)
     load1, load5, _ = os.getloadavg()
     print(f"load average {load1:.2f} {load5:.2f} on {os.cpu_count()} CPUs, torch threads 1")
+    print(f"native burst decision: {native.why()}")
     print(
         f"{'E,N,S':>12} {'rank us':>9} {'rank min':>9} {'rnode8 us':>9} {'priced us':>9} "
         f"{'dense us':>9} {'node8 us':>9} {'amounts us':>10} "
         f"{'exact us':>10} {'even us':>9} {'fast/exact':>10} {'mom even':>8} {'mom fast':>8} "
-        f"{'mom exact':>9} {'burst us':>9} {'bursts':>6} {'stale us':>9} {'bursts':>6}"
+        f"{'mom exact':>9} {'burst us':>9} {'native us':>9} {'bursts':>6} {'stale us':>9} "
+        f"{'native us':>9} {'bursts':>6}"
     )
     for E, N, S in SHAPES:
         bench_shape(E, N, S, args.reps, rng)
