@@ -137,6 +137,8 @@ def test_wheel_is_platform_tagged_with_checksummed_binaries(tmp_path):
             )
         )
         assert sorted(sums) == sorted(n.rsplit("/", 1)[1] for n in bins)
+        # The native burst decision, built with the C compiler this machine has.
+        assert "swiftmoe/_bin/libswiftmoe_native.so" in names, sorted(names)
         for n in bins:
             assert sha256(z.read(n)) == sums[n.rsplit("/", 1)[1]], n
             mode = (z.getinfo(n).external_attr >> 16) & 0o777
@@ -189,6 +191,8 @@ def test_pip_install_into_fresh_venv_then_doctor(tmp_path):
     failed = {n: c for n, c in checks.items() if c["status"] == "FAIL"}
     assert r.returncode == 0 and report["ok"], f"doctor failed: {failed}\n{r.stderr[-2000:]}"
     assert checks["checksums"]["status"] == "ok", checks["checksums"]
+    assert checks["native"]["status"] == "ok", checks["native"]
+    assert str(tmp_path / "venv") in checks["native"]["detail"], checks["native"]
     assert "gpus" in checks and "network" in checks, checks
     r = run([str(bindir / "swiftmoe"), "doctor"], cwd=elsewhere, timeout=180)
     assert r.returncode == 0 and "all checks passed" in r.stdout, r.stdout + r.stderr
