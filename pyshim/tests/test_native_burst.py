@@ -10,26 +10,10 @@ import pytest
 
 from swiftmoe.engine import burst, native
 from swiftmoe.engine import costmodel as cm
-from swiftmoe.engine.native.build import build_library
 from swiftmoe.engine.split import split_rank_loads
 from swiftmoe.planning import reference as planner
 
 P = 3 * 768 * 3072  # GPT-Small experts
-
-
-@pytest.fixture(scope="module")
-def lib_path(tmp_path_factory):
-    """The library built from this checkout's sources (never a stale one)."""
-    return build_library(tmp_path_factory.mktemp("native"))
-
-
-@pytest.fixture
-def use_lib(lib_path, monkeypatch):
-    monkeypatch.setenv(native.ENV_LIB, str(lib_path))
-    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
-    native.reset()
-    yield lib_path
-    native.reset()
 
 
 def _case(rng):
@@ -171,3 +155,20 @@ def test_a_checkout_library_older_than_its_sources_is_not_loaded(lib_path, monke
     native.reset()
     assert native.available(), native.why()
     native.reset()
+
+
+def test_build_says_what_to_install_without_a_compiler(tmp_path, monkeypatch, capsys):
+    from swiftmoe.engine.native import build
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(FileNotFoundError, match="install one"):
+        build.build_library(tmp_path / "out")
+    assert build.main([str(tmp_path / "out")]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert build.main(["--optional", str(tmp_path / "out")]) == 0  # make build goes on
+    assert "NumPy decision" in capsys.readouterr().err
+    assert not (tmp_path / "out" / build.LIBRARY_NAME).exists()
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: an error, optional or not
+    with pytest.raises(RuntimeError, match="failed"):
+        build.build_library(tmp_path / "out")
+    assert build.main(["--optional", str(tmp_path / "out")]) == 1

@@ -5,6 +5,7 @@ The burst decision runs between a layer's counts and its dispatch, on every rank
 takes milliseconds (thousands of small array calls); the C port (``burst.c`` and ``split.c``
 beside this file) makes the same decision, bit for bit, in a small fraction of that.
 ``plan_bursts`` uses it whenever it is found and the split's method is "fast" or "auto".
+:func:`split_for_rank` is the C port of one rank's split (``split_tokens_for_rank``, ``route.c``).
 
 Where the library is looked for, first found wins:
 
@@ -28,7 +29,16 @@ import numpy as np
 
 from swiftmoe.engine.native.build import LIBRARY_NAME, SOURCES
 
-__all__ = ["ENV_LIB", "ENV_SWITCH", "NativeError", "available", "library", "plan_bursts", "why"]
+__all__ = [
+    "ENV_LIB",
+    "ENV_SWITCH",
+    "NativeError",
+    "available",
+    "library",
+    "plan_bursts",
+    "split_for_rank",
+    "why",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +87,7 @@ def _candidates() -> list[tuple[Path, bool]]:
 
 def _stale(lib: Path) -> bool:
     t = lib.stat().st_mtime
-    return any((_HERE / s).stat().st_mtime > t for s in (*SOURCES, "smoe.h"))
+    return any((_HERE / s).stat().st_mtime > t for s in (*SOURCES, "smoe.h", "smoe_util.h"))
 
 
 def _bind(path: Path) -> ctypes.CDLL:
@@ -107,6 +117,23 @@ def _bind(path: Path) -> ctypes.CDLL:
         v,  # out_d
         v,  # out_j
         v,  # out_ms [3]
+    ]
+    f = lib.smoe_split_for_rank
+    f.restype = ctypes.c_int
+    f.argtypes = [
+        v,  # c_QE [N, E]
+        v,  # slots_K [N*S]
+        i64,  # N
+        i64,  # E
+        i64,  # S
+        i64,  # rank
+        i64,  # rpn
+        ctypes.c_int,  # method
+        ctypes.POINTER(_Cost),  # cost or NULL
+        v,  # send_K [N*S]
+        v,  # recv_QS [N*S]
+        v,  # load_R [N]
+        ctypes.POINTER(ctypes.c_int),  # node_local
     ]
     return lib
 
@@ -164,37 +191,39 @@ def reset() -> None:
     _state.clear()
 
 
+def _arrays(c_QE, slots, S, method):
+    """(library, counts [N, E], placement [N*S]) for a call, the arrays C-contiguous int64 (the
+    placement may be a PlanIndex); None when the library is not loaded or the method is not
+    ported."""
+    lib = library()
+    if lib is None or method not in _METHODS:
+        return None
+    N = c_QE.shape[0]
+    c = np.ascontiguousarray(c_QE, dtype=np.int64)
+    sl = np.ascontiguousarray(getattr(slots, "slots_K", slots), dtype=np.int64)
+    if sl.size != N * S:
+        raise ValueError(f"slots {sl.shape} and counts {c.shape} do not match S={S}")
+    return lib, c, sl
+
+
 def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R):
     """The native decision on checked inputs (``burst._check``'s): (Sx, slots_x, e_C, q_C,
-    s_C, d_C, j_C, before_ms, after_ms, copy_ms), ``BurstPlan``'s fields after num_experts, or None when it does not apply (no library,
-    or the method "exact").
+    s_C, d_C, j_C, before_ms, after_ms, copy_ms), ``BurstPlan``'s fields after num_experts, or
+    None when it does not apply (no library, or the method "exact").
 
     Raises:
         NativeError: the C code failed (memory, or an internal check).
     """
-    lib = library()
-    if lib is None or method not in _METHODS:
+    got = _arrays(c_QE, slots, S, method)
+    if got is None:
         return None
-    N, E = c_QE.shape
-    c = np.ascontiguousarray(c_QE, dtype=np.int64)
-    sl = np.ascontiguousarray(slots, dtype=np.int64)
-    if c.size != N * E or sl.size != N * S:
-        raise ValueError(f"counts {c.shape} and slots {sl.shape} do not match N={N}, S={S}")
+    lib, c, sl = got
+    N, E = c.shape
     lr = None
     if load_R is not None:
         lr = np.ascontiguousarray(load_R, dtype=np.int64)
         if lr.size != N:
             raise ValueError(f"load_R has {lr.size} entries, want N={N}")
-    cost = _Cost(
-        params.ranks,
-        params.ranks_per_node,
-        params.token_bytes,
-        params.expert_bytes,
-        params.flops_per_token,
-        params.flops_per_s,
-        params.intra_bw,
-        params.inter_bw,
-    )
     out_slots = np.empty(N * (S + B), dtype=np.int64)
     out_S = ctypes.c_int64(0)
     out = np.empty((5, max(N * B, 1)), dtype=np.int64)  # e, q, s, d, j of each burst
@@ -208,7 +237,7 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R):
         E,
         S,
         B,
-        ctypes.byref(cost),
+        _cost_ref(params),
         float(threshold),
         _METHODS[method],
         None if lr is None else lr.ctypes.data,
@@ -226,3 +255,64 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R):
     Sx = int(out_S.value)
     e_C, q_C, s_C, d_C, j_C = (r[:n].copy() for r in out)
     return (Sx, out_slots[: N * Sx].copy(), e_C, q_C, s_C, d_C, j_C, *map(float, ms))
+
+
+def _cost_ref(params):
+    """byref of the _Cost of ``params`` (a frozen CostParams), built once for the last one seen:
+    the engine passes the same parameters on every layer."""
+    hit = _state.get("cost")
+    if hit is None or hit[0] is not params:
+        c = _Cost(
+            params.ranks,
+            params.ranks_per_node,
+            params.token_bytes,
+            params.expert_bytes,
+            params.flops_per_token,
+            params.flops_per_s,
+            params.intra_bw,
+            params.inter_bw,
+        )
+        hit = (params, c, ctypes.byref(c))
+        _state["cost"] = hit
+    return hit[2]
+
+
+def split_for_rank(c_QE, slots, S, rank, rpn, method, cost):
+    """The native ``split_tokens_for_rank`` on checked inputs (``split.demand``'s: c_QE int64
+    [N, E], slots int64 [N*S] or its ``PlanIndex``, 0 <= rank < N, ``cost`` None or the job's
+    CostParams): (send_K [N*S], recv_QS [N, S], load_R [N], node_local), int64 arrays (views
+    of one fresh buffer) and a bool, the ``RankSplit``'s fields, the same as NumPy's; None when
+    it does not apply (no library, or the method "exact" or "even").
+
+    Raises:
+        NativeError: the C code failed (memory, or an internal check).
+    """
+    got = _arrays(c_QE, slots, S, method)
+    if got is None:
+        return None
+    lib, c, sl = got
+    N, E = c.shape
+    if not 0 <= rank < N:
+        raise ValueError(f"rank must be in 0..{N - 1}, got {rank!r}")
+    K = N * S
+    out = np.empty(2 * K + N, dtype=np.int64)  # send_K, recv_QS, load_R: one address to take
+    a = out.ctypes.data
+    local = ctypes.c_int(0)
+    rc = lib.smoe_split_for_rank(
+        c.ctypes.data,
+        sl.ctypes.data,
+        N,
+        E,
+        S,
+        rank,
+        rpn,
+        _METHODS[method],
+        None if cost is None else _cost_ref(cost),
+        a,
+        a + 8 * K,
+        a + 16 * K,
+        ctypes.byref(local),
+    )
+    if rc < 0:
+        raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
+    return out[:K], out[K : 2 * K].reshape(N, S), out[2 * K :], bool(local.value)

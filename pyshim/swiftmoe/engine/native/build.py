@@ -22,7 +22,7 @@ __all__ = ["LIBRARY_NAME", "SOURCES", "build_library"]
 
 LIBRARY_NAME = "libswiftmoe_native.so"
 _HERE = Path(__file__).resolve().parent
-SOURCES = ("split.c", "burst.c")
+SOURCES = ("split.c", "burst.c", "route.c")
 # -ffp-contract=off: no fused multiply-adds, so every float is rounded as NumPy rounds it.
 _FLAGS = ("-O2", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wall")
 
@@ -51,6 +51,11 @@ def build_library(
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise RuntimeError(f"`{shlex.join(cmd)}` ran past {timeout:.0f} s") from e
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"the C compiler {cmd[0]!r} ($CC or cc) was not found: install one (e.g. `apt "
+            "install gcc`) or point $CC at it, or go on without it (the NumPy decision is used)"
+        ) from e
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"`{shlex.join(cmd)}` failed ({r.returncode}):\n{r.stderr}")

@@ -102,4 +102,22 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
                          int64_t *out_e, int64_t *out_q, int64_t *out_s, int64_t *out_d,
                          int64_t *out_j, double *out_ms);
 
+/* ---------------------------------------------------------------------------------------------
+ * One rank's part of the split (route.c): swiftmoe.engine.split.rank.split_tokens_for_rank. */
+
+/* smoe_priced_demand, and *node_local: 1 where its stage 1 is the node-local amounts (they won
+ * the pricing; Priced.node_local), else 0 (split.c). */
+int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
+                          int64_t rpn, int method, const smoe_cost *p, int64_t *demand_K,
+                          double *ms, int64_t *sums, int *node_local);
+
+/* rank.split_tokens_for_rank for "fast" and "auto" (method SMOE_METHOD_*; p NULL: no cost):
+ * c_QE [N, E]; slots_K [N*S]; 0 <= rank < N; rpn the split's ranks_per_node (0, or >= N: one
+ * node). Writes send_K [K] (tokens rank sends to each slot), recv_QS [N*S] (tokens each source
+ * sends to rank's slots), load_R [N] (tokens each rank's slots receive) and *node_local.
+ * Returns 0, or SMOE_ENOMEM, SMOE_EUNSUPPORTED (another method) or SMOE_EBUG. */
+int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                        int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
+                        int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local);
+
 #endif

@@ -13,37 +13,17 @@
  * Every float expression keeps Python's evaluation order; build.py compiles with
  * -ffp-contract=off, so no multiply-add is fused. */
 #include "smoe.h"
+#include "smoe_util.h" /* imax, imin, floordiv, floormod, proportional */
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------------------------------------
- * Small helpers. */
-
-/* Python's a // b (b != 0). */
-static int64_t floordiv(int64_t a, int64_t b)
-{
-    int64_t q = a / b;
-    if ((a % b != 0) && ((a < 0) != (b < 0)))
-        q--;
-    return q;
-}
-
-/* Python's a % b (b != 0). */
-static int64_t floormod(int64_t a, int64_t b)
-{
-    int64_t m = a % b;
-    if (m != 0 && ((m < 0) != (b < 0)))
-        m += b;
-    return m;
-}
+ * Small helpers (and smoe_util.h's). */
 
 /* Python's -(-a // b): the ceiling of a / b. */
 static int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
-
-static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-static int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* np.maximum of two float64: a when a >= b or a is NaN, else b. */
 static double np_maximum(double a, double b) { return (a >= b || isnan(a)) ? a : b; }
@@ -622,24 +602,6 @@ void smoe_slot_demand(const smoe_plan *pl, const int64_t *x_P, int64_t *demand_K
 /* ---------------------------------------------------------------------------------------------
  * Tier sums (tiers.py). */
 
-/* tiers.proportional of one group's amounts a[0..n-1]: floors of a * m / max(tot, 1), then one
- * more to the first members with a fraction until the group's sum is m. frac: n bytes. */
-static void proportional(const int64_t *a, int64_t n, int64_t tot, int64_t m, int64_t *out,
-                         unsigned char *frac)
-{
-    int64_t t = imax(tot, 1), short_ = m;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t num = a[i] * m;
-        out[i] = floordiv(num, t);
-        frac[i] = floormod(num, t) > 0;
-        short_ -= out[i];
-    }
-    int64_t nth = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (frac[i])
-            out[i] += nth++ < short_;
-}
-
 /* tiers.tier_sums (with tier_amounts, node_groups' groups and check_routed): sums [4*N], si,
  * ri, se, re, the tokens each rank sends to / receives from other ranks of its node and other
  * nodes. The local tier fills each pair's slots with its rank's tokens; the node tier (with
@@ -795,7 +757,7 @@ int smoe_prices_split(const smoe_cost *p, const smoe_plan *pl, int64_t rpn)
  * and sums. */
 static int cheaper_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                           int64_t rpn, const smoe_cost *p, int64_t *demand_K, double *ms,
-                          int64_t *sums)
+                          int64_t *sums, int *node_local)
 {
     int64_t K = pl->K, N = pl->N;
     int64_t *ib = alloc((size_t)(pl->P + K + 4 * N), sizeof *ib);
@@ -824,6 +786,7 @@ static int cheaper_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_
         memcpy(demand_K, local_K, (size_t)K * sizeof *local_K);
         memcpy(sums, loc_sums, (size_t)(4 * N) * sizeof *sums);
         *ms = loc_ms;
+        *node_local = 1;
     }
 out:
     free(ib);
@@ -837,6 +800,17 @@ int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *
                        int method, const smoe_cost *p, int64_t *demand_K, double *ms,
                        int64_t *sums)
 {
+    int node_local;
+    return smoe_priced_demand_nl(c_QE, pl, L_E, rpn, method, p, demand_K, ms, sums, &node_local);
+}
+
+/* smoe_priced_demand, and whether its stage 1 is the node-local amounts (Priced.node_local:
+ * *node_local 1 where they won the pricing, else 0). */
+int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
+                          int64_t rpn, int method, const smoe_cost *p, int64_t *demand_K,
+                          double *ms, int64_t *sums, int *node_local)
+{
+    *node_local = 0;
     if (method != SMOE_METHOD_FAST && method != SMOE_METHOD_AUTO)
         return SMOE_EUNSUPPORTED;
     int64_t *x_P = alloc((size_t)pl->P, sizeof *x_P);
@@ -849,7 +823,7 @@ int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *
     if (rc)
         return rc;
     if (method == SMOE_METHOD_AUTO && smoe_prices_split(p, pl, rpn)) {
-        rc = cheaper_demand(c_QE, pl, L_E, rpn, p, demand_K, ms, sums);
+        rc = cheaper_demand(c_QE, pl, L_E, rpn, p, demand_K, ms, sums, node_local);
         return rc ? rc : 1;
     }
     return 0;

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from swiftmoe._checks import is_int
+from swiftmoe.engine import native as _native
 from swiftmoe.engine.split import tiers
 from swiftmoe.engine.split.demand import demand, load_R
-from swiftmoe.engine.split.plan_index import PlanIndex
+from swiftmoe.engine.split.plan_index import PlanIndex, prepare
+from swiftmoe.engine.split.priced import prices_split
 
 __all__ = ["RankSplit", "route_rank", "split_rank_loads", "split_tokens_for_rank"]
 
@@ -118,6 +120,7 @@ def split_tokens_for_rank(
     ranks_per_node: int = 0,
     method: str = "auto",
     cost=None,
+    native: bool | None = None,
 ) -> RankSplit:
     """What one rank needs of the split, without the dense [N, N*S] flow: its row and columns.
 
@@ -134,6 +137,10 @@ def split_tokens_for_rank(
         cost: None, or the job's ``swiftmoe.engine.costmodel.CostParams`` (its nodes those of
             ``ranks_per_node``): with "auto" on several nodes, stage 1 is then the cheaper by
             the cost model of "fast" and the node-local amounts (``split.priced``).
+        native: None (default) runs the C port (``swiftmoe.engine.native``, the same split to
+            the token) when its library is loaded and the method is "fast" or "auto", else
+            the NumPy code below; False always runs the NumPy code; True requires the C port
+            (a RuntimeError names why it cannot run).
 
     Returns:
         The rank's row and slot columns of the flow flow_QK [N, N*S] (tokens source rank q sends
@@ -147,6 +154,13 @@ def split_tokens_for_rank(
         ValueError: a malformed count matrix or plan, an expert with tokens but no slot, an
         unknown method or a bad rank; the message names the field and the fix.
     """
+    if native is not False and method in _native_methods and _native.available():
+        return _native_split(counts_QE, slots, slots_per_rank, rank, ranks_per_node, method, cost)
+    if native:
+        raise RuntimeError(
+            f"swiftmoe: the native split cannot run: {_native.why()}"
+            + ("" if method in _native_methods else f"; method {method!r} is not ported")
+        )
     c_QE, plan, demand_K, rpn, priced = demand(
         counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     )
@@ -157,6 +171,26 @@ def split_tokens_for_rank(
     local = priced is not None and priced.node_local
     return RankSplit(
         torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K), local
+    )
+
+
+_native_methods = ("fast", "auto")
+
+
+def _native_split(counts_QE, slots, S, rank, rpn, method, cost) -> RankSplit:
+    """split_tokens_for_rank in C, after the checks the NumPy path makes (the same errors)."""
+    if not is_int(rpn, 0):
+        raise ValueError(f"ranks_per_node must be an integer >= 0 (0: no nodes), got {rpn!r}")
+    c_QE, plan, _ = prepare(counts_QE, slots, S)
+    if method == "auto":
+        prices_split(cost, plan, rpn)  # a cost of another job or grouping: ValueError
+    if not is_int(rank, 0, plan.N - 1):
+        raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
+    send_K, recv_QS, load, local = _native.split_for_rank(
+        c_QE, plan, S, rank, rpn, method, cost if method == "auto" else None
+    )
+    return RankSplit(
+        torch.from_numpy(send_K), torch.from_numpy(recv_QS), torch.from_numpy(load), local
     )
 
 

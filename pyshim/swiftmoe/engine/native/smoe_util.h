@@ -1,0 +1,50 @@
+/* Integer helpers shared by the C files of this folder (split.c, route.c): internal to them,
+ * not part of the library's interface (smoe.h is). Every helper is static inline, so each file
+ * that includes this one gets its own copy and an unused one costs nothing. */
+#ifndef SMOE_UTIL_H
+#define SMOE_UTIL_H
+
+#include <stdint.h>
+
+static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Python's a // b (b != 0). */
+static inline int64_t floordiv(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0)))
+        q--;
+    return q;
+}
+
+/* Python's a % b (b != 0). */
+static inline int64_t floormod(int64_t a, int64_t b)
+{
+    int64_t m = a % b;
+    if (m != 0 && ((m < 0) != (b < 0)))
+        m += b;
+    return m;
+}
+
+/* tiers.proportional of one group's amounts a[0..n-1] into out[0..n-1] (out may be a: each
+ * a[i] is read before out[i] is written): floors of a * m / max(tot, 1), then one more to the
+ * first members (in order) with a fraction until the group's sum is m. frac: n bytes of
+ * scratch. Integers only. */
+static inline void proportional(const int64_t *a, int64_t n, int64_t tot, int64_t m, int64_t *out,
+                                unsigned char *frac)
+{
+    int64_t t = imax(tot, 1), short_ = m;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t num = a[i] * m;
+        out[i] = floordiv(num, t);
+        frac[i] = floormod(num, t) > 0;
+        short_ -= out[i];
+    }
+    int64_t nth = 0;
+    for (int64_t i = 0; i < n && nth < short_; i++)
+        if (frac[i])
+            out[i]++, nth++;
+}
+
+#endif /* SMOE_UTIL_H */
