@@ -4,21 +4,26 @@
 For each (E, N, S) it builds Zipf-skewed per-rank counts (8192 routed tokens per rank, as top-2
 over 4096 tokens), a plan from a noisy copy of the loads (replicas proportional to load, LPT
 packing: swiftmoe.planning.reference), and prints the median microseconds of what the engine
-runs per layer on every rank, split_tokens_for_rank (the rank's row and slot columns of the fast
-split; its fastest run too, as the machine may be shared; with 8 ranks per node; and with 8
-ranks per node and the cost parameters below, stage 1 priced, swiftmoe.engine.split.priced,
-what the engine runs on several nodes), then of
-the dense fast split ([N, N*S], the reference the tests check the engine's part against:
-pyshim/tests/split_reference.py), of the min-max stage alone (per-rank amounts, before routing
-sources to slots), of the exact and of the even split, plus fast/exact max rank load and
-max/mean rank load of each; last, the burst-replica decision a layer runs when its threshold is
-passed (swiftmoe.engine.burst.plan_bursts, one burst slot per rank, threshold 1.0 so that it
-always runs, the cost parameters of H200s with Qwen3-30B-A3B-sized experts, 8 ranks per node)
-and the bursts it made, on this plan and on a stale one (planned for a hot set that has moved),
-in NumPy and in C (swiftmoe.engine.native, the same bursts; "nan" when its library is not
-built: make build). The load average is printed first: on a busy machine medians run high.
-Every call takes the plan's index from a PlanIndexCache, as the engine's splitter does: the plan
-is indexed once.
+runs per layer on every rank:
+
+- split_tokens_for_rank in NumPy (native=False): the rank's row and slot columns of the fast
+  split, its fastest run too (the machine may be shared), with 8 ranks per node, and with 8
+  ranks per node and the cost parameters below (stage 1 priced, swiftmoe.engine.split.priced:
+  what the engine runs on several nodes); the last of these in C (swiftmoe.engine.native, the
+  same split, what the engine runs when the library is built);
+- the dense fast split ([N, N*S], the reference the tests check the engine's part against:
+  pyshim/tests/split_reference.py), the min-max stage alone (per-rank amounts, before routing
+  sources to slots), the exact and the even split, fast/exact max rank load and max/mean rank
+  load of each;
+- last, the burst-replica decision a layer runs when its threshold is passed
+  (swiftmoe.engine.burst.plan_bursts, one burst slot per rank, threshold 1.0 so that it always
+  runs, the cost parameters of H200s with Qwen3-30B-A3B-sized experts, 8 ranks per node) and the
+  bursts it made, on this plan and on a stale one (planned for a hot set that has moved), in
+  NumPy and in C (the same bursts).
+
+C columns read "nan" when the library is not built (make build). The load average is printed
+first: on a busy machine medians run high. Every call takes the plan's index from a
+PlanIndexCache, as the engine's splitter does: the plan is indexed once.
 
     OMP_NUM_THREADS=1 PYTHONPATH=pyshim python3 scripts/bench_split.py [--reps 20]
 """
@@ -85,12 +90,15 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
         inter_bw=1.25e10,
     )
 
-    def rank_split(r: int, rpn: int = 0, cost=None) -> split.RankSplit:
-        return split.split_tokens_for_rank(counts_QE, plan(), S, r, rpn, cost=cost)
+    def rank_split(r: int, rpn: int = 0, cost=None, nat: bool = False) -> split.RankSplit:
+        return split.split_tokens_for_rank(counts_QE, plan(), S, r, rpn, cost=cost, native=nat)
 
     (t_rank, t_rbest), _ = timed(lambda: rank_split(next(ranks) % N), reps, True)
     t_rnode, _ = timed(lambda: rank_split(next(ranks) % N, rpn), reps)
     t_rpriced, _ = timed(lambda: rank_split(next(ranks) % N, rpn, params), reps)
+    t_cpriced = float("nan")
+    if native.available():
+        t_cpriced, _ = timed(lambda: rank_split(next(ranks) % N, rpn, params, True), reps)
     t_fast, f_fast = timed(
         lambda: reference.split_tokens(counts_QE, plan(), S, method="fast"), reps
     )
@@ -129,6 +137,7 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
             bursts.append(-1)
     print(
         f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} {t_rpriced:9.0f} "
+        f"{t_cpriced:9.0f} "
         f"{t_fast:9.0f} {t_node:9.0f} {t_amt:10.0f} "
         f"{t_exact:10.0f} {t_even:9.0f} {ratio:10.4f} {mom['even']:8.3f} {mom['fast']:8.4f} "
         f"{mom['exact']:9.4f} {t_burst[0]:9.0f} {t_burst[1]:9.0f} {bursts[0]:6d} "
@@ -147,6 +156,7 @@ def main() -> int:
     print(f"native burst decision: {native.why()}")
     print(
         f"{'E,N,S':>12} {'rank us':>9} {'rank min':>9} {'rnode8 us':>9} {'priced us':>9} "
+        f"{'C pric us':>9} "
         f"{'dense us':>9} {'node8 us':>9} {'amounts us':>10} "
         f"{'exact us':>10} {'even us':>9} {'fast/exact':>10} {'mom even':>8} {'mom fast':>8} "
         f"{'mom exact':>9} {'burst us':>9} {'native us':>9} {'bursts':>6} {'stale us':>9} "
