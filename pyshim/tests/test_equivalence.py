@@ -63,12 +63,20 @@ PRICED = {
 }
 
 
-def _train_priced(rank: int, world_size: int, case: str) -> dict:
+def _train_priced(rank: int, world_size: int, case: str, native_on: bool) -> dict:
     """AdamW on 2 nodes with slow links between them, so the split's stage 1 (priced by the
     cost model, swiftmoe.engine.split.priced) takes the node-local amounts whenever they are
-    cheaper; counts how often it did."""
+    cheaper. With the NumPy split (native_on False) a spy counts how often it did; the C split
+    (swiftmoe.engine.native) says so in each layer's RankSplit, which the step stats count."""
+    import os
+
+    from swiftmoe.engine import native
     from swiftmoe.engine.split import demand
 
+    os.environ[native.ENV_SWITCH] = "1" if native_on else "0"
+    native.reset()
+    if native.available() != native_on:
+        raise RuntimeError(f"native split wanted {native_on}: {native.why()} (make build)")
     chosen = {"calls": 0, "local": 0}
     price = demand.cheaper_demand
 
@@ -86,30 +94,39 @@ def _train_priced(rank: int, world_size: int, case: str) -> dict:
     return out
 
 
+@pytest.mark.parametrize("native_on", [False, True], ids=["numpy", "native"])
 @pytest.mark.parametrize("case", list(PRICED))
-def test_training_matches_single_process_with_the_split_priced_on_two_nodes(case: str) -> None:
+def test_training_matches_single_process_with_the_split_priced_on_two_nodes(
+    case: str, native_on: bool
+) -> None:
     # 4 ranks, 2 per node (on 2 ranks of 1 per node the all-to-all's slowest rank is set by
     # experts with one replica, where both forms route alike, and min-max wins the ties).
     world_size = 4
-    results = run_ranks(functools.partial(_train_priced, case=case), world_size, timeout_s=120)
+    results = run_ranks(
+        functools.partial(_train_priced, case=case, native_on=native_on), world_size, timeout_s=120
+    )
     ref = reference_run("AdamW", STEPS, world_size)
     for rank, out in enumerate(results):
         assert out["events"] == {"accepted": STEPS}, f"rank {rank}: {out['events']}"
         # Every rank priced every split alike, and the node-local amounts were used.
         assert out["chosen"] == results[0]["chosen"]
-        assert out["chosen"]["local"] >= STEPS, out["chosen"]
-        # The step stats count the layer calls whose dispatch took the node-local amounts: all
-        # of the spy's without bursts; with them the spy also sees the burst decision's splits.
+        # The step stats count the layer calls whose dispatch took the node-local amounts.
         node_local = sum(sum(s.node_local_L) for s in out["stats"])
         assert [s.node_local_L for s in out["stats"]] == [
             s.node_local_L for s in results[0]["stats"]
         ]
+        if native_on:  # the C split and decision: the NumPy pricing never ran
+            assert out["chosen"] == {"calls": 0, "local": 0}
+            assert node_local >= (STEPS if case == "plain" else 1), node_local
+        elif case == "bursts":  # the spy also sees the burst decision's splits
+            assert out["chosen"]["local"] >= STEPS, out["chosen"]
+            assert 1 <= node_local <= out["chosen"]["local"], (node_local, out["chosen"])
+        else:  # all of the spy's
+            assert out["chosen"]["local"] >= STEPS, out["chosen"]
+            assert node_local == out["chosen"]["local"], (node_local, out["chosen"])
         if case == "bursts":
             bursts = [sum(s.bursts_L) for s in out["stats"]]
             assert sum(b > 0 for b in bursts) >= STEPS - 1, bursts
-            assert 1 <= node_local <= out["chosen"]["local"], (node_local, out["chosen"])
-        else:
-            assert node_local == out["chosen"]["local"], (node_local, out["chosen"])
         _assert_state(out["state"], ref, f"rank {rank}")
 
 
