@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from native_cases import cost_params, skewed_case
 
 from swiftmoe.engine import native
-from swiftmoe.engine.split import split_tokens_for_rank
+from swiftmoe.engine.split import split_rank_loads, split_tokens_for_rank
 
 
 def _case(rng, hot: bool):
@@ -96,7 +97,7 @@ def test_split_for_rank_applies_to_fast_and_auto_only(use_lib, monkeypatch):
     for method in ("exact", "even"):
         assert native.split_for_rank(c, slots, 2, 0, 0, method, None) is None
     send, recv, load, local = native.split_for_rank(c, slots, 2, 1, 0, "auto", None)
-    want = split_tokens_for_rank(c, slots, 2, 1, 0, "auto")
+    want = split_tokens_for_rank(c, slots, 2, 1, 0, "auto", native=False)
     np.testing.assert_array_equal(send, want.send_K.numpy())
     np.testing.assert_array_equal(recv, want.recv_QS.numpy())
     np.testing.assert_array_equal(load, want.load_R.numpy())
@@ -106,3 +107,28 @@ def test_split_for_rank_applies_to_fast_and_auto_only(use_lib, monkeypatch):
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     native.reset()
     assert native.split_for_rank(c, slots, 2, 0, 0, "fast", None) is None
+
+
+def test_the_engine_split_and_rank_loads_run_the_native_code(use_lib, monkeypatch):
+    """split_tokens_for_rank and split_rank_loads call the C when it is loaded (native=None),
+    with the NumPy code's results; native=True without the library says why."""
+    rng = np.random.default_rng(11)
+    calls = []
+    real = native.split_for_rank
+    monkeypatch.setattr(native, "split_for_rank", lambda *a: calls.append(1) or real(*a))
+    for i in range(40):
+        c, slots, S, rpn, method, cost = _case(rng, hot=i % 2 == 0)
+        want = split_rank_loads(c, slots, S, rpn, method, cost, native=False)
+        n = len(calls)
+        torch.testing.assert_close(split_rank_loads(c, slots, S, rpn, method, cost), want)
+        r = int(rng.integers(c.shape[0]))
+        got = split_tokens_for_rank(c, slots, S, r, rpn, method, cost)
+        assert len(calls) == n + 2
+        ref = split_tokens_for_rank(c, slots, S, r, rpn, method, cost, native=False)
+        for f in ("send_K", "recv_QS", "load_R"):
+            assert torch.equal(getattr(got, f), getattr(ref, f)), f
+        assert got.node_local == ref.node_local
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.reset()
+    with pytest.raises(RuntimeError, match="turned off"):
+        split_tokens_for_rank(c, slots, S, 0, rpn, method, cost, native=True)
