@@ -404,7 +404,7 @@ def _check_discovery(sidecar: Path, timeout_s: float) -> tuple[list[Check], dict
 
 
 def _check_native() -> list[Check]:
-    """The native burst decision: loaded, or why not (the NumPy decision is the same, slower)."""
+    """The C burst decision and split: loaded, or why not (NumPy runs them, the same, slower)."""
     from swiftmoe.engine import native
 
     try:
@@ -412,15 +412,18 @@ def _check_native() -> list[Check]:
     except native.NativeError as e:
         return [Check("native", FAIL, str(e), f"unset ${native.ENV_LIB} or fix the path")]
     if ok:
-        return [Check("native", OK, f"native burst decision {native.why()}")]
+        return [Check("native", OK, f"C burst decision and split {native.why()}")]
+    off = os.environ.get(native.ENV_SWITCH) is not None and "turned off" in native.why()
     return [
         Check(
             "native",
             NOTE,
-            f"native burst decision {native.why()}; the NumPy decision runs (the same bursts, "
-            "milliseconds slower a layer call where bursts are considered)",
-            "install a C compiler and reinstall swiftmoe (pip install .), or `make build` in a "
-            "source checkout",
+            f"C burst decision and split {native.why()}; NumPy runs them (the same results, "
+            "4 to 50 times slower: up to milliseconds a layer call)",
+            f"unset ${native.ENV_SWITCH}"
+            if off
+            else "install a C compiler and reinstall swiftmoe (pip install .), or `make build` "
+            "in a source checkout",
         )
     ]
 

@@ -82,7 +82,25 @@ def test_doctor_all_good(fake_bin, capsys):
     assert "inter-node 12.5 GB/s" in checks["bandwidth"]["detail"]
     assert "gloo yes" in checks["torch"]["detail"]
     assert checks["native"]["status"] in ("ok", "note")  # loaded, or the NumPy decision runs
-    assert checks["native"]["detail"].startswith("native burst decision ")
+    assert checks["native"]["detail"].startswith("C burst decision and split ")
+
+
+def test_doctor_says_how_the_native_code_was_turned_off_or_broken(fake_bin, capsys, monkeypatch):
+    from swiftmoe.engine import native
+
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.reset()
+    rc, checks = doctor_json(capsys)
+    c = checks["native"]
+    assert rc == 0 and c["status"] == "note" and "turned off" in c["detail"], c
+    assert c["fix"] == "unset $SWIFTMOE_NATIVE", c
+    monkeypatch.delenv(native.ENV_SWITCH)
+    monkeypatch.setenv(native.ENV_LIB, str(fake_bin / "swiftmoe-sidecar"))  # not a library
+    native.reset()
+    rc, checks = doctor_json(capsys)
+    c = checks["native"]
+    assert rc == 1 and c["status"] == "FAIL" and "SWIFTMOE_NATIVE_LIB" in c["fix"], c
+    native.reset()
 
 
 def test_doctor_reports_tampered_binary_and_fix(fake_bin, capsys):
