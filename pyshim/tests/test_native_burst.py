@@ -172,3 +172,21 @@ def test_build_says_what_to_install_without_a_compiler(tmp_path, monkeypatch, ca
     with pytest.raises(RuntimeError, match="failed"):
         build.build_library(tmp_path / "out")
     assert build.main(["--optional", str(tmp_path / "out")]) == 1
+
+
+def test_a_library_of_another_interface_version_is_refused(tmp_path, monkeypatch):
+    import re
+    import subprocess
+    from pathlib import Path
+
+    header = (Path(native.__file__).parent / "smoe.h").read_text()
+    assert int(re.search(r"#define SMOE_ABI (\d+)", header).group(1)) == native._ABI
+    src = tmp_path / "old.c"
+    src.write_text("#include <stdint.h>\nint64_t smoe_abi(void) { return 99; }\n")
+    lib = tmp_path / "libold.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, timeout=120)
+    monkeypatch.setenv(native.ENV_LIB, str(lib))
+    native.reset()
+    with pytest.raises(native.NativeError, match="interface version 99"):
+        native.available()
+    native.reset()

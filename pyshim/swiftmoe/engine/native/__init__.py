@@ -48,6 +48,7 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
+_ABI = 1  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
@@ -92,6 +93,11 @@ def _stale(lib: Path) -> bool:
 
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
+    lib.smoe_abi.restype = ctypes.c_int64
+    lib.smoe_abi.argtypes = []
+    abi = int(lib.smoe_abi())
+    if abi != _ABI:
+        raise OSError(f"interface version {abi}, this swiftmoe needs {_ABI}: rebuild it")
     f = lib.smoe_plan_bursts
     f.restype = ctypes.c_int64
     # Arrays go as raw addresses (c_void_p): plan_bursts below makes every one a C-contiguous

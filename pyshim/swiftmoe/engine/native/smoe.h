@@ -25,6 +25,11 @@
 #define SMOE_EBUG (-2)
 #define SMOE_EUNSUPPORTED (-3)
 
+/* The interface's version: bump it with any change to a struct, a signature or a result, and
+ * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
+#define SMOE_ABI 1
+int64_t smoe_abi(void);
+
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
 #define SMOE_METHOD_FAST 0
 #define SMOE_METHOD_AUTO 1

@@ -117,6 +117,8 @@ double smoe_pairwise_sum(const double *a, int64_t n)
  * by the key expert * N + rank and the plan's pairs (np.unique of the keys) are the runs of equal
  * keys among them. Every array lives in one allocation, owned through pl->pair_K (freed by
  * smoe_plan_free); the [P] arrays have room for K. */
+int64_t smoe_abi(void) { return SMOE_ABI; }
+
 int smoe_plan_init(smoe_plan *pl, const int64_t *slots_K, int64_t N, int64_t S, int64_t E)
 {
     memset(pl, 0, sizeof *pl);
