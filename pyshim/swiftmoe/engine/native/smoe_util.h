@@ -30,10 +30,16 @@ static inline int64_t floormod(int64_t a, int64_t b)
 /* tiers.proportional of one group's amounts a[0..n-1] into out[0..n-1] (out may be a: each
  * a[i] is read before out[i] is written): floors of a * m / max(tot, 1), then one more to the
  * first members (in order) with a fraction until the group's sum is m. frac: n bytes of
- * scratch. Integers only. */
+ * scratch. Integers only. Taking nothing (m = 0) or everything (m = tot > 0) needs no division:
+ * every floor is exact and no member has a fraction. */
 static inline void proportional(const int64_t *a, int64_t n, int64_t tot, int64_t m, int64_t *out,
                                 unsigned char *frac)
 {
+    if (m == 0 || (m == tot && tot > 0)) { /* nothing, or all of it: a * m / tot exactly */
+        for (int64_t i = 0; i < n; i++)
+            out[i] = m == 0 ? 0 : a[i];
+        return;
+    }
     int64_t t = imax(tot, 1), short_ = m;
     for (int64_t i = 0; i < n; i++) {
         int64_t num = a[i] * m;
