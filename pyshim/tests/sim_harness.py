@@ -77,6 +77,7 @@ def run_sim(address, loads_ILE, systems, slots, static_slots, **kw):
         flops_per_s=kw.pop("flops_per_s", 0.0),
         split_method=kw.pop("split_method", "auto"),
         decision_ms=kw.pop("decision_ms", 0.0),
+        decision_measured=kw.pop("decision_measured", False),
     )
     return simulate(
         np.asarray(loads_ILE),

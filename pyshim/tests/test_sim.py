@@ -451,6 +451,11 @@ def test_sim_help_and_errors():
     with pytest.raises(SystemExit) as e:
         _cli(["sim", "--synthetic-experts", "8", "--split", "even"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        _cli(["sim", "--synthetic-experts", "8", "--decision-ms", "fast"])
+    assert e.value.code == 2
+    rc, _, err = _cli(["sim", "--synthetic-experts", "8", "--decision-ms", "-1"])
+    assert rc == 2 and "--decision-ms is -1.0" in err, err
     from swiftmoe.sim.run import SimConfig
 
     with pytest.raises(ValueError, match="--split is 'even': pass one of auto, fast, exact"):

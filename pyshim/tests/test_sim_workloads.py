@@ -197,6 +197,18 @@ def test_decision_ms_charges_every_layer_call_whose_decision_ran(sidecar_address
     assert (flat.per_iteration["swiftmoe-burst"]["decision_ms"] == 0).all()
     with pytest.raises(ValueError, match="--decision-ms"):
         run_sim(sidecar_address, loads, "swiftmoe-burst", 2, 2, decision_ms=-1.0)
+    # --decision-ms measured: each decision's own wall time here, on the same calls.
+    kw = dict(flops_per_s=6 * 16384e6)
+    base = run_sim(sidecar_address, loads, systems, 2, 2, **kw)
+    res = run_sim(sidecar_address, loads, systems, 2, 2, decision_measured=True, **kw)
+    b0, b1 = base.per_iteration["swiftmoe-burst"], res.per_iteration["swiftmoe-burst"]
+    assert ((b1["decision_ms"] > 0) & (b1["decision_ms"] < 10_000)).all(), b1["decision_ms"]
+    np.testing.assert_allclose(b1["step_ms"], b0["step_ms"] + b1["decision_ms"])
+    np.testing.assert_array_equal(b1["bursts"], b0["bursts"])
+    flat = run_sim(
+        sidecar_address, np.full((4, 1, 8), 1000), systems, 2, 2, decision_measured=True, **kw
+    )
+    assert (flat.per_iteration["swiftmoe-burst"]["decision_ms"] == 0).all()
 
 
 @needs_sidecar

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from swiftmoe.adapters import ExpertSpec
+from swiftmoe.engine import native
 from swiftmoe.engine import plan as planlib
 from swiftmoe.engine.blocks import MoEBlock, find_moe_blocks
 from swiftmoe.engine.burst_run import BurstPolicy
@@ -137,6 +138,7 @@ def _observe(blocks, E_L, slots_L, config, comm, source, rpn, device, bandwidths
         layers.append(layer)
     channel = _channel(source, comm, blocks, E_L, config, device)
     splitter = RankSplitter(config.slots_per_rank, comm.rank, rpn, config.split_method)
+    log.info("swiftmoe: native split %s", native.why())  # loaded now, not in the first step
     # The logged max_over_mean uses the split replicate mode would run: on several nodes its
     # stage 1 is priced, with the cost parameters replicate mode would agree on.
     costs = None
@@ -232,6 +234,8 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> R
     log.info(
         "swiftmoe: replicating %d MoE blocks on %d ranks x %d slots (rank %d)", len(layers), N, S, r
     )
+    # Load the C split and decision now, not in the first layer call of the first step.
+    log.info("swiftmoe: native split and burst decision %s", native.why())
     return run
 
 

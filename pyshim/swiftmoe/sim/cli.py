@@ -46,6 +46,18 @@ examples:
 """
 
 
+def _decision_ms(v: str) -> float | str:
+    """--decision-ms: milliseconds >= 0 (checked by SimConfig), or "measured"."""
+    if v.strip().lower() == "measured":
+        return "measured"
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{v!r} is neither milliseconds (a number >= 0) nor 'measured'"
+        ) from None
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from swiftmoe.sim.systems import DEFAULT_SYSTEMS
     from swiftmoe.sim.trace import add_skew_arguments
@@ -160,11 +172,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--decision-ms",
-        type=float,
+        type=_decision_ms,
         default=0.0,
+        metavar="MS|measured",
         help="swiftmoe-burst: host milliseconds charged to each layer call whose burst decision "
         "runs (past --burst-threshold), whatever it makes; the engine decides on the CPU before "
-        "the dispatch (default 0: not charged; scripts/bench_split.py measures it)",
+        "the dispatch. 'measured': each call's own wall time on this host, with the decision "
+        "the engine would run here (C when built, see swiftmoe doctor; not deterministic). "
+        "Default 0: not charged",
     )
     s.add_argument(
         "--split",
@@ -345,7 +360,8 @@ def run(args: argparse.Namespace) -> int:
             flops_per_s=et.flops_per_s(flops_per_token, mean_rank),
             burst_slots=args.burst_slots,
             burst_threshold=args.burst_threshold,
-            decision_ms=args.decision_ms,
+            decision_ms=0.0 if args.decision_ms == "measured" else args.decision_ms,
+            decision_measured=args.decision_ms == "measured",
             split_method=args.split,
             plugin_timeout_s=args.plugin_timeout,
         )

@@ -24,7 +24,8 @@ engine's own burst decision (:func:`swiftmoe.engine.burst.plan_bursts`) is made 
 iteration's counts and the placement's split, and when it makes bursts the layer is split again
 over the enlarged placement and charged the copies' time that the planned slots' compute does
 not hide (``copy_ms``, ``costmodel.copy_exposed_ms``: the engine overlaps them), plus
-``decision_ms`` (``--decision-ms``, 0 by default) for each layer call whose decision ran. The
+``decision_ms`` (``--decision-ms``, 0 by default) for each layer call whose decision ran, or
+with ``decision_measured`` (``--decision-ms measured``) that call's own wall time here. The
 ``bound`` is perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an
 even one and the static layout's under uniform routing (the engine's split on uniform counts).
 
@@ -89,6 +90,9 @@ class SimConfig:
     # threshold): the engine decides on the CPU before the dispatch, and the cost model does not
     # count that (0: not charged)
     decision_ms: float = 0.0
+    # swiftmoe-burst: charge each decision its own wall time on this host instead (the engine's
+    # code, C or NumPy, as the engine would run it here); not deterministic
+    decision_measured: bool = False
     # swiftmoe and swiftmoe-burst: the engine's split_method ("auto": stage 1 chosen by the cost
     # model on several nodes, swiftmoe.engine.split.priced; "fast", "exact": min-max amounts)
     split_method: str = "auto"
@@ -223,14 +227,16 @@ def _burst_layer(
     S: int,
     flow: model.Flow,
     planned: model.LayerCost,
-) -> tuple[model.LayerCost, float, int, bool]:
+) -> tuple[model.LayerCost, float, int, float]:
     """A layer with the engine's burst replicas on ``slots_K`` (split ``flow``, cost ``planned``):
-    (its cost, the copies' ms, the bursts made, whether the decision ran: its threshold was
-    passed). With none made, the planned cost."""
+    (its cost, the copies' ms, the bursts made, the decision's host ms charged: where its
+    threshold was passed, ``decision_ms``, or its wall time here with ``decision_measured``;
+    else 0). With none made, the planned cost."""
     c = cfg.cluster
     load_R = flow.x_RS.sum(axis=1).astype(np.int64)
     # Past it the decision runs (and costs host time), whatever it makes.
     decided = past_threshold(load_R, cfg.burst_slots, cfg.burst_threshold)
+    t0 = time.perf_counter()
     bp = plan_bursts(
         counts_QE,
         slots_K,
@@ -242,8 +248,10 @@ def _burst_layer(
         method=cfg.split_method,
         load_R=load_R,
     )
+    took_ms = (time.perf_counter() - t0) * 1e3
+    charge = (took_ms if cfg.decision_measured else cfg.decision_ms) if decided else 0.0
     if bp.count == 0:
-        return planned, 0.0, 0, decided
+        return planned, 0.0, 0, charge
     Sx = bp.slots_per_rank
     split = split_traffic(
         pad_counts(counts_QE),
@@ -258,7 +266,7 @@ def _burst_layer(
     # Burst slots hold copies for this layer only: the planned slots' transfers stay, the
     # copies and their gradients' return are copy_ms (what the overlap leaves exposed).
     cost.transfer_ms = planned.transfer_ms
-    return cost, bp.copy_ms, bp.count, decided
+    return cost, bp.copy_ms, bp.count, charge
 
 
 def simulate(
@@ -420,14 +428,13 @@ def simulate(
                                 engine_costs[fk] = cost
                             if s.burst and cfg.burst_slots:
                                 ts = time.perf_counter()
-                                cost, copy_ms, made, decided = _burst_layer(
+                                cost, copy_ms, made, charged = _burst_layer(
                                     cfg, et, params, counts_QE, slots_K, S, flow, cost
                                 )
                                 timing["burst_s"] += time.perf_counter() - ts
                                 per[s.name]["copy_ms"][it] += copy_ms
                                 per[s.name]["bursts"][it] += made
-                                if decided:
-                                    per[s.name]["decision_ms"][it] += cfg.decision_ms
+                                per[s.name]["decision_ms"][it] += charged
                     timing["cost_s"] += time.perf_counter() - tc
                     row = per[s.name]
                     row["compute_ms"][it] += cost.compute_ms
