@@ -105,6 +105,42 @@ def test_missing_go_fails_with_what_to_install(tmp_path):
     assert "Go >= 1.26" in out and "go.dev/dl" in out, out[-3000:]
 
 
+def test_without_a_c_compiler_the_wheel_builds_without_the_native_library(tmp_path):
+    """No C compiler: pip says so and goes on; the engine then runs the NumPy decision."""
+    src = copy_tree(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    # A PATH with Go and no cc or gcc (Go then builds without cgo: no NVML discovery).
+    only_go = tmp_path / "only-go"
+    only_go.mkdir()
+    (only_go / "go").symlink_to(shutil.which("go"))
+    env = clean_env(PATH=str(only_go))
+    env.pop("CC", None)
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-v",
+            "--no-build-isolation",
+            "--no-deps",
+            "-w",
+            str(wheels),
+            str(src),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    assert "note: no C compiler found" in out and "NumPy decision" in out, out[-5000:]
+    (whl,) = wheels.glob("swiftmoe-*.whl")
+    with zipfile.ZipFile(whl) as z:
+        names = set(z.namelist())
+    assert "swiftmoe/_bin/swiftmoe-sidecar" in names
+    assert not any(n.endswith("libswiftmoe_native.so") for n in names), sorted(names)
+
+
 def test_wheel_is_platform_tagged_with_checksummed_binaries(tmp_path):
     src = copy_tree(tmp_path / "src")
     wheels = tmp_path / "wheels"
