@@ -63,16 +63,19 @@ PRICED = {
 }
 
 
-def _train_priced(rank: int, world_size: int, case: str, native_on: bool) -> dict:
+def _train_priced(rank: int, world_size: int, case: str, native_on) -> dict:
     """AdamW on 2 nodes with slow links between them, so the split's stage 1 (priced by the
     cost model, swiftmoe.engine.split.priced) takes the node-local amounts whenever they are
     cheaper. With the NumPy split (native_on False) a spy counts how often it did; the C split
-    (swiftmoe.engine.native) says so in each layer's RankSplit, which the step stats count."""
+    (swiftmoe.engine.native) says so in each layer's RankSplit, which the step stats count.
+    native_on "mixed": the C on even ranks, NumPy on odd ones (a job whose hosts differ)."""
     import os
 
     from swiftmoe.engine import native
     from swiftmoe.engine.split import demand
 
+    if native_on == "mixed":
+        native_on = rank % 2 == 0
     os.environ[native.ENV_SWITCH] = "1" if native_on else "0"
     native.reset()
     if native.available() != native_on:
@@ -94,7 +97,7 @@ def _train_priced(rank: int, world_size: int, case: str, native_on: bool) -> dic
     return out
 
 
-@pytest.mark.parametrize("native_on", [False, True], ids=["numpy", "native"])
+@pytest.mark.parametrize("native_on", [False, True, "mixed"], ids=["numpy", "native", "mixed"])
 @pytest.mark.parametrize("case", list(PRICED))
 def test_training_matches_single_process_with_the_split_priced_on_two_nodes(
     case: str, native_on: bool
@@ -109,13 +112,19 @@ def test_training_matches_single_process_with_the_split_priced_on_two_nodes(
     for rank, out in enumerate(results):
         assert out["events"] == {"accepted": STEPS}, f"rank {rank}: {out['events']}"
         # Every rank priced every split alike, and the node-local amounts were used.
-        assert out["chosen"] == results[0]["chosen"]
+        if native_on == "mixed":  # C on even ranks, NumPy (and the spy) on odd ones
+            assert out["chosen"] == results[rank % 2]["chosen"]
+            assert results[0]["chosen"]["calls"] == 0 < results[1]["chosen"]["calls"]
+        else:
+            assert out["chosen"] == results[0]["chosen"]
         # The step stats count the layer calls whose dispatch took the node-local amounts.
         node_local = sum(sum(s.node_local_L) for s in out["stats"])
         assert [s.node_local_L for s in out["stats"]] == [
             s.node_local_L for s in results[0]["stats"]
         ]
-        if native_on:  # the C split and decision: the NumPy pricing never ran
+        if native_on == "mixed":  # the same splits and bursts on every rank, whichever code
+            assert node_local >= (STEPS if case == "plain" else 1), node_local
+        elif native_on:  # the C split and decision: the NumPy pricing never ran
             assert out["chosen"] == {"calls": 0, "local": 0}
             assert node_local >= (STEPS if case == "plain" else 1), node_local
         elif case == "bursts":  # the spy also sees the burst decision's splits
