@@ -50,6 +50,13 @@ def run(
     return r
 
 
+def pip_wheel(src: Path, wheels: Path, cwd: Path, env=None, verbose: bool = False):
+    """`pip wheel` of the source tree src into wheels (no build isolation, no dependencies)."""
+    cmd = [sys.executable, "-m", "pip", "wheel", *(["-v"] if verbose else [])]
+    cmd += ["--no-build-isolation", "--no-deps", "-w", str(wheels), str(src)]
+    return run(cmd, cwd=cwd, env=env)
+
+
 def copy_tree(dest: Path) -> Path:
     """The working tree's files (tracked and untracked, not ignored) copied to dest."""
     r = subprocess.run(
@@ -85,21 +92,7 @@ def test_missing_go_fails_with_what_to_install(tmp_path):
     empty.mkdir()
     env = clean_env(PATH=str(empty))
     env.pop("GO", None)
-    r = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-build-isolation",
-            "--no-deps",
-            "-w",
-            str(tmp_path / "w"),
-            str(src),
-        ],
-        cwd=tmp_path,
-        env=env,
-    )
+    r = pip_wheel(src, tmp_path / "w", tmp_path, env)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert "Go >= 1.26" in out and "go.dev/dl" in out, out[-3000:]
@@ -115,22 +108,7 @@ def test_without_a_c_compiler_the_wheel_builds_without_the_native_library(tmp_pa
     (only_go / "go").symlink_to(shutil.which("go"))
     env = clean_env(PATH=str(only_go))
     env.pop("CC", None)
-    r = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-v",
-            "--no-build-isolation",
-            "--no-deps",
-            "-w",
-            str(wheels),
-            str(src),
-        ],
-        cwd=tmp_path,
-        env=env,
-    )
+    r = pip_wheel(src, wheels, tmp_path, env, verbose=True)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
     assert "note: no C compiler found" in out and "NumPy decision" in out, out[-5000:]
@@ -144,20 +122,7 @@ def test_without_a_c_compiler_the_wheel_builds_without_the_native_library(tmp_pa
 def test_wheel_is_platform_tagged_with_checksummed_binaries(tmp_path):
     src = copy_tree(tmp_path / "src")
     wheels = tmp_path / "wheels"
-    r = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-build-isolation",
-            "--no-deps",
-            "-w",
-            str(wheels),
-            str(src),
-        ],
-        cwd=tmp_path,
-    )
+    r = pip_wheel(src, wheels, tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     (whl,) = wheels.glob("swiftmoe-*.whl")
     assert re.fullmatch(r"swiftmoe-[\w.]+-py3-none-linux_\w+\.whl", whl.name), whl.name
