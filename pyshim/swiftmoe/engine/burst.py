@@ -221,15 +221,9 @@ def plan_bursts(
         counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R
     )
     N, E = c_QE.shape
-    if native is not False:
+    if _native.use(native, method, "burst decision"):
         got = _native.plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R)
-        if got is not None:
-            return BurstPlan(E, *got)
-        if native:
-            raise RuntimeError(
-                f"swiftmoe: the native burst decision cannot run: {_native.why()}"
-                + ("" if method in ("fast", "auto") else f"; method {method!r} is not ported")
-            )
+        return BurstPlan(E, *got)
     total = int(c_QE.sum())
     if B == 0 or N == 1 or total == 0:
         return _none(slots, S, E)

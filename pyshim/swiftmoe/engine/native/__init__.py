@@ -37,6 +37,7 @@ __all__ = [
     "library",
     "plan_bursts",
     "split_for_rank",
+    "use",
     "why",
 ]
 
@@ -190,6 +191,22 @@ def why() -> str:
     """Where the library was loaded from, or why it was not."""
     library()
     return _state["why"]
+
+
+def use(native: bool | None, method: str, what: str) -> bool:
+    """Whether a caller's ``native`` argument runs the C for ``method``: None when the library
+    is loaded and the method ported, False never, True always (a RuntimeError naming ``what``
+    and why when it cannot)."""
+    if native is False:
+        return False
+    if method in _METHODS and available():
+        return True
+    if native:
+        raise RuntimeError(
+            f"swiftmoe: the native {what} cannot run: {why()}"
+            + ("" if method in _METHODS else f"; method {method!r} is not ported")
+        )
+    return False
 
 
 def reset() -> None:

@@ -154,13 +154,8 @@ def split_tokens_for_rank(
         ValueError: a malformed count matrix or plan, an expert with tokens but no slot, an
         unknown method or a bad rank; the message names the field and the fix.
     """
-    if native is not False and method in _native_methods and _native.available():
+    if _native.use(native, method, "split"):
         return _native_split(counts_QE, slots, slots_per_rank, rank, ranks_per_node, method, cost)
-    if native:
-        raise RuntimeError(
-            f"swiftmoe: the native split cannot run: {_native.why()}"
-            + ("" if method in _native_methods else f"; method {method!r} is not ported")
-        )
     c_QE, plan, demand_K, rpn, priced = demand(
         counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     )
@@ -172,9 +167,6 @@ def split_tokens_for_rank(
     return RankSplit(
         torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K), local
     )
-
-
-_native_methods = ("fast", "auto")
 
 
 def _native_split(counts_QE, slots, S, rank, rpn, method, cost) -> RankSplit:
@@ -209,7 +201,7 @@ def split_rank_loads(
     The arguments of :func:`split_tokens_for_rank` without ``rank``; equals every rank's
     ``load_R`` of it, and is its C port's when that runs (``native`` as there).
     """
-    if native is not False and method in _native_methods and _native.available():
+    if _native.use(native, method, "split"):
         return _native_split(counts_QE, slots, slots_per_rank, 0, ranks_per_node, method, cost)[2]
     plan, demand_K = demand(counts_QE, slots, slots_per_rank, ranks_per_node, method, cost)[1:3]
     return load_R(plan, demand_K)
