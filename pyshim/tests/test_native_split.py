@@ -82,6 +82,7 @@ SIGNATURES = {
     "smoe_pairwise_sum": (ctypes.c_double, [F64P, I64]),
     "smoe_amounts_fast": (ctypes.c_int, [I64P, PLANP, I64P, I64P]),
     "smoe_amounts_node_local": (ctypes.c_int, [I64P, PLANP, I64P, I64, I64P]),
+    "smoe_amounts_node_balanced": (ctypes.c_int, [I64P, PLANP, I64P, I64, I64P]),
     "smoe_slot_demand": (None, [PLANP, I64P, I64P]),
     "smoe_tier_sums": (ctypes.c_int, [I64P, PLANP, I64P, I64, I64P]),
     "smoe_price": (ctypes.c_int, [COSTP, I64P, PLANP, I64P, I64, F64P, I64P]),
@@ -195,9 +196,14 @@ def test_amounts_and_slot_demand(lib, cases):
                 np.testing.assert_array_equal(x, want)
                 lib.smoe_slot_demand(cp.ref(), ptr(x), ptr(d))
                 np.testing.assert_array_equal(d, demand_mod.slot_demand(plan, want))
+                want = priced.amounts_node_balanced(c_QE, plan, L_E, rpn)
+                x[:] = -1
+                rc = lib.smoe_amounts_node_balanced(ptr(c_QE), cp.ref(), ptr(i64(L_E)), rpn, ptr(x))
+                assert rc == 0
+                np.testing.assert_array_equal(x, want)
             else:
-                rc = lib.smoe_amounts_node_local(ptr(c_QE), cp.ref(), ptr(i64(L_E)), rpn, ptr(x))
-                assert rc == EUNSUPPORTED
+                for fn in (lib.smoe_amounts_node_local, lib.smoe_amounts_node_balanced):
+                    assert fn(ptr(c_QE), cp.ref(), ptr(i64(L_E)), rpn, ptr(x)) == EUNSUPPORTED
 
 
 def test_amounts_fast_where_rounding_needs_repair(lib, monkeypatch):
@@ -392,7 +398,7 @@ def test_cost_model(lib):
 
 def test_prices_split_and_priced_demand(lib, cases):
     rng = np.random.default_rng(17)
-    outcomes = {"node_local": 0, "min_max_cheaper": 0, "not_priced": 0}
+    outcomes = {"node_local": 0, "node_balanced": 0, "min_max_cheaper": 0, "not_priced": 0}
     for c, slots, S, rpn in cases:
         c_QE, plan, L_E = prepare(c, slots, S)
         N = plan.N
@@ -423,13 +429,15 @@ def test_prices_split_and_priced_demand(lib, cases):
                         continue
                     assert bits(ms.value) == bits(pr.ms), (ms.value, pr.ms)
                     np.testing.assert_array_equal(sums, np.concatenate(pr.sums))
+                    d_loc = demand_mod.slot_demand(
+                        plan, priced.amounts_node_local(c_QE, plan, L_E, rpn)
+                    )
                     if pr.node_local:
-                        outcomes["node_local"] += 1
-                    else:
-                        x = priced.amounts_node_local(c_QE, plan, L_E, rpn)
-                        if not np.array_equal(demand_mod.slot_demand(plan, x), d_want):
-                            outcomes["min_max_cheaper"] += 1
-    # Both outcomes of cheaper_demand (a genuine choice) occur.
+                        local = np.array_equal(d_loc, d_want)
+                        outcomes["node_local" if local else "node_balanced"] += 1
+                    elif not np.array_equal(d_loc, d_want):
+                        outcomes["min_max_cheaper"] += 1
+    # Every outcome of cheaper_demand (a genuine choice among three) occurs.
     assert min(outcomes.values()) >= 5, outcomes
 
 

@@ -1,6 +1,7 @@
 """The split's stage 1 chosen by the cost model (swiftmoe.engine.split.priced): the node-local
-amounts, the choice between them and the min-max amounts, and that every form of the split (a
-rank's part, the whole flow, the simulator's sums, the loads) makes the same choice."""
+and the node-balanced amounts, the choice between them and the min-max amounts, and that every
+form of the split (a rank's part, the whole flow, the simulator's sums, the loads) makes the
+same choice."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine.split import demand as demand_mod
 from swiftmoe.engine.split import priced, split_rank_loads, split_tokens_for_rank
 from swiftmoe.engine.split.demand import min_max_demand
-from swiftmoe.engine.split.plan_index import prepare
+from swiftmoe.engine.split.plan_index import node_plans, prepare
 from swiftmoe.engine.split.tiers import tier_sums
 from swiftmoe.sim import traffic
 
@@ -82,16 +83,23 @@ def _random_case(rng, N, rpn, every_node_holds_all):
     return c.astype(np.int64), slots, S
 
 
-@pytest.mark.parametrize("every_node_holds_all", [False, True])
-def test_node_local_amounts_are_exact_and_cross_only_for_nodes_without_a_replica(
-    every_node_holds_all,
-):
-    rng = np.random.default_rng(11)
-    for _ in range(60):
+def _node_cases(seed, every_node_holds_all, n=60):
+    """n random cases on 4 to 12 ranks in nodes of 2 to 4: (c, slots, S, rpn, plan, L_E)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
         N = int(rng.choice([4, 6, 8, 12]))
         rpn = int(rng.choice([d for d in (2, 3, 4) if N % d == 0 and d < N]))
         c, slots, S = _random_case(rng, N, rpn, every_node_holds_all)
         _, plan, L_E = prepare(c, slots, S)
+        yield c, slots, S, rpn, plan, L_E
+
+
+@pytest.mark.parametrize("every_node_holds_all", [False, True])
+def test_node_local_amounts_are_exact_and_cross_only_for_nodes_without_a_replica(
+    every_node_holds_all,
+):
+    for c, _, _, rpn, plan, L_E in _node_cases(11, every_node_holds_all):
+        N = plan.N
         x_P = priced.amounts_node_local(c, plan, L_E, rpn)
         assert x_P.dtype == np.int64 and (x_P >= 0).all()
         np.testing.assert_array_equal(np.bincount(plan.e_P, x_P, minlength=plan.E), L_E)
@@ -100,6 +108,65 @@ def test_node_local_amounts_are_exact_and_cross_only_for_nodes_without_a_replica
             si, ri, se, re_ = tier_sums(c, plan, d_K, rpn)
             # Up to a token of rounding per (expert, node), every token stays in its node.
             assert se.sum() <= plan.E * (N // rpn), se.sum()
+
+
+def uneven_sources_case():
+    """4 ranks in 2 nodes of 2, one expert with a replica on every rank. Rank 0 routes it 1,500
+    tokens and rank 1 500 (node 0: 2,000); ranks 2 and 3, 800 and 200 (node 1: 1,000)."""
+    return np.array([[1500], [500], [800], [200]]), [0, 0, 0, 0], 1, 2
+
+
+def test_node_balanced_amounts_even_each_node_and_keep_its_tokens():
+    c, slots, S, rpn = uneven_sources_case()
+    _, plan, L_E = prepare(c, slots, S)
+    # Node-local: each rank keeps its own tokens, ranks 0 and 2 are the busiest of their node.
+    assert priced.amounts_node_local(c, plan, L_E, rpn).tolist() == [1500, 500, 800, 200]
+    # Node-balanced: the same 2,000 and 1,000 per node, even inside each node (to the min-max
+    # amounts' tolerance, 0.75%).
+    x_P = priced.amounts_node_balanced(c, plan, L_E, rpn)
+    assert x_P[:2].sum() == 2000 and x_P[2:].sum() == 1000
+    assert x_P[:2].max() <= 1000 * 1.0075 and x_P[2:].max() <= 500 * 1.0075, x_P
+    d_K = demand_mod.slot_demand(plan, x_P)
+    assert tier_sums(c, plan, d_K, rpn)[2].sum() == 0  # nothing crosses nodes
+    # The min-max split evens all four (750 each), moving tokens across nodes.
+    _, _, d_mm, _ = min_max_demand(c, slots, S, rpn, "fast")
+    assert d_mm.max() <= 750 * 1.0075 and tier_sums(c, plan, d_mm, rpn)[2].sum() > 0
+    # Slow links: the node-balanced amounts win (not the node-local ones, which compute 1.5x
+    # longer); fast links: the min-max amounts.
+    for inter, want in ((1e8, d_K), (1e13, d_mm)):
+        p = cost(4, rpn, inter)
+        _, _, got, _, pr = demand_mod.priced_demand(c, slots, S, rpn, "auto", p)
+        np.testing.assert_array_equal(got, want)
+        assert pr.node_local is (inter == 1e8)
+        d_loc = demand_mod.slot_demand(plan, priced.amounts_node_local(c, plan, L_E, rpn))
+        t = price(p, c, slots, S, rpn, got)
+        assert t == min(price(p, c, slots, S, rpn, d) for d in (d_mm, d_loc, d_K))
+
+
+@pytest.mark.parametrize("every_node_holds_all", [False, True])
+def test_node_balanced_amounts_keep_the_node_local_totals_and_no_busier(every_node_holds_all):
+    evened = 0
+    for c, _, S, rpn, plan, L_E in _node_cases(31, every_node_holds_all):
+        N = plan.N
+        x_loc = priced.amounts_node_local(c, plan, L_E, rpn)
+        x_bal = priced.amounts_node_balanced(c, plan, L_E, rpn)
+        assert x_bal.dtype == np.int64 and (x_bal >= 0).all()
+        # Each node takes exactly the node-local amounts' tokens of each expert.
+        M = N // rpn
+        g_P = plan.e_P * M + plan.r_P // rpn
+        np.testing.assert_array_equal(
+            np.bincount(g_P, x_bal, minlength=plan.E * M),
+            np.bincount(g_P, x_loc, minlength=plan.E * M),
+        )
+        # No node's busiest rank is above the node-local amounts' (up to rounding: a token
+        # per pair, twice).
+        y_loc = np.bincount(plan.r_P, x_loc, minlength=N).reshape(M, rpn).max(axis=1)
+        y_bal = np.bincount(plan.r_P, x_bal, minlength=N).reshape(M, rpn).max(axis=1)
+        assert (y_bal <= y_loc + 2 * S).all(), (y_bal, y_loc)
+        evened += int((y_bal < y_loc).any())
+        # The nodes' own plans are indexed once per plan.
+        assert node_plans(plan, rpn) is node_plans(plan, rpn)
+    assert evened >= 10, evened
 
 
 def test_slow_links_choose_node_local_and_fast_links_min_max():

@@ -27,7 +27,7 @@
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 1
+#define SMOE_ABI 2
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -83,6 +83,10 @@ double smoe_pairwise_sum(const double *a, int64_t n);
 int smoe_amounts_fast(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E, int64_t *x_P);
 int smoe_amounts_node_local(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                             int64_t rpn, int64_t *x_P);
+/* priced.amounts_node_balanced: the node-local amounts, each node's re-split over its replicas
+ * by smoe_amounts_fast on the node's own plan; SMOE_EUNSUPPORTED unless 0 < rpn < N. */
+int smoe_amounts_node_balanced(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
+                               int64_t rpn, int64_t *x_P);
 void smoe_slot_demand(const smoe_plan *pl, const int64_t *x_P, int64_t *demand_K);
 int smoe_tier_sums(const int64_t *c_QE, const smoe_plan *pl, const int64_t *demand_K, int64_t rpn,
                    int64_t *sums);
@@ -110,8 +114,9 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
 /* ---------------------------------------------------------------------------------------------
  * One rank's part of the split (route.c): swiftmoe.engine.split.rank.split_tokens_for_rank. */
 
-/* smoe_priced_demand, and *node_local: 1 where its stage 1 is the node-local amounts (they won
- * the pricing; Priced.node_local), else 0 (split.c). */
+/* smoe_priced_demand, and *node_local: 1 where its stage 1 keeps tokens in their node (the
+ * node-local or the node-balanced amounts won the pricing; Priced.node_local), else 0
+ * (split.c). */
 int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                           int64_t rpn, int method, const smoe_cost *p, int64_t *demand_K,
                           double *ms, int64_t *sums, int *node_local);

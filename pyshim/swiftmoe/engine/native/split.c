@@ -589,6 +589,66 @@ int smoe_amounts_node_local(const int64_t *c_QE, const smoe_plan *pl, const int6
     return rc;
 }
 
+/* priced._balance_in_nodes: x_loc (the node-local amounts) with each node's amounts of each
+ * expert re-split over the node's replicas by smoe_amounts_fast on the node's own plan
+ * (plan_index.node_plans: its slots alone, its sources' rows of c_QE, T[., m] as the totals),
+ * into x_P. A node's pairs are the plan's pairs on its ranks, in pair order, and its own plan's
+ * pairs are the same in the same order. */
+static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int64_t *x_loc,
+                            int64_t G, int64_t *x_P)
+{
+    int64_t P = pl->P, N = pl->N, E = pl->E, S = pl->S;
+    memcpy(x_P, x_loc, (size_t)P * sizeof *x_P);
+    if (P == 0)
+        return 0;
+    int64_t *ib = alloc((size_t)(G * S + E + 2 * P), sizeof *ib);
+    if (!ib)
+        return SMOE_ENOMEM;
+    int64_t *slots = ib, *T_E = ib + G * S, *pairs = T_E + E, *xs = pairs + P;
+    int rc = 0;
+    for (int64_t lo = 0; lo < N && rc == 0; lo += G) {
+        int64_t hi = imin(lo + G, N), n = 0, m = lo / G;
+        for (int64_t e = 0; e < E; e++)
+            T_E[e] = 0;
+        for (int64_t p = 0; p < P; p++) {
+            if (pl->r_P[p] / G == m) {
+                pairs[n++] = p;
+                T_E[pl->e_P[p]] += x_loc[p];
+            }
+        }
+        if (n == 0)
+            continue;
+        for (int64_t k = lo * S; k < hi * S; k++)
+            slots[k - lo * S] = pl->d_e[pl->dpos_K[k]];
+        smoe_plan sub;
+        if ((rc = smoe_plan_init(&sub, slots, hi - lo, S, E)) != 0)
+            break;
+        if (sub.P != n)
+            rc = SMOE_EBUG;
+        else
+            rc = smoe_amounts_fast(c_QE + lo * E, &sub, T_E, xs);
+        smoe_plan_free(&sub);
+        for (int64_t j = 0; j < n && rc == 0; j++)
+            x_P[pairs[j]] = xs[j];
+    }
+    free(ib);
+    return rc;
+}
+
+/* priced.amounts_node_balanced: the node-local amounts, balanced inside each node. */
+int smoe_amounts_node_balanced(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
+                               int64_t rpn, int64_t *x_P)
+{
+    int64_t *x_loc = alloc((size_t)pl->P, sizeof *x_loc);
+    if (!x_loc)
+        return SMOE_ENOMEM;
+    int rc = smoe_amounts_node_local(c_QE, pl, L_E, rpn, x_loc);
+    if (rc == 0)
+        rc = balance_in_nodes(c_QE, pl, x_loc, rpn, x_P);
+    free(x_loc);
+    return rc;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Slot demand (demand.py). */
 
@@ -754,41 +814,50 @@ int smoe_prices_split(const smoe_cost *p, const smoe_plan *pl, int64_t rpn)
            p->token_bytes > 0 && pl->E > 0 && max_deg > 1;
 }
 
-/* priced.cheaper_demand: demand_K (the min-max split's) or the node-local amounts' demand,
- * whichever the cost model prices lower (ties, and equal demands, keep demand_K), with its ms
- * and sums. */
+/* priced.cheaper_demand: demand_K (the min-max split's), the node-local amounts' demand or the
+ * node-balanced amounts', whichever the cost model prices lowest (ties, and a demand equal to an
+ * earlier one, keep the earlier, in that order), with its ms and sums. */
 static int cheaper_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                           int64_t rpn, const smoe_cost *p, int64_t *demand_K, double *ms,
                           int64_t *sums, int *node_local)
 {
-    int64_t K = pl->K, N = pl->N;
-    int64_t *ib = alloc((size_t)(pl->P + K + 4 * N), sizeof *ib);
+    int64_t K = pl->K, N = pl->N, P = pl->P;
+    size_t kb = (size_t)K * sizeof(int64_t);
+    int64_t *ib = alloc((size_t)(2 * P + 3 * K + 4 * N), sizeof *ib);
     if (!ib)
         return SMOE_ENOMEM;
-    int64_t *x_P = ib, *local_K = ib + pl->P, *loc_sums = local_K + K;
-    int rc = smoe_amounts_node_local(c_QE, pl, L_E, rpn, x_P);
+    int64_t *x_loc = ib, *x_bal = ib + P, *mm_K = x_bal + P, *loc_K = mm_K + K,
+            *cand_K = loc_K + K, *cand_sums = cand_K + K;
+    memcpy(mm_K, demand_K, kb);
+    int rc = smoe_price(p, c_QE, pl, demand_K, rpn, ms, sums);
     if (rc)
         goto out;
-    smoe_slot_demand(pl, x_P, local_K);
-    double mm_ms;
-    rc = smoe_price(p, c_QE, pl, demand_K, rpn, &mm_ms, sums);
-    if (rc)
+    if ((rc = smoe_amounts_node_local(c_QE, pl, L_E, rpn, x_loc)) != 0)
         goto out;
-    *ms = mm_ms;
-    if (memcmp(local_K, demand_K, (size_t)K * sizeof *local_K) == 0)
-        goto out;
-    /* The node-local split's compute alone bounds its price from below. */
-    if (smoe_compute_ms(p, max_load(pl, local_K)) >= mm_ms)
-        goto out;
-    double loc_ms;
-    rc = smoe_price(p, c_QE, pl, local_K, rpn, &loc_ms, loc_sums);
-    if (rc)
-        goto out;
-    if (loc_ms < mm_ms) {
-        memcpy(demand_K, local_K, (size_t)K * sizeof *local_K);
-        memcpy(sums, loc_sums, (size_t)(4 * N) * sizeof *sums);
-        *ms = loc_ms;
-        *node_local = 1;
+    for (int c = 0; c < 2; c++) {
+        if (c == 0) {
+            smoe_slot_demand(pl, x_loc, cand_K);
+            memcpy(loc_K, cand_K, kb);
+        } else {
+            if ((rc = balance_in_nodes(c_QE, pl, x_loc, rpn, x_bal)) != 0)
+                goto out;
+            smoe_slot_demand(pl, x_bal, cand_K);
+        }
+        /* Equal to an earlier candidate (the min-max demand, or the node-local one): skipped. */
+        if (memcmp(cand_K, mm_K, kb) == 0 || (c == 1 && memcmp(cand_K, loc_K, kb) == 0))
+            continue;
+        /* A split's compute alone bounds its price from below. */
+        if (smoe_compute_ms(p, max_load(pl, cand_K)) >= *ms)
+            continue;
+        double cand_ms;
+        if ((rc = smoe_price(p, c_QE, pl, cand_K, rpn, &cand_ms, cand_sums)) != 0)
+            goto out;
+        if (cand_ms < *ms) {
+            memcpy(demand_K, cand_K, kb);
+            memcpy(sums, cand_sums, (size_t)(4 * N) * sizeof *sums);
+            *ms = cand_ms;
+            *node_local = 1;
+        }
     }
 out:
     free(ib);

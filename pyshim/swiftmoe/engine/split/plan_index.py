@@ -25,6 +25,7 @@ __all__ = [
     "check_slots",
     "index_plan",
     "local_tokens",
+    "node_plans",
     "prepare",
 ]
 
@@ -127,6 +128,35 @@ class PlanIndex:
         self.hq_P = self.h_P * N + self.r_P
         self.last_H = (np.cumsum(np.bincount(slots_K, minlength=E)) - 1)[held]
         self.qK_Q = np.arange(N, dtype=np.int64) * self.K
+
+
+def node_plans(plan: PlanIndex, ranks_per_node: int) -> tuple[tuple[np.ndarray, PlanIndex], ...]:
+    """Each node's part of the plan, for splits made inside the nodes: (pairs, sub) per node m
+    of ``ranks_per_node`` ranks (the last may have fewer), ``pairs`` the plan's pairs on node m
+    in pair order and ``sub`` the :class:`PlanIndex` of node m's slots alone, whose pairs are
+    those in the same order (pairs run by expert, then rank). Made once per plan and kept on
+    it, read-only like the plan's own arrays."""
+    G = ranks_per_node
+    if not 0 < G < plan.N:
+        raise ValueError(
+            f"ranks_per_node is {G!r} for {plan.N} ranks: a node split needs two nodes or "
+            f"more, 0 < ranks_per_node < {plan.N}"
+        )
+    cache = plan.__dict__.setdefault("_node_plans", {})
+    if G not in cache:
+        out = []
+        node_P = plan.r_P // G
+        S = plan.S
+        for lo in range(0, plan.N, G):
+            hi = min(lo + G, plan.N)
+            pairs = np.flatnonzero(node_P == lo // G)
+            sub = PlanIndex(plan.slots_K[lo * S : hi * S].copy(), hi - lo, S, plan.E)
+            for v in (pairs, *vars(sub).values()):
+                if isinstance(v, np.ndarray):
+                    v.setflags(write=False)
+            out.append((pairs, sub))
+        cache[G] = tuple(out)
+    return cache[G]
 
 
 def local_tokens(c_QE: np.ndarray, plan: PlanIndex) -> np.ndarray:
