@@ -12,11 +12,13 @@ import (
 // the step model's estimate, for the compute-balanced plan, the static
 // layout and every hybrid layout; and a hybrid layout's bound from its
 // counts alone (boundHybrid, before packing) is the bound of the plan packed
-// from them (boundPlan), so pruning by it drops only what cannot win.
+// from them (boundPlan), so pruning by it drops only what cannot win; and
+// a single-homed layout's bound before its experts are homed
+// (boundHybridShape) is never above the bound from its counts.
 func TestStepBoundHolds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
-	var hybrids, homed2, tight int
+	var hybrids, homed2, tight, shapeTight int
 	for i := range 3000 {
 		topo, loads := randomNodeLayer(rng)
 		n, g, s, e := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, len(loads)
@@ -38,10 +40,21 @@ func TestStepBoundHolds(t *testing.T) {
 		for k := 1; k <= 2; k++ {
 			hmax := hybridMaxHomes(e, m, g*s, k)
 			for h := 0; h <= hmax; h++ {
+				shape := 0.0
+				if k == 1 {
+					shape = p.boundHybridShape(h, g, sm)
+				}
 				if err := p.hybridCountsHomes(h, k, g); err != nil {
 					continue
 				}
 				lb := p.boundHybrid(h, sm)
+				if above(shape, lb) {
+					t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d: bound before homing %v above the bound from counts %v",
+						i, n, g, s, e, h, shape, lb)
+				}
+				if k == 1 && shape >= 0.9*lb {
+					shapeTight++
+				}
 				if err := p.packHybrid(h, g); err != nil {
 					continue
 				}
@@ -68,5 +81,11 @@ func TestStepBoundHolds(t *testing.T) {
 	if homed2 == 0 {
 		t.Error("no 2-homed hybrid layout was tried")
 	}
-	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d", hybrids, homed2, tight)
+	// The bound before homing prunes only where it is close to the bound.
+	if 2*shapeTight < hybrids-homed2 {
+		t.Errorf("the bound before homing is within 10%% of the bound from counts for %d of %d single-homed layouts; want at least half",
+			shapeTight, hybrids-homed2)
+	}
+	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d",
+		hybrids, homed2, tight, shapeTight)
 }

@@ -137,6 +137,11 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 		// A layout that does not exist, or that packing cannot complete,
 		// is no candidate; nor is one whose bound shows it cannot be
 		// faster, which is dropped before its ranks are packed.
+		// Single-homed layouts are first bounded before their experts
+		// are homed, which is most of their counting.
+		if k == 1 && !beats(p.boundHybridShape(h, g, sm), bestMs) {
+			return nil
+		}
 		err := p.hybridCountsHomes(h, k, g)
 		if err == nil {
 			if !beats(p.boundHybrid(h, sm), bestMs) {

@@ -241,6 +241,79 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	return nil
 }
 
+// boundHybridShape is a lower bound on boundHybrid's value for the hybrid
+// layout of h with single-homed experts (k = 1) over nodes of r ranks,
+// before any expert has a home: the value grows with the heaviest replica,
+// the most a replica takes in, the most a node sends and the busiest node's
+// load, and each has a bound that does not depend on where the single-homed
+// experts go. A global expert's replicas each weigh its load over its
+// replicas (for the heaviest, at most m more than its count per node times
+// m where the spare slots may go to it); the heaviest single-homed
+// expert's one or two replicas (a node's spare slot) take in all but its
+// node's demand, and so do those of the heaviest of them with no spare; a
+// node meets its demand for the global experts at most, and for
+// the single-homed ones only for those it holds, so some node sends at
+// least the mean of what the nodes send; and some node carries at least
+// the mean node load. It returns 0 (no bound) where the layout of h does
+// not exist, which hybridCounts reports. It sets hs.subReps, the global
+// experts' counts per node, as hybridCounts does.
+func (p *planner) boundHybridShape(h, r int, sm *stepModel) float64 {
+	hs := &p.hybrid
+	e, s := p.nExperts, p.rk.s
+	m, per := p.rk.n/r, r*s
+	singles := e - h
+	q, rho := singles/m, singles%m
+	most := q
+	if rho > 0 {
+		most++
+	}
+	extra := per - h - most
+	if singles == 0 || h > e || extra < 0 || (h == 0 && (q == 0 || extra > 0)) {
+		return 0
+	}
+	sub := grow(hs.subLoads, h)
+	subReps := grow(hs.subReps, h)
+	for i, x := range hs.order[:h] {
+		sub[i] = loadOf(p.loads, int(x))
+	}
+	hs.subLoads, hs.subReps = sub, subReps
+	if h > 0 {
+		hs.counts.count(subReps, sub, h+extra, nil)
+	}
+	// The spare slots (one in each node holding q single-homed experts,
+	// where rho > 0) go to the node's heaviest single-homed expert where it
+	// has one and a second rank, else to the heaviest global expert.
+	singleSpares := rho > 0 && q > 0 && r > 1
+	globalSpares := rho > 0 && !singleSpares
+	b := stepBound{sm: sm}
+	for i, x := range hs.order[:h] {
+		c := subReps[i] * int32(m)
+		if i == 0 && globalSpares {
+			c += int32(m)
+		}
+		b.heavy = max(b.heavy, loadOf(sm.loads, int(x))/float64(c))
+	}
+	// The heaviest single-homed expert, on two replicas at the most; and
+	// of the m-rho+1 heaviest, one at least has no spare.
+	x0 := int(hs.order[h])
+	cnt0 := int32(1)
+	if singleSpares {
+		cnt0 = 2
+		if j := h + m - rho; j < e {
+			x := int(hs.order[j])
+			b.replicas(x, 1, loadOf(sm.loads, x))
+		}
+	}
+	b.replicas(x0, cnt0, loadOf(sm.loads, x0)/float64(cnt0))
+	var demand float64 // the single-homed experts' demand per node
+	for _, x := range hs.order[h:] {
+		demand += sm.d[x]
+	}
+	b.sendRecv = demand - demand/float64(m)
+	b.nodeLoad = sm.total / float64(m)
+	return b.value()
+}
+
 // homeSingles gives the experts that are not global (hs.order[h:]) their
 // k distinct nodes each, heaviest first, one replica at a time onto the
 // least-loaded node (ties: the lower node) that is not yet one of the
