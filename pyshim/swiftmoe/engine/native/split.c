@@ -591,9 +591,10 @@ int smoe_amounts_node_local(const int64_t *c_QE, const smoe_plan *pl, const int6
 
 /* priced._balance_in_nodes: x_loc (the node-local amounts) with each node's amounts of each
  * expert re-split over the node's replicas by smoe_amounts_fast on the node's own plan
- * (plan_index.node_plans: its slots alone, its sources' rows of c_QE, T[., m] as the totals),
- * into x_P. A node's pairs are the plan's pairs on its ranks, in pair order, and its own plan's
- * pairs are the same in the same order. */
+ * (plan_index.node_plans: its slots alone, the experts it holds renamed 0.. in ascending order,
+ * its sources' rows of those experts' counts, T[., m] as the totals), into x_P. A node's pairs
+ * are the plan's pairs on its ranks, in pair order, and its own plan's pairs are the same in
+ * the same order (pairs run by expert, then rank, and the renaming keeps the order). */
 static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int64_t *x_loc,
                             int64_t G, int64_t *x_P)
 {
@@ -601,35 +602,44 @@ static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int6
     memcpy(x_P, x_loc, (size_t)P * sizeof *x_P);
     if (P == 0)
         return 0;
-    int64_t *ib = alloc((size_t)(G * S + E + 2 * P), sizeof *ib);
+    /* A node has at most G*S slots, pairs and experts: its slots, the experts' new names, the
+     * experts, their totals, its sources' counts of them, its pairs and their amounts. */
+    int64_t GS = G * S;
+    int64_t *ib = alloc((size_t)(GS + E + 2 * GS + G * GS + 2 * GS), sizeof *ib);
     if (!ib)
         return SMOE_ENOMEM;
-    int64_t *slots = ib, *T_E = ib + G * S, *pairs = T_E + E, *xs = pairs + P;
+    int64_t *slots = ib, *local = slots + GS, *held = local + E, *T_E = held + GS,
+            *c_sub = T_E + GS, *pairs = c_sub + G * GS, *xn = pairs + GS;
     int rc = 0;
     for (int64_t lo = 0; lo < N && rc == 0; lo += G) {
-        int64_t hi = imin(lo + G, N), n = 0, m = lo / G;
-        for (int64_t e = 0; e < E; e++)
-            T_E[e] = 0;
+        int64_t hi = imin(lo + G, N), n = 0, h = 0, m = lo / G;
+        /* The node's pairs in pair order; its experts, ascending, as they first appear. */
         for (int64_t p = 0; p < P; p++) {
-            if (pl->r_P[p] / G == m) {
-                pairs[n++] = p;
-                T_E[pl->e_P[p]] += x_loc[p];
+            if (pl->r_P[p] / G != m)
+                continue;
+            int64_t e = pl->e_P[p];
+            if (h == 0 || held[h - 1] != e) {
+                local[e] = h;
+                T_E[h] = 0;
+                held[h++] = e;
             }
+            T_E[h - 1] += x_loc[p];
+            pairs[n++] = p;
         }
         if (n == 0)
             continue;
         for (int64_t k = lo * S; k < hi * S; k++)
-            slots[k - lo * S] = pl->d_e[pl->dpos_K[k]];
+            slots[k - lo * S] = local[pl->d_e[pl->dpos_K[k]]];
+        for (int64_t q = lo; q < hi; q++)
+            for (int64_t j = 0; j < h; j++)
+                c_sub[(q - lo) * h + j] = c_QE[q * E + held[j]];
         smoe_plan sub;
-        if ((rc = smoe_plan_init(&sub, slots, hi - lo, S, E)) != 0)
+        if ((rc = smoe_plan_init(&sub, slots, hi - lo, S, h)) != 0)
             break;
-        if (sub.P != n)
-            rc = SMOE_EBUG;
-        else
-            rc = smoe_amounts_fast(c_QE + lo * E, &sub, T_E, xs);
+        rc = sub.P == n ? smoe_amounts_fast(c_sub, &sub, T_E, xn) : SMOE_EBUG;
         smoe_plan_free(&sub);
         for (int64_t j = 0; j < n && rc == 0; j++)
-            x_P[pairs[j]] = xs[j];
+            x_P[pairs[j]] = xn[j];
     }
     free(ib);
     return rc;

@@ -130,12 +130,16 @@ class PlanIndex:
         self.qK_Q = np.arange(N, dtype=np.int64) * self.K
 
 
-def node_plans(plan: PlanIndex, ranks_per_node: int) -> tuple[tuple[np.ndarray, PlanIndex], ...]:
-    """Each node's part of the plan, for splits made inside the nodes: (pairs, sub) per node m
-    of ``ranks_per_node`` ranks (the last may have fewer), ``pairs`` the plan's pairs on node m
-    in pair order and ``sub`` the :class:`PlanIndex` of node m's slots alone, whose pairs are
-    those in the same order (pairs run by expert, then rank). Made once per plan and kept on
-    it, read-only like the plan's own arrays."""
+def node_plans(
+    plan: PlanIndex, ranks_per_node: int
+) -> tuple[tuple[np.ndarray, np.ndarray, PlanIndex], ...]:
+    """Each node's part of the plan, for splits made inside the nodes: (pairs, experts, sub) per
+    node m of ``ranks_per_node`` ranks (the last may have fewer). ``pairs`` are the plan's pairs
+    on node m in pair order; ``experts`` the experts node m holds, ascending; ``sub`` the
+    :class:`PlanIndex` of node m's slots alone with expert ``experts[i]`` as expert i, whose
+    pairs are ``pairs`` in the same order (pairs run by expert, then rank, and the renaming
+    keeps the experts' order). Made once per plan and kept on it, read-only like the plan's own
+    arrays."""
     G = ranks_per_node
     if not 0 < G < plan.N:
         raise ValueError(
@@ -150,11 +154,13 @@ def node_plans(plan: PlanIndex, ranks_per_node: int) -> tuple[tuple[np.ndarray, 
         for lo in range(0, plan.N, G):
             hi = min(lo + G, plan.N)
             pairs = np.flatnonzero(node_P == lo // G)
-            sub = PlanIndex(plan.slots_K[lo * S : hi * S].copy(), hi - lo, S, plan.E)
-            for v in (pairs, *vars(sub).values()):
+            slots = plan.slots_K[lo * S : hi * S]
+            experts = np.unique(slots)
+            sub = PlanIndex(np.searchsorted(experts, slots), hi - lo, S, experts.size)
+            for v in (pairs, experts, *vars(sub).values()):
                 if isinstance(v, np.ndarray):
                     v.setflags(write=False)
-            out.append((pairs, sub))
+            out.append((pairs, experts, sub))
         cache[G] = tuple(out)
     return cache[G]
 

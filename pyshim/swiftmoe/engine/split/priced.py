@@ -128,10 +128,10 @@ def amounts_node_balanced(
     Node m takes the tokens of each expert the node-local amounts give it
     (:func:`amounts_node_local`), T[e, m], so as many of each expert's tokens cross nodes (the
     node's own tokens of e stay in it, since T[e, m] holds them); inside the node they go to
-    its replicas of e by the min-max amounts (``amounts.amounts_fast`` on node m's ranks, with
-    T[., m] as the experts' totals and node m's sources' own tokens kept on their ranks
-    first). The busiest rank is then at most the node-local amounts' (up to the
-    min-max amounts' tolerance), and the ranks of a node whose replicas can share its load are
+    its replicas of e by the min-max amounts (``amounts.amounts_fast`` on node m's ranks and
+    the experts it holds, with T[., m] as the experts' totals and node m's sources' own tokens
+    kept on their ranks first). The busiest rank is then at most the node-local amounts' (up
+    to the min-max amounts' tolerance), and the ranks of a node whose replicas can share its load are
     about even: the node-local amounts leave the ranks of a hot expert's replicas above the
     rest of the node whenever its load differs from the plan's prediction. The nodes are
     :func:`plan_index.node_plans`, indexed once per plan. Integer amounts with the expert
@@ -147,12 +147,11 @@ def _balance_in_nodes(c_QE: np.ndarray, plan: PlanIndex, x_P: np.ndarray, G: int
     x_P = x_P.copy()
     if x_P.size == 0:
         return x_P
-    E = plan.E
-    for m, (pairs, sub) in enumerate(node_plans(plan, G)):
-        if pairs.size == 0:
-            continue
-        T_E = np.bincount(plan.e_P[pairs], x_P[pairs], minlength=E).astype(np.int64)
-        x_P[pairs] = amounts_fast(c_QE[m * G : m * G + sub.N], sub, T_E)
+    for m, (pairs, experts, sub) in enumerate(node_plans(plan, G)):
+        # The node's experts alone (renamed 0..): the split's work follows its pairs, not E.
+        T_E = np.bincount(sub.e_P, x_P[pairs], minlength=sub.E).astype(np.int64)
+        c_sub = np.ascontiguousarray(c_QE[m * G : m * G + sub.N, experts])
+        x_P[pairs] = amounts_fast(c_sub, sub, T_E)
     return x_P
 
 
