@@ -398,7 +398,7 @@ def test_cost_model(lib):
 
 def test_prices_split_and_priced_demand(lib, cases):
     rng = np.random.default_rng(17)
-    outcomes = {"node_local": 0, "node_balanced": 0, "min_max_cheaper": 0, "not_priced": 0}
+    outcomes = {"node_balanced": 0, "min_max_cheaper": 0, "not_priced": 0}
     for c, slots, S, rpn in cases:
         c_QE, plan, L_E = prepare(c, slots, S)
         N = plan.N
@@ -429,15 +429,13 @@ def test_prices_split_and_priced_demand(lib, cases):
                         continue
                     assert bits(ms.value) == bits(pr.ms), (ms.value, pr.ms)
                     np.testing.assert_array_equal(sums, np.concatenate(pr.sums))
-                    d_loc = demand_mod.slot_demand(
-                        plan, priced.amounts_node_local(c_QE, plan, L_E, rpn)
-                    )
                     if pr.node_local:
-                        local = np.array_equal(d_loc, d_want)
-                        outcomes["node_local" if local else "node_balanced"] += 1
-                    elif not np.array_equal(d_loc, d_want):
-                        outcomes["min_max_cheaper"] += 1
-    # Every outcome of cheaper_demand (a genuine choice among three) occurs.
+                        outcomes["node_balanced"] += 1
+                    else:
+                        x = priced.amounts_node_balanced(c_QE, plan, L_E, rpn)
+                        if not np.array_equal(demand_mod.slot_demand(plan, x), d_want):
+                            outcomes["min_max_cheaper"] += 1
+    # Both outcomes of cheaper_demand (a genuine choice) occur.
     assert min(outcomes.values()) >= 5, outcomes
 
 

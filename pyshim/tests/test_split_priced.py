@@ -131,16 +131,17 @@ def test_node_balanced_amounts_even_each_node_and_keep_its_tokens():
     # The min-max split evens all four (750 each), moving tokens across nodes.
     _, _, d_mm, _ = min_max_demand(c, slots, S, rpn, "fast")
     assert d_mm.max() <= 750 * 1.0075 and tier_sums(c, plan, d_mm, rpn)[2].sum() > 0
-    # Slow links: the node-balanced amounts win (not the node-local ones, which compute 1.5x
-    # longer); fast links: the min-max amounts.
+    # Slow links: the node-balanced amounts win, cheaper than the node-local ones too (1.5x
+    # the compute); fast links: the min-max amounts.
+    d_loc = demand_mod.slot_demand(plan, priced.amounts_node_local(c, plan, L_E, rpn))
     for inter, want in ((1e8, d_K), (1e13, d_mm)):
         p = cost(4, rpn, inter)
         _, _, got, _, pr = demand_mod.priced_demand(c, slots, S, rpn, "auto", p)
         np.testing.assert_array_equal(got, want)
         assert pr.node_local is (inter == 1e8)
-        d_loc = demand_mod.slot_demand(plan, priced.amounts_node_local(c, plan, L_E, rpn))
         t = price(p, c, slots, S, rpn, got)
-        assert t == min(price(p, c, slots, S, rpn, d) for d in (d_mm, d_loc, d_K))
+        assert t == min(price(p, c, slots, S, rpn, d) for d in (d_mm, d_K))
+        assert t < price(p, c, slots, S, rpn, d_loc)
 
 
 @pytest.mark.parametrize("every_node_holds_all", [False, True])
@@ -169,11 +170,13 @@ def test_node_balanced_amounts_keep_the_node_local_totals_and_no_busier(every_no
     assert evened >= 10, evened
 
 
-def test_slow_links_choose_node_local_and_fast_links_min_max():
+def test_slow_links_keep_tokens_in_their_node_and_fast_links_min_max():
     c, slots, S, rpn = two_nodes_case()
     _, _, d_mm, _ = min_max_demand(c, slots, S, rpn, "fast")
     _, plan, L_E = prepare(c, slots, S)
-    d_loc = demand_mod.slot_demand(plan, priced.amounts_node_local(c, plan, L_E, rpn))
+    # One replica of each expert per node: node-balanced is node-local.
+    d_loc = demand_mod.slot_demand(plan, priced.amounts_node_balanced(c, plan, L_E, rpn))
+    assert d_loc.tolist() == [2000, 0, 0, 200]
     slow, fast = cost(4, rpn, 1e8), cost(4, rpn, 1e13)
     for p, want in ((slow, d_loc), (fast, d_mm)):
         _, _, got, _ = min_max_demand(c, slots, S, rpn, "auto", p)
@@ -189,7 +192,7 @@ def test_without_cost_on_one_node_or_with_fast_it_is_the_min_max_split():
         N, rpn = 8, 4
         c, slots, S = _random_case(rng, N, rpn, False)
         _, _, d_fast, _ = min_max_demand(c, slots, S, rpn, "fast")
-        p = cost(N, rpn, 1e6)  # very slow links: node-local wins whenever it differs
+        p = cost(N, rpn, 1e6)  # very slow links: node-balanced wins whenever it differs
         for args in (
             (rpn, "auto", None),  # no cost
             (rpn, "fast", p),  # min-max asked for
@@ -215,7 +218,7 @@ def test_every_form_of_the_split_makes_the_same_choice():
         if not np.array_equal(d_auto, d_fast):
             chose["local"] += 1
         elif not np.array_equal(
-            d_fast, demand_mod.slot_demand(plan, priced.amounts_node_local(c, plan, L_E, rpn))
+            d_fast, demand_mod.slot_demand(plan, priced.amounts_node_balanced(c, plan, L_E, rpn))
         ):
             chose["min-max"] += 1
         dense = split_tokens(c, slots, S, rpn, "auto", p)

@@ -36,10 +36,10 @@ How it decides (all from the counts, the placement and the parameters):
    splits in the common case, a few more at most;
 5. where the split's stage 1 is priced (method "auto" with the job's cost parameters on more
    than one node, ``swiftmoe.engine.split.priced``), every split above is the priced one, and
-   steps 2-4 run twice: from the split on the planned placement, and from another of its forms
-   (the min-max amounts' where that split keeps tokens in their node, else the node-local
-   ones'). Bursts that even out the node-local amounts' compute keep tokens in their node,
-   which after a move of the hot set the min-max split's lists cannot. Twice the splits.
+   steps 2-4 run twice: from the split on the planned placement, and from its other form (the
+   min-max amounts' or the node-balanced ones'). Bursts that even out the node-balanced
+   amounts' compute keep tokens in their node, which after a move of the hot set the min-max
+   split's lists cannot. Twice the splits.
 
 Shape legend:
     Q  source ranks (Q = N)      E  experts of the layer      N  ranks; R = N per-rank vectors
@@ -59,7 +59,7 @@ from swiftmoe.engine import native as _native
 from swiftmoe.engine.split.amounts import amounts_fast
 from swiftmoe.engine.split.demand import METHODS, priced_demand, slot_demand
 from swiftmoe.engine.split.plan_index import check_counts, check_slots
-from swiftmoe.engine.split.priced import amounts_node_local, price, prices_split
+from swiftmoe.engine.split.priced import amounts_node_balanced, price, prices_split
 from swiftmoe.engine.split.tiers import tier_sums
 
 __all__ = ["BurstPlan", "pad_counts", "past_threshold", "plan_bursts"]
@@ -248,9 +248,8 @@ def plan_bursts(
     c_pad = pad_counts(c_QE)
     best = None
     # The lists start from the split on the planned placement; where the split's stage 1 is
-    # priced (split.priced), from another of its forms too: bursts that even out the
-    # node-local amounts' compute can beat the min-max split's cheaper start, and the other
-    # way round.
+    # priced (split.priced), from its other form too: bursts that even out the node-balanced
+    # amounts' compute can beat the min-max split's cheaper start, and the other way round.
     for start, sums in _starts(c_QE, plan0, demand0, sums0, ranks_per_node, method, params):
         best = _best_of_lists(
             c_QE, c_pad, slots, start, sums, S, B, ranks_per_node, params, method, before, best
@@ -260,16 +259,16 @@ def plan_bursts(
 
 def _starts(c_QE, plan0, demand0, sums0, rpn: int, method: str, params: cm.CostParams):
     """The splits on the planned placement the lists start from, with their tier sums: the
-    layer's own (demand0), and where stage 1 is priced another of its forms: the min-max
-    amounts where demand0 keeps tokens in their node (the node-local or the node-balanced
-    amounts), else the node-local amounts."""
+    layer's own (demand0), and where stage 1 is priced its other form: the min-max amounts
+    where demand0 keeps tokens in their node (the node-balanced amounts), else the
+    node-balanced amounts."""
     yield demand0, sums0
     if method != "auto" or not prices_split(params, plan0, rpn):
         return
     L_E = c_QE.sum(axis=0)
     other = slot_demand(plan0, amounts_fast(c_QE, plan0, L_E))
     if np.array_equal(other, demand0):
-        other = slot_demand(plan0, amounts_node_local(c_QE, plan0, L_E, rpn))
+        other = slot_demand(plan0, amounts_node_balanced(c_QE, plan0, L_E, rpn))
     if not np.array_equal(other, demand0):
         yield other, tier_sums(c_QE, plan0, other, rpn)
 

@@ -758,7 +758,7 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     out_ms[0] = out_ms[1] = before;
     if (!smoe_prices_compute(p)) goto done; /* nothing to weigh a copy against */
     /* burst._starts: the split on the planned placement, then where stage 1 is priced its
-     * other form (the min-max amounts', or the node-local ones' where it is the min-max). */
+     * other form (the min-max amounts', or the node-balanced ones' where it is the min-max). */
     if ((rc = best_of_lists(&x, demand0, has_sums ? sums0 : NULL, before, &best, &have_best,
                             &cd)) < 0)
         goto done;
@@ -771,7 +771,7 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         if ((rc = smoe_amounts_fast(c_QE, &pl, x.L_E, x_P)) < 0) goto done;
         smoe_slot_demand(&pl, x_P, other);
         if (same_demand(other, demand0, K)) {
-            if ((rc = smoe_amounts_node_local(c_QE, &pl, x.L_E, x.rpn, x_P)) < 0) goto done;
+            if ((rc = smoe_amounts_node_balanced(c_QE, &pl, x.L_E, x.rpn, x_P)) < 0) goto done;
             smoe_slot_demand(&pl, x_P, other);
         }
         if (!same_demand(other, demand0, K)) {

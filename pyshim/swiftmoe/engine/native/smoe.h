@@ -115,8 +115,7 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
  * One rank's part of the split (route.c): swiftmoe.engine.split.rank.split_tokens_for_rank. */
 
 /* smoe_priced_demand, and *node_local: 1 where its stage 1 keeps tokens in their node (the
- * node-local or the node-balanced amounts won the pricing; Priced.node_local), else 0
- * (split.c). */
+ * node-balanced amounts won the pricing; Priced.node_local), else 0 (split.c). */
 int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                           int64_t rpn, int method, const smoe_cost *p, int64_t *demand_K,
                           double *ms, int64_t *sums, int *node_local);

@@ -1,5 +1,5 @@
 /* The engine's split pricing in C: the plan's index, stage 1 of the split ("fast" min-max
- * amounts and the node-local amounts), the amounts spread over the slots, the tier sums of the
+ * amounts, the node-local and the node-balanced amounts), the amounts spread over the slots, the tier sums of the
  * routing and the step-time cost model's prices of them. Bit-identical to the NumPy code it
  * ports (swiftmoe.engine.split and swiftmoe.engine.costmodel); see smoe.h for the rules.
  *
@@ -589,12 +589,13 @@ int smoe_amounts_node_local(const int64_t *c_QE, const smoe_plan *pl, const int6
     return rc;
 }
 
-/* priced._balance_in_nodes: x_loc (the node-local amounts) with each node's amounts of each
- * expert re-split over the node's replicas by smoe_amounts_fast on the node's own plan
- * (plan_index.node_plans: its slots alone, the experts it holds renamed 0.. in ascending order,
- * its sources' rows of those experts' counts, T[., m] as the totals), into x_P. A node's pairs
- * are the plan's pairs on its ranks, in pair order, and its own plan's pairs are the same in
- * the same order (pairs run by expert, then rank, and the renaming keeps the order). */
+/* The node-balanced amounts from x_loc (the node-local ones; priced.amounts_node_balanced):
+ * each node's amounts of each expert re-split over the node's replicas by smoe_amounts_fast on
+ * the node's own plan (plan_index.node_plans: its slots alone, the experts it holds renamed 0..
+ * in ascending order, its sources' rows of those experts' counts, T[., m] as the totals), into
+ * x_P; a node already within FAST_TOL of its lower bound keeps x_loc's. A node's pairs are the
+ * plan's pairs on its ranks, in pair order, and its own plan's pairs are the same in the same
+ * order (pairs run by expert, then rank, and the renaming keeps the order). */
 static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int64_t *x_loc,
                             int64_t G, int64_t *x_P)
 {
@@ -605,11 +606,15 @@ static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int6
     /* A node has at most G*S slots, pairs and experts: its slots, the experts' new names, the
      * experts, their totals, its sources' counts of them, its pairs and their amounts. */
     int64_t GS = G * S;
-    int64_t *ib = alloc((size_t)(GS + E + 2 * GS + G * GS + 2 * GS), sizeof *ib);
-    if (!ib)
+    int64_t *ib = alloc((size_t)(GS + E + 2 * GS + G * GS + 2 * GS + G), sizeof *ib);
+    double *forced = alloc((size_t)G, sizeof *forced);
+    if (!ib || !forced) {
+        free(ib);
+        free(forced);
         return SMOE_ENOMEM;
+    }
     int64_t *slots = ib, *local = slots + GS, *held = local + E, *T_E = held + GS,
-            *c_sub = T_E + GS, *pairs = c_sub + G * GS, *xn = pairs + GS;
+            *c_sub = T_E + GS, *pairs = c_sub + G * GS, *xn = pairs + GS, *y = xn + GS;
     int rc = 0;
     for (int64_t lo = 0; lo < N && rc == 0; lo += G) {
         int64_t hi = imin(lo + G, N), n = 0, h = 0, m = lo / G;
@@ -636,12 +641,29 @@ static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int6
         smoe_plan sub;
         if ((rc = smoe_plan_init(&sub, slots, hi - lo, S, h)) != 0)
             break;
-        rc = sub.P == n ? smoe_amounts_fast(c_sub, &sub, T_E, xn) : SMOE_EBUG;
+        if (sub.P != n) {
+            rc = SMOE_EBUG;
+            smoe_plan_free(&sub);
+            break;
+        }
+        /* A node whose busiest rank is already within FAST_TOL of the lower bound keeps its
+         * amounts. */
+        for (int64_t q = 0; q < hi - lo; q++)
+            y[q] = 0;
+        int64_t y_max = 0;
+        for (int64_t j = 0; j < n; j++)
+            y[pl->r_P[pairs[j]] - lo] += x_loc[pairs[j]];
+        for (int64_t q = 0; q < hi - lo; q++)
+            y_max = q == 0 ? y[q] : imax(y_max, y[q]);
+        int keep = (double)y_max <= (double)lower_bound(&sub, T_E, forced) * (1.0 + FAST_TOL) + 0.5;
+        if (!keep)
+            rc = smoe_amounts_fast(c_sub, &sub, T_E, xn);
         smoe_plan_free(&sub);
-        for (int64_t j = 0; j < n && rc == 0; j++)
+        for (int64_t j = 0; j < n && rc == 0 && !keep; j++)
             x_P[pairs[j]] = xn[j];
     }
     free(ib);
+    free(forced);
     return rc;
 }
 
@@ -824,50 +846,41 @@ int smoe_prices_split(const smoe_cost *p, const smoe_plan *pl, int64_t rpn)
            p->token_bytes > 0 && pl->E > 0 && max_deg > 1;
 }
 
-/* priced.cheaper_demand: demand_K (the min-max split's), the node-local amounts' demand or the
- * node-balanced amounts', whichever the cost model prices lowest (ties, and a demand equal to an
- * earlier one, keep the earlier, in that order), with its ms and sums. */
+/* priced.cheaper_demand: demand_K (the min-max split's) or the node-balanced amounts' demand,
+ * whichever the cost model prices lower (ties, and equal demands, keep demand_K), with its ms
+ * and sums. */
 static int cheaper_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                           int64_t rpn, const smoe_cost *p, int64_t *demand_K, double *ms,
                           int64_t *sums, int *node_local)
 {
-    int64_t K = pl->K, N = pl->N, P = pl->P;
-    size_t kb = (size_t)K * sizeof(int64_t);
-    int64_t *ib = alloc((size_t)(2 * P + 3 * K + 4 * N), sizeof *ib);
+    int64_t K = pl->K, N = pl->N;
+    int64_t *ib = alloc((size_t)(pl->P + K + 4 * N), sizeof *ib);
     if (!ib)
         return SMOE_ENOMEM;
-    int64_t *x_loc = ib, *x_bal = ib + P, *mm_K = x_bal + P, *loc_K = mm_K + K,
-            *cand_K = loc_K + K, *cand_sums = cand_K + K;
-    memcpy(mm_K, demand_K, kb);
-    int rc = smoe_price(p, c_QE, pl, demand_K, rpn, ms, sums);
+    int64_t *x_P = ib, *local_K = ib + pl->P, *loc_sums = local_K + K;
+    int rc = smoe_amounts_node_balanced(c_QE, pl, L_E, rpn, x_P);
     if (rc)
         goto out;
-    if ((rc = smoe_amounts_node_local(c_QE, pl, L_E, rpn, x_loc)) != 0)
+    smoe_slot_demand(pl, x_P, local_K);
+    double mm_ms;
+    rc = smoe_price(p, c_QE, pl, demand_K, rpn, &mm_ms, sums);
+    if (rc)
         goto out;
-    for (int c = 0; c < 2; c++) {
-        if (c == 0) {
-            smoe_slot_demand(pl, x_loc, cand_K);
-            memcpy(loc_K, cand_K, kb);
-        } else {
-            if ((rc = balance_in_nodes(c_QE, pl, x_loc, rpn, x_bal)) != 0)
-                goto out;
-            smoe_slot_demand(pl, x_bal, cand_K);
-        }
-        /* Equal to an earlier candidate (the min-max demand, or the node-local one): skipped. */
-        if (memcmp(cand_K, mm_K, kb) == 0 || (c == 1 && memcmp(cand_K, loc_K, kb) == 0))
-            continue;
-        /* A split's compute alone bounds its price from below. */
-        if (smoe_compute_ms(p, max_load(pl, cand_K)) >= *ms)
-            continue;
-        double cand_ms;
-        if ((rc = smoe_price(p, c_QE, pl, cand_K, rpn, &cand_ms, cand_sums)) != 0)
-            goto out;
-        if (cand_ms < *ms) {
-            memcpy(demand_K, cand_K, kb);
-            memcpy(sums, cand_sums, (size_t)(4 * N) * sizeof *sums);
-            *ms = cand_ms;
-            *node_local = 1;
-        }
+    *ms = mm_ms;
+    if (memcmp(local_K, demand_K, (size_t)K * sizeof *local_K) == 0)
+        goto out;
+    /* The node-balanced split's compute alone bounds its price from below. */
+    if (smoe_compute_ms(p, max_load(pl, local_K)) >= mm_ms)
+        goto out;
+    double loc_ms;
+    rc = smoe_price(p, c_QE, pl, local_K, rpn, &loc_ms, loc_sums);
+    if (rc)
+        goto out;
+    if (loc_ms < mm_ms) {
+        memcpy(demand_K, local_K, (size_t)K * sizeof *local_K);
+        memcpy(sums, loc_sums, (size_t)(4 * N) * sizeof *sums);
+        *ms = loc_ms;
+        *node_local = 1;
     }
 out:
     free(ib);
@@ -876,7 +889,7 @@ out:
 
 /* demand.priced_demand for "fast" and "auto": the "fast" amounts spread over the slots; with
  * "auto" and a cost model that prices the split (smoe_prices_split), the cheaper of them and the
- * node-local amounts (returns 1, with ms and sums). SMOE_EUNSUPPORTED for another method. */
+ * node-balanced amounts (returns 1, with ms and sums). SMOE_EUNSUPPORTED for another method. */
 int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E, int64_t rpn,
                        int method, const smoe_cost *p, int64_t *demand_K, double *ms,
                        int64_t *sums)
@@ -885,7 +898,7 @@ int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *
     return smoe_priced_demand_nl(c_QE, pl, L_E, rpn, method, p, demand_K, ms, sums, &node_local);
 }
 
-/* smoe_priced_demand, and whether its stage 1 is the node-local amounts (Priced.node_local:
+/* smoe_priced_demand, and whether its stage 1 is the node-balanced amounts (Priced.node_local:
  * *node_local 1 where they won the pricing, else 0). */
 int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                           int64_t rpn, int method, const smoe_cost *p, int64_t *demand_K,

@@ -16,12 +16,12 @@ import numpy as np
 
 from swiftmoe.engine.split.plan_index import PlanIndex, local_tokens
 
-__all__ = ["amounts_fast", "level_bound", "lower_bound", "repair", "round_amounts"]
+__all__ = ["FAST_TOL", "amounts_fast", "level_bound", "lower_bound", "repair", "round_amounts"]
 
 _FAST_MAX_ITERS = 32  # scaling rounds at most
 _FAST_FIRST_CHECK = 7  # the first round that certifies a level-set lower bound (when still needed)
 _FAST_CHECK_EVERY = 4  # rounds between level-set lower bounds
-_FAST_TOL = 7.5e-3  # stop once the best max is this close to a certified lower bound
+FAST_TOL = 7.5e-3  # stop once the best max is this close to a certified lower bound
 
 
 def lower_bound(plan: PlanIndex, L_E: np.ndarray) -> int:
@@ -117,7 +117,7 @@ def amounts_fast(c_QE: np.ndarray, plan: PlanIndex, L_E: np.ndarray) -> np.ndarr
     the previous step as momentum, which reaches 1% of the optimum in about a third of the rounds.
     Experts shift toward lighter ranks; a rank loaded only by what it alone can hold sinks to
     weight ~0. The best round is kept. Every _FAST_CHECK_EVERY rounds from _FAST_FIRST_CHECK on, the heaviest level sets of
-    the loads certify a lower bound; the rounds stop once the best max is within _FAST_TOL of it,
+    the loads certify a lower bound; the rounds stop once the best max is within FAST_TOL of it,
     or after _FAST_MAX_ITERS. Only IEEE +-*/, sqrt and order-fixed sums (bincount, cumsum) are
     used, so the result is bit-identical on every rank.
     """
@@ -148,11 +148,11 @@ def amounts_fast(c_QE: np.ndarray, plan: PlanIndex, L_E: np.ndarray) -> np.ndarr
         hi = float(np.maximum.reduce(y_R))
         if hi < best_hi:
             best_hi, best_x = hi, x_P
-            if best_hi <= lb * (1.0 + _FAST_TOL) + 0.5:
+            if best_hi <= lb * (1.0 + FAST_TOL) + 0.5:
                 break
             if it >= _FAST_FIRST_CHECK and it % _FAST_CHECK_EVERY == _FAST_CHECK_EVERY - 1:
                 lb = max(lb, level_bound(plan, L_E, y_R))
-                if best_hi <= lb * (1.0 + _FAST_TOL) + 0.5:
+                if best_hi <= lb * (1.0 + FAST_TOL) + 0.5:
                     break
         y_R *= unit
         y_R += 1e-12

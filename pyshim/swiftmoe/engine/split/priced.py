@@ -1,4 +1,4 @@
-"""Stage 1 chosen by the step-time cost model: the min-max amounts, or two kinds kept in nodes.
+"""Stage 1 chosen by the step-time cost model: the min-max amounts, or the node-balanced ones.
 
 The min-max amounts (``amounts.py``, ``exact.py``) even out the ranks' compute. On several nodes
 with slow links between them that can cost more in all-to-all than it saves: to even the
@@ -7,17 +7,18 @@ amounts (:func:`amounts_node_local`) keep every token in its node where the node
 expert, and do no compute balancing at all. The node-balanced amounts
 (:func:`amounts_node_balanced`) give each node as many tokens of each expert as the node-local
 ones, so as many cross nodes, and even out the compute inside each node with the min-max
-amounts over the node's own replicas. None is better everywhere: in ``swiftmoe sim`` the
-node-local amounts take moving-hot E=64 on 32 H200s at 12.5 GB/s from 1.02 to 0.94 of the
-bound, the min-max ones win on E=32 at 50 GB/s, where compute is most of the step, and the
-node-balanced ones win where a hot expert's replicas share a node with other ranks whose load
-the plan did not foresee.
+amounts over the node's own replicas. Neither they nor the min-max amounts are better
+everywhere: in ``swiftmoe sim`` keeping tokens in their node took moving-hot E=64 on 32 H200s
+at 12.5 GB/s from 1.02 to 0.94 of the bound, and the min-max amounts win on E=32 at 50 GB/s,
+where compute is most of the step.
 
-:func:`cheaper_demand` makes the three and prices each with ``swiftmoe.engine.costmodel``:
-compute (the busiest rank) plus the all-to-all of the split's tiers (``tiers.tier_sums``). The
-cheapest wins; ties keep the earlier of min-max, node-local, node-balanced. Only integers and
-order-fixed float sums go in, so every rank makes the same choice from the same counts, and so
-do the burst decision and the simulator, which call the same function.
+:func:`cheaper_demand` makes both and prices each with ``swiftmoe.engine.costmodel``: compute
+(the busiest rank) plus the all-to-all of the split's tiers (``tiers.tier_sums``). The cheaper
+wins; ties keep the min-max amounts. Only integers and order-fixed float sums go in, so every
+rank makes the same choice from the same counts, and so do the burst decision and the
+simulator, which call the same function. (The node-local amounts were the other candidate
+before; evened inside the nodes they are never dearer in compute, and a third candidate,
+priced beside them, cost the burst decision more host time than it saved.)
 
 Shape legend (see ``swiftmoe.engine.split``): Q source ranks, E experts, N ranks, R = N,
 S slots per rank, K = N*S slots, P (expert, rank) pairs, M nodes.
@@ -31,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from swiftmoe.engine import costmodel as cm
-from swiftmoe.engine.split.amounts import amounts_fast, round_amounts
+from swiftmoe.engine.split.amounts import FAST_TOL, amounts_fast, lower_bound, round_amounts
 from swiftmoe.engine.split.plan_index import PlanIndex, local_tokens, node_plans
 from swiftmoe.engine.split.tiers import Tiers, tier_amounts, tier_sums
 
@@ -47,8 +48,8 @@ __all__ = [
 
 class Priced(NamedTuple):
     """A split as the cost model priced it: ms (compute_ms + a2a_ms), its tier sums (si, ri,
-    se, re), whether its stage 1 keeps tokens in their node (the node-local or the
-    node-balanced amounts), and its tier amounts (what routing it reuses, ``tiers.route_tiers``)."""
+    se, re), whether its stage 1 keeps tokens in their node (the node-balanced amounts), and
+    its tier amounts (what routing it reuses, ``tiers.route_tiers``)."""
 
     ms: float
     sums: tuple
@@ -130,26 +131,22 @@ def amounts_node_balanced(
     node's own tokens of e stay in it, since T[e, m] holds them); inside the node they go to
     its replicas of e by the min-max amounts (``amounts.amounts_fast`` on node m's ranks and
     the experts it holds, with T[., m] as the experts' totals and node m's sources' own tokens
-    kept on their ranks first). The busiest rank is then at most the node-local amounts' (up
-    to the min-max amounts' tolerance), and the ranks of a node whose replicas can share its load are
-    about even: the node-local amounts leave the ranks of a hot expert's replicas above the
-    rest of the node whenever its load differs from the plan's prediction. The nodes are
-    :func:`plan_index.node_plans`, indexed once per plan. Integer amounts with the expert
-    totals L_E."""
-    return _balance_in_nodes(
-        c_QE, plan, amounts_node_local(c_QE, plan, L_E, ranks_per_node), ranks_per_node
-    )
-
-
-def _balance_in_nodes(c_QE: np.ndarray, plan: PlanIndex, x_P: np.ndarray, G: int) -> np.ndarray:
-    """x_P (the node-local amounts) with each node's amounts of each expert re-split over the
-    node's replicas by the min-max amounts (:func:`amounts_node_balanced`); a new array."""
-    x_P = x_P.copy()
-    if x_P.size == 0:
-        return x_P
+    kept on their ranks first). A node whose busiest rank is already within the min-max
+    amounts' tolerance of their lower bound keeps the node-local amounts (the min-max amounts
+    would stop about there too), which spares the split most of its work where the nodes are
+    even. The busiest rank is then at most the node-local amounts' (up to that tolerance), and
+    the ranks of a node whose replicas can share its load are about even: the node-local
+    amounts leave the ranks of a hot expert's replicas above the rest of the node whenever its
+    load differs from the plan's prediction. The nodes are :func:`plan_index.node_plans`,
+    indexed once per plan. Integer amounts with the expert totals L_E."""
+    x_P = amounts_node_local(c_QE, plan, L_E, ranks_per_node)
+    G = ranks_per_node
     for m, (pairs, experts, sub) in enumerate(node_plans(plan, G)):
         # The node's experts alone (renamed 0..): the split's work follows its pairs, not E.
         T_E = np.bincount(sub.e_P, x_P[pairs], minlength=sub.E).astype(np.int64)
+        y_max = int(np.bincount(sub.r_P, x_P[pairs], minlength=sub.N).max(initial=0))
+        if y_max <= lower_bound(sub, T_E) * (1.0 + FAST_TOL) + 0.5:
+            continue
         c_sub = np.ascontiguousarray(c_QE[m * G : m * G + sub.N, experts])
         x_P[pairs] = amounts_fast(c_sub, sub, T_E)
     return x_P
@@ -179,29 +176,19 @@ def cheaper_demand(
     demand_K: np.ndarray,
     to_demand: Callable[[PlanIndex, np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, Priced]:
-    """The cheapest split by the cost model: ``demand_K`` (the min-max amounts' demand), the
-    node-local amounts' (:func:`amounts_node_local`) or the node-balanced amounts'
-    (:func:`amounts_node_balanced`), with its :func:`price`. ``to_demand(plan, x_P)`` spreads
-    amounts over the slots as the split does, so each is priced as it would route. Ties, and
-    a demand equal to an earlier one, keep the earlier, in that order."""
-    best_K, best = demand_K, price(cost, c_QE, plan, demand_K, ranks_per_node)
-    seen = [demand_K]
-
-    def consider(x_P: np.ndarray) -> None:
-        nonlocal best_K, best
-        cand_K = to_demand(plan, x_P)
-        if any(np.array_equal(cand_K, k) for k in seen):
-            return
-        seen.append(cand_K)
-        # A split's compute alone bounds its price from below: where it is no cheaper than
-        # the best price so far, its all-to-all need not be summed.
-        if cm.compute_ms(cost, cand_K.reshape(plan.N, plan.S).sum(axis=1)) >= best.ms:
-            return
-        p = price(cost, c_QE, plan, cand_K, ranks_per_node, node_local=True)
-        if p.ms < best.ms:
-            best_K, best = cand_K, p
-
-    x_loc = amounts_node_local(c_QE, plan, L_E, ranks_per_node)
-    consider(x_loc)
-    consider(_balance_in_nodes(c_QE, plan, x_loc, ranks_per_node))
-    return best_K, best
+    """The cheaper split by the cost model: ``demand_K`` (the min-max amounts' demand) or the
+    node-balanced amounts' (:func:`amounts_node_balanced`), with its :func:`price`.
+    ``to_demand(plan, x_P)`` spreads amounts over the slots as the split does, so each is priced
+    as it would route. Ties, and identical demands, keep ``demand_K``."""
+    bal_K = to_demand(plan, amounts_node_balanced(c_QE, plan, L_E, ranks_per_node))
+    mm = price(cost, c_QE, plan, demand_K, ranks_per_node)
+    if np.array_equal(bal_K, demand_K):
+        return demand_K, mm
+    # The node-balanced split's compute alone bounds its price from below: where it is no
+    # cheaper than the min-max split's whole price, its all-to-all need not be summed.
+    if cm.compute_ms(cost, bal_K.reshape(plan.N, plan.S).sum(axis=1)) >= mm.ms:
+        return demand_K, mm
+    bal = price(cost, c_QE, plan, bal_K, ranks_per_node, node_local=True)
+    if bal.ms < mm.ms:
+        return bal_K, bal
+    return demand_K, mm
