@@ -136,7 +136,7 @@ class ExpertLayer:
         self.stacked: tuple[torch.Tensor, ...] = ()
         self.last_max_over_mean = 1.0
         self.bursts_made = 0  # bursts of this iteration's training forwards
-        self.node_local_calls = 0  # of them, those split with the node-local amounts
+        self.node_local_calls = 0  # of them, those split keeping tokens in their node
         add_stat_buffers(self.block, num_experts, device)
 
     # ---- slot weights -------------------------------------------------------------------------

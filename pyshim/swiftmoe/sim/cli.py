@@ -186,7 +186,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         choices=("auto", "fast", "exact"),
         default="auto",
         help="swiftmoe and swiftmoe-burst: the engine's split_method (default auto: on several "
-        "nodes the cheaper by the cost model of the min-max and the node-local amounts; fast "
+        "nodes the cheaper by the cost model of the min-max and the node-balanced amounts; fast "
         "and exact: the min-max amounts)",
     )
     s.add_argument("--flexmoe-threshold", type=float, help="flexmoe threshold option")
