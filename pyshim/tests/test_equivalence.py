@@ -49,8 +49,8 @@ def test_training_matches_single_process_under_changing_placements(world_size: i
 
 
 # The two cases of the priced split: plain, and with burst replicas (copies within a node nearly
-# free, compute dear enough that they pay, links between nodes slow enough that the node-local
-# amounts win most layer calls, the enlarged placements' among them).
+# free, compute dear enough that they pay, links between nodes slow enough that the
+# node-balanced amounts win most layer calls, the enlarged placements' among them).
 PRICED = {
     "plain": dict(inter_node_bandwidth=1e3, burst_slots_per_rank=0),
     "bursts": dict(
@@ -65,8 +65,9 @@ PRICED = {
 
 def _train_priced(rank: int, world_size: int, case: str, native_on) -> dict:
     """AdamW on 2 nodes with slow links between them, so the split's stage 1 (priced by the
-    cost model, swiftmoe.engine.split.priced) takes the node-local amounts whenever they are
-    cheaper. With the NumPy split (native_on False) a spy counts how often it did; the C split
+    cost model, swiftmoe.engine.split.priced) takes the node-balanced amounts whenever they are
+    cheaper. With the NumPy split (native_on False) a spy counts how often it did, and how often
+    they differed from the node-local amounts (a node's ranks evened out); the C split
     (swiftmoe.engine.native) says so in each layer's RankSplit, which the step stats count.
     native_on "mixed": the C on even ranks, NumPy on odd ones (a job whose hosts differ)."""
     import os
@@ -80,13 +81,18 @@ def _train_priced(rank: int, world_size: int, case: str, native_on) -> dict:
     native.reset()
     if native.available() != native_on:
         raise RuntimeError(f"native split wanted {native_on}: {native.why()} (make build)")
-    chosen = {"calls": 0, "local": 0}
+    from swiftmoe.engine.split import priced
+
+    chosen = {"calls": 0, "local": 0, "evened": 0}
     price = demand.cheaper_demand
 
     def spy(c_QE, plan, L_E, rpn, cost, demand_K, to_demand):
         got = price(c_QE, plan, L_E, rpn, cost, demand_K, to_demand)
         chosen["calls"] += 1
-        chosen["local"] += got[0] is not demand_K
+        if got[0] is not demand_K:
+            chosen["local"] += 1
+            node_local_K = to_demand(plan, priced.amounts_node_local(c_QE, plan, L_E, rpn))
+            chosen["evened"] += not (got[0] == node_local_K).all()
         return got
 
     demand.cheaper_demand = spy
@@ -111,13 +117,13 @@ def test_training_matches_single_process_with_the_split_priced_on_two_nodes(
     ref = reference_run("AdamW", STEPS, world_size)
     for rank, out in enumerate(results):
         assert out["events"] == {"accepted": STEPS}, f"rank {rank}: {out['events']}"
-        # Every rank priced every split alike, and the node-local amounts were used.
+        # Every rank priced every split alike, and the node-balanced amounts were used.
         if native_on == "mixed":  # C on even ranks, NumPy (and the spy) on odd ones
             assert out["chosen"] == results[rank % 2]["chosen"]
             assert results[0]["chosen"]["calls"] == 0 < results[1]["chosen"]["calls"]
         else:
             assert out["chosen"] == results[0]["chosen"]
-        # The step stats count the layer calls whose dispatch took the node-local amounts.
+        # The step stats count the layer calls whose dispatch took the node-balanced amounts.
         node_local = sum(sum(s.node_local_L) for s in out["stats"])
         assert [s.node_local_L for s in out["stats"]] == [
             s.node_local_L for s in results[0]["stats"]
@@ -125,13 +131,16 @@ def test_training_matches_single_process_with_the_split_priced_on_two_nodes(
         if native_on == "mixed":  # the same splits and bursts on every rank, whichever code
             assert node_local >= (STEPS if case == "plain" else 1), node_local
         elif native_on:  # the C split and decision: the NumPy pricing never ran
-            assert out["chosen"] == {"calls": 0, "local": 0}
+            assert out["chosen"] == {"calls": 0, "local": 0, "evened": 0}
             assert node_local >= (STEPS if case == "plain" else 1), node_local
         elif case == "bursts":  # the spy also sees the burst decision's splits
             assert out["chosen"]["local"] >= STEPS, out["chosen"]
+            # Some splits evened a node's ranks (node-balanced, not node-local).
+            assert out["chosen"]["evened"] >= 5, out["chosen"]
             assert 1 <= node_local <= out["chosen"]["local"], (node_local, out["chosen"])
         else:  # all of the spy's
             assert out["chosen"]["local"] >= STEPS, out["chosen"]
+            assert out["chosen"]["evened"] >= 1, out["chosen"]
             assert node_local == out["chosen"]["local"], (node_local, out["chosen"])
         if case == "bursts":
             bursts = [sum(s.bursts_L) for s in out["stats"]]
