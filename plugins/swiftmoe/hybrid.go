@@ -168,16 +168,7 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	if err := hs.homeSingles(p.loads, h, k, q, rho, m); err != nil {
 		return err
 	}
-	// The global experts' counts per node: EPLB over h+extra slots.
-	sub := grow(hs.subLoads, h)
-	subReps := grow(hs.subReps, h)
-	for i, x := range hs.order[:h] {
-		sub[i] = loadOf(p.loads, int(x))
-	}
-	hs.subLoads, hs.subReps = sub, subReps
-	if h > 0 {
-		hs.counts.count(subReps, sub, h+extra, nil)
-	}
+	subReps := p.globalCounts(h, extra)
 	np := &p.nodes
 	np.reset(e, r, m, s)
 	lay := &np.lay
@@ -241,6 +232,23 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	return nil
 }
 
+// globalCounts sets hs.subReps, the counts per node of the hybrid layout's
+// h global experts (hs.order[:h]): EPLB over the h+extra slots each node
+// has for them. It returns hs.subReps.
+func (p *planner) globalCounts(h, extra int) []int32 {
+	hs := &p.hybrid
+	sub := grow(hs.subLoads, h)
+	subReps := grow(hs.subReps, h)
+	for i, x := range hs.order[:h] {
+		sub[i] = loadOf(p.loads, int(x))
+	}
+	hs.subLoads, hs.subReps = sub, subReps
+	if h > 0 {
+		hs.counts.count(subReps, sub, h+extra, nil)
+	}
+	return subReps
+}
+
 // boundHybridShape is a lower bound on boundHybrid's value for the hybrid
 // layout of h with single-homed experts (k = 1) over nodes of r ranks,
 // before any expert has a home: the value grows with the heaviest replica,
@@ -255,8 +263,8 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 // the single-homed ones only for those it holds, so some node sends at
 // least the mean of what the nodes send; and some node carries at least
 // the mean node load. It returns 0 (no bound) where the layout of h does
-// not exist, which hybridCounts reports. It sets hs.subReps, the global
-// experts' counts per node, as hybridCounts does.
+// not exist, which hybridCounts reports. It sets hs.subReps (globalCounts),
+// as hybridCounts does.
 func (p *planner) boundHybridShape(h, r int, sm *stepModel) float64 {
 	hs := &p.hybrid
 	e, s := p.nExperts, p.rk.s
@@ -271,15 +279,7 @@ func (p *planner) boundHybridShape(h, r int, sm *stepModel) float64 {
 	if singles == 0 || h > e || extra < 0 || (h == 0 && (q == 0 || extra > 0)) {
 		return 0
 	}
-	sub := grow(hs.subLoads, h)
-	subReps := grow(hs.subReps, h)
-	for i, x := range hs.order[:h] {
-		sub[i] = loadOf(p.loads, int(x))
-	}
-	hs.subLoads, hs.subReps = sub, subReps
-	if h > 0 {
-		hs.counts.count(subReps, sub, h+extra, nil)
-	}
+	subReps := p.globalCounts(h, extra)
 	// The spare slots (one in each node holding q single-homed experts,
 	// where rho > 0) go to the node's heaviest single-homed expert where it
 	// has one and a second rank, else to the heaviest global expert.
