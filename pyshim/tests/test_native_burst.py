@@ -10,7 +10,7 @@ import pytest
 
 from swiftmoe.engine import burst, native
 from swiftmoe.engine import costmodel as cm
-from swiftmoe.engine.split import split_rank_loads
+from swiftmoe.engine.split import split_rank_loads, split_tokens_for_rank
 from swiftmoe.planning import reference as planner
 
 P = 3 * 768 * 3072  # GPT-Small experts
@@ -89,6 +89,44 @@ def test_native_makes_the_numpy_decision_bit_for_bit(use_lib):
     # The cases exercise the decision: bursts made in many, several per rank in some.
     assert made >= 80, made
     assert multi >= 5, multi
+
+
+def test_the_decision_from_a_ranks_own_split_is_the_same(use_lib):
+    """plan_bursts(planned=RankSplit.planned): the decision starts from the split the layer
+    made rather than making it again, and decides the same, field for field, in C and NumPy,
+    whichever code made the split (a job whose hosts differ)."""
+    rng = np.random.default_rng(3)
+    made = 0
+    for i in range(200):
+        c, slots, S, B, rpn, p, thr, method = _case(rng)
+        r = int(rng.integers(0, c.shape[0]))
+        want = burst.plan_bursts(c, slots, S, B, rpn, p, thr, method, native=False)
+        for split_native in (False, True):
+            rs = split_tokens_for_rank(c, slots, S, r, rpn, method, p, native=split_native)
+            for decide_native in (False, True):
+                got = burst.plan_bursts(
+                    c, slots, S, B, rpn, p, thr, method, rs.load_R.numpy(),
+                    native=decide_native, planned=rs.planned,
+                )  # fmt: skip
+                try:
+                    _same(got, want)
+                except AssertionError as e:
+                    raise AssertionError(
+                        f"case {i} (split in C {split_native}, decision in C {decide_native}): "
+                        f"N={c.shape[0]} E={c.shape[1]} S={S} B={B} rpn={rpn} {method}: {e}"
+                    ) from e
+        made += want.count > 0
+    assert made >= 40, made
+
+
+def test_a_planned_split_of_another_shape_is_refused():
+    c = np.array([[900, 10, 10, 0], [900, 10, 10, 0]], dtype=np.int64)
+    slots = np.array([0, 1, 0, 2], dtype=np.int64)
+    p = cm.CostParams(ranks=2, ranks_per_node=0, token_bytes=2, flops_per_token=1, flops_per_s=1)
+    rs = split_tokens_for_rank(c, slots, 2, 0, 0, "auto", p, native=False)
+    bad = rs.planned._replace(demand_K=rs.planned.demand_K[:3])
+    with pytest.raises(ValueError, match="planned must be the split on the planned placement"):
+        burst.plan_bursts(c, slots, 2, 1, 0, p, 1.0, "auto", planned=bad)
 
 
 def test_the_h200_cases_of_the_numpy_tests(use_lib):

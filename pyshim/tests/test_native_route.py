@@ -34,27 +34,35 @@ def _ranks(rng, N):
 
 
 def _check(seed, n_cases):
-    """Compares every case's ranks; returns how often stage 1 was node-local and not."""
+    """Compares every case's ranks (C against NumPy); returns how often stage 1 kept tokens in
+    their node and not."""
     rng = np.random.default_rng(seed)
     local = [0, 0]
     for i in range(n_cases):
         c, slots, S, rpn, method, cost = _case(rng, hot=i % 3 == 0)
         for r in _ranks(rng, c.shape[0]):
-            want = split_tokens_for_rank(c, slots, S, r, rpn, method, cost)
+            want = split_tokens_for_rank(c, slots, S, r, rpn, method, cost, native=False)
             got = native.split_for_rank(c, slots, S, r, rpn, method, cost)
             where = f"case {i} (seed {seed}) rank {r}: N={c.shape[0]} E={c.shape[1]} S={S} "
             where += f"rpn={rpn} {method} {cost}"
             assert got is not None, where
-            send, recv, load, node_local = got
+            send, recv, load, node_local, (demand, ms, sums) = got
             assert recv.shape == (c.shape[0], S), where
             for name, a, b in (
-                ("send_K", send, want.send_K),
-                ("recv_QS", recv, want.recv_QS),
-                ("load_R", load, want.load_R),
+                ("send_K", send, want.send_K.numpy()),
+                ("recv_QS", recv, want.recv_QS.numpy()),
+                ("load_R", load, want.load_R.numpy()),
+                ("planned.demand_K", demand, want.planned.demand_K),
             ):
                 assert a.dtype == np.int64, (where, name)
-                np.testing.assert_array_equal(a, b.numpy(), err_msg=f"{where}: {name}")
+                np.testing.assert_array_equal(a, b, err_msg=f"{where}: {name}")
             assert node_local == want.node_local, where
+            # The split's price where stage 1 was priced, bit for bit (None where not).
+            assert (ms is None) == (want.planned.ms is None), where
+            if ms is not None:
+                assert ms == want.planned.ms, where
+                for a, b in zip(sums, want.planned.sums, strict=True):
+                    np.testing.assert_array_equal(a, b, err_msg=f"{where}: planned.sums")
             local[node_local] += 1
     return local
 
@@ -96,7 +104,7 @@ def test_split_for_rank_applies_to_fast_and_auto_only(use_lib, monkeypatch):
     slots = np.array([0, 1, 0, 2], dtype=np.int64)
     for method in ("exact", "even"):
         assert native.split_for_rank(c, slots, 2, 0, 0, method, None) is None
-    send, recv, load, local = native.split_for_rank(c, slots, 2, 1, 0, "auto", None)
+    send, recv, load, local, _ = native.split_for_rank(c, slots, 2, 1, 0, "auto", None)
     want = split_tokens_for_rank(c, slots, 2, 1, 0, "auto", native=False)
     np.testing.assert_array_equal(send, want.send_K.numpy())
     np.testing.assert_array_equal(recv, want.recv_QS.numpy())

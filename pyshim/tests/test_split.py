@@ -341,7 +341,12 @@ def test_a_plan_index_splits_as_its_plan_and_is_checked():
                     want = split.split_tokens_for_rank(counts_QE, slots_K, S, r, rpn, method)
                     got = split.split_tokens_for_rank(counts_QE, index, S, r, rpn, method)
                     for name, a, b in zip(want._fields, want, got, strict=True):
-                        same = a == b if name == "node_local" else torch.equal(a, b)
+                        if name == "node_local":
+                            same = a == b
+                        elif name == "planned":
+                            same = np.array_equal(a.demand_K, b.demand_K) and a.ms == b.ms
+                        else:
+                            same = torch.equal(a, b)
                         assert same, (N, E, S, rpn, method, r, name)
             want_tr = traffic.split_traffic(counts_QE, slots_K, S, rpn)
             got_tr = traffic.split_traffic(counts_QE, index, S, rpn)
@@ -639,6 +644,11 @@ def assert_rank_split_equals_dense(counts_QE, slots_K, S, rpn, method, ranks=Non
         for name, t in rs._asdict().items():
             if name == "node_local":
                 assert t is False  # no cost parameters: never priced
+                continue
+            if name == "planned":  # the whole stage 1, not priced: what every slot receives
+                assert t.ms is None and t.sums is None
+                assert t.demand_K.dtype == np.int64
+                assert t.demand_K.reshape(N, S).sum(axis=1).tolist() == load_R.tolist()
                 continue
             assert t.dtype == torch.int64, f"{name}: got {t.dtype}"
         assert torch.equal(rs.send_K, dense[r]), f"rank {r}: send row differs"

@@ -58,7 +58,7 @@ from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine import native as _native
 from swiftmoe.engine.split.amounts import amounts_fast
 from swiftmoe.engine.split.demand import METHODS, priced_demand, slot_demand
-from swiftmoe.engine.split.plan_index import check_counts, check_slots
+from swiftmoe.engine.split.plan_index import check_counts, check_slots, index_plan
 from swiftmoe.engine.split.priced import amounts_node_balanced, price, prices_split
 from swiftmoe.engine.split.tiers import tier_sums
 
@@ -131,7 +131,9 @@ def _none(slots_K: np.ndarray, S: int, E: int, before_ms: float = 0.0) -> BurstP
     return BurstPlan(E, S, slots_K, z, z, z, z, z, before_ms, before_ms, 0.0)
 
 
-def _check(counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R):
+def _check(
+    counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R, planned=None
+):
     if not is_int(B, 0):
         raise ValueError(
             f"burst_slots_per_rank is {B!r}: pass an integer >= 0 (0 turns bursts off)"
@@ -171,6 +173,19 @@ def _check(counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, 
                 f"load_R has shape {load_R.shape}, want ({N},): the split's rank loads on "
                 "the planned placement, or None"
             )
+    if planned is not None:
+        d = np.asarray(planned.demand_K)
+        sums = planned.sums
+        if (
+            d.shape != (N * S,)
+            or (sums is None) != (planned.ms is None)
+            or (sums is not None and [np.shape(v) for v in sums] != [(N,)] * 4)
+        ):
+            raise ValueError(
+                "planned must be the split on the planned placement (RankSplit.planned: "
+                f"demand_K [{N * S}], and ms with four tier sums [{N}] where it was priced), "
+                "or None"
+            )
     return c_QE, slots, load_R
 
 
@@ -185,6 +200,7 @@ def plan_bursts(
     method: str = "auto",
     load_R=None,
     native: bool | None = None,
+    planned=None,
 ) -> BurstPlan:
     """The burst replicas of one layer in one iteration (see the module docstring).
 
@@ -203,6 +219,9 @@ def plan_bursts(
         method: the split's method ("auto", "fast", "exact"), as the layer splits.
         load_R: the split's rank loads on the planned placement when the caller has them
             (int64 [N]), else None (computed).
+        planned: the split on the planned placement with this method and cost when the
+            caller has it (``RankSplit.planned``, ``split.Planned``), else None (made here):
+            a layer that has split its tokens need not split them again to decide.
         native: None (default) runs the C port (``swiftmoe.engine.native``, the same decision
             bit for bit) when its library is found and the method is "fast" or "auto", else
             this module's NumPy code; False always runs the NumPy code; True requires the C
@@ -218,20 +237,28 @@ def plan_bursts(
     """
     S, B = slots_per_rank, burst_slots_per_rank
     c_QE, slots, load_R = _check(
-        counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R
+        counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R, planned
     )
     N, E = c_QE.shape
     if _native.use(native, method, "burst decision"):
-        got = _native.plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R)
+        got = _native.plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned)
         return BurstPlan(E, *got)
     total = int(c_QE.sum())
     if B == 0 or N == 1 or total == 0:
         return _none(slots, S, E)
-    demand0 = None
-    if load_R is None:
+    demand0 = before = sums0 = None
+    if planned is not None:  # the caller's split on the planned placement: not made again
+        demand0 = np.asarray(planned.demand_K, dtype=np.int64)
+        plan0 = index_plan(slots, S, N, E)
+        if planned.sums is not None:
+            before, sums0 = planned.ms, tuple(planned.sums)
+    if demand0 is None and load_R is None:
         _, plan0, demand0, _, priced0 = priced_demand(
             c_QE, slots, S, ranks_per_node, method, params
         )
+        if priced0 is not None:
+            before, sums0 = priced0.ms, priced0.sums
+    if load_R is None:
         load_R = demand0.reshape(N, S).sum(axis=1)
     if not past_threshold(load_R, B, threshold):
         return _none(slots, S, E)
@@ -239,9 +266,9 @@ def plan_bursts(
         _, plan0, demand0, _, priced0 = priced_demand(
             c_QE, slots, S, ranks_per_node, method, params
         )
-    if priced0 is not None:
-        before, sums0 = priced0.ms, priced0.sums
-    else:
+        if priced0 is not None:
+            before, sums0 = priced0.ms, priced0.sums
+    if before is None:  # stage 1 not priced: the decision prices the split itself
         before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against

@@ -102,12 +102,14 @@ def decide(
     counts_NE: torch.Tensor,
     load_R: torch.Tensor,
     params: cm.CostParams,
+    planned=None,
 ) -> LayerBursts | None:
     """The layer's bursts this call, or None (the common case: one check of the split's loads).
 
     counts_NE: the all-reduced counts on the CPU; load_R: every rank's load under the split on
     the planned placement; params: the layer's cost parameters (``StepCosts.params``), those
-    its split was given.
+    its split was given; planned: that split's stage 1 (``RankSplit.planned``), which the
+    decision starts from rather than making it again, or None.
     """
     if not past_threshold(load_R, policy.B, policy.threshold):
         return None
@@ -121,6 +123,7 @@ def decide(
         policy.threshold,
         method=policy.method,
         load_R=load_R,
+        planned=planned,
     )
     if plan.count == 0:
         return None

@@ -252,7 +252,9 @@ class ExpertLayer:
         perm_K, inv_K = self.perm_K, self.inv_K
         bursts = None
         if self.ctx.bursts is not None:  # one check of rs.load_R unless a burst is made
-            bursts = burst_run.decide(self, self.ctx.bursts, counts_cpu, rs.load_R, cost)
+            bursts = burst_run.decide(
+                self, self.ctx.bursts, counts_cpu, rs.load_R, cost, rs.planned
+            )
             if bursts is not None:
                 rs, S, perm_K, inv_K = (
                     bursts.split,

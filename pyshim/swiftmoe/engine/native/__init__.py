@@ -49,7 +49,7 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
-_ABI = 2  # smoe.h's SMOE_ABI: the library must be of the same interface
+_ABI = 3  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
@@ -73,6 +73,17 @@ class _Cost(ctypes.Structure):
         ("flops_per_s", ctypes.c_double),
         ("intra_bw", ctypes.c_double),
         ("inter_bw", ctypes.c_double),
+    ]
+
+
+class _Planned(ctypes.Structure):
+    """smoe_planned: the split on the planned placement (rank.Planned)."""
+
+    _fields_ = [
+        ("demand_K", ctypes.c_void_p),
+        ("sums", ctypes.c_void_p),
+        ("ms", ctypes.c_double),
+        ("priced", ctypes.c_int),
     ]
 
 
@@ -116,6 +127,7 @@ def _bind(path: Path) -> ctypes.CDLL:
         ctypes.c_double,  # threshold
         ctypes.c_int,  # method
         v,  # load_R [N] or NULL
+        ctypes.POINTER(_Planned),  # planned or NULL
         v,  # out_slots [N*(S+B)]
         ctypes.POINTER(ctypes.c_int64),  # out_S
         v,  # out_e [N*B]
@@ -141,6 +153,7 @@ def _bind(path: Path) -> ctypes.CDLL:
         v,  # recv_QS [N*S]
         v,  # load_R [N]
         ctypes.POINTER(ctypes.c_int),  # node_local
+        ctypes.POINTER(_Planned),  # planned or NULL
     ]
     return lib
 
@@ -229,10 +242,11 @@ def _arrays(c_QE, slots, S, method):
     return lib, c, sl
 
 
-def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R):
-    """The native decision on checked inputs (``burst._check``'s): (Sx, slots_x, e_C, q_C,
-    s_C, d_C, j_C, before_ms, after_ms, copy_ms), ``BurstPlan``'s fields after num_experts, or
-    None when it does not apply (no library, or the method "exact").
+def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=None):
+    """The native decision on checked inputs (``burst._check``'s; ``planned`` None or the split
+    on the planned placement, ``split.rank.Planned``): (Sx, slots_x, e_C, q_C, s_C, d_C, j_C,
+    before_ms, after_ms, copy_ms), ``BurstPlan``'s fields after num_experts, or None when it
+    does not apply (no library, or the method "exact").
 
     Raises:
         NativeError: the C code failed (memory, or an internal check).
@@ -247,6 +261,18 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R):
         lr = np.ascontiguousarray(load_R, dtype=np.int64)
         if lr.size != N:
             raise ValueError(f"load_R has {lr.size} entries, want N={N}")
+    pl = None
+    if planned is not None:
+        d = np.ascontiguousarray(planned.demand_K, dtype=np.int64)
+        sums = None
+        if planned.sums is not None:
+            sums = np.ascontiguousarray(np.concatenate(planned.sums), dtype=np.int64)
+        pl = _Planned(
+            d.ctypes.data,
+            None if sums is None else sums.ctypes.data,
+            0.0 if planned.ms is None else float(planned.ms),
+            int(planned.sums is not None),
+        )
     out_slots = np.empty(N * (S + B), dtype=np.int64)
     out_S = ctypes.c_int64(0)
     out = np.empty((5, max(N * B, 1)), dtype=np.int64)  # e, q, s, d, j of each burst
@@ -264,6 +290,7 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R):
         float(threshold),
         _METHODS[method],
         None if lr is None else lr.ctypes.data,
+        None if pl is None else ctypes.byref(pl),
         out_slots.ctypes.data,
         ctypes.byref(out_S),
         a,
@@ -303,9 +330,11 @@ def _cost_ref(params):
 def split_for_rank(c_QE, slots, S, rank, rpn, method, cost):
     """The native ``split_tokens_for_rank`` on checked inputs (``split.demand``'s: c_QE int64
     [N, E], slots int64 [N*S] or its ``PlanIndex``, 0 <= rank < N, ``cost`` None or the job's
-    CostParams): (send_K [N*S], recv_QS [N, S], load_R [N], node_local), int64 arrays (views
-    of one fresh buffer) and a bool, the ``RankSplit``'s fields, the same as NumPy's; None when
-    it does not apply (no library, or the method "exact" or "even").
+    CostParams): (send_K [N*S], recv_QS [N, S], load_R [N], node_local, (demand_K [N*S], ms,
+    sums)), int64 arrays (views of one fresh buffer), a bool and the split on the plan (ms and
+    sums, four int64 arrays [N], None where stage 1 was not priced), the ``RankSplit``'s fields,
+    the same as NumPy's; None when it does not apply (no library, or the method "exact" or
+    "even").
 
     Raises:
         NativeError: the C code failed (memory, or an internal check).
@@ -318,9 +347,11 @@ def split_for_rank(c_QE, slots, S, rank, rpn, method, cost):
     if not 0 <= rank < N:
         raise ValueError(f"rank must be in 0..{N - 1}, got {rank!r}")
     K = N * S
-    out = np.empty(2 * K + N, dtype=np.int64)  # send_K, recv_QS, load_R: one address to take
+    # send_K, recv_QS, load_R, demand_K, sums: one address to take
+    out = np.empty(3 * K + 5 * N, dtype=np.int64)
     a = out.ctypes.data
     local = ctypes.c_int(0)
+    planned = _Planned(a + 8 * (2 * K + N), a + 8 * (3 * K + N), 0.0, 0)
     rc = lib.smoe_split_for_rank(
         c.ctypes.data,
         sl.ctypes.data,
@@ -335,7 +366,15 @@ def split_for_rank(c_QE, slots, S, rank, rpn, method, cost):
         a + 8 * K,
         a + 16 * K,
         ctypes.byref(local),
+        ctypes.byref(planned),
     )
     if rc < 0:
         raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
-    return out[:K], out[K : 2 * K].reshape(N, S), out[2 * K :], bool(local.value)
+    load = out[2 * K : 2 * K + N]
+    demand = out[2 * K + N : 3 * K + N]
+    sums = None
+    if planned.priced:
+        flat = out[3 * K + N :]
+        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
+    ms = float(planned.ms) if planned.priced else None
+    return out[:K], out[K : 2 * K].reshape(N, S), load, bool(local.value), (demand, ms, sums)

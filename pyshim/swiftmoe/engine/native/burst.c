@@ -690,9 +690,9 @@ static int64_t same_demand(const int64_t *a, const int64_t *b, int64_t K) {
 
 int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                          int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
-                         const int64_t *load_R, int64_t *out_slots, int64_t *out_S,
-                         int64_t *out_e, int64_t *out_q, int64_t *out_s, int64_t *out_d,
-                         int64_t *out_j, double *out_ms) {
+                         const int64_t *load_R, const smoe_planned *planned,
+                         int64_t *out_slots, int64_t *out_S, int64_t *out_e, int64_t *out_q,
+                         int64_t *out_s, int64_t *out_d, int64_t *out_j, double *out_ms) {
     int64_t K = N * S, total = 0, rc = 0;
     if (method != SMOE_METHOD_FAST && method != SMOE_METHOD_AUTO) return SMOE_EUNSUPPORTED;
     for (int64_t i = 0; i < N * E; i++) total += c_QE[i];
@@ -732,8 +732,17 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     x.M = smoe_nodes(p);
     if ((rc = smoe_plan_init(&pl, slots_K, N, S, E)) < 0) goto done;
     have_plan = 1;
+    if (planned) { /* the caller's split on the planned placement: not made again */
+        memcpy(demand0, planned->demand_K, sizeof(int64_t) * K);
+        priced = planned->priced ? 1 : 0;
+        if (priced) {
+            ms0 = planned->ms;
+            memcpy(sums0, planned->sums, sizeof(int64_t) * 4 * N);
+        }
+    }
     if (load_R == NULL) {
-        priced = smoe_priced_demand(c_QE, &pl, x.L_E, x.rpn, method, p, demand0, &ms0, sums0);
+        if (priced < 0)
+            priced = smoe_priced_demand(c_QE, &pl, x.L_E, x.rpn, method, p, demand0, &ms0, sums0);
         if (priced < 0) {
             rc = priced;
             goto done;

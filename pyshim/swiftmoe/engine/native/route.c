@@ -43,7 +43,8 @@ static int64_t overlap(int64_t a0, int64_t a1, int64_t b0, int64_t b1)
 
 int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                         int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
-                        int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local)
+                        int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
+                        smoe_planned *planned)
 {
     *node_local = 0;
     if (method != SMOE_METHOD_FAST && method != SMOE_METHOD_AUTO)
@@ -94,6 +95,14 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
     rc = smoe_priced_demand_nl(c_QE, &pl, L_E, rpn, method, p, demand_K, &ms, sums, node_local);
     if (rc < 0)
         goto out;
+    if (planned) {
+        memcpy(planned->demand_K, demand_K, (size_t)K * sizeof *demand_K);
+        planned->priced = rc;
+        if (rc) {
+            planned->ms = ms;
+            memcpy(planned->sums, sums, (size_t)(4 * N) * sizeof *sums);
+        }
+    }
     rc = 0;
     for (int64_t q = 0; q < N; q++) {
         int64_t l = 0;

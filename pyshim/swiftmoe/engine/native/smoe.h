@@ -27,7 +27,7 @@
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 2
+#define SMOE_ABI 3
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -102,12 +102,23 @@ int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *
                        int method, const smoe_cost *p, int64_t *demand_K, double *ms,
                        int64_t *sums);
 
-/* burst.plan_bursts (burst.c). c_QE [N, E]; slots_K [N*S]; load_R [N] or NULL; out_slots
+/* The split on the planned placement, as a layer's split made it (rank.RankSplit.planned):
+ * its demand_K [K], and where its stage 1 was priced (priced 1) its ms and tier sums [4*N]. */
+typedef struct {
+    int64_t *demand_K;
+    int64_t *sums;
+    double ms;
+    int priced;
+} smoe_planned;
+
+/* burst.plan_bursts (burst.c). c_QE [N, E]; slots_K [N*S]; load_R [N] or NULL; planned: the
+ * split on slots_K with this method and cost, or NULL (computed); out_slots
  * [N*(S+B)] (the enlarged placement, row stride *out_S); out_e/q/s/d/j [N*B] (the bursts, C of
  * them, C returned); out_ms [3]: before_ms, after_ms, copy_ms. Returns C >= 0, or an error. */
 int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                          int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
-                         const int64_t *load_R, int64_t *out_slots, int64_t *out_S,
+                         const int64_t *load_R, const smoe_planned *planned,
+                         int64_t *out_slots, int64_t *out_S,
                          int64_t *out_e, int64_t *out_q, int64_t *out_s, int64_t *out_d,
                          int64_t *out_j, double *out_ms);
 
@@ -123,10 +134,13 @@ int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_
 /* rank.split_tokens_for_rank for "fast" and "auto" (method SMOE_METHOD_*; p NULL: no cost):
  * c_QE [N, E]; slots_K [N*S]; 0 <= rank < N; rpn the split's ranks_per_node (0, or >= N: one
  * node). Writes send_K [K] (tokens rank sends to each slot), recv_QS [N*S] (tokens each source
- * sends to rank's slots), load_R [N] (tokens each rank's slots receive) and *node_local.
- * Returns 0, or SMOE_ENOMEM, SMOE_EUNSUPPORTED (another method) or SMOE_EBUG. */
+ * sends to rank's slots), load_R [N] (tokens each rank's slots receive), *node_local and, when
+ * planned is not NULL, the split's demand and price into it (its arrays the caller's: demand_K
+ * [K], sums [4*N]; sums left alone where priced is 0). Returns 0, or SMOE_ENOMEM,
+ * SMOE_EUNSUPPORTED (another method) or SMOE_EBUG. */
 int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                         int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
-                        int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local);
+                        int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
+                        smoe_planned *planned);
 
 #endif

@@ -39,13 +39,14 @@ from __future__ import annotations
 
 from swiftmoe.engine.split.demand import METHODS, RANK_METHODS
 from swiftmoe.engine.split.plan_index import PlanIndex, PlanIndexCache, index_plan
-from swiftmoe.engine.split.rank import RankSplit, split_rank_loads, split_tokens_for_rank
+from swiftmoe.engine.split.rank import Planned, RankSplit, split_rank_loads, split_tokens_for_rank
 
 __all__ = [
     "METHODS",
     "RANK_METHODS",
     "PlanIndex",
     "PlanIndexCache",
+    "Planned",
     "RankSplit",
     "index_plan",
     "split_rank_loads",

@@ -21,7 +21,19 @@ from swiftmoe.engine.split.demand import demand, load_R
 from swiftmoe.engine.split.plan_index import PlanIndex, prepare
 from swiftmoe.engine.split.priced import prices_split
 
-__all__ = ["RankSplit", "route_rank", "split_rank_loads", "split_tokens_for_rank"]
+__all__ = ["Planned", "RankSplit", "route_rank", "split_rank_loads", "split_tokens_for_rank"]
+
+
+class Planned(NamedTuple):
+    """The whole split's stage 1 on a placement, as a rank's split made it: what the burst
+    decision on that placement starts from (``burst.plan_bursts(planned=...)``), so that it is
+    not made twice. demand_K [N*S]: what every slot receives (int64); ms and sums: where stage 1
+    was priced (``split.priced``), its price and tier sums (si, ri, se, re, int64 [N] each), else
+    None."""
+
+    demand_K: np.ndarray
+    ms: float | None = None
+    sums: tuple | None = None
 
 
 class RankSplit(NamedTuple):
@@ -30,13 +42,15 @@ class RankSplit(NamedTuple):
     send_K [N*S]: tokens this rank sends to each slot (flow_QK[rank]); recv_QS [N, S]: tokens each
     source rank sends to this rank's slots (flow_QK[:, rank*S:(rank+1)*S]); load_R [N]: tokens
     every rank's slots receive (flow_QK's column sums, summed per rank); node_local: stage 1
-    took the node-local amounts (``split.priced``; the same on every rank).
+    kept tokens in their node (the node-balanced amounts, ``split.priced``; the same on every
+    rank); planned: the whole split's stage 1 (:class:`Planned`), or None.
     """
 
     send_K: torch.Tensor
     recv_QS: torch.Tensor
     load_R: torch.Tensor
     node_local: bool = False
+    planned: Planned | None = None
 
 
 def _ranges(lo_G: np.ndarray, hi_G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +178,11 @@ def split_tokens_for_rank(
     t = None if priced is None else priced.tiers  # the priced split summed them already
     send_K, recv_QS = route_rank(c_QE, plan, demand_K, rpn, rank, t)
     local = priced is not None and priced.node_local
+    planned = Planned(demand_K, None, None)
+    if priced is not None:
+        planned = Planned(demand_K, priced.ms, tuple(priced.sums))
     return RankSplit(
-        torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K), local
+        torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K), local, planned
     )
 
 
@@ -178,11 +195,15 @@ def _native_split(counts_QE, slots, S, rank, rpn, method, cost) -> RankSplit:
         prices_split(cost, plan, rpn)  # a cost of another job or grouping: ValueError
     if not is_int(rank, 0, plan.N - 1):
         raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
-    send_K, recv_QS, load, local = _native.split_for_rank(
+    send_K, recv_QS, load, local, planned = _native.split_for_rank(
         c_QE, plan, S, rank, rpn, method, cost if method == "auto" else None
     )
     return RankSplit(
-        torch.from_numpy(send_K), torch.from_numpy(recv_QS), torch.from_numpy(load), local
+        torch.from_numpy(send_K),
+        torch.from_numpy(recv_QS),
+        torch.from_numpy(load),
+        local,
+        Planned(*planned),
     )
 
 
