@@ -1,7 +1,8 @@
 /* The engine's split pricing in C: the plan's index, stage 1 of the split ("fast" min-max
  * amounts, the node-local and the node-balanced amounts), the amounts spread over the slots,
- * the tier sums of the routing and the step-time cost model's prices of them. Bit-identical to the NumPy code it
- * ports (swiftmoe.engine.split and swiftmoe.engine.costmodel); see smoe.h for the rules.
+ * the tier sums of the routing and the step-time cost model's prices of them. Bit-identical to
+ * the NumPy code it ports (swiftmoe.engine.split and swiftmoe.engine.costmodel); see smoe.h for
+ * the rules.
  *
  * NumPy's semantics that matter here, reproduced below:
  * - np.bincount(idx, weights) converts the weights to float64 and adds them in index order,
