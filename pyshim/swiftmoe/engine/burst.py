@@ -246,28 +246,30 @@ def plan_bursts(
     total = int(c_QE.sum())
     if B == 0 or N == 1 or total == 0:
         return _none(slots, S, E)
-    demand0 = before = sums0 = None
+    plan0 = demand0 = before = sums0 = None
+
+    def split_planned() -> None:
+        """The split on the planned placement, with its price where stage 1 was priced."""
+        nonlocal plan0, demand0, before, sums0
+        _, plan0, demand0, _, priced0 = priced_demand(
+            c_QE, slots, S, ranks_per_node, method, params
+        )
+        if priced0 is not None:
+            before, sums0 = priced0.ms, priced0.sums
+
     if planned is not None:  # the caller's split on the planned placement: not made again
         demand0 = np.asarray(planned.demand_K, dtype=np.int64)
         plan0 = index_plan(slots, S, N, E)
         if planned.sums is not None:
             before, sums0 = planned.ms, tuple(planned.sums)
-    if demand0 is None and load_R is None:
-        _, plan0, demand0, _, priced0 = priced_demand(
-            c_QE, slots, S, ranks_per_node, method, params
-        )
-        if priced0 is not None:
-            before, sums0 = priced0.ms, priced0.sums
+    elif load_R is None:
+        split_planned()
     if load_R is None:
         load_R = demand0.reshape(N, S).sum(axis=1)
     if not past_threshold(load_R, B, threshold):
         return _none(slots, S, E)
     if demand0 is None:
-        _, plan0, demand0, _, priced0 = priced_demand(
-            c_QE, slots, S, ranks_per_node, method, params
-        )
-        if priced0 is not None:
-            before, sums0 = priced0.ms, priced0.sums
+        split_planned()
     if before is None:  # stage 1 not priced: the decision prices the split itself
         before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
