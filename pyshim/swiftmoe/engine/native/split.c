@@ -590,20 +590,22 @@ int smoe_amounts_node_local(const int64_t *c_QE, const smoe_plan *pl, const int6
     return rc;
 }
 
-/* The node-balanced amounts from x_loc (the node-local ones; priced.amounts_node_balanced):
- * each node's amounts of each expert re-split over the node's replicas by smoe_amounts_fast on
- * the node's own plan (plan_index.node_plans: its slots alone, the experts it holds renamed 0..
- * in ascending order, its sources' rows of those experts' counts, T[., m] as the totals), into
- * x_P; a node already within FAST_TOL of its lower bound keeps x_loc's. A node's pairs are the
- * plan's pairs on its ranks, in pair order, and its own plan's pairs are the same in the same
- * order (pairs run by expert, then rank, and the renaming keeps the order). */
-static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int64_t *x_loc,
-                            int64_t G, int64_t *x_P)
+/* priced.amounts_node_balanced: the node-local amounts (smoe_amounts_node_local) into x_P, then
+ * each node's amounts of each expert re-split in place over the node's replicas by
+ * smoe_amounts_fast on the node's own plan (plan_index.node_plans: its slots alone, the experts
+ * it holds renamed 0.. in ascending order, its sources' rows of those experts' counts, T[., m]
+ * as the totals); a node already within FAST_TOL of its lower bound keeps its node-local
+ * amounts. A node's pairs are the plan's pairs on its ranks, in pair order, and its own plan's
+ * pairs are the same in the same order (pairs run by expert, then rank, and the renaming keeps
+ * the order); a node reads and writes its own pairs only. SMOE_EUNSUPPORTED unless
+ * 0 < rpn < N. */
+int smoe_amounts_node_balanced(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
+                               int64_t rpn, int64_t *x_P)
 {
-    int64_t P = pl->P, N = pl->N, E = pl->E, S = pl->S;
-    memcpy(x_P, x_loc, (size_t)P * sizeof *x_P);
-    if (P == 0)
-        return 0;
+    int64_t P = pl->P, N = pl->N, E = pl->E, S = pl->S, G = rpn;
+    int rc = smoe_amounts_node_local(c_QE, pl, L_E, rpn, x_P);
+    if (rc || P == 0)
+        return rc;
     /* A node has at most G*S slots, pairs and experts: its slots, the experts' new names, the
      * experts, their totals, its sources' counts of them, its pairs and their amounts. */
     int64_t GS = G * S;
@@ -616,7 +618,6 @@ static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int6
     }
     int64_t *slots = ib, *local = slots + GS, *held = local + E, *T_E = held + GS,
             *c_sub = T_E + GS, *pairs = c_sub + G * GS, *xn = pairs + GS, *y = xn + GS;
-    int rc = 0;
     for (int64_t lo = 0; lo < N && rc == 0; lo += G) {
         int64_t hi = imin(lo + G, N), n = 0, h = 0, m = lo / G;
         /* The node's pairs in pair order; its experts, ascending, as they first appear. */
@@ -629,7 +630,7 @@ static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int6
                 T_E[h] = 0;
                 held[h++] = e;
             }
-            T_E[h - 1] += x_loc[p];
+            T_E[h - 1] += x_P[p];
             pairs[n++] = p;
         }
         if (n == 0)
@@ -653,7 +654,7 @@ static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int6
             y[q] = 0;
         int64_t y_max = 0;
         for (int64_t j = 0; j < n; j++)
-            y[pl->r_P[pairs[j]] - lo] += x_loc[pairs[j]];
+            y[pl->r_P[pairs[j]] - lo] += x_P[pairs[j]];
         for (int64_t q = 0; q < hi - lo; q++)
             y_max = q == 0 ? y[q] : imax(y_max, y[q]);
         int keep = (double)y_max <= (double)lower_bound(&sub, T_E, forced) * (1.0 + FAST_TOL) + 0.5;
@@ -665,20 +666,6 @@ static int balance_in_nodes(const int64_t *c_QE, const smoe_plan *pl, const int6
     }
     free(ib);
     free(forced);
-    return rc;
-}
-
-/* priced.amounts_node_balanced: the node-local amounts, balanced inside each node. */
-int smoe_amounts_node_balanced(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
-                               int64_t rpn, int64_t *x_P)
-{
-    int64_t *x_loc = alloc((size_t)pl->P, sizeof *x_loc);
-    if (!x_loc)
-        return SMOE_ENOMEM;
-    int rc = smoe_amounts_node_local(c_QE, pl, L_E, rpn, x_loc);
-    if (rc == 0)
-        rc = balance_in_nodes(c_QE, pl, x_loc, rpn, x_P);
-    free(x_loc);
     return rc;
 }
 
