@@ -151,6 +151,76 @@ def test_a_copy_that_does_not_pay_is_not_made():
     assert burst.plan_bursts(c, slots, S, 2, 0, params(N, flops=0.0), 1.05).count == 0
 
 
+GPT = 3 * 768 * 3072  # elements of a GPT-Small expert
+
+
+def h200(N, rpn, intra=3e11, inter=5e10):
+    """H200s running GPT-Small experts in bf16."""
+    return cm.CostParams(
+        ranks=N,
+        ranks_per_node=rpn,
+        token_bytes=2 * 768,
+        expert_bytes=2 * GPT,
+        flops_per_token=6 * GPT,
+        flops_per_s=5.8e14,
+        intra_bw=intra,
+        inter_bw=inter,
+    )
+
+
+def hidden_copy_case():
+    """4 H200s, 2 slots each (rank r holds experts 2r and 2r+1); rank 0 is 36% over the others,
+    less than one whole copy's time in tokens of compute, which the planned slots' compute
+    hides."""
+    L_E = np.array([2200, 1400, 1300, 1350, 1300, 1350, 1300, 1350])
+    return np.tile(L_E // 4, (4, 1)), static_slots(8, 4, 2), 2
+
+
+def test_a_copy_the_planned_compute_hides_is_weighed_as_hidden():
+    c, slots, S = hidden_copy_case()
+    p = h200(4, 0)
+    load_R = np.bincount(np.arange(8) // S, c.sum(axis=0))
+    ms_per_token = 1e3 * p.flops_per_token / p.flops_per_s
+    whole = cm.copy_ms(p, *cm.copy_traffic(p, [0], [1])) / ms_per_token
+    # Priced whole, the copy costs more compute than rank 0 could hand any rank.
+    assert whole > load_R.max() - load_R.min()
+    b = burst.plan_bursts(c, slots, S, 1, 0, p, 1.05)
+    _check_plan(b, c, slots, S, 1, 0)
+    assert b.count >= 1 and b.copy_ms == 0.0
+    assert b.after_ms < 0.9 * b.before_ms
+    # Links slow enough that the copy shows: none is made.
+    slow = burst.plan_bursts(c, slots, S, 1, 0, h200(4, 0, intra=2e10), 1.05)
+    assert slow.count == 0
+
+
+def home_node_case():
+    """8 H200s in 2 nodes of 4, 2 slots each. Expert 2 is hot and held on rank 1 (node 0) and
+    rank 5 (node 1); rank 1 is the busiest, node 1's ranks the lightest."""
+    slots = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 10, 11, 12, 13, 14])
+    L_E = np.array([1000, 1000, 4000, 1500, 1000, 1000, 1000, 1000] + [600] * 7)
+    L_E[10] = 500
+    return np.tile(L_E // 8, (8, 1)), slots, 2, 4
+
+
+@pytest.mark.parametrize("inter", [1.25e10, 5e10])
+def test_the_busiest_ranks_expert_bursts_in_its_own_node(inter):
+    """The split sends a node's tokens for an expert to the node's own replicas first: a replica
+    in the lighter node would not take rank 1's tokens off it."""
+    c, slots, S, rpn = home_node_case()
+    p = h200(8, rpn, inter=inter)
+    b = burst.plan_bursts(c, slots, S, 1, rpn, p, 1.05)
+    _check_plan(b, c, slots, S, 1, rpn, p)
+    node = np.arange(8) // rpn
+    assert any(
+        e == 2 and q == 1 and node[d] == 0
+        for e, q, d in zip(b.expert_C, b.src_C, b.dst_C, strict=True)
+    ), b
+    before = split_rank_loads(c, slots, S, rpn, "auto", p).max()
+    after = split_rank_loads(burst.pad_counts(c), b.slots_K, b.slots_per_rank, rpn, "auto", p)
+    assert after.max() < before
+    assert b.after_ms < b.before_ms
+
+
 def test_slow_links_between_nodes_keep_copies_in_the_node():
     N, E, S, rpn = 8, 16, 2, 4
     slots = static_slots(E, N, S)  # expert 3 on rank 1 (node 0)

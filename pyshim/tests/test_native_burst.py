@@ -131,8 +131,19 @@ def test_a_planned_split_of_another_shape_is_refused():
 
 def test_the_h200_cases_of_the_numpy_tests(use_lib):
     """The moved hot sets of test_burst.py (16 H200s in 2 nodes), where both lists and both
-    starts of the priced split make bursts."""
-    from test_burst import _h200_case
+    starts of the priced split make bursts, and its hand cases of hidden copies and of the
+    busiest rank's own node."""
+    from test_burst import _h200_case, h200, hidden_copy_case, home_node_case
+
+    c, slots, S = hidden_copy_case()
+    for intra in (3e11, 2e10):
+        args = (c, slots, S, 1, 0, h200(4, 0, intra=intra), 1.05)
+        _same(burst.plan_bursts(*args, native=True), burst.plan_bursts(*args, native=False))
+    c, slots, S, rpn = home_node_case()
+    for inter in (1.25e10, 5e10):
+        for method in ("fast", "auto"):
+            args = (c, slots, S, 1, rpn, h200(8, rpn, inter=inter), 1.05, method)
+            _same(burst.plan_bursts(*args, native=True), burst.plan_bursts(*args, native=False))
 
     for seed in range(8):
         for inter in (1.25e10, 5e10):

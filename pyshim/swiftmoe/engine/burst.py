@@ -14,10 +14,13 @@ How it decides (all from the counts, the placement and the parameters):
 1. the split's rank loads on the planned placement (``load_R``, or the split's stage 1 when not
    given); nothing more happens when their max over mean is at most ``threshold``;
 2. a greedy list of bursts: the busiest rank gives part of one of its experts (the one that
-   moves the most tokens) to a new replica on the rank that ends up least loaded, counting the
-   copy's cost in tokens of compute against a destination that must copy across nodes; a rank
-   never receives a burst of an expert it holds, nor more than B bursts; the list stops when
-   the busiest rank is within 0.5% of the mean, or cannot be helped;
+   moves the most tokens) to a new replica on the rank that ends up least loaded, in the
+   busiest rank's own node when one of its ranks can take the expert (the split sends a
+   node's tokens to the node's replicas first), counting against the destination what its
+   planned slots' compute leaves exposed of the copy (``costmodel.copy_exposed_ms``, within
+   or across nodes), in tokens of compute; a rank never receives a burst of an expert it
+   holds, nor more than B bursts; the list stops when the busiest rank is within 0.5% of the
+   mean, or cannot be helped;
 3. the whole list, and the prefix the greedy's estimate prefers (compute_ms of the estimated
    busiest rank + copy_ms of the prefix's copies: the lists price each copy whole), are
    priced with the engine's own split and the cost model: compute + all-to-all of the
@@ -377,9 +380,12 @@ def _greedy(
     them the estimate says to make (module step 2).
 
     The estimate: each burst moves tokens of one expert from the busiest rank to its new
-    replica (at most half their gap, less the copy's cost in tokens); a prefix of the list is
-    priced as compute_ms of the estimated busiest rank plus copy_ms of its copies, and the
-    cheapest prefix wins (ties: the shorter).
+    replica (at most half their gap, less the copy's exposed cost in tokens); a prefix of the
+    list is priced as the busiest rank's compute with what its copies leave exposed (rank r:
+    its tokens' compute + _exposed of its copies' one-way time, as copy_exposed_ms weighs
+    them), and the cheapest prefix wins (ties: the shorter). A copy priced whole would stop
+    the list where the copies hide behind the planned slots' compute: on the simulator's E=32
+    rows that left the busiest rank up to 12% over the mean.
     """
     N, E = c_QE.shape
     node_R = cm.node_of(params)
@@ -390,23 +396,29 @@ def _greedy(
     A = np.bincount(rank_K * E + slots, demand_K, minlength=N * E).reshape(N, E)
     est = A.sum(axis=1)
     goal = est.sum() / N * (1.0 + _GOAL_TOL)
-    # A copy's cost in tokens of compute on the busiest rank: the destination's score adds it,
-    # dearer across nodes. pen_ER: intra when a planned holder of e (a source) shares r's node.
+    # A copy's cost: what the planned slots' compute leaves exposed of it on its destination
+    # (costmodel.copy_exposed_ms), in tokens of compute: the destination's score adds it, within
+    # its node when a planned holder of e (a source) shares r's node, else across.
     ms_per_token = 1e3 * params.flops_per_token / params.flops_per_s
-    intra = 2e3 * params.expert_bytes / params.intra_bw if params.intra_bw > 0 else 0.0
-    inter = 2e3 * params.expert_bytes / params.inter_bw if params.inter_bw > 0 else 0.0
+    one_intra = 1e3 * params.expert_bytes / params.intra_bw if params.intra_bw > 0 else 0.0
+    one_inter = 1e3 * params.expert_bytes / params.inter_bw if params.inter_bw > 0 else 0.0
     in_node_EM = np.zeros((E, int(node_R.max()) + 1), dtype=bool)
     in_node_EM[slots, node_R[rank_K]] = True
-    pen_ER = np.where(in_node_EM[:, node_R], intra, inter) / ms_per_token
     # Planned holders, the sources: expert e's are by_e[first_E[e]:first_E[e+1]] (by rank).
     by_e = rank_K[np.argsort(slots, kind="stable")]
     first_E = np.concatenate(([0], np.cumsum(np.bincount(slots, minlength=E))))
     free = np.full(N, B)
     sent = np.zeros(N, dtype=np.int64)  # copies each rank has sent: spread the sources
-    # Copies each rank sends / receives within (intra) and across (inter) nodes, and the most
-    # any rank moves in each tier: copy_ms of the list so far, kept up to date.
+    planned_R = est.astype(np.float64)  # tokens on each rank's planned slots
+    planned_NE = held.copy()
+    # Copies each rank sends / receives within (intra) and across (inter) nodes, and a rank's
+    # one-way copy time from them; got: one copy more received.
     intra_SR, inter_SR = np.zeros((2, N)), np.zeros((2, N))
-    most_intra = most_inter = 0.0
+    got = np.array([[0.0], [1.0]])
+
+    def one_way(intra, inter):
+        return np.maximum(intra.max(axis=0) * one_intra, inter.max(axis=0) * one_inter)
+
     out: list[tuple] = []
     best_n, best_ms = 0, ms_per_token * float(est.max())
     while len(out) < N * B:
@@ -414,8 +426,15 @@ def _greedy(
         if est[h] <= goal:
             break
         e_C = np.flatnonzero(A[h] > 0)  # the busiest rank's experts
+        pen_in = _exposed(one_way(intra_SR + got, inter_SR), planned_R, ms_per_token)
+        pen_out = _exposed(one_way(intra_SR, inter_SR + got), planned_R, ms_per_token)
+        pen_CR = np.where(in_node_EM[e_C][:, node_R], pen_in, pen_out) / ms_per_token
         ok_CR = (free > 0)[None, :] & ~held[:, e_C].T
-        score_CR = np.where(ok_CR, est[None, :] + pen_ER[e_C], np.inf)
+        # In the busiest rank's node when it can take the expert: the split moves its tokens
+        # to a replica in its own node before one across nodes.
+        home_CR = ok_CR & (node_R == node_R[h])[None, :]
+        ok_CR = np.where(home_CR.any(axis=1)[:, None], home_CR, ok_CR)
+        score_CR = np.where(ok_CR, est[None, :] + pen_CR, np.inf)
         d_C = np.argmin(score_CR, axis=1)  # ties: the lowest rank
         move_C = np.minimum(A[h, e_C], (est[h] - score_CR[np.arange(e_C.size), d_C]) / 2.0)
         if e_C.size == 0 or not np.isfinite(move_C).any():
@@ -433,21 +452,27 @@ def _greedy(
         tier = intra_SR if node_R[q] == node_R[d] else inter_SR
         tier[0, q] += 1
         tier[1, d] += 1
-        most = max(tier[0, q], tier[1, d])
-        if tier is intra_SR:
-            most_intra = max(most_intra, most)
-        else:
-            most_inter = max(most_inter, most)
+        if planned_NE[h, e]:
+            planned_R[h] -= move
         A[h, e] -= move
         A[d, e] += move
         est[h] -= move
         est[d] += move
         held[d, e] = True
         free[d] -= 1
-        t = ms_per_token * float(est.max()) + max(most_intra * intra, most_inter * inter)
+        c_R = one_way(intra_SR, inter_SR)
+        t = float((ms_per_token * est + _exposed(c_R, planned_R, ms_per_token)).max())
         if t < best_ms:
             best_n, best_ms = len(out), t
     return out, best_n
+
+
+def _exposed(c_R, planned_R, ms_per_token: float):
+    """What a one-way copy time c_R (ms) per rank leaves exposed beside the planned slots'
+    compute (planned_R tokens): costmodel.copy_exposed_ms's T_r - (P_r + B_r), per rank."""
+    p = planned_R * ms_per_token
+    f = cm.FORWARD_SHARE
+    return np.maximum(c_R - f * p, 0.0) + np.maximum(c_R - (1.0 - f) * p, 0.0)
 
 
 def _local(

@@ -262,6 +262,19 @@ static int holders(const ctx_t *x, int64_t *by_e, int64_t *first_E) {
     return 0;
 }
 
+/* burst._exposed: what a one-way copy time c (ms) leaves exposed beside planned tokens of compute */
+static double exposed(double c, double planned, double ms_per_token) {
+    double p = planned * ms_per_token, f = FORWARD_SHARE;
+    double a = c - f * p, b = c - (1.0 - f) * p;
+    return (a >= 0.0 ? a : 0.0) + (b >= 0.0 ? b : 0.0); /* np.maximum(., 0.0) */
+}
+
+/* a rank's one-way copy time from the copies it sends and receives within (is, ir) and across
+ * (xs, xr) nodes, oi and ox ms each */
+static double one_way(double is, double ir, double xs, double xr, double oi, double ox) {
+    return dmax(dmax(is, ir) * oi, dmax(xs, xr) * ox);
+}
+
 /* burst._greedy: the compute list (out) and how many of it the estimate says to make. */
 static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_est) {
     int64_t N = x->N, E = x->E, S = x->S, K = N * S;
@@ -269,13 +282,15 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
     int rc = 0;
     unsigned char *held = zalloc(N * E, 1), *in_node = zalloc(E * x->M, 1);
     double *A = zalloc(N * E, sizeof(double)), *est = zalloc(N, sizeof(double));
-    double *pen = zalloc(E * N, sizeof(double)), *move_C = zalloc(E, sizeof(double));
+    double *pen = zalloc(2 * N, sizeof(double)), *move_C = zalloc(E, sizeof(double));
+    double *planned_R = zalloc(N, sizeof(double));
+    unsigned char *planned = zalloc(N * E, 1);
     int64_t *by_e = zalloc(K, sizeof(int64_t)), *first_E = zalloc(E + 1, sizeof(int64_t));
     int64_t *free_R = zalloc(N, sizeof(int64_t)), *sent = zalloc(N, sizeof(int64_t));
     int64_t *d_C = zalloc(E, sizeof(int64_t)), *e_C = zalloc(E, sizeof(int64_t));
     double *tier = zalloc(4 * N, sizeof(double)); /* intra sent, intra recv, inter sent, recv */
     if (!held || !in_node || !A || !est || !pen || !move_C || !by_e || !first_E || !free_R ||
-        !sent || !d_C || !e_C || !tier) {
+        !sent || !d_C || !e_C || !tier || !planned_R || !planned) {
         rc = SMOE_ENOMEM;
         goto done;
     }
@@ -293,14 +308,17 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
     }
     double goal = total / (double)N * (1.0 + GOAL_TOL);
     double ms_per_token = 1e3 * p->flops_per_token / p->flops_per_s;
-    double intra = p->intra_bw > 0 ? 2e3 * p->expert_bytes / p->intra_bw : 0.0;
-    double inter = p->inter_bw > 0 ? 2e3 * p->expert_bytes / p->inter_bw : 0.0;
-    for (int64_t e = 0; e < E; e++) {
-        for (int64_t r = 0; r < N; r++)
-            pen[e * N + r] = (in_node[e * x->M + x->node_R[r]] ? intra : inter) / ms_per_token;
-    }
+    /* one copy's one-way time within and across nodes */
+    double oi = p->intra_bw > 0 ? 1e3 * p->expert_bytes / p->intra_bw : 0.0;
+    double ox = p->inter_bw > 0 ? 1e3 * p->expert_bytes / p->inter_bw : 0.0;
+    double mpt = ms_per_token;
+    for (int64_t r = 0; r < N; r++) planned_R[r] = est[r];
+    memcpy(planned, held, (size_t)(N * E));
+    /* what a copy leaves exposed on each rank, within its node (pen_in) and across (pen_out) */
+    double *pen_in = pen, *pen_out = pen + N;
+    const double *isent = tier, *irecv = tier + N, *xsent = tier + 2 * N, *xrecv = tier + 3 * N;
     if ((rc = holders(x, by_e, first_E)) < 0) goto done;
-    double most_intra = 0.0, most_inter = 0.0, emax = 0.0;
+    double emax = 0.0;
     for (int64_t r = 0; r < N; r++)
         if (r == 0 || est[r] > emax) emax = est[r];
     int64_t best_n = 0;
@@ -311,14 +329,26 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         for (int64_t r = 1; r < N; r++)
             if (est[r] > est[h]) h = r;
         if (est[h] <= goal) break;
-        int64_t nc = 0, c = -1;
+        for (int64_t r = 0; r < N; r++) {
+            double pr = planned_R[r];
+            pen_in[r] = exposed(one_way(isent[r], irecv[r] + 1.0, xsent[r], xrecv[r], oi, ox), pr, mpt);
+            pen_out[r] = exposed(one_way(isent[r], irecv[r], xsent[r], xrecv[r] + 1.0, oi, ox), pr, mpt);
+        }
+        int64_t nc = 0, c = -1, hn = x->node_R[h];
         int finite = 0;
         for (int64_t e = 0; e < E; e++) {
             if (!(A[h * E + e] > 0)) continue;
+            /* in the busiest rank's node when one of its ranks can take e */
+            int home = 0;
+            for (int64_t r = 0; r < N && !home; r++)
+                home = x->node_R[r] == hn && free_R[r] > 0 && !held[r * E + e];
             int64_t d = 0;
             double sc = INFINITY;
             for (int64_t r = 0; r < N; r++) {
-                double v = (free_R[r] > 0 && !held[r * E + e]) ? est[r] + pen[e * N + r] : INFINITY;
+                int ok = free_R[r] > 0 && !held[r * E + e] && (!home || x->node_R[r] == hn);
+                double v = ok ? est[r] + (in_node[e * x->M + x->node_R[r]] ? pen_in[r] : pen_out[r]) /
+                                             ms_per_token
+                              : INFINITY;
                 if (v < sc) {
                     sc = v;
                     d = r;
@@ -354,18 +384,19 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         double *t = in ? tier : tier + 2 * N;
         t[q] += 1.0;
         t[N + d] += 1.0;
-        double most = dmax(t[q], t[N + d]);
-        if (in) most_intra = dmax(most_intra, most);
-        else most_inter = dmax(most_inter, most);
+        if (planned[h * E + e]) planned_R[h] -= move;
         A[h * E + e] -= move;
         A[d * E + e] += move;
         est[h] -= move;
         est[d] += move;
         held[d * E + e] = 1;
         free_R[d]--;
-        for (int64_t r = 0; r < N; r++)
-            if (r == 0 || est[r] > emax) emax = est[r];
-        double tt = ms_per_token * emax + dmax(most_intra * intra, most_inter * inter);
+        double tt = 0.0;
+        for (int64_t r = 0; r < N; r++) {
+            double c_r = one_way(isent[r], irecv[r], xsent[r], xrecv[r], oi, ox);
+            double v = mpt * est[r] + exposed(c_r, planned_R[r], mpt);
+            if (r == 0 || v > tt) tt = v;
+        }
         if (tt < best_ms) {
             best_n = out->n;
             best_ms = tt;
@@ -378,6 +409,8 @@ done:
     free(A);
     free(est);
     free(pen);
+    free(planned_R);
+    free(planned);
     free(move_C);
     free(by_e);
     free(first_E);
