@@ -193,6 +193,22 @@ def test_a_copy_the_planned_compute_hides_is_weighed_as_hidden():
     assert slow.count == 0
 
 
+def test_the_list_makes_no_burst_that_moves_less_than_the_goals_tolerance():
+    """Rank 0 is 0.6% over the mean, the lightest ranks 0.3% under: a burst would move 144
+    tokens, less than the goal's tolerance of the mean (160), so the list has none, though the
+    links are so fast that the copy costs nothing (the split's own tolerance is wider)."""
+    slots = np.asarray(static_slots(8, 4, 2))
+    L_E = np.array([1006, 1006, 1000, 1000, 997, 997, 997, 997]) * 4
+    c = np.tile(L_E, (4, 1))
+    fast = h200(4, 0, intra=1e15, inter=1e15)
+    # One replica of each expert: its slot's demand is all of the expert's tokens.
+    assert burst._greedy(c, slots, c.sum(axis=0), 2, 1, fast) == ([], 0)
+    # 1.6% over the mean: a move of 384 tokens is listed.
+    c[:, :2] += 40
+    bursts, n = burst._greedy(c, slots, c.sum(axis=0), 2, 1, fast)
+    assert bursts[:1] == [(0, 0, 2)] and n >= 1
+
+
 def home_node_case():
     """8 H200s in 2 nodes of 4, 2 slots each. Expert 2 is hot and held on rank 1 (node 0) and
     rank 5 (node 1); rank 1 is the busiest, node 1's ranks the lightest."""

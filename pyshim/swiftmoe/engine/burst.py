@@ -396,6 +396,9 @@ def _greedy(
     A = np.bincount(rank_K * E + slots, demand_K, minlength=N * E).reshape(N, E)
     est = A.sum(axis=1)
     goal = est.sum() / N * (1.0 + _GOAL_TOL)
+    # A burst must move at least the goal's tolerance of the mean: with copies hidden, smaller
+    # moves cost nothing in the estimate and would lengthen the list for no gain.
+    least = max(1.0, est.sum() / N * _GOAL_TOL)
     # A copy's cost: what the planned slots' compute leaves exposed of it on its destination
     # (costmodel.copy_exposed_ms), in tokens of compute: the destination's score adds it, within
     # its node when a planned holder of e (a source) shares r's node, else across.
@@ -441,7 +444,7 @@ def _greedy(
             break
         c = int(np.argmax(np.where(np.isfinite(move_C), move_C, -np.inf)))  # ties: lowest e
         move, e, d = float(move_C[c]), int(e_C[c]), int(d_C[c])
-        if move < 1.0:
+        if move < least:
             break
         cand = by_e[first_E[e] : first_E[e + 1]]
         same = cand[node_R[cand] == node_R[d]]

@@ -307,6 +307,7 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         free_R[r] = x->B;
     }
     double goal = total / (double)N * (1.0 + GOAL_TOL);
+    double least = dmax(1.0, total / (double)N * GOAL_TOL); /* a burst's smallest move */
     double ms_per_token = 1e3 * p->flops_per_token / p->flops_per_s;
     /* one copy's one-way time within and across nodes */
     double oi = p->intra_bw > 0 ? 1e3 * p->expert_bytes / p->intra_bw : 0.0;
@@ -367,7 +368,7 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         if (nc == 0 || !finite) break;
         double move = move_C[c];
         int64_t e = e_C[c], d = d_C[c];
-        if (move < 1.0) break;
+        if (move < least) break;
         /* the source: a holder in d's node when one is, fewest copies sent, then the first */
         int64_t q = -1, lo = first_E[e], hi = first_E[e + 1];
         int same = 0;
