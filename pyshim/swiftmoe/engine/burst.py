@@ -20,7 +20,7 @@ How it decides (all from the counts, the placement and the parameters):
    planned slots' compute leaves exposed of the copy (``costmodel.copy_exposed_ms``, within
    or across nodes), in tokens of compute; a rank never receives a burst of an expert it
    holds, nor more than B bursts; the list stops when the busiest rank is within 0.5% of the
-   mean, or cannot be helped;
+   mean, or cannot be helped, or the next burst would move less than 0.5% of the mean;
 3. the whole list, and the prefix the greedy's estimate prefers (compute_ms of the estimated
    busiest rank + copy_ms of the prefix's copies: the lists price each copy whole), are
    priced with the engine's own split and the cost model: compute + all-to-all of the
