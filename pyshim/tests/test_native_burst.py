@@ -119,6 +119,38 @@ def test_the_decision_from_a_ranks_own_split_is_the_same(use_lib):
     assert made >= 40, made
 
 
+def test_the_simulators_split_starts_the_same_decision(use_lib):
+    """swiftmoe sim passes its own split's stage 1 (split_traffic's planned, through the Flow)
+    into the decision, as the engine passes a rank's: the same stage 1 as a rank's split, and
+    the same decision as one made from scratch."""
+    from types import SimpleNamespace
+
+    from swiftmoe.sim import model
+    from swiftmoe.sim.traffic import split_traffic
+
+    rng = np.random.default_rng(5)
+    made = 0
+    for i in range(120):
+        c, slots, S, B, rpn, p, thr, method = _case(rng)
+        tr = split_traffic(c, slots, S, rpn, method, weighted=False, cost=p)
+        rs = split_tokens_for_rank(c, slots, S, 0, rpn, method, p, native=False)
+        np.testing.assert_array_equal(tr.planned.demand_K, rs.planned.demand_K)
+        assert (tr.planned.ms, tr.planned.sums is None) == (rs.planned.ms, rs.planned.sums is None)
+        if rs.planned.sums is not None:
+            for a, b in zip(tr.planned.sums, rs.planned.sums, strict=True):
+                np.testing.assert_array_equal(a, b)
+        flow = model.flow_of(SimpleNamespace(gpus=c.shape[0]), S, tr)  # the Flow uses gpus
+        assert flow.planned is tr.planned
+        want = burst.plan_bursts(c, slots, S, B, rpn, p, thr, method, native=False)
+        got = burst.plan_bursts(c, slots, S, B, rpn, p, thr, method, planned=flow.planned)
+        try:
+            _same(got, want)
+        except AssertionError as e:
+            raise AssertionError(f"case {i}: {e}") from e
+        made += want.count > 0
+    assert made >= 20, made
+
+
 def test_a_planned_split_of_another_shape_is_refused():
     c = np.array([[900, 10, 10, 0], [900, 10, 10, 0]], dtype=np.int64)
     slots = np.array([0, 1, 0, 2], dtype=np.int64)

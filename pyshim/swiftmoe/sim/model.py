@@ -203,7 +203,8 @@ class Flow:
     received from (ri_R) other ranks of its node, sent to (se_R) and received from (re_R) other
     nodes (a rank's own tokens do not travel); per piece [F], its source q_F, destination rank
     r_F and its amount if it stays on the node between two ranks (intra_F, else 0) or leaves it
-    (inter_F, else 0), for padding that rescales what each rank receives.
+    (inter_F, else 0), for padding that rescales what each rank receives. ``planned``: the split's
+    stage 1 (``split.Planned``) when the flow came from split_traffic's sums, else None.
     """
 
     __slots__ = (
@@ -216,6 +217,7 @@ class Flow:
         "r_F",
         "intra_F",
         "inter_F",
+        "planned",
         "_traffic",
     )
 
@@ -236,6 +238,7 @@ class Flow:
         self.se_R = _sum_by(q_F, self.inter_F, N)
         self.re_R = _sum_by(r_F, self.inter_F, N)
         self.q_F, self.r_F = q_F, r_F
+        self.planned = None
         self._traffic = None
 
     @classmethod
@@ -249,6 +252,7 @@ class Flow:
         f.si_R, f.ri_R = tr.si_Q.astype(np.float64), tr.ri_R.astype(np.float64)
         f.se_R, f.re_R = tr.se_Q.astype(np.float64), tr.re_R.astype(np.float64)
         f.q_F = f.r_F = f.intra_F = f.inter_F = None
+        f.planned = tr.planned
         f._traffic = tr
         return f
 

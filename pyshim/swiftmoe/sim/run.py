@@ -247,6 +247,7 @@ def _burst_layer(
         cfg.burst_threshold,
         method=cfg.split_method,
         load_R=load_R,
+        planned=flow.planned,  # the split made above, as the engine passes its own
     )
     took_ms = (time.perf_counter() - t0) * 1e3
     charge = (took_ms if cfg.decision_measured else cfg.decision_ms) if decided else 0.0

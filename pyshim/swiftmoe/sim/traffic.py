@@ -19,6 +19,7 @@ import torch
 
 from swiftmoe.engine.split.demand import priced_demand
 from swiftmoe.engine.split.plan_index import PlanIndex
+from swiftmoe.engine.split.rank import planned_of
 from swiftmoe.engine.split.tiers import (
     Tiers,
     check_routed,
@@ -40,7 +41,9 @@ class SplitTraffic:
     to other ranks of its node / to other nodes; ri_R / re_R the same received per rank. They
     equal the sums over the pieces of the whole flow (the tests check them against it). ``sent_weighted(w_R)`` gives (si, se) with
     every piece weighted by w_R of its destination rank (float64), as the same sums would; it
-    needs ``weighted`` (split_traffic's argument).
+    needs ``weighted`` (split_traffic's argument). ``planned``: the split's stage 1
+    (``split.Planned``: demand, price and tier sums), which the burst decision on the same
+    placement starts from (``burst.plan_bursts(planned=...)``); set by split_traffic.
 
     Sums, not pieces: the local tier keeps its tokens on their rank. After it, a (expert, rank)
     pair has either no tokens left or no slot demand left, so the node tier sends none of a
@@ -78,6 +81,9 @@ class SplitTraffic:
             self.se_Q = np.zeros(N, dtype=np.int64)
             self.re_R = np.zeros(N, dtype=np.int64)
         self._da = t.da_D
+        # The split's stage 1 as the burst decision takes it (split.Planned), where
+        # split_traffic made the split.
+        self.planned = None
         self._weighting = self._weighting_of(c_QE, t, ranks_per_node) if weighted else None
 
     def _weighting_of(self, c_QE, t: Tiers, ranks_per_node: int):
@@ -165,4 +171,6 @@ def split_traffic(
         counts_QE, slots, slots_per_rank, ranks_per_node, method, cost
     )
     t = None if priced is None else priced.tiers
-    return SplitTraffic(c_QE, plan, demand_K, rpn, weighted, t)
+    tr = SplitTraffic(c_QE, plan, demand_K, rpn, weighted, t)
+    tr.planned = planned_of(demand_K, priced)
+    return tr

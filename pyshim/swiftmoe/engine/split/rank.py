@@ -36,6 +36,14 @@ class Planned(NamedTuple):
     sums: tuple | None = None
 
 
+def planned_of(demand_K: np.ndarray, priced) -> Planned:
+    """The Planned of a split's stage 1: its demand, and its price and tier sums where
+    ``priced`` (``split.priced.Priced``, or None) priced it."""
+    if priced is None:
+        return Planned(demand_K, None, None)
+    return Planned(demand_K, priced.ms, tuple(priced.sums))
+
+
 class RankSplit(NamedTuple):
     """One rank's part of a split (int64 CPU tensors, and a flag).
 
@@ -178,9 +186,7 @@ def split_tokens_for_rank(
     t = None if priced is None else priced.tiers  # the priced split summed them already
     send_K, recv_QS = route_rank(c_QE, plan, demand_K, rpn, rank, t)
     local = priced is not None and priced.node_local
-    planned = Planned(demand_K, None, None)
-    if priced is not None:
-        planned = Planned(demand_K, priced.ms, tuple(priced.sums))
+    planned = planned_of(demand_K, priced)
     return RankSplit(
         torch.from_numpy(send_K), torch.from_numpy(recv_QS), load_R(plan, demand_K), local, planned
     )
