@@ -57,7 +57,9 @@ func (b *stepBound) value() float64 {
 	compute := c.computeMsOf(hi)
 	if c.burstSlots > 0 && c.pricesCompute() {
 		level := max(burstGoal*sm.total/float64(sm.n), b.nodeLoad/g)
-		compute = min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs())
+		// The copy lands on a rank loaded at most level (its node's
+		// lightest): priced at level, it is no dearer than the estimate's.
+		compute = min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs(level))
 	}
 	cross := max(b.sendRecv/g, b.run)
 	return compute + 4*1e3*cross*c.tokenBytes/c.interBW

@@ -1,5 +1,7 @@
 package swiftmoe
 
+import "slices"
+
 // stepModel estimates the step time of a layer's placement with the cost
 // model: the busiest rank's compute plus the token all-to-all, its traffic
 // routed as the engine's split routes it (pyshim/swiftmoe/engine/split/
@@ -238,17 +240,20 @@ const burstGoal = 1.005
 // copies overloaded experts to the least-loaded ranks, a node's own first
 // (a copy within a node costs little against the compute it moves), so the
 // busiest rank comes down to about its node's mean, at the price of a copy
-// within the node. The engine makes no burst that does not pay: the lower of
-// the two.
+// within the node onto that node's least-loaded rank. The engine makes no
+// burst that does not pay: the lower of the two.
 func (sm *stepModel) burstCompute(compute float64) float64 {
 	c := &sm.cm
 	if c.burstSlots <= 0 || !c.pricesCompute() {
 		return compute
 	}
 	var total, hi float64
-	for _, l := range sm.load {
+	busiest := 0
+	for r, l := range sm.load {
 		total += l
-		hi = max(hi, l)
+		if l > hi {
+			hi, busiest = l, r
+		}
 	}
 	mean := total / float64(sm.n)
 	if mean <= 0 || hi <= max(1, c.burstThreshold)*mean {
@@ -262,16 +267,29 @@ func (sm *stepModel) burstCompute(compute float64) float64 {
 		}
 		level = max(level, node/float64(sm.g))
 	}
-	return min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs())
+	home := busiest / sm.g * sm.g
+	lightest := slices.Min(sm.load[home : home+sm.g])
+	return min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs(lightest))
 }
 
-// burstCopyMs is the price burstCompute puts on the bursts: one copy within
-// a node.
-func (sm *stepModel) burstCopyMs() float64 {
+// forwardShare is the forward pass's share of a slot's compute, which hides
+// a burst's copy (the backward's hides its gradient's return):
+// engine/costmodel.py's FORWARD_SHARE.
+const forwardShare = 1.0 / 3.0
+
+// burstCopyMs is the price burstCompute puts on the bursts: what one copy
+// within a node leaves exposed beside the planned compute of the rank it
+// lands on (planned tokens), as the engine prices it
+// (costmodel.copy_exposed_ms): the forward hides the copy behind a third of
+// that compute, the backward its gradient's return behind two thirds. It
+// falls as planned grows.
+func (sm *stepModel) burstCopyMs(planned float64) float64 {
 	if sm.cm.intraBW <= 0 {
 		return 0
 	}
-	return 2 * 1e3 * sm.cm.expertBytes / sm.cm.intraBW
+	c := 1e3 * sm.cm.expertBytes / sm.cm.intraBW
+	p := sm.cm.computeMsOf(planned)
+	return max(0, c-forwardShare*p) + max(0, c-(1-forwardShare)*p)
 }
 
 // score is the estimated step time of dst.
