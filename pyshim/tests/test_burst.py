@@ -266,17 +266,7 @@ def _h200_case(seed, inter):
     p_E = np.ones(E)
     p_E[rng.choice(E, 5, replace=False)] = E / 5
     c = rng.multinomial(4096 * 8, p_E / p_E.sum(), size=N)
-    p = cm.CostParams(
-        ranks=N,
-        ranks_per_node=rpn,
-        token_bytes=2 * 768,
-        expert_bytes=2 * 3 * 768 * 3072,
-        flops_per_token=6 * 3 * 768 * 3072,
-        flops_per_s=5.8e14,
-        intra_bw=3e11,
-        inter_bw=inter,
-    )
-    return c, slots, S, rpn, p
+    return c, slots, S, rpn, h200(N, rpn, inter=inter)
 
 
 # Since the node tier spreads a node's intake over its replicas (engine/split/tiers.py), and
