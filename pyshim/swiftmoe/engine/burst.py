@@ -21,12 +21,11 @@ How it decides (all from the counts, the placement and the parameters):
    or across nodes), in tokens of compute; a rank never receives a burst of an expert it
    holds, nor more than B bursts; the list stops when the busiest rank is within 0.5% of the
    mean, or cannot be helped, or the next burst would move less than 0.5% of the mean;
-3. the whole list, and the prefix the greedy's estimate prefers (compute_ms of the estimated
-   busiest rank + copy_ms of the prefix's copies: the lists price each copy whole), are
-   priced with the engine's own split and the cost model: compute + all-to-all of the
-   enlarged placement + what the planned slots' compute leaves exposed of the copies
-   (``costmodel.copy_exposed_ms``: the engine runs the copy while the planned slots' GEMMs
-   do); the cheaper is made if it beats the planned placement (ties: fewer bursts), else
+3. the whole list, and the prefix the greedy's estimate prefers (the estimated busiest rank's
+   compute with what the prefix's copies leave exposed, rank by rank), are priced with the
+   engine's own split and the cost model: compute + all-to-all of the enlarged placement +
+   what the planned slots' compute leaves exposed of the copies (``costmodel.copy_exposed_ms``:
+   the engine runs the copy while the planned slots' GEMMs do); the cheaper is made if it beats the planned placement (ties: fewer bursts), else
    halves are tried, down to none. A burst the split leaves without tokens is dropped;
 4. on more than one node, with the links between nodes priced, a second list for locality
    (:func:`_local`): a newly hot expert that the plan holds in one node makes the other nodes

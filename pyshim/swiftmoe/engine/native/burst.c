@@ -332,8 +332,10 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         if (est[h] <= goal) break;
         for (int64_t r = 0; r < N; r++) {
             double pr = planned_R[r];
-            pen_in[r] = exposed(one_way(isent[r], irecv[r] + 1.0, xsent[r], xrecv[r], oi, ox), pr, mpt);
-            pen_out[r] = exposed(one_way(isent[r], irecv[r], xsent[r], xrecv[r] + 1.0, oi, ox), pr, mpt);
+            double in1 = one_way(isent[r], irecv[r] + 1.0, xsent[r], xrecv[r], oi, ox);
+            double out1 = one_way(isent[r], irecv[r], xsent[r], xrecv[r] + 1.0, oi, ox);
+            pen_in[r] = exposed(in1, pr, mpt);
+            pen_out[r] = exposed(out1, pr, mpt);
         }
         int64_t nc = 0, c = -1, hn = x->node_R[h];
         int finite = 0;
@@ -347,9 +349,8 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
             double sc = INFINITY;
             for (int64_t r = 0; r < N; r++) {
                 int ok = free_R[r] > 0 && !held[r * E + e] && (!home || x->node_R[r] == hn);
-                double v = ok ? est[r] + (in_node[e * x->M + x->node_R[r]] ? pen_in[r] : pen_out[r]) /
-                                             ms_per_token
-                              : INFINITY;
+                double pen = in_node[e * x->M + x->node_R[r]] ? pen_in[r] : pen_out[r];
+                double v = ok ? est[r] + pen / mpt : INFINITY;
                 if (v < sc) {
                     sc = v;
                     d = r;
