@@ -217,7 +217,6 @@ class Flow:
         "r_F",
         "intra_F",
         "inter_F",
-        "planned",
         "_traffic",
     )
 
@@ -238,7 +237,6 @@ class Flow:
         self.se_R = _sum_by(q_F, self.inter_F, N)
         self.re_R = _sum_by(r_F, self.inter_F, N)
         self.q_F, self.r_F = q_F, r_F
-        self.planned = None
         self._traffic = None
 
     @classmethod
@@ -252,9 +250,14 @@ class Flow:
         f.si_R, f.ri_R = tr.si_Q.astype(np.float64), tr.ri_R.astype(np.float64)
         f.se_R, f.re_R = tr.se_Q.astype(np.float64), tr.re_R.astype(np.float64)
         f.q_F = f.r_F = f.intra_F = f.inter_F = None
-        f.planned = tr.planned
         f._traffic = tr
         return f
+
+    @property
+    def planned(self):
+        """The split's stage 1 (``split.Planned``) when the flow came from split_traffic's sums,
+        else None."""
+        return None if self._traffic is None else self._traffic.planned
 
     def sent_weighted(self, w_R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(si, se) [N]: tokens each rank sends within / across nodes, weighted by w_R[dest]."""
