@@ -236,23 +236,74 @@ func TestStepModelLeavesNodeImbalanceToBursts(t *testing.T) {
 	if without != 300 { // 1e3 * 1 * 300 / 1e3
 		t.Fatalf("compute without bursts: got %v, want 300", without)
 	}
+	// Within the nodes, rank 0 takes in rank 1's 75 tokens of the hot
+	// expert and sends it 25 of expert 1; rank 1 the reverse.
+	checkIntra(t, "without bursts", &sm, []float64{25, 75, 25, 25}, []float64{75, 25, 25, 25})
 	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
 	_, with, _ := sm.eval(dst)
-	// Node 0's mean; the copy (1 ms each way) hides behind the 100 ms of
-	// the rank it lands on (node 0's lightest).
-	if with != 200 {
-		t.Errorf("compute with bursts: got %v, want 200", with)
+	// Node 0's mean, 200, and burstResidual of the 100 over it; the copy
+	// (1 ms each way) hides behind the 100 ms of the rank it lands on
+	// (node 0's lightest).
+	if want := 200 + burstResidual*100; math.Abs(with-want) > 1e-9 {
+		t.Errorf("compute with bursts: got %v, want %v", with, want)
 	}
+	// Rank 0 sheds 100 tokens of the hot expert to a burst on rank 1: it
+	// no longer takes in rank 1's 75 and sends it 25 of its own; rank 1
+	// keeps its 75 and takes in 25.
+	checkIntra(t, "with bursts", &sm, []float64{50, 0, 25, 25}, []float64{0, 50, 25, 25})
 	// A copy of 50 ms each way: the forward hides 100/3 ms of it, the
 	// backward all of its return (200/3 ms).
 	sm.cm.intraBW = 2e4
-	if _, got, _ := sm.eval(dst); math.Abs(got-(200+50-100.0/3)) > 1e-9 {
-		t.Errorf("compute with exposed copies: got %v, want %v", got, 200+50-100.0/3)
+	if _, got, _ := sm.eval(dst); math.Abs(got-(with+50-100.0/3)) > 1e-9 {
+		t.Errorf("compute with exposed copies: got %v, want %v", got, with+50-100.0/3)
 	}
 	sm.cm.intraBW = 1e6
 	sm.cm.burstThreshold = 2 // 300 is 1.5x the mean of 150: no burst
 	if _, got, _ := sm.eval(dst); got != without {
 		t.Errorf("below the threshold: got %v, want %v", got, without)
+	}
+	checkIntra(t, "below the threshold", &sm, []float64{25, 75, 25, 25}, []float64{75, 25, 25, 25})
+}
+
+// TestBurstTrafficFillsTheLightestRanks: 2 nodes of 4 ranks, one slot each,
+// expert x on rank x; the hot expert 0 (400 tokens) puts rank 0 250 over
+// its node's mean of 150. The bursts' 250 tokens raise ranks 2 and 3 (50)
+// and then rank 1 (100) to 150: 100, 100 and 50 tokens of expert 0, of
+// which each keeps its own 50 (a rank's share of expert 0, 400/8). Rank 0
+// stops taking in the other ranks' 150 tokens of it and sends 100 of its
+// own. Node 1 and the traffic across nodes do not change.
+func TestBurstTrafficFillsTheLightestRanks(t *testing.T) {
+	c := costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
+	var sm stepModel
+	dst := []int{0, 1, 2, 3, 4, 5, 6, 7}
+	sm.reset(c, []float64{400, 100, 50, 50, 100, 100, 100, 100}, 8, 8, 4, 1)
+	sm.eval(dst)
+	checkIntra(t, "without bursts", &sm,
+		[]float64{25, 62.5, 68.75, 68.75, 37.5, 37.5, 37.5, 37.5},
+		[]float64{150, 37.5, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5})
+	se, re := slices.Clone(sm.se), slices.Clone(sm.re)
+	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
+	_, compute, _ := sm.eval(dst)
+	if want := 150 + burstResidual*250; math.Abs(compute-want) > 1e-9 {
+		t.Errorf("compute with bursts: got %v, want %v", compute, want)
+	}
+	checkIntra(t, "with bursts", &sm,
+		[]float64{125, 12.5, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5},
+		[]float64{0, 37.5, 68.75, 68.75, 37.5, 37.5, 37.5, 37.5})
+	if !slices.Equal(sm.se, se) || !slices.Equal(sm.re, re) {
+		t.Errorf("across nodes with bursts: sent %v and received %v, want %v and %v", sm.se, sm.re, se, re)
+	}
+}
+
+// checkIntra checks the step model's tokens sent and received within nodes,
+// per rank, after an eval.
+func checkIntra(t *testing.T, name string, sm *stepModel, si, ri []float64) {
+	t.Helper()
+	for r := range si {
+		if math.Abs(sm.si[r]-si[r]) > 1e-9 || math.Abs(sm.ri[r]-ri[r]) > 1e-9 {
+			t.Errorf("%s: sent and received within nodes %v and %v, want %v and %v", name, sm.si, sm.ri, si, ri)
+			return
+		}
 	}
 }
 
