@@ -295,6 +295,31 @@ func TestBurstTrafficFillsTheLightestRanks(t *testing.T) {
 	}
 }
 
+// TestBurstTrafficKeepsNothingWhereTheNodeHoldsTheExpert: as above, but
+// node 0 holds the hot expert on ranks 0 and 1 (200 tokens each, 75 over
+// the node's mean of 125). The split evens an expert out over the replicas
+// a node holds before any burst, so the ranks that take in the excess keep
+// none of their own tokens for it: ranks 2 and 3 each take in 75 more and
+// send as before.
+func TestBurstTrafficKeepsNothingWhereTheNodeHoldsTheExpert(t *testing.T) {
+	c := costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
+	var sm stepModel
+	dst := []int{0, 0, 2, 3, 4, 5, 6, 7}
+	sm.reset(c, []float64{400, 0, 50, 50, 100, 100, 100, 100}, 8, 8, 4, 1)
+	sm.eval(dst)
+	checkIntra(t, "without bursts", &sm,
+		[]float64{12.5, 12.5, 56.25, 56.25, 37.5, 37.5, 37.5, 37.5},
+		[]float64{50, 50, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5})
+	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
+	_, compute, _ := sm.eval(dst)
+	if want := 125 + burstResidual*75; math.Abs(compute-want) > 1e-9 {
+		t.Errorf("compute with bursts: got %v, want %v", compute, want)
+	}
+	checkIntra(t, "with bursts", &sm,
+		[]float64{37.5, 37.5, 56.25, 56.25, 37.5, 37.5, 37.5, 37.5},
+		[]float64{0, 0, 93.75, 93.75, 37.5, 37.5, 37.5, 37.5})
+}
+
 // checkIntra checks the step model's tokens sent and received within nodes,
 // per rank, after an eval.
 func checkIntra(t *testing.T, name string, sm *stepModel, si, ri []float64) {
