@@ -305,9 +305,10 @@ func (sm *stepModel) burstCompute(dst []int, compute float64) float64 {
 // rank that ends up least loaded). A rank that takes in a burst of x keeps
 // its own tokens for x (a rank's share of x) rather than sending them away,
 // as the split's local tier does, unless the node already holds x on
-// another rank: the split then evens x out over those replicas (the
-// engine made no burst on 143 of the recorded E=32 trace's 166 such layer
-// calls, and the credit put their all-to-all 24% under the simulator's). Without it a layout that counts on
+// another rank: the split then evens x out over those replicas first (on
+// the recorded E=32 trace at 50 GB/s, 143 layer calls in which the engine
+// made no burst were estimated with bursts, and that credit put their
+// all-to-all 30% under the simulator's). Without it a layout that counts on
 // bursts would be priced as if its hot expert's rank still took in all of
 // that expert's tokens. The excess a node cannot take below level stays
 // where it is.
