@@ -226,7 +226,7 @@ func TestObjectiveOption(t *testing.T) {
 // with burst slots is priced at its busiest node's mean plus one copy
 // within the node, never above its compute without bursts.
 func TestStepModelLeavesNodeImbalanceToBursts(t *testing.T) {
-	c := costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
+	c := unitCost()
 	var sm stepModel
 	// 2 nodes of 2 ranks, one slot each; rank 0 holds the hot expert.
 	loads := []float64{300, 100, 100, 100}
@@ -273,26 +273,9 @@ func TestStepModelLeavesNodeImbalanceToBursts(t *testing.T) {
 // stops taking in the other ranks' 150 tokens of it and sends 100 of its
 // own. Node 1 and the traffic across nodes do not change.
 func TestBurstTrafficFillsTheLightestRanks(t *testing.T) {
-	c := costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
-	var sm stepModel
-	dst := []int{0, 1, 2, 3, 4, 5, 6, 7}
-	sm.reset(c, []float64{400, 100, 50, 50, 100, 100, 100, 100}, 8, 8, 4, 1)
-	sm.eval(dst)
-	checkIntra(t, "without bursts", &sm,
-		[]float64{25, 62.5, 68.75, 68.75, 37.5, 37.5, 37.5, 37.5},
-		[]float64{150, 37.5, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5})
-	se, re := slices.Clone(sm.se), slices.Clone(sm.re)
-	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
-	_, compute, _ := sm.eval(dst)
-	if want := 150 + burstResidual*250; math.Abs(compute-want) > 1e-9 {
-		t.Errorf("compute with bursts: got %v, want %v", compute, want)
-	}
-	checkIntra(t, "with bursts", &sm,
-		[]float64{125, 12.5, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5},
-		[]float64{0, 37.5, 68.75, 68.75, 37.5, 37.5, 37.5, 37.5})
-	if !slices.Equal(sm.se, se) || !slices.Equal(sm.re, re) {
-		t.Errorf("across nodes with bursts: sent %v and received %v, want %v and %v", sm.se, sm.re, se, re)
-	}
+	checkBurstTraffic(t, []float64{400, 100, 50, 50, 100, 100, 100, 100}, []int{0, 1, 2, 3, 4, 5, 6, 7}, 150, 250,
+		[2][]float64{{25, 62.5, 68.75, 68.75, 37.5, 37.5, 37.5, 37.5}, {150, 37.5, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5}},
+		[2][]float64{{125, 12.5, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5}, {0, 37.5, 68.75, 68.75, 37.5, 37.5, 37.5, 37.5}})
 }
 
 // TestBurstTrafficKeepsNothingWhereTheNodeHoldsTheExpert: as above, but
@@ -302,22 +285,40 @@ func TestBurstTrafficFillsTheLightestRanks(t *testing.T) {
 // none of their own tokens for it: ranks 2 and 3 each take in 75 more and
 // send as before.
 func TestBurstTrafficKeepsNothingWhereTheNodeHoldsTheExpert(t *testing.T) {
-	c := costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
+	checkBurstTraffic(t, []float64{400, 0, 50, 50, 100, 100, 100, 100}, []int{0, 0, 2, 3, 4, 5, 6, 7}, 125, 75,
+		[2][]float64{{12.5, 12.5, 56.25, 56.25, 37.5, 37.5, 37.5, 37.5}, {50, 50, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5}},
+		[2][]float64{{37.5, 37.5, 56.25, 56.25, 37.5, 37.5, 37.5, 37.5}, {0, 0, 93.75, 93.75, 37.5, 37.5, 37.5, 37.5}})
+}
+
+// checkBurstTraffic evaluates dst (one slot a rank) on loads over 2 nodes
+// of 4 ranks with unitCost, without and then with one burst slot per rank
+// (threshold 1.1). It checks the tokens sent and received within nodes
+// before and after (per rank), the compute after (the level plus
+// burstResidual of the busiest rank's excess over it), and that the
+// traffic across nodes does not change.
+func checkBurstTraffic(t *testing.T, loads []float64, dst []int, level, excess float64, before, after [2][]float64) {
+	t.Helper()
 	var sm stepModel
-	dst := []int{0, 0, 2, 3, 4, 5, 6, 7}
-	sm.reset(c, []float64{400, 0, 50, 50, 100, 100, 100, 100}, 8, 8, 4, 1)
+	sm.reset(unitCost(), loads, len(loads), 8, 4, 1)
 	sm.eval(dst)
-	checkIntra(t, "without bursts", &sm,
-		[]float64{12.5, 12.5, 56.25, 56.25, 37.5, 37.5, 37.5, 37.5},
-		[]float64{50, 50, 18.75, 18.75, 37.5, 37.5, 37.5, 37.5})
+	checkIntra(t, "without bursts", &sm, before[0], before[1])
+	se, re := slices.Clone(sm.se), slices.Clone(sm.re)
 	sm.cm.burstSlots, sm.cm.burstThreshold = 1, 1.1
 	_, compute, _ := sm.eval(dst)
-	if want := 125 + burstResidual*75; math.Abs(compute-want) > 1e-9 {
+	if want := level + burstResidual*excess; math.Abs(compute-want) > 1e-9 {
 		t.Errorf("compute with bursts: got %v, want %v", compute, want)
 	}
-	checkIntra(t, "with bursts", &sm,
-		[]float64{37.5, 37.5, 56.25, 56.25, 37.5, 37.5, 37.5, 37.5},
-		[]float64{0, 0, 93.75, 93.75, 37.5, 37.5, 37.5, 37.5})
+	checkIntra(t, "with bursts", &sm, after[0], after[1])
+	if !slices.Equal(sm.se, se) || !slices.Equal(sm.re, re) {
+		t.Errorf("across nodes with bursts: sent %v and received %v, want %v and %v", sm.se, sm.re, se, re)
+	}
+}
+
+// unitCost is a cost model in round numbers: a token is a byte and takes
+// 1 ms of compute, an expert is 1000 bytes, 1e6 bytes/ms within a node and
+// 1e3 across.
+func unitCost() costModel {
+	return costModel{tokenBytes: 1, expertBytes: 1000, flopsPerToken: 1, flopsPerS: 1e3, intraBW: 1e6, interBW: 1e3}
 }
 
 // checkIntra checks the step model's tokens sent and received within nodes,

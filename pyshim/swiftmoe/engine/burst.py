@@ -25,8 +25,9 @@ How it decides (all from the counts, the placement and the parameters):
    compute with what the prefix's copies leave exposed, rank by rank), are priced with the
    engine's own split and the cost model: compute + all-to-all of the enlarged placement +
    what the planned slots' compute leaves exposed of the copies (``costmodel.copy_exposed_ms``:
-   the engine runs the copy while the planned slots' GEMMs do); the cheaper is made if it beats the planned placement (ties: fewer bursts), else
-   halves are tried, down to none. A burst the split leaves without tokens is dropped;
+   the engine runs the copy while the planned slots' GEMMs do); the cheaper is made if it
+   beats the planned placement (ties: fewer bursts), else halves are tried, down to none. A
+   burst the split leaves without tokens is dropped;
 4. on more than one node, with the links between nodes priced, a second list for locality
    (:func:`_local`): a newly hot expert that the plan holds in one node makes the other nodes
    send it their tokens across. Each step puts a replica in the node whose tokens for an
