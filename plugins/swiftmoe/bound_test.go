@@ -14,11 +14,29 @@ import (
 // counts alone (boundHybrid, before packing) is the bound of the plan packed
 // from them (boundPlan), so pruning by it drops only what cannot win; and
 // a single-homed layout's bound before its experts are homed
-// (boundHybridShape) is never above the bound from its counts.
+// (boundHybridShape) is never above the bound from its counts. The upper
+// bound (stepModel.upper) is never below the estimate, for the same plans.
 func TestStepBoundHolds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
-	var hybrids, homed2, tight, shapeTight int
+	var hybrids, homed2, tight, shapeTight, uppers int
+	// The upper bound is checked under the layer's cost model and again
+	// with links within nodes slower than between them, where the tier
+	// within nodes (and what bursts move there) decides the all-to-all.
+	var slowIntra stepModel
+	checkUpper := func(i int, topo sdk.Topology, e int, sm *stepModel, plan []int) {
+		t.Helper()
+		slow := sm.cm
+		slow.intraBW = slow.interBW / 4
+		slowIntra.reset(slow, sm.loads, e, topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank)
+		for _, m := range []*stepModel{sm, &slowIntra} {
+			if ub, est := m.upper(plan), m.score(plan); ub < est {
+				t.Fatalf("case %d (N=%d G=%d S=%d E=%d, bursts %d, %g GB/s within nodes): upper bound %v below the estimate %v",
+					i, topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, e, m.cm.burstSlots, m.cm.intraBW/1e9, ub, est)
+			}
+		}
+		uppers++
+	}
 	for i := range 3000 {
 		topo, loads := randomNodeLayer(rng)
 		n, g, s, e := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, len(loads)
@@ -35,6 +53,7 @@ func TestStepBoundHolds(t *testing.T) {
 			if lb, est := sm.boundPlan(plan), sm.score(plan); above(lb, est) {
 				t.Fatalf("case %d (N=%d G=%d S=%d E=%d): bound %v above the estimate %v", i, n, g, s, e, lb, est)
 			}
+			checkUpper(i, topo, e, sm, plan)
 		}
 		p.hybrid.rankExperts(loads, e)
 		for k := 1; k <= 2; k++ {
@@ -58,6 +77,7 @@ func TestStepBoundHolds(t *testing.T) {
 				if err := p.packHybrid(h, g); err != nil {
 					continue
 				}
+				checkUpper(i, topo, e, sm, dst)
 				est, lbPlan := sm.score(dst), sm.boundPlan(dst)
 				if above(lb, est) || above(lbPlan, est) || math.Abs(lb-lbPlan) > 1e-9*est {
 					t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d k=%d: bound from counts %v, of the packed plan %v, estimate %v",
@@ -86,6 +106,6 @@ func TestStepBoundHolds(t *testing.T) {
 		t.Errorf("the bound before homing is within 10%% of the bound from counts for %d of %d single-homed layouts; want at least half",
 			shapeTight, hybrids-homed2)
 	}
-	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d",
-		hybrids, homed2, tight, shapeTight)
+	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound",
+		hybrids, homed2, tight, shapeTight, uppers)
 }

@@ -207,6 +207,66 @@ func TestStepObjectiveRandomInvariants(t *testing.T) {
 	}
 }
 
+// TestLazyEstimatePlansAlike: on more than homedNodes nodes, where the
+// estimate of the compute-balanced plan waits for a bound below its upper
+// bound (costplan.go), planning gives the very plans it gives with the
+// estimate made at once, for random layers, cost models (bursts half the
+// time), and current plans (none, the static layout, or the previous
+// iteration's plan); and it makes fewer estimates, settling the estimate in
+// some layers and not in others.
+func TestLazyEstimatePlansAlike(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 4))
+	lazy, eager := new(planner), new(planner)
+	var settled, spared int
+	for i := range 250 {
+		g := []int{1, 2, 4, 8}[rng.IntN(4)]
+		m := homedNodes + 1 + rng.IntN(40)
+		s := 1 + rng.IntN(6)
+		n := m * g
+		e := min(n*s, []int{16, 32, 64, 128, 256, 512}[rng.IntN(6)])
+		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: g}
+		lc := layerCost{cm: randomCost(rng)}
+		if rng.IntN(4) == 0 {
+			lc.cm = h200(400)
+		}
+		loads := qualityLoads(rng, e)
+		var cur []int
+		switch rng.IntN(3) {
+		case 1:
+			cur = sdk.StaticSlots(e, topo)
+		case 2:
+			cur = make([]int, n*s)
+			if err := eager.planLayerStep(cur, qualityLoads(rng, e), nil, e, topo, options{eagerEstimate: true}, &lc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		name := fmt.Sprintf("case %d (N=%d G=%d S=%d E=%d %gGBps bursts %d)", i, n, g, s, e, lc.cm.interBW/1e9, lc.cm.burstSlots)
+		got, want := make([]int, n*s), make([]int, n*s)
+		lazy.step.evals, eager.step.evals = 0, 0
+		if err := lazy.planLayerStep(got, loads, cur, e, topo, options{}, &lc); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := eager.planLayerStep(want, loads, cur, e, topo, options{eagerEstimate: true}, &lc); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: the plan differs from the one made with the estimate at once:\n%v\n%v", name, got, want)
+		}
+		switch {
+		case lazy.step.evals > eager.step.evals:
+			t.Fatalf("%s: %d estimates, %d with the estimate at once", name, lazy.step.evals, eager.step.evals)
+		case lazy.step.evals < eager.step.evals:
+			spared++
+		default:
+			settled++
+		}
+	}
+	if spared < 25 || settled < 25 {
+		t.Errorf("the estimate was spared in %d layers and settled in %d; want both in at least 25 of 250", spared, settled)
+	}
+	t.Logf("the estimate spared in %d layers, settled in %d", spared, settled)
+}
+
 func TestObjectiveOption(t *testing.T) {
 	topo := sdk.Topology{WorldSize: 4, SlotsPerRank: 2, RanksPerNode: 2}
 	_, err := planReq(t, New(), stepReq(topo, h200(12.5), []float64{1, 2, 3}, nil, map[string]string{optObjective: "speed"}))

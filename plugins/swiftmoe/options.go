@@ -85,6 +85,10 @@ type options struct {
 	// noSearch skips the count search of small layers (search.go): the
 	// hybrid layouts' node plans, of which a layer makes many, go without.
 	noSearch bool
+	// eagerEstimate estimates the compute-balanced plan at once, where
+	// planning for step time would let the estimate wait (costplan.go):
+	// not an option users set; tests compare the two.
+	eagerEstimate bool
 }
 
 // optionSpecs are the options Info declares.

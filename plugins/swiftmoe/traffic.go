@@ -65,6 +65,8 @@ type stepModel struct {
 	recv    []int32
 	shedX   []int32
 	shedAmt []float64
+	// evals counts evaluations (eval), for tests of what planning spares.
+	evals int
 }
 
 // usable reports whether the cost model can weigh traffic against compute
@@ -124,6 +126,7 @@ func (sm *stepModel) weigh(dst []int) {
 // all-to-all parts, leaving the per-rank volumes in load, local, si, ri, se
 // and re.
 func (sm *stepModel) eval(dst []int) (step, compute, a2a float64) {
+	sm.evals++
 	sm.weigh(dst)
 	for x := range sm.e {
 		sm.rankOf[x], sm.nodeOf[x] = -1, -1
@@ -421,4 +424,35 @@ func (sm *stepModel) burstCopyMs(planned float64) float64 {
 func (sm *stepModel) score(dst []int) float64 {
 	step, _, _ := sm.eval(dst)
 	return step
+}
+
+// upper is an upper bound on score(dst), at the cost of the ranks' loads
+// alone: the busiest rank's compute (bursts only lower it), and an
+// all-to-all in which the busiest of the ranks' volumes (h: the busiest
+// rank's load, or a rank's share of the node's demand if larger) crosses
+// nodes, and twice that moves within a node. A rank sends at most its share
+// and takes in at most its load; bursts (burstTraffic) add to a rank within
+// its node at most the level it rises to, or the excess it sheds, each at
+// most h. Sums in other orders are covered by a relative 1e-9.
+func (sm *stepModel) upper(dst []int) float64 {
+	sm.weigh(dst)
+	var hi float64
+	s := sm.s
+	for o := 0; o < len(dst); o += s {
+		var l float64
+		for _, x := range dst[o : o+s] {
+			l += sm.w[x]
+		}
+		hi = max(hi, l)
+	}
+	c := &sm.cm
+	h := max(hi, sm.nodeTotal/float64(sm.g))
+	var ti, te float64
+	if c.intraBW > 0 {
+		ti = 2 * h * c.tokenBytes / c.intraBW
+	}
+	if c.interBW > 0 {
+		te = h * c.tokenBytes / c.interBW
+	}
+	return (c.computeMsOf(hi) + 4*1e3*max(ti, te)) * (1 + 1e-9)
 }
