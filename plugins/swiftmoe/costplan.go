@@ -179,7 +179,7 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 		}
 		err := p.hybridCountsHomes(h, k, g)
 		if err == nil {
-			if bound := p.boundHybrid(h, sm); !beats(bound, bestMs) || rules(shape) || rules(bound) {
+			if rules(p.boundHybrid(h, sm)) || rules(shape) {
 				return nil
 			}
 			err = p.packHybrid(h, g)

@@ -212,12 +212,13 @@ func TestStepObjectiveRandomInvariants(t *testing.T) {
 // bound (costplan.go), planning gives the very plans it gives with the
 // estimate made at once, for random layers, cost models (bursts half the
 // time), and current plans (none, the static layout, or the previous
-// iteration's plan); and it makes fewer estimates, settling the estimate in
-// some layers and not in others.
+// iteration's plan); and it makes fewer estimates in some layers, and as
+// many in others (a bound settled the estimate, or the experts fit in a
+// node and nothing waits).
 func TestLazyEstimatePlansAlike(t *testing.T) {
 	rng := rand.New(rand.NewPCG(25, 4))
 	lazy, eager := new(planner), new(planner)
-	var settled, spared int
+	var made, spared int
 	for i := range 250 {
 		g := []int{1, 2, 4, 8}[rng.IntN(4)]
 		m := homedNodes + 1 + rng.IntN(40)
@@ -258,13 +259,13 @@ func TestLazyEstimatePlansAlike(t *testing.T) {
 		case lazy.step.evals < eager.step.evals:
 			spared++
 		default:
-			settled++
+			made++
 		}
 	}
-	if spared < 25 || settled < 25 {
-		t.Errorf("the estimate was spared in %d layers and settled in %d; want both in at least 25 of 250", spared, settled)
+	if spared < 25 || made < 25 {
+		t.Errorf("the estimate was spared in %d layers and made in %d; want both in at least 25 of 250", spared, made)
 	}
-	t.Logf("the estimate spared in %d layers, settled in %d", spared, settled)
+	t.Logf("the estimate spared in %d layers, made in %d", spared, made)
 }
 
 func TestObjectiveOption(t *testing.T) {

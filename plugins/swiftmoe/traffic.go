@@ -436,15 +436,7 @@ func (sm *stepModel) score(dst []int) float64 {
 // most h. Sums in other orders are covered by a relative 1e-9.
 func (sm *stepModel) upper(dst []int) float64 {
 	sm.weigh(dst)
-	var hi float64
-	s := sm.s
-	for o := 0; o < len(dst); o += s {
-		var l float64
-		for _, x := range dst[o : o+s] {
-			l += sm.w[x]
-		}
-		hi = max(hi, l)
-	}
+	hi := maxRankLoad(dst, sm.w, sm.n, sm.s) // summed as eval sums them
 	c := &sm.cm
 	h := max(hi, sm.nodeTotal/float64(sm.g))
 	var ti, te float64
