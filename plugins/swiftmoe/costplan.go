@@ -90,16 +90,17 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	ss := &p.stepPlans
 	ss.best = grow(ss.best, len(dst))
 
-	// score is a candidate's estimate; on up to homedNodes nodes, where the
-	// experts do not all fit in one node's slots, its intake-dealt form
-	// (intake.go) replaces it in dst when that is lower. (Where they fit,
+	// score is a candidate's estimate; on up to intake_deal_nodes nodes
+	// (8 by default), where the experts do not all fit in one node's
+	// slots, its intake-dealt form (intake.go) replaces it in dst when that
+	// is lower. (Where they fit,
 	// the load window weighs the replicated layout, and dealt plans chosen
 	// on the prediction measured worse when the hot set moved: E=32 top-2
 	// on 4 nodes at 50 GB/s, p95 over the bound 1.14 -> 1.22 moving, 1.13
 	// -> 1.32 bursting.)
 	m := n / g
 	hmax := hybridMax(numExperts, m, g*s)
-	deal := m <= homedNodes && hmax < numExperts
+	deal := m <= o.dealNodes && hmax < numExperts
 	ss.dealt = grow(ss.dealt, len(dst))
 	dealt := false // score took the intake-dealt form
 	score := func() float64 {
@@ -115,18 +116,19 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 		return ms
 	}
 
-	// The compute-balanced plan. On more than homedNodes nodes, where
-	// the experts do not all fit in one node's slots, its estimate waits
-	// (lazy): most candidates' bounds are above an upper bound on it
-	// (stepModel.upper), which then rules them out as the estimate would
-	// have. Only a bound below that upper bound settles the estimate,
-	// and every decision is then taken against the estimate, as it is
-	// when nothing waits: the plans are the same. (On the planner
-	// benchmark's 32 nodes this spares most layers their estimate.)
+	// The compute-balanced plan. Where the experts do not all fit in one
+	// node's slots and candidates are not dealt (more nodes than
+	// intake_deal_nodes), its estimate waits (lazy): most candidates'
+	// bounds are above an upper bound on it (stepModel.upper), which then
+	// rules them out as the estimate would have. Only a bound below that
+	// upper bound settles the estimate, and every decision is then taken
+	// against the estimate, as it is when nothing waits: the plans are the
+	// same. (On the planner benchmark's 32 nodes this spares every layer
+	// its estimate.)
 	if err := p.planLayer(dst, loads, cur, numExperts, t, o); err != nil {
 		return err
 	}
-	lazy := !o.eagerEstimate && m > homedNodes && hmax < numExperts
+	lazy := !o.eagerEstimate && !deal && hmax < numExperts
 	var bestMs float64
 	if lazy {
 		bestMs = sm.upper(dst)

@@ -98,3 +98,50 @@ func TestIntakeDealKeepsEachNodesReplicas(t *testing.T) {
 		t.Fatalf("only %d layers were re-dealt: the test exercises too little", dealt)
 	}
 }
+
+// TestIntakeDealNodesOption: intake_deal_nodes sets the most nodes on which
+// candidates are scored dealt. On the planner benchmark's first layer (32
+// nodes of 8, 12.5 GB/s), the default (8) leaves the plan packed for
+// compute, whose busiest rank takes in about 1.5x its node's mean across
+// nodes; with 32 the chosen plan is the dealt one: the same replicas in
+// every node, re-dealt over its ranks, and an estimate at least 20% lower.
+// With 0 the fixed-hot layer on 4 nodes is no longer dealt, and its estimate
+// goes back to that of the plan packed for compute alone.
+func TestIntakeDealNodesOption(t *testing.T) {
+	in := benchRequest(8).Layers[0]
+	topo, c := benchRequest(8).Topology, h200(12.5)
+	plan := func(topo sdk.Topology, c costModel, loads []float64, opts map[string]string) ([]int, float64) {
+		t.Helper()
+		resp, err := planReq(t, New(), stepReq(topo, c, loads, nil, opts))
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots := resp.Layers[0]
+		checkPlan(t, "plan", slots, loads, topo)
+		step, _, _ := estimate(c, slots, loads, topo)
+		return slots, step
+	}
+	packed, packedMs := plan(topo, c, in.Predicted, nil)
+	dealt, dealtMs := plan(topo, c, in.Predicted, map[string]string{optIntakeDealNodes: "32"})
+	t.Logf("32 nodes: %.3f ms by default, %.3f ms dealt", packedMs, dealtMs)
+	if dealtMs > 0.8*packedMs {
+		t.Errorf("intake_deal_nodes=32: estimated %.3f ms against %.3f by default; want at least 20%% lower", dealtMs, packedMs)
+	}
+	per := topo.RanksPerNode * topo.SlotsPerRank
+	for o := 0; o < len(packed); o += per {
+		a, b := slices.Clone(packed[o:o+per]), slices.Clone(dealt[o:o+per])
+		slices.Sort(a)
+		slices.Sort(b)
+		if !slices.Equal(a, b) {
+			t.Fatalf("node %d holds other replicas when dealt", o/per)
+		}
+	}
+
+	topo, c, loads := fixedHotLayer()
+	_, onMs := plan(topo, c, loads, nil)
+	_, offMs := plan(topo, c, loads, map[string]string{optIntakeDealNodes: "0"})
+	t.Logf("fixed-hot on 4 nodes: %.3f ms by default, %.3f ms never dealt", onMs, offMs)
+	if offMs < 5.8 || onMs >= 5.8 {
+		t.Errorf("fixed-hot: %.3f ms by default and %.3f never dealt; want below 5.8 and about 5.808, the plan packed for compute alone", onMs, offMs)
+	}
+}

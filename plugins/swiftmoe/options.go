@@ -66,6 +66,19 @@ const (
 // planning for step time gives up for a 2-homed layout (costplan.go).
 const optTwoHomeMargin = "two_home_margin"
 
+// optIntakeDealNodes names the option that sets the most nodes on which
+// planning for step time also scores each candidate's intake-dealt form
+// (costplan.go, intake.go).
+const optIntakeDealNodes = "intake_deal_nodes"
+
+// defaultIntakeDealNodes is intake_deal_nodes' default (homedNodes: beyond
+// it the deal doubled the planner benchmark's instructions; see
+// plugins/swiftmoe/README.md), and maxIntakeDealNodes its largest value.
+const (
+	defaultIntakeDealNodes = homedNodes
+	maxIntakeDealNodes     = 1 << 16
+)
+
 // defaultTwoHomeMargin is two_home_margin's default (measured in the
 // simulator: plugins/swiftmoe/README.md).
 const defaultTwoHomeMargin = 0.2
@@ -82,6 +95,9 @@ type options struct {
 	// twoHome is two_home_margin: a 2-homed layout wins when its estimate
 	// is within this fraction above the best (costplan.go).
 	twoHome float64
+	// dealNodes is intake_deal_nodes: on up to this many nodes, each
+	// candidate is also scored intake-dealt (costplan.go).
+	dealNodes int
 	// noSearch skips the count search of small layers (search.go): the
 	// hybrid layouts' node plans, of which a layer makes many, go without.
 	noSearch bool
@@ -128,6 +144,16 @@ var optionSpecs = []sdk.Option{{
 	Type:    sdk.OptionFloat,
 	Min:     0,
 	Max:     1,
+}, {
+	Name: optIntakeDealNodes,
+	Description: "with objective=step where the experts do not all fit in one node's slots, the most nodes on which each candidate plan " +
+		"is also scored with every node's replicas re-dealt over its ranks, those that take in tokens from other nodes spread first, " +
+		"and kept so when that is estimated faster; on more nodes it costs planning time (about twice the instructions on 32 nodes " +
+		"of 8) for a lower all-to-all; 0: never",
+	Default: strconv.Itoa(defaultIntakeDealNodes),
+	Type:    sdk.OptionInt,
+	Min:     0,
+	Max:     maxIntakeDealNodes,
 }}
 
 var _ sdk.OptionValidator = (*Strategy)(nil)
@@ -143,7 +169,7 @@ func (*Strategy) ValidateOptions(opts map[string]string) error {
 // are errors that name the option and what it accepts.
 func parseOptions(opts map[string]string) (options, error) {
 	var o options
-	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective, optLoadWindow, optTwoHomeMargin); err != nil {
+	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective, optLoadWindow, optTwoHomeMargin, optIntakeDealNodes); err != nil {
 		return o, err
 	}
 	nodes, err := choice(opts, optNodePolicy, nodePolicyNames[:])
@@ -162,7 +188,11 @@ func parseOptions(opts map[string]string) (options, error) {
 	if err != nil {
 		return o, err
 	}
-	o.nodes, o.objective, o.window, o.twoHome = nodePolicy(nodes), objective(obj), window, twoHome
+	deal, err := sdk.IntOption(opts, optIntakeDealNodes, defaultIntakeDealNodes, 0, maxIntakeDealNodes)
+	if err != nil {
+		return o, err
+	}
+	o.nodes, o.objective, o.window, o.twoHome, o.dealNodes = nodePolicy(nodes), objective(obj), window, twoHome, deal
 	return o, nil
 }
 
