@@ -36,7 +36,7 @@ func New() *Strategy {
 	return &Strategy{pool: sync.Pool{New: func() any { return new(planner) }}}
 }
 
-// Info describes the strategy and its one option, node_policy.
+// Info describes the strategy and declares its options (optionSpecs).
 func (s *Strategy) Info() sdk.Info {
 	return sdk.Info{
 		Name:        Name,
