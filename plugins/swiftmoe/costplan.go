@@ -93,11 +93,10 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// score is a candidate's estimate; on up to intake_deal_nodes nodes
 	// (8 by default), where the experts do not all fit in one node's
 	// slots, its intake-dealt form (intake.go) replaces it in dst when that
-	// is lower. (Where they fit,
-	// the load window weighs the replicated layout, and dealt plans chosen
-	// on the prediction measured worse when the hot set moved: E=32 top-2
-	// on 4 nodes at 50 GB/s, p95 over the bound 1.14 -> 1.22 moving, 1.13
-	// -> 1.32 bursting.)
+	// is lower. (Where they fit, the load window weighs the replicated
+	// layout, and dealt plans chosen on the prediction measured worse when
+	// the hot set moved: E=32 top-2 on 4 nodes at 50 GB/s, p95 over the
+	// bound 1.14 -> 1.22 moving, 1.13 -> 1.32 bursting.)
 	m := n / g
 	hmax := hybridMax(numExperts, m, g*s)
 	deal := m <= o.dealNodes && hmax < numExperts
@@ -251,7 +250,7 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 		// two_home_margin: a 2-homed layout within the margin above the
 		// best wins (its bound is held to the raised mark too); when none
 		// does, the best's own estimate stands.
-		settle() // (on these few nodes nothing waits)
+		settle() // the margin is taken on the estimate
 		plain, mark := bestMs, bestMs*(1+o.twoHome)
 		bestMs = mark
 		if err := search(hmax2, 2, len(ss.tried)+budget); err != nil {
