@@ -108,8 +108,8 @@ func TestIntakeDealKeepsEachNodesReplicas(t *testing.T) {
 // With 0 the fixed-hot layer on 4 nodes is no longer dealt, and its estimate
 // goes back to that of the plan packed for compute alone.
 func TestIntakeDealNodesOption(t *testing.T) {
-	in := benchRequest(8).Layers[0]
-	topo, c := benchRequest(8).Topology, h200(12.5)
+	req := benchRequest(8)
+	in, topo, c := req.Layers[0], req.Topology, h200(12.5)
 	plan := func(topo sdk.Topology, c costModel, loads []float64, opts map[string]string) ([]int, float64) {
 		t.Helper()
 		resp, err := planReq(t, New(), stepReq(topo, c, loads, nil, opts))
