@@ -25,6 +25,10 @@ type stepBound struct {
 	heavy, run float64 // heaviest replica; most a replica takes in
 	sendRecv   float64 // max over nodes of max(sent, received)
 	nodeLoad   float64 // busiest node's load
+	// below: nodeLoad is only a lower bound on the busiest node's load, so
+	// bursts are priced without their copy (which falls as the level they
+	// land at rises).
+	below bool
 }
 
 // replicas counts cnt > 0 replicas of expert x, of w tokens each, on one
@@ -59,7 +63,11 @@ func (b *stepBound) value() float64 {
 		level := max(burstGoal*sm.total/float64(sm.n), b.nodeLoad/g)
 		// The copy lands on a rank loaded at most level (its node's
 		// lightest): priced at level, it is no dearer than the estimate's.
-		compute = min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs(level))
+		if b.below {
+			compute = min(compute, c.computeMsOf(min(hi, level)))
+		} else {
+			compute = min(compute, c.computeMsOf(min(hi, level))+sm.burstCopyMs(level))
+		}
 	}
 	cross := max(b.sendRecv/g, b.run)
 	return compute + 4*1e3*cross*c.tokenBytes/c.interBW
@@ -69,6 +77,37 @@ func (b *stepBound) value() float64 {
 // estimate when every expert is held).
 func (sm *stepModel) boundPlan(dst []int) float64 {
 	sm.weigh(dst)
+	return sm.boundWeighed(dst)
+}
+
+// boundExperts is a bound no higher than boundPlan's, from each expert's
+// replicas in dst alone (it weighs dst, as boundPlan does): the heaviest
+// replica; a replica of x takes in at least w - d, what it takes in alone
+// on its node (more replicas there take in more each); and the busiest
+// node at least the mean. It rules out a plan far from the best (the plan
+// in force once the load has moved) at a tenth of boundPlan's cost. Its
+// terms are held a relative 1e-12 under the ones boundPlan sums otherwise.
+func (sm *stepModel) boundExperts(dst []int) float64 {
+	sm.weigh(dst)
+	const under = 1 - 1e-12
+	b := stepBound{sm: sm, nodeLoad: sm.nodeTotal * under, below: true}
+	for x, r := range sm.reps[:sm.e] {
+		if r == 0 {
+			continue
+		}
+		w := sm.w[x]
+		if w > b.heavy {
+			b.heavy = w
+		}
+		if in := (w - sm.d[x]) * under; in > b.run {
+			b.run = in
+		}
+	}
+	return b.value()
+}
+
+// boundWeighed is boundPlan once dst is weighed.
+func (sm *stepModel) boundWeighed(dst []int) float64 {
 	for x := range sm.e {
 		sm.nodeOf[x] = -1
 	}

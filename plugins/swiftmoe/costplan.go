@@ -264,9 +264,12 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// planLayer indexed the current plan (p.cur, p.curReps) for this layer.
 	// Its bound (any plan with ids in range has one) comes before the
 	// check of its rank limits, which is needed only when it may win or
-	// the best plan's slots are to be ordered after it.
+	// the best plan's slots are to be ordered after it; and the bound from
+	// its experts alone comes first, which is lower, so that where it
+	// rules the plan out the full bound would too, without settling.
 	if p.cur != nil {
-		if !rules(sm.boundPlan(p.cur)) && p.currentValid() && sm.score(p.cur) <= bestMs {
+		out := !beats(sm.boundExperts(p.cur), bestMs) || rules(sm.boundWeighed(p.cur))
+		if !out && p.currentValid() && sm.score(p.cur) <= bestMs {
 			copy(dst, p.cur)
 		} else if !ordered && p.currentValid() {
 			orderSlots(dst, p.cur, n, s)
