@@ -80,22 +80,21 @@ func (sm *stepModel) boundPlan(dst []int) float64 {
 	return sm.boundWeighed(dst)
 }
 
-// boundExperts is a bound no higher than boundPlan's, from each expert's
-// replicas in dst alone (it weighs dst, as boundPlan does): the heaviest
-// replica; a replica of x takes in at least w - d, what it takes in alone
-// on its node (more replicas there take in more each); and the busiest
-// node at least the mean. It rules out a plan far from the best (the plan
-// in force once the load has moved) at a tenth of boundPlan's cost. Its
-// terms are held a relative 1e-12 under the ones boundPlan sums otherwise.
-func (sm *stepModel) boundExperts(dst []int) float64 {
-	sm.weigh(dst)
+// boundCounts is a bound no higher than boundPlan's for any plan with reps
+// replicas of each expert, from those counts alone: the heaviest replica;
+// a replica of x takes in at least w - d, what it takes in alone on its
+// node (more replicas there take in more each); and the busiest node at
+// least the mean. It rules out a plan far from the best (the plan in force
+// once the load has moved) at a tenth of boundPlan's cost. Its terms are
+// held a relative 1e-12 under the ones boundPlan sums otherwise.
+func (sm *stepModel) boundCounts(reps []int32) float64 {
 	const under = 1 - 1e-12
 	b := stepBound{sm: sm, nodeLoad: sm.nodeTotal * under, below: true}
-	for x, r := range sm.reps[:sm.e] {
+	for x, r := range reps[:sm.e] {
 		if r == 0 {
 			continue
 		}
-		w := sm.w[x]
+		w := loadOf(sm.loads, x) / float64(r)
 		if w > b.heavy {
 			b.heavy = w
 		}

@@ -37,15 +37,15 @@ func TestStepBoundHolds(t *testing.T) {
 		}
 		uppers++
 	}
-	// The bound from the experts alone (boundExperts) is never above the
+	// The bound from the counts alone (boundCounts) is never above the
 	// plan's bound, exactly: it rules a plan out only where boundPlan
 	// would. Some static layouts must be within 10% of their bound, or it
 	// would spare nothing.
 	var expertsChecked, expertsTight int
 	checkExperts := func(i int, topo sdk.Topology, e int, sm *stepModel, plan []int, lb float64) {
 		t.Helper()
-		if le := sm.boundExperts(plan); le > lb {
-			t.Fatalf("case %d (N=%d G=%d S=%d E=%d, bursts %d): bound from the experts %v above the plan's bound %v",
+		if le := sm.boundCounts(countsOf(plan, e)); le > lb {
+			t.Fatalf("case %d (N=%d G=%d S=%d E=%d, bursts %d): bound from the counts %v above the plan's bound %v",
 				i, topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, e, sm.cm.burstSlots, le, lb)
 		} else if le >= 0.9*lb {
 			expertsTight++
@@ -125,9 +125,18 @@ func TestStepBoundHolds(t *testing.T) {
 			shapeTight, hybrids-homed2)
 	}
 	if 10*expertsTight < expertsChecked {
-		t.Errorf("the bound from the experts is within 10%% of the plan's bound for %d of %d plans; want at least a tenth",
+		t.Errorf("the bound from the counts is within 10%% of the plan's bound for %d of %d plans; want at least a tenth",
 			expertsTight, expertsChecked)
 	}
-	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound; the bound from the experts within 10%% of the plan's for %d of %d",
+	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound; the bound from the counts within 10%% of the plan's for %d of %d",
 		hybrids, homed2, tight, shapeTight, uppers, expertsTight, expertsChecked)
+}
+
+// countsOf is the replicas of each of e experts in plan.
+func countsOf(plan []int, e int) []int32 {
+	reps := make([]int32, e)
+	for _, x := range plan {
+		reps[x]++
+	}
+	return reps
 }

@@ -265,10 +265,10 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// Its bound (any plan with ids in range has one) comes before the
 	// check of its rank limits, which is needed only when it may win or
 	// the best plan's slots are to be ordered after it; and the bound from
-	// its experts alone comes first, which is lower, so that where it
-	// rules the plan out the full bound would too, without settling.
+	// its counts alone comes first, which is lower, so that where it rules
+	// the plan out the full bound would too, without settling.
 	if p.cur != nil {
-		out := !beats(sm.boundExperts(p.cur), bestMs) || rules(sm.boundWeighed(p.cur))
+		out := !beats(sm.boundCounts(p.curReps), bestMs) || rules(sm.boundPlan(p.cur))
 		if !out && p.currentValid() && sm.score(p.cur) <= bestMs {
 			copy(dst, p.cur)
 		} else if !ordered && p.currentValid() {
