@@ -2,6 +2,8 @@ package swiftmoe
 
 import (
 	"context"
+	"errors"
+	"math"
 	"syscall"
 	"testing"
 
@@ -80,6 +82,70 @@ func BenchmarkSwiftMoEPlanSequentialNodes8Pack(b *testing.B) {
 // 12.5 GB/s between nodes of 8 ranks.
 func BenchmarkSwiftMoEPlanSequentialNodes8Step(b *testing.B) {
 	benchSequential(b, stepRequest(benchRequest(8), 12.5e9), options{})
+}
+
+// BenchmarkSwiftMoEPlanSequentialNodes8StepSteady plans for step time as a
+// running job does, the job of the sidecar's round-trip benchmark
+// (sidecar/internal/e2e, ...-step-nowindow) in one goroutine: 64 layers x
+// 256 experts x 256 ranks x 4 slots in nodes of 8, experts of 3 x 4096 x
+// 1024 parameters in bf16 (8,192 bytes a token), 12.5 GB/s between nodes,
+// Zipf(1.1) loads rotated by 7 experts from one plan to the next (16
+// rotations, cycled), each plan made from the previous one (the plan in
+// force). There the hybrid layouts come close enough to the
+// compute-balanced plan that they are packed, which the benchmark above,
+// planned from the static layout, never does.
+func BenchmarkSwiftMoEPlanSequentialNodes8StepSteady(b *testing.B) {
+	const e, params = 256, 3 * 4096 * 1024
+	topo := sdk.Topology{WorldSize: 256, SlotsPerRank: 4, RanksPerNode: 8, IntraNodeBandwidth: 300e9, InterNodeBandwidth: 12.5e9}
+	req := &sdk.Request{
+		Topology:          topo,
+		CostModel:         sdk.CostModel{TokenBytes: 8192, FlopsPerToken: []float64{6 * params}, FlopsPerSecond: 6.5e14},
+		ExpertWeightBytes: []uint64{2 * params},
+	}
+	const variants = 16
+	loads := make([][variants][]float64, 64)
+	for l := range loads {
+		for v := range variants {
+			t := make([]float64, e)
+			for x := range t {
+				t[x] = float64(uint64(1e6 / math.Pow(float64((x+7*v+3*l)%e+1), 1.1)))
+			}
+			loads[l][v] = t
+		}
+		req.Layers = append(req.Layers, sdk.LayerInput{Layer: l, NumExperts: e, Predicted: loads[l][0], Current: sdk.StaticSlots(e, topo)})
+	}
+	o, err := parseOptions(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := new(planner)
+	dst := make([]int, topo.TotalSlots())
+	it := 0
+	plan := func() {
+		for i := range req.Layers {
+			in := &req.Layers[i]
+			in.Predicted = loads[i][it%variants]
+			lc, step, err := layerCostOf(req, in, o)
+			if err == nil && step {
+				err = p.planLayerStep(dst, in.Predicted, in.Current, e, topo, o, &lc)
+			} else if err == nil {
+				err = errors.New("not planned for step time")
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			copy(in.Current, dst)
+		}
+		it++
+	}
+	for range 3 {
+		plan()
+	}
+	cpu0 := cpuTime()
+	for b.Loop() {
+		plan()
+	}
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 }
 
 // BenchmarkSwiftMoEPlanSequentialNodes8StepWindow is the step-time case

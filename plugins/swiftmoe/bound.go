@@ -54,11 +54,18 @@ func (b *stepBound) node(load, met, recv float64) {
 
 // value is the bound on the layout's estimated step time.
 func (b *stepBound) value() float64 {
+	compute, a2a := b.parts()
+	return compute + a2a
+}
+
+// parts is the bound's two terms, each a bound on its part of the
+// estimate: compute, and the all-to-all.
+func (b *stepBound) parts() (compute, a2a float64) {
 	sm := b.sm
 	c := &sm.cm
 	g := float64(sm.g)
 	hi := max(b.heavy, b.nodeLoad/g)
-	compute := c.computeMsOf(hi)
+	compute = c.computeMsOf(hi)
 	if c.burstSlots > 0 && c.pricesCompute() {
 		level := max(burstGoal*sm.total/float64(sm.n), b.nodeLoad/g)
 		// The copy lands on a rank loaded at most level (its node's
@@ -70,7 +77,7 @@ func (b *stepBound) value() float64 {
 		}
 	}
 	cross := max(b.sendRecv/g, b.run)
-	return compute + 4*1e3*cross*c.tokenBytes/c.interBW
+	return compute, 4 * 1e3 * cross * c.tokenBytes / c.interBW
 }
 
 // boundPlan is the bound for the plan dst (ids in range; a bound on the

@@ -16,10 +16,13 @@ import (
 // a single-homed layout's bound before its experts are homed
 // (boundHybridShape) is never above the bound from its counts. The upper
 // bound (stepModel.upper) is never below the estimate, for the same plans.
+// A hybrid layout evaluated node by node as it is packed gets the
+// estimate bit for bit, and the bound from the nodes evaluated so far is
+// never above it.
 func TestStepBoundHolds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
-	var hybrids, homed2, tight, shapeTight, uppers int
+	var hybrids, homed2, tight, shapeTight, uppers, partialTight int
 	// The upper bound is checked under the layer's cost model and again
 	// with links within nodes slower than between them, where the tier
 	// within nodes (and what bursts move there) decides the all-to-all.
@@ -91,11 +94,39 @@ func TestStepBoundHolds(t *testing.T) {
 				if k == 1 && shape >= 0.9*lb {
 					shapeTight++
 				}
-				if err := p.packHybrid(h, g); err != nil {
+				// Packed node by node with each node evaluated as it is
+				// final (as planLayerStep packs a candidate it may stop):
+				// the evaluation is the estimate's, and the nodes
+				// evaluated so far never bound it above its value.
+				sm.evalCounts(p.reps)
+				cross, nodes := p.hybrid.boundA2A, 0
+				var partials []float64
+				done := func(nd int) bool {
+					sm.evalNode(dst, nd)
+					cross = max(cross, sm.crossMs(nd))
+					partials = append(partials, p.hybrid.boundCompute+cross)
+					nodes++
+					return true
+				}
+				if err := p.packHybrid(h, g, done); err != nil {
 					continue
 				}
+				byNodes, _, _ := sm.finish(dst)
 				checkUpper(i, topo, e, sm, dst)
 				est, lbPlan := sm.score(dst), sm.boundPlan(dst)
+				if byNodes != est || nodes != m {
+					t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d k=%d: evaluated by %d of %d nodes %v, the estimate %v",
+						i, n, g, s, e, h, k, nodes, m, byNodes, est)
+				}
+				for j, v := range partials {
+					if above(v, est) {
+						t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d k=%d: the bound after %d nodes %v above the estimate %v",
+							i, n, g, s, e, h, k, j+1, v, est)
+					}
+				}
+				if last := partials[len(partials)-1]; last >= 0.9*est {
+					partialTight++
+				}
 				checkExperts(i, topo, e, sm, dst, lbPlan)
 				if above(lb, est) || above(lbPlan, est) || math.Abs(lb-lbPlan) > 1e-9*est {
 					t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d k=%d: bound from counts %v, of the packed plan %v, estimate %v",
@@ -124,12 +155,17 @@ func TestStepBoundHolds(t *testing.T) {
 		t.Errorf("the bound before homing is within 10%% of the bound from counts for %d of %d single-homed layouts; want at least half",
 			shapeTight, hybrids-homed2)
 	}
+	// With every node evaluated, the bound must be close to the estimate
+	// for most layouts, or stopping a packing would rarely pay.
+	if 2*partialTight < hybrids {
+		t.Errorf("the bound from every node is within 10%% of the estimate for %d of %d hybrid layouts; want at least half", partialTight, hybrids)
+	}
 	if 10*expertsTight < expertsChecked {
 		t.Errorf("the bound from the counts is within 10%% of the plan's bound for %d of %d plans; want at least a tenth",
 			expertsTight, expertsChecked)
 	}
-	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound; the bound from the counts within 10%% of the plan's for %d of %d",
-		hybrids, homed2, tight, shapeTight, uppers, expertsTight, expertsChecked)
+	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound; the bound from the counts within 10%% of the plan's for %d of %d; the bound from every node within 10%% of the estimate for %d",
+		hybrids, homed2, tight, shapeTight, uppers, expertsTight, expertsChecked, partialTight)
 }
 
 // countsOf is the replicas of each of e experts in plan.

@@ -47,6 +47,7 @@ type stepScratch struct {
 	intake     intakeScratch
 	tried      []int32 // h values tried
 	reps, seen []int32 // valid's scratch
+	cut        int     // candidates whose packing stopped (errOutbound), for tests
 }
 
 // valid reports whether dst is a valid plan of e experts on n ranks of s
@@ -102,8 +103,16 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	deal := m <= o.dealNodes && hmax < numExperts
 	ss.dealt = grow(ss.dealt, len(dst))
 	dealt := false // score took the intake-dealt form
+	// score's plan is evaluated already where its nodes were evaluated as
+	// they were packed (evalCounts), which is only where it is not dealt.
+	evaluated := false
 	score := func() float64 {
-		ms := sm.score(dst)
+		var ms float64
+		if evaluated {
+			ms, _, _ = sm.finish(dst)
+		} else {
+			ms = sm.score(dst)
+		}
 		dealt = false
 		if deal && sm.intakeDeal(dst, ss.dealt, &ss.intake) {
 			if md := sm.score(ss.dealt); md < ms {
@@ -179,13 +188,36 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 			}
 		}
 		err := p.hybridCountsHomes(h, k, g)
+		evaluated = false
 		if err == nil {
 			if rules(p.boundHybrid(h, sm)) || rules(shape) {
 				return nil
 			}
-			err = p.packHybrid(h, g)
+			// Where candidates are not dealt, each node is evaluated once
+			// its ranks are packed, and the nodes evaluated so far bound
+			// the estimate (the count bound's compute, and the larger of
+			// its all-to-all and those nodes' across nodes): once that is
+			// above the best, packing stops and the layout is out. The
+			// evaluation is the estimate's, so a layout packed in full is
+			// not evaluated again.
+			var done func(int) bool
+			if !deal && !o.packWhole {
+				sm.evalCounts(p.reps)
+				cross := p.hybrid.boundA2A
+				done = func(nd int) bool {
+					sm.evalNode(dst, nd)
+					cross = max(cross, sm.crossMs(nd))
+					return beats(p.hybrid.boundCompute+cross, bestMs)
+				}
+				evaluated = true
+			}
+			err = p.packHybrid(h, g, done)
 		} else if !errors.Is(err, errNoLayout) && !errors.Is(err, errNoRepair) && rules(shape) {
 			return nil // an error where the shape bound rules the layout out first
+		}
+		if errors.Is(err, errOutbound) {
+			ss.cut++
+			return nil
 		}
 		if errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair) {
 			return nil

@@ -268,6 +268,67 @@ func TestLazyEstimatePlansAlike(t *testing.T) {
 	t.Logf("the estimate spared in %d layers, made in %d", spared, made)
 }
 
+// TestEarlyOutPlansAlike: where a hybrid candidate's packing stops once
+// the nodes packed so far bound its estimate above the best, the plans are
+// the ones made packing every candidate in full (packWhole), on random
+// layers of 2 to 48 nodes planned from nothing, the static layout or the
+// previous iteration's plan (where hybrid layouts are most often packed);
+// and some packings do stop.
+func TestEarlyOutPlansAlike(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 8))
+	early, whole := new(planner), new(planner)
+	var cut, layers int
+	for i := range 800 {
+		g := []int{2, 4, 8}[rng.IntN(3)]
+		m := 2 + rng.IntN(47)
+		s := 1 + rng.IntN(6)
+		n := m * g
+		e := min(n*s, []int{16, 32, 64, 128, 256, 512}[rng.IntN(6)])
+		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: g}
+		lc := layerCost{cm: randomCost(rng)}
+		if rng.IntN(4) == 0 {
+			lc.cm = h200(400)
+		}
+		o := options{dealNodes: homedNodes, twoHome: 0.2}
+		ow := o
+		ow.packWhole = true
+		var cur []int
+		switch rng.IntN(3) {
+		case 1:
+			cur = sdk.StaticSlots(e, topo)
+		case 2:
+			cur = make([]int, n*s)
+			if err := whole.planLayerStep(cur, qualityLoads(rng, e), nil, e, topo, ow, &lc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		loads := qualityLoads(rng, e)
+		name := fmt.Sprintf("case %d (N=%d G=%d S=%d E=%d %gGBps bursts %d)", i, n, g, s, e, lc.cm.interBW/1e9, lc.cm.burstSlots)
+		got, want := make([]int, n*s), make([]int, n*s)
+		early.stepPlans.cut = 0
+		if err := early.planLayerStep(got, loads, cur, e, topo, o, &lc); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := whole.planLayerStep(want, loads, cur, e, topo, ow, &lc); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: the plan differs from the one made packing every candidate in full:\n%v\n%v", name, got, want)
+		}
+		if whole.stepPlans.cut != 0 {
+			t.Fatalf("%s: %d packings stopped with packWhole", name, whole.stepPlans.cut)
+		}
+		cut += early.stepPlans.cut
+		if early.stepPlans.cut > 0 {
+			layers++
+		}
+	}
+	if layers < 25 {
+		t.Errorf("packings stopped early in %d layers; want at least 25 of 800", layers)
+	}
+	t.Logf("%d packings stopped early, in %d layers", cut, layers)
+}
+
 func TestObjectiveOption(t *testing.T) {
 	topo := sdk.Topology{WorldSize: 4, SlotsPerRank: 2, RanksPerNode: 2}
 	_, err := planReq(t, New(), stepReq(topo, h200(12.5), []float64{1, 2, 3}, nil, map[string]string{optObjective: "speed"}))

@@ -47,6 +47,10 @@ import (
 // would hold no expert, or the slots do not hold the experts.
 var errNoLayout = errors.New("no hybrid layout of this h")
 
+// errOutbound means packing stopped because the nodes packed so far bound
+// the layout's estimate above the best (see planLayerStep).
+var errOutbound = errors.New("the nodes packed so far rule the layout out")
+
 // hybridMax is the largest h whose layout fits: the global experts take
 // one slot per node each, and the single-homed ones one slot somewhere:
 // h <= slots per node and M*(F-h) >= E-h.
@@ -78,8 +82,9 @@ type hybridScratch struct {
 	subLoads []float64
 	subReps  []int32
 	counts   counter
-	// The bound's per-node sums (see boundHybrid).
-	bLoad, bMet, bRecv []float64
+	// The bound's per-node sums (see boundHybrid), and its two terms.
+	bLoad, bMet, bRecv     []float64
+	boundCompute, boundA2A float64
 }
 
 // rankExperts orders the layer's experts by load, heaviest first (ties by
@@ -122,7 +127,7 @@ func (p *planner) planHybrid(h, r int) error {
 	if err := p.hybridCounts(h, r); err != nil {
 		return err
 	}
-	return p.packHybrid(h, r)
+	return p.packHybrid(h, r, nil)
 }
 
 // hybridCounts sets the counts of the hybrid layout of h over nodes of r
@@ -386,8 +391,9 @@ func (hs *hybridScratch) homeSingles(loads []float64, h, k, q, rho, m int) error
 }
 
 // packHybrid packs the hybrid layout of h whose counts hybridCounts set:
-// weights, each node's load and experts, then each node's ranks.
-func (p *planner) packHybrid(h, r int) error {
+// weights, each node's load and experts, then each node's ranks (done as
+// for packNodeRanks).
+func (p *planner) packHybrid(h, r int, done func(node int) bool) error {
 	hs := &p.hybrid
 	m := p.rk.n / r
 	lay := &p.nodes.lay
@@ -422,7 +428,7 @@ func (p *planner) packHybrid(h, r int) error {
 		}
 	}
 	p.rk.empty()
-	return p.packNodeRanks(lay)
+	return p.packNodeRanks(lay, done)
 }
 
 // boundHybrid is the bound (bound.go) on the estimated step time of the
@@ -478,5 +484,6 @@ func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
 	for nd := range m {
 		b.node(hs.bLoad[nd], hs.bMet[nd], hs.bRecv[nd])
 	}
-	return b.value()
+	hs.boundCompute, hs.boundA2A = b.parts()
+	return hs.boundCompute + hs.boundA2A
 }

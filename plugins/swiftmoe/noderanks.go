@@ -12,7 +12,10 @@ package swiftmoe
 // there (a node that cannot reach it refines exactly as it would alone, so
 // the plan's busiest rank is never higher than with full refinement). The
 // nodes go busiest first, which raises the bound soonest.
-func (p *planner) packNodeRanks(lay *nodeLayout) error {
+//
+// done, when not nil, is called with each node once its ranks are final;
+// when it returns false, packing stops there with errOutbound.
+func (p *planner) packNodeRanks(lay *nodeLayout, done func(node int) bool) error {
 	seq := lay.byLoad()
 	floor := p.wt.w[p.wt.order[0]]
 	floor = max(floor, lay.load[lay.node(seq[len(seq)-1])]/float64(lay.r))
@@ -27,6 +30,9 @@ func (p *planner) packNodeRanks(lay *nodeLayout) error {
 			}
 		}
 		floor = max(floor, p.refine.refine(&p.rk, &p.wt, d.lo, d.hi, floor))
+		if done != nil && !done(d.node) {
+			return errOutbound
+		}
 	}
 	return nil
 }

@@ -151,7 +151,7 @@ func (p *planner) pack(t sdk.Topology) error {
 		if err != nil {
 			return err
 		}
-		return p.packNodeRanks(&p.nodes.lay)
+		return p.packNodeRanks(&p.nodes.lay, nil)
 	}
 	if err := p.flat.pack(&p.rk, &p.wt, p.reps, 0, p.rk.n); err != nil {
 		return err

@@ -114,7 +114,12 @@ func (sm *stepModel) weigh(dst []int) {
 	for _, x := range dst {
 		reps[x]++
 	}
-	for x, r := range reps {
+	sm.weighReps()
+}
+
+// weighReps sets w from reps.
+func (sm *stepModel) weighReps() {
+	for x, r := range sm.reps {
 		sm.w[x] = 0
 		if r > 0 {
 			sm.w[x] = loadOf(sm.loads, x) / float64(r)
@@ -126,19 +131,59 @@ func (sm *stepModel) weigh(dst []int) {
 // all-to-all parts, leaving the per-rank volumes in load, local, si, ri, se
 // and re.
 func (sm *stepModel) eval(dst []int) (step, compute, a2a float64) {
-	sm.evals++
 	sm.weigh(dst)
+	sm.begin()
+	for nd := range sm.m {
+		sm.evalNode(dst, nd)
+	}
+	return sm.finish(dst)
+}
+
+// An evaluation can also be made node by node while a plan is being packed
+// (packNodeRanks): evalCounts, for a plan that will hold reps replicas of
+// each expert, then evalNode for each node once its ranks are final, in any
+// order, then finish. Each node's volumes depend on its slots alone, so the
+// estimate is eval's, bit for bit; and the nodes evaluated so far bound it
+// (crossMs).
+
+// evalCounts starts an evaluation of a plan that will hold reps replicas of
+// each expert.
+func (sm *stepModel) evalCounts(reps []int32) {
+	copy(sm.reps, reps[:sm.e])
+	sm.weighReps()
+	sm.begin()
+}
+
+// begin resets what evalNode reads of earlier nodes.
+func (sm *stepModel) begin() {
+	sm.evals++
 	for x := range sm.e {
 		sm.rankOf[x], sm.nodeOf[x] = -1, -1
 	}
 	clear(sm.re)
 	clear(sm.se)
-	for nd := range sm.m {
-		sm.evalNode(dst, nd)
-	}
+}
+
+// finish returns eval's figures once every node of dst is evaluated.
+func (sm *stepModel) finish(dst []int) (step, compute, a2a float64) {
 	compute = sm.burstCompute(dst, sm.cm.computeMs(sm.load))
 	a2a = sm.cm.a2aMs(sm.si, sm.ri, sm.se, sm.re)
 	return compute + a2a, compute, a2a
+}
+
+// crossMs is the all-to-all time of node nd's ranks across nodes, once
+// evaluated (evalNode): the estimate's all-to-all is at least the largest of
+// these, summed as a2aMs sums it (bursts move tokens within nodes only).
+func (sm *stepModel) crossMs(nd int) float64 {
+	c := &sm.cm
+	if c.interBW <= 0 {
+		return 0
+	}
+	var t float64
+	for q := nd * sm.g; q < (nd+1)*sm.g; q++ {
+		t = max(t, max(sm.se[q], sm.re[q])*c.tokenBytes/c.interBW)
+	}
+	return 4 * 1e3 * t
 }
 
 // evalNode sets the tier volumes of node nd's ranks. (The model's slices

@@ -126,7 +126,7 @@ func (p *planner) hedgeReplicated(dst []int, lc *layerCost, g int) error {
 		if !beats(p.windowBoundHybrid(h, lc), chosen) {
 			return nil
 		}
-		err = p.packHybrid(h, g)
+		err = p.packHybrid(h, g, nil)
 	}
 	switch {
 	case errors.Is(err, errNoLayout) || errors.Is(err, errNoRepair):
