@@ -206,18 +206,21 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	nd32 := int32(nd)
 	// Forward: loads, and the local tier (a rank's share of the node's
 	// demand for x goes to its own slots of x first, earlier slots first).
-	for q := range g {
+	// (The node's slots are walked in one pass, rank by rank, rather than
+	// through a slice per rank: a rank's few slots cost less than its
+	// slices.)
+	for q, j := 0, 0; q < g; q++ {
 		r := int32(nd*g + q)
-		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
 		var lr, loc float64
-		for j, x := range row {
+		for end := j + s; j < end; j++ {
+			x := node[j]
 			wx := w[x]
 			lr += wx
 			if rankOf[x] != r {
 				rankOf[x], left[x] = r, c[x]
 			}
 			t := min(left[x], wx)
-			rowLocal[j] = t
+			slotLocal[j] = t
 			loc += t
 			left[x] -= t
 			if nodeOf[x] != nd32 {
@@ -256,18 +259,17 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 		}
 	}
 	slotIn := sm.slotIn[base : base+per]
-	for q := range g {
-		row, rowLocal := node[q*s:(q+1)*s], slotLocal[q*s:(q+1)*s]
-		rowIn := slotIn[q*s : (q+1)*s]
+	for q, j := 0, 0; q < g; q++ {
 		var in, out float64
-		for j, x := range row {
-			rowIn[j] = 0
+		for end := j + s; j < end; j++ {
+			x := node[j]
+			slotIn[j] = 0
 			if f := recvFrac[x]; f > 0 {
-				v := (w[x] - rowLocal[j]) * f
-				rowIn[j] = v
+				v := (w[x] - slotLocal[j]) * f
+				slotIn[j] = v
 				in += v
 			}
-			out += rowLocal[j] * sendFrac[x]
+			out += slotLocal[j] * sendFrac[x]
 		}
 		re[q] = in
 		se[q] = shortSend - out
