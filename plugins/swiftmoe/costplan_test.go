@@ -207,6 +207,40 @@ func TestStepObjectiveRandomInvariants(t *testing.T) {
 	}
 }
 
+// randomStepLayer is a random layer for planning for step time: nodes of
+// one of groups ranks, from nodes to nodes+span-1 of them, 1 to 6 slots,
+// up to 512 experts, and a random cost model (H200s at 400 GB/s a quarter
+// of the time).
+func randomStepLayer(rng *rand.Rand, groups []int, nodes, span int) (sdk.Topology, int, layerCost) {
+	g := groups[rng.IntN(len(groups))]
+	m := nodes + rng.IntN(span)
+	s := 1 + rng.IntN(6)
+	n := m * g
+	e := min(n*s, []int{16, 32, 64, 128, 256, 512}[rng.IntN(6)])
+	lc := layerCost{cm: randomCost(rng)}
+	if rng.IntN(4) == 0 {
+		lc.cm = h200(400)
+	}
+	return sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: g}, e, lc
+}
+
+// randomCurrent is a plan in force for a layer of e experts, at random:
+// none, the static layout, or p's plan for other random loads under o.
+func randomCurrent(t *testing.T, rng *rand.Rand, p *planner, topo sdk.Topology, e int, o options, lc *layerCost) []int {
+	t.Helper()
+	switch rng.IntN(3) {
+	case 1:
+		return sdk.StaticSlots(e, topo)
+	case 2:
+		cur := make([]int, topo.TotalSlots())
+		if err := p.planLayerStep(cur, qualityLoads(rng, e), nil, e, topo, o, lc); err != nil {
+			t.Fatal(err)
+		}
+		return cur
+	}
+	return nil
+}
+
 // TestLazyEstimatePlansAlike: on more than homedNodes nodes, where the
 // estimate of the compute-balanced plan waits for a bound below its upper
 // bound (costplan.go), planning gives the very plans it gives with the
@@ -220,27 +254,10 @@ func TestLazyEstimatePlansAlike(t *testing.T) {
 	lazy, eager := new(planner), new(planner)
 	var made, spared int
 	for i := range 250 {
-		g := []int{1, 2, 4, 8}[rng.IntN(4)]
-		m := homedNodes + 1 + rng.IntN(40)
-		s := 1 + rng.IntN(6)
-		n := m * g
-		e := min(n*s, []int{16, 32, 64, 128, 256, 512}[rng.IntN(6)])
-		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: g}
-		lc := layerCost{cm: randomCost(rng)}
-		if rng.IntN(4) == 0 {
-			lc.cm = h200(400)
-		}
+		topo, e, lc := randomStepLayer(rng, []int{1, 2, 4, 8}, homedNodes+1, 40)
+		n, g, s := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank
 		loads := qualityLoads(rng, e)
-		var cur []int
-		switch rng.IntN(3) {
-		case 1:
-			cur = sdk.StaticSlots(e, topo)
-		case 2:
-			cur = make([]int, n*s)
-			if err := eager.planLayerStep(cur, qualityLoads(rng, e), nil, e, topo, options{eagerEstimate: true}, &lc); err != nil {
-				t.Fatal(err)
-			}
-		}
+		cur := randomCurrent(t, rng, eager, topo, e, options{eagerEstimate: true}, &lc)
 		name := fmt.Sprintf("case %d (N=%d G=%d S=%d E=%d %gGBps bursts %d)", i, n, g, s, e, lc.cm.interBW/1e9, lc.cm.burstSlots)
 		got, want := make([]int, n*s), make([]int, n*s)
 		lazy.step.evals, eager.step.evals = 0, 0
@@ -279,29 +296,12 @@ func TestEarlyOutPlansAlike(t *testing.T) {
 	early, whole := new(planner), new(planner)
 	var cut, layers int
 	for i := range 800 {
-		g := []int{2, 4, 8}[rng.IntN(3)]
-		m := 2 + rng.IntN(47)
-		s := 1 + rng.IntN(6)
-		n := m * g
-		e := min(n*s, []int{16, 32, 64, 128, 256, 512}[rng.IntN(6)])
-		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: g}
-		lc := layerCost{cm: randomCost(rng)}
-		if rng.IntN(4) == 0 {
-			lc.cm = h200(400)
-		}
+		topo, e, lc := randomStepLayer(rng, []int{2, 4, 8}, 2, 47)
+		n, g, s := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank
 		o := options{dealNodes: homedNodes, twoHome: 0.2}
 		ow := o
 		ow.packWhole = true
-		var cur []int
-		switch rng.IntN(3) {
-		case 1:
-			cur = sdk.StaticSlots(e, topo)
-		case 2:
-			cur = make([]int, n*s)
-			if err := whole.planLayerStep(cur, qualityLoads(rng, e), nil, e, topo, ow, &lc); err != nil {
-				t.Fatal(err)
-			}
-		}
+		cur := randomCurrent(t, rng, whole, topo, e, ow, &lc)
 		loads := qualityLoads(rng, e)
 		name := fmt.Sprintf("case %d (N=%d G=%d S=%d E=%d %gGBps bursts %d)", i, n, g, s, e, lc.cm.interBW/1e9, lc.cm.burstSlots)
 		got, want := make([]int, n*s), make([]int, n*s)
