@@ -20,7 +20,8 @@ type differencer struct {
 	part  []int32
 	live  []int32
 	multi []int32  // experts the node holds more of than one rank may
-	mark  []uint32 // per expert: stamp when it is in multi (anyOver)
+	mark  []uint32 // per expert: stamp when it is in multi (overLimit)
+	pos   []int32  // per expert: its place in multi, where marked
 	stamp uint32
 }
 
@@ -188,63 +189,53 @@ func (df *differencer) mendLimits(rk *ranks, wt *weights, lo, hi int) bool {
 	return false
 }
 
-// anyOver reports whether some rank in [lo, hi) holds more replicas of an
-// expert than capR: one pass over the ranks' slots, counting only the
-// replicas of multi experts (marked for the pass), which differencing
-// rarely puts together.
-func (df *differencer) anyOver(rk *ranks, wt *weights, lo, hi int) bool {
+// overLimit returns a rank in [lo, hi) holding more replicas of some expert
+// than capR, and the slot of the last of them; -1 when there is none. Only
+// the experts with more replicas on the node than capR (multi) can be over.
+// Of several, it is the one of the expert first in multi, then the lowest
+// rank. One pass over the ranks' slots counts the replicas of multi's
+// experts (marked for the pass, with their place in multi), which
+// differencing rarely puts together.
+func (df *differencer) overLimit(rk *ranks, wt *weights, lo, hi int) (int, int) {
+	multi := df.multi
+	if len(multi) == 0 {
+		return -1, 0
+	}
 	s := rk.s
 	df.mark = grow(df.mark, len(wt.capR))
+	df.pos = grow(df.pos, len(wt.capR))
 	df.stamp++
 	if df.stamp == 0 { // wrapped: stale marks could match
 		clear(df.mark)
 		df.stamp = 1
 	}
-	for _, x := range df.multi {
-		df.mark[x] = df.stamp
+	mark, pos, stamp := df.mark, df.pos, df.stamp
+	for i, x := range multi {
+		mark[x], pos[x] = stamp, int32(i)
 	}
-	mark, stamp := df.mark, df.stamp
-	for o, slots := 0, rk.dst[lo*s:hi*s]; o < len(slots); o += s {
-		row := slots[o : o+s]
+	best, bestQ, bestAt := int32(len(multi)), -1, 0
+	for q := lo; q < hi; q++ {
+		row := rk.dst[q*s : (q+1)*s]
 		for i, x := range row {
-			if mark[x] != stamp {
+			if mark[x] != stamp || pos[x] >= best {
 				continue
 			}
-			c := int32(1)
-			for _, y := range row[i+1:] {
-				if y == x {
+			// From x's first slot on the rank (a later one counts
+			// fewer, and this rank already holds x's best).
+			c, at := int32(1), i
+			for j := i + 1; j < len(row); j++ {
+				if row[j] == x {
 					c++
+					at = j
 				}
 			}
 			if c > wt.capR[x] {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// overLimit returns a rank in [lo, hi) holding more replicas of some expert
-// than capR, and the slot of one of them; -1 when there is none. Only the
-// experts with more replicas on the node than capR (multi) can be over.
-func (df *differencer) overLimit(rk *ranks, wt *weights, lo, hi int) (int, int) {
-	s := rk.s
-	if len(df.multi) == 0 || !df.anyOver(rk, wt, lo, hi) {
-		return -1, 0
-	}
-	for _, x := range df.multi {
-		for q := lo; q < hi; q++ {
-			c, at := int32(0), 0
-			for i, y := range rk.dst[q*s : (q+1)*s] {
-				if y == int(x) {
-					c++
-					at = i
+				best, bestQ, bestAt = pos[x], q, at
+				if best == 0 {
+					return bestQ, bestAt
 				}
 			}
-			if c > wt.capR[x] {
-				return q, at
-			}
 		}
 	}
-	return -1, 0
+	return bestQ, bestAt
 }
