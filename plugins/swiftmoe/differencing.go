@@ -19,9 +19,10 @@ type differencer struct {
 	tail  []int32
 	part  []int32
 	live  []int32
-	multi []int32  // experts the node holds more of than one rank may
-	mark  []uint32 // per expert: stamp when it is in multi (overLimit)
-	pos   []int32  // per expert: its place in multi, where marked
+	multi []int32 // experts the node holds more of than one rank may
+	// mark is, per expert in multi, the stamp of overLimit's pass in the
+	// high 32 bits and the expert's place in multi in the low ones.
+	mark  []uint64
 	stamp uint32
 }
 
@@ -203,21 +204,22 @@ func (df *differencer) overLimit(rk *ranks, wt *weights, lo, hi int) (int, int) 
 	}
 	s := rk.s
 	df.mark = grow(df.mark, len(wt.capR))
-	df.pos = grow(df.pos, len(wt.capR))
 	df.stamp++
 	if df.stamp == 0 { // wrapped: stale marks could match
 		clear(df.mark)
 		df.stamp = 1
 	}
-	mark, pos, stamp := df.mark, df.pos, df.stamp
+	mark, stamp := df.mark, uint64(df.stamp)<<32
 	for i, x := range multi {
-		mark[x], pos[x] = stamp, int32(i)
+		mark[x] = stamp | uint64(i)
 	}
-	best, bestQ, bestAt := int32(len(multi)), -1, 0
+	// Marked experts whose place is below best: their tags lie in
+	// [stamp, stamp+best).
+	best, bestQ, bestAt := uint64(len(multi)), -1, 0
 	for q := lo; q < hi; q++ {
 		row := rk.dst[q*s : (q+1)*s]
 		for i, x := range row {
-			if mark[x] != stamp || pos[x] >= best {
+			if mark[x]-stamp >= best {
 				continue
 			}
 			// From x's first slot on the rank (a later one counts
@@ -230,7 +232,7 @@ func (df *differencer) overLimit(rk *ranks, wt *weights, lo, hi int) (int, int) 
 				}
 			}
 			if c > wt.capR[x] {
-				best, bestQ, bestAt = pos[x], q, at
+				best, bestQ, bestAt = mark[x]-stamp, q, at
 				if best == 0 {
 					return bestQ, bestAt
 				}
