@@ -105,6 +105,10 @@ type options struct {
 	// planning for step time would let the estimate wait (costplan.go):
 	// not an option users set; tests compare the two.
 	eagerEstimate bool
+	// searchWhole packs every count the count search tries (search.go),
+	// where it would skip those that cannot pack below the plan to beat:
+	// for tests, as eagerEstimate.
+	searchWhole bool
 	// packWhole packs every hybrid candidate in full before estimating it,
 	// where planning for step time would stop packing one that the nodes
 	// packed so far rule out (costplan.go): for tests, as eagerEstimate.

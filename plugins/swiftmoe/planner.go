@@ -2,6 +2,7 @@ package swiftmoe
 
 import (
 	"errors"
+	"math"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
@@ -114,6 +115,39 @@ func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts in
 	return nil
 }
 
+// errAbove means packBelow stopped: the counts cannot pack below its bound.
+var errAbove = errors.New("the counts cannot pack below the bound")
+
+// nodesBound is a lower bound on the busiest rank of any packing of the
+// node layout lay, whose nodes' slots are all filled: the busiest node's
+// mean, and in each node its heaviest replica with its S-1 lightest.
+func (p *planner) nodesBound(lay *nodeLayout) float64 {
+	s := p.rk.s
+	var lb float64
+	for n := range lay.nodes {
+		lb = max(lb, lay.load[n]/float64(lay.r))
+		d := lay.demand(n)
+		if len(d.experts) == 0 {
+			continue
+		}
+		v := p.wt.w[d.experts[0]]
+		// The S-1 lightest, from the node's list's end (experts in
+		// packing order, lightest last).
+		need := int32(s - 1)
+		for i := len(d.experts) - 1; i >= 0 && need > 0; i-- {
+			x := d.experts[i]
+			c := min(need, d.replicas(x))
+			if i == 0 {
+				c = min(need, d.replicas(x)-1) // the heaviest is counted
+			}
+			v += float64(c) * p.wt.w[x]
+			need -= c
+		}
+		lb = max(lb, v)
+	}
+	return lb
+}
+
 // indexCurrent counts the replicas of each expert in cur.
 func (p *planner) indexCurrent() {
 	clear(p.curReps)
@@ -138,7 +172,14 @@ func (p *planner) weigh() {
 
 // pack packs the current counts: weights, then node-aware (by the node
 // policy) or flat packing with local refinement.
-func (p *planner) pack(t sdk.Topology) error {
+func (p *planner) pack(t sdk.Topology) error { return p.packBelow(t, math.Inf(1)) }
+
+// packBelow is pack, but it stops with errAbove, before packing any rank,
+// where the counts (and their node layout) bound the plan's busiest rank
+// above hi: a rank holds at least its node's mean load, and the rank with
+// a node's heaviest replica holds at least that and the node's S-1 lightest
+// (every slot is filled), so the plan cannot score below hi.
+func (p *planner) packBelow(t sdk.Topology, hi float64) error {
 	p.weigh()
 	p.rk.empty()
 	if r := hierarchical(t); r > 0 {
@@ -150,6 +191,9 @@ func (p *planner) pack(t sdk.Topology) error {
 		}
 		if err != nil {
 			return err
+		}
+		if !math.IsInf(hi, 1) && p.nodesBound(&p.nodes.lay) > hi*(1+1e-9) {
+			return errAbove
 		}
 		return p.packNodeRanks(&p.nodes.lay, nil)
 	}

@@ -1,6 +1,8 @@
 package swiftmoe
 
 import (
+	"errors"
+	"math"
 	"math/rand/v2"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -40,6 +42,7 @@ type countSearch struct {
 	bestReps  []int32
 	climbDst  []int
 	climbReps []int32
+	skipped   int // counts not packed (errAbove), for tests
 }
 
 // run searches: a climb moves one replica from one expert to another,
@@ -104,7 +107,13 @@ func (cs *countSearch) climb(p *planner, t sdk.Topology, cur score, evals *int) 
 				copy(p.reps, base)
 				p.reps[from]--
 				p.reps[to]++
-				if !p.tryPack(t, evals) {
+				// Counts that cannot pack below the plan to beat are
+				// not packed (counted as tried all the same).
+				hi := cur.hi
+				if p.opts.searchWhole {
+					hi = math.Inf(1)
+				}
+				if !p.tryPackBelow(t, evals, hi) {
 					continue
 				}
 				if s := p.score(dst); s.better(cur) {
@@ -143,8 +152,18 @@ func kick(rng *rand.Rand, reps []int32) bool {
 
 // tryPack packs reps, counting one evaluation.
 func (p *planner) tryPack(t sdk.Topology, evals *int) bool {
+	return p.tryPackBelow(t, evals, math.Inf(1))
+}
+
+// tryPackBelow packs reps unless they cannot pack below hi (packBelow),
+// counting one evaluation either way, and reports whether it packed.
+func (p *planner) tryPackBelow(t sdk.Topology, evals *int, hi float64) bool {
 	*evals--
-	return p.pack(t) == nil
+	err := p.packBelow(t, hi)
+	if errors.Is(err, errAbove) {
+		p.search.skipped++
+	}
+	return err == nil
 }
 
 // score scores a plan under the weights of the current counts.

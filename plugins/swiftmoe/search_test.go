@@ -1,0 +1,95 @@
+package swiftmoe
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
+)
+
+// TestNodesBoundHolds: the bound packBelow stops on (nodesBound: each
+// node's mean, and its heaviest replica with its S-1 lightest) is never
+// above the busiest rank of the plan packed from the same node layout,
+// under both node policies; and it is exact for some layouts, or it would
+// stop nothing.
+func TestNodesBoundHolds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(41, 7))
+	var checked, exact int
+	for i := range 2000 {
+		topo, loads := randomNodeLayer(rng)
+		e := len(loads)
+		for _, pol := range []nodePolicy{nodesSpread, nodesPack} {
+			p := new(planner)
+			dst := make([]int, topo.TotalSlots())
+			o := options{nodes: pol, noSearch: true}
+			if err := p.planLayer(dst, loads, nil, e, topo, o); err != nil {
+				t.Fatal(err)
+			}
+			// Pack the counts again, so that the node layout is the
+			// plan's.
+			if err := p.pack(topo); err != nil {
+				t.Fatal(err)
+			}
+			lb, hi := p.nodesBound(&p.nodes.lay), p.rk.maxLoad(0, topo.WorldSize)
+			if lb > hi*(1+1e-12) {
+				t.Fatalf("case %d (N=%d G=%d S=%d E=%d, %v): bound %v above the busiest rank %v",
+					i, topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, e, pol, lb, hi)
+			}
+			if lb >= hi*(1-1e-12) {
+				exact++
+			}
+			checked++
+		}
+	}
+	if 10*exact < checked {
+		t.Errorf("the bound is the busiest rank in %d of %d plans; want at least a tenth", exact, checked)
+	}
+	t.Logf("the bound is the busiest rank in %d of %d plans", exact, checked)
+}
+
+// TestCountSearchSkipsAlike: the count search, which does not pack counts
+// whose node layout bounds the plan above the one to beat, makes the plans
+// it makes packing every count it tries (searchWhole), on random small
+// layers with nodes, from nothing and from the static layout; and it skips
+// some.
+func TestCountSearchSkipsAlike(t *testing.T) {
+	rng := rand.New(rand.NewPCG(43, 11))
+	skip, whole := new(planner), new(planner)
+	var skipped, layers int
+	for i := range 400 {
+		topo, loads := randomNodeLayer(rng)
+		e := len(loads)
+		var cur []int
+		if rng.IntN(2) == 0 {
+			cur = sdk.StaticSlots(e, topo)
+		}
+		o := options{nodes: []nodePolicy{nodesSpread, nodesPack}[rng.IntN(2)]}
+		ow := o
+		ow.searchWhole = true
+		got, want := make([]int, topo.TotalSlots()), make([]int, topo.TotalSlots())
+		skip.search.skipped, whole.search.skipped = 0, 0
+		if err := skip.planLayer(got, loads, cur, e, topo, o); err != nil {
+			t.Fatal(err)
+		}
+		if err := whole.planLayer(want, loads, cur, e, topo, ow); err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("case %d (N=%d G=%d S=%d E=%d, %v)", i, topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, e, o.nodes)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: the plan differs from the one made packing every count tried:\n%v\n%v", name, got, want)
+		}
+		if whole.search.skipped != 0 {
+			t.Fatalf("%s: %d counts skipped with searchWhole", name, whole.search.skipped)
+		}
+		skipped += skip.search.skipped
+		if skip.search.skipped > 0 {
+			layers++
+		}
+	}
+	if layers < 40 {
+		t.Errorf("counts skipped in %d layers; want at least 40 of 400", layers)
+	}
+	t.Logf("%d counts skipped, in %d layers", skipped, layers)
+}
