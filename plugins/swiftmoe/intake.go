@@ -1,9 +1,6 @@
 package swiftmoe
 
-import (
-	"cmp"
-	"slices"
-)
+import "slices"
 
 // Intake-dealt node layouts. A node's ranks are packed for compute
 // (nodes.go, refine.go), but what each takes in from other nodes depends
@@ -61,16 +58,7 @@ func (sm *stepModel) intakeDeal(dst, out []int, sc *intakeScratch) bool {
 		if !anyIn {
 			continue
 		}
-		// (Ties in all three are replicas of one expert: interchangeable.)
-		slices.SortFunc(items, func(a, b intakeSlot) int {
-			if c := cmp.Compare(b.in, a.in); c != 0 {
-				return c
-			}
-			if c := cmp.Compare(b.wt, a.wt); c != 0 {
-				return c
-			}
-			return cmp.Compare(a.x, b.x)
-		})
+		sortIntake(items)
 		orig := dst[nd*per : (nd+1)*per]
 		if !sc.deal(node, items, g, s) {
 			copy(node, orig)
@@ -81,6 +69,45 @@ func (sm *stepModel) intakeDeal(dst, out []int, sc *intakeScratch) bool {
 		}
 	}
 	return changed
+}
+
+// sortIntake orders a node's replicas most intake first, then heaviest,
+// then by expert (ties in all three are replicas of one expert:
+// interchangeable). A node's few dozen replicas sort faster by insertion,
+// with the comparison inline, than through a comparison function; those
+// that take in tokens go first, so each part is sorted on its own.
+func sortIntake(items []intakeSlot) {
+	k := 0
+	for j, it := range items {
+		if it.in > 0 {
+			items[k], items[j] = it, items[k]
+			k++
+		}
+	}
+	insertionSortIntake(items[:k])
+	insertionSortIntake(items[k:])
+}
+
+func insertionSortIntake(items []intakeSlot) {
+	for i := 1; i < len(items); i++ {
+		it := items[i]
+		j := i
+		for ; j > 0 && intakeBefore(it, items[j-1]); j-- {
+			items[j] = items[j-1]
+		}
+		items[j] = it
+	}
+}
+
+// intakeBefore reports whether a goes before b in sortIntake's order.
+func intakeBefore(a, b intakeSlot) bool {
+	if a.in != b.in {
+		return a.in > b.in
+	}
+	if a.wt != b.wt {
+		return a.wt > b.wt
+	}
+	return a.x < b.x
 }
 
 // deal places items (sorted: intake first) on the node's g ranks of s
@@ -94,6 +121,7 @@ func (sc *intakeScratch) deal(node []int, items []intakeSlot, g, s int) bool {
 	clear(used)
 	clear(intake)
 	clear(load)
+	// On up to 64 ranks a mask per expert tells which ranks hold it.
 	masked := g <= 64
 	if masked {
 		for _, it := range items {
@@ -103,27 +131,20 @@ func (sc *intakeScratch) deal(node []int, items []intakeSlot, g, s int) bool {
 			sc.on[it.x] = 0
 		}
 	}
-	holds := func(q, x int) bool {
-		if masked {
-			return sc.on[x]>>q&1 != 0
-		}
-		return slices.Contains(node[q*s:q*s+used[q]], x)
-	}
 	for _, it := range items {
 		best := -1
-		for q := range g {
-			if used[q] == s || holds(q, it.x) {
-				continue
-			}
-			switch {
-			case best < 0:
-				best = q
-			case it.in > 0:
-				if intake[q] < intake[best] || (intake[q] == intake[best] && load[q] < load[best]) {
+		if masked {
+			on := sc.on[it.x]
+			for q := range g {
+				if used[q] < s && on>>q&1 == 0 && sc.prefer(q, best, it.in) {
 					best = q
 				}
-			case load[q] < load[best]:
-				best = q
+			}
+		} else {
+			for q := range g {
+				if used[q] < s && !slices.Contains(node[q*s:q*s+used[q]], it.x) && sc.prefer(q, best, it.in) {
+					best = q
+				}
 			}
 		}
 		if best < 0 {
@@ -138,4 +159,19 @@ func (sc *intakeScratch) deal(node []int, items []intakeSlot, g, s int) bool {
 		}
 	}
 	return true
+}
+
+// prefer reports whether rank q, which may take a replica taking in in
+// tokens, is a better rank for it than best (-1: none yet): the least
+// intake so far, ties by compute, for a replica that takes in tokens; the
+// least compute for one that does not.
+func (sc *intakeScratch) prefer(q, best int, in float64) bool {
+	switch {
+	case best < 0:
+		return true
+	case in > 0:
+		return sc.intake[q] < sc.intake[best] || (sc.intake[q] == sc.intake[best] && sc.load[q] < sc.load[best])
+	default:
+		return sc.load[q] < sc.load[best]
+	}
 }

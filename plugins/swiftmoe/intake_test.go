@@ -145,3 +145,44 @@ func TestIntakeDealNodesOption(t *testing.T) {
 		t.Errorf("fixed-hot: %.3f ms by default and %.3f never dealt; want below 5.8 and about 5.808, the plan packed for compute alone", onMs, offMs)
 	}
 }
+
+// TestSortIntake: sortIntake orders a node's replicas as a sort by the
+// order it states (most intake, then heaviest, then expert) does, on random
+// replicas with many ties: intake zero for about half, a few distinct
+// weights, replicas of one expert alike.
+func TestSortIntake(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range 2000 {
+		n := rng.IntN(70)
+		items := make([]intakeSlot, n)
+		for j := range items {
+			x := rng.IntN(12)
+			items[j] = intakeSlot{x: x, wt: float64(x%4 + 1)}
+			if x%2 == 0 {
+				items[j].in = float64(x%3) * 0.5
+			}
+		}
+		want := slices.Clone(items)
+		slices.SortFunc(want, func(a, b intakeSlot) int {
+			switch {
+			case a.in != b.in:
+				return cmpDesc(a.in, b.in)
+			case a.wt != b.wt:
+				return cmpDesc(a.wt, b.wt)
+			default:
+				return a.x - b.x
+			}
+		})
+		sortIntake(items)
+		if !slices.Equal(items, want) {
+			t.Fatalf("case %d: got %v, want %v", i, items, want)
+		}
+	}
+}
+
+func cmpDesc(a, b float64) int {
+	if a > b {
+		return -1
+	}
+	return 1
+}
