@@ -169,6 +169,23 @@ func BenchmarkSwiftMoEPlanSequentialE32StepWindow(b *testing.B) {
 	benchSequential(b, windowRequest(e32Request(), defaultLoadWindow), options{window: defaultLoadWindow})
 }
 
+// BenchmarkSwiftMoEPlanSequentialE64Nodes4Step plans 64 layers of the
+// issue's 32-GPU layout: 64 experts on 32 ranks in 4 nodes of 8, 6 slots
+// each, Zipf(1.0) loads, for step time at 12.5 GB/s between nodes, with
+// the strategy's default options (so candidates are also tried
+// intake-dealt, and 2-homed layouts are searched).
+func BenchmarkSwiftMoEPlanSequentialE64Nodes4Step(b *testing.B) {
+	req := &sdk.Request{Topology: sdk.Topology{WorldSize: 32, SlotsPerRank: 6, RanksPerNode: 8}}
+	for l := range 64 {
+		req.Layers = append(req.Layers, sdk.LayerInput{Layer: l, NumExperts: 64, Predicted: zipfLoads(64, 1.0, 1<<18, uint64(l+1))})
+	}
+	o, err := parseOptions(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchSequential(b, stepRequest(req, 12.5e9), o)
+}
+
 func e32Request() *sdk.Request {
 	req := &sdk.Request{Topology: sdk.Topology{WorldSize: 16, SlotsPerRank: 4, RanksPerNode: 8}}
 	for l := range 64 {
