@@ -207,6 +207,42 @@ func TestStepObjectiveRandomInvariants(t *testing.T) {
 	}
 }
 
+// samePlans fails the test where got, a plan made sparing some work,
+// differs from want, the plan made how (doing that work).
+func samePlans(t *testing.T, name string, got, want []int, how string) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s: the plan differs from the one made %s:\n%v\n%v", name, how, got, want)
+	}
+}
+
+// spareTally tallies what a plans-alike test's cheaper planning spared: the
+// work items in all, and the layers in which it spared some.
+type spareTally struct{ items, layers int }
+
+// add counts a layer in which the cheaper planning spared n items, and
+// fails the test where the planning that spares nothing (whole) did.
+func (sp *spareTally) add(t *testing.T, name, what string, n, whole int) {
+	t.Helper()
+	if whole != 0 {
+		t.Fatalf("%s: %d %s spared by the planning that spares none", name, whole, what)
+	}
+	sp.items += n
+	if n > 0 {
+		sp.layers++
+	}
+}
+
+// check fails the test where fewer than least of the layers saw something
+// spared, and logs the tally.
+func (sp *spareTally) check(t *testing.T, what string, least, of int) {
+	t.Helper()
+	if sp.layers < least {
+		t.Errorf("%s spared in %d layers; want at least %d of %d", what, sp.layers, least, of)
+	}
+	t.Logf("%d %s spared, in %d layers", sp.items, what, sp.layers)
+}
+
 // randomStepLayer is a random layer for planning for step time: nodes of
 // one of groups ranks, from nodes to nodes+span-1 of them, 1 to 6 slots,
 // up to 512 experts, and a random cost model (H200s at 400 GB/s a quarter
@@ -267,9 +303,7 @@ func TestLazyEstimatePlansAlike(t *testing.T) {
 		if err := eager.planLayerStep(want, loads, cur, e, topo, options{eagerEstimate: true}, &lc); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if !slices.Equal(got, want) {
-			t.Fatalf("%s: the plan differs from the one made with the estimate at once:\n%v\n%v", name, got, want)
-		}
+		samePlans(t, name, got, want, "with the estimate at once")
 		switch {
 		case lazy.step.evals > eager.step.evals:
 			t.Fatalf("%s: %d estimates, %d with the estimate at once", name, lazy.step.evals, eager.step.evals)
@@ -294,7 +328,7 @@ func TestLazyEstimatePlansAlike(t *testing.T) {
 func TestEarlyOutPlansAlike(t *testing.T) {
 	rng := rand.New(rand.NewPCG(31, 8))
 	early, whole := new(planner), new(planner)
-	var cut, layers int
+	var cut spareTally
 	for i := range 800 {
 		topo, e, lc := randomStepLayer(rng, []int{2, 4, 8}, 2, 47)
 		n, g, s := topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank
@@ -312,21 +346,10 @@ func TestEarlyOutPlansAlike(t *testing.T) {
 		if err := whole.planLayerStep(want, loads, cur, e, topo, ow, &lc); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if !slices.Equal(got, want) {
-			t.Fatalf("%s: the plan differs from the one made packing every candidate in full:\n%v\n%v", name, got, want)
-		}
-		if whole.stepPlans.cut != 0 {
-			t.Fatalf("%s: %d packings stopped with packWhole", name, whole.stepPlans.cut)
-		}
-		cut += early.stepPlans.cut
-		if early.stepPlans.cut > 0 {
-			layers++
-		}
+		samePlans(t, name, got, want, "packing every candidate in full")
+		cut.add(t, name, "packings", early.stepPlans.cut, whole.stepPlans.cut)
 	}
-	if layers < 25 {
-		t.Errorf("packings stopped early in %d layers; want at least 25 of 800", layers)
-	}
-	t.Logf("%d packings stopped early, in %d layers", cut, layers)
+	cut.check(t, "packings", 25, 800)
 }
 
 func TestObjectiveOption(t *testing.T) {

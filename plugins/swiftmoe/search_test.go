@@ -3,7 +3,6 @@ package swiftmoe
 import (
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"testing"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -57,7 +56,7 @@ func TestNodesBoundHolds(t *testing.T) {
 func TestCountSearchSkipsAlike(t *testing.T) {
 	rng := rand.New(rand.NewPCG(43, 11))
 	skip, whole := new(planner), new(planner)
-	var skipped, layers int
+	var skipped spareTally
 	for i := range 400 {
 		topo, loads := randomNodeLayer(rng)
 		e := len(loads)
@@ -77,19 +76,8 @@ func TestCountSearchSkipsAlike(t *testing.T) {
 			t.Fatal(err)
 		}
 		name := fmt.Sprintf("case %d (N=%d G=%d S=%d E=%d, %v)", i, topo.WorldSize, topo.RanksPerNode, topo.SlotsPerRank, e, o.nodes)
-		if !slices.Equal(got, want) {
-			t.Fatalf("%s: the plan differs from the one made packing every count tried:\n%v\n%v", name, got, want)
-		}
-		if whole.search.skipped != 0 {
-			t.Fatalf("%s: %d counts skipped with searchWhole", name, whole.search.skipped)
-		}
-		skipped += skip.search.skipped
-		if skip.search.skipped > 0 {
-			layers++
-		}
+		samePlans(t, name, got, want, "packing every count tried")
+		skipped.add(t, name, "packings of counts", skip.search.skipped, whole.search.skipped)
 	}
-	if layers < 40 {
-		t.Errorf("counts skipped in %d layers; want at least 40 of 400", layers)
-	}
-	t.Logf("%d counts skipped, in %d layers", skipped, layers)
+	skipped.check(t, "packings of counts", 40, 400)
 }
