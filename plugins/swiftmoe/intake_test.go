@@ -1,6 +1,7 @@
 package swiftmoe
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -166,9 +167,9 @@ func TestSortIntake(t *testing.T) {
 		slices.SortFunc(want, func(a, b intakeSlot) int {
 			switch {
 			case a.in != b.in:
-				return cmpDesc(a.in, b.in)
+				return cmp.Compare(b.in, a.in)
 			case a.wt != b.wt:
-				return cmpDesc(a.wt, b.wt)
+				return cmp.Compare(b.wt, a.wt)
 			default:
 				return a.x - b.x
 			}
@@ -178,11 +179,4 @@ func TestSortIntake(t *testing.T) {
 			t.Fatalf("case %d: got %v, want %v", i, items, want)
 		}
 	}
-}
-
-func cmpDesc(a, b float64) int {
-	if a > b {
-		return -1
-	}
-	return 1
 }

@@ -136,10 +136,11 @@ func (p *planner) nodesBound(lay *nodeLayout) float64 {
 		need := int32(s - 1)
 		for i := len(d.experts) - 1; i >= 0 && need > 0; i-- {
 			x := d.experts[i]
-			c := min(need, d.replicas(x))
+			r := d.replicas(x)
 			if i == 0 {
-				c = min(need, d.replicas(x)-1) // the heaviest is counted
+				r-- // the heaviest is counted
 			}
+			c := min(need, r)
 			v += float64(c) * p.wt.w[x]
 			need -= c
 		}
