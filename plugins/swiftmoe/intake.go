@@ -1,6 +1,10 @@
 package swiftmoe
 
-import "slices"
+import (
+	"math"
+	"math/bits"
+	"slices"
+)
 
 // Intake-dealt node layouts. A node's ranks are packed for compute
 // (nodes.go, refine.go), but what each takes in from other nodes depends
@@ -123,7 +127,9 @@ func (sc *intakeScratch) deal(node []int, items []intakeSlot, g, s int) bool {
 	clear(load)
 	// On up to 64 ranks a mask per expert tells which ranks hold it.
 	masked := g <= 64
+	var open uint64 // ranks with a free slot (masked)
 	if masked {
+		open = math.MaxUint64 >> (64 - g)
 		for _, it := range items {
 			if it.x >= len(sc.on) {
 				sc.on = append(sc.on, make([]uint64, it.x+1-len(sc.on))...)
@@ -134,10 +140,23 @@ func (sc *intakeScratch) deal(node []int, items []intakeSlot, g, s int) bool {
 	for _, it := range items {
 		best := -1
 		if masked {
-			on := sc.on[it.x]
-			for q := range g {
-				if used[q] < s && on>>q&1 == 0 && sc.prefer(q, best, it.in) {
-					best = q
+			// prefer over the ranks that may take it (a free slot and
+			// none of its expert), lowest first, with the best one's
+			// intake and load held.
+			elig := open &^ sc.on[it.x]
+			bi, bl := math.Inf(1), math.Inf(1)
+			if it.in > 0 {
+				for ; elig != 0; elig &= elig - 1 {
+					q := bits.TrailingZeros64(elig)
+					if iq := intake[q]; iq < bi || (iq == bi && load[q] < bl) {
+						best, bi, bl = q, iq, load[q]
+					}
+				}
+			} else {
+				for ; elig != 0; elig &= elig - 1 {
+					if q := bits.TrailingZeros64(elig); load[q] < bl {
+						best, bl = q, load[q]
+					}
 				}
 			}
 		} else {
@@ -152,6 +171,9 @@ func (sc *intakeScratch) deal(node []int, items []intakeSlot, g, s int) bool {
 		}
 		node[best*s+used[best]] = it.x
 		used[best]++
+		if used[best] == s {
+			open &^= 1 << best
+		}
 		intake[best] += it.in
 		load[best] += it.wt
 		if masked {
