@@ -182,6 +182,11 @@ func (p *planner) pack(t sdk.Topology) error { return p.packBelow(t, math.Inf(1)
 // (every slot is filled), so the plan cannot score below hi.
 func (p *planner) packBelow(t sdk.Topology, hi float64) error {
 	p.weigh()
+	return p.packWeighed(t, hi)
+}
+
+// packWeighed is packBelow for counts already weighed (p.wt).
+func (p *planner) packWeighed(t sdk.Topology, hi float64) error {
 	p.rk.empty()
 	if r := hierarchical(t); r > 0 {
 		var err error

@@ -42,7 +42,8 @@ type countSearch struct {
 	bestReps  []int32
 	climbDst  []int
 	climbReps []int32
-	skipped   int // counts not packed (errAbove), for tests
+	climbWt   weights // the weights of climbReps
+	skipped   int     // counts not packed (errAbove), for tests
 }
 
 // run searches: a climb moves one replica from one expert to another,
@@ -94,6 +95,8 @@ func (cs *countSearch) climb(p *planner, t sdk.Topology, cur score, evals *int) 
 	base := cs.climbReps
 	copy(base, p.reps)
 	copy(cs.climbDst, dst)
+	n, slots := p.rk.n, len(dst)
+	cs.climbWt.set(base, p.loads, n, slots)
 	for improved := true; improved && *evals > 0; {
 		improved = false
 		for from := 0; from < e && !improved && *evals > 0; from++ {
@@ -113,13 +116,16 @@ func (cs *countSearch) climb(p *planner, t sdk.Topology, cur score, evals *int) 
 				if p.opts.searchWhole {
 					hi = math.Inf(1)
 				}
-				if !p.tryPackBelow(t, evals, hi) {
+				// Their weights are base's with two experts moved.
+				p.wt.setMoved(&cs.climbWt, p.reps, p.loads, n, slots, from, to)
+				if !p.tryPackWeighed(t, evals, hi) {
 					continue
 				}
 				if s := p.score(dst); s.better(cur) {
 					cur = s
 					copy(base, p.reps)
 					copy(cs.climbDst, dst)
+					cs.climbWt.set(base, p.loads, n, slots)
 					improved = true
 					break
 				}
@@ -158,8 +164,14 @@ func (p *planner) tryPack(t sdk.Topology, evals *int) bool {
 // tryPackBelow packs reps unless they cannot pack below hi (packBelow),
 // counting one evaluation either way, and reports whether it packed.
 func (p *planner) tryPackBelow(t sdk.Topology, evals *int, hi float64) bool {
+	p.weigh()
+	return p.tryPackWeighed(t, evals, hi)
+}
+
+// tryPackWeighed is tryPackBelow for counts already weighed (p.wt).
+func (p *planner) tryPackWeighed(t sdk.Topology, evals *int, hi float64) bool {
 	*evals--
-	err := p.packBelow(t, hi)
+	err := p.packWeighed(t, hi)
 	if errors.Is(err, errAbove) {
 		p.search.skipped++
 	}

@@ -2,7 +2,9 @@ package swiftmoe
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -80,4 +82,67 @@ func TestCountSearchSkipsAlike(t *testing.T) {
 		skipped.add(t, name, "packings of counts", skip.search.skipped, whole.search.skipped)
 	}
 	skipped.check(t, "packings of counts", 40, 400)
+}
+
+// TestSetMovedMatchesSet: the count search's climb weighs counts one move
+// from its base by merging the two moved experts' keys into the base's
+// order (weights.setMoved); the weights, limits and packing order are
+// set's for the same counts, bit for bit, over random counts with ties in
+// load (equal loads, and loads of zero) and moves in both directions.
+func TestSetMovedMatchesSet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(53, 9))
+	var base, moved, ref weights
+	var checked, reordered int
+	for range 3000 {
+		e := 2 + rng.IntN(63)
+		n := 1 + rng.IntN(16)
+		slots := e + rng.IntN(4*e)
+		reps := make([]int32, e)
+		for x := range reps {
+			reps[x] = 1
+		}
+		for range slots - e {
+			reps[rng.IntN(e)]++
+		}
+		loads := make([]float64, e)
+		for x := range loads {
+			switch rng.IntN(4) {
+			case 0:
+				loads[x] = 0
+			case 1:
+				loads[x] = 1000 // ties
+			default:
+				loads[x] = float64(rng.IntN(5000))
+			}
+		}
+		base.set(reps, loads, n, slots)
+		for range 8 {
+			from, to := rng.IntN(e), rng.IntN(e)
+			if from == to || reps[from] <= 1 {
+				continue
+			}
+			trial := append([]int32(nil), reps...)
+			trial[from]--
+			trial[to]++
+			moved.setMoved(&base, trial, loads, n, slots, from, to)
+			ref.set(trial, loads, n, slots)
+			for x := range e {
+				if math.Float64bits(moved.w[x]) != math.Float64bits(ref.w[x]) || moved.capR[x] != ref.capR[x] {
+					t.Fatalf("e=%d n=%d slots=%d move %d -> %d: expert %d w %v capR %d, set's %v %d",
+						e, n, slots, from, to, x, moved.w[x], moved.capR[x], ref.w[x], ref.capR[x])
+				}
+			}
+			if !slices.Equal(moved.order, ref.order) {
+				t.Fatalf("e=%d n=%d slots=%d move %d -> %d: order %v, set's %v", e, n, slots, from, to, moved.order, ref.order)
+			}
+			if !slices.Equal(moved.order, base.order) {
+				reordered++
+			}
+			checked++
+		}
+	}
+	if checked < 10000 || reordered < checked/4 {
+		t.Fatalf("%d moves checked, %d of them reordering: the cases do not exercise the merge", checked, reordered)
+	}
+	t.Logf("%d moves checked, %d reordered the experts", checked, reordered)
 }

@@ -13,7 +13,8 @@ type weights struct {
 	w     []float64 // load per replica
 	capR  []int32   // most replicas one rank may hold: ceil(reps/ranks)
 	order []int32   // experts by w descending (the packing order)
-	keys  []uint64  // sort keys for order
+	keys  []uint64  // sort keys for order, when keyed
+	keyed bool      // order was sorted by keys (set)
 	tmp   []uint64  // sortKeys scratch
 	cnt   []int32
 }
@@ -42,25 +43,78 @@ func (wt *weights) set(reps []int32, loads []float64, n, slots int) {
 	}
 	idBits := bits.Len(uint(e - 1))
 	repsBits := bits.Len(uint(slots))
-	if idBits+repsBits > 24 {
+	wt.keyed = idBits+repsBits <= 24
+	if !wt.keyed {
 		wt.sortFunc(reps)
 		return
 	}
 	keys := grow(wt.keys, e)[:0]
-	top := uint64(slots)
 	for x := range e {
-		k := ^math.Float64bits(wt.w[x]) >> (idBits + repsBits)
-		k = k<<repsBits | (top - uint64(reps[x]))
-		keys = append(keys, k<<idBits|uint64(x))
+		keys = append(keys, wt.key(reps, x, idBits, repsBits, slots))
 	}
 	wt.tmp = grow(wt.tmp, e)
 	wt.cnt = grow(wt.cnt, e*sortBuckets+1)
 	sortKeys(keys, wt.tmp, wt.cnt)
+	wt.orderKeys(keys, idBits)
+}
+
+// key is expert x's sort key (see set).
+func (wt *weights) key(reps []int32, x, idBits, repsBits, slots int) uint64 {
+	k := ^math.Float64bits(wt.w[x]) >> (idBits + repsBits)
+	k = k<<repsBits | (uint64(slots) - uint64(reps[x]))
+	return k<<idBits | uint64(x)
+}
+
+// orderKeys keeps keys (sorted) and sets order from them.
+func (wt *weights) orderKeys(keys []uint64, idBits int) {
 	idMask := uint64(1)<<idBits - 1
 	for i, k := range keys {
 		wt.order[i] = int32(k & idMask)
 	}
 	wt.keys = keys
+}
+
+// setMoved is set for counts reps that are base's (the counts base was
+// set from, with the same n and slots) with one replica moved from expert
+// from to expert to. Every other expert keeps its weight and its key, which
+// base holds in order, so the two moved keys are merged in rather than all
+// of them sorted again: the same order, as the keys are distinct.
+func (wt *weights) setMoved(base *weights, reps []int32, loads []float64, n, slots, from, to int) {
+	if !base.keyed {
+		wt.set(reps, loads, n, slots)
+		return
+	}
+	e := len(reps)
+	wt.w = append(grow(wt.w, e)[:0], base.w...)
+	wt.capR = append(grow(wt.capR, e)[:0], base.capR...)
+	wt.order = grow(wt.order, e)
+	nr := int32(n)
+	for _, x := range [2]int{from, to} {
+		wt.w[x] = loadOf(loads, x) / float64(reps[x])
+		wt.capR[x] = (reps[x] + nr - 1) / nr
+	}
+	idBits := bits.Len(uint(e - 1))
+	repsBits := bits.Len(uint(slots))
+	wt.keyed = true
+	a, b := wt.key(reps, from, idBits, repsBits, slots), wt.key(reps, to, idBits, repsBits, slots)
+	if b < a {
+		a, b = b, a
+	}
+	idMask := uint64(1)<<idBits - 1
+	keys := grow(wt.keys, e)[:0]
+	for _, k := range base.keys {
+		if x := int(k & idMask); x == from || x == to {
+			continue
+		}
+		for ; a < k; a, b = b, math.MaxUint64 {
+			keys = append(keys, a)
+		}
+		keys = append(keys, k)
+	}
+	for ; a != math.MaxUint64; a, b = b, math.MaxUint64 {
+		keys = append(keys, a)
+	}
+	wt.orderKeys(keys, idBits)
 }
 
 // sortFunc sorts order as set does, with a comparison function, for
