@@ -85,8 +85,8 @@ func (wt *weights) setMoved(base *weights, reps []int32, loads []float64, n, slo
 		return
 	}
 	e := len(reps)
-	wt.w = append(grow(wt.w, e)[:0], base.w...)
-	wt.capR = append(grow(wt.capR, e)[:0], base.capR...)
+	wt.w = append(wt.w[:0], base.w...)
+	wt.capR = append(wt.capR[:0], base.capR...)
 	wt.order = grow(wt.order, e)
 	nr := int32(n)
 	for _, x := range [2]int{from, to} {
@@ -100,6 +100,9 @@ func (wt *weights) setMoved(base *weights, reps []int32, loads []float64, n, slo
 	if b < a {
 		a, b = b, a
 	}
+	// Merge a then b (a <= b) into base's other keys; no key is
+	// math.MaxUint64 (its replica field, slots - reps, is below the
+	// field's all-ones), which marks a merged key.
 	idMask := uint64(1)<<idBits - 1
 	keys := grow(wt.keys, e)[:0]
 	for _, k := range base.keys {
