@@ -180,3 +180,85 @@ func TestSortIntake(t *testing.T) {
 		}
 	}
 }
+
+// TestIntakeDealMatchesRules: deal places each replica (in sortIntake's
+// order) on the rank its rules pick, written out here rank by rank: of the
+// ranks with a free slot that hold none of its expert, the least intake so
+// far (ties: least compute, then the lowest rank) for a replica that takes
+// in tokens, the least compute (ties: the lowest rank) for one that does
+// not; and it fails when a replica finds no such rank. Nodes of 1 to 70
+// ranks cover both of deal's paths (a mask of ranks up to 64, a scan past
+// it) and the mask's edge; intakes and weights repeat, so ties are common.
+func TestIntakeDealMatchesRules(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 4))
+	var sc intakeScratch
+	var placed, failed int
+	for i := range 3000 {
+		g := 1 + rng.IntN(70)
+		if i%10 == 0 {
+			g = 63 + rng.IntN(3) // 63, 64, 65
+		}
+		s := 1 + rng.IntN(5)
+		e := 1 + rng.IntN(g*s)
+		items := make([]intakeSlot, 0, g*s)
+		for range g*s - rng.IntN(2) {
+			x := rng.IntN(e)
+			it := intakeSlot{x: x, wt: float64(x%5 + 1)}
+			if rng.IntN(2) == 0 {
+				it.in = float64(x%3+1) * 0.5
+			}
+			items = append(items, it)
+		}
+		sortIntake(items)
+		node := make([]int, g*s)
+		ok := sc.deal(node, items, g, s)
+
+		// The rules, rank by rank.
+		want := make([]int, g*s)
+		used := make([]int, g)
+		intake := make([]float64, g)
+		load := make([]float64, g)
+		wantOK := true
+		for _, it := range items {
+			best := -1
+			for q := range g {
+				if used[q] == s || slices.Contains(want[q*s:q*s+used[q]], it.x) {
+					continue
+				}
+				switch {
+				case best < 0:
+					best = q
+				case it.in > 0 && (intake[q] < intake[best] || intake[q] == intake[best] && load[q] < load[best]):
+					best = q
+				case it.in == 0 && load[q] < load[best]:
+					best = q
+				}
+			}
+			if best < 0 {
+				wantOK = false
+				break
+			}
+			want[best*s+used[best]] = it.x
+			used[best]++
+			intake[best] += it.in
+			load[best] += it.wt
+		}
+		if ok != wantOK {
+			t.Fatalf("case %d (g=%d s=%d): deal reports %v, the rules %v", i, g, s, ok, wantOK)
+		}
+		if !ok {
+			failed++
+			continue
+		}
+		placed++
+		// deal writes only the slots it fills (a replica short leaves the
+		// last one as it was: zero here, as in want).
+		if !slices.Equal(node, want) {
+			t.Fatalf("case %d (g=%d s=%d): deal gave %v, the rules %v", i, g, s, node, want)
+		}
+	}
+	if placed < 1000 || failed < 100 {
+		t.Fatalf("%d nodes dealt, %d that could not be: the cases miss one of the outcomes", placed, failed)
+	}
+	t.Logf("%d nodes dealt, %d that could not be", placed, failed)
+}
