@@ -27,32 +27,35 @@ func ValidateSlots(slots []int, numExperts int, t Topology) error {
 	if total < numExperts {
 		return fmt.Errorf("%w: %d slots cannot hold %d experts; raise slots_per_rank to at least %d", ErrInvalidPlan, total, numExperts, (numExperts+t.WorldSize-1)/t.WorldSize)
 	}
-	// One allocation holds both counters: replicas[e] over the layer and
-	// perRank[e] over the rank being checked. perRank is reset by walking the
-	// rank's own slots, so each rank costs SlotsPerRank, not numExperts.
-	counts := make([]int, 2*numExperts)
-	replicas, perRank := counts[:numExperts:numExperts], counts[numExperts:]
+	// Per expert: its replicas over the layer, the most of them one rank
+	// may hold, and its replicas on the rank being checked (reset by
+	// walking the rank's own slots, so each rank costs SlotsPerRank, not
+	// numExperts).
+	type count struct{ replicas, limit, onRank int32 }
+	counts := make([]count, numExperts)
 	for i, e := range slots {
 		if e < 0 || e >= numExperts {
 			return fmt.Errorf("%w: slot %d (rank %d) holds expert %d, want 0..%d", ErrInvalidPlan, i, i/t.SlotsPerRank, e, numExperts-1)
 		}
-		replicas[e]++
+		counts[e].replicas++
 	}
-	for e, n := range replicas {
-		if n == 0 {
+	for e := range counts {
+		c := &counts[e]
+		if c.replicas == 0 {
 			return fmt.Errorf("%w: expert %d has no slot; every expert needs at least one replica", ErrInvalidPlan, e)
 		}
+		c.limit = int32((int(c.replicas) + t.WorldSize - 1) / t.WorldSize)
 	}
 	for r := 0; r < t.WorldSize; r++ {
 		rank := slots[r*t.SlotsPerRank : (r+1)*t.SlotsPerRank]
 		for _, e := range rank {
-			perRank[e]++
-			if limit := (replicas[e] + t.WorldSize - 1) / t.WorldSize; perRank[e] > limit {
-				return fmt.Errorf("%w: rank %d holds %d replicas of expert %d, at most %d allowed with %d replicas over %d ranks", ErrInvalidPlan, r, perRank[e], e, limit, replicas[e], t.WorldSize)
+			c := &counts[e]
+			if c.onRank++; c.onRank > c.limit {
+				return fmt.Errorf("%w: rank %d holds %d replicas of expert %d, at most %d allowed with %d replicas over %d ranks", ErrInvalidPlan, r, c.onRank, e, c.limit, c.replicas, t.WorldSize)
 			}
 		}
 		for _, e := range rank {
-			perRank[e] = 0
+			counts[e].onRank = 0
 		}
 	}
 	return nil
