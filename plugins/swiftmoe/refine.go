@@ -105,7 +105,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 						continue
 					}
 					x, y := int32(rowA[i]), int32(rowB[j])
-					if rk.placed(b, x) >= wt.capR[x] || rk.placed(a, y) >= wt.capR[y] {
+					if holds(rowB, x) >= wt.capR[x] || holds(rowA, y) >= wt.capR[y] {
 						continue
 					}
 					bi, bb, bj, bk, bestM = i, b, j, ki, max(ax+wy, vb[j]+wx)
@@ -124,6 +124,18 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		resort(rk, keys, a, len(keys)-1)
 	}
 	return rk.load[rk.rank(keys[len(keys)-1])]
+}
+
+// holds is the replicas of expert x in a rank's row (its slots, all
+// filled: refinement works on packed ranks).
+func holds(row []int, x int32) int32 {
+	var c int32
+	for _, z := range row {
+		if z == int(x) {
+			c++
+		}
+	}
+	return c
 }
 
 // resort moves rank q's key in the sorted keys to its place under q's new
