@@ -428,7 +428,7 @@ func (p *planner) packHybrid(h, r int, done func(node int) bool) error {
 		}
 	}
 	p.rk.empty()
-	return p.packNodeRanks(lay, done)
+	return p.packNodeRanks(lay, math.Inf(1), done)
 }
 
 // boundHybrid is the bound (bound.go) on the estimated step time of the

@@ -14,8 +14,11 @@ package swiftmoe
 // nodes go busiest first, which raises the bound soonest.
 //
 // done, when not nil, is called with each node once its ranks are final;
-// when it returns false, packing stops there with errOutbound.
-func (p *planner) packNodeRanks(lay *nodeLayout, done func(node int) bool) error {
+// when it returns false, packing stops there with errOutbound. Packing also
+// stops, with errAbove, once a node's ranks (or the bound) are above hi by
+// more than rounding: the plan's busiest rank then is too, and the count
+// search (hi finite) has no use for it.
+func (p *planner) packNodeRanks(lay *nodeLayout, hi float64, done func(node int) bool) error {
 	seq := lay.byLoad()
 	floor := p.wt.w[p.wt.order[0]]
 	floor = max(floor, lay.load[lay.node(seq[len(seq)-1])]/float64(lay.r))
@@ -30,6 +33,9 @@ func (p *planner) packNodeRanks(lay *nodeLayout, done func(node int) bool) error
 			}
 		}
 		floor = max(floor, p.refine.refine(&p.rk, &p.wt, d.lo, d.hi, floor))
+		if floor > hi*(1+1e-9) {
+			return errAbove
+		}
 		if done != nil && !done(d.node) {
 			return errOutbound
 		}

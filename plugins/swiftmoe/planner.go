@@ -179,7 +179,8 @@ func (p *planner) pack(t sdk.Topology) error { return p.packBelow(t, math.Inf(1)
 // where the counts (and their node layout) bound the plan's busiest rank
 // above hi: a rank holds at least its node's mean load, and the rank with
 // a node's heaviest replica holds at least that and the node's S-1 lightest
-// (every slot is filled), so the plan cannot score below hi.
+// (every slot is filled), so the plan cannot score below hi; and, with
+// nodes, once a node's packed ranks are above hi (packNodeRanks).
 func (p *planner) packBelow(t sdk.Topology, hi float64) error {
 	p.weigh()
 	return p.packWeighed(t, hi)
@@ -201,7 +202,7 @@ func (p *planner) packWeighed(t sdk.Topology, hi float64) error {
 		if !math.IsInf(hi, 1) && p.nodesBound(&p.nodes.lay) > hi*(1+1e-9) {
 			return errAbove
 		}
-		return p.packNodeRanks(&p.nodes.lay, nil)
+		return p.packNodeRanks(&p.nodes.lay, hi, nil)
 	}
 	if err := p.flat.pack(&p.rk, &p.wt, p.reps, 0, p.rk.n); err != nil {
 		return err
