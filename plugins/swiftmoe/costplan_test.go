@@ -619,3 +619,74 @@ func TestTwoHomeMargin(t *testing.T) {
 	}
 	t.Logf("%d layers with a 2-homed search, %d plans changed by the default margin", tried, changed)
 }
+
+// TestHomeSinglesMaskedMatchesQueued: on up to maskedHomeNodes nodes the
+// experts that are not global are homed by walking a mask of the eligible
+// nodes rather than through the ordered queue; both give every expert the
+// same homes, every node the same count and load (bit for bit), and fail
+// alike, over random layers of 1-64 nodes, 1-3 homes, ties in load (equal
+// loads, zeros) and q and rho of every size.
+func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
+	rng := rand.New(rand.NewPCG(61, 7))
+	var a, b hybridScratch
+	var checked, failed int
+	for range 4000 {
+		m := 1 + rng.IntN(64)
+		e := 1 + rng.IntN(200)
+		h := rng.IntN(e)
+		k := 1 + rng.IntN(min(3, m))
+		loads := make([]float64, e)
+		for x := range loads {
+			switch rng.IntN(4) {
+			case 0:
+				loads[x] = 0
+			case 1:
+				loads[x] = 100
+			default:
+				loads[x] = float64(rng.IntN(1000))
+			}
+		}
+		singles := e - h
+		q, rho := singles*k/m, singles*k%m
+		if rng.IntN(8) == 0 { // counts that cannot all be placed
+			q, rho = rng.IntN(3), rng.IntN(m)
+		}
+		for _, hs := range []*hybridScratch{&a, &b} {
+			hs.rankExperts(loads, e)
+			hs.home = grow(hs.home, e)
+			hs.homes = grow(hs.homes, e*k)
+			hs.nodeLoad = grow(hs.nodeLoad, m)
+			hs.nSingle = grow(hs.nSingle, m)
+			clear(hs.nodeLoad)
+			clear(hs.nSingle)
+			for x := range hs.home {
+				hs.home[x] = -1
+			}
+		}
+		errA := a.homeSinglesMasked(loads, h, k, q, rho, m)
+		errB := b.homeSinglesQueued(loads, h, k, q, rho, m)
+		name := fmt.Sprintf("M=%d E=%d h=%d k=%d q=%d rho=%d", m, e, h, k, q, rho)
+		if (errA == nil) != (errB == nil) {
+			t.Fatalf("%s: masked %v, queued %v", name, errA, errB)
+		}
+		if errA != nil {
+			failed++
+			continue
+		}
+		checked++
+		for _, x := range a.order[h:] {
+			if !slices.Equal(a.homes[int(x)*k:int(x+1)*k], b.homes[int(x)*k:int(x+1)*k]) || a.home[x] != b.home[x] {
+				t.Fatalf("%s: expert %d homed on %v (masked) and %v (queued)", name, x, a.homes[int(x)*k:int(x+1)*k], b.homes[int(x)*k:int(x+1)*k])
+			}
+		}
+		for nd := range m {
+			if a.nSingle[nd] != b.nSingle[nd] || math.Float64bits(a.nodeLoad[nd]) != math.Float64bits(b.nodeLoad[nd]) {
+				t.Fatalf("%s: node %d holds %d (load %v) masked, %d (load %v) queued", name, nd, a.nSingle[nd], a.nodeLoad[nd], b.nSingle[nd], b.nodeLoad[nd])
+			}
+		}
+	}
+	if checked < 1000 || failed < 100 {
+		t.Errorf("%d layers homed and %d failed; want at least 1000 and 100", checked, failed)
+	}
+	t.Logf("%d layers homed alike, %d failed alike", checked, failed)
+}
