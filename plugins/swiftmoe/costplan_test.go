@@ -635,17 +635,7 @@ func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 		e := 1 + rng.IntN(200)
 		h := rng.IntN(e)
 		k := 1 + rng.IntN(min(3, m))
-		loads := make([]float64, e)
-		for x := range loads {
-			switch rng.IntN(4) {
-			case 0:
-				loads[x] = 0
-			case 1:
-				loads[x] = 100
-			default:
-				loads[x] = float64(rng.IntN(1000))
-			}
-		}
+		loads := tiedLoads(rng, e, 100, 1000)
 		singles := e - h
 		q, rho := singles*k/m, singles*k%m
 		if rng.IntN(8) == 0 { // counts that cannot all be placed

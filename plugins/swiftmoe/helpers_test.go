@@ -152,3 +152,20 @@ func readVectors[T any](t *testing.T, name string, min int) []T {
 	}
 	return cases
 }
+
+// tiedLoads draws e expert loads with ties: a quarter zero, a quarter
+// equal to tie, the rest integers below hi.
+func tiedLoads(rng *rand.Rand, e int, tie float64, hi int) []float64 {
+	loads := make([]float64, e)
+	for x := range loads {
+		switch rng.IntN(4) {
+		case 0:
+			loads[x] = 0
+		case 1:
+			loads[x] = tie
+		default:
+			loads[x] = float64(rng.IntN(hi))
+		}
+	}
+	return loads
+}

@@ -104,17 +104,7 @@ func TestSetMovedMatchesSet(t *testing.T) {
 		for range slots - e {
 			reps[rng.IntN(e)]++
 		}
-		loads := make([]float64, e)
-		for x := range loads {
-			switch rng.IntN(4) {
-			case 0:
-				loads[x] = 0
-			case 1:
-				loads[x] = 1000 // ties
-			default:
-				loads[x] = float64(rng.IntN(5000))
-			}
-		}
+		loads := tiedLoads(rng, e, 1000, 5000)
 		base.set(reps, loads, n, slots)
 		for range 8 {
 			from, to := rng.IntN(e), rng.IntN(e)
