@@ -124,3 +124,20 @@ func TestMaxOverMean(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkValidateSlots checks the plan of the largest target job's 64
+// layers (256 experts on 256 ranks x 4 slots), as the sidecar does with
+// every plugin answer.
+//
+//	go test ./plugins/sdk -run '^$' -bench ValidateSlots
+func BenchmarkValidateSlots(b *testing.B) {
+	t := Topology{WorldSize: 256, SlotsPerRank: 4, RanksPerNode: 8}
+	slots := StaticSlots(256, t)
+	for b.Loop() {
+		for range 64 {
+			if err := ValidateSlots(slots, 256, t); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
