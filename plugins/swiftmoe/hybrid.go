@@ -400,7 +400,7 @@ func (hs *hybridScratch) homeSinglesQueued(loads []float64, h, k, q, rho, m int)
 
 // maskedHomeNodes is the most nodes homeSingles walks as a mask: on a few
 // nodes the walk is cheaper than keeping the queue in order (the issue's
-// 32-GPU layout, 4 nodes: 331.6 -> 326.0 M instructions a plan), on 32 it
+// 32-GPU layout, 4 nodes: 331.6 -> 325.9 M instructions a plan), on 32 it
 // costs more (the planner benchmark for step time, 67.0 -> 70.4 M).
 const maskedHomeNodes = 8
 
