@@ -91,14 +91,8 @@ func (rk *ranks) bump(q, e int32) {
 
 // placed returns the replicas of e among rank q's filled slots.
 func (rk *ranks) placed(q, e int32) int32 {
-	var c int32
 	base := int(q) * rk.s
-	for _, x := range rk.dst[base : base+int(rk.fill[q])] {
-		if x == int(e) {
-			c++
-		}
-	}
-	return c
+	return holds(rk.dst[base:base+int(rk.fill[q])], e)
 }
 
 // maxLoad is the busiest load among ranks [lo, hi).

@@ -126,8 +126,8 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 	return rk.load[rk.rank(keys[len(keys)-1])]
 }
 
-// holds is the replicas of expert x in a rank's row (its slots, all
-// filled: refinement works on packed ranks).
+// holds is the replicas of expert x among a rank's filled slots row (the
+// refinement's ranks are packed, so their whole rows).
 func holds(row []int, x int32) int32 {
 	var c int32
 	for _, z := range row {
