@@ -84,12 +84,13 @@ SIGNATURES = {
     "smoe_amounts_node_local": (ctypes.c_int, [I64P, PLANP, I64P, I64, I64P]),
     "smoe_amounts_node_balanced": (ctypes.c_int, [I64P, PLANP, I64P, I64, I64P]),
     "smoe_slot_demand": (None, [PLANP, I64P, I64P]),
-    "smoe_tier_sums": (ctypes.c_int, [I64P, PLANP, I64P, I64, I64P]),
-    "smoe_price": (ctypes.c_int, [COSTP, I64P, PLANP, I64P, I64, F64P, I64P]),
+    "smoe_row_sum": (I64, [I64P, I64, I64]),
+    "smoe_tier_sums": (ctypes.c_int, [I64P, I64P, PLANP, I64P, I64, I64P]),
+    "smoe_price": (ctypes.c_int, [COSTP, I64P, I64P, PLANP, I64P, I64, F64P, I64P]),
     "smoe_prices_split": (ctypes.c_int, [COSTP, PLANP, I64]),
     "smoe_priced_demand": (
         ctypes.c_int,
-        [I64P, PLANP, I64P, I64, ctypes.c_int, COSTP, I64P, F64P, I64P],
+        [I64P, I64P, PLANP, I64P, I64, ctypes.c_int, COSTP, I64P, F64P, I64P],
     ),
 }
 
@@ -305,20 +306,26 @@ def test_tier_sums_and_price(lib, cases):
     for c, slots, S, rpn in cases:
         c_QE, plan, L_E = prepare(c, slots, S)
         N = plan.N
+        rows = i64(c_QE.sum(1))
+        assert [lib.smoe_row_sum(ptr(c_QE), q, plan.E) for q in range(N)] == rows.tolist()
         with CPlan(lib, slots, N, S, plan.E) as cp:
             for d in _demands(plan, c_QE, L_E, rpn):
                 want = np.concatenate(tiers.tier_sums(c_QE, plan, d, rpn))
                 sums = np.empty(4 * N, dtype=np.int64)
-                assert lib.smoe_tier_sums(ptr(c_QE), cp.ref(), ptr(d), rpn, ptr(sums)) == 0
-                np.testing.assert_array_equal(sums, want)
+                for row_Q in (None, ptr(rows)):  # summed in the call, or given
+                    sums[:] = -1
+                    assert (
+                        lib.smoe_tier_sums(ptr(c_QE), row_Q, cp.ref(), ptr(d), rpn, ptr(sums)) == 0
+                    )
+                    np.testing.assert_array_equal(sums, want)
                 kind = COST_KINDS[int(rng.integers(len(COST_KINDS)))]
                 p = cost_params(N, rpn, kind)
                 want_p = priced.price(p, c_QE, plan, d, rpn)
                 ms = ctypes.c_double(-1.0)
                 sums[:] = -1
                 rc = lib.smoe_price(
-                    ctypes.byref(c_cost(p)), ptr(c_QE), cp.ref(), ptr(d), rpn, ctypes.byref(ms),
-                    ptr(sums),
+                    ctypes.byref(c_cost(p)), ptr(c_QE), ptr(rows), cp.ref(), ptr(d), rpn,
+                    ctypes.byref(ms), ptr(sums),
                 )  # fmt: skip
                 assert rc == 0
                 assert bits(ms.value) == bits(want_p.ms), (kind, ms.value, want_p.ms)
@@ -352,7 +359,7 @@ def test_largest_sizes(lib):
             sums = np.empty(4 * N, dtype=np.int64)
             ms = ctypes.c_double(-3.0)
             rc = lib.smoe_priced_demand(
-                ptr(c_QE), cp.ref(), ptr(i64(L_E)), rpn, METHODS["auto"],
+                ptr(c_QE), None, cp.ref(), ptr(i64(L_E)), rpn, METHODS["auto"],
                 ctypes.byref(c_cost(p)), ptr(dem), ctypes.byref(ms), ptr(sums),
             )  # fmt: skip
             np.testing.assert_array_equal(dem, d_want)
@@ -361,7 +368,7 @@ def test_largest_sizes(lib):
                 assert bits(ms.value) == bits(pr.ms)
                 np.testing.assert_array_equal(sums, np.concatenate(pr.sums))
             want = np.concatenate(tiers.tier_sums(c_QE, plan, d_want, rpn))
-            assert lib.smoe_tier_sums(ptr(c_QE), cp.ref(), ptr(dem), rpn, ptr(sums)) == 0
+            assert lib.smoe_tier_sums(ptr(c_QE), None, cp.ref(), ptr(dem), rpn, ptr(sums)) == 0
             np.testing.assert_array_equal(sums, want)
 
 
@@ -375,7 +382,7 @@ def test_tier_sums_refuses_demand_that_does_not_add_up(lib):
     with CPlan(lib, slots, 2, S, 2) as cp:
         sums = np.empty(8, dtype=np.int64)
         for rpn in (0, 1):
-            assert lib.smoe_tier_sums(ptr(c_QE), cp.ref(), ptr(bad), rpn, ptr(sums)) == EBUG
+            assert lib.smoe_tier_sums(ptr(c_QE), None, cp.ref(), ptr(bad), rpn, ptr(sums)) == EBUG
 
 
 def test_cost_model(lib):
@@ -402,6 +409,7 @@ def test_prices_split_and_priced_demand(lib, cases):
     for c, slots, S, rpn in cases:
         c_QE, plan, L_E = prepare(c, slots, S)
         N = plan.N
+        rows = i64(c_QE.sum(1))
         with CPlan(lib, slots, N, S, plan.E) as cp:
             assert lib.smoe_prices_split(None, cp.ref(), rpn) == 0
             kinds = [None, *rng.choice(COST_KINDS, 2, replace=False)]
@@ -417,9 +425,10 @@ def test_prices_split_and_priced_demand(lib, cases):
                     d = np.empty(plan.K, dtype=np.int64)
                     sums = np.full(4 * N, -7, dtype=np.int64)
                     ms = ctypes.c_double(-3.0)
+                    row_Q = ptr(rows) if kind is not None and rng.integers(2) else None
                     rc = lib.smoe_priced_demand(
-                        ptr(c_QE), cp.ref(), ptr(i64(L_E)), rpn, METHODS[method], pc, ptr(d),
-                        ctypes.byref(ms), ptr(sums),
+                        ptr(c_QE), row_Q, cp.ref(), ptr(i64(L_E)), rpn, METHODS[method], pc,
+                        ptr(d), ctypes.byref(ms), ptr(sums),
                     )  # fmt: skip
                     np.testing.assert_array_equal(d, d_want)
                     assert rc == (pr is not None), (method, kind)
@@ -446,7 +455,16 @@ def test_priced_demand_refuses_exact(lib):
         ms = ctypes.c_double()
         sums = np.empty(4, dtype=np.int64)
         rc = lib.smoe_priced_demand(
-            ptr(c_QE), cp.ref(), ptr(i64(L_E)), 0, 2, None, ptr(d), ctypes.byref(ms), ptr(sums)
+            ptr(c_QE),
+            None,
+            cp.ref(),
+            ptr(i64(L_E)),
+            0,
+            2,
+            None,
+            ptr(d),
+            ctypes.byref(ms),
+            ptr(sums),
         )
         assert rc == EUNSUPPORTED
 

@@ -44,6 +44,7 @@ typedef struct {
     const smoe_cost *p;
     int method;
     int64_t *L_E;       /* [E] */
+    int64_t *row_Q;     /* [N] each source's total (c's row sums, c_pad's too) */
     int64_t *L_pad;     /* [E+1] */
     int64_t *node_R;    /* [N] */
     int64_t M;
@@ -132,7 +133,7 @@ static double copy_exposed_ms(const smoe_cost *p, const int64_t *planned_R, cons
 static int price_split(const ctx_t *x, const int64_t *c, const smoe_plan *pl, const int64_t *demand,
                        double *ms, int64_t *sums, int *has_sums) {
     if (smoe_prices_network(x->p)) {
-        int rc = smoe_price(x->p, c, pl, demand, x->rpn, ms, sums);
+        int rc = smoe_price(x->p, c, x->row_Q, pl, demand, x->rpn, ms, sums);
         if (rc < 0) return rc;
         *has_sums = 1;
         return 0;
@@ -205,8 +206,8 @@ static int evaluate(const ctx_t *x, const burst_t *bursts, int64_t C0, cand_t *c
         if (have_plan) smoe_plan_free(&pl);
         if ((rc = smoe_plan_init(&pl, cd->slots, N, cd->Sx, E1)) < 0) goto out;
         have_plan = 1;
-        priced = smoe_priced_demand(x->c_pad, &pl, x->L_pad, x->rpn, x->method, x->p, demand, &ms,
-                                    sums);
+        priced = smoe_priced_demand(x->c_pad, x->row_Q, &pl, x->L_pad, x->rpn, x->method, x->p,
+                                    demand, &ms, sums);
         if (priced < 0) {
             rc = priced;
             goto out;
@@ -298,11 +299,12 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         int64_t r = k / S, e = x->slots[k];
         held[r * E + e] = 1;
         A[r * E + e] += (double)demand[k];
+        /* A's row sum: token counts, so exact in any order (the NumPy code sums the row) */
+        est[r] += (double)demand[k];
         in_node[e * x->M + x->node_R[r]] = 1;
     }
     double total = 0.0;
     for (int64_t r = 0; r < N; r++) {
-        for (int64_t e = 0; e < E; e++) est[r] += A[r * E + e];
         total += est[r];
         free_R[r] = x->B;
     }
@@ -438,6 +440,28 @@ static void local_gain(int64_t e, int64_t M, int64_t E, const double *L_E, const
     }
 }
 
+/* Node m's largest gain and the first expert that has it (row m of gain_ME [M, E]). */
+static void node_best(const double *gain_ME, int64_t m, int64_t E, double *best_M, int64_t *at_M) {
+    const double *g = gain_ME + m * E;
+    int64_t j = 0;
+    for (int64_t e = 1; e < E; e++)
+        if (g[e] > g[j]) j = e;
+    at_M[m] = j;
+    best_M[m] = g[j];
+}
+
+/* Node m's entry of expert e changed to gain_ME[m, e]: its largest gain and where it is. */
+static void node_update(const double *gain_ME, int64_t m, int64_t e, int64_t E, double *best_M,
+                        int64_t *at_M) {
+    double v = gain_ME[m * E + e];
+    if (v > best_M[m] || (v == best_M[m] && e < at_M[m])) {
+        best_M[m] = v;
+        at_M[m] = e;
+    } else if (at_M[m] == e && v < best_M[m]) {
+        node_best(gain_ME, m, E, best_M, at_M);
+    }
+}
+
 /* burst._local: the locality list (out) and how many of it the estimate says to make; an empty
  * list when it does not apply or no prefix lowers the estimate. sums: the planned split's tier
  * sums [4*N] or NULL. */
@@ -465,10 +489,11 @@ static int local_list(const ctx_t *x, const int64_t *demand, const int64_t *sums
     double *gain = zalloc(M * E, sizeof(double)), *est = zalloc(N, sizeof(double));
     double *cross = zalloc(N, sizeof(double)), *cp = zalloc(4 * N, sizeof(double));
     int64_t *by_e = zalloc(K, sizeof(int64_t)), *first_E = zalloc(E + 1, sizeof(int64_t));
-    int64_t *free_R = zalloc(N, sizeof(int64_t));
+    int64_t *free_R = zalloc(N, sizeof(int64_t)), *at_M = zalloc(M, sizeof(int64_t));
     unsigned char *busy = zalloc(N, 1), *mark = zalloc(N, 1);
+    double *best_M = zalloc(M, sizeof(double));
     if (!held || !want || !full_M || !reps_E || !in_ME || !T_ME || !L_E || !gain || !est ||
-        !cross || !cp || !by_e || !first_E || !free_R || !busy || !mark) {
+        !cross || !cp || !by_e || !first_E || !free_R || !busy || !mark || !at_M || !best_M) {
         rc = SMOE_ENOMEM;
         goto done;
     }
@@ -509,6 +534,9 @@ static int local_list(const ctx_t *x, const int64_t *demand, const int64_t *sums
     }
     double floor_ = 0.5 * p->expert_bytes / p->token_bytes;
     for (int64_t e = 0; e < E; e++) local_gain(e, M, E, L_E, reps_E, T_ME, in_ME, want, gain);
+    /* np.argmax(gain) over [M, E] is the first node with the largest best_M, at its at_M: each
+     * node's best is kept as its gains change (a full node's are all 0). */
+    for (int64_t m = 0; m < M; m++) node_best(gain, m, E, best_M, at_M);
     if ((rc = holders(x, by_e, first_E)) < 0) goto done;
     double tok_ms = 4e3 * p->token_bytes / p->inter_bw;
     double intra = p->intra_bw > 0 ? 2e3 * p->expert_bytes / p->intra_bw : 0.0;
@@ -520,13 +548,10 @@ static int local_list(const ctx_t *x, const int64_t *demand, const int64_t *sums
     int64_t best_n = 0, patience = 2 * G;
     double best_ms = tok_ms * xmax;
     while (out->n < N * x->B && out->n - best_n < patience) {
-        for (int64_t m = 0; m < M; m++)
-            if (full_M[m])
-                for (int64_t e = 0; e < E; e++) gain[m * E + e] = 0.0;
-        int64_t i = 0;
-        for (int64_t k = 1; k < M * E; k++)
-            if (gain[k] > gain[i]) i = k;
-        int64_t m = i / E, e = i % E;
+        int64_t m = 0;
+        for (int64_t n = 1; n < M; n++)
+            if (best_M[n] > best_M[m]) m = n;
+        int64_t e = at_M[m], i = m * E + e;
         double g = gain[i];
         if (g <= floor_) break;
         int64_t lo = m * G, hi = (m + 1) * G < N ? (m + 1) * G : N, d = -1;
@@ -538,6 +563,8 @@ static int local_list(const ctx_t *x, const int64_t *demand, const int64_t *sums
             int anyfree = 0;
             for (int64_t r = lo; r < hi; r++) anyfree |= free_R[r] > 0;
             full_M[m] = !anyfree;
+            if (full_M[m]) memset(gain + m * E, 0, sizeof(double) * E);
+            node_best(gain, m, E, best_M, at_M);
             continue;
         }
         int64_t plo = first_E[e], phi = first_E[e + 1], n_away = 0, q = -1;
@@ -577,6 +604,10 @@ static int local_list(const ctx_t *x, const int64_t *demand, const int64_t *sums
         reps_E[e] += 1.0;
         est[d] += L_E[e] / reps_E[e];
         local_gain(e, M, E, L_E, reps_E, T_ME, in_ME, want, gain);
+        for (int64_t n = 0; n < M; n++) {
+            if (full_M[n]) gain[n * E + e] = 0.0;
+            node_update(gain, n, e, E, best_M, at_M);
+        }
         for (int64_t r = 0; r < N; r++)
             if (r == 0 || cross[r] > xmax) xmax = cross[r];
         double t_ms = tok_ms * xmax + dmax(most[0] * intra, most[1] * inter);
@@ -604,6 +635,8 @@ done:
     free(free_R);
     free(busy);
     free(mark);
+    free(at_M);
+    free(best_M);
     return rc;
 }
 
@@ -748,11 +781,12 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     int64_t *load = zalloc(N, sizeof(int64_t)), *x_P = NULL;
     x.c_pad = zalloc(N * (E + 1), sizeof(int64_t));
     x.L_E = zalloc(E, sizeof(int64_t));
+    x.row_Q = zalloc(N, sizeof(int64_t));
     x.L_pad = zalloc(E + 1, sizeof(int64_t));
     x.node_R = zalloc(N, sizeof(int64_t));
     double ms0 = 0.0, before = 0.0;
-    if (!demand0 || !other || !sums0 || !sums1 || !load || !x.c_pad || !x.L_E || !x.L_pad ||
-        !x.node_R || cand_alloc(&best, N, S, B) < 0 || cand_alloc(&cd, N, S, B) < 0) {
+    if (!demand0 || !other || !sums0 || !sums1 || !load || !x.c_pad || !x.L_E || !x.row_Q ||
+        !x.L_pad || !x.node_R || cand_alloc(&best, N, S, B) < 0 || cand_alloc(&cd, N, S, B) < 0) {
         rc = SMOE_ENOMEM;
         goto done;
     }
@@ -760,6 +794,7 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         for (int64_t e = 0; e < E; e++) {
             x.c_pad[q * (E + 1) + e] = c_QE[q * E + e];
             x.L_E[e] += c_QE[q * E + e];
+            x.row_Q[q] += c_QE[q * E + e];
         }
     }
     memcpy(x.L_pad, x.L_E, sizeof(int64_t) * E);
@@ -777,7 +812,8 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     }
     if (load_R == NULL) {
         if (priced < 0)
-            priced = smoe_priced_demand(c_QE, &pl, x.L_E, x.rpn, method, p, demand0, &ms0, sums0);
+            priced = smoe_priced_demand(c_QE, x.row_Q, &pl, x.L_E, x.rpn, method, p, demand0,
+                                        &ms0, sums0);
         if (priced < 0) {
             rc = priced;
             goto done;
@@ -787,7 +823,8 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     }
     if (!past_threshold(load_R, N, B, threshold)) goto done;
     if (priced < 0) {
-        priced = smoe_priced_demand(c_QE, &pl, x.L_E, x.rpn, method, p, demand0, &ms0, sums0);
+        priced = smoe_priced_demand(c_QE, x.row_Q, &pl, x.L_E, x.rpn, method, p, demand0, &ms0,
+                                    sums0);
         if (priced < 0) {
             rc = priced;
             goto done;
@@ -819,7 +856,7 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
             smoe_slot_demand(&pl, x_P, other);
         }
         if (!same_demand(other, demand0, K)) {
-            if ((rc = smoe_tier_sums(c_QE, &pl, other, x.rpn, sums1)) < 0) goto done;
+            if ((rc = smoe_tier_sums(c_QE, x.row_Q, &pl, other, x.rpn, sums1)) < 0) goto done;
             if ((rc = best_of_lists(&x, other, sums1, before, &best, &have_best, &cd)) < 0)
                 goto done;
         }
@@ -850,6 +887,7 @@ done:
     free(x_P);
     free(x.c_pad);
     free(x.L_E);
+    free(x.row_Q);
     free(x.L_pad);
     free(x.node_R);
     return rc;

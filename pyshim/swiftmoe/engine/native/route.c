@@ -63,7 +63,7 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
      * node (at most min(E, rpn*S) groups of rpn ranks) and those of its slots' experts (S
      * experts, N ranks each at most). */
     const int64_t US = node ? imin(E, rpn * S) * rpn + S * N : 0;
-    size_t n64 = (size_t)(5 * E + 9 * K + 3 + 6 * N + US);
+    size_t n64 = (size_t)(5 * E + 9 * K + 3 + 7 * N + US);
     int64_t *blk = malloc(n64 * sizeof *blk);
     unsigned char *bytes = malloc((size_t)(K + E + 1));
     if (!blk || !bytes) {
@@ -77,22 +77,28 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
     int64_t *gfirst_E = cutr_E + E, *demand_K = gfirst_E + E, *da = demand_K + K;
     int64_t *use_D = da + K, *took_P = use_D + K, *dstart = took_P + K; /* dstart: K + 1 */
     int64_t *g_f = dstart + K + 1, *g_off = g_f + K + 1, *g_r = g_off + K + 1; /* G <= K */
-    int64_t *sums = g_r + K, *col = sums + 4 * N, *node_R = col + N, *use_S = node_R + N;
+    int64_t *sums = g_r + K, *col = sums + 4 * N, *node_R = col + N, *row_Q = node_R + N;
+    int64_t *use_S = row_Q + N;
 
-    /* One pass over the counts: each expert's total L_E, and pre_E, its tokens from the
-     * sources before r. */
+    /* One pass over the counts: each expert's total L_E, pre_E, its tokens from the sources
+     * before r, and each source's total row_Q. */
     memset(L_E, 0, (size_t)E * sizeof *L_E);
     for (int64_t q = 0; q < N; q++) {
         if (q == r)
             memcpy(pre_E, L_E, (size_t)E * sizeof *L_E);
         const int64_t *row = c_QE + q * E;
-        for (int64_t e = 0; e < E; e++)
+        int64_t rs = 0;
+        for (int64_t e = 0; e < E; e++) {
             L_E[e] += row[e];
+            rs += row[e];
+        }
+        row_Q[q] = rs;
     }
 
     /* Stage 1 (demand.priced_demand) and every rank's load. */
     double ms;
-    rc = smoe_priced_demand_nl(c_QE, &pl, L_E, rpn, method, p, demand_K, &ms, sums, node_local);
+    rc = smoe_priced_demand_nl(c_QE, row_Q, &pl, L_E, rpn, method, p, demand_K, &ms, sums,
+                               node_local);
     if (rc < 0)
         goto out;
     if (planned) {

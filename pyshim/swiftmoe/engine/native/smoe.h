@@ -27,7 +27,7 @@
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 3
+#define SMOE_ABI 4
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -88,19 +88,23 @@ int smoe_amounts_node_local(const int64_t *c_QE, const smoe_plan *pl, const int6
 int smoe_amounts_node_balanced(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
                                int64_t rpn, int64_t *x_P);
 void smoe_slot_demand(const smoe_plan *pl, const int64_t *x_P, int64_t *demand_K);
-int smoe_tier_sums(const int64_t *c_QE, const smoe_plan *pl, const int64_t *demand_K, int64_t rpn,
-                   int64_t *sums);
+/* Source q's total, counts[q, :].sum() of c_QE [N, E]. The tier sums read every source's total:
+ * a caller that prices many splits of the same counts passes them (row_Q [N]) so that they are
+ * summed once; NULL sums them in the call. */
+int64_t smoe_row_sum(const int64_t *c_QE, int64_t q, int64_t E);
+int smoe_tier_sums(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
+                   const int64_t *demand_K, int64_t rpn, int64_t *sums);
 /* priced.price: compute_ms + a2a_ms of a split's demand (ms), its tier sums into sums [4*N]. */
-int smoe_price(const smoe_cost *p, const int64_t *c_QE, const smoe_plan *pl,
+int smoe_price(const smoe_cost *p, const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
                const int64_t *demand_K, int64_t rpn, double *ms, int64_t *sums);
 /* priced.prices_split (the caller has checked that p is of this job and grouping). */
 int smoe_prices_split(const smoe_cost *p, const smoe_plan *pl, int64_t rpn);
 /* demand.priced_demand for "fast" and "auto" (method SMOE_METHOD_*; p may be NULL): demand_K,
  * and where stage 1 was priced (returns 1) its ms and tier sums; else returns 0 and leaves ms
  * and sums alone. */
-int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E, int64_t rpn,
-                       int method, const smoe_cost *p, int64_t *demand_K, double *ms,
-                       int64_t *sums);
+int smoe_priced_demand(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
+                       const int64_t *L_E, int64_t rpn, int method, const smoe_cost *p,
+                       int64_t *demand_K, double *ms, int64_t *sums);
 
 /* The split on the planned placement, as a layer's split made it (rank.RankSplit.planned):
  * its demand_K [K], and where its stage 1 was priced (priced 1) its ms and tier sums [4*N]. */
@@ -127,9 +131,9 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
 
 /* smoe_priced_demand, and *node_local: 1 where its stage 1 keeps tokens in their node (the
  * node-balanced amounts won the pricing; Priced.node_local), else 0 (split.c). */
-int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
-                          int64_t rpn, int method, const smoe_cost *p, int64_t *demand_K,
-                          double *ms, int64_t *sums, int *node_local);
+int smoe_priced_demand_nl(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
+                          const int64_t *L_E, int64_t rpn, int method, const smoe_cost *p,
+                          int64_t *demand_K, double *ms, int64_t *sums, int *node_local);
 
 /* rank.split_tokens_for_rank for "fast" and "auto" (method SMOE_METHOD_*; p NULL: no cost):
  * c_QE [N, E]; slots_K [N*S]; 0 <= rank < N; rpn the split's ranks_per_node (0, or >= N: one

@@ -208,6 +208,14 @@ static int64_t local_tok(const int64_t *c_QE, const smoe_plan *pl, int64_t p)
     return c_QE[pl->r_P[p] * pl->E + pl->e_P[p]];
 }
 
+int64_t smoe_row_sum(const int64_t *c_QE, int64_t q, int64_t E)
+{
+    int64_t row = 0;
+    for (int64_t e = 0; e < E; e++)
+        row += c_QE[q * E + e];
+    return row;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The cost model (costmodel.py). */
 
@@ -608,8 +616,8 @@ int smoe_amounts_node_balanced(const int64_t *c_QE, const smoe_plan *pl, const i
         return rc;
     /* A node has at most G*S slots, pairs and experts: its slots, the experts' new names, the
      * experts, their totals, its sources' counts of them, its pairs and their amounts. */
-    int64_t GS = G * S;
-    int64_t *ib = alloc((size_t)(GS + E + 2 * GS + G * GS + 2 * GS + G), sizeof *ib);
+    int64_t GS = G * S, M = (N + G - 1) / G;
+    int64_t *ib = alloc((size_t)(GS + E + 2 * GS + G * GS + 2 * GS + G + P + M + 1), sizeof *ib);
     double *forced = alloc((size_t)G, sizeof *forced);
     if (!ib || !forced) {
         free(ib);
@@ -618,12 +626,25 @@ int smoe_amounts_node_balanced(const int64_t *c_QE, const smoe_plan *pl, const i
     }
     int64_t *slots = ib, *local = slots + GS, *held = local + E, *T_E = held + GS,
             *c_sub = T_E + GS, *pairs = c_sub + G * GS, *xn = pairs + GS, *y = xn + GS;
+    /* The pairs grouped by node, in pair order within a node (a counting sort): node m's are
+     * by_node[at[m] .. at[m+1]). */
+    int64_t *by_node = y + G, *at = by_node + P;
+    for (int64_t m = 0; m <= M; m++)
+        at[m] = 0;
+    for (int64_t p = 0; p < P; p++)
+        at[pl->r_P[p] / G + 1]++;
+    for (int64_t m = 0; m < M; m++)
+        at[m + 1] += at[m];
+    for (int64_t p = 0; p < P; p++)
+        by_node[at[pl->r_P[p] / G]++] = p;
+    for (int64_t m = M; m > 0; m--) /* at[m] was advanced to at[m+1]: shift back */
+        at[m] = at[m - 1];
+    at[0] = 0;
     for (int64_t lo = 0; lo < N && rc == 0; lo += G) {
         int64_t hi = imin(lo + G, N), n = 0, h = 0, m = lo / G;
         /* The node's pairs in pair order; its experts, ascending, as they first appear. */
-        for (int64_t p = 0; p < P; p++) {
-            if (pl->r_P[p] / G != m)
-                continue;
+        for (int64_t i = at[m]; i < at[m + 1]; i++) {
+            int64_t p = by_node[i];
             int64_t e = pl->e_P[p];
             if (h == 0 || held[h - 1] != e) {
                 local[e] = h;
@@ -691,8 +712,8 @@ void smoe_slot_demand(const smoe_plan *pl, const int64_t *x_P, int64_t *demand_K
  * node's ranks' tokens and of its demands in proportion; the rest is the last tier. Per-rank
  * sums are float bincounts (tiers._sum_by), added in NumPy's index order. SMOE_EBUG when the
  * last tier's supplies and demands differ (check_routed). */
-int smoe_tier_sums(const int64_t *c_QE, const smoe_plan *pl, const int64_t *demand_K, int64_t rpn,
-                   int64_t *sums)
+int smoe_tier_sums(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
+                   const int64_t *demand_K, int64_t rpn, int64_t *sums)
 {
     int64_t N = pl->N, E = pl->E, K = pl->K, P = pl->P;
     int node = 0 < rpn && rpn < N;
@@ -733,10 +754,11 @@ int smoe_tier_sums(const int64_t *c_QE, const smoe_plan *pl, const int64_t *dema
          * are the node's ranks q0..q1-1, less what the local tier took from pair (e, q) where q
          * holds e (the group's pairs, in rank order). */
         for (int64_t f = 0; f < K;) {
-            int64_t e = pl->d_e[f], nd = pl->d_r[f] / rpn, l = f;
-            while (l + 1 < K && pl->d_e[l + 1] == e && pl->d_r[l + 1] / rpn == nd)
+            int64_t e = pl->d_e[f], nd = pl->d_r[f] / rpn, l = f, q0 = nd * rpn;
+            /* An expert's demands run by rank: the group ends at the node's last rank. */
+            while (l + 1 < K && pl->d_e[l + 1] == e && pl->d_r[l + 1] < q0 + rpn)
                 l++;
-            int64_t q0 = nd * rpn, nq = imin(q0 + rpn, N) - q0;
+            int64_t nq = imin(q0 + rpn, N) - q0;
             int64_t pp = pl->d_pair[f], p_last = pl->d_pair[l], stot = 0, dtot = 0;
             for (int64_t i = 0; i < nq; i++) {
                 cut[i] = 0;
@@ -768,9 +790,7 @@ int smoe_tier_sums(const int64_t *c_QE, const smoe_plan *pl, const int64_t *dema
     }
     int64_t *si = sums, *ri = sums + N, *se = sums + 2 * N, *re = sums + 3 * N;
     for (int64_t q = 0; q < N; q++) {
-        int64_t row = 0;
-        for (int64_t e = 0; e < E; e++)
-            row += c_QE[q * E + e];
+        int64_t row = row_Q ? row_Q[q] : smoe_row_sum(c_QE, q, E);
         int64_t left_Q = row - (int64_t)cut_d[q], left_R = (int64_t)left_d[q];
         left_sum += left_Q;
         if (node) {
@@ -808,10 +828,10 @@ static double max_load(const smoe_plan *pl, const int64_t *demand_K)
 }
 
 /* priced.price: compute_ms of the busiest rank plus a2a_ms of the tier sums (into sums). */
-int smoe_price(const smoe_cost *p, const int64_t *c_QE, const smoe_plan *pl,
+int smoe_price(const smoe_cost *p, const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
                const int64_t *demand_K, int64_t rpn, double *ms, int64_t *sums)
 {
-    int rc = smoe_tier_sums(c_QE, pl, demand_K, rpn, sums);
+    int rc = smoe_tier_sums(c_QE, row_Q, pl, demand_K, rpn, sums);
     if (rc)
         return rc;
     int64_t N = pl->N;
@@ -837,9 +857,9 @@ int smoe_prices_split(const smoe_cost *p, const smoe_plan *pl, int64_t rpn)
 /* priced.cheaper_demand: demand_K (the min-max split's) or the node-balanced amounts' demand,
  * whichever the cost model prices lower (ties, and equal demands, keep demand_K), with its ms
  * and sums. */
-static int cheaper_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
-                          int64_t rpn, const smoe_cost *p, int64_t *demand_K, double *ms,
-                          int64_t *sums, int *node_local)
+static int cheaper_demand(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
+                          const int64_t *L_E, int64_t rpn, const smoe_cost *p, int64_t *demand_K,
+                          double *ms, int64_t *sums, int *node_local)
 {
     int64_t K = pl->K, N = pl->N;
     int64_t *ib = alloc((size_t)(pl->P + K + 4 * N), sizeof *ib);
@@ -851,7 +871,7 @@ static int cheaper_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_
         goto out;
     smoe_slot_demand(pl, x_P, local_K);
     double mm_ms;
-    rc = smoe_price(p, c_QE, pl, demand_K, rpn, &mm_ms, sums);
+    rc = smoe_price(p, c_QE, row_Q, pl, demand_K, rpn, &mm_ms, sums);
     if (rc)
         goto out;
     *ms = mm_ms;
@@ -861,7 +881,7 @@ static int cheaper_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_
     if (smoe_compute_ms(p, max_load(pl, local_K)) >= mm_ms)
         goto out;
     double loc_ms;
-    rc = smoe_price(p, c_QE, pl, local_K, rpn, &loc_ms, loc_sums);
+    rc = smoe_price(p, c_QE, row_Q, pl, local_K, rpn, &loc_ms, loc_sums);
     if (rc)
         goto out;
     if (loc_ms < mm_ms) {
@@ -878,19 +898,20 @@ out:
 /* demand.priced_demand for "fast" and "auto": the "fast" amounts spread over the slots; with
  * "auto" and a cost model that prices the split (smoe_prices_split), the cheaper of them and the
  * node-balanced amounts (returns 1, with ms and sums). SMOE_EUNSUPPORTED for another method. */
-int smoe_priced_demand(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E, int64_t rpn,
-                       int method, const smoe_cost *p, int64_t *demand_K, double *ms,
-                       int64_t *sums)
+int smoe_priced_demand(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
+                       const int64_t *L_E, int64_t rpn, int method, const smoe_cost *p,
+                       int64_t *demand_K, double *ms, int64_t *sums)
 {
     int node_local;
-    return smoe_priced_demand_nl(c_QE, pl, L_E, rpn, method, p, demand_K, ms, sums, &node_local);
+    return smoe_priced_demand_nl(c_QE, row_Q, pl, L_E, rpn, method, p, demand_K, ms, sums,
+                                 &node_local);
 }
 
 /* smoe_priced_demand, and whether its stage 1 is the node-balanced amounts (Priced.node_local:
  * *node_local 1 where they won the pricing, else 0). */
-int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L_E,
-                          int64_t rpn, int method, const smoe_cost *p, int64_t *demand_K,
-                          double *ms, int64_t *sums, int *node_local)
+int smoe_priced_demand_nl(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
+                          const int64_t *L_E, int64_t rpn, int method, const smoe_cost *p,
+                          int64_t *demand_K, double *ms, int64_t *sums, int *node_local)
 {
     *node_local = 0;
     if (method != SMOE_METHOD_FAST && method != SMOE_METHOD_AUTO)
@@ -905,7 +926,16 @@ int smoe_priced_demand_nl(const int64_t *c_QE, const smoe_plan *pl, const int64_
     if (rc)
         return rc;
     if (method == SMOE_METHOD_AUTO && smoe_prices_split(p, pl, rpn)) {
-        rc = cheaper_demand(c_QE, pl, L_E, rpn, p, demand_K, ms, sums, node_local);
+        int64_t *rows = NULL;
+        if (!row_Q) { /* both prices read every source's total: sum the rows once */
+            if (!(rows = alloc((size_t)pl->N, sizeof *rows)))
+                return SMOE_ENOMEM;
+            for (int64_t q = 0; q < pl->N; q++)
+                rows[q] = smoe_row_sum(c_QE, q, pl->E);
+            row_Q = rows;
+        }
+        rc = cheaper_demand(c_QE, row_Q, pl, L_E, rpn, p, demand_K, ms, sums, node_local);
+        free(rows);
         return rc ? rc : 1;
     }
     return 0;
