@@ -516,20 +516,19 @@ static int local_list(const ctx_t *x, const int64_t *demand, const int64_t *sums
                 for (int64_t m = 0; m < M; m++) want[m * E + e] = 1;
         }
     }
-    for (int64_t e = 0; e < E; e++) {
-        L_E[e] = (double)x->L_E[e];
-        for (int64_t r = 0; r < N; r++) {
-            if (held[r * E + e]) {
-                reps_E[e] += 1.0;
-                in_ME[x->node_R[r] * E + e] += 1.0;
-            }
-        }
-    }
-    for (int64_t m = 0; m < M; m++) {
+    for (int64_t e = 0; e < E; e++) L_E[e] = (double)x->L_E[e];
+    /* Rank by rank, along the rows of held and the counts: reps_E and in_ME count ranks and
+     * T_ME sums token counts, exact in any order. */
+    for (int64_t r = 0; r < N; r++) {
+        const unsigned char *h = held + r * E;
+        const int64_t *c = x->c + r * E;
+        double *in = in_ME + x->node_R[r] * E, *t = T_ME + x->node_R[r] * E;
         for (int64_t e = 0; e < E; e++) {
-            int64_t t = 0;
-            for (int64_t r = m * G; r < N && r < (m + 1) * G; r++) t += x->c[r * E + e];
-            T_ME[m * E + e] = (double)t;
+            if (h[e]) {
+                reps_E[e] += 1.0;
+                in[e] += 1.0;
+            }
+            t[e] += (double)c[e];
         }
     }
     double floor_ = 0.5 * p->expert_bytes / p->token_bytes;
