@@ -199,27 +199,58 @@ class PlanIndexCache:
         self._indexes: OrderedDict[tuple, PlanIndex] = OrderedDict()
 
     def index(self, slots, slots_per_rank: int, num_ranks: int, num_experts: int) -> PlanIndex:
-        """:func:`index_plan` of ``slots``, from the cache when it holds the same plan."""
+        """:func:`index_plan` of ``slots``, from the cache when it holds the same plan.
+
+        An array or CPU tensor is looked up by its dtype, shape and bytes before it is checked:
+        they decide the check, so a plan in force is not checked again on every layer call.
+        Other forms (lists) are checked first, then looked up."""
         if isinstance(slots, PlanIndex):
             return slots
+        shape = (num_ranks, slots_per_rank, num_experts)
+        raw = _raw_key(slots)
+        if raw is not None:
+            plan = self._hit(raw + shape)
+            if plan is not None:
+                return plan
         slots_K = check_slots(slots, slots_per_rank, num_ranks, num_experts)
-        key = (slots_K.tobytes(), num_ranks, slots_per_rank, num_experts)
-        plan = self._indexes.get(key)
-        if plan is not None:
-            self._indexes.move_to_end(key)
-            return plan
-        plan = index_plan(slots_K, slots_per_rank, num_ranks, num_experts)
-        self._indexes[key] = plan
+        key = _raw_key(slots_K) + shape
+        plan = self._hit(key)
+        if plan is None:
+            plan = index_plan(slots_K, slots_per_rank, num_ranks, num_experts)
+            self._indexes[key] = plan
+        if raw is not None and raw + shape != key:  # the same plan in another dtype
+            self._indexes[raw + shape] = plan
         while len(self._indexes) > self.max_entries:
             self._indexes.popitem(last=False)
         return plan
 
+    def _hit(self, key: tuple) -> PlanIndex | None:
+        plan = self._indexes.get(key)
+        if plan is not None:
+            self._indexes.move_to_end(key)
+        return plan
 
-def prepare(counts_QE, slots, slots_per_rank: int) -> tuple[np.ndarray, PlanIndex, np.ndarray]:
+
+def _raw_key(slots) -> tuple | None:
+    """(dtype, shape, bytes) of an array or of a CPU tensor's memory; None for other forms."""
+    if isinstance(slots, torch.Tensor):
+        if slots.device.type != "cpu" or slots.requires_grad:
+            return None
+        slots = slots.numpy()
+    if not isinstance(slots, np.ndarray):
+        return None
+    return (slots.dtype.str, slots.shape, slots.tobytes())
+
+
+def prepare(
+    counts_QE, slots, slots_per_rank: int, totals: bool = True
+) -> tuple[np.ndarray, PlanIndex, np.ndarray | None]:
     """(c_QE, plan, L_E): the checked counts, the plan's index and each expert's total.
 
     ``slots`` is the plan (slots_K) or its :class:`PlanIndex`; an index must be of the same
-    shape as the counts and ``slots_per_rank``.
+    shape as the counts and ``slots_per_rank``. ``totals`` False: L_E is None, for a caller
+    that sums them itself (the native split); only the experts without a slot are summed, to
+    check that none has tokens.
     """
     c_QE = check_counts(counts_QE)
     N, E = c_QE.shape
@@ -235,12 +266,15 @@ def prepare(counts_QE, slots, slots_per_rank: int) -> tuple[np.ndarray, PlanInde
             )
     else:
         plan = index_plan(slots, slots_per_rank, N, E)
-    L_E = c_QE.sum(axis=0)
-    orphan = np.nonzero((plan.deg_E == 0) & (L_E > 0))[0]
-    if orphan.size:
-        e = int(orphan[0])
-        raise ValueError(
-            f"expert {e} has {int(L_E[e])} tokens but no slot in the plan; every expert needs a "
-            "replica (validate the plan with swiftmoe.engine.plan.validate_slots)"
-        )
+    L_E = c_QE.sum(axis=0) if totals else None
+    if plan.held_H is not None:  # experts without a slot: none may have tokens
+        idle = np.flatnonzero(plan.deg_E == 0)
+        L = L_E[idle] if totals else c_QE[:, idle].sum(axis=0)
+        orphan = np.flatnonzero(L > 0)
+        if orphan.size:
+            e, n = int(idle[orphan[0]]), int(L[orphan[0]])
+            raise ValueError(
+                f"expert {e} has {n} tokens but no slot in the plan; every expert needs a "
+                "replica (validate the plan with swiftmoe.engine.plan.validate_slots)"
+            )
     return c_QE, plan, L_E
