@@ -10,7 +10,10 @@ runs per layer on every rank:
   split, its fastest run too (the machine may be shared), with 8 ranks per node, and with 8
   ranks per node and the cost parameters below (stage 1 priced, swiftmoe.engine.split.priced:
   what the engine runs on several nodes); the last of these in C (swiftmoe.engine.native, the
-  same split, what the engine runs when the library is built);
+  same split, what the engine runs when the library is built); and the whole of a layer call's
+  split in the engine (swiftmoe.engine.splitter.RankSplitter: the placement, a tensor, looked
+  up in its index cache, that split, and the engine's conservation checks of the result), its
+  median and its fastest;
 - the dense fast split ([N, N*S], the reference the tests check the engine's part against:
   pyshim/tests/split_reference.py), the min-max stage alone (per-rank amounts, before routing
   sources to slots), the exact and the even split, fast/exact max rank load and max/mean rank
@@ -48,6 +51,7 @@ from swiftmoe.engine import burst, native, split  # noqa: E402
 from swiftmoe.engine import costmodel as cm  # noqa: E402
 from swiftmoe.engine.plan import max_over_mean  # noqa: E402
 from swiftmoe.engine.split import amounts, plan_index  # noqa: E402
+from swiftmoe.engine.splitter import RankSplitter  # noqa: E402
 from swiftmoe.planning import reference as reference_planner  # noqa: E402
 
 SHAPES = [(256, 256, 4), (64, 16, 8), (16, 16, 4)]
@@ -99,6 +103,13 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     t_cpriced = float("nan")
     if native.available():
         t_cpriced, _ = timed(lambda: rank_split(next(ranks) % N, rpn, params, True), reps)
+    splitters = [RankSplitter(S, r, rpn, "auto") for r in range(N)]
+    slots_t = torch.tensor(slots_K)
+    for sp in splitters:  # each rank's engine indexes the placement once, then looks it up
+        sp(counts_QE, slots_t, 0, cost=params)
+    (t_layer, t_lbest), _ = timed(
+        lambda: splitters[next(ranks) % N](counts_QE, slots_t, 0, cost=params), reps, True
+    )
     t_fast, f_fast = timed(
         lambda: reference.split_tokens(counts_QE, plan(), S, method="fast"), reps
     )
@@ -137,7 +148,7 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
             bursts.append(-1)
     print(
         f"{f'{E},{N},{S}':>12} {t_rank:9.0f} {t_rbest:9.0f} {t_rnode:9.0f} {t_rpriced:9.0f} "
-        f"{t_cpriced:9.0f} "
+        f"{t_cpriced:9.0f} {t_layer:9.0f} {t_lbest:9.0f} "
         f"{t_fast:9.0f} {t_node:9.0f} {t_amt:10.0f} "
         f"{t_exact:10.0f} {t_even:9.0f} {ratio:10.4f} {mom['even']:8.3f} {mom['fast']:8.4f} "
         f"{mom['exact']:9.4f} {t_burst[0]:9.0f} {t_burst[1]:9.0f} {bursts[0]:6d} "
@@ -156,7 +167,7 @@ def main() -> int:
     print(f"native burst decision: {native.why()}")
     print(
         f"{'E,N,S':>12} {'rank us':>9} {'rank min':>9} {'rnode8 us':>9} {'priced us':>9} "
-        f"{'C pric us':>9} "
+        f"{'C pric us':>9} {'layer us':>9} {'layer min':>9} "
         f"{'dense us':>9} {'node8 us':>9} {'amounts us':>10} "
         f"{'exact us':>10} {'even us':>9} {'fast/exact':>10} {'mom even':>8} {'mom fast':>8} "
         f"{'mom exact':>9} {'burst us':>9} {'native us':>9} {'bursts':>6} {'stale us':>9} "
