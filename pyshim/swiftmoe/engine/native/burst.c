@@ -276,6 +276,18 @@ static double one_way(double is, double ir, double xs, double xr, double oi, dou
     return dmax(dmax(is, ir) * oi, dmax(xs, xr) * ox);
 }
 
+/* greedy's terms of rank r from its copies (tier), planned tokens and estimated load: what one
+ * more copy received within its node (pen[r]) or across (pen[N + r]) leaves exposed, in tokens
+ * of compute (divided by mpt), and its term of the step estimate (pen[2N + r]). */
+static void greedy_rank(int64_t r, const double *tier, int64_t N, const double *planned_R,
+                        const double *est, double oi, double ox, double mpt, double *pen) {
+    double is = tier[r], ir = tier[N + r], xs = tier[2 * N + r], xr = tier[3 * N + r];
+    double pr = planned_R[r];
+    pen[r] = exposed(one_way(is, ir + 1.0, xs, xr, oi, ox), pr, mpt) / mpt;
+    pen[N + r] = exposed(one_way(is, ir, xs, xr + 1.0, oi, ox), pr, mpt) / mpt;
+    pen[2 * N + r] = mpt * est[r] + exposed(one_way(is, ir, xs, xr, oi, ox), pr, mpt);
+}
+
 /* burst._greedy: the compute list (out) and how many of it the estimate says to make. */
 static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_est) {
     int64_t N = x->N, E = x->E, S = x->S, K = N * S;
@@ -283,7 +295,7 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
     int rc = 0;
     unsigned char *held = zalloc(N * E, 1), *in_node = zalloc(E * x->M, 1);
     double *A = zalloc(N * E, sizeof(double)), *est = zalloc(N, sizeof(double));
-    double *pen = zalloc(2 * N, sizeof(double)), *move_C = zalloc(E, sizeof(double));
+    double *pen = zalloc(3 * N, sizeof(double)), *move_C = zalloc(E, sizeof(double));
     double *planned_R = zalloc(N, sizeof(double));
     unsigned char *planned = zalloc(N * E, 1);
     int64_t *by_e = zalloc(K, sizeof(int64_t)), *first_E = zalloc(E + 1, sizeof(int64_t));
@@ -317,9 +329,11 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
     double mpt = ms_per_token;
     for (int64_t r = 0; r < N; r++) planned_R[r] = est[r];
     memcpy(planned, held, (size_t)(N * E));
-    /* what a copy leaves exposed on each rank, within its node (pen_in) and across (pen_out) */
-    double *pen_in = pen, *pen_out = pen + N;
-    const double *isent = tier, *irecv = tier + N, *xsent = tier + 2 * N, *xrecv = tier + 3 * N;
+    /* what a copy leaves exposed on each rank, within its node (pen_in) and across (pen_out),
+     * and each rank's term of the estimate (val); a burst changes them on its source, its
+     * destination and the busiest rank only, so they are kept rank by rank. */
+    double *pen_in = pen, *pen_out = pen + N, *val = pen + 2 * N;
+    for (int64_t r = 0; r < N; r++) greedy_rank(r, tier, N, planned_R, est, oi, ox, mpt, pen);
     if ((rc = holders(x, by_e, first_E)) < 0) goto done;
     double emax = 0.0;
     for (int64_t r = 0; r < N; r++)
@@ -332,27 +346,26 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         for (int64_t r = 1; r < N; r++)
             if (est[r] > est[h]) h = r;
         if (est[h] <= goal) break;
-        for (int64_t r = 0; r < N; r++) {
-            double pr = planned_R[r];
-            double in1 = one_way(isent[r], irecv[r] + 1.0, xsent[r], xrecv[r], oi, ox);
-            double out1 = one_way(isent[r], irecv[r], xsent[r], xrecv[r] + 1.0, oi, ox);
-            pen_in[r] = exposed(in1, pr, mpt);
-            pen_out[r] = exposed(out1, pr, mpt);
-        }
         int64_t nc = 0, c = -1, hn = x->node_R[h];
+        /* the busiest rank's node: ranks [nlo, nhi) (node_R is r / G, or 0 for every rank) */
+        int64_t G = p->ranks_per_node, nlo = 0, nhi = N;
+        if (G > 0 && G < N) {
+            nlo = hn * G;
+            nhi = nlo + G < N ? nlo + G : N;
+        }
         int finite = 0;
         for (int64_t e = 0; e < E; e++) {
             if (!(A[h * E + e] > 0)) continue;
             /* in the busiest rank's node when one of its ranks can take e */
             int home = 0;
-            for (int64_t r = 0; r < N && !home; r++)
-                home = x->node_R[r] == hn && free_R[r] > 0 && !held[r * E + e];
+            for (int64_t r = nlo; r < nhi && !home; r++) home = free_R[r] > 0 && !held[r * E + e];
             int64_t d = 0;
             double sc = INFINITY;
-            for (int64_t r = 0; r < N; r++) {
+            /* at home only the node's ranks may take it (the others would score infinity) */
+            for (int64_t r = home ? nlo : 0; r < (home ? nhi : N); r++) {
                 int ok = free_R[r] > 0 && !held[r * E + e] && (!home || x->node_R[r] == hn);
                 double pen = in_node[e * x->M + x->node_R[r]] ? pen_in[r] : pen_out[r];
-                double v = ok ? est[r] + pen / mpt : INFINITY;
+                double v = ok ? est[r] + pen : INFINITY; /* pen: already over mpt */
                 if (v < sc) {
                     sc = v;
                     d = r;
@@ -395,12 +408,12 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
         est[d] += move;
         held[d * E + e] = 1;
         free_R[d]--;
-        double tt = 0.0;
-        for (int64_t r = 0; r < N; r++) {
-            double c_r = one_way(isent[r], irecv[r], xsent[r], xrecv[r], oi, ox);
-            double v = mpt * est[r] + exposed(c_r, planned_R[r], mpt);
-            if (r == 0 || v > tt) tt = v;
-        }
+        greedy_rank(q, tier, N, planned_R, est, oi, ox, mpt, pen);
+        greedy_rank(d, tier, N, planned_R, est, oi, ox, mpt, pen);
+        greedy_rank(h, tier, N, planned_R, est, oi, ox, mpt, pen);
+        double tt = val[0];
+        for (int64_t r = 1; r < N; r++)
+            if (val[r] > tt) tt = val[r];
         if (tt < best_ms) {
             best_n = out->n;
             best_ms = tt;
