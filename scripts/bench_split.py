@@ -159,7 +159,21 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions per method")
+    ap.add_argument(
+        "--shapes",
+        default=",".join(f"{E}x{N}x{S}" for E, N, S in SHAPES),
+        help="comma-separated ExNxS (experts x ranks x slots per rank) to time "
+        "(default %(default)s); N above 8 runs in nodes of 8",
+    )
     args = ap.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        if any(len(t) != 3 or min(t) < 1 for t in shapes):
+            raise ValueError
+    except ValueError:
+        ap.error(
+            f"--shapes {args.shapes!r}: want ExNxS[,ExNxS...] of positive integers, e.g. 256x1024x4"
+        )
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     load1, load5, _ = os.getloadavg()
@@ -173,7 +187,7 @@ def main() -> int:
         f"{'mom exact':>9} {'burst us':>9} {'native us':>9} {'bursts':>6} {'stale us':>9} "
         f"{'native us':>9} {'bursts':>6}"
     )
-    for E, N, S in SHAPES:
+    for E, N, S in shapes:
         bench_shape(E, N, S, args.reps, rng)
     return 0
 
