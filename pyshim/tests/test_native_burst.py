@@ -91,6 +91,37 @@ def test_native_makes_the_numpy_decision_bit_for_bit(use_lib):
     assert multi >= 5, multi
 
 
+def test_native_makes_the_numpy_decision_on_many_nodes(use_lib):
+    """The same on 64 to 128 ranks in 8 to 32 nodes, where the lists' node scans (a home in the
+    busiest rank's node, each node's best locality gain) cover many nodes: hot sets that moved,
+    slow links, one and two burst slots; cross-node and in-node copies both made."""
+    rng = np.random.default_rng(64)
+    cross = within = 0
+    for i in range(8):
+        N, rpn = [(64, 8), (96, 4), (128, 8), (128, 4)][i % 4]
+        E, S = int(rng.choice([64, 128, 256])), 4
+        p_E = 1.0 / np.arange(1, E + 1) ** rng.uniform(0.8, 1.4)
+        p_E /= p_E.sum()
+        c = rng.multinomial(4096, p_E[rng.permutation(E)], size=N).astype(np.int64)
+        slots = np.asarray(planner.plan_layer(p_E[rng.permutation(E)].tolist(), N, S))
+        p = cm.CostParams(
+            ranks=N, ranks_per_node=rpn, token_bytes=2 * 768, expert_bytes=2 * P,
+            flops_per_token=6 * P, flops_per_s=5.8e14, intra_bw=3e11,
+            inter_bw=float(rng.choice([1.25e10, 5e10, 3e9])),
+        )  # fmt: skip
+        args = (c, slots, S, 1 + i % 2, rpn, p, 1.0, "auto")
+        want = burst.plan_bursts(*args, native=False)
+        got = burst.plan_bursts(*args, native=True)
+        try:
+            _same(got, want)
+        except AssertionError as e:
+            raise AssertionError(f"case {i}: N={N} E={E} rpn={rpn} {p}: {e}") from e
+        same_node = want.src_C // rpn == want.dst_C // rpn
+        within += int(same_node.sum())
+        cross += int((~same_node).sum())
+    assert within > 0 and cross > 0, (within, cross)
+
+
 def test_the_decision_from_a_ranks_own_split_is_the_same(use_lib):
     """plan_bursts(planned=RankSplit.planned): the decision starts from the split the layer
     made rather than making it again, and decides the same, field for field, in C and NumPy,
