@@ -329,9 +329,9 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
     double mpt = ms_per_token;
     for (int64_t r = 0; r < N; r++) planned_R[r] = est[r];
     memcpy(planned, held, (size_t)(N * E));
-    /* what a copy leaves exposed on each rank, within its node (pen_in) and across (pen_out),
-     * and each rank's term of the estimate (val); a burst changes them on its source, its
-     * destination and the busiest rank only, so they are kept rank by rank. */
+    /* what a copy leaves exposed on each rank, in tokens of compute, within its node (pen_in)
+     * and across (pen_out), and each rank's term of the estimate (val); a burst changes them on
+     * its source, its destination and the busiest rank only, so they are kept rank by rank. */
     double *pen_in = pen, *pen_out = pen + N, *val = pen + 2 * N;
     for (int64_t r = 0; r < N; r++) greedy_rank(r, tier, N, planned_R, est, oi, ox, mpt, pen);
     if ((rc = holders(x, by_e, first_E)) < 0) goto done;
@@ -363,7 +363,7 @@ static int greedy(const ctx_t *x, const int64_t *demand, blist *out, int64_t *n_
             double sc = INFINITY;
             /* at home only the node's ranks may take it (the others would score infinity) */
             for (int64_t r = home ? nlo : 0; r < (home ? nhi : N); r++) {
-                int ok = free_R[r] > 0 && !held[r * E + e] && (!home || x->node_R[r] == hn);
+                int ok = free_R[r] > 0 && !held[r * E + e];
                 double pen = in_node[e * x->M + x->node_R[r]] ? pen_in[r] : pen_out[r];
                 double v = ok ? est[r] + pen : INFINITY; /* pen: already over mpt */
                 if (v < sc) {
