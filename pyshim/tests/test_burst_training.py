@@ -103,12 +103,12 @@ def _spy_order(log: list) -> None:
     run: "fwd planned" / "fwd burst" when the GEMMs run, "bwd <kind>" when their backward
     starts and "bwd <kind> done" when it has the inputs' gradient."""
 
-    def run_slots(self, xs, rows_S, weights=None):
+    def run_slots(self, xs, rows_S, weights=None, **kw):
         kind = "planned" if weights is None else "burst"
         log.append(f"fwd {kind}")
         if torch.is_grad_enabled():
             xs = _Mark.apply(xs, log, f"bwd {kind} done")
-        ys = _RUN_SLOTS(self, xs, rows_S, weights)
+        ys = _RUN_SLOTS(self, xs, rows_S, weights, **kw)
         return _Mark.apply(ys, log, f"bwd {kind}") if torch.is_grad_enabled() else ys
 
     def logged(name):

@@ -6,6 +6,11 @@ expert e go to each slot k holding e; a rank fills e's slots in increasing slot 
 functions below turn that into a send order grouped by destination slot, and regroup what a rank
 receives (grouped by source rank, then slot) into slot-major order for the expert GEMMs.
 
+On a GPU the split (CPU) reaches the device in one asynchronous copy per layer call
+(``dispatch_maps``), so the count matrix's copy to the host is the call's only wait, and the
+row gathers whose index is a permutation take their backward as a gather by the inverse
+(``permute_rows``, ``expand_rows``) rather than a scatter-add.
+
 Shape legend:
     T  tokens of this rank        K  top-k (in ids_TK) or all slots N*S (in *_K vectors)
     A  token assignments, T*top_k E  experts
@@ -16,6 +21,7 @@ Shape legend:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -24,8 +30,12 @@ __all__ = [
     "segment_gather_index",
     "slot_order",
     "order_by_expert",
-    "send_index",
-    "regroup_received",
+    "DispatchMaps",
+    "dispatch_maps",
+    "to_device",
+    "inverse_permutation",
+    "permute_rows",
+    "expand_rows",
 ]
 
 
@@ -41,12 +51,7 @@ def segment_gather_index(
 
     Gathering a buffer with this index lays its segments out one after the other in order G.
     """
-    if total == 0:
-        return torch.zeros(0, dtype=torch.long, device=starts_G.device)
-    shift_G = starts_G - exclusive_cumsum(lengths_G)
-    return torch.repeat_interleave(shift_G, lengths_G, output_size=total) + torch.arange(
-        total, device=starts_G.device
-    )
+    return _segments(_segment_shift(starts_G, lengths_G), lengths_G, total)
 
 
 def slot_order(slots_K: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,32 +95,152 @@ def capacity_of(capacity_factor: float | None, assignments: int, num_experts: in
     return max(1, math.ceil(capacity_factor * assignments / num_experts))
 
 
-def send_index(
-    order_M: torch.Tensor, my_flow_K: torch.Tensor, perm_K: torch.Tensor, inv_perm_K: torch.Tensor
-) -> torch.Tensor:
-    """Assignment ids (into ``e_A``) in send order: grouped by destination slot k.
+def to_device(device: torch.device, *host: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The CPU int64 vectors ``host`` on ``device``, in one copy that does not wait.
 
-    ``order_M`` groups assignments by expert; within expert e they fill e's slots in increasing
-    k with ``my_flow_K[k]`` each, so segment k starts where ``perm_K`` puts it.
+    A copy from pageable host memory waits for the device's stream to drain first, so a layer
+    that moved its index vectors one by one stalled the GPU once per vector. Packed into one
+    pinned buffer, they travel in one asynchronous copy (the pinned allocator keeps the
+    buffer until the copy is done). On the CPU the vectors are returned as they are.
     """
+    if device.type == "cpu":
+        return host
+    sizes = [t.numel() for t in host]
+    buf = torch.empty(sum(sizes), dtype=torch.long, pin_memory=True)
+    torch.cat([t.reshape(-1).long() for t in host], out=buf)
+    return tuple(buf.to(device, non_blocking=True).split(sizes))
+
+
+def _segment_shift(starts_G: torch.Tensor, lengths_G: torch.Tensor) -> torch.Tensor:
+    """``segment_gather_index``'s per-segment shift, ``starts - exclusive_cumsum(lengths)``."""
+    return starts_G - exclusive_cumsum(lengths_G)
+
+
+def _segments(shift_G: torch.Tensor, lengths_G: torch.Tensor, total: int) -> torch.Tensor:
+    """``segment_gather_index`` from the segments' shifts, on their device (no host sync)."""
+    if total == 0:
+        return torch.zeros(0, dtype=torch.long, device=shift_G.device)
+    return torch.repeat_interleave(shift_G, lengths_G, output_size=total) + torch.arange(
+        total, device=shift_G.device
+    )
+
+
+@dataclass(frozen=True)
+class DispatchMaps:
+    """One layer call's index maps on the device (see :func:`dispatch_maps`).
+
+    ``send_A``: assignment ids in send order; ``inv_A``: its inverse ([A], when every
+    assignment is sent: dropless) or None; ``to_slot`` / ``from_slot``: the received rows to
+    slot-major order and back (inverse permutations of each other); ``rows_S``: rows per slot
+    (CPU); ``offs_S``: int32 cumulative ends of the first ``S_head`` slots' groups and then,
+    restarting at 0, of the rest (the burst slots), on the device.
+    """
+
+    send_A: torch.Tensor
+    inv_A: torch.Tensor | None
+    to_slot: torch.Tensor
+    from_slot: torch.Tensor
+    rows_S: torch.Tensor
+    offs_S: torch.Tensor
+
+
+def dispatch_maps(
+    order_M: torch.Tensor,
+    my_flow_K: torch.Tensor,
+    perm_K: torch.Tensor,
+    inv_perm_K: torch.Tensor,
+    flow_QS: torch.Tensor,
+    assignments: int,
+    S_head: int,
+) -> DispatchMaps:
+    """``send_index`` and ``regroup_received`` in one pass: the segment shifts are computed on
+    the CPU from the split (CPU tensors), travel to ``order_M``'s device in one asynchronous
+    copy (:func:`to_device`), and the long index vectors are expanded there.
+
+    ``assignments``: T*top_k, the size of the assignment space ``send_A`` indexes; ``S_head``:
+    where the slot groups' offsets restart (the planned slots' count when burst slots follow).
+    """
+    dev = order_M.device
     seg_len_G = my_flow_K[perm_K]
     start_K = exclusive_cumsum(seg_len_G)[inv_perm_K]
-    pos_M = segment_gather_index(
-        start_K.to(order_M.device), my_flow_K.to(order_M.device), order_M.numel()
-    )
-    return order_M[pos_M]
-
-
-def regroup_received(flow_QS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Index maps between the received order (source q, then slot s) and slot-major order.
-
-    Returns (to_slot_M, from_slot_M, rows_S): ``recv[to_slot_M]`` is slot-major with ``rows_S``
-    rows per slot; ``slot_major[from_slot_M]`` is back in received order.
-    """
+    send_shift = _segment_shift(start_K, my_flow_K)
     Q, S = flow_QS.shape
     total = int(flow_QS.sum())
-    start_QS = exclusive_cumsum(flow_QS.reshape(-1)).view(Q, S)
-    to_slot = segment_gather_index(start_QS.t().reshape(-1), flow_QS.t().reshape(-1), total)
-    start_SQ = exclusive_cumsum(flow_QS.t().reshape(-1)).view(S, Q)
-    from_slot = segment_gather_index(start_SQ.t().reshape(-1), flow_QS.reshape(-1), total)
-    return to_slot, from_slot, flow_QS.sum(0)
+    flow_SQ = flow_QS.t().reshape(-1)
+    flow_flat = flow_QS.reshape(-1)
+    start_QS = exclusive_cumsum(flow_flat).view(Q, S)
+    to_shift = _segment_shift(start_QS.t().reshape(-1), flow_SQ)
+    start_SQ = exclusive_cumsum(flow_SQ).view(S, Q)
+    from_shift = _segment_shift(start_SQ.t().reshape(-1), flow_flat)
+    rows_S = flow_QS.sum(0)
+    offs = torch.cat((torch.cumsum(rows_S[:S_head], 0), torch.cumsum(rows_S[S_head:], 0)))
+    (send_shift, my_flow, to_shift, flow_SQ, from_shift, flow_flat, offs) = to_device(
+        dev, send_shift, my_flow_K, to_shift, flow_SQ, from_shift, flow_flat, offs
+    )
+    send_A = order_M[_segments(send_shift, my_flow, order_M.numel())]
+    inv_A = inverse_permutation(send_A) if send_A.numel() == assignments else None
+    return DispatchMaps(
+        send_A=send_A,
+        inv_A=inv_A,
+        to_slot=_segments(to_shift, flow_SQ, total),
+        from_slot=_segments(from_shift, flow_flat, total),
+        rows_S=rows_S,
+        offs_S=offs.to(torch.int32),
+    )
+
+
+def inverse_permutation(idx_M: torch.Tensor) -> torch.Tensor:
+    """inv with ``inv[idx_M[i]] = i`` (``idx_M`` a permutation of ``0..M-1``)."""
+    inv = torch.empty_like(idx_M)
+    inv[idx_M] = torch.arange(idx_M.numel(), device=idx_M.device)
+    return inv
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``x.index_select(0, idx)`` for a permutation idx; the backward gathers by its inverse
+    instead of index_select's scatter-add, whose atomic adds are slow in bf16 on GPUs."""
+
+    @staticmethod
+    def forward(ctx, x_MD: torch.Tensor, idx_M: torch.Tensor, inv_M: torch.Tensor):
+        ctx.save_for_backward(inv_M)
+        return x_MD.index_select(0, idx_M)
+
+    @staticmethod
+    def backward(ctx, g_MD: torch.Tensor):
+        (inv_M,) = ctx.saved_tensors
+        return g_MD.index_select(0, inv_M), None, None
+
+
+def permute_rows(x_MD: torch.Tensor, idx_M: torch.Tensor, inv_M: torch.Tensor) -> torch.Tensor:
+    """``x_MD[idx_M]`` for a permutation ``idx_M`` whose inverse is ``inv_M``."""
+    if torch.is_grad_enabled() and x_MD.requires_grad:
+        return _PermuteRows.apply(x_MD, idx_M, inv_M)
+    return x_MD.index_select(0, idx_M)
+
+
+class _ExpandRows(torch.autograd.Function):
+    """``x_TD[send_A // K]``: every token's row once per assignment, in send order. With every
+    assignment sent (dropless) the backward gathers the rows back into assignment order and
+    sums each token's K, rather than scatter-adding them."""
+
+    @staticmethod
+    def forward(ctx, x_TD: torch.Tensor, send_A: torch.Tensor, inv_A: torch.Tensor, top_k: int):
+        ctx.save_for_backward(inv_A)
+        ctx.top_k = top_k
+        return x_TD.index_select(0, send_A // top_k)
+
+    @staticmethod
+    def backward(ctx, g_AD: torch.Tensor):
+        (inv_A,) = ctx.saved_tensors
+        g = g_AD.index_select(0, inv_A)
+        return g.view(-1, ctx.top_k, g.shape[-1]).sum(1), None, None, None
+
+
+def expand_rows(
+    x_TD: torch.Tensor, send_A: torch.Tensor, inv_A: torch.Tensor | None, top_k: int
+) -> torch.Tensor:
+    """The expert input rows in send order: ``x_TD[send_A // top_k]``. ``inv_A``: the inverse
+    of ``send_A`` when it holds every assignment, else None (the plain gather's backward)."""
+    if inv_A is None or not (torch.is_grad_enabled() and x_TD.requires_grad):
+        return x_TD.index_select(0, send_A // top_k)
+    return _ExpandRows.apply(x_TD, send_A, inv_A, top_k)

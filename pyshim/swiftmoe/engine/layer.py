@@ -178,7 +178,9 @@ class ExpertLayer:
 
     def slot_grads(self) -> torch.Tensor:
         """Gradients of this rank's slots as fp32 grad_SP [S, P] (zero where none)."""
-        g_SP = torch.zeros(self.S, self.P, dtype=torch.float32, device=self.device)
+        every = all(t.grad is not None for t in self.leaves())  # then each element is written
+        make = torch.empty if every else torch.zeros
+        g_SP = make(self.S, self.P, dtype=torch.float32, device=self.device)
         if self.grouped:
             for o, n, t in zip(self.offsets, self.numels, self.stacked, strict=True):
                 if t.grad is not None:
@@ -263,13 +265,15 @@ class ExpertLayer:
                     bursts.inv_K,
                 )
 
-        my_K = rs.send_K
-        send_A = dp.send_index(order_M, my_K, perm_K, inv_K)
-        x_send = x_TD.index_select(0, send_A // top_k)
-        if input_scale_TK is not None:
-            x_send = x_send * input_scale_TK.reshape(-1).index_select(0, send_A).unsqueeze(-1)
         flow_QS = rs.recv_QS
-        in_splits = my_K.view(N, S).sum(1).tolist()
+        maps = dp.dispatch_maps(
+            order_M, rs.send_K, perm_K, inv_K, flow_QS, T * top_k, self.S
+        )  # fmt: skip
+        x_send = dp.expand_rows(x_TD, maps.send_A, maps.inv_A, top_k)
+        if input_scale_TK is not None:
+            scale_A = input_scale_TK.reshape(-1).index_select(0, maps.send_A)
+            x_send = x_send * scale_A.unsqueeze(-1)
+        in_splits = rs.send_K.view(N, S).sum(1).tolist()
         out_splits = flow_QS.sum(1).tolist()
         anchor = self.ctx.anchor
         recv = all_to_all_rows(x_send, anchor, comm, out_splits, in_splits)
@@ -277,21 +281,26 @@ class ExpertLayer:
         if bursts is not None:  # the burst slots' weights travel while the planned slots run
             recv, pending = burst_run.start_copy(self, bursts, recv)
 
-        to_slot, from_slot, rows_S = dp.regroup_received(flow_QS)
-        dev = recv.device
-        xs = recv.index_select(0, to_slot.to(dev))
+        rows_S, offs_S = maps.rows_S, maps.offs_S
+        xs = dp.permute_rows(recv, maps.to_slot, maps.from_slot)
         if pending is None:
-            ys = self.run_slots(xs, rows_S)
+            ys = self.run_slots(xs, rows_S, offs_S=offs_S)
         else:
             planned = int(rows_S[: self.S].sum())
-            ys = self.run_slots(xs[:planned], rows_S[: self.S])
+            ys = self.run_slots(xs[:planned], rows_S[: self.S], offs_S=offs_S[: self.S])
             ys, weights = burst_run.finish_copy(self, bursts, pending, ys)
-            ys_burst = self.run_slots(xs[planned:], rows_S[self.S :], weights)
+            burst_rows = rows_S[self.S :]
+            ys_burst = self.run_slots(
+                xs[planned:], burst_rows, weights, offs_S=offs_S[self.S :]
+            )  # fmt: skip
             ys = torch.cat((ys, ys_burst))
-        y_recv = ys.index_select(0, from_slot.to(dev))
+        y_recv = dp.permute_rows(ys, maps.from_slot, maps.to_slot)
         back = all_to_all_rows(y_recv, anchor, comm, in_splits, out_splits)
 
-        y_AD = back.new_zeros(T * top_k, back.shape[-1]).index_copy(0, send_A, back)
+        if maps.inv_A is not None:  # dropless: every assignment came back, a permutation
+            y_AD = dp.permute_rows(back, maps.inv_A, maps.send_A)
+        else:
+            y_AD = back.new_zeros(T * top_k, back.shape[-1]).index_copy(0, maps.send_A, back)
         y_TKD = y_AD.view(T, top_k, y_AD.shape[-1])
         y_TD = weighted_sum(y_TKD, weights_TK) if combine is None else combine(y_TKD)
 
@@ -307,18 +316,27 @@ class ExpertLayer:
         return y_TD
 
     def run_slots(
-        self, xs_MD: torch.Tensor, rows_S: torch.Tensor, weights: list | tuple | None = None
+        self,
+        xs_MD: torch.Tensor,
+        rows_S: torch.Tensor,
+        weights: list | tuple | None = None,
+        *,
+        offs_S: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """This rank's slots over their contiguous token groups of xs_MD (slot-major).
 
         ``weights``: None for the planned slots' own (rows_S [S]); else the burst slots'
         (rows_S [S' - S]; ``burst_run.finish_copy``: per-slot tuples, or stacked tensors).
+        ``offs_S``: the groups' int32 cumulative ends on xs_MD's device, when the caller has
+        them (``dispatch.DispatchMaps``); else they are computed from rows_S.
         """
         if xs_MD.shape[0] == 0:
             return xs_MD
         if self.grouped:
             stacked = self.stacked if weights is None else weights
-            offs_S = torch.cumsum(rows_S, 0).to(device=xs_MD.device, dtype=torch.int32)
+            if offs_S is None:
+                (offs_S,) = dp.to_device(xs_MD.device, torch.cumsum(rows_S, 0))
+                offs_S = offs_S.to(torch.int32)
             return self.adapter.grouped_forward(self.block, xs_MD, offs_S, stacked)
         slot_params = self.slot_params if weights is None else weights
         outs = []

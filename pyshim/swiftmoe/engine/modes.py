@@ -90,11 +90,12 @@ class ReplicateRun:
         old = self.placement
         new = plan if plan is not None else old
         origin = self.channel.origin
+        loads_LE, dropped_L = self._loads_and_dropped()
         stats = StepStats(
             iteration=self.iteration,
-            loads_LE=[loads_of(layer.block).tolist() for layer in self.layers],
+            loads_LE=loads_LE,
             max_over_mean_L=[layer.last_max_over_mean for layer in self.layers],
-            dropped_L=[int(dropped_of(layer.block)) for layer in self.layers],
+            dropped_L=dropped_L,
             plan_event=event,
             placement_changed=new != old,
             plan_events=dict(self.channel.events),
@@ -107,6 +108,19 @@ class ReplicateRun:
         self.install(new)
         self.end_iteration()
         return stats
+
+    def _loads_and_dropped(self) -> tuple[list[list[int]], list[int]]:
+        """Every layer's load and dropped counters, read in one copy to the host."""
+        parts = []
+        for layer in self.layers:
+            parts += [loads_of(layer.block).reshape(-1), dropped_of(layer.block).reshape(-1)]
+        flat = torch.cat(parts).cpu().tolist() if parts else []
+        loads_LE, dropped_L, off = [], [], 0
+        for layer in self.layers:
+            loads_LE.append(flat[off : off + layer.E])
+            dropped_L.append(int(flat[off + layer.E]))
+            off += layer.E + 1
+        return loads_LE, dropped_L
 
     def install(self, slots_L: list[list[int]]) -> None:
         """Remap the master shards to ``slots_L`` (a collective) and make it current."""
