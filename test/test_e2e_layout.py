@@ -121,6 +121,11 @@ def engine_remap_bytes(
         widths.append([m.shape[1] for m in opt.masters])
         out = opt.remap(slots_t, dtype)
         assert [tuple(t.shape) for t in out] == [(S, P) for P in numels_L]
+        if N == 1:  # one rank's remap is local: no collective, nothing to or from another rank
+            assert comm.calls == [], "a one-rank remap issued an all_to_all"
+            send.append(0)
+            recv.append(0)
+            continue
         assert len(comm.calls) == 1, f"remap issued {len(comm.calls)} all_to_alls, want 1"
         numel, elem, out_splits, in_splits = comm.calls[0]
         assert elem == torch.tensor([], dtype=dtype).element_size()

@@ -334,3 +334,21 @@ def test_save_checkpoint_simulated_write_failure(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert torch.equal(torch.load(path)["w"], torch.arange(3))
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+
+
+def test_a_checkpoint_saved_with_fused_steps_loads_with_this_runs_own() -> None:
+    """A state saved on GPUs (fused AdamW, the default there) restores on CPUs: the groups take
+    the checkpoint's hyperparameters but keep how this run computes its step."""
+    model, handle, dense_opt = make_handle(1, "AdamW")
+    train_steps(0, 1, model, handle, dense_opt, range(2))
+    state = handle.state_dict()
+    groups = state["optimizer"]["param_groups"]
+    here = [(g.get("fused"), g.get("foreach")) for g in groups]
+    for g in groups:
+        g.update(fused=True, foreach=False, lr=0.125)
+    handle.load_state_dict(state)
+    got = handle._run.optimizer.optimizer.param_groups
+    assert [(g.get("fused"), g.get("foreach")) for g in got] == here
+    assert all(g["lr"] == 0.125 for g in got)
+    train_steps(0, 1, model, handle, dense_opt, range(2, 3))  # and it steps on the CPU
+    handle.config.plan_source.close()

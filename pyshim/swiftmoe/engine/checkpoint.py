@@ -50,6 +50,8 @@ __all__ = [
 FORMAT = "swiftmoe-sharded-v2"
 # v1 (still read) has no optimizer class and no plan-source state.
 _FORMATS = ("swiftmoe-sharded-v1", FORMAT)
+# An optimizer group's settings for how its step is computed, which a restore keeps as they are.
+_HOW = ("fused", "foreach")
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,12 @@ def load_sharded_state(
     with torch.no_grad():
         for saved, m in zip(state["layers"], opt.masters, strict=True):
             m.copy_(saved["master"])
+    # How this run computes the step (fused kernels on CUDA, foreach) is its own, not the
+    # checkpoint's: a state saved on GPUs loads on CPUs and back.
+    how = [{k: g[k] for k in _HOW if k in g} for g in opt.optimizer.param_groups]
     opt.optimizer.load_state_dict(state["optimizer"])
+    for g, h in zip(opt.optimizer.param_groups, how, strict=True):
+        g.update(h)
     view.install([list(s) for s in slots_L])
 
 

@@ -70,7 +70,9 @@ class SwiftMoEConfig:
         mode: "replicate" (full SwiftMoE) or "observe" (the model's math is untouched; loads
             are recorded and the plans the source would make are logged).
         optimizer: the expert optimizer, a ``torch.optim`` name or class (elementwise ones).
-        optimizer_kwargs: its keyword arguments (lr, betas, weight_decay, momentum...).
+        optimizer_kwargs: its keyword arguments (lr, betas, weight_decay, momentum...). On
+            CUDA an optimizer that takes ``fused`` (Adam, AdamW, SGD...) runs fused over the
+            fp32 master shards unless these name ``fused`` or ``foreach``.
         plan_source: where the next placement comes from (rank 0 asks it); None keeps the
             initial placement for good (static expert parallelism).
         plan_deadline_s: the longest ``step()`` waits for the plan source.

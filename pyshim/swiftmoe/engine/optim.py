@@ -17,8 +17,14 @@ the shards of the layer are equal and every peer exchanges as much, else one per
 peer); no per-element index is built.
 
 Replica sums: expert e's gradient is ((0 + g_k1) + g_k2) + ... over its slots k1 < k2 < ... in
-global slot order, on every device (CPU: sequential ``index_add_``; elsewhere one
-``index_add_`` per replica round, whose indices are distinct, so no atomics race).
+global slot order, on every device (CPU: sequential ``index_add_``; elsewhere a gather of every
+expert's first replica, then one ``index_add_`` per further replica round, whose indices are
+distinct, so no atomics race).
+
+With one rank both exchanges are the identity: the buffers are used where they are, uncopied.
+On CUDA an optimizer that takes ``fused`` (Adam, AdamW, SGD...) runs fused over the master
+shards unless ``optimizer_kwargs`` names ``fused`` or ``foreach``: one pass over the fp32
+state per step instead of one per elementwise operation.
 
 Shape legend:
     L  MoE layers    E  experts of a layer    N  ranks (Q: peer)    S  slots per rank
@@ -29,6 +35,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -114,41 +121,79 @@ class ExchangeLayout:
                 dst.copy_(src)
 
 
-def _rounds_on(slots_K: Sequence[int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """replica_rounds(slots_K) as (slot ids, expert ids) tensors on ``device``."""
-    return [
+def _rounds_on(
+    slots_K: Sequence[int], num_experts: int, device
+) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """replica_rounds(slots_K) on ``device``: (first_E, rounds). ``first_E``: every expert's
+    first slot, in expert order, when each of the ``num_experts`` has a slot (else None, and
+    ``rounds`` holds every round); ``rounds``: the further rounds as (slot ids, expert ids)."""
+    rounds = replica_rounds(slots_K)
+    on = [
         (
             torch.tensor(ks, dtype=torch.long, device=device),
             torch.tensor(es, dtype=torch.long, device=device),
         )
-        for ks, es in replica_rounds(slots_K)
+        for ks, es in rounds
     ]
+    ks0, es0 = rounds[0] if rounds else ([], [])
+    if sorted(es0) != list(range(num_experts)):
+        return None, on
+    first = [k for _, k in sorted(zip(es0, ks0, strict=True))]
+    return torch.tensor(first, dtype=torch.long, device=device), on[1:]
 
 
 def _sum_replicas(
-    g_En: torch.Tensor,
     recv_NSn: torch.Tensor,
     slots_K: torch.Tensor,
+    num_experts: int,
     sequential: bool,
-    rounds: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> None:
-    """g_En += the rows of recv_NSn [N, S, n] (slot k = c*S + s) into their experts slots_K,
-    every expert's replicas added in ascending slot order. ``rounds``: _rounds_on(slots_K) for
-    the non-sequential path, when the caller keeps them."""
+    rounds: tuple[torch.Tensor | None, list] | None = None,
+) -> torch.Tensor:
+    """g_En: the rows of recv_NSn [N, S, n] (slot k = c*S + s) summed into their experts
+    slots_K, every expert's replicas added in ascending slot order (fp32). ``rounds``:
+    _rounds_on(slots_K) for the non-sequential path, when the caller keeps them."""
     N, S, n = recv_NSn.shape
+    device = recv_NSn.device
     if sequential:  # CPU index_add_ adds the indexed rows one after the other
-        slots_K = slots_K.to(g_En.device)
+        g_En = torch.zeros(num_experts, n, dtype=torch.float32, device=device)
+        slots_K = slots_K.to(device)
         if N == 1 or recv_NSn.stride(0) == S * n:
             g_En.index_add_(0, slots_K, recv_NSn.reshape(N * S, n))
         else:
             for c in range(N):
                 g_En.index_add_(0, slots_K[c * S : (c + 1) * S], recv_NSn[c])
-        return
+        return g_En
     rows_Kn = recv_NSn.reshape(N * S, n)
     if rounds is None:
-        rounds = _rounds_on(slots_K.tolist(), g_En.device)
-    for k_t, e_t in rounds:
+        rounds = _rounds_on(slots_K.tolist(), num_experts, device)
+    first_E, further = rounds
+    if first_E is None:
+        g_En = torch.zeros(num_experts, n, dtype=torch.float32, device=device)
+    else:  # 0 + g is g: the first replicas are gathered, not added
+        g_En = rows_Kn.index_select(0, first_E).to(torch.float32)
+    for k_t, e_t in further:
         g_En.index_add_(0, e_t, rows_Kn.index_select(0, k_t))
+    return g_En
+
+
+def _exchange(comm: Comm, buf: torch.Tensor, out_splits: list[int], in_splits: list[int]):
+    """``comm.all_to_all`` of a buffer the caller made for it and drops after: with one rank
+    the buffer itself, with no copy."""
+    if comm.world_size == 1:
+        return buf
+    return comm.all_to_all(buf, out_splits, in_splits)
+
+
+def _fused_default(optimizer_class: type, kwargs: dict, device: torch.device) -> dict:
+    """``kwargs`` with ``fused=True`` on CUDA for a class that takes it, unless they choose
+    ``fused`` or ``foreach`` themselves (or ``differentiable``, which fused kernels refuse)."""
+    if device.type != "cuda" or {"fused", "foreach", "differentiable"} & set(kwargs):
+        return kwargs
+    try:
+        takes = "fused" in inspect.signature(optimizer_class).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {**kwargs, "fused": True} if takes else kwargs
 
 
 class ShardedExpertOptimizer:
@@ -170,7 +215,8 @@ class ShardedExpertOptimizer:
             full[:, b[r] : b[r + 1]].detach().to(torch.float32).clone().requires_grad_()
             for full, b in zip(full_L, self.layout.bounds_L, strict=True)
         ]
-        self.optimizer = optimizer_class(self.masters, **optimizer_kwargs)
+        kwargs = _fused_default(optimizer_class, optimizer_kwargs, self.masters[0].device)
+        self.optimizer = optimizer_class(self.masters, **kwargs)
         # Per layer, the replica rounds of the non-sequential sum under the placement they
         # were built for: they change with the placement only.
         self._rounds_L: list[tuple[list[int], list] | None] = [None] * len(self.masters)
@@ -182,23 +228,22 @@ class ShardedExpertOptimizer:
         lay, N, S = self.layout, self.comm.world_size, self.S
         send = torch.empty(lay.slot_total, dtype=grads_L[0].dtype, device=grads_L[0].device)
         lay.slot_side_copy(send, [g.reshape(S, -1) for g in grads_L], to_peer=True)
-        recv_NW = self.comm.all_to_all(send, [lay.own_W] * N, lay.peer_W).view(N, lay.own_W)
+        recv_NW = _exchange(self.comm, send, [lay.own_W] * N, lay.peer_W).view(N, lay.own_W)
         for i, (m, n, off, slots_K) in enumerate(
             zip(self.masters, lay.shard_L, lay.own_off_L, slots_L, strict=True)
         ):
-            g_En = torch.zeros_like(m)
             recv_NSn = recv_NW[:, off : off + S * n].view(N, S, n)
             sequential = m.device.type == "cpu"
             rounds = None if sequential else self._replica_rounds(i, slots_K, m.device)
-            _sum_replicas(g_En, recv_NSn, slots_K, sequential, rounds)
-            m.grad = g_En.mul_(self.grad_scale)
+            g_En = _sum_replicas(recv_NSn, slots_K, m.shape[0], sequential, rounds)
+            m.grad = g_En if self.grad_scale == 1.0 else g_En.mul_(self.grad_scale)
 
     def _replica_rounds(self, i: int, slots_K: torch.Tensor, device) -> list:
         """Layer i's _rounds_on(slots_K), rebuilt only when its placement changed."""
         key = slots_K.tolist()
         hit = self._rounds_L[i]
         if hit is None or hit[0] != key:
-            hit = self._rounds_L[i] = (key, _rounds_on(key, device))
+            hit = self._rounds_L[i] = (key, _rounds_on(key, self.masters[i].shape[0], device))
         return hit[1]
 
     def step(self) -> None:
@@ -215,11 +260,11 @@ class ShardedExpertOptimizer:
         ):
             idx_K = slots_K.to(device)
             send_NSn = send_NW[:, off : off + S * n].view(N, S, n)
-            if dtype == m.dtype and (N == 1 or lay.own_W == S * n):  # gather straight in place
-                torch.index_select(m.detach(), 0, idx_K, out=send_NSn.view(N * S, n))
+            if N == 1 or lay.own_W == S * n:  # cast the E shards, gather straight in place
+                torch.index_select(m.detach().to(dtype), 0, idx_K, out=send_NSn.view(N * S, n))
             else:
                 send_NSn.copy_(m.detach().index_select(0, idx_K).view(N, S, n))
-        recv = self.comm.all_to_all(send_NW.view(-1), lay.peer_W, [lay.own_W] * N)
+        recv = _exchange(self.comm, send_NW.view(-1), lay.peer_W, [lay.own_W] * N)
         out_L = [torch.empty(S, P, dtype=dtype, device=recv.device) for P in lay.numels_L]
         lay.slot_side_copy(recv, out_L, to_peer=False)
         return out_L
