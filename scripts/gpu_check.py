@@ -8,7 +8,9 @@ scripts/overhead_gpu.py). On Hopper or newer the engine runs each rank's slots a
 1. equivalence: the same weights and the same input through both: the output, the input's
    gradient, every dense parameter's gradient (routers, norms) and every expert's gradient (the
    engine's slot gradients) within bf16 tolerance: relative error ||a - b|| / ||b|| at most
-   1.6e-2 (torch.testing's bf16 rtol; 1e-5 in fp32);
+   1.6e-2 (torch.testing's bf16 rtol; 1e-5 in fp32). In bf16 both are also measured against
+   the same weights run in fp32 (``accuracy``): SwiftMoE's output and input gradient may be
+   at most ACCURACY_FACTOR times as far from it as the unpatched model's own;
 2. overhead: the interleaved step timing of scripts/overhead_gpu.py (forward, backward,
    optimizer step, zero_grad; median ms per step, unpatched and under SwiftMoE);
 3. expert throughput: forward+backward TFLOP/s of the grouped GEMMs at this shape (E groups of
@@ -54,6 +56,10 @@ from swiftmoe.engine import step_costs  # noqa: E402
 
 BF16_RTOL = 1.6e-2  # torch.testing's default rtol for bfloat16
 FP32_RTOL = 1e-5
+# SwiftMoE's distance to the fp32 run may be at most this multiple of the unpatched model's:
+# the two sum in different orders, so neither is the other's rounding, but neither may be
+# clearly worse.
+ACCURACY_FACTOR = 1.5
 NO_DEVICE = 2
 
 
@@ -98,6 +104,7 @@ def equivalence(args, device: torch.device, dtype: torch.dtype) -> dict:
     ref = overhead_gpu.Net(args.layers, args.dim, args.hidden, args.experts, args.top_k)
     ref = ref.to(device, dtype)
     model = copy.deepcopy(ref)
+    exact = copy.deepcopy(ref).float() if dtype != torch.float32 else None
     handle = swiftmoe.replicate_(
         model,
         swiftmoe.SwiftMoEConfig(slots_per_rank=args.experts, optimizer="AdamW"),
@@ -114,6 +121,19 @@ def equivalence(args, device: torch.device, dtype: torch.dtype) -> dict:
             outs.append(y.detach())
             xs.append(xm)
         errs = {"output": rel_err(outs[1], outs[0]), "input_grad": rel_err(xs[1].grad, xs[0].grad)}
+        accuracy = None
+        if exact is not None:  # the same bf16 weights and input, computed in fp32
+            xe = x.float().requires_grad_()
+            ye = exact(xe)
+            (ye * proj).sum().backward()
+            accuracy = {
+                f"{name}_{what}_vs_fp32": rel_err(got, want)
+                for i, name in enumerate(("unpatched", "swiftmoe"))
+                for what, got, want in (
+                    ("output", outs[i], ye),
+                    ("input_grad", xs[i].grad, xe.grad),
+                )
+            }
         ref_params = dict(ref.named_parameters())
         dense = {}
         for name, p in model.named_parameters():
@@ -140,6 +160,7 @@ def equivalence(args, device: torch.device, dtype: torch.dtype) -> dict:
         "expert_grad_worst": worst_expert,
         "dense_params_checked": len(dense),
         "experts_checked": len(experts),
+        "accuracy": accuracy,
     }
 
 
@@ -195,6 +216,12 @@ def run(args) -> dict:
             ("expert_grads", "expert_grad_rel_err_max"),
         )
     }
+    acc = eq["accuracy"]
+    if acc is not None:
+        checks["accuracy"] = all(
+            acc[f"swiftmoe_{w}_vs_fp32"] <= ACCURACY_FACTOR * acc[f"unpatched_{w}_vs_fp32"]
+            for w in ("output", "input_grad")
+        )
     out = {
         "check": "gpu-check",
         "ok": all(checks.values()),
@@ -252,7 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{'PASS' if out['ok'] else 'FAIL'}: output {eq['output_rel_err']:.2e}, input grad "
         f"{eq['input_grad_rel_err']:.2e}, dense grads {eq['dense_grad_rel_err_max']:.2e}, "
         f"expert grads {eq['expert_grad_rel_err_max']:.2e} (tolerance "
-        f"{out['tolerance_rel_err']:.1e}); grouped GEMMs {'on' if eq['grouped_gemm'] else 'off'}; "
+        f"{out['tolerance_rel_err']:.1e}); "
+        + (
+            ""
+            if eq["accuracy"] is None
+            else f"input grad vs fp32 {eq['accuracy']['swiftmoe_input_grad_vs_fp32']:.2e} "
+            f"(unpatched {eq['accuracy']['unpatched_input_grad_vs_fp32']:.2e}); "
+        )
+        + f"grouped GEMMs {'on' if eq['grouped_gemm'] else 'off'}; "
         f"step {ov['unpatched_ms']:.2f} ms unpatched, {ov['swiftmoe_ms']:.2f} ms SwiftMoE "
         f"({ov['overhead_pct']:+.2f}%); {out['wall_s']:.0f} s"
     )
