@@ -91,3 +91,13 @@ def test_a_wrong_expert_gradient_fails_the_check(gc, monkeypatch, capsys):
     assert r["ok"] is False and r["checks"]["expert_grads"] is False
     assert r["checks"]["output"] is True
     assert r["equivalence"]["expert_grad_rel_err_max"] == pytest.approx(0.05, rel=1e-3)
+
+
+def test_bf16_run_measures_both_systems_against_fp32(gc, capsys):
+    assert gc.main([*TINY, "--dtype", "bfloat16"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    acc = r["equivalence"]["accuracy"]
+    assert r["checks"]["accuracy"] is True and r["tolerance_rel_err"] == 1.6e-2
+    for what in ("output", "input_grad"):
+        unpatched, swiftmoe = acc[f"unpatched_{what}_vs_fp32"], acc[f"swiftmoe_{what}_vs_fp32"]
+        assert 0 < unpatched < 0.2 and swiftmoe <= gc.ACCURACY_FACTOR * unpatched
