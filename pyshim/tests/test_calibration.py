@@ -157,8 +157,30 @@ def test_overhead_runs_at_world_size_one_on_cpu(tmp_path, dtype):
     # the same weights on the same input: the engine computes the same loss
     tol = 1e-5 if dtype == "float32" else 2e-2
     assert r["first_loss"]["swiftmoe"] == pytest.approx(r["first_loss"]["unpatched"], rel=tol)
-    assert r["unpatched_ms"] > 0 and r["swiftmoe_ms"] > 0
+    # and so does the static grouped-GEMM baseline
+    assert r["first_loss"]["static_grouped"] == pytest.approx(r["first_loss"]["unpatched"], rel=tol)
+    assert r["unpatched_ms"] > 0 and r["swiftmoe_ms"] > 0 and r["static_grouped_ms"] > 0
+    assert r["swiftmoe_over_static"] == pytest.approx(
+        r["swiftmoe_ms"] / r["static_grouped_ms"], rel=1e-3
+    )
     assert r["overhead_ms"] == pytest.approx(r["swiftmoe_ms"] - r["unpatched_ms"], abs=1e-3)
     import torch.distributed as dist
 
     assert not dist.is_initialized()
+
+
+def test_static_grouped_baseline_computes_the_unpatched_models_gradients():
+    """The baseline is the same model run the other way: equal outputs and gradients (fp32)."""
+    ov = load_script("overhead_gpu")
+    torch.manual_seed(0)
+    net = ov.Net(2, 16, 32, 4, 2)
+    static = ov.static_grouped(net)
+    x = torch.randn(40, 16)
+    outs = []
+    for m in (net, static):
+        y = m(x)
+        y.pow(2).sum().backward()
+        outs.append(y)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(net.named_parameters(), static.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
