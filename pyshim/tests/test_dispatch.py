@@ -97,3 +97,13 @@ def test_row_gathers_backward_equal_index_selects() -> None:
     assert torch.equal(got, y.grad)  # a permutation: each row's gradient is one row of w
     with torch.no_grad():
         assert torch.equal(dp.permute_rows(y, send_A, inv_A), y[send_A])
+
+
+def test_dispatch_maps_of_a_rank_with_nothing_to_send_or_receive() -> None:
+    perm_K, inv_K = dp.slot_order([0, 1, 0, 1])
+    empty = torch.zeros(0, dtype=torch.long)
+    maps = dp.dispatch_maps(empty, torch.zeros(4, dtype=torch.long), perm_K, inv_K,
+                            torch.zeros(2, 2, dtype=torch.long), 0, 2)  # fmt: skip
+    assert maps.send_A.numel() == maps.to_slot.numel() == maps.from_slot.numel() == 0
+    assert maps.inv_A is not None and maps.inv_A.numel() == 0
+    assert maps.rows_S.tolist() == [0, 0] and maps.offs_S.tolist() == [0, 0]

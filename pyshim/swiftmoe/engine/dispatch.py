@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -106,9 +107,23 @@ def to_device(device: torch.device, *host: torch.Tensor) -> tuple[torch.Tensor, 
     if device.type == "cpu":
         return host
     sizes = [t.numel() for t in host]
-    buf = torch.empty(sum(sizes), dtype=torch.long, pin_memory=True)
-    torch.cat([t.reshape(-1).long() for t in host], out=buf)
-    return tuple(buf.to(device, non_blocking=True).split(sizes))
+    flat = np.concatenate([t.reshape(-1).numpy() for t in host]).astype(np.int64, copy=False)
+    return tuple(_upload(device, flat).split(sizes))
+
+
+def _upload(device: torch.device, flat: np.ndarray) -> torch.Tensor:
+    """An int64 host array on ``device``: the array itself on the CPU, else through pinned
+    memory in one copy that does not wait (see :func:`to_device`)."""
+    if device.type == "cpu":
+        return torch.from_numpy(flat)
+    buf = torch.empty(flat.size, dtype=torch.long, pin_memory=True)
+    buf.numpy()[:] = flat
+    return buf.to(device, non_blocking=True)
+
+
+def _excl(x: np.ndarray) -> np.ndarray:
+    """NumPy exclusive_cumsum."""
+    return np.cumsum(x) - x
 
 
 def _segment_shift(starts_G: torch.Tensor, lengths_G: torch.Tensor) -> torch.Tensor:
@@ -153,38 +168,44 @@ def dispatch_maps(
     assignments: int,
     S_head: int,
 ) -> DispatchMaps:
-    """``send_index`` and ``regroup_received`` in one pass: the segment shifts are computed on
-    the CPU from the split (CPU tensors), travel to ``order_M``'s device in one asynchronous
-    copy (:func:`to_device`), and the long index vectors are expanded there.
+    """The send order and the received rows' slot-major order of one layer call, in one pass:
+    the segment shifts are computed on the CPU from the split (CPU tensors, in NumPy, whose
+    per-call cost on vectors this short is a fraction of torch's), travel to ``order_M``'s
+    device in one asynchronous copy (:func:`to_device`), and the long index vectors are
+    expanded there.
 
     ``assignments``: T*top_k, the size of the assignment space ``send_A`` indexes; ``S_head``:
     where the slot groups' offsets restart (the planned slots' count when burst slots follow).
     """
-    dev = order_M.device
-    seg_len_G = my_flow_K[perm_K]
-    start_K = exclusive_cumsum(seg_len_G)[inv_perm_K]
-    send_shift = _segment_shift(start_K, my_flow_K)
-    Q, S = flow_QS.shape
-    total = int(flow_QS.sum())
-    flow_SQ = flow_QS.t().reshape(-1)
-    flow_flat = flow_QS.reshape(-1)
-    start_QS = exclusive_cumsum(flow_flat).view(Q, S)
-    to_shift = _segment_shift(start_QS.t().reshape(-1), flow_SQ)
-    start_SQ = exclusive_cumsum(flow_SQ).view(S, Q)
-    from_shift = _segment_shift(start_SQ.t().reshape(-1), flow_flat)
-    rows_S = flow_QS.sum(0)
-    offs = torch.cat((torch.cumsum(rows_S[:S_head], 0), torch.cumsum(rows_S[S_head:], 0)))
-    (send_shift, my_flow, to_shift, flow_SQ, from_shift, flow_flat, offs) = to_device(
-        dev, send_shift, my_flow_K, to_shift, flow_SQ, from_shift, flow_flat, offs
-    )
-    send_A = order_M[_segments(send_shift, my_flow, order_M.numel())]
+    flow_K = my_flow_K.numpy()
+    fqs = flow_QS.numpy()
+    Q, S = fqs.shape
+    seg_len_G = flow_K[perm_K.numpy()]
+    send_shift = _excl(seg_len_G)[inv_perm_K.numpy()] - _excl(flow_K)
+    flow_SQ = fqs.T.reshape(-1)
+    flow_flat = fqs.reshape(-1)
+    start_flat = _excl(flow_flat)  # received order: source, then slot
+    start_SQ = _excl(flow_SQ)  # slot-major order: slot, then source
+    to_shift = start_flat.reshape(Q, S).T.reshape(-1) - start_SQ
+    from_shift = start_SQ.reshape(S, Q).T.reshape(-1) - start_flat
+    rows_S = fqs.sum(0)
+    offs = np.concatenate((np.cumsum(rows_S[:S_head]), np.cumsum(rows_S[S_head:])))
+    # The three segment sets expand as one: each set's shifts move by where its part of the
+    # one arange starts (M, then M + total).
+    M, total = order_M.numel(), int(fqs.sum())
+    shifts = np.concatenate((send_shift, to_shift - M, from_shift - (M + total)))
+    lengths = np.concatenate((flow_K, flow_SQ, flow_flat))
+    flat = np.concatenate((shifts, lengths, offs)).astype(np.int64, copy=False)
+    shifts, lengths, offs = _upload(order_M.device, flat).split([shifts.size] * 2 + [offs.size])
+    pos_M, to_slot, from_slot = _segments(shifts, lengths, M + 2 * total).split([M, total, total])
+    send_A = order_M[pos_M]
     inv_A = inverse_permutation(send_A) if send_A.numel() == assignments else None
     return DispatchMaps(
         send_A=send_A,
         inv_A=inv_A,
-        to_slot=_segments(to_shift, flow_SQ, total),
-        from_slot=_segments(from_shift, flow_flat, total),
-        rows_S=rows_S,
+        to_slot=to_slot,
+        from_slot=from_slot,
+        rows_S=torch.from_numpy(rows_S),
         offs_S=offs.to(torch.int32),
     )
 

@@ -273,8 +273,8 @@ class ExpertLayer:
         if input_scale_TK is not None:
             scale_A = input_scale_TK.reshape(-1).index_select(0, maps.send_A)
             x_send = x_send * scale_A.unsqueeze(-1)
-        in_splits = rs.send_K.view(N, S).sum(1).tolist()
-        out_splits = flow_QS.sum(1).tolist()
+        in_splits = rs.send_K.numpy().reshape(N, S).sum(1).tolist()
+        out_splits = flow_QS.numpy().sum(1).tolist()
         anchor = self.ctx.anchor
         recv = all_to_all_rows(x_send, anchor, comm, out_splits, in_splits)
         pending = None
