@@ -16,11 +16,11 @@ const (
 // refiner is the refinement phase: a local search that swaps replicas
 // between the busiest rank of a range and its lightest ones.
 type refiner struct {
-	keys   []uint64 // the range's rank keys, sorted by load
-	tmp    []uint64 // sortKeys scratch
-	cnt    []int32
-	wa, wb []float64 // the weights of the two ranks a swap is sought between
-	va, vb []float64 // their ranks' loads less each weight
+	keys []uint64 // the range's rank keys, sorted by load
+	tmp  []uint64 // sortKeys scratch
+	cnt  []int32
+	rw   []float64 // the weight of each slot of the range, rank by rank
+	va   []float64 // the busiest rank's load less each of its weights
 }
 
 // refine improves the packing of ranks [lo, hi) of rk by local search:
@@ -58,8 +58,12 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 	rf.cnt = grow(rf.cnt, (hi-lo)*sortBuckets+1)
 	sortKeys(keys, rf.tmp, rf.cnt)
 	rf.keys = keys
-	rf.wa, rf.wb = grow(rf.wa, s), grow(rf.wb, s)
-	rf.va, rf.vb = grow(rf.va, s), grow(rf.vb, s)
+	rw := grow(rf.rw, (hi-lo)*s)
+	for i, x := range rk.dst[lo*s : hi*s] {
+		rw[i] = wt.w[x]
+	}
+	rf.rw = rw
+	rf.va = grow(rf.va, s)
 
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
 	for range iters {
@@ -73,13 +77,11 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		bi, bb, bj, bk := -1, int32(-1), -1, -1
 		rowA := rk.dst[int(a)*s : int(a+1)*s]
 		// A swap of x (on a) for y (on b) leaves the larger of
-		// (la-wx)+wy and (lb-wy)+wx: the halves are summed once per
-		// replica rather than per swap, in the same order, so that
-		// the comparisons see the very same sums.
-		wa, va := rf.wa, rf.va[:len(rf.wa)]
-		for i, x := range rowA {
-			wa[i] = wt.w[x]
-			va[i] = la - wa[i]
+		// (la-wx)+wy and (lb-wy)+wx, each summed in that order.
+		wa := rw[(int(a)-lo)*s : (int(a)-lo+1)*s]
+		va := rf.va[:len(wa)]
+		for i, wx := range wa {
+			va[i] = la - wx
 		}
 		for ki, key := range keys[:k] {
 			b := rk.rank(key)
@@ -90,25 +92,21 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 				break
 			}
 			rowB := rk.dst[int(b)*s : int(b+1)*s]
-			wb, vb := rf.wb[:len(rowB)], rf.vb[:len(rowB)]
-			for j, y := range rowB {
-				wb[j] = wt.w[y]
-				vb[j] = lb - wb[j]
-			}
+			wb := rw[(int(b)-lo)*s : (int(b)-lo+1)*s]
 			for i, wx := range wa {
 				ax := va[i]
 				for j, wy := range wb {
 					// wy < wx also means y is not x (the replicas of
 					// an expert weigh the same); the larger of two
 					// sums is below bestM when both are.
-					if wy >= wx || ax+wy >= bestM || vb[j]+wx >= bestM {
+					if wy >= wx || ax+wy >= bestM || lb-wy+wx >= bestM {
 						continue
 					}
 					x, y := int32(rowA[i]), int32(rowB[j])
 					if holds(rowB, x) >= wt.capR[x] || holds(rowA, y) >= wt.capR[y] {
 						continue
 					}
-					bi, bb, bj, bk, bestM = i, b, j, ki, max(ax+wy, vb[j]+wx)
+					bi, bb, bj, bk, bestM = i, b, j, ki, max(ax+wy, lb-wy+wx)
 				}
 			}
 		}
@@ -118,6 +116,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		ia, ib := int(a)*s+bi, int(bb)*s+bj
 		x, y := rk.dst[ia], rk.dst[ib]
 		rk.dst[ia], rk.dst[ib] = y, x
+		rw[ia-lo*s], rw[ib-lo*s] = wt.w[y], wt.w[x]
 		rk.load[a] += wt.w[y] - wt.w[x]
 		rk.load[bb] += wt.w[x] - wt.w[y]
 		resort(rk, keys, bb, bk)
