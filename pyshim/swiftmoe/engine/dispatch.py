@@ -112,10 +112,10 @@ def to_device(device: torch.device, *host: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _upload(device: torch.device, flat: np.ndarray) -> torch.Tensor:
-    """An int64 host array on ``device``: the array itself on the CPU, else through pinned
+    """An int64 host array on ``device``: the array itself on the CPU; on CUDA through pinned
     memory in one copy that does not wait (see :func:`to_device`)."""
-    if device.type == "cpu":
-        return torch.from_numpy(flat)
+    if device.type != "cuda":  # pinned memory is CUDA's; elsewhere a plain copy
+        return torch.from_numpy(flat).to(device)
     buf = torch.empty(flat.size, dtype=torch.long, pin_memory=True)
     buf.numpy()[:] = flat
     return buf.to(device, non_blocking=True)
