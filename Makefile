@@ -70,7 +70,7 @@ demo: deps build ## the main job: see README
 bench: deps build ## benchmarks (not tests): planner, round trip, split, training step
 	scripts/bench.sh
 
-gpu-check: ## one GPU: the engine (NCCL, bf16, grouped GEMMs) against the unpatched model, as JSON
+gpu-check: ## one GPU: the engine (NCCL, bf16, grouped GEMMs) against the unpatched model and static EP, as JSON
 	$(PYTHON) scripts/gpu_check.py --json out/gpu-check.json
 
 clean: ## remove build outputs
