@@ -217,19 +217,15 @@ def measure_in_group(args, device: torch.device, dtype: torch.dtype, backend: st
             torch.randn(args.tokens, args.dim, generator=g).to(device, dtype) for _ in range(4)
         ]
 
-        def step_ref(x_TD: torch.Tensor) -> torch.Tensor:
-            loss = ref(x_TD).float().pow(2).mean()
-            loss.backward()
-            ref_opt.step()
-            ref_opt.zero_grad(set_to_none=True)
-            return loss.detach()
+        def plain_step(net: nn.Module, opt: torch.optim.Optimizer):
+            def step(x_TD: torch.Tensor) -> torch.Tensor:
+                loss = net(x_TD).float().pow(2).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss.detach()
 
-        def step_static(x_TD: torch.Tensor) -> torch.Tensor:
-            loss = static(x_TD).float().pow(2).mean()
-            loss.backward()
-            static_opt.step()
-            static_opt.zero_grad(set_to_none=True)
-            return loss.detach()
+            return step
 
         def step_swiftmoe(x_TD: torch.Tensor) -> torch.Tensor:
             loss = model(x_TD).float().pow(2).mean()
@@ -241,7 +237,11 @@ def measure_in_group(args, device: torch.device, dtype: torch.dtype, backend: st
             return loss.detach()
 
         # Same weights, same input: the first losses agree to rounding (the same computation).
-        fns = {"unpatched": step_ref, "static_grouped": step_static, "swiftmoe": step_swiftmoe}
+        fns = {
+            "unpatched": plain_step(ref, ref_opt),
+            "static_grouped": plain_step(static, static_opt),
+            "swiftmoe": step_swiftmoe,
+        }
         first = {name: float(fn(inputs[0])) for name, fn in fns.items()}
         times: dict[str, list[float]] = {name: [] for name in fns}
         for i in range(args.warmup + args.iters):
