@@ -28,7 +28,6 @@ import torch
 
 __all__ = [
     "exclusive_cumsum",
-    "segment_gather_index",
     "slot_order",
     "order_by_expert",
     "DispatchMaps",
@@ -43,16 +42,6 @@ __all__ = [
 def exclusive_cumsum(x_G: torch.Tensor) -> torch.Tensor:
     """[0, x0, x0+x1, ...] (len G)."""
     return torch.cumsum(x_G, 0) - x_G
-
-
-def segment_gather_index(
-    starts_G: torch.Tensor, lengths_G: torch.Tensor, total: int
-) -> torch.Tensor:
-    """Concatenation of ``arange(start, start+len)`` over segments; ``total`` = sum of lengths.
-
-    Gathering a buffer with this index lays its segments out one after the other in order G.
-    """
-    return _segments(_segment_shift(starts_G, lengths_G), lengths_G, total)
 
 
 def slot_order(slots_K: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,13 +115,11 @@ def _excl(x: np.ndarray) -> np.ndarray:
     return np.cumsum(x) - x
 
 
-def _segment_shift(starts_G: torch.Tensor, lengths_G: torch.Tensor) -> torch.Tensor:
-    """``segment_gather_index``'s per-segment shift, ``starts - exclusive_cumsum(lengths)``."""
-    return starts_G - exclusive_cumsum(lengths_G)
-
-
 def _segments(shift_G: torch.Tensor, lengths_G: torch.Tensor, total: int) -> torch.Tensor:
-    """``segment_gather_index`` from the segments' shifts, on their device (no host sync)."""
+    """The concatenation over segments G of ``arange(start, start + length)``, from each
+    segment's shift ``start - exclusive_cumsum(lengths)`` (``total``: the lengths' sum), on
+    their device (no host wait). Gathering a buffer with it lays its segments out one after
+    the other in order G."""
     if total == 0:
         return torch.zeros(0, dtype=torch.long, device=shift_G.device)
     return torch.repeat_interleave(shift_G, lengths_G, output_size=total) + torch.arange(
