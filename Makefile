@@ -71,7 +71,7 @@ bench: deps build ## benchmarks (not tests): planner, round trip, split, trainin
 	scripts/bench.sh
 
 gpu-check: ## one GPU: the engine (NCCL, bf16, grouped GEMMs) against the unpatched model and static EP, as JSON
-	$(PYTHON) scripts/gpu_check.py --json out/gpu-check.json
+	$(PYTHON) scripts/gpu_check.py --json out/gpu-check.json --profile out/gpu-profile.txt
 
 clean: ## remove build outputs
 	rm -rf $(BIN) build dist *.egg-info

@@ -19,7 +19,8 @@ scripts/overhead_gpu.py). On Hopper or newer the engine runs each rank's slots a
    (``swiftmoe.engine.step_costs.HOPPER_FLOPS_PER_S``). GPU only.
 
 Progress goes to stderr; stdout gets one JSON object with every figure (``--json`` also writes
-it to a file). Exit status: 0 when every check holds, 1 when one does not, 2 when the check
+it to a file). ``--profile FILE`` (``make gpu-check``: out/gpu-profile.txt) adds each system's
+top operators by GPU time over 3 profiled steps, to tell where a difference comes from. Exit status: 0 when every check holds, 1 when one does not, 2 when the check
 cannot run here (no CUDA device: it fails at once and says so).
 
     make gpu-check

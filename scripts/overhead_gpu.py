@@ -147,6 +147,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=120.0, help="collective timeout, seconds")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="after the timing, profile 3 more steps of each system (torch.profiler) "
+                        "and write their top operators by self time to FILE")  # fmt: skip
 
 
 def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -253,6 +256,8 @@ def measure_in_group(args, device: torch.device, dtype: torch.dtype, backend: st
                 _sync(device)
                 if i >= args.warmup:
                     times[name].append((time.perf_counter() - t0) * 1e3)
+        if args.profile:
+            write_profile(Path(args.profile), fns, inputs, device)
     finally:
         handle.close()
     ref_ms = statistics.median(times["unpatched"])
@@ -284,6 +289,25 @@ def measure_in_group(args, device: torch.device, dtype: torch.dtype, backend: st
         "static_grouped_ms_p90": round(_p90(times["static_grouped"]), 4),
         "swiftmoe_over_static": round(moe_ms / static_ms, 4),
     }
+
+
+def write_profile(path: Path, fns: dict, inputs: list[torch.Tensor], device: torch.device) -> None:
+    """3 steps of each system under torch.profiler; their top operators by self time (CUDA
+    time as well on a GPU) to ``path``, one table per system."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    parts = []
+    for name, fn in fns.items():
+        with profile(activities=acts) as prof:
+            for x_TD in inputs[:3]:
+                fn(x_TD)
+            _sync(device)
+        table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70)
+        parts.append(f"== {name}: 3 steps, by {sort}\n{table}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
 
 
 def _p90(xs: list[float]) -> float:

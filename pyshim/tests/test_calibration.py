@@ -184,3 +184,16 @@ def test_static_grouped_baseline_computes_the_unpatched_models_gradients():
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(net.named_parameters(), static.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_overhead_profile_writes_a_table_per_system(tmp_path):
+    ov = load_script("overhead_gpu")
+    out = tmp_path / "prof" / "p.txt"
+    rc = ov.main(["--device", "cpu", "--layers", "1", "--dim", "16", "--hidden", "32",
+                  "--experts", "4", "--tokens", "32", "--iters", "1", "--warmup", "0",
+                  "--timeout", "60", "--profile", str(out)])  # fmt: skip
+    assert rc == 0
+    text = out.read_text()
+    for name in ("unpatched", "static_grouped", "swiftmoe"):
+        assert f"== {name}: 3 steps, by self_cpu_time_total" in text
+    assert "aten::" in text
