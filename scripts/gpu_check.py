@@ -13,7 +13,8 @@ scripts/overhead_gpu.py). On Hopper or newer the engine runs each rank's slots a
    at most ACCURACY_FACTOR times as far from it as the unpatched model's own;
 2. overhead: the interleaved step timing of scripts/overhead_gpu.py (forward, backward,
    optimizer step, zero_grad; median ms per step, unpatched, under SwiftMoE, and as static
-   dropless expert parallelism with grouped GEMMs, the baseline users run today);
+   dropless expert parallelism with grouped GEMMs, the baseline users run today, with bf16
+   parameters and with fp32 master weights);
 3. expert throughput: forward+backward TFLOP/s of the grouped GEMMs at this shape (E groups of
    T*top_k/E tokens), against the cost model's default for Hopper
    (``swiftmoe.engine.step_costs.HOPPER_FLOPS_PER_S``). GPU only.
@@ -253,6 +254,8 @@ def run(args) -> dict:
                 "swiftmoe_ms_p90",
                 "static_grouped_ms",
                 "static_grouped_ms_p90",
+                "static_fp32_master_ms",
+                "swiftmoe_over_static_fp32_master",
                 "swiftmoe_over_static",
                 "first_loss",
             )
@@ -294,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"grouped GEMMs {'on' if eq['grouped_gemm'] else 'off'}; "
         f"step {ov['unpatched_ms']:.2f} ms unpatched, {ov['swiftmoe_ms']:.2f} ms SwiftMoE "
         f"({ov['overhead_pct']:+.2f}%), {ov['static_grouped_ms']:.2f} ms static EP with grouped "
-        f"GEMMs (SwiftMoE {ov['swiftmoe_over_static']:.3f}x); {out['wall_s']:.0f} s"
+        f"GEMMs (SwiftMoE {ov['swiftmoe_over_static']:.3f}x), {ov['static_fp32_master_ms']:.2f} ms "
+        f"with fp32 masters ({ov['swiftmoe_over_static_fp32_master']:.3f}x); {out['wall_s']:.0f} s"
     )
     return 0 if out["ok"] else 1
 

@@ -163,6 +163,12 @@ def test_overhead_runs_at_world_size_one_on_cpu(tmp_path, dtype):
     assert r["swiftmoe_over_static"] == pytest.approx(
         r["swiftmoe_ms"] / r["static_grouped_ms"], rel=1e-3
     )
+    assert r["first_loss"]["static_fp32_master"] == pytest.approx(
+        r["first_loss"]["unpatched"], rel=tol
+    )
+    assert r["swiftmoe_over_static_fp32_master"] == pytest.approx(
+        r["swiftmoe_ms"] / r["static_fp32_master_ms"], rel=1e-3
+    )
     assert r["overhead_ms"] == pytest.approx(r["swiftmoe_ms"] - r["unpatched_ms"], abs=1e-3)
     import torch.distributed as dist
 
@@ -197,3 +203,27 @@ def test_overhead_profile_writes_a_table_per_system(tmp_path):
     for name in ("unpatched", "static_grouped", "swiftmoe"):
         assert f"== {name}: 3 steps, by self_cpu_time_total" in text
     assert "aten::" in text
+
+
+def test_master_step_on_fp32_weights_is_the_plain_optimizer_step():
+    """With fp32 working weights the masters are exact copies, so the steps agree bit for bit;
+    with bf16 ones the working weights are the masters rounded."""
+    ov = load_script("overhead_gpu")
+    torch.manual_seed(0)
+    plain = ov.Net(1, 16, 32, 4, 2)
+    mixed = copy.deepcopy(plain)
+    opt = torch.optim.AdamW(plain.parameters(), lr=1e-2)
+    step = ov.MasterStep(mixed, torch.optim.AdamW, lr=1e-2)
+    xs = [torch.randn(24, 16) for _ in range(3)]
+    for x in xs:
+        plain(x).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step(x)
+    for a, b in zip(plain.parameters(), mixed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    half = ov.MasterStep(copy.deepcopy(plain).to(torch.bfloat16), torch.optim.AdamW, lr=1e-2)
+    half(xs[0].to(torch.bfloat16))
+    for p, m in zip(half.params, half.masters, strict=True):
+        assert m.dtype == torch.float32 and p.grad is None
+        assert torch.equal(p, m.detach().to(torch.bfloat16))
