@@ -22,9 +22,10 @@ experts); under the engine on a GPU they run as grouped GEMMs, so a negative ove
 engine's expert path is faster than the loop it replaces.
 
 A third system is the baseline users run today at world size 1: static expert parallelism,
-dropless, with grouped GEMMs and no padding (``StaticGroupedMoE``, the single-GPU path of
-torchtitan's and Megatron-Core's MoE layers: tokens sorted by expert, one grouped GEMM per
-weight with the group ends computed on the device, so no host wait), its bf16 parameters
+dropless, with grouped GEMMs and no padding (``StaticGroupedMoE``, built as torchtitan's and
+Megatron-Core's MoE layers run on one GPU, less torchtitan's padding of each group to a multiple
+of 8 rows: tokens sorted by expert, one grouped GEMM per weight with the group ends computed on
+the device, so no host wait), its bf16 parameters
 stepped by a fused AdamW. SwiftMoE against it is the engine's own per-step cost: the count
 matrix's trip to the host, the split, the fp32 master weights and their exchanges. A fourth,
 ``static_fp32_master``, is the same layer trained as mixed precision keeps it (FSDP2's policy,
