@@ -177,3 +177,19 @@ def test_each_exchange_is_one_all_to_all_of_the_slot_and_shard_widths(N: int) ->
         want = [(N * own_W, peer_W, [own_W] * N)] if N > 1 else []
         assert comm.calls[len(comm.calls) - len(want) :] == want, f"rank {r} remap"
         assert len(comm.calls) == (2 if N > 1 else 0)
+
+
+def test_bf16_slot_gradients_give_the_master_gradients_of_their_fp32_values() -> None:
+    """The step hands the exchange gradients in the slots' dtype; its layout copy casts them
+    to fp32, exactly as the fp32 values of the same gradients would arrive."""
+    _, S, E_L, numels_L = CASES[2]
+    full_L, slots_L, grads_NL = case_inputs(CASES[2], 1)
+    half_L = [g.to(torch.bfloat16) for g in grads_NL[0]]
+    got, want = [], []
+    for grads, out in ((half_L, got), ([g.float() for g in half_L], want)):
+        opt = ShardedExpertOptimizer(full_L, S, Comm(rank=0, world_size=1), torch.optim.SGD,
+                                     {"lr": 0.1}, SCALE)  # fmt: skip
+        opt.reduce_grads(grads, slots_L)
+        out += [m.grad for m in opt.masters]
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -176,11 +176,11 @@ class ExpertLayer:
             return list(self.stacked)
         return [p for ps in self.slot_params for p in ps]
 
-    def slot_grads(self) -> torch.Tensor:
-        """Gradients of this rank's slots as fp32 grad_SP [S, P] (zero where none)."""
+    def slot_grads(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Gradients of this rank's slots as grad_SP [S, P] in ``dtype`` (zero where none)."""
         every = all(t.grad is not None for t in self.leaves())  # then each element is written
         make = torch.empty if every else torch.zeros
-        g_SP = make(self.S, self.P, dtype=torch.float32, device=self.device)
+        g_SP = make(self.S, self.P, dtype=dtype, device=self.device)
         if self.grouped:
             for o, n, t in zip(self.offsets, self.numels, self.stacked, strict=True):
                 if t.grad is not None:

@@ -83,7 +83,8 @@ class ReplicateRun:
         opt = self.optimizer
         stepped = self.backward_ran()
         if stepped:
-            grads_L = [layer.slot_grads() for layer in self.layers]
+            # In the slots' dtype: the exchange's layout copy casts them to fp32 on its way.
+            grads_L = [layer.slot_grads(self.dtype) for layer in self.layers]
             opt.reduce_grads(grads_L, [layer.slots_t for layer in self.layers])
             opt.step()
         event, plan = self.channel.agree(self.iteration)

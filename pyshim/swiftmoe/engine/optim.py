@@ -224,9 +224,10 @@ class ShardedExpertOptimizer:
     def reduce_grads(
         self, grads_L: Sequence[torch.Tensor], slots_L: Sequence[torch.Tensor]
     ) -> None:
-        """Sum every expert's slot gradients (grad_SP per layer) into the owners' master grads."""
+        """Sum every expert's slot gradients (grad_SP per layer, any float dtype) into the
+        owners' master grads; they travel and are summed in fp32."""
         lay, N, S = self.layout, self.comm.world_size, self.S
-        send = torch.empty(lay.slot_total, dtype=grads_L[0].dtype, device=grads_L[0].device)
+        send = torch.empty(lay.slot_total, dtype=torch.float32, device=grads_L[0].device)
         lay.slot_side_copy(send, [g.reshape(S, -1) for g in grads_L], to_peer=True)
         recv_NW = _exchange(self.comm, send, [lay.own_W] * N, lay.peer_W).view(N, lay.own_W)
         for i, (m, n, off, slots_K) in enumerate(
