@@ -123,7 +123,7 @@ class MasterStep:
 
     def __init__(self, net: nn.Module, opt_class: type, **kwargs) -> None:
         self.net = net
-        self.params = [p for p in net.parameters()]
+        self.params = list(net.parameters())
         self.masters = [p.detach().float().clone().requires_grad_() for p in self.params]
         self.opt = opt_class(self.masters, **kwargs)
 

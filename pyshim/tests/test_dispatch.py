@@ -69,12 +69,6 @@ def test_dispatch_maps_after_drops_give_no_inverse() -> None:
     assert maps.inv_A is None and maps.send_A.tolist() == [0, 2, 3, 5, 1]
 
 
-def test_to_device_on_the_cpu_returns_the_vectors_as_they_are() -> None:
-    a, b = torch.arange(3), torch.arange(5)
-    out = dp.to_device(torch.device("cpu"), a, b)
-    assert out[0] is a and out[1] is b
-
-
 def test_row_gathers_backward_equal_index_selects() -> None:
     g = torch.Generator().manual_seed(3)
     T, top_k, D = 11, 3, 5

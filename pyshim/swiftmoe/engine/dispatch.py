@@ -32,7 +32,6 @@ __all__ = [
     "order_by_expert",
     "DispatchMaps",
     "dispatch_maps",
-    "to_device",
     "inverse_permutation",
     "permute_rows",
     "expand_rows",
@@ -85,24 +84,12 @@ def capacity_of(capacity_factor: float | None, assignments: int, num_experts: in
     return max(1, math.ceil(capacity_factor * assignments / num_experts))
 
 
-def to_device(device: torch.device, *host: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The CPU int64 vectors ``host`` on ``device``, in one copy that does not wait.
-
-    A copy from pageable host memory waits for the device's stream to drain first, so a layer
-    that moved its index vectors one by one stalled the GPU once per vector. Packed into one
-    pinned buffer, they travel in one asynchronous copy (the pinned allocator keeps the
-    buffer until the copy is done). On the CPU the vectors are returned as they are.
-    """
-    if device.type == "cpu":
-        return host
-    sizes = [t.numel() for t in host]
-    flat = np.concatenate([t.reshape(-1).numpy() for t in host]).astype(np.int64, copy=False)
-    return tuple(_upload(device, flat).split(sizes))
-
-
 def _upload(device: torch.device, flat: np.ndarray) -> torch.Tensor:
     """An int64 host array on ``device``: the array itself on the CPU; on CUDA through pinned
-    memory in one copy that does not wait (see :func:`to_device`)."""
+    memory in one copy that does not wait. A copy from pageable host memory waits for the
+    device's stream to drain first, so a layer that moved its index vectors one by one stalled
+    the GPU once per vector; packed into one pinned buffer they travel in one asynchronous copy
+    (the pinned allocator keeps the buffer until the copy is done)."""
     if device.type != "cuda":  # pinned memory is CUDA's; elsewhere a plain copy
         return torch.from_numpy(flat).to(device)
     buf = torch.empty(flat.size, dtype=torch.long, pin_memory=True)
@@ -158,7 +145,7 @@ def dispatch_maps(
     """The send order and the received rows' slot-major order of one layer call, in one pass:
     the segment shifts are computed on the CPU from the split (CPU tensors, in NumPy, whose
     per-call cost on vectors this short is a fraction of torch's), travel to ``order_M``'s
-    device in one asynchronous copy (:func:`to_device`), and the long index vectors are
+    device in one asynchronous copy (:func:`_upload`), and the long index vectors are
     expanded there.
 
     ``assignments``: T*top_k, the size of the assignment space ``send_A`` indexes; ``S_head``:

@@ -321,22 +321,19 @@ class ExpertLayer:
         rows_S: torch.Tensor,
         weights: list | tuple | None = None,
         *,
-        offs_S: torch.Tensor | None = None,
+        offs_S: torch.Tensor,
     ) -> torch.Tensor:
         """This rank's slots over their contiguous token groups of xs_MD (slot-major).
 
         ``weights``: None for the planned slots' own (rows_S [S]); else the burst slots'
         (rows_S [S' - S]; ``burst_run.finish_copy``: per-slot tuples, or stacked tensors).
-        ``offs_S``: the groups' int32 cumulative ends on xs_MD's device, when the caller has
-        them (``dispatch.DispatchMaps``); else they are computed from rows_S.
+        ``offs_S``: the groups' int32 cumulative ends on xs_MD's device
+        (``dispatch.DispatchMaps``), which the grouped GEMMs take.
         """
         if xs_MD.shape[0] == 0:
             return xs_MD
         if self.grouped:
             stacked = self.stacked if weights is None else weights
-            if offs_S is None:
-                (offs_S,) = dp.to_device(xs_MD.device, torch.cumsum(rows_S, 0))
-                offs_S = offs_S.to(torch.int32)
             return self.adapter.grouped_forward(self.block, xs_MD, offs_S, stacked)
         slot_params = self.slot_params if weights is None else weights
         outs = []

@@ -128,18 +128,18 @@ def _rounds_on(
     first slot, in expert order, when each of the ``num_experts`` has a slot (else None, and
     ``rounds`` holds every round); ``rounds``: the further rounds as (slot ids, expert ids)."""
     rounds = replica_rounds(slots_K)
-    on = [
+    ks0, es0 = rounds[0] if rounds else ([], [])
+    first = None
+    if sorted(es0) == list(range(num_experts)):
+        ks = [k for _, k in sorted(zip(es0, ks0, strict=True))]
+        first, rounds = torch.tensor(ks, dtype=torch.long, device=device), rounds[1:]
+    return first, [
         (
             torch.tensor(ks, dtype=torch.long, device=device),
             torch.tensor(es, dtype=torch.long, device=device),
         )
         for ks, es in rounds
     ]
-    ks0, es0 = rounds[0] if rounds else ([], [])
-    if sorted(es0) != list(range(num_experts)):
-        return None, on
-    first = [k for _, k in sorted(zip(es0, ks0, strict=True))]
-    return torch.tensor(first, dtype=torch.long, device=device), on[1:]
 
 
 def _sum_replicas(
@@ -239,7 +239,7 @@ class ShardedExpertOptimizer:
             g_En = _sum_replicas(recv_NSn, slots_K, m.shape[0], sequential, rounds)
             m.grad = g_En if self.grad_scale == 1.0 else g_En.mul_(self.grad_scale)
 
-    def _replica_rounds(self, i: int, slots_K: torch.Tensor, device) -> list:
+    def _replica_rounds(self, i: int, slots_K: torch.Tensor, device) -> tuple:
         """Layer i's _rounds_on(slots_K), rebuilt only when its placement changed."""
         key = slots_K.tolist()
         hit = self._rounds_L[i]
