@@ -20,6 +20,8 @@ type differencer struct {
 	part  []int32
 	live  []int32
 	multi []int32 // experts the node holds more of than one rank may
+	at    []int32 // each item's rank, from the node's first
+	held  []int32 // over's count of one expert's replicas per rank
 	// mark is, per expert in multi, the stamp of overLimit's pass in the
 	// high 32 bits and the expert's place in multi in the low ones.
 	mark  []uint64
@@ -89,6 +91,8 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 	// The groups of the last partial become the ranks, in order.
 	final := part[int(live[0])*r : int(live[0]+1)*r]
 	dst := rk.dst
+	at := grow(df.at, total) // each item's rank, from lo
+	df.at = at
 	for i, g := range final {
 		q := lo + i
 		row := dst[q*s : (q+1)*s]
@@ -97,13 +101,14 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 		for it := g; it >= 0; it = next[it] {
 			x := items[it]
 			row[j] = int(x)
+			at[it] = int32(i)
 			l += w[x]
 			j++
 		}
 		rk.fill[q], rk.load[q] = int32(s), l
 		rk.stampE[q], rk.stampC[q] = -1, 0
 	}
-	if df.mendLimits(rk, wt, lo, hi) {
+	if !df.over(wt.capR, r) || df.mendLimits(rk, wt, lo, hi) {
 		return true
 	}
 	for q := lo; q < hi; q++ {
@@ -132,6 +137,39 @@ func (df *differencer) collect(d nodeDemand, capR []int32, total int) bool {
 	}
 	df.items, df.multi = items, multi
 	return len(items) == total
+}
+
+// over reports whether a rank holds more replicas of an expert than capR,
+// from the ranks pack gave the items (at) of the node's r ranks. Only the
+// experts in multi can. An expert's replicas are consecutive items, and
+// multi lists its experts in the items' order, so one pass finds them.
+func (df *differencer) over(capR []int32, r int) bool {
+	items, at := df.items, df.at
+	held := grow(df.held, r)
+	clear(held)
+	df.held = held
+	i := 0
+	for _, x := range df.multi {
+		for items[i] != x {
+			i++
+		}
+		end := i + 1
+		for end < len(items) && items[end] == x {
+			end++
+		}
+		c := capR[x]
+		for _, q := range at[i:end] {
+			held[q]++
+			if held[q] > c {
+				return true
+			}
+		}
+		for _, q := range at[i:end] {
+			held[q] = 0
+		}
+		i = end
+	}
+	return false
 }
 
 // sortGroups orders a partial's groups heaviest first, ties by group id.

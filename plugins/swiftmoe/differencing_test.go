@@ -146,3 +146,50 @@ func TestMendLimits(t *testing.T) {
 		t.Fatalf("busiest rank after mending: got %v, want 9 (dst %v)", got, p.rk.dst)
 	}
 }
+
+// TestOverAgreesWithOverLimit: over, which checks the limits from each
+// item's rank, finds a rank above an expert's limit exactly when
+// overLimit's scan of the ranks' slots does, on random fillings of random
+// nodes (many with two replicas of an expert on one rank).
+func TestOverAgreesWithOverLimit(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 11))
+	var overs int
+	for c := range 500 {
+		r, s := 2+rng.IntN(8), 1+rng.IntN(5)
+		total := r * s
+		var counts []int32
+		for n := 0; n < total; {
+			k := min(total-n, 1+rng.IntN(2*r))
+			counts = append(counts, int32(k))
+			n += k
+		}
+		w := make([]float64, len(counts))
+		for x := range w {
+			w[x] = 1 + rng.Float64()*100
+		}
+		p := newDiffNode(r, s, counts, w)
+		if !p.diff.collect(p.demand(), p.wt.capR, total) {
+			t.Fatalf("case %d: collect found %d slots not filled", c, total)
+		}
+		slot := rng.Perm(total)
+		p.diff.at = make([]int32, total)
+		for it, x := range p.diff.items {
+			p.rk.dst[slot[it]] = int(x)
+			p.diff.at[it] = int32(slot[it] / s)
+		}
+		for q := range r {
+			p.rk.fill[q] = int32(s)
+		}
+		got := p.diff.over(p.wt.capR, r)
+		q, _ := p.diff.overLimit(&p.rk, &p.wt, 0, r)
+		if got != (q >= 0) {
+			t.Fatalf("case %d (r=%d s=%d counts %v, dst %v): over %v, overLimit's rank %d", c, r, s, counts, p.rk.dst, got, q)
+		}
+		if got {
+			overs++
+		}
+	}
+	if overs < 100 || overs > 400 {
+		t.Fatalf("%d of 500 fillings over a limit: want both kinds often", overs)
+	}
+}

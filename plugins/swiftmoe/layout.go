@@ -24,7 +24,8 @@ func orderSlots(dst, cur []int, n, s int) {
 		return
 	}
 	for o := 0; o < n*s; o += s {
-		if row, was := dst[o:o+s], cur[o:o+s]; mayShare(row, was) {
+		row, was := dst[o:o+s:o+s], cur[o:o+s:o+s]
+		if mayShare(row, was) {
 			keepSlots(row, was)
 		}
 	}

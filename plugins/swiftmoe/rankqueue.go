@@ -70,7 +70,18 @@ func mergeKeys(b, a []uint64) []uint64 {
 		if j >= 0 && b[j] > x {
 			// The keys of b above x move up past the i+1 keys of a
 			// still to place.
-			at, _ := slices.BinarySearch(b[:j], x)
+			// The first key of b[:j] not below x (b's keys are distinct
+			// from x's).
+			at, n := 0, j
+			for n > 0 {
+				h := n >> 1
+				if b[at+h] < x {
+					at += h + 1
+					n -= h + 1
+				} else {
+					n = h
+				}
+			}
 			if j-at < 8 {
 				// A short block: cheaper moved key by key (from
 				// the top, as the block moves up) than by a call.

@@ -1,6 +1,9 @@
 package swiftmoe
 
-import "slices"
+import (
+	"math"
+	"slices"
+)
 
 // spread is node_policy=spread. Every node gets floor(reps/nodes) replicas
 // of each expert, and the reps%nodes left over go to distinct nodes: LPT
@@ -40,13 +43,38 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 	np.buildQueue(int(nd * np.free[0]))
 	l.resetLists()
 	np.stale = false
+	// spreadExtra's common case, inline: every extra replica finds a
+	// node with a free slot.
+	mask, per := l.mask, l.per
+	cnt, load, free, list, size := l.cnt, l.load, np.free, l.list, l.size
 	for _, x := range wt.order {
-		if k := reps[x] - np.lo[x]*nd; k > 0 {
-			if err := np.spreadExtra(wt, x, k, e); err != nil {
+		b := np.lo[x]
+		if k := reps[x] - b*nd; k > 0 {
+			if q := np.q; int(k) <= len(q) {
+				wx := wt.w[x]
+				row := cnt[int(x)*nodes : int(x+1)*nodes]
+				sel := np.sel[:0]
+				for _, key := range q[:k] {
+					n := int(key & mask) // l.node(key)
+					if row[n] == 0 {
+						list[n*per+int(size[n])] = x // l.listExpert(x, n)
+						size[n]++
+					}
+					row[n]++
+					free[n]--
+					load[n] += wx
+					if free[n] > 0 {
+						sel = append(sel, math.Float64bits(load[n])&^mask|uint64(n)) // l.key(n)
+					}
+				}
+				insertionSortKeys(sel)
+				np.q = mergeKeys(q[k:], sel)
+				np.sel = sel
+			} else if err := np.spreadExtra(wt, x, k, e); err != nil {
 				return err
 			}
 		}
-		if np.lo[x] > 0 {
+		if b > 0 {
 			for n := range nodes {
 				l.listExpert(x, n)
 			}
