@@ -96,13 +96,15 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 	for i, g := range final {
 		q := lo + i
 		row := dst[q*s : (q+1)*s]
+		sw := rk.sw[q*s : (q+1)*s]
 		j := 0
 		var l float64
 		for it := g; it >= 0; it = next[it] {
 			x := items[it]
 			row[j] = int(x)
 			at[it] = int32(i)
-			l += w[x]
+			sw[j] = w[x]
+			l += sw[j]
 			j++
 		}
 		rk.fill[q], rk.load[q] = int32(s), l
@@ -222,6 +224,7 @@ func (df *differencer) mendLimits(rk *ranks, wt *weights, lo, hi int) bool {
 		ib := bb*s + bj
 		y := rk.dst[ib]
 		rk.dst[a*s+ia], rk.dst[ib] = y, int(x)
+		rk.sw[a*s+ia], rk.sw[ib] = wt.w[y], wt.w[x]
 		rk.load[a] += wt.w[y] - wt.w[x]
 		rk.load[bb] += wt.w[x] - wt.w[y]
 	}

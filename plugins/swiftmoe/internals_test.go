@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/swiftmoe/swiftmoe/plugins/sdk"
 )
 
 // TestOrderSlotsKeepsCurrent checks orderSlots on random rows: the row is a
@@ -228,6 +230,54 @@ func TestResort(t *testing.T) {
 			slices.Sort(want)
 			if !slices.Equal(keys, want) {
 				t.Fatalf("trial %d: rank %d to load %g: keys %v, want %v", trial, q, rk.load[q], keys, want)
+			}
+		}
+	}
+}
+
+// TestSlotWeightsFollowThePlan: after packing (flat or in nodes, by either
+// node policy, refinement included), every slot's weight in the ranks'
+// table is its replica's weight: the packers, the repairs and the swaps
+// all keep the table the refinement reads.
+func TestSlotWeightsFollowThePlan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 4))
+	for c := range 2000 {
+		rpn, nodes := rng.IntN(5), 1+rng.IntN(4)
+		n := max(1, rpn) * nodes
+		s := 1 + rng.IntN(5)
+		e := 1 + rng.IntN(n*s)
+		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: rpn}
+		loads := make([]float64, e)
+		for x := range loads {
+			loads[x] = float64(1 + rng.IntN(20))
+		}
+		if c%2 == 0 {
+			// One expert with most of the load: more replicas than
+			// ranks, which the packers repair around.
+			loads[rng.IntN(e)] += 500
+		}
+		o := options{}
+		if rng.IntN(2) == 0 {
+			o.nodes = nodesPack
+		}
+		p := new(planner)
+		dst := make([]int, topo.TotalSlots())
+		p.nExperts, p.opts, p.loads = e, o, loads
+		p.rk.reset(dst, n, s)
+		p.reps = grow(p.reps, e)
+		p.count()
+		if c%3 != 0 {
+			// Counts as the count search tries them: replicas moved
+			// between experts, which the packers repair around.
+			kick(rng, p.reps)
+		}
+		if err := p.pack(topo); err != nil {
+			t.Fatalf("case %d: %v", c, err)
+		}
+		for i, x := range dst {
+			if p.rk.sw[i] != p.wt.w[x] {
+				t.Fatalf("case %d (%+v, loads %v): slot %d holds expert %d of weight %v, the table says %v",
+					c, topo, loads, i, x, p.wt.w[x], p.rk.sw[i])
 			}
 		}
 	}

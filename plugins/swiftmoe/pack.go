@@ -80,10 +80,10 @@ func (pk *rankPacker) repairRank(rk *ranks, wt *weights, e int32, lo, hi int) er
 	}
 	f := int32(rk.dst[bestP*s+bestJ])
 	pp := int32(bestP)
-	rk.dst[bestP*s+bestJ] = int(e)
+	rk.dst[bestP*s+bestJ], rk.sw[bestP*s+bestJ] = int(e), wt.w[e]
 	rk.load[pp] += wt.w[e] - wt.w[f]
 	rk.bump(pp, e)
-	rk.dst[int(q)*s+int(rk.fill[q])] = int(f)
+	rk.dst[int(q)*s+int(rk.fill[q])], rk.sw[int(q)*s+int(rk.fill[q])] = int(f), wt.w[f]
 	rk.fill[q]++
 	rk.load[q] += wt.w[f]
 	pk.refixFront(rk)

@@ -9,8 +9,13 @@ import (
 // rank: its load (the summed weights of its replicas), how many of its slots
 // are filled, and how many replicas it holds of the expert it took last.
 type ranks struct {
-	n, s   int   // ranks being planned, slots per rank
-	dst    []int // the plan: slot j of rank q is dst[q*s+j]
+	n, s int   // ranks being planned, slots per rank
+	dst  []int // the plan: slot j of rank q is dst[q*s+j]
+	// sw is the weight of each filled slot's replica, laid out as dst:
+	// kept by the packers, the repairs and the swaps as they fill and
+	// change slots, for the refinement that follows them (a plan put
+	// back by copying dst does not carry it).
+	sw     []float64
 	load   []float64
 	fill   []int32 // slots used
 	stampE []int32 // expert whose replica count on the rank stampC holds
@@ -26,6 +31,7 @@ func (rk *ranks) reset(dst []int, n, s int) {
 	rk.fill = grow(rk.fill, n)
 	rk.stampE = grow(rk.stampE, n)
 	rk.stampC = grow(rk.stampC, n)
+	rk.sw = grow(rk.sw, len(dst))
 	rk.resize(n, dst)
 }
 
@@ -75,7 +81,8 @@ func (rk *ranks) count(q, e int32) int32 {
 // assign puts one replica of e, of weight w, into the next free slot of
 // rank q.
 func (rk *ranks) assign(q, e int32, w float64) {
-	rk.dst[int(q)*rk.s+int(rk.fill[q])] = int(e)
+	i := int(q)*rk.s + int(rk.fill[q])
+	rk.dst[i], rk.sw[i] = int(e), w
 	rk.fill[q]++
 	rk.load[q] += w
 	rk.bump(q, e)

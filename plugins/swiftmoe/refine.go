@@ -19,7 +19,6 @@ type refiner struct {
 	keys []uint64 // the range's rank keys, sorted by load
 	tmp  []uint64 // sortKeys scratch
 	cnt  []int32
-	rw   []float64 // the weight of each slot of the range, rank by rank
 	va   []float64 // the busiest rank's load less each of its weights
 }
 
@@ -58,11 +57,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 	rf.cnt = grow(rf.cnt, (hi-lo)*sortBuckets+1)
 	sortKeys(keys, rf.tmp, rf.cnt)
 	rf.keys = keys
-	rw := grow(rf.rw, (hi-lo)*s)
-	for i, x := range rk.dst[lo*s : hi*s] {
-		rw[i] = wt.w[x]
-	}
-	rf.rw = rw
+	rw := rk.sw[lo*s : hi*s]
 	rf.va = grow(rf.va, s)
 
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
