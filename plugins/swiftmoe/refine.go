@@ -49,8 +49,10 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 	if top <= 0 || top <= stop {
 		return top
 	}
+	// Heaviest rank last: differencing leaves a node's ranks heaviest
+	// first, so the keys come almost sorted.
 	keys := grow(rf.keys, hi-lo)[:0]
-	for q := lo; q < hi; q++ {
+	for q := hi - 1; q >= lo; q-- {
 		keys = append(keys, rk.key(int32(q)))
 	}
 	rf.tmp = grow(rf.tmp, hi-lo)

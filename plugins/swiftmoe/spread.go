@@ -21,26 +21,30 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 	l := &np.lay
 	var baseLoad float64
 	var baseSlots int32
-	for x := range e {
-		b := reps[x] / nd
-		np.lo[x], np.hi[x] = b, b
-		if reps[x] > b*nd {
-			np.hi[x]++
+	lo, hi := np.lo[:e], np.hi[:e]
+	for x, c := range reps {
+		if c < nd { // most experts: no replica on every node
+			lo[x], hi[x] = 0, min(c, 1)
+			continue
 		}
-		if b > 0 {
-			row := l.cnt[x*nodes : (x+1)*nodes]
-			for n := range row {
-				row[n] = b
-			}
-			baseLoad += float64(b) * wt.w[x]
-			baseSlots += b
+		b := c / nd
+		lo[x], hi[x] = b, b
+		if c > b*nd {
+			hi[x]++
 		}
+		row := l.cnt[x*nodes : (x+1)*nodes]
+		for n := range row {
+			row[n] = b
+		}
+		baseLoad += float64(b) * wt.w[x]
+		baseSlots += b
 	}
 	for n := range nodes {
 		l.load[n] = baseLoad
 		np.free[n] -= baseSlots
 	}
 	np.buildQueue(int(nd * np.free[0]))
+	np.sel = grow(np.sel, nodes)
 	l.resetLists()
 	np.stale = false
 	// spreadExtra's common case, inline: every extra replica finds a
@@ -53,20 +57,33 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			if q := np.q; int(k) <= len(q) {
 				wx := wt.w[x]
 				row := cnt[int(x)*nodes : int(x+1)*nodes]
-				sel := np.sel[:0]
-				for _, key := range q[:k] {
-					n := int(key & mask) // l.node(key)
-					if row[n] == 0 {
+				sel := np.sel[:k]
+				m := 0
+				if b == 0 {
+					// Each node that takes one lists x.
+					for _, key := range q[:k] {
+						n := int(key & mask)         // l.node(key)
 						list[n*per+int(size[n])] = x // l.listExpert(x, n)
 						size[n]++
+						row[n] = 1
+						load[n] += wx
+						if free[n]--; free[n] > 0 {
+							sel[m] = math.Float64bits(load[n])&^mask | uint64(n) // l.key(n)
+							m++
+						}
 					}
-					row[n]++
-					free[n]--
-					load[n] += wx
-					if free[n] > 0 {
-						sel = append(sel, math.Float64bits(load[n])&^mask|uint64(n)) // l.key(n)
+				} else {
+					for _, key := range q[:k] {
+						n := int(key & mask)
+						row[n]++
+						load[n] += wx
+						if free[n]--; free[n] > 0 {
+							sel[m] = math.Float64bits(load[n])&^mask | uint64(n)
+							m++
+						}
 					}
 				}
+				sel = sel[:m]
 				insertionSortKeys(sel)
 				np.q = mergeKeys(q[k:], sel)
 				np.sel = sel
