@@ -36,10 +36,14 @@ func (wt *weights) set(reps []int32, loads []float64, n, slots int) {
 	wt.capR = grow(wt.capR, e)
 	wt.order = grow(wt.order, e)
 	nr := int32(n)
-	for x := range e {
-		r := reps[x]
-		wt.w[x] = loadOf(loads, x) / float64(r)
-		wt.capR[x] = (r + nr - 1) / nr
+	w, capR := wt.w[:e], wt.capR[:e]
+	for x, r := range reps {
+		w[x] = loadOf(loads, x) / float64(r)
+		if r <= nr { // most experts: no division
+			capR[x] = min(r, 1)
+		} else {
+			capR[x] = (r + nr - 1) / nr
+		}
 	}
 	idBits := bits.Len(uint(e - 1))
 	repsBits := bits.Len(uint(slots))
