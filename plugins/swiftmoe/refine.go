@@ -72,10 +72,11 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		tol := la * 1e-12
 		bestM := la - tol
 		bi, bb, bj, bk := -1, int32(-1), -1, -1
-		rowA := rk.dst[int(a)*s : int(a+1)*s]
 		// A swap of x (on a) for y (on b) leaves the larger of
 		// (la-wx)+wy and (lb-wy)+wx, each summed in that order.
-		wa := rw[(int(a)-lo)*s : (int(a)-lo+1)*s]
+		oa := (int(a) - lo) * s
+		wa := rw[oa : oa+s]
+		rowA := rk.dst[lo*s+oa:][:len(wa)]
 		va := rf.va[:len(wa)]
 		for i, wx := range wa {
 			va[i] = la - wx
@@ -88,15 +89,16 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 			if lb+tol >= la || (la+lb)/2 >= bestM {
 				break
 			}
-			rowB := rk.dst[int(b)*s : int(b+1)*s]
-			wb := rw[(int(b)-lo)*s : (int(b)-lo+1)*s]
+			ob := (int(b) - lo) * s
+			wb := rw[ob : ob+s]
+			rowB := rk.dst[lo*s+ob:][:len(wb)]
 			for i, wx := range wa {
 				ax := va[i]
 				for j, wy := range wb {
 					// wy < wx also means y is not x (the replicas of
 					// an expert weigh the same); the larger of two
 					// sums is below bestM when both are.
-					if wy >= wx || ax+wy >= bestM || lb-wy+wx >= bestM {
+					if wy >= wx || lb-wy+wx >= bestM || ax+wy >= bestM {
 						continue
 					}
 					x, y := int32(rowA[i]), int32(rowB[j])
