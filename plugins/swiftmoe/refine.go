@@ -63,9 +63,11 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 	rf.va = grow(rf.va, s)
 
 	iters := max(4, refineBudget/(s*s*k+2*(hi-lo)))
+	// rk's slices and mask, in locals: the scan below reads them often.
+	load, dst, mask := rk.load, rk.dst, rk.mask
 	for range iters {
-		a := rk.rank(keys[len(keys)-1])
-		la := rk.load[a]
+		a := int32(keys[len(keys)-1] & mask) // rk.rank
+		la := load[a]
 		if la <= 0 || la <= stop {
 			return la
 		}
@@ -76,14 +78,14 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		// (la-wx)+wy and (lb-wy)+wx, each summed in that order.
 		oa := (int(a) - lo) * s
 		wa := rw[oa : oa+s]
-		rowA := rk.dst[lo*s+oa:][:len(wa)]
+		rowA := dst[lo*s+oa:][:len(wa)]
 		va := rf.va[:len(wa)]
 		for i, wx := range wa {
 			va[i] = la - wx
 		}
 		for ki, key := range keys[:k] {
-			b := rk.rank(key)
-			lb := rk.load[b]
+			b := int32(key & mask) // rk.rank
+			lb := load[b]
 			// No swap leaves the pair below their mean, and the rest
 			// are no lighter.
 			if lb+tol >= la || (la+lb)/2 >= bestM {
@@ -91,7 +93,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 			}
 			ob := (int(b) - lo) * s
 			wb := rw[ob : ob+s]
-			rowB := rk.dst[lo*s+ob:][:len(wb)]
+			rowB := dst[lo*s+ob:][:len(wb)]
 			for i, wx := range wa {
 				ax := va[i]
 				for j, wy := range wb {
@@ -113,15 +115,15 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 			return la
 		}
 		ia, ib := int(a)*s+bi, int(bb)*s+bj
-		x, y := rk.dst[ia], rk.dst[ib]
-		rk.dst[ia], rk.dst[ib] = y, x
+		x, y := dst[ia], dst[ib]
+		dst[ia], dst[ib] = y, x
 		rw[ia-lo*s], rw[ib-lo*s] = wt.w[y], wt.w[x]
-		rk.load[a] += wt.w[y] - wt.w[x]
-		rk.load[bb] += wt.w[x] - wt.w[y]
+		load[a] += wt.w[y] - wt.w[x]
+		load[bb] += wt.w[x] - wt.w[y]
 		resort(rk, keys, bb, bk)
 		resort(rk, keys, a, len(keys)-1)
 	}
-	return rk.load[rk.rank(keys[len(keys)-1])]
+	return load[keys[len(keys)-1]&mask]
 }
 
 // holds is the replicas of expert x among a rank's filled slots row (the
