@@ -49,6 +49,7 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 	tail := grow(df.tail, total)
 	part := grow(df.part, total)
 	df.sum, df.next, df.tail, df.part = sum, next, tail, part
+	sum, next, tail, part = sum[:len(items)], next[:len(items)], tail[:len(items)], part[:len(items)]
 	for g, x := range items {
 		sum[g] = w[x]
 		next[g] = -1
@@ -66,8 +67,8 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 		a, b := -1, -1
 		var sa, sb float64
 		for i, t := range live[:alive] {
-			row := part[int(t)*r : int(t+1)*r]
-			gap := sum[row[0]] - sum[row[r-1]]
+			o := int(t) * r
+			gap := sum[part[o]] - sum[part[o+r-1]]
 			switch {
 			case a < 0 || gap > sa:
 				b, sb = a, sa
@@ -101,10 +102,10 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 		var l float64
 		for it := g; it >= 0; it = next[it] {
 			x := items[it]
-			row[j] = int(x)
+			wx := w[x]
+			row[j], sw[j] = int(x), wx
 			at[it] = int32(i)
-			sw[j] = w[x]
-			l += sw[j]
+			l += wx
 			j++
 		}
 		rk.fill[q], rk.load[q] = int32(s), l
@@ -123,22 +124,24 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 // the experts it holds more of than one rank may (capR) in multi. It
 // reports whether the replicas fill the node's total slots exactly.
 func (df *differencer) collect(d nodeDemand, capR []int32, total int) bool {
-	items := grow(df.items, total)[:0]
+	items := grow(df.items, total)
 	multi := df.multi[:0]
+	n := 0
 	for _, x := range d.experts {
 		c := d.replicas(x)
-		if len(items)+int(c) > total {
+		end := n + int(c)
+		if end > total {
 			return false
 		}
 		if c > capR[x] {
 			multi = append(multi, x)
 		}
-		for range c {
-			items = append(items, x)
+		for ; n < end; n++ {
+			items[n] = x
 		}
 	}
-	df.items, df.multi = items, multi
-	return len(items) == total
+	df.items, df.multi = items[:n], multi
+	return n == total
 }
 
 // over reports whether a rank holds more replicas of an expert than capR,
