@@ -181,13 +181,17 @@ func (df *differencer) over(capR []int32, r int) bool {
 func (df *differencer) sortGroups(g []int32) {
 	sum := df.sum
 	for i := 1; i < len(g); i++ {
-		for j := i; j > 0; j-- {
-			a, b := g[j-1], g[j]
-			if sum[a] > sum[b] || (sum[a] == sum[b] && a < b) {
+		v := g[i]
+		sv := sum[v]
+		j := i
+		for ; j > 0; j-- {
+			u := g[j-1]
+			if su := sum[u]; su > sv || (su == sv && u < v) {
 				break
 			}
-			g[j-1], g[j] = b, a
+			g[j] = u
 		}
+		g[j] = v
 	}
 }
 
