@@ -94,21 +94,8 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 			ob := (int(b) - lo) * s
 			wb := rw[ob : ob+s]
 			rowB := dst[lo*s+ob:][:len(wb)]
-			for i, wx := range wa {
-				ax := va[i]
-				for j, wy := range wb {
-					// wy < wx also means y is not x (the replicas of
-					// an expert weigh the same); the larger of two
-					// sums is below bestM when both are.
-					if wy >= wx || lb-wy+wx >= bestM || ax+wy >= bestM {
-						continue
-					}
-					x, y := int32(rowA[i]), int32(rowB[j])
-					if holds(rowB, x) >= wt.capR[x] || holds(rowA, y) >= wt.capR[y] {
-						continue
-					}
-					bi, bb, bj, bk, bestM = i, b, j, ki, max(ax+wy, lb-wy+wx)
-				}
+			if i, j, m := bestSwap(wa, va, wb, rowA, rowB, wt.capR, lb, bestM); i >= 0 {
+				bi, bb, bj, bk, bestM = i, b, j, ki, m
 			}
 		}
 		if bi < 0 {
@@ -124,6 +111,34 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		resort(rk, keys, a, len(keys)-1)
 	}
 	return load[keys[len(keys)-1]&mask]
+}
+
+// bestSwap returns the swap of slot i of rank a (weights wa, va the rank's
+// load less each of them, replicas rowA) for slot j of rank b (wb, rowB, load
+// lb) that leaves the larger of the two loads lowest, below bestM, and that
+// larger load; i = -1 when no swap leaves both below bestM. A swap may not
+// take a rank above an expert's limit capR. (A function of its own: the
+// scan of pairs compiles to tighter code than inline in refine's loop.)
+func bestSwap(wa, va, wb []float64, rowA, rowB []int, capR []int32, lb, bestM float64) (int, int, float64) {
+	bi, bj := -1, -1
+	va = va[:len(wa)]
+	for i, wx := range wa {
+		ax := va[i]
+		for j, wy := range wb {
+			// wy < wx also means y is not x (the replicas of an expert
+			// weigh the same); the larger of two sums is below bestM
+			// when both are.
+			if wy >= wx || lb-wy+wx >= bestM || ax+wy >= bestM {
+				continue
+			}
+			x, y := int32(rowA[i]), int32(rowB[j])
+			if holds(rowB, x) >= capR[x] || holds(rowA, y) >= capR[y] {
+				continue
+			}
+			bi, bj, bestM = i, j, max(ax+wy, lb-wy+wx)
+		}
+	}
+	return bi, bj, bestM
 }
 
 // holds is the replicas of expert x among a rank's filled slots row (the
