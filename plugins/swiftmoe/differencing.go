@@ -148,6 +148,9 @@ func (df *differencer) collect(d nodeDemand, capR []int32, total int) bool {
 // from the ranks pack gave the items (at) of the node's r ranks. Only the
 // experts in multi can. An expert's replicas are consecutive items, and
 // multi lists its experts in the items' order, so one pass finds them.
+// Each rank takes one item of each starting partial (items t*r to
+// t*r+r-1), so only an expert whose items span more partials than its
+// limit needs its ranks counted.
 func (df *differencer) over(capR []int32, r int) bool {
 	items, at := df.items, df.at
 	held := grow(df.held, r)
@@ -163,6 +166,13 @@ func (df *differencer) over(capR []int32, r int) bool {
 			end++
 		}
 		c := capR[x]
+		if int32((end-1)/r-i/r) < c {
+			// The items of one partial (r in a row) go to distinct
+			// ranks, so no rank holds more of x than the partials
+			// its items span.
+			i = end
+			continue
+		}
 		for _, q := range at[i:end] {
 			held[q]++
 			if held[q] > c {

@@ -150,7 +150,8 @@ func TestMendLimits(t *testing.T) {
 // TestOverAgreesWithOverLimit: over, which checks the limits from each
 // item's rank, finds a rank above an expert's limit exactly when
 // overLimit's scan of the ranks' slots does, on random fillings of random
-// nodes (many with two replicas of an expert on one rank).
+// nodes as differencing fills them (many with two replicas of an expert
+// on one rank).
 func TestOverAgreesWithOverLimit(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 11))
 	var overs int
@@ -171,11 +172,15 @@ func TestOverAgreesWithOverLimit(t *testing.T) {
 		if !p.diff.collect(p.demand(), p.wt.capR, total) {
 			t.Fatalf("case %d: collect found %d slots not filled", c, total)
 		}
-		slot := rng.Perm(total)
+		// As differencing fills a node: each rank takes one item of
+		// each starting partial (r items in a row), here at random.
 		p.diff.at = make([]int32, total)
-		for it, x := range p.diff.items {
-			p.rk.dst[slot[it]] = int(x)
-			p.diff.at[it] = int32(slot[it] / s)
+		for t := range s {
+			for i, q := range rng.Perm(r) {
+				it := t*r + i
+				p.rk.dst[q*s+t] = int(p.diff.items[it])
+				p.diff.at[it] = int32(q)
+			}
 		}
 		for q := range r {
 			p.rk.fill[q] = int32(s)
