@@ -70,17 +70,17 @@ func mergeKeys(b, a []uint64) []uint64 {
 		if j >= 0 && b[j] > x {
 			// The keys of b above x move up past the i+1 keys of a
 			// still to place.
-			// The first key of b[:j] not below x (b's keys are distinct
-			// from x's).
-			at, n := 0, j
-			for n > 0 {
+			// The first key of b[:j+1] not below x (b's keys are
+			// distinct from x's; b[j] is above it), by a search
+			// whose steps compile to conditional moves: where x
+			// lands is data, which a branch would mispredict.
+			at, n := 0, j+1
+			for n > 1 {
 				h := n >> 1
-				if b[at+h] < x {
-					at += h + 1
-					n -= h + 1
-				} else {
-					n = h
+				if b[at+h-1] < x {
+					at += h
 				}
+				n -= h
 			}
 			if j-at < 8 {
 				// A short block: cheaper moved key by key (from
