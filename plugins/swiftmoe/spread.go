@@ -62,24 +62,33 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 				if b == 0 {
 					// Each node that takes one lists x.
 					for _, key := range q[:k] {
-						n := int(key & mask)         // l.node(key)
-						list[n*per+int(size[n])] = x // l.listExpert(x, n)
-						size[n]++
+						n := int(key & mask) // l.node(key)
+						z := size[n]
+						list[n*per+int(z)] = x // l.listExpert(x, n)
+						size[n] = z + 1
 						row[n] = 1
-						load[n] += wx
-						if free[n]--; free[n] > 0 {
-							sel[m] = math.Float64bits(load[n])&^mask | uint64(n) // l.key(n)
+						ln := load[n] + wx
+						load[n] = ln
+						if f := free[n] - 1; f > 0 {
+							free[n] = f
+							sel[m] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
 							m++
+						} else {
+							free[n] = f
 						}
 					}
 				} else {
 					for _, key := range q[:k] {
 						n := int(key & mask)
 						row[n]++
-						load[n] += wx
-						if free[n]--; free[n] > 0 {
-							sel[m] = math.Float64bits(load[n])&^mask | uint64(n)
+						ln := load[n] + wx
+						load[n] = ln
+						if f := free[n] - 1; f > 0 {
+							free[n] = f
+							sel[m] = math.Float64bits(ln)&^mask | uint64(n)
 							m++
+						} else {
+							free[n] = f
 						}
 					}
 				}
