@@ -50,9 +50,10 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 	part := grow(df.part, total)
 	df.sum, df.next, df.tail, df.part = sum, next, tail, part
 	sum, next, tail, part = sum[:len(items)], next[:len(items)], tail[:len(items)], part[:len(items)]
+	// A group's items are linked by next from the group on; it ends with
+	// one item of each partial, S in all, so the links need no end mark.
 	for g, x := range items {
 		sum[g] = w[x]
-		next[g] = -1
 		tail[g] = int32(g)
 		part[g] = int32(g)
 	}
@@ -98,15 +99,15 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 		q := lo + i
 		row := dst[q*s : (q+1)*s]
 		sw := rk.sw[q*s : (q+1)*s]
-		j := 0
 		var l float64
-		for it := g; it >= 0; it = next[it] {
+		it := g
+		for j := range row {
 			x := items[it]
 			wx := w[x]
 			row[j], sw[j] = int(x), wx
 			at[it] = int32(i)
 			l += wx
-			j++
+			it = next[it]
 		}
 		rk.fill[q], rk.load[q] = int32(s), l
 		rk.stampE[q], rk.stampC[q] = -1, 0
