@@ -7,7 +7,7 @@ import (
 
 // sortBuckets bounds the number of buckets sortKeys spreads keys over, per
 // key.
-const sortBuckets = 2
+const sortBuckets = 1
 
 // sortKeys sorts keys ascending. The planner sorts a few hundred keys per
 // layer twice (experts by weight, ranks by load), where a comparison sort's
