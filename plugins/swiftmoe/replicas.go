@@ -66,11 +66,12 @@ func (c *counter) count(reps []int32, loads []float64, slots int, curReps []int3
 // countSteps bounds count's secant steps.
 const countSteps = 4
 
-// floorSum is f(u), the sum of floor(load*u).
+// floorSum is f(u), the sum of floor(load*u). Only count calls it, with a
+// positive total load, so there is one load per expert.
 func (c *counter) floorSum(u float64) int {
 	sum := 0
-	for i := range c.reps {
-		sum += int(loadOf(c.loads, i) * u)
+	for _, l := range c.loads[:len(c.reps)] {
+		sum += int(l * u)
 	}
 	return sum
 }
