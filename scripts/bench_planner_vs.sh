@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Compare the swiftmoe planner's CPU time per plan against another commit, side by side.
+#
+# usage: scripts/bench_planner_vs.sh [-r ROUNDS] [-n PLANS] [-b REGEX] REF
+#
+# Builds the planner's benchmark binary at REF (a commit, branch or tag) and from the working
+# tree, then runs the one-goroutine benchmarks (GOMAXPROCS=1) of both in turn, ROUNDS times,
+# PLANS plans a run, and prints each benchmark's cpu-ns/op per build as min and median over the
+# rounds, with new / REF. Alternating the two builds puts both under the same load, so the ratio
+# holds on a noisy machine where the absolute times do not. Instruction counts (cachegrind) are
+# no substitute: much of a plan's time is mispredicted branches, which they do not see.
+set -euo pipefail
+
+rounds=5
+plans=600
+regex='SwiftMoEPlanSequential(Nodes8|Nodes8Step|Nodes8StepSteady)?$'
+usage() {
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  echo
+  echo "options: -r ROUNDS (default $rounds), -n PLANS a run (default $plans),"
+  echo "         -b REGEX of benchmarks (default '$regex')"
+}
+while getopts "r:n:b:h" opt; do
+  case $opt in
+    r) rounds=$OPTARG ;;
+    n) plans=$OPTARG ;;
+    b) regex=$OPTARG ;;
+    h) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+if [ $# -ne 1 ]; then
+  echo "bench_planner_vs.sh: give one REF to compare against (for example HEAD~3 or main)" >&2
+  usage >&2
+  exit 2
+fi
+ref=$1
+for v in "$rounds" "$plans"; do
+  if ! [[ $v =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench_planner_vs.sh: -r and -n take a positive whole number, got '$v'" >&2
+    exit 2
+  fi
+done
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if ! commit=$(git rev-parse --verify --quiet "$ref^{commit}"); then
+  echo "bench_planner_vs.sh: '$ref' is not a commit in this repository (try a hash, a branch or HEAD~N)" >&2
+  exit 2
+fi
+work=$(mktemp -d)
+cleanup() {
+  git worktree remove --force "$work/ref" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building the planner benchmarks at $ref (${commit:0:12}) and from the working tree ..."
+git worktree add --detach --quiet "$work/ref" "$commit"
+(cd "$work/ref/plugins/swiftmoe" && go test -c -o "$work/ref.test" .)
+(cd plugins/swiftmoe && go test -c -o "$work/new.test" .)
+
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs; $rounds rounds of $plans plans a run"
+: >"$work/results"
+for i in $(seq "$rounds"); do
+  echo "round $i of $rounds ..."
+  for b in ref new; do
+    GOMAXPROCS=1 timeout 900 "$work/$b.test" -test.run '^$' -test.bench "$regex" -test.benchtime "${plans}x" |
+      awk -v b="$b" '/^Benchmark/ { for (f = 1; f <= NF; f++) if ($(f+1) == "cpu-ns/op") print b, $1, $f }' >>"$work/results"
+  done
+done
+
+python3 - "$work/results" "$ref" <<'EOF'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    build, bench, ns = line.split()
+    runs[(bench.rsplit("-", 1)[0], build)].append(float(ns) / 1e6)
+benches = sorted({b for b, _ in runs})
+if not benches:
+    sys.exit("bench_planner_vs.sh: no benchmark matched; check -b")
+print(f"\n{'benchmark':48} {'ref ms (min med)':>18} {'new ms (min med)':>18} {'new/ref (med)':>14}")
+for b in benches:
+    r, n = runs[(b, "ref")], runs[(b, "new")]
+    if not r or not n:
+        print(f"{b:48} missing in one build")
+        continue
+    print(f"{b:48} {min(r):8.3f} {statistics.median(r):8.3f} {min(n):8.3f} {statistics.median(n):8.3f} "
+          f"{statistics.median(n) / statistics.median(r):14.3f}")
+print(f"(ref = {sys.argv[2]})")
+EOF

@@ -1,0 +1,65 @@
+"""scripts/bench_planner_vs.sh: builds the planner's benchmarks at a commit and from the
+working tree and prints both side by side. Timings are not checked (a benchmark, not a
+test); the table and the refusals are."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "bench_planner_vs.sh"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("go") is None or not (REPO / ".git").exists(), reason="needs go and a git checkout"
+)
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_compares_head_with_the_working_tree():
+    r = _run("-r", "2", "-n", "2", "-b", "SwiftMoEPlanSequential$", "HEAD")
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("BenchmarkSwiftMoEPlanSequential ")]
+    assert len(rows) == 1, r.stdout
+    ref_min, ref_med, new_min, new_med, ratio = (float(v) for v in rows[0].split()[1:])
+    assert 0 < ref_min <= ref_med and 0 < new_min <= new_med
+    assert ratio == pytest.approx(new_med / ref_med, rel=2e-3)
+    assert "round 2 of 2" in r.stdout  # progress on the way
+    # The reference build's worktree is gone afterwards.
+    wt = subprocess.run(
+        ["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert len(wt.stdout.strip().splitlines()) == 1, wt.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["no-such-ref-xyz"], r"'no-such-ref-xyz' is not a commit"),
+        (["-r", "0", "HEAD"], r"-r and -n take a positive whole number, got '0'"),
+        ([], r"give one REF"),
+        (
+            ["-b", "NoSuchBenchmark$", "-r", "1", "-n", "1", "HEAD"],
+            r"no benchmark matched; check -b",
+        ),
+    ],
+)
+def test_refuses_bad_input_naming_it(args, says):
+    r = _run(*args)
+    assert r.returncode != 0
+    assert re.search(says, r.stderr), r.stderr
+
+
+def test_help():
+    r = _run("-h", timeout=30)
+    assert r.returncode == 0
+    assert "usage: scripts/bench_planner_vs.sh" in r.stdout and "-r ROUNDS" in r.stdout
