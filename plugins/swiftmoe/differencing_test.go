@@ -38,6 +38,23 @@ func newDiffNode(r, s int, counts []int32, w []float64) *diffNode {
 	return f
 }
 
+// randomDiffNode is a full node of r ranks and s slots with random replica
+// counts (1 to most each) and loads per replica (1 to 101), and the counts.
+func randomDiffNode(rng *rand.Rand, r, s, most int) (*diffNode, []int32) {
+	total := r * s
+	var counts []int32
+	for n := 0; n < total; {
+		k := min(total-n, 1+rng.IntN(most))
+		counts = append(counts, int32(k))
+		n += k
+	}
+	w := make([]float64, len(counts))
+	for x := range w {
+		w[x] = 1 + rng.Float64()*100
+	}
+	return newDiffNode(r, s, counts, w), counts
+}
+
 // demand is the whole node's demand: every expert, in packing order.
 func (f *diffNode) demand() nodeDemand {
 	return nodeDemand{node: 0, nodes: 1, lo: 0, hi: f.rk.n, experts: f.wt.order, cnt: f.counts}
@@ -75,18 +92,8 @@ func TestPackDifferencing(t *testing.T) {
 	var wins, cases int
 	for c := range 200 {
 		r, s := 2+rng.IntN(10), 1+rng.IntN(6)
-		total := r * s
-		var counts []int32
-		for n := 0; n < total; {
-			k := min(total-n, 1+rng.IntN(3))
-			counts = append(counts, int32(k))
-			n += k
-		}
-		w := make([]float64, len(counts))
-		for x := range w {
-			w[x] = 1 + rng.Float64()*100
-		}
-		p := newDiffNode(r, s, counts, w)
+		p, counts := randomDiffNode(rng, r, s, 3)
+		w := p.wt.w
 		if !p.diff.pack(&p.rk, &p.wt, p.demand()) {
 			t.Fatalf("case %d (r=%d s=%d counts %v): differencing declined a full node", c, r, s, counts)
 		}
@@ -158,17 +165,7 @@ func TestOverAgreesWithOverLimit(t *testing.T) {
 	for c := range 500 {
 		r, s := 2+rng.IntN(8), 1+rng.IntN(5)
 		total := r * s
-		var counts []int32
-		for n := 0; n < total; {
-			k := min(total-n, 1+rng.IntN(2*r))
-			counts = append(counts, int32(k))
-			n += k
-		}
-		w := make([]float64, len(counts))
-		for x := range w {
-			w[x] = 1 + rng.Float64()*100
-		}
-		p := newDiffNode(r, s, counts, w)
+		p, counts := randomDiffNode(rng, r, s, 2*r)
 		if !p.diff.collect(p.demand(), p.wt.capR, total) {
 			t.Fatalf("case %d: collect found %d slots not filled", c, total)
 		}
