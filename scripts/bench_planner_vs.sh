@@ -58,6 +58,10 @@ trap cleanup EXIT
 
 echo "building the planner benchmarks at $ref (${commit:0:12}) and from the working tree ..."
 git worktree add --detach --quiet "$work/ref" "$commit"
+if [ ! -d "$work/ref/plugins/swiftmoe" ]; then
+  echo "bench_planner_vs.sh: '$ref' has no plugins/swiftmoe to benchmark; pick a later commit" >&2
+  exit 2
+fi
 (cd "$work/ref/plugins/swiftmoe" && go test -c -o "$work/ref.test" .)
 (cd plugins/swiftmoe && go test -c -o "$work/new.test" .)
 

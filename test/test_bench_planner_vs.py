@@ -59,6 +59,25 @@ def test_refuses_bad_input_naming_it(args, says):
     assert re.search(says, r.stderr), r.stderr
 
 
+def test_refuses_a_commit_without_the_planner():
+    roots = subprocess.run(
+        ["git", "rev-list", "--max-parents=0", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    root = roots[-1]
+    has = subprocess.run(
+        ["git", "cat-file", "-e", f"{root}:plugins/swiftmoe"], cwd=REPO, check=False
+    )
+    if has.returncode == 0:
+        pytest.skip("the first commit already has the planner")
+    r = _run(root, timeout=120)
+    assert r.returncode == 2
+    assert "has no plugins/swiftmoe to benchmark" in r.stderr, r.stderr
+
+
 def test_help():
     r = _run("-h", timeout=30)
     assert r.returncode == 0
