@@ -47,57 +47,63 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 	np.sel = grow(np.sel, nodes)
 	l.resetLists()
 	np.stale = false
-	// spreadExtra's common case, inline: every extra replica finds a
-	// node with a free slot.
+	// The k extra replicas of x go one each to the k least-loaded nodes
+	// with a free slot (every node in the queue holds the floor count of
+	// x, so any k of them may take one); a node that gets its first
+	// replica of x lists x. Two loops, with and without the listing,
+	// which the hot path pays for in branches otherwise. When fewer nodes
+	// have room than x has extra replicas, repairExtra places the rest.
 	mask, per := l.mask, l.per
 	cnt, load, free, list, size := l.cnt, l.load, np.free, l.list, l.size
 	for _, x := range wt.order {
 		b := np.lo[x]
 		if k := reps[x] - b*nd; k > 0 {
-			if q := np.q; int(k) <= len(q) {
-				wx := wt.w[x]
-				row := cnt[int(x)*nodes : int(x+1)*nodes]
-				sel := np.sel[:k]
-				m := 0
-				if b == 0 {
-					// Each node that takes one lists x.
-					for _, key := range q[:k] {
-						n := int(key & mask) // l.node(key)
-						z := size[n]
-						list[n*per+int(z)] = x // l.listExpert(x, n)
-						size[n] = z + 1
-						row[n] = 1
-						ln := load[n] + wx
-						load[n] = ln
-						if f := free[n] - 1; f > 0 {
-							free[n] = f
-							sel[m] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
-							m++
-						} else {
-							free[n] = f
-						}
-					}
-				} else {
-					for _, key := range q[:k] {
-						n := int(key & mask)
-						row[n]++
-						ln := load[n] + wx
-						load[n] = ln
-						if f := free[n] - 1; f > 0 {
-							free[n] = f
-							sel[m] = math.Float64bits(ln)&^mask | uint64(n)
-							m++
-						} else {
-							free[n] = f
-						}
+			q := np.q
+			take := min(int(k), len(q))
+			wx := wt.w[x]
+			row := cnt[int(x)*nodes : int(x+1)*nodes]
+			sel := np.sel[:take]
+			m := 0
+			if b == 0 {
+				for _, key := range q[:take] {
+					n := int(key & mask) // l.node(key)
+					z := size[n]
+					list[n*per+int(z)] = x // l.listExpert(x, n)
+					size[n] = z + 1
+					row[n] = 1
+					ln := load[n] + wx
+					load[n] = ln
+					if f := free[n] - 1; f > 0 {
+						free[n] = f
+						sel[m] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
+						m++
+					} else {
+						free[n] = f
 					}
 				}
-				sel = sel[:m]
-				insertionSortKeys(sel)
-				np.q = mergeKeys(q[k:], sel)
-				np.sel = sel
-			} else if err := np.spreadExtra(wt, x, k, e); err != nil {
-				return err
+			} else {
+				for _, key := range q[:take] {
+					n := int(key & mask)
+					row[n]++
+					ln := load[n] + wx
+					load[n] = ln
+					if f := free[n] - 1; f > 0 {
+						free[n] = f
+						sel[m] = math.Float64bits(ln)&^mask | uint64(n)
+						m++
+					} else {
+						free[n] = f
+					}
+				}
+			}
+			sel = sel[:m]
+			insertionSortKeys(sel)
+			np.q = mergeKeys(q[take:], sel)
+			np.sel = sel
+			if take < int(k) {
+				if err := np.repairExtra(wt, x, int(k)-take, e); err != nil {
+					return err
+				}
 			}
 		}
 		if b > 0 {
@@ -129,44 +135,16 @@ func (np *nodePacker) buildQueue(extra int) {
 	np.q = q
 }
 
-// spreadExtra places k < nodes extra replicas of x (of e experts), one each
-// on the k least-loaded nodes with a free slot. Every node in the queue
-// holds the floor count of x, so any k of them may take one. When fewer
-// than k nodes have room, the rest are placed by repairNode. A node that
-// gets its first replica of x lists x; a repair marks the lists stale.
-func (np *nodePacker) spreadExtra(wt *weights, x, k int32, e int) error {
-	l := &np.lay
-	nodes, mask := l.nodes, l.mask
-	free, load, wx := np.free, l.load, wt.w[x]
-	q := np.q
-	take := min(int(k), len(q))
-	row := l.cnt[int(x)*nodes : int(x+1)*nodes]
-	sel := np.sel[:0]
-	for _, key := range q[:take] {
-		n := int(key & mask) // l.node(key)
-		if row[n] == 0 {
-			l.listExpert(x, n)
-		}
-		row[n]++
-		free[n]--
-		load[n] += wx
-		if free[n] > 0 {
-			sel = append(sel, l.key(n))
-		}
-	}
-	insertionSortKeys(sel)
-	np.q = mergeKeys(q[take:], sel)
-	np.sel = sel
-	if take == int(k) {
-		return nil
-	}
+// repairExtra places the left extra replicas of x (of e experts) that
+// found no node with a free slot, by repairNode, and marks the lists stale.
+func (np *nodePacker) repairExtra(wt *weights, x int32, left, e int) error {
 	np.stale = true
-	for range int(k) - take {
+	for range left {
 		if err := np.repairNode(wt, x, e); err != nil {
 			return err
 		}
 	}
 	// Repairs are rare: rebuild the queue rather than track their changes.
-	np.buildQueue(len(np.buf) - nodes)
+	np.buildQueue(len(np.buf) - np.lay.nodes)
 	return nil
 }
