@@ -39,11 +39,7 @@ func (wt *weights) set(reps []int32, loads []float64, n, slots int) {
 	w, capR := wt.w[:e], wt.capR[:e]
 	for x, r := range reps {
 		w[x] = loadOf(loads, x) / float64(r)
-		if r <= nr { // most experts: no division
-			capR[x] = min(r, 1)
-		} else {
-			capR[x] = (r + nr - 1) / nr
-		}
+		capR[x] = rankCap(r, nr)
 	}
 	idBits := bits.Len(uint(e - 1))
 	repsBits := bits.Len(uint(slots))
@@ -67,6 +63,15 @@ func (wt *weights) key(reps []int32, x, idBits, repsBits, slots int) uint64 {
 	k := ^math.Float64bits(wt.w[x]) >> (idBits + repsBits)
 	k = k<<repsBits | (uint64(slots) - uint64(reps[x]))
 	return k<<idBits | uint64(x)
+}
+
+// rankCap is the most replicas of an expert with r replicas that one of n
+// ranks may hold: ceil(r/n).
+func rankCap(r, n int32) int32 {
+	if r <= n { // most experts: no division
+		return min(r, 1)
+	}
+	return (r + n - 1) / n
 }
 
 // orderKeys keeps keys (sorted) and sets order from them.
@@ -95,7 +100,7 @@ func (wt *weights) setMoved(base *weights, reps []int32, loads []float64, n, slo
 	nr := int32(n)
 	for _, x := range [2]int{from, to} {
 		wt.w[x] = loadOf(loads, x) / float64(reps[x])
-		wt.capR[x] = (reps[x] + nr - 1) / nr
+		wt.capR[x] = rankCap(reps[x], nr)
 	}
 	idBits := bits.Len(uint(e - 1))
 	repsBits := bits.Len(uint(slots))
