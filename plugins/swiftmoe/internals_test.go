@@ -1,6 +1,7 @@
 package swiftmoe
 
 import (
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -237,8 +238,9 @@ func TestResort(t *testing.T) {
 
 // TestSlotWeightsFollowThePlan: after packing (flat or in nodes, by either
 // node policy, refinement included), every slot's weight in the ranks'
-// table is its replica's weight: the packers, the repairs and the swaps
-// all keep the table the refinement reads.
+// table is its replica's weight, and every rank's kept load is its slots'
+// sum up to rounding: the packers, the repairs and the swaps all keep the
+// table the refinement reads and the loads planLayer bounds the plan by.
 func TestSlotWeightsFollowThePlan(t *testing.T) {
 	rng := rand.New(rand.NewPCG(17, 4))
 	for c := range 2000 {
@@ -280,5 +282,81 @@ func TestSlotWeightsFollowThePlan(t *testing.T) {
 					c, topo, loads, i, x, p.wt.w[x], p.rk.sw[i])
 			}
 		}
+		for q := range n {
+			var sum float64
+			for _, x := range dst[q*s : (q+1)*s] {
+				sum += p.wt.w[x]
+			}
+			if math.Abs(p.rk.load[q]-sum) > 1e-12*sum {
+				t.Fatalf("case %d (%+v, loads %v): rank %d keeps load %v, its slots sum to %v", c, topo, loads, q, p.rk.load[q], sum)
+			}
+		}
+	}
+}
+
+// TestKeepCurrentBoundDecidesAlike: keepCurrentIfAsGood decides the same
+// with the bound planLayer gives it (the kept loads' busiest rank) as
+// without one, over current plans made for other loads, for the same ones
+// (kept) and for loads changed slightly.
+func TestKeepCurrentBoundDecidesAlike(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 5))
+	kept := 0
+	for c := range 1000 {
+		rpn, nodes := rng.IntN(5), 1+rng.IntN(4)
+		n := max(1, rpn) * nodes
+		s := 1 + rng.IntN(5)
+		e := 1 + rng.IntN(n*s)
+		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: rpn}
+		loadsFor := func() []float64 {
+			l := make([]float64, e)
+			for x := range l {
+				l[x] = float64(1 + rng.IntN(20))
+			}
+			return l
+		}
+		loads := loadsFor()
+		cur := make([]int, topo.TotalSlots())
+		var p planner
+		prev := loadsFor()
+		switch c % 3 {
+		case 0:
+			prev = loads
+		case 1:
+			copy(prev, loads)
+			prev[rng.IntN(e)]++
+		}
+		if err := p.planLayer(cur, prev, nil, e, topo, options{}); err != nil {
+			t.Fatal(err)
+		}
+		decide := func(bound bool) []int {
+			var p planner
+			dst := make([]int, len(cur))
+			p.nExperts, p.opts, p.loads, p.cur = e, options{}, loads, cur
+			p.rk.reset(dst, n, s)
+			p.reps = grow(p.reps, e)
+			p.curReps = grow(p.curReps, e)
+			p.curW = grow(p.curW, e)
+			p.indexCurrent()
+			p.count()
+			if err := p.pack(topo); err != nil {
+				t.Fatal(err)
+			}
+			above := math.Inf(1)
+			if bound {
+				above = p.rk.maxLoad(0, n) * (1 + 1e-9)
+			}
+			p.keepCurrentIfAsGood(topo, above)
+			return dst
+		}
+		a, b := decide(false), decide(true)
+		if !slices.Equal(a, b) {
+			t.Fatalf("case %d (%+v): without the bound %v, with it %v", c, topo, a, b)
+		}
+		if slices.Equal(a, cur) {
+			kept++
+		}
+	}
+	if kept < 100 {
+		t.Fatalf("the current plan was kept %d times of 1000: the test no longer reaches the keeping", kept)
 	}
 }

@@ -1,6 +1,7 @@
 package swiftmoe
 
 import (
+	"math"
 	"slices"
 
 	"github.com/swiftmoe/swiftmoe/plugins/sdk"
@@ -79,8 +80,15 @@ func insertionSort(v []int) {
 // (uniform) counts. So an unchanged load keeps an unchanged plan, and no
 // slot moves for no gain: among equally good plans, the current one wins.
 // Under node_policy=spread the current plan must also be spread.
-func (p *planner) keepCurrentIfAsGood(t sdk.Topology) {
+//
+// above is at least the new plan's busiest rank (or +Inf): a current plan
+// with a rank above it is rejected before the new plan's loads are summed.
+func (p *planner) keepCurrentIfAsGood(t sdk.Topology, above float64) {
 	if p.cur == nil {
+		return
+	}
+	s := p.rk.s
+	if !math.IsInf(above, 1) && !p.currentAtMost(s, above) {
 		return
 	}
 	var total float64
@@ -95,7 +103,6 @@ func (p *planner) keepCurrentIfAsGood(t sdk.Topology) {
 	if total <= 0 && !slices.Equal(p.curReps, p.reps) {
 		return
 	}
-	s := p.rk.s
 	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.rk.dst, p.wt.w, p.rk.n, s)) {
 		return
 	}
@@ -175,6 +182,23 @@ func loadsAtMost(slots []int, w []float64, s int, hi float64) bool {
 		var l float64
 		for _, e := range slots[r : r+s] {
 			l += w[e]
+		}
+		if l > hi {
+			return false
+		}
+	}
+	return true
+}
+
+// currentAtMost is loadsAtMost for the current plan (every expert's load
+// split evenly over its replicas there, as curW holds it), weighing only
+// the slots it reads: a current plan above hi is most often so at its
+// first ranks, before the table of weights would be built.
+func (p *planner) currentAtMost(s int, hi float64) bool {
+	for r := 0; r < len(p.cur); r += s {
+		var l float64
+		for _, e := range p.cur[r : r+s] {
+			l += loadOf(p.loads, e) / float64(p.curReps[e])
 		}
 		if l > hi {
 			return false

@@ -102,16 +102,26 @@ func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts in
 	if err := p.pack(t); err != nil {
 		return err
 	}
+	// The packers keep each rank's load (summed in another order than the
+	// slots'); the search and the replicated layout replace the plan
+	// without them.
+	loadsKept := true
 	if !o.noSearch && p.searchable() {
 		p.search.run(p, t)
+		loadsKept = false
 	}
 	if r := p.replicable(t); r > 0 {
 		if err := p.tryReplicated(t, r); err != nil {
 			return err
 		}
+		loadsKept = false
 	}
 	orderSlots(p.rk.dst, p.cur, p.rk.n, p.rk.s)
-	p.keepCurrentIfAsGood(t)
+	above := math.Inf(1)
+	if loadsKept {
+		above = p.rk.maxLoad(0, p.rk.n) * (1 + 1e-9)
+	}
+	p.keepCurrentIfAsGood(t, above)
 	return nil
 }
 
