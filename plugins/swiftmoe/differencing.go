@@ -101,13 +101,28 @@ func (df *differencer) pack(rk *ranks, wt *weights, d nodeDemand) bool {
 		sw := rk.sw[q*s : (q+1)*s]
 		var l float64
 		it := g
-		for j := range row {
-			x := items[it]
-			wx := w[x]
-			row[j], sw[j] = int(x), wx
-			at[it] = int32(i)
-			l += wx
-			it = next[it]
+		if s == 4 {
+			// Unrolled: the common rank of four slots.
+			row, sw := (*[4]int)(row), (*[4]float64)(sw)
+			i0 := it
+			i1 := next[i0]
+			i2 := next[i1]
+			i3 := next[i2]
+			x0, x1, x2, x3 := items[i0], items[i1], items[i2], items[i3]
+			w0, w1, w2, w3 := w[x0], w[x1], w[x2], w[x3]
+			row[0], row[1], row[2], row[3] = int(x0), int(x1), int(x2), int(x3)
+			sw[0], sw[1], sw[2], sw[3] = w0, w1, w2, w3
+			at[i0], at[i1], at[i2], at[i3] = int32(i), int32(i), int32(i), int32(i)
+			l = 0 + w0 + w1 + w2 + w3 // from 0, as the loop sums (-0 weights)
+		} else {
+			for j := range row {
+				x := items[it]
+				wx := w[x]
+				row[j], sw[j] = int(x), wx
+				at[it] = int32(i)
+				l += wx
+				it = next[it]
+			}
 		}
 		rk.fill[q], rk.load[q] = int32(s), l
 		rk.stampE[q], rk.stampC[q] = -1, 0
@@ -133,6 +148,11 @@ func (df *differencer) collect(d nodeDemand, capR []int32, total int) bool {
 		end := n + int(c)
 		if end > total {
 			return false
+		}
+		if c == 1 { // most: no loop, whose exit would mispredict
+			items[n] = x
+			n++
+			continue
 		}
 		if c > capR[x] {
 			multi = append(multi, x)

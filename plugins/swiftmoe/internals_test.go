@@ -360,3 +360,62 @@ func TestKeepCurrentBoundDecidesAlike(t *testing.T) {
 		t.Fatalf("the current plan was kept %d times of 1000: the test no longer reaches the keeping", kept)
 	}
 }
+
+// TestBestSwap4AgreesWithBestSwap: the unrolled scan for ranks of four
+// slots finds the swap the general scan finds, over random rows with
+// repeated weights and experts (so that ties and the limits decide), and
+// bounds from none to most pairs.
+func TestBestSwap4AgreesWithBestSwap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(29, 6))
+	found, limited := 0, 0
+	for trial := range 20000 {
+		e := 2 + rng.IntN(6)
+		w := make([]float64, e)
+		capR := make([]int32, e)
+		for x := range w {
+			w[x] = float64(1 + rng.IntN(9))
+			capR[x] = int32(1 + rng.IntN(2))
+		}
+		var rowA, rowB [4]int
+		var wa, wb, va [4]float64
+		var la, lb float64
+		for i := range 4 {
+			rowA[i], rowB[i] = rng.IntN(e), rng.IntN(e)
+			wa[i], wb[i] = w[rowA[i]], w[rowB[i]]
+			la += wa[i]
+			lb += wb[i]
+		}
+		if lb > la {
+			rowA, rowB, wa, wb, la, lb = rowB, rowA, wb, wa, lb, la
+		}
+		for i := range 4 {
+			va[i] = la - wa[i]
+		}
+		bestM := la - la*1e-12
+		if rng.IntN(3) == 0 {
+			bestM = (la+lb)/2 + rng.Float64()*(la-lb)/2
+		}
+		i, j, m := bestSwap(wa[:], va[:], wb[:], rowA[:], rowB[:], capR, lb, bestM)
+		i4, j4, m4 := bestSwap4(&wa, &va, &wb, &rowA, &rowB, capR, lb, bestM)
+		if i != i4 || j != j4 || m != m4 {
+			t.Fatalf("trial %d: rows %v (%v) and %v (%v), limits %v, below %v: bestSwap (%d, %d, %v), bestSwap4 (%d, %d, %v)",
+				trial, rowA, wa, rowB, wb, capR, bestM, i, j, m, i4, j4, m4)
+		}
+		if i >= 0 {
+			found++
+		}
+		// A pair that passes the weights but not the limits.
+		for a := range 4 {
+			for b := range 4 {
+				x, y := rowA[a], rowB[b]
+				if wb[b] < wa[a] && lb-wb[b]+wa[a] < bestM && va[a]+wb[b] < bestM &&
+					(holds(rowB[:], int32(x)) >= capR[x] || holds(rowA[:], int32(y)) >= capR[y]) {
+					limited++
+				}
+			}
+		}
+	}
+	if found < 5000 || limited < 1000 {
+		t.Fatalf("%d trials found a swap and %d pairs were held by the limits: the trials no longer reach both", found, limited)
+	}
+}

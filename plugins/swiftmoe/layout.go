@@ -24,6 +24,17 @@ func orderSlots(dst, cur []int, n, s int) {
 		}
 		return
 	}
+	if s == 4 {
+		// Unrolled: the common rank of four slots.
+		for o := 0; o+4 <= n*s; o += 4 {
+			row, was := (*[4]int)(dst[o:o+4]), (*[4]int)(cur[o:o+4])
+			held := uint64(1)<<(uint(was[0])&63) | 1<<(uint(was[1])&63) | 1<<(uint(was[2])&63) | 1<<(uint(was[3])&63)
+			if (held>>(uint(row[0])&63)|held>>(uint(row[1])&63)|held>>(uint(row[2])&63)|held>>(uint(row[3])&63))&1 != 0 {
+				keepSlots(row[:], was[:])
+			}
+		}
+		return
+	}
 	for o := 0; o < n*s; o += s {
 		row, was := dst[o:o+s:o+s], cur[o:o+s:o+s]
 		if mayShare(row, was) {

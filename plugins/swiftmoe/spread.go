@@ -64,6 +64,26 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			row := cnt[int(x)*nodes : int(x+1)*nodes]
 			sel := np.sel[:take]
 			m := 0
+			if k == 1 && take == 1 && b == 0 {
+				// One replica (most experts), without the loops,
+				// whose exits would mispredict.
+				n := int(q[0] & mask) // l.node(q[0])
+				z := size[n]
+				list[n*per+int(z)] = x // l.listExpert(x, n)
+				size[n] = z + 1
+				row[n] = 1
+				ln := load[n] + wx
+				load[n] = ln
+				f := free[n] - 1
+				free[n] = f
+				if f > 0 {
+					sel[0] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
+					np.q = mergeKeys(q[1:], sel)
+				} else {
+					np.q = q[1:]
+				}
+				continue
+			}
 			if b == 0 {
 				for _, key := range q[:take] {
 					n := int(key & mask) // l.node(key)
