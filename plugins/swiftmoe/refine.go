@@ -165,12 +165,22 @@ func bestSwap4(wa, va, wb *[4]float64, rowA, rowB *[4]int, capR []int32, lb, bes
 		}
 		bi, bj, bestM = i, j, max(va[i]+wy, lb-wy+wx)
 	}
-	for i := range 4 {
-		try(i, 0)
-		try(i, 1)
-		try(i, 2)
-		try(i, 3)
-	}
+	try(0, 0)
+	try(0, 1)
+	try(0, 2)
+	try(0, 3)
+	try(1, 0)
+	try(1, 1)
+	try(1, 2)
+	try(1, 3)
+	try(2, 0)
+	try(2, 1)
+	try(2, 2)
+	try(2, 3)
+	try(3, 0)
+	try(3, 1)
+	try(3, 2)
+	try(3, 3)
 	return bi, bj, bestM
 }
 
