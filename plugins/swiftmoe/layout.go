@@ -30,7 +30,7 @@ func orderSlots(dst, cur []int, n, s int) {
 			row, was := (*[4]int)(dst[o:o+4]), (*[4]int)(cur[o:o+4])
 			held := uint64(1)<<(uint(was[0])&63) | 1<<(uint(was[1])&63) | 1<<(uint(was[2])&63) | 1<<(uint(was[3])&63)
 			if (held>>(uint(row[0])&63)|held>>(uint(row[1])&63)|held>>(uint(row[2])&63)|held>>(uint(row[3])&63))&1 != 0 {
-				keepSlots(row[:], was[:])
+				keepSlots4(row, was)
 			}
 		}
 		return
@@ -74,6 +74,30 @@ func keepSlots(row, was []int) {
 			}
 		}
 	}
+}
+
+// keepSlots4 is keepSlots for ranks of four slots, unrolled.
+func keepSlots4(row, was *[4]int) {
+	keep := func(i int) {
+		c := was[i]
+		if row[i] == c {
+			return
+		}
+		switch {
+		case row[0] == c && row[0] != was[0]:
+			row[i], row[0] = row[0], row[i]
+		case row[1] == c && row[1] != was[1]:
+			row[i], row[1] = row[1], row[i]
+		case row[2] == c && row[2] != was[2]:
+			row[i], row[2] = row[2], row[i]
+		case row[3] == c && row[3] != was[3]:
+			row[i], row[3] = row[3], row[i]
+		}
+	}
+	keep(0)
+	keep(1)
+	keep(2)
+	keep(3)
 }
 
 func insertionSort(v []int) {
