@@ -429,3 +429,31 @@ func TestBestSwap4AgreesWithBestSwap(t *testing.T) {
 		t.Fatalf("%d trials found a swap and %d pairs were held by the limits: the trials no longer reach both", found, limited)
 	}
 }
+
+// TestMaxLoad: the busiest load as float max from 0 finds it, over loads
+// with negatives, zeros of both signs, infinities and ties.
+func TestMaxLoad(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 7))
+	pick := []float64{0, math.Copysign(0, -1), 1, -1, 1e-300, -1e-300, 3.5, math.Inf(1), math.Inf(-1), 1e300}
+	for trial := range 5000 {
+		n := rng.IntN(9)
+		var rk ranks
+		rk.reset(make([]int, n+1), n+1, 1)
+		for q := range n {
+			if rng.IntN(2) == 0 {
+				rk.load[q] = pick[rng.IntN(len(pick))]
+			} else {
+				rk.load[q] = (rng.Float64() - 0.3) * 100
+			}
+		}
+		lo := rng.IntN(n + 1)
+		hi := lo + rng.IntN(n-lo+1)
+		want := 0.0
+		for _, l := range rk.load[lo:hi] {
+			want = max(want, l)
+		}
+		if got := rk.maxLoad(lo, hi); got != want || math.Signbit(got) != math.Signbit(want) {
+			t.Fatalf("trial %d: maxLoad of %v = %v, want %v", trial, rk.load[lo:hi], got, want)
+		}
+	}
+}

@@ -104,9 +104,16 @@ func (rk *ranks) placed(q, e int32) int32 {
 
 // maxLoad is the busiest load among ranks [lo, hi).
 func (rk *ranks) maxLoad(lo, hi int) float64 {
-	var m float64
+	// On integers that order as the loads do (a negative load's
+	// magnitude bits flipped; loads are never NaN): an integer max
+	// compiles to a conditional move, where float max guards NaN and -0
+	// at every step.
+	// From +0, whose integer is 0: the busiest of no load is 0, and
+	// negative loads (rounding at most) do not count.
+	var m int64
 	for _, l := range rk.load[lo:hi] {
-		m = max(m, l)
+		k := int64(math.Float64bits(l))
+		m = max(m, k^int64(uint64(k>>63)>>1))
 	}
-	return m
+	return math.Float64frombits(uint64(m))
 }
