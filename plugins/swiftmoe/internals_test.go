@@ -254,11 +254,7 @@ func TestResort(t *testing.T) {
 func TestSlotWeightsFollowThePlan(t *testing.T) {
 	rng := rand.New(rand.NewPCG(17, 4))
 	for c := range 2000 {
-		rpn, nodes := rng.IntN(5), 1+rng.IntN(4)
-		n := max(1, rpn) * nodes
-		s := 1 + rng.IntN(5)
-		e := 1 + rng.IntN(n*s)
-		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: rpn}
+		topo, n, s, e := randomLayout(rng)
 		loads := make([]float64, e)
 		for x := range loads {
 			loads[x] = float64(1 + rng.IntN(20))
@@ -304,6 +300,17 @@ func TestSlotWeightsFollowThePlan(t *testing.T) {
 	}
 }
 
+// randomLayout is a small random layout: 1 to 4 nodes of 1 to 4 ranks (or
+// no nodes), 1 to 5 slots a rank, and 1 expert to one per slot; its ranks,
+// slots a rank and experts.
+func randomLayout(rng *rand.Rand) (sdk.Topology, int, int, int) {
+	rpn, nodes := rng.IntN(5), 1+rng.IntN(4)
+	n := max(1, rpn) * nodes
+	s := 1 + rng.IntN(5)
+	e := 1 + rng.IntN(n*s)
+	return sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: rpn}, n, s, e
+}
+
 // TestKeepCurrentBoundDecidesAlike: keepCurrentIfAsGood decides the same
 // with the bound planLayer gives it (the kept loads' busiest rank) as
 // without one, over current plans made for other loads, for the same ones
@@ -312,11 +319,7 @@ func TestKeepCurrentBoundDecidesAlike(t *testing.T) {
 	rng := rand.New(rand.NewPCG(23, 5))
 	kept := 0
 	for c := range 1000 {
-		rpn, nodes := rng.IntN(5), 1+rng.IntN(4)
-		n := max(1, rpn) * nodes
-		s := 1 + rng.IntN(5)
-		e := 1 + rng.IntN(n*s)
-		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s, RanksPerNode: rpn}
+		topo, n, _, e := randomLayout(rng)
 		loadsFor := func() []float64 {
 			l := make([]float64, e)
 			for x := range l {
@@ -341,13 +344,7 @@ func TestKeepCurrentBoundDecidesAlike(t *testing.T) {
 		decide := func(bound bool) []int {
 			var p planner
 			dst := make([]int, len(cur))
-			p.nExperts, p.opts, p.loads, p.cur = e, options{}, loads, cur
-			p.rk.reset(dst, n, s)
-			p.reps = grow(p.reps, e)
-			p.curReps = grow(p.curReps, e)
-			p.curW = grow(p.curW, e)
-			p.indexCurrent()
-			p.count()
+			p.begin(dst, loads, cur, e, topo, options{})
 			if err := p.pack(topo); err != nil {
 				t.Fatal(err)
 			}

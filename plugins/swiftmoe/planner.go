@@ -87,18 +87,7 @@ func loadOf(loads []float64, e int) float64 {
 // loads is empty or one value >= 0 per expert; cur is empty or a placement
 // with ids in range. Inputs are validated by the caller.
 func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts int, t sdk.Topology, o options) error {
-	p.nExperts = numExperts
-	p.opts = o
-	p.loads, p.cur = loads, nil
-	if len(cur) == len(dst) {
-		p.cur = cur
-	}
-	p.rk.reset(dst, t.WorldSize, t.SlotsPerRank)
-	p.reps = grow(p.reps, numExperts)
-	p.curReps = grow(p.curReps, numExperts)
-	p.curW = grow(p.curW, numExperts)
-	p.indexCurrent()
-	p.count()
+	p.begin(dst, loads, cur, numExperts, t, o)
 	if err := p.pack(t); err != nil {
 		return err
 	}
@@ -123,6 +112,23 @@ func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts in
 	}
 	p.keepCurrentIfAsGood(t, above)
 	return nil
+}
+
+// begin sets p up to plan one layer into dst (see planLayer): the inputs,
+// the current plan's counts, and the replica counts.
+func (p *planner) begin(dst []int, loads []float64, cur []int, numExperts int, t sdk.Topology, o options) {
+	p.nExperts = numExperts
+	p.opts = o
+	p.loads, p.cur = loads, nil
+	if len(cur) == len(dst) {
+		p.cur = cur
+	}
+	p.rk.reset(dst, t.WorldSize, t.SlotsPerRank)
+	p.reps = grow(p.reps, numExperts)
+	p.curReps = grow(p.curReps, numExperts)
+	p.curW = grow(p.curW, numExperts)
+	p.indexCurrent()
+	p.count()
 }
 
 // errAbove means packBelow stopped: the counts cannot pack below its bound.
