@@ -209,9 +209,11 @@ func TestMergeKeys(t *testing.T) {
 	}
 }
 
-// TestResort changes one rank's load at a time among sorted rank keys:
-// after resort the keys are those of every rank under its load, sorted.
-func TestResort(t *testing.T) {
+// TestRekeySwap swaps load between the busiest rank and another, as the
+// refinement does (the busiest falls, the other rises, the busiest stays
+// the busier): after rekeySwap the keys are those of every rank under its
+// load, sorted.
+func TestRekeySwap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
 	for trial := range 2000 {
 		n := 2 + rng.IntN(40)
@@ -226,21 +228,28 @@ func TestResort(t *testing.T) {
 		}
 		slices.Sort(keys)
 		for range 20 {
-			i := rng.IntN(n)
-			q := rk.rank(keys[i])
-			rk.load[q] = float64(rng.IntN(20))
-			hint := i
-			if rng.IntN(4) == 0 {
-				hint = rng.IntN(n) // a wrong hint: resort finds the key
+			a := rk.rank(keys[n-1])
+			bk := rng.IntN(n - 1)
+			b := rk.rank(keys[bk])
+			// A move of d from a to b that leaves a above b.
+			gap := rk.load[a] - rk.load[b]
+			if gap <= 0 {
+				continue
 			}
-			resort(&rk, keys, q, hint)
+			d := float64(rng.IntN(int(gap)+1)) / 2
+			if rng.IntN(5) == 0 {
+				d = 0 // no move: the keys stay
+			}
+			rk.load[a] -= d
+			rk.load[b] += d
+			rekeySwap(keys, rk.key(a), rk.key(b), bk)
 			want := make([]uint64, n)
 			for r := range n {
 				want[r] = rk.key(int32(r))
 			}
 			slices.Sort(want)
 			if !slices.Equal(keys, want) {
-				t.Fatalf("trial %d: rank %d to load %g: keys %v, want %v", trial, q, rk.load[q], keys, want)
+				t.Fatalf("trial %d: ranks %d and %d to loads %g and %g: keys %v, want %v", trial, a, b, rk.load[a], rk.load[b], keys, want)
 			}
 		}
 	}

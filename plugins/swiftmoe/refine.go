@@ -1,7 +1,5 @@
 package swiftmoe
 
-import "slices"
-
 const (
 	// refineBudget bounds the iterations of refine per call: each is
 	// charged its swap candidates plus two per rank, so that large layers
@@ -114,8 +112,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		rw[ia-lo*s], rw[ib-lo*s] = wt.w[y], wt.w[x]
 		load[a] += wt.w[y] - wt.w[x]
 		load[bb] += wt.w[x] - wt.w[y]
-		resort(rk, keys, bb, bk)
-		resort(rk, keys, a, len(keys)-1)
+		rekeySwap(keys, rk.key(a), rk.key(bb), bk)
 	}
 	return load[keys[len(keys)-1]&mask]
 }
@@ -207,20 +204,22 @@ func holds(row []int, x int32) int32 {
 	return c
 }
 
-// resort moves rank q's key in the sorted keys to its place under q's new
-// load. hint is where the key most likely is. A swap moves a key by a few
-// places among a range's few ranks, so it steps there rather than searching.
-func resort(rk *ranks, keys []uint64, q int32, hint int) {
-	i := hint
-	if rk.rank(keys[i]) != q {
-		i = slices.IndexFunc(keys, func(k uint64) bool { return rk.rank(k) == q })
-	}
-	k := rk.key(q)
-	for ; i > 0 && keys[i-1] > k; i-- {
-		keys[i] = keys[i-1]
-	}
-	for ; i < len(keys)-1 && keys[i+1] < k; i++ {
+// rekeySwap puts the sorted rank keys back in order after a swap between
+// the busiest rank a (its key last, now ka) and rank b (its key at bk, now
+// kb): b's load rose and a's fell, a's staying above b's (the swap leaves
+// both below a's old load), so b's key moves right, never past a's, and
+// a's moves left from the end. A swap moves keys by a few places among a
+// range's few ranks, so each steps there rather than searching, in its one
+// direction.
+func rekeySwap(keys []uint64, ka, kb uint64, bk int) {
+	i := bk
+	for ; i+1 < len(keys) && keys[i+1] < kb; i++ {
 		keys[i] = keys[i+1]
 	}
-	keys[i] = k
+	keys[i] = kb
+	i = len(keys) - 1
+	for ; i > 0 && keys[i-1] > ka; i-- {
+		keys[i] = keys[i-1]
+	}
+	keys[i] = ka
 }
