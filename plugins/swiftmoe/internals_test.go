@@ -412,7 +412,7 @@ func TestBestSwap4AgreesWithBestSwap(t *testing.T) {
 			bestM = (la+lb)/2 + rng.Float64()*(la-lb)/2
 		}
 		i, j, m := bestSwap(wa[:], va[:], wb[:], rowA[:], rowB[:], capR, lb, bestM)
-		i4, j4, m4 := bestSwap4(&wa, &va, &wb, &rowA, &rowB, capR, lb, bestM)
+		i4, j4, m4 := bestSwap4(&wa, &wb, &rowA, &rowB, capR, la, lb, bestM)
 		if i != i4 || j != j4 || m != m4 {
 			t.Fatalf("trial %d: rows %v (%v) and %v (%v), limits %v, below %v: bestSwap (%d, %d, %v), bestSwap4 (%d, %d, %v)",
 				trial, rowA, wa, rowB, wb, capR, bestM, i, j, m, i4, j4, m4)
