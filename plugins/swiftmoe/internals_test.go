@@ -209,12 +209,13 @@ func TestMergeKeys(t *testing.T) {
 	}
 }
 
-// TestRekeySwap swaps load between the busiest rank and another, as the
-// refinement does (the busiest falls, the other rises, the busiest stays
-// the busier): after rekeySwap the keys are those of every rank under its
-// load, sorted.
+// TestRekeySwap moves load from the busiest rank to another, as the
+// refinement's swaps do (the busiest falls, the other rises, both to below
+// the busiest's old load, either of them now the busier): after rekeySwap
+// the keys are those of every rank under its load, sorted.
 func TestRekeySwap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
+	overtook := 0
 	for trial := range 2000 {
 		n := 2 + rng.IntN(40)
 		var rk ranks
@@ -231,14 +232,18 @@ func TestRekeySwap(t *testing.T) {
 			a := rk.rank(keys[n-1])
 			bk := rng.IntN(n - 1)
 			b := rk.rank(keys[bk])
-			// A move of d from a to b that leaves a above b.
+			// A move of d from a to b that leaves b below a's old
+			// load: in halves, so that often b ends the busier.
 			gap := rk.load[a] - rk.load[b]
 			if gap <= 0 {
 				continue
 			}
-			d := float64(rng.IntN(int(gap)+1)) / 2
+			d := float64(rng.IntN(int(math.Ceil(2*gap)))) / 2 // < gap
 			if rng.IntN(5) == 0 {
 				d = 0 // no move: the keys stay
+			}
+			if rk.load[b]+d > rk.load[a]-d {
+				overtook++
 			}
 			rk.load[a] -= d
 			rk.load[b] += d
@@ -252,6 +257,9 @@ func TestRekeySwap(t *testing.T) {
 				t.Fatalf("trial %d: ranks %d and %d to loads %g and %g: keys %v, want %v", trial, a, b, rk.load[a], rk.load[b], keys, want)
 			}
 		}
+	}
+	if overtook < 1000 {
+		t.Fatalf("the other rank ended the busier in %d moves: the test no longer reaches that", overtook)
 	}
 }
 

@@ -208,11 +208,11 @@ func holds(row []int, x int32) int32 {
 
 // rekeySwap puts the sorted rank keys back in order after a swap between
 // the busiest rank a (its key last, now ka) and rank b (its key at bk, now
-// kb): b's load rose and a's fell, a's staying above b's (the swap leaves
-// both below a's old load), so b's key moves right, never past a's, and
-// a's moves left from the end. A swap moves keys by a few places among a
-// range's few ranks, so each steps there rather than searching, in its one
-// direction.
+// kb): b's load rose and a's fell, both to below a's old load. So b's key
+// moves right, never past a's old key at the end, and then a's moves left
+// from the end, past b's too where b is now the busier. A swap moves keys
+// by a few places among a range's few ranks, so each steps there rather
+// than searching, in its one direction.
 func rekeySwap(keys []uint64, ka, kb uint64, bk int) {
 	i := bk
 	for ; i+1 < len(keys) && keys[i+1] < kb; i++ {

@@ -65,8 +65,9 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			sel := np.sel[:take]
 			m := 0
 			if k == 1 && take == 1 && b == 0 {
-				// One replica (most experts), without the loops,
-				// whose exits would mispredict.
+				// An expert with a single replica (a third of a
+				// skewed layer's), placed without the loops, whose
+				// exits would mispredict.
 				n := int(q[0] & mask) // l.node(q[0])
 				z := size[n]
 				list[n*per+int(z)] = x // l.listExpert(x, n)
