@@ -101,7 +101,7 @@ func (hs *hybridScratch) rankExperts(loads []float64, e int) {
 		keys = append(keys, k<<idBits|uint64(x))
 	}
 	hs.tmp = grow(hs.tmp, e)
-	hs.cnt = grow(hs.cnt, e*sortBuckets+1)
+	hs.cnt = grow(hs.cnt, 2*(e*sortBuckets+1))
 	sortKeys(keys, hs.tmp, hs.cnt)
 	idMask := uint64(1)<<idBits - 1
 	order := hs.order

@@ -149,29 +149,35 @@ func TestReplicaCountsGreedy(t *testing.T) {
 	}
 }
 
-// TestSortKeys checks sortKeys against slices.Sort on spread, bunched and
-// tiny inputs.
+// TestSortKeys checks sortKeys against slices.Sort on spread, bunched,
+// clustered (several keys a bucket: the pass by the lower bits) and tiny
+// inputs.
 func TestSortKeys(t *testing.T) {
 	rng := rand.New(rand.NewPCG(4, 4))
 	for trial := range 2000 {
 		n := rng.IntN(600)
 		keys := make([]uint64, n)
 		for i := range keys {
-			switch trial % 3 {
+			switch trial % 4 {
 			case 0:
 				keys[i] = rng.Uint64()
 			case 1: // bunched, with an outlier
 				keys[i] = 1<<40 + rng.Uint64N(1000)
-			default:
+			case 2:
 				keys[i] = rng.Uint64N(uint64(n) + 1)
+			default: // clustered, as weights near the replication rate
+				keys[i] = 1<<50 + rng.Uint64N(uint64(n+1)<<30)
+				if rng.IntN(4) == 0 {
+					keys[i] = rng.Uint64N(1 << 56)
+				}
 			}
 		}
-		if trial%3 == 1 && n > 0 {
+		if trial%4 == 1 && n > 0 {
 			keys[0] = 1 << 62
 		}
 		want := slices.Clone(keys)
 		slices.Sort(want)
-		sortKeys(keys, make([]uint64, n), make([]int32, n*sortBuckets+1))
+		sortKeys(keys, make([]uint64, n), make([]int32, 2*(n*sortBuckets+1)))
 		if !slices.Equal(keys, want) {
 			t.Fatalf("trial %d (n=%d): sortKeys result not sorted like slices.Sort", trial, n)
 		}

@@ -54,7 +54,7 @@ func (rf *refiner) refine(rk *ranks, wt *weights, lo, hi int, floor float64) flo
 		keys = append(keys, rk.key(int32(q)))
 	}
 	rf.tmp = grow(rf.tmp, hi-lo)
-	rf.cnt = grow(rf.cnt, (hi-lo)*sortBuckets+1)
+	rf.cnt = grow(rf.cnt, 2*((hi-lo)*sortBuckets+1))
 	sortKeys(keys, rf.tmp, rf.cnt)
 	rf.keys = keys
 	rw := rk.sw[lo*s : hi*s]

@@ -53,7 +53,7 @@ func (wt *weights) set(reps []int32, loads []float64, n, slots int) {
 		keys = append(keys, wt.key(reps, x, idBits, repsBits, slots))
 	}
 	wt.tmp = grow(wt.tmp, e)
-	wt.cnt = grow(wt.cnt, e*sortBuckets+1)
+	wt.cnt = grow(wt.cnt, 2*(e*sortBuckets+1))
 	sortKeys(keys, wt.tmp, wt.cnt)
 	wt.orderKeys(keys, idBits)
 }
