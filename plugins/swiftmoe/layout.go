@@ -25,7 +25,9 @@ func orderSlots(dst, cur []int, n, s int) {
 		return
 	}
 	if s == 4 {
-		// Unrolled: the common rank of four slots.
+		// Unrolled: the common rank of four slots. The mask test is
+		// mayShare's, written out (calling mayShare here measured 4%
+		// slower on the whole plan).
 		for o := 0; o+4 <= n*s; o += 4 {
 			row, was := (*[4]int)(dst[o:o+4]), (*[4]int)(cur[o:o+4])
 			held := uint64(1)<<(uint(was[0])&63) | 1<<(uint(was[1])&63) | 1<<(uint(was[2])&63) | 1<<(uint(was[3])&63)

@@ -107,9 +107,9 @@ func (rk *ranks) maxLoad(lo, hi int) float64 {
 	// On integers that order as the loads do (a negative load's
 	// magnitude bits flipped; loads are never NaN): an integer max
 	// compiles to a conditional move, where float max guards NaN and -0
-	// at every step.
-	// From +0, whose integer is 0: the busiest of no load is 0, and
-	// negative loads (rounding at most) do not count.
+	// at every step. It starts from +0, whose integer is 0, as float max
+	// from 0 would: the busiest of no load is 0, and negative loads
+	// (rounding at most) do not count.
 	var m int64
 	for _, l := range rk.load[lo:hi] {
 		k := int64(math.Float64bits(l))

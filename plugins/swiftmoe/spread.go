@@ -69,14 +69,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 				// skewed layer's), placed without the loops, whose
 				// exits would mispredict.
 				n := int(q[0] & mask) // l.node(q[0])
-				z := size[n]
-				list[n*per+int(z)] = x // l.listExpert(x, n)
-				size[n] = z + 1
-				row[n] = 1
-				ln := load[n] + wx
-				load[n] = ln
-				f := free[n] - 1
-				free[n] = f
+				ln, f := placeFirst(list, size, row, load, free, x, n, per, wx)
 				if f > 0 {
 					sel[0] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
 					np.q = mergeKeys(q[1:], sel)
@@ -88,18 +81,9 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			if b == 0 {
 				for _, key := range q[:take] {
 					n := int(key & mask) // l.node(key)
-					z := size[n]
-					list[n*per+int(z)] = x // l.listExpert(x, n)
-					size[n] = z + 1
-					row[n] = 1
-					ln := load[n] + wx
-					load[n] = ln
-					if f := free[n] - 1; f > 0 {
-						free[n] = f
+					if ln, f := placeFirst(list, size, row, load, free, x, n, per, wx); f > 0 {
 						sel[m] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
 						m++
-					} else {
-						free[n] = f
 					}
 				}
 			} else {
@@ -138,6 +122,22 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 		l.listAll(wt.order)
 	}
 	return nil
+}
+
+// placeFirst puts the first replica of x (of weight wx) on node n: it lists
+// x there (l.listExpert, the count 1 already final) and counts it in row
+// (x's counts per node), load and free; it returns the node's new load and
+// free slots. (The slices are spread's locals, which stay in registers.)
+func placeFirst(list, size, row []int32, load []float64, free []int32, x int32, n, per int, wx float64) (float64, int32) {
+	z := size[n]
+	list[n*per+int(z)] = x
+	size[n] = z + 1
+	row[n] = 1
+	ln := load[n] + wx
+	load[n] = ln
+	f := free[n] - 1
+	free[n] = f
+	return ln, f
 }
 
 // buildQueue fills the node queue with the nodes that have a free slot, in
