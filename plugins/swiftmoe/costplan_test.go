@@ -622,19 +622,23 @@ func TestTwoHomeMargin(t *testing.T) {
 
 // TestHomeSinglesMaskedMatchesQueued: on up to maskedHomeNodes nodes the
 // experts that are not global are homed by walking a mask of the eligible
-// nodes rather than through the ordered queue; both give every expert the
-// same homes, every node the same count and load (bit for bit), and fail
-// alike, over random layers of 1-64 nodes, 1-3 homes, ties in load (equal
-// loads, zeros) and q and rho of every size.
+// nodes rather than through the ordered queue, and with one home each
+// (k = 1) on more nodes through homeSinglesOne's window; each gives every
+// expert the same homes, every node the same count and load (bit for bit),
+// and fails alike, over random layers of 1-64 nodes, 1-3 homes, ties in
+// load (equal loads, zeros) and q and rho of every size.
 func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 	rng := rand.New(rand.NewPCG(61, 7))
 	var a, b hybridScratch
-	var checked, failed int
-	for range 4000 {
+	var checked, failed, one int
+	for i := range 6000 {
 		m := 1 + rng.IntN(64)
 		e := 1 + rng.IntN(200)
 		h := rng.IntN(e)
 		k := 1 + rng.IntN(min(3, m))
+		if i%3 == 0 {
+			k = 1
+		}
 		loads := tiedLoads(rng, e, 100, 1000)
 		singles := e - h
 		q, rho := singles*k/m, singles*k%m
@@ -653,7 +657,13 @@ func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 				hs.home[x] = -1
 			}
 		}
-		errA := a.homeSinglesMasked(loads, h, k, q, rho, m)
+		var errA error
+		if k == 1 && i%2 == 0 {
+			errA = a.homeSinglesOne(loads, h, q, rho, m)
+			one++
+		} else {
+			errA = a.homeSinglesMasked(loads, h, k, q, rho, m)
+		}
 		errB := b.homeSinglesQueued(loads, h, k, q, rho, m)
 		name := fmt.Sprintf("M=%d E=%d h=%d k=%d q=%d rho=%d", m, e, h, k, q, rho)
 		if (errA == nil) != (errB == nil) {
@@ -675,8 +685,8 @@ func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 			}
 		}
 	}
-	if checked < 1000 || failed < 100 {
-		t.Errorf("%d layers homed and %d failed; want at least 1000 and 100", checked, failed)
+	if checked < 1000 || failed < 100 || one < 1000 {
+		t.Errorf("%d layers homed (%d by homeSinglesOne) and %d failed; want at least 1000 (1000) and 100", checked, one, failed)
 	}
 	t.Logf("%d layers homed alike, %d failed alike", checked, failed)
 }
