@@ -22,7 +22,7 @@ import (
 func TestStepBoundHolds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
-	var hybrids, homed2, tight, shapeTight, uppers, partialTight int
+	var hybrids, homed2, tight, shapeTight, uppers, partialTight, packedUppers int
 	// The upper bound is checked under the layer's cost model and again
 	// with links within nodes slower than between them, where the tier
 	// within nodes (and what bursts move there) decides the all-to-all.
@@ -74,6 +74,16 @@ func TestStepBoundHolds(t *testing.T) {
 			}
 			checkExperts(i, topo, e, sm, plan, lb)
 			checkUpper(i, topo, e, sm, plan)
+		}
+		// From the busiest rank as planLayer's packers summed it
+		// (planHi, which planLayerStep uses), under both cost models.
+		if p.planHi >= 0 {
+			for _, m := range []*stepModel{sm, &slowIntra} {
+				if ub, est := m.upperOf(p.planHi), m.score(dst); ub < est {
+					t.Fatalf("case %d (N=%d G=%d S=%d E=%d): upper bound from the packers' busiest rank %v below the estimate %v", i, n, g, s, e, ub, est)
+				}
+			}
+			packedUppers++
 		}
 		p.hybrid.rankExperts(loads, e)
 		for k := 1; k <= 2; k++ {
@@ -164,8 +174,11 @@ func TestStepBoundHolds(t *testing.T) {
 		t.Errorf("the bound from the counts is within 10%% of the plan's bound for %d of %d plans; want at least a tenth",
 			expertsTight, expertsChecked)
 	}
-	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound; the bound from the counts within 10%% of the plan's for %d of %d; the bound from every node within 10%% of the estimate for %d",
-		hybrids, homed2, tight, shapeTight, uppers, expertsTight, expertsChecked, partialTight)
+	if packedUppers < 500 {
+		t.Errorf("%d plans had their busiest rank from the packers; want at least 500", packedUppers)
+	}
+	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound (%d also from the packers' busiest rank); the bound from the counts within 10%% of the plan's for %d of %d; the bound from every node within 10%% of the estimate for %d",
+		hybrids, homed2, tight, shapeTight, uppers, packedUppers, expertsTight, expertsChecked, partialTight)
 }
 
 // countsOf is the replicas of each of e experts in plan.

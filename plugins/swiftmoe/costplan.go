@@ -138,7 +138,9 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	}
 	lazy := !o.eagerEstimate && !deal && hmax < numExperts
 	var bestMs float64
-	if lazy {
+	if lazy && p.planHi >= 0 {
+		bestMs = sm.upperOf(p.planHi)
+	} else if lazy {
 		bestMs = sm.upper(dst)
 	} else {
 		bestMs = score()

@@ -120,36 +120,38 @@ func insertionSort(v []int) {
 //
 // above is at least the new plan's busiest rank (or +Inf): a current plan
 // with a rank above it is rejected before the new plan's loads are summed.
-func (p *planner) keepCurrentIfAsGood(t sdk.Topology, above float64) {
+// It reports whether it kept the current plan.
+func (p *planner) keepCurrentIfAsGood(t sdk.Topology, above float64) bool {
 	if p.cur == nil {
-		return
+		return false
 	}
 	s := p.rk.s
 	if !math.IsInf(above, 1) && !p.currentAtMost(s, above) {
-		return
+		return false
 	}
 	var total float64
 	for e := range p.nExperts {
 		r := p.curReps[e]
 		if r == 0 {
-			return
+			return false
 		}
 		p.curW[e] = loadOf(p.loads, e) / float64(r)
 		total += loadOf(p.loads, e)
 	}
 	if total <= 0 && !slices.Equal(p.curReps, p.reps) {
-		return
+		return false
 	}
 	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.rk.dst, p.wt.w, p.rk.n, s)) {
-		return
+		return false
 	}
 	if !p.withinRankLimits(p.cur) {
-		return
+		return false
 	}
 	if r := hierarchical(t); r > 0 && p.opts.nodes == nodesSpread && !p.spreadOverNodes(p.cur, r) {
-		return
+		return false
 	}
 	copy(p.rk.dst, p.cur)
+	return true
 }
 
 // withinRankLimits reports whether no rank of slots holds more replicas of

@@ -45,6 +45,11 @@ type planner struct {
 	curReps  []int32   // replica count per expert in cur
 	curW     []float64 // load per replica in cur
 	tally    []int32   // spreadOverNodes' scratch
+	// planHi is the busiest rank of planLayer's plan as the packers kept
+	// it (summed in another order than the slots'), or -1 where the plan
+	// is not the packing's (the search, the replicated layout or the
+	// plan in force replaced it).
+	planHi float64
 
 	counts counter
 	wt     weights
@@ -107,10 +112,14 @@ func (p *planner) planLayer(dst []int, loads []float64, cur []int, numExperts in
 	}
 	orderSlots(p.rk.dst, p.cur, p.rk.n, p.rk.s)
 	above := math.Inf(1)
+	p.planHi = -1
 	if loadsKept {
-		above = p.rk.maxLoad(0, p.rk.n) * (1 + 1e-9)
+		p.planHi = p.rk.maxLoad(0, p.rk.n)
+		above = p.planHi * (1 + 1e-9)
 	}
-	p.keepCurrentIfAsGood(t, above)
+	if p.keepCurrentIfAsGood(t, above) {
+		p.planHi = -1
+	}
 	return nil
 }
 

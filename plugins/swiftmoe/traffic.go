@@ -483,7 +483,13 @@ func (sm *stepModel) score(dst []int) float64 {
 // most h. Sums in other orders are covered by a relative 1e-9.
 func (sm *stepModel) upper(dst []int) float64 {
 	sm.weigh(dst)
-	hi := maxRankLoad(dst, sm.w, sm.n, sm.s) // summed as eval sums them
+	return sm.upperOf(maxRankLoad(dst, sm.w, sm.n, sm.s)) // summed as eval sums them
+}
+
+// upperOf is upper for a plan whose busiest rank carries hi, summed in any
+// order: planLayer's packers keep it (planHi), which spares weighing the
+// plan and summing its slots.
+func (sm *stepModel) upperOf(hi float64) float64 {
 	c := &sm.cm
 	h := max(hi, sm.nodeTotal/float64(sm.g))
 	var ti, te float64
