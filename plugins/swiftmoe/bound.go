@@ -114,23 +114,24 @@ func (sm *stepModel) boundCounts(reps []int32) float64 {
 
 // boundWeighed is boundPlan once dst is weighed.
 func (sm *stepModel) boundWeighed(dst []int) float64 {
-	for x := range sm.e {
-		sm.nodeOf[x] = -1
+	ex := sm.ex[:sm.e]
+	for x := range ex {
+		ex[x].nodeOf = -1
 	}
 	b := stepBound{sm: sm}
 	per := sm.g * sm.s
 	for nd := range sm.m {
 		held := sm.held[:0]
 		for _, x := range dst[nd*per : (nd+1)*per] {
-			if sm.nodeOf[x] != int32(nd) {
-				sm.nodeOf[x], sm.cnt[x] = int32(nd), 0
+			if ex[x].nodeOf != int32(nd) {
+				ex[x].nodeOf, ex[x].cnt = int32(nd), 0
 				held = append(held, int32(x))
 			}
-			sm.cnt[x]++
+			ex[x].cnt++
 		}
 		var load, met, recv float64
 		for _, x := range held {
-			sup, m, in := b.replicas(int(x), sm.cnt[x], sm.w[x])
+			sup, m, in := b.replicas(int(x), ex[x].cnt, sm.w[x])
 			load, met, recv = load+sup, met+m, recv+in
 		}
 		b.node(load, met, recv)

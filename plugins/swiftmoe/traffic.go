@@ -51,13 +51,10 @@ type stepModel struct {
 	// holds.
 	slotLocal []float64 // [G*S]
 	held      []int32
-	// Per expert, stamped with the rank or node they are for.
-	rankOf, nodeOf []int32   // [E]
-	cnt            []int32   // [E]: replicas on the node
-	left           []float64 // [E]: the rank's tokens not yet kept
-	nodeLocal      []float64 // [E]: what the node's local tier keeps
-	recvFrac       []float64 // [E]: the fraction of a slot's room filled from other nodes
-	sendFrac       []float64 // [E]: the fraction of a rank's tokens left that leaves the node
+	// [E]: eval's state of each expert (one record, rather than a slice
+	// per field: evalNode's loops then hold one slice where they held
+	// seven, and spill fewer registers).
+	ex []evalExpert
 	// [N*S]: what each slot takes in from other nodes (intake.go reads it).
 	slotIn []float64
 	// [G]: burstTraffic's receiving ranks, and each shedding rank's
@@ -67,6 +64,17 @@ type stepModel struct {
 	shedAmt []float64
 	// evals counts evaluations (eval), for tests of what planning spares.
 	evals int
+}
+
+// evalExpert is eval's state of one expert, stamped with the rank or node
+// it is for.
+type evalExpert struct {
+	rankOf, nodeOf int32
+	cnt            int32   // replicas on the node
+	left           float64 // the rank's tokens not yet kept
+	nodeLocal      float64 // what the node's local tier keeps
+	recvFrac       float64 // the fraction of a slot's room filled from other nodes
+	sendFrac       float64 // the fraction of a rank's tokens left that leaves the node
 }
 
 // usable reports whether the cost model can weigh traffic against compute
@@ -96,13 +104,9 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	for _, v := range []*[]float64{&sm.load, &sm.local, &sm.si, &sm.ri, &sm.se, &sm.re} {
 		*v = grow(*v, n)
 	}
-	for _, v := range []*[]float64{&sm.w, &sm.left, &sm.nodeLocal, &sm.recvFrac, &sm.sendFrac} {
-		*v = grow(*v, e)
-	}
+	sm.w = grow(sm.w, e)
+	sm.ex = grow(sm.ex, e)
 	sm.reps = grow(sm.reps, e)
-	sm.rankOf = grow(sm.rankOf, e)
-	sm.nodeOf = grow(sm.nodeOf, e)
-	sm.cnt = grow(sm.cnt, e)
 	sm.slotLocal = grow(sm.slotLocal, g*s)
 	sm.slotIn = grow(sm.slotIn, n*s)
 }
@@ -157,8 +161,8 @@ func (sm *stepModel) evalCounts(reps []int32) {
 // begin resets what evalNode reads of earlier nodes.
 func (sm *stepModel) begin() {
 	sm.evals++
-	for x := range sm.e {
-		sm.rankOf[x], sm.nodeOf[x] = -1, -1
+	for x := range sm.ex[:sm.e] {
+		sm.ex[x].rankOf, sm.ex[x].nodeOf = -1, -1
 	}
 	clear(sm.re)
 	clear(sm.se)
@@ -194,10 +198,7 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	per := g * s
 	base := nd * per
 	node := dst[base : base+per]
-	w, c, d := sm.w, sm.c, sm.d
-	rankOf, nodeOf, cnt := sm.rankOf, sm.nodeOf, sm.cnt
-	left, nodeLocal := sm.left, sm.nodeLocal
-	recvFrac, sendFrac := sm.recvFrac, sm.sendFrac
+	w, c, d, ex := sm.w, sm.c, sm.d, sm.ex
 	load, local := sm.load[nd*g:(nd+1)*g], sm.local[nd*g:(nd+1)*g]
 	si, ri := sm.si[nd*g:(nd+1)*g], sm.ri[nd*g:(nd+1)*g]
 	se, re := sm.se[nd*g:(nd+1)*g], sm.re[nd*g:(nd+1)*g]
@@ -216,19 +217,20 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 			x := node[j]
 			wx := w[x]
 			lr += wx
-			if rankOf[x] != r {
-				rankOf[x], left[x] = r, c[x]
+			xe := &ex[x]
+			if xe.rankOf != r {
+				xe.rankOf, xe.left = r, c[x]
 			}
-			t := min(left[x], wx)
+			t := min(xe.left, wx)
 			slotLocal[j] = t
 			loc += t
-			left[x] -= t
-			if nodeOf[x] != nd32 {
-				nodeOf[x], cnt[x], nodeLocal[x] = nd32, 0, 0
+			xe.left -= t
+			if xe.nodeOf != nd32 {
+				xe.nodeOf, xe.cnt, xe.nodeLocal = nd32, 0, 0
 				held = append(held, int32(x))
 			}
-			cnt[x]++
-			nodeLocal[x] += t
+			xe.cnt++
+			xe.nodeLocal += t
 		}
 		load[q], local[q] = lr, loc
 	}
@@ -242,19 +244,20 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	for _, x := range held {
 		dx := d[x]
 		allSend -= dx
-		sup := w[x] * float64(cnt[x])
-		recvFrac[x], sendFrac[x] = 0, 0
+		xe := &ex[x]
+		sup := w[x] * float64(xe.cnt)
+		xe.recvFrac, xe.sendFrac = 0, 0
 		// (The local tier keeps at most min(dx, sup); rounding can leave
 		// the room it did not fill at zero, so the fractions are guarded.)
 		switch {
 		case dx > sup:
-			if room := dx - nodeLocal[x]; room > 0 {
-				sendFrac[x] = min(1, (dx-sup)/room)
-				shortSend += c[x] * sendFrac[x]
+			if room := dx - xe.nodeLocal; room > 0 {
+				xe.sendFrac = min(1, (dx-sup)/room)
+				shortSend += c[x] * xe.sendFrac
 			}
 		case sup > dx:
-			if room := sup - nodeLocal[x]; room > 0 {
-				recvFrac[x] = min(1, (sup-dx)/room)
+			if room := sup - xe.nodeLocal; room > 0 {
+				xe.recvFrac = min(1, (sup-dx)/room)
 			}
 		}
 	}
@@ -263,13 +266,14 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 		var in, out float64
 		for end := j + s; j < end; j++ {
 			x := node[j]
+			xe := &ex[x]
 			slotIn[j] = 0
-			if f := recvFrac[x]; f > 0 {
+			if f := xe.recvFrac; f > 0 {
 				v := (w[x] - slotLocal[j]) * f
 				slotIn[j] = v
 				in += v
 			}
-			out += slotLocal[j] * sendFrac[x]
+			out += slotLocal[j] * xe.sendFrac
 		}
 		re[q] = in
 		se[q] = shortSend - out
