@@ -71,9 +71,12 @@ func mergeKeys(b, a []uint64) []uint64 {
 			// The keys of b above x move up past the i+1 keys of a
 			// still to place.
 			// The first key of b[:j+1] not below x (b's keys are
-			// distinct from x's; b[j] is above it), by a search
-			// whose steps compile to conditional moves: where x
-			// lands is data, which a branch would mispredict.
+			// distinct from x's; b[j] is above it), by binary
+			// search. Its steps are branches, which the predictor
+			// mostly gets right: x mostly lands near the back. (The
+			// same search without branches, each step adding h by the
+			// borrow of b[at+h-1]-x, measured 6% slower on the plan
+			// with nodes.)
 			at, n := 0, j+1
 			for n > 1 {
 				h := n >> 1
