@@ -70,9 +70,9 @@ demo: deps build ## the main job: see README
 bench: deps build ## benchmarks (not tests): planner, round trip, split, training step
 	scripts/bench.sh
 
-bench-planner: ## the planner's CPU time per plan against REF, side by side (make bench-planner REF=main~3)
+bench-planner: ## the planner's CPU time per plan against REF, side by side (make bench-planner REF=main~3; INSTR=1 adds instructions per plan)
 	@test -n "$(REF)" || { echo "make bench-planner: set REF to the commit to compare with, e.g. REF=HEAD~3" >&2; exit 2; }
-	scripts/bench_planner_vs.sh $(if $(ROUNDS),-r $(ROUNDS)) "$(REF)"
+	scripts/bench_planner_vs.sh $(if $(ROUNDS),-r $(ROUNDS)) $(if $(INSTR),-i) "$(REF)"
 
 gpu-check: ## one GPU: the engine (NCCL, bf16, grouped GEMMs) against the unpatched model and static EP, as JSON
 	$(PYTHON) scripts/gpu_check.py --json out/gpu-check.json --profile out/gpu-profile.txt

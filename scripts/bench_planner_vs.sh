@@ -8,7 +8,9 @@
 # PLANS plans a run, and prints each benchmark's cpu-ns/op per build as min and median over the
 # rounds, with new / REF. Alternating the two builds puts both under the same load, so the ratio
 # holds on a noisy machine where the absolute times do not. Instruction counts (cachegrind) are
-# no substitute: much of a plan's time is mispredicted branches, which they do not see.
+# no substitute: much of a plan's time is mispredicted branches, which they do not see. With -i
+# they are printed too (valgrind needed), per plan and exact, for changes that only remove work
+# on a machine too noisy for the clock.
 set -euo pipefail
 
 rounds=5
@@ -18,13 +20,16 @@ usage() {
   sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
   echo
   echo "options: -r ROUNDS (default $rounds), -n PLANS a run (default $plans),"
-  echo "         -b REGEX of benchmarks (default '$regex')"
+  echo "         -b REGEX of benchmarks (default '$regex'),"
+  echo "         -i also count instructions per plan (cachegrind; about a minute a benchmark)"
 }
-while getopts "r:n:b:h" opt; do
+instructions=0
+while getopts "r:n:b:ih" opt; do
   case $opt in
     r) rounds=$OPTARG ;;
     n) plans=$OPTARG ;;
     b) regex=$OPTARG ;;
+    i) instructions=1 ;;
     h) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -42,6 +47,11 @@ for v in "$rounds" "$plans"; do
     exit 2
   fi
 done
+
+if [ "$instructions" = 1 ] && ! command -v valgrind >/dev/null; then
+  echo "bench_planner_vs.sh: -i needs valgrind (cachegrind) on the PATH; install it (apt-get install valgrind) or drop -i" >&2
+  exit 2
+fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -94,3 +104,25 @@ for b in benches:
           f"{statistics.median(n) / statistics.median(r):14.3f}")
 print(f"(ref = {sys.argv[2]})")
 EOF
+
+if [ "$instructions" = 1 ]; then
+  # Instructions per plan: the difference of runs of 30 and 10 plans over 20, which leaves out
+  # the setup both runs share.
+  echo
+  echo "instructions per plan (cachegrind, the difference of 30 and 10 plans over 20):"
+  benches=$("$work/new.test" -test.list "$regex" | grep '^Benchmark' || true)
+  for bench in $benches; do
+    line="$bench"
+    for b in ref new; do
+      for n in 10 30; do
+        GOMAXPROCS=1 timeout 900 valgrind --tool=cachegrind --cache-sim=no \
+          --cachegrind-out-file="$work/cg.$n" "$work/$b.test" -test.run '^$' \
+          -test.bench "^$bench\$" -test.benchtime "${n}x" >/dev/null 2>&1
+      done
+      ir10=$(awk '/^summary:/ { print $2 }' "$work/cg.10")
+      ir30=$(awk '/^summary:/ { print $2 }' "$work/cg.30")
+      line="$line  $b $(python3 -c "print(f'{($ir30 - $ir10) / 20 / 1e6:.2f} M')")"
+    done
+    echo "  $line"
+  done
+fi

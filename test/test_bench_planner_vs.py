@@ -82,3 +82,27 @@ def test_help():
     r = _run("-h", timeout=30)
     assert r.returncode == 0
     assert "usage: scripts/bench_planner_vs.sh" in r.stdout and "-r ROUNDS" in r.stdout
+
+
+def test_instructions_per_plan_or_a_clear_refusal():
+    """-i adds each build's instructions per plan (cachegrind), or, without valgrind, refuses
+    before building anything, naming what to install."""
+    args = ["-i", "-r", "1", "-n", "2", "-b", "SwiftMoEPlanSequential$", "HEAD"]
+    if shutil.which("valgrind") is None:
+        r = _run(*args, timeout=60)
+        assert r.returncode == 2
+        assert "-i needs valgrind" in r.stderr, r.stderr
+        return
+    r = _run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "instructions per plan (cachegrind" in r.stdout, r.stdout
+    rows = [
+        ln.split()
+        for ln in r.stdout.splitlines()
+        if ln.strip().startswith("BenchmarkSwiftMoEPlanSequential ") and " ref " in ln
+    ]
+    assert len(rows) == 1, r.stdout
+    _, ref_label, ref_m, ref_unit, new_label, new_m, new_unit = rows[0]
+    assert (ref_label, ref_unit, new_label, new_unit) == ("ref", "M", "new", "M")
+    # A plan of the target layout is tens of millions of instructions in either build.
+    assert 5 < float(ref_m) < 500 and 5 < float(new_m) < 500, rows[0]
