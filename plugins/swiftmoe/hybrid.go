@@ -556,9 +556,7 @@ func (p *planner) packHybrid(h, r int, done func(node int) bool) error {
 	lay.resetLists()
 	for _, x := range p.wt.order {
 		if hs.home[x] < 0 {
-			for nd := range m {
-				lay.listExpert(x, nd)
-			}
+			lay.listEverywhere(x)
 			continue
 		}
 		for _, nd := range hs.homes[int(x)*hs.k : int(x+1)*hs.k] {

@@ -76,6 +76,17 @@ func (l *nodeLayout) listExpert(x int32, n int) {
 	l.size[n]++
 }
 
+// listEverywhere appends expert x to every node's list. (The lists in
+// locals: through listExpert, each append reloads them, since its store
+// may have changed them.)
+func (l *nodeLayout) listEverywhere(x int32) {
+	list, size, per := l.list, l.size[:l.nodes], l.per
+	for n, z := range size {
+		list[n*per+int(z)] = x
+		size[n] = z + 1
+	}
+}
+
 // listAll fills the per-node lists from cnt, experts in order.
 func (l *nodeLayout) listAll(order []int32) {
 	l.resetLists()

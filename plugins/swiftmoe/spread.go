@@ -112,9 +112,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			}
 		}
 		if b > 0 {
-			for n := range nodes {
-				l.listExpert(x, n)
-			}
+			l.listEverywhere(x)
 		}
 	}
 	if np.stale {
