@@ -167,7 +167,8 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// then, with more than two nodes and experts that do not all fit in
 	// one node, the same search over layouts whose other experts are
 	// 2-homed (hybrid.go), within a budget of their own.
-	p.hybrid.rankExperts(loads, numExperts)
+	// (planLayer's weights order and counts are a close hint.)
+	p.hybrid.rankExpertsNear(loads, numExperts, p.wt.order, p.reps)
 	ss.tried = ss.tried[:0]
 	try := func(h, k int) error {
 		key := int32(h<<2 | k)

@@ -690,3 +690,67 @@ func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 	}
 	t.Logf("%d layers homed alike, %d failed alike", checked, failed)
 }
+
+// TestRankExpertsNearMatchesRankExperts: ranked from a hint (planLayer's
+// weights order and counts, as planLayerStep ranks them), the experts come
+// in rankExperts' order exactly, over random node layers (where the hint is
+// close and no fallback is needed), tied and zero loads, and hints that
+// are no help (a shuffled order, counts that do not follow the load, counts
+// out of range, which fall back to the sort).
+func TestRankExpertsNearMatchesRankExperts(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 71))
+	var a, b hybridScratch
+	p := new(planner)
+	served := 0 // planLayer's hints that needed no fallback
+	servedUntied := 0
+	check := func(name string, loads []float64, e int, hint, reps []int32) bool {
+		t.Helper()
+		a.rankExperts(loads, e)
+		ok := b.rankExpertsNear(loads, e, hint, reps)
+		if !slices.Equal(a.order[:e], b.order[:e]) {
+			t.Fatalf("%s (E=%d): ranked from the hint %v, by the sort %v", name, e, b.order[:e], a.order[:e])
+		}
+		return ok
+	}
+	for i := range 600 {
+		topo, loads := randomNodeLayer(rng)
+		e := len(loads)
+		if i%5 == 0 {
+			loads = tiedLoads(rng, e, 100, 1000)
+		}
+		dst := make([]int, topo.TotalSlots())
+		if err := p.planLayer(dst, loads, nil, e, topo, options{}); err != nil {
+			t.Fatal(err)
+		}
+		if check("planLayer's weights", loads, e, p.wt.order[:e], p.reps[:e]) {
+			if i%5 != 0 {
+				servedUntied++
+			}
+			served++
+		}
+		check("no loads", nil, e, p.wt.order[:e], p.reps[:e])
+		shuffled := slices.Clone(p.wt.order[:e])
+		rng.Shuffle(e, func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		check("a shuffled hint", loads, e, shuffled, p.reps[:e])
+		counts := make([]int32, e)
+		for x := range counts {
+			counts[x] = 1 + rng.Int32N(5)
+		}
+		check("counts that do not follow the load", loads, e, p.wt.order[:e], counts)
+		bad := slices.Clone(counts)
+		bad[rng.IntN(e)] = -1
+		if check("a negative count", loads, e, p.wt.order[:e], bad) {
+			t.Fatal("a negative count served as a hint")
+		}
+		bad = slices.Clone(counts)
+		bad[rng.IntN(e)] = int32(4*e + 1)
+		if check("a count out of range", loads, e, shuffled, bad) {
+			t.Fatal("a count above 4E served as a hint")
+		}
+	}
+	// The hint must serve where planLayerStep gives it, or it spares nothing.
+	if served < 500 {
+		t.Errorf("planLayer's weights served as the hint in %d of 600 layers; want at least 500", served)
+	}
+	t.Logf("planLayer's weights served as the hint in %d of 600 layers (%d of the 480 without tied loads)", served, servedUntied)
+}

@@ -121,6 +121,73 @@ func (hs *hybridScratch) rankExperts(loads []float64, e int) {
 	hs.keys = keys
 }
 
+// rankExpertsNear is rankExperts from a hint: hint, a permutation of the e
+// experts, and reps, replica counts that grow with the load, as the
+// compute-balanced plan's weights order and counts are (an expert with more
+// replicas has at least the load of one with fewer, and among experts of
+// one count the weights order is the load order but where rounding ties
+// them). The experts by count, most first, each count's in the hint's
+// order, are then nearly in load order, and an insertion pass by
+// rankExperts' order (load, then id: a total order, so the result is
+// rankExperts') finishes it. Past a budget of moves, or with counts out of
+// range, it falls back to rankExperts' sort: the hint only makes it cheap.
+// It reports whether the hint served (no fallback).
+func (hs *hybridScratch) rankExpertsNear(loads []float64, e int, hint, reps []int32) bool {
+	if len(hint) != e || len(reps) < e || e == 0 {
+		hs.rankExperts(loads, e)
+		return false
+	}
+	most := int32(0)
+	for _, r := range reps[:e] {
+		if r < 0 {
+			hs.rankExperts(loads, e)
+			return false
+		}
+		most = max(most, r)
+	}
+	if int(most) > 4*e {
+		hs.rankExperts(loads, e)
+		return false
+	}
+	// By count, most first (bucket most-r), stable.
+	cnt := grow(hs.cnt, int(most)+2)
+	hs.cnt = cnt
+	clear(cnt)
+	for _, r := range reps[:e] {
+		cnt[most-r+1]++
+	}
+	for b := 1; b < len(cnt); b++ {
+		cnt[b] += cnt[b-1]
+	}
+	order := grow(hs.order, e)
+	hs.order = order
+	for _, x := range hint {
+		b := most - reps[x]
+		order[cnt[b]] = x
+		cnt[b]++
+	}
+	budget := 4 * e
+	for i := 1; i < e; i++ {
+		v := order[i]
+		lv := loadOf(loads, int(v))
+		j := i
+		for ; j > 0; j-- {
+			u := order[j-1]
+			if lu := loadOf(loads, int(u)); lu > lv || (lu == lv && u < v) {
+				break
+			}
+			order[j] = u
+			budget--
+		}
+		order[j] = v
+		if budget < 0 {
+			hs.rankExperts(loads, e)
+			return false
+		}
+	}
+	return true
+}
+
 // planHybrid writes the hybrid layout of h into the plan being built
 // (p.rk.dst) over nodes of r ranks, with its counts in p.reps and their
 // weights in p.wt (rankExperts must have run for the layer).
