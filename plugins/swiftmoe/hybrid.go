@@ -167,9 +167,15 @@ func (hs *hybridScratch) rankExpertsNear(loads []float64, e int, hint, reps []in
 		cnt[b]++
 	}
 	budget := 4 * e
+	prev := order[0]
+	lp := loadOf(loads, int(prev)) // the load of order[i-1]
 	for i := 1; i < e; i++ {
 		v := order[i]
 		lv := loadOf(loads, int(v))
+		if lp > lv || (lp == lv && prev < v) {
+			prev, lp = v, lv // in order: the common case
+			continue
+		}
 		j := i
 		for ; j > 0; j-- {
 			u := order[j-1]
@@ -184,6 +190,8 @@ func (hs *hybridScratch) rankExpertsNear(loads []float64, e int, hint, reps []in
 			hs.rankExperts(loads, e)
 			return false
 		}
+		prev = order[i]
+		lp = loadOf(loads, int(prev))
 	}
 	return true
 }
