@@ -658,8 +658,10 @@ func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 			}
 		}
 		var errA error
+		how := "masked" // the homing under test, against the queue
 		if k == 1 && i%2 == 0 {
 			errA = a.homeSinglesOne(loads, h, q, rho, m)
+			how = "window"
 			one++
 		} else {
 			errA = a.homeSinglesMasked(loads, h, k, q, rho, m)
@@ -667,7 +669,7 @@ func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 		errB := b.homeSinglesQueued(loads, h, k, q, rho, m)
 		name := fmt.Sprintf("M=%d E=%d h=%d k=%d q=%d rho=%d", m, e, h, k, q, rho)
 		if (errA == nil) != (errB == nil) {
-			t.Fatalf("%s: masked %v, queued %v", name, errA, errB)
+			t.Fatalf("%s: %s %v, queued %v", name, how, errA, errB)
 		}
 		if errA != nil {
 			failed++
@@ -676,12 +678,12 @@ func TestHomeSinglesMaskedMatchesQueued(t *testing.T) {
 		checked++
 		for _, x := range a.order[h:] {
 			if !slices.Equal(a.homes[int(x)*k:int(x+1)*k], b.homes[int(x)*k:int(x+1)*k]) || a.home[x] != b.home[x] {
-				t.Fatalf("%s: expert %d homed on %v (masked) and %v (queued)", name, x, a.homes[int(x)*k:int(x+1)*k], b.homes[int(x)*k:int(x+1)*k])
+				t.Fatalf("%s: expert %d homed on %v (%s) and %v (queued)", name, x, a.homes[int(x)*k:int(x+1)*k], how, b.homes[int(x)*k:int(x+1)*k])
 			}
 		}
 		for nd := range m {
 			if a.nSingle[nd] != b.nSingle[nd] || math.Float64bits(a.nodeLoad[nd]) != math.Float64bits(b.nodeLoad[nd]) {
-				t.Fatalf("%s: node %d holds %d (load %v) masked, %d (load %v) queued", name, nd, a.nSingle[nd], a.nodeLoad[nd], b.nSingle[nd], b.nodeLoad[nd])
+				t.Fatalf("%s: node %d holds %d (load %v) %s, %d (load %v) queued", name, nd, a.nSingle[nd], a.nodeLoad[nd], how, b.nSingle[nd], b.nodeLoad[nd])
 			}
 		}
 	}

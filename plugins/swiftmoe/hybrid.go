@@ -133,20 +133,27 @@ func (hs *hybridScratch) rankExperts(loads []float64, e int) {
 // range, it falls back to rankExperts' sort: the hint only makes it cheap.
 // It reports whether the hint served (no fallback).
 func (hs *hybridScratch) rankExpertsNear(loads []float64, e int, hint, reps []int32) bool {
-	if len(hint) != e || len(reps) < e || e == 0 {
+	if !hs.rankNear(loads, e, hint, reps) {
 		hs.rankExperts(loads, e)
+		return false
+	}
+	return true
+}
+
+// rankNear is rankExpertsNear without its fallback: it reports false,
+// leaving hs.order unfinished, where the hint does not serve.
+func (hs *hybridScratch) rankNear(loads []float64, e int, hint, reps []int32) bool {
+	if len(hint) != e || len(reps) < e || e == 0 {
 		return false
 	}
 	most := int32(0)
 	for _, r := range reps[:e] {
 		if r < 0 {
-			hs.rankExperts(loads, e)
 			return false
 		}
 		most = max(most, r)
 	}
 	if int(most) > 4*e {
-		hs.rankExperts(loads, e)
 		return false
 	}
 	// By count, most first (bucket most-r), stable.
@@ -187,7 +194,6 @@ func (hs *hybridScratch) rankExpertsNear(loads []float64, e int, hint, reps []in
 		}
 		order[j] = v
 		if budget < 0 {
-			hs.rankExperts(loads, e)
 			return false
 		}
 		prev = order[i]
