@@ -688,14 +688,42 @@ func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
 	}
 	k := hs.k
 	lay := &p.nodes.lay
+	if k == 1 {
+		// Most have one replica (the spares give some a second):
+		// b.replicas with cnt 1, whose products and quotients by 1 are
+		// exact, in locals.
+		bLoad, bMet, bRecv := hs.bLoad[:m], hs.bMet[:m], hs.bRecv[:m]
+		home, d, reps := hs.home, sm.d, p.reps
+		heavy, run := b.heavy, b.run
+		for _, x := range hs.order[h:] {
+			nd := home[x]
+			if c := reps[x]; c != 1 {
+				b.heavy, b.run = heavy, run
+				sup, mt, in := b.replicas(int(x), c, w(x))
+				bLoad[nd] += sup
+				bMet[nd] += mt
+				bRecv[nd] += in
+				heavy, run = b.heavy, b.run
+				continue
+			}
+			l, dx := loadOf(sm.loads, int(x)), d[x]
+			heavy = max(heavy, l)
+			bLoad[nd] += l
+			if l > dx {
+				in := l - dx
+				run = max(run, in)
+				bMet[nd] += dx
+				bRecv[nd] += in
+			} else {
+				bMet[nd] += l
+				bRecv[nd] += 0
+			}
+		}
+		b.heavy, b.run = heavy, run
+	}
 	for _, x := range hs.order[h:] {
 		if k == 1 {
-			nd := hs.home[x]
-			sup, mt, in := b.replicas(int(x), p.reps[x], w(x))
-			hs.bLoad[nd] += sup
-			hs.bMet[nd] += mt
-			hs.bRecv[nd] += in
-			continue
+			break
 		}
 		wx := w(x)
 		for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
