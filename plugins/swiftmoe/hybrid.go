@@ -479,17 +479,17 @@ func (hs *hybridScratch) homeSinglesOne(loads []float64, h, q, rho, m int) error
 			continue // no longer eligible
 		}
 		// Back in, past the nodes above it in (load, node) order.
-		j := hi
-		for j > lo {
-			o := buf[j-1]
+		hi++
+		win := buf[lo:hi]
+		j := len(win) - 1
+		for ; j > 0; j-- {
+			o := &win[j-1]
 			if o.load < l || (o.load == l && o.node < nd) {
 				break
 			}
-			buf[j] = o
-			j--
+			win[j] = *o
 		}
-		buf[j] = homeEntry{l, nd}
-		hi++
+		win[j] = homeEntry{l, nd}
 	}
 	return nil
 }
