@@ -16,8 +16,8 @@ type nodeLayout struct {
 	per   int       // slots per node
 	cnt   []int32   // [expert*nodes + node]
 	load  []float64 // per node
-	list  []int32   // node n's experts: list[n*per : n*per+size[n]]
-	size  []int32
+	list  []int32   // node n's experts: list[n*per : end[n]]
+	end   []int32
 	mask  uint64   // the node field of a node key
 	seq   []uint64 // node keys by load (see byLoad)
 }
@@ -39,7 +39,7 @@ func (d *nodeDemand) replicas(x int32) int32 { return d.cnt[int(x)*d.nodes+d.nod
 func (l *nodeLayout) demand(n int) nodeDemand {
 	return nodeDemand{
 		node: n, nodes: l.nodes, lo: n * l.r, hi: (n + 1) * l.r,
-		experts: l.list[n*l.per : n*l.per+int(l.size[n])], cnt: l.cnt,
+		experts: l.list[n*l.per : l.end[n]], cnt: l.cnt,
 	}
 }
 
@@ -66,24 +66,26 @@ func (l *nodeLayout) byLoad() []uint64 {
 // node's list never overflows its segment).
 func (l *nodeLayout) resetLists() {
 	l.list = grow(l.list, l.nodes*l.per)
-	l.size = grow(l.size, l.nodes)
-	clear(l.size)
+	l.end = grow(l.end, l.nodes)
+	for n := range l.end {
+		l.end[n] = int32(n * l.per)
+	}
 }
 
 // listExpert appends expert x to node n's list.
 func (l *nodeLayout) listExpert(x int32, n int) {
-	l.list[n*l.per+int(l.size[n])] = x
-	l.size[n]++
+	l.list[l.end[n]] = x
+	l.end[n]++
 }
 
 // listEverywhere appends expert x to every node's list. (The lists in
 // locals: through listExpert, each append reloads them, since its store
 // may have changed them.)
 func (l *nodeLayout) listEverywhere(x int32) {
-	list, size, per := l.list, l.size[:l.nodes], l.per
-	for n, z := range size {
-		list[n*per+int(z)] = x
-		size[n] = z + 1
+	list, end := l.list, l.end[:l.nodes]
+	for n, z := range end {
+		list[z] = x
+		end[n] = z + 1
 	}
 }
 

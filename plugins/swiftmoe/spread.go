@@ -53,15 +53,15 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 	// replica of x lists x. Two loops, with and without the listing,
 	// which the hot path pays for in branches otherwise. When fewer nodes
 	// have room than x has extra replicas, repairExtra places the rest.
-	mask, per := l.mask, l.per
-	cnt, load, free, list, size := l.cnt, l.load, np.free, l.list, l.size
+	mask := l.mask
+	cnt, load, free, list, end := l.cnt, l.load, np.free, l.list, l.end
 	for _, x := range wt.order {
 		b := np.lo[x]
 		if k := reps[x] - b*nd; k > 0 {
 			q := np.q
 			take := min(int(k), len(q))
 			wx := wt.w[x]
-			row := cnt[int(x)*nodes : int(x+1)*nodes]
+			row := int(x) * nodes // x's counts: cnt[row+n]
 			sel := np.sel[:take]
 			m := 0
 			if k == 1 && take == 1 && b == 0 {
@@ -69,7 +69,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 				// skewed layer's), placed without the loops, whose
 				// exits would mispredict.
 				n := int(q[0] & mask) // l.node(q[0])
-				ln, f := placeFirst(list, size, row, load, free, x, n, per, wx)
+				ln, f := placeFirst(list, end, cnt, load, free, x, n, row, wx)
 				if f > 0 {
 					sel[0] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
 					np.q = mergeKeys(q[1:], sel)
@@ -81,7 +81,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			if b == 0 {
 				for _, key := range q[:take] {
 					n := int(key & mask) // l.node(key)
-					if ln, f := placeFirst(list, size, row, load, free, x, n, per, wx); f > 0 {
+					if ln, f := placeFirst(list, end, cnt, load, free, x, n, row, wx); f > 0 {
 						sel[m] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
 						m++
 					}
@@ -89,7 +89,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			} else {
 				for _, key := range q[:take] {
 					n := int(key & mask)
-					row[n]++
+					cnt[row+n]++
 					ln := load[n] + wx
 					load[n] = ln
 					if f := free[n] - 1; f > 0 {
@@ -123,14 +123,16 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 }
 
 // placeFirst puts the first replica of x (of weight wx) on node n: it lists
-// x there (l.listExpert, the count 1 already final) and counts it in row
-// (x's counts per node), load and free; it returns the node's new load and
-// free slots. (The slices are spread's locals, which stay in registers.)
-func placeFirst(list, size, row []int32, load []float64, free []int32, x int32, n, per int, wx float64) (float64, int32) {
-	z := size[n]
-	list[n*per+int(z)] = x
-	size[n] = z + 1
-	row[n] = 1
+// x there (l.listExpert, the count 1 already final) and counts it in cnt
+// (x's counts per node start at row), load and free; it returns the node's
+// new load and free slots. (The slices are spread's locals, which stay in
+// registers; x's row as an offset, since slicing it cost more than the
+// index.)
+func placeFirst(list, end, cnt []int32, load []float64, free []int32, x int32, n, row int, wx float64) (float64, int32) {
+	z := end[n]
+	list[z] = x
+	end[n] = z + 1
+	cnt[row+n] = 1
 	ln := load[n] + wx
 	load[n] = ln
 	f := free[n] - 1
