@@ -284,19 +284,35 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	// expert (the first in order; it needs a second rank), else to its
 	// heaviest global one.
 	if rho > 0 {
-		for _, x := range hs.order {
-			if r == 1 || hs.home[x] < 0 {
-				continue
+		switch {
+		case r > 1 && k == 1:
+			// The single-homed experts (hs.order[h:]), heaviest
+			// first, until every node with a slot to spare has its
+			// expert: most meet theirs among the first M.
+			want := 0
+			for _, c := range hs.nSingle[:m] {
+				if c < int32(most) {
+					want++
+				}
 			}
-			if k == 1 {
+			for _, x := range hs.order[h:] {
+				if want == 0 {
+					break
+				}
 				if nd := hs.home[x]; hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
 					hs.spare[nd] = x
+					want--
 				}
-				continue
 			}
-			for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
-				if hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
-					hs.spare[nd] = x
+		case r > 1:
+			for _, x := range hs.order {
+				if hs.home[x] < 0 {
+					continue
+				}
+				for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
+					if hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
+						hs.spare[nd] = x
+					}
 				}
 			}
 		}
