@@ -176,9 +176,10 @@ func (p *planner) nodesBound(lay *nodeLayout) float64 {
 
 // indexCurrent counts the replicas of each expert in cur.
 func (p *planner) indexCurrent() {
-	clear(p.curReps)
+	reps := p.curReps // a local: through p, every increment reloads it
+	clear(reps)
 	for _, e := range p.cur {
-		p.curReps[e]++
+		reps[e]++
 	}
 }
 

@@ -55,12 +55,13 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 	// have room than x has extra replicas, repairExtra places the rest.
 	mask := l.mask
 	cnt, load, free, list, end := l.cnt, l.load, np.free, l.list, l.end
+	w := wt.w
 	for _, x := range wt.order {
-		b := np.lo[x]
+		b := lo[x]
 		if k := reps[x] - b*nd; k > 0 {
 			q := np.q
 			take := min(int(k), len(q))
-			wx := wt.w[x]
+			wx := w[x]
 			row := int(x) * nodes // x's counts: cnt[row+n]
 			sel := np.sel[:take]
 			m := 0
