@@ -728,6 +728,8 @@ func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
 				heavy, run = b.heavy, b.run
 				continue
 			}
+			// (What takes in nothing adds +0 to the node's intake,
+			// which leaves it as it is: its sums start at +0.)
 			l, dx := loadOf(sm.loads, int(x)), d[x]
 			heavy = max(heavy, l)
 			bLoad[nd] += l
@@ -738,21 +740,18 @@ func (p *planner) boundHybrid(h int, sm *stepModel) float64 {
 				bRecv[nd] += in
 			} else {
 				bMet[nd] += l
-				bRecv[nd] += 0
 			}
 		}
 		b.heavy, b.run = heavy, run
-	}
-	for _, x := range hs.order[h:] {
-		if k == 1 {
-			break
-		}
-		wx := w(x)
-		for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
-			sup, mt, in := b.replicas(int(x), lay.cnt[int(x)*m+int(nd)], wx)
-			hs.bLoad[nd] += sup
-			hs.bMet[nd] += mt
-			hs.bRecv[nd] += in
+	} else {
+		for _, x := range hs.order[h:] {
+			wx := w(x)
+			for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
+				sup, mt, in := b.replicas(int(x), lay.cnt[int(x)*m+int(nd)], wx)
+				hs.bLoad[nd] += sup
+				hs.bMet[nd] += mt
+				hs.bRecv[nd] += in
+			}
 		}
 	}
 	for nd := range m {
