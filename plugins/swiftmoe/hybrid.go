@@ -453,7 +453,7 @@ type homeEntry struct {
 // and the node, its load grown, re-enters from the back, past the nodes
 // whose (load, node) is above its own. Experts come heaviest first, so it
 // mostly re-enters near the back: on the planner benchmark's 32 nodes it
-// steps past 5.8 nodes on average, where the queue kept as one sorted
+// moves 5.4 nodes on average, where the queue kept as one sorted
 // slice moved the 25 nodes before its place and found the place by a
 // binary search whose steps mispredict.
 func (hs *hybridScratch) homeSinglesOne(loads []float64, h, q, rho, m int) error {

@@ -93,25 +93,13 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	sm.d = grow(sm.d, e)
 	sm.c = grow(sm.c, e)
 	var total float64
-	d, c := sm.d[:e], sm.c[:e]
-	if m&(m-1) == 0 && g&(g-1) == 0 {
-		// Powers of two (nodes and ranks per node mostly are): their
-		// reciprocals are exact, so products equal the quotients, and a
-		// product does not wait on a divider.
-		rm, rg := 1/float64(m), 1/float64(g)
-		for x := range d {
-			l := loadOf(loads, x)
-			total += l
-			d[x] = l * rm
-			c[x] = d[x] * rg
-		}
-	} else {
-		for x := range d {
-			l := loadOf(loads, x)
-			total += l
-			d[x] = l / float64(m)
-			c[x] = d[x] / float64(g)
-		}
+	d, c := sm.d[:e], sm.c[:e] // (through sm, each store reloads them)
+	fm, fg := float64(m), float64(g)
+	for x := range d {
+		l := loadOf(loads, x)
+		total += l
+		d[x] = l / fm
+		c[x] = d[x] / fg
 	}
 	sm.total = total
 	sm.nodeTotal = total / float64(m)
