@@ -75,6 +75,10 @@ type evalExpert struct {
 	nodeLocal      float64 // what the node's local tier keeps
 	recvFrac       float64 // the fraction of a slot's room filled from other nodes
 	sendFrac       float64 // the fraction of a rank's tokens left that leaves the node
+	// The expert's load per replica in the plan (w) and a rank's share of
+	// its demand (c), copies of the model's, which evalNode's slot loops
+	// then read from the record they update.
+	w, c float64
 }
 
 // usable reports whether the cost model can weigh traffic against compute
@@ -108,6 +112,9 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	}
 	sm.w = grow(sm.w, e)
 	sm.ex = grow(sm.ex, e)
+	for x, cx := range c {
+		sm.ex[x].c = cx
+	}
 	sm.reps = grow(sm.reps, e)
 	sm.slotLocal = grow(sm.slotLocal, g*s)
 	sm.slotIn = grow(sm.slotIn, n*s)
@@ -125,11 +132,13 @@ func (sm *stepModel) weigh(dst []int) {
 
 // weighReps sets w from reps.
 func (sm *stepModel) weighReps() {
+	w, ex := sm.w, sm.ex
 	for x, r := range sm.reps {
-		sm.w[x] = 0
+		w[x] = 0
 		if r > 0 {
-			sm.w[x] = loadOf(sm.loads, x) / float64(r)
+			w[x] = loadOf(sm.loads, x) / float64(r)
 		}
+		ex[x].w = w[x]
 	}
 }
 
@@ -200,7 +209,7 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	per := g * s
 	base := nd * per
 	node := dst[base : base+per]
-	w, c, d, ex := sm.w, sm.c, sm.d, sm.ex
+	d, ex := sm.d, sm.ex
 	load, local := sm.load[nd*g:(nd+1)*g], sm.local[nd*g:(nd+1)*g]
 	si, ri := sm.si[nd*g:(nd+1)*g], sm.ri[nd*g:(nd+1)*g]
 	se, re := sm.se[nd*g:(nd+1)*g], sm.re[nd*g:(nd+1)*g]
@@ -216,12 +225,11 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 		r := int32(nd*g + q)
 		var lr, loc float64
 		for end := j + s; j < end; j++ {
-			x := node[j]
-			wx := w[x]
+			xe := &ex[node[j]]
+			wx := xe.w
 			lr += wx
-			xe := &ex[x]
 			if xe.rankOf != r {
-				xe.rankOf, xe.left = r, c[x]
+				xe.rankOf, xe.left = r, xe.c
 			}
 			t := min(xe.left, wx)
 			slotLocal[j] = t
@@ -229,7 +237,7 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 			xe.left -= t
 			if xe.nodeOf != nd32 {
 				xe.nodeOf, xe.cnt, xe.nodeLocal = nd32, 0, 0
-				held = append(held, int32(x))
+				held = append(held, int32(node[j]))
 			}
 			xe.cnt++
 			xe.nodeLocal += t
@@ -247,7 +255,7 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 		dx := d[x]
 		allSend -= dx
 		xe := &ex[x]
-		sup := w[x] * float64(xe.cnt)
+		sup := xe.w * float64(xe.cnt)
 		xe.recvFrac, xe.sendFrac = 0, 0
 		// (The local tier keeps at most min(dx, sup); rounding can leave
 		// the room it did not fill at zero, so the fractions are guarded.)
@@ -255,7 +263,7 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 		case dx > sup:
 			if room := dx - xe.nodeLocal; room > 0 {
 				xe.sendFrac = min(1, (dx-sup)/room)
-				shortSend += c[x] * xe.sendFrac
+				shortSend += xe.c * xe.sendFrac
 			}
 		case sup > dx:
 			if room := sup - xe.nodeLocal; room > 0 {
@@ -267,11 +275,10 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	for q, j := 0, 0; q < g; q++ {
 		var in, out float64
 		for end := j + s; j < end; j++ {
-			x := node[j]
-			xe := &ex[x]
+			xe := &ex[node[j]]
 			slotIn[j] = 0
 			if f := xe.recvFrac; f > 0 {
-				v := (w[x] - slotLocal[j]) * f
+				v := (xe.w - slotLocal[j]) * f
 				slotIn[j] = v
 				in += v
 			}
