@@ -14,7 +14,8 @@ import (
 // counts alone (boundHybrid, before packing) is the bound of the plan packed
 // from them (boundPlan), so pruning by it drops only what cannot win; and
 // a single-homed layout's bound before its experts are homed
-// (boundHybridShape) is never above the bound from its counts. The upper
+// (boundHybridShape) is never above the bound from its counts, and its
+// bound once homed (boundHybridHomed) lies between the two. The upper
 // bound (stepModel.upper) is never below the estimate, for the same plans.
 // A hybrid layout evaluated node by node as it is packed gets the
 // estimate bit for bit, and the bound from the nodes evaluated so far is
@@ -22,7 +23,7 @@ import (
 func TestStepBoundHolds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	above := func(lb, est float64) bool { return lb > est*(1+1e-12) }
-	var hybrids, homed2, tight, shapeTight, uppers, partialTight, packedUppers int
+	var hybrids, homed2, tight, shapeTight, homedRaised, uppers, partialTight, packedUppers int
 	// The upper bound is checked under the layer's cost model and again
 	// with links within nodes slower than between them, where the tier
 	// within nodes (and what bursts move there) decides the all-to-all.
@@ -104,6 +105,18 @@ func TestStepBoundHolds(t *testing.T) {
 				if k == 1 && shape >= 0.9*lb {
 					shapeTight++
 				}
+				// Once homed, the bound before the counts rises from
+				// the shape bound, and stays at most the count bound.
+				if k == 1 && shape > 0 {
+					homed := p.boundHybridHomed(h)
+					if homed < shape || above(homed, lb) {
+						t.Fatalf("case %d (N=%d G=%d S=%d E=%d) h=%d: bound once homed %v, before homing %v, from counts %v",
+							i, n, g, s, e, h, homed, shape, lb)
+					}
+					if homed > shape {
+						homedRaised++
+					}
+				}
 				// Packed node by node with each node evaluated as it is
 				// final (as planLayerStep packs a candidate it may stop):
 				// the evaluation is the estimate's, and the nodes
@@ -165,6 +178,12 @@ func TestStepBoundHolds(t *testing.T) {
 		t.Errorf("the bound before homing is within 10%% of the bound from counts for %d of %d single-homed layouts; want at least half",
 			shapeTight, hybrids-homed2)
 	}
+	// The bound once homed must rise above the shape bound somewhere, or
+	// it would rule out nothing the shape bound does not.
+	if 10*homedRaised < hybrids-homed2 {
+		t.Errorf("the bound once homed rose above the bound before homing for %d of %d single-homed layouts; want at least a tenth",
+			homedRaised, hybrids-homed2)
+	}
 	// With every node evaluated, the bound must be close to the estimate
 	// for most layouts, or stopping a packing would rarely pay.
 	if 2*partialTight < hybrids {
@@ -177,8 +196,8 @@ func TestStepBoundHolds(t *testing.T) {
 	if packedUppers < 500 {
 		t.Errorf("%d plans had their busiest rank from the packers; want at least 500", packedUppers)
 	}
-	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d; %d plans under the upper bound (%d also from the packers' busiest rank); the bound from the counts within 10%% of the plan's for %d of %d; the bound from every node within 10%% of the estimate for %d",
-		hybrids, homed2, tight, shapeTight, uppers, packedUppers, expertsTight, expertsChecked, partialTight)
+	t.Logf("%d hybrid layouts (%d 2-homed), the bound within 10%% of the estimate for %d, the bound before homing within 10%% of it for %d, raised once homed for %d; %d plans under the upper bound (%d also from the packers' busiest rank); the bound from the counts within 10%% of the plan's for %d of %d; the bound from every node within 10%% of the estimate for %d",
+		hybrids, homed2, tight, shapeTight, homedRaised, uppers, packedUppers, expertsTight, expertsChecked, partialTight)
 }
 
 // countsOf is the replicas of each of e experts in plan.

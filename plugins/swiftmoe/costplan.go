@@ -190,7 +190,15 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 				return nil
 			}
 		}
-		err := p.hybridCountsHomes(h, k, g)
+		// Once homed, a single-homed layout is bounded again, before its
+		// counts.
+		err := p.hybridHomes(h, k, g)
+		if err == nil && k == 1 && !beats(p.boundHybridHomed(h), bestMs) {
+			return nil
+		}
+		if err == nil {
+			p.hybridCountsHomed(h, g)
+		}
 		evaluated = false
 		if err == nil {
 			if rules(p.boundHybrid(h, sm)) || rules(shape) {

@@ -80,9 +80,15 @@ type hybridScratch struct {
 	nodeLoad []float64 // per node
 	nSingle  []int32   // per node: single-homed experts
 	spare    []int32   // per node: the expert its spare slot goes to, -1 for none
+	most     int32     // the single-homed experts of the nodes that hold the most
+	extra    int       // the global experts' slots beyond one each, per node
 	subLoads []float64
 	subReps  []int32
-	counts   counter
+	// boundHybridShape's bound, before its value, for the layout of shapeH
+	// (-1: none), which boundHybridHomed raises.
+	shape  stepBound
+	shapeH int
+	counts counter
 	// The bound's per-node sums (see boundHybrid), and its two terms.
 	bLoad, bMet, bRecv     []float64
 	boundCompute, boundA2A float64
@@ -218,8 +224,21 @@ func (p *planner) planHybrid(h, r int) error {
 func (p *planner) hybridCounts(h, r int) error { return p.hybridCountsHomes(h, 1, r) }
 
 // hybridCountsHomes is hybridCounts with every expert that is not global
-// k-homed (see Homes above).
+// k-homed (see Homes above): hybridHomes, then hybridCountsHomed.
 func (p *planner) hybridCountsHomes(h, k, r int) error {
+	if err := p.hybridHomes(h, k, r); err != nil {
+		return err
+	}
+	p.hybridCountsHomed(h, r)
+	return nil
+}
+
+// hybridHomes gives the hybrid layout of h over nodes of r ranks, with
+// every expert that is not global k-homed, its homes (hs.home, hs.homes)
+// and each node's single-homed experts (hs.nSingle), and each node with a
+// slot to spare the expert that takes it (hs.spare); hybridCountsHomed then
+// sets the counts.
+func (p *planner) hybridHomes(h, k, r int) error {
 	hs := &p.hybrid
 	e, s := p.nExperts, p.rk.s
 	m, per := p.rk.n/r, r*s
@@ -239,6 +258,7 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	if h > e || extra < 0 || (h == 0 && (q == 0 || extra > 0)) {
 		return errNoLayout
 	}
+	hs.most, hs.extra = int32(most), extra
 	hs.home = grow(hs.home, e)
 	hs.homes = grow(hs.homes, e*k)
 	hs.nodeLoad = grow(hs.nodeLoad, m)
@@ -255,7 +275,65 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 	if err := hs.homeSingles(p.loads, h, k, q, rho, m); err != nil {
 		return err
 	}
-	subReps := p.globalCounts(h, extra)
+	if rho == 0 {
+		return nil
+	}
+	// A node with a slot to spare gives it to its heaviest single-homed
+	// expert (the first in order; it needs a second rank), else to its
+	// heaviest global one.
+	switch {
+	case r > 1 && k == 1:
+		// The single-homed experts (hs.order[h:]), heaviest first,
+		// until every node with a slot to spare has its expert: most
+		// meet theirs among the first M.
+		want := 0
+		for _, c := range hs.nSingle[:m] {
+			if c < int32(most) {
+				want++
+			}
+		}
+		home, nSingle, spare := hs.home, hs.nSingle, hs.spare
+		for _, x := range hs.order[h:] {
+			if want == 0 {
+				break
+			}
+			if nd := home[x]; nSingle[nd] < int32(most) && spare[nd] < 0 {
+				spare[nd] = x
+				want--
+			}
+		}
+	case r > 1:
+		for _, x := range hs.order {
+			if hs.home[x] < 0 {
+				continue
+			}
+			for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
+				if hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
+					hs.spare[nd] = x
+				}
+			}
+		}
+	}
+	for nd := range m {
+		if hs.nSingle[nd] == int32(most) || hs.spare[nd] >= 0 {
+			continue
+		}
+		if h == 0 {
+			return errNoLayout
+		}
+		hs.spare[nd] = hs.order[0]
+	}
+	return nil
+}
+
+// hybridCountsHomed sets the counts of the hybrid layout of h over nodes
+// of r ranks once hybridHomes has given its experts their homes: p.reps,
+// and each node's replicas of each expert (p.nodes.lay.cnt).
+func (p *planner) hybridCountsHomed(h, r int) {
+	hs := &p.hybrid
+	e, s, k := p.nExperts, p.rk.s, hs.k
+	m := p.rk.n / r
+	subReps := p.globalCounts(h, hs.extra)
 	np := &p.nodes
 	np.reset(e, r, m, s)
 	lay := &np.lay
@@ -283,60 +361,14 @@ func (p *planner) hybridCountsHomes(h, k, r int) error {
 			cnt[int(x)*m+int(nd)] = 1
 		}
 	}
-	// A node with a slot to spare gives it to its heaviest single-homed
-	// expert (the first in order; it needs a second rank), else to its
-	// heaviest global one.
-	if rho > 0 {
-		switch {
-		case r > 1 && k == 1:
-			// The single-homed experts (hs.order[h:]), heaviest
-			// first, until every node with a slot to spare has its
-			// expert: most meet theirs among the first M.
-			want := 0
-			for _, c := range hs.nSingle[:m] {
-				if c < int32(most) {
-					want++
-				}
-			}
-			home, nSingle, spare := hs.home, hs.nSingle, hs.spare
-			for _, x := range hs.order[h:] {
-				if want == 0 {
-					break
-				}
-				if nd := home[x]; nSingle[nd] < int32(most) && spare[nd] < 0 {
-					spare[nd] = x
-					want--
-				}
-			}
-		case r > 1:
-			for _, x := range hs.order {
-				if hs.home[x] < 0 {
-					continue
-				}
-				for _, nd := range hs.homes[int(x)*k : int(x+1)*k] {
-					if hs.nSingle[nd] < int32(most) && hs.spare[nd] < 0 {
-						hs.spare[nd] = x
-					}
-				}
-			}
+	for nd := range m {
+		if hs.nSingle[nd] == hs.most {
+			continue
 		}
-		for nd := range m {
-			if hs.nSingle[nd] == int32(most) {
-				continue
-			}
-			x := hs.spare[nd]
-			if x < 0 {
-				if h == 0 {
-					return errNoLayout
-				}
-				x = hs.order[0]
-				hs.spare[nd] = x
-			}
-			p.reps[x]++
-			lay.cnt[int(x)*m+nd]++
-		}
+		x := hs.spare[nd]
+		p.reps[x]++
+		lay.cnt[int(x)*m+nd]++
 	}
-	return nil
 }
 
 // globalCounts sets hs.subReps, the counts per node of the hybrid layout's
@@ -374,6 +406,7 @@ func (p *planner) globalCounts(h, extra int) []int32 {
 // as hybridCounts does.
 func (p *planner) boundHybridShape(h, r int, sm *stepModel) float64 {
 	hs := &p.hybrid
+	hs.shapeH = -1
 	e, s := p.nExperts, p.rk.s
 	m, per := p.rk.n/r, r*s
 	singles := e - h
@@ -419,6 +452,37 @@ func (p *planner) boundHybridShape(h, r int, sm *stepModel) float64 {
 	}
 	b.sendRecv = demand - demand/float64(m)
 	b.nodeLoad = sm.total / float64(m)
+	hs.shape, hs.shapeH = b, h
+	return b.value()
+}
+
+// boundHybridHomed is boundHybridShape's bound for the layout of h once
+// hybridHomes has homed its single-homed experts (k = 1) and given the
+// spare slots their experts. The most one replica takes in is then that of
+// the heaviest single-homed expert left without a spare (its one replica
+// takes in all but its node's demand), where the shape bound can assume no
+// more than the M-rho+1-th heaviest; and the heavier ones, with a spare,
+// take in theirs over two replicas, as boundHybrid sums them. A layout it
+// rules out is spared its counts (hybridCountsHomed) and count bound: on
+// the planner benchmark's layers planned for step time, the 15th
+// single-homed expert of h = 24 has no spare, and the bound rises from 7.59
+// to 9.29 ms against the compute-balanced plan's upper bound of 8.82. It
+// returns 0 (no bound) unless boundHybridShape bounded h last.
+func (p *planner) boundHybridHomed(h int) float64 {
+	hs := &p.hybrid
+	if hs.shapeH != h || hs.k != 1 {
+		return 0
+	}
+	b := hs.shape
+	home, spare, loads := hs.home, hs.spare, b.sm.loads
+	for _, x := range hs.order[h:] {
+		l := loadOf(loads, int(x))
+		if spare[home[x]] != x {
+			b.replicas(int(x), 1, l)
+			break
+		}
+		b.replicas(int(x), 2, l/2)
+	}
 	return b.value()
 }
 
