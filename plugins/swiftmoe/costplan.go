@@ -180,7 +180,9 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 		// is no candidate; nor is one whose bound shows it cannot be
 		// faster, which is dropped before its ranks are packed.
 		// Single-homed layouts are first bounded before their experts
-		// are homed, which is most of their counting.
+		// are homed, which is most of their counting, then again once
+		// homed, before their counts (neither bound settles a waiting
+		// estimate: both are compared with the best as it stands).
 		// While the estimate waits, a shape bound below the upper bound
 		// lets the counting go ahead, and is weighed again once the
 		// estimate is settled.
@@ -190,8 +192,6 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 				return nil
 			}
 		}
-		// Once homed, a single-homed layout is bounded again, before its
-		// counts.
 		err := p.hybridHomes(h, k, g)
 		if err == nil && k == 1 && !beats(p.boundHybridHomed(h), bestMs) {
 			return nil
