@@ -68,22 +68,23 @@ func hybridMaxHomes(e, nodes, perNode, k int) int {
 
 // hybridScratch is the hybrid planner's per-layer state.
 type hybridScratch struct {
-	order    []int32     // experts by load, heaviest first
-	keys     []uint64    // rankExperts' sort keys
-	queue    []int32     // homeSingles' eligible nodes
-	deque    []homeEntry // homeSinglesOne's eligible nodes
-	tmp      []uint64    // sortKeys scratch
-	cnt      []int32
-	home     []int32   // per expert: its first node, -1 for a global expert
-	homes    []int32   // per expert: its k nodes, homes[x*k : x*k+k]
-	k        int       // the layout's homes per expert that is not global
-	nodeLoad []float64 // per node
-	nSingle  []int32   // per node: single-homed experts
-	spare    []int32   // per node: the expert its spare slot goes to, -1 for none
-	most     int32     // the single-homed experts of the nodes that hold the most
-	extra    int       // the global experts' slots beyond one each, per node
-	subLoads []float64
-	subReps  []int32
+	order      []int32     // experts by load, heaviest first
+	keys       []uint64    // rankExperts' sort keys
+	queue      []int32     // homeSingles' eligible nodes
+	deque      []homeEntry // homeSinglesOne's eligible nodes
+	tmp        []uint64    // sortKeys scratch
+	cnt        []int32
+	home       []int32   // per expert: its first node, -1 for a global expert
+	homes      []int32   // per expert: its k nodes, homes[x*k : x*k+k]
+	k          int       // the layout's homes per expert that is not global
+	nodeLoad   []float64 // per node
+	nSingle    []int32   // per node: single-homed experts
+	spare      []int32   // per node: the expert its spare slot goes to, -1 for none
+	most       int32     // the single-homed experts of the nodes that hold the most
+	extra      int       // the global experts' slots beyond one each, per node
+	subLoads   []float64
+	subReps    []int32
+	runA, runB []int32 // packHybrid's experts that are not global, by count
 	// boundHybridShape's bound, before its value, for the layout of shapeH
 	// (-1: none), which boundHybridHomed raises.
 	shape  stepBound
@@ -569,11 +570,13 @@ func (hs *hybridScratch) homeSinglesOne(loads []float64, h, q, rho, m int) error
 		win := buf[lo:hi]
 		j := len(win) - 1
 		for ; j > 0; j-- {
-			o := &win[j-1]
-			if o.load < l || (o.load == l && o.node < nd) {
+			o := win[j-1]
+			// (Most that it passes are heavier: one test each. No
+			// other entry is node nd.)
+			if !(o.load > l || (o.load == l && o.node > nd)) {
 				break
 			}
-			win[j] = *o
+			win[j] = o
 		}
 		win[j] = homeEntry{l, nd}
 	}
@@ -709,7 +712,17 @@ func (p *planner) packHybrid(h, r int, done func(node int) bool) error {
 	hs := &p.hybrid
 	m := p.rk.n / r
 	lay := &p.nodes.lay
-	p.weigh()
+	// Weights: the global experts, then the others by their count (k, or
+	// k+1 with a spare slot), each of the latter two in load order.
+	hs.runA, hs.runB = hs.runA[:0], hs.runB[:0]
+	for _, x := range hs.order[h:] {
+		if p.reps[x] == int32(hs.k) {
+			hs.runA = append(hs.runA, x)
+		} else {
+			hs.runB = append(hs.runB, x)
+		}
+	}
+	p.wt.setRuns(p.reps, p.loads, p.rk.n, len(p.rk.dst), [3][]int32{hs.order[:h], hs.runA, hs.runB})
 	// Node loads and expert lists: a global expert is on every node, a
 	// k-homed one (or a spare replica) on its k, O(E*k + h*M) rather than
 	// a pass over every (expert, node).

@@ -136,3 +136,71 @@ func TestSetMovedMatchesSet(t *testing.T) {
 	}
 	t.Logf("%d moves checked, %d reordered the experts", checked, reordered)
 }
+
+// TestSetRunsMatchesSet: weights from three runs of experts, two of them
+// the experts of one count each in load order (ties, and loads a relative
+// 2^-40 apart, which tie on their keys too) and the third in any order,
+// are set's: the same weights, limits and order, on random counts.
+func TestSetRunsMatchesSet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(61, 2))
+	var runs, ref weights
+	var nearTies int
+	for c := range 3000 {
+		e := 2 + rng.IntN(300)
+		n := 1 + rng.IntN(64)
+		slots := e + rng.IntN(4*e)
+		reps := make([]int32, e)
+		for x := range reps {
+			reps[x] = 1
+		}
+		for range slots - e {
+			reps[rng.IntN(e)]++
+		}
+		loads := tiedLoads(rng, e, 1000, 5000)
+		for x := range loads {
+			if rng.IntN(8) == 0 {
+				loads[x] = 1000 * (1 + math.Ldexp(float64(rng.IntN(4)), -40))
+				nearTies++
+			}
+		}
+		byLoad := make([]int32, e)
+		for x := range byLoad {
+			byLoad[x] = int32(x)
+		}
+		slices.SortFunc(byLoad, func(a, b int32) int {
+			switch {
+			case loads[a] > loads[b]:
+				return -1
+			case loads[a] < loads[b]:
+				return 1
+			}
+			return int(a - b)
+		})
+		var one, two, rest []int32
+		for _, x := range byLoad {
+			switch reps[x] {
+			case 1:
+				one = append(one, x)
+			case 2:
+				two = append(two, x)
+			default:
+				rest = append(rest, x)
+			}
+		}
+		rng.Shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
+		order := [][3][]int32{{rest, one, two}, {one, two, rest}, {two, rest, one}}[c%3]
+		runs.setRuns(reps, loads, n, slots, order)
+		ref.set(reps, loads, n, slots)
+		for x := range e {
+			if math.Float64bits(runs.w[x]) != math.Float64bits(ref.w[x]) || runs.capR[x] != ref.capR[x] {
+				t.Fatalf("case %d (e=%d n=%d slots=%d): expert %d w %v capR %d, set's %v %d", c, e, n, slots, x, runs.w[x], runs.capR[x], ref.w[x], ref.capR[x])
+			}
+		}
+		if !slices.Equal(runs.order[:e], ref.order[:e]) {
+			t.Fatalf("case %d (e=%d n=%d slots=%d): order %v, set's %v", c, e, n, slots, runs.order[:e], ref.order[:e])
+		}
+	}
+	if nearTies < 1000 {
+		t.Fatalf("%d near ties: the cases do not exercise the insertion pass", nearTies)
+	}
+}

@@ -32,15 +32,7 @@ type weights struct {
 // comparison function instead.
 func (wt *weights) set(reps []int32, loads []float64, n, slots int) {
 	e := len(reps)
-	wt.w = grow(wt.w, e)
-	wt.capR = grow(wt.capR, e)
-	wt.order = grow(wt.order, e)
-	nr := int32(n)
-	w, capR := wt.w[:e], wt.capR[:e]
-	for x, r := range reps {
-		w[x] = loadOf(loads, x) / float64(r)
-		capR[x] = rankCap(r, nr)
-	}
+	wt.setWeights(reps, loads, n)
 	idBits := bits.Len(uint(e - 1))
 	repsBits := bits.Len(uint(slots))
 	wt.keyed = idBits+repsBits <= 24
@@ -56,6 +48,73 @@ func (wt *weights) set(reps []int32, loads []float64, n, slots int) {
 	wt.cnt = grow(wt.cnt, 2*(e*sortBuckets+1))
 	sortKeys(keys, wt.tmp, wt.cnt)
 	wt.orderKeys(keys, idBits)
+}
+
+// setWeights sets w and capR of the counts reps over n ranks, and sizes
+// order.
+func (wt *weights) setWeights(reps []int32, loads []float64, n int) {
+	e := len(reps)
+	wt.w = grow(wt.w, e)
+	wt.capR = grow(wt.capR, e)
+	wt.order = grow(wt.order, e)
+	nr := int32(n)
+	w, capR := wt.w[:e], wt.capR[:e]
+	for x, r := range reps {
+		w[x] = loadOf(loads, x) / float64(r)
+		capR[x] = rankCap(r, nr)
+	}
+}
+
+// setRuns is set for counts whose experts come as three runs that
+// together hold each expert once, each run in set's order but for weights
+// near enough to tie on their keys (as the experts of one count are in
+// load order): each run's keys are put in order by insertion, which moves
+// only such ties, and the runs merged. The keys are distinct, so that is
+// set's order, without its sort of every key. Where the keys do not fit,
+// set sorts with a comparison function as it would.
+func (wt *weights) setRuns(reps []int32, loads []float64, n, slots int, runs [3][]int32) {
+	e := len(reps)
+	idBits := bits.Len(uint(e - 1))
+	repsBits := bits.Len(uint(slots))
+	if idBits+repsBits > 24 {
+		wt.set(reps, loads, n, slots)
+		return
+	}
+	wt.setWeights(reps, loads, n)
+	wt.keyed = true
+	keys := grow(wt.keys, e)[:0]
+	var ends [3]int
+	for i, run := range runs {
+		start := len(keys)
+		for _, x := range run {
+			keys = append(keys, wt.key(reps, int(x), idBits, repsBits, slots))
+		}
+		insertionSortKeys(keys[start:])
+		ends[i] = len(keys)
+	}
+	// The first two runs into tmp, then tmp and the third into keys, from
+	// the front: a key is written no later than the third run's next
+	// unread key.
+	tmp := mergeSorted(grow(wt.tmp, e)[:0], keys[:ends[0]], keys[ends[0]:ends[1]])
+	wt.tmp = tmp
+	keys = mergeSorted(keys[:0], tmp, keys[ends[1]:ends[2]])
+	wt.orderKeys(keys, idBits)
+}
+
+// mergeSorted appends the merge of the ascending keys a and b to dst.
+func mergeSorted(dst, a, b []uint64) []uint64 {
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		if a[i] < b[j] {
+			dst = append(dst, a[i])
+			i++
+		} else {
+			dst = append(dst, b[j])
+			j++
+		}
+	}
+	dst = append(dst, a[i:]...)
+	return append(dst, b[j:]...)
 }
 
 // key is expert x's sort key (see set).
