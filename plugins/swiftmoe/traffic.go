@@ -117,6 +117,7 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	}
 	sm.reps = grow(sm.reps, e)
 	sm.slotLocal = grow(sm.slotLocal, g*s)
+	sm.held = grow(sm.held, g*s)
 	sm.slotIn = grow(sm.slotIn, n*s)
 }
 
@@ -214,7 +215,9 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	si, ri := sm.si[nd*g:(nd+1)*g], sm.ri[nd*g:(nd+1)*g]
 	se, re := sm.se[nd*g:(nd+1)*g], sm.re[nd*g:(nd+1)*g]
 	slotLocal := sm.slotLocal[:per]
-	held := sm.held[:0]
+	// (held has room for every slot: an append's growth path in the loop
+	// below made the compiler spill its values on every pass.)
+	held, nh := sm.held[:per], 0
 	nd32 := int32(nd)
 	// Forward: loads, and the local tier (a rank's share of the node's
 	// demand for x goes to its own slots of x first, earlier slots first).
@@ -237,7 +240,8 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 			xe.left -= t
 			if xe.nodeOf != nd32 {
 				xe.nodeOf, xe.cnt, xe.nodeLocal = nd32, 0, 0
-				held = append(held, int32(node[j]))
+				held[nh] = int32(node[j])
+				nh++
 			}
 			xe.cnt++
 			xe.nodeLocal += t
@@ -251,7 +255,7 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 	// of x, so a rank that holds no slot of x sends c[x] * sendFrac[x].
 	allSend := sm.nodeTotal
 	var shortSend float64 // what a rank holding none of the short experts sends of them
-	for _, x := range held {
+	for _, x := range held[:nh] {
 		dx := d[x]
 		allSend -= dx
 		xe := &ex[x]
@@ -296,7 +300,6 @@ func (sm *stepModel) evalNode(dst []int, nd int) {
 		si[q] = max(0, share-local[q]-se[q])
 		ri[q] = max(0, load[q]-local[q]-re[q])
 	}
-	sm.held = held
 }
 
 // burstGoal is how close to the mean the engine's burst replicas bring the
