@@ -722,7 +722,7 @@ func (p *planner) packHybrid(h, r int, done func(node int) bool) error {
 			hs.runB = append(hs.runB, x)
 		}
 	}
-	p.wt.setRuns(p.reps, p.loads, p.rk.n, len(p.rk.dst), [3][]int32{hs.order[:h], hs.runA, hs.runB})
+	p.wt.setRuns(p.reps, p.loads, p.rk.n, len(p.rk.dst), hs.order[:h], [2][]int32{hs.runA, hs.runB})
 	// Node loads and expert lists: a global expert is on every node, a
 	// k-homed one (or a spare replica) on its k, O(E*k + h*M) rather than
 	// a pass over every (expert, node).

@@ -65,14 +65,15 @@ func (wt *weights) setWeights(reps []int32, loads []float64, n int) {
 	}
 }
 
-// setRuns is set for counts whose experts come as three runs that
-// together hold each expert once, each run in set's order but for weights
-// near enough to tie on their keys (as the experts of one count are in
-// load order): each run's keys are put in order by insertion, which moves
-// only such ties, and the runs merged. The keys are distinct, so that is
-// set's order, without its sort of every key. Where the keys do not fit,
-// set sorts with a comparison function as it would.
-func (wt *weights) setRuns(reps []int32, loads []float64, n, slots int, runs [3][]int32) {
+// setRuns is set for counts whose experts come as some in any order and
+// two runs, each in set's order but for weights near enough to tie on
+// their keys (as the experts of one count are in load order); the three
+// hold each expert once. The first are sorted, each run's keys put in
+// order by insertion, which moves only such ties, and the three merged.
+// The keys are distinct, so that is set's order, without its sort of every
+// key. Where the keys do not fit, set sorts with a comparison function as
+// it would.
+func (wt *weights) setRuns(reps []int32, loads []float64, n, slots int, some []int32, runs [2][]int32) {
 	e := len(reps)
 	idBits := bits.Len(uint(e - 1))
 	repsBits := bits.Len(uint(slots))
@@ -83,20 +84,23 @@ func (wt *weights) setRuns(reps []int32, loads []float64, n, slots int, runs [3]
 	wt.setWeights(reps, loads, n)
 	wt.keyed = true
 	keys := grow(wt.keys, e)[:0]
-	var ends [3]int
+	for _, x := range some {
+		keys = append(keys, wt.key(reps, int(x), idBits, repsBits, slots))
+	}
+	wt.tmp = grow(wt.tmp, e)
+	wt.cnt = grow(wt.cnt, 2*(e*sortBuckets+1))
+	sortKeys(keys, wt.tmp, wt.cnt)
+	ends := [3]int{len(keys)}
 	for i, run := range runs {
-		start := len(keys)
 		for _, x := range run {
 			keys = append(keys, wt.key(reps, int(x), idBits, repsBits, slots))
 		}
-		insertionSortKeys(keys[start:])
-		ends[i] = len(keys)
+		insertionSortKeys(keys[ends[i]:])
+		ends[i+1] = len(keys)
 	}
-	// The first two runs into tmp, then tmp and the third into keys, from
-	// the front: a key is written no later than the third run's next
-	// unread key.
-	tmp := mergeSorted(grow(wt.tmp, e)[:0], keys[:ends[0]], keys[ends[0]:ends[1]])
-	wt.tmp = tmp
+	// The first two into tmp, then tmp and the third into keys, from the
+	// front: a key is written no later than the third's next unread key.
+	tmp := mergeSorted(wt.tmp[:0], keys[:ends[0]], keys[ends[0]:ends[1]])
 	keys = mergeSorted(keys[:0], tmp, keys[ends[1]:ends[2]])
 	wt.orderKeys(keys, idBits)
 }
