@@ -153,6 +153,19 @@ func readVectors[T any](t *testing.T, name string, min int) []T {
 	return cases
 }
 
+// randomCounts is counts of e experts summing to slots (at least e): one
+// replica each, the rest to experts drawn at random.
+func randomCounts(rng *rand.Rand, e, slots int) []int32 {
+	reps := make([]int32, e)
+	for x := range reps {
+		reps[x] = 1
+	}
+	for range slots - e {
+		reps[rng.IntN(e)]++
+	}
+	return reps
+}
+
 // tiedLoads draws e expert loads with ties: a quarter zero, a quarter
 // equal to tie, the rest integers below hi.
 func tiedLoads(rng *rand.Rand, e int, tie float64, hi int) []float64 {

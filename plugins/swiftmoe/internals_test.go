@@ -95,14 +95,7 @@ func TestWeightsSortKeys(t *testing.T) {
 		for i := range loads {
 			loads[i] = float64(rng.IntN(50)) // many exact ties
 		}
-		reps := make([]int32, e)
-		left := slots - e
-		for i := range reps {
-			reps[i] = 1
-		}
-		for ; left > 0; left-- {
-			reps[rng.IntN(e)]++
-		}
+		reps := randomCounts(rng, e, slots)
 		var wt weights
 		wt.set(reps, loads, n, slots)
 		got := slices.Clone(wt.order)

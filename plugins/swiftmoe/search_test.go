@@ -97,13 +97,7 @@ func TestSetMovedMatchesSet(t *testing.T) {
 		e := 2 + rng.IntN(63)
 		n := 1 + rng.IntN(16)
 		slots := e + rng.IntN(4*e)
-		reps := make([]int32, e)
-		for x := range reps {
-			reps[x] = 1
-		}
-		for range slots - e {
-			reps[rng.IntN(e)]++
-		}
+		reps := randomCounts(rng, e, slots)
 		loads := tiedLoads(rng, e, 1000, 5000)
 		base.set(reps, loads, n, slots)
 		for range 8 {
@@ -149,13 +143,7 @@ func TestSetRunsMatchesSet(t *testing.T) {
 		e := 2 + rng.IntN(300)
 		n := 1 + rng.IntN(64)
 		slots := e + rng.IntN(4*e)
-		reps := make([]int32, e)
-		for x := range reps {
-			reps[x] = 1
-		}
-		for range slots - e {
-			reps[rng.IntN(e)]++
-		}
+		reps := randomCounts(rng, e, slots)
 		loads := tiedLoads(rng, e, 1000, 5000)
 		for x := range loads {
 			if rng.IntN(8) == 0 {
