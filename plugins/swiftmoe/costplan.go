@@ -193,14 +193,13 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 			}
 		}
 		err := p.hybridHomes(h, k, g)
-		if err == nil && k == 1 && !beats(p.boundHybridHomed(h), bestMs) {
-			return nil
-		}
-		if err == nil {
-			p.hybridCountsHomed(h, g)
-		}
 		evaluated = false
 		if err == nil {
+			// (No bound once homed for k > 1: boundHybridHomed gives 0.)
+			if !beats(p.boundHybridHomed(h), bestMs) {
+				return nil
+			}
+			p.hybridCountsHomed(h, g)
 			if rules(p.boundHybrid(h, sm)) || rules(shape) {
 				return nil
 			}
