@@ -208,6 +208,54 @@ func TestMergeKeys(t *testing.T) {
 	}
 }
 
+// TestRequeueTaken takes the first keys of random queues and brings some
+// of them back grown, as node packing does, in a buffer with room for as
+// many keys again after the queue: the result is the sorted union of the
+// keys left and those brought back, within the buffer, and both of
+// requeueTaken's ways (forward into the room taken keys left, backward into
+// the room after the queue) are taken.
+func TestRequeueTaken(t *testing.T) {
+	rng := rand.New(rand.NewPCG(20, 26))
+	ways := map[bool]int{}
+	for trial := range 5000 {
+		n := 1 + rng.IntN(40)
+		take := 1 + rng.IntN(n)
+		seen := map[uint64]bool{}
+		var q []uint64
+		for len(q) < n {
+			if k := uint64(rng.IntN(300)); !seen[k] {
+				seen[k] = true
+				q = append(q, k)
+			}
+		}
+		slices.Sort(q)
+		// Some taken keys come back, each grown to a key not yet in use.
+		var sel []uint64
+		for _, k := range q[:take] {
+			if rng.IntN(4) == 0 {
+				continue
+			}
+			for k += uint64(1 + rng.IntN(200)); seen[k]; k++ {
+			}
+			seen[k] = true
+			sel = append(sel, k)
+		}
+		slices.Sort(sel)
+		want := slices.Sorted(slices.Values(append(slices.Clone(q[take:]), sel...)))
+		buf := make([]uint64, n+len(sel))
+		copy(buf, q)
+		backward := len(sel) > 0 && sel[len(sel)-1] > q[n/2]
+		ways[backward]++
+		got := requeueTaken(buf[:n], take, sel)
+		if !slices.Equal(got, want) {
+			t.Fatalf("trial %d: requeueTaken(%v, %d, %v) = %v, want %v", trial, q, take, sel, got, want)
+		}
+	}
+	if ways[false] < 100 || ways[true] < 100 {
+		t.Fatalf("forward %d times, backward %d: want both ways tried", ways[false], ways[true])
+	}
+}
+
 // TestRekeySwap moves load from the busiest rank to another, as the
 // refinement's swaps do (the busiest falls, the other rises, both to below
 // the busiest's old load, either of them now the busier): after rekeySwap

@@ -73,7 +73,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 				ln, f := placeFirst(list, end, cnt, load, free, x, n, row, wx)
 				if f > 0 {
 					sel[0] = math.Float64bits(ln)&^mask | uint64(n) // l.key(n)
-					np.q = mergeKeys(q[1:], sel)
+					np.q = requeueTaken(q, 1, sel)
 				} else {
 					np.q = q[1:]
 				}
@@ -104,7 +104,7 @@ func (np *nodePacker) spread(reps []int32, wt *weights, r, nodes, s int) error {
 			}
 			sel = sel[:m]
 			insertionSortKeys(sel)
-			np.q = mergeKeys(q[take:], sel)
+			np.q = requeueTaken(q, take, sel)
 			np.sel = sel
 			if take < int(k) {
 				if err := np.repairExtra(wt, x, int(k)-take, e); err != nil {
