@@ -38,7 +38,7 @@ type stepModel struct {
 	loads      []float64 // [E]
 	total      float64   // all experts' load
 	nodeTotal  float64   // a node's demand for all experts
-	d, c       []float64 // [E]: a node's demand for x, and a rank's
+	d          []float64 // [E]: a node's demand for x (a rank's: ex[x].c)
 
 	// The plan being evaluated: replicas and load per replica of each
 	// expert, and the per-rank tier volumes (see costModel.a2aMs).
@@ -75,9 +75,9 @@ type evalExpert struct {
 	nodeLocal      float64 // what the node's local tier keeps
 	recvFrac       float64 // the fraction of a slot's room filled from other nodes
 	sendFrac       float64 // the fraction of a rank's tokens left that leaves the node
-	// The expert's load per replica in the plan (w) and a rank's share of
-	// its demand (c), copies of the model's, which evalNode's slot loops
-	// then read from the record they update.
+	// The expert's load per replica in the plan (w, a copy of the
+	// model's), which evalNode's slot loops read from the record they
+	// update, and a rank's share of its demand (c).
 	w, c float64
 }
 
@@ -95,15 +95,15 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	sm.cm, sm.n, sm.g, sm.m, sm.s, sm.e = cm, n, g, m, s, e
 	sm.loads = loads
 	sm.d = grow(sm.d, e)
-	sm.c = grow(sm.c, e)
+	sm.ex = grow(sm.ex, e)
 	var total float64
-	d, c := sm.d[:e], sm.c[:e] // (through sm, each store reloads them)
+	d, ex := sm.d[:e], sm.ex[:e] // (through sm, each store reloads them)
 	fm, fg := float64(m), float64(g)
 	for x := range d {
 		l := loadOf(loads, x)
 		total += l
 		d[x] = l / fm
-		c[x] = d[x] / fg
+		ex[x].c = d[x] / fg
 	}
 	sm.total = total
 	sm.nodeTotal = total / float64(m)
@@ -111,10 +111,6 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 		*v = grow(*v, n)
 	}
 	sm.w = grow(sm.w, e)
-	sm.ex = grow(sm.ex, e)
-	for x, cx := range c {
-		sm.ex[x].c = cx
-	}
 	sm.reps = grow(sm.reps, e)
 	sm.slotLocal = grow(sm.slotLocal, g*s)
 	sm.held = grow(sm.held, g*s)
@@ -449,7 +445,7 @@ func (sm *stepModel) burstTraffic(dst []int, level float64) {
 				if x := sm.shedX[from]; x != lastX {
 					lastX, own = x, 0
 					if x >= 0 {
-						own = sm.c[x]
+						own = sm.ex[x].c
 					}
 				}
 				kept := min(a, own)
