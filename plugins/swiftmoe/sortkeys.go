@@ -29,18 +29,26 @@ func sortKeys(keys, scratch []uint64, counts []int32) {
 		lo, hi = min(lo, k), max(hi, k)
 	}
 	// 2^nbits <= sortBuckets*n buckets; bucket b takes the keys whose
-	// offset's top nbits bits are b.
+	// offset's top nbits bits are b. One pass counts both the buckets and
+	// the nbits below them (c2, for the pass below), which costs less than
+	// a second pass over the keys when it is needed and little when not.
 	nbits := bits.Len(uint(n*sortBuckets)) - 1
 	nb := 1 << nbits
 	shift := max(0, bits.Len64(hi-lo)-nbits)
-	clear(counts[:nb+1])
+	shift2 := uint(max(0, int(shift)-nbits))
+	low := uint64(nb - 1)
+	c1, c2 := counts[:nb+1], counts[nb+1:2*nb+2]
+	clear(counts[:2*nb+2])
 	for _, k := range keys {
-		counts[((k-lo)>>shift)+1]++
+		o := k - lo
+		c1[(o>>shift)+1]++
+		c2[(o>>shift2)&low+1]++
 	}
 	var most int32
 	for b := 1; b <= nb; b++ {
-		most = max(most, counts[b])
-		counts[b] += counts[b-1]
+		most = max(most, c1[b])
+		c1[b] += c1[b-1]
+		c2[b] += c2[b-1]
 	}
 	if most > 16 {
 		slices.Sort(keys)
@@ -53,16 +61,6 @@ func sortKeys(keys, scratch []uint64, counts []int32) {
 		// the insertion sort almost nothing to move. (Its moves inside
 		// a bucket mispredicted: the weights cluster near the
 		// replication rate, up to 12 a bucket.)
-		shift2 := uint(max(0, int(shift)-nbits))
-		low := uint64(nb - 1)
-		c2 := counts[nb+1 : 2*nb+2]
-		clear(c2)
-		for _, k := range keys {
-			c2[((k-lo)>>shift2)&low+1]++
-		}
-		for b := 1; b <= nb; b++ {
-			c2[b] += c2[b-1]
-		}
 		for _, k := range keys {
 			d := ((k - lo) >> shift2) & low
 			scratch[c2[d]] = k
@@ -70,16 +68,16 @@ func sortKeys(keys, scratch []uint64, counts []int32) {
 		}
 		for _, k := range scratch[:n] {
 			b := (k - lo) >> shift
-			keys[counts[b]] = k
-			counts[b]++
+			keys[c1[b]] = k
+			c1[b]++
 		}
 		insertionSortKeys(keys)
 		return
 	}
 	for _, k := range keys {
 		b := (k - lo) >> shift
-		scratch[counts[b]] = k
-		counts[b]++
+		scratch[c1[b]] = k
+		c1[b]++
 	}
 	copy(keys, scratch[:n])
 	insertionSortKeys(keys)
