@@ -60,6 +60,14 @@ func BenchmarkSwiftMoEPlan(b *testing.B) { benchPlan(b, benchRequest(0)) }
 
 func BenchmarkSwiftMoEPlanNodes8(b *testing.B) { benchPlan(b, benchRequest(8)) }
 
+// BenchmarkSwiftMoEPlanNodes8Step is BenchmarkSwiftMoEPlanNodes8 planned for
+// step time (12.5 GB/s between the nodes, as ...SequentialNodes8Step): the
+// layers in parallel, as Strategy.Plan plans them, so ns/op is the wall time
+// on this machine's cores and cpu-ns/op the CPU of all its workers.
+func BenchmarkSwiftMoEPlanNodes8Step(b *testing.B) {
+	benchPlan(b, stepRequest(benchRequest(8), 12.5e9))
+}
+
 // BenchmarkSwiftMoEPlanSequential plans the 64 layers of the target one
 // after another on one goroutine: its cpu-ns/op is the compute of a whole
 // plan (the target is under 2 ms), free of scheduling.
