@@ -39,6 +39,7 @@ type stepModel struct {
 	total      float64   // all experts' load
 	nodeTotal  float64   // a node's demand for all experts
 	d          []float64 // [E]: a node's demand for x (a rank's: ex[x].c)
+	cSet       bool      // ex[x].c is set for the layer (weighReps)
 
 	// The plan being evaluated: replicas and load per replica of each
 	// expert, and the per-rank tier volumes (see costModel.a2aMs).
@@ -97,14 +98,25 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	sm.d = grow(sm.d, e)
 	sm.ex = grow(sm.ex, e)
 	var total float64
-	d, ex := sm.d[:e], sm.ex[:e] // (through sm, each store reloads them)
-	fm, fg := float64(m), float64(g)
-	for x := range d {
-		l := loadOf(loads, x)
-		total += l
-		d[x] = l / fm
-		ex[x].c = d[x] / fg
+	d := sm.d[:e] // (through sm, each store reloads it)
+	fm := float64(m)
+	if m&(m-1) == 0 {
+		// A power of two: its reciprocal is exact, and a product by it
+		// rounds as the quotient does, bit for bit, for a multiply's cost.
+		inv := 1 / fm
+		for x := range d {
+			l := loadOf(loads, x)
+			total += l
+			d[x] = l * inv
+		}
+	} else {
+		for x := range d {
+			l := loadOf(loads, x)
+			total += l
+			d[x] = l / fm
+		}
 	}
+	sm.cSet = false // a rank's share (ex[x].c), set by the first weighing
 	sm.total = total
 	sm.nodeTotal = total / float64(m)
 	for _, v := range []*[]float64{&sm.load, &sm.local, &sm.si, &sm.ri, &sm.se, &sm.re} {
@@ -127,9 +139,18 @@ func (sm *stepModel) weigh(dst []int) {
 	sm.weighReps()
 }
 
-// weighReps sets w from reps.
+// weighReps sets w from reps, and on a layer's first weighing each expert's
+// share of a rank (ex[x].c): only an evaluation reads it, and most layers
+// planned for step time rule every candidate out by its bounds first.
 func (sm *stepModel) weighReps() {
 	w, ex := sm.w, sm.ex
+	if !sm.cSet {
+		fg := float64(sm.g)
+		for x, dx := range sm.d[:sm.e] {
+			ex[x].c = dx / fg
+		}
+		sm.cSet = true
+	}
 	for x, r := range sm.reps {
 		w[x] = 0
 		if r > 0 {
