@@ -537,7 +537,7 @@ func (hs *hybridScratch) homeSinglesOne(loads []float64, h, q, rho, m int) error
 		// re-enters behind them all (its load is above 0), so expert i
 		// goes to node i; the queue is then the nodes by (load, node),
 		// which is their reverse but where loads tie. (Through the queue
-		// the i-th re-entry passes the i nodes before it: 496 of the
+		// the i-th re-entry passes the i nodes before it: 496 of about
 		// 1,250 steps on the planner benchmark's 32 nodes.) Each holds
 		// one expert, below q+1 as q >= 1; it stays eligible unless q is
 		// 1 and no node is to hold 2.

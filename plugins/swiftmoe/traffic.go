@@ -99,20 +99,16 @@ func (sm *stepModel) reset(cm costModel, loads []float64, e, n, g, s int) {
 	sm.ex = grow(sm.ex, e)
 	var total float64
 	d := sm.d[:e] // (through sm, each store reloads it)
+	// For a power of two m, 1/m is exact, and a product by it rounds as
+	// the quotient does, bit for bit, for a multiply's cost.
 	fm := float64(m)
-	if m&(m-1) == 0 {
-		// A power of two: its reciprocal is exact, and a product by it
-		// rounds as the quotient does, bit for bit, for a multiply's cost.
-		inv := 1 / fm
-		for x := range d {
-			l := loadOf(loads, x)
-			total += l
+	pow2, inv := m&(m-1) == 0, 1/fm
+	for x := range d {
+		l := loadOf(loads, x)
+		total += l
+		if pow2 {
 			d[x] = l * inv
-		}
-	} else {
-		for x := range d {
-			l := loadOf(loads, x)
-			total += l
+		} else {
 			d[x] = l / fm
 		}
 	}
