@@ -78,7 +78,8 @@ type evalExpert struct {
 	sendFrac       float64 // the fraction of a rank's tokens left that leaves the node
 	// The expert's load per replica in the plan (w, a copy of the
 	// model's), which evalNode's slot loops read from the record they
-	// update, and a rank's share of its demand (c).
+	// update, and a rank's share of its demand (c, set on the layer's
+	// first weighing: weighReps).
 	w, c float64
 }
 
