@@ -12,7 +12,7 @@ FUZZ_TIME ?= 8000x
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/pyshim$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build proto proto-check lint fmt test test-go fuzz-go test-py demo bench bench-planner gpu-check clean
+.PHONY: help deps build proto proto-check lint fmt test test-go fuzz-go test-py demo bench bench-planner plans-vs gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -73,6 +73,10 @@ bench: deps build ## benchmarks (not tests): planner, round trip, split, trainin
 bench-planner: ## the planner's CPU time per plan against REF, side by side (make bench-planner REF=main~3; INSTR=1 adds instructions per plan)
 	@test -n "$(REF)" || { echo "make bench-planner: set REF to the commit to compare with, e.g. REF=HEAD~3" >&2; exit 2; }
 	scripts/bench_planner_vs.sh $(if $(ROUNDS),-r $(ROUNDS)) $(if $(INSTR),-i) "$(REF)"
+
+plans-vs: ## the swiftmoe strategy's plans against REF's, request by request (make plans-vs REF=main~3; CASES=N, default 20000)
+	@test -n "$(REF)" || { echo "make plans-vs: set REF to the commit to compare with, e.g. REF=HEAD~3" >&2; exit 2; }
+	scripts/plans_vs.sh $(if $(CASES),-n $(CASES)) "$(REF)"
 
 gpu-check: ## one GPU: the engine (NCCL, bf16, grouped GEMMs) against the unpatched model and static EP, as JSON
 	$(PYTHON) scripts/gpu_check.py --json out/gpu-check.json --profile out/gpu-profile.txt

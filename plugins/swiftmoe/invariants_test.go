@@ -181,3 +181,34 @@ func TestPlanErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestDigestRequestsPlanValid plans the plan digests' random requests
+// (plandigest_test.go: step time, bursts, windows, options, plans in force
+// off their limits): every plan is valid, and a request planned again, by
+// the same strategy (its pooled planners reused) or a new one, gets the
+// same plans.
+func TestDigestRequestsPlanValid(t *testing.T) {
+	s := New()
+	for c := range uint64(300) {
+		req := digestRequest(c)
+		resp, err := planReq(t, s, req)
+		if err != nil {
+			t.Fatalf("case %d: %v", c, err)
+		}
+		for i, l := range req.Layers {
+			name := fmt.Sprintf("case %d layer %d (N=%d S=%d R=%d E=%d options %v)", c, i,
+				req.Topology.WorldSize, req.Topology.SlotsPerRank, req.Topology.RanksPerNode, l.NumExperts, req.Options)
+			loads := l.Predicted
+			checkPlan(t, name, resp.Layers[i], loads, req.Topology)
+		}
+		first, err := planDigest(s, req)
+		if err != nil {
+			t.Fatalf("case %d: %v", c, err)
+		}
+		for _, again := range []sdk.Strategy{s, New()} {
+			if d, err := planDigest(again, req); err != nil || d != first {
+				t.Fatalf("case %d: planned again, digest %x (error %v), want %x", c, d, err, first)
+			}
+		}
+	}
+}

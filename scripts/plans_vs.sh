@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Compare the swiftmoe strategy's plans with another commit's, request by request.
+#
+# usage: scripts/plans_vs.sh [-n CASES] [-c CHUNK] REF
+#
+# Plans CASES seeded random requests (plugins/swiftmoe/plandigest_test.go: one to three layers,
+# up to 32 nodes and 300 experts, step time with bursts and load windows, the strategy's options,
+# plans in force off their limits) with the strategy at REF (a commit, branch or tag) and from
+# the working tree, and lists the requests whose plans differ. A change meant to leave every
+# plan as it was (a faster planner) is held to that here over far more requests than the plan
+# quality golden's 412. It copies plandigest_test.go into REF's tree, so REF needs only the
+# strategy's New and the sdk. Exits 1 when a plan differs.
+set -euo pipefail
+
+cases=20000
+chunk=2000
+usage() {
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  echo
+  echo "options: -n CASES requests (default $cases), -c CHUNK requests a progress step (default $chunk)"
+}
+while getopts "n:c:h" opt; do
+  case $opt in
+    n) cases=$OPTARG ;;
+    c) chunk=$OPTARG ;;
+    h) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+if [ $# -ne 1 ]; then
+  echo "plans_vs.sh: give one REF to compare against (for example HEAD~3 or main)" >&2
+  usage >&2
+  exit 2
+fi
+ref=$1
+for v in "$cases" "$chunk"; do
+  if ! [[ $v =~ ^[1-9][0-9]*$ ]]; then
+    echo "plans_vs.sh: -n and -c take a positive whole number, got '$v'" >&2
+    exit 2
+  fi
+done
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if ! commit=$(git rev-parse --verify --quiet "$ref^{commit}"); then
+  echo "plans_vs.sh: '$ref' is not a commit in this repository (try a hash, a branch or HEAD~N)" >&2
+  exit 2
+fi
+work=$(mktemp -d)
+cleanup() {
+  git worktree remove --force "$work/ref" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building the strategy's tests at $ref (${commit:0:12}) and from the working tree ..."
+git worktree add --detach --quiet "$work/ref" "$commit"
+if [ ! -d "$work/ref/plugins/swiftmoe" ]; then
+  echo "plans_vs.sh: '$ref' has no plugins/swiftmoe; pick a later commit" >&2
+  exit 2
+fi
+cp plugins/swiftmoe/plandigest_test.go "$work/ref/plugins/swiftmoe/"
+if ! (cd "$work/ref/plugins/swiftmoe" && go test -c -o "$work/ref.test" . 2>"$work/build.log"); then
+  cat "$work/build.log" >&2
+  echo "plans_vs.sh: the request generator does not build at $ref (above); pick a later commit" >&2
+  exit 2
+fi
+(cd plugins/swiftmoe && go test -c -o "$work/new.test" .)
+
+: >"$work/ref.txt"
+: >"$work/new.txt"
+for ((first = 0; first < cases; first += chunk)); do
+  n=$((cases - first < chunk ? cases - first : chunk))
+  echo "requests $first to $((first + n - 1)) of $cases ..."
+  # The two builds side by side, one core each.
+  for b in ref new; do
+    PLAN_DIGESTS_OUT="$work/$b.part" PLAN_DIGESTS=$n PLAN_DIGESTS_FIRST=$first \
+      timeout 1800 "$work/$b.test" -test.run '^TestPlanDigests$' -test.count 1 -test.timeout 30m \
+      >"$work/$b.log" 2>&1 &
+  done
+  for b in ref new; do
+    if ! wait -n; then
+      cat "$work/ref.log" "$work/new.log" >&2
+      echo "plans_vs.sh: a build's digest run failed (its output above)" >&2
+      exit 2
+    fi
+  done
+  cat "$work/ref.part" >>"$work/ref.txt"
+  cat "$work/new.part" >>"$work/new.txt"
+done
+
+python3 - "$work/ref.txt" "$work/new.txt" "$ref" <<'EOF'
+import sys
+def read(path):
+    out = {}
+    for line in open(path):
+        case, rest = line.rstrip("\n").split(" ", 1)
+        out[int(case)] = rest
+    return out
+ref, new, name = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
+same = [c for c in new if ref.get(c) == new[c]]
+refused = [c for c in new if ref[c].startswith("ERR") and not new[c].startswith("ERR")]
+differ = [c for c in new if ref[c] != new[c] and c not in refused]
+print(f"\n{len(new)} requests: {len(same)} planned alike, {len(differ)} differ, "
+      f"{len(refused)} refused by {name} alone")
+if refused:
+    print(f"  {name} refused (an option or input it does not take), e.g. request {refused[0]}: {ref[refused[0]]}")
+for c in differ[:20]:
+    print(f"  request {c}: {name} {ref[c]}, now {new[c]}")
+if differ:
+    print(f"  (to see request N: PLAN_DIGESTS_OUT=/tmp/request.txt PLAN_DIGESTS=1 PLAN_DIGESTS_FIRST=N "
+          f"PLAN_DIGESTS_SHOW=1 go test ./plugins/swiftmoe -run '^TestPlanDigests$' -count=1; "
+          f"cat /tmp/request.txt)")
+    sys.exit(1)
+EOF
