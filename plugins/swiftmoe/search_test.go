@@ -194,3 +194,82 @@ func TestSetRunsMatchesSet(t *testing.T) {
 		t.Fatalf("%d near ties: the cases do not exercise the insertion pass", nearTies)
 	}
 }
+
+// TestPackBoundHolds: packBound is never above the busiest rank of the best
+// packing of small counts, found by trying every packing, and it is that
+// rank for some counts; the count search's plans are those it makes
+// packing every count it tries on one node too (flat layers), where the
+// bound is all that spares packings.
+func TestPackBoundHolds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(59, 3))
+	var cs countSearch
+	var wt weights
+	var checked, exact int
+	for i := range 3000 {
+		n, s := 1+rng.IntN(3), 1+rng.IntN(3)
+		e := 1 + rng.IntN(n*s)
+		reps := randomCounts(rng, e, n*s)
+		loads := tiedLoads(rng, e, 10, 100)
+		wt.set(reps, loads, n, n*s)
+		lb := cs.packBound(&wt, reps, n, s)
+		var items []float64
+		for x, c := range reps {
+			for range c {
+				items = append(items, wt.w[x])
+			}
+		}
+		best := bestPacking(items, make([]float64, n), make([]int, n), s)
+		if lb > best*(1+1e-12) {
+			t.Fatalf("case %d (N=%d S=%d counts %v loads %v): bound %v above the best packing's busiest rank %v", i, n, s, reps, loads, lb, best)
+		}
+		if lb >= best*(1-1e-12) {
+			exact++
+		}
+		checked++
+	}
+	if 4*exact < checked {
+		t.Errorf("the bound is the best packing's busiest rank in %d of %d counts; want at least a quarter", exact, checked)
+	}
+	t.Logf("the bound is the best packing's busiest rank in %d of %d counts", exact, checked)
+
+	skip, whole := new(planner), new(planner)
+	var skipped spareTally
+	for i := range 300 {
+		n, s := 2+rng.IntN(15), 1+rng.IntN(6)
+		topo := sdk.Topology{WorldSize: n, SlotsPerRank: s}
+		loads := qualityLoads(rng, 1+rng.IntN(n*s))
+		e := len(loads)
+		got, want := make([]int, topo.TotalSlots()), make([]int, topo.TotalSlots())
+		skip.search.skipped = 0
+		if err := skip.planLayer(got, loads, nil, e, topo, options{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := whole.planLayer(want, loads, nil, e, topo, options{searchWhole: true}); err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("case %d (N=%d S=%d E=%d)", i, n, s, e)
+		samePlans(t, name, got, want, "packing every count tried")
+		skipped.add(t, name, "packings of counts", skip.search.skipped, 0)
+	}
+	skipped.check(t, "packings of counts", 20, 300)
+}
+
+// bestPacking is the lowest busiest rank over every packing of items onto
+// ranks of s slots (loads and fill per rank, from items[0] on).
+func bestPacking(items, loads []float64, fill []int, s int) float64 {
+	if len(items) == 0 {
+		return slices.Max(loads)
+	}
+	best := math.Inf(1)
+	for r := range loads {
+		if fill[r] == s || (r > 0 && fill[r] == 0 && fill[r-1] == 0) {
+			continue // full, or an empty rank like the one before
+		}
+		loads[r] += items[0]
+		fill[r]++
+		best = min(best, bestPacking(items[1:], loads, fill, s))
+		loads[r] -= items[0]
+		fill[r]--
+	}
+	return best
+}
