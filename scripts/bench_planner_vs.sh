@@ -53,25 +53,8 @@ if [ "$instructions" = 1 ] && ! command -v valgrind >/dev/null; then
   exit 2
 fi
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-if ! commit=$(git rev-parse --verify --quiet "$ref^{commit}"); then
-  echo "bench_planner_vs.sh: '$ref' is not a commit in this repository (try a hash, a branch or HEAD~N)" >&2
-  exit 2
-fi
-work=$(mktemp -d)
-cleanup() {
-  git worktree remove --force "$work/ref" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-echo "building the planner benchmarks at $ref (${commit:0:12}) and from the working tree ..."
-git worktree add --detach --quiet "$work/ref" "$commit"
-if [ ! -d "$work/ref/plugins/swiftmoe" ]; then
-  echo "bench_planner_vs.sh: '$ref' has no plugins/swiftmoe to benchmark; pick a later commit" >&2
-  exit 2
-fi
+. "$(dirname "$0")/ref_worktree.sh"
+ref_worktree bench_planner_vs.sh "$ref" "the planner benchmarks"
 (cd "$work/ref/plugins/swiftmoe" && go test -c -o "$work/ref.test" .)
 (cd plugins/swiftmoe && go test -c -o "$work/new.test" .)
 

@@ -41,25 +41,8 @@ for v in "$cases" "$chunk"; do
   fi
 done
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-if ! commit=$(git rev-parse --verify --quiet "$ref^{commit}"); then
-  echo "plans_vs.sh: '$ref' is not a commit in this repository (try a hash, a branch or HEAD~N)" >&2
-  exit 2
-fi
-work=$(mktemp -d)
-cleanup() {
-  git worktree remove --force "$work/ref" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-echo "building the strategy's tests at $ref (${commit:0:12}) and from the working tree ..."
-git worktree add --detach --quiet "$work/ref" "$commit"
-if [ ! -d "$work/ref/plugins/swiftmoe" ]; then
-  echo "plans_vs.sh: '$ref' has no plugins/swiftmoe; pick a later commit" >&2
-  exit 2
-fi
+. "$(dirname "$0")/ref_worktree.sh"
+ref_worktree plans_vs.sh "$ref" "the strategy's tests"
 cp plugins/swiftmoe/plandigest_test.go "$work/ref/plugins/swiftmoe/"
 if ! (cd "$work/ref/plugins/swiftmoe" && go test -c -o "$work/ref.test" . 2>"$work/build.log"); then
   cat "$work/build.log" >&2
