@@ -45,6 +45,7 @@ type planner struct {
 	curReps  []int32   // replica count per expert in cur
 	curW     []float64 // load per replica in cur
 	tally    []int32   // spreadOverNodes' scratch
+	light    []float64 // packBound's scratch
 	// planHi is the busiest rank of planLayer's plan as the packers kept
 	// it (summed in another order than the slots'), or -1 where the plan
 	// is not the packing's (the search, the replicated layout or the
@@ -174,6 +175,58 @@ func (p *planner) nodesBound(lay *nodeLayout) float64 {
 	return lb
 }
 
+// packBound is a lower bound on the busiest rank of any packing of the
+// current counts (weighed, p.wt) onto the ranks, from the counts alone:
+// for each k < s, some rank holds k+1 of the k*n+1 heaviest replicas, at
+// least the k+1 lightest of them, and s-k-1 more replicas, at least the
+// s-k-1 lightest of all. (Those positions do not overlap: (n-1)(s-k) >= 0
+// replicas lie between them.) Its sums are in another order than a rank's
+// load, so a caller allows for rounding. It needs no node layout, so it
+// stops counts before they are spread (about a quarter of the count
+// search's on small layers with nodes) and, on one node, before any
+// packing.
+func (p *planner) packBound() float64 {
+	order, w, reps := p.wt.order, p.wt.w, p.reps
+	n, s := p.rk.n, p.rk.s
+	// The s-1 lightest replicas, summed from the lightest: light[j] is
+	// the sum of the j lightest.
+	light := grow(p.light, s)[:1]
+	light[0] = 0
+	for i := len(order) - 1; i >= 0 && len(light) < s; i-- {
+		x := order[i]
+		for c := reps[x]; c > 0 && len(light) < s; c-- {
+			light = append(light, light[len(light)-1]+w[x])
+		}
+	}
+	p.light = light
+	if len(light) < s {
+		return 0 // fewer replicas than a rank's slots
+	}
+	var lb float64
+	// A cursor over the replicas heaviest first: expert order[i], whose
+	// replicas take positions [at, at+reps).
+	i, at := 0, 0
+	for k := range s {
+		first, last := k*n-k, k*n // the k+1 positions to sum
+		if first < at {
+			i, at = 0, 0 // fewer ranks than slots: the ranges overlap
+		}
+		var top float64
+		for pos := first; pos <= last; pos++ {
+			for i < len(order) && at+int(reps[order[i]]) <= pos {
+				at += int(reps[order[i]])
+				i++
+			}
+			if i == len(order) {
+				return lb
+			}
+			top += w[order[i]]
+		}
+		lb = max(lb, top+light[s-k-1])
+	}
+	return lb
+}
+
 // indexCurrent counts the replicas of each expert in cur.
 func (p *planner) indexCurrent() {
 	reps := p.curReps // a local: through p, every increment reloads it
@@ -202,11 +255,12 @@ func (p *planner) weigh() {
 func (p *planner) pack(t sdk.Topology) error { return p.packBelow(t, math.Inf(1)) }
 
 // packBelow is pack, but it stops with errAbove, before packing any rank,
-// where the counts (and their node layout) bound the plan's busiest rank
-// above hi: a rank holds at least its node's mean load, and the rank with
-// a node's heaviest replica holds at least that and the node's S-1 lightest
-// (every slot is filled), so the plan cannot score below hi; and, with
-// nodes, once a node's packed ranks are above hi (packNodeRanks).
+// where the counts bound the plan's busiest rank above hi (packBound,
+// before any layout) or their node layout does: a rank holds at least its
+// node's mean load, and the rank with a node's heaviest replica holds at
+// least that and the node's S-1 lightest (every slot is filled), so the
+// plan cannot score below hi; and, with nodes, once a node's packed ranks
+// are above hi (packNodeRanks).
 func (p *planner) packBelow(t sdk.Topology, hi float64) error {
 	p.weigh()
 	return p.packWeighed(t, hi)
@@ -214,6 +268,9 @@ func (p *planner) packBelow(t sdk.Topology, hi float64) error {
 
 // packWeighed is packBelow for counts already weighed (p.wt).
 func (p *planner) packWeighed(t sdk.Topology, hi float64) error {
+	if !math.IsInf(hi, 1) && p.packBound() > hi*(1+1e-9)*(1+1e-12) {
+		return errAbove
+	}
 	p.rk.empty()
 	if r := hierarchical(t); r > 0 {
 		var err error

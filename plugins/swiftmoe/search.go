@@ -43,8 +43,7 @@ type countSearch struct {
 	climbDst  []int
 	climbReps []int32
 	climbWt   weights // the weights of climbReps
-	light     []float64
-	skipped   int // counts not packed (errAbove or above packBound), for tests
+	skipped   int     // counts not packed (errAbove), for tests
 }
 
 // run searches: a climb moves one replica from one expert to another,
@@ -119,15 +118,6 @@ func (cs *countSearch) climb(p *planner, t sdk.Topology, cur score, evals *int) 
 				}
 				// Their weights are base's with two experts moved.
 				p.wt.setMoved(&cs.climbWt, p.reps, p.loads, n, slots, from, to)
-				// Counts bound above the plan to beat are not even
-				// spread over nodes (about a quarter of the climb's
-				// on small layers with nodes, where the count
-				// search spends most of a plan).
-				if !math.IsInf(hi, 1) && cs.packBound(&p.wt, p.reps, n, p.rk.s) > hi*(1+1e-9)*(1+1e-12) {
-					*evals--
-					cs.skipped++
-					continue
-				}
 				if !p.tryPackWeighed(t, evals, hi) {
 					continue
 				}
@@ -146,54 +136,6 @@ func (cs *countSearch) climb(p *planner, t sdk.Topology, cur score, evals *int) 
 	copy(dst, cs.climbDst)
 	p.weigh()
 	return cur
-}
-
-// packBound is a lower bound on the busiest rank of any packing of the
-// counts reps (weighed in wt) onto n ranks of s slots, with no layout:
-// for each k < s, some rank holds k+1 of the k*n+1 heaviest replicas, at
-// least the k+1 lightest of them, and s-k-1 more replicas, at least the
-// s-k-1 lightest of all. (Those positions do not overlap: (n-1)(s-k) >= 0
-// replicas lie between them.) Its sums are in another order than a rank's
-// load, so a caller allows for rounding.
-func (cs *countSearch) packBound(wt *weights, reps []int32, n, s int) float64 {
-	order, w := wt.order, wt.w
-	// The s-1 lightest replicas, summed from the lightest: light[j] is
-	// the sum of the j lightest.
-	light := grow(cs.light, s)[:1]
-	light[0] = 0
-	for i := len(order) - 1; i >= 0 && len(light) < s; i-- {
-		x := order[i]
-		for c := reps[x]; c > 0 && len(light) < s; c-- {
-			light = append(light, light[len(light)-1]+w[x])
-		}
-	}
-	cs.light = light
-	if len(light) < s {
-		return 0 // fewer replicas than a rank's slots
-	}
-	var lb float64
-	// A cursor over the replicas heaviest first: expert order[i], whose
-	// replicas take positions [at, at+reps).
-	i, at := 0, 0
-	for k := range s {
-		first, last := k*n-k, k*n // the k+1 positions to sum
-		if first < at {
-			i, at = 0, 0 // fewer ranks than slots: the ranges overlap
-		}
-		var top float64
-		for pos := first; pos <= last; pos++ {
-			for i < len(order) && at+int(reps[order[i]]) <= pos {
-				at += int(reps[order[i]])
-				i++
-			}
-			if i == len(order) {
-				return lb
-			}
-			top += w[order[i]]
-		}
-		lb = max(lb, top+light[s-k-1])
-	}
-	return lb
 }
 
 // kick moves two random replicas between random experts of reps.

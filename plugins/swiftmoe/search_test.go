@@ -202,20 +202,20 @@ func TestSetRunsMatchesSet(t *testing.T) {
 // bound is all that spares packings.
 func TestPackBoundHolds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(59, 3))
-	var cs countSearch
-	var wt weights
+	var p planner
 	var checked, exact int
 	for i := range 3000 {
 		n, s := 1+rng.IntN(3), 1+rng.IntN(3)
 		e := 1 + rng.IntN(n*s)
 		reps := randomCounts(rng, e, n*s)
 		loads := tiedLoads(rng, e, 10, 100)
-		wt.set(reps, loads, n, n*s)
-		lb := cs.packBound(&wt, reps, n, s)
+		p.reps, p.rk.n, p.rk.s = reps, n, s
+		p.wt.set(reps, loads, n, n*s)
+		lb := p.packBound()
 		var items []float64
 		for x, c := range reps {
 			for range c {
-				items = append(items, wt.w[x])
+				items = append(items, p.wt.w[x])
 			}
 		}
 		best := bestPacking(items, make([]float64, n), make([]int, n), s)
