@@ -74,7 +74,7 @@ bench-planner: ## the planner's CPU time per plan against REF, side by side (mak
 	@test -n "$(REF)" || { echo "make bench-planner: set REF to the commit to compare with, e.g. REF=HEAD~3" >&2; exit 2; }
 	scripts/bench_planner_vs.sh $(if $(ROUNDS),-r $(ROUNDS)) $(if $(INSTR),-i) "$(REF)"
 
-plans-vs: ## the swiftmoe strategy's plans against REF's, request by request (make plans-vs REF=main~3; CASES=N, default 20000)
+plans-vs: ## the swiftmoe strategy's plans against REF's, request by request, and the quality of those that differ (make plans-vs REF=main~3; CASES=N, default 20000)
 	@test -n "$(REF)" || { echo "make plans-vs: set REF to the commit to compare with, e.g. REF=HEAD~3" >&2; exit 2; }
 	scripts/plans_vs.sh $(if $(CASES),-n $(CASES)) "$(REF)"
 

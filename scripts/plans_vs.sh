@@ -8,14 +8,17 @@
 # plans in force off their limits) with the strategy at REF (a commit, branch or tag) and from
 # the working tree, and lists the requests whose plans differ. A change meant to leave every
 # plan as it was (a faster planner) is held to that here over far more requests than the plan
-# quality golden's 412. It copies plandigest_test.go into REF's tree, so REF needs only the
-# strategy's New and the sdk. Exits 1 when a plan differs.
+# quality golden's 412. Where plans differ, it weighs them as the golden weighs its cases (a
+# layer planned for step time by its estimated step time, any other by max_over_mean, both by
+# the working tree's figures): how many requests got better or worse, and by how much. It
+# copies plandigest_test.go into REF's tree, so REF needs only the strategy's New and the sdk.
+# Exits 1 when a plan differs.
 set -euo pipefail
 
 cases=20000
 chunk=2000
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   echo
   echo "options: -n CASES requests (default $cases), -c CHUNK requests a progress step (default $chunk)"
 }
@@ -73,7 +76,8 @@ for ((first = 0; first < cases; first += chunk)); do
   cat "$work/new.part" >>"$work/new.txt"
 done
 
-python3 - "$work/ref.txt" "$work/new.txt" "$ref" <<'EOF'
+status=0
+python3 - "$work/ref.txt" "$work/new.txt" "$ref" "$work/differ.txt" <<'EOF' || status=$?
 import sys
 def read(path):
     out = {}
@@ -89,11 +93,39 @@ print(f"\n{len(new)} requests: {len(same)} planned alike, {len(differ)} differ, 
       f"{len(refused)} refused by {name} alone")
 if refused:
     print(f"  {name} refused (an option or input it does not take), e.g. request {refused[0]}: {ref[refused[0]]}")
-for c in differ[:20]:
+for c in differ[:10]:
     print(f"  request {c}: {name} {ref[c]}, now {new[c]}")
+if len(differ) > 10:
+    print(f"  ... and {len(differ) - 10} more")
 if differ:
     print(f"  (to see request N: PLAN_DIGESTS_OUT=/tmp/request.txt PLAN_DIGESTS=1 PLAN_DIGESTS_FIRST=N "
           f"PLAN_DIGESTS_SHOW=1 go test ./plugins/swiftmoe -run '^TestPlanDigests$' -count=1; "
           f"cat /tmp/request.txt)")
-    sys.exit(1)
+# The requests both builds planned, with plans that differ, to weigh.
+weigh = [c for c in differ if not ref[c].startswith("ERR") and not new[c].startswith("ERR")]
+with open(sys.argv[4], "w") as f:
+    f.write(",".join(str(c) for c in weigh[:5000]))
+sys.exit(1 if differ else 0)
 EOF
+if [ -s "$work/differ.txt" ]; then
+  # The plans that differ, weighed as the plan quality golden weighs its cases (a layer planned for
+  # step time by its estimated step time, any other by max_over_mean), by this build's figures.
+  echo
+  echo "weighing the plans that differ (at most 5,000 requests) ..."
+  if ! PLAN_DIGESTS_OUT="$work/ref.plans" PLAN_DIGESTS_CASES=$(cat "$work/differ.txt") PLAN_DIGESTS_PLANS=1 \
+    timeout 1800 "$work/ref.test" -test.run '^TestPlanDigests$' -test.count 1 -test.timeout 30m >"$work/ref.log" 2>&1; then
+    cat "$work/ref.log" >&2
+    echo "plans_vs.sh: $ref could not write its plans (above)" >&2
+    exit 2
+  fi
+  if ! PLAN_DIGESTS_REF_PLANS="$work/ref.plans" PLAN_DIGESTS_QUALITY_OUT="$work/quality.txt" \
+    timeout 1800 "$work/new.test" -test.run '^TestPlanDigestsQuality$' -test.count 1 -test.timeout 30m >"$work/new.log" 2>&1; then
+    cat "$work/new.log" >&2
+    echo "plans_vs.sh: the working tree could not weigh the plans (above)" >&2
+    exit 2
+  fi
+  tail -n 1 "$work/quality.txt"
+  echo "the requests whose worst layer is the most worse (new/ref):"
+  grep '^request' "$work/quality.txt" | sort -t'(' -k2 -r | head -n 5 | sed 's/^/  /'
+fi
+exit $status

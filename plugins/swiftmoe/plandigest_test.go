@@ -14,10 +14,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,70 +27,127 @@ import (
 )
 
 // TestPlanDigests writes "case digest" lines (or "case ERR error") for
-// $PLAN_DIGESTS cases from $PLAN_DIGESTS_FIRST (default 0) to the file
+// $PLAN_DIGESTS cases from $PLAN_DIGESTS_FIRST (default 0), or for the
+// cases listed in $PLAN_DIGESTS_CASES (comma-separated), to the file
 // $PLAN_DIGESTS_OUT; it is skipped unless that is set. With
-// PLAN_DIGESTS_SHOW=1 each line is followed by the request as JSON.
+// PLAN_DIGESTS_SHOW=1 each line is followed by "case request" and the
+// request as JSON; with PLAN_DIGESTS_PLANS=1 by "case plans" and the plans
+// (TestPlanDigestsQuality reads those).
 func TestPlanDigests(t *testing.T) {
 	out := os.Getenv("PLAN_DIGESTS_OUT")
 	if out == "" {
 		t.Skip("PLAN_DIGESTS_OUT not set (scripts/plans_vs.sh sets it)")
 	}
-	n, err := strconv.Atoi(os.Getenv("PLAN_DIGESTS"))
-	if err != nil || n < 1 {
-		t.Fatalf("PLAN_DIGESTS: want a positive number of cases, got %q", os.Getenv("PLAN_DIGESTS"))
-	}
-	first := 0
-	if v := os.Getenv("PLAN_DIGESTS_FIRST"); v != "" {
-		if first, err = strconv.Atoi(v); err != nil || first < 0 {
-			t.Fatalf("PLAN_DIGESTS_FIRST: want a case number >= 0, got %q", v)
-		}
+	cases, err := digestCases()
+	if err != nil {
+		t.Fatal(err)
 	}
 	f, err := os.Create(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := bufio.NewWriter(f)
-	show := os.Getenv("PLAN_DIGESTS_SHOW") == "1"
-	s := New()
-	for c := first; c < first+n; c++ {
-		req := digestRequest(uint64(c))
-		if d, err := planDigest(s, req); err != nil {
-			fmt.Fprintf(w, "%d ERR %v\n", c, err)
-		} else {
-			fmt.Fprintf(w, "%d %016x\n", c, d)
-		}
-		if show {
-			b, err := json.Marshal(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fmt.Fprintf(w, "%d request %s\n", c, b)
-		}
+	err = writeDigests(f, cases, os.Getenv("PLAN_DIGESTS_SHOW") == "1", os.Getenv("PLAN_DIGESTS_PLANS") == "1")
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-// planDigest plans req and digests its plans, layer by layer.
-func planDigest(s sdk.Strategy, req *sdk.Request) (uint64, error) {
+// writeDigests plans the requests of cases and writes TestPlanDigests'
+// lines for them to out: with show, each request; with plans, its plans.
+func writeDigests(out io.Writer, cases []uint64, show, plans bool) error {
+	w := bufio.NewWriter(out)
+	s := New()
+	for _, c := range cases {
+		req := digestRequest(c)
+		resp, err := planRequest(s, req)
+		if err != nil {
+			fmt.Fprintf(w, "%d ERR %v\n", c, err)
+		} else {
+			fmt.Fprintf(w, "%d %016x\n", c, digestPlans(resp.Layers))
+		}
+		if show {
+			if err := writeJSONLine(w, c, "request", req); err != nil {
+				return err
+			}
+		}
+		if plans && err == nil {
+			if err := writeJSONLine(w, c, "plans", resp.Layers); err != nil {
+				return err
+			}
+		}
+	}
+	return w.Flush()
+}
+
+// writeJSONLine writes "case what" and v as JSON, on one line.
+func writeJSONLine(w io.Writer, c uint64, what string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%d %s %s\n", c, what, b)
+	return err
+}
+
+// digestCases are the cases TestPlanDigests plans: $PLAN_DIGESTS_CASES,
+// else $PLAN_DIGESTS from $PLAN_DIGESTS_FIRST.
+func digestCases() ([]uint64, error) {
+	var out []uint64
+	if list := os.Getenv("PLAN_DIGESTS_CASES"); list != "" {
+		for _, f := range strings.Split(list, ",") {
+			c, err := strconv.ParseUint(f, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("PLAN_DIGESTS_CASES: want case numbers separated by commas, got %q", f)
+			}
+			out = append(out, c)
+		}
+		return out, nil
+	}
+	n, err := strconv.Atoi(os.Getenv("PLAN_DIGESTS"))
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("PLAN_DIGESTS: want a positive number of cases, got %q", os.Getenv("PLAN_DIGESTS"))
+	}
+	first := 0
+	if v := os.Getenv("PLAN_DIGESTS_FIRST"); v != "" {
+		if first, err = strconv.Atoi(v); err != nil || first < 0 {
+			return nil, fmt.Errorf("PLAN_DIGESTS_FIRST: want a case number >= 0, got %q", v)
+		}
+	}
+	for c := first; c < first+n; c++ {
+		out = append(out, uint64(c))
+	}
+	return out, nil
+}
+
+// planRequest plans req, within a timeout.
+func planRequest(s sdk.Strategy, req *sdk.Request) (*sdk.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := s.Plan(ctx, req)
+	return s.Plan(ctx, req)
+}
+
+// planDigest plans req and digests its plans.
+func planDigest(s sdk.Strategy, req *sdk.Request) (uint64, error) {
+	resp, err := planRequest(s, req)
 	if err != nil {
 		return 0, err
 	}
+	return digestPlans(resp.Layers), nil
+}
+
+// digestPlans digests plans, layer by layer.
+func digestPlans(layers [][]int) uint64 {
 	h := fnv.New64a()
-	for _, l := range resp.Layers {
+	for _, l := range layers {
 		for _, x := range l {
 			fmt.Fprintf(h, "%d,", x)
 		}
 		h.Write([]byte{';'})
 	}
-	return h.Sum64(), nil
+	return h.Sum64()
 }
 
 func digestPick[T any](r *rand.Rand, v ...T) T { return v[r.IntN(len(v))] }
