@@ -54,7 +54,7 @@ if [ "$instructions" = 1 ] && ! command -v valgrind >/dev/null; then
 fi
 
 . "$(dirname "$0")/ref_worktree.sh"
-ref_worktree bench_planner_vs.sh "$ref" "the planner benchmarks"
+ref_worktree bench_planner_vs.sh "$ref" "the planner benchmarks" "benchmark"
 (cd "$work/ref/plugins/swiftmoe" && go test -c -o "$work/ref.test" .)
 (cd plugins/swiftmoe && go test -c -o "$work/new.test" .)
 

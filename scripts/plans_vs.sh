@@ -45,7 +45,7 @@ for v in "$cases" "$chunk"; do
 done
 
 . "$(dirname "$0")/ref_worktree.sh"
-ref_worktree plans_vs.sh "$ref" "the strategy's tests"
+ref_worktree plans_vs.sh "$ref" "the strategy's tests" "compare plans with"
 cp plugins/swiftmoe/plandigest_test.go "$work/ref/plugins/swiftmoe/"
 if ! (cd "$work/ref/plugins/swiftmoe" && go test -c -o "$work/ref.test" . 2>"$work/build.log"); then
   cat "$work/build.log" >&2
