@@ -48,6 +48,13 @@ typedef struct {
     int64_t *L_pad;     /* [E+1] */
     int64_t *node_R;    /* [N] */
     int64_t M;
+    /* For bound_after: the planned placement's (rank, expert) holdings [N, E], each expert's
+     * ranks [E] and, for an expert on one rank, that rank [E]; and scratch of their sizes. */
+    unsigned char *held0, *held_w;
+    int64_t *deg0, *deg_w, *one0;
+    /* For bound_after's all-to-all term: the nodes holding each expert in the planned
+     * placement [M, E], and scratch of its size. */
+    unsigned char *node0, *node_w;
 } ctx_t;
 
 static void *zalloc(size_t n, size_t size) { return calloc(n ? n : 1, size); }
@@ -181,6 +188,62 @@ static int layout(const ctx_t *x, const burst_t *b, int64_t C, cand_t *cd) {
     cd->Sx = Sx;
     free(per_R);
     return 0;
+}
+
+/* A lower bound on the after_ms evaluate gives the list b[0..C-1], from the counts and the
+ * enlarged placement's replicas, without its split:
+ * - compute: any split's busiest rank takes at least the mean load, ceil(L/ranks) of an
+ *   expert on that many ranks, and all of an expert on one rank (amounts.lower_bound's terms,
+ *   which the split meets or exceeds);
+ * - all-to-all, on several nodes where the price has it: a source sends across nodes at least
+ *   its tokens for the experts its node holds no replica of (neither its own slots nor its
+ *   node's tier can take them), and a2a_ms grows with every rank's tier sums.
+ * The copies' exposed time is >= 0, and each term grows with what it is given, so after_ms >=
+ * this bound, also where evaluate drops bursts left without tokens (fewer replicas only raise
+ * it). A list whose bound is not below the best so far cannot win, so it is not evaluated: the
+ * decision is the same, for the evaluations that made it. */
+static double bound_after(const ctx_t *x, const burst_t *b, int64_t C)
+{
+    int64_t N = x->N, E = x->E, total = 0;
+    memcpy(x->held_w, x->held0, (size_t)(N * E));
+    memcpy(x->deg_w, x->deg0, sizeof(int64_t) * E);
+    memcpy(x->node_w, x->node0, (size_t)(x->M * E));
+    for (int64_t c = 0; c < C; c++) {
+        unsigned char *h = x->held_w + b[c].d * E + b[c].e;
+        if (!*h) {
+            *h = 1;
+            x->deg_w[b[c].e]++;
+        }
+        x->node_w[x->node_R[b[c].d] * E + b[c].e] = 1;
+    }
+    for (int64_t e = 0; e < E; e++) total += x->L_E[e];
+    int64_t lb = (total + N - 1) / N; /* counts >= 0: ceil */
+    memset(x->one0 + E, 0, sizeof(int64_t) * N); /* forced load per rank */
+    for (int64_t e = 0; e < E; e++) {
+        int64_t d = x->deg_w[e];
+        if (d <= 0) continue;
+        int64_t v = (x->L_E[e] + d - 1) / d;
+        if (v > lb) lb = v;
+        if (d == 1) x->one0[E + x->one0[e]] += x->L_E[e];
+    }
+    for (int64_t r = 0; r < N; r++)
+        if (x->one0[E + r] > lb) lb = x->one0[E + r];
+    double ms = smoe_compute_ms(x->p, (double)lb);
+    if (x->M > 1 && x->rpn > 0 && x->rpn < N && x->p->inter_bw > 0) {
+        /* se_R at least what leaves for experts the node lacks (re_R, si_R, ri_R >= 0) */
+        int64_t *se = x->one0 + E;
+        for (int64_t q = 0; q < N; q++) {
+            const unsigned char *in = x->node_w + x->node_R[q] * E;
+            const int64_t *c = x->c + q * E;
+            int64_t v = 0;
+            for (int64_t e = 0; e < E; e++) v += in[e] ? 0 : c[e];
+            se[q] = v;
+        }
+        memset(x->one0 + E + N, 0, sizeof(int64_t) * 3 * N);
+        int64_t *si = x->one0 + E + N;
+        ms = ms + smoe_a2a_ms(x->p, si, si + N, se, si + 2 * N);
+    }
+    return ms;
 }
 
 /* burst._evaluate: the plan of a list of bursts, priced with the split; bursts left without
@@ -715,10 +778,12 @@ static int best_of_lists(const ctx_t *x, const int64_t *demand0, const int64_t *
     int64_t n = bursts.n;
     while (n >= 1 && !tried[n]) {
         tried[n] = 1;
-        if ((rc = evaluate(x, bursts.b, n, cd)) < 0) goto done;
-        if (beats(cd, best, *have_best, before)) {
-            swap_cand(best, cd);
-            *have_best = found = 1;
+        if (bound_after(x, bursts.b, n) < (*have_best ? best->after : before)) {
+            if ((rc = evaluate(x, bursts.b, n, cd)) < 0) goto done;
+            if (beats(cd, best, *have_best, before)) {
+                swap_cand(best, cd);
+                *have_best = found = 1;
+            }
         }
         if (n == bursts.n && 1 <= n_est && n_est < n) n = n_est;
         else if (!found) n /= 2;
@@ -729,6 +794,8 @@ static int best_of_lists(const ctx_t *x, const int64_t *demand0, const int64_t *
         if ((rc = union_list(x, &local, &bursts, &both)) < 0) goto done;
         const blist *lists[2] = {&local, &both};
         for (int i = 0; i < (both.n > local.n ? 2 : 1); i++) {
+            if (bound_after(x, lists[i]->b, lists[i]->n) >= (*have_best ? best->after : before))
+                continue; /* cannot win */
             if ((rc = evaluate(x, lists[i]->b, lists[i]->n, cd)) < 0) goto done;
             if (beats(cd, best, *have_best, before)) {
                 swap_cand(best, cd);
@@ -796,9 +863,15 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     x.row_Q = zalloc(N, sizeof(int64_t));
     x.L_pad = zalloc(E + 1, sizeof(int64_t));
     x.node_R = zalloc(N, sizeof(int64_t));
+    x.held0 = zalloc(2 * N * E, 1);
+    x.held_w = x.held0 ? x.held0 + N * E : NULL;
+    x.deg0 = zalloc(3 * E + 4 * N, sizeof(int64_t));
+    x.deg_w = x.deg0 ? x.deg0 + E : NULL;
+    x.one0 = x.deg0 ? x.deg0 + 2 * E : NULL;
     double ms0 = 0.0, before = 0.0;
     if (!demand0 || !other || !sums0 || !sums1 || !load || !x.c_pad || !x.L_E || !x.row_Q ||
-        !x.L_pad || !x.node_R || cand_alloc(&best, N, S, B) < 0 || cand_alloc(&cd, N, S, B) < 0) {
+        !x.L_pad || !x.node_R || !x.held0 || !x.deg0 || cand_alloc(&best, N, S, B) < 0 ||
+        cand_alloc(&cd, N, S, B) < 0) {
         rc = SMOE_ENOMEM;
         goto done;
     }
@@ -810,8 +883,23 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         }
     }
     memcpy(x.L_pad, x.L_E, sizeof(int64_t) * E);
+    for (int64_t k = 0; k < K; k++) {
+        int64_t r = k / S, e = slots_K[k];
+        if (!x.held0[r * E + e]) {
+            x.held0[r * E + e] = 1;
+            x.deg0[e]++;
+            x.one0[e] = r;
+        }
+    }
     node_of(p, x.node_R);
     x.M = smoe_nodes(p);
+    x.node0 = zalloc(2 * x.M * E, 1);
+    x.node_w = x.node0 ? x.node0 + x.M * E : NULL;
+    if (!x.node0) {
+        rc = SMOE_ENOMEM;
+        goto done;
+    }
+    for (int64_t k = 0; k < K; k++) x.node0[x.node_R[k / S] * E + slots_K[k]] = 1;
     if ((rc = smoe_plan_init(&pl, slots_K, N, S, E)) < 0) goto done;
     have_plan = 1;
     if (planned) { /* the caller's split on the planned placement: not made again */
@@ -902,5 +990,8 @@ done:
     free(x.row_Q);
     free(x.L_pad);
     free(x.node_R);
+    free(x.held0);
+    free(x.deg0);
+    free(x.node0);
     return rc;
 }

@@ -710,15 +710,15 @@ void smoe_slot_demand(const smoe_plan *pl, const int64_t *x_P, int64_t *demand_K
  * nodes. The local tier fills each pair's slots with its rank's tokens; the node tier (with
  * 0 < rpn < N) matches, group (expert, node) by group in demand order, what is left of the
  * node's ranks' tokens and of its demands in proportion; the rest is the last tier. Per-rank
- * sums are float bincounts (tiers._sum_by), added in NumPy's index order. SMOE_EBUG when the
- * last tier's supplies and demands differ (check_routed). */
+ * sums are float bincounts in NumPy (tiers._sum_by) and integer sums here, the same numbers (see
+ * below). SMOE_EBUG when the last tier's supplies and demands differ (check_routed). */
 int smoe_tier_sums(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,
                    const int64_t *demand_K, int64_t rpn, int64_t *sums)
 {
     int64_t N = pl->N, E = pl->E, K = pl->K, P = pl->P;
     int node = 0 < rpn && rpn < N;
     int64_t T = node ? rpn : 0;
-    double *acc = alloc((size_t)(4 * N), sizeof *acc);
+    int64_t *acc = alloc((size_t)(4 * N), sizeof *acc);
     int64_t *ib = alloc((size_t)(2 * K + P + 3 * T), sizeof *ib);
     unsigned char *frac = alloc((size_t)(K > T ? K : T), 1);
     if (!acc || !ib || !frac) {
@@ -727,11 +727,14 @@ int smoe_tier_sums(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *p
         free(frac);
         return SMOE_ENOMEM;
     }
-    double *si_d = acc, *ri_d = acc + N, *cut_d = acc + 2 * N, *left_d = acc + 3 * N;
+    /* NumPy sums these per rank as floats (tiers._sum_by); every term and partial sum is a
+     * token count, an integer far below 2^53, so each float addition is exact and the integer
+     * sums here are the same numbers, in any order. */
+    int64_t *si_d = acc, *ri_d = acc + N, *cut_d = acc + 2 * N, *left_d = acc + 3 * N;
     int64_t *da = ib, *use_D = ib + K, *took_P = ib + 2 * K;
     int64_t *sa = took_P + P, *cut = sa + T, *use_S = cut + T;
     for (int64_t i = 0; i < 4 * N; i++)
-        acc[i] = 0.0;
+        acc[i] = 0;
 
     /* Local tier: pair (e, r)'s tokens counts[r, e] fill r's slots of e in slot order. */
     for (int64_t p = 0; p < P; p++) {
@@ -748,7 +751,7 @@ int smoe_tier_sums(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *p
     }
     if (!node) {
         for (int64_t p = 0; p < P; p++)
-            cut_d[pl->r_P[p]] += (double)took_P[p];
+            cut_d[pl->r_P[p]] += took_P[p];
     } else {
         /* Node tier: groups (expert, node) holding a slot are runs of demands [f, l]; supplies
          * are the node's ranks q0..q1-1, less what the local tier took from pair (e, q) where q
@@ -773,11 +776,11 @@ int smoe_tier_sums(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *p
             proportional(sa, nq, stot, m, use_S, frac);
             proportional(da + f, l - f + 1, dtot, m, use_D + f, frac);
             for (int64_t i = 0; i < nq; i++) {
-                si_d[q0 + i] += (double)use_S[i];
-                cut_d[q0 + i] += (double)(cut[i] + use_S[i]);
+                si_d[q0 + i] += use_S[i];
+                cut_d[q0 + i] += cut[i] + use_S[i];
             }
             for (int64_t j = f; j <= l; j++) {
-                ri_d[pl->d_r[j]] += (double)use_D[j];
+                ri_d[pl->d_r[j]] += use_D[j];
                 da[j] -= use_D[j];
             }
             f = l + 1;
@@ -785,17 +788,17 @@ int smoe_tier_sums(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *p
     }
     int64_t left_sum = 0, da_sum = 0;
     for (int64_t j = 0; j < K; j++) {
-        left_d[pl->d_r[j]] += (double)da[j];
+        left_d[pl->d_r[j]] += da[j];
         da_sum += da[j];
     }
     int64_t *si = sums, *ri = sums + N, *se = sums + 2 * N, *re = sums + 3 * N;
     for (int64_t q = 0; q < N; q++) {
         int64_t row = row_Q ? row_Q[q] : smoe_row_sum(c_QE, q, E);
-        int64_t left_Q = row - (int64_t)cut_d[q], left_R = (int64_t)left_d[q];
+        int64_t left_Q = row - cut_d[q], left_R = left_d[q];
         left_sum += left_Q;
         if (node) {
-            si[q] = (int64_t)si_d[q];
-            ri[q] = (int64_t)ri_d[q];
+            si[q] = si_d[q];
+            ri[q] = ri_d[q];
             se[q] = left_Q;
             re[q] = left_R;
         } else { /* one node: the last tier stays in it */
