@@ -48,13 +48,14 @@ typedef struct {
     int64_t *L_pad;     /* [E+1] */
     int64_t *node_R;    /* [N] */
     int64_t M;
-    /* For bound_after: the planned placement's (rank, expert) holdings [N, E], each expert's
-     * ranks [E] and, for an expert on one rank, that rank [E]; and scratch of their sizes. */
-    unsigned char *held0, *held_w;
+    /* For bound_after: each expert's ranks in the planned placement [E] and, for an expert on
+     * one rank, that rank [E]; and scratch. */
     int64_t *deg0, *deg_w, *one0;
     /* For bound_after's all-to-all term: the nodes holding each expert in the planned
-     * placement [M, E], and scratch of its size. */
+     * placement [M, E], and scratch of its size; what each source sends for the experts its
+     * node does not hold [N]; and the counts' total. */
     unsigned char *node0, *node_w;
+    int64_t *se0, total;
 } ctx_t;
 
 static void *zalloc(size_t n, size_t size) { return calloc(n ? n : 1, size); }
@@ -204,44 +205,41 @@ static int layout(const ctx_t *x, const burst_t *b, int64_t C, cand_t *cd) {
  * decision is the same, for the evaluations that made it. */
 static double bound_after(const ctx_t *x, const burst_t *b, int64_t C)
 {
-    int64_t N = x->N, E = x->E, total = 0;
-    memcpy(x->held_w, x->held0, (size_t)(N * E));
-    memcpy(x->deg_w, x->deg0, sizeof(int64_t) * E);
-    memcpy(x->node_w, x->node0, (size_t)(x->M * E));
+    int64_t N = x->N, E = x->E, G = x->rpn;
+    int a2a = x->M > 1 && G > 0 && G < N && x->p->inter_bw > 0;
+    int64_t *deg = x->deg_w, *forced = x->one0 + E, *se = x->one0 + E + N;
+    memcpy(deg, x->deg0, sizeof(int64_t) * E);
+    if (a2a) memcpy(se, x->se0, sizeof(int64_t) * N);
+    /* Every list puts a burst only on a rank that does not hold its expert yet (greedy,
+     * local_list and union_list check), so each adds a rank to its expert; were one not to,
+     * the bound would only be lower. The nodes a list adds to an expert are marked in scratch
+     * that is all 0 between calls (unmarked below): O(C * G) a list, not O(N * E). */
     for (int64_t c = 0; c < C; c++) {
-        unsigned char *h = x->held_w + b[c].d * E + b[c].e;
-        if (!*h) {
-            *h = 1;
-            x->deg_w[b[c].e]++;
+        int64_t d = b[c].d, e = b[c].e, m = x->node_R[d];
+        unsigned char *in = x->node_w + m * E + e;
+        deg[e]++;
+        if (a2a && !*in && !x->node0[m * E + e]) {
+            *in = 1; /* the node's sources no longer send e's tokens away */
+            for (int64_t q = m * G; q < (m + 1) * G && q < N; q++) se[q] -= x->c[q * E + e];
         }
-        x->node_w[x->node_R[b[c].d] * E + b[c].e] = 1;
     }
-    for (int64_t e = 0; e < E; e++) total += x->L_E[e];
-    int64_t lb = (total + N - 1) / N; /* counts >= 0: ceil */
-    memset(x->one0 + E, 0, sizeof(int64_t) * N); /* forced load per rank */
+    for (int64_t c = 0; c < C; c++) x->node_w[x->node_R[b[c].d] * E + b[c].e] = 0;
+    int64_t lb = (x->total + N - 1) / N; /* counts >= 0: ceil */
+    memset(forced, 0, sizeof(int64_t) * N);
     for (int64_t e = 0; e < E; e++) {
-        int64_t d = x->deg_w[e];
+        int64_t d = deg[e];
         if (d <= 0) continue;
         int64_t v = (x->L_E[e] + d - 1) / d;
         if (v > lb) lb = v;
-        if (d == 1) x->one0[E + x->one0[e]] += x->L_E[e];
+        if (d == 1) forced[x->one0[e]] += x->L_E[e];
     }
     for (int64_t r = 0; r < N; r++)
-        if (x->one0[E + r] > lb) lb = x->one0[E + r];
+        if (forced[r] > lb) lb = forced[r];
     double ms = smoe_compute_ms(x->p, (double)lb);
-    if (x->M > 1 && x->rpn > 0 && x->rpn < N && x->p->inter_bw > 0) {
-        /* se_R at least what leaves for experts the node lacks (re_R, si_R, ri_R >= 0) */
-        int64_t *se = x->one0 + E;
-        for (int64_t q = 0; q < N; q++) {
-            const unsigned char *in = x->node_w + x->node_R[q] * E;
-            const int64_t *c = x->c + q * E;
-            int64_t v = 0;
-            for (int64_t e = 0; e < E; e++) v += in[e] ? 0 : c[e];
-            se[q] = v;
-        }
-        memset(x->one0 + E + N, 0, sizeof(int64_t) * 3 * N);
-        int64_t *si = x->one0 + E + N;
-        ms = ms + smoe_a2a_ms(x->p, si, si + N, se, si + 2 * N);
+    if (a2a) { /* se_R as above; si_R, ri_R, re_R at least 0 */
+        int64_t *zero = x->one0 + E + 2 * N;
+        memset(zero, 0, sizeof(int64_t) * 3 * N);
+        ms = ms + smoe_a2a_ms(x->p, zero, zero + N, se, zero + 2 * N);
     }
     return ms;
 }
@@ -863,14 +861,12 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     x.row_Q = zalloc(N, sizeof(int64_t));
     x.L_pad = zalloc(E + 1, sizeof(int64_t));
     x.node_R = zalloc(N, sizeof(int64_t));
-    x.held0 = zalloc(2 * N * E, 1);
-    x.held_w = x.held0 ? x.held0 + N * E : NULL;
-    x.deg0 = zalloc(3 * E + 4 * N, sizeof(int64_t));
+    x.deg0 = zalloc(3 * E + 6 * N, sizeof(int64_t));
     x.deg_w = x.deg0 ? x.deg0 + E : NULL;
     x.one0 = x.deg0 ? x.deg0 + 2 * E : NULL;
     double ms0 = 0.0, before = 0.0;
     if (!demand0 || !other || !sums0 || !sums1 || !load || !x.c_pad || !x.L_E || !x.row_Q ||
-        !x.L_pad || !x.node_R || !x.held0 || !x.deg0 || cand_alloc(&best, N, S, B) < 0 ||
+        !x.L_pad || !x.node_R || !x.deg0 || cand_alloc(&best, N, S, B) < 0 ||
         cand_alloc(&cd, N, S, B) < 0) {
         rc = SMOE_ENOMEM;
         goto done;
@@ -883,10 +879,10 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         }
     }
     memcpy(x.L_pad, x.L_E, sizeof(int64_t) * E);
-    for (int64_t k = 0; k < K; k++) {
-        int64_t r = k / S, e = slots_K[k];
-        if (!x.held0[r * E + e]) {
-            x.held0[r * E + e] = 1;
+    for (int64_t k = 0; k < K; k++) { /* a rank counts once for each expert it holds */
+        int64_t r = k / S, e = slots_K[k], first = 1;
+        for (int64_t j = r * S; j < k && first; j++) first = slots_K[j] != e;
+        if (first) {
             x.deg0[e]++;
             x.one0[e] = r;
         }
@@ -899,7 +895,33 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         rc = SMOE_ENOMEM;
         goto done;
     }
-    for (int64_t k = 0; k < K; k++) x.node0[x.node_R[k / S] * E + slots_K[k]] = 1;
+    /* Each node's experts, once each (their slots are a run of the placement: nodes of
+     * whole ranks), into held_M: what a source sends away is its total less its node's. */
+    int64_t *held_M = zalloc(K, sizeof(int64_t)), *first_M = zalloc(x.M + 1, sizeof(int64_t));
+    if (!held_M || !first_M) {
+        free(held_M);
+        free(first_M);
+        rc = SMOE_ENOMEM;
+        goto done;
+    }
+    for (int64_t k = 0, n = 0; k < K; k++) {
+        int64_t m = x.node_R[k / S];
+        unsigned char *in = x.node0 + m * E + slots_K[k];
+        if (!*in) {
+            *in = 1;
+            held_M[n++] = slots_K[k];
+        }
+        first_M[m + 1] = n;
+    }
+    x.se0 = x.one0 + E + 5 * N;
+    for (int64_t q = 0; q < N; q++) {
+        int64_t m = x.node_R[q], v = x.row_Q[q];
+        for (int64_t i = first_M[m]; i < first_M[m + 1]; i++) v -= c_QE[q * E + held_M[i]];
+        x.se0[q] = v;
+        x.total += x.row_Q[q];
+    }
+    free(held_M);
+    free(first_M);
     if ((rc = smoe_plan_init(&pl, slots_K, N, S, E)) < 0) goto done;
     have_plan = 1;
     if (planned) { /* the caller's split on the planned placement: not made again */
@@ -990,7 +1012,6 @@ done:
     free(x.row_Q);
     free(x.L_pad);
     free(x.node_R);
-    free(x.held0);
     free(x.deg0);
     free(x.node0);
     return rc;
