@@ -84,14 +84,20 @@ static void sort_desc(int64_t *idx, int64_t n, const double *v, int64_t *tmp)
  * in order; more split in two at a multiple of 8. np.add.reduceat over a[s..t-1] is
  * a[s] + smoe_pairwise_sum(a + s + 1, t - s - 1); np.add.reduce of a[0..n-1] is
  * 0.0 + smoe_pairwise_sum(a, n). */
+/* smoe_pairwise_sum of fewer than 8 terms (in order from -0.0), inline where a loop calls it
+ * for every expert. */
+static inline double short_sum(const double *a, int64_t n)
+{
+    double res = -0.0;
+    for (int64_t i = 0; i < n; i++)
+        res += a[i];
+    return res;
+}
+
 double smoe_pairwise_sum(const double *a, int64_t n)
 {
-    if (n < 8) {
-        double res = -0.0;
-        for (int64_t i = 0; i < n; i++)
-            res += a[i];
-        return res;
-    }
+    if (n < 8)
+        return short_sum(a, n);
     if (n <= 128) {
         double r[8];
         int64_t i;
@@ -489,8 +495,9 @@ int smoe_amounts_fast(const int64_t *c_QE, const smoe_plan *pl, const int64_t *L
             a[p] = w[r_P[p]] * prior[p];
         if (pl->all_held) { /* np.add.reduceat(a_P, start_E) */
             for (int64_t e = 0; e < E; e++) {
-                int64_t s = pl->start_E[e];
-                q_E[e] = L_f[e] / (a[s] + smoe_pairwise_sum(a + s + 1, pl->deg_E[e] - 1));
+                int64_t s = pl->start_E[e], n = pl->deg_E[e] - 1;
+                q_E[e] = L_f[e] / (a[s] + (n < 8 ? short_sum(a + s + 1, n)
+                                                 : smoe_pairwise_sum(a + s + 1, n)));
             }
         } else { /* np.bincount(e_P, a_P), at least 1e-300 */
             for (int64_t e = 0; e < E; e++)
