@@ -407,6 +407,8 @@ def test_exact_method_bursts_too():
         ({"params": {"ranks": 4}}, "pass a swiftmoe.engine.costmodel.CostParams"),
         ({"load_R": [1, 2]}, r"load_R has shape \(2,\)"),
         ({"slots_K": [0] * 7}, "slots has 7 entries"),
+        ({"slots_K": [0, 1, 2, 3, 4, 5, 8, 7]}, r"slots\[6\] holds expert 8, want 0..7"),
+        ({"slots_K": [0, -1, 2, 3, 4, 5, 6, 9]}, r"slots\[1\] holds expert -1, want 0..7"),
         ({"counts_QE": np.ones((4, 8)) * 0.5}, "integer token counts"),
     ],
 )

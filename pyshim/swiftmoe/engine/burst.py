@@ -52,6 +52,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,7 +142,7 @@ def _check(
         raise ValueError(
             f"burst_slots_per_rank is {B!r}: pass an integer >= 0 (0 turns bursts off)"
         )
-    if not is_number(threshold) or not np.isfinite(threshold) or threshold < 1.0:
+    if not is_number(threshold) or not math.isfinite(threshold) or threshold < 1.0:
         raise ValueError(
             f"burst_threshold is {threshold!r}: pass a number >= 1.0, the busiest rank's load "
             "over the mean above which bursts are considered"

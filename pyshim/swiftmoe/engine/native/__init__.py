@@ -256,32 +256,46 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
         return None
     lib, c, sl = got
     N, E = c.shape
+    if load_R is not None and np.size(load_R) != N:
+        raise ValueError(f"load_R has {np.size(load_R)} entries, want N={N}")
+    # One buffer and one address for every array the call reads and writes (each array's own
+    # address and the outputs' copies cost about as much as the copies in): counts [N*E],
+    # placement [K], load_R [N], the planned split's demand [K] and tier sums [4*N]; then the
+    # enlarged placement [N*(S+B)], each burst's e, q, s, d, j [NB each] and the three ms (as
+    # float64). The arrays returned are views of it, fresh on every call.
+    K, NB = N * S, max(N * B, 1)
+    i_sl = N * E
+    i_lr = i_sl + K
+    i_d = i_lr + N
+    i_sums = i_d + K
+    i_slots = i_sums + 4 * N
+    i_out = i_slots + N * (S + B)
+    i_ms = i_out + 5 * NB
+    buf = np.empty(i_ms + 3, dtype=np.int64)
+    buf[:i_sl] = c.reshape(-1)
+    buf[i_sl:i_lr] = sl
+    a = buf.ctypes.data
     lr = None
     if load_R is not None:
-        lr = np.ascontiguousarray(load_R, dtype=np.int64)
-        if lr.size != N:
-            raise ValueError(f"load_R has {lr.size} entries, want N={N}")
+        buf[i_lr:i_d] = np.asarray(load_R).reshape(-1)
+        lr = a + 8 * i_lr
     pl = None
     if planned is not None:
-        d = np.ascontiguousarray(planned.demand_K, dtype=np.int64)
-        sums = None
+        buf[i_d:i_sums] = np.asarray(planned.demand_K).reshape(-1)
         if planned.sums is not None:
-            sums = np.ascontiguousarray(np.concatenate(planned.sums), dtype=np.int64)
+            for t, v in enumerate(planned.sums):
+                buf[i_sums + t * N : i_sums + (t + 1) * N] = v
         pl = _Planned(
-            d.ctypes.data,
-            None if sums is None else sums.ctypes.data,
+            a + 8 * i_d,
+            None if planned.sums is None else a + 8 * i_sums,
             0.0 if planned.ms is None else float(planned.ms),
             int(planned.sums is not None),
         )
-    out_slots = np.empty(N * (S + B), dtype=np.int64)
     out_S = ctypes.c_int64(0)
-    out = np.empty((5, max(N * B, 1)), dtype=np.int64)  # e, q, s, d, j of each burst
-    ms = np.zeros(3)
-    row = out.strides[0]
-    a = out.ctypes.data
+    o = a + 8 * i_out
     n = lib.smoe_plan_bursts(
-        c.ctypes.data,
-        sl.ctypes.data,
+        a,
+        a + 8 * i_sl,
         N,
         E,
         S,
@@ -289,22 +303,23 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
         _cost_ref(params),
         float(threshold),
         _METHODS[method],
-        None if lr is None else lr.ctypes.data,
+        lr,
         None if pl is None else ctypes.byref(pl),
-        out_slots.ctypes.data,
+        a + 8 * i_slots,
         ctypes.byref(out_S),
-        a,
-        a + row,
-        a + 2 * row,
-        a + 3 * row,
-        a + 4 * row,
-        ms.ctypes.data,
+        o,
+        o + 8 * NB,
+        o + 16 * NB,
+        o + 24 * NB,
+        o + 32 * NB,
+        a + 8 * i_ms,
     )
     if n < 0:
         raise NativeError(f"swiftmoe: the native burst decision failed: {_ERRORS.get(n, n)}")
     Sx = int(out_S.value)
-    e_C, q_C, s_C, d_C, j_C = (r[:n].copy() for r in out)
-    return (Sx, out_slots[: N * Sx].copy(), e_C, q_C, s_C, d_C, j_C, *map(float, ms))
+    e_C, q_C, s_C, d_C, j_C = buf[i_out:i_ms].reshape(5, NB)[:, :n]
+    before, after, copy = buf[i_ms:].view(np.float64).tolist()
+    return (Sx, buf[i_slots : i_slots + N * Sx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
 
 
 def _cost_ref(params):

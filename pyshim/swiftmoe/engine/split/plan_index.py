@@ -77,9 +77,9 @@ def check_slots(slots, slots_per_rank: int, num_ranks: int, num_experts: int) ->
             f"slots has {arr.shape[0]} entries, want counts_QE.shape[0]*slots_per_rank = "
             f"{num_ranks}*{slots_per_rank} = {want}: one row of counts per rank"
         )
-    bad = np.nonzero((arr < 0) | (arr >= num_experts))[0]
-    if bad.size:
-        k = int(bad[0])
+    # Two reductions decide; the first bad slot is looked for only to name it.
+    if arr.size and (arr.min() < 0 or arr.max() >= num_experts):
+        k = int(np.nonzero((arr < 0) | (arr >= num_experts))[0][0])
         raise ValueError(
             f"slots[{k}] holds expert {int(arr[k])}, want 0..{num_experts - 1} "
             f"(counts_QE has {num_experts} experts)"
