@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Time the burst decision on a simulated workload's own layer calls (a benchmark, not a test).
+
+It runs ``swiftmoe sim`` for one workload with the swiftmoe-burst system, keeps the inputs of
+every layer call whose decision runs (its threshold passed: the calls the engine would pay for),
+and then times ``swiftmoe.engine.burst.plan_bursts`` on each of them, on one thread:
+
+- warm: the fastest of ``--repeats`` runs of a call in a row (what a host with the decision's
+  data in cache pays);
+- cold (``--cold``): each call once, right after the NumPy decision of another call, as in a step
+  where other work runs between layer calls;
+- NumPy (``--numpy``): the same calls with the NumPy decision, which hosts without the native
+  library run.
+
+It prints the median and 90th percentile over the calls, in microseconds, and the bursts made.
+The native library (``make build``) must be there: without it the script says why and exits 2.
+The defaults are the README's moving-hot E=32 row: 16 GPUs in nodes of 8, 4 slots, top-2,
+50 GB/s between nodes. The README's other rows:
+
+    python3 scripts/bench_decision.py --workload fixed-hot --inter-bw 12.5
+    python3 scripts/bench_decision.py --experts 64 --top-k 8 --slots 6 --gpus 32 --inter-bw 12.5
+    python3 scripts/bench_decision.py --workload burst --experts 64 --top-k 8 --slots 6 --gpus 32
+
+The machine may be shared: run it twice, or beside another build's, and compare ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# One thread for NumPy's and torch's pools too: the simulator runs torch between the decisions,
+# and their idle threads spin on the core beside the one being timed (on this 2-core machine
+# that took the warm median from 154 to 272 us).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+_REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_REPO / "pyshim"))
+
+import torch  # noqa: E402
+
+from swiftmoe import cli  # noqa: E402
+from swiftmoe.engine import burst, native  # noqa: E402
+from swiftmoe.sim import run as sim_run  # noqa: E402
+
+WORKLOADS = ("fixed-hot", "moving-hot", "burst", "half-idle", "uniform")
+
+
+def record(args) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) of every burst decision the simulated run makes whose threshold passed."""
+    calls: list[tuple[tuple, dict]] = []
+    real = sim_run.plan_bursts
+
+    def keep(*a, **k):
+        calls.append((a, dict(k)))
+        return real(*a, **k)
+
+    sim_run.plan_bursts = keep
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [
+                "sim", "--quiet", "--gpus", str(args.gpus), "--gpus-per-node",
+                str(args.gpus_per_node), "--slots", str(args.slots), "--top-k", str(args.top_k),
+                "--inter-bw", f"{args.inter_bw:g}", "--shape", "gpt-small",
+                "--tokens-per-iter", str(4096 * args.gpus), "--iterations", str(args.iterations),
+                "--systems", "bound,swiftmoe-burst", "--synthetic-experts", str(args.experts),
+                "--workload", args.workload, "--seed", str(args.seed),
+                "--output", os.path.join(tmp, "sim.json"),
+            ]  # fmt: skip
+            with open(os.devnull, "w") as null:
+                out, sys.stdout = sys.stdout, null
+                try:
+                    rc = cli.main(argv)
+                finally:
+                    sys.stdout = out
+            if rc:
+                raise SystemExit(f"swiftmoe sim failed (exit {rc}): {' '.join(argv)}")
+    finally:
+        sim_run.plan_bursts = real
+    return [
+        (a, k) for a, k in calls if burst.past_threshold(k["load_R"], a[3], a[6])
+    ]  # (counts, slots, S, B, rpn, params, threshold)
+
+
+def timed(a: tuple, k: dict, native_: bool) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    bp = burst.plan_bursts(*a, **k, native=native_)
+    return (time.perf_counter() - t0) * 1e6, bp.count
+
+
+def summary(name: str, us: list[float]) -> str:
+    us = sorted(us)
+    p90 = us[min(len(us) - 1, int(0.9 * len(us)))]
+    return f"{name} median {statistics.median(us):.0f} us, p90 {p90:.0f} us"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="The defaults are the README's moving-hot E=32 row; see the module docstring.",
+    )
+    ap.add_argument("--workload", choices=WORKLOADS, default="moving-hot", help="(%(default)s)")
+    ap.add_argument("--experts", type=int, default=32, help="experts (%(default)s)")
+    ap.add_argument("--top-k", type=int, default=2, help="experts per token (%(default)s)")
+    ap.add_argument("--slots", type=int, default=4, help="slots per GPU (%(default)s)")
+    ap.add_argument("--gpus", type=int, default=16, help="simulated GPUs (%(default)s)")
+    ap.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (%(default)s)")
+    ap.add_argument("--inter-bw", type=float, default=50.0, help="GB/s between nodes (%(default)s)")
+    ap.add_argument("--iterations", type=int, default=60, help="simulated iterations (%(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="the workload's seed (%(default)s)")
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="runs of each call for warm (%(default)s)"
+    )
+    ap.add_argument("--cold", action="store_true", help="also time each call cold")
+    ap.add_argument("--numpy", action="store_true", help="also time the NumPy decision")
+    args = ap.parse_args()
+    for field in ("experts", "top_k", "slots", "gpus", "gpus_per_node", "iterations", "repeats"):
+        if getattr(args, field) < 1:
+            ap.error(f"--{field.replace('_', '-')} is {getattr(args, field)}: pass 1 or more")
+    if not args.inter_bw > 0:
+        ap.error(f"--inter-bw is {args.inter_bw:g}: pass GB/s > 0")
+    if not native.available():
+        print(f"the native decision is not loaded: {native.why()}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    load1, _, _ = os.getloadavg()
+    print(f"load average {load1:.2f} on {os.cpu_count()} CPUs, one thread; native: {native.why()}")
+    what = (
+        f"{args.workload} E={args.experts} top-{args.top_k}, {args.gpus} GPUs in nodes of "
+        f"{args.gpus_per_node}, {args.slots} slots, {args.inter_bw:g} GB/s"
+    )
+    print(f"simulating {args.iterations} iterations of {what} ...", file=sys.stderr, flush=True)
+    calls = record(args)
+    if not calls:
+        print(f"{what}: no layer call passed the burst threshold; nothing to time")
+        return 0
+    print(f"timing {len(calls)} decisions ...", file=sys.stderr, flush=True)
+    warm, made = [], 0
+    for a, k in calls:
+        runs = [timed(a, k, True) for _ in range(args.repeats)]
+        warm.append(min(t for t, _ in runs))
+        made += runs[0][1]
+    lines = [summary("warm", warm)]
+    if args.cold or args.numpy:
+        cold, slow = [], []
+        for i, (a, k) in enumerate(calls):
+            t, _ = timed(*calls[i - 1], False)  # another call's NumPy decision first
+            slow.append(t)
+            cold.append(timed(a, k, True)[0])
+        if args.cold:
+            lines.append(summary("cold", cold))
+        if args.numpy:
+            lines.append(summary("NumPy", slow))
+    print(f"{what}: {len(calls)} decisions, {made} bursts; " + "; ".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
