@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from swiftmoe.engine import split
-from swiftmoe.engine.splitter import RankSplitter, _conserves
+from swiftmoe.engine import native, split
+from swiftmoe.engine.splitter import RankSplitter
+from swiftmoe.engine.splitter import _conserves as conserves
 
 # 4 ranks of 3 slots; rank 1 holds expert 2 twice, every rank holds each of its others once.
 N, E, S = 4, 6, 3
@@ -25,11 +26,22 @@ def _split(r: int):
     return split.split_tokens_for_rank(COUNTS, SLOTS, S, r)
 
 
-def test_conserves_accepts_the_split_and_refuses_each_broken_invariant() -> None:
+NATIVE = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not native.available(), reason="needs the native library (make build)"
+))]  # fmt: skip
+
+
+@pytest.mark.parametrize("use_lib", NATIVE)
+def test_conserves_accepts_the_split_and_refuses_each_broken_invariant(use_lib) -> None:
     """The checks pass every rank's real split and fail each tampered one: a token not sent, a
     negative amount, an expert's slots on the rank taking more of a source's tokens together
-    than the source has (each slot alone within it), one slot taking too many, a wrong load."""
+    than the source has (each slot alone within it), one slot taking too many, a wrong load.
+    In NumPy and in C (``native.check_rank_split``), which must agree on every case."""
     slots_K = np.array(SLOTS)
+
+    def _conserves(*a):
+        return conserves(*a, native=use_lib)
+
     for r in range(N):
         assert _conserves(COUNTS, slots_K, _split(r), r, S), r
     r = 1
@@ -105,3 +117,35 @@ def test_an_expert_with_tokens_and_no_slot_is_refused(native, use_lib) -> None:
     counts[:, 4] = 0
     got = split.split_tokens_for_rank(counts, slots, S, 0, native=native)
     assert int(got.send_K.sum()) == int(counts[0].sum())
+
+
+@pytest.mark.skipif(not native.available(), reason="needs the native library (make build)")
+def test_native_check_agrees_with_numpy_on_random_tampering() -> None:
+    """On random splits (ranks holding an expert once or twice) and 600 random changes of one
+    amount by -1 or +1 (or of the load), the C check and the NumPy check give the same verdict,
+    and both pass every untouched split; a tensor that is not int64 goes to NumPy."""
+    rng = np.random.default_rng(7)
+    verdicts = {True: 0, False: 0}
+    for case in range(60):
+        n, e, s = int(rng.integers(2, 6)), int(rng.integers(2, 9)), int(rng.integers(1, 4))
+        slots = np.concatenate([np.arange(e), rng.integers(0, e, size=n * s)])[: n * s]
+        slots = rng.permutation(slots) if n * s >= e else np.arange(n * s) % e
+        counts = torch.from_numpy(rng.integers(0, 30, size=(n, e)))
+        counts[:, np.setdiff1d(np.arange(e), slots)] = 0  # an expert with no slot has no tokens
+        r = int(rng.integers(0, n))
+        rs = split.split_tokens_for_rank(counts, slots.tolist(), s, r)
+        for native_ in (True, False):
+            assert conserves(counts, slots, rs, r, s, native=native_), case
+        for _ in range(10):
+            field = ("send_K", "recv_QS", "load_R")[int(rng.integers(0, 3))]
+            t = getattr(rs, field).clone()
+            t.view(-1)[int(rng.integers(0, t.numel()))] += int(rng.choice([-1, 1]))
+            bad = rs._replace(**{field: t})
+            got = conserves(counts, slots, bad, r, s, native=True)
+            assert got == conserves(counts, slots, bad, r, s, native=False), (case, field)
+            verdicts[got] += 1
+    assert verdicts[False] > 300  # most changes break an invariant; some stay within them
+    as_int32 = rs._replace(send_K=rs.send_K.to(torch.int32))
+    with pytest.raises(RuntimeError, match="the native split check cannot run"):
+        conserves(counts, slots, as_int32, r, s, native=True)
+    assert conserves(counts, slots, as_int32, r, s)  # None: NumPy checks it

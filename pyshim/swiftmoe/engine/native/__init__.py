@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from swiftmoe.engine.native.build import LIBRARY_NAME, SOURCES
 
@@ -34,6 +35,7 @@ __all__ = [
     "ENV_SWITCH",
     "NativeError",
     "available",
+    "check_rank_split",
     "library",
     "plan_bursts",
     "split_for_rank",
@@ -49,7 +51,7 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
-_ABI = 4  # smoe.h's SMOE_ABI: the library must be of the same interface
+_ABI = 5  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
@@ -155,6 +157,9 @@ def _bind(path: Path) -> ctypes.CDLL:
         ctypes.POINTER(ctypes.c_int),  # node_local
         ctypes.POINTER(_Planned),  # planned or NULL
     ]
+    f = lib.smoe_check_rank_split
+    f.restype = ctypes.c_int
+    f.argtypes = [v, v, i64, i64, i64, i64, v, v, v]  # c_QE, slots_K, N, E, S, r, send, recv, load
     return lib
 
 
@@ -320,6 +325,48 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
     e_C, q_C, s_C, d_C, j_C = buf[i_out:i_ms].reshape(5, NB)[:, :n]
     before, after, copy = buf[i_ms:].view(np.float64).tolist()
     return (Sx, buf[i_slots : i_slots + N * Sx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
+
+
+def _int64s(t, n: int):
+    """The address of t's n int64s when t is a C-contiguous int64 CPU tensor or array of n
+    entries, else None."""
+    if isinstance(t, torch.Tensor):
+        if t.dtype != torch.int64 or t.device.type != "cpu" or not t.is_contiguous():
+            return None
+        return t.data_ptr() if t.numel() == n else None
+    if isinstance(t, np.ndarray) and t.dtype == np.int64 and t.flags.c_contiguous and t.size == n:
+        return t.ctypes.data
+    return None
+
+
+def check_rank_split(counts_NE, slots_K, S, r, send_K, recv_QS, load_R) -> bool | None:
+    """``splitter._conserves`` in C (``smoe_check_rank_split``): whether rank r's split
+    (send_K [N*S], recv_QS [N, S], load_R [N]) of the counts [N, E] under the placement
+    slots_K [N*S] (ids in 0..E-1, checked) conserves them; None when the library is not loaded
+    or an array is not a C-contiguous int64 CPU one of its size (the caller checks in NumPy).
+
+    Raises:
+        NativeError: the C code failed (memory).
+    """
+    lib = library()
+    if lib is None or counts_NE.ndim != 2:
+        return None
+    N, E = counts_NE.shape
+    K = N * S
+    ptrs = (
+        _int64s(counts_NE, N * E),
+        _int64s(slots_K, K),
+        _int64s(send_K, K),
+        _int64s(recv_QS, K),
+        _int64s(load_R, N),
+    )
+    if None in ptrs or not 0 <= r < N:
+        return None
+    c, sl, send, recv, load = ptrs
+    rc = lib.smoe_check_rank_split(c, sl, N, E, S, r, send, recv, load)
+    if rc < 0:
+        raise NativeError(f"swiftmoe: the native split check failed: {_ERRORS.get(rc, rc)}")
+    return bool(rc)
 
 
 def _cost_ref(params):

@@ -311,3 +311,47 @@ out:
     smoe_plan_free(&pl);
     return rc;
 }
+
+/* smoe_check_rank_split (smoe.h): splitter._conserves, check by check. Integer sums: NumPy's
+ * float bincount of token counts is exact below 2^53, so it compares the same numbers. */
+int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                          int64_t S, int64_t r, const int64_t *send_K, const int64_t *recv_QS,
+                          const int64_t *load_R)
+{
+    int64_t K = N * S;
+    for (int64_t k = 0; k < K; k++)
+        if (send_K[k] < 0 || recv_QS[k] < 0)
+            return 0;
+    int64_t *sent = calloc((size_t)(E ? E : 1), sizeof *sent);
+    if (!sent)
+        return SMOE_ENOMEM;
+    for (int64_t k = 0; k < K; k++)
+        sent[slots_K[k]] += send_K[k];
+    int ok = 1;
+    for (int64_t e = 0; e < E && ok; e++)
+        ok = sent[e] == c_QE[r * E + e];
+    free(sent);
+    if (!ok)
+        return 0;
+    /* Each expert on r once, at its first slot there: what its slots receive together. */
+    const int64_t *mine = slots_K + r * S;
+    int64_t got = 0;
+    for (int64_t s = 0; s < S; s++) {
+        int64_t e = mine[s], first = 1;
+        for (int64_t t = 0; t < s && first; t++)
+            first = mine[t] != e;
+        if (!first)
+            continue;
+        for (int64_t q = 0; q < N; q++) {
+            int64_t v = 0;
+            for (int64_t t = s; t < S; t++)
+                if (mine[t] == e)
+                    v += recv_QS[q * S + t];
+            if (v > c_QE[q * E + e])
+                return 0;
+        }
+    }
+    for (int64_t i = 0; i < N * S; i++)
+        got += recv_QS[i];
+    return load_R[r] == got;
+}

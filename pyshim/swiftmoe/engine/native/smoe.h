@@ -27,7 +27,7 @@
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 4
+#define SMOE_ABI 5
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -146,5 +146,15 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
                         int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
                         smoe_planned *planned);
+
+/* The engine's conservation checks of one rank's split (splitter._conserves), from its arrays
+ * alone, by code of their own: c_QE [N, E] the counts split, slots_K [N*S] the placement (ids
+ * in 0..E-1), r the rank, send_K [N*S], recv_QS [N, S], load_R [N] its split. 1 where rank r
+ * sends each expert's tokens exactly (summed over the expert's slots), no amount is negative,
+ * the slots of one expert on r together take no more of a source's tokens of it than the source
+ * has, and r's load is what it receives; else 0. */
+int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                          int64_t S, int64_t r, const int64_t *send_K, const int64_t *recv_QS,
+                          const int64_t *load_R);
 
 #endif
