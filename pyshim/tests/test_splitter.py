@@ -149,3 +149,33 @@ def test_native_check_agrees_with_numpy_on_random_tampering() -> None:
     with pytest.raises(RuntimeError, match="the native split check cannot run"):
         conserves(counts, slots, as_int32, r, s, native=True)
     assert conserves(counts, slots, as_int32, r, s)  # None: NumPy checks it
+
+
+def test_slots_index_agrees_with_the_plan_index_and_splits_alike() -> None:
+    """A SlotsIndex (what a burst layer call's enlarged placement gets) has the PlanIndex's
+    ranks per expert and held experts on random plans (experts twice on a rank, experts with no
+    slot), refuses what index_plan refuses, and splits to the same RankSplit in C and, made a
+    whole index, in NumPy."""
+    rng = np.random.default_rng(3)
+    for case in range(80):
+        n, e, s = int(rng.integers(1, 6)), int(rng.integers(1, 10)), int(rng.integers(1, 5))
+        slots = rng.integers(0, e, size=n * s)
+        light, whole = split.index_slots(slots, s, n, e), split.index_plan(slots, s, n, e)
+        np.testing.assert_array_equal(light.deg_E, whole.deg_E)
+        assert (light.held_H is None) == (whole.held_H is None), case
+        if whole.held_H is not None:
+            np.testing.assert_array_equal(light.held_H, whole.held_H)
+        counts = torch.from_numpy(rng.integers(0, 20, size=(n, e)))
+        counts[:, light.deg_E == 0] = 0
+        r = int(rng.integers(0, n))
+        want = split.split_tokens_for_rank(counts, slots, s, r, native=False)
+        for native_ in (False, True) if native.available() else (False,):
+            got = split.split_tokens_for_rank(counts, light, s, r, native=native_)
+            for f in ("send_K", "recv_QS", "load_R"):
+                assert torch.equal(getattr(got, f), getattr(want, f)), (case, native_, f)
+    with pytest.raises(ValueError, match=r"slots\[4\] holds expert 6"):
+        split.index_slots(np.array([0, 1, 2, 3, 6, 5]), 3, 2, 6)
+    with pytest.raises(ValueError, match="the SlotsIndex is of N=2 ranks"):
+        split.split_tokens_for_rank(
+            torch.ones(3, 6, dtype=torch.int64), split.index_slots(list(range(6)), 3, 2, 6), 3, 0
+        )

@@ -98,7 +98,7 @@ class RankSplitter:
             plan = self._indexes.index(slots_K, S, N, E)
         else:
             S = slots_per_rank
-            plan = splitlib.index_plan(slots_K, S, N, E)
+            plan = splitlib.index_slots(slots_K, S, N, E)  # the whole index only if NumPy splits
         rs = splitlib.split_tokens_for_rank(
             counts_NE,
             plan,

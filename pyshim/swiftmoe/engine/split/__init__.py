@@ -38,7 +38,13 @@ Shape legend:
 from __future__ import annotations
 
 from swiftmoe.engine.split.demand import METHODS, RANK_METHODS
-from swiftmoe.engine.split.plan_index import PlanIndex, PlanIndexCache, index_plan
+from swiftmoe.engine.split.plan_index import (
+    PlanIndex,
+    PlanIndexCache,
+    SlotsIndex,
+    index_plan,
+    index_slots,
+)
 from swiftmoe.engine.split.rank import Planned, RankSplit, split_rank_loads, split_tokens_for_rank
 
 __all__ = [
@@ -46,9 +52,11 @@ __all__ = [
     "RANK_METHODS",
     "PlanIndex",
     "PlanIndexCache",
+    "SlotsIndex",
     "Planned",
     "RankSplit",
     "index_plan",
+    "index_slots",
     "split_rank_loads",
     "split_tokens_for_rank",
 ]

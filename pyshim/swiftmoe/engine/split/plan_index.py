@@ -21,9 +21,11 @@ from swiftmoe._checks import is_int
 __all__ = [
     "PlanIndex",
     "PlanIndexCache",
+    "SlotsIndex",
     "check_counts",
     "check_slots",
     "index_plan",
+    "index_slots",
     "local_tokens",
     "node_plans",
     "prepare",
@@ -128,6 +130,32 @@ class PlanIndex:
         self.hq_P = self.h_P * N + self.r_P
         self.last_H = (np.cumsum(np.bincount(slots_K, minlength=E)) - 1)[held]
         self.qK_Q = np.arange(N, dtype=np.int64) * self.K
+
+
+class SlotsIndex:
+    """What the native split needs of a placement beyond its checked slots: each expert's ranks
+    (``deg_E``) and the experts holding a slot (``held_H``, None: all), as :class:`PlanIndex`
+    has them. The C code indexes the placement itself, so a placement split once (a burst layer
+    call's enlarged one) need not build the whole index in NumPy; the NumPy split builds it from
+    these slots when it gets one (``prepare``)."""
+
+    def __init__(self, slots_K: np.ndarray, N: int, S: int, E: int):
+        self.N, self.S, self.E, self.K = N, S, E, N * S
+        self.slots_K = slots_K
+        rows = np.sort(slots_K.reshape(N, S), axis=1)
+        first = np.ones(rows.shape, dtype=bool)  # each expert once per rank
+        first[:, 1:] = rows[:, 1:] != rows[:, :-1]
+        self.deg_E = np.bincount(rows[first], minlength=E)
+        held = self.deg_E > 0
+        self.held_H = None if held.all() else np.flatnonzero(held)
+
+
+def index_slots(slots, slots_per_rank: int, num_ranks: int, num_experts: int) -> SlotsIndex:
+    """The checked :class:`SlotsIndex` of a plan (slots_K, list or integer tensor or array): for
+    a placement the native split runs under once, in a few NumPy calls where
+    :func:`index_plan` makes some thirty."""
+    slots_K = check_slots(slots, slots_per_rank, num_ranks, num_experts)
+    return SlotsIndex(slots_K, num_ranks, slots_per_rank, num_experts)
 
 
 def node_plans(
@@ -243,27 +271,33 @@ def _raw_key(slots) -> tuple | None:
 
 
 def prepare(
-    counts_QE, slots, slots_per_rank: int, totals: bool = True
-) -> tuple[np.ndarray, PlanIndex, np.ndarray | None]:
+    counts_QE, slots, slots_per_rank: int, totals: bool = True, light: bool = False
+) -> tuple[np.ndarray, PlanIndex | SlotsIndex, np.ndarray | None]:
     """(c_QE, plan, L_E): the checked counts, the plan's index and each expert's total.
 
-    ``slots`` is the plan (slots_K) or its :class:`PlanIndex`; an index must be of the same
-    shape as the counts and ``slots_per_rank``. ``totals`` False: L_E is None, for a caller
-    that sums them itself (the native split); only the experts without a slot are summed, to
-    check that none has tokens.
+    ``slots`` is the plan (slots_K), its :class:`PlanIndex` or its :class:`SlotsIndex`; an
+    index must be of the same shape as the counts and ``slots_per_rank``. ``totals`` False: L_E
+    is None, for a caller that sums them itself (the native split); only the experts without a
+    slot are summed, to check that none has tokens. ``light``: a plan given as slots gets a
+    :class:`SlotsIndex` (what the native split reads), and one given as a SlotsIndex stays one;
+    else a SlotsIndex is made a whole :class:`PlanIndex`.
     """
     c_QE = check_counts(counts_QE)
     N, E = c_QE.shape
     if N < 1 or E < 1:
         raise ValueError(f"counts_QE must have at least one rank and one expert, got {c_QE.shape}")
-    if isinstance(slots, PlanIndex):
+    if isinstance(slots, (PlanIndex, SlotsIndex)):
         plan = slots
         if (plan.N, plan.S, plan.E) != (N, slots_per_rank, E):
             raise ValueError(
-                f"slots: the PlanIndex is of N={plan.N} ranks x S={plan.S} slots and E={plan.E} "
-                f"experts, but counts_QE is [{N}, {E}] with slots_per_rank={slots_per_rank!r}; "
-                "index the plan the counts are for (index_plan)"
+                f"slots: the {type(plan).__name__} is of N={plan.N} ranks x S={plan.S} slots and "
+                f"E={plan.E} experts, but counts_QE is [{N}, {E}] with slots_per_rank="
+                f"{slots_per_rank!r}; index the plan the counts are for (index_plan)"
             )
+        if isinstance(plan, SlotsIndex) and not light:
+            plan = index_plan(plan.slots_K, slots_per_rank, N, E)
+    elif light:
+        plan = index_slots(slots, slots_per_rank, N, E)
     else:
         plan = index_plan(slots, slots_per_rank, N, E)
     L_E = c_QE.sum(axis=0) if totals else None

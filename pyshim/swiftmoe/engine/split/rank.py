@@ -196,7 +196,7 @@ def _native_split(counts_QE, slots, S, rank, rpn, method, cost) -> RankSplit:
     """split_tokens_for_rank in C, after the checks the NumPy path makes (the same errors)."""
     if not is_int(rpn, 0):
         raise ValueError(f"ranks_per_node must be an integer >= 0 (0: no nodes), got {rpn!r}")
-    c_QE, plan, _ = prepare(counts_QE, slots, S, totals=False)  # the C sums them
+    c_QE, plan, _ = prepare(counts_QE, slots, S, totals=False, light=True)  # the C sums them
     if method == "auto":
         prices_split(cost, plan, rpn)  # a cost of another job or grouping: ValueError
     if not is_int(rank, 0, plan.N - 1):
