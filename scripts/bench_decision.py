@@ -10,7 +10,11 @@ and then times ``swiftmoe.engine.burst.plan_bursts`` on each of them, on one thr
 - cold (``--cold``): each call once, right after the NumPy decision of another call, as in a step
   where other work runs between layer calls;
 - NumPy (``--numpy``): the same calls with the NumPy decision, which hosts without the native
-  library run.
+  library run;
+- the layer call (``--layer-call``): what the engine's ``burst_run.decide`` takes on one rank
+  for each call, the decision and, where it makes bursts, that rank's split over the enlarged
+  placement (with its checks) and the placement's send order, each call once after the others
+  (the fastest of ``--repeats`` passes over the calls).
 
 It prints the median and 90th percentile over the calls, in microseconds, and the bursts made.
 The native library (``make build``) must be there: without it the script says why and exits 2.
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 # One thread for NumPy's and torch's pools too: the simulator runs torch between the decisions,
 # and their idle threads spin on the core beside the one being timed (on this 2-core machine
@@ -45,7 +50,8 @@ sys.path.insert(0, str(_REPO / "pyshim"))
 import torch  # noqa: E402
 
 from swiftmoe import cli  # noqa: E402
-from swiftmoe.engine import burst, native  # noqa: E402
+from swiftmoe.engine import burst, burst_run, native  # noqa: E402
+from swiftmoe.engine.splitter import RankSplitter  # noqa: E402
 from swiftmoe.sim import run as sim_run  # noqa: E402
 
 WORKLOADS = ("fixed-hot", "moving-hot", "burst", "half-idle", "uniform")
@@ -93,6 +99,28 @@ def timed(a: tuple, k: dict, native_: bool) -> tuple[float, int]:
     return (time.perf_counter() - t0) * 1e6, bp.count
 
 
+def layer_calls(calls: list[tuple[tuple, dict]], repeats: int) -> list[float]:
+    """Each call's ``burst_run.decide`` on rank 1 (the engine's own function, given the layer's
+    placement and split as an ExpertLayer holds them): the fastest of ``repeats`` passes."""
+    best = [float("inf")] * len(calls)
+    for _ in range(repeats):
+        for i, (a, k) in enumerate(calls):
+            counts, slots, S, B, rpn, params, threshold = a
+            layer = SimpleNamespace(
+                index=0,
+                S=S,
+                slots_t=torch.as_tensor(slots, dtype=torch.int64),
+                split=RankSplitter(S, 1, rpn, k.get("method", "auto")),
+            )
+            policy = burst_run.BurstPolicy(B, threshold, k.get("method", "auto"))
+            counts_t = torch.as_tensor(counts, dtype=torch.int64)
+            load_R = torch.as_tensor(k["load_R"], dtype=torch.int64)
+            t0 = time.perf_counter()
+            burst_run.decide(layer, policy, counts_t, load_R, params, k.get("planned"))
+            best[i] = min(best[i], (time.perf_counter() - t0) * 1e6)
+    return best
+
+
 def summary(name: str, us: list[float]) -> str:
     us = sorted(us)
     p90 = us[min(len(us) - 1, int(0.9 * len(us)))]
@@ -118,6 +146,11 @@ def main() -> int:
     )
     ap.add_argument("--cold", action="store_true", help="also time each call cold")
     ap.add_argument("--numpy", action="store_true", help="also time the NumPy decision")
+    ap.add_argument(
+        "--layer-call",
+        action="store_true",
+        help="also time the engine's whole burst step of a layer call (burst_run.decide)",
+    )
     args = ap.parse_args()
     for field in ("experts", "top_k", "slots", "gpus", "gpus_per_node", "iterations", "repeats"):
         if getattr(args, field) < 1:
@@ -156,6 +189,8 @@ def main() -> int:
             lines.append(summary("cold", cold))
         if args.numpy:
             lines.append(summary("NumPy", slow))
+    if args.layer_call:
+        lines.append(summary("layer call", layer_calls(calls, args.repeats)))
     print(f"{what}: {len(calls)} decisions, {made} bursts; " + "; ".join(lines))
     return 0
 

@@ -33,7 +33,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(not native.available(), reason="needs the native library (make build)")
 def test_times_the_decisions_of_a_simulated_run():
-    r = _run("--iterations", "6", "--repeats", "2", "--cold", "--numpy")
+    r = _run("--iterations", "6", "--repeats", "2", "--cold", "--numpy", "--layer-call")
     assert r.returncode == 0, r.stderr
     assert "simulating 6 iterations of moving-hot E=32 top-2" in r.stderr
     assert re.search(r"timing \d+ decisions", r.stderr), r.stderr
@@ -41,15 +41,16 @@ def test_times_the_decisions_of_a_simulated_run():
     m = re.fullmatch(
         r"moving-hot E=32 top-2, 16 GPUs in nodes of 8, 4 slots, 50 GB/s: (\d+) decisions, "
         r"(\d+) bursts; warm median (\d+) us, p90 (\d+) us; cold median (\d+) us, p90 (\d+) us; "
-        r"NumPy median (\d+) us, p90 (\d+) us",
+        r"NumPy median (\d+) us, p90 (\d+) us; layer call median (\d+) us, p90 (\d+) us",
         line,
     )
     assert m, line
     n, bursts, *us = (int(v) for v in m.groups())
     # The moving hot set passes the threshold from its first move on, and bursts pay there.
     assert 1 <= n <= 6 and bursts >= n
-    warm, warm90, cold, cold90, slow, slow90 = us
+    warm, warm90, cold, cold90, slow, slow90, call, call90 = us
     assert 0 < warm <= warm90 and 0 < cold <= cold90 and 0 < slow <= slow90
+    assert 0 < call <= call90
 
 
 def test_a_workload_with_no_decision_says_so():
@@ -82,4 +83,4 @@ def test_without_the_native_library_it_says_why():
 
 def test_help():
     r = _run("-h")
-    assert r.returncode == 0 and "--workload" in r.stdout and "--cold" in r.stdout
+    assert r.returncode == 0 and "--workload" in r.stdout and "--layer-call" in r.stdout
