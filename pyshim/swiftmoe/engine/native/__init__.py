@@ -261,8 +261,9 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
         return None
     lib, c, sl = got
     N, E = c.shape
-    if load_R is not None and np.size(load_R) != N:
-        raise ValueError(f"load_R has {np.size(load_R)} entries, want N={N}")
+    lr = None if load_R is None else np.asarray(load_R).reshape(-1)
+    if lr is not None and lr.size != N:
+        raise ValueError(f"load_R has {lr.size} entries, want N={N}")
     # One buffer and one address for every array the call reads and writes (each array's own
     # address and the outputs' copies cost about as much as the copies in): counts [N*E],
     # placement [K], load_R [N], the planned split's demand [K] and tier sums [4*N]; then the
@@ -280,9 +281,8 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
     buf[:i_sl] = c.reshape(-1)
     buf[i_sl:i_lr] = sl
     a = buf.ctypes.data
-    lr = None
-    if load_R is not None:
-        buf[i_lr:i_d] = np.asarray(load_R).reshape(-1)
+    if lr is not None:
+        buf[i_lr:i_d] = lr
         lr = a + 8 * i_lr
     pl = None
     if planned is not None:
