@@ -212,6 +212,31 @@ def test_decision_ms_charges_every_layer_call_whose_decision_ran(sidecar_address
 
 
 @needs_sidecar
+def test_split_ms_charges_every_layer_call_of_the_swiftmoe_systems(sidecar_address):
+    # The engine's split on the host (--split-ms) is charged to each layer call of swiftmoe and
+    # swiftmoe-burst, balanced or not, and to no other system; nothing else changes.
+    L = 3
+    loads = np.concatenate([skewed()] * L, axis=1)  # three layers an iteration
+    systems = "bound,swiftmoe,swiftmoe-burst,static-nopad,flexmoe-10"
+    kw = dict(flops_per_s=6 * 16384e6)
+    base = run_sim(sidecar_address, loads, systems, 2, 2, **kw)
+    res = run_sim(sidecar_address, loads, systems, 2, 2, split_ms=0.125, **kw)
+    for name in ("swiftmoe", "swiftmoe-burst"):
+        r0, r1 = base.per_iteration[name], res.per_iteration[name]
+        np.testing.assert_array_equal(r1["split_ms"], np.full(len(loads), L * 0.125))
+        np.testing.assert_allclose(r1["step_ms"], r0["step_ms"] + L * 0.125)
+        np.testing.assert_array_equal(r1["bursts"], r0["bursts"])
+        assert (r0["split_ms"] == 0).all()
+    for name in ("bound", "static-nopad", "flexmoe-10"):
+        r0, r1 = base.per_iteration[name], res.per_iteration[name]
+        np.testing.assert_allclose(r1["step_ms"], r0["step_ms"])
+        assert (r1["split_ms"] == 0).all()
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="--split-ms is"):
+            run_sim(sidecar_address, loads, "swiftmoe", 2, 2, split_ms=bad)
+
+
+@needs_sidecar
 def test_swiftmoe_plans_for_step_time_with_the_clusters_cost_model(sidecar_address):
     # 8 GPUs in 2 nodes, slow links between them: with the cost model, SwiftMoE keeps tokens in
     # their node and moves fewer of them than when it balances compute alone.

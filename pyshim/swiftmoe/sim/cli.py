@@ -26,7 +26,8 @@ from the trace's global counts.
 
 Step time per iteration = expert compute (slowest rank, from a calibration table) + token
 all-to-all (4 exchanges per layer) + gradient and weight transfers (charged to every system
-alike) + migration (FlexMoE) + burst copies and --decision-ms (swiftmoe-burst) + --other-ms.
+alike) + migration (FlexMoE) + burst copies and --decision-ms (swiftmoe-burst) + --split-ms
+(swiftmoe, swiftmoe-burst) + --other-ms.
 The model is documented in swiftmoe/sim/model.py.
 
 Synthetic workloads (--synthetic-experts E --workload NAME): zipf (drifting Zipf skew, the
@@ -180,6 +181,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "the dispatch. 'measured': each call's own wall time on this host, with the decision "
         "the engine would run here (C when built, see swiftmoe doctor; not deterministic). "
         "Default 0: not charged",
+    )
+    s.add_argument(
+        "--split-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="swiftmoe and swiftmoe-burst: host milliseconds charged to every layer call for the "
+        "engine's token split of the planned placement and its checks, made on the CPU between "
+        "the counts' all-reduce and the dispatch (`layer min` of scripts/bench_split.py measures "
+        "it). Default 0: not charged",
     )
     s.add_argument(
         "--split",
@@ -362,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
             burst_threshold=args.burst_threshold,
             decision_ms=0.0 if args.decision_ms == "measured" else args.decision_ms,
             decision_measured=args.decision_ms == "measured",
+            split_ms=args.split_ms,
             split_method=args.split,
             plugin_timeout_s=args.plugin_timeout,
         )

@@ -25,7 +25,9 @@ iteration's counts and the placement's split, and when it makes bursts the layer
 over the enlarged placement and charged the copies' time that the planned slots' compute does
 not hide (``copy_ms``, ``costmodel.copy_exposed_ms``: the engine overlaps them), plus
 ``decision_ms`` (``--decision-ms``, 0 by default) for each layer call whose decision ran, or
-with ``decision_measured`` (``--decision-ms measured``) that call's own wall time here. The
+with ``decision_measured`` (``--decision-ms measured``) that call's own wall time here. Both
+SwiftMoE systems are charged ``split_ms`` (``--split-ms``, 0 by default) for every layer call:
+the engine's split of the planned placement on the host. The
 ``bound`` is perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an
 even one and the static layout's under uniform routing (the engine's split on uniform counts).
 
@@ -66,6 +68,7 @@ FIELDS = (
     "migration_ms",
     "copy_ms",
     "decision_ms",
+    "split_ms",
     "bursts",
     "dropped",
     "max_over_mean",
@@ -93,6 +96,10 @@ class SimConfig:
     # swiftmoe-burst: charge each decision its own wall time on this host instead (the engine's
     # code, C or NumPy, as the engine would run it here); not deterministic
     decision_measured: bool = False
+    # swiftmoe and swiftmoe-burst: host time charged to every layer call for the engine's token
+    # split of the planned placement (and its checks), made on the CPU between the counts'
+    # all-reduce and the dispatch, which the cost model does not count (0: not charged)
+    split_ms: float = 0.0
     # swiftmoe and swiftmoe-burst: the engine's split_method ("auto": stage 1 chosen by the cost
     # model on several nodes, swiftmoe.engine.split.priced; "fast", "exact": min-max amounts)
     split_method: str = "auto"
@@ -110,6 +117,10 @@ class SimConfig:
         if not (self.decision_ms >= 0 and np.isfinite(self.decision_ms)):
             raise ValueError(
                 f"--decision-ms is {self.decision_ms!r}: pass milliseconds >= 0 (0: not charged)"
+            )
+        if not (self.split_ms >= 0 and np.isfinite(self.split_ms)):
+            raise ValueError(
+                f"--split-ms is {self.split_ms!r}: pass milliseconds >= 0 (0: not charged)"
             )
         if not (self.flops_per_s >= 0 and np.isfinite(self.flops_per_s)):
             raise ValueError(f"flops_per_s is {self.flops_per_s!r}: pass FLOP/s >= 0 (0: unknown)")
@@ -427,6 +438,8 @@ def simulate(
                             if cost is None:  # systems on one placement share the cost too
                                 cost = model.flow_layer(c, et, flow, S)
                                 engine_costs[fk] = cost
+                            if ours:
+                                per[s.name]["split_ms"][it] += cfg.split_ms
                             if s.burst and cfg.burst_slots:
                                 ts = time.perf_counter()
                                 cost, copy_ms, made, charged = _burst_layer(
@@ -464,6 +477,7 @@ def simulate(
             + row["migration_ms"]
             + row["copy_ms"]
             + row["decision_ms"]
+            + row["split_ms"]
             + cfg.other_ms
         )
     timing["total_s"] = time.perf_counter() - t_start
