@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from swiftmoe.engine import costmodel as cm
+from swiftmoe.planning import reference as planner
 
 # --- cost parameters ------------------------------------------------------------------------
 
@@ -106,3 +107,47 @@ def skewed_case(rng, hot: bool, *, hot_s_last: bool = False, pad: bool = False):
         c = np.concatenate((c, np.zeros((N, 1), dtype=np.int64)), axis=1)
     rpn = int(rng.choice([0, 1, 2, 3, 4, 8, N, N + int(rng.integers(1, 5))]))
     return c, slots, S, rpn
+
+
+# --- burst decisions ---------------------------------------------------------------------------
+
+P_GPT_SMALL = 3 * 768 * 3072
+
+
+def burst_case(rng):
+    """A layer call the decision may see: a hot set (fixed, moved or sharp), a placement
+    planned from the loads of this or an older hot set, a cluster and cost parameters."""
+    N = int(rng.choice([2, 3, 4, 8, 12, 16, 24, 32]))
+    E = int(rng.choice([4, 8, 16, 32, 64]))
+    S = int(rng.integers(1, 7))
+    while N * S < E:
+        S += 1
+    rpn = int(rng.choice([0, 2, 4, 8, 8, 16]))
+    if rpn >= N:
+        rpn = int(rng.choice([0, N]))
+    p_E = rng.uniform(0.5, 1.5, E)
+    hot = rng.choice(E, size=max(1, E // 12), replace=False)
+    p_E[hot] *= E / len(hot) * rng.uniform(0.3, 1.5)
+    tokens = int(rng.choice([64, 1024, 4096]))
+    c = rng.multinomial(tokens * 2, p_E / p_E.sum(), size=N).astype(np.int64)
+    if rng.random() < 0.2:
+        c[:, rng.integers(0, E)] = 0  # an idle expert
+    old = p_E[rng.permutation(E)] if rng.random() < 0.5 else p_E  # moved, or still
+    slots = np.asarray(planner.plan_layer((old * 1000).tolist(), N, S), dtype=np.int64)
+    inter = float(rng.choice([1.25e10, 5e10, 1e9, 0.0]))
+    intra = float(rng.choice([3e11, 3e11, 2e9, 0.0]))
+    flops = float(rng.choice([5.8e14, 5.8e14, 5e10, 0.0]))
+    p = cm.CostParams(
+        ranks=N,
+        ranks_per_node=rpn,
+        token_bytes=2 * 768,
+        expert_bytes=2 * P_GPT_SMALL * float(rng.choice([1.0, 0.01])),
+        flops_per_token=6 * P_GPT_SMALL,
+        flops_per_s=flops,
+        intra_bw=intra,
+        inter_bw=inter,
+    )
+    B = int(rng.choice([0, 1, 1, 2, 3]))
+    threshold = float(rng.choice([1.0, 1.05, 1.1, 1.5]))
+    method = str(rng.choice(["fast", "auto"]))
+    return c, slots, S, B, rpn, p, threshold, method

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from native_cases import burst_case
 
 from swiftmoe.engine import burst, native
 from swiftmoe.engine import costmodel as cm
@@ -14,45 +15,6 @@ from swiftmoe.engine.split import split_rank_loads, split_tokens_for_rank
 from swiftmoe.planning import reference as planner
 
 P = 3 * 768 * 3072  # GPT-Small experts
-
-
-def _case(rng):
-    """A layer call the decision may see: a hot set (fixed, moved or sharp), a placement
-    planned from the loads of this or an older hot set, a cluster and cost parameters."""
-    N = int(rng.choice([2, 3, 4, 8, 12, 16, 24, 32]))
-    E = int(rng.choice([4, 8, 16, 32, 64]))
-    S = int(rng.integers(1, 7))
-    while N * S < E:
-        S += 1
-    rpn = int(rng.choice([0, 2, 4, 8, 8, 16]))
-    if rpn >= N:
-        rpn = int(rng.choice([0, N]))
-    p_E = rng.uniform(0.5, 1.5, E)
-    hot = rng.choice(E, size=max(1, E // 12), replace=False)
-    p_E[hot] *= E / len(hot) * rng.uniform(0.3, 1.5)
-    tokens = int(rng.choice([64, 1024, 4096]))
-    c = rng.multinomial(tokens * 2, p_E / p_E.sum(), size=N).astype(np.int64)
-    if rng.random() < 0.2:
-        c[:, rng.integers(0, E)] = 0  # an idle expert
-    old = p_E[rng.permutation(E)] if rng.random() < 0.5 else p_E  # moved, or still
-    slots = np.asarray(planner.plan_layer((old * 1000).tolist(), N, S), dtype=np.int64)
-    inter = float(rng.choice([1.25e10, 5e10, 1e9, 0.0]))
-    intra = float(rng.choice([3e11, 3e11, 2e9, 0.0]))
-    flops = float(rng.choice([5.8e14, 5.8e14, 5e10, 0.0]))
-    p = cm.CostParams(
-        ranks=N,
-        ranks_per_node=rpn,
-        token_bytes=2 * 768,
-        expert_bytes=2 * P * float(rng.choice([1.0, 0.01])),
-        flops_per_token=6 * P,
-        flops_per_s=flops,
-        intra_bw=intra,
-        inter_bw=inter,
-    )
-    B = int(rng.choice([0, 1, 1, 2, 3]))
-    threshold = float(rng.choice([1.0, 1.05, 1.1, 1.5]))
-    method = str(rng.choice(["fast", "auto"]))
-    return c, slots, S, B, rpn, p, threshold, method
 
 
 def _same(a: burst.BurstPlan, b: burst.BurstPlan) -> None:
@@ -70,7 +32,7 @@ def test_native_makes_the_numpy_decision_bit_for_bit(use_lib):
     rng = np.random.default_rng(0)
     made = multi = 0
     for i in range(400):
-        c, slots, S, B, rpn, p, thr, method = _case(rng)
+        c, slots, S, B, rpn, p, thr, method = burst_case(rng)
         load = None
         if rng.random() < 0.5:
             load = split_rank_loads(c, slots, S, rpn, method, p).numpy()
@@ -129,7 +91,7 @@ def test_the_decision_from_a_ranks_own_split_is_the_same(use_lib):
     rng = np.random.default_rng(3)
     made = 0
     for i in range(200):
-        c, slots, S, B, rpn, p, thr, method = _case(rng)
+        c, slots, S, B, rpn, p, thr, method = burst_case(rng)
         r = int(rng.integers(0, c.shape[0]))
         want = burst.plan_bursts(c, slots, S, B, rpn, p, thr, method, native=False)
         for split_native in (False, True):
@@ -162,7 +124,7 @@ def test_the_simulators_split_starts_the_same_decision(use_lib):
     rng = np.random.default_rng(5)
     made = 0
     for i in range(120):
-        c, slots, S, B, rpn, p, thr, method = _case(rng)
+        c, slots, S, B, rpn, p, thr, method = burst_case(rng)
         tr = split_traffic(c, slots, S, rpn, method, weighted=False, cost=p)
         rs = split_tokens_for_rank(c, slots, S, 0, rpn, method, p, native=False)
         np.testing.assert_array_equal(tr.planned.demand_K, rs.planned.demand_K)
@@ -218,7 +180,7 @@ def test_the_h200_cases_of_the_numpy_tests(use_lib):
 
 def test_plan_bursts_runs_the_native_decision_when_found(use_lib, monkeypatch):
     rng = np.random.default_rng(3)
-    c, slots, S, B, rpn, p, thr, method = _case(rng)
+    c, slots, S, B, rpn, p, thr, method = burst_case(rng)
     calls = []
     real = native.plan_bursts
     monkeypatch.setattr(native, "plan_bursts", lambda *a: calls.append(1) or real(*a))

@@ -8,7 +8,9 @@ this module runs it for an :class:`~swiftmoe.engine.layer.ExpertLayer` and carri
   :class:`~swiftmoe.engine.step_costs.StepCosts`, identical on every rank;
 * :func:`decide`: after the split on the planned placement, one cheap check (the busiest rank
   against ``threshold`` x the mean); past it, the decision and the split over the enlarged
-  placement (:class:`LayerBursts`);
+  placement (:class:`LayerBursts`), in one C call where the library is loaded and the layer
+  splits with the engine's own splitter (``native.burst_step``: the Python calls it replaces
+  took more time between them than the C decision itself);
 * :func:`start_copy` and :func:`finish_copy`: right after the tokens' dispatch, one
   ``all_to_all_single`` starts sending each burst's weights from its source slot to its burst
   slot; the planned slots' GEMMs run while it is in flight, and the layer waits for it only
@@ -39,9 +41,12 @@ import torch
 
 from swiftmoe.engine import costmodel as cm
 from swiftmoe.engine import dispatch as dp
+from swiftmoe.engine import native as _native
 from swiftmoe.engine.burst import BurstPlan, pad_counts, past_threshold, plan_bursts
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.split import RankSplit
+from swiftmoe.engine.split.rank import Planned
+from swiftmoe.engine.splitter import RankSplitter
 
 __all__ = [
     "BurstPolicy",
@@ -113,6 +118,9 @@ def decide(
     """
     if not past_threshold(load_R, policy.B, policy.threshold):
         return None
+    fused = _fused(layer, policy, counts_NE, load_R, params, planned)
+    if fused is not _NOT_FUSED:
+        return fused
     plan = plan_bursts(
         counts_NE,
         layer.slots_t,
@@ -132,6 +140,76 @@ def decide(
     rs = layer.split(torch.from_numpy(pad_counts(counts_NE)), slots_x, layer.index, Sx, cost=params)
     perm_K, inv_K = dp.slot_order(plan.slots_K.tolist())
     return LayerBursts(plan, rs, Sx, perm_K, inv_K)
+
+
+_NOT_FUSED = object()
+
+
+def _fused(layer, policy, counts_NE, load_R, params, planned):
+    """:func:`decide`'s work past the threshold in one C call (``native.burst_step``): the
+    decision, this rank's split over the enlarged placement with its conservation checks, and
+    the placement's send order, the same as the calls below make them. It applies where the
+    layer splits with the engine's own :class:`RankSplitter`, with the policy's method and the
+    cost parameters' nodes, on int64 CPU arrays (the engine's); else ``_NOT_FUSED``, and the
+    calls below run. Its inputs are the layer call's, checked by the split that made
+    ``load_R`` and ``planned``."""
+    sp = layer.split
+    if (
+        not isinstance(sp, RankSplitter)
+        or sp.method != policy.method
+        or sp.ranks_per_node != params.ranks_per_node
+        or planned is None
+        or not _native.use(None, policy.method, "burst step")
+    ):
+        return _NOT_FUSED
+    c = _int64_array(counts_NE, 2)
+    slots = _int64_array(layer.slots_t, 1)
+    if c is None or slots is None or slots.size != c.shape[0] * layer.S:
+        return _NOT_FUSED
+    got = _native.burst_step(
+        c,
+        slots,
+        layer.S,
+        policy.B,
+        params,
+        policy.threshold,
+        policy.method,
+        load_R,
+        planned,
+        sp.rank,
+        sp.ranks_per_node,
+        sp.method,
+    )
+    if got is None:
+        return _NOT_FUSED
+    fields, split, order = got
+    if split is None:
+        return None
+    plan = BurstPlan(c.shape[1], *fields)
+    send_K, recv_QS, load, local, planned_x = split
+    rs = RankSplit(
+        torch.from_numpy(send_K),
+        torch.from_numpy(recv_QS),
+        torch.from_numpy(load),
+        local,
+        Planned(*planned_x),
+    )
+    perm_K, inv_K = order
+    return LayerBursts(
+        plan, rs, plan.slots_per_rank, torch.from_numpy(perm_K), torch.from_numpy(inv_K)
+    )
+
+
+def _int64_array(t, ndim: int) -> np.ndarray | None:
+    """t's memory as a C-contiguous int64 array when t is such a CPU tensor or array of ndim
+    dimensions, else None."""
+    if isinstance(t, torch.Tensor):
+        if t.dtype != torch.int64 or t.device.type != "cpu" or t.requires_grad:
+            return None
+        t = t.numpy()
+    if not isinstance(t, np.ndarray) or t.dtype != np.int64 or t.ndim != ndim:
+        return None
+    return t if t.flags.c_contiguous else None
 
 
 class _Copy:

@@ -6,6 +6,9 @@ takes milliseconds (thousands of small array calls); the C port (``burst.c`` and
 beside this file) makes the same decision, bit for bit, in a small fraction of that.
 ``plan_bursts`` uses it whenever it is found and the split's method is "fast" or "auto".
 :func:`split_for_rank` is the C port of one rank's split (``split_tokens_for_rank``, ``route.c``).
+:func:`burst_step` is the engine's whole burst step of a layer call in one call (the decision,
+the rank's split over the enlarged placement with its checks, the send order), which
+``burst_run.decide`` runs where the layer splits with the engine's own splitter.
 
 Where the library is looked for, first found wins:
 
@@ -35,6 +38,7 @@ __all__ = [
     "ENV_SWITCH",
     "NativeError",
     "available",
+    "burst_step",
     "check_rank_split",
     "library",
     "plan_bursts",
@@ -51,13 +55,14 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
-_ABI = 5  # smoe.h's SMOE_ABI: the library must be of the same interface
+_ABI = 6  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
     -2: "an internal check failed (a bug in swiftmoe's native decision; report it with the "
     "counts and the placement, and set SWIFTMOE_NATIVE=0 to go on with the NumPy decision)",
     -3: "an unsupported split method",
+    -4: "a split failed its conservation checks",
 }
 
 
@@ -156,6 +161,21 @@ def _bind(path: Path) -> ctypes.CDLL:
         v,  # load_R [N]
         ctypes.POINTER(ctypes.c_int),  # node_local
         ctypes.POINTER(_Planned),  # planned or NULL
+    ]
+    f = lib.smoe_burst_step
+    f.restype = ctypes.c_int64
+    f.argtypes = [
+        *lib.smoe_plan_bursts.argtypes,
+        i64,  # rank
+        i64,  # split_rpn
+        ctypes.c_int,  # split_method
+        v,  # send_K [N*(S+B)]
+        v,  # recv_QS [N*(S+B)]
+        v,  # load_x [N]
+        ctypes.POINTER(ctypes.c_int),  # node_local
+        ctypes.POINTER(_Planned),  # planned_x
+        v,  # perm_K [N*(S+B)]
+        v,  # inv_K [N*(S+B)]
     ]
     f = lib.smoe_check_rank_split
     f.restype = ctypes.c_int
@@ -260,71 +280,167 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
     if got is None:
         return None
     lib, c, sl = got
-    N, E = c.shape
-    lr = None if load_R is None else np.asarray(load_R).reshape(-1)
-    if lr is not None and lr.size != N:
-        raise ValueError(f"load_R has {lr.size} entries, want N={N}")
-    # One buffer and one address for every array the call reads and writes (each array's own
-    # address and the outputs' copies cost about as much as the copies in): counts [N*E],
-    # placement [K], load_R [N], the planned split's demand [K] and tier sums [4*N]; then the
-    # enlarged placement [N*(S+B)], each burst's e, q, s, d, j [NB each] and the three ms (as
-    # float64). The arrays returned are views of it, fresh on every call.
-    K, NB = N * S, max(N * B, 1)
-    i_sl = N * E
-    i_lr = i_sl + K
-    i_d = i_lr + N
-    i_sums = i_d + K
-    i_slots = i_sums + 4 * N
-    i_out = i_slots + N * (S + B)
-    i_ms = i_out + 5 * NB
-    buf = np.empty(i_ms + 3, dtype=np.int64)
-    buf[:i_sl] = c.reshape(-1)
-    buf[i_sl:i_lr] = sl
-    a = buf.ctypes.data
-    if lr is not None:
-        buf[i_lr:i_d] = lr
-        lr = a + 8 * i_lr
-    pl = None
-    if planned is not None:
-        buf[i_d:i_sums] = np.asarray(planned.demand_K).reshape(-1)
-        if planned.sums is not None:
-            for t, v in enumerate(planned.sums):
-                buf[i_sums + t * N : i_sums + (t + 1) * N] = v
-        pl = _Planned(
-            a + 8 * i_d,
-            None if planned.sums is None else a + 8 * i_sums,
-            0.0 if planned.ms is None else float(planned.ms),
-            int(planned.sums is not None),
-        )
-    out_S = ctypes.c_int64(0)
-    o = a + 8 * i_out
-    n = lib.smoe_plan_bursts(
-        a,
-        a + 8 * i_sl,
-        N,
-        E,
-        S,
-        B,
-        _cost_ref(params),
-        float(threshold),
-        _METHODS[method],
-        lr,
-        None if pl is None else ctypes.byref(pl),
-        a + 8 * i_slots,
-        ctypes.byref(out_S),
-        o,
-        o + 8 * NB,
-        o + 16 * NB,
-        o + 24 * NB,
-        o + 32 * NB,
-        a + 8 * i_ms,
-    )
+    call = _DecisionCall(c, sl, S, B, load_R, planned, 0)
+    n = lib.smoe_plan_bursts(*call.args(params, threshold, method))
     if n < 0:
         raise NativeError(f"swiftmoe: the native burst decision failed: {_ERRORS.get(n, n)}")
-    Sx = int(out_S.value)
-    e_C, q_C, s_C, d_C, j_C = buf[i_out:i_ms].reshape(5, NB)[:, :n]
-    before, after, copy = buf[i_ms:].view(np.float64).tolist()
-    return (Sx, buf[i_slots : i_slots + N * Sx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
+    return call.plan(n)
+
+
+def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
+               split_method):  # fmt: skip
+    """The engine's burst step of one layer call on rank ``rank`` past its threshold
+    (``burst_run.decide``), in one C call (``smoe_burst_step``): the decision as
+    :func:`plan_bursts` makes it, and where it makes bursts the rank's split over the enlarged
+    placement as the layer's splitter makes it (``ranks_per_node`` rpn, ``split_method``, the
+    same cost), checked as ``splitter._conserves`` checks it, and the placement's send order
+    (``dispatch.slot_order``).
+
+    The inputs are a layer call's own, checked by the split that made ``load_R`` and
+    ``planned``: c_QE an int64 C-contiguous array [N, E], slots int64 [N*S] (ids in range),
+    ``planned`` a ``split.rank.Planned``, 0 <= rank < N, ``params`` a CostParams of this job.
+
+    Returns:
+        None where it does not apply (no library, a method not ported); else (plan, split,
+        order): plan the fields of :func:`plan_bursts`; split None when no burst is made, else
+        (send_K [N*Sx], recv_QS [N, Sx], load_R [N], node_local, (demand_K, ms, sums)) as
+        ``split_for_rank`` returns them; order (perm_K, inv_K) [N*Sx] or None. Arrays are views
+        of one fresh buffer.
+
+    Raises:
+        NativeError: the C code failed (memory, or an internal check); "does not conserve"
+        when the enlarged split failed its checks.
+    """
+    lib = library()
+    if lib is None or method not in _METHODS or split_method not in _METHODS:
+        return None
+    N, E = c_QE.shape
+    K = N * (S + B)
+    call = _DecisionCall(c_QE, slots, S, B, load_R, planned, 5 * K + 5 * N)
+    a, i = call.addr, call.extra
+    local = ctypes.c_int(0)
+    # send_K, recv_QS, load_R, demand_K, sums, perm_K, inv_K
+    i_send, i_recv, i_load, i_dem = i, i + K, i + 2 * K, i + 2 * K + N
+    i_sums, i_perm, i_inv = i_dem + K, i_dem + K + 4 * N, i_dem + 2 * K + 4 * N
+    px = _Planned(a + 8 * i_dem, a + 8 * i_sums, 0.0, 0)
+    n = lib.smoe_burst_step(
+        *call.args(params, threshold, method),
+        rank,
+        rpn,
+        _METHODS[split_method],
+        a + 8 * i_send,
+        a + 8 * i_recv,
+        a + 8 * i_load,
+        ctypes.byref(local),
+        ctypes.byref(px),
+        a + 8 * i_perm,
+        a + 8 * i_inv,
+    )
+    if n == -4:
+        raise NativeError(
+            "swiftmoe: the token split over the enlarged placement does not conserve the counts "
+            "(a bug in swiftmoe's native split); report it with the counts and the placement, "
+            "and set SWIFTMOE_NATIVE=0 to go on with the NumPy split"
+        )
+    if n < 0:
+        raise NativeError(f"swiftmoe: the native burst step failed: {_ERRORS.get(n, n)}")
+    plan = call.plan(n)
+    if n == 0:
+        return plan, None, None
+    b = call.buf
+    Kx = N * plan[0]
+    sums = None
+    if px.priced:
+        flat = b[i_sums : i_sums + 4 * N]
+        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
+    split = (
+        b[i_send : i_send + Kx],
+        b[i_recv : i_recv + Kx].reshape(N, plan[0]),
+        b[i_load : i_load + N],
+        bool(local.value),
+        (b[i_dem : i_dem + Kx], float(px.ms) if px.priced else None, sums),
+    )
+    return plan, split, (b[i_perm : i_perm + Kx], b[i_inv : i_inv + Kx])
+
+
+class _DecisionCall:
+    """The arguments of one ``smoe_plan_bursts`` call in one buffer, with one address (each
+    array's own address and the outputs' copies cost about as much as the copies in): counts
+    [N*E], placement [K], load_R [N], the planned split's demand [K] and tier sums [4*N]; then
+    the enlarged placement [N*(S+B)], each burst's e, q, s, d, j [NB each], the three ms (as
+    float64), and ``extra`` more int64s from index ``self.extra``. The arrays :meth:`plan`
+    returns are views of it, fresh on every call."""
+
+    def __init__(self, c, sl, S, B, load_R, planned, extra: int) -> None:
+        N, E = c.shape
+        lr = None if load_R is None else np.asarray(load_R).reshape(-1)
+        if lr is not None and lr.size != N:
+            raise ValueError(f"load_R has {lr.size} entries, want N={N}")
+        K, NB = N * S, max(N * B, 1)
+        i_sl = N * E
+        i_lr = i_sl + K
+        i_d = i_lr + N
+        i_sums = i_d + K
+        self.i_slots = i_slots = i_sums + 4 * N
+        self.i_out = i_out = i_slots + N * (S + B)
+        self.i_ms = i_ms = i_out + 5 * NB
+        self.extra = i_ms + 3
+        self.buf = buf = np.empty(self.extra + extra, dtype=np.int64)
+        buf[:i_sl] = c.reshape(-1)
+        buf[i_sl:i_lr] = sl
+        self.addr = a = buf.ctypes.data
+        if lr is not None:
+            buf[i_lr:i_d] = lr
+            lr = a + 8 * i_lr
+        pl = None
+        if planned is not None:
+            buf[i_d:i_sums] = np.asarray(planned.demand_K).reshape(-1)
+            if planned.sums is not None:
+                for t, v in enumerate(planned.sums):
+                    buf[i_sums + t * N : i_sums + (t + 1) * N] = v
+            pl = _Planned(
+                a + 8 * i_d,
+                None if planned.sums is None else a + 8 * i_sums,
+                0.0 if planned.ms is None else float(planned.ms),
+                int(planned.sums is not None),
+            )
+        self.N, self.E, self.S, self.B, self.NB = N, E, S, B, NB
+        self.lr, self.pl, self.i_sl = lr, pl, i_sl
+        self.out_S = ctypes.c_int64(0)
+
+    def args(self, params, threshold, method) -> tuple:
+        a, o = self.addr, self.addr + 8 * self.i_out
+        NB = self.NB
+        return (
+            a,
+            a + 8 * self.i_sl,
+            self.N,
+            self.E,
+            self.S,
+            self.B,
+            _cost_ref(params),
+            float(threshold),
+            _METHODS[method],
+            self.lr,
+            None if self.pl is None else ctypes.byref(self.pl),
+            a + 8 * self.i_slots,
+            ctypes.byref(self.out_S),
+            o,
+            o + 8 * NB,
+            o + 16 * NB,
+            o + 24 * NB,
+            o + 32 * NB,
+            a + 8 * self.i_ms,
+        )
+
+    def plan(self, n: int) -> tuple:
+        """plan_bursts' tuple after a call that returned n >= 0 bursts."""
+        buf, N = self.buf, self.N
+        Sx = int(self.out_S.value)
+        e_C, q_C, s_C, d_C, j_C = buf[self.i_out : self.i_ms].reshape(5, self.NB)[:, :n]
+        before, after, copy = buf[self.i_ms : self.extra].view(np.float64).tolist()
+        i = self.i_slots
+        return (Sx, buf[i : i + N * Sx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
 
 
 def _int64s(t, n: int):

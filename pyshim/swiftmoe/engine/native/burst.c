@@ -1016,3 +1016,57 @@ done:
     free(x.node0);
     return rc;
 }
+
+/* smoe_fault_tokens (smoe.h): 0 but in tests. */
+int64_t smoe_fault_tokens = 0;
+
+/* smoe_burst_step (smoe.h): burst_run.decide past its threshold, in one call. */
+int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                        int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
+                        const int64_t *load_R, const smoe_planned *planned, int64_t *out_slots,
+                        int64_t *out_S, int64_t *out_e, int64_t *out_q, int64_t *out_s,
+                        int64_t *out_d, int64_t *out_j, double *out_ms, int64_t rank,
+                        int64_t split_rpn, int split_method, int64_t *send_K, int64_t *recv_QS,
+                        int64_t *load_x, int *node_local, smoe_planned *planned_x,
+                        int64_t *perm_K, int64_t *inv_K) {
+    if (rank < 0 || rank >= N) return SMOE_EBUG; /* the caller checks it */
+    int64_t n = smoe_plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, method, load_R, planned,
+                                 out_slots, out_S, out_e, out_q, out_s, out_d, out_j, out_ms);
+    if (n <= 0) return n;
+    const int64_t Sx = *out_S, Kx = N * Sx, Ep = E + 1;
+    for (int64_t k = 0; k < Kx; k++)
+        if (out_slots[k] < 0 || out_slots[k] > E) return SMOE_EBUG;
+    /* burst.pad_counts: id E is the empty burst slots' virtual expert, without tokens. */
+    int64_t *c_pad = malloc(sizeof(int64_t) * (size_t)(N * Ep + Ep + 1));
+    if (!c_pad) return SMOE_ENOMEM;
+    int64_t *start = c_pad + N * Ep;
+    for (int64_t q = 0; q < N; q++) {
+        memcpy(c_pad + q * Ep, c_QE + q * E, sizeof(int64_t) * (size_t)E);
+        c_pad[q * Ep + E] = 0;
+    }
+    int rc = smoe_split_for_rank(c_pad, out_slots, N, Ep, Sx, rank, split_rpn, split_method,
+                                 split_method == SMOE_METHOD_AUTO ? p : NULL, send_K, recv_QS,
+                                 load_x, node_local, planned_x);
+    if (rc >= 0 && smoe_fault_tokens) { /* tests only: a split that loses tokens */
+        for (int64_t k = 0; k < Kx; k++)
+            if (send_K[k] > 0) {
+                send_K[k] -= send_K[k] < smoe_fault_tokens ? send_K[k] : smoe_fault_tokens;
+                break;
+            }
+    }
+    if (rc >= 0) {
+        int ok = smoe_check_rank_split(c_pad, out_slots, N, Ep, Sx, rank, send_K, recv_QS,
+                                       load_x);
+        rc = ok < 0 ? ok : (ok ? 0 : SMOE_ECONSERVE);
+    }
+    if (rc >= 0) {
+        /* dispatch.slot_order: a stable sort of the slots by expert (a counting sort). */
+        memset(start, 0, sizeof(int64_t) * (size_t)(Ep + 1));
+        for (int64_t k = 0; k < Kx; k++) start[out_slots[k] + 1]++;
+        for (int64_t e = 0; e < Ep; e++) start[e + 1] += start[e];
+        for (int64_t k = 0; k < Kx; k++) perm_K[start[out_slots[k]]++] = k;
+        for (int64_t i = 0; i < Kx; i++) inv_K[perm_K[i]] = i;
+    }
+    free(c_pad);
+    return rc < 0 ? rc : n;
+}

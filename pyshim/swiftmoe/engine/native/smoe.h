@@ -24,10 +24,11 @@
 #define SMOE_ENOMEM (-1)
 #define SMOE_EBUG (-2)
 #define SMOE_EUNSUPPORTED (-3)
+#define SMOE_ECONSERVE (-4) /* a split failed its conservation checks (smoe_burst_step) */
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 5
+#define SMOE_ABI 6
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -156,5 +157,30 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
 int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                           int64_t S, int64_t r, const int64_t *send_K, const int64_t *recv_QS,
                           const int64_t *load_R);
+
+/* ---------------------------------------------------------------------------------------------
+ * The engine's burst step of a layer call on one rank (burst.c): burst_run.decide past its
+ * threshold, in one call where the Python path makes a dozen (whose glue took about twice the
+ * C's time). smoe_plan_bursts's arguments and outputs (out_slots sized N*(S+B)); then, where it
+ * makes bursts (C > 0), rank `rank`'s split over the enlarged placement as the layer's splitter
+ * makes it (smoe_split_for_rank with split_rpn and split_method, p where the method is "auto"),
+ * on the counts with a zero column for the empty burst slots' id E (burst.pad_counts): send_K,
+ * recv_QS [N*S'], load_x [N], *node_local, planned_x (its arrays the caller's: demand_K [N*S'],
+ * sums [4*N]); its conservation checks (smoe_check_rank_split, splitter._conserves); and the
+ * enlarged placement's send order (dispatch.slot_order): perm_K [N*S'] the slots by expert,
+ * stable, inv_K its inverse. S' = *out_S; the split's outputs are left alone when C is 0.
+ * Returns C >= 0, SMOE_ECONSERVE when the split fails its checks (a bug), or an error. */
+/* Tests only: when > 0, smoe_burst_step takes that many tokens (at most what it holds) from the
+ * first positive amount the enlarged split sends, before its checks, which must then refuse
+ * it (SMOE_ECONSERVE). 0 in any other use. */
+extern int64_t smoe_fault_tokens;
+int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                        int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
+                        const int64_t *load_R, const smoe_planned *planned, int64_t *out_slots,
+                        int64_t *out_S, int64_t *out_e, int64_t *out_q, int64_t *out_s,
+                        int64_t *out_d, int64_t *out_j, double *out_ms, int64_t rank,
+                        int64_t split_rpn, int split_method, int64_t *send_K, int64_t *recv_QS,
+                        int64_t *load_x, int *node_local, smoe_planned *planned_x,
+                        int64_t *perm_K, int64_t *inv_K);
 
 #endif
