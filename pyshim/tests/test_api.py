@@ -93,9 +93,13 @@ def test_observe_mode_leaves_no_trace_on_jittered_hf_router() -> None:
 
 def test_a_split_that_misroutes_stops_the_layer(monkeypatch) -> None:
     """The engine checks the split it is about to run: one that loses a token never reaches the
-    all_to_all."""
+    all_to_all. Here the Python path's split and checks (SWIFTMOE_NATIVE=0); the native split's
+    one call is checked the same way by test_splitter.py (a fault in the library)."""
+    from swiftmoe.engine import native
     from swiftmoe.engine import split as splitlib
 
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    monkeypatch.setattr(native, "_state", {})  # loaded again, turned off; the old state after
     model = TinyNet()
     replicate_(model, SwiftMoEConfig(slots_per_rank=SLOTS_FOR[1], optimizer="SGD"))
     x, _ = global_batch(0, 1)
@@ -111,3 +115,23 @@ def test_a_split_that_misroutes_stops_the_layer(monkeypatch) -> None:
     monkeypatch.setattr(splitlib, "split_tokens_for_rank", lossy)
     with pytest.raises(RuntimeError, match="does not conserve the counts"):
         model(x)
+
+
+def test_a_native_split_that_misroutes_stops_the_layer(use_lib) -> None:
+    """The same with the native split: with the library's test fault on (a token taken from what
+    the rank sends), the layer call stops before its all_to_all."""
+    import ctypes
+
+    from swiftmoe.engine import native
+
+    model = TinyNet()
+    replicate_(model, SwiftMoEConfig(slots_per_rank=SLOTS_FOR[1], optimizer="SGD"))
+    x, _ = global_batch(0, 1)
+    model(x)
+    fault = ctypes.c_int64.in_dll(native.library(), "smoe_fault_tokens")
+    fault.value = 1
+    try:
+        with pytest.raises(RuntimeError, match="does not conserve the counts"):
+            model(x)
+    finally:
+        fault.value = 0

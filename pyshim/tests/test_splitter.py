@@ -179,3 +179,87 @@ def test_slots_index_agrees_with_the_plan_index_and_splits_alike() -> None:
         split.split_tokens_for_rank(
             torch.ones(3, 6, dtype=torch.int64), split.index_slots(list(range(6)), 3, 2, 6), 3, 0
         )
+
+
+@pytest.fixture
+def one_calls(monkeypatch):
+    """Counts the calls of native.layer_split (the splitter's one-call split)."""
+    calls = []
+    real = native.layer_split
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(native, "layer_split", counted)
+    return calls
+
+
+def test_the_one_call_split_is_the_split_and_checks_it_replaces(use_lib, one_calls) -> None:
+    """Where the library is loaded, the splitter splits a planned placement in one C call
+    (native.layer_split: the counts' checks, the split, its conservation checks): on 150 random
+    layers, every field equals split_tokens_for_rank's on every rank, priced or not."""
+    from native_cases import burst_case
+
+    rng = np.random.default_rng(8)
+    priced = 0
+    for i in range(150):
+        c, slots, S_, _, _, p, _, method = burst_case(rng)
+        rpn = p.ranks_per_node
+        counts = torch.from_numpy(c)
+        for r in range(c.shape[0]):
+            before = len(one_calls)
+            got = RankSplitter(S_, r, rpn, method)(counts, torch.as_tensor(slots), i, cost=p)
+            assert len(one_calls) == before + 1
+            want = split.split_tokens_for_rank(counts, slots, S_, r, rpn, method, p)
+            for f in ("send_K", "recv_QS", "load_R"):
+                a, b = getattr(got, f), getattr(want, f)
+                assert a.dtype == b.dtype == torch.int64 and torch.equal(a, b), (i, r, f)
+            assert got.node_local == want.node_local
+            np.testing.assert_array_equal(got.planned.demand_K, want.planned.demand_K)
+            assert got.planned.ms == want.planned.ms
+            assert (got.planned.sums is None) == (want.planned.sums is None)
+            if want.planned.sums is not None:
+                priced += 1
+                for a, b in zip(got.planned.sums, want.planned.sums, strict=True):
+                    np.testing.assert_array_equal(a, b)
+    assert priced > 100, priced  # stage 1 priced in many
+
+
+def test_the_one_call_split_refuses_what_the_python_checks_refuse(use_lib, one_calls) -> None:
+    """Negative counts, tokens for an expert without a slot, and cost parameters of another node
+    grouping are refused with the Python path's words; counts of another dtype take that path."""
+    from native_cases import cost_params
+
+    sp = RankSplitter(S, 1, 0, "auto")
+    bad = COUNTS.clone()
+    bad[2, 4] = -3
+    with pytest.raises(ValueError, match=r"counts_QE\[2, 4\] is -3; token counts cannot be"):
+        sp(bad, torch.tensor(SLOTS), 0)
+    orphan = [e if e != 4 else 3 for e in SLOTS]
+    with pytest.raises(ValueError, match="expert 4 has 18 tokens but no slot in the plan"):
+        sp(COUNTS, torch.tensor(orphan), 0)
+    assert len(one_calls) == 2
+    p = cost_params(N, 2, "slow")
+    with pytest.raises(ValueError, match="pass the cost parameters of this job"):
+        sp(COUNTS, torch.tensor(SLOTS), 0, cost=p)
+    got = sp(COUNTS.to(torch.int32), torch.tensor(SLOTS), 0)  # int32: the Python path
+    want = split.split_tokens_for_rank(COUNTS, SLOTS, S, 1)
+    assert torch.equal(got.send_K, want.send_K) and torch.equal(got.recv_QS, want.recv_QS)
+
+
+def test_the_one_call_split_refuses_a_split_that_loses_tokens(use_lib) -> None:
+    """Its conservation checks run on what it is about to return: with the library's test fault
+    on (a token taken from what the rank sends), the layer call stops and names the layer."""
+    import ctypes
+
+    sp = RankSplitter(S, 1, 0, "auto")
+    assert sp(COUNTS, torch.tensor(SLOTS), 5) is not None
+    fault = ctypes.c_int64.in_dll(native.library(), "smoe_fault_tokens")
+    fault.value = 1
+    try:
+        with pytest.raises(RuntimeError, match="split for layer 5 does not conserve the counts"):
+            sp(COUNTS, torch.tensor(SLOTS), 5)
+    finally:
+        fault.value = 0
+    assert sp(COUNTS, torch.tensor(SLOTS), 5) is not None

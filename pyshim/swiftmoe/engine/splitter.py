@@ -51,6 +51,13 @@ def _conserves(
     return ok and int(rs.load_R.numpy()[r]) == int(recv.sum())
 
 
+def _misroutes(layer_index: int) -> RuntimeError:
+    return RuntimeError(
+        f"swiftmoe: the token split for layer {layer_index} does not conserve the counts "
+        "(a bug in swiftmoe.engine.split); report it with the counts and the placement"
+    )
+
+
 class RankSplitter:
     """Splits each layer's tokens for one rank with one method and node grouping.
 
@@ -96,6 +103,9 @@ class RankSplitter:
         if slots_per_rank is None:
             S = self.S
             plan = self._indexes.index(slots_K, S, N, E)
+            rs = self._native(counts_NE, plan, layer_index, cost)
+            if rs is not None:
+                return rs
         else:
             S = slots_per_rank
             plan = splitlib.index_slots(slots_K, S, N, E)  # the whole index only if NumPy splits
@@ -109,11 +119,39 @@ class RankSplitter:
             cost=cost,
         )
         if not _conserves(counts_NE, plan.slots_K, rs, r, S):
-            raise RuntimeError(
-                f"swiftmoe: the token split for layer {layer_index} does not conserve the counts "
-                "(a bug in swiftmoe.engine.split); report it with the counts and the placement"
-            )
+            raise _misroutes(layer_index)
         return rs
+
+    def _native(self, counts_NE, plan, layer_index: int, cost) -> splitlib.RankSplit | None:
+        """The split of a planned placement and its checks in one C call
+        (``native.layer_split``: the counts' checks, the split, the conservation checks), where
+        the library is loaded and the counts are the engine's (an int64 CPU tensor); else None,
+        and the calls of ``__call__`` run. The same split and the same errors as those: the
+        Python glue of those calls took several times the C split's own time."""
+        r, rpn, method = self.rank, self.ranks_per_node, self.method
+        if not (_native.use(None, method, "split") and type(rpn) is int and 0 <= r < plan.N):
+            return None
+        if method == "auto":
+            splitlib.prices_split(cost, plan, rpn)  # a cost of another job or grouping: refused
+        try:
+            got = _native.layer_split(counts_NE, plan.slots_K, plan.S, r, rpn, method, cost)
+        except _native.SplitRefused as e:
+            c = counts_NE.numpy()
+            if e.what == "negative":
+                raise splitlib.negative_count(c, *divmod(e.where, c.shape[1])) from None
+            if e.what == "orphan":
+                raise splitlib.orphan_expert(e.where, int(c[:, e.where].sum())) from None
+            raise _misroutes(layer_index) from None
+        if got is None:
+            return None
+        send_K, recv_QS, load, local, planned = got
+        return splitlib.RankSplit(
+            torch.from_numpy(send_K),
+            torch.from_numpy(recv_QS),
+            torch.from_numpy(load),
+            local,
+            splitlib.Planned(*planned),
+        )
 
     def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int], cost=None) -> torch.Tensor:
         """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing;

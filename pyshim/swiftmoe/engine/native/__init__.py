@@ -37,9 +37,11 @@ __all__ = [
     "ENV_LIB",
     "ENV_SWITCH",
     "NativeError",
+    "SplitRefused",
     "available",
     "burst_step",
     "check_rank_split",
+    "layer_split",
     "library",
     "plan_bursts",
     "split_for_rank",
@@ -55,7 +57,7 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
-_ABI = 6  # smoe.h's SMOE_ABI: the library must be of the same interface
+_ABI = 7  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
@@ -63,6 +65,8 @@ _ERRORS = {
     "counts and the placement, and set SWIFTMOE_NATIVE=0 to go on with the NumPy decision)",
     -3: "an unsupported split method",
     -4: "a split failed its conservation checks",
+    -5: "a negative token count",
+    -6: "tokens for an expert without a slot",
 }
 
 
@@ -177,6 +181,12 @@ def _bind(path: Path) -> ctypes.CDLL:
         v,  # perm_K [N*(S+B)]
         v,  # inv_K [N*(S+B)]
     ]
+    f = lib.smoe_layer_split
+    f.restype = ctypes.c_int
+    f.argtypes = [
+        *lib.smoe_split_for_rank.argtypes,
+        ctypes.POINTER(ctypes.c_int64),  # bad
+    ]
     f = lib.smoe_check_rank_split
     f.restype = ctypes.c_int
     f.argtypes = [v, v, i64, i64, i64, i64, v, v, v]  # c_QE, slots_K, N, E, S, r, send, recv, load
@@ -285,6 +295,85 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
     if n < 0:
         raise NativeError(f"swiftmoe: the native burst decision failed: {_ERRORS.get(n, n)}")
     return call.plan(n)
+
+
+class SplitRefused(Exception):
+    """:func:`layer_split`'s checks refused: ``what`` is "negative" (``where`` the flat index
+    q*E + e of the first negative count), "orphan" (``where`` the first expert with tokens and
+    no slot) or "conserve" (the split failed its conservation checks, a bug); the caller words
+    the error as its Python checks do."""
+
+    def __init__(self, what: str, where: int) -> None:
+        super().__init__(what, where)
+        self.what, self.where = what, where
+
+
+def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
+    """``RankSplitter``'s split of a planned placement in one C call (``smoe_layer_split``): the
+    counts' checks of ``plan_index.prepare``, the split (as :func:`split_for_rank` returns it)
+    and its conservation checks (``splitter._conserves``).
+
+    counts_NE: the counts, an int64 C-contiguous CPU tensor [N, E] (anything else: None, for the
+    Python path); slots_K: the placement, a checked int64 array [N*S] (a PlanIndex's); 0 <= rank
+    < N; cost None or the job's CostParams, checked against the split's nodes by the caller.
+
+    Returns:
+        :func:`split_for_rank`'s tuple, or None where it does not apply (no library, a method
+        not ported, counts of another kind).
+
+    Raises:
+        SplitRefused: a negative count, tokens for an expert without a slot, or a split that
+        failed its conservation checks.
+        NativeError: the C code failed (memory, or an internal check).
+    """
+    lib = library()
+    if (
+        lib is None
+        or method not in _METHODS
+        or not isinstance(counts_NE, torch.Tensor)
+        or counts_NE.dtype != torch.int64
+        or counts_NE.device.type != "cpu"
+        or counts_NE.ndim != 2
+        or not counts_NE.is_contiguous()
+    ):
+        return None
+    N, E = counts_NE.shape
+    K = N * S
+    # send_K, recv_QS, load_R, demand_K, sums: one address to take
+    out = np.empty(3 * K + 5 * N, dtype=np.int64)
+    a = out.ctypes.data
+    local = ctypes.c_int(0)
+    bad = ctypes.c_int64(-1)
+    planned = _Planned(a + 8 * (2 * K + N), a + 8 * (3 * K + N), 0.0, 0)
+    rc = lib.smoe_layer_split(
+        counts_NE.data_ptr(),
+        slots_K.ctypes.data,
+        N,
+        E,
+        S,
+        rank,
+        rpn,
+        _METHODS[method],
+        None if cost is None or method != "auto" else _cost_ref(cost),
+        a,
+        a + 8 * K,
+        a + 16 * K,
+        ctypes.byref(local),
+        ctypes.byref(planned),
+        ctypes.byref(bad),
+    )
+    if rc in (-4, -5, -6):
+        raise SplitRefused({-4: "conserve", -5: "negative", -6: "orphan"}[rc], int(bad.value))
+    if rc < 0:
+        raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
+    load = out[2 * K : 2 * K + N]
+    demand = out[2 * K + N : 3 * K + N]
+    sums = None
+    if planned.priced:
+        flat = out[3 * K + N :]
+        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
+    ms = float(planned.ms) if planned.priced else None
+    return out[:K], out[K : 2 * K].reshape(N, S), load, bool(local.value), (demand, ms, sums)
 
 
 def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,

@@ -355,3 +355,49 @@ int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N
         got += recv_QS[i];
     return load_R[r] == got;
 }
+
+/* smoe_layer_split (smoe.h): RankSplitter's split of the planned placement in one call. */
+int smoe_layer_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                     int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
+                     int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
+                     smoe_planned *planned, int64_t *bad)
+{
+    const int64_t K = N * S;
+    *node_local = 0;
+    *bad = -1;
+    if (N < 1 || E < 1 || S < 1 || rank < 0 || rank >= N)
+        return SMOE_EBUG; /* the caller checks these */
+    for (int64_t i = 0; i < N * E; i++)
+        if (c_QE[i] < 0) {
+            *bad = i;
+            return SMOE_ENEGATIVE;
+        }
+    /* plan_index.prepare: an expert without a slot may have no tokens. */
+    unsigned char *held = calloc((size_t)E, 1);
+    if (!held)
+        return SMOE_ENOMEM;
+    for (int64_t k = 0; k < K; k++)
+        held[slots_K[k]] = 1;
+    for (int64_t e = 0; e < E && *bad < 0; e++) {
+        if (held[e])
+            continue;
+        for (int64_t q = 0; q < N && *bad < 0; q++)
+            if (c_QE[q * E + e] > 0)
+                *bad = e;
+    }
+    free(held);
+    if (*bad >= 0)
+        return SMOE_EORPHAN;
+    int rc = smoe_split_for_rank(c_QE, slots_K, N, E, S, rank, rpn, method, p, send_K, recv_QS,
+                                 load_R, node_local, planned);
+    if (rc < 0)
+        return rc;
+    if (smoe_fault_tokens) /* tests only: a split that loses tokens */
+        for (int64_t k = 0; k < K; k++)
+            if (send_K[k] > 0) {
+                send_K[k] -= send_K[k] < smoe_fault_tokens ? send_K[k] : smoe_fault_tokens;
+                break;
+            }
+    int ok = smoe_check_rank_split(c_QE, slots_K, N, E, S, rank, send_K, recv_QS, load_R);
+    return ok < 0 ? ok : (ok ? 0 : SMOE_ECONSERVE);
+}

@@ -24,11 +24,13 @@
 #define SMOE_ENOMEM (-1)
 #define SMOE_EBUG (-2)
 #define SMOE_EUNSUPPORTED (-3)
-#define SMOE_ECONSERVE (-4) /* a split failed its conservation checks (smoe_burst_step) */
+#define SMOE_ECONSERVE (-4) /* a split failed its conservation checks (a bug) */
+#define SMOE_ENEGATIVE (-5) /* a negative token count (smoe_layer_split) */
+#define SMOE_EORPHAN (-6)   /* tokens for an expert without a slot (smoe_layer_split) */
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 6
+#define SMOE_ABI 7
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -148,6 +150,18 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
                         smoe_planned *planned);
 
+/* RankSplitter's split of the planned placement in one call, where the Python path makes a
+ * dozen (whose glue took several times the C's time): the counts' checks of plan_index.prepare
+ * (no count < 0: SMOE_ENEGATIVE with *bad = q*E + e, the first in row order; no tokens for an
+ * expert without a slot: SMOE_EORPHAN with *bad = e, the first), smoe_split_for_rank's split
+ * (its arguments and outputs; slots_K's ids checked in 0..E-1 by the caller), and its
+ * conservation checks (smoe_check_rank_split, splitter._conserves: SMOE_ECONSERVE, a bug).
+ * Returns 0 or an error; *bad is -1 but for the two above. */
+int smoe_layer_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                     int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
+                     int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
+                     smoe_planned *planned, int64_t *bad);
+
 /* The engine's conservation checks of one rank's split (splitter._conserves), from its arrays
  * alone, by code of their own: c_QE [N, E] the counts split, slots_K [N*S] the placement (ids
  * in 0..E-1), r the rank, send_K [N*S], recv_QS [N, S], load_R [N] its split. 1 where rank r
@@ -170,9 +184,9 @@ int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N
  * enlarged placement's send order (dispatch.slot_order): perm_K [N*S'] the slots by expert,
  * stable, inv_K its inverse. S' = *out_S; the split's outputs are left alone when C is 0.
  * Returns C >= 0, SMOE_ECONSERVE when the split fails its checks (a bug), or an error. */
-/* Tests only: when > 0, smoe_burst_step takes that many tokens (at most what it holds) from the
- * first positive amount the enlarged split sends, before its checks, which must then refuse
- * it (SMOE_ECONSERVE). 0 in any other use. */
+/* Tests only: when > 0, smoe_burst_step and smoe_layer_split take that many tokens (at most what
+ * it holds) from the first positive amount their split sends, before its checks, which must
+ * then refuse it (SMOE_ECONSERVE). 0 in any other use. */
 extern int64_t smoe_fault_tokens;
 int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,

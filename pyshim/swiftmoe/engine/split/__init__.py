@@ -44,7 +44,10 @@ from swiftmoe.engine.split.plan_index import (
     SlotsIndex,
     index_plan,
     index_slots,
+    negative_count,
+    orphan_expert,
 )
+from swiftmoe.engine.split.priced import prices_split
 from swiftmoe.engine.split.rank import Planned, RankSplit, split_rank_loads, split_tokens_for_rank
 
 __all__ = [
@@ -57,6 +60,9 @@ __all__ = [
     "RankSplit",
     "index_plan",
     "index_slots",
+    "negative_count",
+    "orphan_expert",
+    "prices_split",
     "split_rank_loads",
     "split_tokens_for_rank",
 ]

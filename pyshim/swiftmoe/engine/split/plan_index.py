@@ -27,7 +27,9 @@ __all__ = [
     "index_plan",
     "index_slots",
     "local_tokens",
+    "negative_count",
     "node_plans",
+    "orphan_expert",
     "prepare",
 ]
 
@@ -55,8 +57,21 @@ def check_counts(counts_QE) -> np.ndarray:
         )
     if arr.size and arr.min() < 0:
         q, e = np.argwhere(arr < 0)[0]
-        raise ValueError(f"counts_QE[{q}, {e}] is {arr[q, e]}; token counts cannot be negative")
+        raise negative_count(arr, int(q), int(e))
     return np.ascontiguousarray(arr)
+
+
+def negative_count(counts_QE: np.ndarray, q: int, e: int) -> ValueError:
+    """The error for the negative count counts_QE[q, e] (check_counts', the native split's)."""
+    return ValueError(f"counts_QE[{q}, {e}] is {counts_QE[q, e]}; token counts cannot be negative")
+
+
+def orphan_expert(e: int, n: int) -> ValueError:
+    """The error for expert e's n tokens without a slot (prepare's, the native split's)."""
+    return ValueError(
+        f"expert {e} has {n} tokens but no slot in the plan; every expert needs a "
+        "replica (validate the plan with swiftmoe.engine.plan.validate_slots)"
+    )
 
 
 def check_slots(slots, slots_per_rank: int, num_ranks: int, num_experts: int) -> np.ndarray:
@@ -306,9 +321,5 @@ def prepare(
         L = L_E[idle] if totals else c_QE[:, idle].sum(axis=0)
         orphan = np.flatnonzero(L > 0)
         if orphan.size:
-            e, n = int(idle[orphan[0]]), int(L[orphan[0]])
-            raise ValueError(
-                f"expert {e} has {n} tokens but no slot in the plan; every expert needs a "
-                "replica (validate the plan with swiftmoe.engine.plan.validate_slots)"
-            )
+            raise orphan_expert(int(idle[orphan[0]]), int(L[orphan[0]]))
     return c_QE, plan, L_E
