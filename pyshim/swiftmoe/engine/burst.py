@@ -117,11 +117,12 @@ def past_threshold(load_R, burst_slots_per_rank: int, threshold: float) -> bool:
     """Whether the decision runs: burst slots, two ranks or more, tokens, and the split's rank
     loads load_R [N] on the planned placement with max > threshold x mean. The engine's check
     per layer call (``burst_run.decide``), plan_bursts' own, and the simulator's."""
-    N = len(load_R)
-    total = int(load_R.sum())
+    # As Python ints: on these short vectors two tensor reductions cost several times the list.
+    loads = load_R.tolist() if hasattr(load_R, "tolist") else list(load_R)
+    N, total = len(loads), sum(loads)
     if burst_slots_per_rank == 0 or N <= 1 or total == 0:
         return False
-    return int(load_R.max()) * N > threshold * total
+    return max(loads) * N > threshold * total
 
 
 def pad_counts(counts_QE) -> np.ndarray:

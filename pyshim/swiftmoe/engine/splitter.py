@@ -75,6 +75,7 @@ class RankSplitter:
             method,
         )
         self._indexes = splitlib.PlanIndexCache()
+        self._cost_ok: tuple = (None, -1)  # the cost parameters last checked, for N ranks
 
     def __call__(
         self,
@@ -131,8 +132,9 @@ class RankSplitter:
         r, rpn, method = self.rank, self.ranks_per_node, self.method
         if not (_native.use(None, method, "split") and type(rpn) is int and 0 <= r < plan.N):
             return None
-        if method == "auto":
+        if method == "auto" and (cost is not self._cost_ok[0] or plan.N != self._cost_ok[1]):
             splitlib.prices_split(cost, plan, rpn)  # a cost of another job or grouping: refused
+            self._cost_ok = (cost, plan.N)  # (frozen parameters: checked once for N ranks)
         try:
             got = _native.layer_split(counts_NE, plan.slots_K, plan.S, r, rpn, method, cost)
         except _native.SplitRefused as e:
