@@ -151,3 +151,17 @@ def burst_case(rng):
     threshold = float(rng.choice([1.0, 1.05, 1.1, 1.5]))
     method = str(rng.choice(["fast", "auto"]))
     return c, slots, S, B, rpn, p, threshold, method
+
+
+def counted(monkeypatch, module, name: str) -> list:
+    """A list that gets an entry for every call of ``module.name`` during the test (the
+    function still runs; monkeypatch puts the original back)."""
+    calls: list = []
+    real = getattr(module, name)
+
+    def wrapper(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from native_cases import burst_case
+from native_cases import burst_case, counted
 
 from swiftmoe.engine import burst_run, native
 from swiftmoe.engine.splitter import RankSplitter
@@ -57,15 +57,7 @@ def _same(a, b) -> None:
 @pytest.fixture
 def fused_calls(monkeypatch):
     """Counts the calls of native.burst_step."""
-    calls = []
-    real = native.burst_step
-
-    def counted(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(native, "burst_step", counted)
-    return calls
+    return counted(monkeypatch, native, "burst_step")
 
 
 def test_the_fused_step_gives_what_the_calls_it_replaces_give(use_lib, fused_calls):

@@ -184,15 +184,9 @@ def test_slots_index_agrees_with_the_plan_index_and_splits_alike() -> None:
 @pytest.fixture
 def one_calls(monkeypatch):
     """Counts the calls of native.layer_split (the splitter's one-call split)."""
-    calls = []
-    real = native.layer_split
+    from native_cases import counted
 
-    def counted(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(native, "layer_split", counted)
-    return calls
+    return counted(monkeypatch, native, "layer_split")
 
 
 def test_the_one_call_split_is_the_split_and_checks_it_replaces(use_lib, one_calls) -> None:

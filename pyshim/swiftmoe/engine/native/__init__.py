@@ -366,14 +366,33 @@ def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
         raise SplitRefused({-4: "conserve", -5: "negative", -6: "orphan"}[rc], int(bad.value))
     if rc < 0:
         raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
-    load = out[2 * K : 2 * K + N]
-    demand = out[2 * K + N : 3 * K + N]
+    return _split_views(out, 0, K, N, S, planned, local)
+
+
+def _split_views(buf, at: int, room: int, N: int, S: int, planned, local) -> tuple:
+    """A rank's split as the C wrote it into buf from index ``at``: send_K, recv_QS, load_R,
+    demand_K and the four tier sums, each array's room (``room`` for the [N*S] ones, at least
+    N*S) one after another; as :func:`split_for_rank` returns it (views of buf)."""
+    K = N * S
+    send, recv, load, dem, sums_at = (
+        at,
+        at + room,
+        at + 2 * room,
+        at + 2 * room + N,
+        at + 3 * room + N,
+    )
     sums = None
     if planned.priced:
-        flat = out[3 * K + N :]
+        flat = buf[sums_at : sums_at + 4 * N]
         sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
     ms = float(planned.ms) if planned.priced else None
-    return out[:K], out[K : 2 * K].reshape(N, S), load, bool(local.value), (demand, ms, sums)
+    return (
+        buf[send : send + K],
+        buf[recv : recv + K].reshape(N, S),
+        buf[load : load + N],
+        bool(local.value),
+        (buf[dem : dem + K], ms, sums),
+    )
 
 
 def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
@@ -436,19 +455,8 @@ def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, ra
     plan = call.plan(n)
     if n == 0:
         return plan, None, None
-    b = call.buf
-    Kx = N * plan[0]
-    sums = None
-    if px.priced:
-        flat = b[i_sums : i_sums + 4 * N]
-        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
-    split = (
-        b[i_send : i_send + Kx],
-        b[i_recv : i_recv + Kx].reshape(N, plan[0]),
-        b[i_load : i_load + N],
-        bool(local.value),
-        (b[i_dem : i_dem + Kx], float(px.ms) if px.priced else None, sums),
-    )
+    b, Kx = call.buf, N * plan[0]
+    split = _split_views(b, i_send, K, N, plan[0], px, local)
     return plan, split, (b[i_perm : i_perm + Kx], b[i_inv : i_inv + Kx])
 
 
@@ -637,11 +645,4 @@ def split_for_rank(c_QE, slots, S, rank, rpn, method, cost):
     )
     if rc < 0:
         raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
-    load = out[2 * K : 2 * K + N]
-    demand = out[2 * K + N : 3 * K + N]
-    sums = None
-    if planned.priced:
-        flat = out[3 * K + N :]
-        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
-    ms = float(planned.ms) if planned.priced else None
-    return out[:K], out[K : 2 * K].reshape(N, S), load, bool(local.value), (demand, ms, sums)
+    return _split_views(out, 0, K, N, S, planned, local)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "smoe.h"
+#include "smoe_util.h" /* fault_tokens */
 
 #define GOAL_TOL 5e-3              /* burst._GOAL_TOL */
 #define FORWARD_SHARE (1.0 / 3.0)  /* costmodel.FORWARD_SHARE */
@@ -1047,13 +1048,8 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
     int rc = smoe_split_for_rank(c_pad, out_slots, N, Ep, Sx, rank, split_rpn, split_method,
                                  split_method == SMOE_METHOD_AUTO ? p : NULL, send_K, recv_QS,
                                  load_x, node_local, planned_x);
-    if (rc >= 0 && smoe_fault_tokens) { /* tests only: a split that loses tokens */
-        for (int64_t k = 0; k < Kx; k++)
-            if (send_K[k] > 0) {
-                send_K[k] -= send_K[k] < smoe_fault_tokens ? send_K[k] : smoe_fault_tokens;
-                break;
-            }
-    }
+    if (rc >= 0 && smoe_fault_tokens) /* tests only: a split that loses tokens */
+        fault_tokens(send_K, Kx, smoe_fault_tokens);
     if (rc >= 0) {
         int ok = smoe_check_rank_split(c_pad, out_slots, N, Ep, Sx, rank, send_K, recv_QS,
                                        load_x);

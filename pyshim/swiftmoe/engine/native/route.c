@@ -393,11 +393,7 @@ int smoe_layer_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int
     if (rc < 0)
         return rc;
     if (smoe_fault_tokens) /* tests only: a split that loses tokens */
-        for (int64_t k = 0; k < K; k++)
-            if (send_K[k] > 0) {
-                send_K[k] -= send_K[k] < smoe_fault_tokens ? send_K[k] : smoe_fault_tokens;
-                break;
-            }
+        fault_tokens(send_K, K, smoe_fault_tokens);
     int ok = smoe_check_rank_split(c_QE, slots_K, N, E, S, rank, send_K, recv_QS, load_R);
     return ok < 0 ? ok : (ok ? 0 : SMOE_ECONSERVE);
 }

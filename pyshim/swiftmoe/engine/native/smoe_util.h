@@ -53,4 +53,15 @@ static inline void proportional(const int64_t *a, int64_t n, int64_t tot, int64_
             out[i]++, nth++;
 }
 
+/* smoe_fault_tokens' fault (smoe.h; tests only): take up to `tokens` from the first positive of
+ * send_K[0..K-1], what a split that loses tokens would send. */
+static inline void fault_tokens(int64_t *send_K, int64_t K, int64_t tokens)
+{
+    for (int64_t k = 0; k < K; k++)
+        if (send_K[k] > 0) {
+            send_K[k] -= imin(send_K[k], tokens);
+            return;
+        }
+}
+
 #endif /* SMOE_UTIL_H */
