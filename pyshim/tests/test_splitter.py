@@ -233,7 +233,13 @@ def test_the_one_call_split_refuses_what_the_python_checks_refuse(use_lib, one_c
     orphan = [e if e != 4 else 3 for e in SLOTS]
     with pytest.raises(ValueError, match="expert 4 has 18 tokens but no slot in the plan"):
         sp(COUNTS, torch.tensor(orphan), 0)
-    assert len(one_calls) == 2
+    idle = COUNTS.clone()
+    idle[:, 4] = 0  # without tokens an expert needs no slot: split as the Python path splits
+    got = sp(idle, torch.tensor(orphan), 0)
+    want = split.split_tokens_for_rank(idle, orphan, S, 1)
+    assert torch.equal(got.send_K, want.send_K) and torch.equal(got.recv_QS, want.recv_QS)
+    assert torch.equal(got.load_R, want.load_R)
+    assert len(one_calls) == 3
     p = cost_params(N, 2, "slow")
     with pytest.raises(ValueError, match="pass the cost parameters of this job"):
         sp(COUNTS, torch.tensor(SLOTS), 0, cost=p)
