@@ -14,7 +14,8 @@ and then times ``swiftmoe.engine.burst.plan_bursts`` on each of them, on one thr
 - the layer call (``--layer-call``): what the engine's ``burst_run.decide`` takes on one rank
   for each call, the decision and, where it makes bursts, that rank's split over the enlarged
   placement (with its checks) and the placement's send order, each call once after the others
-  (the fastest of ``--repeats`` passes over the calls).
+  (the fastest of ``--repeats`` passes over the calls); with ``--cold`` too, each call once
+  right after another call's NumPy decision.
 
 It prints the median and 90th percentile over the calls, in microseconds, and the bursts made.
 The native library (``make build``) must be there: without it the script says why and exits 2.
@@ -99,12 +100,15 @@ def timed(a: tuple, k: dict, native_: bool) -> tuple[float, int]:
     return (time.perf_counter() - t0) * 1e6, bp.count
 
 
-def layer_calls(calls: list[tuple[tuple, dict]], repeats: int) -> list[float]:
+def layer_calls(calls: list[tuple[tuple, dict]], repeats: int, cold: bool = False) -> list[float]:
     """Each call's ``burst_run.decide`` on rank 1 (the engine's own function, given the layer's
-    placement and split as an ExpertLayer holds them): the fastest of ``repeats`` passes."""
+    placement and split as an ExpertLayer holds them): the fastest of ``repeats`` passes; cold,
+    each call once, right after another call's NumPy decision."""
     best = [float("inf")] * len(calls)
-    for _ in range(repeats):
+    for _ in range(1 if cold else repeats):
         for i, (a, k) in enumerate(calls):
+            if cold:
+                timed(*calls[i - 1], False)
             counts, slots, S, B, rpn, params, threshold = a
             layer = SimpleNamespace(
                 index=0,
@@ -191,6 +195,8 @@ def main() -> int:
             lines.append(summary("NumPy", slow))
     if args.layer_call:
         lines.append(summary("layer call", layer_calls(calls, args.repeats)))
+        if args.cold:
+            lines.append(summary("layer call cold", layer_calls(calls, 1, cold=True)))
     print(f"{what}: {len(calls)} decisions, {made} bursts; " + "; ".join(lines))
     return 0
 
