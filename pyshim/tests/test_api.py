@@ -135,3 +135,21 @@ def test_a_native_split_that_misroutes_stops_the_layer(use_lib) -> None:
             model(x)
     finally:
         fault.value = 0
+
+
+def test_a_layer_looks_its_placement_up_once_not_per_call(monkeypatch) -> None:
+    """The layers keep their placement's checked index (from the splitter's cache) and pass it
+    to the split: a layer call hashes no placement. A new placement is indexed once, when it is
+    installed; the split is the same either way."""
+    from native_cases import counted
+
+    from swiftmoe.engine.split import plan_index
+
+    model = TinyNet()
+    replicate_(model, SwiftMoEConfig(slots_per_rank=SLOTS_FOR[1], optimizer="SGD"))
+    x, _ = global_batch(0, 1)
+    want = model(x)
+    hashed = counted(monkeypatch, plan_index, "_raw_key")  # the cache's key of a placement
+    got = model(x)
+    assert hashed == []
+    assert torch.equal(got, want)

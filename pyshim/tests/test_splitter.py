@@ -263,3 +263,17 @@ def test_the_one_call_split_refuses_a_split_that_loses_tokens(use_lib) -> None:
     finally:
         fault.value = 0
     assert sp(COUNTS, torch.tensor(SLOTS), 5) is not None
+
+
+def test_a_kept_index_of_another_shape_is_refused(use_lib) -> None:
+    """A caller that keeps the splitter's index (RankSplitter.index) passes it in place of the
+    placement; one made for other counts is refused by name, never read by the C split."""
+    sp = RankSplitter(S, 1, 0, "auto")
+    plan = sp.index(torch.tensor(SLOTS), N, E)
+    assert plan is sp.index(np.array(SLOTS), N, E)  # the cache's entry
+    got = sp(COUNTS, plan, 0)
+    want = split.split_tokens_for_rank(COUNTS, SLOTS, S, 1)
+    assert torch.equal(got.send_K, want.send_K) and torch.equal(got.recv_QS, want.recv_QS)
+    wider = torch.cat((COUNTS, torch.zeros(N, 1, dtype=COUNTS.dtype)), dim=1)
+    with pytest.raises(ValueError, match=r"E=6 experts, but counts_QE is \[4, 7\]"):
+        sp(wider, plan, 0)

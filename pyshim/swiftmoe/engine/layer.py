@@ -43,6 +43,7 @@ from swiftmoe.engine.burst_run import BurstPolicy
 from swiftmoe.engine.dist import Comm, all_to_all_rows
 from swiftmoe.engine.plan import max_over_mean
 from swiftmoe.engine.split import RankSplit
+from swiftmoe.engine.splitter import RankSplitter
 from swiftmoe.engine.stats import add_stat_buffers, dropped_of, in_recompute, loads_of
 from swiftmoe.engine.step_costs import StepCosts
 
@@ -154,6 +155,14 @@ class ExpertLayer:
             self.perm_K, self.inv_K = dp.slot_order(self.slots)
             self.slots_t = torch.tensor(self.slots, dtype=torch.long)
             self.slots_dev = self.slots_t.to(self.device)
+            # What the split takes: the placement's checked index, looked up once per
+            # placement rather than once per layer call, where the split is the engine's own.
+            sp = self.ctx.split
+            self.split_slots = (
+                sp.index(self.slots_t, self.comm.world_size, self.E)
+                if isinstance(sp, RankSplitter)
+                else self.slots_t
+            )
         flat_SP = flat_SP.detach()
         if self.grouped:
             self.stacked = tuple(
@@ -250,7 +259,7 @@ class ExpertLayer:
         if self.ctx.costs is not None:
             row_bytes = x_TD.shape[-1] * x_TD.element_size()
             cost = self.ctx.costs.params(self.P, self.elem_bytes, row_bytes)
-        rs = self.ctx.split(counts_cpu, self.slots_t, self.index, cost=cost)
+        rs = self.ctx.split(counts_cpu, self.split_slots, self.index, cost=cost)
         perm_K, inv_K = self.perm_K, self.inv_K
         bursts = None
         if self.ctx.bursts is not None:  # one check of rs.load_R unless a burst is made

@@ -123,6 +123,12 @@ class RankSplitter:
             raise _misroutes(layer_index)
         return rs
 
+    def index(self, slots_K, num_ranks: int, num_experts: int) -> splitlib.PlanIndex:
+        """The checked index of a planned placement (slots_K [N*S]) from this splitter's cache.
+        A caller that keeps it passes it in place of slots_K and spares the lookup, which
+        hashes the placement's bytes, on every call (the engine's layers do, per placement)."""
+        return self._indexes.index(slots_K, self.S, num_ranks, num_experts)
+
     def _native(self, counts_NE, plan, layer_index: int, cost) -> splitlib.RankSplit | None:
         """The split of a planned placement and its checks in one C call
         (``native.layer_split``: the counts' checks, the split, the conservation checks), where
@@ -130,7 +136,13 @@ class RankSplitter:
         and the calls of ``__call__`` run. The same split and the same errors as those: the
         Python glue of those calls took several times the C split's own time."""
         r, rpn, method = self.rank, self.ranks_per_node, self.method
-        if not (_native.use(None, method, "split") and type(rpn) is int and 0 <= r < plan.N):
+        N, E = counts_NE.shape
+        if not (
+            _native.use(None, method, "split")
+            and type(rpn) is int
+            and 0 <= r < plan.N
+            and (plan.N, plan.S, plan.E) == (N, self.S, E)  # else the checks below refuse it
+        ):
             return None
         if method == "auto" and (cost is not self._cost_ok[0] or plan.N != self._cost_ok[1]):
             splitlib.prices_split(cost, plan, rpn)  # a cost of another job or grouping: refused
