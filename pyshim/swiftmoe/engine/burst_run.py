@@ -45,7 +45,7 @@ from swiftmoe.engine import native as _native
 from swiftmoe.engine.burst import BurstPlan, pad_counts, past_threshold, plan_bursts
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.split import RankSplit
-from swiftmoe.engine.split.rank import Planned
+from swiftmoe.engine.split.rank import from_native
 from swiftmoe.engine.splitter import RankSplitter
 
 __all__ = [
@@ -186,17 +186,13 @@ def _fused(layer, policy, counts_NE, load_R, params, planned):
     if split is None:
         return None
     plan = BurstPlan(c.shape[1], *fields)
-    send_K, recv_QS, load, local, planned_x = split
-    rs = RankSplit(
-        torch.from_numpy(send_K),
-        torch.from_numpy(recv_QS),
-        torch.from_numpy(load),
-        local,
-        Planned(*planned_x),
-    )
     perm_K, inv_K = order
     return LayerBursts(
-        plan, rs, plan.slots_per_rank, torch.from_numpy(perm_K), torch.from_numpy(inv_K)
+        plan,
+        from_native(split),
+        plan.slots_per_rank,
+        torch.from_numpy(perm_K),
+        torch.from_numpy(inv_K),
     )
 
 

@@ -10,6 +10,7 @@ import torch
 
 from swiftmoe.engine import native as _native
 from swiftmoe.engine import split as splitlib
+from swiftmoe.engine.split.rank import from_native
 
 __all__ = ["RankSplitter"]
 
@@ -104,7 +105,7 @@ class RankSplitter:
         if slots_per_rank is None:
             S = self.S
             plan = self._indexes.index(slots_K, S, N, E)
-            rs = self._native(counts_NE, plan, layer_index, cost)
+            rs = self._native(counts_NE, N, E, plan, layer_index, cost)
             if rs is not None:
                 return rs
         else:
@@ -129,14 +130,15 @@ class RankSplitter:
         hashes the placement's bytes, on every call (the engine's layers do, per placement)."""
         return self._indexes.index(slots_K, self.S, num_ranks, num_experts)
 
-    def _native(self, counts_NE, plan, layer_index: int, cost) -> splitlib.RankSplit | None:
+    def _native(
+        self, counts_NE, N: int, E: int, plan, layer_index: int, cost
+    ) -> splitlib.RankSplit | None:
         """The split of a planned placement and its checks in one C call
         (``native.layer_split``: the counts' checks, the split, the conservation checks), where
-        the library is loaded and the counts are the engine's (an int64 CPU tensor); else None,
+        the library is loaded and the counts are int64 C-contiguous (the engine's tensor); else None,
         and the calls of ``__call__`` run. The same split and the same errors as those: the
         Python glue of those calls took several times the C split's own time."""
         r, rpn, method = self.rank, self.ranks_per_node, self.method
-        N, E = counts_NE.shape
         if not (
             _native.use(None, method, "split")
             and type(rpn) is int
@@ -150,22 +152,13 @@ class RankSplitter:
         try:
             got = _native.layer_split(counts_NE, plan.slots_K, plan.S, r, rpn, method, cost)
         except _native.SplitRefused as e:
-            c = counts_NE.numpy()
+            c = np.asarray(counts_NE)
             if e.what == "negative":
                 raise splitlib.negative_count(c, *divmod(e.where, c.shape[1])) from None
             if e.what == "orphan":
                 raise splitlib.orphan_expert(e.where, int(c[:, e.where].sum())) from None
             raise _misroutes(layer_index) from None
-        if got is None:
-            return None
-        send_K, recv_QS, load, local, planned = got
-        return splitlib.RankSplit(
-            torch.from_numpy(send_K),
-            torch.from_numpy(recv_QS),
-            torch.from_numpy(load),
-            local,
-            splitlib.Planned(*planned),
-        )
+        return None if got is None else from_native(got)
 
     def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int], cost=None) -> torch.Tensor:
         """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing;

@@ -313,8 +313,8 @@ def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
     counts' checks of ``plan_index.prepare``, the split (as :func:`split_for_rank` returns it)
     and its conservation checks (``splitter._conserves``).
 
-    counts_NE: the counts, an int64 C-contiguous CPU tensor [N, E] (anything else: None, for the
-    Python path); slots_K: the placement, a checked int64 array [N*S] (a PlanIndex's); 0 <= rank
+    counts_NE: the counts, an int64 C-contiguous CPU tensor or array [N, E] (anything else:
+    None, for the Python path); slots_K: the placement, a checked int64 array [N*S] (a PlanIndex's); 0 <= rank
     < N; cost None or the job's CostParams, checked against the split's nodes by the caller.
 
     Returns:
@@ -327,17 +327,12 @@ def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
         NativeError: the C code failed (memory, or an internal check).
     """
     lib = library()
-    if (
-        lib is None
-        or method not in _METHODS
-        or not isinstance(counts_NE, torch.Tensor)
-        or counts_NE.dtype != torch.int64
-        or counts_NE.device.type != "cpu"
-        or counts_NE.ndim != 2
-        or not counts_NE.is_contiguous()
-    ):
+    if lib is None or method not in _METHODS or getattr(counts_NE, "ndim", 0) != 2:
         return None
     N, E = counts_NE.shape
+    c = _int64s(counts_NE, N * E)
+    if c is None:
+        return None
     K = N * S
     # send_K, recv_QS, load_R, demand_K, sums: one address to take
     out = np.empty(3 * K + 5 * N, dtype=np.int64)
@@ -346,7 +341,7 @@ def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
     bad = ctypes.c_int64(-1)
     planned = _Planned(a + 8 * (2 * K + N), a + 8 * (3 * K + N), 0.0, 0)
     rc = lib.smoe_layer_split(
-        counts_NE.data_ptr(),
+        c,
         slots_K.ctypes.data,
         N,
         E,

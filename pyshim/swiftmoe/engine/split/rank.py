@@ -201,9 +201,15 @@ def _native_split(counts_QE, slots, S, rank, rpn, method, cost) -> RankSplit:
         prices_split(cost, plan, rpn)  # a cost of another job or grouping: ValueError
     if not is_int(rank, 0, plan.N - 1):
         raise ValueError(f"rank must be an integer in 0..{plan.N - 1}, got {rank!r}")
-    send_K, recv_QS, load, local, planned = _native.split_for_rank(
-        c_QE, plan, S, rank, rpn, method, cost if method == "auto" else None
+    return from_native(
+        _native.split_for_rank(c_QE, plan, S, rank, rpn, method, cost if method == "auto" else None)
     )
+
+
+def from_native(got: tuple) -> RankSplit:
+    """The RankSplit of a native split's tuple (``native.split_for_rank``'s: send_K, recv_QS,
+    load_R, node_local, (demand_K, ms, sums)), its arrays shared with the tensors."""
+    send_K, recv_QS, load, local, planned = got
     return RankSplit(
         torch.from_numpy(send_K),
         torch.from_numpy(recv_QS),
