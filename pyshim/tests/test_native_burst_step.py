@@ -1,4 +1,4 @@
-"""The engine's burst step in one C call (``native.burst_step``, run by ``burst_run.decide``)
+"""The engine's burst step in one C call (``native.LayerBurst``, run by ``burst_run.decide``)
 gives what the calls it replaces give: the decision, the rank's split over the enlarged
 placement, and its send order; and its conservation checks refuse a split that loses tokens."""
 
@@ -56,8 +56,9 @@ def _same(a, b) -> None:
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """Counts the calls of native.burst_step."""
-    return counted(monkeypatch, native, "burst_step")
+    """Counts the calls of native.LayerBurst (the burst step in one C call, prepared once per
+    layer placement)."""
+    return counted(monkeypatch, native.LayerBurst, "__call__")
 
 
 def test_the_fused_step_gives_what_the_calls_it_replaces_give(use_lib, fused_calls):
@@ -203,3 +204,66 @@ def test_the_fused_step_refuses_a_split_that_loses_tokens(use_lib):
     finally:
         fault.value = 0
     assert burst_run.decide(layer, policy, counts, load_R, p, planned) is not None
+
+
+def test_the_policy_prepares_each_layers_step_once(use_lib, monkeypatch):
+    """The policy keeps each layer's C step per (placement, cost parameters, splitter): later
+    calls convert only the counts, give what a fresh policy's step gives, and leave the
+    LayerBursts returned before as they were. A new placement tensor prepares again."""
+    from native_cases import cost_params
+
+    prepared = counted(monkeypatch, native, "prepare_layer_burst")
+    N, E, S, rpn = 8, 16, 2, 4
+    p = cost_params(N, rpn, "slow")
+    slots = np.arange(N * S) % E
+    layer = _layer(slots, S, RankSplitter(S, 2, rpn, "auto"))
+    policy = burst_run.BurstPolicy(1, 1.1, "auto")
+    rng = np.random.default_rng(9)
+    kept = []
+    for i in range(5):
+        p_E = np.ones(E)
+        p_E[rng.choice(E, 2, replace=False)] = 25.0
+        c = rng.multinomial(4096, p_E / p_E.sum(), size=N).astype(np.int64)
+        counts, load_R, planned = _inputs(c, slots, S, 2, rpn, p, "auto")
+        got = burst_run.decide(layer, policy, counts, load_R, p, planned)
+        fresh = burst_run.BurstPolicy(1, 1.1, "auto")
+        want = burst_run.decide(_layer(slots, S, _wrapped(layer.split)), fresh, counts, load_R,
+                                p, planned)  # fmt: skip
+        _same(got, want)
+        assert got is not None, i  # a hot pair of experts on one replica each: bursts
+        kept.append((got, want))
+    assert len(prepared) == 1
+    for got, want in kept:
+        _same(got, want)
+    moved = _layer(np.roll(slots, 1), S, layer.split)
+    counts, load_R, planned = _inputs(c, np.roll(slots, 1), S, 2, rpn, p, "auto")
+    burst_run.decide(moved, policy, counts, load_R, p, planned)
+    assert len(prepared) == 2
+
+
+def test_a_step_is_not_prepared_for_a_bad_placement(use_lib):
+    """prepare_layer_burst copies the placement and refuses what the C could not read safely:
+    ids outside the experts, a size not a whole number of ranks, a rank outside them, no burst
+    slots."""
+    from native_cases import cost_params
+
+    p = cost_params(4, 0, "slow")
+    ok = dict(S=2, B=1, params=p, threshold=1.1, method="auto", rank=1, rpn=0,
+              split_method="auto", num_experts=8)  # fmt: skip
+    assert native.prepare_layer_burst(np.arange(8), **ok) is not None
+    for slots, change, match in (
+        (np.array([0, 1, 2, 3, 4, 5, 6, 8]), {}, "expert ids outside 0..7"),
+        (np.array([0, 1, 2, 3, 4, 5, -1, 7]), {}, "expert ids outside 0..7"),
+        (np.arange(7), {}, "cannot be prepared"),
+        (np.arange(8), {"rank": 4}, "cannot be prepared"),
+        (np.arange(8), {"B": 0}, "cannot be prepared"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            native.prepare_layer_burst(slots, **{**ok, **change})
+    slots = np.arange(8)
+    call = native.prepare_layer_burst(slots, **ok)
+    slots[0] = 99  # the call keeps its own copy
+    c = np.full((4, 8), 5, dtype=np.int64)
+    c[:, 0] = 300
+    plan, _, _ = call(c, None, None)
+    assert plan[1].max() <= 8  # 8: an empty burst slot's id

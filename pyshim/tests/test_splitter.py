@@ -183,15 +183,16 @@ def test_slots_index_agrees_with_the_plan_index_and_splits_alike() -> None:
 
 @pytest.fixture
 def one_calls(monkeypatch):
-    """Counts the calls of native.layer_split (the splitter's one-call split)."""
+    """Counts the calls of native.LayerSplit (the splitter's one-call split, prepared once per
+    placement)."""
     from native_cases import counted
 
-    return counted(monkeypatch, native, "layer_split")
+    return counted(monkeypatch, native.LayerSplit, "__call__")
 
 
 def test_the_one_call_split_is_the_split_and_checks_it_replaces(use_lib, one_calls) -> None:
     """Where the library is loaded, the splitter splits a planned placement in one C call
-    (native.layer_split: the counts' checks, the split, its conservation checks): on 150 random
+    (native.LayerSplit: the counts' checks, the split, its conservation checks): on 150 random
     layers, every field equals split_tokens_for_rank's on every rank, priced or not."""
     from native_cases import burst_case
 
@@ -277,3 +278,46 @@ def test_a_kept_index_of_another_shape_is_refused(use_lib) -> None:
     wider = torch.cat((COUNTS, torch.zeros(N, 1, dtype=COUNTS.dtype)), dim=1)
     with pytest.raises(ValueError, match=r"E=6 experts, but counts_QE is \[4, 7\]"):
         sp(wider, plan, 0)
+
+
+def test_the_splitter_prepares_its_native_call_once_per_placement_and_cost(
+    use_lib, monkeypatch
+) -> None:
+    """The splitter keeps its C call per (placement index, cost parameters): every later split
+    of that pair converts only the counts, gives split_tokens_for_rank's split of them, and
+    leaves the splits it returned before as they were (each result has memory of its own).
+    Another index or cost prepares again; with the library turned off and loaded again, the
+    Python path runs."""
+    from native_cases import cost_params, counted
+
+    prepared = counted(monkeypatch, native, "prepare_layer_split")
+    calls = counted(monkeypatch, native.LayerSplit, "__call__")
+    sp = RankSplitter(S, 1, 2, "auto")
+    plan = sp.index(torch.tensor(SLOTS), N, E)
+    p = cost_params(N, 2, "slow")
+    rng = np.random.default_rng(4)
+    kept = []
+    for i in range(6):
+        counts = torch.from_numpy(rng.integers(0, 50, size=(N, E)))
+        got = sp(counts, plan, 0, cost=p)
+        want = split.split_tokens_for_rank(counts, SLOTS, S, 1, 2, "auto", p, native=False)
+        for f in ("send_K", "recv_QS", "load_R"):
+            assert torch.equal(getattr(got, f), getattr(want, f)), (i, f)
+        kept.append((got, want))
+    assert (len(prepared), len(calls)) == (1, 6)
+    for got, want in kept:  # not overwritten by the calls after them
+        for f in ("send_K", "recv_QS", "load_R"):
+            assert torch.equal(getattr(got, f), getattr(want, f)), f
+        np.testing.assert_array_equal(got.planned.demand_K, want.planned.demand_K)
+        assert got.planned.ms == want.planned.ms
+    sp(COUNTS, plan, 0)  # no cost: another call
+    other = sp.index(torch.tensor(SLOTS[3:] + SLOTS[:3]), N, E)
+    sp(COUNTS, other, 0, cost=p)
+    sp(COUNTS, other, 0, cost=p)
+    assert (len(prepared), len(calls)) == (3, 9)
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.reset()
+    got = sp(COUNTS, plan, 0, cost=p)
+    want = split.split_tokens_for_rank(COUNTS, SLOTS, S, 1, 2, "auto", p, native=False)
+    assert torch.equal(got.send_K, want.send_K) and torch.equal(got.recv_QS, want.recv_QS)
+    assert (len(prepared), len(calls)) == (3, 9)  # the kept call is not used without the library

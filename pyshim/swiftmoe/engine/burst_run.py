@@ -82,11 +82,19 @@ class BurstPolicy:
     """What every layer's burst decision shares; the same on every rank (from the config).
 
     Attributes: B, burst slots per rank (>= 1); threshold, the busiest rank's load over the
-    mean above which bursts are considered; method, the split's.
+    mean above which bursts are considered; method, the split's; calls, this rank's prepared
+    native burst steps, one per layer placement (:func:`decide` keeps them).
     """
+
+    #: Prepared native burst steps kept (one per layer placement in force); past this many,
+    #: all are dropped and made again as they come.
+    CALLS = 1024
 
     def __init__(self, burst_slots_per_rank: int, threshold: float, method: str) -> None:
         self.B, self.threshold, self.method = burst_slots_per_rank, float(threshold), method
+        # (id(placement), id(cost), id(splitter)) -> (placement, cost, splitter, call or None,
+        # the library it was for)
+        self.calls: dict = {}
 
 
 @dataclass(frozen=True)
@@ -146,46 +154,48 @@ _NOT_FUSED = object()
 
 
 def _fused(layer, policy, counts_NE, load_R, params, planned):
-    """:func:`decide`'s work past the threshold in one C call (``native.burst_step``): the
+    """:func:`decide`'s work past the threshold in one C call (``native.LayerBurst``): the
     decision, this rank's split over the enlarged placement with its conservation checks, and
     the placement's send order, the same as the calls below make them. It applies where the
     layer splits with the engine's own :class:`RankSplitter`, with the policy's method and the
     cost parameters' nodes, on int64 CPU arrays (the engine's); else ``_NOT_FUSED``, and the
     calls below run. Its inputs are the layer call's, checked by the split that made
-    ``load_R`` and ``planned``."""
+    ``load_R`` and ``planned``.
+
+    The call is prepared once per (placement, cost parameters, splitter) and kept by the
+    policy: all three are the same objects on every call of a layer (the engine replaces a
+    layer's placement tensor, never writes into it), so a call converts only its counts."""
     sp = layer.split
     if (
         not isinstance(sp, RankSplitter)
         or sp.method != policy.method
         or sp.ranks_per_node != params.ranks_per_node
         or planned is None
-        or not _native.use(None, policy.method, "burst step")
     ):
         return _NOT_FUSED
-    c = _int64_array(counts_NE, 2)
-    slots = _int64_array(layer.slots_t, 1)
-    if c is None or slots is None or slots.size != c.shape[0] * layer.S:
-        return _NOT_FUSED
-    got = _native.burst_step(
-        c,
-        slots,
-        layer.S,
-        policy.B,
-        params,
-        policy.threshold,
-        policy.method,
-        load_R,
-        planned,
-        sp.rank,
-        sp.ranks_per_node,
-        sp.method,
-    )
+    slots_t = layer.slots_t
+    key = (id(slots_t), id(params), id(sp))
+    hit = policy.calls.get(key)
+    lib = _native.library()  # loaded once; tests turn it off and load again
+    if (
+        hit is None
+        or hit[0] is not slots_t
+        or hit[1] is not params
+        or hit[2] is not sp
+        or hit[4] is not lib
+    ):
+        hit = (slots_t, params, sp, _prepare(layer, policy, counts_NE, params, sp), lib)
+        if len(policy.calls) >= policy.CALLS:
+            policy.calls.clear()
+        policy.calls[key] = hit
+    call = hit[3]
+    got = None if call is None else call(counts_NE, load_R, planned)
     if got is None:
         return _NOT_FUSED
     fields, split, order = got
     if split is None:
         return None
-    plan = BurstPlan(c.shape[1], *fields)
+    plan = BurstPlan(counts_NE.shape[1], *fields)
     perm_K, inv_K = order
     return LayerBursts(
         plan,
@@ -193,6 +203,29 @@ def _fused(layer, policy, counts_NE, load_R, params, planned):
         plan.slots_per_rank,
         torch.from_numpy(perm_K),
         torch.from_numpy(inv_K),
+    )
+
+
+def _prepare(layer, policy, counts_NE, params, sp):
+    """The layer's native burst step, or None where it does not apply (no library, a method
+    not ported, a placement that is not int64 [N*S] for these counts)."""
+    if not _native.use(None, policy.method, "burst step") or getattr(counts_NE, "ndim", 0) != 2:
+        return None
+    slots = _int64_array(layer.slots_t, 1)
+    N, E = counts_NE.shape
+    if slots is None or slots.size != N * layer.S or not 0 <= sp.rank < N:
+        return None
+    return _native.prepare_layer_burst(
+        slots,
+        layer.S,
+        policy.B,
+        params,
+        policy.threshold,
+        policy.method,
+        sp.rank,
+        sp.ranks_per_node,
+        sp.method,
+        E,
     )
 
 

@@ -6,9 +6,13 @@ takes milliseconds (thousands of small array calls); the C port (``burst.c`` and
 beside this file) makes the same decision, bit for bit, in a small fraction of that.
 ``plan_bursts`` uses it whenever it is found and the split's method is "fast" or "auto".
 :func:`split_for_rank` is the C port of one rank's split (``split_tokens_for_rank``, ``route.c``).
-:func:`burst_step` is the engine's whole burst step of a layer call in one call (the decision,
-the rank's split over the enlarged placement with its checks, the send order), which
-``burst_run.decide`` runs where the layer splits with the engine's own splitter.
+The engine's two host steps of a layer call are one C call each, prepared once per placement
+(:func:`prepare_layer_split`, :func:`prepare_layer_burst`) so that a call converts only its
+counts: :class:`LayerSplit`, the split of the planned placement with its checks, which the
+engine's ``RankSplitter`` runs; :class:`LayerBurst`, the whole burst step (the decision, the
+rank's split over the enlarged placement with its checks, the send order), which
+``burst_run.decide`` runs where the layer splits with the engine's own splitter. Their results
+are views of fresh buffers carved from a slab (:func:`_fresh`).
 
 Where the library is looked for, first found wins:
 
@@ -26,6 +30,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +47,12 @@ __all__ = [
     "available",
     "burst_step",
     "check_rank_split",
+    "LayerBurst",
+    "LayerSplit",
     "layer_split",
     "library",
+    "prepare_layer_burst",
+    "prepare_layer_split",
     "plan_bursts",
     "split_for_rank",
     "use",
@@ -57,7 +67,7 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
-_ABI = 7  # smoe.h's SMOE_ABI: the library must be of the same interface
+_ABI = 8  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
@@ -166,27 +176,13 @@ def _bind(path: Path) -> ctypes.CDLL:
         ctypes.POINTER(ctypes.c_int),  # node_local
         ctypes.POINTER(_Planned),  # planned or NULL
     ]
-    f = lib.smoe_burst_step
+    f = lib.smoe_layer_burst
     f.restype = ctypes.c_int64
-    f.argtypes = [
-        *lib.smoe_plan_bursts.argtypes,
-        i64,  # rank
-        i64,  # split_rpn
-        ctypes.c_int,  # split_method
-        v,  # send_K [N*(S+B)]
-        v,  # recv_QS [N*(S+B)]
-        v,  # load_x [N]
-        ctypes.POINTER(ctypes.c_int),  # node_local
-        ctypes.POINTER(_Planned),  # planned_x
-        v,  # perm_K [N*(S+B)]
-        v,  # inv_K [N*(S+B)]
-    ]
+    # smoe_burst_args *, c_QE [N, E], load_R [N] or NULL, planned or NULL, its ms, priced, out
+    f.argtypes = [v, v, v, v, ctypes.c_double, ctypes.c_int, v]
     f = lib.smoe_layer_split
     f.restype = ctypes.c_int
-    f.argtypes = [
-        *lib.smoe_split_for_rank.argtypes,
-        ctypes.POINTER(ctypes.c_int64),  # bad
-    ]
+    f.argtypes = [v, v, v]  # smoe_layer_args *, c_QE [N, E], out [SMOE_LAYER_OUT(K, N)]
     f = lib.smoe_check_rank_split
     f.restype = ctypes.c_int
     f.argtypes = [v, v, i64, i64, i64, i64, v, v, v]  # c_QE, slots_K, N, E, S, r, send, recv, load
@@ -308,60 +304,151 @@ class SplitRefused(Exception):
         self.what, self.where = what, where
 
 
-def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
-    """``RankSplitter``'s split of a planned placement in one C call (``smoe_layer_split``): the
-    counts' checks of ``plan_index.prepare``, the split (as :func:`split_for_rank` returns it)
-    and its conservation checks (``splitter._conserves``).
+class _Slab:
+    """Fresh int64 buffers carved one after another from an array whose address is taken once:
+    a buffer's address otherwise costs more than its allocation (``ndarray.ctypes``). Memory
+    is never handed out twice while any of it is in use: a full slab starts again from its
+    beginning only when no buffer carved from it is alive (every view of it references it),
+    and is replaced by a new one otherwise; a replaced slab lives on only as long as its
+    buffers do. Small (32 KiB), so that a reused slab is still in the CPU's caches."""
 
-    counts_NE: the counts, an int64 C-contiguous CPU tensor or array [N, E] (anything else:
-    None, for the Python path); slots_K: the placement, a checked int64 array [N*S] (a PlanIndex's); 0 <= rank
-    < N; cost None or the job's CostParams, checked against the split's nodes by the caller.
+    SIZE = 1 << 12  # int64s of a slab
 
-    Returns:
-        :func:`split_for_rank`'s tuple, or None where it does not apply (no library, a method
-        not ported, counts of another kind).
+    def __init__(self) -> None:
+        self.buf = np.empty(0, dtype=np.int64)
+        self.addr = self.used = 0
+
+    def take(self, n: int) -> tuple[np.ndarray, int]:
+        at = self.used
+        if at + n > self.buf.size:
+            # 2: self.buf and getrefcount's argument; a buffer carved from it adds one
+            if n > self.buf.size or sys.getrefcount(self.buf) > 2:
+                self.buf = np.empty(max(self.SIZE, n), dtype=np.int64)
+                self.addr = self.buf.ctypes.data
+            at = 0
+        self.used = at + n
+        return self.buf[at : at + n], self.addr + 8 * at
+
+
+_slabs = threading.local()  # one slab per thread: take() is not atomic
+
+
+def _fresh(n: int) -> tuple[np.ndarray, int]:
+    """A fresh int64 buffer of n entries (uninitialised) and its address."""
+    try:
+        return _slabs.slab.take(n)
+    except AttributeError:
+        _slabs.slab = _Slab()
+        return _slabs.slab.take(n)
+
+
+class _LayerArgs(ctypes.Structure):
+    """smoe_layer_args: what a rank's split of one planned placement keeps between calls."""
+
+    _fields_ = [
+        ("slots_K", ctypes.c_void_p),
+        ("N", ctypes.c_int64),
+        ("E", ctypes.c_int64),
+        ("S", ctypes.c_int64),
+        ("rank", ctypes.c_int64),
+        ("rpn", ctypes.c_int64),
+        ("cost", ctypes.c_void_p),
+        ("method", ctypes.c_int),
+    ]
+
+
+class LayerSplit:
+    """``RankSplitter``'s split of one planned placement on one rank, prepared once and called
+    on every layer call's counts (``smoe_layer_split``, three arguments): the counts' checks of
+    ``plan_index.prepare``, the split (as :func:`split_for_rank` returns it) and its
+    conservation checks (``splitter._conserves``).
+
+    Built by :func:`prepare_layer_split`. Calling it with the counts (an int64 C-contiguous
+    CPU tensor or array [N, E]) returns :func:`split_for_rank`'s tuple, its arrays views of one
+    fresh buffer; counts of another kind or shape return None (the Python path then runs and
+    words its error).
 
     Raises:
         SplitRefused: a negative count, tokens for an expert without a slot, or a split that
-        failed its conservation checks.
+            failed its conservation checks.
         NativeError: the C code failed (memory, or an internal check).
     """
+
+    def __init__(self, lib, slots_K: np.ndarray, N: int, E: int, S: int, rank: int, rpn: int,
+                 method: str, cost) -> None:  # fmt: skip
+        self._fn = lib.smoe_layer_split
+        self._slots = slots_K  # kept alive: the struct holds its address
+        self._cost = None if cost is None or method != "auto" else _cost_struct(cost)
+        self._args = _LayerArgs(
+            slots_K.ctypes.data,
+            N,
+            E,
+            S,
+            rank,
+            rpn,
+            None if self._cost is None else ctypes.addressof(self._cost),
+            _METHODS[method],
+        )
+        self._at = ctypes.addressof(self._args)
+        self.shape = (N, E)
+        K = N * S
+        self._n, self._K, self._N, self._S = 3 * K + 5 * N + 4, K, N, S
+
+    def __call__(self, counts_NE):
+        N, K, S = self._N, self._K, self._S
+        if tuple(counts_NE.shape) != self.shape:
+            return None
+        c = _int64s(counts_NE, N * self.shape[1])
+        if c is None:
+            return None
+        out, at = _fresh(self._n)
+        rc = self._fn(self._at, c, at)
+        if rc < 0:
+            if rc in (-4, -5, -6):
+                what = {-4: "conserve", -5: "negative", -6: "orphan"}[rc]
+                raise SplitRefused(what, int(out[-2]))
+            raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
+        info = out[-4:]
+        sums = ms = None
+        if info[1]:
+            flat = out[3 * K + N : 3 * K + 5 * N]
+            sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
+            ms = float(info[3:].view(np.float64)[0])
+        return (
+            out[:K],
+            out[K : 2 * K].reshape(N, S),
+            out[2 * K : 2 * K + N],
+            bool(info[0]),
+            (out[2 * K + N : 3 * K + N], ms, sums),
+        )
+
+
+def prepare_layer_split(slots_K, S, rank, rpn, method, cost, N, E) -> LayerSplit | None:
+    """The :class:`LayerSplit` of a planned placement on ``rank``, or None where it does not
+    apply (no library, a method not ported).
+
+    slots_K: the placement, a checked int64 C-contiguous array [N*S] (a PlanIndex's), kept by
+    the call; 0 <= rank < N; rpn the split's ranks_per_node; cost None or the job's CostParams,
+    checked against the split's nodes by the caller (a frozen object: read once here).
+    """
     lib = library()
-    if lib is None or method not in _METHODS or getattr(counts_NE, "ndim", 0) != 2:
+    if lib is None or method not in _METHODS:
+        return None
+    if not (0 <= rank < N and slots_K.dtype == np.int64 and slots_K.size == N * S):
+        raise ValueError(f"swiftmoe: a layer split of rank {rank} of {N} over {slots_K.size} "
+                         f"slots of {S} per rank cannot be prepared")  # fmt: skip
+    return LayerSplit(lib, np.ascontiguousarray(slots_K), N, E, S, rank, rpn, method, cost)
+
+
+def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
+    """One call of the :class:`LayerSplit` of these arguments (prepared for this call only):
+    :func:`split_for_rank`'s tuple, or None where it does not apply (no library, a method not
+    ported, counts of another kind). Raises as :class:`LayerSplit` does."""
+    if getattr(counts_NE, "ndim", 0) != 2:
         return None
     N, E = counts_NE.shape
-    c = _int64s(counts_NE, N * E)
-    if c is None:
-        return None
-    K = N * S
-    # send_K, recv_QS, load_R, demand_K, sums: one address to take
-    out = np.empty(3 * K + 5 * N, dtype=np.int64)
-    a = out.ctypes.data
-    local = ctypes.c_int(0)
-    bad = ctypes.c_int64(-1)
-    planned = _Planned(a + 8 * (2 * K + N), a + 8 * (3 * K + N), 0.0, 0)
-    rc = lib.smoe_layer_split(
-        c,
-        slots_K.ctypes.data,
-        N,
-        E,
-        S,
-        rank,
-        rpn,
-        _METHODS[method],
-        None if cost is None or method != "auto" else _cost_ref(cost),
-        a,
-        a + 8 * K,
-        a + 16 * K,
-        ctypes.byref(local),
-        ctypes.byref(planned),
-        ctypes.byref(bad),
-    )
-    if rc in (-4, -5, -6):
-        raise SplitRefused({-4: "conserve", -5: "negative", -6: "orphan"}[rc], int(bad.value))
-    if rc < 0:
-        raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
-    return _split_views(out, 0, K, N, S, planned, local)
+    call = prepare_layer_split(slots_K, S, rank, rpn, method, cost, N, E)
+    return None if call is None else call(counts_NE)
 
 
 def _split_views(buf, at: int, room: int, N: int, S: int, planned, local) -> tuple:
@@ -390,69 +477,161 @@ def _split_views(buf, at: int, room: int, N: int, S: int, planned, local) -> tup
     )
 
 
-def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
-               split_method):  # fmt: skip
-    """The engine's burst step of one layer call on rank ``rank`` past its threshold
-    (``burst_run.decide``), in one C call (``smoe_burst_step``): the decision as
-    :func:`plan_bursts` makes it, and where it makes bursts the rank's split over the enlarged
-    placement as the layer's splitter makes it (``ranks_per_node`` rpn, ``split_method``, the
-    same cost), checked as ``splitter._conserves`` checks it, and the placement's send order
+class _BurstArgs(ctypes.Structure):
+    """smoe_burst_args: what a layer's burst step on one rank keeps between calls."""
+
+    _fields_ = [
+        ("slots_K", ctypes.c_void_p),
+        ("N", ctypes.c_int64),
+        ("E", ctypes.c_int64),
+        ("S", ctypes.c_int64),
+        ("B", ctypes.c_int64),
+        ("rank", ctypes.c_int64),
+        ("split_rpn", ctypes.c_int64),
+        ("cost", ctypes.c_void_p),
+        ("threshold", ctypes.c_double),
+        ("method", ctypes.c_int),
+        ("split_method", ctypes.c_int),
+    ]
+
+
+class LayerBurst:
+    """The engine's burst step of one layer's planned placement on one rank past its threshold
+    (``burst_run.decide``), prepared once and called on every layer call's counts
+    (``smoe_layer_burst``, seven arguments): the decision as :func:`plan_bursts` makes it, and
+    where it makes bursts the rank's split over the enlarged placement as the layer's splitter
+    makes it (``ranks_per_node`` rpn, ``split_method``, the same cost), checked as
+    ``splitter._conserves`` checks it, and the placement's send order
     (``dispatch.slot_order``).
 
-    The inputs are a layer call's own, checked by the split that made ``load_R`` and
-    ``planned``: c_QE an int64 C-contiguous array [N, E], slots int64 [N*S] (ids in range),
-    ``planned`` a ``split.rank.Planned``, 0 <= rank < N, ``params`` a CostParams of this job.
+    Built by :func:`prepare_layer_burst`. Called with a layer call's own inputs, checked by the
+    split that made ``load_R`` and ``planned``: the counts (an int64 C-contiguous CPU tensor or
+    array [N, E]; another kind or shape returns None, for the Python path), ``load_R`` (int64
+    [N], or None) and ``planned`` (a ``split.rank.Planned`` of that split, or None).
 
     Returns:
-        None where it does not apply (no library, a method not ported); else (plan, split,
-        order): plan the fields of :func:`plan_bursts`; split None when no burst is made, else
-        (send_K [N*Sx], recv_QS [N, Sx], load_R [N], node_local, (demand_K, ms, sums)) as
-        ``split_for_rank`` returns them; order (perm_K, inv_K) [N*Sx] or None. Arrays are views
-        of one fresh buffer.
+        (plan, split, order): plan the fields of :func:`plan_bursts`; split None when no burst
+        is made, else (send_K [N*Sx], recv_QS [N, Sx], load_R [N], node_local, (demand_K, ms,
+        sums)) as ``split_for_rank`` returns them; order (perm_K, inv_K) [N*Sx] or None. Arrays
+        are views of one fresh buffer.
 
     Raises:
         NativeError: the C code failed (memory, or an internal check); "does not conserve"
         when the enlarged split failed its checks.
     """
+
+    def __init__(self, lib, slots_K: np.ndarray, N: int, E: int, S: int, B: int, params,
+                 threshold: float, method: str, rank: int, rpn: int, split_method: str) -> None:  # fmt: skip
+        self._fn = lib.smoe_layer_burst
+        self._slots = slots_K  # kept alive: the struct holds its address
+        self._cost = _cost_struct(params)
+        self._args = _BurstArgs(
+            slots_K.ctypes.data,
+            N,
+            E,
+            S,
+            B,
+            rank,
+            rpn,
+            ctypes.addressof(self._cost),
+            float(threshold),
+            _METHODS[method],
+            _METHODS[split_method],
+        )
+        self._at = ctypes.addressof(self._args)
+        self.shape = (N, E)
+        K, X, NB = N * S, N * (S + B), max(N * B, 1)
+        self._N, self._K, self._X, self._NB = N, K, X, NB
+        # A call's buffer: planned's demand and sums [K + 4*N] (the C reads them there, before
+        # its outputs, so that an output written past its end runs off the buffer, where a
+        # sanitizer sees it), then the outputs [SMOE_BURST_OUT(N, S, B)].
+        self._n = K + 4 * N + 1 + 6 * X + 5 * NB + 3 + 5 * N + 3
+
+    def __call__(self, counts_NE, load_R, planned):
+        N, K, X, NB = self._N, self._K, self._X, self._NB
+        if tuple(counts_NE.shape) != self.shape:
+            return None
+        c = _int64s(counts_NE, N * self.shape[1])
+        lr = None if load_R is None else _int64s(load_R, N)
+        if c is None or (load_R is not None and lr is None):
+            return None
+        whole, at = _fresh(self._n)
+        pl, ms, priced = None, 0.0, 0
+        if planned is not None:
+            pl = at
+            if planned.sums is None:
+                whole[:K] = planned.demand_K
+            else:
+                np.concatenate((planned.demand_K, *planned.sums), out=whole[: K + 4 * N])
+                ms, priced = float(planned.ms), 1
+        buf = whole[K + 4 * N :]
+        n = self._fn(self._at, c, lr, pl, ms, priced, at + 8 * (K + 4 * N))
+        if n == -4:
+            raise NativeError(
+                "swiftmoe: the token split over the enlarged placement does not conserve the "
+                "counts (a bug in swiftmoe's native split); report it with the counts and the "
+                "placement, and set SWIFTMOE_NATIVE=0 to go on with the NumPy split"
+            )
+        if n < 0:
+            raise NativeError(f"swiftmoe: the native burst step failed: {_ERRORS.get(n, n)}")
+        Sx = int(buf[0])
+        Kx = N * Sx
+        i_b = 1 + X
+        e_C, q_C, s_C, d_C, j_C = buf[i_b : i_b + 5 * NB].reshape(5, NB)[:, :n]
+        i_ms = i_b + 5 * NB
+        before, after, copy = buf[i_ms : i_ms + 3].view(np.float64).tolist()
+        plan = (Sx, buf[1 : 1 + Kx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
+        if n == 0:
+            return plan, None, None
+        send = i_ms + 3
+        dem = send + 2 * X + N
+        info = dem + X + 4 * N
+        sums = xms = None
+        if buf[info + 1]:
+            flat = buf[dem + X : info]
+            sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
+            xms = float(buf[info + 2 : info + 3].view(np.float64)[0])
+        split = (
+            buf[send : send + Kx],
+            buf[send + X : send + X + Kx].reshape(N, Sx),
+            buf[send + 2 * X : send + 2 * X + N],
+            bool(buf[info]),
+            (buf[dem : dem + Kx], xms, sums),
+        )
+        perm = info + 3
+        return plan, split, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx])
+
+
+def prepare_layer_burst(slots, S, B, params, threshold, method, rank, rpn, split_method,
+                        num_experts: int) -> LayerBurst | None:  # fmt: skip
+    """The :class:`LayerBurst` of a planned placement on ``rank``, or None where it does not
+    apply (no library, a method not ported).
+
+    slots: the placement, int64 [N*S] (a tensor or array), copied and checked here (ids in
+    0..num_experts-1); ``params`` a CostParams of this job (a frozen object: read once here);
+    0 <= rank < N; rpn and ``split_method`` the layer's splitter's.
+    """
     lib = library()
     if lib is None or method not in _METHODS or split_method not in _METHODS:
         return None
-    N, E = c_QE.shape
-    K = N * (S + B)
-    call = _DecisionCall(c_QE, slots, S, B, load_R, planned, 5 * K + 5 * N)
-    a, i = call.addr, call.extra
-    local = ctypes.c_int(0)
-    # send_K, recv_QS, load_R, demand_K, sums, perm_K, inv_K
-    i_send, i_recv, i_load, i_dem = i, i + K, i + 2 * K, i + 2 * K + N
-    i_sums, i_perm, i_inv = i_dem + K, i_dem + K + 4 * N, i_dem + 2 * K + 4 * N
-    px = _Planned(a + 8 * i_dem, a + 8 * i_sums, 0.0, 0)
-    n = lib.smoe_burst_step(
-        *call.args(params, threshold, method),
-        rank,
-        rpn,
-        _METHODS[split_method],
-        a + 8 * i_send,
-        a + 8 * i_recv,
-        a + 8 * i_load,
-        ctypes.byref(local),
-        ctypes.byref(px),
-        a + 8 * i_perm,
-        a + 8 * i_inv,
-    )
-    if n == -4:
-        raise NativeError(
-            "swiftmoe: the token split over the enlarged placement does not conserve the counts "
-            "(a bug in swiftmoe's native split); report it with the counts and the placement, "
-            "and set SWIFTMOE_NATIVE=0 to go on with the NumPy split"
-        )
-    if n < 0:
-        raise NativeError(f"swiftmoe: the native burst step failed: {_ERRORS.get(n, n)}")
-    plan = call.plan(n)
-    if n == 0:
-        return plan, None, None
-    b, Kx = call.buf, N * plan[0]
-    split = _split_views(b, i_send, K, N, plan[0], px, local)
-    return plan, split, (b[i_perm : i_perm + Kx], b[i_inv : i_inv + Kx])
+    sl = np.array(slots, dtype=np.int64).reshape(-1)  # a copy: the call keeps its address
+    E = int(num_experts)
+    if sl.size % S or not 0 <= rank < sl.size // S or B < 1:
+        raise ValueError(f"swiftmoe: a burst step of rank {rank} over {sl.size} slots of {S} "
+                         f"per rank with {B} burst slots cannot be prepared")  # fmt: skip
+    if sl.size and (sl.min() < 0 or sl.max() >= E):
+        raise ValueError(f"swiftmoe: the placement holds expert ids outside 0..{E - 1}")
+    return LayerBurst(lib, sl, sl.size // S, E, S, B, params, threshold, method, rank, rpn,
+                      split_method)  # fmt: skip
+
+
+def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
+               split_method):  # fmt: skip
+    """One call of the :class:`LayerBurst` of these arguments (prepared for this call only;
+    c_QE [N, E] gives N and E): its result, or None where it does not apply."""
+    call = prepare_layer_burst(slots, S, B, params, threshold, method, rank, rpn, split_method,
+                               c_QE.shape[1])  # fmt: skip
+    return None if call is None else call(c_QE, load_R, planned)
 
 
 class _DecisionCall:
@@ -577,21 +756,26 @@ def check_rank_split(counts_NE, slots_K, S, r, send_K, recv_QS, load_R) -> bool 
     return bool(rc)
 
 
+def _cost_struct(params) -> _Cost:
+    """The _Cost of ``params`` (a CostParams)."""
+    return _Cost(
+        params.ranks,
+        params.ranks_per_node,
+        params.token_bytes,
+        params.expert_bytes,
+        params.flops_per_token,
+        params.flops_per_s,
+        params.intra_bw,
+        params.inter_bw,
+    )
+
+
 def _cost_ref(params):
     """byref of the _Cost of ``params`` (a frozen CostParams), built once for the last one seen:
     the engine passes the same parameters on every layer."""
     hit = _state.get("cost")
     if hit is None or hit[0] is not params:
-        c = _Cost(
-            params.ranks,
-            params.ranks_per_node,
-            params.token_bytes,
-            params.expert_bytes,
-            params.flops_per_token,
-            params.flops_per_s,
-            params.intra_bw,
-            params.inter_bw,
-        )
+        c = _cost_struct(params)
         hit = (params, c, ctypes.byref(c))
         _state["cost"] = hit
     return hit[2]

@@ -1066,3 +1066,30 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
     free(c_pad);
     return rc < 0 ? rc : n;
 }
+
+/* smoe_layer_burst (smoe.h): smoe_burst_step of a prepared call, its outputs in one array. */
+int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const int64_t *load_R,
+                         const int64_t *planned, double planned_ms, int priced, int64_t *out) {
+    const int64_t N = a->N, S = a->S, B = a->B, X = N * (S + B);
+    const int64_t NB = N * B > 1 ? N * B : 1, K = N * S;
+    int64_t *out_S = out, *slots_x = out + 1, *bursts = slots_x + X;
+    int64_t *ms = bursts + 5 * NB, *send_K = ms + 3, *recv_QS = send_K + X;
+    int64_t *load_x = recv_QS + X, *demand_x = load_x + N, *sums_x = demand_x + X;
+    int64_t *info = sums_x + 4 * N, *perm_K = info + 3, *inv_K = perm_K + X;
+    smoe_planned pl = {(int64_t *)planned, priced ? (int64_t *)planned + K : NULL, planned_ms,
+                       priced};
+    smoe_planned px = {demand_x, sums_x, 0.0, 0};
+    int node_local = 0;
+    double out_ms[3] = {0.0, 0.0, 0.0};
+    *out_S = 0;
+    int64_t n = smoe_burst_step(c_QE, a->slots_K, N, a->E, S, B, a->cost, a->threshold,
+                                a->method, load_R, planned ? &pl : NULL, slots_x, out_S, bursts,
+                                bursts + NB, bursts + 2 * NB, bursts + 3 * NB, bursts + 4 * NB,
+                                out_ms, a->rank, a->split_rpn, a->split_method, send_K, recv_QS,
+                                load_x, &node_local, &px, perm_K, inv_K);
+    memcpy(ms, out_ms, sizeof out_ms);
+    info[0] = node_local;
+    info[1] = px.priced;
+    memcpy(info + 2, &px.ms, sizeof px.ms);
+    return n;
+}

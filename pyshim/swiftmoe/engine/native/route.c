@@ -357,19 +357,20 @@ int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N
 }
 
 /* smoe_layer_split (smoe.h): RankSplitter's split of the planned placement in one call. */
-int smoe_layer_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
-                     int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
-                     int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
-                     smoe_planned *planned, int64_t *bad)
+int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out)
 {
-    const int64_t K = N * S;
-    *node_local = 0;
-    *bad = -1;
-    if (N < 1 || E < 1 || S < 1 || rank < 0 || rank >= N)
+    const int64_t N = a->N, E = a->E, S = a->S, K = N * S, *slots_K = a->slots_K;
+    int64_t *send_K = out, *recv_QS = out + K, *load_R = out + 2 * K;
+    int64_t *info = out + 3 * K + 5 * N; /* node_local, priced, bad, ms */
+    smoe_planned planned = {out + 2 * K + N, out + 3 * K + N, 0.0, 0};
+    int node_local = 0;
+    info[0] = info[1] = 0;
+    info[2] = -1;
+    if (N < 1 || E < 1 || S < 1 || a->rank < 0 || a->rank >= N)
         return SMOE_EBUG; /* the caller checks these */
     for (int64_t i = 0; i < N * E; i++)
         if (c_QE[i] < 0) {
-            *bad = i;
+            info[2] = i;
             return SMOE_ENEGATIVE;
         }
     /* plan_index.prepare: an expert without a slot may have no tokens. */
@@ -378,22 +379,29 @@ int smoe_layer_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int
         return SMOE_ENOMEM;
     for (int64_t k = 0; k < K; k++)
         held[slots_K[k]] = 1;
-    for (int64_t e = 0; e < E && *bad < 0; e++) {
+    int64_t bad = -1;
+    for (int64_t e = 0; e < E && bad < 0; e++) {
         if (held[e])
             continue;
-        for (int64_t q = 0; q < N && *bad < 0; q++)
+        for (int64_t q = 0; q < N && bad < 0; q++)
             if (c_QE[q * E + e] > 0)
-                *bad = e;
+                bad = e;
     }
     free(held);
-    if (*bad >= 0)
+    if (bad >= 0) {
+        info[2] = bad;
         return SMOE_EORPHAN;
-    int rc = smoe_split_for_rank(c_QE, slots_K, N, E, S, rank, rpn, method, p, send_K, recv_QS,
-                                 load_R, node_local, planned);
+    }
+    int rc = smoe_split_for_rank(c_QE, slots_K, N, E, S, a->rank, a->rpn, a->method, a->cost,
+                                 send_K, recv_QS, load_R, &node_local, &planned);
     if (rc < 0)
         return rc;
+    info[0] = node_local;
+    info[1] = planned.priced;
+    if (planned.priced)
+        memcpy(info + 3, &planned.ms, sizeof planned.ms);
     if (smoe_fault_tokens) /* tests only: a split that loses tokens */
         fault_tokens(send_K, K, smoe_fault_tokens);
-    int ok = smoe_check_rank_split(c_QE, slots_K, N, E, S, rank, send_K, recv_QS, load_R);
+    int ok = smoe_check_rank_split(c_QE, slots_K, N, E, S, a->rank, send_K, recv_QS, load_R);
     return ok < 0 ? ok : (ok ? 0 : SMOE_ECONSERVE);
 }

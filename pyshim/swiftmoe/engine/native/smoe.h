@@ -30,7 +30,7 @@
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 7
+#define SMOE_ABI 8
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -150,17 +150,31 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
                         smoe_planned *planned);
 
+/* What one rank's split of one planned placement keeps from call to call (RankSplitter's
+ * prepared call, native.LayerSplit): the placement slots_K [N*S] (ids checked in 0..E-1 by the
+ * caller), the rank (0 <= rank < N), the split's ranks_per_node, method and cost (NULL: none). */
+typedef struct {
+    const int64_t *slots_K;
+    int64_t N, E, S, rank, rpn;
+    const smoe_cost *cost;
+    int method;
+} smoe_layer_args;
+
+/* The length of smoe_layer_split's out for K = N*S slots on N ranks: 3*K + 5*N + 4. */
+#define SMOE_LAYER_OUT(K, N) (3 * (K) + 5 * (N) + 4)
+
 /* RankSplitter's split of the planned placement in one call, where the Python path makes a
  * dozen (whose glue took several times the C's time): the counts' checks of plan_index.prepare
- * (no count < 0: SMOE_ENEGATIVE with *bad = q*E + e, the first in row order; no tokens for an
- * expert without a slot: SMOE_EORPHAN with *bad = e, the first), smoe_split_for_rank's split
- * (its arguments and outputs; slots_K's ids checked in 0..E-1 by the caller), and its
- * conservation checks (smoe_check_rank_split, splitter._conserves: SMOE_ECONSERVE, a bug).
- * Returns 0 or an error; *bad is -1 but for the two above. */
-int smoe_layer_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
-                     int64_t S, int64_t rank, int64_t rpn, int method, const smoe_cost *p,
-                     int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
-                     smoe_planned *planned, int64_t *bad);
+ * (no count < 0: SMOE_ENEGATIVE with bad = q*E + e, the first in row order; no tokens for an
+ * expert without a slot: SMOE_EORPHAN with bad = e, the first), smoe_split_for_rank's split of
+ * c_QE [N, E] under a's placement, and its conservation checks (smoe_check_rank_split,
+ * splitter._conserves: SMOE_ECONSERVE, a bug). Everything it writes goes to out
+ * [SMOE_LAYER_OUT(K, N)], one array after another: send_K [K], recv_QS [K], load_R [N],
+ * demand_K [K], sums [4*N] (left alone where priced is 0), then node_local, priced, bad (-1 but
+ * for the two refusals above) and the price in ms (a double's bytes; left alone where priced
+ * is 0). Three arguments: the Python call's argument conversions took more time than the
+ * counts' checks. Returns 0 or an error. */
+int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out);
 
 /* The engine's conservation checks of one rank's split (splitter._conserves), from its arrays
  * alone, by code of their own: c_QE [N, E] the counts split, slots_K [N*S] the placement (ids
@@ -196,5 +210,32 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t split_rpn, int split_method, int64_t *send_K, int64_t *recv_QS,
                         int64_t *load_x, int *node_local, smoe_planned *planned_x,
                         int64_t *perm_K, int64_t *inv_K);
+
+
+/* What one layer's burst step on one rank keeps from call to call (burst_run's prepared call,
+ * native.LayerBurst): smoe_burst_step's arguments but the counts, load_R and planned. */
+typedef struct {
+    const int64_t *slots_K; /* [N*S], ids checked in 0..E-1 by the caller */
+    int64_t N, E, S, B, rank, split_rpn;
+    const smoe_cost *cost;
+    double threshold;
+    int method, split_method;
+} smoe_burst_args;
+
+/* smoe_layer_burst's out, for NB = max(N*B, 1) and X = N*(S+B), one array after another:
+ * S' [1], the enlarged placement [X] (row stride S'), the bursts' e, q, s, d, j [NB each], the
+ * three ms [3] (doubles' bytes), then the enlarged split's send_K [X], recv_QS [X], load_x [N],
+ * demand_K [X], sums [4*N], node_local [1], priced [1], ms [1] (a double's bytes), and perm_K
+ * [X], inv_K [X]. */
+#define SMOE_BURST_OUT(N, S, B)                                                                  \
+    (1 + 6 * (N) * ((S) + (B)) + 5 * ((N) * (B) > 1 ? (N) * (B) : 1) + 3 + 5 * (N) + 3)
+
+/* smoe_burst_step with a's arguments, seven in all (the Python call's conversions of thirty
+ * took about a third of the step's time): c_QE [N, E]; load_R [N] or NULL; planned: NULL, or
+ * the split on the planned placement as one array, its demand_K [N*S] then, where priced, its
+ * sums [4*N]; planned_ms and priced its price; out [SMOE_BURST_OUT(N, S, B)]. Returns C >= 0,
+ * SMOE_ECONSERVE when the enlarged split fails its checks (a bug), or an error. */
+int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const int64_t *load_R,
+                         const int64_t *planned, double planned_ms, int priced, int64_t *out);
 
 #endif
