@@ -42,6 +42,7 @@ def test_times_the_decisions_of_a_simulated_run():
         r"moving-hot E=32 top-2, 16 GPUs in nodes of 8, 4 slots, 50 GB/s: (\d+) decisions, "
         r"(\d+) bursts; warm median (\d+) us, p90 (\d+) us; cold median (\d+) us, p90 (\d+) us; "
         r"NumPy median (\d+) us, p90 (\d+) us; layer call median (\d+) us, p90 (\d+) us; "
+        r"layer call again median (\d+) us, p90 (\d+) us; "
         r"layer call cold median (\d+) us, p90 (\d+) us",
         line,
     )
@@ -49,9 +50,9 @@ def test_times_the_decisions_of_a_simulated_run():
     n, bursts, *us = (int(v) for v in m.groups())
     # The moving hot set passes the threshold from its first move on, and bursts pay there.
     assert 1 <= n <= 6 and bursts >= n
-    warm, warm90, cold, cold90, slow, slow90, call, call90, ccold, ccold90 = us
+    warm, warm90, cold, cold90, slow, slow90, call, call90, again, again90, ccold, ccold90 = us
     assert 0 < warm <= warm90 and 0 < cold <= cold90 and 0 < slow <= slow90
-    assert 0 < call <= call90 and 0 < ccold <= ccold90
+    assert 0 < call <= call90 and 0 < again <= again90 and 0 < ccold <= ccold90
 
 
 def test_a_workload_with_no_decision_says_so():

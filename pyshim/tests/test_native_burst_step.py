@@ -241,29 +241,34 @@ def test_the_policy_prepares_each_layers_step_once(use_lib, monkeypatch):
     assert len(prepared) == 2
 
 
-def test_a_step_is_not_prepared_for_a_bad_placement(use_lib):
-    """prepare_layer_burst copies the placement and refuses what the C could not read safely:
-    ids outside the experts, a size not a whole number of ranks, a rank outside them, no burst
-    slots."""
+def test_a_step_refuses_a_placement_it_could_not_read_safely(use_lib):
+    """prepare_layer_burst refuses a size not a whole number of ranks, a rank outside them, no
+    burst slots; the call keeps the placement's memory and checks its ids on every call, so
+    ids outside the experts, there from the start or written later, are refused, never read."""
     from native_cases import cost_params
 
     p = cost_params(4, 0, "slow")
     ok = dict(S=2, B=1, params=p, threshold=1.1, method="auto", rank=1, rpn=0,
               split_method="auto", num_experts=8)  # fmt: skip
-    assert native.prepare_layer_burst(np.arange(8), **ok) is not None
-    for slots, change, match in (
-        (np.array([0, 1, 2, 3, 4, 5, 6, 8]), {}, "expert ids outside 0..7"),
-        (np.array([0, 1, 2, 3, 4, 5, -1, 7]), {}, "expert ids outside 0..7"),
-        (np.arange(7), {}, "cannot be prepared"),
-        (np.arange(8), {"rank": 4}, "cannot be prepared"),
-        (np.arange(8), {"B": 0}, "cannot be prepared"),
+    for slots, change in (
+        (np.arange(7), {}),
+        (np.arange(8), {"rank": 4}),
+        (np.arange(8), {"B": 0}),
     ):
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ValueError, match="cannot be prepared"):
             native.prepare_layer_burst(slots, **{**ok, **change})
+    assert native.prepare_layer_burst(np.arange(8, dtype=np.int32), **ok) is None  # Python path
+    c = np.full((4, 8), 10, dtype=np.int64)
+    c[:, 0] = 400  # one hot expert on one rank
     slots = np.arange(8)
+    counts, load_R, planned = _inputs(c, slots, 2, 1, 0, p, "auto")
     call = native.prepare_layer_burst(slots, **ok)
-    slots[0] = 99  # the call keeps its own copy
-    c = np.full((4, 8), 5, dtype=np.int64)
-    c[:, 0] = 300
-    plan, _, _ = call(c, None, None)
-    assert plan[1].max() <= 8  # 8: an empty burst slot's id
+    plan, _, _ = call(counts, load_R, planned)
+    assert plan[0] > 2  # bursts made
+    for bad in (8, -1):
+        slots[3] = bad
+        with pytest.raises(native.NativeError, match="internal check failed"):
+            call(counts, load_R, planned)
+    with pytest.raises(native.NativeError, match="internal check failed"):
+        native.burst_step(c, np.array([0, 1, 2, 3, 4, 5, 6, 9]), 2, 1, p, 1.1, "auto", None, None,
+                          1, 0, "auto")  # fmt: skip

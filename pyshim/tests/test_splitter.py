@@ -321,3 +321,17 @@ def test_the_splitter_prepares_its_native_call_once_per_placement_and_cost(
     want = split.split_tokens_for_rank(COUNTS, SLOTS, S, 1, 2, "auto", p, native=False)
     assert torch.equal(got.send_K, want.send_K) and torch.equal(got.recv_QS, want.recv_QS)
     assert (len(prepared), len(calls)) == (3, 9)  # the kept call is not used without the library
+
+
+def test_the_prepared_split_checks_the_placement_it_keeps(use_lib) -> None:
+    """A prepared split keeps its placement's memory (a PlanIndex's, read-only in the engine)
+    and checks its ids on every call: an id outside the experts is refused, never read."""
+    slots = np.array(SLOTS, dtype=np.int64)
+    call = native.prepare_layer_split(slots, S, 1, 0, "auto", None, N, E)
+    want = split.split_tokens_for_rank(COUNTS, SLOTS, S, 1, native=False)
+    assert np.array_equal(call(COUNTS)[0], want.send_K.numpy())
+    for bad in (E, -1):
+        slots[5] = bad
+        with pytest.raises(native.NativeError, match="internal check failed"):
+            call(COUNTS)
+    assert call(COUNTS.T.contiguous()) is None  # counts of another shape: the Python path

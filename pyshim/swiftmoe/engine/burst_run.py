@@ -83,17 +83,16 @@ class BurstPolicy:
 
     Attributes: B, burst slots per rank (>= 1); threshold, the busiest rank's load over the
     mean above which bursts are considered; method, the split's; calls, this rank's prepared
-    native burst steps, one per layer placement (:func:`decide` keeps them).
+    native burst steps, one per layer (:func:`decide` keeps them).
     """
 
-    #: Prepared native burst steps kept (one per layer placement in force); past this many,
-    #: all are dropped and made again as they come.
+    #: Layers whose prepared native burst step is kept (one each); past this many, all are
+    #: dropped and made again as they come.
     CALLS = 1024
 
     def __init__(self, burst_slots_per_rank: int, threshold: float, method: str) -> None:
         self.B, self.threshold, self.method = burst_slots_per_rank, float(threshold), method
-        # (id(placement), id(cost), id(splitter)) -> (placement, cost, splitter, call or None,
-        # the library it was for)
+        # layer index -> (placement, cost, splitter, call or None, the library it was for)
         self.calls: dict = {}
 
 
@@ -162,9 +161,11 @@ def _fused(layer, policy, counts_NE, load_R, params, planned):
     calls below run. Its inputs are the layer call's, checked by the split that made
     ``load_R`` and ``planned``.
 
-    The call is prepared once per (placement, cost parameters, splitter) and kept by the
-    policy: all three are the same objects on every call of a layer (the engine replaces a
-    layer's placement tensor, never writes into it), so a call converts only its counts."""
+    The call is prepared once per placement, cost parameters and splitter of each layer and
+    kept by the policy until the layer's placement changes: all three are the same objects on
+    every call of a layer while its placement is in force (the engine replaces a layer's
+    placement tensor, never writes into it), so a call converts only its counts; one call is
+    kept per layer."""
     sp = layer.split
     if (
         not isinstance(sp, RankSplitter)
@@ -174,8 +175,7 @@ def _fused(layer, policy, counts_NE, load_R, params, planned):
     ):
         return _NOT_FUSED
     slots_t = layer.slots_t
-    key = (id(slots_t), id(params), id(sp))
-    hit = policy.calls.get(key)
+    hit = policy.calls.get(layer.index)
     lib = _native.library()  # loaded once; tests turn it off and load again
     if (
         hit is None
@@ -185,9 +185,9 @@ def _fused(layer, policy, counts_NE, load_R, params, planned):
         or hit[4] is not lib
     ):
         hit = (slots_t, params, sp, _prepare(layer, policy, counts_NE, params, sp), lib)
-        if len(policy.calls) >= policy.CALLS:
+        if len(policy.calls) >= policy.CALLS and layer.index not in policy.calls:
             policy.calls.clear()
-        policy.calls[key] = hit
+        policy.calls[layer.index] = hit  # the layer's call before it is dropped
     call = hit[3]
     got = None if call is None else call(counts_NE, load_R, planned)
     if got is None:
@@ -211,12 +211,11 @@ def _prepare(layer, policy, counts_NE, params, sp):
     not ported, a placement that is not int64 [N*S] for these counts)."""
     if not _native.use(None, policy.method, "burst step") or getattr(counts_NE, "ndim", 0) != 2:
         return None
-    slots = _int64_array(layer.slots_t, 1)
     N, E = counts_NE.shape
-    if slots is None or slots.size != N * layer.S or not 0 <= sp.rank < N:
+    if layer.slots_t.numel() != N * layer.S or not 0 <= sp.rank < N:
         return None
     return _native.prepare_layer_burst(
-        slots,
+        layer.slots_t,
         layer.S,
         policy.B,
         params,
@@ -227,18 +226,6 @@ def _prepare(layer, policy, counts_NE, params, sp):
         sp.method,
         E,
     )
-
-
-def _int64_array(t, ndim: int) -> np.ndarray | None:
-    """t's memory as a C-contiguous int64 array when t is such a CPU tensor or array of ndim
-    dimensions, else None."""
-    if isinstance(t, torch.Tensor):
-        if t.dtype != torch.int64 or t.device.type != "cpu" or t.requires_grad:
-            return None
-        t = t.numpy()
-    if not isinstance(t, np.ndarray) or t.dtype != np.int64 or t.ndim != ndim:
-        return None
-    return t if t.flags.c_contiguous else None
 
 
 class _Copy:

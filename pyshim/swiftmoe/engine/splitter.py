@@ -76,7 +76,8 @@ class RankSplitter:
             method,
         )
         self._indexes = splitlib.PlanIndexCache()
-        # (id(index), id(cost)) -> (index, cost, native call or None, the library it was for)
+        self._cost_ok: tuple = (None, -1)  # the cost parameters last checked, for N ranks
+        # layer index -> (placement index, cost, native call or None, the library it was for)
         self._calls: dict = {}
 
     def __call__(
@@ -140,17 +141,19 @@ class RankSplitter:
         None, and the calls of ``__call__`` run. The same split and the same errors as those:
         the Python glue of those calls took several times the C split's own time.
 
-        The call is prepared once per (placement index, cost parameters) and kept: both are
-        the same objects on every call of a layer (the layer keeps its placement's index, and
-        ``StepCosts`` its parameters), so a call converts nothing but the counts."""
-        key = (id(plan), id(cost))
-        hit = self._calls.get(key)
+        The call is prepared once per placement index and cost parameters of each layer and
+        kept until the layer's placement changes: both are the same objects on every call of a
+        layer while its placement is in force (the layer keeps its placement's index, and
+        ``StepCosts`` its parameters), so a call converts nothing but the counts; a new
+        placement's first call prepares it (a few µs). One call is kept per layer: a placement
+        that changes every iteration leaves nothing behind."""
+        hit = self._calls.get(layer_index)
         lib = _native.library()  # loaded once; tests turn it off and load again
         if hit is None or hit[0] is not plan or hit[1] is not cost or hit[3] is not lib:
             hit = (plan, cost, self._prepare(N, E, plan, cost), lib)
-            if len(self._calls) >= self._CALLS:
+            if len(self._calls) >= self._CALLS and layer_index not in self._calls:
                 self._calls.clear()
-            self._calls[key] = hit
+            self._calls[layer_index] = hit  # the layer's call before it is dropped
         call = hit[2]
         if call is None:
             return None
@@ -165,8 +168,8 @@ class RankSplitter:
             raise _misroutes(layer_index) from None
         return None if got is None else from_native(got)
 
-    #: Prepared calls kept (a placement's stays in force for many iterations and every layer
-    #: has its own); past this many, all are dropped and made again as they come.
+    #: Layers whose prepared call is kept (one each); past this many, all are dropped and made
+    #: again as they come.
     _CALLS = 1024
 
     def _prepare(self, N: int, E: int, plan, cost):
@@ -182,8 +185,9 @@ class RankSplitter:
             and (plan.N, plan.S, plan.E) == (N, self.S, E)  # else the checks below refuse it
         ):
             return None
-        if method == "auto":
+        if method == "auto" and (cost is not self._cost_ok[0] or plan.N != self._cost_ok[1]):
             splitlib.prices_split(cost, plan, rpn)  # a cost of another job or grouping: refused
+            self._cost_ok = (cost, plan.N)  # (frozen parameters: checked once for N ranks)
         return _native.prepare_layer_split(plan.slots_K, plan.S, r, rpn, method, cost, N, E)
 
     def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int], cost=None) -> torch.Tensor:

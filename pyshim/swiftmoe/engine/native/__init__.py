@@ -374,21 +374,13 @@ class LayerSplit:
         NativeError: the C code failed (memory, or an internal check).
     """
 
-    def __init__(self, lib, slots_K: np.ndarray, N: int, E: int, S: int, rank: int, rpn: int,
-                 method: str, cost) -> None:  # fmt: skip
+    def __init__(self, lib, slots_K: np.ndarray, slots_at: int, N: int, E: int, S: int, rank: int,
+                 rpn: int, method: str, cost) -> None:  # fmt: skip
         self._fn = lib.smoe_layer_split
-        self._slots = slots_K  # kept alive: the struct holds its address
-        self._cost = None if cost is None or method != "auto" else _cost_struct(cost)
-        self._args = _LayerArgs(
-            slots_K.ctypes.data,
-            N,
-            E,
-            S,
-            rank,
-            rpn,
-            None if self._cost is None else ctypes.addressof(self._cost),
-            _METHODS[method],
-        )
+        # kept alive: the struct holds their addresses
+        self._slots = slots_K
+        self._cost, at = (None, None) if cost is None or method != "auto" else _cost_of(cost)
+        self._args = _LayerArgs(slots_at, N, E, S, rank, rpn, at, _METHODS[method])
         self._at = ctypes.addressof(self._args)
         self.shape = (N, E)
         K = N * S
@@ -427,17 +419,19 @@ def prepare_layer_split(slots_K, S, rank, rpn, method, cost, N, E) -> LayerSplit
     """The :class:`LayerSplit` of a planned placement on ``rank``, or None where it does not
     apply (no library, a method not ported).
 
-    slots_K: the placement, a checked int64 C-contiguous array [N*S] (a PlanIndex's), kept by
-    the call; 0 <= rank < N; rpn the split's ranks_per_node; cost None or the job's CostParams,
-    checked against the split's nodes by the caller (a frozen object: read once here).
+    slots_K: the placement, a checked int64 C-contiguous array [N*S] (a PlanIndex's, read-only),
+    kept by the call (its ids are checked again on every call); 0 <= rank < N; rpn the split's
+    ranks_per_node; cost None or the job's CostParams, checked against the split's nodes by the
+    caller (a frozen object: read once here).
     """
     lib = library()
     if lib is None or method not in _METHODS:
         return None
-    if not (0 <= rank < N and slots_K.dtype == np.int64 and slots_K.size == N * S):
+    at = _int64s(slots_K, N * S)
+    if not (0 <= rank < N and at is not None):
         raise ValueError(f"swiftmoe: a layer split of rank {rank} of {N} over {slots_K.size} "
                          f"slots of {S} per rank cannot be prepared")  # fmt: skip
-    return LayerSplit(lib, np.ascontiguousarray(slots_K), N, E, S, rank, rpn, method, cost)
+    return LayerSplit(lib, slots_K, at, N, E, S, rank, rpn, method, cost)
 
 
 def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
@@ -520,20 +514,21 @@ class LayerBurst:
         when the enlarged split failed its checks.
     """
 
-    def __init__(self, lib, slots_K: np.ndarray, N: int, E: int, S: int, B: int, params,
+    def __init__(self, lib, slots_K, slots_at: int, N: int, E: int, S: int, B: int, params,
                  threshold: float, method: str, rank: int, rpn: int, split_method: str) -> None:  # fmt: skip
         self._fn = lib.smoe_layer_burst
-        self._slots = slots_K  # kept alive: the struct holds its address
-        self._cost = _cost_struct(params)
+        # kept alive: the struct holds their addresses
+        self._slots = slots_K
+        self._cost, at = _cost_of(params)
         self._args = _BurstArgs(
-            slots_K.ctypes.data,
+            slots_at,
             N,
             E,
             S,
             B,
             rank,
             rpn,
-            ctypes.addressof(self._cost),
+            at,
             float(threshold),
             _METHODS[method],
             _METHODS[split_method],
@@ -607,22 +602,25 @@ def prepare_layer_burst(slots, S, B, params, threshold, method, rank, rpn, split
     """The :class:`LayerBurst` of a planned placement on ``rank``, or None where it does not
     apply (no library, a method not ported).
 
-    slots: the placement, int64 [N*S] (a tensor or array), copied and checked here (ids in
-    0..num_experts-1); ``params`` a CostParams of this job (a frozen object: read once here);
-    0 <= rank < N; rpn and ``split_method`` the layer's splitter's.
+    slots: the placement, an int64 C-contiguous CPU tensor or array [N*S] (else None), kept by
+    the call and never written (the engine replaces a layer's placement tensor); its ids are
+    checked in C on every call, a NativeError for one outside 0..num_experts-1. ``params`` a
+    CostParams of this job (a frozen object: read once here); 0 <= rank < N; rpn and
+    ``split_method`` the layer's splitter's.
     """
     lib = library()
     if lib is None or method not in _METHODS or split_method not in _METHODS:
         return None
-    sl = np.array(slots, dtype=np.int64).reshape(-1)  # a copy: the call keeps its address
-    E = int(num_experts)
-    if sl.size % S or not 0 <= rank < sl.size // S or B < 1:
-        raise ValueError(f"swiftmoe: a burst step of rank {rank} over {sl.size} slots of {S} "
-                         f"per rank with {B} burst slots cannot be prepared")  # fmt: skip
-    if sl.size and (sl.min() < 0 or sl.max() >= E):
-        raise ValueError(f"swiftmoe: the placement holds expert ids outside 0..{E - 1}")
-    return LayerBurst(lib, sl, sl.size // S, E, S, B, params, threshold, method, rank, rpn,
-                      split_method)  # fmt: skip
+    K = slots.numel() if isinstance(slots, torch.Tensor) else np.size(slots)
+    N = K // S if S > 0 else 0
+    if N < 1 or K != N * S or not 0 <= rank < N or B < 1 or num_experts < 1:
+        raise ValueError(f"swiftmoe: a burst step of rank {rank} over {K} slots of {S} per "
+                         f"rank with {B} burst slots cannot be prepared")  # fmt: skip
+    at = _int64s(slots, K)
+    if at is None:
+        return None  # not int64 C-contiguous CPU memory: the Python path
+    return LayerBurst(lib, slots, at, N, int(num_experts), S, B, params, threshold, method, rank,
+                      rpn, split_method)  # fmt: skip
 
 
 def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
@@ -722,7 +720,8 @@ def _int64s(t, n: int):
             return None
         return t.data_ptr() if t.numel() == n else None
     if isinstance(t, np.ndarray) and t.dtype == np.int64 and t.flags.c_contiguous and t.size == n:
-        return t.ctypes.data
+        # (torch's view of it gives the address in half the time of ndarray.ctypes)
+        return torch.from_numpy(t).data_ptr() if n else t.ctypes.data
     return None
 
 
@@ -754,6 +753,19 @@ def check_rank_split(counts_NE, slots_K, S, r, send_K, recv_QS, load_R) -> bool 
     if rc < 0:
         raise NativeError(f"swiftmoe: the native split check failed: {_ERRORS.get(rc, rc)}")
     return bool(rc)
+
+
+def _cost_of(params) -> tuple[_Cost, int]:
+    """The _Cost of ``params`` (a frozen CostParams) and its address, made once for each of the
+    last few parameters seen (the engine's are one per layer shape, the same on every call)."""
+    costs = _state.setdefault("costs", {})
+    hit = costs.get(id(params))
+    if hit is None or hit[0] is not params:
+        if len(costs) >= 64:
+            costs.clear()
+        c = _cost_struct(params)
+        hit = costs[id(params)] = (params, c, ctypes.addressof(c))
+    return hit[1], hit[2]
 
 
 def _cost_struct(params) -> _Cost:

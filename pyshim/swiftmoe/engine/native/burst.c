@@ -1082,6 +1082,11 @@ int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const in
     int node_local = 0;
     double out_ms[3] = {0.0, 0.0, 0.0};
     *out_S = 0;
+    if (N < 1 || S < 1 || B < 1 || a->E < 1)
+        return SMOE_EBUG; /* the caller checks these */
+    for (int64_t k = 0; k < K; k++) /* the caller's memory, kept between calls: checked here */
+        if (a->slots_K[k] < 0 || a->slots_K[k] >= a->E)
+            return SMOE_EBUG;
     int64_t n = smoe_burst_step(c_QE, a->slots_K, N, a->E, S, B, a->cost, a->threshold,
                                 a->method, load_R, planned ? &pl : NULL, slots_x, out_S, bursts,
                                 bursts + NB, bursts + 2 * NB, bursts + 3 * NB, bursts + 4 * NB,

@@ -368,6 +368,9 @@ int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out
     info[2] = -1;
     if (N < 1 || E < 1 || S < 1 || a->rank < 0 || a->rank >= N)
         return SMOE_EBUG; /* the caller checks these */
+    for (int64_t k = 0; k < K; k++) /* checked once by the caller; kept memory: again here */
+        if (slots_K[k] < 0 || slots_K[k] >= E)
+            return SMOE_EBUG;
     for (int64_t i = 0; i < N * E; i++)
         if (c_QE[i] < 0) {
             info[2] = i;

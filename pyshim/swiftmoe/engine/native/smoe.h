@@ -151,8 +151,9 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         smoe_planned *planned);
 
 /* What one rank's split of one planned placement keeps from call to call (RankSplitter's
- * prepared call, native.LayerSplit): the placement slots_K [N*S] (ids checked in 0..E-1 by the
- * caller), the rank (0 <= rank < N), the split's ranks_per_node, method and cost (NULL: none). */
+ * prepared call, native.LayerSplit): the placement slots_K [N*S] (ids in 0..E-1, checked by the
+ * caller and again on every call), the rank (0 <= rank < N), the split's ranks_per_node, method
+ * and cost (NULL: none). */
 typedef struct {
     const int64_t *slots_K;
     int64_t N, E, S, rank, rpn;
@@ -173,7 +174,7 @@ typedef struct {
  * demand_K [K], sums [4*N] (left alone where priced is 0), then node_local, priced, bad (-1 but
  * for the two refusals above) and the price in ms (a double's bytes; left alone where priced
  * is 0). Three arguments: the Python call's argument conversions took more time than the
- * counts' checks. Returns 0 or an error. */
+ * counts' checks. Returns 0 or an error (SMOE_EBUG for a slot id outside 0..E-1). */
 int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out);
 
 /* The engine's conservation checks of one rank's split (splitter._conserves), from its arrays
@@ -215,7 +216,7 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
 /* What one layer's burst step on one rank keeps from call to call (burst_run's prepared call,
  * native.LayerBurst): smoe_burst_step's arguments but the counts, load_R and planned. */
 typedef struct {
-    const int64_t *slots_K; /* [N*S], ids checked in 0..E-1 by the caller */
+    const int64_t *slots_K; /* [N*S] */
     int64_t N, E, S, B, rank, split_rpn;
     const smoe_cost *cost;
     double threshold;
@@ -233,8 +234,10 @@ typedef struct {
 /* smoe_burst_step with a's arguments, seven in all (the Python call's conversions of thirty
  * took about a third of the step's time): c_QE [N, E]; load_R [N] or NULL; planned: NULL, or
  * the split on the planned placement as one array, its demand_K [N*S] then, where priced, its
- * sums [4*N]; planned_ms and priced its price; out [SMOE_BURST_OUT(N, S, B)]. Returns C >= 0,
- * SMOE_ECONSERVE when the enlarged split fails its checks (a bug), or an error. */
+ * sums [4*N]; planned_ms and priced its price; out [SMOE_BURST_OUT(N, S, B)]. a's slot ids are
+ * checked on every call (the caller's memory, kept between calls): SMOE_EBUG for one outside
+ * 0..E-1. Returns C >= 0, SMOE_ECONSERVE when the enlarged split fails its checks (a bug), or
+ * an error. */
 int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const int64_t *load_R,
                          const int64_t *planned, double planned_ms, int priced, int64_t *out);
 
