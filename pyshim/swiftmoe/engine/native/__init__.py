@@ -719,9 +719,13 @@ def _int64s(t, n: int):
         if t.dtype != torch.int64 or t.device.type != "cpu" or not t.is_contiguous():
             return None
         return t.data_ptr() if t.numel() == n else None
-    if isinstance(t, np.ndarray) and t.dtype == np.int64 and t.flags.c_contiguous and t.size == n:
-        # (torch's view of it gives the address in half the time of ndarray.ctypes)
-        return torch.from_numpy(t).data_ptr() if n else t.ctypes.data
+    if isinstance(t, np.ndarray) and t.dtype == np.int64 and t.size == n:
+        f = t.flags
+        if not f.c_contiguous:
+            return None
+        # torch's view of a writable array gives the address in half the time of
+        # ndarray.ctypes (torch warns of a read-only one, as a PlanIndex's are)
+        return torch.from_numpy(t).data_ptr() if n and f.writeable else t.ctypes.data
     return None
 
 
