@@ -14,12 +14,10 @@ and then times ``swiftmoe.engine.burst.plan_bursts`` on each of them, on one thr
 - the layer call (``--layer-call``): what the engine's ``burst_run.decide`` takes on one rank
   for each call, the decision and, where it makes bursts, that rank's split over the enlarged
   placement (with its checks) and the placement's send order, each call once after the others
-  (the fastest of ``--repeats`` passes over the calls), each the first call of its placement
-  (the layer's native step prepared in it: what every layer call pays where the placement
-  changes every iteration and a layer runs once an iteration); "again", the same call made
-  once more right after it (the same placement's next layer call, another micro-batch or the
-  recompute, the step kept); with ``--cold`` too, each call once right after another call's
-  NumPy decision.
+  (the fastest of ``--repeats`` passes over the calls), each the first of its placement and
+  layer; "again", the same call made once more right after it (the same placement's next layer
+  call: another micro-batch, or the recompute under activation checkpointing); with
+  ``--cold`` too, each call once right after another call's NumPy decision.
 
 It prints the median and 90th percentile over the calls, in microseconds, and the bursts made.
 The native library (``make build``) must be there: without it the script says why and exits 2.
@@ -108,11 +106,10 @@ def layer_calls(
     calls: list[tuple[tuple, dict]], repeats: int, cold: bool = False, again: list | None = None
 ) -> list[float]:
     """Each call's ``burst_run.decide`` on rank 1 (the engine's own function, given the layer's
-    placement and split as an ExpertLayer holds them), each call a placement's first (its
-    native step prepared): the fastest of ``repeats`` passes; cold, each call once, right after
-    another call's NumPy decision. ``again``, when given a list, gets the fastest of the same
-    call made a second time at once: the same placement's next layer call (another micro-batch,
-    or the recompute under activation checkpointing), its step kept from the first."""
+    placement and split as an ExpertLayer holds them): the fastest of ``repeats`` passes; cold,
+    each call once, right after another call's NumPy decision. ``again``, when given a list,
+    gets the fastest of the same call made a second time at once: the same placement's next
+    layer call (another micro-batch, or the recompute under activation checkpointing)."""
     best = [float("inf")] * len(calls)
     if again is not None:
         again[:] = [float("inf")] * len(calls)

@@ -13,11 +13,10 @@ runs per layer on every rank:
   same split, what the engine runs when the library is built); and the whole of a layer call's
   split in the engine (swiftmoe.engine.splitter.RankSplitter given the placement's index, which
   the engine's layer keeps from when the placement was installed: that split and the engine's
-  conservation checks of the result; every rank's splitter has split once before, as the
-  engine's has after a placement's first layer call, which prepares its native call), its
-  median and its fastest, and the median of a placement's first split (its call prepared:
-  what every layer call pays where the placement changes every iteration and a layer runs
-  once an iteration);
+  conservation checks of the result; every rank's splitter has split once before), its
+  median and its fastest, and the median of a placement's first split, timed right after its
+  index is built (the caches hold the index's work, not the split's: what a layer call pays
+  where the placement changes every iteration and other work runs before the layer);
 - the dense fast split ([N, N*S], the reference the tests check the engine's part against:
   pyshim/tests/split_reference.py), the min-max stage alone (per-rank amounts, before routing
   sources to slots), the exact and the even split, fast/exact max rank load and max/mean rank
@@ -112,7 +111,7 @@ def bench_shape(E: int, N: int, S: int, reps: int, rng) -> None:
     slots_t = torch.tensor(slots_K)
     # Each rank's engine indexes the placement once, when it is installed, and passes the index.
     kept = [sp.index(slots_t, N, E) for sp in splitters]
-    for r, sp in enumerate(splitters):  # and prepares its native call on its first split
+    for r, sp in enumerate(splitters):  # and has split under it before
         sp(counts_QE, kept[r], 0, cost=params)
     (t_layer, t_lbest), _ = timed(
         lambda: (r := next(ranks) % N, splitters[r](counts_QE, kept[r], 0, cost=params))[1],

@@ -1,4 +1,4 @@
-"""The engine's burst step in one C call (``native.LayerBurst``, run by ``burst_run.decide``)
+"""The engine's burst step in one C call (``native.burst_step``, run by ``burst_run.decide``)
 gives what the calls it replaces give: the decision, the rank's split over the enlarged
 placement, and its send order; and its conservation checks refuse a split that loses tokens."""
 
@@ -56,9 +56,8 @@ def _same(a, b) -> None:
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """Counts the calls of native.LayerBurst (the burst step in one C call, prepared once per
-    layer placement)."""
-    return counted(monkeypatch, native.LayerBurst, "__call__")
+    """Counts the calls of native.burst_step."""
+    return counted(monkeypatch, native, "burst_step")
 
 
 def test_the_fused_step_gives_what_the_calls_it_replaces_give(use_lib, fused_calls):
@@ -206,13 +205,12 @@ def test_the_fused_step_refuses_a_split_that_loses_tokens(use_lib):
     assert burst_run.decide(layer, policy, counts, load_R, p, planned) is not None
 
 
-def test_the_policy_prepares_each_layers_step_once(use_lib, monkeypatch):
-    """The policy keeps each layer's C step per (placement, cost parameters, splitter): later
-    calls convert only the counts, give what a fresh policy's step gives, and leave the
-    LayerBursts returned before as they were. A new placement tensor prepares again."""
+def test_each_step_has_memory_of_its_own(use_lib):
+    """The one-call step writes each result into a fresh buffer (carved from a slab): the
+    LayerBursts returned before are left as they were by the calls after them, and each equals
+    what the calls it replaces give."""
     from native_cases import cost_params
 
-    prepared = counted(monkeypatch, native, "prepare_layer_burst")
     N, E, S, rpn = 8, 16, 2, 4
     p = cost_params(N, rpn, "slow")
     slots = np.arange(N * S) % E
@@ -220,55 +218,44 @@ def test_the_policy_prepares_each_layers_step_once(use_lib, monkeypatch):
     policy = burst_run.BurstPolicy(1, 1.1, "auto")
     rng = np.random.default_rng(9)
     kept = []
-    for i in range(5):
+    for i in range(12):
         p_E = np.ones(E)
         p_E[rng.choice(E, 2, replace=False)] = 25.0
         c = rng.multinomial(4096, p_E / p_E.sum(), size=N).astype(np.int64)
         counts, load_R, planned = _inputs(c, slots, S, 2, rpn, p, "auto")
         got = burst_run.decide(layer, policy, counts, load_R, p, planned)
-        fresh = burst_run.BurstPolicy(1, 1.1, "auto")
-        want = burst_run.decide(_layer(slots, S, _wrapped(layer.split)), fresh, counts, load_R,
+        want = burst_run.decide(_layer(slots, S, _wrapped(layer.split)), policy, counts, load_R,
                                 p, planned)  # fmt: skip
-        _same(got, want)
         assert got is not None, i  # a hot pair of experts on one replica each: bursts
         kept.append((got, want))
-    assert len(prepared) == 1
     for got, want in kept:
         _same(got, want)
-    moved = _layer(np.roll(slots, 1), S, layer.split)
-    counts, load_R, planned = _inputs(c, np.roll(slots, 1), S, 2, rpn, p, "auto")
-    burst_run.decide(moved, policy, counts, load_R, p, planned)
-    assert len(prepared) == 2
 
 
 def test_a_step_refuses_a_placement_it_could_not_read_safely(use_lib):
-    """prepare_layer_burst refuses a size not a whole number of ranks, a rank outside them, no
-    burst slots; the call keeps the placement's memory and checks its ids on every call, so
-    ids outside the experts, there from the start or written later, are refused, never read."""
+    """burst_step refuses a rank outside the ranks or no burst slots, takes the Python path for
+    arrays of another kind, and the C checks the placement's ids on every call: ids outside
+    the experts are refused, never read."""
     from native_cases import cost_params
 
     p = cost_params(4, 0, "slow")
-    ok = dict(S=2, B=1, params=p, threshold=1.1, method="auto", rank=1, rpn=0,
-              split_method="auto", num_experts=8)  # fmt: skip
-    for slots, change in (
-        (np.arange(7), {}),
-        (np.arange(8), {"rank": 4}),
-        (np.arange(8), {"B": 0}),
-    ):
-        with pytest.raises(ValueError, match="cannot be prepared"):
-            native.prepare_layer_burst(slots, **{**ok, **change})
-    assert native.prepare_layer_burst(np.arange(8, dtype=np.int32), **ok) is None  # Python path
     c = np.full((4, 8), 10, dtype=np.int64)
     c[:, 0] = 400  # one hot expert on one rank
     slots = np.arange(8)
     counts, load_R, planned = _inputs(c, slots, 2, 1, 0, p, "auto")
-    call = native.prepare_layer_burst(slots, **ok)
-    plan, _, _ = call(counts, load_R, planned)
+
+    def step(sl, B=1, rank=1):
+        return native.burst_step(counts, sl, 2, B, p, 1.1, "auto", load_R, planned, rank, 0,
+                                 "auto")  # fmt: skip
+
+    plan, _, _ = step(slots)
     assert plan[0] > 2  # bursts made
+    for change in ({"rank": 4}, {"B": 0}):
+        with pytest.raises(ValueError, match="cannot run"):
+            step(slots, **change)
+    assert step(slots.astype(np.int32)) is None  # the Python path
+    assert step(slots[:-1]) is None
     for bad in (8, -1):
         slots[3] = bad
         with pytest.raises(native.NativeError, match="internal check failed"):
-            call(counts, load_R, planned)
-    with pytest.raises(native.NativeError, match="internal check failed"):
-        native.burst_step(c, np.array([0, 1, 2, 3, 4, 5, 6, 9]), 2, 1, p, 1.1, "auto", None, None,
-                          1, 0, "auto")  # fmt: skip
+            step(slots)

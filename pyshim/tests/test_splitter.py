@@ -183,16 +183,15 @@ def test_slots_index_agrees_with_the_plan_index_and_splits_alike() -> None:
 
 @pytest.fixture
 def one_calls(monkeypatch):
-    """Counts the calls of native.LayerSplit (the splitter's one-call split, prepared once per
-    placement)."""
+    """Counts the calls of native.layer_split (the splitter's one-call split)."""
     from native_cases import counted
 
-    return counted(monkeypatch, native.LayerSplit, "__call__")
+    return counted(monkeypatch, native, "layer_split")
 
 
 def test_the_one_call_split_is_the_split_and_checks_it_replaces(use_lib, one_calls) -> None:
     """Where the library is loaded, the splitter splits a planned placement in one C call
-    (native.LayerSplit: the counts' checks, the split, its conservation checks): on 150 random
+    (native.layer_split: the counts' checks, the split, its conservation checks): on 150 random
     layers, every field equals split_tokens_for_rank's on every rank, priced or not."""
     from native_cases import burst_case
 
@@ -280,58 +279,41 @@ def test_a_kept_index_of_another_shape_is_refused(use_lib) -> None:
         sp(wider, plan, 0)
 
 
-def test_the_splitter_prepares_its_native_call_once_per_placement_and_cost(
-    use_lib, monkeypatch
-) -> None:
-    """The splitter keeps its C call per (placement index, cost parameters): every later split
-    of that pair converts only the counts, gives split_tokens_for_rank's split of them, and
-    leaves the splits it returned before as they were (each result has memory of its own).
-    Another index or cost prepares again; with the library turned off and loaded again, the
-    Python path runs."""
-    from native_cases import cost_params, counted
+def test_each_split_has_memory_of_its_own(use_lib, one_calls) -> None:
+    """The one-call split writes each result into a fresh buffer (carved from a slab): the
+    splits a splitter returned before are left as they were by the calls after them, and each
+    equals split_tokens_for_rank's split of its counts."""
+    from native_cases import cost_params
 
-    prepared = counted(monkeypatch, native, "prepare_layer_split")
-    calls = counted(monkeypatch, native.LayerSplit, "__call__")
     sp = RankSplitter(S, 1, 2, "auto")
     plan = sp.index(torch.tensor(SLOTS), N, E)
     p = cost_params(N, 2, "slow")
     rng = np.random.default_rng(4)
     kept = []
-    for i in range(6):
+    for _ in range(40):
         counts = torch.from_numpy(rng.integers(0, 50, size=(N, E)))
         got = sp(counts, plan, 0, cost=p)
         want = split.split_tokens_for_rank(counts, SLOTS, S, 1, 2, "auto", p, native=False)
-        for f in ("send_K", "recv_QS", "load_R"):
-            assert torch.equal(getattr(got, f), getattr(want, f)), (i, f)
         kept.append((got, want))
-    assert (len(prepared), len(calls)) == (1, 6)
+    assert len(one_calls) == 40
     for got, want in kept:  # not overwritten by the calls after them
         for f in ("send_K", "recv_QS", "load_R"):
             assert torch.equal(getattr(got, f), getattr(want, f)), f
         np.testing.assert_array_equal(got.planned.demand_K, want.planned.demand_K)
         assert got.planned.ms == want.planned.ms
-    sp(COUNTS, plan, 0)  # no cost: another call
-    other = sp.index(torch.tensor(SLOTS[3:] + SLOTS[:3]), N, E)
-    sp(COUNTS, other, 0, cost=p)
-    sp(COUNTS, other, 0, cost=p)
-    assert (len(prepared), len(calls)) == (3, 9)
-    monkeypatch.setenv(native.ENV_SWITCH, "0")
-    native.reset()
-    got = sp(COUNTS, plan, 0, cost=p)
-    want = split.split_tokens_for_rank(COUNTS, SLOTS, S, 1, 2, "auto", p, native=False)
-    assert torch.equal(got.send_K, want.send_K) and torch.equal(got.recv_QS, want.recv_QS)
-    assert (len(prepared), len(calls)) == (3, 9)  # the kept call is not used without the library
 
 
-def test_the_prepared_split_checks_the_placement_it_keeps(use_lib) -> None:
-    """A prepared split keeps its placement's memory (a PlanIndex's, read-only in the engine)
-    and checks its ids on every call: an id outside the experts is refused, never read."""
+def test_the_one_call_split_checks_the_placement_it_reads(use_lib) -> None:
+    """The C reads the placement by its address (kept on the splitter's index) and checks its
+    ids on every call: an id outside the experts is refused, never read."""
     slots = np.array(SLOTS, dtype=np.int64)
-    call = native.prepare_layer_split(slots, S, 1, 0, "auto", None, N, E)
     want = split.split_tokens_for_rank(COUNTS, SLOTS, S, 1, native=False)
-    assert np.array_equal(call(COUNTS)[0], want.send_K.numpy())
+    got = native.layer_split(COUNTS, slots, S, 1, 0, "auto", None)
+    assert np.array_equal(got[0], want.send_K.numpy())
     for bad in (E, -1):
         slots[5] = bad
         with pytest.raises(native.NativeError, match="internal check failed"):
-            call(COUNTS)
-    assert call(COUNTS.T.contiguous()) is None  # counts of another shape: the Python path
+            native.layer_split(COUNTS, slots, S, 1, 0, "auto", None)
+    with pytest.raises(ValueError, match="int64 C-contiguous placement of 12 slots"):
+        native.layer_split(COUNTS, slots[:-1], S, 1, 0, "auto", None)
+    assert native.layer_split(COUNTS.to(torch.int32), slots, S, 1, 0, "auto", None) is None

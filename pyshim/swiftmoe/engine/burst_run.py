@@ -82,18 +82,11 @@ class BurstPolicy:
     """What every layer's burst decision shares; the same on every rank (from the config).
 
     Attributes: B, burst slots per rank (>= 1); threshold, the busiest rank's load over the
-    mean above which bursts are considered; method, the split's; calls, this rank's prepared
-    native burst steps, one per layer (:func:`decide` keeps them).
+    mean above which bursts are considered; method, the split's.
     """
-
-    #: Layers whose prepared native burst step is kept (one each); past this many, all are
-    #: dropped and made again as they come.
-    CALLS = 1024
 
     def __init__(self, burst_slots_per_rank: int, threshold: float, method: str) -> None:
         self.B, self.threshold, self.method = burst_slots_per_rank, float(threshold), method
-        # layer index -> (placement, cost, splitter, call or None, the library it was for)
-        self.calls: dict = {}
 
 
 @dataclass(frozen=True)
@@ -153,43 +146,38 @@ _NOT_FUSED = object()
 
 
 def _fused(layer, policy, counts_NE, load_R, params, planned):
-    """:func:`decide`'s work past the threshold in one C call (``native.LayerBurst``): the
+    """:func:`decide`'s work past the threshold in one C call (``native.burst_step``): the
     decision, this rank's split over the enlarged placement with its conservation checks, and
     the placement's send order, the same as the calls below make them. It applies where the
     layer splits with the engine's own :class:`RankSplitter`, with the policy's method and the
     cost parameters' nodes, on int64 CPU arrays (the engine's); else ``_NOT_FUSED``, and the
     calls below run. Its inputs are the layer call's, checked by the split that made
-    ``load_R`` and ``planned``.
-
-    The call is prepared once per placement, cost parameters and splitter of each layer and
-    kept by the policy until the layer's placement changes: all three are the same objects on
-    every call of a layer while its placement is in force (the engine replaces a layer's
-    placement tensor, never writes into it), so a call converts only its counts; one call is
-    kept per layer."""
+    ``load_R`` and ``planned``."""
     sp = layer.split
     if (
         not isinstance(sp, RankSplitter)
         or sp.method != policy.method
         or sp.ranks_per_node != params.ranks_per_node
         or planned is None
+        or not _native.use(None, policy.method, "burst step")
+        or getattr(counts_NE, "ndim", 0) != 2
+        or layer.slots_t.numel() != counts_NE.shape[0] * layer.S
     ):
         return _NOT_FUSED
-    slots_t = layer.slots_t
-    hit = policy.calls.get(layer.index)
-    lib = _native.library()  # loaded once; tests turn it off and load again
-    if (
-        hit is None
-        or hit[0] is not slots_t
-        or hit[1] is not params
-        or hit[2] is not sp
-        or hit[4] is not lib
-    ):
-        hit = (slots_t, params, sp, _prepare(layer, policy, counts_NE, params, sp), lib)
-        if len(policy.calls) >= policy.CALLS and layer.index not in policy.calls:
-            policy.calls.clear()
-        policy.calls[layer.index] = hit  # the layer's call before it is dropped
-    call = hit[3]
-    got = None if call is None else call(counts_NE, load_R, planned)
+    got = _native.burst_step(
+        counts_NE,
+        layer.slots_t,
+        layer.S,
+        policy.B,
+        params,
+        policy.threshold,
+        policy.method,
+        load_R,
+        planned,
+        sp.rank,
+        sp.ranks_per_node,
+        sp.method,
+    )
     if got is None:
         return _NOT_FUSED
     fields, split, order = got
@@ -203,28 +191,6 @@ def _fused(layer, policy, counts_NE, load_R, params, planned):
         plan.slots_per_rank,
         torch.from_numpy(perm_K),
         torch.from_numpy(inv_K),
-    )
-
-
-def _prepare(layer, policy, counts_NE, params, sp):
-    """The layer's native burst step, or None where it does not apply (no library, a method
-    not ported, a placement that is not int64 [N*S] for these counts)."""
-    if not _native.use(None, policy.method, "burst step") or getattr(counts_NE, "ndim", 0) != 2:
-        return None
-    N, E = counts_NE.shape
-    if layer.slots_t.numel() != N * layer.S or not 0 <= sp.rank < N:
-        return None
-    return _native.prepare_layer_burst(
-        layer.slots_t,
-        layer.S,
-        policy.B,
-        params,
-        policy.threshold,
-        policy.method,
-        sp.rank,
-        sp.ranks_per_node,
-        sp.method,
-        E,
     )
 
 

@@ -77,8 +77,6 @@ class RankSplitter:
         )
         self._indexes = splitlib.PlanIndexCache()
         self._cost_ok: tuple = (None, -1)  # the cost parameters last checked, for N ranks
-        # layer index -> (placement index, cost, native call or None, the library it was for)
-        self._calls: dict = {}
 
     def __call__(
         self,
@@ -136,47 +134,11 @@ class RankSplitter:
         self, counts_NE, N: int, E: int, plan, layer_index: int, cost
     ) -> splitlib.RankSplit | None:
         """The split of a planned placement and its checks in one C call
-        (``native.LayerSplit``: the counts' checks, the split, the conservation checks), where
+        (``native.layer_split``: the counts' checks, the split, the conservation checks), where
         the library is loaded and the counts are int64 C-contiguous (the engine's tensor); else
         None, and the calls of ``__call__`` run. The same split and the same errors as those:
-        the Python glue of those calls took several times the C split's own time.
-
-        The call is prepared once per placement index and cost parameters of each layer and
-        kept until the layer's placement changes: both are the same objects on every call of a
-        layer while its placement is in force (the layer keeps its placement's index, and
-        ``StepCosts`` its parameters), so a call converts nothing but the counts; a new
-        placement's first call prepares it (a few µs). One call is kept per layer: a placement
-        that changes every iteration leaves nothing behind."""
-        hit = self._calls.get(layer_index)
-        lib = _native.library()  # loaded once; tests turn it off and load again
-        if hit is None or hit[0] is not plan or hit[1] is not cost or hit[3] is not lib:
-            hit = (plan, cost, self._prepare(N, E, plan, cost), lib)
-            if len(self._calls) >= self._CALLS and layer_index not in self._calls:
-                self._calls.clear()
-            self._calls[layer_index] = hit  # the layer's call before it is dropped
-        call = hit[2]
-        if call is None:
-            return None
-        try:
-            got = call(counts_NE)
-        except _native.SplitRefused as e:
-            c = np.asarray(counts_NE)
-            if e.what == "negative":
-                raise splitlib.negative_count(c, *divmod(e.where, c.shape[1])) from None
-            if e.what == "orphan":
-                raise splitlib.orphan_expert(e.where, int(c[:, e.where].sum())) from None
-            raise _misroutes(layer_index) from None
-        return None if got is None else from_native(got)
-
-    #: Layers whose prepared call is kept (one each); past this many, all are dropped and made
-    #: again as they come.
-    _CALLS = 1024
-
-    def _prepare(self, N: int, E: int, plan, cost):
-        """The native call of a placement's index and cost, or None where the C split does not
-        apply: no library or a method not ported, a grouping not an int, or an index of other
-        counts (the Python path refuses that one by name). Cost parameters of another job or
-        grouping are refused here, by the Python path's check, once per parameters."""
+        the Python glue of those calls took several times the C split's own time. The
+        placement's address is kept on its index (read-only, like the index's own arrays)."""
         r, rpn, method = self.rank, self.ranks_per_node, self.method
         if not (
             _native.use(None, method, "split")
@@ -188,7 +150,21 @@ class RankSplitter:
         if method == "auto" and (cost is not self._cost_ok[0] or plan.N != self._cost_ok[1]):
             splitlib.prices_split(cost, plan, rpn)  # a cost of another job or grouping: refused
             self._cost_ok = (cost, plan.N)  # (frozen parameters: checked once for N ranks)
-        return _native.prepare_layer_split(plan.slots_K, plan.S, r, rpn, method, cost, N, E)
+        at = plan.__dict__.get("_native_at")
+        if at is None:
+            at = plan.__dict__["_native_at"] = _native.address(plan.slots_K, plan.K)
+        try:
+            got = _native.layer_split(
+                counts_NE, plan.slots_K, plan.S, r, rpn, method, cost, slots_at=at
+            )
+        except _native.SplitRefused as e:
+            c = np.asarray(counts_NE)
+            if e.what == "negative":
+                raise splitlib.negative_count(c, *divmod(e.where, c.shape[1])) from None
+            if e.what == "orphan":
+                raise splitlib.orphan_expert(e.where, int(c[:, e.where].sum())) from None
+            raise _misroutes(layer_index) from None
+        return None if got is None else from_native(got)
 
     def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int], cost=None) -> torch.Tensor:
         """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing;

@@ -6,13 +6,12 @@ takes milliseconds (thousands of small array calls); the C port (``burst.c`` and
 beside this file) makes the same decision, bit for bit, in a small fraction of that.
 ``plan_bursts`` uses it whenever it is found and the split's method is "fast" or "auto".
 :func:`split_for_rank` is the C port of one rank's split (``split_tokens_for_rank``, ``route.c``).
-The engine's two host steps of a layer call are one C call each, prepared once per placement
-(:func:`prepare_layer_split`, :func:`prepare_layer_burst`) so that a call converts only its
-counts: :class:`LayerSplit`, the split of the planned placement with its checks, which the
-engine's ``RankSplitter`` runs; :class:`LayerBurst`, the whole burst step (the decision, the
-rank's split over the enlarged placement with its checks, the send order), which
-``burst_run.decide`` runs where the layer splits with the engine's own splitter. Their results
-are views of fresh buffers carved from a slab (:func:`_fresh`).
+The engine's two host steps of a layer call are one C call each, of a few arguments (what
+stays the same goes in a struct): :func:`layer_split`, the split of the planned placement
+with its checks, which the engine's ``RankSplitter`` runs; :func:`burst_step`, the whole burst
+step (the decision, the rank's split over the enlarged placement with its checks, the send
+order), which ``burst_run.decide`` runs where the layer splits with the engine's own splitter.
+Their results are views of fresh buffers carved from a slab (:func:`_fresh`).
 
 Where the library is looked for, first found wins:
 
@@ -44,15 +43,12 @@ __all__ = [
     "ENV_SWITCH",
     "NativeError",
     "SplitRefused",
+    "address",
     "available",
     "burst_step",
     "check_rank_split",
-    "LayerBurst",
-    "LayerSplit",
     "layer_split",
     "library",
-    "prepare_layer_burst",
-    "prepare_layer_split",
     "plan_bursts",
     "split_for_rank",
     "use",
@@ -343,7 +339,7 @@ def _fresh(n: int) -> tuple[np.ndarray, int]:
 
 
 class _LayerArgs(ctypes.Structure):
-    """smoe_layer_args: what a rank's split of one planned placement keeps between calls."""
+    """smoe_layer_args: smoe_layer_split's arguments but the counts and the outputs."""
 
     _fields_ = [
         ("slots_K", ctypes.c_void_p),
@@ -357,92 +353,63 @@ class _LayerArgs(ctypes.Structure):
     ]
 
 
-class LayerSplit:
-    """``RankSplitter``'s split of one planned placement on one rank, prepared once and called
-    on every layer call's counts (``smoe_layer_split``, three arguments): the counts' checks of
-    ``plan_index.prepare``, the split (as :func:`split_for_rank` returns it) and its
-    conservation checks (``splitter._conserves``).
+def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost, slots_at=None):
+    """``RankSplitter``'s split of a planned placement in one C call (``smoe_layer_split``,
+    three arguments: the Python call's conversions of fifteen took more time than the counts'
+    checks): the counts' checks of ``plan_index.prepare``, the split (as
+    :func:`split_for_rank` returns it) and its conservation checks (``splitter._conserves``).
 
-    Built by :func:`prepare_layer_split`. Calling it with the counts (an int64 C-contiguous
-    CPU tensor or array [N, E]) returns :func:`split_for_rank`'s tuple, its arrays views of one
-    fresh buffer; counts of another kind or shape return None (the Python path then runs and
-    words its error).
+    counts_NE: the counts, an int64 C-contiguous CPU tensor or array [N, E] (anything else:
+    None, for the Python path); slots_K: the placement, a checked int64 C-contiguous array
+    [N*S] (a PlanIndex's; its ids are checked again in C), and ``slots_at`` its address where
+    the caller keeps it (else taken here); 0 <= rank < N; cost None or the job's CostParams,
+    checked against the split's nodes by the caller.
+
+    Returns:
+        :func:`split_for_rank`'s tuple, its arrays views of one fresh buffer, or None where it
+        does not apply (no library, a method not ported, counts of another kind).
 
     Raises:
         SplitRefused: a negative count, tokens for an expert without a slot, or a split that
             failed its conservation checks.
-        NativeError: the C code failed (memory, or an internal check).
-    """
-
-    def __init__(self, lib, slots_K: np.ndarray, slots_at: int, N: int, E: int, S: int, rank: int,
-                 rpn: int, method: str, cost) -> None:  # fmt: skip
-        self._fn = lib.smoe_layer_split
-        # kept alive: the struct holds their addresses
-        self._slots = slots_K
-        self._cost, at = (None, None) if cost is None or method != "auto" else _cost_of(cost)
-        self._args = _LayerArgs(slots_at, N, E, S, rank, rpn, at, _METHODS[method])
-        self._at = ctypes.addressof(self._args)
-        self.shape = (N, E)
-        K = N * S
-        self._n, self._K, self._N, self._S = 3 * K + 5 * N + 4, K, N, S
-
-    def __call__(self, counts_NE):
-        N, K, S = self._N, self._K, self._S
-        if tuple(counts_NE.shape) != self.shape:
-            return None
-        c = _int64s(counts_NE, N * self.shape[1])
-        if c is None:
-            return None
-        out, at = _fresh(self._n)
-        rc = self._fn(self._at, c, at)
-        if rc < 0:
-            if rc in (-4, -5, -6):
-                what = {-4: "conserve", -5: "negative", -6: "orphan"}[rc]
-                raise SplitRefused(what, int(out[-2]))
-            raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
-        info = out[-4:]
-        sums = ms = None
-        if info[1]:
-            flat = out[3 * K + N : 3 * K + 5 * N]
-            sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
-            ms = float(info[3:].view(np.float64)[0])
-        return (
-            out[:K],
-            out[K : 2 * K].reshape(N, S),
-            out[2 * K : 2 * K + N],
-            bool(info[0]),
-            (out[2 * K + N : 3 * K + N], ms, sums),
-        )
-
-
-def prepare_layer_split(slots_K, S, rank, rpn, method, cost, N, E) -> LayerSplit | None:
-    """The :class:`LayerSplit` of a planned placement on ``rank``, or None where it does not
-    apply (no library, a method not ported).
-
-    slots_K: the placement, a checked int64 C-contiguous array [N*S] (a PlanIndex's, read-only),
-    kept by the call (its ids are checked again on every call); 0 <= rank < N; rpn the split's
-    ranks_per_node; cost None or the job's CostParams, checked against the split's nodes by the
-    caller (a frozen object: read once here).
+        NativeError: the C code failed (memory, or an internal check: a slot id outside the
+            experts).
     """
     lib = library()
-    if lib is None or method not in _METHODS:
-        return None
-    at = _int64s(slots_K, N * S)
-    if not (0 <= rank < N and at is not None):
-        raise ValueError(f"swiftmoe: a layer split of rank {rank} of {N} over {slots_K.size} "
-                         f"slots of {S} per rank cannot be prepared")  # fmt: skip
-    return LayerSplit(lib, slots_K, at, N, E, S, rank, rpn, method, cost)
-
-
-def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost):
-    """One call of the :class:`LayerSplit` of these arguments (prepared for this call only):
-    :func:`split_for_rank`'s tuple, or None where it does not apply (no library, a method not
-    ported, counts of another kind). Raises as :class:`LayerSplit` does."""
-    if getattr(counts_NE, "ndim", 0) != 2:
+    if lib is None or method not in _METHODS or getattr(counts_NE, "ndim", 0) != 2:
         return None
     N, E = counts_NE.shape
-    call = prepare_layer_split(slots_K, S, rank, rpn, method, cost, N, E)
-    return None if call is None else call(counts_NE)
+    c = _int64s(counts_NE, N * E)
+    if c is None:
+        return None
+    K = N * S
+    if slots_at is None:
+        slots_at = _int64s(slots_K, K)
+        if slots_at is None or not 0 <= rank < N:
+            raise ValueError(f"swiftmoe: the split of rank {rank} of {N} needs an int64 "
+                             f"C-contiguous placement of {K} slots")  # fmt: skip
+    held = None if cost is None or method != "auto" else _cost_of(cost)
+    args = _LayerArgs(slots_at, N, E, S, rank, rpn, held and held[2], _METHODS[method])
+    out, at = _fresh(3 * K + 5 * N + 4)
+    rc = lib.smoe_layer_split(ctypes.addressof(args), c, at)
+    if rc < 0:
+        if rc in (-4, -5, -6):
+            what = {-4: "conserve", -5: "negative", -6: "orphan"}[rc]
+            raise SplitRefused(what, int(out[-2]))
+        raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
+    info = out[-4:]
+    sums = ms = None
+    if info[1]:
+        flat = out[3 * K + N : 3 * K + 5 * N]
+        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
+        ms = float(info[3:].view(np.float64)[0])
+    return (
+        out[:K],
+        out[K : 2 * K].reshape(N, S),
+        out[2 * K : 2 * K + N],
+        bool(info[0]),
+        (out[2 * K + N : 3 * K + N], ms, sums),
+    )
 
 
 def _split_views(buf, at: int, room: int, N: int, S: int, planned, local) -> tuple:
@@ -472,7 +439,7 @@ def _split_views(buf, at: int, room: int, N: int, S: int, planned, local) -> tup
 
 
 class _BurstArgs(ctypes.Structure):
-    """smoe_burst_args: what a layer's burst step on one rank keeps between calls."""
+    """smoe_burst_args: smoe_layer_burst's arguments but the counts, load_R and planned."""
 
     _fields_ = [
         ("slots_K", ctypes.c_void_p),
@@ -489,147 +456,99 @@ class _BurstArgs(ctypes.Structure):
     ]
 
 
-class LayerBurst:
-    """The engine's burst step of one layer's planned placement on one rank past its threshold
-    (``burst_run.decide``), prepared once and called on every layer call's counts
-    (``smoe_layer_burst``, seven arguments): the decision as :func:`plan_bursts` makes it, and
-    where it makes bursts the rank's split over the enlarged placement as the layer's splitter
-    makes it (``ranks_per_node`` rpn, ``split_method``, the same cost), checked as
-    ``splitter._conserves`` checks it, and the placement's send order
+def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
+               split_method):  # fmt: skip
+    """The engine's burst step of one layer call on rank ``rank`` past its threshold
+    (``burst_run.decide``), in one C call (``smoe_layer_burst``, seven arguments: the Python
+    call's conversions of thirty took a third of the step): the decision as :func:`plan_bursts`
+    makes it, and where it makes bursts the rank's split over the enlarged placement as the
+    layer's splitter makes it (``ranks_per_node`` rpn, ``split_method``, the same cost),
+    checked as ``splitter._conserves`` checks it, and the placement's send order
     (``dispatch.slot_order``).
 
-    Built by :func:`prepare_layer_burst`. Called with a layer call's own inputs, checked by the
-    split that made ``load_R`` and ``planned``: the counts (an int64 C-contiguous CPU tensor or
-    array [N, E]; another kind or shape returns None, for the Python path), ``load_R`` (int64
-    [N], or None) and ``planned`` (a ``split.rank.Planned`` of that split, or None).
+    The inputs are a layer call's own, checked by the split that made ``load_R`` and
+    ``planned``: c_QE the counts, an int64 C-contiguous CPU tensor or array [N, E]; slots the
+    placement, such a tensor or array [N*S] (its ids are checked in C: a NativeError for one
+    outside 0..E-1); ``load_R`` int64 [N] or None; ``planned`` a ``split.rank.Planned`` of that
+    split or None; 0 <= rank < N; ``params`` a CostParams of this job.
 
     Returns:
-        (plan, split, order): plan the fields of :func:`plan_bursts`; split None when no burst
-        is made, else (send_K [N*Sx], recv_QS [N, Sx], load_R [N], node_local, (demand_K, ms,
-        sums)) as ``split_for_rank`` returns them; order (perm_K, inv_K) [N*Sx] or None. Arrays
-        are views of one fresh buffer.
+        None where it does not apply (no library, a method not ported, arrays of another kind);
+        else (plan, split, order): plan the fields of :func:`plan_bursts`; split None when no
+        burst is made, else (send_K [N*Sx], recv_QS [N, Sx], load_R [N], node_local,
+        (demand_K, ms, sums)) as ``split_for_rank`` returns them; order (perm_K, inv_K) [N*Sx]
+        or None. Arrays are views of one fresh buffer.
 
     Raises:
         NativeError: the C code failed (memory, or an internal check); "does not conserve"
         when the enlarged split failed its checks.
     """
-
-    def __init__(self, lib, slots_K, slots_at: int, N: int, E: int, S: int, B: int, params,
-                 threshold: float, method: str, rank: int, rpn: int, split_method: str) -> None:  # fmt: skip
-        self._fn = lib.smoe_layer_burst
-        # kept alive: the struct holds their addresses
-        self._slots = slots_K
-        self._cost, at = _cost_of(params)
-        self._args = _BurstArgs(
-            slots_at,
-            N,
-            E,
-            S,
-            B,
-            rank,
-            rpn,
-            at,
-            float(threshold),
-            _METHODS[method],
-            _METHODS[split_method],
-        )
-        self._at = ctypes.addressof(self._args)
-        self.shape = (N, E)
-        K, X, NB = N * S, N * (S + B), max(N * B, 1)
-        self._N, self._K, self._X, self._NB = N, K, X, NB
-        # A call's buffer: planned's demand and sums [K + 4*N] (the C reads them there, before
-        # its outputs, so that an output written past its end runs off the buffer, where a
-        # sanitizer sees it), then the outputs [SMOE_BURST_OUT(N, S, B)].
-        self._n = K + 4 * N + 1 + 6 * X + 5 * NB + 3 + 5 * N + 3
-
-    def __call__(self, counts_NE, load_R, planned):
-        N, K, X, NB = self._N, self._K, self._X, self._NB
-        if tuple(counts_NE.shape) != self.shape:
-            return None
-        c = _int64s(counts_NE, N * self.shape[1])
-        lr = None if load_R is None else _int64s(load_R, N)
-        if c is None or (load_R is not None and lr is None):
-            return None
-        whole, at = _fresh(self._n)
-        pl, ms, priced = None, 0.0, 0
-        if planned is not None:
-            pl = at
-            if planned.sums is None:
-                whole[:K] = planned.demand_K
-            else:
-                np.concatenate((planned.demand_K, *planned.sums), out=whole[: K + 4 * N])
-                ms, priced = float(planned.ms), 1
-        buf = whole[K + 4 * N :]
-        n = self._fn(self._at, c, lr, pl, ms, priced, at + 8 * (K + 4 * N))
-        if n == -4:
-            raise NativeError(
-                "swiftmoe: the token split over the enlarged placement does not conserve the "
-                "counts (a bug in swiftmoe's native split); report it with the counts and the "
-                "placement, and set SWIFTMOE_NATIVE=0 to go on with the NumPy split"
-            )
-        if n < 0:
-            raise NativeError(f"swiftmoe: the native burst step failed: {_ERRORS.get(n, n)}")
-        Sx = int(buf[0])
-        Kx = N * Sx
-        i_b = 1 + X
-        e_C, q_C, s_C, d_C, j_C = buf[i_b : i_b + 5 * NB].reshape(5, NB)[:, :n]
-        i_ms = i_b + 5 * NB
-        before, after, copy = buf[i_ms : i_ms + 3].view(np.float64).tolist()
-        plan = (Sx, buf[1 : 1 + Kx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
-        if n == 0:
-            return plan, None, None
-        send = i_ms + 3
-        dem = send + 2 * X + N
-        info = dem + X + 4 * N
-        sums = xms = None
-        if buf[info + 1]:
-            flat = buf[dem + X : info]
-            sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
-            xms = float(buf[info + 2 : info + 3].view(np.float64)[0])
-        split = (
-            buf[send : send + Kx],
-            buf[send + X : send + X + Kx].reshape(N, Sx),
-            buf[send + 2 * X : send + 2 * X + N],
-            bool(buf[info]),
-            (buf[dem : dem + Kx], xms, sums),
-        )
-        perm = info + 3
-        return plan, split, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx])
-
-
-def prepare_layer_burst(slots, S, B, params, threshold, method, rank, rpn, split_method,
-                        num_experts: int) -> LayerBurst | None:  # fmt: skip
-    """The :class:`LayerBurst` of a planned placement on ``rank``, or None where it does not
-    apply (no library, a method not ported).
-
-    slots: the placement, an int64 C-contiguous CPU tensor or array [N*S] (else None), kept by
-    the call and never written (the engine replaces a layer's placement tensor); its ids are
-    checked in C on every call, a NativeError for one outside 0..num_experts-1. ``params`` a
-    CostParams of this job (a frozen object: read once here); 0 <= rank < N; rpn and
-    ``split_method`` the layer's splitter's.
-    """
     lib = library()
     if lib is None or method not in _METHODS or split_method not in _METHODS:
         return None
-    K = slots.numel() if isinstance(slots, torch.Tensor) else np.size(slots)
-    N = K // S if S > 0 else 0
-    if N < 1 or K != N * S or not 0 <= rank < N or B < 1 or num_experts < 1:
-        raise ValueError(f"swiftmoe: a burst step of rank {rank} over {K} slots of {S} per "
-                         f"rank with {B} burst slots cannot be prepared")  # fmt: skip
-    at = _int64s(slots, K)
-    if at is None:
-        return None  # not int64 C-contiguous CPU memory: the Python path
-    return LayerBurst(lib, slots, at, N, int(num_experts), S, B, params, threshold, method, rank,
-                      rpn, split_method)  # fmt: skip
-
-
-def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
-               split_method):  # fmt: skip
-    """One call of the :class:`LayerBurst` of these arguments (prepared for this call only;
-    c_QE [N, E] gives N and E): its result, or None where it does not apply."""
-    call = prepare_layer_burst(slots, S, B, params, threshold, method, rank, rpn, split_method,
-                               c_QE.shape[1])  # fmt: skip
-    return None if call is None else call(c_QE, load_R, planned)
+    if getattr(c_QE, "ndim", 0) != 2:
+        return None
+    N, E = c_QE.shape
+    K, X, NB = N * S, N * (S + B), max(N * B, 1)
+    if not (N >= 1 and S >= 1 and B >= 1 and 0 <= rank < N):
+        raise ValueError(f"swiftmoe: a burst step of rank {rank} of {N} with {S} slots and {B} "
+                         "burst slots per rank cannot run")  # fmt: skip
+    c = _int64s(c_QE, N * E)
+    sl = _int64s(slots, K)
+    lr = None if load_R is None else _int64s(load_R, N)
+    if c is None or sl is None or (load_R is not None and lr is None):
+        return None
+    held = _cost_of(params)
+    args = _BurstArgs(sl, N, E, S, B, rank, rpn, held[2], float(threshold), _METHODS[method],
+                      _METHODS[split_method])  # fmt: skip
+    # The call's buffer: planned's demand and sums [K + 4*N] (the C reads them there, before
+    # its outputs, so that an output written past its end runs off the buffer, where a
+    # sanitizer sees it), then the outputs [SMOE_BURST_OUT(N, S, B)].
+    whole, at = _fresh(K + 4 * N + 1 + 6 * X + 5 * NB + 3 + 5 * N + 3)
+    pl, ms, priced = None, 0.0, 0
+    if planned is not None:
+        pl = at
+        if planned.sums is None:
+            whole[:K] = planned.demand_K
+        else:
+            np.concatenate((planned.demand_K, *planned.sums), out=whole[: K + 4 * N])
+            ms, priced = float(planned.ms), 1
+    buf = whole[K + 4 * N :]
+    n = lib.smoe_layer_burst(ctypes.addressof(args), c, lr, pl, ms, priced, at + 8 * (K + 4 * N))
+    if n == -4:
+        raise NativeError(
+            "swiftmoe: the token split over the enlarged placement does not conserve the "
+            "counts (a bug in swiftmoe's native split); report it with the counts and the "
+            "placement, and set SWIFTMOE_NATIVE=0 to go on with the NumPy split"
+        )
+    if n < 0:
+        raise NativeError(f"swiftmoe: the native burst step failed: {_ERRORS.get(n, n)}")
+    Sx = int(buf[0])
+    Kx = N * Sx
+    i_b = 1 + X
+    e_C, q_C, s_C, d_C, j_C = buf[i_b : i_b + 5 * NB].reshape(5, NB)[:, :n]
+    i_ms = i_b + 5 * NB
+    before, after, copy = buf[i_ms : i_ms + 3].view(np.float64).tolist()
+    plan = (Sx, buf[1 : 1 + Kx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
+    if n == 0:
+        return plan, None, None
+    send = i_ms + 3
+    dem = send + 2 * X + N
+    info = dem + X + 4 * N
+    sums = xms = None
+    if buf[info + 1]:
+        flat = buf[dem + X : info]
+        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
+        xms = float(buf[info + 2 : info + 3].view(np.float64)[0])
+    split = (
+        buf[send : send + Kx],
+        buf[send + X : send + X + Kx].reshape(N, Sx),
+        buf[send + 2 * X : send + 2 * X + N],
+        bool(buf[info]),
+        (buf[dem : dem + Kx], xms, sums),
+    )
+    perm = info + 3
+    return plan, split, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx])
 
 
 class _DecisionCall:
@@ -729,6 +648,19 @@ def _int64s(t, n: int):
     return None
 
 
+def address(a, n: int) -> int:
+    """The address of a's n int64s, for a C-contiguous int64 CPU tensor or array of n entries
+    (the caller keeps a alive while the C reads it).
+
+    Raises:
+        ValueError: a is not such a tensor or array.
+    """
+    at = _int64s(a, n)
+    if at is None:
+        raise ValueError(f"swiftmoe: want a C-contiguous int64 CPU array of {n} entries")
+    return at
+
+
 def check_rank_split(counts_NE, slots_K, S, r, send_K, recv_QS, load_R) -> bool | None:
     """``splitter._conserves`` in C (``smoe_check_rank_split``): whether rank r's split
     (send_K [N*S], recv_QS [N, S], load_R [N]) of the counts [N, E] under the placement
@@ -759,9 +691,10 @@ def check_rank_split(counts_NE, slots_K, S, r, send_K, recv_QS, load_R) -> bool 
     return bool(rc)
 
 
-def _cost_of(params) -> tuple[_Cost, int]:
-    """The _Cost of ``params`` (a frozen CostParams) and its address, made once for each of the
-    last few parameters seen (the engine's are one per layer shape, the same on every call)."""
+def _cost_of(params) -> tuple:
+    """(params, its _Cost, that struct's address), the struct made once for each of the last
+    few parameters seen (the engine's are one per layer shape, the same on every call). A
+    caller holds the tuple while the C reads the struct: another call may drop it from here."""
     costs = _state.setdefault("costs", {})
     hit = costs.get(id(params))
     if hit is None or hit[0] is not params:
@@ -769,7 +702,7 @@ def _cost_of(params) -> tuple[_Cost, int]:
             costs.clear()
         c = _cost_struct(params)
         hit = costs[id(params)] = (params, c, ctypes.addressof(c))
-    return hit[1], hit[2]
+    return hit
 
 
 def _cost_struct(params) -> _Cost:
