@@ -1067,7 +1067,7 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
     return rc < 0 ? rc : n;
 }
 
-/* smoe_layer_burst (smoe.h): smoe_burst_step of a prepared call, its outputs in one array. */
+/* smoe_layer_burst (smoe.h): smoe_burst_step with a's arguments, its outputs in one array. */
 int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const int64_t *load_R,
                          const int64_t *planned, double planned_ms, int priced, int64_t *out) {
     const int64_t N = a->N, S = a->S, B = a->B, X = N * (S + B);

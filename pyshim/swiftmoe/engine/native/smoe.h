@@ -150,10 +150,10 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
                         smoe_planned *planned);
 
-/* What one rank's split of one planned placement keeps from call to call (RankSplitter's
- * prepared call, native.LayerSplit): the placement slots_K [N*S] (ids in 0..E-1, checked by the
- * caller and again on every call), the rank (0 <= rank < N), the split's ranks_per_node, method
- * and cost (NULL: none). */
+/* smoe_layer_split's arguments but the counts and the outputs, in one struct (native.layer_split
+ * builds it per call: a struct's fields cost less to set than ctypes' argument conversions):
+ * the placement slots_K [N*S] (ids in 0..E-1, checked by the caller and again on every call),
+ * the rank (0 <= rank < N), the split's ranks_per_node, method and cost (NULL: none). */
 typedef struct {
     const int64_t *slots_K;
     int64_t N, E, S, rank, rpn;
@@ -199,9 +199,9 @@ int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N
  * enlarged placement's send order (dispatch.slot_order): perm_K [N*S'] the slots by expert,
  * stable, inv_K its inverse. S' = *out_S; the split's outputs are left alone when C is 0.
  * Returns C >= 0, SMOE_ECONSERVE when the split fails its checks (a bug), or an error. */
-/* Tests only: when > 0, smoe_burst_step and smoe_layer_split take that many tokens (at most what
- * it holds) from the first positive amount their split sends, before its checks, which must
- * then refuse it (SMOE_ECONSERVE). 0 in any other use. */
+/* Tests only: when > 0, smoe_burst_step (and so smoe_layer_burst) and smoe_layer_split take that
+ * many tokens (at most what it holds) from the first positive amount their split sends, before
+ * its checks, which must then refuse it (SMOE_ECONSERVE). 0 in any other use. */
 extern int64_t smoe_fault_tokens;
 int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
@@ -213,8 +213,8 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *perm_K, int64_t *inv_K);
 
 
-/* What one layer's burst step on one rank keeps from call to call (burst_run's prepared call,
- * native.LayerBurst): smoe_burst_step's arguments but the counts, load_R and planned. */
+/* smoe_burst_step's arguments but the counts, load_R, planned and the outputs, in one struct
+ * (native.burst_step builds it per call). */
 typedef struct {
     const int64_t *slots_K; /* [N*S] */
     int64_t N, E, S, B, rank, split_rpn;
