@@ -395,20 +395,29 @@ def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost, slots_at=None):
     if rc < 0:
         if rc in (-4, -5, -6):
             what = {-4: "conserve", -5: "negative", -6: "orphan"}[rc]
-            raise SplitRefused(what, int(out[-2]))
+            raise SplitRefused(what, int(out[-1]))
         raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
-    info = out[-4:]
+    return _split_in(out, 0, K, N, S)
+
+
+def _split_in(buf, at: int, room: int, N: int, S: int) -> tuple:
+    """A rank's split as smoe_layer_split and smoe_layer_burst write it into buf from index
+    ``at``: send_K, recv_QS ([room] each, N*S used), load_R [N], demand_K [room], sums [4*N],
+    then node_local, priced and the price (a double's bytes); as :func:`split_for_rank` returns
+    it (views of buf)."""
+    K, info = N * S, at + 3 * room + 5 * N
     sums = ms = None
-    if info[1]:
-        flat = out[3 * K + N : 3 * K + 5 * N]
+    if buf[info + 1]:
+        flat = buf[info - 4 * N : info]
         sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
-        ms = float(info[3:].view(np.float64)[0])
+        ms = float(buf[info + 2 : info + 3].view(np.float64)[0])
+    dem = at + 2 * room + N
     return (
-        out[:K],
-        out[K : 2 * K].reshape(N, S),
-        out[2 * K : 2 * K + N],
-        bool(info[0]),
-        (out[2 * K + N : 3 * K + N], ms, sums),
+        buf[at : at + K],
+        buf[at + room : at + room + K].reshape(N, S),
+        buf[at + 2 * room : dem],
+        bool(buf[info]),
+        (buf[dem : dem + K], ms, sums),
     )
 
 
@@ -533,21 +542,8 @@ def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, ra
     if n == 0:
         return plan, None, None
     send = i_ms + 3
-    dem = send + 2 * X + N
-    info = dem + X + 4 * N
-    sums = xms = None
-    if buf[info + 1]:
-        flat = buf[dem + X : info]
-        sums = (flat[:N], flat[N : 2 * N], flat[2 * N : 3 * N], flat[3 * N :])
-        xms = float(buf[info + 2 : info + 3].view(np.float64)[0])
-    split = (
-        buf[send : send + Kx],
-        buf[send + X : send + X + Kx].reshape(N, Sx),
-        buf[send + 2 * X : send + 2 * X + N],
-        bool(buf[info]),
-        (buf[dem : dem + Kx], xms, sums),
-    )
-    perm = info + 3
+    perm = send + 3 * X + 5 * N + 3
+    split = _split_in(buf, send, X, N, Sx)
     return plan, split, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx])
 
 

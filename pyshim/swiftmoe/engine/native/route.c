@@ -361,11 +361,11 @@ int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out
 {
     const int64_t N = a->N, E = a->E, S = a->S, K = N * S, *slots_K = a->slots_K;
     int64_t *send_K = out, *recv_QS = out + K, *load_R = out + 2 * K;
-    int64_t *info = out + 3 * K + 5 * N; /* node_local, priced, bad, ms */
+    int64_t *info = out + 3 * K + 5 * N; /* node_local, priced, ms, bad */
     smoe_planned planned = {out + 2 * K + N, out + 3 * K + N, 0.0, 0};
     int node_local = 0;
     info[0] = info[1] = 0;
-    info[2] = -1;
+    info[3] = -1;
     if (N < 1 || E < 1 || S < 1 || a->rank < 0 || a->rank >= N)
         return SMOE_EBUG; /* the caller checks these */
     for (int64_t k = 0; k < K; k++) /* checked once by the caller; kept memory: again here */
@@ -373,7 +373,7 @@ int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out
             return SMOE_EBUG;
     for (int64_t i = 0; i < N * E; i++)
         if (c_QE[i] < 0) {
-            info[2] = i;
+            info[3] = i;
             return SMOE_ENEGATIVE;
         }
     /* plan_index.prepare: an expert without a slot may have no tokens. */
@@ -392,7 +392,7 @@ int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out
     }
     free(held);
     if (bad >= 0) {
-        info[2] = bad;
+        info[3] = bad;
         return SMOE_EORPHAN;
     }
     int rc = smoe_split_for_rank(c_QE, slots_K, N, E, S, a->rank, a->rpn, a->method, a->cost,
@@ -402,7 +402,7 @@ int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out
     info[0] = node_local;
     info[1] = planned.priced;
     if (planned.priced)
-        memcpy(info + 3, &planned.ms, sizeof planned.ms);
+        memcpy(info + 2, &planned.ms, sizeof planned.ms);
     if (smoe_fault_tokens) /* tests only: a split that loses tokens */
         fault_tokens(send_K, K, smoe_fault_tokens);
     int ok = smoe_check_rank_split(c_QE, slots_K, N, E, S, a->rank, send_K, recv_QS, load_R);

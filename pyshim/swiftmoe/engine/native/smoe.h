@@ -171,10 +171,11 @@ typedef struct {
  * c_QE [N, E] under a's placement, and its conservation checks (smoe_check_rank_split,
  * splitter._conserves: SMOE_ECONSERVE, a bug). Everything it writes goes to out
  * [SMOE_LAYER_OUT(K, N)], one array after another: send_K [K], recv_QS [K], load_R [N],
- * demand_K [K], sums [4*N] (left alone where priced is 0), then node_local, priced, bad (-1 but
- * for the two refusals above) and the price in ms (a double's bytes; left alone where priced
- * is 0). Three arguments: the Python call's argument conversions took more time than the
- * counts' checks. Returns 0 or an error (SMOE_EBUG for a slot id outside 0..E-1). */
+ * demand_K [K], sums [4*N] (left alone where priced is 0), then node_local, priced, the price
+ * in ms (a double's bytes; left alone where priced is 0) and bad (-1 but for the two refusals
+ * above); smoe_layer_burst writes its enlarged split in the same order, without bad. Three
+ * arguments: the Python call's argument conversions took more time than the counts' checks.
+ * Returns 0 or an error (SMOE_EBUG for a slot id outside 0..E-1). */
 int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out);
 
 /* The engine's conservation checks of one rank's split (splitter._conserves), from its arrays
