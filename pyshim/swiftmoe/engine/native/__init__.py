@@ -696,34 +696,24 @@ def _cost_of(params) -> tuple:
     if hit is None or hit[0] is not params:
         if len(costs) >= 64:
             costs.clear()
-        c = _cost_struct(params)
+        c = _Cost(
+            params.ranks,
+            params.ranks_per_node,
+            params.token_bytes,
+            params.expert_bytes,
+            params.flops_per_token,
+            params.flops_per_s,
+            params.intra_bw,
+            params.inter_bw,
+        )
         hit = costs[id(params)] = (params, c, ctypes.addressof(c))
     return hit
 
 
-def _cost_struct(params) -> _Cost:
-    """The _Cost of ``params`` (a CostParams)."""
-    return _Cost(
-        params.ranks,
-        params.ranks_per_node,
-        params.token_bytes,
-        params.expert_bytes,
-        params.flops_per_token,
-        params.flops_per_s,
-        params.intra_bw,
-        params.inter_bw,
-    )
-
-
 def _cost_ref(params):
-    """byref of the _Cost of ``params`` (a frozen CostParams), built once for the last one seen:
-    the engine passes the same parameters on every layer."""
-    hit = _state.get("cost")
-    if hit is None or hit[0] is not params:
-        c = _cost_struct(params)
-        hit = (params, c, ctypes.byref(c))
-        _state["cost"] = hit
-    return hit[2]
+    """byref of :func:`_cost_of`'s struct, for the calls whose argument is a _Cost pointer (it
+    holds the struct while the call reads it)."""
+    return ctypes.byref(_cost_of(params)[1])
 
 
 def split_for_rank(c_QE, slots, S, rank, rpn, method, cost):
