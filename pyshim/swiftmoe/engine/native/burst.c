@@ -34,6 +34,11 @@ typedef struct {
     int64_t *slots; /* [N*(S+B)] */
     int64_t *e, *q, *s, *d, *j; /* [N*B] */
     double after, copy;
+    /* Its split's stage 1 (smoe_priced_demand_nl's outputs): demand [N*(S+B)], and where
+     * priced is 1 its price ms and tier sums [4*N]; node_local. */
+    int64_t *demand, *sums;
+    double ms;
+    int priced, node_local;
 } cand_t;
 
 /* The decision's inputs, shared by its steps. */
@@ -57,6 +62,10 @@ typedef struct {
      * node does not hold [N]; and the counts' total. */
     unsigned char *node0, *node_w;
     int64_t *se0, total;
+    /* What each source sends to other ranks at least: its total less its tokens for the
+     * experts it holds [N]; for an expert held in one node (nodes0_E 1), that node [E] and the
+     * tokens the other nodes send it (out0_E); and nodes_w, scratch of E. */
+    int64_t *need0, *nodes0_E, *nodes_w, *node_E, *out0_E;
 } ctx_t;
 
 static void *zalloc(size_t n, size_t size) { return calloc(n ? n : 1, size); }
@@ -197,9 +206,17 @@ static int layout(const ctx_t *x, const burst_t *b, int64_t C, cand_t *cd) {
  * - compute: any split's busiest rank takes at least the mean load, ceil(L/ranks) of an
  *   expert on that many ranks, and all of an expert on one rank (amounts.lower_bound's terms,
  *   which the split meets or exceeds);
- * - all-to-all, on several nodes where the price has it: a source sends across nodes at least
- *   its tokens for the experts its node holds no replica of (neither its own slots nor its
- *   node's tier can take them), and a2a_ms grows with every rank's tier sums.
+ * - all-to-all, where the price has it (a2a_ms grows with every rank's tier sums):
+ *   - a source sends to other ranks at least its tokens for the experts it holds no replica
+ *     of (the local tier takes no more than its own tokens of an expert), and across nodes at
+ *     least those for the experts its node holds none of (neither tier can take them). Within
+ *     one node all go over the intra-node link. On several, si + se is at least the first and
+ *     se the second, and max(si / bw_intra, se / bw_inter) is least where the two are equal
+ *     (or se at its least);
+ *   - an expert held in one node receives there across nodes all its tokens from the other
+ *     nodes, on its ranks there: one of them receives at least their mean.
+ *   The bound is scaled by (1 - 1e-9), so that float rounding of the tier sums' prices cannot
+ *   put it above them.
  * The copies' exposed time is >= 0, and each term grows with what it is given, so after_ms >=
  * this bound, also where evaluate drops bursts left without tokens (fewer replicas only raise
  * it). A list whose bound is not below the best so far cannot win, so it is not evaluated: the
@@ -207,10 +224,17 @@ static int layout(const ctx_t *x, const burst_t *b, int64_t C, cand_t *cd) {
 static double bound_after(const ctx_t *x, const burst_t *b, int64_t C)
 {
     int64_t N = x->N, E = x->E, G = x->rpn;
-    int a2a = x->M > 1 && G > 0 && G < N && x->p->inter_bw > 0;
+    int nodes = 0 < G && G < N, net = smoe_prices_network(x->p);
+    int a2a = x->M > 1 && nodes && x->p->inter_bw > 0;
     int64_t *deg = x->deg_w, *forced = x->one0 + E, *se = x->one0 + E + N;
+    int64_t *need = x->one0 + E + 2 * N, *nodes_E = x->nodes_w;
     memcpy(deg, x->deg0, sizeof(int64_t) * E);
     if (a2a) memcpy(se, x->se0, sizeof(int64_t) * N);
+    if (net) {
+        memcpy(need, x->need0, sizeof(int64_t) * N);
+        for (int64_t c = 0; c < C; c++) need[b[c].d] -= x->c[b[c].d * E + b[c].e];
+    }
+    if (a2a) memcpy(nodes_E, x->nodes0_E, sizeof(int64_t) * E);
     /* Every list puts a burst only on a rank that does not hold its expert yet (greedy,
      * local_list and union_list check), so each adds a rank to its expert; were one not to,
      * the bound would only be lower. The nodes a list adds to an expert are marked in scratch
@@ -220,6 +244,7 @@ static double bound_after(const ctx_t *x, const burst_t *b, int64_t C)
         unsigned char *in = x->node_w + m * E + e;
         deg[e]++;
         if (a2a && !*in && !x->node0[m * E + e]) {
+            nodes_E[e]++;
             *in = 1; /* the node's sources no longer send e's tokens away */
             for (int64_t q = m * G; q < (m + 1) * G && q < N; q++) se[q] -= x->c[q * E + e];
         }
@@ -237,12 +262,27 @@ static double bound_after(const ctx_t *x, const burst_t *b, int64_t C)
     for (int64_t r = 0; r < N; r++)
         if (forced[r] > lb) lb = forced[r];
     double ms = smoe_compute_ms(x->p, (double)lb);
-    if (a2a) { /* se_R as above; si_R, ri_R, re_R at least 0 */
-        int64_t *zero = x->one0 + E + 2 * N;
-        memset(zero, 0, sizeof(int64_t) * 3 * N);
-        ms = ms + smoe_a2a_ms(x->p, zero, zero + N, se, zero + 2 * N);
+    if (!net) return ms;
+    double t = 0.0, bi = x->p->intra_bw, be = x->p->inter_bw, tb = x->p->token_bytes;
+    for (int64_t q = 0; q < N; q++) { /* sends: si + se >= need, se >= the node's part */
+        double n = (double)need[q], f = 0.0;
+        if (!nodes) {
+            if (bi > 0) f = n * tb / bi;
+        } else if (bi > 0 && be > 0) {
+            double s = n * be / (bi + be), a = a2a ? (double)se[q] : 0.0;
+            if (s < a) s = a;
+            f = fmax((n - s) * tb / bi, s * tb / be);
+        } else if (a2a) {
+            f = (double)se[q] * tb / be;
+        }
+        if (f > t) t = f;
     }
-    return ms;
+    for (int64_t e = 0; a2a && e < E; e++) { /* receives of an expert held in one node */
+        if (x->nodes0_E[e] != 1 || nodes_E[e] != 1 || deg[e] <= 0) continue;
+        double f = (double)x->out0_E[e] / (double)deg[e] * tb / be;
+        if (f > t) t = f;
+    }
+    return ms + 4.0 * 1e3 * t * (1.0 - 1e-9);
 }
 
 /* burst._evaluate: the plan of a list of bursts, priced with the split; bursts left without
@@ -251,14 +291,13 @@ static int evaluate(const ctx_t *x, const burst_t *bursts, int64_t C0, cand_t *c
     int64_t N = x->N, S = x->S, E1 = x->E + 1, C = C0;
     int rc = 0, priced = 0, has_sums = 0;
     burst_t *b = zalloc(C0, sizeof(burst_t));
-    int64_t *demand = zalloc(N * (S + x->B), sizeof(int64_t));
-    int64_t *sums = zalloc(4 * N, sizeof(int64_t));
+    int64_t *demand = cd->demand, *sums = zalloc(4 * N, sizeof(int64_t));
     int64_t *planned = zalloc(N, sizeof(int64_t)), *burst = zalloc(N, sizeof(int64_t));
     double *tr = zalloc(4 * N, sizeof(double));
     smoe_plan pl;
     int have_plan = 0;
     double ms = 0.0;
-    if (!b || !demand || !sums || !planned || !burst || !tr) {
+    if (!b || !sums || !planned || !burst || !tr) {
         rc = SMOE_ENOMEM;
         goto out;
     }
@@ -268,8 +307,8 @@ static int evaluate(const ctx_t *x, const burst_t *bursts, int64_t C0, cand_t *c
         if (have_plan) smoe_plan_free(&pl);
         if ((rc = smoe_plan_init(&pl, cd->slots, N, cd->Sx, E1)) < 0) goto out;
         have_plan = 1;
-        priced = smoe_priced_demand(x->c_pad, x->row_Q, &pl, x->L_pad, x->rpn, x->method, x->p,
-                                    demand, &ms, sums);
+        priced = smoe_priced_demand_nl(x->c_pad, x->row_Q, &pl, x->L_pad, x->rpn, x->method,
+                                       x->p, demand, &cd->ms, cd->sums, &cd->node_local);
         if (priced < 0) {
             rc = priced;
             goto out;
@@ -281,6 +320,8 @@ static int evaluate(const ctx_t *x, const burst_t *bursts, int64_t C0, cand_t *c
         if (kept == C) break;
         C = kept;
     }
+    cd->priced = priced;
+    if (priced) ms = cd->ms;
     copy_traffic(x, cd->q, cd->d, C, tr);
     for (int64_t r = 0; r < N; r++) {
         planned[r] = burst[r] = 0;
@@ -300,7 +341,6 @@ static int evaluate(const ctx_t *x, const burst_t *bursts, int64_t C0, cand_t *c
 out:
     if (have_plan) smoe_plan_free(&pl);
     free(b);
-    free(demand);
     free(sums);
     free(planned);
     free(burst);
@@ -757,6 +797,23 @@ static int beats(const cand_t *cd, const cand_t *best, int have_best, double bef
     return cd->C > 0 && cd->after < (have_best ? best->after : before);
 }
 
+/* A list of bursts tried: not evaluated where its bound shows it cannot beat the best so far
+ * (or, with none, the planned placement); else evaluated, and best where it beats it. Returns
+ * 1 where it became best, 0 where not, or an error. With smoe_check_bounds set (tests only),
+ * every list is evaluated, and a bound above what its list evaluates to is SMOE_EBUG. */
+static int try_list(const ctx_t *x, const burst_t *b, int64_t n, double before, cand_t *best,
+                    int *have_best, cand_t *cd) {
+    double bound = bound_after(x, b, n), goal = *have_best ? best->after : before;
+    if (bound >= goal && !smoe_check_bounds) return 0; /* cannot win */
+    int rc = evaluate(x, b, n, cd);
+    if (rc < 0) return rc;
+    if (cd->after < bound) return SMOE_EBUG;
+    if (bound >= goal || !beats(cd, best, *have_best, before)) return 0;
+    swap_cand(best, cd);
+    *have_best = 1;
+    return 1;
+}
+
 /* burst._best_of_lists: the lists built from one start; best updated in place. */
 static int best_of_lists(const ctx_t *x, const int64_t *demand0, const int64_t *sums0, double before,
                          cand_t *best, int *have_best, cand_t *cd) {
@@ -777,13 +834,9 @@ static int best_of_lists(const ctx_t *x, const int64_t *demand0, const int64_t *
     int64_t n = bursts.n;
     while (n >= 1 && !tried[n]) {
         tried[n] = 1;
-        if (bound_after(x, bursts.b, n) < (*have_best ? best->after : before)) {
-            if ((rc = evaluate(x, bursts.b, n, cd)) < 0) goto done;
-            if (beats(cd, best, *have_best, before)) {
-                swap_cand(best, cd);
-                *have_best = found = 1;
-            }
-        }
+        if ((rc = try_list(x, bursts.b, n, before, best, have_best, cd)) < 0) goto done;
+        found |= rc;
+        rc = 0;
         if (n == bursts.n && 1 <= n_est && n_est < n) n = n_est;
         else if (!found) n /= 2;
         else break;
@@ -793,13 +846,9 @@ static int best_of_lists(const ctx_t *x, const int64_t *demand0, const int64_t *
         if ((rc = union_list(x, &local, &bursts, &both)) < 0) goto done;
         const blist *lists[2] = {&local, &both};
         for (int i = 0; i < (both.n > local.n ? 2 : 1); i++) {
-            if (bound_after(x, lists[i]->b, lists[i]->n) >= (*have_best ? best->after : before))
-                continue; /* cannot win */
-            if ((rc = evaluate(x, lists[i]->b, lists[i]->n, cd)) < 0) goto done;
-            if (beats(cd, best, *have_best, before)) {
-                swap_cand(best, cd);
-                *have_best = 1;
-            }
+            if ((rc = try_list(x, lists[i]->b, lists[i]->n, before, best, have_best, cd)) < 0)
+                goto done;
+            rc = 0;
         }
     }
 done:
@@ -818,7 +867,11 @@ static int cand_alloc(cand_t *cd, int64_t N, int64_t S, int64_t B) {
     cd->s = zalloc(N * B, sizeof(int64_t));
     cd->d = zalloc(N * B, sizeof(int64_t));
     cd->j = zalloc(N * B, sizeof(int64_t));
-    return (cd->slots && cd->e && cd->q && cd->s && cd->d && cd->j) ? 0 : SMOE_ENOMEM;
+    cd->demand = zalloc(N * (S + B), sizeof(int64_t));
+    cd->sums = zalloc(4 * N, sizeof(int64_t));
+    return (cd->slots && cd->e && cd->q && cd->s && cd->d && cd->j && cd->demand && cd->sums)
+               ? 0
+               : SMOE_ENOMEM;
 }
 
 static void cand_free(cand_t *cd) {
@@ -828,17 +881,23 @@ static void cand_free(cand_t *cd) {
     free(cd->s);
     free(cd->d);
     free(cd->j);
+    free(cd->demand);
+    free(cd->sums);
 }
 
 static int64_t same_demand(const int64_t *a, const int64_t *b, int64_t K) {
     return memcmp(a, b, sizeof(int64_t) * K) == 0;
 }
 
-int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
-                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
-                         const int64_t *load_R, const smoe_planned *planned,
-                         int64_t *out_slots, int64_t *out_S, int64_t *out_e, int64_t *out_q,
-                         int64_t *out_s, int64_t *out_d, int64_t *out_j, double *out_ms) {
+/* smoe_plan_bursts, and where bursts are made and win is not NULL, the stage 1 of the split
+ * that priced them into win (demand [N*(S+B)], and where priced its ms and sums [4*N]) and
+ * *win_nl (its node_local). */
+static int64_t plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                           int64_t S, int64_t B, const smoe_cost *p, double threshold,
+                           int method, const int64_t *load_R, const smoe_planned *planned,
+                           int64_t *out_slots, int64_t *out_S, int64_t *out_e, int64_t *out_q,
+                           int64_t *out_s, int64_t *out_d, int64_t *out_j, double *out_ms,
+                           smoe_planned *win, int *win_nl) {
     int64_t K = N * S, total = 0, rc = 0;
     if (method != SMOE_METHOD_FAST && method != SMOE_METHOD_AUTO) return SMOE_EUNSUPPORTED;
     for (int64_t i = 0; i < N * E; i++) total += c_QE[i];
@@ -862,7 +921,7 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
     x.row_Q = zalloc(N, sizeof(int64_t));
     x.L_pad = zalloc(E + 1, sizeof(int64_t));
     x.node_R = zalloc(N, sizeof(int64_t));
-    x.deg0 = zalloc(3 * E + 6 * N, sizeof(int64_t));
+    x.deg0 = zalloc(3 * E + 5 * N, sizeof(int64_t));
     x.deg_w = x.deg0 ? x.deg0 + E : NULL;
     x.one0 = x.deg0 ? x.deg0 + 2 * E : NULL;
     double ms0 = 0.0, before = 0.0;
@@ -880,10 +939,13 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         }
     }
     memcpy(x.L_pad, x.L_E, sizeof(int64_t) * E);
+    x.need0 = x.one0 + E + 4 * N;
+    memcpy(x.need0, x.row_Q, sizeof(int64_t) * N);
     for (int64_t k = 0; k < K; k++) { /* a rank counts once for each expert it holds */
         int64_t r = k / S, e = slots_K[k], first = 1;
         for (int64_t j = r * S; j < k && first; j++) first = slots_K[j] != e;
         if (first) {
+            x.need0[r] -= c_QE[r * E + e];
             x.deg0[e]++;
             x.one0[e] = r;
         }
@@ -914,7 +976,30 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         }
         first_M[m + 1] = n;
     }
-    x.se0 = x.one0 + E + 5 * N;
+    x.nodes0_E = zalloc(4 * E, sizeof(int64_t));
+    if (!x.nodes0_E) {
+        free(held_M);
+        free(first_M);
+        rc = SMOE_ENOMEM;
+        goto done;
+    }
+    x.nodes_w = x.nodes0_E + E;
+    x.node_E = x.nodes0_E + 2 * E;
+    x.out0_E = x.nodes0_E + 3 * E;
+    for (int64_t m = 0; m < x.M; m++) {
+        for (int64_t e = 0; e < E; e++) {
+            if (!x.node0[m * E + e]) continue;
+            x.nodes0_E[e]++;
+            x.node_E[e] = m;
+        }
+    }
+    for (int64_t e = 0; e < E; e++) { /* the other nodes' tokens of an expert held in one */
+        if (x.nodes0_E[e] != 1) continue;
+        int64_t v = x.L_E[e];
+        for (int64_t q = 0; q < N; q++) v -= x.node_R[q] == x.node_E[e] ? c_QE[q * E + e] : 0;
+        x.out0_E[e] = v;
+    }
+    x.se0 = x.one0 + E + 3 * N;
     for (int64_t q = 0; q < N; q++) {
         int64_t m = x.node_R[q], v = x.row_Q[q];
         for (int64_t i = first_M[m]; i < first_M[m + 1]; i++) v -= c_QE[q * E + held_M[i]];
@@ -996,6 +1081,15 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
         }
         out_ms[1] = best.after;
         out_ms[2] = best.copy;
+        if (win) {
+            memcpy(win->demand_K, best.demand, sizeof(int64_t) * N * best.Sx);
+            win->priced = best.priced;
+            if (best.priced) {
+                win->ms = best.ms;
+                memcpy(win->sums, best.sums, sizeof(int64_t) * 4 * N);
+            }
+            *win_nl = best.node_local;
+        }
         rc = best.C;
     }
 done:
@@ -1015,11 +1109,22 @@ done:
     free(x.node_R);
     free(x.deg0);
     free(x.node0);
+    free(x.nodes0_E);
     return rc;
 }
 
-/* smoe_fault_tokens (smoe.h): 0 but in tests. */
+int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
+                         const int64_t *load_R, const smoe_planned *planned,
+                         int64_t *out_slots, int64_t *out_S, int64_t *out_e, int64_t *out_q,
+                         int64_t *out_s, int64_t *out_d, int64_t *out_j, double *out_ms) {
+    return plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, method, load_R, planned,
+                       out_slots, out_S, out_e, out_q, out_s, out_d, out_j, out_ms, NULL, NULL);
+}
+
+/* smoe_fault_tokens and smoe_check_bounds (smoe.h): 0 but in tests. */
 int64_t smoe_fault_tokens = 0;
+int64_t smoe_check_bounds = 0;
 
 /* smoe_burst_step (smoe.h): burst_run.decide past its threshold, in one call. */
 int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
@@ -1031,9 +1136,15 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *load_x, int *node_local, smoe_planned *planned_x,
                         int64_t *perm_K, int64_t *inv_K) {
     if (rank < 0 || rank >= N) return SMOE_EBUG; /* the caller checks it */
-    int64_t n = smoe_plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, method, load_R, planned,
-                                 out_slots, out_S, out_e, out_q, out_s, out_d, out_j, out_ms);
+    int win_nl = 0;
+    int64_t n = plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, method, load_R, planned,
+                            out_slots, out_S, out_e, out_q, out_s, out_d, out_j, out_ms,
+                            planned_x, &win_nl);
     if (n <= 0) return n;
+    /* The decision priced its bursts with this split's stage 1 where the split has its rpn and
+     * method (and so its cost: "fast" reads none): the split starts from it. */
+    const smoe_planned *given =
+        split_rpn == p->ranks_per_node && split_method == method ? planned_x : NULL;
     const int64_t Sx = *out_S, Kx = N * Sx, Ep = E + 1;
     for (int64_t k = 0; k < Kx; k++)
         if (out_slots[k] < 0 || out_slots[k] > E) return SMOE_EBUG;
@@ -1045,9 +1156,10 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
         memcpy(c_pad + q * Ep, c_QE + q * E, sizeof(int64_t) * (size_t)E);
         c_pad[q * Ep + E] = 0;
     }
-    int rc = smoe_split_for_rank(c_pad, out_slots, N, Ep, Sx, rank, split_rpn, split_method,
-                                 split_method == SMOE_METHOD_AUTO ? p : NULL, send_K, recv_QS,
-                                 load_x, node_local, planned_x);
+    *node_local = win_nl;
+    int rc = smoe_split_for_rank_given(c_pad, out_slots, N, Ep, Sx, rank, split_rpn,
+                                       split_method, split_method == SMOE_METHOD_AUTO ? p : NULL,
+                                       send_K, recv_QS, load_x, node_local, planned_x, given);
     if (rc >= 0 && smoe_fault_tokens) /* tests only: a split that loses tokens */
         fault_tokens(send_K, Kx, smoe_fault_tokens);
     if (rc >= 0) {

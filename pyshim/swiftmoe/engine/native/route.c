@@ -46,6 +46,17 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
                         smoe_planned *planned)
 {
+    return smoe_split_for_rank_given(c_QE, slots_K, N, E, S, rank, rpn, method, p, send_K,
+                                     recv_QS, load_R, node_local, planned, NULL);
+}
+
+int smoe_split_for_rank_given(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                              int64_t S, int64_t rank, int64_t rpn, int method,
+                              const smoe_cost *p, int64_t *send_K, int64_t *recv_QS,
+                              int64_t *load_R, int *node_local, smoe_planned *planned,
+                              const smoe_planned *given)
+{
+    int given_nl = *node_local;
     *node_local = 0;
     if (method != SMOE_METHOD_FAST && method != SMOE_METHOD_AUTO)
         return SMOE_EUNSUPPORTED;
@@ -96,9 +107,19 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
     }
 
     /* Stage 1 (demand.priced_demand) and every rank's load. */
-    double ms;
-    rc = smoe_priced_demand_nl(c_QE, row_Q, &pl, L_E, rpn, method, p, demand_K, &ms, sums,
-                               node_local);
+    double ms = 0.0;
+    if (given) {
+        memcpy(demand_K, given->demand_K, (size_t)K * sizeof *demand_K);
+        rc = given->priced;
+        if (rc) {
+            ms = given->ms;
+            memcpy(sums, given->sums, (size_t)(4 * N) * sizeof *sums);
+        }
+        *node_local = given_nl;
+    } else {
+        rc = smoe_priced_demand_nl(c_QE, row_Q, &pl, L_E, rpn, method, p, demand_K, &ms, sums,
+                                   node_local);
+    }
     if (rc < 0)
         goto out;
     if (planned) {

@@ -150,6 +150,16 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *send_K, int64_t *recv_QS, int64_t *load_R, int *node_local,
                         smoe_planned *planned);
 
+/* smoe_split_for_rank from a given stage 1 (given not NULL): given->demand_K [K], its ms and
+ * sums [4*N] where given->priced, and *node_local on entry: what smoe_priced_demand_nl makes of
+ * the same counts, placement, rpn, method and cost, so the split is the same. The burst step
+ * passes its decision's (burst.c). given NULL: smoe_split_for_rank. planned may be given. */
+int smoe_split_for_rank_given(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                              int64_t S, int64_t rank, int64_t rpn, int method,
+                              const smoe_cost *p, int64_t *send_K, int64_t *recv_QS,
+                              int64_t *load_R, int *node_local, smoe_planned *planned,
+                              const smoe_planned *given);
+
 /* smoe_layer_split's arguments but the counts and the outputs, in one struct (native.layer_split
  * builds it per call: a struct's fields cost less to set than ctypes' argument conversions):
  * the placement slots_K [N*S] (ids in 0..E-1, checked by the caller and again on every call),
@@ -204,6 +214,10 @@ int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N
  * many tokens (at most what it holds) from the first positive amount their split sends, before
  * its checks, which must then refuse it (SMOE_ECONSERVE). 0 in any other use. */
 extern int64_t smoe_fault_tokens;
+/* Tests only: when not 0, the burst decision evaluates every list of bursts it builds, also
+ * those its lower bound shows cannot win, and fails with SMOE_EBUG where a list evaluates to
+ * less than its bound. Its decisions are the same. 0 in any other use. */
+extern int64_t smoe_check_bounds;
 int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
                         const int64_t *load_R, const smoe_planned *planned, int64_t *out_slots,
