@@ -66,6 +66,10 @@ typedef struct {
      * experts it holds [N]; for an expert held in one node (nodes0_E 1), that node [E] and the
      * tokens the other nodes send it (out0_E); and nodes_w, scratch of E. */
     int64_t *need0, *nodes0_E, *nodes_w, *node_E, *out0_E;
+    /* For the level bound: each rank's place in an order of the ranks [N] (level_order's), each
+     * expert's last place among its planned ranks [E] (-1: none), and scratch: E, then 3 N
+     * (the last N level_order's doubles). One block, at_R's. */
+    int64_t *at_R, *last0_E, *last_w, *level_w;
 } ctx_t;
 
 static void *zalloc(size_t n, size_t size) { return calloc(n ? n : 1, size); }
@@ -205,7 +209,9 @@ static int layout(const ctx_t *x, const burst_t *b, int64_t C, cand_t *cd) {
  * enlarged placement's replicas, without its split:
  * - compute: any split's busiest rank takes at least the mean load, ceil(L/ranks) of an
  *   expert on that many ranks, and all of an expert on one rank (amounts.lower_bound's terms,
- *   which the split meets or exceeds);
+ *   which the split meets or exceeds); and, for each first i ranks of an order (level_order's),
+ *   the mean over them of the experts they alone hold (amounts.level_bound's term: any order
+ *   gives a bound; this one is the planned split's busiest ranks first);
  * - all-to-all, where the price has it (a2a_ms grows with every rank's tier sums):
  *   - a source sends to other ranks at least its tokens for the experts it holds no replica
  *     of (the local tier takes no more than its own tokens of an expert), and across nodes at
@@ -261,6 +267,18 @@ static double bound_after(const ctx_t *x, const burst_t *b, int64_t C)
     }
     for (int64_t r = 0; r < N; r++)
         if (forced[r] > lb) lb = forced[r];
+    int64_t *last = x->last_w, *level = x->level_w, sum = 0;
+    memcpy(last, x->last0_E, sizeof(int64_t) * E);
+    for (int64_t c = 0; c < C; c++)
+        if (x->at_R[b[c].d] > last[b[c].e]) last[b[c].e] = x->at_R[b[c].d];
+    memset(level, 0, sizeof(int64_t) * N);
+    for (int64_t e = 0; e < E; e++)
+        if (last[e] >= 0) level[last[e]] += x->L_E[e];
+    for (int64_t i = 0; i < N; i++) { /* the first i+1 ranks alone hold sum: ceil(sum/(i+1)) */
+        sum += level[i];
+        int64_t v = (sum + i) / (i + 1);
+        if (v > lb) lb = v;
+    }
     double ms = smoe_compute_ms(x->p, (double)lb);
     if (!net) return ms;
     double t = 0.0, bi = x->p->intra_bw, be = x->p->inter_bw, tb = x->p->token_bytes;
@@ -283,6 +301,29 @@ static double bound_after(const ctx_t *x, const burst_t *b, int64_t C)
         if (f > t) t = f;
     }
     return ms + 4.0 * 1e3 * t * (1.0 - 1e-9);
+}
+
+/* The level bound's order: the ranks by their load in demand0 (a split of the planned
+ * placement), busiest first, into x->at_R, and each expert's last place among its planned
+ * ranks into x->last0_E. The bound holds for any order; one that puts the ranks the experts
+ * crowd on first makes it the tightest. */
+static void level_order(ctx_t *x, const int64_t *demand0) {
+    int64_t N = x->N, S = x->S, E = x->E;
+    int64_t *order = x->level_w, *tmp = x->level_w + N;
+    double *load = (double *)(x->level_w + 2 * N);
+    for (int64_t r = 0; r < N; r++) {
+        int64_t l = 0;
+        for (int64_t s = 0; s < S; s++) l += demand0[r * S + s];
+        load[r] = (double)l;
+        order[r] = r;
+    }
+    smoe_sort_desc(order, N, load, tmp);
+    for (int64_t i = 0; i < N; i++) x->at_R[order[i]] = i;
+    for (int64_t e = 0; e < E; e++) x->last0_E[e] = -1;
+    for (int64_t k = 0; k < N * S; k++) {
+        int64_t e = x->slots[k], i = x->at_R[k / S];
+        if (i > x->last0_E[e]) x->last0_E[e] = i;
+    }
 }
 
 /* burst._evaluate: the plan of a list of bursts, priced with the split; bursts left without
@@ -977,12 +1018,16 @@ static int64_t plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t 
         first_M[m + 1] = n;
     }
     x.nodes0_E = zalloc(4 * E, sizeof(int64_t));
-    if (!x.nodes0_E) {
+    x.at_R = zalloc(5 * N + 2 * E, sizeof(int64_t));
+    if (!x.nodes0_E || !x.at_R) {
         free(held_M);
         free(first_M);
         rc = SMOE_ENOMEM;
         goto done;
     }
+    x.last0_E = x.at_R + N;
+    x.last_w = x.last0_E + E;
+    x.level_w = x.last_w + E;
     x.nodes_w = x.nodes0_E + E;
     x.node_E = x.nodes0_E + 2 * E;
     x.out0_E = x.nodes0_E + 3 * E;
@@ -1048,6 +1093,7 @@ static int64_t plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t 
     if (!smoe_prices_compute(p)) goto done; /* nothing to weigh a copy against */
     /* burst._starts: the split on the planned placement, then where stage 1 is priced its
      * other form (the min-max amounts', or the node-balanced ones' where it is the min-max). */
+    level_order(&x, demand0);
     if ((rc = best_of_lists(&x, demand0, has_sums ? sums0 : NULL, before, &best, &have_best,
                             &cd)) < 0)
         goto done;
@@ -1065,6 +1111,7 @@ static int64_t plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t 
         }
         if (!same_demand(other, demand0, K)) {
             if ((rc = smoe_tier_sums(c_QE, x.row_Q, &pl, other, x.rpn, sums1)) < 0) goto done;
+            level_order(&x, other);
             if ((rc = best_of_lists(&x, other, sums1, before, &best, &have_best, &cd)) < 0)
                 goto done;
         }
@@ -1110,6 +1157,7 @@ done:
     free(x.deg0);
     free(x.node0);
     free(x.nodes0_E);
+    free(x.at_R);
     return rc;
 }
 

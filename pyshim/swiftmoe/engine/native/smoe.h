@@ -132,6 +132,9 @@ int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N,
 /* ---------------------------------------------------------------------------------------------
  * One rank's part of the split (route.c): swiftmoe.engine.split.rank.split_tokens_for_rank. */
 
+/* idx [n] sorted stably by v[idx] descending (ties in idx order); tmp: n of scratch. */
+void smoe_sort_desc(int64_t *idx, int64_t n, const double *v, int64_t *tmp);
+
 /* smoe_priced_demand, and *node_local: 1 where its stage 1 keeps tokens in their node (the
  * node-balanced amounts won the pricing; Priced.node_local), else 0 (split.c). */
 int smoe_priced_demand_nl(const int64_t *c_QE, const int64_t *row_Q, const smoe_plan *pl,

@@ -77,6 +77,11 @@ static void sort_desc(int64_t *idx, int64_t n, const double *v, int64_t *tmp)
     memcpy(idx, tmp, (size_t)n * sizeof *idx);
 }
 
+void smoe_sort_desc(int64_t *idx, int64_t n, const double *v, int64_t *tmp)
+{
+    sort_desc(idx, n, v, tmp);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * NumPy's pairwise summation (numpy/_core/src/umath/loops_utils.h.src, pairwise_sum_DOUBLE):
  * fewer than 8 terms summed in order from -0.0 (NumPy 2.4 starts there so that a sum of -0.0
