@@ -17,7 +17,9 @@ and then times ``swiftmoe.engine.burst.plan_bursts`` on each of them, on one thr
   (the fastest of ``--repeats`` passes over the calls), each the first of its placement and
   layer; "again", the same call made once more right after it (the same placement's next layer
   call: another micro-batch, or the recompute under activation checkpointing); with
-  ``--cold`` too, each call once right after another call's NumPy decision.
+  ``--cold`` too, each call once right after another call's NumPy decision; and the whole
+  host step of such a layer call: the split of the planned placement alone, then that split and
+  the burst step as two calls and as the engine's one C call (``burst_run.split_and_decide``).
 
 It prints the median and 90th percentile over the calls, in microseconds, and the bursts made.
 The native library (``make build``) must be there: without it the script says why and exits 2.
@@ -54,6 +56,7 @@ import torch  # noqa: E402
 
 from swiftmoe import cli  # noqa: E402
 from swiftmoe.engine import burst, burst_run, native  # noqa: E402
+from swiftmoe.engine.split.plan_index import index_plan  # noqa: E402
 from swiftmoe.engine.splitter import RankSplitter  # noqa: E402
 from swiftmoe.sim import run as sim_run  # noqa: E402
 
@@ -137,6 +140,44 @@ def layer_calls(
     return best
 
 
+def whole_calls(calls: list[tuple[tuple, dict]], repeats: int, warm: bool) -> tuple:
+    """For each call on rank 1, the fastest of ``repeats`` passes over the calls of: the
+    layer's split of the planned placement alone; that split then ``burst_run.decide`` (two
+    calls); ``burst_run.split_and_decide`` (one C call: ``native.layer_step``). The rank's
+    splitter has split before, of another placement. ``warm`` False: the placement is new, its
+    index built right before the timing, as in a running job whose placements change every
+    iteration; True: the same placement's index split once before (the split's `layer` column
+    in ``bench_split.py``, which ``swiftmoe sim --split-ms`` charges)."""
+    best = ([float("inf")] * len(calls), [float("inf")] * len(calls), [float("inf")] * len(calls))
+    for _ in range(repeats):
+        for i, (a, k) in enumerate(calls):
+            counts, slots, S, B, rpn, params, threshold = a
+            method = k.get("method", "auto")
+            counts_t = torch.as_tensor(counts, dtype=torch.int64)
+            N, E = counts_t.shape
+            policy = burst_run.BurstPolicy(B, threshold, method)
+            slots_t = torch.as_tensor(slots, dtype=torch.int64)
+            sp = RankSplitter(S, 1, rpn, method)
+            sp(counts_t, slots_t.flip(0).clone(), 0, cost=params)  # its checks of the cost
+            plan = index_plan(slots_t, S, N, E)
+            for j in range(3):
+                if not warm:
+                    plan = index_plan(slots_t, S, N, E)  # new each time, as a new placement's
+                else:
+                    sp(counts_t, plan, 0, cost=params)
+                layer = SimpleNamespace(index=0, S=S, slots_t=slots_t, split=sp)
+                t0 = time.perf_counter()
+                if j == 0:
+                    sp(counts_t, plan, 0, cost=params)
+                elif j == 1:
+                    rs = sp(counts_t, plan, 0, cost=params)
+                    burst_run.decide(layer, policy, counts_t, rs.load_R, params, rs.planned)
+                else:
+                    burst_run.split_and_decide(layer, policy, counts_t, plan, params)
+                best[j][i] = min(best[j][i], (time.perf_counter() - t0) * 1e6)
+    return best
+
+
 def summary(name: str, us: list[float]) -> str:
     us = sorted(us)
     p90 = us[min(len(us) - 1, int(0.9 * len(us)))]
@@ -209,6 +250,11 @@ def main() -> int:
         again: list[float] = []
         lines.append(summary("layer call", layer_calls(calls, args.repeats, again=again)))
         lines.append(summary("layer call again", again))
+        for warm_ in (True, False):
+            alone, two, one = whole_calls(calls, args.repeats, warm_)
+            at = "placement split before" if warm_ else "new placement"
+            lines += [summary(f"split ({at})", alone), summary("in two calls with the step", two)]
+            lines.append(summary("in one call with the step", one))
         if args.cold:
             lines.append(summary("layer call cold", layer_calls(calls, 1, cold=True)))
     print(f"{what}: {len(calls)} decisions, {made} bursts; " + "; ".join(lines))

@@ -43,6 +43,12 @@ def test_times_the_decisions_of_a_simulated_run():
         r"(\d+) bursts; warm median (\d+) us, p90 (\d+) us; cold median (\d+) us, p90 (\d+) us; "
         r"NumPy median (\d+) us, p90 (\d+) us; layer call median (\d+) us, p90 (\d+) us; "
         r"layer call again median (\d+) us, p90 (\d+) us; "
+        r"split \(placement split before\) median (\d+) us, p90 (\d+) us; "
+        r"in two calls with the step median (\d+) us, p90 (\d+) us; "
+        r"in one call with the step median (\d+) us, p90 (\d+) us; "
+        r"split \(new placement\) median (\d+) us, p90 (\d+) us; "
+        r"in two calls with the step median (\d+) us, p90 (\d+) us; "
+        r"in one call with the step median (\d+) us, p90 (\d+) us; "
         r"layer call cold median (\d+) us, p90 (\d+) us",
         line,
     )
@@ -50,9 +56,12 @@ def test_times_the_decisions_of_a_simulated_run():
     n, bursts, *us = (int(v) for v in m.groups())
     # The moving hot set passes the threshold from its first move on, and bursts pay there.
     assert 1 <= n <= 6 and bursts >= n
-    warm, warm90, cold, cold90, slow, slow90, call, call90, again, again90, ccold, ccold90 = us
+    warm, warm90, cold, cold90, slow, slow90, call, call90, again, again90 = us[:10]
+    *whole, ccold, ccold90 = us[10:]
     assert 0 < warm <= warm90 and 0 < cold <= cold90 and 0 < slow <= slow90
     assert 0 < call <= call90 and 0 < again <= again90 and 0 < ccold <= ccold90
+    for median, p90 in zip(whole[::2], whole[1::2], strict=True):  # split, two calls, one call
+        assert 0 < median <= p90
 
 
 def test_a_workload_with_no_decision_says_so():

@@ -78,7 +78,7 @@ class CheckpointedNet(SkewedNet):
         return self.head(h).squeeze(-1)
 
 
-_DECIDE = burst_run.decide
+_DECIDE = burst_run.split_and_decide
 _GROUPED = layer_mod.use_grouped_mm
 _RUN_SLOTS = layer_mod.ExpertLayer.run_slots
 _COPY = {n: getattr(burst_run._Copy, n) for n in ("start", "wait", "start_return", "wait_return")}
@@ -153,10 +153,10 @@ def _check_overlap(log: list) -> int:
 
 
 def _spy(records: list) -> None:
-    """Record every layer call's burst decision (the real function decides)."""
+    """Record every layer call's burst decision (the real function splits and decides)."""
 
     def spy(layer, *args, **kwargs):
-        got = _DECIDE(layer, *args, **kwargs)
+        rs, got = _DECIDE(layer, *args, **kwargs)
         plan = None if got is None else got.plan
         records.append(
             (
@@ -167,9 +167,9 @@ def _spy(records: list) -> None:
                 [] if plan is None else plan.dst_C.tolist(),
             )
         )
-        return got
+        return rs, got
 
-    burst_run.decide = spy
+    burst_run.split_and_decide = spy
 
 
 def _handle(world_size: int, model_cls=SkewedNet, **cfg_kw):

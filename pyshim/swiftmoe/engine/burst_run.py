@@ -142,6 +142,36 @@ def decide(
     return LayerBursts(plan, rs, Sx, perm_K, inv_K)
 
 
+def split_and_decide(
+    layer: ExpertSlots,
+    policy: BurstPolicy,
+    counts_NE: torch.Tensor,
+    slots,
+    params: cm.CostParams,
+):
+    """The layer call's split and bursts: (the split of its planned placement ``slots``,
+    None), or (the split over the enlarged placement, LayerBursts, whose ``split`` it is).
+    Where the layer splits with the engine's RankSplitter in C, in one call
+    (``RankSplitter.step``); else the split's call and then :func:`decide`. The same split and
+    bursts either way."""
+    sp = layer.split
+    got = (
+        sp.step(counts_NE, slots, layer.index, params, policy) if type(sp) is RankSplitter else None
+    )
+    if got is None:
+        rs = sp(counts_NE, slots, layer.index, cost=params)
+        bursts = decide(layer, policy, counts_NE, rs.load_R, params, rs.planned)
+        return (rs if bursts is None else bursts.split), bursts
+    rs, made = got
+    if made is None:
+        return rs, None
+    fields, (perm_K, inv_K) = made
+    plan = BurstPlan(counts_NE.shape[1], *fields)
+    return rs, LayerBursts(
+        plan, rs, plan.slots_per_rank, torch.from_numpy(perm_K), torch.from_numpy(inv_K)
+    )
+
+
 _NOT_FUSED = object()
 
 

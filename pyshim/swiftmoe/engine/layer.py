@@ -259,12 +259,13 @@ class ExpertLayer:
         if self.ctx.costs is not None:
             row_bytes = x_TD.shape[-1] * x_TD.element_size()
             cost = self.ctx.costs.params(self.P, self.elem_bytes, row_bytes)
-        rs = self.ctx.split(counts_cpu, self.split_slots, self.index, cost=cost)
         perm_K, inv_K = self.perm_K, self.inv_K
         bursts = None
-        if self.ctx.bursts is not None:  # one check of rs.load_R unless a burst is made
-            bursts = burst_run.decide(
-                self, self.ctx.bursts, counts_cpu, rs.load_R, cost, rs.planned
+        if self.ctx.bursts is None:
+            rs = self.ctx.split(counts_cpu, self.split_slots, self.index, cost=cost)
+        else:  # the split, and past the threshold the bursts: one C call where it can
+            rs, bursts = burst_run.split_and_decide(
+                self, self.ctx.bursts, counts_cpu, self.split_slots, cost
             )
             if bursts is not None:
                 rs, S, perm_K, inv_K = (

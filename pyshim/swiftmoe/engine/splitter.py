@@ -139,9 +139,48 @@ class RankSplitter:
         None, and the calls of ``__call__`` run. The same split and the same errors as those:
         the Python glue of those calls took several times the C split's own time. The
         placement's address is kept on its index (read-only, like the index's own arrays)."""
+        got = self._native_call(
+            counts_NE, N, E, plan, layer_index, cost, "split",
+            lambda r, rpn, method, at: _native.layer_split(
+                counts_NE, plan.slots_K, plan.S, r, rpn, method, cost, slots_at=at
+            ),
+        )  # fmt: skip
+        return None if got is None else from_native(got)
+
+    def step(self, counts_NE, slots_K, layer_index: int, cost, policy):
+        """The split of the planned placement and, where its loads pass the policy's
+        threshold, the burst step from it, in one C call (``native.layer_step``): the same
+        split, bursts and errors as this splitter's call followed by ``burst_run.decide``, less
+        the second call's glue and the planned split's routing where bursts are made.
+
+        Returns None where it does not apply (no library, the policy's method or the cost's
+        nodes not this splitter's, counts of another kind; the two calls then run); else
+        (split, bursts): ``native.layer_step``'s, the split a RankSplit."""
+        N, E = counts_NE.shape
+        if (
+            cost is None
+            or policy.method != self.method
+            or cost.ranks_per_node != self.ranks_per_node
+            or not _native.use(None, policy.method, "burst step")
+        ):
+            return None
+        plan = self._indexes.index(slots_K, self.S, N, E)
+        got = self._native_call(
+            counts_NE, N, E, plan, layer_index, cost, "split",
+            lambda r, rpn, method, at: _native.layer_step(
+                counts_NE, plan.slots_K, plan.S, policy.B, cost, policy.threshold, method, r,
+                slots_at=at,
+            ),
+        )  # fmt: skip
+        return None if got is None else (from_native(got[0]), got[1])
+
+    def _native_call(self, counts_NE, N: int, E: int, plan, layer_index: int, cost, what, call):
+        """``call(rank, rpn, method, address of the placement)`` where the library splits this
+        layer call (else None), its refusals raised as this splitter's Python checks raise
+        them."""
         r, rpn, method = self.rank, self.ranks_per_node, self.method
         if not (
-            _native.use(None, method, "split")
+            _native.use(None, method, what)
             and type(rpn) is int
             and 0 <= r < plan.N
             and (plan.N, plan.S, plan.E) == (N, self.S, E)  # else the checks below refuse it
@@ -154,9 +193,7 @@ class RankSplitter:
         if at is None:
             at = plan.__dict__["_native_at"] = _native.address(plan.slots_K, plan.K)
         try:
-            got = _native.layer_split(
-                counts_NE, plan.slots_K, plan.S, r, rpn, method, cost, slots_at=at
-            )
+            return call(r, rpn, method, at)
         except _native.SplitRefused as e:
             c = np.asarray(counts_NE)
             if e.what == "negative":
@@ -164,7 +201,6 @@ class RankSplitter:
             if e.what == "orphan":
                 raise splitlib.orphan_expert(e.where, int(c[:, e.where].sum())) from None
             raise _misroutes(layer_index) from None
-        return None if got is None else from_native(got)
 
     def rank_loads(self, counts_NE: torch.Tensor, slots_K: list[int], cost=None) -> torch.Tensor:
         """Tokens each rank would process under ``slots_K`` (int64 [N]), without routing;

@@ -63,7 +63,7 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
-_ABI = 8  # smoe.h's SMOE_ABI: the library must be of the same interface
+_ABI = 9  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
@@ -176,6 +176,9 @@ def _bind(path: Path) -> ctypes.CDLL:
     f.restype = ctypes.c_int64
     # smoe_burst_args *, c_QE [N, E], load_R [N] or NULL, planned or NULL, its ms, priced, out
     f.argtypes = [v, v, v, v, ctypes.c_double, ctypes.c_int, v]
+    f = lib.smoe_layer_step
+    f.restype = ctypes.c_int64
+    f.argtypes = [v, v, v]  # smoe_burst_args *, c_QE [N, E], out [SMOE_BURST_OUT(N, S, B) + 1]
     f = lib.smoe_layer_split
     f.restype = ctypes.c_int
     f.argtypes = [v, v, v]  # smoe_layer_args *, c_QE [N, E], out [SMOE_LAYER_OUT(K, N)]
@@ -545,6 +548,68 @@ def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, ra
     perm = send + 3 * X + 5 * N + 3
     split = _split_in(buf, send, X, N, Sx)
     return plan, split, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx])
+
+
+def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_at=None):
+    """A layer call's whole host step in one C call (``smoe_layer_step``): the counts' checks
+    and the split of the planned placement as :func:`layer_split` makes them, and where the
+    split's loads pass the threshold the burst step as :func:`burst_step` makes it from that
+    split (its glue and the planned split's routing are then not paid: the engine's layer
+    makes the split's call and the step's call otherwise). The split is the decision's: its
+    method ``method`` and its nodes ``params.ranks_per_node``.
+
+    counts_NE and slots_K (with ``slots_at``) as for :func:`layer_split`; B >= 1 burst slots per
+    rank; ``params`` the job's CostParams, checked against the split's nodes by the caller.
+
+    Returns:
+        None where it does not apply (no library, a method not ported, counts of another
+        kind); else (split, bursts): split as :func:`split_for_rank` returns it, of the
+        planned placement where bursts is None, else of the enlarged placement; bursts None,
+        or (plan, order) as :func:`burst_step` returns them. Arrays are views of one fresh
+        buffer.
+
+    Raises:
+        SplitRefused: as :func:`layer_split`'s (a negative count, tokens for an expert without
+            a slot, a split that failed its checks).
+        NativeError: the C code failed (memory, or an internal check).
+    """
+    lib = library()
+    if lib is None or method not in _METHODS or getattr(counts_NE, "ndim", 0) != 2:
+        return None
+    N, E = counts_NE.shape
+    c = _int64s(counts_NE, N * E)
+    if c is None:
+        return None
+    K, X, NB = N * S, N * (S + B), max(N * B, 1)
+    if slots_at is None:
+        slots_at = _int64s(slots_K, K)
+    if slots_at is None or not (N >= 1 and S >= 1 and B >= 1 and 0 <= rank < N):
+        raise ValueError(f"swiftmoe: a layer step of rank {rank} of {N} with {S} slots and {B} "
+                         f"burst slots per rank needs an int64 C-contiguous placement of {K} "
+                         "slots")  # fmt: skip
+    held = _cost_of(params)
+    m = _METHODS[method]
+    args = _BurstArgs(slots_at, N, E, S, B, rank, params.ranks_per_node, held[2],
+                      float(threshold), m, m)  # fmt: skip
+    buf, at = _fresh(1 + 6 * X + 5 * NB + 3 + 5 * N + 3 + 1)
+    n = lib.smoe_layer_step(ctypes.addressof(args), c, at)
+    if n < 0:
+        if n in (-4, -5, -6):
+            what = {-4: "conserve", -5: "negative", -6: "orphan"}[n]
+            raise SplitRefused(what, int(buf[-1]))
+        raise NativeError(f"swiftmoe: the native layer step failed: {_ERRORS.get(n, n)}")
+    Sx = int(buf[0])
+    i_b = 1 + X
+    i_ms = i_b + 5 * NB
+    split = _split_in(buf, i_ms + 3, X, N, Sx)
+    if n == 0:
+        return split, None
+    Kx = N * Sx
+    e_C, q_C, s_C, d_C, j_C = buf[i_b : i_b + 5 * NB].reshape(5, NB)[:, :n]
+    before, after, copy = buf[i_ms : i_ms + 3].view(np.float64).tolist()
+    plan = (Sx, buf[1 : 1 + Kx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
+    perm = i_ms + 3 + 3 * X + 5 * N + 3
+    return split, (plan, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx]))
 
 
 class _DecisionCall:

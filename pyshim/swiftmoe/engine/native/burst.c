@@ -1175,6 +1175,46 @@ int64_t smoe_fault_tokens = 0;
 int64_t smoe_check_bounds = 0;
 
 /* smoe_burst_step (smoe.h): burst_run.decide past its threshold, in one call. */
+/* The rank's split of an enlarged placement out_slots [N*Sx] (its burst slots' empty id E a
+ * virtual expert without tokens), from the stage 1 given (NULL: made here), checked as
+ * splitter._conserves checks it, and the placement's send order (dispatch.slot_order: perm_K
+ * the slots by expert, stable; inv_K its inverse). Returns 0, SMOE_ECONSERVE, or an error. */
+static int enlarged_split(const int64_t *c_QE, int64_t N, int64_t E, int64_t Sx,
+                          const int64_t *out_slots, int64_t rank, int64_t rpn, int method,
+                          const smoe_cost *p, int64_t *send_K, int64_t *recv_QS, int64_t *load_x,
+                          int *node_local, smoe_planned *planned_x, const smoe_planned *given,
+                          int64_t *perm_K, int64_t *inv_K) {
+    const int64_t Kx = N * Sx, Ep = E + 1;
+    for (int64_t k = 0; k < Kx; k++)
+        if (out_slots[k] < 0 || out_slots[k] > E) return SMOE_EBUG;
+    /* burst.pad_counts: id E is the empty burst slots' virtual expert, without tokens. */
+    int64_t *c_pad = malloc(sizeof(int64_t) * (size_t)(N * Ep + Ep + 1));
+    if (!c_pad) return SMOE_ENOMEM;
+    int64_t *start = c_pad + N * Ep;
+    for (int64_t q = 0; q < N; q++) {
+        memcpy(c_pad + q * Ep, c_QE + q * E, sizeof(int64_t) * (size_t)E);
+        c_pad[q * Ep + E] = 0;
+    }
+    int rc = smoe_split_for_rank_given(c_pad, out_slots, N, Ep, Sx, rank, rpn, method, p, send_K,
+                                       recv_QS, load_x, node_local, planned_x, given);
+    if (rc >= 0 && smoe_fault_tokens) /* tests only: a split that loses tokens */
+        fault_tokens(send_K, Kx, smoe_fault_tokens);
+    if (rc >= 0) {
+        int ok = smoe_check_rank_split(c_pad, out_slots, N, Ep, Sx, rank, send_K, recv_QS,
+                                       load_x);
+        rc = ok < 0 ? ok : (ok ? 0 : SMOE_ECONSERVE);
+    }
+    if (rc >= 0) {
+        memset(start, 0, sizeof(int64_t) * (size_t)(Ep + 1));
+        for (int64_t k = 0; k < Kx; k++) start[out_slots[k] + 1]++;
+        for (int64_t e = 0; e < Ep; e++) start[e + 1] += start[e];
+        for (int64_t k = 0; k < Kx; k++) perm_K[start[out_slots[k]]++] = k;
+        for (int64_t i = 0; i < Kx; i++) inv_K[perm_K[i]] = i;
+    }
+    free(c_pad);
+    return rc;
+}
+
 int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                         int64_t S, int64_t B, const smoe_cost *p, double threshold, int method,
                         const int64_t *load_R, const smoe_planned *planned, int64_t *out_slots,
@@ -1193,37 +1233,10 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
      * method (and so its cost: "fast" reads none): the split starts from it. */
     const smoe_planned *given =
         split_rpn == p->ranks_per_node && split_method == method ? planned_x : NULL;
-    const int64_t Sx = *out_S, Kx = N * Sx, Ep = E + 1;
-    for (int64_t k = 0; k < Kx; k++)
-        if (out_slots[k] < 0 || out_slots[k] > E) return SMOE_EBUG;
-    /* burst.pad_counts: id E is the empty burst slots' virtual expert, without tokens. */
-    int64_t *c_pad = malloc(sizeof(int64_t) * (size_t)(N * Ep + Ep + 1));
-    if (!c_pad) return SMOE_ENOMEM;
-    int64_t *start = c_pad + N * Ep;
-    for (int64_t q = 0; q < N; q++) {
-        memcpy(c_pad + q * Ep, c_QE + q * E, sizeof(int64_t) * (size_t)E);
-        c_pad[q * Ep + E] = 0;
-    }
     *node_local = win_nl;
-    int rc = smoe_split_for_rank_given(c_pad, out_slots, N, Ep, Sx, rank, split_rpn,
-                                       split_method, split_method == SMOE_METHOD_AUTO ? p : NULL,
-                                       send_K, recv_QS, load_x, node_local, planned_x, given);
-    if (rc >= 0 && smoe_fault_tokens) /* tests only: a split that loses tokens */
-        fault_tokens(send_K, Kx, smoe_fault_tokens);
-    if (rc >= 0) {
-        int ok = smoe_check_rank_split(c_pad, out_slots, N, Ep, Sx, rank, send_K, recv_QS,
-                                       load_x);
-        rc = ok < 0 ? ok : (ok ? 0 : SMOE_ECONSERVE);
-    }
-    if (rc >= 0) {
-        /* dispatch.slot_order: a stable sort of the slots by expert (a counting sort). */
-        memset(start, 0, sizeof(int64_t) * (size_t)(Ep + 1));
-        for (int64_t k = 0; k < Kx; k++) start[out_slots[k] + 1]++;
-        for (int64_t e = 0; e < Ep; e++) start[e + 1] += start[e];
-        for (int64_t k = 0; k < Kx; k++) perm_K[start[out_slots[k]]++] = k;
-        for (int64_t i = 0; i < Kx; i++) inv_K[perm_K[i]] = i;
-    }
-    free(c_pad);
+    int rc = enlarged_split(c_QE, N, E, *out_S, out_slots, rank, split_rpn, split_method,
+                            split_method == SMOE_METHOD_AUTO ? p : NULL, send_K, recv_QS, load_x,
+                            node_local, planned_x, given, perm_K, inv_K);
     return rc < 0 ? rc : n;
 }
 
@@ -1257,4 +1270,91 @@ int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const in
     info[1] = px.priced;
     memcpy(info + 2, &px.ms, sizeof px.ms);
     return n;
+}
+
+/* smoe_layer_step (smoe.h): the planned placement's split and, past the threshold, the burst
+ * step from its stage 1, in one call. */
+int64_t smoe_layer_step(const smoe_burst_args *a, const int64_t *c_QE, int64_t *out) {
+    const int64_t N = a->N, E = a->E, S = a->S, B = a->B, K = N * S, X = N * (S + B);
+    const int64_t NB = N * B > 1 ? N * B : 1;
+    int64_t *out_S = out, *slots_x = out + 1, *bursts = slots_x + X;
+    int64_t *ms = bursts + 5 * NB, *send_K = ms + 3, *recv_QS = send_K + X;
+    int64_t *load_x = recv_QS + X, *demand_x = load_x + N, *sums_x = demand_x + X;
+    int64_t *info = sums_x + 4 * N, *perm_K = info + 3, *inv_K = perm_K + X, *bad = inv_K + X;
+    const smoe_cost *p = a->cost, *p_split = a->method == SMOE_METHOD_AUTO ? p : NULL;
+    *out_S = 0;
+    *bad = -1;
+    if (N < 1 || S < 1 || B < 1 || E < 1 || a->rank < 0 || a->rank >= N || !p ||
+        a->split_method != a->method || a->split_rpn != p->ranks_per_node)
+        return SMOE_EBUG; /* the caller checks these */
+    int64_t rc = smoe_check_layer(c_QE, a->slots_K, N, E, S, bad);
+    if (rc < 0) return rc;
+    /* The planned placement's stage 1 (smoe_split_for_rank's) and every rank's load. */
+    int64_t *blk = malloc(sizeof(int64_t) * (size_t)(K + 4 * N + 3 * N + E));
+    if (!blk) return SMOE_ENOMEM;
+    int64_t *demand0 = blk, *sums0 = demand0 + K, *load0 = sums0 + 4 * N, *row_Q = load0 + N;
+    int64_t *L_E = row_Q + N;
+    memset(L_E, 0, sizeof(int64_t) * (size_t)E);
+    for (int64_t q = 0; q < N; q++) {
+        row_Q[q] = 0;
+        for (int64_t e = 0; e < E; e++) {
+            L_E[e] += c_QE[q * E + e];
+            row_Q[q] += c_QE[q * E + e];
+        }
+    }
+    smoe_plan pl;
+    if ((rc = smoe_plan_init(&pl, a->slots_K, N, S, E)) < 0) {
+        free(blk);
+        return rc;
+    }
+    int nl0 = 0;
+    double ms0 = 0.0;
+    rc = smoe_priced_demand_nl(c_QE, row_Q, &pl, L_E, a->split_rpn, a->method, p_split, demand0,
+                               &ms0, sums0, &nl0);
+    smoe_plan_free(&pl);
+    smoe_planned st = {demand0, sums0, ms0, (int)(rc > 0)};
+    int64_t n = 0;
+    if (rc >= 0) {
+        for (int64_t r = 0; r < N; r++) {
+            load0[r] = 0;
+            for (int64_t s = 0; s < S; s++) load0[r] += demand0[r * S + s];
+        }
+        if (past_threshold(load0, N, B, a->threshold)) {
+            smoe_planned px = {demand_x, sums_x, 0.0, 0};
+            int nl = 0;
+            double out_ms[3] = {0.0, 0.0, 0.0};
+            n = smoe_burst_step(c_QE, a->slots_K, N, E, S, B, p, a->threshold, a->method, load0,
+                                &st, slots_x, out_S, bursts, bursts + NB, bursts + 2 * NB,
+                                bursts + 3 * NB, bursts + 4 * NB, out_ms, a->rank, a->split_rpn,
+                                a->split_method, send_K, recv_QS, load_x, &nl, &px, perm_K,
+                                inv_K);
+            memcpy(ms, out_ms, sizeof out_ms);
+            if (n > 0) {
+                info[0] = nl;
+                info[1] = px.priced;
+                memcpy(info + 2, &px.ms, sizeof px.ms);
+            }
+        }
+        rc = n < 0 ? n : 0;
+    }
+    if (rc >= 0 && n == 0) { /* the planned placement's split, from its stage 1 */
+        smoe_planned px = {demand_x, sums_x, 0.0, 0};
+        int nl = nl0;
+        *out_S = S;
+        rc = smoe_split_for_rank_given(c_QE, a->slots_K, N, E, S, a->rank, a->split_rpn,
+                                       a->method, p_split, send_K, recv_QS, load_x, &nl, &px,
+                                       &st);
+        if (rc >= 0 && smoe_fault_tokens) /* tests only: a split that loses tokens */
+            fault_tokens(send_K, K, smoe_fault_tokens);
+        if (rc >= 0) {
+            int ok = smoe_check_rank_split(c_QE, a->slots_K, N, E, S, a->rank, send_K, recv_QS,
+                                           load_x);
+            rc = ok < 0 ? ok : (ok ? 0 : SMOE_ECONSERVE);
+        }
+        info[0] = nl;
+        info[1] = px.priced;
+        memcpy(info + 2, &px.ms, sizeof px.ms);
+    }
+    free(blk);
+    return rc < 0 ? rc : n;
 }

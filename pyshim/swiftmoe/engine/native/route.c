@@ -377,6 +377,41 @@ int smoe_check_rank_split(const int64_t *c_QE, const int64_t *slots_K, int64_t N
     return load_R[r] == got;
 }
 
+/* smoe_check_layer (smoe.h): a layer call's placement and counts. */
+int smoe_check_layer(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                     int64_t S, int64_t *bad)
+{
+    const int64_t K = N * S;
+    for (int64_t k = 0; k < K; k++) /* checked once by the caller; kept memory: again here */
+        if (slots_K[k] < 0 || slots_K[k] >= E)
+            return SMOE_EBUG;
+    for (int64_t i = 0; i < N * E; i++)
+        if (c_QE[i] < 0) {
+            *bad = i;
+            return SMOE_ENEGATIVE;
+        }
+    /* plan_index.prepare: an expert without a slot may have no tokens. */
+    unsigned char *held = calloc((size_t)E, 1);
+    if (!held)
+        return SMOE_ENOMEM;
+    for (int64_t k = 0; k < K; k++)
+        held[slots_K[k]] = 1;
+    int64_t orphan = -1;
+    for (int64_t e = 0; e < E && orphan < 0; e++) {
+        if (held[e])
+            continue;
+        for (int64_t q = 0; q < N && orphan < 0; q++)
+            if (c_QE[q * E + e] > 0)
+                orphan = e;
+    }
+    free(held);
+    if (orphan >= 0) {
+        *bad = orphan;
+        return SMOE_EORPHAN;
+    }
+    return 0;
+}
+
 /* smoe_layer_split (smoe.h): RankSplitter's split of the planned placement in one call. */
 int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out)
 {
@@ -389,34 +424,10 @@ int smoe_layer_split(const smoe_layer_args *a, const int64_t *c_QE, int64_t *out
     info[3] = -1;
     if (N < 1 || E < 1 || S < 1 || a->rank < 0 || a->rank >= N)
         return SMOE_EBUG; /* the caller checks these */
-    for (int64_t k = 0; k < K; k++) /* checked once by the caller; kept memory: again here */
-        if (slots_K[k] < 0 || slots_K[k] >= E)
-            return SMOE_EBUG;
-    for (int64_t i = 0; i < N * E; i++)
-        if (c_QE[i] < 0) {
-            info[3] = i;
-            return SMOE_ENEGATIVE;
-        }
-    /* plan_index.prepare: an expert without a slot may have no tokens. */
-    unsigned char *held = calloc((size_t)E, 1);
-    if (!held)
-        return SMOE_ENOMEM;
-    for (int64_t k = 0; k < K; k++)
-        held[slots_K[k]] = 1;
-    int64_t bad = -1;
-    for (int64_t e = 0; e < E && bad < 0; e++) {
-        if (held[e])
-            continue;
-        for (int64_t q = 0; q < N && bad < 0; q++)
-            if (c_QE[q * E + e] > 0)
-                bad = e;
-    }
-    free(held);
-    if (bad >= 0) {
-        info[3] = bad;
-        return SMOE_EORPHAN;
-    }
-    int rc = smoe_split_for_rank(c_QE, slots_K, N, E, S, a->rank, a->rpn, a->method, a->cost,
+    int rc = smoe_check_layer(c_QE, slots_K, N, E, S, info + 3);
+    if (rc < 0)
+        return rc;
+    rc = smoe_split_for_rank(c_QE, slots_K, N, E, S, a->rank, a->rpn, a->method, a->cost,
                                  send_K, recv_QS, load_R, &node_local, &planned);
     if (rc < 0)
         return rc;

@@ -30,7 +30,7 @@
 
 /* The interface's version: bump it with any change to a struct, a signature or a result, and
  * native/__init__.py's _ABI with it; the loader refuses a library of another version. */
-#define SMOE_ABI 8
+#define SMOE_ABI 9
 int64_t smoe_abi(void);
 
 /* The split's methods as smoe_priced_demand takes them ("exact" is not ported). */
@@ -241,6 +241,13 @@ typedef struct {
     int method, split_method;
 } smoe_burst_args;
 
+/* smoe_layer_split's and smoe_layer_step's checks of a layer call's placement slots_K [N*S]
+ * and counts c_QE [N, E]: SMOE_EBUG for a slot id outside 0..E-1 (the caller checks them;
+ * kept memory, checked again), SMOE_ENEGATIVE (*bad = q*E + e, the first in row order) and
+ * SMOE_EORPHAN (tokens for an expert without a slot, *bad = e, the first), or 0 (route.c). */
+int smoe_check_layer(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
+                     int64_t S, int64_t *bad);
+
 /* smoe_layer_burst's out, for NB = max(N*B, 1) and X = N*(S+B), one array after another:
  * S' [1], the enlarged placement [X] (row stride S'), the bursts' e, q, s, d, j [NB each], the
  * three ms [3] (doubles' bytes), then the enlarged split's send_K [X], recv_QS [X], load_x [N],
@@ -258,5 +265,17 @@ typedef struct {
  * an error. */
 int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const int64_t *load_R,
                          const int64_t *planned, double planned_ms, int priced, int64_t *out);
+
+/* A layer call's whole host step in one call: smoe_layer_split's checks and split of the
+ * planned placement, and where its loads pass the threshold smoe_layer_burst's step, which
+ * starts from that split's stage 1. The split's method and rpn must be the decision's (a's
+ * split_method = method, split_rpn = the cost's ranks_per_node: SMOE_EBUG otherwise; the
+ * caller checks). c_QE [N, E]; out [SMOE_BURST_OUT(N, S, B) + 1], laid out as
+ * smoe_layer_burst's, then bad [1]. Returns C > 0 where bursts are made (out as
+ * smoe_layer_burst's), or 0 where none are: S' = S, and the split section holds the planned
+ * placement's split (its arrays of X entries, N*S used); the bursts' fields and perm_K, inv_K
+ * are then left alone. The split's checks fail with SMOE_ECONSERVE (a bug), the counts' with
+ * SMOE_ENEGATIVE or SMOE_EORPHAN and bad (smoe_check_layer); or another error (burst.c). */
+int64_t smoe_layer_step(const smoe_burst_args *a, const int64_t *c_QE, int64_t *out);
 
 #endif
