@@ -356,6 +356,25 @@ class _LayerArgs(ctypes.Structure):
     ]
 
 
+def _counts_at(method, counts_NE) -> tuple:
+    """(library, the address of the counts) where a layer call's C split can run: the library
+    loaded, the method ported, the counts int64 C-contiguous on the CPU [N, E]; else (library
+    or None, None)."""
+    lib = library()
+    if lib is None or method not in _METHODS or getattr(counts_NE, "ndim", 0) != 2:
+        return lib, None
+    N, E = counts_NE.shape
+    return lib, _int64s(counts_NE, N * E)
+
+
+def _refuse(rc: int, where: int, what: str):
+    """Raise a layer call's C refusal rc < 0: SplitRefused for the checks' (``where`` the
+    index they name), NativeError for any other."""
+    if rc in (-4, -5, -6):
+        raise SplitRefused({-4: "conserve", -5: "negative", -6: "orphan"}[rc], where)
+    raise NativeError(f"swiftmoe: the native {what} failed: {_ERRORS.get(rc, rc)}")
+
+
 def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost, slots_at=None):
     """``RankSplitter``'s split of a planned placement in one C call (``smoe_layer_split``,
     three arguments: the Python call's conversions of fifteen took more time than the counts'
@@ -378,13 +397,10 @@ def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost, slots_at=None):
         NativeError: the C code failed (memory, or an internal check: a slot id outside the
             experts).
     """
-    lib = library()
-    if lib is None or method not in _METHODS or getattr(counts_NE, "ndim", 0) != 2:
-        return None
-    N, E = counts_NE.shape
-    c = _int64s(counts_NE, N * E)
+    lib, c = _counts_at(method, counts_NE)
     if c is None:
         return None
+    N, E = counts_NE.shape
     K = N * S
     if slots_at is None:
         slots_at = _int64s(slots_K, K)
@@ -396,10 +412,7 @@ def layer_split(counts_NE, slots_K, S, rank, rpn, method, cost, slots_at=None):
     out, at = _fresh(3 * K + 5 * N + 4)
     rc = lib.smoe_layer_split(ctypes.addressof(args), c, at)
     if rc < 0:
-        if rc in (-4, -5, -6):
-            what = {-4: "conserve", -5: "negative", -6: "orphan"}[rc]
-            raise SplitRefused(what, int(out[-1]))
-        raise NativeError(f"swiftmoe: the native split failed: {_ERRORS.get(rc, rc)}")
+        _refuse(rc, int(out[-1]), "split")
     return _split_in(out, 0, K, N, S)
 
 
@@ -573,13 +586,10 @@ def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_
             a slot, a split that failed its checks).
         NativeError: the C code failed (memory, or an internal check).
     """
-    lib = library()
-    if lib is None or method not in _METHODS or getattr(counts_NE, "ndim", 0) != 2:
-        return None
-    N, E = counts_NE.shape
-    c = _int64s(counts_NE, N * E)
+    lib, c = _counts_at(method, counts_NE)
     if c is None:
         return None
+    N, E = counts_NE.shape
     K, X, NB = N * S, N * (S + B), max(N * B, 1)
     if slots_at is None:
         slots_at = _int64s(slots_K, K)
@@ -594,10 +604,7 @@ def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_
     buf, at = _fresh(1 + 6 * X + 5 * NB + 3 + 5 * N + 3 + 1)
     n = lib.smoe_layer_step(ctypes.addressof(args), c, at)
     if n < 0:
-        if n in (-4, -5, -6):
-            what = {-4: "conserve", -5: "negative", -6: "orphan"}[n]
-            raise SplitRefused(what, int(buf[-1]))
-        raise NativeError(f"swiftmoe: the native layer step failed: {_ERRORS.get(n, n)}")
+        _refuse(n, int(buf[-1]), "layer step")
     Sx = int(buf[0])
     i_b = 1 + X
     i_ms = i_b + 5 * NB
