@@ -140,7 +140,7 @@ class RankSplitter:
         the Python glue of those calls took several times the C split's own time. The
         placement's address is kept on its index (read-only, like the index's own arrays)."""
         got = self._native_call(
-            counts_NE, N, E, plan, layer_index, cost, "split",
+            counts_NE, N, E, plan, layer_index, cost,
             lambda r, rpn, method, at: _native.layer_split(
                 counts_NE, plan.slots_K, plan.S, r, rpn, method, cost, slots_at=at
             ),
@@ -159,6 +159,7 @@ class RankSplitter:
         N, E = counts_NE.shape
         if (
             cost is None
+            or policy.B < 1
             or policy.method != self.method
             or cost.ranks_per_node != self.ranks_per_node
             or not _native.use(None, policy.method, "burst step")
@@ -166,7 +167,7 @@ class RankSplitter:
             return None
         plan = self._indexes.index(slots_K, self.S, N, E)
         got = self._native_call(
-            counts_NE, N, E, plan, layer_index, cost, "split",
+            counts_NE, N, E, plan, layer_index, cost,
             lambda r, rpn, method, at: _native.layer_step(
                 counts_NE, plan.slots_K, plan.S, policy.B, cost, policy.threshold, method, r,
                 slots_at=at,
@@ -174,13 +175,13 @@ class RankSplitter:
         )  # fmt: skip
         return None if got is None else (from_native(got[0]), got[1])
 
-    def _native_call(self, counts_NE, N: int, E: int, plan, layer_index: int, cost, what, call):
+    def _native_call(self, counts_NE, N: int, E: int, plan, layer_index: int, cost, call):
         """``call(rank, rpn, method, address of the placement)`` where the library splits this
         layer call (else None), its refusals raised as this splitter's Python checks raise
         them."""
         r, rpn, method = self.rank, self.ranks_per_node, self.method
         if not (
-            _native.use(None, method, what)
+            _native.use(None, method, "split")
             and type(rpn) is int
             and 0 <= r < plan.N
             and (plan.N, plan.S, plan.E) == (N, self.S, E)  # else the checks below refuse it
