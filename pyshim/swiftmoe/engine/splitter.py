@@ -162,8 +162,7 @@ class RankSplitter:
             or policy.B < 1
             or policy.method != self.method
             or cost.ranks_per_node != self.ranks_per_node
-            or not _native.use(None, policy.method, "burst step")
-        ):
+        ):  # (the library and the method: _native_call checks them)
             return None
         plan = self._indexes.index(slots_K, self.S, N, E)
         got = self._native_call(

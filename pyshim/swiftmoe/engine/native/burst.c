@@ -1196,7 +1196,7 @@ static int enlarged_split(const int64_t *c_QE, int64_t N, int64_t E, int64_t Sx,
         c_pad[q * Ep + E] = 0;
     }
     int rc = smoe_split_for_rank_given(c_pad, out_slots, N, Ep, Sx, rank, rpn, method, p, send_K,
-                                       recv_QS, load_x, node_local, planned_x, given);
+                                       recv_QS, load_x, node_local, planned_x, given, NULL);
     if (rc >= 0 && smoe_fault_tokens) /* tests only: a split that loses tokens */
         fault_tokens(send_K, Kx, smoe_fault_tokens);
     if (rc >= 0) {
@@ -1311,7 +1311,6 @@ int64_t smoe_layer_step(const smoe_burst_args *a, const int64_t *c_QE, int64_t *
     double ms0 = 0.0;
     rc = smoe_priced_demand_nl(c_QE, row_Q, &pl, L_E, a->split_rpn, a->method, p_split, demand0,
                                &ms0, sums0, &nl0);
-    smoe_plan_free(&pl);
     smoe_planned st = {demand0, sums0, ms0, (int)(rc > 0)};
     int64_t n = 0;
     if (rc >= 0) {
@@ -1343,7 +1342,7 @@ int64_t smoe_layer_step(const smoe_burst_args *a, const int64_t *c_QE, int64_t *
         *out_S = S;
         rc = smoe_split_for_rank_given(c_QE, a->slots_K, N, E, S, a->rank, a->split_rpn,
                                        a->method, p_split, send_K, recv_QS, load_x, &nl, &px,
-                                       &st);
+                                       &st, &pl);
         if (rc >= 0 && smoe_fault_tokens) /* tests only: a split that loses tokens */
             fault_tokens(send_K, K, smoe_fault_tokens);
         if (rc >= 0) {
@@ -1355,6 +1354,7 @@ int64_t smoe_layer_step(const smoe_burst_args *a, const int64_t *c_QE, int64_t *
         info[1] = px.priced;
         memcpy(info + 2, &px.ms, sizeof px.ms);
     }
+    smoe_plan_free(&pl);
     free(blk);
     return rc < 0 ? rc : n;
 }

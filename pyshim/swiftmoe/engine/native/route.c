@@ -47,14 +47,14 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         smoe_planned *planned)
 {
     return smoe_split_for_rank_given(c_QE, slots_K, N, E, S, rank, rpn, method, p, send_K,
-                                     recv_QS, load_R, node_local, planned, NULL);
+                                     recv_QS, load_R, node_local, planned, NULL, NULL);
 }
 
 int smoe_split_for_rank_given(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                               int64_t S, int64_t rank, int64_t rpn, int method,
                               const smoe_cost *p, int64_t *send_K, int64_t *recv_QS,
                               int64_t *load_R, int *node_local, smoe_planned *planned,
-                              const smoe_planned *given)
+                              const smoe_planned *given, const smoe_plan *index)
 {
     int given_nl = *node_local;
     *node_local = 0;
@@ -62,9 +62,11 @@ int smoe_split_for_rank_given(const int64_t *c_QE, const int64_t *slots_K, int64
         return SMOE_EUNSUPPORTED;
     if (N < 1 || E < 1 || S < 1 || rank < 0 || rank >= N)
         return SMOE_EBUG; /* the caller checks these */
-    smoe_plan pl;
-    int rc = smoe_plan_init(&pl, slots_K, N, S, E);
-    if (rc)
+    smoe_plan pl; /* the caller's index, or one made here (and freed) */
+    int rc = 0;
+    if (index)
+        pl = *index;
+    else if ((rc = smoe_plan_init(&pl, slots_K, N, S, E)) != 0)
         return rc;
     const int64_t K = pl.K, P = pl.P, r = rank;
     const int node = 0 < rpn && rpn < N; /* tiers.tier_amounts: a node tier */
@@ -80,7 +82,8 @@ int smoe_split_for_rank_given(const int64_t *c_QE, const int64_t *slots_K, int64
     if (!blk || !bytes) {
         free(blk);
         free(bytes);
-        smoe_plan_free(&pl);
+        if (!index)
+            smoe_plan_free(&pl);
         return SMOE_ENOMEM;
     }
     unsigned char *frac = bytes, *need_E = bytes + K;
@@ -329,7 +332,8 @@ int smoe_split_for_rank_given(const int64_t *c_QE, const int64_t *slots_K, int64
 out:
     free(blk);
     free(bytes);
-    smoe_plan_free(&pl);
+    if (!index)
+        smoe_plan_free(&pl);
     return rc;
 }
 

@@ -156,12 +156,14 @@ int smoe_split_for_rank(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
 /* smoe_split_for_rank from a given stage 1 (given not NULL): given->demand_K [K], its ms and
  * sums [4*N] where given->priced, and *node_local on entry: what smoe_priced_demand_nl makes of
  * the same counts, placement, rpn, method and cost, so the split is the same. The burst step
- * passes its decision's (burst.c). given NULL: smoe_split_for_rank. planned may be given. */
+ * passes its decision's (burst.c). given NULL: smoe_split_for_rank. planned may be given.
+ * index: the placement's smoe_plan_init index where the caller has it (left to the caller to
+ * free), or NULL (made here). */
 int smoe_split_for_rank_given(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                               int64_t S, int64_t rank, int64_t rpn, int method,
                               const smoe_cost *p, int64_t *send_K, int64_t *recv_QS,
                               int64_t *load_R, int *node_local, smoe_planned *planned,
-                              const smoe_planned *given);
+                              const smoe_planned *given, const smoe_plan *index);
 
 /* smoe_layer_split's arguments but the counts and the outputs, in one struct (native.layer_split
  * builds it per call: a struct's fields cost less to set than ctypes' argument conversions):
