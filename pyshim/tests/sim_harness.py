@@ -78,6 +78,7 @@ def run_sim(address, loads_ILE, systems, slots, static_slots, **kw):
         split_method=kw.pop("split_method", "auto"),
         decision_ms=kw.pop("decision_ms", 0.0),
         decision_measured=kw.pop("decision_measured", False),
+        decision_gate=kw.pop("decision_gate", True),
         split_ms=kw.pop("split_ms", 0.0),
     )
     return simulate(

@@ -221,6 +221,7 @@ def _train(rank: int, world_size: int, model_cls=SkewedNet, micro: int = 1, **cf
         handle.zero_grad()
     out = {"stats": stats, "state": full_state(model, handle)}
     out["grouped"] = all(la.grouped for la in handle.layers)
+    out["gate_ms"] = handle._run.bursts.gate.decision_ms
     _close(handle)
     return out
 
@@ -338,6 +339,36 @@ def test_burst_replicas_train_like_single_process(world_size: int) -> None:
         if q // G != d // G
     ]
     assert across, results[0]["nodes"]["records"]
+
+
+def _gated_worker(rank: int, world_size: int) -> dict:
+    results = {}
+    for name, ms in (("stopped", 1e9), ("auto", "auto")):
+        records: list = []
+        _spy(records)
+        out = _train(rank, world_size, burst_decision_ms=ms)
+        out["records"] = records
+        results[name] = out
+    return results
+
+
+def test_decision_gate_on_ranks():
+    """The decision's gate in training on 2 gloo ranks. A decision priced far above any gain
+    (1e9 ms) runs in the first step only (no step reached before it) and is stopped in every
+    later one, and training is unchanged. With "auto", rank 0's measured figure reaches every
+    rank, and the ranks make the same bursts."""
+    results = run_ranks(_gated_worker, 2, timeout_s=240)
+    ref = _reference(2)
+    for rank, res in enumerate(results):
+        out = res["stopped"]
+        _assert_state(out["state"], ref, f"stopped rank {rank}")
+        made = [sum(s.bursts_L) > 0 for s in out["stats"]]
+        assert made == [True] + [False] * (STEPS - 1), made
+        assert out["gate_ms"] == 1e9
+        auto = res["auto"]
+        _assert_state(auto["state"], ref, f"auto rank {rank}")
+        assert auto["gate_ms"] == results[0]["auto"]["gate_ms"] > 0
+        assert auto["records"] == results[0]["auto"]["records"]
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,9 @@ def test_training_matches_single_process_under_changing_placements(world_size: i
 
 # The two cases of the priced split: plain, and with burst replicas (copies within a node nearly
 # free, compute dear enough that they pay, links between nodes slow enough that the
-# node-balanced amounts win most layer calls, the enlarged placements' among them).
+# node-balanced amounts win most layer calls, the enlarged placements' among them). Without the
+# decision's gate: the placement changes every step here, so the step the last decision reached
+# says little of this one's, and the gate would stop decisions this test needs to run.
 PRICED = {
     "plain": dict(inter_node_bandwidth=1e3, burst_slots_per_rank=0),
     "bursts": dict(
@@ -59,6 +61,7 @@ PRICED = {
         expert_flops_per_s=1e6,
         burst_slots_per_rank=1,
         burst_threshold=1.0,
+        burst_decision_ms=0.0,
     ),
 }
 

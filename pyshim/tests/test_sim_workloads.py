@@ -172,11 +172,11 @@ def test_bursts_cut_the_step_where_the_hot_expert_moves(sidecar_address):
 def test_decision_ms_charges_every_layer_call_whose_decision_ran(sidecar_address):
     # The burst decision's host time (--decision-ms) is charged where its threshold is passed,
     # whether or not it makes bursts (without a throughput it has nothing to weigh a copy
-    # against: none made); nothing else changes.
+    # against: none made); nothing else changes. Without the decision's gate (below).
     loads = skewed()
     systems = "bound,swiftmoe,swiftmoe-burst"
     for flops, made in ((6 * 16384e6, True), (0.0, False)):
-        kw = dict(flops_per_s=flops)
+        kw = dict(flops_per_s=flops, decision_gate=False)
         base = run_sim(sidecar_address, loads, systems, 2, 2, **kw)
         res = run_sim(sidecar_address, loads, systems, 2, 2, decision_ms=0.25, **kw)
         b0, b1 = base.per_iteration["swiftmoe-burst"], res.per_iteration["swiftmoe-burst"]
@@ -198,7 +198,7 @@ def test_decision_ms_charges_every_layer_call_whose_decision_ran(sidecar_address
     with pytest.raises(ValueError, match="--decision-ms"):
         run_sim(sidecar_address, loads, "swiftmoe-burst", 2, 2, decision_ms=-1.0)
     # --decision-ms measured: each decision's own wall time here, on the same calls.
-    kw = dict(flops_per_s=6 * 16384e6)
+    kw = dict(flops_per_s=6 * 16384e6, decision_gate=False)
     base = run_sim(sidecar_address, loads, systems, 2, 2, **kw)
     res = run_sim(sidecar_address, loads, systems, 2, 2, decision_measured=True, **kw)
     b0, b1 = base.per_iteration["swiftmoe-burst"], res.per_iteration["swiftmoe-burst"]
@@ -209,6 +209,32 @@ def test_decision_ms_charges_every_layer_call_whose_decision_ran(sidecar_address
         sidecar_address, np.full((4, 1, 8), 1000), systems, 2, 2, decision_measured=True, **kw
     )
     assert (flat.per_iteration["swiftmoe-burst"]["decision_ms"] == 0).all()
+
+
+@needs_sidecar
+def test_decision_gate_stops_decisions_that_cannot_pay(sidecar_address):
+    # The engine's gate (burst_run.DecisionGate) with --decision-ms as the decision's host time:
+    # the first decision runs; past it one runs only where the planned step exceeds the step
+    # the last decision reached by more than its host time. A decision dearer than any gain
+    # (1 s) then never runs again in 8 iterations (the gate lifts after 16 stopped in a row);
+    # a stopped one is charged nothing and makes no burst.
+    loads = skewed()
+    systems = "bound,swiftmoe,swiftmoe-burst"
+    kw = dict(flops_per_s=6 * 16384e6)
+    dear = run_sim(sidecar_address, loads, systems, 2, 2, decision_ms=1e3, **kw)
+    b = dear.per_iteration["swiftmoe-burst"]
+    np.testing.assert_array_equal(b["decision_ms"], [1e3] + [0.0] * (len(loads) - 1))
+    assert b["bursts"][0] > 0 and (b["bursts"][1:] == 0).all(), b["bursts"]
+    sw = dear.per_iteration["swiftmoe"]
+    np.testing.assert_allclose(b["step_ms"][1:], sw["step_ms"][1:])  # the planned placement's
+    # A decision that costs next to nothing runs wherever the planned step is above the last
+    # reached one, which here is wherever the ungated decision made bursts.
+    cheap = run_sim(sidecar_address, loads, systems, 2, 2, decision_ms=1e-9, **kw)
+    free = run_sim(sidecar_address, loads, systems, 2, 2, decision_ms=1e-9, decision_gate=False,
+                   **kw)  # fmt: skip
+    c, f = cheap.per_iteration["swiftmoe-burst"], free.per_iteration["swiftmoe-burst"]
+    np.testing.assert_array_equal(c["bursts"], f["bursts"])
+    np.testing.assert_allclose(c["step_ms"], f["step_ms"], atol=1e-6)
 
 
 @needs_sidecar

@@ -206,6 +206,7 @@ def plan_bursts(
     load_R=None,
     native: bool | None = None,
     planned=None,
+    gate: float = -1.0,
 ) -> BurstPlan:
     """The burst replicas of one layer in one iteration (see the module docstring).
 
@@ -227,6 +228,11 @@ def plan_bursts(
         planned: the split on the planned placement with this method and cost when the
             caller has it (``RankSplit.planned``, ``split.Planned``), else None (made here):
             a layer that has split its tokens need not split them again to decide.
+        gate: past the threshold, no list is built where the planned placement's modelled
+            step (``before_ms``) is at most ``gate`` ms: none is made, at the cost of pricing
+            that split alone. The engine's gate (``burst_run.DecisionGate``) is the step its
+            last decision reached plus the decision's own host time, so that a decision that
+            cannot save more than it costs does not run; negative (the default): never.
         native: None (default) runs the C port (``swiftmoe.engine.native``, the same decision
             bit for bit) when its library is found and the method is "fast" or "auto", else
             this module's NumPy code; False always runs the NumPy code; True requires the C
@@ -244,9 +250,16 @@ def plan_bursts(
     c_QE, slots, load_R = _check(
         counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R, planned
     )
+    if not is_number(gate) or math.isnan(gate):
+        raise ValueError(
+            f"gate is {gate!r}: pass a number of ms (the planned step at or under which no "
+            "burst list is built), negative for none"
+        )
     N, E = c_QE.shape
     if _native.use(native, method, "burst decision"):
-        got = _native.plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned)
+        got = _native.plan_bursts(
+            c_QE, slots, S, B, params, threshold, method, load_R, planned, float(gate)
+        )
         return BurstPlan(E, *got)
     total = int(c_QE.sum())
     if B == 0 or N == 1 or total == 0:
@@ -279,6 +292,8 @@ def plan_bursts(
         before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
+    if before <= gate:
+        return _none(slots, S, E, before)  # the gate: a decision would not pay its host time
     c_pad = pad_counts(c_QE)
     best = None
     # The lists start from the split on the planned placement; where the split's stage 1 is

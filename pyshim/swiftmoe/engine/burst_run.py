@@ -32,6 +32,7 @@ of one expert.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -78,15 +79,124 @@ class ExpertSlots(Protocol):
     slot_params: list[tuple[torch.Tensor, ...]]
 
 
+GATE_REFRESH = 16  # a layer's gated decisions in a row after which the next one runs anyway
+
+
+class DecisionGate:
+    """Whether a layer's burst decision is worth its host time; the same on every rank.
+
+    Past the threshold a decision costs host time whether it makes bursts or not (about 0.1 ms
+    at 16 ranks and 0.5 ms at 32 on a 2-core host, ``scripts/bench_decision.py``), and the
+    GPUs wait for it. The gate lets it run only where the planned placement's modelled step
+    (``BurstPlan.before_ms``, the split's own price) exceeds the step the layer's last
+    decision reached (its ``after_ms``, the copies included) by more than ``decision_ms``, the
+    decision's host time: elsewhere it cannot be expected to save what it costs, and it stops
+    after pricing the planned split (``plan_bursts``' ``gate``). After ``refresh`` gated calls
+    of a layer in a row, the next runs anyway, so that the reference cannot go stale.
+
+    Its state changes only between iterations (:meth:`next_iteration`, from the engine's
+    step): every forward of an iteration, and the recompute of a checkpointed one, sees the
+    same gate. Decisions are made from the same counts on every rank and ``decision_ms`` is
+    rank 0's, so every rank gates alike.
+    """
+
+    def __init__(self, refresh: int = GATE_REFRESH) -> None:
+        self.refresh = refresh
+        self.decision_ms = 0.0
+        self._after: dict[int, float] = {}  # layer -> the step its last decision reached
+        self._skipped: dict[int, int] = {}  # layer -> gated decisions in a row
+        self._gate: dict[int, float] = {}  # layer -> this iteration's gate
+        self._seen: dict[int, list[tuple[float, float]]] = {}  # this iteration's decisions
+        self.last_ran = False  # whether the last decision saw() ran past its gate
+
+    def limit(self, layer: int) -> float:
+        """This iteration's gate of ``layer`` (ms; negative: none), for ``plan_bursts``."""
+        return self._gate.get(layer, -1.0)
+
+    def saw(self, layer: int, before_ms: float, after_ms: float) -> None:
+        """A training call's decision: its before_ms and after_ms (before_ms 0: the threshold
+        was not passed, nothing is recorded)."""
+        self.last_ran = before_ms > 0 and before_ms > self.limit(layer)
+        if before_ms > 0:
+            self._seen.setdefault(layer, []).append((before_ms, after_ms))
+
+    def next_iteration(self, decision_ms: float) -> None:
+        """Fold this iteration's decisions in and set the next iteration's gates, with
+        ``decision_ms`` the decision's host time (0: no gate)."""
+        for layer, seen in self._seen.items():
+            g = self.limit(layer)
+            for before, after in seen:
+                if before <= g:  # gated
+                    self._skipped[layer] = self._skipped.get(layer, 0) + 1
+                else:
+                    self._after[layer], self._skipped[layer] = after, 0
+        self._seen.clear()
+        self.decision_ms = float(decision_ms)
+        self._gate = {}
+        if self.decision_ms > 0:
+            for layer, after in self._after.items():
+                if self._skipped.get(layer, 0) < self.refresh:
+                    self._gate[layer] = after + self.decision_ms
+
+
+class DecisionClock:
+    """Rank 0's estimate of a burst decision's host time (``burst_decision_ms="auto"``): the
+    median host time of an iteration's training calls whose decision ran, less the median of
+    the latest iteration's calls whose decision did not run (the split alone, or a stopped
+    decision; 0 until one is measured, so the whole call counts), smoothed over iterations
+    (half the weight on the newest). The engine broadcasts rank 0's figure, so that every
+    rank gates with the same number."""
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self.plain_s = 0.0
+        self._ran: list[float] = []
+        self._plain: list[float] = []
+
+    def add(self, seconds: float, ran: bool) -> None:
+        (self._ran if ran else self._plain).append(seconds)
+
+    def next_iteration(self) -> float:
+        """The estimate after this iteration's calls (ms), which it then forgets."""
+        if self._plain:
+            self.plain_s = float(np.median(self._plain))
+        if self._ran:
+            d = max(1e3 * (float(np.median(self._ran)) - self.plain_s), 0.0)
+            self.ms = d if self.ms == 0.0 else 0.5 * (self.ms + d)
+        self._ran.clear()
+        self._plain.clear()
+        return self.ms
+
+
 class BurstPolicy:
     """What every layer's burst decision shares; the same on every rank (from the config).
 
     Attributes: B, burst slots per rank (>= 1); threshold, the busiest rank's load over the
-    mean above which bursts are considered; method, the split's.
+    mean above which bursts are considered; method, the split's; decision_ms, the decision's
+    host time for the gate (a number of ms, 0 for no gate, or "auto": rank 0 measures it,
+    :class:`DecisionClock`); gate, the layers' :class:`DecisionGate`; clock, the
+    :class:`DecisionClock` where decision_ms is "auto", else None.
     """
 
-    def __init__(self, burst_slots_per_rank: int, threshold: float, method: str) -> None:
+    def __init__(
+        self, burst_slots_per_rank: int, threshold: float, method: str, decision_ms=0.0
+    ) -> None:
         self.B, self.threshold, self.method = burst_slots_per_rank, float(threshold), method
+        self.decision_ms = decision_ms
+        self.gate = DecisionGate()
+        self.clock = DecisionClock() if decision_ms == "auto" else None
+        if self.clock is None:
+            self.gate.decision_ms = float(decision_ms)
+
+    def note_ms(self) -> float:
+        """What this rank would have every rank gate with next iteration: the clock's
+        estimate, or the configured figure."""
+        return self.clock.next_iteration() if self.clock is not None else float(self.decision_ms)
+
+    def next_iteration(self, decision_ms: float) -> None:
+        """Between iterations, on every rank with the same ``decision_ms`` (rank 0's
+        :meth:`note_ms`)."""
+        self.gate.next_iteration(decision_ms)
 
 
 @dataclass(frozen=True)
@@ -108,18 +218,25 @@ def decide(
     load_R: torch.Tensor,
     params: cm.CostParams,
     planned=None,
+    record: bool = False,
 ) -> LayerBursts | None:
     """The layer's bursts this call, or None (the common case: one check of the split's loads).
 
     counts_NE: the all-reduced counts on the CPU; load_R: every rank's load under the split on
     the planned placement; params: the layer's cost parameters (``StepCosts.params``), those
     its split was given; planned: that split's stage 1 (``RankSplit.planned``), which the
-    decision starts from rather than making it again, or None.
+    decision starts from rather than making it again, or None. The policy's gate of the layer
+    applies (:class:`DecisionGate`); ``record``: a training call, not a recompute, whose
+    decision the gate then takes in.
     """
     if not past_threshold(load_R, policy.B, policy.threshold):
         return None
-    fused = _fused(layer, policy, counts_NE, load_R, params, planned)
+    gate = policy.gate.limit(layer.index)
+    fused = _fused(layer, policy, counts_NE, load_R, params, planned, gate)
     if fused is not _NOT_FUSED:
+        plan, fused = fused
+        if record:
+            policy.gate.saw(layer.index, plan[-3], plan[-2])
         return fused
     plan = plan_bursts(
         counts_NE,
@@ -132,7 +249,10 @@ def decide(
         method=policy.method,
         load_R=load_R,
         planned=planned,
+        gate=gate,
     )
+    if record:
+        policy.gate.saw(layer.index, plan.before_ms, plan.after_ms)
     if plan.count == 0:
         return None
     Sx = plan.slots_per_rank
@@ -148,21 +268,35 @@ def split_and_decide(
     counts_NE: torch.Tensor,
     slots,
     params: cm.CostParams,
+    record: bool = False,
 ):
     """The layer call's split and bursts: (the split of its planned placement ``slots``,
     None), or (the split over the enlarged placement, LayerBursts, whose ``split`` it is).
     Where the layer splits with the engine's RankSplitter in C, in one call
     (``RankSplitter.step``); else the split's call and then :func:`decide`. The same split and
-    bursts either way."""
+    bursts either way. The policy's gate of the layer applies; ``record``: a training call,
+    not a recompute, whose decision the gate takes in, and whose host time rank 0's clock
+    takes in (``BurstPolicy.clock``)."""
+    t0 = time.perf_counter() if record and policy.clock is not None else 0.0
     sp = layer.split
+    gate = policy.gate.limit(layer.index)
     got = (
-        sp.step(counts_NE, slots, layer.index, params, policy) if type(sp) is RankSplitter else None
+        sp.step(counts_NE, slots, layer.index, params, policy, gate)
+        if type(sp) is RankSplitter
+        else None
     )
     if got is None:
         rs = sp(counts_NE, slots, layer.index, cost=params)
-        bursts = decide(layer, policy, counts_NE, rs.load_R, params, rs.planned)
+        policy.gate.last_ran = False
+        bursts = decide(layer, policy, counts_NE, rs.load_R, params, rs.planned, record)
+        if t0:
+            policy.clock.add(time.perf_counter() - t0, policy.gate.last_ran)
         return (rs if bursts is None else bursts.split), bursts
-    rs, made = got
+    rs, made, before, after = got
+    if record:
+        policy.gate.saw(layer.index, before, after)
+        if t0:
+            policy.clock.add(time.perf_counter() - t0, policy.gate.last_ran)
     if made is None:
         return rs, None
     fields, (perm_K, inv_K) = made
@@ -175,10 +309,11 @@ def split_and_decide(
 _NOT_FUSED = object()
 
 
-def _fused(layer, policy, counts_NE, load_R, params, planned):
+def _fused(layer, policy, counts_NE, load_R, params, planned, gate=-1.0):
     """:func:`decide`'s work past the threshold in one C call (``native.burst_step``): the
     decision, this rank's split over the enlarged placement with its conservation checks, and
-    the placement's send order, the same as the calls below make them. It applies where the
+    the placement's send order, the same as the calls below make them: (the plan's fields,
+    LayerBursts or None). It applies where the
     layer splits with the engine's own :class:`RankSplitter`, with the policy's method and the
     cost parameters' nodes, on int64 CPU arrays (the engine's); else ``_NOT_FUSED``, and the
     calls below run. Its inputs are the layer call's, checked by the split that made
@@ -207,15 +342,16 @@ def _fused(layer, policy, counts_NE, load_R, params, planned):
         sp.rank,
         sp.ranks_per_node,
         sp.method,
+        gate,
     )
     if got is None:
         return _NOT_FUSED
     fields, split, order = got
     if split is None:
-        return None
+        return fields, None
     plan = BurstPlan(counts_NE.shape[1], *fields)
     perm_K, inv_K = order
-    return LayerBursts(
+    return fields, LayerBursts(
         plan,
         from_native(split),
         plan.slots_per_rank,

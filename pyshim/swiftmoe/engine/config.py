@@ -116,6 +116,14 @@ class SwiftMoEConfig:
             same, and 1.1 lets the decision run on a fifth of the layer calls instead of all.
         burst_threshold: >= 1.0, the busiest rank's load over the mean above which bursts are
             considered.
+        burst_decision_ms: the burst decision's host time, which the GPUs wait for, for its
+            gate (``swiftmoe.engine.burst_run.DecisionGate``): past the threshold a layer's
+            decision runs only where the planned placement's modelled step exceeds the step
+            the layer's last decision reached by more than this, so that a decision that
+            cannot save what it costs stops after pricing the planned split. "auto" (the
+            default): rank 0 measures it on its own layer calls and every rank gates with
+            rank 0's figure (broadcast with each step's plan); a number of ms fixes it; 0
+            turns the gate off (every decision past the threshold runs).
         intra_node_bandwidth, inter_node_bandwidth: link bandwidths in bytes/s for the cost
             model of burst replicas, within a node and between nodes; 0 takes the topology the
             sidecar returns at registration (its hardware discovery), else a default of the
@@ -144,6 +152,7 @@ class SwiftMoEConfig:
     eval_forward_timeout_s: float = 60.0
     burst_slots_per_rank: int = 1
     burst_threshold: float = 1.1
+    burst_decision_ms: float | str = "auto"
     intra_node_bandwidth: float = 0.0
     inter_node_bandwidth: float = 0.0
     expert_flops_per_s: float = 0.0
@@ -248,6 +257,12 @@ class SwiftMoEConfig:
             raise ValueError(
                 f"burst_threshold: must be a finite number >= 1.0 (the busiest rank's load over "
                 f"the mean above which bursts are considered; 1.1 by default), got {t!r}"
+            )
+        d = self.burst_decision_ms
+        if d != "auto" and (not is_number(d) or not math.isfinite(d) or d < 0):
+            raise ValueError(
+                "burst_decision_ms: must be 'auto' (rank 0 measures the decision's host "
+                f"time) or a finite number of milliseconds >= 0 (0 turns the gate off), got {d!r}"
             )
         for name in ("intra_node_bandwidth", "inter_node_bandwidth", "expert_flops_per_s"):
             v = getattr(self, name)

@@ -264,8 +264,9 @@ class ExpertLayer:
         if self.ctx.bursts is None:
             rs = self.ctx.split(counts_cpu, self.split_slots, self.index, cost=cost)
         else:  # the split, and past the threshold the bursts: one C call where it can
+            record = self.block.training and not in_recompute()  # the gate takes it in
             rs, bursts = burst_run.split_and_decide(
-                self, self.ctx.bursts, counts_cpu, self.split_slots, cost
+                self, self.ctx.bursts, counts_cpu, self.split_slots, cost, record=record
             )
             if bursts is not None:
                 rs, S, perm_K, inv_K = (

@@ -18,6 +18,7 @@ import logging
 import torch
 
 from swiftmoe.engine import plan as planlib
+from swiftmoe.engine.burst_run import BurstPolicy
 from swiftmoe.engine.dist import Comm
 from swiftmoe.engine.layer import ExpertLayer
 from swiftmoe.engine.observed import ObservedLayer
@@ -52,6 +53,8 @@ class ReplicateRun:
         self.iteration = 0
         self._reported: set[int] = set()
         self._submitted = False
+        #: The burst policy (its decision gate), or None without burst replicas.
+        self.bursts: BurstPolicy | None = None
 
     @property
     def placement(self) -> list[list[int]]:
@@ -87,7 +90,12 @@ class ReplicateRun:
             grads_L = [layer.slot_grads(self.dtype) for layer in self.layers]
             opt.reduce_grads(grads_L, [layer.slots_t for layer in self.layers])
             opt.step()
-        event, plan = self.channel.agree(self.iteration)
+        bursts = self.bursts
+        # in ns, at most 1e9 ms (about 11 days: every decision is stopped well before that)
+        note = 0 if bursts is None else round(1e6 * min(bursts.note_ms(), 1e9))
+        event, plan = self.channel.agree(self.iteration, note)
+        if bursts is not None:  # every rank gates the next iteration's decisions alike
+            bursts.next_iteration(self.channel.note_ns / 1e6)
         old = self.placement
         new = plan if plan is not None else old
         origin = self.channel.origin

@@ -56,6 +56,7 @@ class PlanChannel:
         self.S, self.deadline_s, self.device = slots_per_rank, deadline_s, device
         self.events: dict[str, int] = {}
         self.origin: PlanOrigin | None = None
+        self.note_ns = 0  # rank 0's note of the latest agree()
 
     def submit(self, iteration: int, loads_LE: list[list[int]]) -> None:
         """Rank 0 hands an iteration's loads to the source; a no-op elsewhere."""
@@ -66,26 +67,33 @@ class PlanChannel:
         except Exception as e:  # a plan source must never stop training
             self._event(f"error: submit raised {type(e).__name__}: {e}", iteration)
 
-    def agree(self, iteration: int) -> tuple[str, list[list[int]] | None]:
+    def agree(self, iteration: int, note_ns: int = 0) -> tuple[str, list[list[int]] | None]:
         """(event, plan): rank 0 polls and validates, the decision is broadcast (a collective)
-        so that every rank adopts the same plan, or keeps its placement (plan None)."""
+        so that every rank adopts the same plan, or keeps its placement (plan None).
+
+        ``note_ns``: rank 0's figure that every rank must use alike (the burst decision's host
+        time in ns, ``burst_run.BurstPolicy.note_ms``), broadcast with the plan; every rank
+        finds it in ``self.note_ns`` afterwards. Other ranks' ``note_ns`` is ignored."""
         K = self.comm.world_size * self.S
         L = len(self.layers)
         event, plan = ("", None)
-        buf = torch.zeros(1 + L * K, dtype=torch.long, device=self.device)
+        buf = torch.zeros(2 + L * K, dtype=torch.long, device=self.device)
         if self.comm.rank == 0:
             event, plan, self.origin = self._poll()
+            buf[-1] = int(note_ns)
             if plan is not None:
                 buf[0] = _FALLBACK if event == "fallback" else _ACCEPTED
-                buf[1:] = torch.tensor(plan, dtype=torch.long).reshape(-1)
+                buf[1:-1] = torch.tensor(plan, dtype=torch.long).reshape(-1)
         self.comm.broadcast_(buf)
         if self.comm.rank != 0:
-            flag = int(buf[0])
+            flag, self.note_ns = buf[0 :: 1 + L * K].tolist()
             if flag:
-                plan = buf[1:].view(L, K).tolist()
+                plan = buf[1:-1].view(L, K).tolist()
                 event = "fallback" if flag == _FALLBACK else "accepted"
             else:
                 event = "kept"
+        else:
+            self.note_ns = int(note_ns)
         return self._event(event, iteration), plan
 
     def _poll(self) -> tuple[str, list[list[int]] | None, PlanOrigin | None]:

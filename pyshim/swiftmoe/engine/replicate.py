@@ -210,8 +210,12 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> R
     bursts = costs = None
     if config.burst_slots_per_rank > 0 and config.split_method != "even" and N > 1:
         bursts = BurstPolicy(
-            config.burst_slots_per_rank, config.burst_threshold, config.split_method
+            config.burst_slots_per_rank,
+            config.burst_threshold,
+            config.split_method,
+            config.burst_decision_ms,
         )
+        run.bursts = bursts
     if bursts is not None or _priced_split(config, rpn, N):
         costs = StepCosts.agree(comm, device, dtype, rpn, bandwidths, config.expert_flops_per_s)
     ctx = LayerContext(

@@ -147,15 +147,16 @@ class RankSplitter:
         )  # fmt: skip
         return None if got is None else from_native(got)
 
-    def step(self, counts_NE, slots_K, layer_index: int, cost, policy):
+    def step(self, counts_NE, slots_K, layer_index: int, cost, policy, gate: float = -1.0):
         """The split of the planned placement and, where its loads pass the policy's
         threshold, the burst step from it, in one C call (``native.layer_step``): the same
         split, bursts and errors as this splitter's call followed by ``burst_run.decide``, less
-        the second call's glue and the planned split's routing where bursts are made.
+        the second call's glue and the planned split's routing where bursts are made. ``gate``:
+        the decision's (``burst.plan_bursts``).
 
         Returns None where it does not apply (no library, the policy's method or the cost's
         nodes not this splitter's, counts of another kind; the two calls then run); else
-        (split, bursts): ``native.layer_step``'s, the split a RankSplit."""
+        (split, bursts, before_ms, after_ms): ``native.layer_step``'s, the split a RankSplit."""
         N, E = counts_NE.shape
         if (
             cost is None
@@ -169,10 +170,10 @@ class RankSplitter:
             counts_NE, N, E, plan, layer_index, cost,
             lambda r, rpn, method, at: _native.layer_step(
                 counts_NE, plan.slots_K, plan.S, policy.B, cost, policy.threshold, method, r,
-                slots_at=at,
+                slots_at=at, gate=gate,
             ),
         )  # fmt: skip
-        return None if got is None else (from_native(got[0]), got[1])
+        return None if got is None else (from_native(got[0]), *got[1:])
 
     def _native_call(self, counts_NE, N: int, E: int, plan, layer_index: int, cost, call):
         """``call(rank, rpn, method, address of the placement)`` where the library splits this

@@ -183,6 +183,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "Default 0: not charged",
     )
     s.add_argument(
+        "--decision-gate",
+        choices=("on", "off"),
+        default="on",
+        help="swiftmoe-burst: the engine's decision gate (burst_decision_ms), with --decision-ms "
+        "as the decision's host time (with 'measured', the median of the iteration before's "
+        "decisions): past the threshold a decision runs only where the planned split's "
+        "modelled step exceeds the step the layer's last decision reached by more than that; a "
+        "gated call is charged nothing. Default on; it does nothing where --decision-ms is 0",
+    )
+    s.add_argument(
         "--split-ms",
         type=float,
         default=0.0,
@@ -373,6 +383,7 @@ def run(args: argparse.Namespace) -> int:
             burst_threshold=args.burst_threshold,
             decision_ms=0.0 if args.decision_ms == "measured" else args.decision_ms,
             decision_measured=args.decision_ms == "measured",
+            decision_gate=args.decision_gate == "on",
             split_ms=args.split_ms,
             split_method=args.split,
             plugin_timeout_s=args.plugin_timeout,

@@ -47,6 +47,7 @@ import numpy as np
 from swiftmoe._checks import is_int
 from swiftmoe.engine import costmodel
 from swiftmoe.engine.burst import pad_counts, past_threshold, plan_bursts
+from swiftmoe.engine.burst_run import DecisionGate
 from swiftmoe.engine.split import METHODS, PlanIndexCache
 from swiftmoe.planning.client import JobSpec, SidecarClient
 from swiftmoe.planning.job import SidecarJob
@@ -96,6 +97,10 @@ class SimConfig:
     # swiftmoe-burst: charge each decision its own wall time on this host instead (the engine's
     # code, C or NumPy, as the engine would run it here); not deterministic
     decision_measured: bool = False
+    # swiftmoe-burst: the engine's decision gate (burst_run.DecisionGate), with decision_ms as
+    # the decision's host time (with decision_measured, the median of the iteration before's
+    # measured decisions); a gated decision is charged nothing
+    decision_gate: bool = True
     # swiftmoe and swiftmoe-burst: host time charged to every layer call for the engine's token
     # split of the planned placement (and its checks), made on the CPU between the counts'
     # all-reduce and the dispatch, which the cost model does not count (0: not charged)
@@ -238,15 +243,19 @@ def _burst_layer(
     S: int,
     flow: model.Flow,
     planned: model.LayerCost,
+    gate: DecisionGate,
+    layer: int,
 ) -> tuple[model.LayerCost, float, int, float]:
     """A layer with the engine's burst replicas on ``slots_K`` (split ``flow``, cost ``planned``):
     (its cost, the copies' ms, the bursts made, the decision's host ms charged: where its
-    threshold was passed, ``decision_ms``, or its wall time here with ``decision_measured``;
-    else 0). With none made, the planned cost."""
+    threshold was passed and its gate (``gate``'s of ``layer``, as the engine's) let it run,
+    ``decision_ms``, or its wall time here with ``decision_measured``; else 0). With none made,
+    the planned cost."""
     c = cfg.cluster
     load_R = flow.x_RS.sum(axis=1).astype(np.int64)
     # Past it the decision runs (and costs host time), whatever it makes.
     decided = past_threshold(load_R, cfg.burst_slots, cfg.burst_threshold)
+    limit = gate.limit(layer)
     t0 = time.perf_counter()
     bp = plan_bursts(
         counts_QE,
@@ -259,8 +268,11 @@ def _burst_layer(
         method=cfg.split_method,
         load_R=load_R,
         planned=flow.planned,  # the split made above, as the engine passes its own
+        gate=limit,
     )
     took_ms = (time.perf_counter() - t0) * 1e3
+    gate.saw(layer, bp.before_ms, bp.after_ms)
+    decided = decided and gate.last_ran
     charge = (took_ms if cfg.decision_measured else cfg.decision_ms) if decided else 0.0
     if bp.count == 0:
         return planned, 0.0, 0, charge
@@ -322,6 +334,9 @@ def simulate(
     timing = {"split_s": 0.0, "sidecar_s": 0.0, "cost_s": 0.0, "burst_s": 0.0}
     params = cfg.cost_params()
     indexes = PlanIndexCache()  # the placements in force, indexed once for every split
+    # Each burst system's decision gate, as the engine keeps one per job (layers by index).
+    gates = {s.name: DecisionGate() for s in systems if s.burst}
+    took: dict[str, list[float]] = {name: [] for name in gates}  # measured decisions, per it
     if wait is not None:
         timing["trace_s"] = 0.0
     t_start = time.perf_counter()
@@ -443,8 +458,11 @@ def simulate(
                             if s.burst and cfg.burst_slots:
                                 ts = time.perf_counter()
                                 cost, copy_ms, made, charged = _burst_layer(
-                                    cfg, et, params, counts_QE, slots_K, S, flow, cost
-                                )
+                                    cfg, et, params, counts_QE, slots_K, S, flow, cost,
+                                    gates[s.name], li,
+                                )  # fmt: skip
+                                if charged:
+                                    took[s.name].append(charged)
                                 timing["burst_s"] += time.perf_counter() - ts
                                 per[s.name]["copy_ms"][it] += copy_ms
                                 per[s.name]["bursts"][it] += made
@@ -458,6 +476,12 @@ def simulate(
                     mean = float(cost.load_R.mean())
                     mom = float(cost.load_R.max()) / mean if mean > 0 else 1.0
                     row["max_over_mean"][it] = max(row["max_over_mean"][it], mom)
+            for name, gate in gates.items():  # between iterations, as the engine's step
+                est = cfg.decision_ms
+                if cfg.decision_measured:
+                    est = float(np.median(took[name])) if took[name] else gate.decision_ms
+                gate.next_iteration(est if cfg.decision_gate else 0.0)
+                took[name].clear()
             if progress is not None:
                 progress(it + 1, n_it)
     finally:

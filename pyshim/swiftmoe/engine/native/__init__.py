@@ -63,7 +63,7 @@ _HERE = Path(__file__).resolve().parent
 _PKG_DIR = _HERE.parents[1]  # the swiftmoe package
 _REPO_DIR = _PKG_DIR.parent.parent
 
-_ABI = 9  # smoe.h's SMOE_ABI: the library must be of the same interface
+_ABI = 10  # smoe.h's SMOE_ABI: the library must be of the same interface
 _METHODS = {"fast": 0, "auto": 1}
 _ERRORS = {
     -1: "out of memory",
@@ -142,6 +142,7 @@ def _bind(path: Path) -> ctypes.CDLL:
         i64,  # B
         ctypes.POINTER(_Cost),
         ctypes.c_double,  # threshold
+        ctypes.c_double,  # gate
         ctypes.c_int,  # method
         v,  # load_R [N] or NULL
         ctypes.POINTER(_Planned),  # planned or NULL
@@ -272,7 +273,7 @@ def _arrays(c_QE, slots, S, method):
     return lib, c, sl
 
 
-def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=None):
+def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=None, gate=-1.0):
     """The native decision on checked inputs (``burst._check``'s; ``planned`` None or the split
     on the planned placement, ``split.rank.Planned``): (Sx, slots_x, e_C, q_C, s_C, d_C, j_C,
     before_ms, after_ms, copy_ms), ``BurstPlan``'s fields after num_experts, or None when it
@@ -286,7 +287,7 @@ def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=No
         return None
     lib, c, sl = got
     call = _DecisionCall(c, sl, S, B, load_R, planned, 0)
-    n = lib.smoe_plan_bursts(*call.args(params, threshold, method))
+    n = lib.smoe_plan_bursts(*call.args(params, threshold, gate, method))
     if n < 0:
         raise NativeError(f"swiftmoe: the native burst decision failed: {_ERRORS.get(n, n)}")
     return call.plan(n)
@@ -476,13 +477,14 @@ class _BurstArgs(ctypes.Structure):
         ("split_rpn", ctypes.c_int64),
         ("cost", ctypes.c_void_p),
         ("threshold", ctypes.c_double),
+        ("gate", ctypes.c_double),
         ("method", ctypes.c_int),
         ("split_method", ctypes.c_int),
     ]
 
 
 def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
-               split_method):  # fmt: skip
+               split_method, gate=-1.0):  # fmt: skip
     """The engine's burst step of one layer call on rank ``rank`` past its threshold
     (``burst_run.decide``), in one C call (``smoe_layer_burst``, seven arguments: the Python
     call's conversions of thirty took a third of the step): the decision as :func:`plan_bursts`
@@ -524,8 +526,8 @@ def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, ra
     if c is None or sl is None or (load_R is not None and lr is None):
         return None
     held = _cost_of(params)
-    args = _BurstArgs(sl, N, E, S, B, rank, rpn, held[2], float(threshold), _METHODS[method],
-                      _METHODS[split_method])  # fmt: skip
+    args = _BurstArgs(sl, N, E, S, B, rank, rpn, held[2], float(threshold), float(gate),
+                      _METHODS[method], _METHODS[split_method])  # fmt: skip
     # The call's buffer: planned's demand and sums [K + 4*N] (the C reads them there, before
     # its outputs, so that an output written past its end runs off the buffer, where a
     # sanitizer sees it), then the outputs [SMOE_BURST_OUT(N, S, B)].
@@ -563,7 +565,8 @@ def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, ra
     return plan, split, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx])
 
 
-def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_at=None):
+def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_at=None,
+               gate=-1.0):  # fmt: skip
     """A layer call's whole host step in one C call (``smoe_layer_step``): the counts' checks
     and the split of the planned placement as :func:`layer_split` makes them, and where the
     split's loads pass the threshold the burst step as :func:`burst_step` makes it from that
@@ -576,10 +579,12 @@ def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_
 
     Returns:
         None where it does not apply (no library, a method not ported, counts of another
-        kind); else (split, bursts): split as :func:`split_for_rank` returns it, of the
-        planned placement where bursts is None, else of the enlarged placement; bursts None,
-        or (plan, order) as :func:`burst_step` returns them. Arrays are views of one fresh
-        buffer.
+        kind); else (split, bursts, before_ms, after_ms): split as :func:`split_for_rank`
+        returns it, of the planned placement where bursts is None, else of the enlarged
+        placement; bursts None, or (plan, order) as :func:`burst_step` returns them;
+        before_ms and after_ms the decision's (0 where the threshold was not passed; where it
+        was passed and no burst made, both the planned split's price, as where ``gate``
+        stopped it). Arrays are views of one fresh buffer.
 
     Raises:
         SplitRefused: as :func:`layer_split`'s (a negative count, tokens for an expert without
@@ -600,7 +605,7 @@ def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_
     held = _cost_of(params)
     m = _METHODS[method]
     args = _BurstArgs(slots_at, N, E, S, B, rank, params.ranks_per_node, held[2],
-                      float(threshold), m, m)  # fmt: skip
+                      float(threshold), float(gate), m, m)  # fmt: skip
     buf, at = _fresh(1 + 6 * X + 5 * NB + 3 + 5 * N + 3 + 1)
     n = lib.smoe_layer_step(ctypes.addressof(args), c, at)
     if n < 0:
@@ -609,14 +614,14 @@ def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_
     i_b = 1 + X
     i_ms = i_b + 5 * NB
     split = _split_in(buf, i_ms + 3, X, N, Sx)
+    before, after, copy = buf[i_ms : i_ms + 3].view(np.float64).tolist()
     if n == 0:
-        return split, None
+        return split, None, before, after
     Kx = N * Sx
     e_C, q_C, s_C, d_C, j_C = buf[i_b : i_b + 5 * NB].reshape(5, NB)[:, :n]
-    before, after, copy = buf[i_ms : i_ms + 3].view(np.float64).tolist()
     plan = (Sx, buf[1 : 1 + Kx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
     perm = i_ms + 3 + 3 * X + 5 * N + 3
-    return split, (plan, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx]))
+    return split, (plan, (buf[perm : perm + Kx], buf[perm + X : perm + X + Kx])), before, after
 
 
 class _DecisionCall:
@@ -664,7 +669,7 @@ class _DecisionCall:
         self.lr, self.pl, self.i_sl = lr, pl, i_sl
         self.out_S = ctypes.c_int64(0)
 
-    def args(self, params, threshold, method) -> tuple:
+    def args(self, params, threshold, gate, method) -> tuple:
         a, o = self.addr, self.addr + 8 * self.i_out
         NB = self.NB
         return (
@@ -676,6 +681,7 @@ class _DecisionCall:
             self.B,
             _cost_ref(params),
             float(threshold),
+            float(gate),
             _METHODS[method],
             self.lr,
             None if self.pl is None else ctypes.byref(self.pl),
