@@ -206,7 +206,7 @@ def plan_bursts(
     load_R=None,
     native: bool | None = None,
     planned=None,
-    gate: float = -1.0,
+    gate: tuple[float, float] | None = None,
 ) -> BurstPlan:
     """The burst replicas of one layer in one iteration (see the module docstring).
 
@@ -228,11 +228,12 @@ def plan_bursts(
         planned: the split on the planned placement with this method and cost when the
             caller has it (``RankSplit.planned``, ``split.Planned``), else None (made here):
             a layer that has split its tokens need not split them again to decide.
-        gate: past the threshold, no list is built where the planned placement's modelled
-            step (``before_ms``) is at most ``gate`` ms: none is made, at the cost of pricing
-            that split alone. The engine's gate (``burst_run.DecisionGate``) is the step its
-            last decision reached plus the decision's own host time, so that a decision that
-            cannot save more than it costs does not run; negative (the default): never.
+        gate: None (the default), or (lo, hi) in ms: past the threshold, no list is built
+            where the planned placement's modelled step (``before_ms``) is in [lo, hi]: none
+            is made, at the cost of pricing that split alone. The engine's gate
+            (``burst_run.DecisionGate``) is the lowest step its recent decisions reached and
+            that plus the decision's own host time, so that a decision that cannot be
+            expected to save more than it costs does not run.
         native: None (default) runs the C port (``swiftmoe.engine.native``, the same decision
             bit for bit) when its library is found and the method is "fast" or "auto", else
             this module's NumPy code; False always runs the NumPy code; True requires the C
@@ -250,15 +251,19 @@ def plan_bursts(
     c_QE, slots, load_R = _check(
         counts_QE, slots_K, S, B, ranks_per_node, params, threshold, method, load_R, planned
     )
-    if not is_number(gate) or math.isnan(gate):
+    if gate is not None and not (
+        isinstance(gate, tuple)
+        and len(gate) == 2
+        and all(is_number(g) and not math.isnan(g) for g in gate)
+    ):
         raise ValueError(
-            f"gate is {gate!r}: pass a number of ms (the planned step at or under which no "
-            "burst list is built), negative for none"
+            f"gate is {gate!r}: pass None, or (lo, hi) in ms (the planned steps for which no "
+            "burst list is built)"
         )
     N, E = c_QE.shape
     if _native.use(native, method, "burst decision"):
         got = _native.plan_bursts(
-            c_QE, slots, S, B, params, threshold, method, load_R, planned, float(gate)
+            c_QE, slots, S, B, params, threshold, method, load_R, planned, gate
         )
         return BurstPlan(E, *got)
     total = int(c_QE.sum())
@@ -292,8 +297,8 @@ def plan_bursts(
         before, sums0 = _price(params, c_QE, plan0, demand0, ranks_per_node)
     if not params.prices_compute:
         return _none(slots, S, E, before)  # nothing to weigh a copy against
-    if before <= gate:
-        return _none(slots, S, E, before)  # the gate: a decision would not pay its host time
+    if gate is not None and gate[0] <= before <= gate[1]:
+        return _none(slots, S, E, before)  # the gate: a decision not expected to pay its time
     c_pad = pad_counts(c_QE)
     best = None
     # The lists start from the split on the planned placement; where the split's stage 1 is

@@ -79,7 +79,7 @@ class ExpertSlots(Protocol):
     slot_params: list[tuple[torch.Tensor, ...]]
 
 
-GATE_REFRESH = 16  # a layer's gated decisions in a row after which the next one runs anyway
+GATE_WINDOW = 16  # iterations for which a decision's reached step serves as the gate's reference
 
 
 class DecisionGate:
@@ -87,12 +87,14 @@ class DecisionGate:
 
     Past the threshold a decision costs host time whether it makes bursts or not (about 0.1 ms
     at 16 ranks and 0.5 ms at 32 on a 2-core host, ``scripts/bench_decision.py``), and the
-    GPUs wait for it. The gate lets it run only where the planned placement's modelled step
-    (``BurstPlan.before_ms``, the split's own price) exceeds the step the layer's last
-    decision reached (its ``after_ms``, the copies included) by more than ``decision_ms``, the
-    decision's host time: elsewhere it cannot be expected to save what it costs, and it stops
-    after pricing the planned split (``plan_bursts``' ``gate``). After ``refresh`` gated calls
-    of a layer in a row, the next runs anyway, so that the reference cannot go stale.
+    GPUs wait for it. The gate stops it where the planned placement's modelled step
+    (``BurstPlan.before_ms``, the split's own price) is at least the lowest step the layer's
+    decisions of the last ``window`` iterations reached (their ``after_ms``, the copies
+    included) and at most that plus ``decision_ms``, the decision's host time: there it cannot
+    be expected to save what it costs, and it stops after pricing the planned split
+    (``plan_bursts``' ``gate``). A planned step below that reference says the layer's situation
+    changed since, and the decision runs; so does every decision of a layer without one that
+    ran in the window, so that the reference cannot go stale.
 
     Its state changes only between iterations (:meth:`next_iteration`, from the engine's
     step): every forward of an iteration, and the recompute of a checkpointed one, sees the
@@ -100,23 +102,29 @@ class DecisionGate:
     rank 0's, so every rank gates alike.
     """
 
-    def __init__(self, refresh: int = GATE_REFRESH) -> None:
-        self.refresh = refresh
+    def __init__(self, window: int = GATE_WINDOW) -> None:
+        self.window = window
         self.decision_ms = 0.0
-        self._after: dict[int, float] = {}  # layer -> the step its last decision reached
-        self._skipped: dict[int, int] = {}  # layer -> gated decisions in a row
-        self._gate: dict[int, float] = {}  # layer -> this iteration's gate
+        self.iteration = 0
+        # layer -> (iteration, after_ms) of its decisions that ran in the window
+        self._reached: dict[int, list[tuple[int, float]]] = {}
+        self._gate: dict[int, tuple[float, float]] = {}  # layer -> this iteration's gate
         self._seen: dict[int, list[tuple[float, float]]] = {}  # this iteration's decisions
         self.last_ran = False  # whether the last decision saw() ran past its gate
 
-    def limit(self, layer: int) -> float:
-        """This iteration's gate of ``layer`` (ms; negative: none), for ``plan_bursts``."""
-        return self._gate.get(layer, -1.0)
+    def limit(self, layer: int) -> tuple[float, float] | None:
+        """This iteration's gate of ``layer``, (lo, hi) in ms, or None, for ``plan_bursts``."""
+        return self._gate.get(layer)
+
+    def stops(self, layer: int, before_ms: float) -> bool:
+        """Whether this iteration's gate of ``layer`` stops a decision at ``before_ms``."""
+        g = self._gate.get(layer)
+        return g is not None and g[0] <= before_ms <= g[1]
 
     def saw(self, layer: int, before_ms: float, after_ms: float) -> None:
         """A training call's decision: its before_ms and after_ms (before_ms 0: the threshold
         was not passed, nothing is recorded)."""
-        self.last_ran = before_ms > 0 and before_ms > self.limit(layer)
+        self.last_ran = before_ms > 0 and not self.stops(layer, before_ms)
         if before_ms > 0:
             self._seen.setdefault(layer, []).append((before_ms, after_ms))
 
@@ -124,19 +132,19 @@ class DecisionGate:
         """Fold this iteration's decisions in and set the next iteration's gates, with
         ``decision_ms`` the decision's host time (0: no gate)."""
         for layer, seen in self._seen.items():
-            g = self.limit(layer)
             for before, after in seen:
-                if before <= g:  # gated
-                    self._skipped[layer] = self._skipped.get(layer, 0) + 1
-                else:
-                    self._after[layer], self._skipped[layer] = after, 0
+                if not self.stops(layer, before):
+                    self._reached.setdefault(layer, []).append((self.iteration, after))
         self._seen.clear()
+        self.iteration += 1
         self.decision_ms = float(decision_ms)
         self._gate = {}
-        if self.decision_ms > 0:
-            for layer, after in self._after.items():
-                if self._skipped.get(layer, 0) < self.refresh:
-                    self._gate[layer] = after + self.decision_ms
+        oldest = self.iteration - self.window
+        for layer, reached in self._reached.items():
+            reached[:] = [(i, a) for i, a in reached if i >= oldest]
+            if reached and self.decision_ms > 0:
+                lo = min(a for _, a in reached)
+                self._gate[layer] = (lo, lo + self.decision_ms)
 
 
 class DecisionClock:
@@ -309,7 +317,7 @@ def split_and_decide(
 _NOT_FUSED = object()
 
 
-def _fused(layer, policy, counts_NE, load_R, params, planned, gate=-1.0):
+def _fused(layer, policy, counts_NE, load_R, params, planned, gate=None):
     """:func:`decide`'s work past the threshold in one C call (``native.burst_step``): the
     decision, this rank's split over the enlarged placement with its conservation checks, and
     the placement's send order, the same as the calls below make them: (the plan's fields,

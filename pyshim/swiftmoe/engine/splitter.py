@@ -147,7 +147,7 @@ class RankSplitter:
         )  # fmt: skip
         return None if got is None else from_native(got)
 
-    def step(self, counts_NE, slots_K, layer_index: int, cost, policy, gate: float = -1.0):
+    def step(self, counts_NE, slots_K, layer_index: int, cost, policy, gate=None):
         """The split of the planned placement and, where its loads pass the policy's
         threshold, the burst step from it, in one C call (``native.layer_step``): the same
         split, bursts and errors as this splitter's call followed by ``burst_run.decide``, less

@@ -25,7 +25,10 @@ iteration's counts and the placement's split, and when it makes bursts the layer
 over the enlarged placement and charged the copies' time that the planned slots' compute does
 not hide (``copy_ms``, ``costmodel.copy_exposed_ms``: the engine overlaps them), plus
 ``decision_ms`` (``--decision-ms``, 0 by default) for each layer call whose decision ran, or
-with ``decision_measured`` (``--decision-ms measured``) that call's own wall time here. Both
+with ``decision_measured`` (``--decision-ms measured``) that call's own wall time here. The
+engine's gate on the decision (``burst_run.DecisionGate``) runs with that time as the
+decision's (``decision_gate``, ``--decision-gate``; on by default): a stopped decision makes no
+burst and is charged nothing. Both
 SwiftMoE systems are charged ``split_ms`` (``--split-ms``, 0 by default) for every layer call:
 the engine's split of the planned placement on the host. The
 ``bound`` is perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import sys
 import threading
@@ -142,7 +143,8 @@ def _bind(path: Path) -> ctypes.CDLL:
         i64,  # B
         ctypes.POINTER(_Cost),
         ctypes.c_double,  # threshold
-        ctypes.c_double,  # gate
+        ctypes.c_double,  # gate_lo
+        ctypes.c_double,  # gate_hi
         ctypes.c_int,  # method
         v,  # load_R [N] or NULL
         ctypes.POINTER(_Planned),  # planned or NULL
@@ -273,11 +275,11 @@ def _arrays(c_QE, slots, S, method):
     return lib, c, sl
 
 
-def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=None, gate=-1.0):
+def plan_bursts(c_QE, slots, S, B, params, threshold, method, load_R, planned=None, gate=None):
     """The native decision on checked inputs (``burst._check``'s; ``planned`` None or the split
     on the planned placement, ``split.rank.Planned``): (Sx, slots_x, e_C, q_C, s_C, d_C, j_C,
     before_ms, after_ms, copy_ms), ``BurstPlan``'s fields after num_experts, or None when it
-    does not apply (no library, or the method "exact").
+    does not apply (no library, or the method "exact"). ``gate``: ``burst.plan_bursts``'.
 
     Raises:
         NativeError: the C code failed (memory, or an internal check).
@@ -477,14 +479,15 @@ class _BurstArgs(ctypes.Structure):
         ("split_rpn", ctypes.c_int64),
         ("cost", ctypes.c_void_p),
         ("threshold", ctypes.c_double),
-        ("gate", ctypes.c_double),
+        ("gate_lo", ctypes.c_double),
+        ("gate_hi", ctypes.c_double),
         ("method", ctypes.c_int),
         ("split_method", ctypes.c_int),
     ]
 
 
 def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, rank, rpn,
-               split_method, gate=-1.0):  # fmt: skip
+               split_method, gate=None):  # fmt: skip
     """The engine's burst step of one layer call on rank ``rank`` past its threshold
     (``burst_run.decide``), in one C call (``smoe_layer_burst``, seven arguments: the Python
     call's conversions of thirty took a third of the step): the decision as :func:`plan_bursts`
@@ -526,7 +529,7 @@ def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, ra
     if c is None or sl is None or (load_R is not None and lr is None):
         return None
     held = _cost_of(params)
-    args = _BurstArgs(sl, N, E, S, B, rank, rpn, held[2], float(threshold), float(gate),
+    args = _BurstArgs(sl, N, E, S, B, rank, rpn, held[2], float(threshold), *_gate(gate),
                       _METHODS[method], _METHODS[split_method])  # fmt: skip
     # The call's buffer: planned's demand and sums [K + 4*N] (the C reads them there, before
     # its outputs, so that an output written past its end runs off the buffer, where a
@@ -566,7 +569,7 @@ def burst_step(c_QE, slots, S, B, params, threshold, method, load_R, planned, ra
 
 
 def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_at=None,
-               gate=-1.0):  # fmt: skip
+               gate=None):  # fmt: skip
     """A layer call's whole host step in one C call (``smoe_layer_step``): the counts' checks
     and the split of the planned placement as :func:`layer_split` makes them, and where the
     split's loads pass the threshold the burst step as :func:`burst_step` makes it from that
@@ -605,7 +608,7 @@ def layer_step(counts_NE, slots_K, S, B, params, threshold, method, rank, slots_
     held = _cost_of(params)
     m = _METHODS[method]
     args = _BurstArgs(slots_at, N, E, S, B, rank, params.ranks_per_node, held[2],
-                      float(threshold), float(gate), m, m)  # fmt: skip
+                      float(threshold), *_gate(gate), m, m)  # fmt: skip
     buf, at = _fresh(1 + 6 * X + 5 * NB + 3 + 5 * N + 3 + 1)
     n = lib.smoe_layer_step(ctypes.addressof(args), c, at)
     if n < 0:
@@ -670,6 +673,7 @@ class _DecisionCall:
         self.out_S = ctypes.c_int64(0)
 
     def args(self, params, threshold, gate, method) -> tuple:
+        lo, hi = _gate(gate)
         a, o = self.addr, self.addr + 8 * self.i_out
         NB = self.NB
         return (
@@ -681,7 +685,8 @@ class _DecisionCall:
             self.B,
             _cost_ref(params),
             float(threshold),
-            float(gate),
+            lo,
+            hi,
             _METHODS[method],
             self.lr,
             None if self.pl is None else ctypes.byref(self.pl),
@@ -703,6 +708,11 @@ class _DecisionCall:
         before, after, copy = buf[self.i_ms : self.extra].view(np.float64).tolist()
         i = self.i_slots
         return (Sx, buf[i : i + N * Sx], e_C, q_C, s_C, d_C, j_C, before, after, copy)
+
+
+def _gate(gate) -> tuple[float, float]:
+    """The C decision's gate_lo and gate_hi of ``burst.plan_bursts``' gate (None: none)."""
+    return (math.inf, -math.inf) if gate is None else (float(gate[0]), float(gate[1]))
 
 
 def _int64s(t, n: int):

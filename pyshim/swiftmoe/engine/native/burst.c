@@ -935,7 +935,7 @@ static int64_t same_demand(const int64_t *a, const int64_t *b, int64_t K) {
  * *win_nl (its node_local). */
 static int64_t plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
                            int64_t S, int64_t B, const smoe_cost *p, double threshold,
-                           double gate, int method, const int64_t *load_R,
+                           double gate_lo, double gate_hi, int method, const int64_t *load_R,
                            const smoe_planned *planned,
                            int64_t *out_slots, int64_t *out_S, int64_t *out_e, int64_t *out_q,
                            int64_t *out_s, int64_t *out_d, int64_t *out_j, double *out_ms,
@@ -1092,7 +1092,8 @@ static int64_t plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t 
     }
     out_ms[0] = out_ms[1] = before;
     if (!smoe_prices_compute(p)) goto done; /* nothing to weigh a copy against */
-    if (before <= gate) goto done; /* burst.plan_bursts' gate: not worth its host time */
+    /* burst.plan_bursts' gate: a decision not expected to pay its host time */
+    if (before >= gate_lo && before <= gate_hi) goto done;
     /* burst._starts: the split on the planned placement, then where stage 1 is priced its
      * other form (the min-max amounts', or the node-balanced ones' where it is the min-max). */
     level_order(&x, demand0);
@@ -1164,13 +1165,14 @@ done:
 }
 
 int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
-                         int64_t S, int64_t B, const smoe_cost *p, double threshold, double gate,
-                         int method,
+                         int64_t S, int64_t B, const smoe_cost *p, double threshold,
+                         double gate_lo, double gate_hi, int method,
                          const int64_t *load_R, const smoe_planned *planned,
                          int64_t *out_slots, int64_t *out_S, int64_t *out_e, int64_t *out_q,
                          int64_t *out_s, int64_t *out_d, int64_t *out_j, double *out_ms) {
-    return plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, gate, method, load_R, planned,
-                       out_slots, out_S, out_e, out_q, out_s, out_d, out_j, out_ms, NULL, NULL);
+    return plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, gate_lo, gate_hi, method, load_R,
+                       planned, out_slots, out_S, out_e, out_q, out_s, out_d, out_j, out_ms, NULL,
+                       NULL);
 }
 
 /* smoe_fault_tokens and smoe_check_bounds (smoe.h): 0 but in tests. */
@@ -1219,8 +1221,8 @@ static int enlarged_split(const int64_t *c_QE, int64_t N, int64_t E, int64_t Sx,
 }
 
 int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
-                        int64_t S, int64_t B, const smoe_cost *p, double threshold, double gate,
-                        int method,
+                        int64_t S, int64_t B, const smoe_cost *p, double threshold,
+                        double gate_lo, double gate_hi, int method,
                         const int64_t *load_R, const smoe_planned *planned, int64_t *out_slots,
                         int64_t *out_S, int64_t *out_e, int64_t *out_q, int64_t *out_s,
                         int64_t *out_d, int64_t *out_j, double *out_ms, int64_t rank,
@@ -1229,9 +1231,9 @@ int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, 
                         int64_t *perm_K, int64_t *inv_K) {
     if (rank < 0 || rank >= N) return SMOE_EBUG; /* the caller checks it */
     int win_nl = 0;
-    int64_t n = plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, gate, method, load_R,
-                            planned, out_slots, out_S, out_e, out_q, out_s, out_d, out_j, out_ms,
-                            planned_x, &win_nl);
+    int64_t n = plan_bursts(c_QE, slots_K, N, E, S, B, p, threshold, gate_lo, gate_hi, method,
+                            load_R, planned, out_slots, out_S, out_e, out_q, out_s, out_d, out_j,
+                            out_ms, planned_x, &win_nl);
     if (n <= 0) return n;
     /* The decision priced its bursts with this split's stage 1 where the split has its rpn and
      * method (and so its cost: "fast" reads none): the split starts from it. */
@@ -1265,10 +1267,11 @@ int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const in
         if (a->slots_K[k] < 0 || a->slots_K[k] >= a->E)
             return SMOE_EBUG;
     int64_t n = smoe_burst_step(c_QE, a->slots_K, N, a->E, S, B, a->cost, a->threshold,
-                                a->gate, a->method, load_R, planned ? &pl : NULL, slots_x,
-                                out_S, bursts, bursts + NB, bursts + 2 * NB, bursts + 3 * NB,
-                                bursts + 4 * NB, out_ms, a->rank, a->split_rpn, a->split_method,
-                                send_K, recv_QS, load_x, &node_local, &px, perm_K, inv_K);
+                                a->gate_lo, a->gate_hi, a->method, load_R,
+                                planned ? &pl : NULL, slots_x, out_S, bursts, bursts + NB,
+                                bursts + 2 * NB, bursts + 3 * NB, bursts + 4 * NB, out_ms, a->rank,
+                                a->split_rpn, a->split_method, send_K, recv_QS, load_x,
+                                &node_local, &px, perm_K, inv_K);
     memcpy(ms, out_ms, sizeof out_ms);
     info[0] = node_local;
     info[1] = px.priced;
@@ -1327,11 +1330,11 @@ int64_t smoe_layer_step(const smoe_burst_args *a, const int64_t *c_QE, int64_t *
             smoe_planned px = {demand_x, sums_x, 0.0, 0};
             int nl = 0;
             double out_ms[3] = {0.0, 0.0, 0.0};
-            n = smoe_burst_step(c_QE, a->slots_K, N, E, S, B, p, a->threshold, a->gate,
-                                a->method, load0, &st, slots_x, out_S, bursts, bursts + NB,
-                                bursts + 2 * NB, bursts + 3 * NB, bursts + 4 * NB, out_ms,
-                                a->rank, a->split_rpn, a->split_method, send_K, recv_QS, load_x,
-                                &nl, &px, perm_K, inv_K);
+            n = smoe_burst_step(c_QE, a->slots_K, N, E, S, B, p, a->threshold, a->gate_lo,
+                                a->gate_hi, a->method, load0, &st, slots_x, out_S, bursts,
+                                bursts + NB, bursts + 2 * NB, bursts + 3 * NB, bursts + 4 * NB,
+                                out_ms, a->rank, a->split_rpn, a->split_method, send_K, recv_QS,
+                                load_x, &nl, &px, perm_K, inv_K);
             memcpy(ms, out_ms, sizeof out_ms);
             if (n > 0) {
                 info[0] = nl;

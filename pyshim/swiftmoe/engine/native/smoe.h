@@ -121,12 +121,12 @@ typedef struct {
 /* burst.plan_bursts (burst.c). c_QE [N, E]; slots_K [N*S]; load_R [N] or NULL; planned: the
  * split on slots_K with this method and cost, or NULL (computed); out_slots
  * [N*(S+B)] (the enlarged placement, row stride *out_S); out_e/q/s/d/j [N*B] (the bursts, C of
- * them, C returned); out_ms [3]: before_ms, after_ms, copy_ms. gate: past the threshold, no
- * list is built where before_ms <= gate (none made, after_ms = before_ms; a negative gate never
- * stops one). Returns C >= 0, or an error. */
+ * them, C returned); out_ms [3]: before_ms, after_ms, copy_ms. The gate: past the threshold,
+ * no list is built where gate_lo <= before_ms <= gate_hi (none made, after_ms = before_ms;
+ * gate_lo = INFINITY never stops one). Returns C >= 0, or an error. */
 int64_t smoe_plan_bursts(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
-                         int64_t S, int64_t B, const smoe_cost *p, double threshold, double gate,
-                         int method,
+                         int64_t S, int64_t B, const smoe_cost *p, double threshold,
+                         double gate_lo, double gate_hi, int method,
                          const int64_t *load_R, const smoe_planned *planned,
                          int64_t *out_slots, int64_t *out_S,
                          int64_t *out_e, int64_t *out_q, int64_t *out_s, int64_t *out_d,
@@ -227,8 +227,8 @@ extern int64_t smoe_fault_tokens;
  * less than its bound. Its decisions are the same. 0 in any other use. */
 extern int64_t smoe_check_bounds;
 int64_t smoe_burst_step(const int64_t *c_QE, const int64_t *slots_K, int64_t N, int64_t E,
-                        int64_t S, int64_t B, const smoe_cost *p, double threshold, double gate,
-                        int method,
+                        int64_t S, int64_t B, const smoe_cost *p, double threshold,
+                        double gate_lo, double gate_hi, int method,
                         const int64_t *load_R, const smoe_planned *planned, int64_t *out_slots,
                         int64_t *out_S, int64_t *out_e, int64_t *out_q, int64_t *out_s,
                         int64_t *out_d, int64_t *out_j, double *out_ms, int64_t rank,
@@ -243,7 +243,7 @@ typedef struct {
     const int64_t *slots_K; /* [N*S] */
     int64_t N, E, S, B, rank, split_rpn;
     const smoe_cost *cost;
-    double threshold, gate;
+    double threshold, gate_lo, gate_hi;
     int method, split_method;
 } smoe_burst_args;
 
@@ -281,8 +281,9 @@ int64_t smoe_layer_burst(const smoe_burst_args *a, const int64_t *c_QE, const in
  * smoe_layer_burst's), or 0 where none are: S' = S, and the split section holds the planned
  * placement's split (its arrays of X entries, N*S used); the bursts' fields and perm_K, inv_K
  * are then left alone, and the three ms are the decision's (0 where the threshold was not
- * passed, before_ms twice where it made none). The split's checks fail with SMOE_ECONSERVE (a bug), the counts' with
- * SMOE_ENEGATIVE or SMOE_EORPHAN and bad (smoe_check_layer); or another error (burst.c). */
+ * passed, before_ms twice where it made none). The split's checks fail with SMOE_ECONSERVE (a
+ * bug), the counts' with SMOE_ENEGATIVE or SMOE_EORPHAN and bad (smoe_check_layer); or another
+ * error (burst.c). */
 int64_t smoe_layer_step(const smoe_burst_args *a, const int64_t *c_QE, int64_t *out);
 
 #endif
