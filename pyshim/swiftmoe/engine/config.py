@@ -118,9 +118,9 @@ class SwiftMoEConfig:
             considered.
         burst_decision_ms: the burst decision's host time, which the GPUs wait for, for its
             gate (``swiftmoe.engine.burst_run.DecisionGate``): past the threshold a layer's
-            decision runs only where the planned placement's modelled step exceeds the step
-            the layer's last decision reached by more than this, so that a decision that
-            cannot save what it costs stops after pricing the planned split. "auto" (the
+            decision stops after pricing the planned split where the planned placement's
+            modelled step is within this above the lowest step the layer's recent decisions
+            reached, since it cannot be expected to save what it costs there. "auto" (the
             default): rank 0 measures it on its own layer calls and every rank gates with
             rank 0's figure (broadcast with each step's plan); a number of ms fixes it; 0
             turns the gate off (every decision past the threshold runs).

@@ -188,9 +188,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default="on",
         help="swiftmoe-burst: the engine's decision gate (burst_decision_ms), with --decision-ms "
         "as the decision's host time (with 'measured', the median of the iteration before's "
-        "decisions): past the threshold a decision runs only where the planned split's "
-        "modelled step exceeds the step the layer's last decision reached by more than that; a "
-        "gated call is charged nothing. Default on; it does nothing where --decision-ms is 0",
+        "decisions): past the threshold a decision stops where the planned split's modelled "
+        "step is within that above the lowest step the layer's decisions of the last 16 "
+        "iterations reached; a stopped call is charged nothing. Default on; it does nothing "
+        "where --decision-ms is 0",
     )
     s.add_argument(
         "--split-ms",
