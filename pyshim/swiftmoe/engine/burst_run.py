@@ -242,9 +242,9 @@ def decide(
     gate = policy.gate.limit(layer.index)
     fused = _fused(layer, policy, counts_NE, load_R, params, planned, gate)
     if fused is not _NOT_FUSED:
-        plan, fused = fused
-        if record:
-            policy.gate.saw(layer.index, plan[-3], plan[-2])
+        fields, fused = fused
+        if record:  # BurstPlan's fields end with before_ms, after_ms, copy_ms
+            policy.gate.saw(layer.index, fields[-3], fields[-2])
         return fused
     plan = plan_bursts(
         counts_NE,
@@ -321,10 +321,9 @@ def _fused(layer, policy, counts_NE, load_R, params, planned, gate=None):
     """:func:`decide`'s work past the threshold in one C call (``native.burst_step``): the
     decision, this rank's split over the enlarged placement with its conservation checks, and
     the placement's send order, the same as the calls below make them: (the plan's fields,
-    LayerBursts or None). It applies where the
-    layer splits with the engine's own :class:`RankSplitter`, with the policy's method and the
-    cost parameters' nodes, on int64 CPU arrays (the engine's); else ``_NOT_FUSED``, and the
-    calls below run. Its inputs are the layer call's, checked by the split that made
+    LayerBursts or None). It applies where the layer splits with the engine's own
+    :class:`RankSplitter`, with the policy's method and the cost parameters' nodes, on int64
+    CPU arrays (the engine's); else ``_NOT_FUSED``, and the calls below run. Its inputs are the layer call's, checked by the split that made
     ``load_R`` and ``planned``."""
     sp = layer.split
     if (
