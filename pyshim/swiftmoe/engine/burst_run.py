@@ -183,23 +183,32 @@ class BurstPolicy:
     mean above which bursts are considered; method, the split's; decision_ms, the decision's
     host time for the gate (a number of ms, 0 for no gate, or "auto": rank 0 measures it,
     :class:`DecisionClock`); gate, the layers' :class:`DecisionGate`; clock, the
-    :class:`DecisionClock` where decision_ms is "auto", else None.
+    :class:`DecisionClock` where decision_ms is "auto" and ``measure`` (rank 0), else None.
     """
 
     def __init__(
-        self, burst_slots_per_rank: int, threshold: float, method: str, decision_ms=0.0
+        self,
+        burst_slots_per_rank: int,
+        threshold: float,
+        method: str,
+        decision_ms=0.0,
+        measure: bool = True,
     ) -> None:
         self.B, self.threshold, self.method = burst_slots_per_rank, float(threshold), method
         self.decision_ms = decision_ms
         self.gate = DecisionGate()
-        self.clock = DecisionClock() if decision_ms == "auto" else None
-        if self.clock is None:
+        auto = decision_ms == "auto"
+        # Only the rank whose figure every rank uses (rank 0) times its calls.
+        self.clock = DecisionClock() if auto and measure else None
+        if not auto:
             self.gate.decision_ms = float(decision_ms)
 
     def note_ms(self) -> float:
         """What this rank would have every rank gate with next iteration: the clock's
-        estimate, or the configured figure."""
-        return self.clock.next_iteration() if self.clock is not None else float(self.decision_ms)
+        estimate, the configured figure, or 0 where "auto" and this rank does not measure."""
+        if self.clock is not None:
+            return self.clock.next_iteration()
+        return 0.0 if self.decision_ms == "auto" else float(self.decision_ms)
 
     def next_iteration(self, decision_ms: float) -> None:
         """Between iterations, on every rank with the same ``decision_ms`` (rank 0's

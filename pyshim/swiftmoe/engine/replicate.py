@@ -214,6 +214,7 @@ def _replicate(blocks, E_L, slots_L, config, comm, source, rpn, bandwidths) -> R
             config.burst_threshold,
             config.split_method,
             config.burst_decision_ms,
+            measure=r == 0,  # every rank gates with rank 0's figure
         )
         run.bursts = bursts
     if bursts is not None or _priced_split(config, rpn, N):
