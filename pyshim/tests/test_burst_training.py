@@ -365,10 +365,19 @@ def test_decision_gate_on_ranks():
         made = [sum(s.bursts_L) > 0 for s in out["stats"]]
         assert made == [True] + [False] * (STEPS - 1), made
         assert out["gate_ms"] == 1e9
+        # The step stats count the decisions that ran and those the gate stopped.
+        ran = [sum(s.decisions_L) for s in out["stats"]]
+        stopped = [sum(s.stopped_L) for s in out["stats"]]
+        assert ran[0] > 0 and ran[1:] == [0] * (STEPS - 1), ran
+        assert stopped[0] == 0 and all(n > 0 for n in stopped[1:]), stopped
+        assert [s.decision_ms for s in out["stats"]] == [1e9] * STEPS
         auto = res["auto"]
         _assert_state(auto["state"], ref, f"auto rank {rank}")
         assert auto["gate_ms"] == results[0]["auto"]["gate_ms"] > 0
         assert auto["records"] == results[0]["auto"]["records"]
+        assert [s.decision_ms for s in auto["stats"]] == [
+            s.decision_ms for s in results[0]["auto"]["stats"]
+        ]
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,7 @@ def test_gate_folds_decisions_between_iterations():
     assert g.last_ran
     g.next_iteration(0.5)  # iteration 2: the lowest reached step of the window
     assert g.limit(0) == (2.8, 3.3)
+    assert g.counts == {0: (1, 1)}  # iteration 1's decisions: one ran, one stopped
     g.saw(0, 4.0, 3.9)  # above: runs, reached 3.9, which does not raise the reference
     g.next_iteration(0.25)  # iteration 3
     assert g.limit(0) == (2.8, 3.05)

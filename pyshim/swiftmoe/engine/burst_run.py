@@ -111,6 +111,9 @@ class DecisionGate:
         self._gate: dict[int, tuple[float, float]] = {}  # layer -> this iteration's gate
         self._seen: dict[int, list[tuple[float, float]]] = {}  # this iteration's decisions
         self.last_ran = False  # whether the last decision saw() ran past its gate
+        #: layer -> (decisions that ran, decisions the gate stopped) of the iteration that
+        #: :meth:`next_iteration` last folded in (training calls past the threshold)
+        self.counts: dict[int, tuple[int, int]] = {}
 
     def limit(self, layer: int) -> tuple[float, float] | None:
         """This iteration's gate of ``layer``, (lo, hi) in ms, or None, for ``plan_bursts``."""
@@ -131,10 +134,14 @@ class DecisionGate:
     def next_iteration(self, decision_ms: float) -> None:
         """Fold this iteration's decisions in and set the next iteration's gates, with
         ``decision_ms`` the decision's host time (0: no gate)."""
+        self.counts = {}
         for layer, seen in self._seen.items():
+            ran = 0
             for before, after in seen:
                 if not self.stops(layer, before):
                     self._reached.setdefault(layer, []).append((self.iteration, after))
+                    ran += 1
+            self.counts[layer] = (ran, len(seen) - ran)
         self._seen.clear()
         self.iteration += 1
         self.decision_ms = float(decision_ms)

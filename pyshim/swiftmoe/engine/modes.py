@@ -114,6 +114,11 @@ class ReplicateRun:
             bursts_L=[layer.bursts_made for layer in self.layers],
             node_local_L=[layer.node_local_calls for layer in self.layers],
         )
+        if bursts is not None:
+            got = [bursts.gate.counts.get(layer.index, (0, 0)) for layer in self.layers]
+            stats.decisions_L = [ran for ran, _ in got]
+            stats.stopped_L = [stopped for _, stopped in got]
+            stats.decision_ms = bursts.gate.decision_ms
         self.install(new)
         self.end_iteration()
         return stats

@@ -59,6 +59,11 @@ class StepStats:
             split took the amounts that keep tokens in their node, because the cost model priced
             them cheaper than the compute-balancing ones (``split_method="auto"`` on more than
             one node, ``swiftmoe.engine.split.priced``); observe mode: empty.
+        decisions_L, stopped_L: replicate mode with burst replicas: this iteration's training
+            forwards per layer whose burst decision ran, and those whose decision the gate
+            stopped (``SwiftMoEConfig.burst_decision_ms``); both past the threshold. Else empty.
+        decision_ms: replicate mode with burst replicas: the decision's host time the gate uses
+            from the next iteration on (rank 0's figure; 0: no gate).
     """
 
     iteration: int
@@ -74,6 +79,9 @@ class StepStats:
     expert_step: bool = True
     bursts_L: list[int] = field(default_factory=list)
     node_local_L: list[int] = field(default_factory=list)
+    decisions_L: list[int] = field(default_factory=list)
+    stopped_L: list[int] = field(default_factory=list)
+    decision_ms: float = 0.0
 
 
 def in_recompute() -> bool:
