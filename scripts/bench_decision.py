@@ -56,7 +56,6 @@ import torch  # noqa: E402
 
 from swiftmoe import cli  # noqa: E402
 from swiftmoe.engine import burst, burst_run, native  # noqa: E402
-from swiftmoe.engine.split.plan_index import index_plan  # noqa: E402
 from swiftmoe.engine.splitter import RankSplitter  # noqa: E402
 from swiftmoe.sim import run as sim_run  # noqa: E402
 
@@ -159,10 +158,10 @@ def whole_calls(calls: list[tuple[tuple, dict]], repeats: int, warm: bool) -> tu
             slots_t = torch.as_tensor(slots, dtype=torch.int64)
             sp = RankSplitter(S, 1, rpn, method)
             sp(counts_t, slots_t.flip(0).clone(), 0, cost=params)  # its checks of the cost
-            plan = index_plan(slots_t, S, N, E)
+            plan = sp.build_index(slots_t, N, E)
             for j in range(3):
-                if not warm:
-                    plan = index_plan(slots_t, S, N, E)  # new each time, as a new placement's
+                if not warm:  # new each time, as a new placement's, built as the layer builds it
+                    plan = sp.build_index(slots_t, N, E)
                 else:
                     sp(counts_t, plan, 0, cost=params)
                 layer = SimpleNamespace(index=0, S=S, slots_t=slots_t, split=sp)

@@ -75,7 +75,9 @@ class RankSplitter:
             ranks_per_node,
             method,
         )
-        self._indexes = splitlib.PlanIndexCache()
+        self._indexes = splitlib.PlanIndexCache(
+            build=lambda sl, S, N, E: self.build_index(sl, N, E)
+        )
         self._cost_ok: tuple = (None, -1)  # the cost parameters last checked, for N ranks
 
     def __call__(
@@ -124,11 +126,23 @@ class RankSplitter:
             raise _misroutes(layer_index)
         return rs
 
-    def index(self, slots_K, num_ranks: int, num_experts: int) -> splitlib.PlanIndex:
+    def index(self, slots_K, num_ranks: int, num_experts: int):
         """The checked index of a planned placement (slots_K [N*S]) from this splitter's cache.
         A caller that keeps it passes it in place of slots_K and spares the lookup, which
         hashes the placement's bytes, on every call (the engine's layers do, per placement)."""
         return self._indexes.index(slots_K, self.S, num_ranks, num_experts)
+
+    def build_index(self, slots_K, num_ranks: int, num_experts: int):
+        """A placement's index as this splitter's cache builds it (neither looked up nor kept:
+        :meth:`index` does both). Where the C split runs, which indexes the placement itself:
+        the checked slots and what the split reads of them (``split.SlotsIndex``, in about a
+        third of ``index_plan``'s time, which a layer pays each time its placement changes;
+        the first split after it is faster too). Else the whole NumPy index. A SlotsIndex kept
+        while the library goes away still splits, in NumPy (``plan_index.prepare`` indexes it
+        whole on each call)."""
+        native = _native.use(None, self.method, "split")
+        build = splitlib.index_slots if native else splitlib.index_plan
+        return build(slots_K, self.S, num_ranks, num_experts)
 
     def _native(
         self, counts_NE, N: int, E: int, plan, layer_index: int, cost

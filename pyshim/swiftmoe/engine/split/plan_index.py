@@ -169,8 +169,12 @@ def index_slots(slots, slots_per_rank: int, num_ranks: int, num_experts: int) ->
     """The checked :class:`SlotsIndex` of a plan (slots_K, list or integer tensor or array): for
     a placement the native split runs under once, in a few NumPy calls where
     :func:`index_plan` makes some thirty."""
-    slots_K = check_slots(slots, slots_per_rank, num_ranks, num_experts)
-    return SlotsIndex(slots_K, num_ranks, slots_per_rank, num_experts)
+    slots_K = check_slots(slots, slots_per_rank, num_ranks, num_experts).copy()
+    plan = SlotsIndex(slots_K, num_ranks, slots_per_rank, num_experts)
+    for v in vars(plan).values():  # read-only, as index_plan's: a cache may keep it
+        if isinstance(v, np.ndarray):
+            v.setflags(write=False)
+    return plan
 
 
 def node_plans(
@@ -232,22 +236,27 @@ class PlanIndexCache:
     layers, a simulation's jobs), most recently used first, at most ``max_entries``.
 
     The caller owns it: it is not shared between callers and not thread-safe. A hit is the same
-    pure function of the inputs, since the key is the plan's bytes and shape.
+    pure function of the inputs, since the key is the plan's bytes and shape. ``build``: how a
+    placement not held is indexed (:func:`index_plan` by default; the engine's splitter takes
+    :func:`index_slots` where the C split runs, which indexes the placement itself).
     """
 
-    def __init__(self, max_entries: int = 64) -> None:
+    def __init__(self, max_entries: int = 64, build=None) -> None:
         if not is_int(max_entries, 1):
             raise ValueError(f"max_entries must be an integer >= 1, got {max_entries!r}")
         self.max_entries = max_entries
-        self._indexes: OrderedDict[tuple, PlanIndex] = OrderedDict()
+        self._build = index_plan if build is None else build
+        self._indexes: OrderedDict[tuple, PlanIndex | SlotsIndex] = OrderedDict()
 
-    def index(self, slots, slots_per_rank: int, num_ranks: int, num_experts: int) -> PlanIndex:
-        """:func:`index_plan` of ``slots``, from the cache when it holds the same plan.
+    def index(
+        self, slots, slots_per_rank: int, num_ranks: int, num_experts: int
+    ) -> PlanIndex | SlotsIndex:
+        """The index (``build``'s) of ``slots``, from the cache when it holds the same plan.
 
         An array or CPU tensor is looked up by its dtype, shape and bytes before it is checked:
         they decide the check, so a plan in force is not checked again on every layer call.
         Other forms (lists) are checked first, then looked up."""
-        if isinstance(slots, PlanIndex):
+        if isinstance(slots, (PlanIndex, SlotsIndex)):
             return slots
         shape = (num_ranks, slots_per_rank, num_experts)
         raw = _raw_key(slots)
@@ -259,7 +268,7 @@ class PlanIndexCache:
         key = _raw_key(slots_K) + shape
         plan = self._hit(key)
         if plan is None:
-            plan = index_plan(slots_K, slots_per_rank, num_ranks, num_experts)
+            plan = self._build(slots_K, slots_per_rank, num_ranks, num_experts)
             self._indexes[key] = plan
         if raw is not None and raw + shape != key:  # the same plan in another dtype
             self._indexes[raw + shape] = plan
@@ -267,7 +276,7 @@ class PlanIndexCache:
             self._indexes.popitem(last=False)
         return plan
 
-    def _hit(self, key: tuple) -> PlanIndex | None:
+    def _hit(self, key: tuple) -> PlanIndex | SlotsIndex | None:
         plan = self._indexes.get(key)
         if plan is not None:
             self._indexes.move_to_end(key)
