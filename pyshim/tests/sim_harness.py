@@ -80,6 +80,8 @@ def run_sim(address, loads_ILE, systems, slots, static_slots, **kw):
         decision_measured=kw.pop("decision_measured", False),
         decision_gate=kw.pop("decision_gate", True),
         split_ms=kw.pop("split_ms", 0.0),
+        split_new_ms=kw.pop("split_new_ms", None),
+        decision_new_ms=kw.pop("decision_new_ms", None),
     )
     return simulate(
         np.asarray(loads_ILE),

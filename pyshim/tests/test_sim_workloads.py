@@ -263,6 +263,37 @@ def test_split_ms_charges_every_layer_call_of_the_swiftmoe_systems(sidecar_addre
 
 
 @needs_sidecar
+def test_new_placement_charges_where_the_placement_changed(sidecar_address):
+    # --split-new-ms and --decision-new-ms replace the two charges on a layer call whose
+    # placement changed since the iteration before, and in the first iteration: the engine's
+    # first split of a new placement costs more. The hot expert moves, so some iterations keep
+    # their placement and some do not; the iterations charged the new figures are the first
+    # and those the plan changed (the job's placement_changes).
+    loads = skewed()
+    kw = dict(flops_per_s=6 * 16384e6, decision_gate=False)
+    res = run_sim(
+        sidecar_address, loads, "bound,swiftmoe-burst", 2, 2, split_ms=0.1, split_new_ms=0.3,
+        decision_ms=0.25, decision_new_ms=0.5, **kw,
+    )  # fmt: skip
+    b = res.per_iteration["swiftmoe-burst"]
+    new = b["split_ms"] == 0.3
+    assert ((b["split_ms"] == 0.1) | new).all(), b["split_ms"]
+    assert new[0] and new.sum() == 1 + res.jobs["swiftmoe-burst"]["placement_changes"]
+    assert 0 < new.sum() < len(loads), new  # both kinds happen
+    np.testing.assert_array_equal(b["decision_ms"], np.where(new, 0.5, 0.25))
+    # Left out, they are the plain charges.
+    plain = run_sim(
+        sidecar_address, loads, "bound,swiftmoe-burst", 2, 2, split_ms=0.1, decision_ms=0.25, **kw
+    )
+    p = plain.per_iteration["swiftmoe-burst"]
+    np.testing.assert_array_equal(p["split_ms"], np.full(len(loads), 0.1))
+    np.testing.assert_array_equal(p["decision_ms"], np.full(len(loads), 0.25))
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="--split-new-ms is"):
+            run_sim(sidecar_address, loads, "swiftmoe", 2, 2, split_new_ms=bad)
+
+
+@needs_sidecar
 def test_swiftmoe_plans_for_step_time_with_the_clusters_cost_model(sidecar_address):
     # 8 GPUs in 2 nodes, slow links between them: with the cost model, SwiftMoE keeps tokens in
     # their node and moves fewer of them than when it balances compute alone.

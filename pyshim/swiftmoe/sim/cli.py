@@ -204,6 +204,25 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "it). Default 0: not charged",
     )
     s.add_argument(
+        "--split-new-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="swiftmoe and swiftmoe-burst: charged instead of --split-ms on a layer call whose "
+        "placement changed since the iteration before (and in the first iteration): the "
+        "engine's first split of a new placement, its caches cold (`layer new` of "
+        "scripts/bench_split.py). Default: --split-ms",
+    )
+    s.add_argument(
+        "--decision-new-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="swiftmoe-burst: charged instead of --decision-ms on such a layer call "
+        "(scripts/bench_decision.py --layer-call's 'new placement' figures). Default: "
+        "--decision-ms",
+    )
+    s.add_argument(
         "--split",
         choices=("auto", "fast", "exact"),
         default="auto",
@@ -386,6 +405,8 @@ def run(args: argparse.Namespace) -> int:
             decision_measured=args.decision_ms == "measured",
             decision_gate=args.decision_gate == "on",
             split_ms=args.split_ms,
+            split_new_ms=args.split_new_ms,
+            decision_new_ms=args.decision_new_ms,
             split_method=args.split,
             plugin_timeout_s=args.plugin_timeout,
         )

@@ -30,7 +30,10 @@ engine's gate on the decision (``burst_run.DecisionGate``) runs with that time a
 decision's (``decision_gate``, ``--decision-gate``; on by default): a stopped decision makes no
 burst and is charged nothing. Both
 SwiftMoE systems are charged ``split_ms`` (``--split-ms``, 0 by default) for every layer call:
-the engine's split of the planned placement on the host. The
+the engine's split of the planned placement on the host. ``split_new_ms`` and
+``decision_new_ms`` (``--split-new-ms``, ``--decision-new-ms``) replace the two charges on a
+layer call whose placement changed since the iteration before, where the engine splits a new
+placement with its caches cold. The
 ``bound`` is perfect balance (see :mod:`swiftmoe.sim.systems`); its all-to-all is the lower of an
 even one and the static layout's under uniform routing (the engine's split on uniform counts).
 
@@ -108,6 +111,11 @@ class SimConfig:
     # split of the planned placement (and its checks), made on the CPU between the counts'
     # all-reduce and the dispatch, which the cost model does not count (0: not charged)
     split_ms: float = 0.0
+    # the same two charges on a layer call whose placement changed since the iteration before
+    # (and in the first iteration): the engine's first split of a new placement, its caches
+    # cold, costs more than a split of one it has split before (None: split_ms, decision_ms)
+    split_new_ms: float | None = None
+    decision_new_ms: float | None = None
     # swiftmoe and swiftmoe-burst: the engine's split_method ("auto": stage 1 chosen by the cost
     # model on several nodes, swiftmoe.engine.split.priced; "fast", "exact": min-max amounts)
     split_method: str = "auto"
@@ -130,6 +138,13 @@ class SimConfig:
             raise ValueError(
                 f"--split-ms is {self.split_ms!r}: pass milliseconds >= 0 (0: not charged)"
             )
+        for name in ("split_new_ms", "decision_new_ms"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0 and np.isfinite(v)):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} is {v!r}: pass milliseconds >= 0, or leave it "
+                    f"out to charge --{name.replace('_new', '').replace('_', '-')} there too"
+                )
         if not (self.flops_per_s >= 0 and np.isfinite(self.flops_per_s)):
             raise ValueError(f"flops_per_s is {self.flops_per_s!r}: pass FLOP/s >= 0 (0: unknown)")
         if not is_int(self.burst_slots, 0):
@@ -171,6 +186,7 @@ class JobState:
     pending_migrated: int = 0
     migrated_bytes: int = 0
     placement_changes: int = 0
+    changed_L: list[bool] | None = None  # per layer, placed anew this iteration (None: all)
     fallbacks: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -230,7 +246,10 @@ def _apply(job: JobState, fp: FetchedPlan, it: int) -> None:
         job.fallbacks += 1
         if len(job.notes) < 3:
             job.notes.append(f"iteration {it}: {fp.source}: {fp.note}")
-    if any(not np.array_equal(a, b) for a, b in zip(fp.slots_LK, job.slots_LK, strict=True)):
+    job.changed_L = [
+        not np.array_equal(a, b) for a, b in zip(fp.slots_LK, job.slots_LK, strict=True)
+    ]
+    if any(job.changed_L):
         job.placement_changes += 1
     job.slots_LK = fp.slots_LK
     job.pending_migrated = fp.migrated_bytes
@@ -248,11 +267,13 @@ def _burst_layer(
     planned: model.LayerCost,
     gate: DecisionGate,
     layer: int,
+    decision_ms: float,
 ) -> tuple[model.LayerCost, float, int, float]:
     """A layer with the engine's burst replicas on ``slots_K`` (split ``flow``, cost ``planned``):
     (its cost, the copies' ms, the bursts made, the decision's host ms charged: where its
     threshold was passed and its gate (``gate``'s of ``layer``, as the engine's) let it run,
-    ``decision_ms``, or its wall time here with ``decision_measured``; else 0). With none made,
+    ``decision_ms`` (the config's, or its new-placement figure), or its wall time here with
+    ``decision_measured``; else 0). With none made,
     the planned cost."""
     c = cfg.cluster
     load_R = flow.x_RS.sum(axis=1).astype(np.int64)
@@ -276,7 +297,7 @@ def _burst_layer(
     took_ms = (time.perf_counter() - t0) * 1e3
     gate.saw(layer, bp.before_ms, bp.after_ms)
     decided = decided and gate.last_ran
-    charge = (took_ms if cfg.decision_measured else cfg.decision_ms) if decided else 0.0
+    charge = (took_ms if cfg.decision_measured else decision_ms) if decided else 0.0
     if bp.count == 0:
         return planned, 0.0, 0, charge
     Sx = bp.slots_per_rank
@@ -456,13 +477,21 @@ def simulate(
                             if cost is None:  # systems on one placement share the cost too
                                 cost = model.flow_layer(c, et, flow, S)
                                 engine_costs[fk] = cost
+                            new = job.changed_L is None or job.changed_L[li]
                             if ours:
-                                per[s.name]["split_ms"][it] += cfg.split_ms
+                                per[s.name]["split_ms"][it] += (
+                                    cfg.split_new_ms
+                                    if new and cfg.split_new_ms is not None
+                                    else cfg.split_ms
+                                )
                             if s.burst and cfg.burst_slots:
                                 ts = time.perf_counter()
                                 cost, copy_ms, made, charged = _burst_layer(
                                     cfg, et, params, counts_QE, slots_K, S, flow, cost,
                                     gates[s.name], li,
+                                    cfg.decision_new_ms
+                                    if new and cfg.decision_new_ms is not None
+                                    else cfg.decision_ms,
                                 )  # fmt: skip
                                 if charged:
                                     took[s.name].append(charged)
