@@ -310,8 +310,19 @@ func (p *planner) planLayerStep(dst []int, loads []float64, cur []int, numExpert
 	// its counts alone comes first, which is lower, so that where it rules
 	// the plan out the full bound would too, without settling.
 	if p.cur != nil {
-		out := !beats(sm.boundCounts(p.curReps), bestMs) || rules(sm.boundPlan(p.cur))
-		if !out && p.currentValid() && sm.score(p.cur) <= bestMs {
+		keep := false
+		if o.keep > 0 {
+			// keep_margin: the current plan stays unless the best beats
+			// it by more than the margin, taken on the estimate (settled).
+			settle()
+			bar := bestMs * (1 + o.keep)
+			keep = beats(sm.boundCounts(p.curReps), bar) && beats(sm.boundPlan(p.cur), bar) &&
+				p.currentValid() && sm.score(p.cur) <= bar
+		} else {
+			out := !beats(sm.boundCounts(p.curReps), bestMs) || rules(sm.boundPlan(p.cur))
+			keep = !out && p.currentValid() && sm.score(p.cur) <= bestMs
+		}
+		if keep {
 			copy(dst, p.cur)
 		} else if !ordered && p.currentValid() {
 			orderSlots(dst, p.cur, n, s)

@@ -111,8 +111,8 @@ func insertionSort(v []int) {
 }
 
 // keepCurrentIfAsGood replaces the new plan by the current one when the
-// current plan is valid and its busiest rank is no busier under the
-// predicted loads (each plan splitting an expert's load evenly over its own
+// current plan is valid and its busiest rank is no busier (with keep_margin,
+// no more than that fraction busier) under the predicted loads (each plan splitting an expert's load evenly over its own
 // replicas). With zero total load the current plan must also have the new
 // (uniform) counts. So an unchanged load keeps an unchanged plan, and no
 // slot moves for no gain: among equally good plans, the current one wins.
@@ -126,7 +126,8 @@ func (p *planner) keepCurrentIfAsGood(t sdk.Topology, above float64) bool {
 		return false
 	}
 	s := p.rk.s
-	if !math.IsInf(above, 1) && !p.currentAtMost(s, above) {
+	keep := 1 + p.opts.keep // keep_margin: the current plan may be this much busier
+	if !math.IsInf(above, 1) && !p.currentAtMost(s, above*keep) {
 		return false
 	}
 	var total float64
@@ -141,7 +142,7 @@ func (p *planner) keepCurrentIfAsGood(t sdk.Topology, above float64) bool {
 	if total <= 0 && !slices.Equal(p.curReps, p.reps) {
 		return false
 	}
-	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.rk.dst, p.wt.w, p.rk.n, s)) {
+	if !loadsAtMost(p.cur, p.curW, s, maxRankLoad(p.rk.dst, p.wt.w, p.rk.n, s)*keep) {
 		return false
 	}
 	if !p.withinRankLimits(p.cur) {

@@ -66,6 +66,11 @@ const (
 // planning for step time gives up for a 2-homed layout (costplan.go).
 const optTwoHomeMargin = "two_home_margin"
 
+// optKeepMargin names the option that sets by how much a new plan must beat
+// the current one for the current one to be replaced (layout.go,
+// costplan.go).
+const optKeepMargin = "keep_margin"
+
 // optIntakeDealNodes names the option that sets the most nodes on which
 // planning for step time also scores each candidate's intake-dealt form
 // (costplan.go, intake.go).
@@ -95,6 +100,10 @@ type options struct {
 	// twoHome is two_home_margin: a 2-homed layout wins when its estimate
 	// is within this fraction above the best (costplan.go).
 	twoHome float64
+	// keep is keep_margin: the current plan stays unless the new one's
+	// busiest rank (objective=compute) or estimated step time
+	// (objective=step) is lower by more than this fraction of it.
+	keep float64
 	// dealNodes is intake_deal_nodes: on up to this many nodes, each
 	// candidate is also scored intake-dealt (costplan.go).
 	dealNodes int
@@ -153,6 +162,16 @@ var optionSpecs = []sdk.Option{{
 	Min:     0,
 	Max:     1,
 }, {
+	Name: optKeepMargin,
+	Description: "keep the current plan unless the new one's busiest rank (objective=compute) or estimated step time " +
+		"(objective=step) is lower by more than this fraction: where the loads barely move (uniform routing), the placement " +
+		"then stays, and the engine does not index and split a new placement on the next iteration's layer calls; " +
+		"0: the current plan stays only where the new one is no better",
+	Default: "0",
+	Type:    sdk.OptionFloat,
+	Min:     0,
+	Max:     1,
+}, {
 	Name: optIntakeDealNodes,
 	Description: "with objective=step where the experts do not all fit in one node's slots, the most nodes on which each candidate plan " +
 		"is also scored with every node's replicas re-dealt over its ranks, those that take in tokens from other nodes spread first, " +
@@ -177,7 +196,7 @@ func (*Strategy) ValidateOptions(opts map[string]string) error {
 // are errors that name the option and what it accepts.
 func parseOptions(opts map[string]string) (options, error) {
 	var o options
-	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective, optLoadWindow, optTwoHomeMargin, optIntakeDealNodes); err != nil {
+	if err := sdk.CheckOptions(opts, optNodePolicy, optObjective, optLoadWindow, optTwoHomeMargin, optIntakeDealNodes, optKeepMargin); err != nil {
 		return o, err
 	}
 	nodes, err := choice(opts, optNodePolicy, nodePolicyNames[:])
@@ -200,6 +219,11 @@ func parseOptions(opts map[string]string) (options, error) {
 	if err != nil {
 		return o, err
 	}
+	keep, err := sdk.FloatOption(opts, optKeepMargin, 0, 0, 1)
+	if err != nil {
+		return o, err
+	}
+	o.keep = keep
 	o.nodes, o.objective, o.window, o.twoHome, o.dealNodes = nodePolicy(nodes), objective(obj), window, twoHome, deal
 	return o, nil
 }

@@ -27,6 +27,10 @@ func TestValidateOptions(t *testing.T) {
 		{optIntakeDealNodes: "-1"},
 		{optIntakeDealNodes: "all"},
 		{optIntakeDealNodes: "65537"},
+		{optKeepMargin: "-0.01"},
+		{optKeepMargin: "2"},
+		{optKeepMargin: "NaN"},
+		{optKeepMargin: "3%"},
 	} {
 		err := s.ValidateOptions(bad)
 		if !errors.Is(err, sdk.ErrBadOption) {
@@ -48,7 +52,7 @@ func TestValidateOptions(t *testing.T) {
 	if err := s.ValidateOptions(map[string]string{optLoadWindow: "17"}); err == nil || !strings.Contains(err.Error(), "load_window") || !strings.Contains(err.Error(), "16") {
 		t.Errorf("load_window=17: got %v, want an error naming load_window and its largest value 16", err)
 	}
-	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}, {optLoadWindow: "0"}, {optLoadWindow: "16"}, {optTwoHomeMargin: "0"}, {optTwoHomeMargin: "0.35"}, {optIntakeDealNodes: "0"}, {optIntakeDealNodes: "32"}} {
+	for _, good := range []map[string]string{nil, {}, {optNodePolicy: "spread"}, {optNodePolicy: "pack"}, {optLoadWindow: "0"}, {optLoadWindow: "16"}, {optTwoHomeMargin: "0"}, {optTwoHomeMargin: "0.35"}, {optIntakeDealNodes: "0"}, {optIntakeDealNodes: "32"}, {optKeepMargin: "0"}, {optKeepMargin: "0.03"}} {
 		if err := s.ValidateOptions(good); err != nil {
 			t.Errorf("ValidateOptions(%v) = %v, want nil", good, err)
 		}

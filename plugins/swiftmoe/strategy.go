@@ -20,8 +20,9 @@ const Name = "swiftmoe"
 // Version is the strategy's version, reported by Info: 1.1.0 plans for step time
 // when the job gives a cost model and weighs the load window (load_window);
 // 1.2.0 adds 2-homed hybrid layouts on 3 to 8 nodes (two_home_margin);
-// 1.3.0 lets intake-dealt plans be tried on more nodes (intake_deal_nodes).
-const Version = "1.3.0"
+// 1.3.0 lets intake-dealt plans be tried on more nodes (intake_deal_nodes);
+// 1.4.0 can keep the current plan within a margin of the new one (keep_margin).
+const Version = "1.4.0"
 
 // Strategy plans replica counts and placement per layer. It holds no state
 // between calls, so it is safe for concurrent use.

@@ -120,6 +120,11 @@ func (p *planner) hedgeReplicated(dst []int, lc *layerCost, g int) error {
 	ss.cand = grow(ss.cand, len(dst))
 	copy(ss.cand, dst)
 	chosen := p.windowMean(ss.cand, lc, math.Inf(1))
+	// keep_margin: where the plan so far is the current one, the replicated
+	// layout must beat it by more than the margin.
+	if p.opts.keep > 0 && p.cur != nil && slices.Equal(ss.cand, p.cur) {
+		chosen /= 1 + p.opts.keep
+	}
 	h := p.nExperts
 	err := p.hybridCounts(h, g)
 	if err == nil {
