@@ -204,11 +204,8 @@ class BurstPolicy:
         self.B, self.threshold, self.method = burst_slots_per_rank, float(threshold), method
         self.decision_ms = decision_ms
         self.gate = DecisionGate()
-        auto = decision_ms == "auto"
         # Only the rank whose figure every rank uses (rank 0) times its calls.
-        self.clock = DecisionClock() if auto and measure else None
-        if not auto:
-            self.gate.decision_ms = float(decision_ms)
+        self.clock = DecisionClock() if decision_ms == "auto" and measure else None
 
     def note_ms(self) -> float:
         """What this rank would have every rank gate with next iteration: the clock's

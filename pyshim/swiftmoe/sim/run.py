@@ -52,7 +52,7 @@ import numpy as np
 
 from swiftmoe._checks import is_int
 from swiftmoe.engine import costmodel
-from swiftmoe.engine.burst import pad_counts, past_threshold, plan_bursts
+from swiftmoe.engine.burst import pad_counts, plan_bursts
 from swiftmoe.engine.burst_run import DecisionGate
 from swiftmoe.engine.split import METHODS, PlanIndexCache
 from swiftmoe.planning.client import JobSpec, SidecarClient
@@ -277,8 +277,6 @@ def _burst_layer(
     the planned cost."""
     c = cfg.cluster
     load_R = flow.x_RS.sum(axis=1).astype(np.int64)
-    # Past it the decision runs (and costs host time), whatever it makes.
-    decided = past_threshold(load_R, cfg.burst_slots, cfg.burst_threshold)
     limit = gate.limit(layer)
     t0 = time.perf_counter()
     bp = plan_bursts(
@@ -296,8 +294,8 @@ def _burst_layer(
     )
     took_ms = (time.perf_counter() - t0) * 1e3
     gate.saw(layer, bp.before_ms, bp.after_ms)
-    decided = decided and gate.last_ran
-    charge = (took_ms if cfg.decision_measured else decision_ms) if decided else 0.0
+    # It ran (and costs host time, whatever it makes) where past the threshold and its gate.
+    charge = (took_ms if cfg.decision_measured else decision_ms) if gate.last_ran else 0.0
     if bp.count == 0:
         return planned, 0.0, 0, charge
     Sx = bp.slots_per_rank
@@ -493,7 +491,7 @@ def simulate(
                                     if new and cfg.decision_new_ms is not None
                                     else cfg.decision_ms,
                                 )  # fmt: skip
-                                if charged:
+                                if charged and cfg.decision_measured:
                                     took[s.name].append(charged)
                                 timing["burst_s"] += time.perf_counter() - ts
                                 per[s.name]["copy_ms"][it] += copy_ms
